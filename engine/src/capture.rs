@@ -1,0 +1,295 @@
+//! Capture: watch the server folder and record its changes (the active's side).
+//!
+//! `Capture::start` sets up a recursive watch (notify/inotify) first and then
+//! reconciles the whole folder against the index, so nothing changed during start-up
+//! is missed. Watch events are debounced per path:
+//!
+//! - a file closed after writing, a created directory, a removal, a rename or a
+//!   permission change is recorded once the path has been still for `settle_ms`;
+//! - a file being written (data modified, not yet closed) waits until it has been
+//!   quiet for `quiet_ms`, so a file written in many small writes is recorded once;
+//! - a path that never goes quiet is recorded anyway after `max_delay_ms`.
+//!
+//! A watcher error or queue overflow triggers a full rescan, and a full rescan runs
+//! every `rescan_interval_ms` as a safety net. Renames that the watcher reports with
+//! both names are recorded as `Rename` (so a moved directory ships no content); any
+//! other difference is found by comparing the disk with the index (`scan`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+use notify::{EventKind, RecursiveMode, Watcher};
+
+use crate::error::{Error, Result};
+use crate::event::Change;
+use crate::path::RelPath;
+use crate::repository::Repository;
+use crate::scan::{cover, diff_scope, reconcile, stat_disk, DiskEntry};
+
+/// Timings of capture. The defaults suit a server folder of records and documents.
+#[derive(Clone, Debug)]
+pub struct CaptureOptions {
+    pub settle_ms: u64,
+    pub quiet_ms: u64,
+    pub max_delay_ms: u64,
+    pub rescan_interval_ms: u64,
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        CaptureOptions { settle_ms: 20, quiet_ms: 500, max_delay_ms: 5_000, rescan_interval_ms: 600_000 }
+    }
+}
+
+/// What capture has done so far, for status pages and tests.
+#[derive(Debug, Default)]
+pub struct CaptureStats {
+    pub events_recorded: AtomicU64,
+    pub rescans: AtomicU64,
+    pub errors: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+enum Message {
+    Watch(notify::Result<notify::Event>),
+    Stop,
+}
+
+/// A running capture; stops when dropped.
+pub struct Capture {
+    sender: Sender<Message>,
+    thread: Option<JoinHandle<()>>,
+    stats: Arc<CaptureStats>,
+    _watcher: notify::RecommendedWatcher,
+}
+
+struct Pending {
+    due: Instant,
+    first_seen: Instant,
+}
+
+struct Loop {
+    root: PathBuf,
+    repository: Arc<Repository>,
+    epoch: u64,
+    options: CaptureOptions,
+    stats: Arc<CaptureStats>,
+    pending: HashMap<RelPath, Pending>,
+    renames: Vec<(RelPath, RelPath)>,
+    rescan_due: Option<Instant>,
+    next_safety_rescan: Instant,
+}
+
+impl Capture {
+    /// Watch `root`, reconcile it, and record every change in `epoch` until stopped.
+    /// Returns once the start-up reconcile is recorded.
+    pub fn start(root: &Path, repository: Arc<Repository>, epoch: u64, options: CaptureOptions) -> Result<Capture> {
+        let root = root.canonicalize().map_err(|source| Error::Io { op: "resolve", path: root.to_path_buf(), source })?;
+        let (sender, receiver) = channel();
+        let watch_sender = sender.clone();
+        let mut watcher = notify::recommended_watcher(move |event| {
+            let _ = watch_sender.send(Message::Watch(event));
+        })
+        .map_err(|error| Error::Watch { path: root.clone(), reason: error.to_string() })?;
+        watcher
+            .watch(&root, RecursiveMode::Recursive)
+            .map_err(|error| Error::Watch { path: root.clone(), reason: error.to_string() })?;
+        let stats = Arc::new(CaptureStats::default());
+        let recorded = reconcile(&root, &repository, epoch)?;
+        stats.events_recorded.fetch_add(recorded.len() as u64, Ordering::Relaxed);
+        if !recorded.is_empty() {
+            tracing::info!(events = recorded.len(), "recorded the changes made while capture was not running");
+        }
+        let mut state = Loop {
+            root,
+            repository,
+            epoch,
+            next_safety_rescan: Instant::now() + Duration::from_millis(options.rescan_interval_ms),
+            options,
+            stats: stats.clone(),
+            pending: HashMap::new(),
+            renames: Vec::new(),
+            rescan_due: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("standin-capture".to_string())
+            .spawn(move || state.run(receiver))
+            .map_err(|source| Error::Io { op: "spawn capture thread", path: PathBuf::new(), source })?;
+        Ok(Capture { sender, thread: Some(thread), stats, _watcher: watcher })
+    }
+
+    pub fn stats(&self) -> &CaptureStats {
+        &self.stats
+    }
+
+    /// Stop watching and wait for the capture thread (which records what is pending).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.sender.send(Message::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Loop {
+    fn run(&mut self, receiver: Receiver<Message>) {
+        loop {
+            let now = Instant::now();
+            let mut wake = self.next_safety_rescan;
+            if let Some(due) = self.rescan_due {
+                wake = wake.min(due);
+            }
+            if let Some(due) = self.pending.values().map(|pending| pending.due).min() {
+                wake = wake.min(due);
+            }
+            match receiver.recv_timeout(wake.saturating_duration_since(now)) {
+                Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                    // Record what is waiting before stopping: a final capture.
+                    self.flush(true);
+                    return;
+                }
+                Ok(Message::Watch(event)) => self.note(event),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            self.flush(false);
+        }
+    }
+
+    fn note(&mut self, event: notify::Result<notify::Event>) {
+        let now = Instant::now();
+        let settle = now + Duration::from_millis(self.options.settle_ms);
+        let event = match event {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::warn!(%error, "file watcher error; rescanning the folder");
+                self.rescan_due = Some(settle);
+                return;
+            }
+        };
+        if event.need_rescan() {
+            tracing::warn!("file watcher queue overflowed; rescanning the folder");
+            self.rescan_due = Some(settle);
+            return;
+        }
+        let quiet = match event.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => false,
+            EventKind::Access(_) => return,
+            EventKind::Create(CreateKind::File) | EventKind::Modify(ModifyKind::Data(_)) | EventKind::Modify(ModifyKind::Any) => true,
+            _ => false,
+        };
+        if let EventKind::Modify(ModifyKind::Name(RenameMode::Both)) = event.kind {
+            if let [from, to] = event.paths.as_slice() {
+                if let (Some(from), Some(to)) = (RelPath::from_fs(&self.root, from), RelPath::from_fs(&self.root, to)) {
+                    self.renames.push((from, to));
+                }
+            }
+        }
+        for path in &event.paths {
+            if path == &self.root {
+                self.rescan_due = Some(settle);
+                continue;
+            }
+            let Some(relative) = RelPath::from_fs(&self.root, path) else { continue };
+            if relative.is_temporary() {
+                continue;
+            }
+            let due = if quiet { now + Duration::from_millis(self.options.quiet_ms) } else { settle };
+            let max_due = now + Duration::from_millis(self.options.max_delay_ms);
+            self.pending
+                .entry(relative)
+                .and_modify(|pending| pending.due = due.min(pending.first_seen + Duration::from_millis(self.options.max_delay_ms)))
+                .or_insert(Pending { due: due.min(max_due), first_seen: now });
+        }
+    }
+
+    fn flush(&mut self, everything: bool) {
+        let now = Instant::now();
+        let result = if self.rescan_due.is_some_and(|due| due <= now || everything) || now >= self.next_safety_rescan {
+            self.rescan_due = None;
+            self.pending.clear();
+            self.renames.clear();
+            self.next_safety_rescan = now + Duration::from_millis(self.options.rescan_interval_ms);
+            self.stats.rescans.fetch_add(1, Ordering::Relaxed);
+            reconcile(&self.root, &self.repository, self.epoch).map(|events| events.len())
+        } else {
+            let ready: Vec<RelPath> = self
+                .pending
+                .iter()
+                .filter(|(_, pending)| everything || pending.due <= now)
+                .map(|(path, _)| path.clone())
+                .collect();
+            if ready.is_empty() {
+                return;
+            }
+            for path in &ready {
+                self.pending.remove(path);
+            }
+            self.record(ready)
+        };
+        match result {
+            Ok(count) => {
+                self.stats.events_recorded.fetch_add(count as u64, Ordering::Relaxed);
+            }
+            Err(error) => {
+                tracing::error!(%error, "capture failed; rescanning the folder shortly");
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                *self.stats.last_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(error.to_string());
+                self.rescan_due = Some(now + Duration::from_millis(self.options.quiet_ms.max(100)));
+            }
+        }
+    }
+
+    /// Record the renames seen and the differences under the ready paths.
+    fn record(&mut self, ready: Vec<RelPath>) -> Result<usize> {
+        let _guard = self.repository.content_guard();
+        let mut count = 0;
+        let renames: Vec<Change> = {
+            let index = self.repository.lock_index();
+            let mut simulated = index.clone();
+            let mut out = Vec::new();
+            for (from, to) in self.renames.drain(..) {
+                let Some(entry) = simulated.get(&from) else { continue };
+                let moved_kind_matches = match stat_disk(&to.under(&self.root)) {
+                    Ok(Some(DiskEntry::Dir { .. })) => entry.is_dir(),
+                    Ok(Some(DiskEntry::File { .. })) => matches!(entry, crate::index::Entry::File { .. }),
+                    Ok(Some(DiskEntry::Symlink { .. })) => matches!(entry, crate::index::Entry::Symlink { .. }),
+                    _ => false,
+                };
+                let source_gone = matches!(stat_disk(&from.under(&self.root)), Ok(None));
+                let change = Change::Rename { from, to };
+                if moved_kind_matches && source_gone && simulated.apply(&change).is_ok() {
+                    out.push(change);
+                }
+            }
+            out
+        };
+        if !renames.is_empty() {
+            count += self.repository.record(self.epoch, renames)?.len();
+        }
+        let scopes = cover(&self.repository.lock_index(), ready);
+        let mut changes = Vec::new();
+        for scope in &scopes {
+            changes.extend(diff_scope(&self.root, &self.repository, Some(scope))?);
+        }
+        if !changes.is_empty() {
+            count += self.repository.record(self.epoch, changes)?.len();
+        }
+        Ok(count)
+    }
+}

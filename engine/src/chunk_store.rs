@@ -1,0 +1,388 @@
+//! The chunk store: content-addressed, verified, packed, garbage-collected.
+//!
+//! Chunks are appended to pack files `data_dir/chunks/pack-NNNNNNNN.pack`, each record
+//! `"SCK1" ‖ blake3 hash (32) ‖ u32le length ‖ bytes`; a sled tree maps a hash to its
+//! (pack, offset, length). Small chunks therefore cost no file of their own (the
+//! machine's small-file limit is its per-file kernel cost). Packs roll at
+//! `PACK_TARGET_BYTES`; every open starts a new pack, so a torn tail left by a crash is
+//! never appended to.
+//!
+//! Write path, in order: the record is appended (buffered), `sync` writes the buffer,
+//! fdatasyncs the pack, and only then inserts the locations into the sled tree; the
+//! caller flushes sled with the events that name the chunks. So a location in the
+//! tree always points at bytes that were on disk first. Every read re-hashes the bytes
+//! and refuses a mismatch, naming the pack and offset.
+//!
+//! Garbage collection copies the live chunks of any pack that holds dead ones into the
+//! current pack, syncs, repoints the tree, flushes it, and only then deletes the old
+//! pack.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::error::{Error, IoContext, Result};
+use crate::hash::Hash;
+
+const RECORD_MAGIC: &[u8; 4] = b"SCK1";
+const RECORD_HEADER_BYTES: u64 = 4 + 32 + 4;
+/// A pack is closed and a new one started once it passes this size.
+pub const PACK_TARGET_BYTES: u64 = 256 << 20;
+/// Writes are gathered in a buffer of this size before they reach the pack file.
+const WRITE_BUFFER_BYTES: usize = 4 << 20;
+
+/// Where a chunk's bytes are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Location {
+    pack: u32,
+    /// Offset of the chunk's bytes (after the record header).
+    offset: u64,
+    len: u32,
+}
+
+impl Location {
+    fn to_bytes(self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..4].copy_from_slice(&self.pack.to_le_bytes());
+        out[4..12].copy_from_slice(&self.offset.to_le_bytes());
+        out[12..].copy_from_slice(&self.len.to_le_bytes());
+        out
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<Location> {
+        if bytes.len() != 16 {
+            return None;
+        }
+        Some(Location {
+            pack: u32::from_le_bytes(bytes[..4].try_into().ok()?),
+            offset: u64::from_le_bytes(bytes[4..12].try_into().ok()?),
+            len: u32::from_le_bytes(bytes[12..].try_into().ok()?),
+        })
+    }
+}
+
+struct PackWriter {
+    pack: u32,
+    file: File,
+    /// Bytes in the pack file plus bytes in `buffer`.
+    end: u64,
+    buffer: Vec<u8>,
+    /// Chunks written since the last `sync`, not yet in the sled tree.
+    pending: HashMap<Hash, Location>,
+}
+
+impl PackWriter {
+    fn flush_buffer(&mut self, path: &Path) -> Result<()> {
+        if !self.buffer.is_empty() {
+            self.file.write_all(&self.buffer).at("write", path)?;
+            self.buffer.clear();
+        }
+        Ok(())
+    }
+}
+
+/// What a garbage collection did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GcReport {
+    pub chunks_removed: u64,
+    pub bytes_reclaimed: u64,
+    pub packs_rewritten: u64,
+}
+
+/// The content-addressed store of chunks under `data_dir/chunks`.
+pub struct ChunkStore {
+    dir: PathBuf,
+    locations: sled::Tree,
+    writer: Mutex<PackWriter>,
+    readers: Mutex<HashMap<u32, Arc<File>>>,
+}
+
+fn pack_name(pack: u32) -> String {
+    format!("pack-{pack:08}.pack")
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind; the store's invariants
+    // live on disk, so carrying on with the inner value is safe.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl ChunkStore {
+    /// Open (creating) the store in `dir`, with its locations in `locations`.
+    pub fn open(dir: &Path, locations: sled::Tree) -> Result<ChunkStore> {
+        std::fs::create_dir_all(dir).at("create", dir)?;
+        let mut highest = 0u32;
+        for entry in std::fs::read_dir(dir).at("list", dir)? {
+            let entry = entry.at("list", dir)?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(number) = name.strip_prefix("pack-").and_then(|rest| rest.strip_suffix(".pack")) {
+                if let Ok(number) = number.parse::<u32>() {
+                    highest = highest.max(number);
+                }
+            }
+        }
+        let writer = Self::new_pack(dir, highest + 1)?;
+        Ok(ChunkStore {
+            dir: dir.to_path_buf(),
+            locations,
+            writer: Mutex::new(writer),
+            readers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn new_pack(dir: &Path, pack: u32) -> Result<PackWriter> {
+        let path = dir.join(pack_name(pack));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .at("create", &path)?;
+        let end = file.metadata().at("stat", &path)?.len();
+        crate::fsutil::fsync_dir(dir)?;
+        Ok(PackWriter { pack, file, end, buffer: Vec::with_capacity(WRITE_BUFFER_BYTES), pending: HashMap::new() })
+    }
+
+    fn pack_path(&self, pack: u32) -> PathBuf {
+        self.dir.join(pack_name(pack))
+    }
+
+    fn stored_location(&self, hash: &Hash) -> Result<Option<Location>> {
+        match self.locations.get(hash.0)? {
+            None => Ok(None),
+            Some(bytes) => Location::from_bytes(&bytes).map(Some).ok_or_else(|| Error::Corrupt {
+                path: self.dir.clone(),
+                reason: format!("chunk location of {hash} has {} bytes, expected 16", bytes.len()),
+            }),
+        }
+    }
+
+    /// True when the store has the chunk (synced or pending).
+    pub fn contains(&self, hash: &Hash) -> Result<bool> {
+        if lock(&self.writer).pending.contains_key(hash) {
+            return Ok(true);
+        }
+        Ok(self.locations.contains_key(hash.0)?)
+    }
+
+    /// The hashes of `wanted` the store lacks, in the order given, without duplicates.
+    pub fn missing(&self, wanted: impl IntoIterator<Item = Hash>) -> Result<Vec<Hash>> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for hash in wanted {
+            if seen.insert(hash) && !self.contains(&hash)? {
+                out.push(hash);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Store `bytes`, returning their hash. Storing a chunk twice writes it once.
+    pub fn put(&self, bytes: &[u8]) -> Result<Hash> {
+        let hash = Hash::of(bytes);
+        self.insert(hash, bytes, false)?;
+        Ok(hash)
+    }
+
+    /// Store bytes received from elsewhere under the hash they were announced with;
+    /// bytes that do not hash to `expected` are refused and nothing is stored.
+    pub fn put_verified(&self, expected: Hash, bytes: &[u8]) -> Result<()> {
+        let actual = Hash::of(bytes);
+        if actual != expected {
+            return Err(Error::ChunkMismatch { expected, actual, location: " (as received)".to_string() });
+        }
+        self.insert(expected, bytes, false)
+    }
+
+    fn insert(&self, hash: Hash, bytes: &[u8], force: bool) -> Result<()> {
+        if !force && self.locations.contains_key(hash.0)? {
+            return Ok(());
+        }
+        let len = u32::try_from(bytes.len()).map_err(|_| Error::Corrupt {
+            path: self.dir.clone(),
+            reason: format!("chunk {hash} of {} bytes is too large", bytes.len()),
+        })?;
+        let mut writer = lock(&self.writer);
+        if !force && writer.pending.contains_key(&hash) {
+            return Ok(());
+        }
+        if writer.end >= PACK_TARGET_BYTES {
+            self.sync_locked(&mut writer)?;
+            let next = writer.pack + 1;
+            *writer = Self::new_pack(&self.dir, next)?;
+        }
+        let location = Location { pack: writer.pack, offset: writer.end + RECORD_HEADER_BYTES, len };
+        if writer.buffer.len() + bytes.len() + RECORD_HEADER_BYTES as usize > WRITE_BUFFER_BYTES {
+            let path = self.pack_path(writer.pack);
+            writer.flush_buffer(&path)?;
+        }
+        writer.buffer.extend_from_slice(RECORD_MAGIC);
+        writer.buffer.extend_from_slice(&hash.0);
+        writer.buffer.extend_from_slice(&len.to_le_bytes());
+        writer.buffer.extend_from_slice(bytes);
+        writer.end += RECORD_HEADER_BYTES + bytes.len() as u64;
+        writer.pending.insert(hash, location);
+        Ok(())
+    }
+
+    /// Make every chunk stored so far durable and findable. Call before recording an
+    /// event that names them.
+    pub fn sync(&self) -> Result<()> {
+        let mut writer = lock(&self.writer);
+        self.sync_locked(&mut writer)
+    }
+
+    fn sync_locked(&self, writer: &mut PackWriter) -> Result<()> {
+        if writer.pending.is_empty() && writer.buffer.is_empty() {
+            return Ok(());
+        }
+        let path = self.pack_path(writer.pack);
+        writer.flush_buffer(&path)?;
+        writer.file.sync_data().at("fsync", &path)?;
+        let mut batch = sled::Batch::default();
+        for (hash, location) in writer.pending.drain() {
+            batch.insert(&hash.0, &location.to_bytes());
+        }
+        self.locations.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn reader(&self, pack: u32) -> Result<Arc<File>> {
+        let mut readers = lock(&self.readers);
+        if let Some(file) = readers.get(&pack) {
+            return Ok(file.clone());
+        }
+        let path = self.pack_path(pack);
+        let file = Arc::new(File::open(&path).at("open", &path)?);
+        readers.insert(pack, file.clone());
+        Ok(file)
+    }
+
+    /// The chunk's bytes, verified against its hash.
+    pub fn get(&self, hash: &Hash) -> Result<Vec<u8>> {
+        let pending = {
+            let mut writer = lock(&self.writer);
+            match writer.pending.get(hash).copied() {
+                Some(location) => {
+                    let path = self.pack_path(writer.pack);
+                    writer.flush_buffer(&path)?;
+                    Some(location)
+                }
+                None => None,
+            }
+        };
+        let location = match pending {
+            Some(location) => location,
+            None => self.stored_location(hash)?.ok_or(Error::ChunkMissing { hash: *hash })?,
+        };
+        let path = self.pack_path(location.pack);
+        let file = self.reader(location.pack)?;
+        let mut bytes = vec![0u8; location.len as usize];
+        file.read_exact_at(&mut bytes, location.offset).at("read", &path)?;
+        let actual = Hash::of(&bytes);
+        if actual != *hash {
+            return Err(Error::ChunkMismatch {
+                expected: *hash,
+                actual,
+                location: format!(" in {} at offset {}", path.display(), location.offset),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Number of chunks and their total bytes (synced chunks only).
+    pub fn usage(&self) -> Result<(u64, u64)> {
+        let mut count = 0;
+        let mut bytes = 0;
+        for item in self.locations.iter() {
+            let (_, value) = item?;
+            if let Some(location) = Location::from_bytes(&value) {
+                count += 1;
+                bytes += location.len as u64;
+            }
+        }
+        Ok((count, bytes))
+    }
+
+    /// Bytes the pack files take on disk.
+    pub fn disk_bytes(&self) -> Result<u64> {
+        let mut total = 0;
+        for entry in std::fs::read_dir(&self.dir).at("list", &self.dir)? {
+            let entry = entry.at("list", &self.dir)?;
+            total += entry.metadata().at("stat", entry.path())?.len();
+        }
+        Ok(total)
+    }
+
+    /// Remove every chunk not in `live`, compacting the packs that held them.
+    pub fn collect_garbage(&self, live: &HashSet<Hash>) -> Result<GcReport> {
+        let mut writer = lock(&self.writer);
+        self.sync_locked(&mut writer)?;
+        let mut by_pack: BTreeMap<u32, (Vec<(Hash, Location)>, Vec<(Hash, Location)>)> = BTreeMap::new();
+        for item in self.locations.iter() {
+            let (key, value) = item?;
+            let (Some(hash), Some(location)) = (Hash::from_slice(&key), Location::from_bytes(&value)) else {
+                return Err(Error::Corrupt { path: self.dir.clone(), reason: "malformed chunk location".to_string() });
+            };
+            let slot = by_pack.entry(location.pack).or_default();
+            if live.contains(&hash) {
+                slot.0.push((hash, location));
+            } else {
+                slot.1.push((hash, location));
+            }
+        }
+        let mut report = GcReport::default();
+        let mut doomed_packs = Vec::new();
+        for (pack, (keep, dead)) in &by_pack {
+            if dead.is_empty() {
+                continue;
+            }
+            if *pack == writer.pack {
+                let next = writer.pack + 1;
+                *writer = Self::new_pack(&self.dir, next)?;
+            }
+            drop(writer);
+            for (hash, _) in keep {
+                let bytes = self.get(hash)?;
+                self.insert(*hash, &bytes, true)?;
+            }
+            writer = lock(&self.writer);
+            for (hash, location) in dead {
+                self.locations.remove(hash.0)?;
+                report.chunks_removed += 1;
+                report.bytes_reclaimed += location.len as u64;
+            }
+            report.packs_rewritten += 1;
+            doomed_packs.push(*pack);
+        }
+        self.sync_locked(&mut writer)?;
+        // Packs no location points at (never indexed because of a crash before sync).
+        let referenced: HashSet<u32> = by_pack.keys().copied().collect();
+        for entry in std::fs::read_dir(&self.dir).at("list", &self.dir)? {
+            let entry = entry.at("list", &self.dir)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(number) = name.strip_prefix("pack-").and_then(|rest| rest.strip_suffix(".pack")) {
+                if let Ok(number) = number.parse::<u32>() {
+                    if number != writer.pack && !referenced.contains(&number) {
+                        doomed_packs.push(number);
+                    }
+                }
+            }
+        }
+        self.locations.flush()?;
+        let mut readers = lock(&self.readers);
+        for pack in doomed_packs {
+            readers.remove(&pack);
+            let path = self.pack_path(pack);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(Error::Io { op: "remove", path, source: error }),
+            }
+        }
+        Ok(report)
+    }
+}

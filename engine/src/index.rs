@@ -1,0 +1,309 @@
+//! The folder index: one entry per path, the state the log's events add up to.
+//!
+//! The index is a pure function of the log: `FolderIndex::apply` is the one place that
+//! says what each `Change` does to the folder's state, and it is used by the active
+//! when it records, by the passive when it replays, and to rebuild the index from the
+//! log after a crash. It lives in memory (a `BTreeMap`, so subtrees are key ranges) and
+//! is persisted to a sled tree at the seq it was last saved at.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bincode::{Decode, Encode};
+
+use crate::digest::{leaf, FolderDigest, LeafFields};
+use crate::event::{Change, ChunkRef};
+use crate::hash::Hash;
+use crate::path::RelPath;
+
+/// The state of one path.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Entry {
+    File {
+        mode: u32,
+        mtime_ns: i64,
+        size: u64,
+        content: Hash,
+        chunks: Vec<ChunkRef>,
+    },
+    Dir {
+        mode: u32,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
+}
+
+impl Entry {
+    /// The entry's leaf in the folder digest.
+    pub fn leaf(&self, path: &RelPath) -> Hash {
+        leaf(path, self.leaf_fields())
+    }
+
+    pub fn leaf_fields(&self) -> LeafFields<'_> {
+        match self {
+            Entry::File { mode, size, content, .. } => LeafFields::File {
+                mode: *mode,
+                size: *size,
+                content,
+            },
+            Entry::Dir { mode } => LeafFields::Dir { mode: *mode },
+            Entry::Symlink { target } => LeafFields::Symlink { target },
+        }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        matches!(self, Entry::Dir { .. })
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Entry::File { .. } => "file",
+            Entry::Dir { .. } => "directory",
+            Entry::Symlink { .. } => "symlink",
+        }
+    }
+}
+
+/// Why a change does not fit the index (the replay turns this into an error with a seq).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Misfit {
+    pub path: RelPath,
+    pub reason: String,
+}
+
+/// Entries by path, the running digest, and which paths changed since the last save.
+#[derive(Clone, Debug, Default)]
+pub struct FolderIndex {
+    entries: BTreeMap<RelPath, Entry>,
+    digest: FolderDigest,
+    dirty: BTreeSet<RelPath>,
+}
+
+impl FolderIndex {
+    /// An index built from saved entries; the digest is recomputed from them.
+    pub fn from_entries(entries: impl IntoIterator<Item = (RelPath, Entry)>) -> FolderIndex {
+        let mut index = FolderIndex::default();
+        for (path, entry) in entries {
+            index.digest.add(&entry.leaf(&path));
+            index.entries.insert(path, entry);
+        }
+        index
+    }
+
+    pub fn get(&self, path: &RelPath) -> Option<&Entry> {
+        self.entries.get(path)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn digest(&self) -> Hash {
+        self.digest.to_hash()
+    }
+
+    /// Every entry, in path order.
+    pub fn iter(&self) -> impl Iterator<Item = (&RelPath, &Entry)> {
+        self.entries.iter()
+    }
+
+    /// The entry at `path` and everything below it, in path order.
+    pub fn subtree<'a>(&'a self, path: &RelPath) -> impl Iterator<Item = (&'a RelPath, &'a Entry)> + 'a {
+        let (low, high) = path.descendants_range();
+        self.entries
+            .get_key_value(path)
+            .into_iter()
+            .chain(self.entries.range(low..high))
+    }
+
+    /// Take the set of paths changed since the last call (for persisting).
+    pub fn take_dirty(&mut self) -> BTreeSet<RelPath> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Check that `path`'s parent is a directory in the index (top-level is fine).
+    fn check_parent(&self, path: &RelPath) -> Result<(), Misfit> {
+        let Some(parent) = path.parent() else {
+            return Ok(());
+        };
+        match self.entries.get(&parent) {
+            Some(Entry::Dir { .. }) => Ok(()),
+            Some(other) => Err(misfit(path, format!("parent {parent} is a {}", other.kind()))),
+            None => Err(misfit(path, format!("parent {parent} does not exist"))),
+        }
+    }
+
+    fn set(&mut self, path: RelPath, entry: Entry) {
+        if let Some(old) = self.entries.get(&path) {
+            self.digest.remove(&old.leaf(&path));
+        }
+        self.digest.add(&entry.leaf(&path));
+        self.dirty.insert(path.clone());
+        self.entries.insert(path, entry);
+    }
+
+    fn remove_subtree(&mut self, path: &RelPath) -> Vec<(RelPath, Entry)> {
+        let doomed: Vec<RelPath> = self.subtree(path).map(|(key, _)| key.clone()).collect();
+        let mut removed = Vec::with_capacity(doomed.len());
+        for key in doomed {
+            if let Some(entry) = self.entries.remove(&key) {
+                self.digest.remove(&entry.leaf(&key));
+                self.dirty.insert(key.clone());
+                removed.push((key, entry));
+            }
+        }
+        removed
+    }
+
+    /// Check that `change` fits the current state, without changing anything.
+    pub fn check(&self, change: &Change) -> Result<(), Misfit> {
+        match change {
+            Change::Put { path, size, chunks, .. } => {
+                self.check_parent(path)?;
+                if let Some(Entry::Dir { .. }) = self.entries.get(path) {
+                    return Err(misfit(path, "a directory is in the way".to_string()));
+                }
+                let total: u64 = chunks.iter().map(|chunk| chunk.len as u64).sum();
+                if total != *size {
+                    return Err(misfit(path, format!("chunks add up to {total} bytes, size says {size}")));
+                }
+                Ok(())
+            }
+            Change::Mkdir { path, .. } => {
+                self.check_parent(path)?;
+                match self.entries.get(path) {
+                    Some(Entry::Dir { .. }) | None => Ok(()),
+                    Some(other) => Err(misfit(path, format!("a {} is in the way", other.kind()))),
+                }
+            }
+            Change::Symlink { path, target } => {
+                self.check_parent(path)?;
+                if target.is_empty() || target.contains(&0) {
+                    return Err(misfit(path, "empty or NUL-containing symlink target".to_string()));
+                }
+                match self.entries.get(path) {
+                    Some(Entry::Dir { .. }) => Err(misfit(path, "a directory is in the way".to_string())),
+                    _ => Ok(()),
+                }
+            }
+            Change::Remove { path } => match self.entries.get(path) {
+                Some(_) => Ok(()),
+                None => Err(misfit(path, "nothing to remove".to_string())),
+            },
+            Change::Rename { from, to } => {
+                let Some(source) = self.entries.get(from) else {
+                    return Err(misfit(from, "nothing to rename".to_string()));
+                };
+                if to.is_within(from) {
+                    return Err(misfit(to, format!("cannot move {from} inside itself")));
+                }
+                self.check_parent(to)?;
+                match (source.is_dir(), self.entries.get(to)) {
+                    (false, Some(Entry::Dir { .. })) => {
+                        Err(misfit(to, "a directory is in the way".to_string()))
+                    }
+                    (true, Some(other)) if !other.is_dir() => {
+                        Err(misfit(to, format!("a {} is in the way", other.kind())))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Change::SetMode { path, .. } => match self.entries.get(path) {
+                Some(Entry::Symlink { .. }) => Err(misfit(path, "a symlink has no mode".to_string())),
+                Some(_) => Ok(()),
+                None => Err(misfit(path, "nothing to change the mode of".to_string())),
+            },
+            Change::Promote { .. } => Ok(()),
+        }
+    }
+
+    /// Apply `change`, after checking it fits.
+    pub fn apply(&mut self, change: &Change) -> Result<(), Misfit> {
+        self.check(change)?;
+        match change {
+            Change::Put { path, mode, mtime_ns, size, content, chunks } => {
+                self.set(
+                    path.clone(),
+                    Entry::File {
+                        mode: *mode,
+                        mtime_ns: *mtime_ns,
+                        size: *size,
+                        content: *content,
+                        chunks: chunks.clone(),
+                    },
+                );
+            }
+            Change::Mkdir { path, mode } => self.set(path.clone(), Entry::Dir { mode: *mode }),
+            Change::Symlink { path, target } => {
+                self.set(path.clone(), Entry::Symlink { target: target.clone() })
+            }
+            Change::Remove { path } => {
+                self.remove_subtree(path);
+            }
+            Change::Rename { from, to } => {
+                self.remove_subtree(to);
+                for (path, entry) in self.remove_subtree(from) {
+                    self.set(path.rebase(from, to), entry);
+                }
+            }
+            Change::SetMode { path, mode } => {
+                let mut entry = self.entries[path].clone();
+                match &mut entry {
+                    Entry::File { mode: old, .. } | Entry::Dir { mode: old } => *old = *mode,
+                    Entry::Symlink { .. } => unreachable!("checked above"),
+                }
+                self.set(path.clone(), entry);
+            }
+            Change::Promote { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Every chunk an entry names.
+    pub fn chunk_hashes(&self) -> impl Iterator<Item = Hash> + '_ {
+        self.entries.values().flat_map(|entry| match entry {
+            Entry::File { chunks, .. } => chunks.iter().map(|chunk| chunk.hash).collect::<Vec<_>>(),
+            _ => Vec::new(),
+        })
+    }
+}
+
+fn misfit(path: &RelPath, reason: String) -> Misfit {
+    Misfit { path: path.clone(), reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(text: &str) -> RelPath {
+        RelPath::new(text).unwrap()
+    }
+
+    #[test]
+    fn rename_moves_a_subtree_and_digest_follows() {
+        let mut index = FolderIndex::default();
+        index.apply(&Change::Mkdir { path: path("a"), mode: 0o755 }).unwrap();
+        index.apply(&Change::Symlink { path: path("a/l"), target: b"x".to_vec() }).unwrap();
+        index.apply(&Change::Rename { from: path("a"), to: path("b") }).unwrap();
+        assert!(index.get(&path("a/l")).is_none());
+        assert!(index.get(&path("b/l")).is_some());
+        let rebuilt = FolderIndex::from_entries(index.iter().map(|(key, value)| (key.clone(), value.clone())));
+        assert_eq!(rebuilt.digest(), index.digest());
+    }
+
+    #[test]
+    fn misfits_are_refused_without_change() {
+        let mut index = FolderIndex::default();
+        let before = index.digest();
+        assert!(index.apply(&Change::Mkdir { path: path("a/b"), mode: 0o755 }).is_err());
+        assert!(index.apply(&Change::Remove { path: path("a") }).is_err());
+        assert_eq!(index.digest(), before);
+        index.apply(&Change::Mkdir { path: path("a"), mode: 0o755 }).unwrap();
+        assert!(index.apply(&Change::Rename { from: path("a"), to: path("a/b") }).is_err());
+    }
+}

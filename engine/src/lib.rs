@@ -1,0 +1,45 @@
+//! standin's engine: everything that records and replays the changes of a server
+//! folder. No networking here — the service crate carries events and chunks between
+//! nodes.
+//!
+//! # Layout
+//!
+//! - [`event`]: `Change`, `Event`, the canonical encoding and the hash chain.
+//! - [`log`]: `EventLog`, the append-only log in sled; durable before visible.
+//! - [`chunking`] and [`chunk_store`]: FastCDC chunks, stored in verified pack files.
+//! - [`index`] and [`digest`]: the per-path state the log adds up to, and its
+//!   O(1)-per-entry folder digest.
+//! - [`repository`]: a node's `data_dir` (log + chunks + index) and the active's
+//!   write path, `Repository::record`.
+//! - [`scan`] and [`capture`]: turning the folder on disk into changes; watching it.
+//! - [`replay`]: the passive's atomic, verified, crash-safe `apply_batch`.
+//! - [`verify`]: recompute the digest from disk and compare with the log head.
+//! - [`quarantine`]: moving unreplicated events aside, never dropping them.
+//! - [`path`]: `RelPath`, a path that cannot leave the folder.
+
+pub mod capture;
+pub mod chunk_store;
+pub mod chunking;
+pub mod digest;
+pub mod error;
+pub mod event;
+pub mod fsutil;
+pub mod hash;
+pub mod index;
+pub mod log;
+pub mod path;
+pub mod quarantine;
+pub mod replay;
+pub mod repository;
+pub mod scan;
+pub mod verify;
+
+pub use capture::{Capture, CaptureOptions};
+pub use chunk_store::ChunkStore;
+pub use error::{Error, Result};
+pub use event::{Change, ChunkRef, Event, EventBody};
+pub use hash::Hash;
+pub use index::{Entry, FolderIndex};
+pub use log::{EventLog, Head};
+pub use path::RelPath;
+pub use repository::Repository;

@@ -1,0 +1,218 @@
+//! The event log: append-only, gap-free, hash-chained, durable before visible.
+//!
+//! Events live in the sled tree `events`, keyed by big-endian seq (so key order is seq
+//! order), each value `prev (32) ‖ hash (32) ‖ canonical body`. Every read re-hashes
+//! the body onto its `prev` and, when reading a run, checks each `prev` against the
+//! hash before it, so a changed body, prev or hash on disk is found when it is read.
+//!
+//! `append` inserts a batch, flushes sled to disk, and only then moves the in-memory
+//! head that readers stop at: an event is durable before any reader can see it
+//! (invariant 2). The only removal is `truncate_after`, used to quarantine the events
+//! a superseded node recorded after the last common one.
+
+use std::sync::RwLock;
+
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::hash::Hash;
+
+/// The last event of a log: what two nodes compare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: Hash,
+    pub epoch: u64,
+    /// The folder digest after the head event.
+    pub digest: Hash,
+}
+
+impl Head {
+    /// The head of an empty log.
+    pub const EMPTY: Head = Head { seq: 0, hash: Hash::ZERO, epoch: 0, digest: Hash::ZERO };
+
+    fn of(event: &Event) -> Head {
+        Head { seq: event.seq(), hash: event.hash, epoch: event.epoch(), digest: event.body.digest }
+    }
+}
+
+/// The hash-chained event log in a sled tree.
+pub struct EventLog {
+    db: sled::Db,
+    events: sled::Tree,
+    head: RwLock<Head>,
+}
+
+fn key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+fn encode_value(event: &Event) -> Vec<u8> {
+    let canonical = event.body.canonical_bytes();
+    let mut value = Vec::with_capacity(64 + canonical.len());
+    value.extend_from_slice(&event.prev.0);
+    value.extend_from_slice(&event.hash.0);
+    value.extend_from_slice(&canonical);
+    value
+}
+
+fn decode_value(seq: u64, value: &[u8]) -> Result<Event> {
+    if value.len() < 65 {
+        return Err(Error::BrokenChain { seq, reason: format!("stored record is {} bytes long", value.len()) });
+    }
+    let prev = Hash::from_slice(&value[..32]).unwrap_or_default();
+    let hash = Hash::from_slice(&value[32..64]).unwrap_or_default();
+    let event = Event::from_parts(prev, &value[64..], hash).map_err(|error| match error {
+        Error::BrokenChain { reason, .. } => Error::BrokenChain { seq, reason },
+        Error::Decode { reason, .. } => Error::BrokenChain { seq, reason: format!("undecodable body: {reason}") },
+        other => other,
+    })?;
+    if event.seq() != seq {
+        return Err(Error::BrokenChain { seq, reason: format!("stored under seq {seq} but says seq {}", event.seq()) });
+    }
+    Ok(event)
+}
+
+impl EventLog {
+    /// Open the log in `db`, reading its head (and verifying the head event).
+    pub fn open(db: &sled::Db) -> Result<EventLog> {
+        let events = db.open_tree("events")?;
+        let head = match events.last()? {
+            None => Head::EMPTY,
+            Some((stored_key, value)) => {
+                let seq = u64::from_be_bytes(stored_key.as_ref().try_into().map_err(|_| Error::BrokenChain {
+                    seq: 0,
+                    reason: "malformed key in the events tree".to_string(),
+                })?);
+                Head::of(&decode_value(seq, &value)?)
+            }
+        };
+        Ok(EventLog { db: db.clone(), events, head: RwLock::new(head) })
+    }
+
+    /// The last durable event.
+    pub fn head(&self) -> Head {
+        *self.head.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Append `batch`, which must continue the chain from the head; durable on return.
+    pub fn append(&self, batch: &[Event]) -> Result<Head> {
+        let mut head = self.head.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut tip = *head;
+        let mut sled_batch = sled::Batch::default();
+        for event in batch {
+            event.check_follows(tip.seq, &tip.hash)?;
+            if event.epoch() < tip.epoch {
+                return Err(Error::BrokenChain {
+                    seq: event.seq(),
+                    reason: format!("epoch {} is below the previous event's epoch {}", event.epoch(), tip.epoch),
+                });
+            }
+            sled_batch.insert(&key(event.seq()), encode_value(event));
+            tip = Head::of(event);
+        }
+        self.events.apply_batch(sled_batch)?;
+        self.db.flush()?;
+        *head = tip;
+        Ok(tip)
+    }
+
+    /// The event at `seq`, verified against its own hash.
+    pub fn get(&self, seq: u64) -> Result<Option<Event>> {
+        if seq == 0 || seq > self.head().seq {
+            return Ok(None);
+        }
+        match self.events.get(key(seq))? {
+            None => Err(Error::BrokenChain { seq, reason: "missing from the log (a gap)".to_string() }),
+            Some(value) => decode_value(seq, &value).map(Some),
+        }
+    }
+
+    /// The hash of the event at `seq` (`Hash::ZERO` for seq 0).
+    pub fn hash_at(&self, seq: u64) -> Result<Option<Hash>> {
+        if seq == 0 {
+            return Ok(Some(Hash::ZERO));
+        }
+        Ok(self.get(seq)?.map(|event| event.hash))
+    }
+
+    /// Up to `max` events after (`seq`, `hash`), each checked to link to the one before.
+    /// `Divergence` when our event at `seq` has another hash; `BeyondHead` when we have
+    /// no event `seq`.
+    pub fn events_after(&self, seq: u64, hash: &Hash, max: usize) -> Result<Vec<Event>> {
+        let head = self.head();
+        if seq > head.seq {
+            return Err(Error::BeyondHead { seq, head: head.seq });
+        }
+        let ours = self.hash_at(seq)?.unwrap_or_default();
+        if ours != *hash {
+            return Err(Error::Divergence { seq, ours, theirs: *hash });
+        }
+        let last = head.seq.min(seq.saturating_add(max as u64));
+        let mut out = Vec::with_capacity((last - seq) as usize);
+        let mut tip = (seq, ours);
+        for next in seq + 1..=last {
+            let event = self
+                .get(next)?
+                .ok_or_else(|| Error::BrokenChain { seq: next, reason: "missing from the log".to_string() })?;
+            event.check_follows(tip.0, &tip.1)?;
+            tip = (next, event.hash);
+            out.push(event);
+        }
+        Ok(out)
+    }
+
+    /// Read and check the whole chain, returning the number of events.
+    pub fn check_chain(&self) -> Result<u64> {
+        let head = self.head();
+        let mut tip = (0u64, Hash::ZERO);
+        while tip.0 < head.seq {
+            let batch = self.events_after(tip.0, &tip.1, 4096)?;
+            let Some(last) = batch.last() else { break };
+            tip = (last.seq(), last.hash);
+        }
+        if tip.0 != head.seq || tip.1 != head.hash {
+            return Err(Error::BrokenChain { seq: tip.0, reason: "chain does not reach the head".to_string() });
+        }
+        Ok(tip.0)
+    }
+
+    /// Remove every event after `seq` and return them (oldest first). Durable on return.
+    pub fn truncate_after(&self, seq: u64) -> Result<Vec<Event>> {
+        let mut head = self.head.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if seq >= head.seq {
+            return Ok(Vec::new());
+        }
+        let mut removed = Vec::with_capacity((head.seq - seq) as usize);
+        let mut sled_batch = sled::Batch::default();
+        for next in seq + 1..=head.seq {
+            let value = self
+                .events
+                .get(key(next))?
+                .ok_or_else(|| Error::BrokenChain { seq: next, reason: "missing from the log".to_string() })?;
+            removed.push(decode_value(next, &value)?);
+            sled_batch.remove(&key(next));
+        }
+        let new_head = if seq == 0 {
+            Head::EMPTY
+        } else {
+            let value = self
+                .events
+                .get(key(seq))?
+                .ok_or_else(|| Error::BrokenChain { seq, reason: "missing from the log".to_string() })?;
+            Head::of(&decode_value(seq, &value)?)
+        };
+        self.events.apply_batch(sled_batch)?;
+        self.db.flush()?;
+        *head = new_head;
+        Ok(removed)
+    }
+
+    /// Overwrite the stored bytes of one event. For tests that prove tampering is found.
+    #[doc(hidden)]
+    pub fn tamper_raw(&self, seq: u64, edit: impl FnOnce(&mut Vec<u8>)) -> Result<()> {
+        let mut value = self.events.get(key(seq))?.map(|value| value.to_vec()).unwrap_or_default();
+        edit(&mut value);
+        self.events.insert(key(seq), value)?;
+        Ok(())
+    }
+}

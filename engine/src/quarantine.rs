@@ -1,0 +1,179 @@
+//! Quarantine: events a superseded node recorded after the last event it shares with
+//! the authority are moved out of its log — never dropped (invariant 7).
+//!
+//! `data_dir/quarantine/<epoch>-<unix ms>/` holds:
+//!
+//! ```text
+//! manifest.json       one record per event: seq, epoch, kind, path(s), size, mode,
+//!                     content hash, event hash, recorded_at_ms, and `file` (below)
+//! files/<seq>/<path>  the content of each `Put` exactly as recorded
+//! ```
+//!
+//! The directory is written and fsync'd before the events leave the log, so a crash in
+//! between leaves the events in both places, never in neither.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, IoContext, Result};
+use crate::event::Change;
+use crate::fsutil::{fsync_dir, now_ms};
+use crate::hash::Hash;
+use crate::path::RelPath;
+use crate::repository::Repository;
+
+/// One quarantined event, as the manifest lists it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QuarantinedEvent {
+    pub seq: u64,
+    pub epoch: u64,
+    pub kind: String,
+    pub path: String,
+    /// For a rename: where the entry went.
+    pub to: Option<String>,
+    pub size: Option<u64>,
+    pub mode: Option<u32>,
+    pub content: Option<Hash>,
+    pub event_hash: Hash,
+    pub recorded_at_ms: u64,
+    /// The content of a `Put`, relative to the quarantine directory.
+    pub file: Option<String>,
+}
+
+/// A quarantine directory's manifest.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    /// The last seq this node shared with the authority.
+    pub common_seq: u64,
+    pub common_hash: Hash,
+    pub quarantined_at_ms: u64,
+    pub events: Vec<QuarantinedEvent>,
+}
+
+/// What `quarantine_after` did.
+#[derive(Clone, Debug)]
+pub struct Quarantined {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    /// Every path the quarantined events touched (for putting the folder back).
+    pub touched: Vec<RelPath>,
+}
+
+/// Move the events after `seq` into a new quarantine directory and out of the log, and
+/// bring the index back to `seq`. `None` when there is nothing after `seq`.
+pub fn quarantine_after(repository: &Repository, seq: u64) -> Result<Option<Quarantined>> {
+    let head = repository.head();
+    if seq >= head.seq {
+        return Ok(None);
+    }
+    let common_hash = repository.log().hash_at(seq)?.unwrap_or_default();
+    let events = repository.log().events_after(seq, &common_hash, usize::MAX)?;
+    let quarantined_at_ms = now_ms();
+    let root = repository.data_dir().join("quarantine");
+    let dir = root.join(format!("{}-{quarantined_at_ms}", head.epoch));
+    let files = dir.join("files");
+    std::fs::create_dir_all(&files).at("create", &files)?;
+
+    let mut manifest = Manifest { common_seq: seq, common_hash, quarantined_at_ms, events: Vec::new() };
+    let mut touched = Vec::new();
+    for event in &events {
+        let change = &event.body.change;
+        touched.extend(change.paths().into_iter().cloned());
+        let mut record = QuarantinedEvent {
+            seq: event.seq(),
+            epoch: event.epoch(),
+            kind: change.kind().to_string(),
+            path: change.paths().first().map(|path| path.to_string()).unwrap_or_default(),
+            to: None,
+            size: None,
+            mode: None,
+            content: None,
+            event_hash: event.hash,
+            recorded_at_ms: event.body.recorded_at_ms,
+            file: None,
+        };
+        match change {
+            Change::Put { path, mode, size, content, chunks, .. } => {
+                let relative = format!("files/{}/{}", event.seq(), path);
+                let target = dir.join(&relative);
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent).at("create", parent)?;
+                }
+                let mut file = std::fs::File::create(&target).at("create", &target)?;
+                for chunk in chunks {
+                    file.write_all(&repository.chunks().get(&chunk.hash)?).at("write", &target)?;
+                }
+                file.sync_all().at("fsync", &target)?;
+                record.size = Some(*size);
+                record.mode = Some(*mode);
+                record.content = Some(*content);
+                record.file = Some(relative);
+            }
+            Change::Mkdir { mode, .. } | Change::SetMode { mode, .. } => record.mode = Some(*mode),
+            Change::Rename { to, .. } => record.to = Some(to.to_string()),
+            Change::Symlink { target, .. } => record.to = Some(String::from_utf8_lossy(target).into_owned()),
+            Change::Promote { node } => record.path = node.clone(),
+            Change::Remove { .. } => {}
+        }
+        manifest.events.push(record);
+    }
+    let manifest_path = dir.join("manifest.json");
+    let text = serde_json::to_string_pretty(&manifest).map_err(|error| Error::Decode {
+        what: "quarantine manifest".to_string(),
+        reason: error.to_string(),
+    })?;
+    let mut file = std::fs::File::create(&manifest_path).at("create", &manifest_path)?;
+    file.write_all(text.as_bytes()).at("write", &manifest_path)?;
+    file.sync_all().at("fsync", &manifest_path)?;
+    fsync_dir(&dir)?;
+    fsync_dir(&root)?;
+
+    {
+        let _writer = repository.lock_index();
+        repository.log().truncate_after(seq)?;
+    }
+    repository.reload_index()?;
+    tracing::warn!(
+        dir = %dir.display(),
+        events = manifest.events.len(),
+        common_seq = seq,
+        "moved events that never reached the authority into quarantine"
+    );
+    Ok(Some(Quarantined { dir, manifest, touched }))
+}
+
+/// Every quarantine directory with its manifest, oldest first.
+pub fn list_quarantines(data_dir: &Path) -> Result<Vec<(PathBuf, Manifest)>> {
+    let root = data_dir.join("quarantine");
+    let mut out = Vec::new();
+    let listing = match std::fs::read_dir(&root) {
+        Ok(listing) => listing,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(error) => return Err(Error::Io { op: "list", path: root, source: error }),
+    };
+    for item in listing {
+        let item = item.at("list", &root)?;
+        let manifest_path = item.path().join("manifest.json");
+        let text = match std::fs::read_to_string(&manifest_path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(Error::Io { op: "read", path: manifest_path, source: error }),
+        };
+        let manifest: Manifest = serde_json::from_str(&text).map_err(|error| Error::Decode {
+            what: manifest_path.display().to_string(),
+            reason: error.to_string(),
+        })?;
+        out.push((item.path(), manifest));
+    }
+    out.sort_by_key(|(_, manifest)| manifest.quarantined_at_ms);
+    Ok(out)
+}
+
+/// Put every path the quarantined events touched back to the state the index now holds.
+pub fn rewind_folder(root: &Path, repository: &Repository, touched: Vec<RelPath>) -> Result<()> {
+    let scopes = crate::scan::cover(&repository.lock_index(), touched);
+    for scope in &scopes {
+        crate::replay::restore_scope(root, repository, scope)?;
+    }
+    crate::fsutil::syncfs(root)
+}

@@ -1,0 +1,398 @@
+//! Replay: apply events to a replica folder, atomically, verified, crash-safe.
+//!
+//! `apply_batch` runs in four steps:
+//!
+//! 1. **Check** (nothing touched yet): every event continues the chain from the head
+//!    and hashes to its recorded hash; every change fits the index (parents are
+//!    directories, so no path runs through a symlink the log created); after each
+//!    change the index's digest equals the digest the event carries; every chunk named
+//!    is in the chunk store. A failure here leaves the folder and the log unchanged.
+//! 2. **Journal**: the paths the batch touches are written to `meta/replay_pending`
+//!    (flushed) before the folder is touched.
+//! 3. **Apply**: each file is written to a temporary name in its directory (content
+//!    from verified chunks, hashed again while written and compared with the event),
+//!    given its mode and mtime, and renamed into place; no reader ever sees half a file.
+//!    Every parent on disk is checked to be a real directory, not a symlink.
+//! 4. **Durability point**: one `syncfs` of the folder's file system, then the chunk
+//!    store is synced, the events are appended to the log (flushed), the index saved
+//!    and the journal cleared. Only now has the applied seq moved.
+//!
+//! If step 3 fails, or the process dies anywhere after step 2, `recover` puts every
+//! journaled path back to the state the index holds at the log head (which is the
+//! pre-batch state unless step 4's append completed) and removes temporary files;
+//! applying the batch again then ends where an uninterrupted run would have.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use crate::error::{Error, IoContext, Result};
+use crate::event::{chain_hash, Change, ChunkRef, Event};
+use crate::fsutil::{syncfs, system_time, temp_name};
+use crate::hash::Hash;
+use crate::index::Entry;
+use crate::log::Head;
+use crate::path::RelPath;
+use crate::repository::Repository;
+use crate::scan::{stat_disk, walk, DiskEntry};
+
+const PENDING_KEY: &str = "replay_pending";
+
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_little_endian().with_fixed_int_encoding()
+}
+
+/// Apply `events` (which must follow the repository's head) to the replica `root`.
+pub fn apply_batch(root: &Path, repository: &Repository, events: &[Event]) -> Result<Head> {
+    recover(root, repository)?;
+    if events.is_empty() {
+        return Ok(repository.head());
+    }
+    let mut index = repository.lock_index();
+    let head = repository.head();
+
+    // Step 1: check everything before touching anything.
+    let checked = (|| -> Result<()> {
+        let mut tip = (head.seq, head.hash, head.epoch);
+        for event in events {
+            let recomputed = chain_hash(&event.prev, &event.body.canonical_bytes());
+            if recomputed != event.hash {
+                return Err(Error::BrokenChain {
+                    seq: event.seq(),
+                    reason: format!("recorded hash {} but prev and body hash to {recomputed}", event.hash),
+                });
+            }
+            event.check_follows(tip.0, &tip.1)?;
+            if event.epoch() < tip.2 {
+                return Err(Error::BrokenChain {
+                    seq: event.seq(),
+                    reason: format!("epoch {} is below the previous event's epoch {}", event.epoch(), tip.2),
+                });
+            }
+            tip = (event.seq(), event.hash, event.epoch());
+            let change = &event.body.change;
+            index.apply(change).map_err(|misfit| Error::Apply {
+                seq: event.seq(),
+                path: misfit.path.to_string(),
+                reason: misfit.reason,
+            })?;
+            if index.digest() != event.body.digest {
+                return Err(Error::DigestMismatch {
+                    seq: event.seq(),
+                    path: change.describe_path(),
+                    expected: event.body.digest,
+                    actual: index.digest(),
+                });
+            }
+            if let Change::Put { chunks, .. } = change {
+                if let Some(missing) = repository.chunks().missing(chunks.iter().map(|chunk| chunk.hash))?.first() {
+                    return Err(Error::ChunkMissing { hash: *missing });
+                }
+            }
+        }
+        Ok(())
+    })();
+    if let Err(error) = checked {
+        drop(index);
+        repository.reload_index()?;
+        return Err(error);
+    }
+
+    // Step 2: journal the touched paths.
+    let touched: Vec<RelPath> = events
+        .iter()
+        .flat_map(|event| event.body.change.paths().into_iter().cloned())
+        .collect();
+    let journal = bincode::encode_to_vec(&touched, bincode_config()).expect("encoding paths cannot fail");
+    repository.meta_set(PENDING_KEY, Some(&journal))?;
+
+    // Step 3: apply to the folder.
+    let mut safe_dirs = HashSet::new();
+    let applied = events.iter().try_for_each(|event| apply_change(root, repository, event, &mut safe_dirs));
+    // Step 4: the durability point.
+    let durable = applied.and_then(|()| {
+        syncfs(root)?;
+        repository.chunks().sync()?;
+        repository.log().append(events)?;
+        Ok(())
+    });
+    if let Err(error) = durable {
+        drop(index);
+        repository.reload_index()?;
+        if let Err(recovery) = recover(root, repository) {
+            tracing::error!(%recovery, "could not put the replica back after a failed batch; will retry");
+        }
+        return Err(error);
+    }
+    let last = events.last().map(|event| event.seq()).unwrap_or(head.seq);
+    repository.save_index(&mut index, last)?;
+    drop(index);
+    repository.meta_set(PENDING_KEY, None)?;
+    Ok(repository.head())
+}
+
+/// If a batch was interrupted, put every path it touched back to the index's state at
+/// the log head and remove temporary files. A no-op when nothing is pending.
+pub fn recover(root: &Path, repository: &Repository) -> Result<()> {
+    let Some(journal) = repository.meta_get(PENDING_KEY)? else {
+        return Ok(());
+    };
+    let (touched, _): (Vec<RelPath>, usize) =
+        bincode::decode_from_slice(&journal, bincode_config()).map_err(|error| Error::Decode {
+            what: "replay journal".to_string(),
+            reason: error.to_string(),
+        })?;
+    tracing::warn!(paths = touched.len(), "an interrupted batch left the replica unfinished; restoring it");
+    let scopes = {
+        let index = repository.lock_index();
+        crate::scan::cover(&index, touched)
+    };
+    for scope in &scopes {
+        restore_scope(root, repository, scope)?;
+    }
+    remove_temporary_files(root)?;
+    syncfs(root)?;
+    repository.meta_set(PENDING_KEY, None)?;
+    Ok(())
+}
+
+/// Make `scope` on disk exactly what the index says (used by recovery, and by the
+/// rejoin to put a folder back to a common point).
+pub fn restore_scope(root: &Path, repository: &Repository, scope: &RelPath) -> Result<()> {
+    let wanted: Vec<(RelPath, Entry)> = repository
+        .lock_index()
+        .subtree(scope)
+        .map(|(path, entry)| (path.clone(), entry.clone()))
+        .collect();
+    let disk = walk(root, Some(scope))?;
+    let wanted_paths: HashSet<&RelPath> = wanted.iter().map(|(path, _)| path).collect();
+    for (path, on_disk) in disk.entries.iter().rev() {
+        let keep = wanted
+            .binary_search_by(|(candidate, _)| candidate.cmp(path))
+            .ok()
+            .map(|at| &wanted[at].1)
+            .is_some_and(|entry| same_kind(on_disk, entry));
+        if !keep || !wanted_paths.contains(path) {
+            remove_any(&path.under(root))?;
+        }
+    }
+    for (path, entry) in &wanted {
+        let full = path.under(root);
+        match entry {
+            Entry::Dir { mode } => {
+                if stat_disk(&full)?.is_none() {
+                    std::fs::create_dir(&full).at("create directory", &full)?;
+                }
+                set_mode(&full, *mode)?;
+            }
+            Entry::Symlink { target } => {
+                let current = stat_disk(&full)?;
+                if current != Some(DiskEntry::Symlink { target: target.clone() }) {
+                    write_symlink(root, path, target)?;
+                }
+            }
+            Entry::File { mode, mtime_ns, size, content, chunks } => {
+                let intact = match stat_disk(&full)? {
+                    Some(DiskEntry::File { size: disk_size, .. }) if disk_size == *size => {
+                        hash_file(&full)? == *content
+                    }
+                    _ => false,
+                };
+                if intact {
+                    set_mode(&full, *mode)?;
+                } else {
+                    write_file(root, repository, path, *mode, *mtime_ns, *content, chunks)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn same_kind(on_disk: &DiskEntry, entry: &Entry) -> bool {
+    matches!(
+        (on_disk, entry),
+        (DiskEntry::File { .. }, Entry::File { .. })
+            | (DiskEntry::Dir { .. }, Entry::Dir { .. })
+            | (DiskEntry::Symlink { .. }, Entry::Symlink { .. })
+    )
+}
+
+/// blake3 of a file's bytes.
+pub fn hash_file(full: &Path) -> Result<Hash> {
+    let file = File::open(full).at("open", full)?;
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(file).at("read", full)?;
+    Ok(hasher.finalize().into())
+}
+
+fn remove_any(full: &Path) -> Result<()> {
+    let result = match std::fs::symlink_metadata(full) {
+        Ok(metadata) if metadata.is_dir() => std::fs::remove_dir_all(full),
+        Ok(_) => std::fs::remove_file(full),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error),
+    };
+    result.at("remove", full)
+}
+
+fn remove_temporary_files(root: &Path) -> Result<()> {
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(listing) = std::fs::read_dir(&dir) else { continue };
+        for item in listing {
+            let item = item.at("list", &dir)?;
+            let kind = item.file_type().at("stat", item.path())?;
+            if item.file_name().as_bytes().starts_with(crate::path::TEMP_PREFIX) {
+                remove_any(&item.path())?;
+            } else if kind.is_dir() {
+                dirs.push(item.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn set_mode(full: &Path, mode: u32) -> Result<()> {
+    std::fs::set_permissions(full, std::fs::Permissions::from_mode(mode)).at("chmod", full)
+}
+
+/// Refuse to touch `path` if any of its parents on disk is not a real directory
+/// (a symlink planted in the replica could otherwise lead the write outside).
+fn check_parents_on_disk(root: &Path, path: &RelPath, seq: u64, safe_dirs: &mut HashSet<RelPath>) -> Result<()> {
+    for ancestor in path.ancestors() {
+        if safe_dirs.contains(&ancestor) {
+            continue;
+        }
+        let full = ancestor.under(root);
+        match std::fs::symlink_metadata(&full) {
+            Ok(metadata) if metadata.file_type().is_dir() => {
+                safe_dirs.insert(ancestor);
+            }
+            Ok(metadata) if metadata.file_type().is_symlink() => {
+                return Err(Error::UnsafePath {
+                    path: path.to_string(),
+                    reason: format!("seq {seq}: passes through the symlink {ancestor} in the replica"),
+                })
+            }
+            Ok(_) => {
+                return Err(Error::Apply { seq, path: path.to_string(), reason: format!("{ancestor} is not a directory") })
+            }
+            Err(error) => {
+                return Err(Error::Apply { seq, path: path.to_string(), reason: format!("parent {ancestor}: {error}") })
+            }
+        }
+    }
+    Ok(())
+}
+
+fn apply_change(root: &Path, repository: &Repository, event: &Event, safe_dirs: &mut HashSet<RelPath>) -> Result<()> {
+    let seq = event.seq();
+    for path in event.body.change.paths() {
+        check_parents_on_disk(root, path, seq, safe_dirs)?;
+    }
+    match &event.body.change {
+        Change::Put { path, mode, mtime_ns, content, chunks, .. } => {
+            write_file(root, repository, path, *mode, *mtime_ns, *content, chunks).map_err(|error| match error {
+                Error::ChunkMismatch { .. } | Error::ChunkMissing { .. } | Error::Io { .. } => error,
+                other => Error::Apply { seq, path: path.to_string(), reason: other.to_string() },
+            })
+        }
+        Change::Mkdir { path, mode } => {
+            let full = path.under(root);
+            match stat_disk(&full)? {
+                Some(DiskEntry::Dir { .. }) => {}
+                None => std::fs::create_dir(&full).at("create directory", &full)?,
+                Some(_) => {
+                    return Err(Error::Apply { seq, path: path.to_string(), reason: "something else is in the way".to_string() })
+                }
+            }
+            set_mode(&full, *mode)
+        }
+        Change::Symlink { path, target } => write_symlink(root, path, target),
+        Change::Remove { path } => remove_any(&path.under(root)),
+        Change::Rename { from, to } => {
+            safe_dirs.clear();
+            let source = from.under(root);
+            let destination = to.under(root);
+            if std::fs::symlink_metadata(&source).is_err() {
+                return Err(Error::Apply { seq, path: from.to_string(), reason: "nothing to rename in the replica".to_string() });
+            }
+            if let Ok(metadata) = std::fs::symlink_metadata(&destination) {
+                if metadata.is_dir() {
+                    remove_any(&destination)?;
+                }
+            }
+            std::fs::rename(&source, &destination).at("rename", &source)
+        }
+        Change::SetMode { path, mode } => set_mode(&path.under(root), *mode),
+        Change::Promote { .. } => Ok(()),
+    }
+    .inspect(|()| {
+        if matches!(event.body.change, Change::Remove { .. }) {
+            safe_dirs.clear();
+        }
+    })
+}
+
+/// Write a file from its chunks to a temporary name beside it, check its content hash,
+/// set mode and mtime, and rename it into place.
+fn write_file(
+    root: &Path,
+    repository: &Repository,
+    path: &RelPath,
+    mode: u32,
+    mtime_ns: i64,
+    content: Hash,
+    chunks: &[ChunkRef],
+) -> Result<()> {
+    let destination = path.under(root);
+    let temporary = match path.parent() {
+        Some(parent) => parent.join(&temp_name())?.under(root),
+        None => RelPath::top(&temp_name())?.under(root),
+    };
+    let written = (|| -> Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(&temporary)
+            .at("create", &temporary)?;
+        let mut hasher = blake3::Hasher::new();
+        for chunk in chunks {
+            let bytes = repository.chunks().get(&chunk.hash)?;
+            hasher.update(&bytes);
+            file.write_all(&bytes).at("write", &temporary)?;
+        }
+        let actual: Hash = hasher.finalize().into();
+        if actual != content {
+            return Err(Error::ChunkMismatch {
+                expected: content,
+                actual,
+                location: format!(" (the chunks of {path} do not add up to its content hash)"),
+            });
+        }
+        file.set_permissions(std::fs::Permissions::from_mode(mode)).at("chmod", &temporary)?;
+        file.set_modified(system_time(mtime_ns)).at("set mtime", &temporary)?;
+        Ok(())
+    })();
+    if let Err(error) = written {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(error);
+    }
+    std::fs::rename(&temporary, &destination).at("rename into place", &destination)
+}
+
+fn write_symlink(root: &Path, path: &RelPath, target: &[u8]) -> Result<()> {
+    let destination = path.under(root);
+    let temporary = match path.parent() {
+        Some(parent) => parent.join(&temp_name())?.under(root),
+        None => RelPath::top(&temp_name())?.under(root),
+    };
+    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &temporary).at("symlink", &temporary)?;
+    std::fs::rename(&temporary, &destination).at("rename into place", &destination)
+}

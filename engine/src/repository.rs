@@ -1,0 +1,318 @@
+//! `Repository`: one node's `data_dir` — the event log, the chunk store and the folder
+//! index — opened together and kept consistent.
+//!
+//! Layout of `data_dir`:
+//!
+//! ```text
+//! db/           sled: trees `events` (the log), `index` (path -> entry),
+//!               `chunk_locations` (hash -> pack, offset, length), `meta`
+//! chunks/       pack files (see chunk_store)
+//! quarantine/   events moved out of the log by a rejoin (see quarantine)
+//! ```
+//!
+//! The log is the truth; the index is a cache of the state the log adds up to, saved
+//! with the seq it reflects (`meta/index_seq`). On open, an index behind the log is
+//! brought forward by re-applying the missing events, and an index that cannot be
+//! reconciled is rebuilt from the whole log; either way its digest must equal the head
+//! event's digest or the repository refuses to open.
+//!
+//! Write path of `record` (the active): chunks were stored while scanning; (1) the
+//! chunk store is synced (packs fdatasync'd, locations inserted), (2) each change is
+//! applied to the index and sealed into an event carrying the new digest, (3) the
+//! events are appended and sled is flushed — only now can a reader see them —, (4) the
+//! index entries are saved with the new `index_seq`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
+
+use crate::chunk_store::{ChunkStore, GcReport};
+use crate::error::{Error, Result};
+use crate::event::{Change, Event, EventBody};
+use crate::fsutil::now_ms;
+use crate::hash::Hash;
+use crate::index::{Entry, FolderIndex};
+use crate::log::{EventLog, Head};
+use crate::path::RelPath;
+
+const INDEX_SEQ_KEY: &[u8] = b"index_seq";
+
+/// One node's data directory.
+pub struct Repository {
+    data_dir: PathBuf,
+    db: sled::Db,
+    log: EventLog,
+    chunks: ChunkStore,
+    index_tree: sled::Tree,
+    meta: sled::Tree,
+    /// The index, and the lock every writer of the log holds.
+    index: Mutex<FolderIndex>,
+    /// See `content_guard`.
+    content: RwLock<()>,
+}
+
+fn decode_entry(path: &[u8], bytes: &[u8]) -> Result<(RelPath, Entry)> {
+    let relpath = RelPath::new(path.to_vec())?;
+    let config = bincode::config::standard().with_little_endian().with_fixed_int_encoding();
+    let (entry, _) = bincode::decode_from_slice::<Entry, _>(bytes, config).map_err(|error| Error::Decode {
+        what: format!("index entry {relpath}"),
+        reason: error.to_string(),
+    })?;
+    Ok((relpath, entry))
+}
+
+fn encode_entry(entry: &Entry) -> Vec<u8> {
+    let config = bincode::config::standard().with_little_endian().with_fixed_int_encoding();
+    bincode::encode_to_vec(entry, config).expect("encoding an index entry into memory cannot fail")
+}
+
+impl Repository {
+    /// Open (creating) the repository in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Repository> {
+        std::fs::create_dir_all(data_dir).map_err(|source| Error::Io {
+            op: "create",
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let db = sled::Config::new()
+            .path(data_dir.join("db"))
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        let log = EventLog::open(&db)?;
+        let chunks = ChunkStore::open(&data_dir.join("chunks"), db.open_tree("chunk_locations")?)?;
+        let index_tree = db.open_tree("index")?;
+        let meta = db.open_tree("meta")?;
+        let repository = Repository {
+            data_dir: data_dir.to_path_buf(),
+            db,
+            log,
+            chunks,
+            index_tree,
+            meta,
+            index: Mutex::new(FolderIndex::default()),
+            content: RwLock::new(()),
+        };
+        repository.reload_index()?;
+        Ok(repository)
+    }
+
+    /// Load the saved index and bring it to the log head (rebuilding it from the log if
+    /// it cannot be brought forward). Also used to undo in-memory changes after a
+    /// failed batch.
+    pub fn reload_index(&self) -> Result<()> {
+        let mut guard = self.lock_index();
+        let head = self.log.head();
+        let saved_seq = self.saved_index_seq()?;
+        let brought_forward = if saved_seq <= head.seq {
+            let mut entries = Vec::new();
+            for item in self.index_tree.iter() {
+                let (path, bytes) = item?;
+                entries.push(decode_entry(&path, &bytes)?);
+            }
+            let mut index = FolderIndex::from_entries(entries);
+            match self.replay_into_index(&mut index, saved_seq, head.seq) {
+                Ok(()) if index.digest() == head.digest => Some(index),
+                Ok(()) | Err(Error::Apply { .. }) => None,
+                Err(other) => return Err(other),
+            }
+        } else {
+            None
+        };
+        let mut index = match brought_forward {
+            Some(mut index) => {
+                if saved_seq != head.seq {
+                    self.save_index(&mut index, head.seq)?;
+                }
+                index
+            }
+            None => {
+                tracing::warn!(saved_seq, head = head.seq, "folder index does not match the log; rebuilding it from the log");
+                let mut rebuilt = FolderIndex::default();
+                self.replay_into_index(&mut rebuilt, 0, head.seq)?;
+                self.save_all_index_entries(&rebuilt, head.seq)?;
+                rebuilt
+            }
+        };
+        if index.digest() != head.digest {
+            return Err(Error::Corrupt {
+                path: self.data_dir.join("db"),
+                reason: format!(
+                    "the folder index adds up to digest {} but the log head (seq {}) says {}",
+                    index.digest(),
+                    head.seq,
+                    head.digest
+                ),
+            });
+        }
+        index.take_dirty();
+        *guard = index;
+        Ok(())
+    }
+
+    fn replay_into_index(&self, index: &mut FolderIndex, from_seq: u64, to_seq: u64) -> Result<()> {
+        let mut tip = (from_seq, self.log.hash_at(from_seq)?.unwrap_or_default());
+        while tip.0 < to_seq {
+            let batch = self.log.events_after(tip.0, &tip.1, 4096)?;
+            let Some(last) = batch.last() else { break };
+            tip = (last.seq(), last.hash);
+            for event in &batch {
+                index.apply(&event.body.change).map_err(|misfit| Error::Apply {
+                    seq: event.seq(),
+                    path: misfit.path.to_string(),
+                    reason: misfit.reason,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn saved_index_seq(&self) -> Result<u64> {
+        Ok(match self.meta.get(INDEX_SEQ_KEY)? {
+            Some(bytes) => u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| Error::Corrupt {
+                path: self.data_dir.join("db"),
+                reason: "meta/index_seq is not 8 bytes".to_string(),
+            })?),
+            None => 0,
+        })
+    }
+
+    /// Replace the saved index by `index`, as of `seq`.
+    fn save_all_index_entries(&self, index: &FolderIndex, seq: u64) -> Result<()> {
+        self.index_tree.clear()?;
+        let mut batch = sled::Batch::default();
+        for (path, entry) in index.iter() {
+            batch.insert(path.as_bytes(), encode_entry(entry));
+        }
+        self.index_tree.apply_batch(batch)?;
+        self.meta.insert(INDEX_SEQ_KEY, &seq.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Save the entries changed since the last save, as of `seq`.
+    pub(crate) fn save_index(&self, index: &mut FolderIndex, seq: u64) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for path in index.take_dirty() {
+            match index.get(&path) {
+                Some(entry) => batch.insert(path.as_bytes(), encode_entry(entry)),
+                None => batch.remove(path.as_bytes()),
+            }
+        }
+        self.index_tree.apply_batch(batch)?;
+        self.meta.insert(INDEX_SEQ_KEY, &seq.to_be_bytes())?;
+        Ok(())
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn log(&self) -> &EventLog {
+        &self.log
+    }
+
+    pub fn chunks(&self) -> &ChunkStore {
+        &self.chunks
+    }
+
+    pub fn head(&self) -> Head {
+        self.log.head()
+    }
+
+    /// The index, locked. Holding it keeps every writer out.
+    pub fn lock_index(&self) -> MutexGuard<'_, FolderIndex> {
+        self.index.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Flush everything to disk.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// A small persistent note in the `meta` tree (used by replay's journal).
+    pub(crate) fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.meta.get(key.as_bytes())?.map(|value| value.to_vec()))
+    }
+
+    pub(crate) fn meta_set(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
+        match value {
+            Some(value) => self.meta.insert(key.as_bytes(), value)?,
+            None => self.meta.remove(key.as_bytes())?,
+        };
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Record `changes` as new events of `epoch` (the active's write path). The content
+    /// of every `Put` must already be in the chunk store. Changes that do not fit the
+    /// index stop the batch: the ones before are recorded, and the error names the
+    /// first misfit.
+    pub fn record(&self, epoch: u64, changes: Vec<Change>) -> Result<Vec<Event>> {
+        let mut index = self.lock_index();
+        self.chunks.sync()?;
+        let head = self.log.head();
+        if epoch < head.epoch {
+            return Err(Error::BrokenChain {
+                seq: head.seq + 1,
+                reason: format!("cannot record in epoch {epoch}: the log is at epoch {}", head.epoch),
+            });
+        }
+        let mut events = Vec::with_capacity(changes.len());
+        let mut tip = (head.seq, head.hash);
+        let mut misfit = None;
+        let recorded_at_ms = now_ms();
+        for change in changes {
+            if let Err(error) = index.apply(&change) {
+                misfit = Some(Error::Apply { seq: tip.0 + 1, path: error.path.to_string(), reason: error.reason });
+                break;
+            }
+            let body = EventBody { seq: tip.0 + 1, epoch, recorded_at_ms, change, digest: index.digest() };
+            let event = Event::seal(tip.1, body);
+            tip = (event.seq(), event.hash);
+            events.push(event);
+        }
+        if !events.is_empty() {
+            if let Err(error) = self.log.append(&events) {
+                drop(index);
+                self.reload_index()?;
+                return Err(error);
+            }
+            self.save_index(&mut index, tip.0)?;
+        }
+        match misfit {
+            Some(error) => Err(error),
+            None => Ok(events),
+        }
+    }
+
+    /// Every chunk a retained event or an index entry names.
+    pub fn live_chunks(&self) -> Result<HashSet<Hash>> {
+        let mut live: HashSet<Hash> = self.lock_index().chunk_hashes().collect();
+        let mut tip = (0u64, Hash::ZERO);
+        loop {
+            let batch = self.log.events_after(tip.0, &tip.1, 4096)?;
+            let Some(last) = batch.last() else { break };
+            tip = (last.seq(), last.hash);
+            for event in &batch {
+                if let Change::Put { chunks, .. } = &event.body.change {
+                    live.extend(chunks.iter().map(|chunk| chunk.hash));
+                }
+            }
+        }
+        Ok(live)
+    }
+
+    /// Held (shared) by anyone who stores chunks and then records or applies events
+    /// naming them — capture's scan, the passive's fetch — so that garbage collection,
+    /// which takes it exclusively, never removes a chunk stored for an event to come.
+    pub fn content_guard(&self) -> RwLockReadGuard<'_, ()> {
+        self.content.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Remove chunks that no retained event or index entry names.
+    pub fn collect_garbage(&self) -> Result<GcReport> {
+        let _no_content_in_flight = self.content.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let live = self.live_chunks()?;
+        self.chunks.collect_garbage(&live)
+    }
+}

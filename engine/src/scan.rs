@@ -1,0 +1,297 @@
+//! Scanning: compare the folder on disk with the index and turn the differences into
+//! changes, storing the content of new and changed files in the chunk store.
+//!
+//! A scan covers a *scope*: the whole folder, or one path and everything below it.
+//! Symlinks are read as links and never followed; sockets, FIFOs and devices are
+//! skipped with a warning; replay's temporary files are ignored. A directory that
+//! cannot be read is reported and its index entries are left alone — an unreadable
+//! directory is not a removed one.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use crate::chunking::store_content;
+use crate::error::{Error, IoContext, Result};
+use crate::event::Change;
+use crate::fsutil::mtime_ns;
+use crate::index::{Entry, FolderIndex};
+use crate::path::RelPath;
+use crate::repository::Repository;
+
+/// Permission bits kept for files and directories.
+pub const MODE_MASK: u32 = 0o7777;
+
+/// A file whose mtime is this recent is re-read even when size and mtime match.
+pub const RACY_WINDOW_MS: u64 = 2_000;
+
+/// What a scan saw at a path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiskEntry {
+    File { mode: u32, size: u64, mtime_ns: i64 },
+    Dir { mode: u32 },
+    Symlink { target: Vec<u8> },
+}
+
+impl DiskEntry {
+    fn same_kind(&self, entry: &Entry) -> bool {
+        matches!(
+            (self, entry),
+            (DiskEntry::File { .. }, Entry::File { .. })
+                | (DiskEntry::Dir { .. }, Entry::Dir { .. })
+                | (DiskEntry::Symlink { .. }, Entry::Symlink { .. })
+        )
+    }
+}
+
+/// Read what is at `full` without following a symlink. `None` when nothing is there
+/// or it is a special file (skipped with a warning).
+pub fn stat_disk(full: &Path) -> Result<Option<DiskEntry>> {
+    let metadata = match std::fs::symlink_metadata(full) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(Error::Io { op: "stat", path: full.to_path_buf(), source: error }),
+    };
+    let kind = metadata.file_type();
+    Ok(if kind.is_symlink() {
+        match std::fs::read_link(full) {
+            Ok(target) => Some(DiskEntry::Symlink { target: target.as_os_str().as_bytes().to_vec() }),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => return Err(Error::Io { op: "readlink", path: full.to_path_buf(), source: error }),
+        }
+    } else if kind.is_dir() {
+        Some(DiskEntry::Dir { mode: metadata.mode() & MODE_MASK })
+    } else if kind.is_file() {
+        Some(DiskEntry::File { mode: metadata.mode() & MODE_MASK, size: metadata.len(), mtime_ns: mtime_ns(&metadata) })
+    } else {
+        tracing::warn!(path = %full.display(), "skipping a special file (socket, FIFO or device)");
+        None
+    })
+}
+
+/// Everything on disk in a scope, and the directories that could not be read.
+pub struct DiskTree {
+    pub entries: BTreeMap<RelPath, DiskEntry>,
+    pub unreadable: Vec<RelPath>,
+}
+
+/// Walk `scope` (the whole folder when `None`) under `root`.
+pub fn walk(root: &Path, scope: Option<&RelPath>) -> Result<DiskTree> {
+    let mut tree = DiskTree { entries: BTreeMap::new(), unreadable: Vec::new() };
+    let mut pending_dirs: Vec<Option<RelPath>> = Vec::new();
+    match scope {
+        None => pending_dirs.push(None),
+        Some(path) => match stat_disk(&path.under(root))? {
+            Some(entry) => {
+                let is_dir = matches!(entry, DiskEntry::Dir { .. });
+                tree.entries.insert(path.clone(), entry);
+                if is_dir {
+                    pending_dirs.push(Some(path.clone()));
+                }
+            }
+            None => return Ok(tree),
+        },
+    }
+    while let Some(dir) = pending_dirs.pop() {
+        let full = match &dir {
+            Some(path) => path.under(root),
+            None => root.to_path_buf(),
+        };
+        let listing = match std::fs::read_dir(&full) {
+            Ok(listing) => listing,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => {
+                tracing::warn!(path = %full.display(), %error, "cannot read directory; leaving its entries as they were");
+                if let Some(path) = dir {
+                    tree.unreadable.push(path);
+                } else {
+                    return Err(Error::Io { op: "list", path: full, source: error });
+                }
+                continue;
+            }
+        };
+        for item in listing {
+            let item = item.at("list", &full)?;
+            let name = item.file_name();
+            let path = match &dir {
+                Some(parent) => parent.join(name.as_bytes()),
+                None => RelPath::top(name.as_bytes()),
+            };
+            let Ok(path) = path else { continue };
+            if path.is_temporary() {
+                continue;
+            }
+            let Some(entry) = stat_disk(&item.path())? else { continue };
+            if matches!(entry, DiskEntry::Dir { .. }) {
+                pending_dirs.push(Some(path.clone()));
+            }
+            tree.entries.insert(path, entry);
+        }
+    }
+    Ok(tree)
+}
+
+/// The smallest set of scopes covering `paths`, each widened to start at a path whose
+/// parent is a directory in the index (so that new parents get their `Mkdir`).
+pub fn cover(index: &FolderIndex, paths: impl IntoIterator<Item = RelPath>) -> Vec<RelPath> {
+    let mut scopes: Vec<RelPath> = paths
+        .into_iter()
+        .map(|mut path| {
+            while let Some(parent) = path.parent() {
+                if matches!(index.get(&parent), Some(Entry::Dir { .. })) {
+                    break;
+                }
+                path = parent;
+            }
+            path
+        })
+        .collect();
+    scopes.sort();
+    let mut out: Vec<RelPath> = Vec::with_capacity(scopes.len());
+    for scope in scopes {
+        if out.last().is_some_and(|kept| scope.is_within(kept)) {
+            continue;
+        }
+        out.push(scope);
+    }
+    out
+}
+
+/// Compare `scope` on disk with the index and return the changes that make the index
+/// match the disk. Content of new and changed files is put in the chunk store (not yet
+/// synced: `Repository::record` syncs it before the events are written). The caller
+/// should hold `Repository::content_guard` until the changes are recorded.
+pub fn diff_scope(root: &Path, repository: &Repository, scope: Option<&RelPath>) -> Result<Vec<Change>> {
+    let disk = walk(root, scope)?;
+    let indexed: BTreeMap<RelPath, Entry> = {
+        let index = repository.lock_index();
+        match scope {
+            None => index.iter().map(|(path, entry)| (path.clone(), entry.clone())).collect(),
+            Some(path) => index.subtree(path).map(|(path, entry)| (path.clone(), entry.clone())).collect(),
+        }
+    };
+    let mut changes = Vec::new();
+    let racy_after_ns = crate::fsutil::now_ms().saturating_sub(RACY_WINDOW_MS) as i64 * 1_000_000;
+
+    // Removals first: gone from disk, or replaced by another kind of entry.
+    let mut removed: HashSet<RelPath> = HashSet::new();
+    let under_removed = |removed: &HashSet<RelPath>, path: &RelPath| {
+        removed.contains(path) || path.ancestors().iter().any(|ancestor| removed.contains(ancestor))
+    };
+    for (path, entry) in &indexed {
+        if disk.unreadable.iter().any(|dir| path.is_within(dir) && path != dir) {
+            continue;
+        }
+        let gone = match disk.entries.get(path) {
+            None => true,
+            Some(on_disk) => !on_disk.same_kind(entry),
+        };
+        if gone && !under_removed(&removed, path) {
+            removed.insert(path.clone());
+            changes.push(Change::Remove { path: path.clone() });
+        }
+    }
+    let still_indexed = |path: &RelPath| -> Option<&Entry> {
+        if under_removed(&removed, path) {
+            None
+        } else {
+            indexed.get(path)
+        }
+    };
+
+    for (path, on_disk) in &disk.entries {
+        let before = still_indexed(path);
+        match on_disk {
+            DiskEntry::Dir { mode } => match before {
+                Some(Entry::Dir { mode: old }) if old == mode => {}
+                Some(Entry::Dir { .. }) => changes.push(Change::SetMode { path: path.clone(), mode: *mode }),
+                _ => changes.push(Change::Mkdir { path: path.clone(), mode: *mode }),
+            },
+            DiskEntry::Symlink { target } => match before {
+                Some(Entry::Symlink { target: old }) if old == target => {}
+                _ => changes.push(Change::Symlink { path: path.clone(), target: target.clone() }),
+            },
+            DiskEntry::File { mode, size, mtime_ns } => {
+                if let Some(Entry::File { mode: old_mode, size: old_size, mtime_ns: old_mtime, .. }) = before {
+                    // Same size and mtime means unchanged, unless the mtime is so recent
+                    // that a second write in the same clock tick could hide behind it
+                    // (git's "racily clean" case): then the content is compared.
+                    if old_size == size && old_mtime == mtime_ns && *mtime_ns < racy_after_ns {
+                        if old_mode != mode {
+                            changes.push(Change::SetMode { path: path.clone(), mode: *mode });
+                        }
+                        continue;
+                    }
+                }
+                match (capture_file(root, repository, path)?, before) {
+                    (
+                        Some(Change::Put { mode, mtime_ns, content, .. }),
+                        Some(Entry::File { mode: old_mode, mtime_ns: old_mtime, content: old_content, .. }),
+                    ) if mode == *old_mode && mtime_ns == *old_mtime && content == *old_content => {}
+                    (Some(change), _) => changes.push(change),
+                    (None, _) => {}
+                }
+            }
+        }
+    }
+    Ok(changes)
+}
+
+/// Read one file (never through a symlink) into the chunk store and describe it as a
+/// `Put`. `None` when the file vanished or turned into something else meanwhile.
+pub fn capture_file(root: &Path, repository: &Repository, path: &RelPath) -> Result<Option<Change>> {
+    let full = path.under(root);
+    let file: File = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&full)
+    {
+        Ok(file) => file,
+        Err(error)
+            if error.kind() == std::io::ErrorKind::NotFound || error.raw_os_error() == Some(libc::ELOOP) =>
+        {
+            return Ok(None)
+        }
+        Err(error) => return Err(Error::Io { op: "open", path: full, source: error }),
+    };
+    let metadata = file.metadata().at("stat", &full)?;
+    if !metadata.is_file() {
+        return Ok(None);
+    }
+    let stored = store_content(&file, repository.chunks(), &full)?;
+    Ok(Some(Change::Put {
+        path: path.clone(),
+        mode: metadata.mode() & MODE_MASK,
+        mtime_ns: mtime_ns(&metadata),
+        size: stored.size,
+        content: stored.content,
+        chunks: stored.chunks,
+    }))
+}
+
+/// Scan `scopes` (`None` is the whole folder) and record the differences in `epoch`.
+/// Returns the events recorded.
+pub fn record_scopes(
+    root: &Path,
+    repository: &Repository,
+    epoch: u64,
+    scopes: &[Option<RelPath>],
+) -> Result<Vec<crate::event::Event>> {
+    let _guard = repository.content_guard();
+    let mut changes = Vec::new();
+    for scope in scopes {
+        changes.extend(diff_scope(root, repository, scope.as_ref())?);
+    }
+    if changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    repository.record(epoch, changes)
+}
+
+/// Compare the whole folder with the index and record every difference (start-up
+/// reconcile, overflow recovery and the periodic safety-net rescan).
+pub fn reconcile(root: &Path, repository: &Repository, epoch: u64) -> Result<Vec<crate::event::Event>> {
+    record_scopes(root, repository, epoch, &[None])
+}
