@@ -43,7 +43,12 @@ pub struct CaptureOptions {
 
 impl Default for CaptureOptions {
     fn default() -> Self {
-        CaptureOptions { settle_ms: 20, quiet_ms: 500, max_delay_ms: 5_000, rescan_interval_ms: 600_000 }
+        CaptureOptions {
+            settle_ms: 20,
+            quiet_ms: 500,
+            max_delay_ms: 5_000,
+            rescan_interval_ms: 600_000,
+        }
     }
 }
 
@@ -89,22 +94,42 @@ struct Loop {
 impl Capture {
     /// Watch `root`, reconcile it, and record every change in `epoch` until stopped.
     /// Returns once the start-up reconcile is recorded.
-    pub fn start(root: &Path, repository: Arc<Repository>, epoch: u64, options: CaptureOptions) -> Result<Capture> {
-        let root = root.canonicalize().map_err(|source| Error::Io { op: "resolve", path: root.to_path_buf(), source })?;
+    pub fn start(
+        root: &Path,
+        repository: Arc<Repository>,
+        epoch: u64,
+        options: CaptureOptions,
+    ) -> Result<Capture> {
+        let root = root.canonicalize().map_err(|source| Error::Io {
+            op: "resolve",
+            path: root.to_path_buf(),
+            source,
+        })?;
         let (sender, receiver) = channel();
         let watch_sender = sender.clone();
         let mut watcher = notify::recommended_watcher(move |event| {
             let _ = watch_sender.send(Message::Watch(event));
         })
-        .map_err(|error| Error::Watch { path: root.clone(), reason: error.to_string() })?;
+        .map_err(|error| Error::Watch {
+            path: root.clone(),
+            reason: error.to_string(),
+        })?;
         watcher
             .watch(&root, RecursiveMode::Recursive)
-            .map_err(|error| Error::Watch { path: root.clone(), reason: error.to_string() })?;
+            .map_err(|error| Error::Watch {
+                path: root.clone(),
+                reason: error.to_string(),
+            })?;
         let stats = Arc::new(CaptureStats::default());
         let recorded = reconcile(&root, &repository, epoch)?;
-        stats.events_recorded.fetch_add(recorded.len() as u64, Ordering::Relaxed);
+        stats
+            .events_recorded
+            .fetch_add(recorded.len() as u64, Ordering::Relaxed);
         if !recorded.is_empty() {
-            tracing::info!(events = recorded.len(), "recorded the changes made while capture was not running");
+            tracing::info!(
+                events = recorded.len(),
+                "recorded the changes made while capture was not running"
+            );
         }
         let mut state = Loop {
             root,
@@ -120,8 +145,17 @@ impl Capture {
         let thread = std::thread::Builder::new()
             .name("standin-capture".to_string())
             .spawn(move || state.run(receiver))
-            .map_err(|source| Error::Io { op: "spawn capture thread", path: PathBuf::new(), source })?;
-        Ok(Capture { sender, thread: Some(thread), stats, _watcher: watcher })
+            .map_err(|source| Error::Io {
+                op: "spawn capture thread",
+                path: PathBuf::new(),
+                source,
+            })?;
+        Ok(Capture {
+            sender,
+            thread: Some(thread),
+            stats,
+            _watcher: watcher,
+        })
     }
 
     pub fn stats(&self) -> &CaptureStats {
@@ -190,12 +224,17 @@ impl Loop {
         let quiet = match event.kind {
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => false,
             EventKind::Access(_) => return,
-            EventKind::Create(CreateKind::File) | EventKind::Modify(ModifyKind::Data(_)) | EventKind::Modify(ModifyKind::Any) => true,
+            EventKind::Create(CreateKind::File)
+            | EventKind::Modify(ModifyKind::Data(_))
+            | EventKind::Modify(ModifyKind::Any) => true,
             _ => false,
         };
         if let EventKind::Modify(ModifyKind::Name(RenameMode::Both)) = event.kind {
             if let [from, to] = event.paths.as_slice() {
-                if let (Some(from), Some(to)) = (RelPath::from_fs(&self.root, from), RelPath::from_fs(&self.root, to)) {
+                if let (Some(from), Some(to)) = (
+                    RelPath::from_fs(&self.root, from),
+                    RelPath::from_fs(&self.root, to),
+                ) {
                     self.renames.push((from, to));
                 }
             }
@@ -205,22 +244,36 @@ impl Loop {
                 self.rescan_due = Some(settle);
                 continue;
             }
-            let Some(relative) = RelPath::from_fs(&self.root, path) else { continue };
+            let Some(relative) = RelPath::from_fs(&self.root, path) else {
+                continue;
+            };
             if relative.is_temporary() {
                 continue;
             }
-            let due = if quiet { now + Duration::from_millis(self.options.quiet_ms) } else { settle };
+            let due = if quiet {
+                now + Duration::from_millis(self.options.quiet_ms)
+            } else {
+                settle
+            };
             let max_due = now + Duration::from_millis(self.options.max_delay_ms);
             self.pending
                 .entry(relative)
-                .and_modify(|pending| pending.due = due.min(pending.first_seen + Duration::from_millis(self.options.max_delay_ms)))
-                .or_insert(Pending { due: due.min(max_due), first_seen: now });
+                .and_modify(|pending| {
+                    pending.due = due
+                        .min(pending.first_seen + Duration::from_millis(self.options.max_delay_ms))
+                })
+                .or_insert(Pending {
+                    due: due.min(max_due),
+                    first_seen: now,
+                });
         }
     }
 
     fn flush(&mut self, everything: bool) {
         let now = Instant::now();
-        let result = if self.rescan_due.is_some_and(|due| due <= now || everything) || now >= self.next_safety_rescan {
+        let result = if self.rescan_due.is_some_and(|due| due <= now || everything)
+            || now >= self.next_safety_rescan
+        {
             self.rescan_due = None;
             self.pending.clear();
             self.renames.clear();
@@ -244,12 +297,18 @@ impl Loop {
         };
         match result {
             Ok(count) => {
-                self.stats.events_recorded.fetch_add(count as u64, Ordering::Relaxed);
+                self.stats
+                    .events_recorded
+                    .fetch_add(count as u64, Ordering::Relaxed);
             }
             Err(error) => {
                 tracing::error!(%error, "capture failed; rescanning the folder shortly");
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                *self.stats.last_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(error.to_string());
+                *self
+                    .stats
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(error.to_string());
                 self.rescan_due = Some(now + Duration::from_millis(self.options.quiet_ms.max(100)));
             }
         }
@@ -263,16 +322,40 @@ impl Loop {
             let index = self.repository.lock_index();
             let mut simulated = index.clone();
             let mut out = Vec::new();
-            for (from, to) in self.renames.drain(..) {
-                let Some(entry) = simulated.get(&from) else { continue };
-                let moved_kind_matches = match stat_disk(&to.under(&self.root)) {
+            let hints: Vec<(RelPath, RelPath)> = self.renames.drain(..).collect();
+            for (position, (from, to)) in hints.iter().enumerate() {
+                // Later renames may have moved this one's names again (a file renamed,
+                // then its directory): look for each name where it is now.
+                let now_at = |path: &RelPath| {
+                    hints[position + 1..].iter().fold(
+                        path.clone(),
+                        |path, (later_from, later_to)| {
+                            if path.is_within(later_from) {
+                                path.rebase(later_from, later_to)
+                            } else {
+                                path
+                            }
+                        },
+                    )
+                };
+                let Some(entry) = simulated.get(from) else {
+                    continue;
+                };
+                let moved_kind_matches = match stat_disk(&now_at(to).under(&self.root)) {
                     Ok(Some(DiskEntry::Dir { .. })) => entry.is_dir(),
-                    Ok(Some(DiskEntry::File { .. })) => matches!(entry, crate::index::Entry::File { .. }),
-                    Ok(Some(DiskEntry::Symlink { .. })) => matches!(entry, crate::index::Entry::Symlink { .. }),
+                    Ok(Some(DiskEntry::File { .. })) => {
+                        matches!(entry, crate::index::Entry::File { .. })
+                    }
+                    Ok(Some(DiskEntry::Symlink { .. })) => {
+                        matches!(entry, crate::index::Entry::Symlink { .. })
+                    }
                     _ => false,
                 };
-                let source_gone = matches!(stat_disk(&from.under(&self.root)), Ok(None));
-                let change = Change::Rename { from, to };
+                let source_gone = matches!(stat_disk(&now_at(from).under(&self.root)), Ok(None));
+                let change = Change::Rename {
+                    from: from.clone(),
+                    to: to.clone(),
+                };
                 if moved_kind_matches && source_gone && simulated.apply(&change).is_ok() {
                     out.push(change);
                 }
@@ -282,7 +365,7 @@ impl Loop {
         if !renames.is_empty() {
             count += self.repository.record(self.epoch, renames)?.len();
         }
-        let scopes = cover(&self.repository.lock_index(), ready);
+        let scopes = cover(&self.repository.lock_index(), Some(&self.root), ready);
         let mut changes = Vec::new();
         for scope in &scopes {
             changes.extend(diff_scope(&self.root, &self.repository, Some(scope))?);

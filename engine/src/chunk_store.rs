@@ -84,6 +84,9 @@ impl PackWriter {
     }
 }
 
+/// A pack's chunks split into the ones to keep and the ones to drop.
+type LiveAndDead = (Vec<(Hash, Location)>, Vec<(Hash, Location)>);
+
 /// What a garbage collection did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct GcReport {
@@ -107,7 +110,9 @@ fn pack_name(pack: u32) -> String {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves plain data behind; the store's invariants
     // live on disk, so carrying on with the inner value is safe.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl ChunkStore {
@@ -119,7 +124,10 @@ impl ChunkStore {
             let entry = entry.at("list", dir)?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if let Some(number) = name.strip_prefix("pack-").and_then(|rest| rest.strip_suffix(".pack")) {
+            if let Some(number) = name
+                .strip_prefix("pack-")
+                .and_then(|rest| rest.strip_suffix(".pack"))
+            {
                 if let Ok(number) = number.parse::<u32>() {
                     highest = highest.max(number);
                 }
@@ -143,7 +151,13 @@ impl ChunkStore {
             .at("create", &path)?;
         let end = file.metadata().at("stat", &path)?.len();
         crate::fsutil::fsync_dir(dir)?;
-        Ok(PackWriter { pack, file, end, buffer: Vec::with_capacity(WRITE_BUFFER_BYTES), pending: HashMap::new() })
+        Ok(PackWriter {
+            pack,
+            file,
+            end,
+            buffer: Vec::with_capacity(WRITE_BUFFER_BYTES),
+            pending: HashMap::new(),
+        })
     }
 
     fn pack_path(&self, pack: u32) -> PathBuf {
@@ -153,10 +167,15 @@ impl ChunkStore {
     fn stored_location(&self, hash: &Hash) -> Result<Option<Location>> {
         match self.locations.get(hash.0)? {
             None => Ok(None),
-            Some(bytes) => Location::from_bytes(&bytes).map(Some).ok_or_else(|| Error::Corrupt {
-                path: self.dir.clone(),
-                reason: format!("chunk location of {hash} has {} bytes, expected 16", bytes.len()),
-            }),
+            Some(bytes) => Location::from_bytes(&bytes)
+                .map(Some)
+                .ok_or_else(|| Error::Corrupt {
+                    path: self.dir.clone(),
+                    reason: format!(
+                        "chunk location of {hash} has {} bytes, expected 16",
+                        bytes.len()
+                    ),
+                }),
         }
     }
 
@@ -192,7 +211,11 @@ impl ChunkStore {
     pub fn put_verified(&self, expected: Hash, bytes: &[u8]) -> Result<()> {
         let actual = Hash::of(bytes);
         if actual != expected {
-            return Err(Error::ChunkMismatch { expected, actual, location: " (as received)".to_string() });
+            return Err(Error::ChunkMismatch {
+                expected,
+                actual,
+                location: " (as received)".to_string(),
+            });
         }
         self.insert(expected, bytes, false)
     }
@@ -214,7 +237,11 @@ impl ChunkStore {
             let next = writer.pack + 1;
             *writer = Self::new_pack(&self.dir, next)?;
         }
-        let location = Location { pack: writer.pack, offset: writer.end + RECORD_HEADER_BYTES, len };
+        let location = Location {
+            pack: writer.pack,
+            offset: writer.end + RECORD_HEADER_BYTES,
+            len,
+        };
         if writer.buffer.len() + bytes.len() + RECORD_HEADER_BYTES as usize > WRITE_BUFFER_BYTES {
             let path = self.pack_path(writer.pack);
             writer.flush_buffer(&path)?;
@@ -276,12 +303,15 @@ impl ChunkStore {
         };
         let location = match pending {
             Some(location) => location,
-            None => self.stored_location(hash)?.ok_or(Error::ChunkMissing { hash: *hash })?,
+            None => self
+                .stored_location(hash)?
+                .ok_or(Error::ChunkMissing { hash: *hash })?,
         };
         let path = self.pack_path(location.pack);
         let file = self.reader(location.pack)?;
         let mut bytes = vec![0u8; location.len as usize];
-        file.read_exact_at(&mut bytes, location.offset).at("read", &path)?;
+        file.read_exact_at(&mut bytes, location.offset)
+            .at("read", &path)?;
         let actual = Hash::of(&bytes);
         if actual != *hash {
             return Err(Error::ChunkMismatch {
@@ -321,11 +351,16 @@ impl ChunkStore {
     pub fn collect_garbage(&self, live: &HashSet<Hash>) -> Result<GcReport> {
         let mut writer = lock(&self.writer);
         self.sync_locked(&mut writer)?;
-        let mut by_pack: BTreeMap<u32, (Vec<(Hash, Location)>, Vec<(Hash, Location)>)> = BTreeMap::new();
+        let mut by_pack: BTreeMap<u32, LiveAndDead> = BTreeMap::new();
         for item in self.locations.iter() {
             let (key, value) = item?;
-            let (Some(hash), Some(location)) = (Hash::from_slice(&key), Location::from_bytes(&value)) else {
-                return Err(Error::Corrupt { path: self.dir.clone(), reason: "malformed chunk location".to_string() });
+            let (Some(hash), Some(location)) =
+                (Hash::from_slice(&key), Location::from_bytes(&value))
+            else {
+                return Err(Error::Corrupt {
+                    path: self.dir.clone(),
+                    reason: "malformed chunk location".to_string(),
+                });
             };
             let slot = by_pack.entry(location.pack).or_default();
             if live.contains(&hash) {
@@ -364,7 +399,10 @@ impl ChunkStore {
         for entry in std::fs::read_dir(&self.dir).at("list", &self.dir)? {
             let entry = entry.at("list", &self.dir)?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(number) = name.strip_prefix("pack-").and_then(|rest| rest.strip_suffix(".pack")) {
+            if let Some(number) = name
+                .strip_prefix("pack-")
+                .and_then(|rest| rest.strip_suffix(".pack"))
+            {
                 if let Ok(number) = number.parse::<u32>() {
                     if number != writer.pack && !referenced.contains(&number) {
                         doomed_packs.push(number);
@@ -380,7 +418,13 @@ impl ChunkStore {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => return Err(Error::Io { op: "remove", path, source: error }),
+                Err(error) => {
+                    return Err(Error::Io {
+                        op: "remove",
+                        path,
+                        source: error,
+                    })
+                }
             }
         }
         Ok(report)

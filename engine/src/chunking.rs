@@ -28,7 +28,11 @@ pub struct Chunked {
 
 /// Read `reader` to its end, put every chunk in `store`, and describe the content.
 /// `what` names the source in errors.
-pub fn store_content(reader: impl Read, store: &ChunkStore, what: &std::path::Path) -> Result<Chunked> {
+pub fn store_content(
+    reader: impl Read,
+    store: &ChunkStore,
+    what: &std::path::Path,
+) -> Result<Chunked> {
     let mut reader = reader;
     let mut content = blake3::Hasher::new();
     let mut chunks = Vec::new();
@@ -39,14 +43,25 @@ pub fn store_content(reader: impl Read, store: &ChunkStore, what: &std::path::Pa
     (&mut reader)
         .take(MIN_CHUNK_BYTES as u64)
         .read_to_end(&mut head)
-        .map_err(|source| Error::Io { op: "read", path: what.to_path_buf(), source })?;
+        .map_err(|source| Error::Io {
+            op: "read",
+            path: what.to_path_buf(),
+            source,
+        })?;
     if head.len() < MIN_CHUNK_BYTES as usize {
         content.update(&head);
         if !head.is_empty() {
             let hash = store.put(&head)?;
-            chunks.push(ChunkRef { hash, len: head.len() as u32 });
+            chunks.push(ChunkRef {
+                hash,
+                len: head.len() as u32,
+            });
         }
-        return Ok(Chunked { content: content.finalize().into(), size: head.len() as u64, chunks });
+        return Ok(Chunked {
+            content: content.finalize().into(),
+            size: head.len() as u64,
+            chunks,
+        });
     }
 
     let stream = std::io::Cursor::new(head).chain(reader);
@@ -59,7 +74,14 @@ pub fn store_content(reader: impl Read, store: &ChunkStore, what: &std::path::Pa
         content.update(&chunk.data);
         let hash = store.put(&chunk.data)?;
         size += chunk.data.len() as u64;
-        chunks.push(ChunkRef { hash, len: chunk.data.len() as u32 });
+        chunks.push(ChunkRef {
+            hash,
+            len: chunk.data.len() as u32,
+        });
     }
-    Ok(Chunked { content: content.finalize().into(), size, chunks })
+    Ok(Chunked {
+        content: content.finalize().into(),
+        size,
+        chunks,
+    })
 }

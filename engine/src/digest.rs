@@ -26,9 +26,17 @@ use crate::path::RelPath;
 /// What kind of entry, with the fields the digest covers.
 #[derive(Clone, Copy, Debug)]
 pub enum LeafFields<'a> {
-    File { mode: u32, size: u64, content: &'a Hash },
-    Dir { mode: u32 },
-    Symlink { target: &'a [u8] },
+    File {
+        mode: u32,
+        size: u64,
+        content: &'a Hash,
+    },
+    Dir {
+        mode: u32,
+    },
+    Symlink {
+        target: &'a [u8],
+    },
 }
 
 /// The leaf hash of one entry.
@@ -38,7 +46,11 @@ pub fn leaf(path: &RelPath, fields: LeafFields<'_>) -> Hash {
     hasher.update(&(path.as_bytes().len() as u64).to_le_bytes());
     hasher.update(path.as_bytes());
     match fields {
-        LeafFields::File { mode, size, content } => {
+        LeafFields::File {
+            mode,
+            size,
+            content,
+        } => {
             hasher.update(&[1]);
             hasher.update(&mode.to_le_bytes());
             hasher.update(&size.to_le_bytes());
@@ -145,10 +157,50 @@ mod tests {
     fn leaf_depends_on_every_field() {
         let path = RelPath::new("a").unwrap();
         let content = Hash::of(b"x");
-        let base = leaf(&path, LeafFields::File { mode: 0o644, size: 1, content: &content });
-        assert_ne!(base, leaf(&path, LeafFields::File { mode: 0o600, size: 1, content: &content }));
-        assert_ne!(base, leaf(&path, LeafFields::File { mode: 0o644, size: 2, content: &content }));
-        assert_ne!(base, leaf(&RelPath::new("b").unwrap(), LeafFields::File { mode: 0o644, size: 1, content: &content }));
-        assert_ne!(leaf(&path, LeafFields::Dir { mode: 0o755 }), leaf(&path, LeafFields::Dir { mode: 0o700 }));
+        let base = leaf(
+            &path,
+            LeafFields::File {
+                mode: 0o644,
+                size: 1,
+                content: &content,
+            },
+        );
+        assert_ne!(
+            base,
+            leaf(
+                &path,
+                LeafFields::File {
+                    mode: 0o600,
+                    size: 1,
+                    content: &content
+                }
+            )
+        );
+        assert_ne!(
+            base,
+            leaf(
+                &path,
+                LeafFields::File {
+                    mode: 0o644,
+                    size: 2,
+                    content: &content
+                }
+            )
+        );
+        assert_ne!(
+            base,
+            leaf(
+                &RelPath::new("b").unwrap(),
+                LeafFields::File {
+                    mode: 0o644,
+                    size: 1,
+                    content: &content
+                }
+            )
+        );
+        assert_ne!(
+            leaf(&path, LeafFields::Dir { mode: 0o755 }),
+            leaf(&path, LeafFields::Dir { mode: 0o700 })
+        );
     }
 }

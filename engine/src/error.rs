@@ -50,7 +50,9 @@ pub enum Error {
     #[error("chunk {hash} is not in the chunk store")]
     ChunkMissing { hash: Hash },
     /// After applying event `seq` the folder digest is not the one the event carries.
-    #[error("digest mismatch after seq {seq} ({path}): event says {expected}, replica has {actual}")]
+    #[error(
+        "digest mismatch after seq {seq} ({path}): event says {expected}, replica has {actual}"
+    )]
     DigestMismatch {
         seq: u64,
         path: String,

@@ -148,10 +148,13 @@ impl EventBody {
         if *version != FORMAT_VERSION {
             return Err(decode_error(format!("unknown format version {version}")));
         }
-        let (body, used): (EventBody, usize) =
-            bincode::decode_from_slice(rest, decode_config()).map_err(|error| decode_error(error.to_string()))?;
+        let (body, used): (EventBody, usize) = bincode::decode_from_slice(rest, decode_config())
+            .map_err(|error| decode_error(error.to_string()))?;
         if used != rest.len() {
-            return Err(decode_error(format!("{} trailing bytes", rest.len() - used)));
+            return Err(decode_error(format!(
+                "{} trailing bytes",
+                rest.len() - used
+            )));
         }
         Ok(body)
     }
@@ -253,7 +256,10 @@ mod tests {
             format!("{HEAD}{variant_and_fields}{DIGEST}"),
             "canonical bytes of {change:?} changed: that is a format change"
         );
-        assert_eq!(EventBody::from_canonical_bytes(&bytes).unwrap(), body(change));
+        assert_eq!(
+            EventBody::from_canonical_bytes(&bytes).unwrap(),
+            body(change)
+        );
     }
 
     #[test]
@@ -265,16 +271,20 @@ mod tests {
                 mtime_ns: 5,
                 size: 3,
                 content: Hash([0xcc; 32]),
-                chunks: vec![ChunkRef { hash: Hash([0xee; 32]), len: 3 }],
+                chunks: vec![ChunkRef {
+                    hash: Hash([0xee; 32]),
+                    len: 3,
+                }],
             },
             concat!(
-                "00000000",                 // variant 0: Put
-                "0300000000000000", "612f62", // path "a/b"
-                "a4010000",                 // mode 0o644
-                "0500000000000000",         // mtime_ns
-                "0300000000000000",         // size
+                "00000000", // variant 0: Put
+                "0300000000000000",
+                "612f62",           // path "a/b"
+                "a4010000",         // mode 0o644
+                "0500000000000000", // mtime_ns
+                "0300000000000000", // size
                 "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc",
-                "0100000000000000",         // one chunk
+                "0100000000000000", // one chunk
                 "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee",
                 "03000000",
             ),
@@ -284,7 +294,10 @@ mod tests {
     #[test]
     fn golden_mkdir() {
         golden(
-            Change::Mkdir { path: path("d"), mode: 0o755 },
+            Change::Mkdir {
+                path: path("d"),
+                mode: 0o755,
+            },
             concat!("01000000", "0100000000000000", "64", "ed010000"),
         );
     }
@@ -292,28 +305,52 @@ mod tests {
     #[test]
     fn golden_symlink() {
         golden(
-            Change::Symlink { path: path("l"), target: b"t".to_vec() },
-            concat!("02000000", "0100000000000000", "6c", "0100000000000000", "74"),
+            Change::Symlink {
+                path: path("l"),
+                target: b"t".to_vec(),
+            },
+            concat!(
+                "02000000",
+                "0100000000000000",
+                "6c",
+                "0100000000000000",
+                "74"
+            ),
         );
     }
 
     #[test]
     fn golden_remove() {
-        golden(Change::Remove { path: path("x") }, concat!("03000000", "0100000000000000", "78"));
+        golden(
+            Change::Remove { path: path("x") },
+            concat!("03000000", "0100000000000000", "78"),
+        );
     }
 
     #[test]
     fn golden_rename() {
         golden(
-            Change::Rename { from: path("x"), to: path("y") },
-            concat!("04000000", "0100000000000000", "78", "0100000000000000", "79"),
+            Change::Rename {
+                from: path("x"),
+                to: path("y"),
+            },
+            concat!(
+                "04000000",
+                "0100000000000000",
+                "78",
+                "0100000000000000",
+                "79"
+            ),
         );
     }
 
     #[test]
     fn golden_set_mode() {
         golden(
-            Change::SetMode { path: path("x"), mode: 0o600 },
+            Change::SetMode {
+                path: path("x"),
+                mode: 0o600,
+            },
             concat!("05000000", "0100000000000000", "78", "80010000"),
         );
     }
@@ -321,7 +358,9 @@ mod tests {
     #[test]
     fn golden_promote() {
         golden(
-            Change::Promote { node: "beta".to_string() },
+            Change::Promote {
+                node: "beta".to_string(),
+            },
             concat!("06000000", "0400000000000000", "62657461"),
         );
     }
@@ -332,7 +371,10 @@ mod tests {
         let expected = chain_hash(&Hash::ZERO, &event.body.canonical_bytes());
         assert_eq!(event.hash, expected);
         // Pin the hash itself too: it is what two nodes compare.
-        assert_eq!(event.hash.to_hex(), "99b190dc446aa6d693cf373e3e1a4f58a965cc3b9614c218399e92e224d56044");
+        assert_eq!(
+            event.hash.to_hex(),
+            "99b190dc446aa6d693cf373e3e1a4f58a965cc3b9614c218399e92e224d56044"
+        );
     }
 
     #[test]
@@ -348,7 +390,10 @@ mod tests {
         assert!(EventBody::from_canonical_bytes(&[]).is_err());
         // A `..` path smuggled into the bytes is refused at decode time.
         let mut escape = body(Change::Remove { path: path("xy") }).canonical_bytes();
-        let at = escape.windows(2).position(|window| window == b"xy").unwrap();
+        let at = escape
+            .windows(2)
+            .position(|window| window == b"xy")
+            .unwrap();
         escape[at] = b'.';
         escape[at + 1] = b'.';
         let error = EventBody::from_canonical_bytes(&escape).unwrap_err();

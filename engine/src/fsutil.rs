@@ -9,7 +9,9 @@ use crate::error::{Error, IoContext, Result};
 
 /// fsync a directory, making the names in it durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|file| file.sync_all()).at("fsync", dir)
+    File::open(dir)
+        .and_then(|file| file.sync_all())
+        .at("fsync", dir)
 }
 
 /// Flush every dirty page of the file system that holds `path` (Linux `syncfs`).
@@ -19,7 +21,11 @@ pub fn syncfs(path: &Path) -> Result<()> {
     // SAFETY: `file` is an open descriptor for the duration of the call.
     let status = unsafe { libc::syncfs(file.as_raw_fd()) };
     if status != 0 {
-        return Err(Error::Io { op: "syncfs", path: path.to_path_buf(), source: std::io::Error::last_os_error() });
+        return Err(Error::Io {
+            op: "syncfs",
+            path: path.to_path_buf(),
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(())
 }
@@ -44,7 +50,10 @@ pub fn now_ms() -> u64 {
 /// A file's modification time in nanoseconds since the Unix epoch.
 pub fn mtime_ns(metadata: &std::fs::Metadata) -> i64 {
     use std::os::unix::fs::MetadataExt;
-    metadata.mtime().saturating_mul(1_000_000_000).saturating_add(metadata.mtime_nsec())
+    metadata
+        .mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(metadata.mtime_nsec())
 }
 
 /// A `SystemTime` from nanoseconds since the Unix epoch.

@@ -41,7 +41,12 @@ impl Entry {
 
     pub fn leaf_fields(&self) -> LeafFields<'_> {
         match self {
-            Entry::File { mode, size, content, .. } => LeafFields::File {
+            Entry::File {
+                mode,
+                size,
+                content,
+                ..
+            } => LeafFields::File {
                 mode: *mode,
                 size: *size,
                 content,
@@ -112,7 +117,10 @@ impl FolderIndex {
     }
 
     /// The entry at `path` and everything below it, in path order.
-    pub fn subtree<'a>(&'a self, path: &RelPath) -> impl Iterator<Item = (&'a RelPath, &'a Entry)> + 'a {
+    pub fn subtree<'a>(
+        &'a self,
+        path: &RelPath,
+    ) -> impl Iterator<Item = (&'a RelPath, &'a Entry)> + 'a {
         let (low, high) = path.descendants_range();
         self.entries
             .get_key_value(path)
@@ -132,7 +140,10 @@ impl FolderIndex {
         };
         match self.entries.get(&parent) {
             Some(Entry::Dir { .. }) => Ok(()),
-            Some(other) => Err(misfit(path, format!("parent {parent} is a {}", other.kind()))),
+            Some(other) => Err(misfit(
+                path,
+                format!("parent {parent} is a {}", other.kind()),
+            )),
             None => Err(misfit(path, format!("parent {parent} does not exist"))),
         }
     }
@@ -162,14 +173,19 @@ impl FolderIndex {
     /// Check that `change` fits the current state, without changing anything.
     pub fn check(&self, change: &Change) -> Result<(), Misfit> {
         match change {
-            Change::Put { path, size, chunks, .. } => {
+            Change::Put {
+                path, size, chunks, ..
+            } => {
                 self.check_parent(path)?;
                 if let Some(Entry::Dir { .. }) = self.entries.get(path) {
                     return Err(misfit(path, "a directory is in the way".to_string()));
                 }
                 let total: u64 = chunks.iter().map(|chunk| chunk.len as u64).sum();
                 if total != *size {
-                    return Err(misfit(path, format!("chunks add up to {total} bytes, size says {size}")));
+                    return Err(misfit(
+                        path,
+                        format!("chunks add up to {total} bytes, size says {size}"),
+                    ));
                 }
                 Ok(())
             }
@@ -183,10 +199,15 @@ impl FolderIndex {
             Change::Symlink { path, target } => {
                 self.check_parent(path)?;
                 if target.is_empty() || target.contains(&0) {
-                    return Err(misfit(path, "empty or NUL-containing symlink target".to_string()));
+                    return Err(misfit(
+                        path,
+                        "empty or NUL-containing symlink target".to_string(),
+                    ));
                 }
                 match self.entries.get(path) {
-                    Some(Entry::Dir { .. }) => Err(misfit(path, "a directory is in the way".to_string())),
+                    Some(Entry::Dir { .. }) => {
+                        Err(misfit(path, "a directory is in the way".to_string()))
+                    }
                     _ => Ok(()),
                 }
             }
@@ -213,7 +234,9 @@ impl FolderIndex {
                 }
             }
             Change::SetMode { path, .. } => match self.entries.get(path) {
-                Some(Entry::Symlink { .. }) => Err(misfit(path, "a symlink has no mode".to_string())),
+                Some(Entry::Symlink { .. }) => {
+                    Err(misfit(path, "a symlink has no mode".to_string()))
+                }
                 Some(_) => Ok(()),
                 None => Err(misfit(path, "nothing to change the mode of".to_string())),
             },
@@ -225,7 +248,14 @@ impl FolderIndex {
     pub fn apply(&mut self, change: &Change) -> Result<(), Misfit> {
         self.check(change)?;
         match change {
-            Change::Put { path, mode, mtime_ns, size, content, chunks } => {
+            Change::Put {
+                path,
+                mode,
+                mtime_ns,
+                size,
+                content,
+                chunks,
+            } => {
                 self.set(
                     path.clone(),
                     Entry::File {
@@ -238,9 +268,12 @@ impl FolderIndex {
                 );
             }
             Change::Mkdir { path, mode } => self.set(path.clone(), Entry::Dir { mode: *mode }),
-            Change::Symlink { path, target } => {
-                self.set(path.clone(), Entry::Symlink { target: target.clone() })
-            }
+            Change::Symlink { path, target } => self.set(
+                path.clone(),
+                Entry::Symlink {
+                    target: target.clone(),
+                },
+            ),
             Change::Remove { path } => {
                 self.remove_subtree(path);
             }
@@ -273,7 +306,10 @@ impl FolderIndex {
 }
 
 fn misfit(path: &RelPath, reason: String) -> Misfit {
-    Misfit { path: path.clone(), reason }
+    Misfit {
+        path: path.clone(),
+        reason,
+    }
 }
 
 #[cfg(test)]
@@ -287,12 +323,31 @@ mod tests {
     #[test]
     fn rename_moves_a_subtree_and_digest_follows() {
         let mut index = FolderIndex::default();
-        index.apply(&Change::Mkdir { path: path("a"), mode: 0o755 }).unwrap();
-        index.apply(&Change::Symlink { path: path("a/l"), target: b"x".to_vec() }).unwrap();
-        index.apply(&Change::Rename { from: path("a"), to: path("b") }).unwrap();
+        index
+            .apply(&Change::Mkdir {
+                path: path("a"),
+                mode: 0o755,
+            })
+            .unwrap();
+        index
+            .apply(&Change::Symlink {
+                path: path("a/l"),
+                target: b"x".to_vec(),
+            })
+            .unwrap();
+        index
+            .apply(&Change::Rename {
+                from: path("a"),
+                to: path("b"),
+            })
+            .unwrap();
         assert!(index.get(&path("a/l")).is_none());
         assert!(index.get(&path("b/l")).is_some());
-        let rebuilt = FolderIndex::from_entries(index.iter().map(|(key, value)| (key.clone(), value.clone())));
+        let rebuilt = FolderIndex::from_entries(
+            index
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone())),
+        );
         assert_eq!(rebuilt.digest(), index.digest());
     }
 
@@ -300,10 +355,25 @@ mod tests {
     fn misfits_are_refused_without_change() {
         let mut index = FolderIndex::default();
         let before = index.digest();
-        assert!(index.apply(&Change::Mkdir { path: path("a/b"), mode: 0o755 }).is_err());
+        assert!(index
+            .apply(&Change::Mkdir {
+                path: path("a/b"),
+                mode: 0o755
+            })
+            .is_err());
         assert!(index.apply(&Change::Remove { path: path("a") }).is_err());
         assert_eq!(index.digest(), before);
-        index.apply(&Change::Mkdir { path: path("a"), mode: 0o755 }).unwrap();
-        assert!(index.apply(&Change::Rename { from: path("a"), to: path("a/b") }).is_err());
+        index
+            .apply(&Change::Mkdir {
+                path: path("a"),
+                mode: 0o755,
+            })
+            .unwrap();
+        assert!(index
+            .apply(&Change::Rename {
+                from: path("a"),
+                to: path("a/b")
+            })
+            .is_err());
     }
 }

@@ -28,10 +28,20 @@ pub struct Head {
 
 impl Head {
     /// The head of an empty log.
-    pub const EMPTY: Head = Head { seq: 0, hash: Hash::ZERO, epoch: 0, digest: Hash::ZERO };
+    pub const EMPTY: Head = Head {
+        seq: 0,
+        hash: Hash::ZERO,
+        epoch: 0,
+        digest: Hash::ZERO,
+    };
 
     fn of(event: &Event) -> Head {
-        Head { seq: event.seq(), hash: event.hash, epoch: event.epoch(), digest: event.body.digest }
+        Head {
+            seq: event.seq(),
+            hash: event.hash,
+            epoch: event.epoch(),
+            digest: event.body.digest,
+        }
     }
 }
 
@@ -57,17 +67,26 @@ fn encode_value(event: &Event) -> Vec<u8> {
 
 fn decode_value(seq: u64, value: &[u8]) -> Result<Event> {
     if value.len() < 65 {
-        return Err(Error::BrokenChain { seq, reason: format!("stored record is {} bytes long", value.len()) });
+        return Err(Error::BrokenChain {
+            seq,
+            reason: format!("stored record is {} bytes long", value.len()),
+        });
     }
     let prev = Hash::from_slice(&value[..32]).unwrap_or_default();
     let hash = Hash::from_slice(&value[32..64]).unwrap_or_default();
     let event = Event::from_parts(prev, &value[64..], hash).map_err(|error| match error {
         Error::BrokenChain { reason, .. } => Error::BrokenChain { seq, reason },
-        Error::Decode { reason, .. } => Error::BrokenChain { seq, reason: format!("undecodable body: {reason}") },
+        Error::Decode { reason, .. } => Error::BrokenChain {
+            seq,
+            reason: format!("undecodable body: {reason}"),
+        },
         other => other,
     })?;
     if event.seq() != seq {
-        return Err(Error::BrokenChain { seq, reason: format!("stored under seq {seq} but says seq {}", event.seq()) });
+        return Err(Error::BrokenChain {
+            seq,
+            reason: format!("stored under seq {seq} but says seq {}", event.seq()),
+        });
     }
     Ok(event)
 }
@@ -79,24 +98,36 @@ impl EventLog {
         let head = match events.last()? {
             None => Head::EMPTY,
             Some((stored_key, value)) => {
-                let seq = u64::from_be_bytes(stored_key.as_ref().try_into().map_err(|_| Error::BrokenChain {
-                    seq: 0,
-                    reason: "malformed key in the events tree".to_string(),
+                let seq = u64::from_be_bytes(stored_key.as_ref().try_into().map_err(|_| {
+                    Error::BrokenChain {
+                        seq: 0,
+                        reason: "malformed key in the events tree".to_string(),
+                    }
                 })?);
                 Head::of(&decode_value(seq, &value)?)
             }
         };
-        Ok(EventLog { db: db.clone(), events, head: RwLock::new(head) })
+        Ok(EventLog {
+            db: db.clone(),
+            events,
+            head: RwLock::new(head),
+        })
     }
 
     /// The last durable event.
     pub fn head(&self) -> Head {
-        *self.head.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        *self
+            .head
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Append `batch`, which must continue the chain from the head; durable on return.
     pub fn append(&self, batch: &[Event]) -> Result<Head> {
-        let mut head = self.head.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut head = self
+            .head
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut tip = *head;
         let mut sled_batch = sled::Batch::default();
         for event in batch {
@@ -104,7 +135,11 @@ impl EventLog {
             if event.epoch() < tip.epoch {
                 return Err(Error::BrokenChain {
                     seq: event.seq(),
-                    reason: format!("epoch {} is below the previous event's epoch {}", event.epoch(), tip.epoch),
+                    reason: format!(
+                        "epoch {} is below the previous event's epoch {}",
+                        event.epoch(),
+                        tip.epoch
+                    ),
                 });
             }
             sled_batch.insert(&key(event.seq()), encode_value(event));
@@ -122,7 +157,10 @@ impl EventLog {
             return Ok(None);
         }
         match self.events.get(key(seq))? {
-            None => Err(Error::BrokenChain { seq, reason: "missing from the log (a gap)".to_string() }),
+            None => Err(Error::BrokenChain {
+                seq,
+                reason: "missing from the log (a gap)".to_string(),
+            }),
             Some(value) => decode_value(seq, &value).map(Some),
         }
     }
@@ -141,19 +179,27 @@ impl EventLog {
     pub fn events_after(&self, seq: u64, hash: &Hash, max: usize) -> Result<Vec<Event>> {
         let head = self.head();
         if seq > head.seq {
-            return Err(Error::BeyondHead { seq, head: head.seq });
+            return Err(Error::BeyondHead {
+                seq,
+                head: head.seq,
+            });
         }
         let ours = self.hash_at(seq)?.unwrap_or_default();
         if ours != *hash {
-            return Err(Error::Divergence { seq, ours, theirs: *hash });
+            return Err(Error::Divergence {
+                seq,
+                ours,
+                theirs: *hash,
+            });
         }
         let last = head.seq.min(seq.saturating_add(max as u64));
         let mut out = Vec::with_capacity((last - seq) as usize);
         let mut tip = (seq, ours);
         for next in seq + 1..=last {
-            let event = self
-                .get(next)?
-                .ok_or_else(|| Error::BrokenChain { seq: next, reason: "missing from the log".to_string() })?;
+            let event = self.get(next)?.ok_or_else(|| Error::BrokenChain {
+                seq: next,
+                reason: "missing from the log".to_string(),
+            })?;
             event.check_follows(tip.0, &tip.1)?;
             tip = (next, event.hash);
             out.push(event);
@@ -171,14 +217,20 @@ impl EventLog {
             tip = (last.seq(), last.hash);
         }
         if tip.0 != head.seq || tip.1 != head.hash {
-            return Err(Error::BrokenChain { seq: tip.0, reason: "chain does not reach the head".to_string() });
+            return Err(Error::BrokenChain {
+                seq: tip.0,
+                reason: "chain does not reach the head".to_string(),
+            });
         }
         Ok(tip.0)
     }
 
     /// Remove every event after `seq` and return them (oldest first). Durable on return.
     pub fn truncate_after(&self, seq: u64) -> Result<Vec<Event>> {
-        let mut head = self.head.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut head = self
+            .head
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if seq >= head.seq {
             return Ok(Vec::new());
         }
@@ -188,7 +240,10 @@ impl EventLog {
             let value = self
                 .events
                 .get(key(next))?
-                .ok_or_else(|| Error::BrokenChain { seq: next, reason: "missing from the log".to_string() })?;
+                .ok_or_else(|| Error::BrokenChain {
+                    seq: next,
+                    reason: "missing from the log".to_string(),
+                })?;
             removed.push(decode_value(next, &value)?);
             sled_batch.remove(&key(next));
         }
@@ -198,7 +253,10 @@ impl EventLog {
             let value = self
                 .events
                 .get(key(seq))?
-                .ok_or_else(|| Error::BrokenChain { seq, reason: "missing from the log".to_string() })?;
+                .ok_or_else(|| Error::BrokenChain {
+                    seq,
+                    reason: "missing from the log".to_string(),
+                })?;
             Head::of(&decode_value(seq, &value)?)
         };
         self.events.apply_batch(sled_batch)?;
@@ -210,7 +268,11 @@ impl EventLog {
     /// Overwrite the stored bytes of one event. For tests that prove tampering is found.
     #[doc(hidden)]
     pub fn tamper_raw(&self, seq: u64, edit: impl FnOnce(&mut Vec<u8>)) -> Result<()> {
-        let mut value = self.events.get(key(seq))?.map(|value| value.to_vec()).unwrap_or_default();
+        let mut value = self
+            .events
+            .get(key(seq))?
+            .map(|value| value.to_vec())
+            .unwrap_or_default();
         edit(&mut value);
         self.events.insert(key(seq), value)?;
         Ok(())

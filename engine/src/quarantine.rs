@@ -67,14 +67,21 @@ pub fn quarantine_after(repository: &Repository, seq: u64) -> Result<Option<Quar
         return Ok(None);
     }
     let common_hash = repository.log().hash_at(seq)?.unwrap_or_default();
-    let events = repository.log().events_after(seq, &common_hash, usize::MAX)?;
+    let events = repository
+        .log()
+        .events_after(seq, &common_hash, usize::MAX)?;
     let quarantined_at_ms = now_ms();
     let root = repository.data_dir().join("quarantine");
     let dir = root.join(format!("{}-{quarantined_at_ms}", head.epoch));
     let files = dir.join("files");
     std::fs::create_dir_all(&files).at("create", &files)?;
 
-    let mut manifest = Manifest { common_seq: seq, common_hash, quarantined_at_ms, events: Vec::new() };
+    let mut manifest = Manifest {
+        common_seq: seq,
+        common_hash,
+        quarantined_at_ms,
+        events: Vec::new(),
+    };
     let mut touched = Vec::new();
     for event in &events {
         let change = &event.body.change;
@@ -83,7 +90,11 @@ pub fn quarantine_after(repository: &Repository, seq: u64) -> Result<Option<Quar
             seq: event.seq(),
             epoch: event.epoch(),
             kind: change.kind().to_string(),
-            path: change.paths().first().map(|path| path.to_string()).unwrap_or_default(),
+            path: change
+                .paths()
+                .first()
+                .map(|path| path.to_string())
+                .unwrap_or_default(),
             to: None,
             size: None,
             mode: None,
@@ -93,7 +104,14 @@ pub fn quarantine_after(repository: &Repository, seq: u64) -> Result<Option<Quar
             file: None,
         };
         match change {
-            Change::Put { path, mode, size, content, chunks, .. } => {
+            Change::Put {
+                path,
+                mode,
+                size,
+                content,
+                chunks,
+                ..
+            } => {
                 let relative = format!("files/{}/{}", event.seq(), path);
                 let target = dir.join(&relative);
                 if let Some(parent) = target.parent() {
@@ -101,7 +119,8 @@ pub fn quarantine_after(repository: &Repository, seq: u64) -> Result<Option<Quar
                 }
                 let mut file = std::fs::File::create(&target).at("create", &target)?;
                 for chunk in chunks {
-                    file.write_all(&repository.chunks().get(&chunk.hash)?).at("write", &target)?;
+                    file.write_all(&repository.chunks().get(&chunk.hash)?)
+                        .at("write", &target)?;
                 }
                 file.sync_all().at("fsync", &target)?;
                 record.size = Some(*size);
@@ -111,7 +130,9 @@ pub fn quarantine_after(repository: &Repository, seq: u64) -> Result<Option<Quar
             }
             Change::Mkdir { mode, .. } | Change::SetMode { mode, .. } => record.mode = Some(*mode),
             Change::Rename { to, .. } => record.to = Some(to.to_string()),
-            Change::Symlink { target, .. } => record.to = Some(String::from_utf8_lossy(target).into_owned()),
+            Change::Symlink { target, .. } => {
+                record.to = Some(String::from_utf8_lossy(target).into_owned())
+            }
             Change::Promote { node } => record.path = node.clone(),
             Change::Remove { .. } => {}
         }
@@ -123,7 +144,8 @@ pub fn quarantine_after(repository: &Repository, seq: u64) -> Result<Option<Quar
         reason: error.to_string(),
     })?;
     let mut file = std::fs::File::create(&manifest_path).at("create", &manifest_path)?;
-    file.write_all(text.as_bytes()).at("write", &manifest_path)?;
+    file.write_all(text.as_bytes())
+        .at("write", &manifest_path)?;
     file.sync_all().at("fsync", &manifest_path)?;
     fsync_dir(&dir)?;
     fsync_dir(&root)?;
@@ -139,7 +161,11 @@ pub fn quarantine_after(repository: &Repository, seq: u64) -> Result<Option<Quar
         common_seq = seq,
         "moved events that never reached the authority into quarantine"
     );
-    Ok(Some(Quarantined { dir, manifest, touched }))
+    Ok(Some(Quarantined {
+        dir,
+        manifest,
+        touched,
+    }))
 }
 
 /// Every quarantine directory with its manifest, oldest first.
@@ -149,7 +175,13 @@ pub fn list_quarantines(data_dir: &Path) -> Result<Vec<(PathBuf, Manifest)>> {
     let listing = match std::fs::read_dir(&root) {
         Ok(listing) => listing,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(error) => return Err(Error::Io { op: "list", path: root, source: error }),
+        Err(error) => {
+            return Err(Error::Io {
+                op: "list",
+                path: root,
+                source: error,
+            })
+        }
     };
     for item in listing {
         let item = item.at("list", &root)?;
@@ -157,7 +189,13 @@ pub fn list_quarantines(data_dir: &Path) -> Result<Vec<(PathBuf, Manifest)>> {
         let text = match std::fs::read_to_string(&manifest_path) {
             Ok(text) => text,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(error) => return Err(Error::Io { op: "read", path: manifest_path, source: error }),
+            Err(error) => {
+                return Err(Error::Io {
+                    op: "read",
+                    path: manifest_path,
+                    source: error,
+                })
+            }
         };
         let manifest: Manifest = serde_json::from_str(&text).map_err(|error| Error::Decode {
             what: manifest_path.display().to_string(),
@@ -171,7 +209,7 @@ pub fn list_quarantines(data_dir: &Path) -> Result<Vec<(PathBuf, Manifest)>> {
 
 /// Put every path the quarantined events touched back to the state the index now holds.
 pub fn rewind_folder(root: &Path, repository: &Repository, touched: Vec<RelPath>) -> Result<()> {
-    let scopes = crate::scan::cover(&repository.lock_index(), touched);
+    let scopes = crate::scan::cover(&repository.lock_index(), None, touched);
     for scope in &scopes {
         crate::replay::restore_scope(root, repository, scope)?;
     }

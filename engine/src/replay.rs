@@ -42,7 +42,9 @@ use crate::scan::{stat_disk, walk, DiskEntry};
 const PENDING_KEY: &str = "replay_pending";
 
 fn bincode_config() -> impl bincode::config::Config {
-    bincode::config::standard().with_little_endian().with_fixed_int_encoding()
+    bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
 }
 
 /// Apply `events` (which must follow the repository's head) to the replica `root`.
@@ -62,14 +64,21 @@ pub fn apply_batch(root: &Path, repository: &Repository, events: &[Event]) -> Re
             if recomputed != event.hash {
                 return Err(Error::BrokenChain {
                     seq: event.seq(),
-                    reason: format!("recorded hash {} but prev and body hash to {recomputed}", event.hash),
+                    reason: format!(
+                        "recorded hash {} but prev and body hash to {recomputed}",
+                        event.hash
+                    ),
                 });
             }
             event.check_follows(tip.0, &tip.1)?;
             if event.epoch() < tip.2 {
                 return Err(Error::BrokenChain {
                     seq: event.seq(),
-                    reason: format!("epoch {} is below the previous event's epoch {}", event.epoch(), tip.2),
+                    reason: format!(
+                        "epoch {} is below the previous event's epoch {}",
+                        event.epoch(),
+                        tip.2
+                    ),
                 });
             }
             tip = (event.seq(), event.hash, event.epoch());
@@ -88,7 +97,11 @@ pub fn apply_batch(root: &Path, repository: &Repository, events: &[Event]) -> Re
                 });
             }
             if let Change::Put { chunks, .. } = change {
-                if let Some(missing) = repository.chunks().missing(chunks.iter().map(|chunk| chunk.hash))?.first() {
+                if let Some(missing) = repository
+                    .chunks()
+                    .missing(chunks.iter().map(|chunk| chunk.hash))?
+                    .first()
+                {
                     return Err(Error::ChunkMissing { hash: *missing });
                 }
             }
@@ -106,12 +119,15 @@ pub fn apply_batch(root: &Path, repository: &Repository, events: &[Event]) -> Re
         .iter()
         .flat_map(|event| event.body.change.paths().into_iter().cloned())
         .collect();
-    let journal = bincode::encode_to_vec(&touched, bincode_config()).expect("encoding paths cannot fail");
+    let journal =
+        bincode::encode_to_vec(&touched, bincode_config()).expect("encoding paths cannot fail");
     repository.meta_set(PENDING_KEY, Some(&journal))?;
 
     // Step 3: apply to the folder.
     let mut safe_dirs = HashSet::new();
-    let applied = events.iter().try_for_each(|event| apply_change(root, repository, event, &mut safe_dirs));
+    let applied = events
+        .iter()
+        .try_for_each(|event| apply_change(root, repository, event, &mut safe_dirs));
     // Step 4: the durability point.
     let durable = applied.and_then(|()| {
         syncfs(root)?;
@@ -145,10 +161,13 @@ pub fn recover(root: &Path, repository: &Repository) -> Result<()> {
             what: "replay journal".to_string(),
             reason: error.to_string(),
         })?;
-    tracing::warn!(paths = touched.len(), "an interrupted batch left the replica unfinished; restoring it");
+    tracing::warn!(
+        paths = touched.len(),
+        "an interrupted batch left the replica unfinished; restoring it"
+    );
     let scopes = {
         let index = repository.lock_index();
-        crate::scan::cover(&index, touched)
+        crate::scan::cover(&index, None, touched)
     };
     for scope in &scopes {
         restore_scope(root, repository, scope)?;
@@ -190,15 +209,25 @@ pub fn restore_scope(root: &Path, repository: &Repository, scope: &RelPath) -> R
             }
             Entry::Symlink { target } => {
                 let current = stat_disk(&full)?;
-                if current != Some(DiskEntry::Symlink { target: target.clone() }) {
+                if current
+                    != Some(DiskEntry::Symlink {
+                        target: target.clone(),
+                    })
+                {
                     write_symlink(root, path, target)?;
                 }
             }
-            Entry::File { mode, mtime_ns, size, content, chunks } => {
+            Entry::File {
+                mode,
+                mtime_ns,
+                size,
+                content,
+                chunks,
+            } => {
                 let intact = match stat_disk(&full)? {
-                    Some(DiskEntry::File { size: disk_size, .. }) if disk_size == *size => {
-                        hash_file(&full)? == *content
-                    }
+                    Some(DiskEntry::File {
+                        size: disk_size, ..
+                    }) if disk_size == *size => hash_file(&full)? == *content,
                     _ => false,
                 };
                 if intact {
@@ -242,11 +271,17 @@ fn remove_any(full: &Path) -> Result<()> {
 fn remove_temporary_files(root: &Path) -> Result<()> {
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
-        let Ok(listing) = std::fs::read_dir(&dir) else { continue };
+        let Ok(listing) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for item in listing {
             let item = item.at("list", &dir)?;
             let kind = item.file_type().at("stat", item.path())?;
-            if item.file_name().as_bytes().starts_with(crate::path::TEMP_PREFIX) {
+            if item
+                .file_name()
+                .as_bytes()
+                .starts_with(crate::path::TEMP_PREFIX)
+            {
                 remove_any(&item.path())?;
             } else if kind.is_dir() {
                 dirs.push(item.path());
@@ -262,7 +297,12 @@ fn set_mode(full: &Path, mode: u32) -> Result<()> {
 
 /// Refuse to touch `path` if any of its parents on disk is not a real directory
 /// (a symlink planted in the replica could otherwise lead the write outside).
-fn check_parents_on_disk(root: &Path, path: &RelPath, seq: u64, safe_dirs: &mut HashSet<RelPath>) -> Result<()> {
+fn check_parents_on_disk(
+    root: &Path,
+    path: &RelPath,
+    seq: u64,
+    safe_dirs: &mut HashSet<RelPath>,
+) -> Result<()> {
     for ancestor in path.ancestors() {
         if safe_dirs.contains(&ancestor) {
             continue;
@@ -275,39 +315,71 @@ fn check_parents_on_disk(root: &Path, path: &RelPath, seq: u64, safe_dirs: &mut 
             Ok(metadata) if metadata.file_type().is_symlink() => {
                 return Err(Error::UnsafePath {
                     path: path.to_string(),
-                    reason: format!("seq {seq}: passes through the symlink {ancestor} in the replica"),
+                    reason: format!(
+                        "seq {seq}: passes through the symlink {ancestor} in the replica"
+                    ),
                 })
             }
             Ok(_) => {
-                return Err(Error::Apply { seq, path: path.to_string(), reason: format!("{ancestor} is not a directory") })
+                return Err(Error::Apply {
+                    seq,
+                    path: path.to_string(),
+                    reason: format!("{ancestor} is not a directory"),
+                })
             }
             Err(error) => {
-                return Err(Error::Apply { seq, path: path.to_string(), reason: format!("parent {ancestor}: {error}") })
+                return Err(Error::Apply {
+                    seq,
+                    path: path.to_string(),
+                    reason: format!("parent {ancestor}: {error}"),
+                })
             }
         }
     }
     Ok(())
 }
 
-fn apply_change(root: &Path, repository: &Repository, event: &Event, safe_dirs: &mut HashSet<RelPath>) -> Result<()> {
+fn apply_change(
+    root: &Path,
+    repository: &Repository,
+    event: &Event,
+    safe_dirs: &mut HashSet<RelPath>,
+) -> Result<()> {
     let seq = event.seq();
     for path in event.body.change.paths() {
         check_parents_on_disk(root, path, seq, safe_dirs)?;
     }
     match &event.body.change {
-        Change::Put { path, mode, mtime_ns, content, chunks, .. } => {
-            write_file(root, repository, path, *mode, *mtime_ns, *content, chunks).map_err(|error| match error {
-                Error::ChunkMismatch { .. } | Error::ChunkMissing { .. } | Error::Io { .. } => error,
-                other => Error::Apply { seq, path: path.to_string(), reason: other.to_string() },
-            })
-        }
+        Change::Put {
+            path,
+            mode,
+            mtime_ns,
+            content,
+            chunks,
+            ..
+        } => write_file(root, repository, path, *mode, *mtime_ns, *content, chunks).map_err(
+            |error| match error {
+                Error::ChunkMismatch { .. } | Error::ChunkMissing { .. } | Error::Io { .. } => {
+                    error
+                }
+                other => Error::Apply {
+                    seq,
+                    path: path.to_string(),
+                    reason: other.to_string(),
+                },
+            },
+        ),
         Change::Mkdir { path, mode } => {
             let full = path.under(root);
             match stat_disk(&full)? {
                 Some(DiskEntry::Dir { .. }) => {}
                 None => std::fs::create_dir(&full).at("create directory", &full)?,
                 Some(_) => {
-                    return Err(Error::Apply { seq, path: path.to_string(), reason: "something else is in the way".to_string() })
+                    return Err(Error::Apply {
+                        seq,
+                        path: path.to_string(),
+                        reason: "something else is in the way".to_string(),
+                    })
                 }
             }
             set_mode(&full, *mode)
@@ -319,7 +391,11 @@ fn apply_change(root: &Path, repository: &Repository, event: &Event, safe_dirs: 
             let source = from.under(root);
             let destination = to.under(root);
             if std::fs::symlink_metadata(&source).is_err() {
-                return Err(Error::Apply { seq, path: from.to_string(), reason: "nothing to rename in the replica".to_string() });
+                return Err(Error::Apply {
+                    seq,
+                    path: from.to_string(),
+                    reason: "nothing to rename in the replica".to_string(),
+                });
             }
             if let Ok(metadata) = std::fs::symlink_metadata(&destination) {
                 if metadata.is_dir() {
@@ -376,8 +452,10 @@ fn write_file(
                 location: format!(" (the chunks of {path} do not add up to its content hash)"),
             });
         }
-        file.set_permissions(std::fs::Permissions::from_mode(mode)).at("chmod", &temporary)?;
-        file.set_modified(system_time(mtime_ns)).at("set mtime", &temporary)?;
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .at("chmod", &temporary)?;
+        file.set_modified(system_time(mtime_ns))
+            .at("set mtime", &temporary)?;
         Ok(())
     })();
     if let Err(error) = written {
@@ -393,6 +471,7 @@ fn write_symlink(root: &Path, path: &RelPath, target: &[u8]) -> Result<()> {
         Some(parent) => parent.join(&temp_name())?.under(root),
         None => RelPath::top(&temp_name())?.under(root),
     };
-    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &temporary).at("symlink", &temporary)?;
+    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &temporary)
+        .at("symlink", &temporary)?;
     std::fs::rename(&temporary, &destination).at("rename into place", &destination)
 }

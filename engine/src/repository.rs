@@ -51,18 +51,53 @@ pub struct Repository {
     content: RwLock<()>,
 }
 
+/// Open sled at `path`, first removing snapshot files that a killed process left
+/// half-written.
+///
+/// sled 0.34.7 writes a snapshot to `snap.<lsn>.generating`, fsyncs it and renames it
+/// to `snap.<lsn>`; but on open it considers every `snap.*` file and takes the
+/// greatest name, which is the `.generating` one when a process was killed before the
+/// rename. It then reports the half-written file as corruption and refuses to open.
+/// (It also reuses such a file without truncating it.) A `.generating` file is never a
+/// complete snapshot — the previous `snap.<lsn>` stays until the rename — so removing
+/// it is safe. Found by `engine/tests/engine/crash.rs`; see spacejam/sled#1533.
+fn open_sled(path: &Path) -> Result<sled::Db> {
+    if let Ok(listing) = std::fs::read_dir(path) {
+        for item in listing.flatten() {
+            let name = item.file_name().to_string_lossy().into_owned();
+            if name.starts_with("snap.") && name.ends_with(".generating") {
+                tracing::warn!(file = %item.path().display(), "removing a half-written sled snapshot left by a crash");
+                std::fs::remove_file(item.path()).map_err(|source| Error::Io {
+                    op: "remove",
+                    path: item.path(),
+                    source,
+                })?;
+            }
+        }
+    }
+    Ok(sled::Config::new()
+        .path(path)
+        .mode(sled::Mode::HighThroughput)
+        .open()?)
+}
+
 fn decode_entry(path: &[u8], bytes: &[u8]) -> Result<(RelPath, Entry)> {
     let relpath = RelPath::new(path.to_vec())?;
-    let config = bincode::config::standard().with_little_endian().with_fixed_int_encoding();
-    let (entry, _) = bincode::decode_from_slice::<Entry, _>(bytes, config).map_err(|error| Error::Decode {
-        what: format!("index entry {relpath}"),
-        reason: error.to_string(),
-    })?;
+    let config = bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding();
+    let (entry, _) =
+        bincode::decode_from_slice::<Entry, _>(bytes, config).map_err(|error| Error::Decode {
+            what: format!("index entry {relpath}"),
+            reason: error.to_string(),
+        })?;
     Ok((relpath, entry))
 }
 
 fn encode_entry(entry: &Entry) -> Vec<u8> {
-    let config = bincode::config::standard().with_little_endian().with_fixed_int_encoding();
+    let config = bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding();
     bincode::encode_to_vec(entry, config).expect("encoding an index entry into memory cannot fail")
 }
 
@@ -74,10 +109,7 @@ impl Repository {
             path: data_dir.to_path_buf(),
             source,
         })?;
-        let db = sled::Config::new()
-            .path(data_dir.join("db"))
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+        let db = open_sled(&data_dir.join("db"))?;
         let log = EventLog::open(&db)?;
         let chunks = ChunkStore::open(&data_dir.join("chunks"), db.open_tree("chunk_locations")?)?;
         let index_tree = db.open_tree("index")?;
@@ -126,7 +158,11 @@ impl Repository {
                 index
             }
             None => {
-                tracing::warn!(saved_seq, head = head.seq, "folder index does not match the log; rebuilding it from the log");
+                tracing::warn!(
+                    saved_seq,
+                    head = head.seq,
+                    "folder index does not match the log; rebuilding it from the log"
+                );
                 let mut rebuilt = FolderIndex::default();
                 self.replay_into_index(&mut rebuilt, 0, head.seq)?;
                 self.save_all_index_entries(&rebuilt, head.seq)?;
@@ -156,11 +192,13 @@ impl Repository {
             let Some(last) = batch.last() else { break };
             tip = (last.seq(), last.hash);
             for event in &batch {
-                index.apply(&event.body.change).map_err(|misfit| Error::Apply {
-                    seq: event.seq(),
-                    path: misfit.path.to_string(),
-                    reason: misfit.reason,
-                })?;
+                index
+                    .apply(&event.body.change)
+                    .map_err(|misfit| Error::Apply {
+                        seq: event.seq(),
+                        path: misfit.path.to_string(),
+                        reason: misfit.reason,
+                    })?;
             }
         }
         Ok(())
@@ -168,10 +206,12 @@ impl Repository {
 
     fn saved_index_seq(&self) -> Result<u64> {
         Ok(match self.meta.get(INDEX_SEQ_KEY)? {
-            Some(bytes) => u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| Error::Corrupt {
-                path: self.data_dir.join("db"),
-                reason: "meta/index_seq is not 8 bytes".to_string(),
-            })?),
+            Some(bytes) => {
+                u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| Error::Corrupt {
+                    path: self.data_dir.join("db"),
+                    reason: "meta/index_seq is not 8 bytes".to_string(),
+                })?)
+            }
             None => 0,
         })
     }
@@ -220,7 +260,9 @@ impl Repository {
 
     /// The index, locked. Holding it keeps every writer out.
     pub fn lock_index(&self) -> MutexGuard<'_, FolderIndex> {
-        self.index.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.index
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Flush everything to disk.
@@ -254,7 +296,10 @@ impl Repository {
         if epoch < head.epoch {
             return Err(Error::BrokenChain {
                 seq: head.seq + 1,
-                reason: format!("cannot record in epoch {epoch}: the log is at epoch {}", head.epoch),
+                reason: format!(
+                    "cannot record in epoch {epoch}: the log is at epoch {}",
+                    head.epoch
+                ),
             });
         }
         let mut events = Vec::with_capacity(changes.len());
@@ -263,10 +308,20 @@ impl Repository {
         let recorded_at_ms = now_ms();
         for change in changes {
             if let Err(error) = index.apply(&change) {
-                misfit = Some(Error::Apply { seq: tip.0 + 1, path: error.path.to_string(), reason: error.reason });
+                misfit = Some(Error::Apply {
+                    seq: tip.0 + 1,
+                    path: error.path.to_string(),
+                    reason: error.reason,
+                });
                 break;
             }
-            let body = EventBody { seq: tip.0 + 1, epoch, recorded_at_ms, change, digest: index.digest() };
+            let body = EventBody {
+                seq: tip.0 + 1,
+                epoch,
+                recorded_at_ms,
+                change,
+                digest: index.digest(),
+            };
             let event = Event::seal(tip.1, body);
             tip = (event.seq(), event.hash);
             events.push(event);
@@ -306,12 +361,17 @@ impl Repository {
     /// naming them — capture's scan, the passive's fetch — so that garbage collection,
     /// which takes it exclusively, never removes a chunk stored for an event to come.
     pub fn content_guard(&self) -> RwLockReadGuard<'_, ()> {
-        self.content.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.content
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Remove chunks that no retained event or index entry names.
     pub fn collect_garbage(&self) -> Result<GcReport> {
-        let _no_content_in_flight = self.content.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _no_content_in_flight = self
+            .content
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let live = self.live_chunks()?;
         self.chunks.collect_garbage(&live)
     }

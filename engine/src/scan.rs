@@ -52,19 +52,39 @@ pub fn stat_disk(full: &Path) -> Result<Option<DiskEntry>> {
     let metadata = match std::fs::symlink_metadata(full) {
         Ok(metadata) => metadata,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(Error::Io { op: "stat", path: full.to_path_buf(), source: error }),
+        Err(error) => {
+            return Err(Error::Io {
+                op: "stat",
+                path: full.to_path_buf(),
+                source: error,
+            })
+        }
     };
     let kind = metadata.file_type();
     Ok(if kind.is_symlink() {
         match std::fs::read_link(full) {
-            Ok(target) => Some(DiskEntry::Symlink { target: target.as_os_str().as_bytes().to_vec() }),
+            Ok(target) => Some(DiskEntry::Symlink {
+                target: target.as_os_str().as_bytes().to_vec(),
+            }),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
-            Err(error) => return Err(Error::Io { op: "readlink", path: full.to_path_buf(), source: error }),
+            Err(error) => {
+                return Err(Error::Io {
+                    op: "readlink",
+                    path: full.to_path_buf(),
+                    source: error,
+                })
+            }
         }
     } else if kind.is_dir() {
-        Some(DiskEntry::Dir { mode: metadata.mode() & MODE_MASK })
+        Some(DiskEntry::Dir {
+            mode: metadata.mode() & MODE_MASK,
+        })
     } else if kind.is_file() {
-        Some(DiskEntry::File { mode: metadata.mode() & MODE_MASK, size: metadata.len(), mtime_ns: mtime_ns(&metadata) })
+        Some(DiskEntry::File {
+            mode: metadata.mode() & MODE_MASK,
+            size: metadata.len(),
+            mtime_ns: mtime_ns(&metadata),
+        })
     } else {
         tracing::warn!(path = %full.display(), "skipping a special file (socket, FIFO or device)");
         None
@@ -79,7 +99,10 @@ pub struct DiskTree {
 
 /// Walk `scope` (the whole folder when `None`) under `root`.
 pub fn walk(root: &Path, scope: Option<&RelPath>) -> Result<DiskTree> {
-    let mut tree = DiskTree { entries: BTreeMap::new(), unreadable: Vec::new() };
+    let mut tree = DiskTree {
+        entries: BTreeMap::new(),
+        unreadable: Vec::new(),
+    };
     let mut pending_dirs: Vec<Option<RelPath>> = Vec::new();
     match scope {
         None => pending_dirs.push(None),
@@ -107,7 +130,11 @@ pub fn walk(root: &Path, scope: Option<&RelPath>) -> Result<DiskTree> {
                 if let Some(path) = dir {
                     tree.unreadable.push(path);
                 } else {
-                    return Err(Error::Io { op: "list", path: full, source: error });
+                    return Err(Error::Io {
+                        op: "list",
+                        path: full,
+                        source: error,
+                    });
                 }
                 continue;
             }
@@ -123,7 +150,9 @@ pub fn walk(root: &Path, scope: Option<&RelPath>) -> Result<DiskTree> {
             if path.is_temporary() {
                 continue;
             }
-            let Some(entry) = stat_disk(&item.path())? else { continue };
+            let Some(entry) = stat_disk(&item.path())? else {
+                continue;
+            };
             if matches!(entry, DiskEntry::Dir { .. }) {
                 pending_dirs.push(Some(path.clone()));
             }
@@ -134,13 +163,21 @@ pub fn walk(root: &Path, scope: Option<&RelPath>) -> Result<DiskTree> {
 }
 
 /// The smallest set of scopes covering `paths`, each widened to start at a path whose
-/// parent is a directory in the index (so that new parents get their `Mkdir`).
-pub fn cover(index: &FolderIndex, paths: impl IntoIterator<Item = RelPath>) -> Vec<RelPath> {
+/// parent is a directory in the index (so that new parents get their `Mkdir`) and, when
+/// `root` is given, whose parent still exists on disk (so that a removed tree is one
+/// `Remove`).
+pub fn cover(
+    index: &FolderIndex,
+    root: Option<&Path>,
+    paths: impl IntoIterator<Item = RelPath>,
+) -> Vec<RelPath> {
     let mut scopes: Vec<RelPath> = paths
         .into_iter()
         .map(|mut path| {
             while let Some(parent) = path.parent() {
-                if matches!(index.get(&parent), Some(Entry::Dir { .. })) {
+                let parent_on_disk =
+                    root.is_none_or(|root| std::fs::symlink_metadata(parent.under(root)).is_ok());
+                if matches!(index.get(&parent), Some(Entry::Dir { .. })) && parent_on_disk {
                     break;
                 }
                 path = parent;
@@ -163,13 +200,23 @@ pub fn cover(index: &FolderIndex, paths: impl IntoIterator<Item = RelPath>) -> V
 /// match the disk. Content of new and changed files is put in the chunk store (not yet
 /// synced: `Repository::record` syncs it before the events are written). The caller
 /// should hold `Repository::content_guard` until the changes are recorded.
-pub fn diff_scope(root: &Path, repository: &Repository, scope: Option<&RelPath>) -> Result<Vec<Change>> {
+pub fn diff_scope(
+    root: &Path,
+    repository: &Repository,
+    scope: Option<&RelPath>,
+) -> Result<Vec<Change>> {
     let disk = walk(root, scope)?;
     let indexed: BTreeMap<RelPath, Entry> = {
         let index = repository.lock_index();
         match scope {
-            None => index.iter().map(|(path, entry)| (path.clone(), entry.clone())).collect(),
-            Some(path) => index.subtree(path).map(|(path, entry)| (path.clone(), entry.clone())).collect(),
+            None => index
+                .iter()
+                .map(|(path, entry)| (path.clone(), entry.clone()))
+                .collect(),
+            Some(path) => index
+                .subtree(path)
+                .map(|(path, entry)| (path.clone(), entry.clone()))
+                .collect(),
         }
     };
     let mut changes = Vec::new();
@@ -178,10 +225,18 @@ pub fn diff_scope(root: &Path, repository: &Repository, scope: Option<&RelPath>)
     // Removals first: gone from disk, or replaced by another kind of entry.
     let mut removed: HashSet<RelPath> = HashSet::new();
     let under_removed = |removed: &HashSet<RelPath>, path: &RelPath| {
-        removed.contains(path) || path.ancestors().iter().any(|ancestor| removed.contains(ancestor))
+        removed.contains(path)
+            || path
+                .ancestors()
+                .iter()
+                .any(|ancestor| removed.contains(ancestor))
     };
     for (path, entry) in &indexed {
-        if disk.unreadable.iter().any(|dir| path.is_within(dir) && path != dir) {
+        if disk
+            .unreadable
+            .iter()
+            .any(|dir| path.is_within(dir) && path != dir)
+        {
             continue;
         }
         let gone = match disk.entries.get(path) {
@@ -206,30 +261,63 @@ pub fn diff_scope(root: &Path, repository: &Repository, scope: Option<&RelPath>)
         match on_disk {
             DiskEntry::Dir { mode } => match before {
                 Some(Entry::Dir { mode: old }) if old == mode => {}
-                Some(Entry::Dir { .. }) => changes.push(Change::SetMode { path: path.clone(), mode: *mode }),
-                _ => changes.push(Change::Mkdir { path: path.clone(), mode: *mode }),
+                Some(Entry::Dir { .. }) => changes.push(Change::SetMode {
+                    path: path.clone(),
+                    mode: *mode,
+                }),
+                _ => changes.push(Change::Mkdir {
+                    path: path.clone(),
+                    mode: *mode,
+                }),
             },
             DiskEntry::Symlink { target } => match before {
                 Some(Entry::Symlink { target: old }) if old == target => {}
-                _ => changes.push(Change::Symlink { path: path.clone(), target: target.clone() }),
+                _ => changes.push(Change::Symlink {
+                    path: path.clone(),
+                    target: target.clone(),
+                }),
             },
-            DiskEntry::File { mode, size, mtime_ns } => {
-                if let Some(Entry::File { mode: old_mode, size: old_size, mtime_ns: old_mtime, .. }) = before {
+            DiskEntry::File {
+                mode,
+                size,
+                mtime_ns,
+            } => {
+                if let Some(Entry::File {
+                    mode: old_mode,
+                    size: old_size,
+                    mtime_ns: old_mtime,
+                    ..
+                }) = before
+                {
                     // Same size and mtime means unchanged, unless the mtime is so recent
                     // that a second write in the same clock tick could hide behind it
                     // (git's "racily clean" case): then the content is compared.
                     if old_size == size && old_mtime == mtime_ns && *mtime_ns < racy_after_ns {
                         if old_mode != mode {
-                            changes.push(Change::SetMode { path: path.clone(), mode: *mode });
+                            changes.push(Change::SetMode {
+                                path: path.clone(),
+                                mode: *mode,
+                            });
                         }
                         continue;
                     }
                 }
                 match (capture_file(root, repository, path)?, before) {
                     (
-                        Some(Change::Put { mode, mtime_ns, content, .. }),
-                        Some(Entry::File { mode: old_mode, mtime_ns: old_mtime, content: old_content, .. }),
-                    ) if mode == *old_mode && mtime_ns == *old_mtime && content == *old_content => {}
+                        Some(Change::Put {
+                            mode,
+                            mtime_ns,
+                            content,
+                            ..
+                        }),
+                        Some(Entry::File {
+                            mode: old_mode,
+                            mtime_ns: old_mtime,
+                            content: old_content,
+                            ..
+                        }),
+                    ) if mode == *old_mode && mtime_ns == *old_mtime && content == *old_content => {
+                    }
                     (Some(change), _) => changes.push(change),
                     (None, _) => {}
                 }
@@ -241,7 +329,11 @@ pub fn diff_scope(root: &Path, repository: &Repository, scope: Option<&RelPath>)
 
 /// Read one file (never through a symlink) into the chunk store and describe it as a
 /// `Put`. `None` when the file vanished or turned into something else meanwhile.
-pub fn capture_file(root: &Path, repository: &Repository, path: &RelPath) -> Result<Option<Change>> {
+pub fn capture_file(
+    root: &Path,
+    repository: &Repository,
+    path: &RelPath,
+) -> Result<Option<Change>> {
     let full = path.under(root);
     let file: File = match OpenOptions::new()
         .read(true)
@@ -250,11 +342,18 @@ pub fn capture_file(root: &Path, repository: &Repository, path: &RelPath) -> Res
     {
         Ok(file) => file,
         Err(error)
-            if error.kind() == std::io::ErrorKind::NotFound || error.raw_os_error() == Some(libc::ELOOP) =>
+            if error.kind() == std::io::ErrorKind::NotFound
+                || error.raw_os_error() == Some(libc::ELOOP) =>
         {
             return Ok(None)
         }
-        Err(error) => return Err(Error::Io { op: "open", path: full, source: error }),
+        Err(error) => {
+            return Err(Error::Io {
+                op: "open",
+                path: full,
+                source: error,
+            })
+        }
     };
     let metadata = file.metadata().at("stat", &full)?;
     if !metadata.is_file() {
@@ -292,6 +391,10 @@ pub fn record_scopes(
 
 /// Compare the whole folder with the index and record every difference (start-up
 /// reconcile, overflow recovery and the periodic safety-net rescan).
-pub fn reconcile(root: &Path, repository: &Repository, epoch: u64) -> Result<Vec<crate::event::Event>> {
+pub fn reconcile(
+    root: &Path,
+    repository: &Repository,
+    epoch: u64,
+) -> Result<Vec<crate::event::Event>> {
     record_scopes(root, repository, epoch, &[None])
 }

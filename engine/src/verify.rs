@@ -49,11 +49,24 @@ pub fn disk_leaves(root: &Path) -> Result<BTreeMap<RelPath, (Hash, String)>> {
             DiskEntry::File { mode, size, .. } => {
                 let content = hash_file(&path.under(root))?;
                 (
-                    leaf(&path, LeafFields::File { mode: *mode, size: *size, content: &content }),
-                    format!("file ({size} bytes, mode {mode:o}, content {})", &content.to_hex()[..12]),
+                    leaf(
+                        &path,
+                        LeafFields::File {
+                            mode: *mode,
+                            size: *size,
+                            content: &content,
+                        },
+                    ),
+                    format!(
+                        "file ({size} bytes, mode {mode:o}, content {})",
+                        &content.to_hex()[..12]
+                    ),
                 )
             }
-            DiskEntry::Dir { mode } => (leaf(&path, LeafFields::Dir { mode: *mode }), format!("directory (mode {mode:o})")),
+            DiskEntry::Dir { mode } => (
+                leaf(&path, LeafFields::Dir { mode: *mode }),
+                format!("directory (mode {mode:o})"),
+            ),
             DiskEntry::Symlink { target } => (
                 leaf(&path, LeafFields::Symlink { target }),
                 format!("symlink to {}", String::from_utf8_lossy(target)),
@@ -81,8 +94,16 @@ pub fn verify_folder(root: &Path, repository: &Repository) -> Result<VerifyRepor
             .iter()
             .map(|(path, entry)| {
                 let description = match entry {
-                    crate::index::Entry::File { mode, size, content, .. } => {
-                        format!("file ({size} bytes, mode {mode:o}, content {})", &content.to_hex()[..12])
+                    crate::index::Entry::File {
+                        mode,
+                        size,
+                        content,
+                        ..
+                    } => {
+                        format!(
+                            "file ({size} bytes, mode {mode:o}, content {})",
+                            &content.to_hex()[..12]
+                        )
                     }
                     crate::index::Entry::Dir { mode } => format!("directory (mode {mode:o})"),
                     crate::index::Entry::Symlink { target } => {
@@ -109,8 +130,12 @@ pub fn verify_folder(root: &Path, repository: &Repository) -> Result<VerifyRepor
         if want.map(|pair| pair.0) != have.map(|pair| pair.0) {
             first_difference = Some(Difference {
                 path: path.to_string(),
-                expected: want.map(|pair| pair.1.clone()).unwrap_or_else(|| "nothing".to_string()),
-                found: have.map(|pair| pair.1.clone()).unwrap_or_else(|| "nothing".to_string()),
+                expected: want
+                    .map(|pair| pair.1.clone())
+                    .unwrap_or_else(|| "nothing".to_string()),
+                found: have
+                    .map(|pair| pair.1.clone())
+                    .unwrap_or_else(|| "nothing".to_string()),
             });
             break;
         }
@@ -123,5 +148,10 @@ pub fn verify_folder(root: &Path, repository: &Repository) -> Result<VerifyRepor
             found: format!("digest {}", digest.to_hash()),
         });
     }
-    Ok(VerifyReport { head, disk_digest: digest.to_hash(), entries_checked: found.len() as u64, first_difference })
+    Ok(VerifyReport {
+        head,
+        disk_digest: digest.to_hash(),
+        entries_checked: found.len() as u64,
+        first_difference,
+    })
 }

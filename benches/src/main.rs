@@ -1,0 +1,261 @@
+//! standin's benchmarks. Every figure is reported beside a peer measured in the same
+//! run on the same machine (`cp -a`, the disk's own fsync'd write rate), because this
+//! machine's absolute figures drift from hour to hour.
+//!
+//! ```text
+//! cargo run --release -p standin-bench -- engine [--quick] [--runs N] [--dir DIR]
+//! ```
+//!
+//! `engine`: capture (scan, chunk, hash, store, log) and replay (apply verified events
+//! into an empty folder, one durability point per batch) of 20,000 × 4 KiB files in 100
+//! directories and of 8 × 128 MiB files, beside `cp -a` (with one final `sync`) and
+//! the disk's fsync'd write rate. `--quick`: 2,000 small files and 2 × 64 MiB.
+//! Every timed run writes into fresh space (never delete-then-create in a timed
+//! region: see shared/BENCHMARKING.md); everything is removed at the end.
+
+mod corpus;
+mod measure;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use standin_engine::replay::apply_batch;
+use standin_engine::scan::reconcile;
+use standin_engine::verify::verify_folder;
+use standin_engine::{Change, Event, Repository};
+
+use measure::{median, sync_all, time_command, warm};
+use report::{Report, Row};
+
+struct Options {
+    quick: bool,
+    runs: usize,
+    dir: Option<PathBuf>,
+}
+
+fn parse(args: &[String]) -> Result<(String, Options), String> {
+    let mut options = Options {
+        quick: false,
+        runs: 3,
+        dir: None,
+    };
+    let mut command = None;
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--quick" => options.quick = true,
+            "--runs" => {
+                options.runs = iter
+                    .next()
+                    .and_then(|value| value.parse().ok())
+                    .filter(|runs| *runs > 0)
+                    .ok_or("--runs needs a positive number")?
+            }
+            "--dir" => {
+                options.dir = Some(PathBuf::from(iter.next().ok_or("--dir needs a directory")?))
+            }
+            other if command.is_none() && !other.starts_with('-') => {
+                command = Some(other.to_string())
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok((command.unwrap_or_else(|| "engine".to_string()), options))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match parse(&args) {
+        Ok((command, options)) if command == "engine" => engine(&options),
+        Ok((command, _)) => Err(format!("unknown benchmark {command:?}; try `engine`").into()),
+        Err(message) => Err(message.into()),
+    };
+    if let Err(error) = result {
+        eprintln!("error: {error}");
+        std::process::exit(2);
+    }
+}
+
+type Outcome<T> = Result<T, Box<dyn std::error::Error>>;
+
+struct Corpus {
+    name: &'static str,
+    root: PathBuf,
+    files: usize,
+    bytes: u64,
+}
+
+fn engine(options: &Options) -> Outcome<()> {
+    let base = match &options.dir {
+        Some(dir) => tempfile::tempdir_in(dir)?,
+        None => tempfile::tempdir()?,
+    };
+    let work = base.path();
+    let (small_count, large_count, large_size) = if options.quick {
+        (2_000, 2, 64 << 20)
+    } else {
+        (20_000, 8, 128 << 20)
+    };
+    eprintln!("generating corpora under {} ...", work.display());
+    let small = Corpus {
+        name: "small",
+        root: work.join("corpus-small"),
+        files: small_count,
+        bytes: small_count as u64 * 4096,
+    };
+    corpus::small_files(&small.root, small_count, 100, 4096)?;
+    let large = Corpus {
+        name: "large",
+        root: work.join("corpus-large"),
+        files: large_count,
+        bytes: (large_count * large_size) as u64,
+    };
+    corpus::large_files(&large.root, large_count, large_size)?;
+    sync_all();
+
+    let mut report = Report::new(
+        if options.quick {
+            "engine-quick"
+        } else {
+            "engine"
+        },
+        work,
+        options.runs,
+    );
+    for corpus in [&small, &large] {
+        let mut copy_times = Vec::new();
+        let mut capture_times = Vec::new();
+        let mut replay_times = Vec::new();
+        for run in 0..options.runs {
+            // Alternate the tools' order so neither always runs on a warmer machine.
+            let order: [&str; 2] = if run % 2 == 0 {
+                ["cp", "standin"]
+            } else {
+                ["standin", "cp"]
+            };
+            for tool in order {
+                warm(&corpus.root)?;
+                if tool == "cp" {
+                    let target = work.join(format!("cp-{}-{run}", corpus.name));
+                    let started = Instant::now();
+                    time_command(
+                        "cp",
+                        &[
+                            "-a",
+                            &corpus.root.to_string_lossy(),
+                            &target.to_string_lossy(),
+                        ],
+                    )?;
+                    sync_all();
+                    copy_times.push(started.elapsed());
+                } else {
+                    let (capture, replay) = capture_and_replay(work, corpus, run)?;
+                    capture_times.push(capture);
+                    replay_times.push(replay);
+                }
+                eprintln!("  {} run {run}: {tool} done", corpus.name);
+            }
+        }
+        let peer = median(copy_times);
+        push(&mut report, corpus, "cp -a + sync", peer, None);
+        push(
+            &mut report,
+            corpus,
+            "standin capture",
+            median(capture_times),
+            Some(("cp -a + sync", peer)),
+        );
+        push(
+            &mut report,
+            corpus,
+            "standin replay",
+            median(replay_times),
+            Some(("cp -a + sync", peer)),
+        );
+    }
+    let disk_rate = measure::disk_write_rate(work, large.bytes.min(1 << 30) as usize)?;
+    report.rows.push(Row {
+        case: "disk".to_string(),
+        tool: "sequential write + fsync".to_string(),
+        seconds: large.bytes as f64 / disk_rate,
+        files_per_second: 0.0,
+        megabytes_per_second: disk_rate / 1e6,
+        ratio: None,
+    });
+    for row in report
+        .rows
+        .iter_mut()
+        .filter(|row| row.case == "large" && row.tool.starts_with("standin"))
+    {
+        row.ratio = Some((
+            "disk".to_string(),
+            row.megabytes_per_second * 1e6 / disk_rate,
+        ));
+    }
+    let saved = report.save()?;
+    println!("{}", report.markdown());
+    println!("written to {}", saved.display());
+    Ok(())
+}
+
+fn push(
+    report: &mut Report,
+    corpus: &Corpus,
+    tool: &str,
+    time: Duration,
+    peer: Option<(&str, Duration)>,
+) {
+    let seconds = time.as_secs_f64();
+    report.rows.push(Row {
+        case: format!(
+            "{} ({} files, {:.0} MB)",
+            corpus.name,
+            corpus.files,
+            corpus.bytes as f64 / 1e6
+        ),
+        tool: tool.to_string(),
+        seconds,
+        files_per_second: corpus.files as f64 / seconds,
+        megabytes_per_second: corpus.bytes as f64 / 1e6 / seconds,
+        // Same work, so the rate ratio is the inverse time ratio.
+        ratio: peer.map(|(name, peer)| (name.to_string(), peer.as_secs_f64() / seconds)),
+    });
+}
+
+/// Capture `corpus` into a fresh repository (timed), ship the chunks to a second
+/// repository (not timed: that is the network's part), then replay every event into a
+/// fresh folder (timed) and verify it.
+fn capture_and_replay(work: &Path, corpus: &Corpus, run: usize) -> Outcome<(Duration, Duration)> {
+    let active = Repository::open(&work.join(format!("active-{}-{run}", corpus.name)))?;
+    let started = Instant::now();
+    let events = reconcile(&corpus.root, &active, 1)?;
+    let capture = started.elapsed();
+
+    let passive = Repository::open(&work.join(format!("passive-{}-{run}", corpus.name)))?;
+    ship(&active, &passive, &events)?;
+    let replica = work.join(format!("replica-{}-{run}", corpus.name));
+    std::fs::create_dir(&replica)?;
+    let started = Instant::now();
+    for batch in events.chunks(4096) {
+        apply_batch(&replica, &passive, batch)?;
+    }
+    let replay = started.elapsed();
+    let report = verify_folder(&replica, &passive)?;
+    if !report.matches() {
+        return Err(format!("replica does not verify: {:?}", report.first_difference).into());
+    }
+    Ok((capture, replay))
+}
+
+fn ship(from: &Repository, to: &Repository, events: &[Event]) -> Outcome<()> {
+    for event in events {
+        if let Change::Put { chunks, .. } = &event.body.change {
+            for hash in to.chunks().missing(chunks.iter().map(|chunk| chunk.hash))? {
+                to.chunks().put_verified(hash, &from.chunks().get(&hash)?)?;
+            }
+        }
+    }
+    to.chunks().sync()?;
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! Timing helpers: run a peer command, warm the page cache, measure the disk.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Read every file under `root` so that a timed run starts from a warm cache (the
+/// machine evicts data idle for about a minute).
+pub fn warm(root: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for item in std::fs::read_dir(&dir)? {
+            let item = item?;
+            let kind = item.file_type()?;
+            if kind.is_dir() {
+                dirs.push(item.path());
+            } else if kind.is_file() {
+                let mut file = std::fs::File::open(item.path())?;
+                loop {
+                    let read = file.read(&mut buffer)?;
+                    if read == 0 {
+                        break;
+                    }
+                    total += read as u64;
+                }
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// `sync(1)`: flush every file system.
+pub fn sync_all() {
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc_sync() };
+}
+
+extern "C" {
+    #[link_name = "sync"]
+    fn libc_sync();
+}
+
+/// Time a shell-free command; fails if it exits non-zero.
+pub fn time_command(program: &str, args: &[&str]) -> std::io::Result<Duration> {
+    let started = Instant::now();
+    let status = Command::new(program).args(args).status()?;
+    if !status.success() {
+        return Err(std::io::Error::other(format!(
+            "{program} {args:?} failed: {status}"
+        )));
+    }
+    Ok(started.elapsed())
+}
+
+/// The disk's own sequential write rate with a final fsync, in bytes per second:
+/// `bytes` written in 1 MiB blocks to a fresh file under `dir`.
+pub fn disk_write_rate(dir: &Path, bytes: usize) -> std::io::Result<f64> {
+    let path = dir.join(format!("disk-probe-{}", std::process::id()));
+    let mut buffer = vec![0u8; 1 << 20];
+    crate::corpus::Bytes::new(7).fill(&mut buffer);
+    let started = Instant::now();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    let mut left = bytes;
+    while left > 0 {
+        let take = left.min(buffer.len());
+        file.write_all(&buffer[..take])?;
+        left -= take;
+    }
+    file.sync_all()?;
+    let elapsed = started.elapsed();
+    drop(file);
+    std::fs::remove_file(&path)?;
+    Ok(bytes as f64 / elapsed.as_secs_f64())
+}
+
+/// The median of some durations.
+pub fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}

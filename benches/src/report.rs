@@ -1,0 +1,106 @@
+//! Results: a markdown table and JSON under `benches/results/`, with the machine noted.
+
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Row {
+    pub case: String,
+    pub tool: String,
+    pub seconds: f64,
+    pub files_per_second: f64,
+    pub megabytes_per_second: f64,
+    /// This row's rate divided by the peer's rate in the same run (files/s for small
+    /// files, MB/s for large), when the row is standin's.
+    pub ratio: Option<(String, f64)>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Report {
+    pub name: String,
+    pub when_unix_s: u64,
+    pub cpu: String,
+    pub cores: usize,
+    pub file_system: String,
+    pub runs_per_case: usize,
+    pub rows: Vec<Row>,
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split(':').nth(1))
+                .map(|model| model.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+fn file_system(path: &std::path::Path) -> String {
+    let output = std::process::Command::new("df")
+        .args(["--output=fstype", &path.to_string_lossy()])
+        .output();
+    match output {
+        Ok(output) => String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .nth(1)
+            .unwrap_or("unknown")
+            .trim()
+            .to_string(),
+        Err(_) => "unknown".to_string(),
+    }
+}
+
+impl Report {
+    pub fn new(name: &str, work_dir: &std::path::Path, runs_per_case: usize) -> Report {
+        Report {
+            name: name.to_string(),
+            when_unix_s: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|elapsed| elapsed.as_secs())
+                .unwrap_or(0),
+            cpu: cpu_model(),
+            cores: std::thread::available_parallelism()
+                .map(|cores| cores.get())
+                .unwrap_or(1),
+            file_system: file_system(work_dir),
+            runs_per_case,
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = format!(
+            "## {} \n\nCPU: {} ({} cores), file system: {}, median of {} runs.\n\n| case | tool | seconds | files/s | MB/s | ratio |\n|---|---|---:|---:|---:|---|\n",
+            self.name, self.cpu, self.cores, self.file_system, self.runs_per_case
+        );
+        for row in &self.rows {
+            let ratio = row
+                .ratio
+                .as_ref()
+                .map(|(peer, value)| format!("{value:.2}× {peer}"))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "| {} | {} | {:.3} | {:.0} | {:.1} | {} |\n",
+                row.case,
+                row.tool,
+                row.seconds,
+                row.files_per_second,
+                row.megabytes_per_second,
+                ratio
+            ));
+        }
+        out
+    }
+
+    /// Write `<name>.md` and `<name>.json` under `benches/results/`.
+    pub fn save(&self) -> std::io::Result<PathBuf> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(format!("{}.md", self.name)), self.markdown())?;
+        let json = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(dir.join(format!("{}.json", self.name)), json)?;
+        Ok(dir)
+    }
+}

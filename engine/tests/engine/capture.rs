@@ -1,0 +1,198 @@
+//! Capture with the watcher running: debouncing, renames, removed trees, and changes
+//! made while capture was stopped. Waits poll the log with a generous limit; no test
+//! asserts a duration.
+
+use std::io::Write;
+use std::time::Duration;
+
+use standin_engine::{Capture, CaptureOptions, Change, Event, Hash};
+
+use crate::support::{wait_for, Node};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn options() -> CaptureOptions {
+    CaptureOptions {
+        settle_ms: 20,
+        quiet_ms: 300,
+        max_delay_ms: 10_000,
+        rescan_interval_ms: 3_600_000,
+    }
+}
+
+fn all_events(node: &Node) -> Vec<Event> {
+    node.repository
+        .log()
+        .events_after(0, &Hash::ZERO, usize::MAX)
+        .unwrap()
+}
+
+fn puts_of(node: &Node, path: &str) -> usize {
+    all_events(node)
+        .iter()
+        .filter(|event| matches!(&event.body.change, Change::Put { path: put, .. } if put.to_string() == path))
+        .count()
+}
+
+/// Wait until the log has stopped growing for a while (capture has caught up).
+fn settle(node: &Node) {
+    let mut last = node.repository.head().seq;
+    let mut still_for = 0;
+    assert!(wait_for(LIMIT, || {
+        let now = node.repository.head().seq;
+        if now == last {
+            still_for += 1;
+        } else {
+            still_for = 0;
+            last = now;
+        }
+        still_for >= 40
+    }));
+}
+
+#[test]
+fn a_file_written_in_many_small_writes_is_recorded_once() {
+    let node = Node::new();
+    let capture = Capture::start(&node.folder, node.repository.clone(), 1, options()).unwrap();
+    let mut file = std::fs::File::create(node.folder.join("growing.log")).unwrap();
+    for line in 0..200 {
+        writeln!(file, "line {line} of a file written a little at a time").unwrap();
+        file.flush().unwrap();
+        if line % 20 == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    drop(file);
+    assert!(wait_for(LIMIT, || puts_of(&node, "growing.log") >= 1));
+    settle(&node);
+    assert_eq!(
+        puts_of(&node, "growing.log"),
+        1,
+        "events: {:?}",
+        all_events(&node)
+    );
+    node.assert_verified();
+    capture.stop();
+}
+
+#[test]
+fn a_rename_is_recorded_as_a_rename() {
+    let node = Node::new();
+    std::fs::create_dir(node.folder.join("dir")).unwrap();
+    std::fs::write(node.folder.join("dir/a.txt"), vec![7u8; 100_000]).unwrap();
+    let capture = Capture::start(&node.folder, node.repository.clone(), 1, options()).unwrap();
+    let before = node.repository.head().seq;
+    assert!(before >= 2, "start-up reconcile records the existing tree");
+    std::fs::rename(node.folder.join("dir/a.txt"), node.folder.join("dir/b.txt")).unwrap();
+    std::fs::rename(node.folder.join("dir"), node.folder.join("moved")).unwrap();
+    assert!(wait_for(LIMIT, || node.repository.head().seq >= before + 2));
+    settle(&node);
+    let renames: Vec<_> = all_events(&node)
+        .into_iter()
+        .filter(|event| matches!(event.body.change, Change::Rename { .. }))
+        .collect();
+    assert_eq!(renames.len(), 2, "{renames:?}");
+    assert_eq!(
+        puts_of(&node, "moved/b.txt"),
+        0,
+        "a rename ships no content"
+    );
+    node.assert_verified();
+    capture.stop();
+}
+
+#[test]
+fn a_removed_directory_tree_is_one_removal() {
+    // The settle window must cover the whole `remove_dir_all`; a busy test machine
+    // can stretch it, so this test gives it more room than the default.
+    let options = CaptureOptions {
+        settle_ms: 300,
+        ..options()
+    };
+    let node = Node::new();
+    for dir in ["tree", "tree/a", "tree/a/b"] {
+        std::fs::create_dir(node.folder.join(dir)).unwrap();
+        for index in 0..5 {
+            std::fs::write(node.folder.join(dir).join(format!("f{index}")), b"x").unwrap();
+        }
+    }
+    let capture = Capture::start(&node.folder, node.repository.clone(), 1, options).unwrap();
+    let before = node.repository.head().seq;
+    std::fs::remove_dir_all(node.folder.join("tree")).unwrap();
+    assert!(wait_for(LIMIT, || node.repository.head().seq > before));
+    settle(&node);
+    let after: Vec<_> = node
+        .repository
+        .log()
+        .events_after(
+            before,
+            &node.repository.log().hash_at(before).unwrap().unwrap(),
+            100,
+        )
+        .unwrap();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(matches!(&after[0].body.change, Change::Remove { path } if path.to_string() == "tree"));
+    node.assert_verified();
+    capture.stop();
+}
+
+#[test]
+fn changes_made_while_capture_was_stopped_are_recorded_at_start() {
+    let node = Node::new();
+    std::fs::create_dir(node.folder.join("keep")).unwrap();
+    std::fs::write(node.folder.join("keep/old"), b"one").unwrap();
+    std::fs::write(node.folder.join("gone"), b"two").unwrap();
+    let capture = Capture::start(&node.folder, node.repository.clone(), 1, options()).unwrap();
+    settle(&node);
+    capture.stop();
+    let stopped_at = node.repository.head().seq;
+
+    std::fs::write(node.folder.join("keep/old"), b"changed while down").unwrap();
+    std::fs::remove_file(node.folder.join("gone")).unwrap();
+    std::fs::create_dir(node.folder.join("empty")).unwrap();
+    std::fs::write(node.folder.join("keep/new"), b"new").unwrap();
+    assert_eq!(node.repository.head().seq, stopped_at);
+
+    let capture = Capture::start(&node.folder, node.repository.clone(), 1, options()).unwrap();
+    let kinds: Vec<String> = node
+        .repository
+        .log()
+        .events_after(
+            stopped_at,
+            &node.repository.log().hash_at(stopped_at).unwrap().unwrap(),
+            100,
+        )
+        .unwrap()
+        .iter()
+        .map(|event| {
+            format!(
+                "{} {}",
+                event.body.change.kind(),
+                event.body.change.describe_path()
+            )
+        })
+        .collect();
+    for expected in ["remove gone", "mkdir empty", "put keep/new", "put keep/old"] {
+        assert!(
+            kinds.contains(&expected.to_string()),
+            "{expected} missing from {kinds:?}"
+        );
+    }
+    node.assert_verified();
+    capture.stop();
+}
+
+#[test]
+fn special_files_are_skipped_and_symlinks_recorded_as_links() {
+    let node = Node::new();
+    std::os::unix::fs::symlink("/etc/hostname", node.folder.join("link")).unwrap();
+    let fifo = node.folder.join("pipe");
+    let path = std::ffi::CString::new(fifo.to_string_lossy().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o644) }, 0);
+    let events = node.capture();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(
+        matches!(&events[0].body.change, Change::Symlink { target, .. } if target == b"/etc/hostname")
+    );
+}

@@ -1,0 +1,262 @@
+//! Events and chunks a passive must refuse — each with its own error — leaving its
+//! folder and log exactly as they were.
+
+use standin_engine::event::EventBody;
+use standin_engine::replay::apply_batch;
+use standin_engine::{Change, ChunkRef, Error, Event, Hash, RelPath};
+
+use crate::support::{replicate, ship_chunks, snapshot, FakeActive, Node};
+
+/// An active and a passive in sync, with a directory `d` holding a file.
+fn pair() -> (Node, Node) {
+    let active = Node::new();
+    let passive = Node::new();
+    std::fs::create_dir(active.folder.join("d")).unwrap();
+    std::fs::write(active.folder.join("d/file"), b"original").unwrap();
+    active.capture();
+    replicate(&active, &passive, 10);
+    (active, passive)
+}
+
+/// Bytes of an event whose path was `placeholder`, with the placeholder's bytes
+/// replaced by `hostile` (same length) after encoding.
+fn smuggle(placeholder: &str, hostile: &str) -> Vec<u8> {
+    assert_eq!(placeholder.len(), hostile.len());
+    let body = EventBody {
+        seq: 1,
+        epoch: 1,
+        recorded_at_ms: 0,
+        change: Change::Remove {
+            path: RelPath::new(placeholder).unwrap(),
+        },
+        digest: Hash::ZERO,
+    };
+    let mut bytes = body.canonical_bytes();
+    let at = bytes
+        .windows(placeholder.len())
+        .position(|window| window == placeholder.as_bytes())
+        .unwrap();
+    bytes[at..at + hostile.len()].copy_from_slice(hostile.as_bytes());
+    bytes
+}
+
+#[test]
+fn paths_that_leave_the_folder_are_refused_at_decode() {
+    for (placeholder, hostile, reason) in [
+        ("zetc/passwd", "/etc/passwd", "absolute path"),
+        ("a/zz/zz/x", "a/../../x", "`..` component"),
+        ("azb", "a\0b", "NUL byte"),
+        ("azzb", "a//b", "empty component"),
+    ] {
+        let bytes = smuggle(placeholder, hostile);
+        let prev = Hash::ZERO;
+        let hash = standin_engine::event::chain_hash(&prev, &bytes);
+        let error = Event::from_parts(prev, &bytes, hash).unwrap_err();
+        assert!(
+            matches!(error, Error::Decode { .. }),
+            "{hostile:?}: {error}"
+        );
+        assert!(error.to_string().contains(reason), "{hostile:?}: {error}");
+    }
+    // And `../x` exactly, via a path of the same length.
+    let bytes = smuggle("zz/x", "../x");
+    let error = Event::from_parts(
+        Hash::ZERO,
+        &bytes,
+        standin_engine::event::chain_hash(&Hash::ZERO, &bytes),
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("`..`"), "{error}");
+}
+
+#[test]
+fn a_path_through_a_logged_symlink_is_refused_and_nothing_applied() {
+    let (_active, passive) = pair();
+    let outside = tempfile::tempdir().unwrap();
+    let before = snapshot(&passive.folder);
+    let head = passive.repository.head();
+    let mut fake = FakeActive::following(&passive.repository);
+    let link = fake.seal(Change::Symlink {
+        path: RelPath::new("link").unwrap(),
+        target: outside.path().to_string_lossy().as_bytes().to_vec(),
+    });
+    let content = b"pwned";
+    let hash = passive.repository.chunks().put(content).unwrap();
+    let escape = fake.seal(Change::Put {
+        path: RelPath::new("link/evil").unwrap(),
+        mode: 0o644,
+        mtime_ns: 0,
+        size: content.len() as u64,
+        content: Hash::of(content),
+        chunks: vec![ChunkRef {
+            hash,
+            len: content.len() as u32,
+        }],
+    });
+    let error = apply_batch(&passive.folder, &passive.repository, &[link, escape]).unwrap_err();
+    assert!(
+        matches!(&error, Error::Apply { seq, .. } if *seq == head.seq + 2),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("parent link is a symlink"),
+        "{error}"
+    );
+    assert_eq!(
+        snapshot(&passive.folder),
+        before,
+        "the replica must be unchanged"
+    );
+    assert_eq!(passive.repository.head(), head);
+    assert!(
+        std::fs::read_dir(outside.path()).unwrap().next().is_none(),
+        "nothing written outside"
+    );
+}
+
+#[test]
+fn a_symlink_planted_in_the_replica_is_not_followed() {
+    let (active, passive) = pair();
+    let outside = tempfile::tempdir().unwrap();
+    // Someone replaced the replica's directory `d` by a link to elsewhere.
+    std::fs::remove_dir_all(passive.folder.join("d")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), passive.folder.join("d")).unwrap();
+    let before = snapshot(&passive.folder);
+    std::fs::write(active.folder.join("d/new"), b"data").unwrap();
+    let events = active.capture();
+    ship_chunks(&active.repository, &passive.repository, &events);
+    let error = apply_batch(&passive.folder, &passive.repository, &events).unwrap_err();
+    assert!(matches!(error, Error::UnsafePath { .. }), "{error}");
+    assert!(error.to_string().contains("symlink d"), "{error}");
+    assert!(
+        std::fs::read_dir(outside.path()).unwrap().next().is_none(),
+        "nothing written outside"
+    );
+    assert_eq!(snapshot(&passive.folder), before);
+}
+
+#[test]
+fn a_chunk_that_does_not_match_its_hash_is_refused_on_receipt() {
+    let (_, passive) = pair();
+    let claimed = Hash::of(b"the real bytes");
+    let error = passive
+        .repository
+        .chunks()
+        .put_verified(claimed, b"other bytes")
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::ChunkMismatch { expected, .. } if expected == claimed),
+        "{error}"
+    );
+    assert!(!passive.repository.chunks().contains(&claimed).unwrap());
+}
+
+#[test]
+fn a_corrupted_stored_chunk_is_refused_on_read_and_nothing_applied() {
+    let (active, passive) = pair();
+    std::fs::write(active.folder.join("d/second"), vec![42u8; 5000]).unwrap();
+    let events = active.capture();
+    ship_chunks(&active.repository, &passive.repository, &events);
+    passive.repository.chunks().sync().unwrap();
+    // Flip a byte of the chunk in the passive's pack file.
+    let pack_dir = passive.data_dir.join("chunks");
+    let mut flipped = false;
+    for entry in std::fs::read_dir(&pack_dir).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        if let Some(at) = bytes
+            .windows(64)
+            .position(|window| window.iter().all(|byte| *byte == 42))
+        {
+            bytes[at] = 43;
+            std::fs::write(&path, bytes).unwrap();
+            flipped = true;
+        }
+    }
+    assert!(flipped);
+    let before = snapshot(&passive.folder);
+    let head = passive.repository.head();
+    let error = apply_batch(&passive.folder, &passive.repository, &events).unwrap_err();
+    assert!(matches!(error, Error::ChunkMismatch { .. }), "{error}");
+    assert!(
+        error.to_string().contains("pack-"),
+        "names the pack: {error}"
+    );
+    assert_eq!(snapshot(&passive.folder), before);
+    assert_eq!(passive.repository.head(), head);
+}
+
+#[test]
+fn a_wrong_digest_is_refused_naming_seq_and_path() {
+    let (_, passive) = pair();
+    let before = snapshot(&passive.folder);
+    let head = passive.repository.head();
+    let mut fake = FakeActive::following(&passive.repository);
+    let honest = fake.seal(Change::Mkdir {
+        path: RelPath::new("d/sub").unwrap(),
+        mode: 0o755,
+    });
+    let mut body = honest.body.clone();
+    body.digest = Hash([1; 32]);
+    let lying = Event::seal(honest.prev, body);
+    let error = apply_batch(&passive.folder, &passive.repository, &[lying]).unwrap_err();
+    match &error {
+        Error::DigestMismatch { seq, path, .. } => {
+            assert_eq!(*seq, head.seq + 1);
+            assert_eq!(path, "d/sub");
+        }
+        other => panic!("expected a digest mismatch, got {other}"),
+    }
+    assert_eq!(snapshot(&passive.folder), before);
+    assert_eq!(passive.repository.head(), head);
+}
+
+#[test]
+fn a_broken_chain_or_gap_is_refused() {
+    let (_, passive) = pair();
+    let head = passive.repository.head();
+    let mut fake = FakeActive::following(&passive.repository);
+    let first = fake.seal(Change::Mkdir {
+        path: RelPath::new("x").unwrap(),
+        mode: 0o755,
+    });
+    let second = fake.seal(Change::Mkdir {
+        path: RelPath::new("y").unwrap(),
+        mode: 0o755,
+    });
+    let error = apply_batch(
+        &passive.folder,
+        &passive.repository,
+        std::slice::from_ref(&second),
+    )
+    .unwrap_err();
+    assert!(matches!(error, Error::BrokenChain { .. }), "gap: {error}");
+    let mut forged = second.clone();
+    forged.hash = Hash([9; 32]);
+    let error = apply_batch(&passive.folder, &passive.repository, &[first, forged]).unwrap_err();
+    assert!(
+        matches!(error, Error::BrokenChain { .. }),
+        "forged hash: {error}"
+    );
+    assert_eq!(passive.repository.head(), head);
+    assert!(!passive.folder.join("x").exists());
+}
+
+#[test]
+fn content_that_does_not_add_up_is_refused() {
+    let (_, passive) = pair();
+    let before = snapshot(&passive.folder);
+    let mut fake = FakeActive::following(&passive.repository);
+    let hash = passive.repository.chunks().put(b"abc").unwrap();
+    let event = fake.seal(Change::Put {
+        path: RelPath::new("d/liar").unwrap(),
+        mode: 0o644,
+        mtime_ns: 0,
+        size: 3,
+        content: Hash::of(b"xyz"),
+        chunks: vec![ChunkRef { hash, len: 3 }],
+    });
+    let error = apply_batch(&passive.folder, &passive.repository, &[event]).unwrap_err();
+    assert!(matches!(error, Error::ChunkMismatch { .. }), "{error}");
+    assert_eq!(snapshot(&passive.folder), before);
+}

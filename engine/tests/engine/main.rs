@@ -1,0 +1,16 @@
+//! The engine's integration tests, one binary. Modules:
+//!
+//! - `roundtrip`: property test — random folder operations captured and replayed.
+//! - `chain`: tampering with the stored log is found when it is read.
+//! - `crash`: replay killed at random points converges.
+//! - `hostile`: events and chunks that must be refused, with the replica unchanged.
+//! - `capture`: the watcher's debouncing, renames, removals and start-up reconcile.
+//! - `quarantine_gc`: quarantining events and collecting garbage chunks.
+
+mod capture;
+mod chain;
+mod crash;
+mod hostile;
+mod quarantine_gc;
+mod roundtrip;
+mod support;

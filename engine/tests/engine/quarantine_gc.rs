@@ -1,0 +1,115 @@
+//! Quarantine keeps what never replicated; garbage collection removes only what no
+//! retained event or index entry names.
+
+use standin_engine::quarantine::{list_quarantines, quarantine_after, rewind_folder};
+use standin_engine::Hash;
+
+use crate::support::{replicate, snapshot, Node};
+
+#[test]
+fn events_after_the_common_point_go_to_quarantine_with_their_content() {
+    let active = Node::new();
+    std::fs::create_dir(active.folder.join("records")).unwrap();
+    std::fs::write(active.folder.join("records/kept"), b"replicated").unwrap();
+    active.capture();
+    let common = active.repository.head();
+    let replicated_tree = snapshot(&active.folder);
+
+    // Changes the passive never received.
+    std::fs::write(active.folder.join("records/late"), b"never replicated").unwrap();
+    std::fs::write(active.folder.join("records/kept"), b"edited late").unwrap();
+    std::fs::create_dir(active.folder.join("newdir")).unwrap();
+    let late = active.capture();
+    assert_eq!(late.len(), 3);
+
+    let quarantined = quarantine_after(&active.repository, common.seq)
+        .unwrap()
+        .unwrap();
+    assert_eq!(active.repository.head(), common);
+    assert_eq!(quarantined.manifest.events.len(), 3);
+    assert_eq!(quarantined.manifest.common_seq, common.seq);
+    let late_put = quarantined
+        .manifest
+        .events
+        .iter()
+        .find(|event| event.path == "records/late")
+        .unwrap();
+    assert_eq!(late_put.kind, "put");
+    assert_eq!(late_put.size, Some(16));
+    let kept = std::fs::read(quarantined.dir.join(late_put.file.as_ref().unwrap())).unwrap();
+    assert_eq!(kept, b"never replicated");
+    let manifest_text = std::fs::read_to_string(quarantined.dir.join("manifest.json")).unwrap();
+    assert!(
+        manifest_text.contains("\"records/late\""),
+        "readable manifest"
+    );
+
+    rewind_folder(
+        &active.folder,
+        &active.repository,
+        quarantined.touched.clone(),
+    )
+    .unwrap();
+    assert_eq!(
+        snapshot(&active.folder),
+        replicated_tree,
+        "folder back at the common point"
+    );
+    active.assert_verified();
+
+    let listed = list_quarantines(&active.data_dir).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].1, quarantined.manifest);
+
+    // After the quarantine, the node follows like any passive.
+    let passive = Node::new();
+    replicate(&active, &passive, 3);
+    passive.assert_verified();
+}
+
+#[test]
+fn garbage_collection_keeps_named_chunks_and_removes_the_rest() {
+    let node = Node::new();
+    let keep: Vec<u8> = (0..200_000u32).map(|index| (index % 241) as u8).collect();
+    std::fs::write(node.folder.join("keep"), &keep).unwrap();
+    node.capture();
+    let common = node.repository.head().seq;
+    let doomed: Vec<u8> = (0..200_000u32).map(|index| (index % 239) as u8).collect();
+    std::fs::write(node.folder.join("doomed"), &doomed).unwrap();
+    node.capture();
+    // An orphan chunk, as a crash between storing and recording would leave.
+    let orphan = node.repository.chunks().put(b"orphan chunk").unwrap();
+    node.repository.chunks().sync().unwrap();
+
+    let before = node.repository.chunks().usage().unwrap();
+    let report = node.repository.collect_garbage().unwrap();
+    assert_eq!(
+        report.chunks_removed, 1,
+        "only the orphan: everything else is named by the log"
+    );
+    assert!(!node.repository.chunks().contains(&orphan).unwrap());
+
+    let quarantined = quarantine_after(&node.repository, common).unwrap().unwrap();
+    rewind_folder(&node.folder, &node.repository, quarantined.touched).unwrap();
+    let report = node.repository.collect_garbage().unwrap();
+    assert!(
+        report.chunks_removed >= 1,
+        "the quarantined file's chunks are collected: {report:?}"
+    );
+    let after = node.repository.chunks().usage().unwrap();
+    assert!(after.1 < before.1);
+
+    // What remains is intact and still replicates.
+    let passive = Node::new();
+    replicate(&node, &passive, 10);
+    passive.assert_verified();
+    assert_eq!(std::fs::read(passive.folder.join("keep")).unwrap(), keep);
+    // Reopen: the store is still consistent with the log.
+    drop(passive);
+    let node = node.reopen();
+    let live = node.repository.live_chunks().unwrap();
+    for hash in &live {
+        assert!(node.repository.chunks().get(hash).is_ok(), "{hash}");
+    }
+    assert_ne!(node.repository.head().hash, Hash::ZERO);
+}

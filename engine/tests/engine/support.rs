@@ -1,0 +1,193 @@
+//! Helpers shared by the engine tests: a node (folder + repository), replication
+//! between two nodes in-process, and a tree comparison.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use standin_engine::event::EventBody;
+use standin_engine::replay::apply_batch;
+use standin_engine::scan::reconcile;
+use standin_engine::verify::{digest_from_disk, verify_folder};
+use standin_engine::{Change, Event, FolderIndex, Hash, Repository};
+
+/// A folder and its data directory, in one temp dir.
+pub struct Node {
+    pub _temp: tempfile::TempDir,
+    pub folder: PathBuf,
+    pub data_dir: PathBuf,
+    pub repository: Arc<Repository>,
+}
+
+impl Node {
+    pub fn new() -> Node {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let folder = temp.path().join("folder");
+        let data_dir = temp.path().join("data");
+        std::fs::create_dir(&folder).unwrap();
+        let repository = Arc::new(Repository::open(&data_dir).unwrap());
+        Node {
+            _temp: temp,
+            folder,
+            data_dir,
+            repository,
+        }
+    }
+
+    /// Record every difference between the folder and the index (epoch 1).
+    pub fn capture(&self) -> Vec<Event> {
+        reconcile(&self.folder, &self.repository, 1).unwrap()
+    }
+
+    /// Close and reopen the repository (as after a restart).
+    pub fn reopen(self) -> Node {
+        let Node {
+            _temp,
+            folder,
+            data_dir,
+            repository,
+        } = self;
+        drop(repository);
+        let repository =
+            Arc::new(Repository::open(&data_dir).unwrap_or_else(|error| panic!("reopen: {error}")));
+        Node {
+            _temp,
+            folder,
+            data_dir,
+            repository,
+        }
+    }
+
+    pub fn assert_verified(&self) {
+        let report = verify_folder(&self.folder, &self.repository).unwrap();
+        assert!(
+            report.matches(),
+            "verify failed: {:?}",
+            report.first_difference
+        );
+        assert_eq!(
+            digest_from_disk(&self.folder).unwrap(),
+            self.repository.head().digest
+        );
+    }
+}
+
+/// Copy the chunks `events` need from `from` to `to`, as a passive's fetch would
+/// (each chunk verified on receipt).
+pub fn ship_chunks(from: &Repository, to: &Repository, events: &[Event]) {
+    for event in events {
+        if let Change::Put { chunks, .. } = &event.body.change {
+            for hash in to
+                .chunks()
+                .missing(chunks.iter().map(|chunk| chunk.hash))
+                .unwrap()
+            {
+                to.chunks()
+                    .put_verified(hash, &from.chunks().get(&hash).unwrap())
+                    .unwrap();
+            }
+        }
+    }
+}
+
+/// Pull everything `active` has after `passive`'s head and apply it, in batches.
+pub fn replicate(active: &Node, passive: &Node, batch: usize) {
+    loop {
+        let head = passive.repository.head();
+        let events = active
+            .repository
+            .log()
+            .events_after(head.seq, &head.hash, batch)
+            .unwrap();
+        if events.is_empty() {
+            return;
+        }
+        ship_chunks(&active.repository, &passive.repository, &events);
+        apply_batch(&passive.folder, &passive.repository, &events)
+            .unwrap_or_else(|error| panic!("apply: {error}"));
+    }
+}
+
+/// What a tree holds: path -> (kind, mode, bytes or link target).
+pub fn snapshot(root: &Path) -> BTreeMap<String, (char, u32, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for item in std::fs::read_dir(&dir).unwrap() {
+            let item = item.unwrap();
+            let path = item.path();
+            let relative = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let metadata = std::fs::symlink_metadata(&path).unwrap();
+            let mode = metadata.permissions().mode() & 0o7777;
+            if metadata.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                out.insert(
+                    relative,
+                    ('l', 0, target.to_string_lossy().as_bytes().to_vec()),
+                );
+            } else if metadata.is_dir() {
+                out.insert(relative, ('d', mode, Vec::new()));
+                dirs.push(path);
+            } else {
+                out.insert(relative, ('f', mode, std::fs::read(&path).unwrap()));
+                let _ = metadata.mtime();
+            }
+        }
+    }
+    out
+}
+
+/// Seal changes into a chain as a (possibly hostile) active would, computing honest
+/// digests with a scratch index unless told otherwise.
+pub struct FakeActive {
+    pub index: FolderIndex,
+    pub seq: u64,
+    pub hash: Hash,
+}
+
+impl FakeActive {
+    pub fn following(repository: &Repository) -> FakeActive {
+        let head = repository.head();
+        let index = repository.lock_index().clone();
+        FakeActive {
+            index,
+            seq: head.seq,
+            hash: head.hash,
+        }
+    }
+
+    /// Seal `change`; the digest is the scratch index's after applying it (or, if the
+    /// change does not fit, the current one).
+    pub fn seal(&mut self, change: Change) -> Event {
+        let _ = self.index.apply(&change);
+        let body = EventBody {
+            seq: self.seq + 1,
+            epoch: 1,
+            recorded_at_ms: 0,
+            change,
+            digest: self.index.digest(),
+        };
+        let event = Event::seal(self.hash, body);
+        self.seq = event.seq();
+        self.hash = event.hash;
+        event
+    }
+}
+
+/// Poll `condition` until it holds or `limit` passes.
+pub fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    condition()
+}
