@@ -75,11 +75,36 @@ fn open_sled(path: &Path) -> Result<sled::Db> {
             }
         }
     }
-    Ok(sled::Config::new()
-        .path(path)
-        .mode(sled::Mode::HighThroughput)
-        .open()?)
+    // sled releases its file lock from a background thread after the last handle is
+    // dropped, so a quick reopen (a restart in the same process, or a new process
+    // while the old one exits) may find it still held: wait a bounded time for it.
+    let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+        {
+            Err(sled::Error::Io(error))
+                if error.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(sled::Error::Io(error)) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(Error::Io {
+                    op: "lock (is another standin using this data_dir?)",
+                    path: path.to_path_buf(),
+                    source: error,
+                })
+            }
+            other => return Ok(other?),
+        }
+    }
 }
+
+/// How long `open_sled` waits for another holder of the database lock to let go.
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn decode_entry(path: &[u8], bytes: &[u8]) -> Result<(RelPath, Entry)> {
     let relpath = RelPath::new(path.to_vec())?;
