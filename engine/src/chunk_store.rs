@@ -78,6 +78,10 @@ impl PackWriter {
     fn flush_buffer(&mut self, path: &Path) -> Result<()> {
         if !self.buffer.is_empty() {
             self.file.write_all(&self.buffer).at("write", path)?;
+            let written = self.buffer.len() as u64;
+            // Start writing these pages back now, so that the fdatasync at `sync` finds
+            // little left to do and disk and CPU work overlap.
+            crate::fsutil::start_writeback(&self.file, self.end - written, written);
             self.buffer.clear();
         }
         Ok(())

@@ -439,10 +439,18 @@ fn write_file(
             .open(&temporary)
             .at("create", &temporary)?;
         let mut hasher = blake3::Hasher::new();
+        let mut written = 0u64;
+        let mut kicked = 0u64;
         for chunk in chunks {
             let bytes = repository.chunks().get(&chunk.hash)?;
             hasher.update(&bytes);
             file.write_all(&bytes).at("write", &temporary)?;
+            written += bytes.len() as u64;
+            // Large files: start write-back as we go, so the batch's syncfs is short.
+            if written - kicked >= crate::fsutil::WRITEBACK_STEP_BYTES {
+                crate::fsutil::start_writeback(&file, kicked, written - kicked);
+                kicked = written;
+            }
         }
         let actual: Hash = hasher.finalize().into();
         if actual != content {
