@@ -22,6 +22,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, IoContext, Result};
@@ -105,6 +106,12 @@ pub struct ChunkStore {
     locations: sled::Tree,
     writer: Mutex<PackWriter>,
     readers: Mutex<HashMap<u32, Arc<File>>>,
+    /// A pack is rolled once it passes this many bytes (`PACK_TARGET_BYTES`; tests
+    /// lower it to exercise rolling).
+    pack_target_bytes: AtomicU64,
+    /// Synced chunks and their bytes, counted once at open and kept up to date.
+    stored_chunks: AtomicU64,
+    stored_bytes: AtomicU64,
 }
 
 fn pack_name(pack: u32) -> String {
@@ -138,7 +145,18 @@ impl ChunkStore {
             }
         }
         let writer = Self::new_pack(dir, highest + 1)?;
+        let (mut stored_chunks, mut stored_bytes) = (0u64, 0u64);
+        for item in locations.iter() {
+            let (_, value) = item?;
+            if let Some(location) = Location::from_bytes(&value) {
+                stored_chunks += 1;
+                stored_bytes += location.len as u64;
+            }
+        }
         Ok(ChunkStore {
+            pack_target_bytes: AtomicU64::new(PACK_TARGET_BYTES),
+            stored_chunks: AtomicU64::new(stored_chunks),
+            stored_bytes: AtomicU64::new(stored_bytes),
             dir: dir.to_path_buf(),
             locations,
             writer: Mutex::new(writer),
@@ -236,7 +254,7 @@ impl ChunkStore {
         if !force && writer.pending.contains_key(&hash) {
             return Ok(());
         }
-        if writer.end >= PACK_TARGET_BYTES {
+        if writer.end >= self.pack_target_bytes.load(Ordering::Relaxed) {
             self.sync_locked(&mut writer)?;
             let next = writer.pack + 1;
             *writer = Self::new_pack(&self.dir, next)?;
@@ -259,6 +277,12 @@ impl ChunkStore {
         Ok(())
     }
 
+    /// Roll packs at `bytes` instead of `PACK_TARGET_BYTES` (for tests).
+    #[doc(hidden)]
+    pub fn set_pack_target_bytes(&self, bytes: u64) {
+        self.pack_target_bytes.store(bytes, Ordering::Relaxed);
+    }
+
     /// Make every chunk stored so far durable and findable. Call before recording an
     /// event that names them.
     pub fn sync(&self) -> Result<()> {
@@ -273,11 +297,14 @@ impl ChunkStore {
         let path = self.pack_path(writer.pack);
         writer.flush_buffer(&path)?;
         writer.file.sync_data().at("fsync", &path)?;
-        let mut batch = sled::Batch::default();
         for (hash, location) in writer.pending.drain() {
-            batch.insert(&hash.0, &location.to_bytes());
+            let previous = self.locations.insert(hash.0, &location.to_bytes())?;
+            if previous.is_none() {
+                self.stored_chunks.fetch_add(1, Ordering::Relaxed);
+                self.stored_bytes
+                    .fetch_add(location.len as u64, Ordering::Relaxed);
+            }
         }
-        self.locations.apply_batch(batch)?;
         Ok(())
     }
 
@@ -328,17 +355,11 @@ impl ChunkStore {
     }
 
     /// Number of chunks and their total bytes (synced chunks only).
-    pub fn usage(&self) -> Result<(u64, u64)> {
-        let mut count = 0;
-        let mut bytes = 0;
-        for item in self.locations.iter() {
-            let (_, value) = item?;
-            if let Some(location) = Location::from_bytes(&value) {
-                count += 1;
-                bytes += location.len as u64;
-            }
-        }
-        Ok((count, bytes))
+    pub fn usage(&self) -> (u64, u64) {
+        (
+            self.stored_chunks.load(Ordering::Relaxed),
+            self.stored_bytes.load(Ordering::Relaxed),
+        )
     }
 
     /// Bytes the pack files take on disk.
@@ -390,7 +411,11 @@ impl ChunkStore {
             }
             writer = lock(&self.writer);
             for (hash, location) in dead {
-                self.locations.remove(hash.0)?;
+                if self.locations.remove(hash.0)?.is_some() {
+                    self.stored_chunks.fetch_sub(1, Ordering::Relaxed);
+                    self.stored_bytes
+                        .fetch_sub(location.len as u64, Ordering::Relaxed);
+                }
                 report.chunks_removed += 1;
                 report.bytes_reclaimed += location.len as u64;
             }
@@ -399,7 +424,16 @@ impl ChunkStore {
         }
         self.sync_locked(&mut writer)?;
         // Packs no location points at (never indexed because of a crash before sync).
-        let referenced: HashSet<u32> = by_pack.keys().copied().collect();
+        // Packs some location points at *now* (after the copies above, which may have
+        // filled and rolled several new packs), plus the one being written.
+        let mut referenced: HashSet<u32> = HashSet::from([writer.pack]);
+        for item in self.locations.iter() {
+            let (_, value) = item?;
+            if let Some(location) = Location::from_bytes(&value) {
+                referenced.insert(location.pack);
+            }
+        }
+        doomed_packs.retain(|pack| !referenced.contains(pack));
         for entry in std::fs::read_dir(&self.dir).at("list", &self.dir)? {
             let entry = entry.at("list", &self.dir)?;
             let name = entry.file_name().to_string_lossy().into_owned();

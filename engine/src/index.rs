@@ -172,6 +172,14 @@ impl FolderIndex {
 
     /// Check that `change` fits the current state, without changing anything.
     pub fn check(&self, change: &Change) -> Result<(), Misfit> {
+        if let Change::Put { path, mode, .. }
+        | Change::Mkdir { path, mode }
+        | Change::SetMode { path, mode } = change
+        {
+            if mode & !crate::scan::MODE_MASK != 0 {
+                return Err(misfit(path, format!("mode {mode:o} has bits standin never records (setuid, setgid or file type)")));
+            }
+        }
         match change {
             Change::Put {
                 path, size, chunks, ..
@@ -221,6 +229,12 @@ impl FolderIndex {
                 };
                 if to.is_within(from) {
                     return Err(misfit(to, format!("cannot move {from} inside itself")));
+                }
+                if from.is_within(to) {
+                    return Err(misfit(
+                        to,
+                        format!("cannot move {from} onto its own ancestor"),
+                    ));
                 }
                 self.check_parent(to)?;
                 match (source.is_dir(), self.entries.get(to)) {

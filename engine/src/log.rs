@@ -24,6 +24,8 @@ pub struct Head {
     pub epoch: u64,
     /// The folder digest after the head event.
     pub digest: Hash,
+    /// When the head event was recorded (ms since the Unix epoch; 0 for an empty log).
+    pub recorded_at_ms: u64,
 }
 
 impl Head {
@@ -33,23 +35,29 @@ impl Head {
         hash: Hash::ZERO,
         epoch: 0,
         digest: Hash::ZERO,
+        recorded_at_ms: 0,
     };
 
-    fn of(event: &Event) -> Head {
+    pub fn of(event: &Event) -> Head {
         Head {
             seq: event.seq(),
             hash: event.hash,
             epoch: event.epoch(),
             digest: event.body.digest,
+            recorded_at_ms: event.body.recorded_at_ms,
         }
     }
 }
+
+/// Called with the new head after every append (and truncation) that moved it.
+pub type HeadListener = Box<dyn Fn(Head) + Send + Sync>;
 
 /// The hash-chained event log in a sled tree.
 pub struct EventLog {
     db: sled::Db,
     events: sled::Tree,
     head: RwLock<Head>,
+    listener: RwLock<Option<HeadListener>>,
 }
 
 fn key(seq: u64) -> [u8; 8] {
@@ -111,7 +119,28 @@ impl EventLog {
             db: db.clone(),
             events,
             head: RwLock::new(head),
+            listener: RwLock::new(None),
         })
+    }
+
+    /// Have `listener` told of every new head (the service wakes its `Pull` streams
+    /// with it). Replaces any previous listener.
+    pub fn set_listener(&self, listener: HeadListener) {
+        *self
+            .listener
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(listener);
+    }
+
+    fn notify(&self, head: Head) {
+        if let Some(listener) = self
+            .listener
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+        {
+            listener(head);
+        }
     }
 
     /// The last durable event.
@@ -148,6 +177,8 @@ impl EventLog {
         self.events.apply_batch(sled_batch)?;
         self.db.flush()?;
         *head = tip;
+        drop(head);
+        self.notify(tip);
         Ok(tip)
     }
 
@@ -262,6 +293,8 @@ impl EventLog {
         self.events.apply_batch(sled_batch)?;
         self.db.flush()?;
         *head = new_head;
+        drop(head);
+        self.notify(new_head);
         Ok(removed)
     }
 

@@ -55,13 +55,16 @@ pub struct Manifest {
 pub struct Quarantined {
     pub dir: PathBuf,
     pub manifest: Manifest,
-    /// Every path the quarantined events touched (for putting the folder back).
+    /// Every path the quarantined events touched (`rewind_folder` puts them back).
     pub touched: Vec<RelPath>,
 }
 
 /// Move the events after `seq` into a new quarantine directory and out of the log, and
 /// bring the index back to `seq`. `None` when there is nothing after `seq`.
 pub fn quarantine_after(repository: &Repository, seq: u64) -> Result<Option<Quarantined>> {
+    // Hold the writers' lock throughout, so that no event is appended between reading
+    // the events to quarantine and truncating the log (it would be lost in neither).
+    let mut index = repository.lock_index();
     let head = repository.head();
     if seq >= head.seq {
         return Ok(None);
@@ -72,7 +75,25 @@ pub fn quarantine_after(repository: &Repository, seq: u64) -> Result<Option<Quar
         .events_after(seq, &common_hash, usize::MAX)?;
     let quarantined_at_ms = now_ms();
     let root = repository.data_dir().join("quarantine");
-    let dir = root.join(format!("{}-{quarantined_at_ms}", head.epoch));
+    std::fs::create_dir_all(&root).at("create", &root)?;
+    let mut dir = root.join(format!("{}-{quarantined_at_ms}", head.epoch));
+    let mut attempt = 1;
+    loop {
+        match std::fs::create_dir(&dir) {
+            Ok(()) => break,
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists && attempt < 1000 => {
+                attempt += 1;
+                dir = root.join(format!("{}-{quarantined_at_ms}-{attempt}", head.epoch));
+            }
+            Err(error) => {
+                return Err(Error::Io {
+                    op: "create",
+                    path: dir,
+                    source: error,
+                })
+            }
+        }
+    }
     let files = dir.join("files");
     std::fs::create_dir_all(&files).at("create", &files)?;
 
@@ -150,11 +171,12 @@ pub fn quarantine_after(repository: &Repository, seq: u64) -> Result<Option<Quar
     fsync_dir(&dir)?;
     fsync_dir(&root)?;
 
-    {
-        let _writer = repository.lock_index();
-        repository.log().truncate_after(seq)?;
-    }
-    repository.reload_index()?;
+    // Journal the touched paths before the log moves back, so that `replay::recover`
+    // (run by `rewind_folder`, or at the next start after a crash) puts them back.
+    crate::replay::journal_touched(repository, &touched)?;
+    repository.log().truncate_after(seq)?;
+    repository.reload_index_locked(&mut index)?;
+    drop(index);
     tracing::warn!(
         dir = %dir.display(),
         events = manifest.events.len(),
@@ -207,11 +229,8 @@ pub fn list_quarantines(data_dir: &Path) -> Result<Vec<(PathBuf, Manifest)>> {
     Ok(out)
 }
 
-/// Put every path the quarantined events touched back to the state the index now holds.
-pub fn rewind_folder(root: &Path, repository: &Repository, touched: Vec<RelPath>) -> Result<()> {
-    let scopes = crate::scan::cover(&repository.lock_index(), None, touched);
-    for scope in &scopes {
-        crate::replay::restore_scope(root, repository, scope)?;
-    }
-    crate::fsutil::syncfs(root)
+/// Put every path the quarantined events touched back to the state the index now holds
+/// (the common point). Safe to call again, and run at start-up if a crash came first.
+pub fn rewind_folder(root: &Path, repository: &Repository) -> Result<()> {
+    crate::replay::recover(root, repository)
 }

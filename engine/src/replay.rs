@@ -119,9 +119,7 @@ pub fn apply_batch(root: &Path, repository: &Repository, events: &[Event]) -> Re
         .iter()
         .flat_map(|event| event.body.change.paths().into_iter().cloned())
         .collect();
-    let journal =
-        bincode::encode_to_vec(&touched, bincode_config()).expect("encoding paths cannot fail");
-    repository.meta_set(PENDING_KEY, Some(&journal))?;
+    journal_touched(repository, &touched)?;
 
     // Step 3: apply to the folder.
     let mut safe_dirs = HashSet::new();
@@ -148,6 +146,13 @@ pub fn apply_batch(root: &Path, repository: &Repository, events: &[Event]) -> Re
     drop(index);
     repository.meta_set(PENDING_KEY, None)?;
     Ok(repository.head())
+}
+
+/// Record (flushed) that `touched` may differ from the index until `recover` runs.
+pub(crate) fn journal_touched(repository: &Repository, touched: &[RelPath]) -> Result<()> {
+    let journal =
+        bincode::encode_to_vec(touched, bincode_config()).expect("encoding paths cannot fail");
+    repository.meta_set(PENDING_KEY, Some(&journal))
 }
 
 /// If a batch was interrupted, put every path it touched back to the index's state at
@@ -186,6 +191,8 @@ pub fn restore_scope(root: &Path, repository: &Repository, scope: &RelPath) -> R
         .subtree(scope)
         .map(|(path, entry)| (path.clone(), entry.clone()))
         .collect();
+    // Never walk, delete or write through a symlink planted above the scope.
+    check_parents_on_disk(root, scope, 0, &mut HashSet::new())?;
     let disk = walk(root, Some(scope))?;
     let wanted_paths: HashSet<&RelPath> = wanted.iter().map(|(path, _)| path).collect();
     for (path, on_disk) in disk.entries.iter().rev() {
@@ -291,7 +298,17 @@ fn remove_temporary_files(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// chmod, refusing a symlink (which `chmod` would follow out of the folder).
 fn set_mode(full: &Path, mode: u32) -> Result<()> {
+    let metadata = std::fs::symlink_metadata(full).at("stat", full)?;
+    if metadata.file_type().is_symlink() {
+        return Err(Error::UnsafePath {
+            path: full.display().to_string(),
+            reason:
+                "a symlink is in the replica where a file or directory should be; not following it"
+                    .to_string(),
+        });
+    }
     std::fs::set_permissions(full, std::fs::Permissions::from_mode(mode)).at("chmod", full)
 }
 

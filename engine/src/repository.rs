@@ -158,6 +158,11 @@ impl Repository {
     /// failed batch.
     pub fn reload_index(&self) -> Result<()> {
         let mut guard = self.lock_index();
+        self.reload_index_locked(&mut guard)
+    }
+
+    /// `reload_index` for a caller that already holds the index lock.
+    pub(crate) fn reload_index_locked(&self, guard: &mut FolderIndex) -> Result<()> {
         let head = self.log.head();
         let saved_seq = self.saved_index_seq()?;
         let brought_forward = if saved_seq <= head.seq {
@@ -330,6 +335,7 @@ impl Repository {
         let mut events = Vec::with_capacity(changes.len());
         let mut tip = (head.seq, head.hash);
         let mut misfit = None;
+        let mut undo_last = false;
         let recorded_at_ms = now_ms();
         for change in changes {
             if let Err(error) = index.apply(&change) {
@@ -347,9 +353,31 @@ impl Repository {
                 change,
                 digest: index.digest(),
             };
+            let encoded_bytes = body.canonical_bytes().len();
+            if encoded_bytes > crate::event::MAX_EVENT_BYTES {
+                // Undo this change in the index; the ones before are recorded below.
+                misfit = Some(Error::Apply {
+                    seq: tip.0 + 1,
+                    path: body.change.describe_path(),
+                    reason: format!(
+                        "the event would be {encoded_bytes} bytes, more than the {} an event may have",
+                        crate::event::MAX_EVENT_BYTES
+                    ),
+                });
+                undo_last = true;
+                break;
+            }
             let event = Event::seal(tip.1, body);
             tip = (event.seq(), event.hash);
             events.push(event);
+        }
+        if undo_last {
+            // The index took a change that will not be recorded: rebuild it from the
+            // saved index and the log, then apply the recorded prefix again.
+            self.reload_index_locked(&mut index)?;
+            for event in &events {
+                let _ = index.apply(&event.body.change);
+            }
         }
         if !events.is_empty() {
             if let Err(error) = self.log.append(&events) {

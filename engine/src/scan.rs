@@ -21,8 +21,10 @@ use crate::index::{Entry, FolderIndex};
 use crate::path::RelPath;
 use crate::repository::Repository;
 
-/// Permission bits kept for files and directories.
-pub const MODE_MASK: u32 = 0o7777;
+/// Permission bits kept for files and directories: read/write/execute and the sticky
+/// bit. Setuid and setgid are never recorded: owners are not replicated, so on the
+/// other node such a file would run as whoever runs standin (root, usually).
+pub const MODE_MASK: u32 = 0o1777;
 
 /// A file whose mtime is this recent is re-read even when size and mtime match.
 pub const RACY_WINDOW_MS: u64 = 2_000;
@@ -346,6 +348,12 @@ pub fn capture_file(
                 || error.raw_os_error() == Some(libc::ELOOP) =>
         {
             return Ok(None)
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+            // One unreadable file must not stop the capture of every other one: keep
+            // its last recorded state and say so.
+            tracing::warn!(path = %full.display(), "cannot read file; keeping its last recorded version");
+            return Ok(None);
         }
         Err(error) => {
             return Err(Error::Io {

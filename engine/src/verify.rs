@@ -14,7 +14,7 @@ use crate::repository::Repository;
 use crate::scan::{walk, DiskEntry};
 
 /// The first path where disk and index disagree.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Difference {
     pub path: String,
     /// What the index (the log head) says is there: `file`, `directory`, `symlink` or `nothing`.

@@ -260,3 +260,118 @@ fn content_that_does_not_add_up_is_refused() {
     assert!(matches!(error, Error::ChunkMismatch { .. }), "{error}");
     assert_eq!(snapshot(&passive.folder), before);
 }
+
+/// Regression (review): a `SetMode` must not follow a symlink planted in the replica.
+#[test]
+fn set_mode_does_not_follow_a_planted_symlink() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_, passive) = pair();
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("secret");
+    std::fs::write(&target, b"x").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::remove_file(passive.folder.join("d/file")).unwrap();
+    std::os::unix::fs::symlink(&target, passive.folder.join("d/file")).unwrap();
+    let mut fake = FakeActive::following(&passive.repository);
+    let chmod = fake.seal(Change::SetMode {
+        path: RelPath::new("d/file").unwrap(),
+        mode: 0o777,
+    });
+    let error = apply_batch(&passive.folder, &passive.repository, &[chmod]).unwrap_err();
+    assert!(matches!(error, Error::UnsafePath { .. }), "{error}");
+    assert_eq!(
+        std::fs::metadata(&target).unwrap().permissions().mode() & 0o7777,
+        0o600
+    );
+}
+
+/// Setuid and setgid bits are never recorded, and a peer that sends them is refused.
+#[test]
+fn setuid_bits_are_not_replicated() {
+    use std::os::unix::fs::PermissionsExt;
+    let (active, passive) = pair();
+    std::fs::write(active.folder.join("d/tool"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(
+        active.folder.join("d/tool"),
+        std::fs::Permissions::from_mode(0o4755),
+    )
+    .unwrap();
+    let events = active.capture();
+    assert!(
+        events
+            .iter()
+            .any(|event| matches!(event.body.change, Change::Put { mode: 0o755, .. })),
+        "{events:?}"
+    );
+    let mut fake = FakeActive::following(&passive.repository);
+    let hash = passive.repository.chunks().put(b"#!").unwrap();
+    let hostile = fake.seal(Change::Put {
+        path: RelPath::new("d/suid").unwrap(),
+        mode: 0o4755,
+        mtime_ns: 0,
+        size: 2,
+        content: Hash::of(b"#!"),
+        chunks: vec![ChunkRef { hash, len: 2 }],
+    });
+    let error = apply_batch(&passive.folder, &passive.repository, &[hostile]).unwrap_err();
+    assert!(error.to_string().contains("setuid"), "{error}");
+    assert!(!passive.folder.join("d/suid").exists());
+}
+
+/// Regression (review): renaming a directory onto its own ancestor is refused up front
+/// (it would otherwise delete the subtree and then fail on disk, forever).
+#[test]
+fn a_rename_onto_an_ancestor_is_refused() {
+    let (_, passive) = pair();
+    let mut fake = FakeActive::following(&passive.repository);
+    let mkdir = fake.seal(Change::Mkdir {
+        path: RelPath::new("d/c").unwrap(),
+        mode: 0o755,
+    });
+    apply_batch(&passive.folder, &passive.repository, &[mkdir]).unwrap();
+    let before = snapshot(&passive.folder);
+    let mut fake = FakeActive::following(&passive.repository);
+    let rename = fake.seal(Change::Rename {
+        from: RelPath::new("d/c").unwrap(),
+        to: RelPath::new("d").unwrap(),
+    });
+    let error = apply_batch(&passive.folder, &passive.repository, &[rename]).unwrap_err();
+    assert!(error.to_string().contains("ancestor"), "{error}");
+    assert_eq!(snapshot(&passive.folder), before);
+}
+
+/// Regression (review): an event too large to be read back is never recorded.
+#[test]
+fn an_event_too_large_to_read_back_is_not_recorded() {
+    let node = crate::support::Node::new();
+    let head = node.repository.head();
+    let chunks = vec![
+        ChunkRef {
+            hash: Hash([3; 32]),
+            len: 1
+        };
+        standin_engine::event::MAX_EVENT_BYTES / 36 + 1
+    ];
+    let size = chunks.len() as u64;
+    let error = node
+        .repository
+        .record(
+            1,
+            vec![Change::Put {
+                path: RelPath::new("huge").unwrap(),
+                mode: 0o644,
+                mtime_ns: 0,
+                size,
+                content: Hash::ZERO,
+                chunks,
+            }],
+        )
+        .unwrap_err();
+    assert!(error.to_string().contains("more than"), "{error}");
+    assert_eq!(node.repository.head(), head);
+    assert!(node
+        .repository
+        .lock_index()
+        .get(&RelPath::new("huge").unwrap())
+        .is_none());
+}
