@@ -86,12 +86,11 @@ fn open_sled(path: &Path) -> Result<sled::Db> {
             .open()
         {
             Err(sled::Error::Io(error))
-                if error.kind() == std::io::ErrorKind::WouldBlock
-                    && std::time::Instant::now() < deadline =>
+                if is_lock_busy(&error) && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            Err(sled::Error::Io(error)) if error.kind() == std::io::ErrorKind::WouldBlock => {
+            Err(sled::Error::Io(error)) if is_lock_busy(&error) => {
                 return Err(Error::Io {
                     op: "lock (is another standin using this data_dir?)",
                     path: path.to_path_buf(),
@@ -101,6 +100,13 @@ fn open_sled(path: &Path) -> Result<sled::Db> {
             other => return Ok(other?),
         }
     }
+}
+
+/// sled reports a held lock as an `Other` error whose text names the lock (and the
+/// `WouldBlock` it got from the OS).
+fn is_lock_busy(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::WouldBlock
+        || error.to_string().contains("could not acquire lock")
 }
 
 /// How long `open_sled` waits for another holder of the database lock to let go.

@@ -1,0 +1,243 @@
+//! The `standin` command line: argument parsing and dispatch. Each subcommand lives in
+//! its own module; `main` maps failures to exit codes (2 for a bad config or usage,
+//! 1 for a failed check or operation).
+
+pub mod demo;
+pub mod inspect;
+pub mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "standin",
+    version,
+    about = "A warm-standby pair for a server's state folder"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How a client command finds its node: a config file, or a URL and a secret file.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Target {
+    /// The node's config file (its `listen` address and `secret_file` are used).
+    #[arg(
+        long,
+        env = "STANDIN_CONFIG",
+        default_value = "/etc/standin/standin.toml"
+    )]
+    pub config: PathBuf,
+    /// Talk to this node instead (e.g. http://beta:7600); needs --secret-file.
+    #[arg(long)]
+    pub url: Option<String>,
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a node.
+    Serve {
+        #[arg(
+            long,
+            env = "STANDIN_CONFIG",
+            default_value = "/etc/standin/standin.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Show a node's role, epoch, head, peer and lag.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that the folder matches the log head (exit 0) or name the first
+    /// differing path (exit 1).
+    Verify {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List events of a node's log, a page at a time.
+    Log {
+        #[command(flatten)]
+        target: Target,
+        /// Start after this seq.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Events per page.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a fresh shared secret (mode 0600) to FILE.
+    InitSecret {
+        file: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Start a local pair, replicate a change, show both nodes, clean up.
+    Demo {
+        /// Keep the demo's directory instead of removing it.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+/// A failure with its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn usage(message: impl Into<String>) -> Failure {
+        Failure {
+            code: 2,
+            message: message.into(),
+        }
+    }
+
+    pub fn failed(message: impl Into<String>) -> Failure {
+        Failure {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ConfigError> for Failure {
+    fn from(error: ConfigError) -> Failure {
+        Failure::usage(error.to_string())
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Failure {
+        Failure::failed(format!("{error:#}"))
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STANDIN_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,sled=warn,h2=warn,hyper=warn,tower=warn")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(run(cli.command));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<u8, Failure> {
+    match command {
+        Command::Serve { config } => {
+            let config = Config::load(&config)?;
+            crate::serve::run(config, crate::serve::shutdown_signal()).await?;
+            Ok(0)
+        }
+        Command::Status { target, json } => status::run(&target, json).await,
+        Command::Verify { target, json } => inspect::verify(&target, json).await,
+        Command::Log {
+            target,
+            after,
+            limit,
+            json,
+        } => inspect::log(&target, after, limit, json).await,
+        Command::InitSecret { file, force } => {
+            crate::secret::init_secret(&file, force).map_err(|error| {
+                if error.kind() == std::io::ErrorKind::AlreadyExists {
+                    Failure::usage(format!(
+                        "{} exists; use --force to replace it",
+                        file.display()
+                    ))
+                } else {
+                    Failure::failed(format!("{}: {error}", file.display()))
+                }
+            })?;
+            println!(
+                "wrote a new secret to {} (mode 0600); copy it to the other node",
+                file.display()
+            );
+            Ok(0)
+        }
+        Command::Demo { keep } => demo::run(keep).await.map(|()| 0),
+    }
+}
+
+/// The URL, TLS files and secret a client command uses.
+pub struct Resolved {
+    pub url: String,
+    pub secret: String,
+    pub config: Option<Config>,
+}
+
+pub fn resolve(target: &Target) -> Result<Resolved, Failure> {
+    match (&target.url, &target.secret_file) {
+        (Some(url), Some(secret_file)) => {
+            crate::config::check_url(url).map_err(Failure::usage)?;
+            let secret = crate::secret::read_secret(secret_file).map_err(Failure::usage)?;
+            Ok(Resolved {
+                url: url.clone(),
+                secret,
+                config: None,
+            })
+        }
+        (Some(_), None) => Err(Failure::usage("--url needs --secret-file")),
+        (None, _) => {
+            let config = Config::load(&target.config)?;
+            let secret = crate::secret::read_secret(&config.secret_file).map_err(Failure::usage)?;
+            Ok(Resolved {
+                url: config.local_url(),
+                secret,
+                config: Some(config),
+            })
+        }
+    }
+}
+
+impl Resolved {
+    pub fn channel(&self) -> Result<tonic::transport::Channel, Failure> {
+        crate::client::channel(
+            &self.url,
+            self.config.as_ref().and_then(|config| config.tls.as_ref()),
+        )
+        .map_err(Failure::usage)
+    }
+}

@@ -1,0 +1,53 @@
+//! Connecting to a node: the passive's channel to its active, and the CLI's to its node.
+
+use std::time::Duration;
+
+use standin_proto::v1::cluster_client::ClusterClient;
+use standin_proto::v1::replication_client::ReplicationClient;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::auth::AddSecret;
+use crate::config::TlsFiles;
+
+pub type Authed = InterceptedService<Channel, AddSecret>;
+
+/// Largest message a client accepts: one event batch of up to `MAX_BATCH_BYTES`, or
+/// one event up to the engine's `MAX_EVENT_BYTES`.
+pub const MAX_MESSAGE_BYTES: usize = standin_engine::event::MAX_EVENT_BYTES + (1 << 20);
+
+/// A lazily connecting channel to `url`, with timeouts suited to a LAN pair.
+pub fn channel(url: &str, tls: Option<&TlsFiles>) -> Result<Channel, String> {
+    let mut endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|error| format!("{url}: {error}"))?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    if url.starts_with("https://") {
+        let mut config = ClientTlsConfig::new();
+        if let Some(ca) = tls.and_then(|files| files.ca.as_ref()) {
+            let pem = std::fs::read(ca).map_err(|error| format!("{}: {error}", ca.display()))?;
+            config = config.ca_certificate(Certificate::from_pem(pem));
+        }
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|error| format!("TLS for {url}: {error}"))?;
+    }
+    Ok(endpoint.connect_lazy())
+}
+
+pub fn replication(channel: Channel, secret: &str) -> Result<ReplicationClient<Authed>, String> {
+    Ok(
+        ReplicationClient::with_interceptor(channel, AddSecret::new(secret)?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+    )
+}
+
+pub fn cluster(channel: Channel, secret: &str) -> Result<ClusterClient<Authed>, String> {
+    Ok(
+        ClusterClient::with_interceptor(channel, AddSecret::new(secret)?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+    )
+}

@@ -1,0 +1,343 @@
+//! The node's configuration file (TOML): parsing, defaults and validation.
+//!
+//! Every key of `../shared/DESIGN.md` "Interfaces" is accepted; an unknown key, a
+//! missing folder, a `data_dir` that cannot be written, a negative period, an
+//! unparsable `peer_url`, or a folder inside `data_dir` (or the reverse) is refused
+//! with the key and the reason; `standin serve` then exits with status 2.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The role a node starts in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitialRole {
+    Active,
+    Passive,
+}
+
+/// The file as written; see `Config` for the checked form.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node_name: String,
+    folder: PathBuf,
+    data_dir: PathBuf,
+    listen: String,
+    http_listen: Option<String>,
+    role: InitialRole,
+    #[serde(default)]
+    preferred: bool,
+    peer_url: Option<String>,
+    replication_period: Option<f64>,
+    heartbeat_interval_ms: Option<u64>,
+    failover_after_ms: Option<u64>,
+    #[serde(default)]
+    auto_failback: bool,
+    secret_file: PathBuf,
+    agent_secret_file: Option<PathBuf>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    tls_ca_file: Option<PathBuf>,
+    on_promote: Option<String>,
+    on_demote: Option<String>,
+    rescan_interval_s: Option<u64>,
+}
+
+/// A checked configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub node_name: String,
+    /// The server folder, canonical.
+    pub folder: PathBuf,
+    /// Canonical, created if missing.
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub http_listen: Option<SocketAddr>,
+    pub role: InitialRole,
+    pub preferred: bool,
+    pub peer_url: Option<String>,
+    /// Seconds between pulls; 0 means continuous streaming.
+    pub replication_period_s: f64,
+    pub heartbeat_interval_ms: u64,
+    pub failover_after_ms: u64,
+    pub auto_failback: bool,
+    pub secret_file: PathBuf,
+    pub agent_secret_file: Option<PathBuf>,
+    pub tls: Option<TlsFiles>,
+    pub on_promote: Option<String>,
+    pub on_demote: Option<String>,
+    pub rescan_interval_s: u64,
+}
+
+/// Certificate, key and (for checking the peer) the CA that signed the peer's certificate.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: Option<PathBuf>,
+}
+
+/// A configuration problem: which key, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("config {path}: {reason}")]
+    Syntax { path: PathBuf, reason: String },
+    #[error("config {path}: key `{key}`: {reason}")]
+    Key {
+        path: PathBuf,
+        key: &'static str,
+        reason: String,
+    },
+}
+
+pub const DEFAULT_REPLICATION_PERIOD_S: f64 = 5.0;
+pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 500;
+pub const DEFAULT_FAILOVER_AFTER_MS: u64 = 5_000;
+pub const DEFAULT_RESCAN_INTERVAL_S: u64 = 600;
+
+impl Config {
+    /// Read and check the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_path_buf(),
+            reason: error.to_string(),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Check `text` (relative paths are taken relative to the config file's directory).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            reason: error.to_string().trim().to_string(),
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let key = |key: &'static str, reason: String| ConfigError::Key {
+            path: path.to_path_buf(),
+            key,
+            reason,
+        };
+        let resolve = |file: &Path| {
+            if file.is_absolute() {
+                file.to_path_buf()
+            } else {
+                base.join(file)
+            }
+        };
+
+        if raw.node_name.trim().is_empty() {
+            return Err(key("node_name", "must not be empty".to_string()));
+        }
+        let folder = resolve(&raw.folder);
+        let folder = match std::fs::metadata(&folder) {
+            Ok(metadata) if metadata.is_dir() => folder
+                .canonicalize()
+                .map_err(|error| key("folder", format!("{}: {error}", folder.display())))?,
+            Ok(_) => {
+                return Err(key(
+                    "folder",
+                    format!("{} is not a directory", folder.display()),
+                ))
+            }
+            Err(error) => return Err(key("folder", format!("{}: {error}", folder.display()))),
+        };
+        let data_dir = resolve(&raw.data_dir);
+        std::fs::create_dir_all(&data_dir).map_err(|error| {
+            key(
+                "data_dir",
+                format!("cannot create {}: {error}", data_dir.display()),
+            )
+        })?;
+        let data_dir = data_dir
+            .canonicalize()
+            .map_err(|error| key("data_dir", format!("{}: {error}", data_dir.display())))?;
+        let probe = data_dir.join(format!(".standin-write-probe-{}", std::process::id()));
+        std::fs::write(&probe, b"probe")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|error| {
+                key(
+                    "data_dir",
+                    format!("{} cannot be written: {error}", data_dir.display()),
+                )
+            })?;
+        if folder.starts_with(&data_dir) {
+            return Err(key(
+                "folder",
+                format!(
+                    "{} is inside data_dir {}",
+                    folder.display(),
+                    data_dir.display()
+                ),
+            ));
+        }
+        if data_dir.starts_with(&folder) {
+            return Err(key(
+                "data_dir",
+                format!(
+                    "{} is inside folder {}",
+                    data_dir.display(),
+                    folder.display()
+                ),
+            ));
+        }
+        let listen: SocketAddr = raw.listen.parse().map_err(|error| {
+            key(
+                "listen",
+                format!("{:?} is not host:port ({error})", raw.listen),
+            )
+        })?;
+        let http_listen = match &raw.http_listen {
+            None => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|error| {
+                key(
+                    "http_listen",
+                    format!("{text:?} is not host:port ({error})"),
+                )
+            })?),
+        };
+        if let Some(url) = &raw.peer_url {
+            check_url(url).map_err(|reason| key("peer_url", reason))?;
+        }
+        if raw.role == InitialRole::Passive && raw.peer_url.is_none() {
+            return Err(key(
+                "peer_url",
+                "a passive node needs the active's address".to_string(),
+            ));
+        }
+        let replication_period_s = raw
+            .replication_period
+            .unwrap_or(DEFAULT_REPLICATION_PERIOD_S);
+        if !replication_period_s.is_finite() || replication_period_s < 0.0 {
+            return Err(key(
+                "replication_period",
+                format!("{replication_period_s} is not a number of seconds ≥ 0"),
+            ));
+        }
+        let heartbeat_interval_ms = raw
+            .heartbeat_interval_ms
+            .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL_MS);
+        if heartbeat_interval_ms == 0 {
+            return Err(key(
+                "heartbeat_interval_ms",
+                "must be at least 1".to_string(),
+            ));
+        }
+        let failover_after_ms = raw.failover_after_ms.unwrap_or(DEFAULT_FAILOVER_AFTER_MS);
+        if failover_after_ms <= heartbeat_interval_ms {
+            return Err(key(
+                "failover_after_ms",
+                format!("{failover_after_ms} must be more than heartbeat_interval_ms ({heartbeat_interval_ms})"),
+            ));
+        }
+        let secret_file = resolve(&raw.secret_file);
+        crate::secret::read_secret(&secret_file).map_err(|reason| key("secret_file", reason))?;
+        let agent_secret_file = raw.agent_secret_file.as_deref().map(resolve);
+        if let Some(file) = &agent_secret_file {
+            crate::secret::read_secret(file).map_err(|reason| key("agent_secret_file", reason))?;
+        }
+        let tls = match (&raw.tls_cert_file, &raw.tls_key_file) {
+            (None, None) => {
+                if raw.tls_ca_file.is_some() {
+                    return Err(key(
+                        "tls_ca_file",
+                        "needs tls_cert_file and tls_key_file".to_string(),
+                    ));
+                }
+                None
+            }
+            (Some(_), None) => {
+                return Err(key(
+                    "tls_key_file",
+                    "tls_cert_file is set but tls_key_file is not".to_string(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(key(
+                    "tls_cert_file",
+                    "tls_key_file is set but tls_cert_file is not".to_string(),
+                ))
+            }
+            (Some(cert), Some(private_key)) => {
+                let files = TlsFiles {
+                    cert: resolve(cert),
+                    key: resolve(private_key),
+                    ca: raw.tls_ca_file.as_deref().map(resolve),
+                };
+                for (name, file) in [
+                    ("tls_cert_file", Some(&files.cert)),
+                    ("tls_key_file", Some(&files.key)),
+                    ("tls_ca_file", files.ca.as_ref()),
+                ] {
+                    if let Some(file) = file {
+                        std::fs::metadata(file)
+                            .map_err(|error| key(name, format!("{}: {error}", file.display())))?;
+                    }
+                }
+                Some(files)
+            }
+        };
+        Ok(Config {
+            node_name: raw.node_name,
+            folder,
+            data_dir,
+            listen,
+            http_listen,
+            role: raw.role,
+            preferred: raw.preferred,
+            peer_url: raw.peer_url,
+            replication_period_s,
+            heartbeat_interval_ms,
+            failover_after_ms,
+            auto_failback: raw.auto_failback,
+            secret_file,
+            agent_secret_file,
+            tls,
+            on_promote: raw.on_promote,
+            on_demote: raw.on_demote,
+            rescan_interval_s: raw.rescan_interval_s.unwrap_or(DEFAULT_RESCAN_INTERVAL_S),
+        })
+    }
+
+    /// The address a local client (the CLI) uses to reach this node's gRPC port.
+    pub fn local_url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let host = if self.listen.ip().is_unspecified() {
+            if self.listen.is_ipv6() {
+                "[::1]".to_string()
+            } else {
+                "127.0.0.1".to_string()
+            }
+        } else if self.listen.is_ipv6() {
+            format!("[{}]", self.listen.ip())
+        } else {
+            self.listen.ip().to_string()
+        };
+        format!("{scheme}://{host}:{}", self.listen.port())
+    }
+}
+
+/// Check that `url` is `http://host:port` or `https://host:port`.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("{url:?} must start with http:// or https://"))?;
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains('/') {
+        return Err(format!("{url:?} must be scheme://host:port"));
+    }
+    let port = authority
+        .rsplit_once(':')
+        .map(|(_, port)| port)
+        .unwrap_or("");
+    port.parse::<u16>()
+        .map_err(|_| format!("{url:?} needs a port (scheme://host:port)"))?;
+    tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|error| format!("{url:?}: {error}"))?;
+    Ok(())
+}

@@ -1,0 +1,30 @@
+//! standin's service: the daemon (`standin serve`), its gRPC and HTTP servers, the
+//! passive's pull loop and the command line.
+//!
+//! # Layout
+//!
+//! - `config`: the TOML config and its checks (exit 2 on a bad key).
+//! - `secret`, `auth`: the pair's shared secret; bearer-token checks on every call.
+//! - `convert`: wire (protobuf) types ↔ engine types; nothing else sees protobuf.
+//! - `node`: a running node's shared state (`Node`, `Role`, `NodeStatus`).
+//! - `replication_server`, `cluster_server`: the gRPC services.
+//! - `passive`: `Puller` — `pull_once` and the loop that schedules it.
+//! - `http`: `/healthz`, `/active`, `/metrics`, `/`.
+//! - `metrics`: Prometheus counters and gauges.
+//! - `client`: channels to a node.
+//! - `serve`: wiring it all together for `standin serve`.
+//! - `cli`: the `standin` command line (status, verify, log, init-secret, demo).
+
+pub mod auth;
+pub mod cli;
+pub mod client;
+pub mod cluster_server;
+pub mod config;
+pub mod convert;
+pub mod http;
+pub mod metrics;
+pub mod node;
+pub mod passive;
+pub mod replication_server;
+pub mod secret;
+pub mod serve;

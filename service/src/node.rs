@@ -1,0 +1,255 @@
+//! `Node`: one running node's shared state — its repository, role, capture, what it
+//! last heard from its peer, and its metrics. The gRPC and HTTP servers and the pull
+//! loop all read and update it.
+
+use std::sync::{Arc, Mutex, RwLock};
+
+use standin_engine::capture::CaptureOptions;
+use standin_engine::{Capture, Head, Repository};
+use tokio::sync::watch;
+
+use crate::config::{Config, InitialRole};
+use crate::metrics::{Metrics, RoleLabel};
+
+/// What a node is doing now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Authoritative: records changes, serves the log, accepts logins.
+    Active,
+    /// Follows the active: pulls and replays.
+    Passive,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Active => "active",
+            Role::Passive => "passive",
+        }
+    }
+}
+
+/// A node's status, as `standin status`, `/` and the `Status` call show it.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NodeStatus {
+    pub node: String,
+    pub role: String,
+    pub epoch: u64,
+    pub head_seq: u64,
+    pub head_hash: String,
+    pub head_digest: String,
+    pub peer_url: String,
+    pub peer_head_seq: Option<u64>,
+    pub lag_events: u64,
+    pub lag_seconds: f64,
+    pub chunk_count: u64,
+    pub chunk_bytes: u64,
+    pub events_replicated: u64,
+    pub bytes_replicated: u64,
+    pub quarantined_events: u64,
+    pub last_error: String,
+    pub replication_period_s: f64,
+    pub folder: String,
+}
+
+pub struct Node {
+    pub config: Config,
+    pub secret: String,
+    pub repository: Arc<Repository>,
+    pub metrics: Metrics,
+    role: RwLock<Role>,
+    /// The log head, for `Pull` streams that wait for new events.
+    pub head_watch: watch::Sender<Head>,
+    peer_head: Mutex<Option<Head>>,
+    last_error: Mutex<Option<String>>,
+    capture: Mutex<Option<Capture>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Node {
+    /// Open the node's data directory (blocking: call from a blocking context).
+    pub fn open(config: Config, secret: String) -> anyhow::Result<Arc<Node>> {
+        let repository = Arc::new(Repository::open(&config.data_dir).map_err(|error| {
+            anyhow::anyhow!("open data_dir {}: {error}", config.data_dir.display())
+        })?);
+        // Finish (or undo) a batch a crash interrupted, before anyone reads the folder.
+        standin_engine::replay::recover(&config.folder, &repository).map_err(|error| {
+            anyhow::anyhow!("recover folder {}: {error}", config.folder.display())
+        })?;
+        let (head_watch, _) = watch::channel(repository.head());
+        let sender = head_watch.clone();
+        repository.log().set_listener(Box::new(move |head| {
+            sender.send_replace(head);
+        }));
+        let role = match config.role {
+            InitialRole::Active => Role::Active,
+            InitialRole::Passive => Role::Passive,
+        };
+        let node = Arc::new(Node {
+            config,
+            secret,
+            repository,
+            metrics: Metrics::new(),
+            role: RwLock::new(role),
+            head_watch,
+            peer_head: Mutex::new(None),
+            last_error: Mutex::new(None),
+            capture: Mutex::new(None),
+        });
+        Ok(node)
+    }
+
+    pub fn role(&self) -> Role {
+        *self
+            .role
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn set_role(&self, role: Role) {
+        *self
+            .role
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = role;
+    }
+
+    /// The epoch this node records in when active.
+    pub fn epoch(&self) -> u64 {
+        self.repository.head().epoch.max(1)
+    }
+
+    /// Start recording the folder's changes (blocking: reconciles the folder first).
+    pub fn start_capture(&self) -> anyhow::Result<()> {
+        let mut capture = lock(&self.capture);
+        if capture.is_some() {
+            return Ok(());
+        }
+        let options = CaptureOptions {
+            rescan_interval_ms: self.config.rescan_interval_s * 1000,
+            ..CaptureOptions::default()
+        };
+        *capture = Some(
+            Capture::start(
+                &self.config.folder,
+                self.repository.clone(),
+                self.epoch(),
+                options,
+            )
+            .map_err(|error| {
+                anyhow::anyhow!("start capture of {}: {error}", self.config.folder.display())
+            })?,
+        );
+        Ok(())
+    }
+
+    /// Stop recording, after a final capture of what is pending (blocking).
+    pub fn stop_capture(&self) {
+        if let Some(capture) = lock(&self.capture).take() {
+            capture.stop();
+        }
+    }
+
+    pub fn set_peer_head(&self, head: Head) {
+        *lock(&self.peer_head) = Some(head);
+    }
+
+    pub fn peer_head(&self) -> Option<Head> {
+        *lock(&self.peer_head)
+    }
+
+    pub fn set_error(&self, error: Option<String>) {
+        *lock(&self.last_error) = error;
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.last_error).clone()
+    }
+
+    /// Lag behind the peer: events, and seconds since the oldest unapplied event was
+    /// recorded (an upper bound; 0 when caught up).
+    pub fn lag(&self) -> (u64, f64) {
+        let own = self.repository.head();
+        match self.peer_head() {
+            Some(peer) if self.role() == Role::Passive && peer.seq > own.seq => {
+                // The oldest event we lack was recorded after our head (or, with an empty
+                // log, no later than the peer's head): an upper bound of its age.
+                let since_ms = if own.seq == 0 {
+                    peer.recorded_at_ms
+                } else {
+                    own.recorded_at_ms
+                };
+                let seconds =
+                    standin_engine::fsutil::now_ms().saturating_sub(since_ms) as f64 / 1000.0;
+                (peer.seq - own.seq, seconds)
+            }
+            _ => (0, 0.0),
+        }
+    }
+
+    fn quarantined_events(&self) -> u64 {
+        standin_engine::quarantine::list_quarantines(&self.config.data_dir)
+            .map(|list| {
+                list.iter()
+                    .map(|(_, manifest)| manifest.events.len() as u64)
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        let head = self.repository.head();
+        let (lag_events, lag_seconds) = self.lag();
+        let (chunk_count, chunk_bytes) = self.repository.chunks().usage();
+        NodeStatus {
+            node: self.config.node_name.clone(),
+            role: self.role().as_str().to_string(),
+            epoch: head.epoch,
+            head_seq: head.seq,
+            head_hash: head.hash.to_hex(),
+            head_digest: head.digest.to_hex(),
+            peer_url: self.config.peer_url.clone().unwrap_or_default(),
+            peer_head_seq: self.peer_head().map(|peer| peer.seq),
+            lag_events,
+            lag_seconds,
+            chunk_count,
+            chunk_bytes,
+            events_replicated: self.metrics.events_replicated.get(),
+            bytes_replicated: self.metrics.bytes_replicated.get(),
+            quarantined_events: self.quarantined_events(),
+            last_error: self.last_error().unwrap_or_default(),
+            replication_period_s: self.config.replication_period_s,
+            folder: self.config.folder.display().to_string(),
+        }
+    }
+
+    /// Set the gauges from the current state and encode every metric.
+    pub fn render_metrics(&self) -> String {
+        let status = self.status();
+        let metrics = &self.metrics;
+        metrics.head_seq.set(status.head_seq as i64);
+        metrics.applied_seq.set(status.head_seq as i64);
+        metrics.epoch.set(status.epoch as i64);
+        metrics.lag_events.set(status.lag_events as i64);
+        metrics.lag_seconds.set(status.lag_seconds);
+        metrics.chunk_store_bytes.set(status.chunk_bytes as i64);
+        metrics.chunk_store_chunks.set(status.chunk_count as i64);
+        metrics
+            .quarantined_events
+            .set(status.quarantined_events as i64);
+        for role in [Role::Active, Role::Passive] {
+            metrics
+                .role
+                .get_or_create(&RoleLabel {
+                    role: role.as_str().to_string(),
+                })
+                .set(i64::from(self.role() == role));
+        }
+        metrics.encode()
+    }
+}

@@ -1,0 +1,369 @@
+//! The passive's side of replication: pull events, fetch the chunks they need, apply.
+//!
+//! `Puller::pull_once` is one synchronous round — pull everything after our head,
+//! fetch and verify the missing chunks, apply each batch with the engine's replay —
+//! that tests call directly. `run` only schedules it: every `replication_period`
+//! seconds, or, with a period of 0, as one long `Pull(follow)` stream. While the
+//! active cannot be reached it backs off (doubling up to `MAX_BACKOFF`). A divergence
+//! stops pulling and is reported: the node's history and the active's split.
+//!
+//! Memory: one batch of events (≤ 2 MiB of event bytes, see the server) and one chunk
+//! (≤ 256 KiB) at a time; fetched chunks go straight to the chunk store, which is
+//! synced after every `FETCH_GROUP` chunks so that a restart does not fetch them again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use standin_engine::{Change, Event, Hash};
+use standin_proto::v1 as wire;
+use standin_proto::v1::replication_client::ReplicationClient;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+use crate::client::Authed;
+use crate::convert::{event_from_wire, hash_from_wire, head_from_wire};
+use crate::node::Node;
+
+/// Chunks asked for in one `FetchChunks` call (at most 64 MiB).
+pub const FETCH_GROUP: usize = 256;
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Behind by more than this, a catch-up shows its progress.
+const PROGRESS_AFTER_EVENTS: u64 = 2_000;
+
+/// Why a pull failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error("the active cannot be reached: {0}")]
+    Unreachable(String),
+    #[error("the active refused us: {0}")]
+    Refused(String),
+    #[error("divergence at seq {seq}: the active's event there is {ours}, ours is {theirs} (active head {active_head})")]
+    Divergence {
+        seq: u64,
+        ours: String,
+        theirs: String,
+        active_head: u64,
+    },
+    #[error("the active sent bad data: {0}")]
+    BadData(String),
+    #[error("applying events failed: {0}")]
+    Apply(String),
+}
+
+impl PullError {
+    /// The `kind` label of `standin_pull_errors`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PullError::Unreachable(_) => "unreachable",
+            PullError::Refused(_) => "refused",
+            PullError::Divergence { .. } => "divergence",
+            PullError::BadData(_) => "bad_data",
+            PullError::Apply(_) => "apply",
+        }
+    }
+
+    /// Errors that stop the loop until an operator (or the failover logic) acts.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, PullError::Divergence { .. })
+    }
+}
+
+/// What one round did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PullReport {
+    pub events_applied: u64,
+    pub chunks_fetched: u64,
+    pub bytes_fetched: u64,
+    pub active_head: u64,
+}
+
+pub struct Puller {
+    node: Arc<Node>,
+    client: ReplicationClient<Authed>,
+}
+
+fn status_error(status: tonic::Status) -> PullError {
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+            PullError::Unreachable(status.message().to_string())
+        }
+        Code::Unauthenticated | Code::PermissionDenied => {
+            PullError::Refused(status.message().to_string())
+        }
+        _ => PullError::BadData(format!("{:?}: {}", status.code(), status.message())),
+    }
+}
+
+/// Shows catch-up progress: a bar on a terminal, a log line every few seconds otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    start_seq: u64,
+    last_line: Instant,
+}
+
+impl Progress {
+    fn new(own: u64, target: u64) -> Option<Progress> {
+        if target.saturating_sub(own) < PROGRESS_AFTER_EVENTS {
+            return None;
+        }
+        let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            let bar = indicatif::ProgressBar::new(target - own);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "catching up {bar:40} {pos}/{len} events {per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            Some(bar)
+        } else {
+            None
+        };
+        tracing::info!(from = own, to = target, "catching up with the active");
+        Some(Progress {
+            bar,
+            start_seq: own,
+            last_line: Instant::now(),
+        })
+    }
+
+    fn update(&mut self, own: u64, target: u64) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_length(target.saturating_sub(self.start_seq));
+                bar.set_position(own.saturating_sub(self.start_seq));
+            }
+            None if self.last_line.elapsed() >= Duration::from_secs(2) => {
+                self.last_line = Instant::now();
+                tracing::info!(
+                    applied = own,
+                    target,
+                    remaining = target.saturating_sub(own),
+                    "catching up"
+                );
+            }
+            None => {}
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Puller {
+    pub fn new(node: Arc<Node>, client: ReplicationClient<Authed>) -> Puller {
+        Puller { node, client }
+    }
+
+    /// Pull and apply everything after our head, up to the active's head now.
+    pub async fn pull_once(&mut self) -> Result<PullReport, PullError> {
+        self.pull(false).await
+    }
+
+    /// Pull with `follow`: apply batches as they come until the stream ends or fails.
+    async fn pull(&mut self, follow: bool) -> Result<PullReport, PullError> {
+        let head = self.node.repository.head();
+        let request = wire::PullRequest {
+            after_seq: head.seq,
+            after_hash: head.hash.0.to_vec(),
+            max_events: crate::replication_server::DEFAULT_BATCH_EVENTS,
+            follow,
+        };
+        let mut stream = self
+            .client
+            .pull(request)
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        let mut report = PullReport::default();
+        let mut progress: Option<Progress> = None;
+        while let Some(message) = stream.next().await {
+            let message = message.map_err(status_error)?;
+            match message.kind {
+                Some(wire::pull_response::Kind::Divergence(divergence)) => {
+                    let active_head = head_from_wire(divergence.head.as_ref())
+                        .map(|head| head.seq)
+                        .unwrap_or(0);
+                    let hex = |bytes: &[u8]| {
+                        bytes
+                            .iter()
+                            .map(|byte| format!("{byte:02x}"))
+                            .collect::<String>()
+                    };
+                    return Err(PullError::Divergence {
+                        seq: divergence.seq,
+                        ours: if divergence.ours.is_empty() {
+                            "missing".to_string()
+                        } else {
+                            hex(&divergence.ours)
+                        },
+                        theirs: hex(&divergence.theirs),
+                        active_head,
+                    });
+                }
+                Some(wire::pull_response::Kind::Batch(batch)) => {
+                    let active_head = head_from_wire(batch.head.as_ref())
+                        .map_err(|error| PullError::BadData(error.to_string()))?;
+                    self.node.set_peer_head(active_head);
+                    report.active_head = active_head.seq;
+                    let events: Vec<Event> = batch
+                        .events
+                        .iter()
+                        .map(event_from_wire)
+                        .collect::<Result<_, _>>()
+                        .map_err(|error| PullError::BadData(error.to_string()))?;
+                    if events.is_empty() {
+                        continue;
+                    }
+                    let own = self.node.repository.head().seq;
+                    if progress.is_none() {
+                        progress = Progress::new(own, active_head.seq);
+                    }
+                    self.apply(events, &mut report).await?;
+                    if let Some(progress) = progress.as_mut() {
+                        progress.update(self.node.repository.head().seq, active_head.seq);
+                    }
+                }
+                None => return Err(PullError::BadData("an empty message".to_string())),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Fetch the chunks `events` need that we lack, then apply them.
+    async fn apply(
+        &mut self,
+        events: Vec<Event>,
+        report: &mut PullReport,
+    ) -> Result<(), PullError> {
+        let node = self.node.clone();
+        let wanted: Vec<Hash> = events
+            .iter()
+            .filter_map(|event| match &event.body.change {
+                Change::Put { chunks, .. } => Some(chunks.iter().map(|chunk| chunk.hash)),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let missing = tokio::task::spawn_blocking(move || node.repository.chunks().missing(wanted))
+            .await
+            .map_err(|error| PullError::Apply(error.to_string()))?
+            .map_err(|error| PullError::Apply(error.to_string()))?;
+        for group in missing.chunks(FETCH_GROUP) {
+            self.fetch(group, report).await?;
+        }
+        let node = self.node.clone();
+        let count = events.len() as u64;
+        tokio::task::spawn_blocking(move || {
+            standin_engine::replay::apply_batch(&node.config.folder, &node.repository, &events)
+        })
+        .await
+        .map_err(|error| PullError::Apply(error.to_string()))?
+        .map_err(|error| PullError::Apply(error.to_string()))?;
+        report.events_applied += count;
+        self.node.metrics.events_replicated.inc_by(count);
+        Ok(())
+    }
+
+    async fn fetch(&mut self, group: &[Hash], report: &mut PullReport) -> Result<(), PullError> {
+        let request = wire::FetchChunksRequest {
+            hashes: group.iter().map(|hash| hash.0.to_vec()).collect(),
+        };
+        let mut stream = self
+            .client
+            .fetch_chunks(request)
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        let mut expected: std::collections::HashSet<Hash> = group.iter().copied().collect();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(status_error)?;
+            let hash = hash_from_wire("chunk.hash", &chunk.hash)
+                .map_err(|error| PullError::BadData(error.to_string()))?;
+            if !expected.remove(&hash) {
+                return Err(PullError::BadData(format!(
+                    "chunk {hash} was not asked for"
+                )));
+            }
+            let len = chunk.data.len() as u64;
+            let node = self.node.clone();
+            tokio::task::spawn_blocking(move || {
+                node.repository.chunks().put_verified(hash, &chunk.data)
+            })
+            .await
+            .map_err(|error| PullError::Apply(error.to_string()))?
+            .map_err(|error| PullError::BadData(error.to_string()))?;
+            report.chunks_fetched += 1;
+            report.bytes_fetched += len;
+            self.node.metrics.bytes_replicated.inc_by(len);
+        }
+        if let Some(hash) = expected.iter().next() {
+            return Err(PullError::BadData(format!(
+                "the active did not send chunk {hash} ({} missing)",
+                expected.len()
+            )));
+        }
+        // Make the group durable, so a restart does not fetch it again.
+        let node = self.node.clone();
+        tokio::task::spawn_blocking(move || node.repository.chunks().sync())
+            .await
+            .map_err(|error| PullError::Apply(error.to_string()))?
+            .map_err(|error| PullError::Apply(error.to_string()))?;
+        Ok(())
+    }
+
+    /// Pull forever: every period, or continuously with a period of 0. Returns only on
+    /// a fatal error (a divergence) or when `stop` fires.
+    pub async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) -> Option<PullError> {
+        let period = Duration::from_secs_f64(self.node.config.replication_period_s);
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            if *stop.borrow() {
+                return None;
+            }
+            let started = Instant::now();
+            let result = tokio::select! {
+                result = self.pull(period.is_zero()) => result,
+                _ = stop.changed() => return None,
+            };
+            let wait = match result {
+                Ok(report) => {
+                    if self.node.last_error().is_some() {
+                        tracing::info!("replication is working again");
+                    }
+                    self.node.set_error(None);
+                    backoff = FIRST_BACKOFF;
+                    if report.events_applied > 0 {
+                        tracing::debug!(
+                            events = report.events_applied,
+                            bytes = report.bytes_fetched,
+                            "pulled"
+                        );
+                    }
+                    period.saturating_sub(started.elapsed())
+                }
+                Err(error) => {
+                    self.node.metrics.pull_error(error.kind());
+                    self.node.set_error(Some(error.to_string()));
+                    if error.is_fatal() {
+                        tracing::error!(%error, "replication stopped");
+                        return Some(error);
+                    }
+                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "pull failed");
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    wait
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return None,
+            }
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The `Replication` service: serving the log (`Pull`) and the content (`FetchChunks`).
+//!
+//! Bounds: a `Pull` batch holds at most `MAX_BATCH_EVENTS` events and, unless one event
+//! alone is larger, at most `MAX_BATCH_BYTES` of event bytes; a `FetchChunks` call asks
+//! for at most `MAX_FETCH_HASHES` chunks and each chunk is one message (≤ 256 KiB).
+//! Streams are sent through a channel of `STREAM_DEPTH` messages, so a slow reader
+//! holds at most that many in memory.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use standin_engine::{Error as EngineError, Hash};
+use standin_proto::v1 as wire;
+use standin_proto::v1::replication_server::Replication;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::convert::{event_to_wire, hash_from_wire, head_to_wire};
+use crate::node::Node;
+
+pub const MAX_BATCH_EVENTS: u32 = 4096;
+pub const DEFAULT_BATCH_EVENTS: u32 = 1024;
+pub const MAX_BATCH_BYTES: usize = 2 << 20;
+pub const MAX_FETCH_HASHES: usize = 1024;
+const STREAM_DEPTH: usize = 4;
+/// A following `Pull` stream sends an empty batch (with the head) at least this often,
+/// so the passive knows the stream is alive and how far behind it is.
+const FOLLOW_KEEPALIVE: Duration = Duration::from_secs(2);
+
+pub struct ReplicationService {
+    pub node: Arc<Node>,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Map an engine failure on the serving side to a gRPC status.
+pub fn engine_status(error: &EngineError) -> Status {
+    match error {
+        EngineError::ChunkMismatch { .. }
+        | EngineError::BrokenChain { .. }
+        | EngineError::Corrupt { .. } => {
+            tracing::error!(%error, "refusing to serve corrupt data");
+            Status::data_loss(error.to_string())
+        }
+        EngineError::ChunkMissing { .. } => Status::not_found(error.to_string()),
+        _ => Status::internal(error.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl Replication for ReplicationService {
+    type PullStream = BoxStream<wire::PullResponse>;
+    type FetchChunksStream = BoxStream<wire::Chunk>;
+
+    async fn pull(
+        &self,
+        request: Request<wire::PullRequest>,
+    ) -> Result<Response<Self::PullStream>, Status> {
+        let request = request.into_inner();
+        // An empty hash means "no check" (for `standin log`); a passive always sends one.
+        let check_hash = !request.after_hash.is_empty();
+        let after_hash = if check_hash {
+            hash_from_wire("after_hash", &request.after_hash)
+                .map_err(|error| Status::invalid_argument(error.to_string()))?
+        } else {
+            Hash::ZERO
+        };
+        let max_events = match request.max_events {
+            0 => DEFAULT_BATCH_EVENTS,
+            wanted => wanted.min(MAX_BATCH_EVENTS),
+        } as usize;
+        let (sender, receiver) = mpsc::channel(STREAM_DEPTH);
+        let node = self.node.clone();
+        tokio::spawn(serve_pull(
+            node,
+            request.after_seq,
+            after_hash,
+            check_hash,
+            max_events,
+            request.follow,
+            sender,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn fetch_chunks(
+        &self,
+        request: Request<wire::FetchChunksRequest>,
+    ) -> Result<Response<Self::FetchChunksStream>, Status> {
+        let hashes = request.into_inner().hashes;
+        if hashes.len() > MAX_FETCH_HASHES {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_FETCH_HASHES} chunks per call, asked for {}",
+                hashes.len()
+            )));
+        }
+        let hashes: Vec<Hash> = hashes
+            .iter()
+            .map(|bytes| hash_from_wire("hashes", bytes))
+            .collect::<Result<_, _>>()
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        let (sender, receiver) = mpsc::channel(STREAM_DEPTH);
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            for hash in hashes {
+                let store_node = node.clone();
+                let read =
+                    tokio::task::spawn_blocking(move || store_node.repository.chunks().get(&hash))
+                        .await;
+                let message = match read {
+                    Ok(Ok(data)) => {
+                        node.metrics.chunk_bytes_served.inc_by(data.len() as u64);
+                        Ok(wire::Chunk {
+                            hash: hash.0.to_vec(),
+                            data,
+                        })
+                    }
+                    Ok(Err(error)) => Err(engine_status(&error)),
+                    Err(error) => Err(Status::internal(format!("chunk reader: {error}"))),
+                };
+                let failed = message.is_err();
+                if sender.send(message).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+async fn serve_pull(
+    node: Arc<Node>,
+    mut seq: u64,
+    mut hash: Hash,
+    mut check_hash: bool,
+    max_events: usize,
+    follow: bool,
+    sender: mpsc::Sender<Result<wire::PullResponse, Status>>,
+) {
+    let mut head_changes = node.head_watch.subscribe();
+    loop {
+        let reader = node.clone();
+        let (from_seq, from_hash, check) = (seq, hash, check_hash);
+        let read = tokio::task::spawn_blocking(move || {
+            let log = reader.repository.log();
+            if check {
+                log.events_after(from_seq, &from_hash, max_events)
+            } else {
+                // `standin log`: start anywhere, no hash to check.
+                let start_hash = log.hash_at(from_seq)?.unwrap_or_default();
+                log.events_after(from_seq, &start_hash, max_events)
+            }
+        })
+        .await;
+        let events = match read {
+            Ok(Ok(events)) => events,
+            Ok(Err(EngineError::Divergence { seq, ours, theirs })) => {
+                let head = node.repository.head();
+                let divergence = wire::Divergence {
+                    seq,
+                    ours: ours.0.to_vec(),
+                    theirs: theirs.0.to_vec(),
+                    head: Some(head_to_wire(&head)),
+                };
+                let _ = sender
+                    .send(Ok(wire::PullResponse {
+                        kind: Some(wire::pull_response::Kind::Divergence(divergence)),
+                    }))
+                    .await;
+                return;
+            }
+            Ok(Err(EngineError::BeyondHead { seq, .. })) => {
+                let head = node.repository.head();
+                let divergence = wire::Divergence {
+                    seq,
+                    ours: Vec::new(),
+                    theirs: hash.0.to_vec(),
+                    head: Some(head_to_wire(&head)),
+                };
+                let _ = sender
+                    .send(Ok(wire::PullResponse {
+                        kind: Some(wire::pull_response::Kind::Divergence(divergence)),
+                    }))
+                    .await;
+                return;
+            }
+            Ok(Err(error)) => {
+                let _ = sender.send(Err(engine_status(&error))).await;
+                return;
+            }
+            Err(error) => {
+                let _ = sender
+                    .send(Err(Status::internal(format!("log reader: {error}"))))
+                    .await;
+                return;
+            }
+        };
+        check_hash = true;
+        let head = node.repository.head();
+        if let Some(last) = events.last() {
+            seq = last.seq();
+            hash = last.hash;
+        }
+        let caught_up = events.is_empty();
+        // Split into messages of at most MAX_BATCH_BYTES (one event may exceed it alone).
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        for event in &events {
+            let encoded = event_to_wire(event);
+            let size = encoded.body.len() + 64;
+            if !batch.is_empty() && batch_bytes + size > MAX_BATCH_BYTES {
+                if !send_batch(&node, &sender, std::mem::take(&mut batch), &head).await {
+                    return;
+                }
+                batch_bytes = 0;
+            }
+            batch_bytes += size;
+            batch.push(encoded);
+        }
+        if !batch.is_empty() && !send_batch(&node, &sender, batch, &head).await {
+            return;
+        }
+        if !caught_up {
+            continue;
+        }
+        if !follow {
+            // Tell the caller where the head is, and end the stream.
+            let _ = send_batch(&node, &sender, Vec::new(), &head).await;
+            return;
+        }
+        // Caught up and following: wait for a new head (or send a keep-alive).
+        match tokio::time::timeout(FOLLOW_KEEPALIVE, head_changes.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                if !send_batch(&node, &sender, Vec::new(), &node.repository.head()).await {
+                    return;
+                }
+            }
+        }
+        if sender.is_closed() {
+            return;
+        }
+    }
+}
+
+async fn send_batch(
+    node: &Node,
+    sender: &mpsc::Sender<Result<wire::PullResponse, Status>>,
+    events: Vec<wire::Event>,
+    head: &standin_engine::Head,
+) -> bool {
+    node.metrics.events_served.inc_by(events.len() as u64);
+    let batch = wire::EventBatch {
+        events,
+        head: Some(head_to_wire(head)),
+    };
+    sender
+        .send(Ok(wire::PullResponse {
+            kind: Some(wire::pull_response::Kind::Batch(batch)),
+        }))
+        .await
+        .is_ok()
+}

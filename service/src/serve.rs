@@ -1,0 +1,174 @@
+//! `standin serve`: open the node, start its servers and its role's work, run until a
+//! shutdown signal, then stop in order (capture's final round, servers, flush).
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use standin_proto::v1::cluster_server::ClusterServer;
+use standin_proto::v1::replication_server::ReplicationServer;
+use tokio::net::TcpListener;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+use crate::auth::RequireSecret;
+use crate::cluster_server::ClusterService;
+use crate::config::Config;
+use crate::node::{Node, Role};
+use crate::passive::Puller;
+use crate::replication_server::ReplicationService;
+
+/// Run a node until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let secret = crate::secret::read_secret(&config.secret_file).map_err(anyhow::Error::msg)?;
+    let grpc_listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listen on {}", config.listen))?;
+    let http_listener = match config.http_listen {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("http_listen on {address}"))?,
+        ),
+        None => None,
+    };
+    let node = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || Node::open(config, secret)).await??
+    };
+    tracing::info!(
+        node = %config.node_name,
+        role = node.role().as_str(),
+        head = node.repository.head().seq,
+        grpc = %grpc_listener.local_addr()?,
+        "standin node starting"
+    );
+
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+
+    // gRPC: replication, cluster, health; every standin.v1 call needs the secret.
+    let interceptor = RequireSecret::new(node.secret.clone());
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<ReplicationServer<ReplicationService>>()
+        .await;
+    health_reporter
+        .set_serving::<ClusterServer<ClusterService>>()
+        .await;
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        let cert = std::fs::read(&tls.cert)
+            .with_context(|| format!("tls_cert_file {}", tls.cert.display()))?;
+        let key = std::fs::read(&tls.key)
+            .with_context(|| format!("tls_key_file {}", tls.key.display()))?;
+        builder = builder
+            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+            .context("TLS")?;
+    }
+    let router = builder
+        .add_service(health_service)
+        .add_service(
+            // tonic's default encoding limit is unbounded; the server bounds its own
+            // messages (see replication_server).
+            ReplicationServer::with_interceptor(
+                ReplicationService { node: node.clone() },
+                interceptor.clone(),
+            ),
+        )
+        .add_service(ClusterServer::with_interceptor(
+            ClusterService { node: node.clone() },
+            interceptor,
+        ));
+    let mut grpc_stop = stop.clone();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+    tasks.spawn(async move {
+        router
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = grpc_stop.wait_for(|stopped| *stopped).await;
+            })
+            .await
+            .context("gRPC server")
+    });
+
+    if let Some(listener) = http_listener {
+        let app = crate::http::router(node.clone());
+        let mut http_stop = stop.clone();
+        tasks.spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|stopped| *stopped).await;
+            })
+            .await
+            .context("HTTP server")
+        });
+    }
+
+    match node.role() {
+        Role::Active => {
+            let capturing = node.clone();
+            tokio::task::spawn_blocking(move || capturing.start_capture()).await??;
+            tracing::info!(
+                head = node.repository.head().seq,
+                "capturing {}",
+                config.folder.display()
+            );
+        }
+        Role::Passive => {
+            let peer = config
+                .peer_url
+                .clone()
+                .context("a passive needs peer_url")?;
+            let channel =
+                crate::client::channel(&peer, config.tls.as_ref()).map_err(anyhow::Error::msg)?;
+            let client =
+                crate::client::replication(channel, &node.secret).map_err(anyhow::Error::msg)?;
+            let puller = Puller::new(node.clone(), client);
+            let pull_stop = stop.clone();
+            tasks.spawn(async move {
+                if let Some(error) = puller.run(pull_stop).await {
+                    tracing::error!(%error, "replication stopped; an operator must act (see `standin status`)");
+                }
+                Ok(())
+            });
+            tracing::info!(active = %peer, period_s = config.replication_period_s, "following the active");
+        }
+    }
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_sender.send(true);
+    let stopping = node.clone();
+    tokio::task::spawn_blocking(move || {
+        stopping.stop_capture();
+        stopping.repository.flush()
+    })
+    .await??;
+    while let Some(result) = tasks.join_next().await {
+        if let Ok(Err(error)) = result {
+            tracing::warn!(%error, "while stopping");
+        }
+    }
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

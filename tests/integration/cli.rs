@@ -1,0 +1,109 @@
+//! The command line against a running pair: status, verify, log, init-secret, demo.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use crate::support::{standin, Pair};
+
+#[test]
+fn status_verify_and_log_against_a_running_pair() {
+    let pair = Pair::new("replication_period = 0", true);
+    for index in 0..30 {
+        std::fs::write(
+            pair.alpha.folder.join(format!("record{index:02}.toml")),
+            format!("n = {index}\n"),
+        )
+        .unwrap();
+    }
+    pair.wait_in_sync();
+
+    // status: a table for people, JSON for scripts.
+    let output = pair.beta.cli(&["status"]);
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{table}");
+    for field in ["role", "passive", "epoch", "head", "peer", "lag"] {
+        assert!(table.contains(field), "{field} missing from:\n{table}");
+    }
+    let output = pair.beta.cli(&["status", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["role"], "passive");
+    assert_eq!(json["head_seq"].as_u64(), Some(pair.alpha.head_seq()));
+    assert_eq!(json["lag_events"].as_u64(), Some(0));
+
+    // verify: 0 when the folder matches; 1 naming the first differing path when not.
+    assert!(pair.beta.cli(&["verify"]).status.success());
+    std::fs::write(pair.beta.folder.join("record07.toml"), "tampered\n").unwrap();
+    let output = pair.beta.cli(&["verify"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("record07.toml"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+
+    // log: a page at a time, with the command for the next page.
+    let output = pair.alpha.cli(&["log", "--limit", "10"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert_eq!(
+        text.lines().filter(|line| line.contains("put")).count(),
+        10,
+        "{text}"
+    );
+    assert!(text.contains("standin log --after 10"), "{text}");
+    let output = pair.alpha.cli(&["log", "--after", "25", "--json"]);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(
+        lines.first().and_then(|event| event["seq"].as_u64()),
+        Some(26)
+    );
+    assert_eq!(lines.len() as u64, pair.alpha.head_seq() - 25);
+}
+
+#[test]
+fn init_secret_writes_a_private_file_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pair.secret");
+    assert!(Command::new(standin())
+        .arg("init-secret")
+        .arg(&path)
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let output = Command::new(standin())
+        .arg("init-secret")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--force"));
+}
+
+#[test]
+fn the_demo_replicates_a_change_and_cleans_up() {
+    let output = Command::new(standin()).arg("demo").output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("beta has apps/notepad.toml"), "{stdout}");
+    assert!(stdout.contains("verify beta: ok"), "{stdout}");
+    let dir = stdout
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix("standin demo in "))
+        .unwrap();
+    assert!(
+        !std::path::Path::new(dir).exists(),
+        "the demo directory is removed"
+    );
+}

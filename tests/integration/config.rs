@@ -1,0 +1,125 @@
+//! A bad config is refused at start with the key and the reason, exit status 2.
+
+use std::process::Command;
+
+use crate::support::standin;
+
+fn serve_with(config: &str) -> (i32, String) {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("folder")).unwrap();
+    let secret = root.path().join("pair.secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let text = config.replace("ROOT", &root.path().display().to_string());
+    let path = root.path().join("standin.toml");
+    std::fs::write(&path, text).unwrap();
+    let output = Command::new(standin())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+const GOOD: &str = r#"
+node_name = "alpha"
+folder = "ROOT/folder"
+data_dir = "ROOT/data"
+listen = "127.0.0.1:0"
+role = "active"
+secret_file = "ROOT/pair.secret"
+"#;
+
+#[test]
+fn each_bad_config_names_its_key_and_exits_2() {
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            format!("{GOOD}\nreplicaton_period = 5\n"),
+            "replicaton_period",
+            "unknown field",
+        ),
+        (
+            GOOD.replace("ROOT/folder", "ROOT/missing"),
+            "folder",
+            "No such file",
+        ),
+        (
+            GOOD.replace("ROOT/data", "ROOT/pair.secret/data"),
+            "data_dir",
+            "cannot create",
+        ),
+        (
+            format!("{GOOD}\nreplication_period = -1\n"),
+            "replication_period",
+            "≥ 0",
+        ),
+        (
+            format!("{GOOD}\npeer_url = \"beta:7600\"\n"),
+            "peer_url",
+            "http://",
+        ),
+        (
+            GOOD.replace("ROOT/data", "ROOT/folder/data"),
+            "data_dir",
+            "inside folder",
+        ),
+        (
+            GOOD.replace("role = \"active\"", "role = \"passive\""),
+            "peer_url",
+            "needs the active",
+        ),
+        (
+            GOOD.replace("127.0.0.1:0", "nowhere"),
+            "listen",
+            "host:port",
+        ),
+        (
+            GOOD.replace("ROOT/pair.secret", "ROOT/no.secret"),
+            "secret_file",
+            "No such file",
+        ),
+    ];
+    for (config, key, reason) in cases {
+        let (code, stderr) = serve_with(&config);
+        assert_eq!(
+            code, 2,
+            "config with bad {key} must exit 2; stderr: {stderr}"
+        );
+        assert!(stderr.contains(key), "the message names {key}: {stderr}");
+        assert!(
+            stderr.contains(reason),
+            "the message says why ({reason}): {stderr}"
+        );
+    }
+}
+
+#[test]
+fn folder_inside_data_dir_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("data/folder")).unwrap();
+    std::fs::write(
+        root.path().join("pair.secret"),
+        "0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap();
+    let path = root.path().join("standin.toml");
+    std::fs::write(
+        &path,
+        GOOD.replace("ROOT/folder", "ROOT/data/folder")
+            .replace("ROOT", &root.path().display().to_string()),
+    )
+    .unwrap();
+    let output = Command::new(standin())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("key `folder`") && stderr.contains("inside data_dir"),
+        "{stderr}"
+    );
+}

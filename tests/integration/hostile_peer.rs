@@ -1,0 +1,186 @@
+//! A fake active speaking standin.v1 that lies: the passive's `pull_once` refuses each
+//! lie with its own error and leaves its folder and log unchanged.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use standin::config::Config;
+use standin::node::Node;
+use standin::passive::{PullError, Puller};
+use standin_engine::{Change, ChunkRef, Event, EventBody, FolderIndex, Hash, RelPath};
+use standin_proto::v1 as wire;
+use standin_proto::v1::replication_server::{Replication, ReplicationServer};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+#[derive(Clone, Copy)]
+enum Lie {
+    /// Chunk bytes that do not hash to the chunk's name.
+    WrongChunk,
+    /// An event whose hash does not cover its body.
+    BrokenChain,
+    /// An event that skips a seq.
+    Gap,
+}
+
+struct FakeActive {
+    lie: Lie,
+}
+
+fn events() -> (Vec<Event>, Vec<u8>) {
+    let content = b"the real content".to_vec();
+    let mut index = FolderIndex::default();
+    let changes = vec![
+        Change::Mkdir {
+            path: RelPath::new("d").unwrap(),
+            mode: 0o755,
+        },
+        Change::Put {
+            path: RelPath::new("d/file").unwrap(),
+            mode: 0o644,
+            mtime_ns: 0,
+            size: content.len() as u64,
+            content: Hash::of(&content),
+            chunks: vec![ChunkRef {
+                hash: Hash::of(&content),
+                len: content.len() as u32,
+            }],
+        },
+    ];
+    let mut prev = Hash::ZERO;
+    let mut out = Vec::new();
+    for (position, change) in changes.into_iter().enumerate() {
+        index.apply(&change).unwrap();
+        let event = Event::seal(
+            prev,
+            EventBody {
+                seq: position as u64 + 1,
+                epoch: 1,
+                recorded_at_ms: 0,
+                change,
+                digest: index.digest(),
+            },
+        );
+        prev = event.hash;
+        out.push(event);
+    }
+    (out, content)
+}
+
+type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Replication for FakeActive {
+    type PullStream = Boxed<wire::PullResponse>;
+    type FetchChunksStream = Boxed<wire::Chunk>;
+
+    async fn pull(
+        &self,
+        _request: Request<wire::PullRequest>,
+    ) -> Result<Response<Self::PullStream>, Status> {
+        let (events, _) = events();
+        let mut wired: Vec<wire::Event> =
+            events.iter().map(standin::convert::event_to_wire).collect();
+        match self.lie {
+            Lie::BrokenChain => wired[1].body[10] ^= 1,
+            Lie::Gap => {
+                wired.remove(0);
+            }
+            Lie::WrongChunk => {}
+        }
+        let head = standin::convert::head_to_wire(&standin_engine::Head::of(&events[1]));
+        let batch = wire::PullResponse {
+            kind: Some(wire::pull_response::Kind::Batch(wire::EventBatch {
+                events: wired,
+                head: Some(head),
+            })),
+        };
+        Ok(Response::new(Box::pin(tokio_stream::iter(vec![Ok(batch)]))))
+    }
+
+    async fn fetch_chunks(
+        &self,
+        request: Request<wire::FetchChunksRequest>,
+    ) -> Result<Response<Self::FetchChunksStream>, Status> {
+        let (_, content) = events();
+        let chunks: Vec<Result<wire::Chunk, Status>> = request
+            .into_inner()
+            .hashes
+            .into_iter()
+            .map(|hash| {
+                Ok(wire::Chunk {
+                    hash,
+                    data: if matches!(self.lie, Lie::WrongChunk) {
+                        b"forged".to_vec()
+                    } else {
+                        content.clone()
+                    },
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+}
+
+async fn pull_from_liar(lie: Lie) -> (PullError, tempfile::TempDir, Arc<Node>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ReplicationServer::new(FakeActive { lie }))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("folder")).unwrap();
+    std::fs::write(
+        root.path().join("pair.secret"),
+        "0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap();
+    let text = format!(
+        "node_name = \"beta\"\nfolder = \"folder\"\ndata_dir = \"data\"\nlisten = \"127.0.0.1:0\"\nrole = \"passive\"\npeer_url = \"http://127.0.0.1:{port}\"\nsecret_file = \"pair.secret\"\n"
+    );
+    let config = Config::parse(&text, &root.path().join("standin.toml")).unwrap();
+    let node = tokio::task::spawn_blocking(move || {
+        Node::open(config, "0123456789abcdef0123456789abcdef".to_string())
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let channel = standin::client::channel(&format!("http://127.0.0.1:{port}"), None).unwrap();
+    let client = standin::client::replication(channel, &node.secret).unwrap();
+    let mut puller = Puller::new(node.clone(), client);
+    let error = puller.pull_once().await.unwrap_err();
+    (error, root, node)
+}
+
+#[tokio::test]
+async fn a_liar_is_refused_with_its_own_error_and_nothing_applied() {
+    for (lie, expected) in [
+        (Lie::WrongChunk, "does not match"),
+        (Lie::BrokenChain, "hash"),
+        (Lie::Gap, "expected seq 1"),
+    ] {
+        let (error, root, node) = pull_from_liar(lie).await;
+        assert!(
+            matches!(error, PullError::BadData(_) | PullError::Apply(_)),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains(expected),
+            "expected {expected:?} in: {error}"
+        );
+        assert_eq!(
+            node.repository.head().seq,
+            0,
+            "nothing was applied: {error}"
+        );
+        assert!(
+            std::fs::read_dir(root.path().join("folder"))
+                .unwrap()
+                .next()
+                .is_none(),
+            "the folder is unchanged: {error}"
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! Integration tests: real `standin` processes on 127.0.0.1, in temp dirs, on free
+//! ports; every child is killed when its test ends. Modules:
+//!
+//! - `support`: starting nodes and pairs, the CLI, HTTP and metrics helpers.
+//! - `replication`: what a pair replicates, verified on both sides.
+//! - `restart`: a passive restarted in the middle of a catch-up.
+//! - `security`: the shared secret.
+//! - `corruption`: corrupt content on the active.
+//! - `config`: bad configs refused with the key and exit status 2.
+//! - `cli`: status, verify, log, init-secret, demo.
+//! - `hostile_peer`: a fake active that lies, against the passive's pull.
+
+mod cli;
+mod config;
+mod corruption;
+mod hostile_peer;
+mod replication;
+mod restart;
+mod security;
+mod support;

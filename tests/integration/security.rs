@@ -1,0 +1,84 @@
+//! Only a caller with the pair's secret gets anything.
+
+use standin_proto::v1 as wire;
+use standin_proto::v1::replication_client::ReplicationClient;
+
+use crate::support::Pair;
+
+#[test]
+fn a_wrong_or_missing_secret_is_refused_and_nothing_is_served() {
+    let pair = Pair::new("replication_period = 1", true);
+    std::fs::write(pair.alpha.folder.join("private.txt"), b"not for strangers").unwrap();
+    pair.wait_in_sync();
+
+    let wrong = pair.root.path().join("wrong.secret");
+    std::fs::write(&wrong, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let url = format!("http://127.0.0.1:{}", pair.alpha.grpc);
+    let output = std::process::Command::new(crate::support::standin())
+        .args(["status", "--url", &url, "--secret-file"])
+        .arg(&wrong)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Unauthenticated"), "{stderr}");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        // No secret at all: Pull and FetchChunks are refused before anything is read.
+        let mut client = ReplicationClient::connect(url.clone()).await.unwrap();
+        let pull = client
+            .pull(wire::PullRequest {
+                after_seq: 0,
+                after_hash: vec![0; 32],
+                max_events: 10,
+                follow: false,
+            })
+            .await;
+        assert_eq!(
+            pull.err().map(|status| status.code()),
+            Some(tonic::Code::Unauthenticated)
+        );
+        let fetch = client
+            .fetch_chunks(wire::FetchChunksRequest {
+                hashes: vec![vec![0; 32]],
+            })
+            .await;
+        assert_eq!(
+            fetch.err().map(|status| status.code()),
+            Some(tonic::Code::Unauthenticated)
+        );
+        // A wrong secret: the same.
+        let channel = standin::client::channel(&url, None).unwrap();
+        let mut client =
+            standin::client::replication(channel, "0123456789abcdef0123456789abcdef").unwrap();
+        let pull = client
+            .pull(wire::PullRequest {
+                after_seq: 0,
+                after_hash: vec![0; 32],
+                max_events: 10,
+                follow: false,
+            })
+            .await;
+        assert_eq!(
+            pull.err().map(|status| status.code()),
+            Some(tonic::Code::Unauthenticated)
+        );
+    });
+    assert_eq!(
+        pair.alpha
+            .metric("standin_events_served_total")
+            .unwrap_or(0.0) as u64,
+        pair.alpha.head_seq(),
+        "each event was served once, to beta; none to the strangers"
+    );
+    // The refusals are logged with the caller's address.
+    crate::support::wait_until("the refusal in alpha's log", || {
+        pair.alpha.log_text().contains("refused a call")
+    });
+    assert!(
+        pair.alpha.log_text().contains("caller=127.0.0.1"),
+        "{}",
+        pair.alpha.log_text()
+    );
+}
