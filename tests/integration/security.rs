@@ -82,3 +82,52 @@ fn a_wrong_or_missing_secret_is_refused_and_nothing_is_served() {
         pair.alpha.log_text()
     );
 }
+
+/// With certificate and key configured, the pair talks TLS; a plain-text client gets
+/// nothing.
+#[test]
+fn a_tls_pair_replicates_and_refuses_plain_text() {
+    let certs = tempfile::tempdir().unwrap();
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let cert = certs.path().join("node.pem");
+    let key = certs.path().join("node.key");
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    let tls = format!(
+        "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\ntls_ca_file = \"{}\"\n",
+        cert.display(),
+        key.display(),
+        cert.display()
+    );
+    let pair = Pair::with_extra(&tls, &format!("replication_period = 0\n{tls}"), true);
+    std::fs::write(
+        pair.alpha.folder.join("over-tls.txt"),
+        b"encrypted on the wire",
+    )
+    .unwrap();
+    pair.wait_in_sync();
+    pair.assert_verified();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let url = format!("http://127.0.0.1:{}", pair.alpha.grpc);
+        let channel = standin::client::channel(&url, None).unwrap();
+        let mut client = standin::client::replication(
+            channel,
+            &standin::secret::read_secret(&pair.root.path().join("pair.secret")).unwrap(),
+        )
+        .unwrap();
+        let pull = client
+            .pull(wire::PullRequest {
+                after_seq: 0,
+                after_hash: vec![0; 32],
+                max_events: 10,
+                follow: false,
+            })
+            .await;
+        let status = pull.err().expect("a plain-text client must not be served");
+        assert_ne!(status.code(), tonic::Code::Ok);
+    });
+}

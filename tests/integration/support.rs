@@ -87,8 +87,13 @@ impl NodeProcess {
             assert!(status.success());
         }
         let (grpc, http) = (free_port(), free_port());
+        let scheme = if extra.contains("tls_cert_file") {
+            "https"
+        } else {
+            "http"
+        };
         let peer = peer_grpc
-            .map(|port| format!("peer_url = \"http://127.0.0.1:{port}\"\n"))
+            .map(|port| format!("peer_url = \"{scheme}://127.0.0.1:{port}\"\n"))
             .unwrap_or_default();
         let config = root.join(format!("{name}.toml"));
         std::fs::write(
@@ -221,8 +226,13 @@ pub struct Pair {
 impl Pair {
     /// Configure both; start them when `start`.
     pub fn new(passive_extra: &str, start: bool) -> Pair {
+        Pair::with_extra("", passive_extra, start)
+    }
+
+    /// Configure both with extra config lines for each.
+    pub fn with_extra(active_extra: &str, passive_extra: &str, start: bool) -> Pair {
         let root = tempfile::tempdir().unwrap();
-        let mut alpha = NodeProcess::configure(root.path(), "alpha", "active", None, "");
+        let mut alpha = NodeProcess::configure(root.path(), "alpha", "active", None, active_extra);
         let mut beta = NodeProcess::configure(
             root.path(),
             "beta",
