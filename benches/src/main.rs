@@ -4,7 +4,13 @@
 //!
 //! ```text
 //! cargo run --release -p standin-bench -- engine [--quick] [--runs N] [--dir DIR]
+//! cargo run --release -p standin-bench -- pair   [--quick] [--runs N] [--dir DIR]
 //! ```
+//!
+//! `pair`: initial sync over loopback between two real `standin serve` processes
+//! (from an empty passive to caught up, and to `standin verify` passing) beside an
+//! rsync daemon on 127.0.0.1 (installed with apt-get when missing), for the same two
+//! corpora; and the change-to-applied lag of a 4 KiB file with `replication_period = 0`.
 //!
 //! `engine`: capture (scan, chunk, hash, store, log) and replay (apply verified events
 //! into an empty folder, one durability point per batch) of 20,000 × 4 KiB files in 100
@@ -15,6 +21,7 @@
 
 mod corpus;
 mod measure;
+mod pair;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -68,7 +75,10 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match parse(&args) {
         Ok((command, options)) if command == "engine" => engine(&options),
-        Ok((command, _)) => Err(format!("unknown benchmark {command:?}; try `engine`").into()),
+        Ok((command, options)) if command == "pair" => pair_benchmark(&options),
+        Ok((command, _)) => {
+            Err(format!("unknown benchmark {command:?}; try `engine` or `pair`").into())
+        }
         Err(message) => Err(message.into()),
     };
     if let Err(error) = result {
@@ -257,5 +267,123 @@ fn ship(from: &Repository, to: &Repository, events: &[Event]) -> Outcome<()> {
         }
     }
     to.chunks().sync()?;
+    Ok(())
+}
+
+fn pair_benchmark(options: &Options) -> Outcome<()> {
+    let standin = pair::standin_binary()?;
+    let rsync = pair::rsync_binary()?;
+    let base = match &options.dir {
+        Some(dir) => tempfile::tempdir_in(dir)?,
+        None => tempfile::tempdir()?,
+    };
+    let work = base.path();
+    let (small_count, large_count, large_size) = if options.quick {
+        (2_000, 2, 64 << 20)
+    } else {
+        (20_000, 8, 128 << 20)
+    };
+    eprintln!("generating corpora under {} ...", work.display());
+    let small = Corpus {
+        name: "small",
+        root: work.join("corpus-small"),
+        files: small_count,
+        bytes: small_count as u64 * 4096,
+    };
+    corpus::small_files(&small.root, small_count, 100, 4096)?;
+    let large = Corpus {
+        name: "large",
+        root: work.join("corpus-large"),
+        files: large_count,
+        bytes: (large_count * large_size) as u64,
+    };
+    corpus::large_files(&large.root, large_count, large_size)?;
+    sync_all();
+    // Events the active records for each corpus: a directory or file each.
+    let entries = |corpus: &Corpus| {
+        if corpus.name == "small" {
+            small_count as u64 + 100
+        } else {
+            large_count as u64
+        }
+    };
+
+    let mut report = Report::new(
+        if options.quick { "pair-quick" } else { "pair" },
+        work,
+        options.runs,
+    );
+    for corpus in [&small, &large] {
+        let daemon = pair::RsyncDaemon::start(&rsync, work, &corpus.root)?;
+        let (mut rsync_times, mut caught_up, mut verified) = (Vec::new(), Vec::new(), Vec::new());
+        for run in 0..options.runs {
+            let order: [&str; 2] = if run % 2 == 0 {
+                ["rsync", "standin"]
+            } else {
+                ["standin", "rsync"]
+            };
+            for tool in order {
+                warm(&corpus.root)?;
+                if tool == "rsync" {
+                    let target = work.join(format!("rsync-{}-{run}", corpus.name));
+                    rsync_times.push(daemon.copy(&rsync, &target)?);
+                } else {
+                    let times = pair::standin_initial_sync(
+                        &standin,
+                        work,
+                        &corpus.root,
+                        entries(corpus),
+                        run,
+                    )?;
+                    caught_up.push(times.caught_up);
+                    verified.push(times.verified);
+                }
+                eprintln!("  {} run {run}: {tool} done", corpus.name);
+            }
+        }
+        let peer = median(rsync_times);
+        push(
+            &mut report,
+            corpus,
+            "rsync -a (daemon, loopback) + sync",
+            peer,
+            None,
+        );
+        push(
+            &mut report,
+            corpus,
+            "standin initial sync (caught up)",
+            median(caught_up),
+            Some(("rsync", peer)),
+        );
+        push(
+            &mut report,
+            corpus,
+            "standin initial sync (verify passed)",
+            median(verified),
+            Some(("rsync", peer)),
+        );
+    }
+    let changes = if options.quick { 40 } else { 200 };
+    eprintln!("measuring lag over {changes} changes ...");
+    let latencies = pair::lag(&standin, work, changes)?;
+    for (label, at) in [
+        ("median", latencies.len() / 2),
+        ("p99", (latencies.len() * 99) / 100),
+        ("max", latencies.len() - 1),
+    ] {
+        let seconds = latencies[at.min(latencies.len() - 1)].as_secs_f64();
+        report.rows.push(Row {
+            case: format!("lag, 4 KiB change, period 0 ({changes} changes)"),
+            tool: format!("standin {label}"),
+            seconds,
+            files_per_second: 1.0 / seconds,
+            megabytes_per_second: 4096.0 / 1e6 / seconds,
+            ratio: None,
+        });
+    }
+    let saved = report.save()?;
+    println!("{}", report.markdown());
+    println!("written to {}", saved.display());
     Ok(())
 }

@@ -127,7 +127,9 @@ fn a_tls_pair_replicates_and_refuses_plain_text() {
                 follow: false,
             })
             .await;
-        let Err(status) = pull else { panic!("a plain-text client must not be served") };
+        let Err(status) = pull else {
+            panic!("a plain-text client must not be served")
+        };
         assert_ne!(status.code(), tonic::Code::Ok);
     });
 }
