@@ -141,7 +141,6 @@ impl Node {
             .stderr(Stdio::from(log))
             .spawn()?;
         let node = Node {
-            folder: folder.to_path_buf(),
             config,
             http,
             child,
