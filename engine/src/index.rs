@@ -69,6 +69,45 @@ impl Entry {
     }
 }
 
+fn entry_config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<{ crate::event::MAX_EVENT_BYTES }>()
+}
+
+/// An entry's bytes (the index's storage format, and how snapshots carry entries):
+/// bincode 2, little-endian, fixed-width integers, like events.
+pub fn encode_entry(entry: &Entry) -> Vec<u8> {
+    bincode::encode_to_vec(
+        entry,
+        bincode::config::standard()
+            .with_little_endian()
+            .with_fixed_int_encoding(),
+    )
+    .expect("encoding an index entry into memory cannot fail")
+}
+
+/// Decode a stored or received entry for `path`, checking the path and refusing
+/// trailing bytes.
+pub fn decode_entry(path: &[u8], bytes: &[u8]) -> crate::error::Result<(RelPath, Entry)> {
+    let relpath = RelPath::new(path.to_vec())?;
+    let (entry, used) =
+        bincode::decode_from_slice::<Entry, _>(bytes, entry_config()).map_err(|error| {
+            crate::error::Error::Decode {
+                what: format!("index entry {relpath}"),
+                reason: error.to_string(),
+            }
+        })?;
+    if used != bytes.len() {
+        return Err(crate::error::Error::Decode {
+            what: format!("index entry {relpath}"),
+            reason: format!("{} trailing bytes", bytes.len() - used),
+        });
+    }
+    Ok((relpath, entry))
+}
+
 /// Why a change does not fit the index (the replay turns this into an error with a seq).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Misfit {

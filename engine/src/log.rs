@@ -56,8 +56,39 @@ pub type HeadListener = Box<dyn Fn(Head) + Send + Sync>;
 pub struct EventLog {
     db: sled::Db,
     events: sled::Tree,
+    /// Holds `base`: the last event compacted away (or a snapshot's head).
+    log_base: sled::Tree,
+    base: RwLock<Head>,
     head: RwLock<Head>,
     listener: RwLock<Option<HeadListener>>,
+}
+
+const BASE_KEY: &[u8] = b"base";
+
+/// `seq ‖ hash ‖ epoch ‖ digest ‖ recorded_at_ms`, 88 bytes.
+fn encode_head(head: &Head) -> Vec<u8> {
+    let mut out = Vec::with_capacity(88);
+    out.extend_from_slice(&head.seq.to_le_bytes());
+    out.extend_from_slice(&head.hash.0);
+    out.extend_from_slice(&head.epoch.to_le_bytes());
+    out.extend_from_slice(&head.digest.0);
+    out.extend_from_slice(&head.recorded_at_ms.to_le_bytes());
+    out
+}
+
+fn decode_head(bytes: &[u8]) -> Option<Head> {
+    if bytes.len() != 88 {
+        return None;
+    }
+    let number =
+        |range: std::ops::Range<usize>| bytes[range].try_into().ok().map(u64::from_le_bytes);
+    Some(Head {
+        seq: number(0..8)?,
+        hash: Hash::from_slice(&bytes[8..40])?,
+        epoch: number(40..48)?,
+        digest: Hash::from_slice(&bytes[48..80])?,
+        recorded_at_ms: number(80..88)?,
+    })
 }
 
 fn key(seq: u64) -> [u8; 8] {
@@ -103,8 +134,16 @@ impl EventLog {
     /// Open the log in `db`, reading its head (and verifying the head event).
     pub fn open(db: &sled::Db) -> Result<EventLog> {
         let events = db.open_tree("events")?;
-        let head = match events.last()? {
+        let log_base = db.open_tree("log_base")?;
+        let base = match log_base.get(BASE_KEY)? {
             None => Head::EMPTY,
+            Some(bytes) => decode_head(&bytes).ok_or_else(|| Error::BrokenChain {
+                seq: 0,
+                reason: format!("the stored log base is {} bytes, expected 88", bytes.len()),
+            })?,
+        };
+        let head = match events.last()? {
+            None => base,
             Some((stored_key, value)) => {
                 let seq = u64::from_be_bytes(stored_key.as_ref().try_into().map_err(|_| {
                     Error::BrokenChain {
@@ -118,6 +157,8 @@ impl EventLog {
         Ok(EventLog {
             db: db.clone(),
             events,
+            log_base,
+            base: RwLock::new(base),
             head: RwLock::new(head),
             listener: RwLock::new(None),
         })
@@ -182,9 +223,19 @@ impl EventLog {
         Ok(tip)
     }
 
-    /// The event at `seq`, verified against its own hash.
+    /// The last event compacted away: events up to it are no longer in the log
+    /// (`Head::EMPTY` when nothing was).
+    pub fn base(&self) -> Head {
+        *self
+            .base
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The event at `seq`, verified against its own hash (`None` past the head or at
+    /// or before the base).
     pub fn get(&self, seq: u64) -> Result<Option<Event>> {
-        if seq == 0 || seq > self.head().seq {
+        if seq <= self.base().seq || seq > self.head().seq {
             return Ok(None);
         }
         match self.events.get(key(seq))? {
@@ -196,10 +247,18 @@ impl EventLog {
         }
     }
 
-    /// The hash of the event at `seq` (`Hash::ZERO` for seq 0).
+    /// The hash of the event at `seq` (`Hash::ZERO` for seq 0); `Compacted` for a seq
+    /// before the base.
     pub fn hash_at(&self, seq: u64) -> Result<Option<Hash>> {
-        if seq == 0 {
-            return Ok(Some(Hash::ZERO));
+        let base = self.base();
+        if seq == base.seq {
+            return Ok(Some(base.hash));
+        }
+        if seq < base.seq {
+            return Err(Error::Compacted {
+                seq,
+                base: base.seq,
+            });
         }
         Ok(self.get(seq)?.map(|event| event.hash))
     }
@@ -238,10 +297,11 @@ impl EventLog {
         Ok(out)
     }
 
-    /// Read and check the whole chain, returning the number of events.
+    /// Read and check the whole retained chain, returning the head seq.
     pub fn check_chain(&self) -> Result<u64> {
         let head = self.head();
-        let mut tip = (0u64, Hash::ZERO);
+        let base = self.base();
+        let mut tip = (base.seq, base.hash);
         while tip.0 < head.seq {
             let batch = self.events_after(tip.0, &tip.1, 4096)?;
             let Some(last) = batch.last() else { break };
@@ -265,6 +325,13 @@ impl EventLog {
         if seq >= head.seq {
             return Ok(Vec::new());
         }
+        let base = self.base();
+        if seq < base.seq {
+            return Err(Error::Compacted {
+                seq,
+                base: base.seq,
+            });
+        }
         let mut removed = Vec::with_capacity((head.seq - seq) as usize);
         let mut sled_batch = sled::Batch::default();
         for next in seq + 1..=head.seq {
@@ -278,8 +345,8 @@ impl EventLog {
             removed.push(decode_value(next, &value)?);
             sled_batch.remove(&key(next));
         }
-        let new_head = if seq == 0 {
-            Head::EMPTY
+        let new_head = if seq == base.seq {
+            base
         } else {
             let value = self
                 .events
@@ -296,6 +363,72 @@ impl EventLog {
         drop(head);
         self.notify(new_head);
         Ok(removed)
+    }
+
+    /// Remove the events up to and including `seq` (which must be retained), making
+    /// event `seq` the base. Durable on return. Returns how many were removed.
+    pub fn compact_through(&self, seq: u64) -> Result<u64> {
+        let head = self
+            .head
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let base = self.base();
+        if seq <= base.seq {
+            return Ok(0);
+        }
+        if seq > head.seq {
+            return Err(Error::BeyondHead {
+                seq,
+                head: head.seq,
+            });
+        }
+        let value = self
+            .events
+            .get(key(seq))?
+            .ok_or_else(|| Error::BrokenChain {
+                seq,
+                reason: "missing from the log".to_string(),
+            })?;
+        let new_base = Head::of(&decode_value(seq, &value)?);
+        // The base moves first: a crash after it leaves only unreachable old events,
+        // which the next compaction removes.
+        self.log_base.insert(BASE_KEY, encode_head(&new_base))?;
+        self.db.flush()?;
+        *self
+            .base
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = new_base;
+        let mut batch = sled::Batch::default();
+        let mut removed = 0;
+        for item in self.events.range(..=key(seq)) {
+            let (stored_key, _) = item?;
+            batch.remove(stored_key);
+            removed += 1;
+        }
+        self.events.apply_batch(batch)?;
+        self.db.flush()?;
+        drop(head);
+        Ok(removed)
+    }
+
+    /// Drop every event and start over from `base` (a snapshot's head): the passive's
+    /// bootstrap when its own head was compacted away on the active. Durable on return.
+    pub fn reset_to(&self, base: Head) -> Result<()> {
+        let mut head = self
+            .head
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.log_base.insert(BASE_KEY, encode_head(&base))?;
+        self.events.clear()?;
+        self.db.flush()?;
+        *self
+            .base
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = base;
+        *head = base;
+        drop(head);
+        self.notify(base);
+        Ok(())
     }
 
     /// Overwrite the stored bytes of one event. For tests that prove tampering is found.

@@ -36,6 +36,7 @@ use crate::log::{EventLog, Head};
 use crate::path::RelPath;
 
 const INDEX_SEQ_KEY: &[u8] = b"index_seq";
+const BASE_INDEX_SEQ_KEY: &[u8] = b"base_index_seq";
 
 /// One node's data directory.
 pub struct Repository {
@@ -44,6 +45,9 @@ pub struct Repository {
     log: EventLog,
     chunks: ChunkStore,
     index_tree: sled::Tree,
+    /// The index as of `meta/base_index_seq` (at or after the log's base): where a
+    /// rebuild starts once old events have been compacted away.
+    base_index_tree: sled::Tree,
     meta: sled::Tree,
     /// The index, and the lock every writer of the log holds.
     index: Mutex<FolderIndex>,
@@ -112,25 +116,7 @@ fn is_lock_busy(error: &std::io::Error) -> bool {
 /// How long `open_sled` waits for another holder of the database lock to let go.
 const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn decode_entry(path: &[u8], bytes: &[u8]) -> Result<(RelPath, Entry)> {
-    let relpath = RelPath::new(path.to_vec())?;
-    let config = bincode::config::standard()
-        .with_little_endian()
-        .with_fixed_int_encoding();
-    let (entry, _) =
-        bincode::decode_from_slice::<Entry, _>(bytes, config).map_err(|error| Error::Decode {
-            what: format!("index entry {relpath}"),
-            reason: error.to_string(),
-        })?;
-    Ok((relpath, entry))
-}
-
-fn encode_entry(entry: &Entry) -> Vec<u8> {
-    let config = bincode::config::standard()
-        .with_little_endian()
-        .with_fixed_int_encoding();
-    bincode::encode_to_vec(entry, config).expect("encoding an index entry into memory cannot fail")
-}
+use crate::index::{decode_entry, encode_entry};
 
 impl Repository {
     /// Open (creating) the repository in `data_dir`.
@@ -144,6 +130,7 @@ impl Repository {
         let log = EventLog::open(&db)?;
         let chunks = ChunkStore::open(&data_dir.join("chunks"), db.open_tree("chunk_locations")?)?;
         let index_tree = db.open_tree("index")?;
+        let base_index_tree = db.open_tree("base_index")?;
         let meta = db.open_tree("meta")?;
         let repository = Repository {
             data_dir: data_dir.to_path_buf(),
@@ -151,6 +138,7 @@ impl Repository {
             log,
             chunks,
             index_tree,
+            base_index_tree,
             meta,
             index: Mutex::new(FolderIndex::default()),
             content: RwLock::new(()),
@@ -180,7 +168,7 @@ impl Repository {
             let mut index = FolderIndex::from_entries(entries);
             match self.replay_into_index(&mut index, saved_seq, head.seq) {
                 Ok(()) if index.digest() == head.digest => Some(index),
-                Ok(()) | Err(Error::Apply { .. }) => None,
+                Ok(()) | Err(Error::Apply { .. }) | Err(Error::Compacted { .. }) => None,
                 Err(other) => return Err(other),
             }
         } else {
@@ -199,8 +187,9 @@ impl Repository {
                     head = head.seq,
                     "folder index does not match the log; rebuilding it from the log"
                 );
-                let mut rebuilt = FolderIndex::default();
-                self.replay_into_index(&mut rebuilt, 0, head.seq)?;
+                // From the index at the log's base (empty when nothing was compacted).
+                let (mut rebuilt, base_seq) = self.load_base_index()?;
+                self.replay_into_index(&mut rebuilt, base_seq, head.seq)?;
                 self.save_all_index_entries(&rebuilt, head.seq)?;
                 rebuilt
             }
@@ -399,10 +388,12 @@ impl Repository {
         }
     }
 
-    /// Every chunk a retained event or an index entry names.
+    /// Every chunk a retained event, the index or the base index names.
     pub fn live_chunks(&self) -> Result<HashSet<Hash>> {
         let mut live: HashSet<Hash> = self.lock_index().chunk_hashes().collect();
-        let mut tip = (0u64, Hash::ZERO);
+        live.extend(self.load_base_index()?.0.chunk_hashes());
+        let base = self.log.base();
+        let mut tip = (base.seq, base.hash);
         loop {
             let batch = self.log.events_after(tip.0, &tip.1, 4096)?;
             let Some(last) = batch.last() else { break };
@@ -414,6 +405,130 @@ impl Repository {
             }
         }
         Ok(live)
+    }
+
+    /// The saved base index and the seq it is at.
+    fn load_base_index(&self) -> Result<(FolderIndex, u64)> {
+        let seq = match self.meta.get(BASE_INDEX_SEQ_KEY)? {
+            Some(bytes) => {
+                u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| Error::Corrupt {
+                    path: self.data_dir.join("db"),
+                    reason: "meta/base_index_seq is not 8 bytes".to_string(),
+                })?)
+            }
+            None => 0,
+        };
+        let mut entries = Vec::new();
+        for item in self.base_index_tree.iter() {
+            let (path, bytes) = item?;
+            entries.push(decode_entry(&path, &bytes)?);
+        }
+        let mut index = FolderIndex::from_entries(entries);
+        index.take_dirty();
+        Ok((index, seq))
+    }
+
+    fn save_base_index(&self, index: &FolderIndex, seq: u64) -> Result<()> {
+        self.base_index_tree.clear()?;
+        let mut batch = sled::Batch::default();
+        for (path, entry) in index.iter() {
+            batch.insert(path.as_bytes(), encode_entry(entry));
+        }
+        self.base_index_tree.apply_batch(batch)?;
+        self.meta.insert(BASE_INDEX_SEQ_KEY, &seq.to_be_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Compact the log, keeping the last `keep_events` events: the index at the new
+    /// base is saved first (so rebuilds and quarantines still work), then the older
+    /// events are removed. Returns how many were removed.
+    pub fn compact(&self, keep_events: u64) -> Result<u64> {
+        let _writers = self.lock_index();
+        let head = self.log.head();
+        let target = head.seq.saturating_sub(keep_events);
+        if target <= self.log.base().seq {
+            return Ok(0);
+        }
+        let (mut base_index, base_seq) = self.load_base_index()?;
+        self.replay_into_index(&mut base_index, base_seq, target)?;
+        self.save_base_index(&base_index, target)?;
+        let removed = self.log.compact_through(target)?;
+        tracing::info!(removed, base = target, "compacted the log");
+        Ok(removed)
+    }
+
+    /// The folder's state now: the head and every index entry (what a passive whose
+    /// head was compacted away starts from).
+    pub fn snapshot(&self) -> (Head, Vec<(RelPath, Entry)>) {
+        let index = self.lock_index();
+        let head = self.log.head();
+        (
+            head,
+            index
+                .iter()
+                .map(|(path, entry)| (path.clone(), entry.clone()))
+                .collect(),
+        )
+    }
+
+    /// Replace this node's state with a snapshot taken at `head` on the active: the
+    /// entries must add up to `head.digest` and their chunks must be in the store. The
+    /// log restarts from `head`; the folder `root` is made to match, crash-safely (the
+    /// touched paths are journaled first, so `replay::recover` finishes the job).
+    pub fn install_snapshot(
+        &self,
+        root: &Path,
+        head: Head,
+        entries: Vec<(RelPath, Entry)>,
+    ) -> Result<()> {
+        let mut index = FolderIndex::from_entries(entries);
+        index.take_dirty();
+        if index.digest() != head.digest {
+            return Err(Error::DigestMismatch {
+                seq: head.seq,
+                path: "(snapshot)".to_string(),
+                expected: head.digest,
+                actual: index.digest(),
+            });
+        }
+        let wanted: Vec<Hash> = index.chunk_hashes().collect();
+        if let Some(missing) = self.chunks.missing(wanted)?.first() {
+            return Err(Error::ChunkMissing { hash: *missing });
+        }
+        self.chunks.sync()?;
+        let mut guard = self.lock_index();
+        let mut touched: Vec<RelPath> = index
+            .iter()
+            .map(|(path, _)| path)
+            .filter(|path| path.parent().is_none())
+            .cloned()
+            .collect();
+        for item in std::fs::read_dir(root).map_err(|source| Error::Io {
+            op: "list",
+            path: root.to_path_buf(),
+            source,
+        })? {
+            let item = item.map_err(|source| Error::Io {
+                op: "list",
+                path: root.to_path_buf(),
+                source,
+            })?;
+            if let Ok(path) = RelPath::top(std::os::unix::ffi::OsStrExt::as_bytes(
+                item.file_name().as_os_str(),
+            )) {
+                touched.push(path);
+            }
+        }
+        crate::replay::journal_touched(self, &touched)?;
+        self.save_all_index_entries(&index, head.seq)?;
+        self.save_base_index(&index, head.seq)?;
+        self.log.reset_to(head)?;
+        *guard = index;
+        drop(guard);
+        crate::replay::recover(root, self)?;
+        tracing::info!(seq = head.seq, "installed a snapshot");
+        Ok(())
     }
 
     /// Held (shared) by anyone who stores chunks and then records or applies events

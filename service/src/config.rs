@@ -44,6 +44,8 @@ struct RawConfig {
     on_promote: Option<String>,
     on_demote: Option<String>,
     rescan_interval_s: Option<u64>,
+    log_retention_events: Option<u64>,
+    compaction_interval_s: Option<u64>,
 }
 
 /// A checked configuration.
@@ -70,6 +72,10 @@ pub struct Config {
     pub on_promote: Option<String>,
     pub on_demote: Option<String>,
     pub rescan_interval_s: u64,
+    /// Events kept in the log; older ones are compacted away (a passive further
+    /// behind starts again from a snapshot).
+    pub log_retention_events: u64,
+    pub compaction_interval_s: u64,
 }
 
 /// Certificate, key and (for checking the peer) the CA that signed the peer's certificate.
@@ -99,6 +105,8 @@ pub const DEFAULT_REPLICATION_PERIOD_S: f64 = 5.0;
 pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 500;
 pub const DEFAULT_FAILOVER_AFTER_MS: u64 = 5_000;
 pub const DEFAULT_RESCAN_INTERVAL_S: u64 = 600;
+pub const DEFAULT_LOG_RETENTION_EVENTS: u64 = 1_000_000;
+pub const DEFAULT_COMPACTION_INTERVAL_S: u64 = 300;
 
 impl Config {
     /// Read and check the file at `path`.
@@ -281,6 +289,24 @@ impl Config {
                 Some(files)
             }
         };
+        let log_retention_events = raw
+            .log_retention_events
+            .unwrap_or(DEFAULT_LOG_RETENTION_EVENTS);
+        if log_retention_events == 0 {
+            return Err(key(
+                "log_retention_events",
+                "must be at least 1".to_string(),
+            ));
+        }
+        let compaction_interval_s = raw
+            .compaction_interval_s
+            .unwrap_or(DEFAULT_COMPACTION_INTERVAL_S);
+        if compaction_interval_s == 0 {
+            return Err(key(
+                "compaction_interval_s",
+                "must be at least 1".to_string(),
+            ));
+        }
         Ok(Config {
             node_name: raw.node_name,
             folder,
@@ -300,6 +326,8 @@ impl Config {
             on_promote: raw.on_promote,
             on_demote: raw.on_demote,
             rescan_interval_s: raw.rescan_interval_s.unwrap_or(DEFAULT_RESCAN_INTERVAL_S),
+            log_retention_events,
+            compaction_interval_s,
         })
     }
 

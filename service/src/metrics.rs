@@ -24,6 +24,7 @@ pub struct Metrics {
     registry: Registry,
     pub head_seq: Gauge,
     pub applied_seq: Gauge,
+    pub log_base_seq: Gauge,
     pub epoch: Gauge,
     pub lag_events: Gauge,
     pub lag_seconds: Gauge<f64, AtomicU64>,
@@ -44,6 +45,7 @@ impl Metrics {
         let metrics = Metrics {
             head_seq: Gauge::default(),
             applied_seq: Gauge::default(),
+            log_base_seq: Gauge::default(),
             epoch: Gauge::default(),
             lag_events: Gauge::default(),
             lag_seconds: Gauge::default(),
@@ -67,6 +69,11 @@ impl Metrics {
             "applied_seq",
             "Seq of the last event applied to this node's folder",
             metrics.applied_seq.clone(),
+        );
+        registry.register(
+            "log_base_seq",
+            "Last event compacted out of the log (0: none)",
+            metrics.log_base_seq.clone(),
         );
         registry.register(
             "epoch",

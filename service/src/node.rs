@@ -64,6 +64,10 @@ pub struct Node {
     peer_head: Mutex<Option<Head>>,
     last_error: Mutex<Option<String>>,
     capture: Mutex<Option<Capture>>,
+    /// Held while the passive fetches chunks and applies them, and by compaction's
+    /// garbage collection: a chunk fetched but not yet named by an applied event
+    /// would otherwise look like garbage.
+    pub apply_lock: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -101,6 +105,7 @@ impl Node {
             peer_head: Mutex::new(None),
             last_error: Mutex::new(None),
             capture: Mutex::new(None),
+            apply_lock: tokio::sync::Mutex::new(()),
         });
         Ok(node)
     }
@@ -233,6 +238,9 @@ impl Node {
         let status = self.status();
         let metrics = &self.metrics;
         metrics.head_seq.set(status.head_seq as i64);
+        metrics
+            .log_base_seq
+            .set(self.repository.log().base().seq as i64);
         metrics.applied_seq.set(status.head_seq as i64);
         metrics.epoch.set(status.epoch as i64);
         metrics.lag_events.set(status.lag_events as i64);

@@ -229,10 +229,89 @@ impl Puller {
                         progress.update(self.node.repository.head().seq, active_head.seq);
                     }
                 }
+                Some(wire::pull_response::Kind::Compacted(compacted)) => {
+                    let base = head_from_wire(compacted.base.as_ref())
+                        .map(|head| head.seq)
+                        .unwrap_or(0);
+                    tracing::warn!(
+                        own_head = self.node.repository.head().seq,
+                        active_base = base,
+                        "our head was compacted away on the active; starting again from a snapshot"
+                    );
+                    drop(stream);
+                    self.bootstrap(&mut report).await?;
+                    return Ok(report);
+                }
                 None => return Err(PullError::BadData("an empty message".to_string())),
             }
         }
         Ok(report)
+    }
+
+    /// Replace our state with the active's snapshot: its head and index, every chunk
+    /// the index names (fetched and verified), installed by the engine (which checks
+    /// the entries add up to the head's digest).
+    async fn bootstrap(&mut self, report: &mut PullReport) -> Result<(), PullError> {
+        let holder = self.node.clone();
+        let _applying = holder.apply_lock.lock().await;
+        let mut stream = self
+            .client
+            .snapshot(wire::SnapshotRequest {})
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        let mut head = None;
+        let mut entries = Vec::new();
+        while let Some(part) = stream.next().await {
+            match part.map_err(status_error)?.kind {
+                Some(wire::snapshot_part::Kind::Head(wire_head)) => {
+                    head = Some(
+                        head_from_wire(Some(&wire_head))
+                            .map_err(|error| PullError::BadData(error.to_string()))?,
+                    );
+                }
+                Some(wire::snapshot_part::Kind::Entries(batch)) => {
+                    for entry in batch.entries {
+                        entries.push(
+                            standin_engine::index::decode_entry(&entry.path, &entry.entry)
+                                .map_err(|error| {
+                                    PullError::BadData(format!("snapshot: {error}"))
+                                })?,
+                        );
+                    }
+                }
+                None => return Err(PullError::BadData("snapshot: an empty message".to_string())),
+            }
+        }
+        let head = head.ok_or_else(|| PullError::BadData("snapshot: no head".to_string()))?;
+        let wanted: Vec<Hash> = entries
+            .iter()
+            .filter_map(|(_, entry)| match entry {
+                standin_engine::Entry::File { chunks, .. } => {
+                    Some(chunks.iter().map(|chunk| chunk.hash))
+                }
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let node = self.node.clone();
+        let missing = tokio::task::spawn_blocking(move || node.repository.chunks().missing(wanted))
+            .await
+            .map_err(|error| PullError::Apply(error.to_string()))?
+            .map_err(|error| PullError::Apply(error.to_string()))?;
+        for group in missing.chunks(FETCH_GROUP) {
+            self.fetch(group, report).await?;
+        }
+        let node = self.node.clone();
+        tokio::task::spawn_blocking(move || {
+            node.repository
+                .install_snapshot(&node.config.folder, head, entries)
+        })
+        .await
+        .map_err(|error| PullError::Apply(error.to_string()))?
+        .map_err(|error| PullError::Apply(error.to_string()))?;
+        tracing::info!(seq = head.seq, "started again from the active's snapshot");
+        Ok(())
     }
 
     /// Fetch the chunks `events` need that we lack, then apply them.
@@ -241,6 +320,9 @@ impl Puller {
         events: Vec<Event>,
         report: &mut PullReport,
     ) -> Result<(), PullError> {
+        // Garbage collection waits while chunks are fetched but not yet named by the log.
+        let holder = self.node.clone();
+        let _applying = holder.apply_lock.lock().await;
         let node = self.node.clone();
         let wanted: Vec<Hash> = events
             .iter()

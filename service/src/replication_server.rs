@@ -54,6 +54,61 @@ pub fn engine_status(error: &EngineError) -> Status {
 impl Replication for ReplicationService {
     type PullStream = BoxStream<wire::PullResponse>;
     type FetchChunksStream = BoxStream<wire::Chunk>;
+    type SnapshotStream = BoxStream<wire::SnapshotPart>;
+
+    async fn snapshot(
+        &self,
+        _request: Request<wire::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let node = self.node.clone();
+        let (head, entries) = tokio::task::spawn_blocking(move || node.repository.snapshot())
+            .await
+            .map_err(|error| Status::internal(error.to_string()))?;
+        tracing::info!(
+            seq = head.seq,
+            entries = entries.len(),
+            "serving a snapshot"
+        );
+        let (sender, receiver) = mpsc::channel(STREAM_DEPTH);
+        tokio::spawn(async move {
+            let first = wire::SnapshotPart {
+                kind: Some(wire::snapshot_part::Kind::Head(head_to_wire(&head))),
+            };
+            if sender.send(Ok(first)).await.is_err() {
+                return;
+            }
+            let mut batch = Vec::new();
+            let mut batch_bytes = 0;
+            for (path, entry) in entries {
+                let entry = standin_engine::index::encode_entry(&entry);
+                batch_bytes += entry.len() + path.as_bytes().len();
+                batch.push(wire::SnapshotEntry {
+                    path: path.as_bytes().to_vec(),
+                    entry,
+                });
+                if batch_bytes >= MAX_BATCH_BYTES {
+                    let part = wire::SnapshotPart {
+                        kind: Some(wire::snapshot_part::Kind::Entries(wire::SnapshotEntries {
+                            entries: std::mem::take(&mut batch),
+                        })),
+                    };
+                    batch_bytes = 0;
+                    if sender.send(Ok(part)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                let part = wire::SnapshotPart {
+                    kind: Some(wire::snapshot_part::Kind::Entries(wire::SnapshotEntries {
+                        entries: batch,
+                    })),
+                };
+                let _ = sender.send(Ok(part)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
 
     async fn pull(
         &self,
@@ -168,6 +223,18 @@ async fn serve_pull(
                 let _ = sender
                     .send(Ok(wire::PullResponse {
                         kind: Some(wire::pull_response::Kind::Divergence(divergence)),
+                    }))
+                    .await;
+                return;
+            }
+            Ok(Err(EngineError::Compacted { .. })) => {
+                let compacted = wire::Compacted {
+                    base: Some(head_to_wire(&node.repository.log().base())),
+                    head: Some(head_to_wire(&node.repository.head())),
+                };
+                let _ = sender
+                    .send(Ok(wire::PullResponse {
+                        kind: Some(wire::pull_response::Kind::Compacted(compacted)),
                     }))
                     .await;
                 return;

@@ -140,6 +140,41 @@ pub async fn run(
         }
     }
 
+    // Compaction: keep `log_retention_events`, then collect the chunks nothing names.
+    let compacting = node.clone();
+    let mut compaction_stop = stop.clone();
+    tasks.spawn(async move {
+        let interval = std::time::Duration::from_secs(compacting.config.compaction_interval_s);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = compaction_stop.wait_for(|stopped| *stopped) => return Ok(()),
+            }
+            let _applying = compacting.apply_lock.lock().await;
+            let repository = compacting.repository.clone();
+            let keep = compacting.config.log_retention_events;
+            let result = tokio::task::spawn_blocking(
+                move || -> standin_engine::Result<Option<standin_engine::chunk_store::GcReport>> {
+                    if repository.compact(keep)? == 0 {
+                        return Ok(None);
+                    }
+                    repository.collect_garbage().map(Some)
+                },
+            )
+            .await;
+            match result {
+                Ok(Ok(Some(report))) => tracing::info!(
+                    chunks = report.chunks_removed,
+                    bytes = report.bytes_reclaimed,
+                    "collected garbage"
+                ),
+                Ok(Ok(None)) => {}
+                Ok(Err(error)) => tracing::error!(%error, "compaction failed"),
+                Err(error) => tracing::error!(%error, "compaction task failed"),
+            }
+        }
+    });
+
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_sender.send(true);

@@ -21,6 +21,8 @@ enum Lie {
     BrokenChain,
     /// An event that skips a seq.
     Gap,
+    /// "Compacted", then a snapshot whose entries do not add up to its head's digest.
+    ForgedSnapshot,
 }
 
 struct FakeActive {
@@ -73,6 +75,32 @@ type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 impl Replication for FakeActive {
     type PullStream = Boxed<wire::PullResponse>;
     type FetchChunksStream = Boxed<wire::Chunk>;
+    type SnapshotStream = Boxed<wire::SnapshotPart>;
+
+    async fn snapshot(
+        &self,
+        _request: Request<wire::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let (events, _) = events();
+        let head = standin::convert::head_to_wire(&standin_engine::Head::of(&events[1]));
+        // Only the directory: the file the head's digest counts is missing.
+        let entry =
+            standin_engine::index::encode_entry(&standin_engine::Entry::Dir { mode: 0o755 });
+        let parts = vec![
+            Ok(wire::SnapshotPart {
+                kind: Some(wire::snapshot_part::Kind::Head(head)),
+            }),
+            Ok(wire::SnapshotPart {
+                kind: Some(wire::snapshot_part::Kind::Entries(wire::SnapshotEntries {
+                    entries: vec![wire::SnapshotEntry {
+                        path: b"d".to_vec(),
+                        entry,
+                    }],
+                })),
+            }),
+        ];
+        Ok(Response::new(Box::pin(tokio_stream::iter(parts))))
+    }
 
     async fn pull(
         &self,
@@ -87,6 +115,18 @@ impl Replication for FakeActive {
                 wired.remove(0);
             }
             Lie::WrongChunk => {}
+            Lie::ForgedSnapshot => {
+                let base = standin::convert::head_to_wire(&standin_engine::Head::of(&events[1]));
+                let compacted = wire::PullResponse {
+                    kind: Some(wire::pull_response::Kind::Compacted(wire::Compacted {
+                        base: Some(base.clone()),
+                        head: Some(base),
+                    })),
+                };
+                return Ok(Response::new(Box::pin(tokio_stream::iter(vec![Ok(
+                    compacted,
+                )]))));
+            }
         }
         let head = standin::convert::head_to_wire(&standin_engine::Head::of(&events[1]));
         let batch = wire::PullResponse {
@@ -160,6 +200,7 @@ async fn a_liar_is_refused_with_its_own_error_and_nothing_applied() {
         (Lie::WrongChunk, "does not match"),
         (Lie::BrokenChain, "hash"),
         (Lie::Gap, "expected seq 1"),
+        (Lie::ForgedSnapshot, "digest mismatch"),
     ] {
         let (error, root, node) = pull_from_liar(lie).await;
         assert!(

@@ -6,6 +6,7 @@
 //! - `restart`: a passive restarted in the middle of a catch-up.
 //! - `security`: the shared secret.
 //! - `corruption`: corrupt content on the active.
+//! - `snapshot`: a passive whose head was compacted away starts from a snapshot.
 //! - `config`: bad configs refused with the key and exit status 2.
 //! - `cli`: status, verify, log, init-secret, demo.
 //! - `hostile_peer`: a fake active that lies, against the passive's pull.
@@ -17,4 +18,5 @@ mod hostile_peer;
 mod replication;
 mod restart;
 mod security;
+mod snapshot;
 mod support;

@@ -4,11 +4,13 @@
 //! - `chain`: tampering with the stored log is found when it is read.
 //! - `crash`: replay killed at random points converges.
 //! - `hostile`: events and chunks that must be refused, with the replica unchanged.
+//! - `compaction`: log compaction, the base index and snapshots.
 //! - `capture`: the watcher's debouncing, renames, removals and start-up reconcile.
 //! - `quarantine_gc`: quarantining events and collecting garbage chunks.
 
 mod capture;
 mod chain;
+mod compaction;
 mod crash;
 mod hostile;
 mod quarantine_gc;

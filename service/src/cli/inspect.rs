@@ -134,6 +134,12 @@ pub async fn log(target: &Target, after: u64, limit: u32, json: bool) -> Result<
                     divergence.head.map(|head| head.seq).unwrap_or(0)
                 )))
             }
+            Some(wire::pull_response::Kind::Compacted(compacted)) => {
+                let base = compacted.base.map(|head| head.seq).unwrap_or(0);
+                return Err(Failure::usage(format!(
+                    "events up to seq {base} were compacted away; start with --after {base}"
+                )));
+            }
             None => break,
         }
     }
