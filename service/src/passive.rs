@@ -9,7 +9,8 @@
 //!
 //! Memory: one batch of events (≤ 2 MiB of event bytes, see the server) and one chunk
 //! (≤ 256 KiB) at a time; fetched chunks go straight to the chunk store, which is
-//! synced after every `FETCH_GROUP` chunks so that a restart does not fetch them again.
+//! synced after every `FetchChunks` call (≤ 32 MiB) so that a restart does not fetch
+//! them again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,8 +25,50 @@ use crate::client::Authed;
 use crate::convert::{event_from_wire, hash_from_wire, head_from_wire};
 use crate::node::Node;
 
-/// Chunks asked for in one `FetchChunks` call (at most 64 MiB).
-pub const FETCH_GROUP: usize = 256;
+/// One `FetchChunks` call asks for at most this many bytes of chunks (and at most the
+/// server's `MAX_FETCH_HASHES` chunks); the store is synced after each call.
+pub const FETCH_GROUP_BYTES: u64 = 32 << 20;
+/// Received chunks are verified and stored in batches of about this size.
+const STORE_BATCH_BYTES: usize = 4 << 20;
+
+/// Split the chunks to fetch into calls of at most `FETCH_GROUP_BYTES` and
+/// `MAX_FETCH_HASHES` chunks.
+pub fn fetch_groups(chunks: &[(Hash, u32)]) -> Vec<Vec<Hash>> {
+    let mut groups: Vec<Vec<Hash>> = Vec::new();
+    let mut bytes = 0u64;
+    for (hash, len) in chunks {
+        let full = groups.last().is_none_or(|group| {
+            group.len() >= crate::replication_server::MAX_FETCH_HASHES
+                || bytes + *len as u64 > FETCH_GROUP_BYTES
+        });
+        if full {
+            groups.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += *len as u64;
+        if let Some(group) = groups.last_mut() {
+            group.push(*hash);
+        }
+    }
+    groups
+}
+
+/// The chunks of `refs` the store lacks, with their lengths, without duplicates.
+fn missing_with_lengths(
+    node: &Node,
+    refs: Vec<(Hash, u32)>,
+) -> Result<Vec<(Hash, u32)>, PullError> {
+    let lengths: std::collections::HashMap<Hash, u32> = refs.iter().copied().collect();
+    let missing = node
+        .repository
+        .chunks()
+        .missing(refs.into_iter().map(|(hash, _)| hash))
+        .map_err(|error| PullError::Apply(error.to_string()))?;
+    Ok(missing
+        .into_iter()
+        .map(|hash| (hash, lengths.get(&hash).copied().unwrap_or(0)))
+        .collect())
+}
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// Behind by more than this, a catch-up shows its progress.
@@ -284,23 +327,22 @@ impl Puller {
             }
         }
         let head = head.ok_or_else(|| PullError::BadData("snapshot: no head".to_string()))?;
-        let wanted: Vec<Hash> = entries
+        let wanted: Vec<(Hash, u32)> = entries
             .iter()
             .filter_map(|(_, entry)| match entry {
                 standin_engine::Entry::File { chunks, .. } => {
-                    Some(chunks.iter().map(|chunk| chunk.hash))
+                    Some(chunks.iter().map(|chunk| (chunk.hash, chunk.len)))
                 }
                 _ => None,
             })
             .flatten()
             .collect();
         let node = self.node.clone();
-        let missing = tokio::task::spawn_blocking(move || node.repository.chunks().missing(wanted))
+        let missing = tokio::task::spawn_blocking(move || missing_with_lengths(&node, wanted))
             .await
-            .map_err(|error| PullError::Apply(error.to_string()))?
-            .map_err(|error| PullError::Apply(error.to_string()))?;
-        for group in missing.chunks(FETCH_GROUP) {
-            self.fetch(group, report).await?;
+            .map_err(|error| PullError::Apply(error.to_string()))??;
+        for group in fetch_groups(&missing) {
+            self.fetch(&group, report).await?;
         }
         let node = self.node.clone();
         tokio::task::spawn_blocking(move || {
@@ -323,21 +365,22 @@ impl Puller {
         // Garbage collection waits while chunks are fetched but not yet named by the log.
         let holder = self.node.clone();
         let _applying = holder.apply_lock.lock().await;
-        let node = self.node.clone();
-        let wanted: Vec<Hash> = events
+        let wanted: Vec<(Hash, u32)> = events
             .iter()
             .filter_map(|event| match &event.body.change {
-                Change::Put { chunks, .. } => Some(chunks.iter().map(|chunk| chunk.hash)),
+                Change::Put { chunks, .. } => {
+                    Some(chunks.iter().map(|chunk| (chunk.hash, chunk.len)))
+                }
                 _ => None,
             })
             .flatten()
             .collect();
-        let missing = tokio::task::spawn_blocking(move || node.repository.chunks().missing(wanted))
+        let node = self.node.clone();
+        let missing = tokio::task::spawn_blocking(move || missing_with_lengths(&node, wanted))
             .await
-            .map_err(|error| PullError::Apply(error.to_string()))?
-            .map_err(|error| PullError::Apply(error.to_string()))?;
-        for group in missing.chunks(FETCH_GROUP) {
-            self.fetch(group, report).await?;
+            .map_err(|error| PullError::Apply(error.to_string()))??;
+        for group in fetch_groups(&missing) {
+            self.fetch(&group, report).await?;
         }
         let node = self.node.clone();
         let count = events.len() as u64;
@@ -363,6 +406,10 @@ impl Puller {
             .map_err(status_error)?
             .into_inner();
         let mut expected: std::collections::HashSet<Hash> = group.iter().copied().collect();
+        // Received chunks are verified and stored a few MiB at a time, in one blocking
+        // task each, rather than one task per chunk.
+        let mut pending: Vec<(Hash, Vec<u8>)> = Vec::new();
+        let mut pending_bytes = 0usize;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(status_error)?;
             let hash = hash_from_wire("chunk.hash", &chunk.hash)
@@ -373,16 +420,15 @@ impl Puller {
                 )));
             }
             let len = chunk.data.len() as u64;
-            let node = self.node.clone();
-            tokio::task::spawn_blocking(move || {
-                node.repository.chunks().put_verified(hash, &chunk.data)
-            })
-            .await
-            .map_err(|error| PullError::Apply(error.to_string()))?
-            .map_err(|error| PullError::BadData(error.to_string()))?;
             report.chunks_fetched += 1;
             report.bytes_fetched += len;
             self.node.metrics.bytes_replicated.inc_by(len);
+            pending_bytes += chunk.data.len();
+            pending.push((hash, chunk.data));
+            if pending_bytes >= STORE_BATCH_BYTES {
+                self.store(std::mem::take(&mut pending), false).await?;
+                pending_bytes = 0;
+            }
         }
         if let Some(hash) = expected.iter().next() {
             return Err(PullError::BadData(format!(
@@ -391,12 +437,28 @@ impl Puller {
             )));
         }
         // Make the group durable, so a restart does not fetch it again.
+        self.store(pending, true).await
+    }
+
+    /// Verify and store received chunks (and sync the store when `sync`).
+    async fn store(&self, chunks: Vec<(Hash, Vec<u8>)>, sync: bool) -> Result<(), PullError> {
         let node = self.node.clone();
-        tokio::task::spawn_blocking(move || node.repository.chunks().sync())
-            .await
-            .map_err(|error| PullError::Apply(error.to_string()))?
-            .map_err(|error| PullError::Apply(error.to_string()))?;
-        Ok(())
+        tokio::task::spawn_blocking(move || -> Result<(), PullError> {
+            let store = node.repository.chunks();
+            for (hash, data) in chunks {
+                store
+                    .put_verified(hash, &data)
+                    .map_err(|error| PullError::BadData(error.to_string()))?;
+            }
+            if sync {
+                store
+                    .sync()
+                    .map_err(|error| PullError::Apply(error.to_string()))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|error| PullError::Apply(error.to_string()))?
     }
 
     /// Pull forever: every period, or continuously with a period of 0. Returns only on
@@ -447,5 +509,23 @@ impl Puller {
                 _ = stop.changed() => return None,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_groups_are_bounded_in_bytes_and_count() {
+        let big: Vec<(Hash, u32)> = (0..300u32).map(|index| (Hash::of(&index.to_le_bytes()), 256 << 10)).collect();
+        let groups = fetch_groups(&big);
+        assert!(groups.iter().all(|group| group.len() as u64 * (256 << 10) <= FETCH_GROUP_BYTES));
+        assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), 300);
+        let small: Vec<(Hash, u32)> = (0..3000u32).map(|index| (Hash::of(&index.to_le_bytes()), 4096)).collect();
+        let groups = fetch_groups(&small);
+        assert!(groups.iter().all(|group| group.len() <= crate::replication_server::MAX_FETCH_HASHES));
+        assert_eq!(groups.len(), 3);
+        assert!(fetch_groups(&[]).is_empty());
     }
 }

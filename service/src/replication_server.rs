@@ -159,25 +159,22 @@ impl Replication for ReplicationService {
             .map_err(|error| Status::invalid_argument(error.to_string()))?;
         let (sender, receiver) = mpsc::channel(STREAM_DEPTH);
         let node = self.node.clone();
-        tokio::spawn(async move {
+        // One blocking reader per call: chunks are read and verified in order and
+        // handed to the stream, which holds at most STREAM_DEPTH of them.
+        tokio::task::spawn_blocking(move || {
             for hash in hashes {
-                let store_node = node.clone();
-                let read =
-                    tokio::task::spawn_blocking(move || store_node.repository.chunks().get(&hash))
-                        .await;
-                let message = match read {
-                    Ok(Ok(data)) => {
+                let message = match node.repository.chunks().get(&hash) {
+                    Ok(data) => {
                         node.metrics.chunk_bytes_served.inc_by(data.len() as u64);
                         Ok(wire::Chunk {
                             hash: hash.0.to_vec(),
                             data,
                         })
                     }
-                    Ok(Err(error)) => Err(engine_status(&error)),
-                    Err(error) => Err(Status::internal(format!("chunk reader: {error}"))),
+                    Err(error) => Err(engine_status(&error)),
                 };
                 let failed = message.is_err();
-                if sender.send(message).await.is_err() || failed {
+                if sender.blocking_send(message).is_err() || failed {
                     return;
                 }
             }

@@ -48,7 +48,7 @@ fn a_passive_killed_mid_catch_up_resumes_without_fetching_again() {
         .alpha
         .metric("standin_chunk_bytes_served_total")
         .unwrap() as u64;
-    let one_group = (standin::passive::FETCH_GROUP as u64) * (256 << 10);
+    let one_group = standin::passive::FETCH_GROUP_BYTES + (256 << 10);
     assert!(
         served <= total_bytes + one_group,
         "served {served} bytes for {total_bytes} of content"
