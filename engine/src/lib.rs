@@ -16,6 +16,7 @@
 //! - [`verify`]: recompute the digest from disk and compare with the log head.
 //! - [`quarantine`]: moving unreplicated events aside, never dropping them.
 //! - [`path`]: `RelPath`, a path that cannot leave the folder.
+//! - [`role`]: the pure role state machine (active, passive, rejoining, fenced).
 
 pub mod capture;
 pub mod chunk_store;
@@ -31,6 +32,7 @@ pub mod path;
 pub mod quarantine;
 pub mod replay;
 pub mod repository;
+pub mod role;
 pub mod scan;
 pub mod verify;
 

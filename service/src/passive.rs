@@ -518,13 +518,21 @@ mod tests {
 
     #[test]
     fn fetch_groups_are_bounded_in_bytes_and_count() {
-        let big: Vec<(Hash, u32)> = (0..300u32).map(|index| (Hash::of(&index.to_le_bytes()), 256 << 10)).collect();
+        let big: Vec<(Hash, u32)> = (0..300u32)
+            .map(|index| (Hash::of(&index.to_le_bytes()), 256 << 10))
+            .collect();
         let groups = fetch_groups(&big);
-        assert!(groups.iter().all(|group| group.len() as u64 * (256 << 10) <= FETCH_GROUP_BYTES));
+        assert!(groups
+            .iter()
+            .all(|group| group.len() as u64 * (256 << 10) <= FETCH_GROUP_BYTES));
         assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), 300);
-        let small: Vec<(Hash, u32)> = (0..3000u32).map(|index| (Hash::of(&index.to_le_bytes()), 4096)).collect();
+        let small: Vec<(Hash, u32)> = (0..3000u32)
+            .map(|index| (Hash::of(&index.to_le_bytes()), 4096))
+            .collect();
         let groups = fetch_groups(&small);
-        assert!(groups.iter().all(|group| group.len() <= crate::replication_server::MAX_FETCH_HASHES));
+        assert!(groups
+            .iter()
+            .all(|group| group.len() <= crate::replication_server::MAX_FETCH_HASHES));
         assert_eq!(groups.len(), 3);
         assert!(fetch_groups(&[]).is_empty());
     }

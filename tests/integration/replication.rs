@@ -71,3 +71,51 @@ fn a_periodic_pair_replicates_everything() {
         pair.beta.log_text()
     );
 }
+
+/// A passive whose history is not the active's (it recorded on its own) gets a
+/// divergence answer: it stops pulling, says so in status and metrics, and changes
+/// nothing (the failover issue answers this with a rejoin).
+#[test]
+fn a_divergent_passive_stops_and_reports_it() {
+    let root = tempfile::tempdir().unwrap();
+    let mut alpha =
+        crate::support::NodeProcess::configure(root.path(), "alpha", "active", None, "");
+    // beta first runs as an active of its own and records a different history.
+    let mut beta = crate::support::NodeProcess::configure(root.path(), "beta", "active", None, "");
+    std::fs::write(beta.folder.join("own.txt"), b"beta's own change").unwrap();
+    beta.start();
+    wait_until("beta to record its own change", || beta.head_seq() >= 1);
+    beta.stop();
+    alpha.start();
+    std::fs::write(alpha.folder.join("alpha.txt"), b"alpha's change").unwrap();
+    std::fs::write(alpha.folder.join("alpha2.txt"), b"another").unwrap();
+    wait_until("alpha to record", || alpha.head_seq() >= 2);
+    // Now beta follows alpha.
+    let config = std::fs::read_to_string(&beta.config).unwrap().replace(
+        "role = \"active\"",
+        &format!(
+            "role = \"passive\"\npeer_url = \"http://127.0.0.1:{}\"\nreplication_period = 1",
+            alpha.grpc
+        ),
+    );
+    std::fs::write(&beta.config, config).unwrap();
+    beta.start();
+    wait_until("beta to report the divergence", || {
+        let output = beta.cli(&["status", "--json"]);
+        String::from_utf8_lossy(&output.stdout).contains("divergence")
+    });
+    assert!(beta.metric("standin_pull_errors_total").unwrap_or(0.0) >= 1.0);
+    assert!(
+        !beta.folder.join("alpha.txt").exists(),
+        "nothing of alpha's was applied"
+    );
+    assert!(
+        beta.folder.join("own.txt").exists(),
+        "nothing of beta's was lost"
+    );
+    assert!(
+        beta.log_text().contains("replication stopped"),
+        "{}",
+        beta.log_text()
+    );
+}

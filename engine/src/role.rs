@@ -1,0 +1,840 @@
+//! The role state machine: which node is authoritative, when a passive takes over,
+//! when an active steps down. Pure: `RoleMachine::step(input) -> Vec<Action>`; time,
+//! heartbeat results, what the peer says and operator commands come in as inputs, and
+//! the service (a thin shell) carries out the actions. No I/O and no clock here, so
+//! every rule is tested with simulated time.
+//!
+//! # Rules
+//!
+//! - **Authority order.** Authorities are ordered by `(epoch, node)`. A node that sees
+//!   an active peer with a higher `(epoch, node)` than its own stops capture and
+//!   logins at once and rejoins (invariant 6).
+//! - **Start-up.** A node asks its peer first (`Starting`): an active peer with a
+//!   higher authority makes it rejoin; otherwise (peer down, passive, or lower) it
+//!   takes its configured role.
+//! - **Failover.** A passive whose heartbeats have gone unanswered for
+//!   `failover_after_ms` makes a last pull attempt, then promotes itself with
+//!   `epoch + 1` (above every epoch it has seen). An answer before the promotion is
+//!   recorded cancels it.
+//! - **Switchover.** The active stops capture (after a final capture) and logins and
+//!   asks its peer to take over at its exact head; the peer pulls to that head and
+//!   promotes; the old active then sees the higher authority and follows.
+//!   `auto_failback` makes the preferred node ask for this once it has caught up.
+//! - **Fencing.** Two active nodes in one epoch, a broken chain or a digest mismatch
+//!   fence the node: it refuses everything but status until an operator acts.
+
+use serde::Serialize;
+
+/// What a node is doing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "role", rename_all = "lowercase")]
+pub enum Role {
+    /// Just started: asking the peer before taking a role.
+    Starting,
+    /// Authoritative: records changes, serves the log, accepts logins.
+    Active,
+    /// Follows the active.
+    Passive,
+    /// Learned it was superseded: quarantining what never replicated, rewinding its
+    /// folder to the last common event, then following.
+    Rejoining,
+    /// Refuses everything but status until an operator acts.
+    Fenced { reason: String },
+}
+
+impl Role {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::Starting => "starting",
+            Role::Active => "active",
+            Role::Passive => "passive",
+            Role::Rejoining => "rejoining",
+            Role::Fenced { .. } => "fenced",
+        }
+    }
+}
+
+/// The peer as one answer showed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerView {
+    pub node: String,
+    pub epoch: u64,
+    pub active: bool,
+    pub head_seq: u64,
+}
+
+/// Operator commands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Promote this (passive) node; `force` when the operator knows the peer is dead.
+    Promote { force: bool },
+    /// Hand authority to the peer without losing anything (on the active).
+    Switchover,
+    /// Leave `Fenced` and start over by asking the peer.
+    Unfence,
+}
+
+/// Everything the shell tells the machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Time has passed.
+    Tick {
+        now_ms: u64,
+    },
+    /// A heartbeat to the peer was answered.
+    HeartbeatAnswered {
+        now_ms: u64,
+        peer: PeerView,
+    },
+    /// A heartbeat to the peer failed (unreachable, timed out, refused).
+    HeartbeatFailed {
+        now_ms: u64,
+    },
+    /// A call from the peer (a heartbeat, a pull) showed its view.
+    PeerSeen {
+        now_ms: u64,
+        peer: PeerView,
+    },
+    /// This node's log moved (its head epoch and seq).
+    Applied {
+        epoch: u64,
+        head_seq: u64,
+    },
+    /// The last pull before a promotion has finished (successfully or not).
+    FinalPullDone,
+    /// The passive has applied everything up to the active's head.
+    CaughtUp {
+        head_seq: u64,
+    },
+    /// The rejoin (quarantine, rewind) is done; the node can follow.
+    RejoinDone,
+    /// The active asks this passive to take over once it has applied `head_seq`.
+    TakeOverRequested {
+        head_seq: u64,
+    },
+    /// The chain broke or a digest did not match.
+    IntegrityFailure {
+        reason: String,
+    },
+    Operator(Command),
+}
+
+/// Hooks the shell runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    OnPromote,
+    OnDemote,
+}
+
+/// What the shell must do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    SendHeartbeat,
+    /// One last pull from the (unanswering) active before promoting.
+    FinalPull,
+    /// Pull until the head reaches `head_seq` (a switchover).
+    PullTo {
+        head_seq: u64,
+    },
+    StartPulling,
+    StopPulling,
+    /// Record a `Promote` event in `epoch`, reconcile the folder.
+    RecordPromote {
+        epoch: u64,
+    },
+    StartCapture,
+    /// Stop capture after a final capture of pending changes.
+    StopCapture,
+    OpenLogins,
+    CloseLogins,
+    RunHook {
+        hook: Hook,
+        epoch: u64,
+        old_active: Option<String>,
+    },
+    /// Find the last common event with `authority`, quarantine the rest, rewind.
+    StartRejoin {
+        authority: String,
+    },
+    /// Ask the peer to take over at `head_seq` (switchover, or failback).
+    AskPeerToTakeOver {
+        head_seq: u64,
+    },
+    /// Ask the active peer for a switchover (auto_failback).
+    RequestSwitchover,
+    /// Tell the operator (log and status).
+    Alert {
+        message: String,
+    },
+}
+
+/// Settings of the machine.
+#[derive(Clone, Debug)]
+pub struct RoleSettings {
+    pub node: String,
+    pub initial_active: bool,
+    pub preferred: bool,
+    pub auto_failback: bool,
+    pub failover_after_ms: u64,
+}
+
+/// The machine's state.
+#[derive(Clone, Debug)]
+pub struct RoleMachine {
+    settings: RoleSettings,
+    role: Role,
+    epoch: u64,
+    head_seq: u64,
+    /// The highest epoch seen anywhere (own or peer's).
+    highest_epoch_seen: u64,
+    /// When the peer last answered (or when we started waiting for it).
+    last_answer_ms: u64,
+    peer: Option<PeerView>,
+    /// A promotion waiting for its final pull.
+    promoting: bool,
+    /// A switchover: promote once the head reaches this seq.
+    take_over_at: Option<u64>,
+    /// Handing authority over (switchover started on this active).
+    handing_over: bool,
+    failback_requested: bool,
+}
+
+impl RoleMachine {
+    /// A machine for a node whose log head is at `epoch`, started at `now_ms`. The
+    /// first actions come from `start`.
+    pub fn new(settings: RoleSettings, epoch: u64, now_ms: u64) -> RoleMachine {
+        RoleMachine {
+            settings,
+            role: Role::Starting,
+            epoch,
+            head_seq: 0,
+            highest_epoch_seen: epoch,
+            last_answer_ms: now_ms,
+            peer: None,
+            promoting: false,
+            take_over_at: None,
+            handing_over: false,
+            failback_requested: false,
+        }
+    }
+
+    pub fn role(&self) -> &Role {
+        &self.role
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn peer(&self) -> Option<&PeerView> {
+        self.peer.as_ref()
+    }
+
+    /// Only the active node lets users log in.
+    pub fn accepts_logins(&self) -> bool {
+        self.role == Role::Active && !self.handing_over
+    }
+
+    /// The first actions: ask the peer.
+    pub fn start(&mut self) -> Vec<Action> {
+        vec![Action::SendHeartbeat]
+    }
+
+    fn outranks_us(&self, peer: &PeerView) -> bool {
+        peer.active && (peer.epoch, peer.node.as_str()) > (self.epoch, self.settings.node.as_str())
+    }
+
+    fn fence(&mut self, reason: String) -> Vec<Action> {
+        let was_active = self.role == Role::Active;
+        self.role = Role::Fenced {
+            reason: reason.clone(),
+        };
+        self.promoting = false;
+        self.take_over_at = None;
+        let mut actions = Vec::new();
+        if was_active {
+            actions.extend([Action::CloseLogins, Action::StopCapture]);
+        }
+        actions.push(Action::StopPulling);
+        actions.push(Action::Alert {
+            message: format!("fenced: {reason}; an operator must act (standin status)"),
+        });
+        actions
+    }
+
+    fn step_down(&mut self, authority: &PeerView) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.role == Role::Active {
+            actions.extend([
+                Action::CloseLogins,
+                Action::StopCapture,
+                Action::RunHook {
+                    hook: Hook::OnDemote,
+                    epoch: authority.epoch,
+                    old_active: Some(self.settings.node.clone()),
+                },
+            ]);
+        }
+        actions.push(Action::StopPulling);
+        actions.push(Action::StartRejoin {
+            authority: authority.node.clone(),
+        });
+        self.role = Role::Rejoining;
+        self.promoting = false;
+        self.take_over_at = None;
+        self.handing_over = false;
+        actions
+    }
+
+    fn promote(&mut self, reason: &str) -> Vec<Action> {
+        let epoch = self.epoch.max(self.highest_epoch_seen) + 1;
+        let old_active = self
+            .peer
+            .as_ref()
+            .filter(|peer| peer.active)
+            .map(|peer| peer.node.clone());
+        self.role = Role::Active;
+        self.epoch = epoch;
+        self.highest_epoch_seen = epoch;
+        self.promoting = false;
+        self.take_over_at = None;
+        vec![
+            Action::StopPulling,
+            Action::RecordPromote { epoch },
+            Action::StartCapture,
+            Action::OpenLogins,
+            Action::RunHook {
+                hook: Hook::OnPromote,
+                epoch,
+                old_active,
+            },
+            Action::Alert {
+                message: format!("promoted to active in epoch {epoch}: {reason}"),
+            },
+        ]
+    }
+
+    /// Note what the peer showed; returns actions when it changes our role.
+    fn observe(&mut self, peer: PeerView) -> Vec<Action> {
+        self.highest_epoch_seen = self.highest_epoch_seen.max(peer.epoch);
+        let same_epoch_two_actives = self.role == Role::Active
+            && peer.active
+            && peer.epoch == self.epoch
+            && peer.node != self.settings.node;
+        let outranked = self.outranks_us(&peer);
+        self.peer = Some(peer.clone());
+        if same_epoch_two_actives {
+            return self.fence(format!(
+                "{} is also active in epoch {}",
+                peer.node, peer.epoch
+            ));
+        }
+        match self.role {
+            Role::Active if outranked => self.step_down(&peer),
+            Role::Starting if outranked => self.step_down(&peer),
+            Role::Starting => self.take_configured_role(),
+            Role::Passive if self.promoting && peer.active => {
+                // The active answered after all: no promotion.
+                self.promoting = false;
+                vec![Action::Alert {
+                    message: format!("{} answered again; not promoting", peer.node),
+                }]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn take_configured_role(&mut self) -> Vec<Action> {
+        if self.settings.initial_active {
+            self.role = Role::Active;
+            self.epoch = self.epoch.max(1);
+            vec![Action::StartCapture, Action::OpenLogins]
+        } else {
+            self.role = Role::Passive;
+            vec![Action::StartPulling]
+        }
+    }
+
+    /// Feed one input; returns the actions to carry out, in order.
+    pub fn step(&mut self, input: Input) -> Vec<Action> {
+        if let Role::Fenced { .. } = self.role {
+            return match input {
+                Input::Operator(Command::Unfence) => {
+                    self.role = Role::Starting;
+                    vec![
+                        Action::Alert {
+                            message: "unfenced by the operator; asking the peer".to_string(),
+                        },
+                        Action::SendHeartbeat,
+                    ]
+                }
+                Input::Applied { epoch, head_seq } => {
+                    self.epoch = epoch;
+                    self.head_seq = head_seq;
+                    Vec::new()
+                }
+                _ => Vec::new(),
+            };
+        }
+        match input {
+            Input::Tick { now_ms } => self.tick(now_ms),
+            Input::HeartbeatAnswered { now_ms, peer } => {
+                self.last_answer_ms = now_ms;
+                self.observe(peer)
+            }
+            Input::PeerSeen { now_ms, peer } => {
+                if peer.active {
+                    self.last_answer_ms = self.last_answer_ms.max(now_ms);
+                }
+                self.observe(peer)
+            }
+            Input::HeartbeatFailed { now_ms } => {
+                if self.role == Role::Starting {
+                    // Nobody to ask: take the configured role (a passive then fails
+                    // over on its own schedule if the active stays away).
+                    self.last_answer_ms = now_ms;
+                    return self.take_configured_role();
+                }
+                self.tick(now_ms)
+            }
+            Input::Applied { epoch, head_seq } => {
+                self.epoch = self.epoch.max(epoch);
+                self.highest_epoch_seen = self.highest_epoch_seen.max(epoch);
+                self.head_seq = head_seq;
+                Vec::new()
+            }
+            Input::FinalPullDone => {
+                if self.role == Role::Passive && self.promoting {
+                    self.promote("the active stopped answering")
+                } else {
+                    Vec::new()
+                }
+            }
+            Input::CaughtUp { head_seq } => self.caught_up(head_seq),
+            Input::RejoinDone => {
+                if self.role == Role::Rejoining {
+                    self.role = Role::Passive;
+                    vec![Action::StartPulling]
+                } else {
+                    Vec::new()
+                }
+            }
+            Input::TakeOverRequested { head_seq } => {
+                if self.role == Role::Passive {
+                    self.take_over_at = Some(head_seq);
+                    if self.head_seq >= head_seq {
+                        return self.promote("switchover");
+                    }
+                    vec![Action::PullTo { head_seq }]
+                } else {
+                    vec![Action::Alert {
+                        message: format!("asked to take over while {}", self.role.name()),
+                    }]
+                }
+            }
+            Input::IntegrityFailure { reason } => self.fence(reason),
+            Input::Operator(command) => self.command(command),
+        }
+    }
+
+    fn tick(&mut self, now_ms: u64) -> Vec<Action> {
+        let mut actions = vec![Action::SendHeartbeat];
+        let silent_ms = now_ms.saturating_sub(self.last_answer_ms);
+        if self.role == Role::Passive
+            && !self.promoting
+            && self.take_over_at.is_none()
+            && silent_ms >= self.settings.failover_after_ms
+        {
+            self.promoting = true;
+            actions.push(Action::Alert {
+                message: format!(
+                    "no answer from the active for {silent_ms} ms; a last pull, then promotion"
+                ),
+            });
+            actions.push(Action::FinalPull);
+        }
+        actions
+    }
+
+    fn caught_up(&mut self, head_seq: u64) -> Vec<Action> {
+        self.head_seq = self.head_seq.max(head_seq);
+        if self.role != Role::Passive {
+            return Vec::new();
+        }
+        if let Some(target) = self.take_over_at {
+            if self.head_seq >= target {
+                return self.promote("switchover");
+            }
+            return Vec::new();
+        }
+        let peer_active = self.peer.as_ref().is_some_and(|peer| peer.active);
+        if self.settings.preferred
+            && self.settings.auto_failback
+            && peer_active
+            && !self.failback_requested
+        {
+            self.failback_requested = true;
+            return vec![Action::RequestSwitchover];
+        }
+        Vec::new()
+    }
+
+    fn command(&mut self, command: Command) -> Vec<Action> {
+        match command {
+            Command::Promote { force } => match self.role {
+                Role::Passive | Role::Starting => {
+                    if force {
+                        let mut actions = vec![Action::Alert {
+                            message: "forced promotion: if the old active is still recording, its changes since the last pull will be quarantined when it rejoins".to_string(),
+                        }];
+                        actions.extend(self.promote("forced by the operator"));
+                        actions
+                    } else if self.peer.as_ref().is_some_and(|peer| peer.active) && !self.promoting
+                    {
+                        vec![Action::Alert {
+                            message: "the active answers: use `standin switchover` (or `promote --force` if you know it is dead)".to_string(),
+                        }]
+                    } else {
+                        self.promoting = true;
+                        vec![Action::FinalPull]
+                    }
+                }
+                _ => vec![Action::Alert {
+                    message: format!("cannot promote while {}", self.role.name()),
+                }],
+            },
+            Command::Switchover => {
+                if self.role == Role::Active && !self.handing_over {
+                    self.handing_over = true;
+                    vec![
+                        Action::CloseLogins,
+                        Action::StopCapture,
+                        Action::AskPeerToTakeOver {
+                            head_seq: self.head_seq,
+                        },
+                    ]
+                } else {
+                    vec![Action::Alert {
+                        message: format!(
+                            "a switchover starts on the active; this node is {}",
+                            self.role.name()
+                        ),
+                    }]
+                }
+            }
+            Command::Unfence => vec![Action::Alert {
+                message: "not fenced".to_string(),
+            }],
+        }
+    }
+
+    /// Update the head this machine hands over at (the shell calls it after the final
+    /// capture of a switchover, before `AskPeerToTakeOver` is sent).
+    pub fn handing_over_at(&self) -> Option<u64> {
+        self.handing_over.then_some(self.head_seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(node: &str, active: bool) -> RoleSettings {
+        RoleSettings {
+            node: node.to_string(),
+            initial_active: active,
+            preferred: active,
+            auto_failback: false,
+            failover_after_ms: 5_000,
+        }
+    }
+
+    fn peer(node: &str, epoch: u64, active: bool) -> PeerView {
+        PeerView {
+            node: node.to_string(),
+            epoch,
+            active,
+            head_seq: 0,
+        }
+    }
+
+    /// A passive following `alpha` at epoch 1, started at t = 0.
+    fn following_passive() -> RoleMachine {
+        let mut machine = RoleMachine::new(settings("beta", false), 1, 0);
+        assert_eq!(machine.start(), vec![Action::SendHeartbeat]);
+        let actions = machine.step(Input::HeartbeatAnswered {
+            now_ms: 10,
+            peer: peer("alpha", 1, true),
+        });
+        assert_eq!(actions, vec![Action::StartPulling]);
+        assert_eq!(machine.role(), &Role::Passive);
+        machine
+    }
+
+    #[test]
+    fn a_passive_promotes_only_after_failover_after_ms_of_silence() {
+        let mut machine = following_passive();
+        for now_ms in [500, 1_000, 4_999] {
+            assert_eq!(
+                machine.step(Input::HeartbeatFailed { now_ms }),
+                vec![Action::SendHeartbeat],
+                "at {now_ms}"
+            );
+        }
+        let actions = machine.step(Input::Tick { now_ms: 5_010 });
+        assert!(actions.contains(&Action::FinalPull), "{actions:?}");
+        assert_eq!(
+            machine.role(),
+            &Role::Passive,
+            "not yet: the final pull comes first"
+        );
+        let actions = machine.step(Input::FinalPullDone);
+        assert_eq!(
+            actions[..5],
+            [
+                Action::StopPulling,
+                Action::RecordPromote { epoch: 2 },
+                Action::StartCapture,
+                Action::OpenLogins,
+                Action::RunHook {
+                    hook: Hook::OnPromote,
+                    epoch: 2,
+                    old_active: Some("alpha".to_string())
+                },
+            ]
+        );
+        assert_eq!(machine.role(), &Role::Active);
+        assert!(machine.accepts_logins());
+        assert_eq!(machine.epoch(), 2);
+    }
+
+    #[test]
+    fn an_answer_before_the_final_pull_ends_cancels_the_promotion() {
+        let mut machine = following_passive();
+        machine.step(Input::Tick { now_ms: 6_000 });
+        let actions = machine.step(Input::HeartbeatAnswered {
+            now_ms: 6_100,
+            peer: peer("alpha", 1, true),
+        });
+        assert!(
+            matches!(actions.as_slice(), [Action::Alert { .. }]),
+            "{actions:?}"
+        );
+        assert_eq!(machine.step(Input::FinalPullDone), vec![]);
+        assert_eq!(machine.role(), &Role::Passive);
+        assert!(!machine.accepts_logins());
+    }
+
+    #[test]
+    fn an_active_that_sees_a_higher_authority_steps_down_at_once() {
+        let mut machine = RoleMachine::new(settings("alpha", true), 1, 0);
+        machine.start();
+        assert_eq!(
+            machine.step(Input::HeartbeatFailed { now_ms: 100 }),
+            vec![Action::StartCapture, Action::OpenLogins]
+        );
+        assert!(machine.accepts_logins());
+        let actions = machine.step(Input::PeerSeen {
+            now_ms: 200,
+            peer: peer("beta", 2, true),
+        });
+        assert_eq!(
+            actions,
+            vec![
+                Action::CloseLogins,
+                Action::StopCapture,
+                Action::RunHook {
+                    hook: Hook::OnDemote,
+                    epoch: 2,
+                    old_active: Some("alpha".to_string())
+                },
+                Action::StopPulling,
+                Action::StartRejoin {
+                    authority: "beta".to_string()
+                },
+            ]
+        );
+        assert_eq!(machine.role(), &Role::Rejoining);
+        assert!(!machine.accepts_logins());
+        assert_eq!(machine.step(Input::RejoinDone), vec![Action::StartPulling]);
+        assert_eq!(machine.role(), &Role::Passive);
+    }
+
+    #[test]
+    fn a_returning_old_active_asks_first_and_rejoins() {
+        let mut machine = RoleMachine::new(settings("alpha", true), 1, 0);
+        assert_eq!(machine.start(), vec![Action::SendHeartbeat]);
+        let actions = machine.step(Input::HeartbeatAnswered {
+            now_ms: 10,
+            peer: peer("beta", 2, true),
+        });
+        assert_eq!(
+            actions,
+            vec![
+                Action::StopPulling,
+                Action::StartRejoin {
+                    authority: "beta".to_string()
+                }
+            ]
+        );
+        assert!(
+            !actions.contains(&Action::StartCapture),
+            "never records in the old epoch"
+        );
+    }
+
+    #[test]
+    fn two_actives_in_one_epoch_fence_the_node_until_an_operator_acts() {
+        let mut machine = RoleMachine::new(settings("beta", true), 3, 0);
+        machine.start();
+        machine.step(Input::HeartbeatFailed { now_ms: 1 });
+        let actions = machine.step(Input::PeerSeen {
+            now_ms: 2,
+            peer: peer("alpha", 3, true),
+        });
+        assert_eq!(
+            actions[..3],
+            [
+                Action::CloseLogins,
+                Action::StopCapture,
+                Action::StopPulling
+            ]
+        );
+        assert!(matches!(machine.role(), Role::Fenced { reason } if reason.contains("alpha")));
+        assert_eq!(
+            machine.step(Input::Tick { now_ms: 100_000 }),
+            vec![],
+            "fenced: nothing but status"
+        );
+        assert_eq!(
+            machine.step(Input::Operator(Command::Promote { force: true })),
+            vec![]
+        );
+        let actions = machine.step(Input::Operator(Command::Unfence));
+        assert_eq!(actions.last(), Some(&Action::SendHeartbeat));
+        assert_eq!(machine.role(), &Role::Starting);
+    }
+
+    #[test]
+    fn an_integrity_failure_fences_any_role() {
+        let mut machine = following_passive();
+        let actions = machine.step(Input::IntegrityFailure {
+            reason: "digest mismatch after seq 7 (a/b)".to_string(),
+        });
+        assert!(actions.contains(&Action::StopPulling));
+        assert!(matches!(machine.role(), Role::Fenced { reason } if reason.contains("seq 7")));
+        assert_eq!(
+            machine.step(Input::Tick { now_ms: 60_000 }),
+            vec![],
+            "a fenced passive never promotes"
+        );
+    }
+
+    #[test]
+    fn a_switchover_hands_over_at_the_exact_head() {
+        let mut active = RoleMachine::new(settings("alpha", true), 1, 0);
+        active.start();
+        active.step(Input::HeartbeatAnswered {
+            now_ms: 1,
+            peer: peer("beta", 1, false),
+        });
+        active.step(Input::Applied {
+            epoch: 1,
+            head_seq: 40,
+        });
+        let actions = active.step(Input::Operator(Command::Switchover));
+        assert_eq!(
+            actions,
+            vec![
+                Action::CloseLogins,
+                Action::StopCapture,
+                Action::AskPeerToTakeOver { head_seq: 40 }
+            ]
+        );
+        assert!(!active.accepts_logins());
+
+        let mut passive = following_passive();
+        passive.step(Input::Applied {
+            epoch: 1,
+            head_seq: 38,
+        });
+        assert_eq!(
+            passive.step(Input::TakeOverRequested { head_seq: 40 }),
+            vec![Action::PullTo { head_seq: 40 }]
+        );
+        assert_eq!(passive.step(Input::CaughtUp { head_seq: 39 }), vec![]);
+        let actions = passive.step(Input::CaughtUp { head_seq: 40 });
+        assert!(
+            actions.contains(&Action::RecordPromote { epoch: 2 }),
+            "{actions:?}"
+        );
+
+        let actions = active.step(Input::PeerSeen {
+            now_ms: 5,
+            peer: peer("beta", 2, true),
+        });
+        assert!(actions.contains(&Action::StartRejoin {
+            authority: "beta".to_string()
+        }));
+    }
+
+    #[test]
+    fn promote_without_force_is_refused_while_the_active_answers() {
+        let mut machine = following_passive();
+        let actions = machine.step(Input::Operator(Command::Promote { force: false }));
+        assert!(
+            matches!(actions.as_slice(), [Action::Alert { message }] if message.contains("switchover"))
+        );
+        assert_eq!(machine.role(), &Role::Passive);
+        let actions = machine.step(Input::Operator(Command::Promote { force: true }));
+        assert!(
+            matches!(&actions[0], Action::Alert { message } if message.contains("quarantined"))
+        );
+        assert!(actions.contains(&Action::RecordPromote { epoch: 2 }));
+        assert_eq!(machine.role(), &Role::Active);
+    }
+
+    #[test]
+    fn the_preferred_node_asks_for_failback_once_caught_up() {
+        let mut machine = RoleMachine::new(
+            RoleSettings {
+                auto_failback: true,
+                preferred: true,
+                ..settings("alpha", false)
+            },
+            2,
+            0,
+        );
+        machine.start();
+        machine.step(Input::HeartbeatAnswered { now_ms: 1, peer: peer("beta", 2, true) });
+        // A node that starts under a higher authority always rejoins first (finding the
+        // common point is quick when there is nothing to quarantine).
+        assert_eq!(machine.role(), &Role::Rejoining);
+        assert_eq!(machine.step(Input::RejoinDone), vec![Action::StartPulling]);
+        assert_eq!(machine.role(), &Role::Passive);
+        assert_eq!(
+            machine.step(Input::CaughtUp { head_seq: 10 }),
+            vec![Action::RequestSwitchover]
+        );
+        assert_eq!(
+            machine.step(Input::CaughtUp { head_seq: 11 }),
+            vec![],
+            "asked once"
+        );
+    }
+
+    #[test]
+    fn a_promotion_takes_an_epoch_above_every_epoch_seen() {
+        let mut machine = following_passive();
+        machine.step(Input::PeerSeen {
+            now_ms: 20,
+            peer: peer("alpha", 7, false),
+        });
+        machine.step(Input::Tick { now_ms: 10_000 });
+        let actions = machine.step(Input::FinalPullDone);
+        assert!(
+            actions.contains(&Action::RecordPromote { epoch: 8 }),
+            "{actions:?}"
+        );
+    }
+}
