@@ -112,6 +112,11 @@ pub enum Input {
     TakeOverRequested {
         head_seq: u64,
     },
+    /// A pull answered that our history is not the authority's (we hold events it
+    /// does not): rejoin.
+    Diverged {
+        authority: String,
+    },
     /// The chain broke or a digest did not match.
     IntegrityFailure {
         reason: String,
@@ -432,6 +437,19 @@ impl RoleMachine {
                     }]
                 }
             }
+            Input::Diverged { authority } => {
+                if self.role == Role::Passive {
+                    let peer = self.peer.clone().unwrap_or(PeerView {
+                        node: authority,
+                        epoch: self.epoch,
+                        active: true,
+                        head_seq: 0,
+                    });
+                    self.step_down(&peer)
+                } else {
+                    Vec::new()
+                }
+            }
             Input::IntegrityFailure { reason } => self.fence(reason),
             Input::Operator(command) => self.command(command),
         }
@@ -716,6 +734,24 @@ mod tests {
     }
 
     #[test]
+    fn a_diverged_passive_rejoins() {
+        let mut machine = following_passive();
+        let actions = machine.step(Input::Diverged {
+            authority: "alpha".to_string(),
+        });
+        assert_eq!(
+            actions,
+            vec![
+                Action::StopPulling,
+                Action::StartRejoin {
+                    authority: "alpha".to_string()
+                }
+            ]
+        );
+        assert_eq!(machine.role(), &Role::Rejoining);
+    }
+
+    #[test]
     fn an_integrity_failure_fences_any_role() {
         let mut machine = following_passive();
         let actions = machine.step(Input::IntegrityFailure {
@@ -806,7 +842,10 @@ mod tests {
             0,
         );
         machine.start();
-        machine.step(Input::HeartbeatAnswered { now_ms: 1, peer: peer("beta", 2, true) });
+        machine.step(Input::HeartbeatAnswered {
+            now_ms: 1,
+            peer: peer("beta", 2, true),
+        });
         // A node that starts under a higher authority always rejoins first (finding the
         // common point is quick when there is nothing to quarantine).
         assert_eq!(machine.role(), &Role::Rejoining);

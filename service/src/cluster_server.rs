@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::convert::{head_from_wire, head_to_wire};
 use crate::node::{Node, NodeStatus};
+use standin_engine::role::{Command, Input, PeerView};
 
 pub struct ClusterService {
     pub node: Arc<Node>,
@@ -75,11 +76,20 @@ impl Cluster for ClusterService {
         let request = request.into_inner();
         if let Ok(head) = head_from_wire(request.head.as_ref()) {
             tracing::trace!(peer = %request.node, seq = head.seq, "heartbeat");
+            self.node.feed(Input::PeerSeen {
+                now_ms: standin_engine::fsutil::now_ms(),
+                peer: PeerView {
+                    node: request.node.clone(),
+                    epoch: head.epoch,
+                    active: request.role == "active",
+                    head_seq: head.seq,
+                },
+            });
         }
         Ok(Response::new(wire::HeartbeatResponse {
             node: self.node.config.node_name.clone(),
             head: Some(head_to_wire(&self.node.repository.head())),
-            role: self.node.role().as_str().to_string(),
+            role: self.node.role().name().to_string(),
         }))
     }
 
@@ -118,5 +128,54 @@ impl Cluster for ClusterService {
             expected: difference.expected,
             found: difference.found,
         }))
+    }
+
+    async fn promote(
+        &self,
+        request: Request<wire::PromoteRequest>,
+    ) -> Result<Response<wire::RoleReply>, Status> {
+        let force = request.into_inner().force;
+        self.node.feed(Input::Operator(Command::Promote { force }));
+        Ok(Response::new(
+            self.reply(if force {
+                "forced promotion requested"
+            } else {
+                "promotion requested"
+            })
+            .await,
+        ))
+    }
+
+    async fn switchover(
+        &self,
+        _request: Request<wire::SwitchoverRequest>,
+    ) -> Result<Response<wire::RoleReply>, Status> {
+        self.node.feed(Input::Operator(Command::Switchover));
+        Ok(Response::new(self.reply("switchover requested").await))
+    }
+
+    async fn take_over(
+        &self,
+        request: Request<wire::TakeOverRequest>,
+    ) -> Result<Response<wire::RoleReply>, Status> {
+        let request = request.into_inner();
+        tracing::info!(from = %request.from_node, head_seq = request.head_seq, "asked to take over");
+        self.node.feed(Input::TakeOverRequested {
+            head_seq: request.head_seq,
+        });
+        Ok(Response::new(
+            self.reply("taking over once caught up").await,
+        ))
+    }
+}
+
+impl ClusterService {
+    /// The role a moment after a request (the machine runs in its own task).
+    async fn reply(&self, message: &str) -> wire::RoleReply {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        wire::RoleReply {
+            role: self.node.role().name().to_string(),
+            message: message.to_string(),
+        }
     }
 }

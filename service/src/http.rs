@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-use crate::node::{Node, Role};
+use crate::node::Node;
 
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
@@ -22,7 +22,7 @@ pub fn router(node: Arc<Node>) -> Router {
 /// 200 on the authoritative node, 503 elsewhere (with where the active is).
 async fn active(State(node): State<Arc<Node>>) -> impl IntoResponse {
     match node.role() {
-        Role::Active => (
+        _ if node.accepts_logins() => (
             StatusCode::OK,
             format!("active: {}\n", node.config.node_name),
         ),
@@ -31,7 +31,7 @@ async fn active(State(node): State<Arc<Node>>) -> impl IntoResponse {
             format!(
                 "{}: {}; the active is {}\n",
                 node.config.node_name,
-                role.as_str(),
+                role.name(),
                 node.config.peer_url.as_deref().unwrap_or("unknown")
             ),
         ),

@@ -8,6 +8,8 @@
 //! - `convert`: wire (protobuf) types ↔ engine types; nothing else sees protobuf.
 //! - `node`: a running node's shared state (`Node`, `Role`, `NodeStatus`).
 //! - `replication_server`, `cluster_server`: the gRPC services.
+//! - `coordinator`: the shell around the engine's role state machine (heartbeats,
+//!   promotion, rejoin, switchover, hooks).
 //! - `passive`: `Puller` — `pull_once` and the loop that schedules it.
 //! - `http`: `/healthz`, `/active`, `/metrics`, `/`.
 //! - `metrics`: Prometheus counters and gauges.
@@ -21,6 +23,7 @@ pub mod client;
 pub mod cluster_server;
 pub mod config;
 pub mod convert;
+pub mod coordinator;
 pub mod http;
 pub mod metrics;
 pub mod node;

@@ -8,27 +8,10 @@ use standin_engine::capture::CaptureOptions;
 use standin_engine::{Capture, Head, Repository};
 use tokio::sync::watch;
 
-use crate::config::{Config, InitialRole};
+use crate::config::Config;
 use crate::metrics::{Metrics, RoleLabel};
-
-/// What a node is doing now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Authoritative: records changes, serves the log, accepts logins.
-    Active,
-    /// Follows the active: pulls and replays.
-    Passive,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Active => "active",
-            Role::Passive => "passive",
-        }
-    }
-}
+use standin_engine::role::Input;
+pub use standin_engine::role::Role;
 
 /// A node's status, as `standin status`, `/` and the `Status` call show it.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -59,6 +42,10 @@ pub struct Node {
     pub repository: Arc<Repository>,
     pub metrics: Metrics,
     role: RwLock<Role>,
+    accepts_logins: std::sync::atomic::AtomicBool,
+    /// Inputs for the role state machine (see `coordinator`).
+    inputs: tokio::sync::mpsc::Sender<Input>,
+    inputs_receiver: Mutex<Option<tokio::sync::mpsc::Receiver<Input>>>,
     /// The log head, for `Pull` streams that wait for new events.
     pub head_watch: watch::Sender<Head>,
     peer_head: Mutex<Option<Head>>,
@@ -69,6 +56,9 @@ pub struct Node {
     /// would otherwise look like garbage.
     pub apply_lock: tokio::sync::Mutex<()>,
 }
+
+/// Inputs waiting for the role state machine, at most.
+const INPUT_QUEUE: usize = 1024;
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
@@ -91,16 +81,16 @@ impl Node {
         repository.log().set_listener(Box::new(move |head| {
             sender.send_replace(head);
         }));
-        let role = match config.role {
-            InitialRole::Active => Role::Active,
-            InitialRole::Passive => Role::Passive,
-        };
+        let (inputs, inputs_receiver) = tokio::sync::mpsc::channel(INPUT_QUEUE);
         let node = Arc::new(Node {
             config,
             secret,
             repository,
             metrics: Metrics::new(),
-            role: RwLock::new(role),
+            role: RwLock::new(Role::Starting),
+            accepts_logins: std::sync::atomic::AtomicBool::new(false),
+            inputs,
+            inputs_receiver: Mutex::new(Some(inputs_receiver)),
             head_watch,
             peer_head: Mutex::new(None),
             last_error: Mutex::new(None),
@@ -111,17 +101,39 @@ impl Node {
     }
 
     pub fn role(&self) -> Role {
-        *self
-            .role
+        self.role
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
-    pub fn set_role(&self, role: Role) {
+    /// Publish the role state machine's view (the coordinator calls this).
+    pub fn set_role(&self, role: Role, accepts_logins: bool) {
         *self
             .role
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = role;
+        self.accepts_logins
+            .store(accepts_logins, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Only the authoritative node lets users log in (and answers `/active` 200).
+    pub fn accepts_logins(&self) -> bool {
+        self.accepts_logins
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Hand an input to the role state machine. The queue is bounded; an input that
+    /// does not fit is dropped with a warning (heartbeats repeat).
+    pub fn feed(&self, input: Input) {
+        if let Err(error) = self.inputs.try_send(input) {
+            tracing::warn!(%error, "role input dropped");
+        }
+    }
+
+    /// The receiving end of `feed`, once (for the coordinator).
+    pub fn take_inputs(&self) -> Option<tokio::sync::mpsc::Receiver<Input>> {
+        lock(&self.inputs_receiver).take()
     }
 
     /// The epoch this node records in when active.
@@ -213,7 +225,7 @@ impl Node {
         let (chunk_count, chunk_bytes) = self.repository.chunks().usage();
         NodeStatus {
             node: self.config.node_name.clone(),
-            role: self.role().as_str().to_string(),
+            role: self.role().name().to_string(),
             epoch: head.epoch,
             head_seq: head.seq,
             head_hash: head.hash.to_hex(),
@@ -250,13 +262,14 @@ impl Node {
         metrics
             .quarantined_events
             .set(status.quarantined_events as i64);
-        for role in [Role::Active, Role::Passive] {
+        let current = self.role().name();
+        for role in ["starting", "active", "passive", "rejoining", "fenced"] {
             metrics
                 .role
                 .get_or_create(&RoleLabel {
-                    role: role.as_str().to_string(),
+                    role: role.to_string(),
                 })
-                .set(i64::from(self.role() == role));
+                .set(i64::from(current == role));
         }
         metrics.encode()
     }

@@ -261,6 +261,7 @@ impl Puller {
                         .collect::<Result<_, _>>()
                         .map_err(|error| PullError::BadData(error.to_string()))?;
                     if events.is_empty() {
+                        self.report_position(&active_head);
                         continue;
                     }
                     let own = self.node.repository.head().seq;
@@ -268,6 +269,7 @@ impl Puller {
                         progress = Progress::new(own, active_head.seq);
                     }
                     self.apply(events, &mut report).await?;
+                    self.report_position(&active_head);
                     if let Some(progress) = progress.as_mut() {
                         progress.update(self.node.repository.head().seq, active_head.seq);
                     }
@@ -289,6 +291,19 @@ impl Puller {
             }
         }
         Ok(report)
+    }
+
+    /// Tell the role state machine where our log is, and whether we caught up.
+    fn report_position(&self, active_head: &standin_engine::Head) {
+        let own = self.node.repository.head();
+        self.node.feed(standin_engine::role::Input::Applied {
+            epoch: own.epoch,
+            head_seq: own.seq,
+        });
+        if own.seq >= active_head.seq {
+            self.node
+                .feed(standin_engine::role::Input::CaughtUp { head_seq: own.seq });
+        }
     }
 
     /// Replace our state with the active's snapshot: its head and index, every chunk

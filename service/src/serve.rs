@@ -13,8 +13,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use crate::auth::RequireSecret;
 use crate::cluster_server::ClusterService;
 use crate::config::Config;
-use crate::node::{Node, Role};
-use crate::passive::Puller;
+use crate::node::Node;
 use crate::replication_server::ReplicationService;
 
 /// Run a node until `shutdown` completes.
@@ -40,7 +39,7 @@ pub async fn run(
     };
     tracing::info!(
         node = %config.node_name,
-        role = node.role().as_str(),
+        configured_role = ?config.role,
         head = node.repository.head().seq,
         grpc = %grpc_listener.local_addr()?,
         "standin node starting"
@@ -109,36 +108,13 @@ pub async fn run(
         });
     }
 
-    match node.role() {
-        Role::Active => {
-            let capturing = node.clone();
-            tokio::task::spawn_blocking(move || capturing.start_capture()).await??;
-            tracing::info!(
-                head = node.repository.head().seq,
-                "capturing {}",
-                config.folder.display()
-            );
-        }
-        Role::Passive => {
-            let peer = config
-                .peer_url
-                .clone()
-                .context("a passive needs peer_url")?;
-            let channel =
-                crate::client::channel(&peer, config.tls.as_ref()).map_err(anyhow::Error::msg)?;
-            let client =
-                crate::client::replication(channel, &node.secret).map_err(anyhow::Error::msg)?;
-            let puller = Puller::new(node.clone(), client);
-            let pull_stop = stop.clone();
-            tasks.spawn(async move {
-                if let Some(error) = puller.run(pull_stop).await {
-                    tracing::error!(%error, "replication stopped; an operator must act (see `standin status`)");
-                }
-                Ok(())
-            });
-            tracing::info!(active = %peer, period_s = config.replication_period_s, "following the active");
-        }
-    }
+    // The role state machine decides what this node does (capture or follow).
+    let coordinator = crate::coordinator::Coordinator::new(node.clone());
+    let coordinator_stop = stop.clone();
+    tasks.spawn(async move {
+        coordinator.run(coordinator_stop).await;
+        Ok(())
+    });
 
     // Compaction: keep `log_retention_events`, then collect the chunks nothing names.
     let compacting = node.clone();

@@ -9,11 +9,13 @@
 //! - `snapshot`: a passive whose head was compacted away starts from a snapshot.
 //! - `config`: bad configs refused with the key and exit status 2.
 //! - `cli`: status, verify, log, init-secret, demo.
+//! - `failover`: takeover, rejoin with quarantine, switchover, promote.
 //! - `hostile_peer`: a fake active that lies, against the passive's pull.
 
 mod cli;
 mod config;
 mod corruption;
+mod failover;
 mod hostile_peer;
 mod replication;
 mod restart;

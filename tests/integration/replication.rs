@@ -73,10 +73,10 @@ fn a_periodic_pair_replicates_everything() {
 }
 
 /// A passive whose history is not the active's (it recorded on its own) gets a
-/// divergence answer: it stops pulling, says so in status and metrics, and changes
-/// nothing (the failover issue answers this with a rejoin).
+/// divergence answer: it rejoins — its own events go to quarantine (with their
+/// content), its folder goes back to the common point — and then follows the active.
 #[test]
-fn a_divergent_passive_stops_and_reports_it() {
+fn a_divergent_passive_quarantines_its_own_events_and_follows() {
     let root = tempfile::tempdir().unwrap();
     let mut alpha =
         crate::support::NodeProcess::configure(root.path(), "alpha", "active", None, "");
@@ -100,22 +100,36 @@ fn a_divergent_passive_stops_and_reports_it() {
     );
     std::fs::write(&beta.config, config).unwrap();
     beta.start();
-    wait_until("beta to report the divergence", || {
-        let output = beta.cli(&["status", "--json"]);
-        String::from_utf8_lossy(&output.stdout).contains("divergence")
+    wait_until("beta to follow alpha", || {
+        beta.folder.join("alpha2.txt").exists() && beta.head_seq() == alpha.head_seq()
     });
-    assert!(beta.metric("standin_pull_errors_total").unwrap_or(0.0) >= 1.0);
     assert!(
-        !beta.folder.join("alpha.txt").exists(),
-        "nothing of alpha's was applied"
+        !beta.folder.join("own.txt").exists(),
+        "beta's folder went back to the common point"
+    );
+    let output = beta.cli(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["quarantined_events"].as_u64(), Some(1), "{status}");
+    let quarantined = std::fs::read_dir(beta.data_dir.join("quarantine"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(
+        std::fs::read(quarantined.join("files/1/own.txt")).unwrap(),
+        b"beta's own change",
+        "nothing lost"
     );
     assert!(
-        beta.folder.join("own.txt").exists(),
-        "nothing of beta's was lost"
-    );
-    assert!(
-        beta.log_text().contains("replication stopped"),
+        beta.log_text().contains("quarantine"),
         "{}",
         beta.log_text()
+    );
+    let output = beta.cli(&["verify"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
     );
 }

@@ -81,6 +81,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Promote this passive node now (it makes a last pull first). Refused while the
+    /// active answers, unless --force.
+    Promote {
+        #[command(flatten)]
+        target: Target,
+        /// The operator knows the active is dead: promote even if it seems to answer.
+        /// Changes it recorded since the last pull go to its quarantine when it rejoins.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Hand authority from the active to the passive without losing anything (run
+    /// against the active).
+    Switchover {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Write a fresh shared secret (mode 0600) to FILE.
     InitSecret {
         file: PathBuf,
@@ -198,6 +214,10 @@ async fn run(command: Command) -> Result<u8, Failure> {
             Ok(0)
         }
         Command::Demo { keep } => demo::run(keep).await.map(|()| 0),
+        Command::Promote { target, force } => {
+            role_command(&target, RoleRequest::Promote { force }).await
+        }
+        Command::Switchover { target } => role_command(&target, RoleRequest::Switchover).await,
     }
 }
 
@@ -240,4 +260,29 @@ impl Resolved {
         )
         .map_err(Failure::usage)
     }
+}
+
+enum RoleRequest {
+    Promote { force: bool },
+    Switchover,
+}
+
+/// Ask a node to promote itself or to hand over, and print what it says.
+async fn role_command(target: &Target, request: RoleRequest) -> Result<u8, Failure> {
+    let resolved = resolve(target)?;
+    let mut client =
+        crate::client::cluster(resolved.channel()?, &resolved.secret).map_err(Failure::usage)?;
+    let reply = match request {
+        RoleRequest::Promote { force } => {
+            if force {
+                eprintln!("warning: forcing a promotion; if the other node is still recording, what it records from now on will be quarantined when it rejoins");
+            }
+            client.promote(standin_proto::v1::PromoteRequest { force }).await
+        }
+        RoleRequest::Switchover => client.switchover(standin_proto::v1::SwitchoverRequest {}).await,
+    }
+    .map_err(|status| Failure::failed(format!("{}: {:?}: {}", resolved.url, status.code(), status.message())))?
+    .into_inner();
+    println!("{}: {} (now {})", resolved.url, reply.message, reply.role);
+    Ok(0)
 }

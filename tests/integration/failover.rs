@@ -1,0 +1,203 @@
+//! Roles and failover with real processes: the passive takes over when the active
+//! dies, the old active rejoins (quarantining what never replicated) and follows, and
+//! a switchover hands authority over without losing anything.
+
+use std::time::Instant;
+
+use crate::support::{http_get, tree, wait_until, NodeProcess};
+
+/// A pair that heartbeats each other every 100 ms and fails over after 1.5 s.
+fn failover_pair(root: &std::path::Path) -> (NodeProcess, NodeProcess) {
+    let hooks = root.join("hooks.log");
+    let timing = format!(
+        "heartbeat_interval_ms = 100\nfailover_after_ms = 1500\nreplication_period = 0\non_promote = \"env | grep ^STANDIN_ | sort | tr '\\\\n' ' ' >> {0}; echo >> {0}\"\n",
+        hooks.display()
+    );
+    let alpha = NodeProcess::configure(root, "alpha", "active", None, &timing);
+    let beta = NodeProcess::configure(root, "beta", "passive", Some(alpha.grpc), &timing);
+    // alpha heartbeats beta too (its own peer_url).
+    let mut text = std::fs::read_to_string(&alpha.config).unwrap();
+    text.push_str(&format!("peer_url = \"http://127.0.0.1:{}\"\n", beta.grpc));
+    std::fs::write(&alpha.config, text).unwrap();
+    (alpha, beta)
+}
+
+fn is_active(node: &NodeProcess) -> bool {
+    http_get(node.http, "/active").is_some_and(|(status, _)| status == 200)
+}
+
+fn in_sync(a: &NodeProcess, b: &NodeProcess) -> bool {
+    let head = a.head_seq();
+    head > 0 && head == b.head_seq() && tree(&a.folder) == tree(&b.folder)
+}
+
+#[test]
+fn the_passive_takes_over_and_the_old_active_rejoins_and_follows() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut alpha, mut beta) = failover_pair(root.path());
+    alpha.start();
+    beta.start();
+    wait_until("alpha to be active", || is_active(&alpha));
+    std::fs::write(alpha.folder.join("before.txt"), b"written on alpha").unwrap();
+    wait_until("beta to follow", || in_sync(&alpha, &beta));
+    assert!(!is_active(&beta), "only one node accepts logins");
+
+    alpha.kill();
+    let killed = Instant::now();
+    wait_until("beta to take over", || is_active(&beta));
+    eprintln!(
+        "beta took over {:.2} s after alpha was killed",
+        killed.elapsed().as_secs_f64()
+    );
+    let hooks = std::fs::read_to_string(root.path().join("hooks.log")).unwrap_or_default();
+    wait_until("the on_promote hook", || {
+        std::fs::read_to_string(root.path().join("hooks.log"))
+            .is_ok_and(|text| text.contains("STANDIN_NODE=beta"))
+    });
+    let hooks = if hooks.is_empty() {
+        std::fs::read_to_string(root.path().join("hooks.log")).unwrap()
+    } else {
+        hooks
+    };
+    assert!(
+        hooks.contains("STANDIN_EPOCH=2") && hooks.contains("STANDIN_OLD_ACTIVE=alpha"),
+        "{hooks}"
+    );
+
+    std::fs::write(
+        beta.folder.join("after.txt"),
+        b"written on beta, the new active",
+    )
+    .unwrap();
+    wait_until("beta to record it", || beta.head_seq() >= 3);
+
+    alpha.start();
+    wait_until("alpha to rejoin and follow beta", || in_sync(&beta, &alpha));
+    assert!(alpha.folder.join("after.txt").exists());
+    assert!(!is_active(&alpha), "the old active does not accept logins");
+    assert!(is_active(&beta));
+    let status: serde_json::Value =
+        serde_json::from_slice(&alpha.cli(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["role"], "passive", "{status}");
+    assert_eq!(status["epoch"], 2, "{status}");
+    assert_eq!(
+        status["quarantined_events"], 0,
+        "nothing was lost, so nothing to keep aside"
+    );
+    for node in [&alpha, &beta] {
+        assert!(node.cli(&["verify"]).status.success());
+    }
+}
+
+#[test]
+fn a_change_that_never_replicated_goes_to_quarantine_on_rejoin() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut alpha, mut beta) = failover_pair(root.path());
+    alpha.start();
+    beta.start();
+    std::fs::write(alpha.folder.join("shared.txt"), b"both have this").unwrap();
+    wait_until("beta to follow", || in_sync(&alpha, &beta));
+
+    // beta goes away; alpha records a change nobody else ever sees; alpha dies.
+    beta.kill();
+    std::fs::write(alpha.folder.join("late.txt"), b"only alpha ever had this").unwrap();
+    let before = alpha.head_seq();
+    wait_until("alpha to record the late change", || {
+        alpha.head_seq() > before
+    });
+    alpha.kill();
+
+    // beta comes back alone, waits failover_after_ms, and takes over.
+    beta.start();
+    wait_until("beta to take over", || is_active(&beta));
+    std::fs::write(beta.folder.join("new.txt"), b"after the takeover").unwrap();
+    wait_until("beta to record", || {
+        beta.folder.join("new.txt").exists() && beta.head_seq() >= 3
+    });
+
+    alpha.start();
+    wait_until("alpha to rejoin and follow beta", || in_sync(&beta, &alpha));
+    assert!(
+        !alpha.folder.join("late.txt").exists(),
+        "alpha's folder follows the authority"
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&alpha.cli(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["quarantined_events"], 1, "{status}");
+    let quarantine = std::fs::read_dir(alpha.data_dir.join("quarantine"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let manifest = std::fs::read_to_string(quarantine.join("manifest.json")).unwrap();
+    assert!(manifest.contains("late.txt"), "{manifest}");
+    let kept = std::fs::read_dir(quarantine.join("files"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("late.txt");
+    assert_eq!(
+        std::fs::read(kept).unwrap(),
+        b"only alpha ever had this",
+        "nothing lost"
+    );
+}
+
+#[test]
+fn a_switchover_hands_over_without_losing_anything() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut alpha, mut beta) = failover_pair(root.path());
+    alpha.start();
+    beta.start();
+    std::fs::write(alpha.folder.join("one.txt"), b"1").unwrap();
+    wait_until("beta to follow", || in_sync(&alpha, &beta));
+    // A change right before the switchover must reach beta too.
+    std::fs::write(alpha.folder.join("last-minute.txt"), b"just before").unwrap();
+    let output = alpha.cli(&["switchover"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    wait_until("beta to be active", || is_active(&beta));
+    wait_until("alpha to follow beta", || {
+        in_sync(&beta, &alpha) && !is_active(&alpha)
+    });
+    assert!(beta.folder.join("last-minute.txt").exists());
+    let status: serde_json::Value =
+        serde_json::from_slice(&alpha.cli(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(
+        status["quarantined_events"], 0,
+        "a switchover loses nothing: {status}"
+    );
+    // The new authority records, the old one follows.
+    std::fs::write(beta.folder.join("after.txt"), b"on beta").unwrap();
+    wait_until("alpha to get beta's change", || {
+        alpha.folder.join("after.txt").exists()
+    });
+}
+
+#[test]
+fn promote_without_force_is_refused_while_the_active_answers() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut alpha, mut beta) = failover_pair(root.path());
+    alpha.start();
+    beta.start();
+    std::fs::write(alpha.folder.join("x"), b"x").unwrap();
+    wait_until("beta to follow", || in_sync(&alpha, &beta));
+    let output = beta.cli(&["promote"]);
+    assert!(output.status.success());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        !is_active(&beta),
+        "the active answers: no promotion without --force"
+    );
+    assert!(
+        beta.log_text().contains("switchover"),
+        "{}",
+        beta.log_text()
+    );
+}
