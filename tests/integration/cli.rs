@@ -87,7 +87,7 @@ fn init_secret_writes_a_private_file_and_refuses_to_overwrite() {
 }
 
 #[test]
-fn the_demo_replicates_a_change_and_cleans_up() {
+fn the_demo_replicates_a_change_fails_over_fails_back_and_cleans_up() {
     let output = Command::new(standin()).arg("demo").output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -97,6 +97,9 @@ fn the_demo_replicates_a_change_and_cleans_up() {
     );
     assert!(stdout.contains("beta has apps/notepad.toml"), "{stdout}");
     assert!(stdout.contains("verify beta: ok"), "{stdout}");
+    assert!(stdout.contains("beta took over"), "{stdout}");
+    assert!(stdout.contains("took over again"), "{stdout}");
+    assert!(stdout.contains("GET /active on alpha: 200"), "{stdout}");
     let dir = stdout
         .lines()
         .next()

@@ -201,3 +201,35 @@ fn promote_without_force_is_refused_while_the_active_answers() {
         beta.log_text()
     );
 }
+
+#[test]
+fn with_auto_failback_the_preferred_node_takes_over_again_once_caught_up() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut alpha, mut beta) = failover_pair(root.path());
+    let mut text = std::fs::read_to_string(&alpha.config).unwrap();
+    text.push_str("preferred = true\nauto_failback = true\n");
+    std::fs::write(&alpha.config, text).unwrap();
+    alpha.start();
+    beta.start();
+    std::fs::write(alpha.folder.join("first.txt"), b"1").unwrap();
+    wait_until("beta to follow", || in_sync(&alpha, &beta));
+    alpha.kill();
+    wait_until("beta to take over", || is_active(&beta));
+    std::fs::write(beta.folder.join("while-alpha-was-down.txt"), b"2").unwrap();
+    wait_until("beta to record", || beta.head_seq() >= 3);
+    alpha.start();
+    wait_until("alpha, the preferred node, to take over again", || {
+        is_active(&alpha) && !is_active(&beta)
+    });
+    wait_until("beta to follow alpha", || in_sync(&alpha, &beta));
+    assert!(
+        alpha.folder.join("while-alpha-was-down.txt").exists(),
+        "nothing lost on the way back"
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&alpha.cli(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["epoch"], 3, "{status}");
+    let status: serde_json::Value =
+        serde_json::from_slice(&beta.cli(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["quarantined_events"], 0, "{status}");
+}

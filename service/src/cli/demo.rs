@@ -1,6 +1,9 @@
 //! `standin demo`: a local pair in a temp dir, on free loopback ports. It publishes a
 //! file on the active, shows it appear on the passive, shows both nodes' status and
-//! verification, then stops everything and removes the directory.
+//! verification; then kills the active, shows the passive take over within
+//! `failover_after_ms`, publishes a change on the new active, restarts the old one,
+//! which rejoins, catches up and (preferred, with `auto_failback`) takes over again;
+//! then stops everything and removes the directory.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -13,6 +16,8 @@ use crate::cluster_server::status_from_wire;
 
 const WAIT_LIMIT: Duration = Duration::from_secs(60);
 const REPLICATION_PERIOD_S: u64 = 1;
+const HEARTBEAT_INTERVAL_MS: u64 = 200;
+const FAILOVER_AFTER_MS: u64 = 2_000;
 
 struct DemoNode {
     name: &'static str,
@@ -53,7 +58,7 @@ impl DemoNode {
             .map(|port| format!("peer_url = \"http://127.0.0.1:{port}\"\n"))
             .unwrap_or_default();
         let text = format!(
-            "node_name = \"{name}\"\nfolder = \"{}\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\nrole = \"{role}\"\n{peer}replication_period = {REPLICATION_PERIOD_S}\nsecret_file = \"{}\"\n",
+            "node_name = \"{name}\"\nfolder = \"{}\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\nrole = \"{role}\"\n{peer}replication_period = {REPLICATION_PERIOD_S}\nheartbeat_interval_ms = {HEARTBEAT_INTERVAL_MS}\nfailover_after_ms = {FAILOVER_AFTER_MS}\nsecret_file = \"{}\"\n",
             folder.display(),
             root.join(format!("{name}-data")).display(),
             secret.display()
@@ -100,6 +105,37 @@ impl DemoNode {
         Err(Failure::failed(format!(
             "{} did not start; see {}",
             self.name,
+            self.log.display()
+        )))
+    }
+
+    fn append_config(&self, lines: &str) -> Result<(), Failure> {
+        let mut text = std::fs::read_to_string(&self.config).map_err(io("read config"))?;
+        text.push_str(lines);
+        std::fs::write(&self.config, text).map_err(io("write config"))
+    }
+
+    async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Wait until `/active` says 200 (`active`) or not.
+    async fn wait_active(&self, active: bool, what: &str) -> Result<(), Failure> {
+        let started = Instant::now();
+        while started.elapsed() < WAIT_LIMIT {
+            let answer = http_get(self.http, "/active")
+                .await
+                .ok()
+                .map(|(status, _)| status == 200);
+            if answer == Some(active) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(Failure::failed(format!(
+            "timed out waiting for {what}; see {}",
             self.log.display()
         )))
     }
@@ -156,6 +192,12 @@ pub async fn run(keep: bool) -> Result<(), Failure> {
 
     let mut alpha = DemoNode::create(&root, "alpha", "active", None, &secret)?;
     let mut beta = DemoNode::create(&root, "beta", "passive", Some(alpha.grpc), &secret)?;
+    // alpha is the preferred node and takes over again once back (auto_failback);
+    // both heartbeat each other, and fail over after FAILOVER_AFTER_MS of silence.
+    alpha.append_config(&format!(
+        "peer_url = \"http://127.0.0.1:{}\"\npreferred = true\nauto_failback = true\n",
+        beta.grpc
+    ))?;
     let outcome = async {
         alpha.start()?;
         beta.start()?;
@@ -210,6 +252,46 @@ pub async fn run(keep: bool) -> Result<(), Failure> {
                 if verify.matches { "ok, the folder matches the log head".to_string() } else { format!("MISMATCH at {}", verify.first_difference_path) }
             );
         }
+        println!();
+        print!("{}", super::status::render_table(&statuses));
+
+        // The takeover: the active dies.
+        println!("\nkilling alpha (SIGKILL) ...");
+        alpha.kill().await;
+        let killed = Instant::now();
+        beta.wait_active(true, "beta to take over").await?;
+        println!(
+            "beta took over {:.2} s after alpha died (failover_after_ms = {FAILOVER_AFTER_MS}); GET /active on beta: 200",
+            killed.elapsed().as_secs_f64()
+        );
+        let record = "command = \"calc.exe\"\nusers = [\"carol\"]\n";
+        std::fs::write(beta.folder.join("apps/calc.toml"), record).map_err(io("publish apps/calc.toml"))?;
+        println!("published apps/calc.toml on beta, the new active");
+
+        // The old active comes back: it rejoins, catches up and, being preferred with
+        // auto_failback, takes over again.
+        println!("restarting alpha ...");
+        alpha.start()?;
+        alpha.wait_healthy().await?;
+        let back = Instant::now();
+        alpha.wait_active(true, "alpha to take over again").await?;
+        beta.wait_active(false, "beta to step down").await?;
+        while std::fs::read_to_string(alpha.folder.join("apps/calc.toml")).ok().as_deref() != Some(record) {
+            if back.elapsed() > WAIT_LIMIT {
+                return Err(Failure::failed("alpha did not get beta's change"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        println!("alpha rejoined, caught up (it has apps/calc.toml) and took over again after {:.2} s", back.elapsed().as_secs_f64());
+        let alpha_head = node_status(&alpha, &secret_text).await?.head_seq;
+        while node_status(&beta, &secret_text).await?.head_seq < alpha_head {
+            if back.elapsed() > WAIT_LIMIT {
+                return Err(Failure::failed("beta did not follow alpha"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        show_active(&alpha, &beta).await;
+        let statuses = vec![node_status(&alpha, &secret_text).await?, node_status(&beta, &secret_text).await?];
         println!();
         print!("{}", super::status::render_table(&statuses));
         Ok(())
