@@ -194,7 +194,10 @@ impl Loop {
             }
             match receiver.recv_timeout(wake.saturating_duration_since(now)) {
                 Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => {
-                    // Record what is waiting before stopping: a final capture.
+                    // The final capture: a full reconcile, not only the paths pending
+                    // here — a change whose watch event is still on its way must not
+                    // be left out (a switchover hands over exactly what was recorded).
+                    self.rescan_due = Some(now);
                     self.flush(true);
                     return;
                 }

@@ -154,6 +154,27 @@ impl Cluster for ClusterService {
         Ok(Response::new(self.reply("switchover requested").await))
     }
 
+    async fn restore_file(
+        &self,
+        request: Request<wire::RestoreFileRequest>,
+    ) -> Result<Response<wire::RoleReply>, Status> {
+        if !self.node.accepts_logins() {
+            return Err(Status::failed_precondition(format!(
+                "{} is not the authoritative node; restore on the active ({})",
+                self.node.config.node_name,
+                self.node.config.peer_url.as_deref().unwrap_or("its peer")
+            )));
+        }
+        let message = ClusterService {
+            node: self.node.clone(),
+        }
+        .restore_file(request.into_inner())?;
+        Ok(Response::new(wire::RoleReply {
+            role: self.node.role().name().to_string(),
+            message,
+        }))
+    }
+
     async fn take_over(
         &self,
         request: Request<wire::TakeOverRequest>,
@@ -170,6 +191,52 @@ impl Cluster for ClusterService {
 }
 
 impl ClusterService {
+    /// Write `request`'s file into the folder, atomically (temporary name, rename).
+    fn restore_file(&self, request: wire::RestoreFileRequest) -> Result<String, Status> {
+        let path = standin_engine::RelPath::new(request.path.as_bytes().to_vec())
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        let folder = &self.node.config.folder;
+        let target = path.under(folder);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|error| Status::internal(format!("{}: {error}", parent.display())))?;
+            let resolved = parent
+                .canonicalize()
+                .map_err(|error| Status::internal(format!("{}: {error}", parent.display())))?;
+            if !resolved.starts_with(folder) {
+                return Err(Status::invalid_argument(format!(
+                    "{path} would leave the folder (through a symlink)"
+                )));
+            }
+        }
+        if std::fs::symlink_metadata(&target).is_ok() && !request.overwrite {
+            return Err(Status::already_exists(format!(
+                "{path} exists on {}; use --overwrite",
+                self.node.config.node_name
+            )));
+        }
+        let temporary = target.with_file_name(format!(".standin-restore-{}", std::process::id()));
+        let write = || -> std::io::Result<()> {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(&temporary, &request.content)?;
+            std::fs::set_permissions(
+                &temporary,
+                std::fs::Permissions::from_mode(request.mode & 0o1777),
+            )?;
+            std::fs::rename(&temporary, &target)
+        };
+        write().map_err(|error| {
+            let _ = std::fs::remove_file(&temporary);
+            Status::internal(format!("{}: {error}", target.display()))
+        })?;
+        tracing::warn!(%path, bytes = request.content.len(), "restored a file at the operator's request");
+        Ok(format!(
+            "restored {path} ({} bytes) on {}",
+            request.content.len(),
+            self.node.config.node_name
+        ))
+    }
+
     /// The role a moment after a request (the machine runs in its own task).
     async fn reply(&self, message: &str) -> wire::RoleReply {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

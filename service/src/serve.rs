@@ -77,10 +77,14 @@ pub async fn run(
                 interceptor.clone(),
             ),
         )
-        .add_service(ClusterServer::with_interceptor(
-            ClusterService { node: node.clone() },
-            interceptor,
-        ));
+        .add_service(
+            // RestoreFile carries a whole file: allow the same bound as events.
+            tonic::service::interceptor::InterceptedService::new(
+                ClusterServer::new(ClusterService { node: node.clone() })
+                    .max_decoding_message_size(crate::client::MAX_MESSAGE_BYTES),
+                interceptor,
+            ),
+        );
     let mut grpc_stop = stop.clone();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
     tasks.spawn(async move {

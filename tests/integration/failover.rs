@@ -233,3 +233,109 @@ fn with_auto_failback_the_preferred_node_takes_over_again_once_caught_up() {
         serde_json::from_slice(&beta.cli(&["status", "--json"]).stdout).unwrap();
     assert_eq!(status["quarantined_events"], 0, "{status}");
 }
+
+/// The seed's case, with SIGSTOP: the passive is frozen while the active records a
+/// change, the active dies, the passive resumes and takes over; the old active
+/// rejoins with that change in its quarantine, and `quarantine restore` brings it back
+/// as a new change on the authority.
+#[test]
+fn a_quarantined_change_can_be_restored_on_the_authority() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut alpha, mut beta) = failover_pair(root.path());
+    alpha.start();
+    beta.start();
+    std::fs::write(alpha.folder.join("base.txt"), b"base").unwrap();
+    wait_until("beta to follow", || in_sync(&alpha, &beta));
+    beta.signal(libc::SIGSTOP);
+    std::fs::write(
+        alpha.folder.join("report.txt"),
+        b"written while the passive was frozen",
+    )
+    .unwrap();
+    let before = alpha.head_seq();
+    wait_until("alpha to record it", || alpha.head_seq() > before);
+    alpha.kill();
+    beta.signal(libc::SIGCONT);
+    wait_until("beta to take over", || is_active(&beta));
+    alpha.start();
+    wait_until("alpha to rejoin", || {
+        in_sync(&beta, &alpha) && !is_active(&alpha)
+    });
+    assert!(!alpha.folder.join("report.txt").exists());
+
+    let output = alpha.cli(&["quarantine", "list"]);
+    let listing = String::from_utf8_lossy(&output.stdout).into_owned();
+    let id = listing.split_whitespace().next().unwrap().to_string();
+    assert!(listing.contains("1 events"), "{listing}");
+    let output = alpha.cli(&["quarantine", "show", &id]);
+    let shown = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(shown.contains("report.txt"), "{shown}");
+    let seq = shown
+        .lines()
+        .find(|line| line.contains("report.txt"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let output = alpha.cli(&["quarantine", "restore", &id, &seq]);
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    wait_until("the restored file on both nodes", || {
+        std::fs::read(beta.folder.join("report.txt"))
+            .is_ok_and(|bytes| bytes == b"written while the passive was frozen")
+            && alpha.folder.join("report.txt").exists()
+    });
+}
+
+/// A switchover while a writer keeps changing the folder loses none of the writes.
+#[test]
+fn a_switchover_under_a_stream_of_writes_loses_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut alpha, mut beta) = failover_pair(root.path());
+    alpha.start();
+    beta.start();
+    std::fs::write(alpha.folder.join("start"), b"0").unwrap();
+    wait_until("beta to follow", || in_sync(&alpha, &beta));
+    // Writes go to whichever node is authoritative at the moment of the write.
+    let mut written = Vec::new();
+    let mut switched = false;
+    for index in 0..60 {
+        let target = if is_active(&alpha) {
+            &alpha
+        } else if is_active(&beta) {
+            &beta
+        } else {
+            continue;
+        };
+        let name = format!("w{index:03}");
+        std::fs::write(target.folder.join(&name), format!("write {index}")).unwrap();
+        written.push(name);
+        if index == 20 {
+            assert!(alpha.cli(&["switchover"]).status.success());
+            switched = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
+    assert!(switched);
+    wait_until("beta to be the authority", || {
+        is_active(&beta) && !is_active(&alpha)
+    });
+    wait_until("both to agree", || in_sync(&beta, &alpha));
+    for name in &written {
+        let on_beta = beta.folder.join(name).exists();
+        let quarantined = alpha.cli(&["quarantine", "list"]);
+        assert!(
+            on_beta,
+            "{name} lost (quarantine: {})",
+            String::from_utf8_lossy(&quarantined.stdout)
+        );
+    }
+    let status: serde_json::Value =
+        serde_json::from_slice(&alpha.cli(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["quarantined_events"], 0, "{status}");
+}

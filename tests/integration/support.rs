@@ -165,6 +165,14 @@ impl NodeProcess {
         }
     }
 
+    /// Send a signal (SIGSTOP, SIGCONT) to the running process.
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = self.child.as_ref() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+    }
+
     /// SIGTERM and wait.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -4,6 +4,7 @@
 
 pub mod demo;
 pub mod inspect;
+pub mod quarantine;
 pub mod status;
 
 use std::path::PathBuf;
@@ -96,6 +97,11 @@ pub enum Command {
     Switchover {
         #[command(flatten)]
         target: Target,
+    },
+    /// What a rejoin kept aside: list, show, restore.
+    Quarantine {
+        #[command(subcommand)]
+        command: quarantine::QuarantineCommand,
     },
     /// Write a fresh shared secret (mode 0600) to FILE.
     InitSecret {
@@ -218,6 +224,7 @@ async fn run(command: Command) -> Result<u8, Failure> {
             role_command(&target, RoleRequest::Promote { force }).await
         }
         Command::Switchover { target } => role_command(&target, RoleRequest::Switchover).await,
+        Command::Quarantine { command } => quarantine::run(command).await,
     }
 }
 
