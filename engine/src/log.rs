@@ -286,10 +286,22 @@ impl EventLog {
         let mut out = Vec::with_capacity((last - seq) as usize);
         let mut tip = (seq, ours);
         for next in seq + 1..=last {
-            let event = self.get(next)?.ok_or_else(|| Error::BrokenChain {
-                seq: next,
-                reason: "missing from the log".to_string(),
-            })?;
+            let event = match self.get(next)? {
+                Some(event) => event,
+                // Compacted away while we read: not corruption.
+                None if next <= self.base().seq => {
+                    return Err(Error::Compacted {
+                        seq,
+                        base: self.base().seq,
+                    })
+                }
+                None => {
+                    return Err(Error::BrokenChain {
+                        seq: next,
+                        reason: "missing from the log".to_string(),
+                    })
+                }
+            };
             event.check_follows(tip.0, &tip.1)?;
             tip = (next, event.hash);
             out.push(event);

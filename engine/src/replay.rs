@@ -205,7 +205,11 @@ pub fn restore_scope(root: &Path, repository: &Repository, scope: &RelPath) -> R
             remove_any(&path.under(root))?;
         }
     }
+    let mut safe_dirs = HashSet::new();
     for (path, entry) in &wanted {
+        // Every entry's parents on disk are real directories (created above it in path
+        // order), never a symlink planted or left there.
+        check_parents_on_disk(root, path, 0, &mut safe_dirs)?;
         let full = path.under(root);
         match entry {
             Entry::Dir { mode } => {

@@ -482,7 +482,44 @@ impl Repository {
         head: Head,
         entries: Vec<(RelPath, Entry)>,
     ) -> Result<()> {
-        let mut index = FolderIndex::from_entries(entries);
+        // Build the index through the same checks every change passes (parents are
+        // directories, no duplicates, modes in range): a snapshot whose digest adds up
+        // is not enough — the sender chose the digest.
+        let mut entries = entries;
+        entries.sort_by(|left, right| left.0.cmp(&right.0));
+        let mut index = FolderIndex::default();
+        for (path, entry) in entries {
+            if index.get(&path).is_some() {
+                return Err(Error::Apply {
+                    seq: head.seq,
+                    path: path.to_string(),
+                    reason: "listed twice in the snapshot".to_string(),
+                });
+            }
+            let change = match entry {
+                Entry::Dir { mode } => Change::Mkdir { path, mode },
+                Entry::Symlink { target } => Change::Symlink { path, target },
+                Entry::File {
+                    mode,
+                    mtime_ns,
+                    size,
+                    content,
+                    chunks,
+                } => Change::Put {
+                    path,
+                    mode,
+                    mtime_ns,
+                    size,
+                    content,
+                    chunks,
+                },
+            };
+            index.apply(&change).map_err(|misfit| Error::Apply {
+                seq: head.seq,
+                path: misfit.path.to_string(),
+                reason: format!("snapshot: {}", misfit.reason),
+            })?;
+        }
         index.take_dirty();
         if index.digest() != head.digest {
             return Err(Error::DigestMismatch {

@@ -208,6 +208,12 @@ impl Config {
                 )
             })?),
         };
+        if http_listen == Some(listen) {
+            return Err(key(
+                "http_listen",
+                format!("{listen} is also `listen`; give HTTP its own port"),
+            ));
+        }
         if let Some(url) = &raw.peer_url {
             check_url(url).map_err(|reason| key("peer_url", reason))?;
         }
@@ -220,10 +226,12 @@ impl Config {
         let replication_period_s = raw
             .replication_period
             .unwrap_or(DEFAULT_REPLICATION_PERIOD_S);
-        if !replication_period_s.is_finite() || replication_period_s < 0.0 {
+        if !replication_period_s.is_finite() || !(0.0..=86_400.0).contains(&replication_period_s) {
             return Err(key(
                 "replication_period",
-                format!("{replication_period_s} is not a number of seconds ≥ 0"),
+                format!(
+                    "{replication_period_s} is not a number of seconds ≥ 0 (and at most a day)"
+                ),
             ));
         }
         let heartbeat_interval_ms = raw
@@ -289,6 +297,13 @@ impl Config {
                 Some(files)
             }
         };
+        let rescan_interval_s = raw.rescan_interval_s.unwrap_or(DEFAULT_RESCAN_INTERVAL_S);
+        if !(1..=7 * 86_400).contains(&rescan_interval_s) {
+            return Err(key(
+                "rescan_interval_s",
+                format!("{rescan_interval_s} must be between 1 and 604800 seconds"),
+            ));
+        }
         let log_retention_events = raw
             .log_retention_events
             .unwrap_or(DEFAULT_LOG_RETENTION_EVENTS);
@@ -325,7 +340,7 @@ impl Config {
             tls,
             on_promote: raw.on_promote,
             on_demote: raw.on_demote,
-            rescan_interval_s: raw.rescan_interval_s.unwrap_or(DEFAULT_RESCAN_INTERVAL_S),
+            rescan_interval_s,
             log_retention_events,
             compaction_interval_s,
         })

@@ -28,6 +28,8 @@ use crate::node::Node;
 /// One `FetchChunks` call asks for at most this many bytes of chunks (and at most the
 /// server's `MAX_FETCH_HASHES` chunks); the store is synced after each call.
 pub const FETCH_GROUP_BYTES: u64 = 32 << 20;
+/// A snapshot with more entries than this is refused (memory bound on the passive).
+pub const MAX_SNAPSHOT_ENTRIES: usize = 20_000_000;
 /// Received chunks are verified and stored in batches of about this size.
 const STORE_BATCH_BYTES: usize = 4 << 20;
 
@@ -124,6 +126,21 @@ pub struct PullReport {
 pub struct Puller {
     node: Arc<Node>,
     client: ReplicationClient<Authed>,
+}
+
+/// The next message of a stream, or `Unreachable` after `silence` without one.
+async fn next_within<T>(
+    stream: &mut tonic::Streaming<T>,
+    silence: Duration,
+) -> Result<Option<Result<T, tonic::Status>>, PullError> {
+    tokio::time::timeout(silence, stream.next())
+        .await
+        .map_err(|_| {
+            PullError::Unreachable(format!(
+                "no message from the active for {} s",
+                silence.as_secs()
+            ))
+        })
 }
 
 fn status_error(status: tonic::Status) -> PullError {
@@ -225,7 +242,14 @@ impl Puller {
             .into_inner();
         let mut report = PullReport::default();
         let mut progress: Option<Progress> = None;
-        while let Some(message) = stream.next().await {
+        // A following stream carries a keep-alive at least every 2 s; a silent peer is
+        // treated as unreachable rather than waited for forever.
+        let silence = if follow {
+            Duration::from_secs(10)
+        } else {
+            Duration::from_secs(60)
+        };
+        while let Some(message) = next_within(&mut stream, silence).await? {
             let message = message.map_err(status_error)?;
             match message.kind {
                 Some(wire::pull_response::Kind::Divergence(divergence)) => {
@@ -278,6 +302,13 @@ impl Puller {
                     let base = head_from_wire(compacted.base.as_ref())
                         .map(|head| head.seq)
                         .unwrap_or(0);
+                    // Only an active whose base is past our head may say so.
+                    if base <= self.node.repository.head().seq {
+                        return Err(PullError::BadData(format!(
+                            "the active says our head was compacted away, but its base {base} is not past our head {}",
+                            self.node.repository.head().seq
+                        )));
+                    }
                     tracing::warn!(
                         own_head = self.node.repository.head().seq,
                         active_base = base,
@@ -320,7 +351,7 @@ impl Puller {
             .into_inner();
         let mut head = None;
         let mut entries = Vec::new();
-        while let Some(part) = stream.next().await {
+        while let Some(part) = next_within(&mut stream, Duration::from_secs(60)).await? {
             match part.map_err(status_error)?.kind {
                 Some(wire::snapshot_part::Kind::Head(wire_head)) => {
                     head = Some(
@@ -329,6 +360,16 @@ impl Puller {
                     );
                 }
                 Some(wire::snapshot_part::Kind::Entries(batch)) => {
+                    if head.is_none() {
+                        return Err(PullError::BadData(
+                            "snapshot: entries before the head".to_string(),
+                        ));
+                    }
+                    if entries.len() + batch.entries.len() > MAX_SNAPSHOT_ENTRIES {
+                        return Err(PullError::BadData(format!(
+                            "snapshot: more than {MAX_SNAPSHOT_ENTRIES} entries"
+                        )));
+                    }
                     for entry in batch.entries {
                         entries.push(
                             standin_engine::index::decode_entry(&entry.path, &entry.entry)
@@ -342,6 +383,13 @@ impl Puller {
             }
         }
         let head = head.ok_or_else(|| PullError::BadData("snapshot: no head".to_string()))?;
+        let own = self.node.repository.head();
+        if head.seq < own.seq || head.epoch < own.epoch {
+            return Err(PullError::BadData(format!(
+                "snapshot at seq {} epoch {} is behind our head (seq {} epoch {})",
+                head.seq, head.epoch, own.seq, own.epoch
+            )));
+        }
         let wanted: Vec<(Hash, u32)> = entries
             .iter()
             .filter_map(|(_, entry)| match entry {
@@ -425,7 +473,7 @@ impl Puller {
         // task each, rather than one task per chunk.
         let mut pending: Vec<(Hash, Vec<u8>)> = Vec::new();
         let mut pending_bytes = 0usize;
-        while let Some(chunk) = stream.next().await {
+        while let Some(chunk) = next_within(&mut stream, Duration::from_secs(60)).await? {
             let chunk = chunk.map_err(status_error)?;
             let hash = hash_from_wire("chunk.hash", &chunk.hash)
                 .map_err(|error| PullError::BadData(error.to_string()))?;

@@ -164,10 +164,20 @@ pub async fn run(
         stopping.repository.flush()
     })
     .await??;
-    while let Some(result) = tasks.join_next().await {
-        if let Ok(Err(error)) = result {
-            tracing::warn!(%error, "while stopping");
+    // Streams to a following passive end with the process; do not wait for them long.
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Some(result) = tasks.join_next().await {
+            match result {
+                Ok(Err(error)) => tracing::warn!(%error, "while stopping"),
+                Err(error) if error.is_panic() => tracing::error!(%error, "a task panicked"),
+                _ => {}
+            }
         }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("some streams were still open after 5 s; closing them");
+        tasks.abort_all();
     }
     Ok(())
 }

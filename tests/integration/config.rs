@@ -80,6 +80,22 @@ fn each_bad_config_names_its_key_and_exits_2() {
             "secret_file",
             "No such file",
         ),
+        (
+            format!("{GOOD}\nhttp_listen = \"127.0.0.1:7681\"\n")
+                .replace("127.0.0.1:0", "127.0.0.1:7681"),
+            "http_listen",
+            "its own port",
+        ),
+        (
+            format!("{GOOD}\nreplication_period = 1e20\n"),
+            "replication_period",
+            "at most a day",
+        ),
+        (
+            format!("{GOOD}\nrescan_interval_s = 0\n"),
+            "rescan_interval_s",
+            "between 1",
+        ),
     ];
     for (config, key, reason) in cases {
         let (code, stderr) = serve_with(&config);

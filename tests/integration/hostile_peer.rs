@@ -23,6 +23,39 @@ enum Lie {
     Gap,
     /// "Compacted", then a snapshot whose entries do not add up to its head's digest.
     ForgedSnapshot,
+    /// "Compacted", then a snapshot that adds up but puts a file under a symlink that
+    /// points out of the folder.
+    EscapingSnapshot,
+}
+
+/// The outside directory the escaping snapshot's symlink points to.
+fn outside_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("standin-escape-{}", std::process::id()))
+}
+
+fn escaping_entries() -> Vec<(RelPath, standin_engine::Entry)> {
+    let (_, content) = events();
+    vec![
+        (
+            RelPath::new("a").unwrap(),
+            standin_engine::Entry::Symlink {
+                target: outside_dir().to_string_lossy().as_bytes().to_vec(),
+            },
+        ),
+        (
+            RelPath::new("a/x").unwrap(),
+            standin_engine::Entry::File {
+                mode: 0o644,
+                mtime_ns: 0,
+                size: content.len() as u64,
+                content: Hash::of(&content),
+                chunks: vec![ChunkRef {
+                    hash: Hash::of(&content),
+                    len: content.len() as u32,
+                }],
+            },
+        ),
+    ]
 }
 
 struct FakeActive {
@@ -82,6 +115,34 @@ impl Replication for FakeActive {
         _request: Request<wire::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         let (events, _) = events();
+        if matches!(self.lie, Lie::EscapingSnapshot) {
+            let entries = escaping_entries();
+            let digest = FolderIndex::from_entries(entries.clone()).digest();
+            let head = standin_engine::Head {
+                digest,
+                ..standin_engine::Head::of(&events[1])
+            };
+            let wired = entries
+                .iter()
+                .map(|(path, entry)| wire::SnapshotEntry {
+                    path: path.as_bytes().to_vec(),
+                    entry: standin_engine::index::encode_entry(entry),
+                })
+                .collect();
+            let parts = vec![
+                Ok(wire::SnapshotPart {
+                    kind: Some(wire::snapshot_part::Kind::Head(
+                        standin::convert::head_to_wire(&head),
+                    )),
+                }),
+                Ok(wire::SnapshotPart {
+                    kind: Some(wire::snapshot_part::Kind::Entries(wire::SnapshotEntries {
+                        entries: wired,
+                    })),
+                }),
+            ];
+            return Ok(Response::new(Box::pin(tokio_stream::iter(parts))));
+        }
         let head = standin::convert::head_to_wire(&standin_engine::Head::of(&events[1]));
         // Only the directory: the file the head's digest counts is missing.
         let entry =
@@ -115,7 +176,7 @@ impl Replication for FakeActive {
                 wired.remove(0);
             }
             Lie::WrongChunk => {}
-            Lie::ForgedSnapshot => {
+            Lie::ForgedSnapshot | Lie::EscapingSnapshot => {
                 let base = standin::convert::head_to_wire(&standin_engine::Head::of(&events[1]));
                 let compacted = wire::PullResponse {
                     kind: Some(wire::pull_response::Kind::Compacted(wire::Compacted {
@@ -201,6 +262,7 @@ async fn a_liar_is_refused_with_its_own_error_and_nothing_applied() {
         (Lie::BrokenChain, "hash"),
         (Lie::Gap, "expected seq 1"),
         (Lie::ForgedSnapshot, "digest mismatch"),
+        (Lie::EscapingSnapshot, "parent a is a symlink"),
     ] {
         let (error, root, node) = pull_from_liar(lie).await;
         assert!(

@@ -36,8 +36,16 @@ fn exercise(pair: &Pair) {
 
 #[test]
 fn a_continuously_streaming_pair_replicates_everything() {
-    let pair = Pair::new("replication_period = 0", true);
+    let mut pair = Pair::new("replication_period = 0", true);
     exercise(&pair);
+    // The active stops promptly even with a passive's stream open to it.
+    let started = std::time::Instant::now();
+    pair.alpha.stop();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "stopping took {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
