@@ -10,12 +10,15 @@
 //!   an active peer with a higher `(epoch, node)` than its own stops capture and
 //!   logins at once and rejoins (invariant 6).
 //! - **Start-up.** A node asks its peer first (`Starting`): an active peer with a
-//!   higher authority makes it rejoin; otherwise (peer down, passive, or lower) it
-//!   takes its configured role.
+//!   higher authority makes it rejoin; otherwise (peer down, passive, or lower) a node
+//!   whose log ends in an epoch of its own (it was the last authority) resumes as
+//!   active, a fresh node takes its configured role, and any other follows.
 //! - **Failover.** A passive whose heartbeats have gone unanswered for
-//!   `failover_after_ms` makes a last pull attempt, then promotes itself with
-//!   `epoch + 1` (above every epoch it has seen). An answer before the promotion is
-//!   recorded cancels it.
+//!   `failover_after_ms` makes a last pull attempt, then promotes itself to the next
+//!   epoch above every epoch it has seen that is its own: odd epochs belong to the node
+//!   configured active, even ones to the node configured passive, so the two can never
+//!   take the same epoch even when a cut link hides each from the other. An answer
+//!   before the promotion is recorded cancels it.
 //! - **Switchover.** The active stops capture (after a final capture) and logins and
 //!   asks its peer to take over at its exact head; the peer pulls to that head and
 //!   promotes; the old active then sees the higher authority and follows.
@@ -291,8 +294,22 @@ impl RoleMachine {
         actions
     }
 
+    /// The next epoch above `above` that is this node's to take. Epochs are split
+    /// between the two nodes — odd for the node configured active, even for the one
+    /// configured passive — so two nodes that promote themselves without hearing from
+    /// each other (a cut link) never take the same epoch.
+    fn next_epoch(&self, above: u64) -> u64 {
+        let parity = u64::from(self.settings.initial_active);
+        let candidate = above + 1;
+        if candidate % 2 == parity {
+            candidate
+        } else {
+            candidate + 1
+        }
+    }
+
     fn promote(&mut self, reason: &str) -> Vec<Action> {
-        let epoch = self.epoch.max(self.highest_epoch_seen) + 1;
+        let epoch = self.next_epoch(self.epoch.max(self.highest_epoch_seen));
         let old_active = self
             .peer
             .as_ref()
@@ -350,7 +367,13 @@ impl RoleMachine {
     }
 
     fn take_configured_role(&mut self) -> Vec<Action> {
-        if self.settings.initial_active {
+        // Becoming active without a promotion is only right in a fresh pair or in an
+        // epoch of our own; a log whose last epoch is the peer's means we were
+        // following it: follow, and fail over only after `failover_after_ms`.
+        // A node whose last epoch is its own was the last authority: it resumes.
+        let fresh = self.epoch == 0;
+        let own_epoch = !fresh && self.epoch % 2 == u64::from(self.settings.initial_active);
+        if (fresh && self.settings.initial_active) || own_epoch {
             self.role = Role::Active;
             self.epoch = self.epoch.max(1);
             vec![Action::StartCapture, Action::OpenLogins]
@@ -384,7 +407,11 @@ impl RoleMachine {
         match input {
             Input::Tick { now_ms } => self.tick(now_ms),
             Input::HeartbeatAnswered { now_ms, peer } => {
-                self.last_answer_ms = now_ms;
+                // Only an active peer holds off a failover: two followers talking to
+                // each other must not wait for each other forever.
+                if peer.active {
+                    self.last_answer_ms = now_ms;
+                }
                 self.observe(peer)
             }
             Input::PeerSeen { now_ms, peer } => {

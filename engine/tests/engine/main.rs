@@ -6,6 +6,7 @@
 //! - `hostile`: events and chunks that must be refused, with the replica unchanged.
 //! - `compaction`: log compaction, the base index and snapshots.
 //! - `capture`: the watcher's debouncing, renames, removals and start-up reconcile.
+//! - `simulation`: the seeded pair simulation (roles, faults, nothing lost).
 //! - `quarantine_gc`: quarantining events and collecting garbage chunks.
 
 mod capture;
@@ -15,4 +16,5 @@ mod crash;
 mod hostile;
 mod quarantine_gc;
 mod roundtrip;
+mod simulation;
 mod support;
