@@ -36,6 +36,18 @@ pub struct ReplicationService {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+impl ReplicationService {
+    /// A fenced node serves nothing but status until an operator acts.
+    fn refuse_if_fenced(&self) -> Result<(), Status> {
+        match self.node.role() {
+            standin_engine::role::Role::Fenced { reason } => Err(Status::failed_precondition(
+                format!("{} is fenced: {reason}", self.node.config.node_name),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Map an engine failure on the serving side to a gRPC status.
 pub fn engine_status(error: &EngineError) -> Status {
     match error {
@@ -60,6 +72,7 @@ impl Replication for ReplicationService {
         &self,
         _request: Request<wire::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.refuse_if_fenced()?;
         let node = self.node.clone();
         let (head, entries) = tokio::task::spawn_blocking(move || node.repository.snapshot())
             .await
@@ -114,6 +127,7 @@ impl Replication for ReplicationService {
         &self,
         request: Request<wire::PullRequest>,
     ) -> Result<Response<Self::PullStream>, Status> {
+        self.refuse_if_fenced()?;
         let request = request.into_inner();
         // An empty hash means "no check" (for `standin log`); a passive always sends one.
         let check_hash = !request.after_hash.is_empty();
@@ -145,6 +159,7 @@ impl Replication for ReplicationService {
         &self,
         request: Request<wire::FetchChunksRequest>,
     ) -> Result<Response<Self::FetchChunksStream>, Status> {
+        self.refuse_if_fenced()?;
         let hashes = request.into_inner().hashes;
         if hashes.len() > MAX_FETCH_HASHES {
             return Err(Status::invalid_argument(format!(
