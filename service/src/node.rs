@@ -239,7 +239,11 @@ impl Node {
             events_replicated: self.metrics.events_replicated.get(),
             bytes_replicated: self.metrics.bytes_replicated.get(),
             quarantined_events: self.quarantined_events(),
-            last_error: self.last_error().unwrap_or_default(),
+            last_error: match self.role() {
+                // A fenced node says why, first.
+                Role::Fenced { reason } => format!("fenced: {reason}"),
+                _ => self.last_error().unwrap_or_default(),
+            },
             replication_period_s: self.config.replication_period_s,
             folder: self.config.folder.display().to_string(),
         }
