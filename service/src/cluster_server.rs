@@ -33,6 +33,19 @@ pub fn status_to_wire(status: &NodeStatus, node: &Node) -> wire::StatusResponse 
         last_error: status.last_error.clone(),
         replication_period_s: status.replication_period_s as u64,
         folder: status.folder.clone(),
+        terminal_servers: status
+            .terminal_servers
+            .iter()
+            .map(|server| wire::TerminalServer {
+                name: server.name.clone(),
+                address: server.address.clone(),
+                cpu_percent: server.cpu_percent,
+                memory_percent: server.memory_percent,
+                sessions: server.sessions,
+                age_seconds: server.age_seconds,
+                down: server.down,
+            })
+            .collect(),
     }
 }
 
@@ -64,6 +77,19 @@ pub fn status_from_wire(status: &wire::StatusResponse) -> NodeStatus {
         last_error: status.last_error.clone(),
         replication_period_s: status.replication_period_s as f64,
         folder: status.folder.clone(),
+        terminal_servers: status
+            .terminal_servers
+            .iter()
+            .map(|server| crate::node::TerminalServerStatus {
+                name: server.name.clone(),
+                address: server.address.clone(),
+                cpu_percent: server.cpu_percent,
+                memory_percent: server.memory_percent,
+                sessions: server.sessions,
+                age_seconds: server.age_seconds,
+                down: server.down,
+            })
+            .collect(),
     }
 }
 

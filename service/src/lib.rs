@@ -4,6 +4,7 @@
 //! # Layout
 //!
 //! - `config`: the TOML config and its checks (exit 2 on a bad key).
+//! - `agent`: the terminal-server load reporter (`standin agent`).
 //! - `secret`, `auth`: the pair's shared secret; bearer-token checks on every call.
 //! - `convert`: wire (protobuf) types ↔ engine types; nothing else sees protobuf.
 //! - `node`: a running node's shared state (`Node`, `Role`, `NodeStatus`).
@@ -14,9 +15,12 @@
 //! - `http`: `/healthz`, `/active`, `/metrics`, `/`.
 //! - `metrics`: Prometheus counters and gauges.
 //! - `client`: channels to a node.
+//! - `site`, `site_server`: the user site (users, apps, load table, logins) and the
+//!   Agent and Site gRPC services.
 //! - `serve`: wiring it all together for `standin serve`.
 //! - `cli`: the `standin` command line (status, verify, log, init-secret, demo).
 
+pub mod agent;
 pub mod auth;
 pub mod cli;
 pub mod client;
@@ -31,3 +35,5 @@ pub mod passive;
 pub mod replication_server;
 pub mod secret;
 pub mod serve;
+pub mod site;
+pub mod site_server;

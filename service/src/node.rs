@@ -34,6 +34,20 @@ pub struct NodeStatus {
     pub last_error: String,
     pub replication_period_s: f64,
     pub folder: String,
+    #[serde(default)]
+    pub terminal_servers: Vec<TerminalServerStatus>,
+}
+
+/// A terminal server as `status` lists it.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TerminalServerStatus {
+    pub name: String,
+    pub address: String,
+    pub cpu_percent: f64,
+    pub memory_percent: f64,
+    pub sessions: u32,
+    pub age_seconds: f64,
+    pub down: bool,
 }
 
 pub struct Node {
@@ -55,6 +69,8 @@ pub struct Node {
     /// garbage collection: a chunk fetched but not yet named by an applied event
     /// would otherwise look like garbage.
     pub apply_lock: tokio::sync::Mutex<()>,
+    /// Terminal servers' last load reports.
+    pub load_table: crate::site::LoadTable,
 }
 
 /// Inputs waiting for the role state machine, at most.
@@ -96,6 +112,7 @@ impl Node {
             last_error: Mutex::new(None),
             capture: Mutex::new(None),
             apply_lock: tokio::sync::Mutex::new(()),
+            load_table: crate::site::LoadTable::default(),
         });
         Ok(node)
     }
@@ -246,6 +263,22 @@ impl Node {
             },
             replication_period_s: self.config.replication_period_s,
             folder: self.config.folder.display().to_string(),
+            terminal_servers: {
+                let now_ms = standin_engine::fsutil::now_ms();
+                self.load_table
+                    .snapshot()
+                    .into_iter()
+                    .map(|load| TerminalServerStatus {
+                        age_seconds: now_ms.saturating_sub(load.reported_at_ms) as f64 / 1000.0,
+                        down: load.is_down(now_ms),
+                        name: load.name,
+                        address: load.address,
+                        cpu_percent: load.cpu_percent,
+                        memory_percent: load.memory_percent,
+                        sessions: load.sessions,
+                    })
+                    .collect()
+            },
         }
     }
 

@@ -49,6 +49,13 @@ pub fn init_secret(path: &Path, overwrite: bool) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// A random secret nobody knows (for a service that must refuse every caller).
+pub fn unguessable() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
 /// Compare two byte strings in time that depends only on their lengths.
 pub fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
     if left.len() != right.len() {

@@ -67,8 +67,22 @@ pub async fn run(
             .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
             .context("TLS")?;
     }
+    // Agents report with the agent secret; without agent_secret_file no report counts.
+    let agent_secret = match &config.agent_secret_file {
+        Some(file) => crate::secret::read_secret(file).map_err(anyhow::Error::msg)?,
+        None => crate::secret::unguessable(),
+    };
     let router = builder
         .add_service(health_service)
+        .add_service(
+            standin_proto::v1::agent_server::AgentServer::with_interceptor(
+                crate::site_server::AgentService { node: node.clone() },
+                RequireSecret::new(agent_secret),
+            ),
+        )
+        .add_service(standin_proto::v1::site_server::SiteServer::new(
+            crate::site_server::SiteService { node: node.clone() },
+        ))
         .add_service(
             // tonic's default encoding limit is unbounded; the server bounds its own
             // messages (see replication_server).

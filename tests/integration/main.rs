@@ -6,6 +6,7 @@
 //! - `restart`: a passive restarted in the middle of a catch-up.
 //! - `security`: the shared secret.
 //! - `corruption`: corrupt content on the active.
+//! - `site`: agents, the load table, logins and the client with a server list.
 //! - `snapshot`: a passive whose head was compacted away starts from a snapshot.
 //! - `config`: bad configs refused with the key and exit status 2.
 //! - `cli`: status, verify, log, init-secret, demo.
@@ -20,5 +21,6 @@ mod hostile_peer;
 mod replication;
 mod restart;
 mod security;
+mod site;
 mod snapshot;
 mod support;

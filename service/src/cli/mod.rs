@@ -5,6 +5,7 @@
 pub mod demo;
 pub mod inspect;
 pub mod quarantine;
+pub mod site;
 pub mod status;
 
 use std::path::PathBuf;
@@ -97,6 +98,51 @@ pub enum Command {
     Switchover {
         #[command(flatten)]
         target: Target,
+    },
+    /// Users of the site (their records live in the folder and replicate).
+    User {
+        #[command(subcommand)]
+        command: site::UserCommand,
+    },
+    /// Published applications.
+    App {
+        #[command(subcommand)]
+        command: site::AppCommand,
+    },
+    /// Log in: try the servers in order, follow the redirect to the authoritative
+    /// node, and print where to connect.
+    Login {
+        /// `;`-separated gRPC addresses, e.g. "http://a:7600;http://b:7600".
+        #[arg(long)]
+        servers: String,
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value = "")]
+        app: String,
+        /// Read the password from this file instead of asking for it.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// Report this terminal server's load to every node of the dispatch list.
+    Agent {
+        #[arg(long)]
+        name: String,
+        /// `;`-separated gRPC addresses of both nodes (the seed's DispatchURL).
+        #[arg(long)]
+        dispatch_url: String,
+        #[arg(long)]
+        secret_file: PathBuf,
+        #[arg(long, default_value_t = 2000)]
+        interval_ms: u64,
+        /// Where users connect to this server (default: NAME:3389).
+        #[arg(long)]
+        address: Option<String>,
+        /// Applications this server runs (comma-separated; default: all).
+        #[arg(long, default_value = "")]
+        apps: String,
+        /// A command printing the number of sessions (e.g. "who | wc -l").
+        #[arg(long)]
+        sessions_command: Option<String>,
     },
     /// What a rejoin kept aside: list, show, restore.
     Quarantine {
@@ -225,6 +271,57 @@ async fn run(command: Command) -> Result<u8, Failure> {
         }
         Command::Switchover { target } => role_command(&target, RoleRequest::Switchover).await,
         Command::Quarantine { command } => quarantine::run(command).await,
+        Command::User { command } => site::user(command).await,
+        Command::App { command } => site::app(command).await,
+        Command::Login {
+            servers,
+            user,
+            app,
+            password_file,
+        } => site::login(&servers, &user, &app, password_file).await,
+        Command::Agent {
+            name,
+            dispatch_url,
+            secret_file,
+            interval_ms,
+            address,
+            apps,
+            sessions_command,
+        } => {
+            crate::site::check_name(&name).map_err(|error| Failure::usage(error.to_string()))?;
+            let urls: Vec<String> = dispatch_url
+                .split(';')
+                .map(str::trim)
+                .filter(|url| !url.is_empty())
+                .map(str::to_string)
+                .collect();
+            if urls.is_empty() {
+                return Err(Failure::usage("--dispatch-url needs at least one address"));
+            }
+            for url in &urls {
+                crate::config::check_url(url).map_err(Failure::usage)?;
+            }
+            if interval_ms < 100 {
+                return Err(Failure::usage("--interval-ms must be at least 100"));
+            }
+            let secret = crate::secret::read_secret(&secret_file).map_err(Failure::usage)?;
+            let settings = crate::agent::AgentSettings {
+                address: address.unwrap_or_else(|| format!("{name}:3389")),
+                name,
+                urls,
+                secret,
+                interval: std::time::Duration::from_millis(interval_ms),
+                apps: apps
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|app| !app.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                sessions_command,
+            };
+            crate::agent::run(settings, crate::serve::shutdown_signal()).await;
+            Ok(0)
+        }
     }
 }
 

@@ -105,6 +105,36 @@ pub fn render_table(statuses: &[NodeStatus]) -> String {
             Box::new(|status| format!("{} s", status.replication_period_s)),
         ),
         (
+            "terminal servers",
+            Box::new(|status| {
+                if status.terminal_servers.is_empty() {
+                    return "-".to_string();
+                }
+                status
+                    .terminal_servers
+                    .iter()
+                    .map(|server| {
+                        if server.down {
+                            format!(
+                                "{} DOWN (last report {:.0} s ago)",
+                                server.name, server.age_seconds
+                            )
+                        } else {
+                            format!(
+                                "{} cpu {:.0}% mem {:.0}% {} sessions ({:.1} s ago)",
+                                server.name,
+                                server.cpu_percent,
+                                server.memory_percent,
+                                server.sessions,
+                                server.age_seconds
+                            )
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            }),
+        ),
+        (
             "last error",
             Box::new(|status| {
                 if status.last_error.is_empty() {

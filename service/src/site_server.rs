@@ -1,0 +1,147 @@
+//! The `Agent` and `Site` gRPC services: terminal servers' load reports, and users'
+//! logins (only on the authoritative node) and application lists.
+
+use std::sync::Arc;
+
+use standin_proto::v1 as wire;
+use standin_proto::v1::agent_server::Agent;
+use standin_proto::v1::site_server::Site;
+use tonic::{Request, Response, Status};
+
+use crate::node::Node;
+use crate::site::{self, Load, SiteError};
+
+/// Upper bound on a load report's application list.
+const MAX_REPORTED_APPS: usize = 1_000;
+
+pub struct AgentService {
+    pub node: Arc<Node>,
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn report_load(
+        &self,
+        request: Request<wire::LoadReport>,
+    ) -> Result<Response<wire::LoadAck>, Status> {
+        let report = request.into_inner();
+        if report.apps.len() > MAX_REPORTED_APPS {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_REPORTED_APPS} applications per report"
+            )));
+        }
+        let load = Load {
+            name: report.name,
+            address: report.address,
+            cpu_percent: report.cpu_percent.clamp(0.0, 100.0),
+            memory_percent: report.memory_percent.clamp(0.0, 100.0),
+            sessions: report.sessions,
+            apps: report.apps,
+            interval_ms: report.interval_ms.clamp(100, 3_600_000),
+            reported_at_ms: standin_engine::fsutil::now_ms(),
+        };
+        self.node
+            .load_table
+            .report(load)
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        Ok(Response::new(wire::LoadAck {
+            node: self.node.config.node_name.clone(),
+            role: self.node.role().name().to_string(),
+        }))
+    }
+}
+
+pub struct SiteService {
+    pub node: Arc<Node>,
+}
+
+fn site_status(error: SiteError) -> Status {
+    match error {
+        SiteError::WrongCredentials => Status::unauthenticated(error.to_string()),
+        SiteError::NotAllowed { .. } => Status::permission_denied(error.to_string()),
+        SiteError::NoSuchApp(_) => Status::not_found(error.to_string()),
+        SiteError::NoTerminalServer(_) => Status::unavailable(error.to_string()),
+        SiteError::BadName(_) => Status::invalid_argument(error.to_string()),
+        SiteError::File { .. } => Status::internal(error.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl Site for SiteService {
+    async fn list_applications(
+        &self,
+        request: Request<wire::ListApplicationsRequest>,
+    ) -> Result<Response<wire::ApplicationList>, Status> {
+        let request = request.into_inner();
+        let folder = self.node.config.folder.clone();
+        let apps = tokio::task::spawn_blocking(move || {
+            site::authenticate(&folder, &request.user, &request.password)?;
+            site::applications_for(&folder, &request.user)
+        })
+        .await
+        .map_err(|error| Status::internal(error.to_string()))?
+        .map_err(site_status)?;
+        let applications = apps
+            .into_iter()
+            .map(|(name, record)| wire::Application {
+                name,
+                command: record.command,
+            })
+            .collect();
+        Ok(Response::new(wire::ApplicationList { applications }))
+    }
+
+    async fn login(
+        &self,
+        request: Request<wire::LoginRequest>,
+    ) -> Result<Response<wire::LoginReply>, Status> {
+        if !self.node.accepts_logins() {
+            let active = self.node.config.peer_url.clone().unwrap_or_default();
+            let mut status = Status::failed_precondition(format!(
+                "{} is not the authoritative node; log in on the active: {active}",
+                self.node.config.node_name
+            ));
+            if let Ok(value) = active.parse() {
+                status.metadata_mut().insert("standin-active", value);
+            }
+            return Err(status);
+        }
+        let request = request.into_inner();
+        let folder = self.node.config.folder.clone();
+        let (user, password, app) = (request.user.clone(), request.password, request.app.clone());
+        let command = tokio::task::spawn_blocking(move || -> Result<String, SiteError> {
+            site::authenticate(&folder, &user, &password)?;
+            if app.is_empty() {
+                return Ok(String::new());
+            }
+            let apps = site::applications_for(&folder, &user)?;
+            match apps.into_iter().find(|(name, _)| *name == app) {
+                Some((_, record)) => Ok(record.command),
+                None => {
+                    if folder.join("apps").join(format!("{app}.toml")).exists() {
+                        Err(SiteError::NotAllowed { user, app })
+                    } else {
+                        Err(SiteError::NoSuchApp(app))
+                    }
+                }
+            }
+        })
+        .await
+        .map_err(|error| Status::internal(error.to_string()))?
+        .map_err(site_status)?;
+        let server = self
+            .node
+            .load_table
+            .choose(&request.app, standin_engine::fsutil::now_ms())
+            .map_err(site_status)?;
+        let session_id = site::session_id();
+        tracing::info!(user = %request.user, app = %request.app, terminal_server = %server.name, "login");
+        Ok(Response::new(wire::LoginReply {
+            terminal_server: server.name,
+            address: server.address,
+            session_id,
+            app: request.app,
+            command,
+        }))
+    }
+}
