@@ -65,10 +65,11 @@ pub struct Node {
     peer_head: Mutex<Option<Head>>,
     last_error: Mutex<Option<String>>,
     capture: Mutex<Option<Capture>>,
-    /// Held while the passive fetches chunks and applies them, and by compaction's
-    /// garbage collection: a chunk fetched but not yet named by an applied event
-    /// would otherwise look like garbage.
-    pub apply_lock: tokio::sync::Mutex<()>,
+    /// Held shared while the passive fetches chunks and applies them (batches overlap:
+    /// one is fetched while the previous one is applied), and exclusively by
+    /// compaction's garbage collection: a chunk fetched but not yet named by an
+    /// applied event would otherwise look like garbage.
+    pub apply_lock: Arc<tokio::sync::RwLock<()>>,
     /// Terminal servers' last load reports.
     pub load_table: crate::site::LoadTable,
 }
@@ -111,7 +112,7 @@ impl Node {
             peer_head: Mutex::new(None),
             last_error: Mutex::new(None),
             capture: Mutex::new(None),
-            apply_lock: tokio::sync::Mutex::new(()),
+            apply_lock: Arc::new(tokio::sync::RwLock::new(())),
             load_table: crate::site::LoadTable::default(),
         });
         Ok(node)

@@ -25,6 +25,9 @@ use crate::client::Authed;
 use crate::convert::{event_from_wire, hash_from_wire, head_from_wire};
 use crate::node::Node;
 
+/// The apply of the previous batch, while the next one is fetched.
+type InFlight = Option<tokio::task::JoinHandle<Result<u64, PullError>>>;
+
 /// One `FetchChunks` call asks for at most this many bytes of chunks (and at most the
 /// server's `MAX_FETCH_HASHES` chunks); the store is synced after each call.
 pub const FETCH_GROUP_BYTES: u64 = 32 << 20;
@@ -242,6 +245,7 @@ impl Puller {
             .into_inner();
         let mut report = PullReport::default();
         let mut progress: Option<Progress> = None;
+        let mut in_flight: InFlight = None;
         // A following stream carries a keep-alive at least every 2 s; a silent peer is
         // treated as unreachable rather than waited for forever.
         let silence = if follow {
@@ -253,6 +257,7 @@ impl Puller {
             let message = message.map_err(status_error)?;
             match message.kind {
                 Some(wire::pull_response::Kind::Divergence(divergence)) => {
+                    self.finish_apply(&mut in_flight, &mut report).await?;
                     let active_head = head_from_wire(divergence.head.as_ref())
                         .map(|head| head.seq)
                         .unwrap_or(0);
@@ -285,6 +290,7 @@ impl Puller {
                         .collect::<Result<_, _>>()
                         .map_err(|error| PullError::BadData(error.to_string()))?;
                     if events.is_empty() {
+                        self.finish_apply(&mut in_flight, &mut report).await?;
                         self.report_position(&active_head);
                         continue;
                     }
@@ -292,8 +298,8 @@ impl Puller {
                     if progress.is_none() {
                         progress = Progress::new(own, active_head.seq);
                     }
-                    self.apply(events, &mut report).await?;
-                    self.report_position(&active_head);
+                    self.fetch_and_start_apply(events, &mut report, &mut in_flight)
+                        .await?;
                     if let Some(progress) = progress.as_mut() {
                         progress.update(self.node.repository.head().seq, active_head.seq);
                     }
@@ -315,11 +321,16 @@ impl Puller {
                         "our head was compacted away on the active; starting again from a snapshot"
                     );
                     drop(stream);
+                    self.finish_apply(&mut in_flight, &mut report).await?;
                     self.bootstrap(&mut report).await?;
                     return Ok(report);
                 }
                 None => return Err(PullError::BadData("an empty message".to_string())),
             }
+        }
+        self.finish_apply(&mut in_flight, &mut report).await?;
+        if let Some(head) = self.node.peer_head() {
+            self.report_position(&head);
         }
         Ok(report)
     }
@@ -342,7 +353,7 @@ impl Puller {
     /// the entries add up to the head's digest).
     async fn bootstrap(&mut self, report: &mut PullReport) -> Result<(), PullError> {
         let holder = self.node.clone();
-        let _applying = holder.apply_lock.lock().await;
+        let _applying = holder.apply_lock.clone().read_owned().await;
         let mut stream = self
             .client
             .snapshot(wire::SnapshotRequest {})
@@ -419,15 +430,33 @@ impl Puller {
         Ok(())
     }
 
-    /// Fetch the chunks `events` need that we lack, then apply them.
-    async fn apply(
+    /// Wait for the batch being applied, if any, and count it.
+    async fn finish_apply(
+        &mut self,
+        in_flight: &mut InFlight,
+        report: &mut PullReport,
+    ) -> Result<(), PullError> {
+        if let Some(task) = in_flight.take() {
+            let count = task
+                .await
+                .map_err(|error| PullError::Apply(error.to_string()))??;
+            report.events_applied += count;
+            self.node.metrics.events_replicated.inc_by(count);
+        }
+        Ok(())
+    }
+
+    /// Fetch the chunks `events` need that we lack; then wait for the previous batch's
+    /// apply and start this one's. So the network and the disk overlap: batch N+1 is
+    /// fetched while batch N is applied.
+    async fn fetch_and_start_apply(
         &mut self,
         events: Vec<Event>,
         report: &mut PullReport,
+        in_flight: &mut InFlight,
     ) -> Result<(), PullError> {
         // Garbage collection waits while chunks are fetched but not yet named by the log.
-        let holder = self.node.clone();
-        let _applying = holder.apply_lock.lock().await;
+        let applying = self.node.apply_lock.clone().read_owned().await;
         let wanted: Vec<(Hash, u32)> = events
             .iter()
             .filter_map(|event| match &event.body.change {
@@ -445,16 +474,15 @@ impl Puller {
         for group in fetch_groups(&missing) {
             self.fetch(&group, report).await?;
         }
+        self.finish_apply(in_flight, report).await?;
         let node = self.node.clone();
         let count = events.len() as u64;
-        tokio::task::spawn_blocking(move || {
+        *in_flight = Some(tokio::task::spawn_blocking(move || {
+            let _applying = applying;
             standin_engine::replay::apply_batch(&node.config.folder, &node.repository, &events)
-        })
-        .await
-        .map_err(|error| PullError::Apply(error.to_string()))?
-        .map_err(|error| PullError::Apply(error.to_string()))?;
-        report.events_applied += count;
-        self.node.metrics.events_replicated.inc_by(count);
+                .map(|_| count)
+                .map_err(|error| PullError::Apply(error.to_string()))
+        }));
         Ok(())
     }
 

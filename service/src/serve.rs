@@ -144,7 +144,7 @@ pub async fn run(
                 _ = tokio::time::sleep(interval) => {}
                 _ = compaction_stop.wait_for(|stopped| *stopped) => return Ok(()),
             }
-            let _applying = compacting.apply_lock.lock().await;
+            let _applying = compacting.apply_lock.write().await;
             let repository = compacting.repository.clone();
             let keep = compacting.config.log_retention_events;
             let result = tokio::task::spawn_blocking(
