@@ -118,8 +118,24 @@ impl Config {
         Config::parse(&text, path)
     }
 
-    /// Check `text` (relative paths are taken relative to the config file's directory).
+    /// Read the file for a client command (`status`, `verify`, ...): the same checks,
+    /// but nothing is created or written (no data_dir, no write probe), so an operator
+    /// or a monitoring user without write access can run them.
+    pub fn load_for_client(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_path_buf(),
+            reason: error.to_string(),
+        })?;
+        Config::check(&text, path, false)
+    }
+
+    /// Check `text` for `serve` (relative paths are taken relative to the config
+    /// file's directory); creates `data_dir` and checks it can be written.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Config::check(text, path, true)
+    }
+
+    fn check(text: &str, path: &Path, for_server: bool) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError::Syntax {
             path: path.to_path_buf(),
             reason: error.to_string().trim().to_string(),
@@ -155,24 +171,29 @@ impl Config {
             Err(error) => return Err(key("folder", format!("{}: {error}", folder.display()))),
         };
         let data_dir = resolve(&raw.data_dir);
-        std::fs::create_dir_all(&data_dir).map_err(|error| {
-            key(
-                "data_dir",
-                format!("cannot create {}: {error}", data_dir.display()),
-            )
-        })?;
-        let data_dir = data_dir
-            .canonicalize()
-            .map_err(|error| key("data_dir", format!("{}: {error}", data_dir.display())))?;
-        let probe = data_dir.join(format!(".standin-write-probe-{}", std::process::id()));
-        std::fs::write(&probe, b"probe")
-            .and_then(|()| std::fs::remove_file(&probe))
-            .map_err(|error| {
+        let data_dir = if for_server {
+            std::fs::create_dir_all(&data_dir).map_err(|error| {
                 key(
                     "data_dir",
-                    format!("{} cannot be written: {error}", data_dir.display()),
+                    format!("cannot create {}: {error}", data_dir.display()),
                 )
             })?;
+            let data_dir = data_dir
+                .canonicalize()
+                .map_err(|error| key("data_dir", format!("{}: {error}", data_dir.display())))?;
+            let probe = data_dir.join(format!(".standin-write-probe-{}", std::process::id()));
+            std::fs::write(&probe, b"probe")
+                .and_then(|()| std::fs::remove_file(&probe))
+                .map_err(|error| {
+                    key(
+                        "data_dir",
+                        format!("{} cannot be written: {error}", data_dir.display()),
+                    )
+                })?;
+            data_dir
+        } else {
+            data_dir.canonicalize().unwrap_or(data_dir)
+        };
         if folder.starts_with(&data_dir) {
             return Err(key(
                 "folder",

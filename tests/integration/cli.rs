@@ -29,6 +29,25 @@ fn status_verify_and_log_against_a_running_pair() {
     assert_eq!(json["role"], "passive");
     assert_eq!(json["head_seq"].as_u64(), Some(pair.alpha.head_seq()));
     assert_eq!(json["lag_events"].as_u64(), Some(0));
+    // A client command creates and writes nothing (a monitoring user may run it).
+    let never = pair.root.path().join("never-created");
+    let copy = pair.root.path().join("client.toml");
+    let text = std::fs::read_to_string(&pair.beta.config).unwrap().replace(
+        &pair.beta.data_dir.display().to_string(),
+        &never.display().to_string(),
+    );
+    std::fs::write(&copy, text).unwrap();
+    let output = Command::new(standin())
+        .args(["status", "--config"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!never.exists(), "status must not create data_dir");
 
     // verify: 0 when the folder matches; 1 naming the first differing path when not.
     assert!(pair.beta.cli(&["verify"]).status.success());

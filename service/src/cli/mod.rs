@@ -345,7 +345,7 @@ pub fn resolve(target: &Target) -> Result<Resolved, Failure> {
         }
         (Some(_), None) => Err(Failure::usage("--url needs --secret-file")),
         (None, _) => {
-            let config = Config::load(&target.config)?;
+            let config = Config::load_for_client(&target.config)?;
             let secret = crate::secret::read_secret(&config.secret_file).map_err(Failure::usage)?;
             Ok(Resolved {
                 url: config.local_url(),

@@ -46,7 +46,7 @@ pub enum QuarantineCommand {
 }
 
 fn quarantines(target: &Target) -> Result<(Config, Vec<(PathBuf, Manifest)>), Failure> {
-    let config = Config::load(&target.config)?;
+    let config = Config::load_for_client(&target.config)?;
     let list =
         list_quarantines(&config.data_dir).map_err(|error| Failure::failed(error.to_string()))?;
     Ok((config, list))
