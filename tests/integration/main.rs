@@ -11,12 +11,14 @@
 //! - `config`: bad configs refused with the key and exit status 2.
 //! - `cli`: status, verify, log, init-secret, demo.
 //! - `failover`: takeover, rejoin with quarantine, switchover, promote.
+//! - `faults`: a cut link through a proxy of the test's own; repeated SIGKILLs.
 //! - `hostile_peer`: a fake active that lies, against the passive's pull.
 
 mod cli;
 mod config;
 mod corruption;
 mod failover;
+mod faults;
 mod hostile_peer;
 mod replication;
 mod restart;
