@@ -377,6 +377,36 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2048, ..Default::default() })]
+
+        /// Arbitrary bytes never panic the decoder, and whatever decodes re-encodes to
+        /// the same bytes (the encoding is canonical).
+        #[test]
+        fn arbitrary_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            if let Ok(body) = EventBody::from_canonical_bytes(&bytes) {
+                proptest::prop_assert_eq!(body.canonical_bytes(), bytes);
+            }
+        }
+
+        /// Mutating one byte of a valid body either fails to decode or changes the hash.
+        #[test]
+        fn one_flipped_byte_is_never_silent(at in 0usize..200, flip in 1u8..=255) {
+            let event = Event::seal(Hash::ZERO, body(Change::Put {
+                path: path("dir/file"),
+                mode: 0o644,
+                mtime_ns: 1,
+                size: 3,
+                content: Hash([1; 32]),
+                chunks: vec![ChunkRef { hash: Hash([2; 32]), len: 3 }],
+            }));
+            let mut bytes = event.body.canonical_bytes();
+            let at = at % bytes.len();
+            bytes[at] ^= flip;
+            proptest::prop_assert!(Event::from_parts(Hash::ZERO, &bytes, event.hash).is_err());
+        }
+    }
+
     #[test]
     fn decoding_refuses_bad_bytes() {
         let good = body(Change::Remove { path: path("x") }).canonical_bytes();

@@ -61,6 +61,7 @@ pub struct EventLog {
     base: RwLock<Head>,
     head: RwLock<Head>,
     listener: RwLock<Option<HeadListener>>,
+    head_mark: RwLock<Option<std::path::PathBuf>>,
 }
 
 const BASE_KEY: &[u8] = b"base";
@@ -161,6 +162,7 @@ impl EventLog {
             base: RwLock::new(base),
             head: RwLock::new(head),
             listener: RwLock::new(None),
+            head_mark: RwLock::new(None),
         })
     }
 
@@ -173,7 +175,26 @@ impl EventLog {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(listener);
     }
 
+    /// Remember where the log is in a small file beside the store (written after the
+    /// store is durable, never fsync'd: after a crash it may lag, never lead). At open,
+    /// a log that ends before the remembered seq was damaged: sled can come back empty
+    /// or short from a damaged file without an error.
+    pub fn set_head_mark(&self, path: std::path::PathBuf) {
+        *self
+            .head_mark
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(path);
+    }
+
     fn notify(&self, head: Head) {
+        if let Some(path) = self
+            .head_mark
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+        {
+            let _ = std::fs::write(path, format!("{} {}\n", head.seq, head.hash));
+        }
         if let Some(listener) = self
             .listener
             .read()

@@ -128,6 +128,32 @@ impl Repository {
         })?;
         let db = open_sled(&data_dir.join("db"))?;
         let log = EventLog::open(&db)?;
+        let mark = data_dir.join("log-head");
+        if let Ok(text) = std::fs::read_to_string(&mark) {
+            let mut words = text.split_whitespace();
+            let seq = words.next().and_then(|word| word.parse::<u64>().ok());
+            let hash = words.next().and_then(Hash::from_hex);
+            if let (Some(seq), Some(hash)) = (seq, hash) {
+                let head = log.head();
+                let matches = match log.hash_at(seq) {
+                    Ok(Some(found)) => found == hash,
+                    Err(Error::Compacted { .. }) => true,
+                    _ => false,
+                };
+                if seq > head.seq || !matches {
+                    return Err(Error::Corrupt {
+                        path: data_dir.join("db"),
+                        reason: format!(
+                            "this node's log had reached seq {seq} ({}) but now ends at seq {}: the log is damaged. \
+                             Restore data_dir from a backup, or move it away and start with an empty one to copy the peer",
+                            mark.display(),
+                            head.seq
+                        ),
+                    });
+                }
+            }
+        }
+        log.set_head_mark(mark);
         let chunks = ChunkStore::open(&data_dir.join("chunks"), db.open_tree("chunk_locations")?)?;
         let index_tree = db.open_tree("index")?;
         let base_index_tree = db.open_tree("base_index")?;

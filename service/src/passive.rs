@@ -25,6 +25,9 @@ use crate::client::Authed;
 use crate::convert::{event_from_wire, hash_from_wire, head_from_wire};
 use crate::node::Node;
 
+/// A pull that is not following may see this many empty batches at most.
+const MAX_EMPTY_BATCHES: u32 = 16;
+
 /// The apply of the previous batch, while the next one is fetched.
 type InFlight = Option<tokio::task::JoinHandle<Result<u64, PullError>>>;
 
@@ -246,6 +249,7 @@ impl Puller {
         let mut report = PullReport::default();
         let mut progress: Option<Progress> = None;
         let mut in_flight: InFlight = None;
+        let mut empty_batches = 0u32;
         // A following stream carries a keep-alive at least every 2 s; a silent peer is
         // treated as unreachable rather than waited for forever.
         let silence = if follow {
@@ -290,6 +294,14 @@ impl Puller {
                         .collect::<Result<_, _>>()
                         .map_err(|error| PullError::BadData(error.to_string()))?;
                     if events.is_empty() {
+                        empty_batches += 1;
+                        // A non-following stream ends after one empty batch; a peer that
+                        // keeps sending them is stuck or hostile.
+                        if !follow && empty_batches > MAX_EMPTY_BATCHES {
+                            return Err(PullError::BadData(format!(
+                                "more than {MAX_EMPTY_BATCHES} empty batches in one pull"
+                            )));
+                        }
                         self.finish_apply(&mut in_flight, &mut report).await?;
                         self.report_position(&active_head);
                         continue;

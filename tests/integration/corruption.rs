@@ -56,3 +56,41 @@ fn a_corrupted_chunk_is_refused_and_reported_with_the_folder_unchanged() {
         "beta's folder still matches its own log"
     );
 }
+
+/// A damaged log file (sled can come back short or empty from one without an error)
+/// is found at start: the node refuses to start, naming the data directory, instead of
+/// silently recording the folder again as a new history.
+#[test]
+fn a_truncated_log_is_found_at_start() {
+    let mut pair = Pair::new("replication_period = 1", false);
+    for index in 0..30 {
+        std::fs::write(
+            pair.alpha.folder.join(format!("r{index}")),
+            format!("record {index}"),
+        )
+        .unwrap();
+    }
+    pair.alpha.start();
+    wait_until("alpha to record", || pair.alpha.head_seq() >= 30);
+    pair.alpha.stop();
+    let db = pair.alpha.data_dir.join("db").join("db");
+    let size = std::fs::metadata(&db).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&db)
+        .unwrap()
+        .set_len(size / 2)
+        .unwrap();
+    let output = std::process::Command::new(crate::support::standin())
+        .args(["serve", "--config"])
+        .arg(&pair.alpha.config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the log is damaged")
+            && stderr.contains(&pair.alpha.data_dir.display().to_string()),
+        "{stderr}"
+    );
+}
