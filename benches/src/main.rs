@@ -89,20 +89,17 @@ fn main() {
 
 type Outcome<T> = Result<T, Box<dyn std::error::Error>>;
 
-struct Corpus {
-    name: &'static str,
-    root: PathBuf,
-    files: usize,
-    bytes: u64,
-}
-
-fn engine(options: &Options) -> Outcome<()> {
-    let base = match &options.dir {
+/// A temp dir for a run (under `--dir` when given), removed at the end.
+fn work_dir(options: &Options) -> Outcome<tempfile::TempDir> {
+    Ok(match &options.dir {
         Some(dir) => tempfile::tempdir_in(dir)?,
         None => tempfile::tempdir()?,
-    };
-    let work = base.path();
-    let (small_count, large_count, large_size) = if options.quick {
+    })
+}
+
+/// The small-file and large-file corpora (smaller with `--quick`), written and synced.
+fn make_corpora(work: &Path, quick: bool) -> Outcome<(Corpus, Corpus)> {
+    let (small_count, large_count, large_size) = if quick {
         (2_000, 2, 64 << 20)
     } else {
         (20_000, 8, 128 << 20)
@@ -123,6 +120,20 @@ fn engine(options: &Options) -> Outcome<()> {
     };
     corpus::large_files(&large.root, large_count, large_size)?;
     sync_all();
+    Ok((small, large))
+}
+
+struct Corpus {
+    name: &'static str,
+    root: PathBuf,
+    files: usize,
+    bytes: u64,
+}
+
+fn engine(options: &Options) -> Outcome<()> {
+    let base = work_dir(options)?;
+    let work = base.path();
+    let (small, large) = make_corpora(work, options.quick)?;
 
     let mut report = Report::new(
         if options.quick {
@@ -273,32 +284,10 @@ fn ship(from: &Repository, to: &Repository, events: &[Event]) -> Outcome<()> {
 fn pair_benchmark(options: &Options) -> Outcome<()> {
     let standin = pair::standin_binary()?;
     let rsync = pair::rsync_binary()?;
-    let base = match &options.dir {
-        Some(dir) => tempfile::tempdir_in(dir)?,
-        None => tempfile::tempdir()?,
-    };
+    let base = work_dir(options)?;
     let work = base.path();
-    let (small_count, large_count, large_size) = if options.quick {
-        (2_000, 2, 64 << 20)
-    } else {
-        (20_000, 8, 128 << 20)
-    };
-    eprintln!("generating corpora under {} ...", work.display());
-    let small = Corpus {
-        name: "small",
-        root: work.join("corpus-small"),
-        files: small_count,
-        bytes: small_count as u64 * 4096,
-    };
-    corpus::small_files(&small.root, small_count, 100, 4096)?;
-    let large = Corpus {
-        name: "large",
-        root: work.join("corpus-large"),
-        files: large_count,
-        bytes: (large_count * large_size) as u64,
-    };
-    corpus::large_files(&large.root, large_count, large_size)?;
-    sync_all();
+    let (small, large) = make_corpora(work, options.quick)?;
+    let (small_count, large_count) = (small.files, large.files);
     // Events the active records for each corpus: a directory or file each.
     let entries = |corpus: &Corpus| {
         if corpus.name == "small" {

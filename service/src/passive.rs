@@ -423,13 +423,7 @@ impl Puller {
             })
             .flatten()
             .collect();
-        let node = self.node.clone();
-        let missing = tokio::task::spawn_blocking(move || missing_with_lengths(&node, wanted))
-            .await
-            .map_err(|error| PullError::Apply(error.to_string()))??;
-        for group in fetch_groups(&missing) {
-            self.fetch(&group, report).await?;
-        }
+        self.fetch_missing(wanted, report).await?;
         let node = self.node.clone();
         tokio::task::spawn_blocking(move || {
             node.repository
@@ -439,6 +433,22 @@ impl Puller {
         .map_err(|error| PullError::Apply(error.to_string()))?
         .map_err(|error| PullError::Apply(error.to_string()))?;
         tracing::info!(seq = head.seq, "started again from the active's snapshot");
+        Ok(())
+    }
+
+    /// Fetch (verified, in bounded calls) the chunks of `wanted` the store lacks.
+    async fn fetch_missing(
+        &mut self,
+        wanted: Vec<(Hash, u32)>,
+        report: &mut PullReport,
+    ) -> Result<(), PullError> {
+        let node = self.node.clone();
+        let missing = tokio::task::spawn_blocking(move || missing_with_lengths(&node, wanted))
+            .await
+            .map_err(|error| PullError::Apply(error.to_string()))??;
+        for group in fetch_groups(&missing) {
+            self.fetch(&group, report).await?;
+        }
         Ok(())
     }
 
@@ -479,13 +489,7 @@ impl Puller {
             })
             .flatten()
             .collect();
-        let node = self.node.clone();
-        let missing = tokio::task::spawn_blocking(move || missing_with_lengths(&node, wanted))
-            .await
-            .map_err(|error| PullError::Apply(error.to_string()))??;
-        for group in fetch_groups(&missing) {
-            self.fetch(&group, report).await?;
-        }
+        self.fetch_missing(wanted, report).await?;
         self.finish_apply(in_flight, report).await?;
         let node = self.node.clone();
         let count = events.len() as u64;
