@@ -87,7 +87,7 @@ impl Metrics {
         );
         registry.register(
             "lag_seconds",
-            "Age of the oldest event the peer has and this node has not applied (upper bound)",
+            "Seconds since this node learned it was behind the peer (0 when caught up)",
             metrics.lag_seconds.clone(),
         );
         registry.register(

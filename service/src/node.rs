@@ -63,6 +63,8 @@ pub struct Node {
     /// The log head, for `Pull` streams that wait for new events.
     pub head_watch: watch::Sender<Head>,
     peer_head: Mutex<Option<Head>>,
+    /// When this node first saw the peer ahead of it (cleared once caught up).
+    behind_since_ms: Mutex<Option<u64>>,
     last_error: Mutex<Option<String>>,
     capture: Mutex<Option<Capture>>,
     /// Held shared while the passive fetches chunks and applies them (batches overlap:
@@ -110,6 +112,7 @@ impl Node {
             inputs_receiver: Mutex::new(Some(inputs_receiver)),
             head_watch,
             peer_head: Mutex::new(None),
+            behind_since_ms: Mutex::new(None),
             last_error: Mutex::new(None),
             capture: Mutex::new(None),
             apply_lock: Arc::new(tokio::sync::RwLock::new(())),
@@ -192,6 +195,14 @@ impl Node {
 
     pub fn set_peer_head(&self, head: Head) {
         *lock(&self.peer_head) = Some(head);
+        // Lag is measured on this node's clock from the moment it learned it was
+        // behind (no clock skew between nodes, no false alarm after an idle hour).
+        let mut behind_since = lock(&self.behind_since_ms);
+        if head.seq > self.repository.head().seq {
+            behind_since.get_or_insert_with(standin_engine::fsutil::now_ms);
+        } else {
+            *behind_since = None;
+        }
     }
 
     pub fn peer_head(&self) -> Option<Head> {
@@ -206,19 +217,14 @@ impl Node {
         lock(&self.last_error).clone()
     }
 
-    /// Lag behind the peer: events, and seconds since the oldest unapplied event was
-    /// recorded (an upper bound; 0 when caught up).
+    /// Lag behind the peer: events, and seconds since this node learned it was behind
+    /// (0 when caught up).
     pub fn lag(&self) -> (u64, f64) {
         let own = self.repository.head();
         match self.peer_head() {
             Some(peer) if self.role() == Role::Passive && peer.seq > own.seq => {
-                // The oldest event we lack was recorded after our head (or, with an empty
-                // log, no later than the peer's head): an upper bound of its age.
-                let since_ms = if own.seq == 0 {
-                    peer.recorded_at_ms
-                } else {
-                    own.recorded_at_ms
-                };
+                let since_ms =
+                    lock(&self.behind_since_ms).unwrap_or_else(standin_engine::fsutil::now_ms);
                 let seconds =
                     standin_engine::fsutil::now_ms().saturating_sub(since_ms) as f64 / 1000.0;
                 (peer.seq - own.seq, seconds)

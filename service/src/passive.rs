@@ -349,6 +349,7 @@ impl Puller {
 
     /// Tell the role state machine where our log is, and whether we caught up.
     fn report_position(&self, active_head: &standin_engine::Head) {
+        self.node.set_peer_head(*active_head);
         let own = self.node.repository.head();
         self.node.feed(standin_engine::role::Input::Applied {
             epoch: own.epoch,
