@@ -353,6 +353,45 @@ fn pair_benchmark(options: &Options) -> Outcome<()> {
             Some(("rsync", peer)),
         );
     }
+    eprintln!("measuring the incremental case and the takeover ...");
+    let incremental = pair::incremental(&standin, &rsync, work, &small.root, &large.root)?;
+    report.rows.push(Row {
+        case: "incremental (1% of small rewritten, 1 MiB appended, 4 KiB changed)".to_string(),
+        tool: "rsync -a (daemon) --stats + sync".to_string(),
+        seconds: incremental.rsync.as_secs_f64(),
+        files_per_second: 0.0,
+        megabytes_per_second: incremental.rsync_wire_bytes as f64
+            / 1e6
+            / incremental.rsync.as_secs_f64(),
+        ratio: None,
+    });
+    report.rows.push(Row {
+        case: "incremental (1% of small rewritten, 1 MiB appended, 4 KiB changed)".to_string(),
+        tool: "standin (change to applied)".to_string(),
+        seconds: incremental.standin.as_secs_f64(),
+        files_per_second: 0.0,
+        megabytes_per_second: incremental.standin_wire_bytes as f64
+            / 1e6
+            / incremental.standin.as_secs_f64(),
+        ratio: Some((
+            "rsync".to_string(),
+            incremental.rsync.as_secs_f64() / incremental.standin.as_secs_f64(),
+        )),
+    });
+    report.notes.push(format!(
+        "incremental bytes over the wire: standin {} (chunk bytes fetched), rsync {} (total bytes received)",
+        incremental.standin_wire_bytes, incremental.rsync_wire_bytes
+    ));
+    report.notes.push(format!(
+        "takeover: {:.2} s from SIGKILL of the active to /active 200 on the passive (failover_after_ms = {})",
+        incremental.takeover.as_secs_f64(),
+        incremental.failover_after_ms
+    ));
+    for (who, rss_mb, cpu_s) in &incremental.resources {
+        report.notes.push(format!(
+            "{who}: peak RSS {rss_mb:.0} MB, {cpu_s:.1} CPU s (from its start, through the initial sync and the incremental case)"
+        ));
+    }
     let changes = if options.quick { 40 } else { 200 };
     eprintln!("measuring lag over {changes} changes ...");
     let latencies = pair::lag(&standin, work, changes)?;

@@ -109,6 +109,7 @@ impl Node {
         role: &str,
         peer: Option<u16>,
         period: f64,
+        extra: &str,
     ) -> Outcome<(Node, u16)> {
         let (grpc, http) = (free_port()?, free_port()?);
         let secret = root.join("pair.secret");
@@ -126,7 +127,7 @@ impl Node {
         std::fs::write(
             &config,
             format!(
-                "node_name = \"{name}\"\nfolder = \"{}\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\nrole = \"{role}\"\n{peer}replication_period = {period}\nsecret_file = \"{}\"\n",
+                "node_name = \"{name}\"\nfolder = \"{}\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\nrole = \"{role}\"\n{peer}replication_period = {period}\nsecret_file = \"{}\"\n{extra}\n",
                 folder.display(),
                 root.join(format!("{name}-data")).display(),
                 secret.display()
@@ -153,6 +154,59 @@ impl Node {
             std::thread::sleep(Duration::from_millis(10));
         }
         Ok((node, grpc))
+    }
+
+    /// A counter or gauge from `/metrics`.
+    pub fn metric(&self, name: &str) -> u64 {
+        metric(self.http, name).unwrap_or(0)
+    }
+
+    /// Peak resident memory (MB) and CPU seconds so far, from /proc.
+    pub fn resources(&self) -> (f64, f64) {
+        let pid = self.child.id();
+        let rss_kb = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find(|line| line.starts_with("VmHWM:"))
+                    .and_then(|line| line.split_whitespace().nth(1))
+                    .and_then(|value| value.parse::<f64>().ok())
+            })
+            .unwrap_or(0.0);
+        // utime and stime are fields 14 and 15 of /proc/PID/stat, in clock ticks (100/s).
+        let cpu_ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|text| {
+                // After the ")" that ends the name, field 3 (the state) comes first.
+                let after_name = text.rsplit_once(')')?.1.to_string();
+                let fields: Vec<&str> = after_name.split_whitespace().collect();
+                Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+            })
+            .unwrap_or(0);
+        (rss_kb / 1024.0, cpu_ticks as f64 / 100.0)
+    }
+
+    pub fn is_active(&self) -> bool {
+        let Some(stream) = std::net::TcpStream::connect(("127.0.0.1", self.http)).ok() else {
+            return false;
+        };
+        let mut stream = stream;
+        if write!(
+            stream,
+            "GET /active HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .is_err()
+        {
+            return false;
+        }
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response.starts_with("HTTP/1.1 200")
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn head(&self) -> u64 {
@@ -216,7 +270,7 @@ pub fn standin_initial_sync(
             .unwrap_or("corpus")
     ));
     std::fs::create_dir_all(&root)?;
-    let (alpha, alpha_grpc) = Node::start(binary, &root, "alpha", corpus, "active", None, 1.0)?;
+    let (alpha, alpha_grpc) = Node::start(binary, &root, "alpha", corpus, "active", None, 1.0, "")?;
     alpha.wait_head("the active to record the corpus", |head| head >= entries)?;
     let replica = root.join("replica");
     std::fs::create_dir(&replica)?;
@@ -232,6 +286,7 @@ pub fn standin_initial_sync(
         "passive",
         Some(alpha_grpc),
         0.0,
+        "",
     )?;
     beta.wait_head("the passive to catch up", |head| head >= target)?;
     let caught_up = started.elapsed();
@@ -308,8 +363,16 @@ pub fn lag(binary: &Path, work: &Path, changes: usize) -> Outcome<Vec<Duration>>
     let (active_folder, passive_folder) = (root.join("active"), root.join("passive"));
     std::fs::create_dir_all(&active_folder)?;
     std::fs::create_dir_all(&passive_folder)?;
-    let (alpha, alpha_grpc) =
-        Node::start(binary, &root, "alpha", &active_folder, "active", None, 1.0)?;
+    let (alpha, alpha_grpc) = Node::start(
+        binary,
+        &root,
+        "alpha",
+        &active_folder,
+        "active",
+        None,
+        1.0,
+        "",
+    )?;
     let (_beta, _) = Node::start(
         binary,
         &root,
@@ -318,6 +381,7 @@ pub fn lag(binary: &Path, work: &Path, changes: usize) -> Outcome<Vec<Duration>>
         "passive",
         Some(alpha_grpc),
         0.0,
+        "",
     )?;
     let mut bytes = crate::corpus::Bytes::new(9);
     let mut content = vec![0u8; 4096];
@@ -344,4 +408,164 @@ pub fn lag(binary: &Path, work: &Path, changes: usize) -> Outcome<Vec<Duration>>
     drop(alpha);
     latencies.sort();
     Ok(latencies)
+}
+
+/// What the incremental, takeover and resources phase measured.
+pub struct Incremental {
+    pub standin: Duration,
+    pub standin_wire_bytes: u64,
+    pub rsync: Duration,
+    pub rsync_wire_bytes: u64,
+    pub takeover: Duration,
+    pub failover_after_ms: u64,
+    pub resources: Vec<(String, f64, f64)>,
+}
+
+/// Copy `small` and the first two files of `large` into a fresh folder, sync it to a
+/// passive and to an rsync target, then change it — 1% of the small files rewritten,
+/// 1 MiB appended to one large file, 4 KiB changed in the middle of the other — and
+/// time how long each takes to have it all, with the bytes each sent. Then SIGKILL the
+/// active and time the passive's takeover.
+pub fn incremental(
+    binary: &Path,
+    rsync: &Path,
+    work: &Path,
+    small: &Path,
+    large: &Path,
+) -> Outcome<Incremental> {
+    let root = work.join("incremental");
+    let folder = root.join("folder");
+    std::fs::create_dir_all(&folder)?;
+    crate::measure::time_command(
+        "cp",
+        &[
+            "-a",
+            &small.to_string_lossy(),
+            &folder.join("small").to_string_lossy(),
+        ],
+    )?;
+    std::fs::create_dir(folder.join("large"))?;
+    for name in ["large0.bin", "large1.bin"] {
+        std::fs::copy(large.join(name), folder.join("large").join(name))?;
+    }
+    let failover_after_ms = 2_000;
+    let timing = format!("heartbeat_interval_ms = 200\nfailover_after_ms = {failover_after_ms}\n");
+    let (mut alpha, alpha_grpc) = Node::start(
+        binary, &root, "alpha", &folder, "active", None, 1.0, &timing,
+    )?;
+    let replica = root.join("replica");
+    std::fs::create_dir(&replica)?;
+    let (beta, _) = Node::start(
+        binary,
+        &root,
+        "beta",
+        &replica,
+        "passive",
+        Some(alpha_grpc),
+        0.0,
+        &timing,
+    )?;
+    let small_files = std::fs::read_dir(folder.join("small"))?.count();
+    alpha.wait_head("the active to record the folder", |head| {
+        head > small_files as u64
+    })?;
+    let target = alpha.head();
+    beta.wait_head("the passive to catch up", |head| head >= target)?;
+    let daemon = RsyncDaemon::start(rsync, &root, &folder)?;
+    let rsync_target = root.join("rsync-target");
+    daemon.copy(rsync, &rsync_target)?;
+    std::thread::sleep(Duration::from_secs(2));
+
+    // The changes.
+    let bytes_before = beta.metric("standin_bytes_replicated_total");
+    let head_before = alpha.head();
+    let started = Instant::now();
+    let mut generator = crate::corpus::Bytes::new(77);
+    let mut content = vec![0u8; 4096];
+    let mut rewritten = 0u64;
+    let mut small_paths: Vec<PathBuf> = Vec::new();
+    for dir in std::fs::read_dir(folder.join("small"))? {
+        for file in std::fs::read_dir(dir?.path())? {
+            small_paths.push(file?.path());
+        }
+    }
+    small_paths.sort();
+    for path in small_paths.iter().step_by(100) {
+        generator.fill(&mut content);
+        std::fs::write(path, &content)?;
+        rewritten += 1;
+    }
+    let mut appended = std::fs::OpenOptions::new()
+        .append(true)
+        .open(folder.join("large/large0.bin"))?;
+    let mut mebibyte = vec![0u8; 1 << 20];
+    generator.fill(&mut mebibyte);
+    appended.write_all(&mebibyte)?;
+    drop(appended);
+    {
+        use std::io::{Seek, SeekFrom};
+        let mut middle = std::fs::OpenOptions::new()
+            .write(true)
+            .open(folder.join("large/large1.bin"))?;
+        let length = middle.metadata()?.len();
+        middle.seek(SeekFrom::Start(length / 2))?;
+        generator.fill(&mut content);
+        middle.write_all(&content)?;
+    }
+    let expected = head_before + rewritten + 2;
+    alpha.wait_head("the active to record the changes", |head| head >= expected)?;
+    let final_head = alpha.head();
+    beta.wait_head("the passive to apply them", |head| head >= final_head)?;
+    let standin = started.elapsed();
+    let standin_wire_bytes = beta
+        .metric("standin_bytes_replicated_total")
+        .saturating_sub(bytes_before);
+
+    let rsync_started = Instant::now();
+    let output = Command::new(rsync)
+        .args(["-a", "--stats"])
+        .arg(format!("rsync://127.0.0.1:{}/corpus/", daemon.port))
+        .arg(&rsync_target)
+        .output()?;
+    crate::measure::sync_all();
+    let rsync_time = rsync_started.elapsed();
+    let stats = String::from_utf8_lossy(&output.stdout);
+    let rsync_wire_bytes = stats
+        .lines()
+        .find(|line| line.starts_with("Total bytes received:"))
+        .and_then(|line| line.split(':').nth(1))
+        .map(|value| value.trim().replace(',', ""))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0);
+
+    let resources = vec![
+        (
+            "standin active".to_string(),
+            alpha.resources().0,
+            alpha.resources().1,
+        ),
+        (
+            "standin passive".to_string(),
+            beta.resources().0,
+            beta.resources().1,
+        ),
+    ];
+    alpha.kill();
+    let killed = Instant::now();
+    while !beta.is_active() {
+        if killed.elapsed() > LIMIT {
+            return Err("the passive did not take over".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let takeover = killed.elapsed();
+    Ok(Incremental {
+        standin,
+        standin_wire_bytes,
+        rsync: rsync_time,
+        rsync_wire_bytes,
+        takeover,
+        failover_after_ms,
+        resources,
+    })
 }

@@ -23,6 +23,8 @@ pub struct Report {
     pub file_system: String,
     pub runs_per_case: usize,
     pub rows: Vec<Row>,
+    /// Figures that are not a throughput (bytes over the wire, takeover, resources).
+    pub notes: Vec<String>,
 }
 
 fn cpu_model() -> String {
@@ -67,6 +69,7 @@ impl Report {
             file_system: file_system(work_dir),
             runs_per_case,
             rows: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -90,6 +93,12 @@ impl Report {
                 row.megabytes_per_second,
                 ratio
             ));
+        }
+        if !self.notes.is_empty() {
+            out.push('\n');
+            for note in &self.notes {
+                out.push_str(&format!("- {note}\n"));
+            }
         }
         out
     }
