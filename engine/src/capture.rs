@@ -32,6 +32,9 @@ use crate::path::RelPath;
 use crate::repository::Repository;
 use crate::scan::{cover, diff_scope, reconcile, stat_disk, DiskEntry};
 
+/// See `Loop::batch_time`.
+const COALESCE_SETTLES: u32 = 10;
+
 /// Timings of capture. The defaults suit a server folder of records and documents.
 #[derive(Clone, Debug)]
 pub struct CaptureOptions {
@@ -89,6 +92,8 @@ struct Loop {
     renames: Vec<(RelPath, RelPath)>,
     rescan_due: Option<Instant>,
     next_safety_rescan: Instant,
+    /// When the last watch event arrived (a burst of changes is recorded together).
+    last_event_at: Instant,
 }
 
 impl Capture {
@@ -141,6 +146,7 @@ impl Capture {
             pending: HashMap::new(),
             renames: Vec::new(),
             rescan_due: None,
+            last_event_at: Instant::now(),
         };
         let thread = std::thread::Builder::new()
             .name("standin-capture".to_string())
@@ -190,7 +196,7 @@ impl Loop {
                 wake = wake.min(due);
             }
             if let Some(due) = self.pending.values().map(|pending| pending.due).min() {
-                wake = wake.min(due);
+                wake = wake.min(self.batch_time(due));
             }
             match receiver.recv_timeout(wake.saturating_duration_since(now)) {
                 Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => {
@@ -208,8 +214,19 @@ impl Loop {
         }
     }
 
+    /// When paths due at `due` are recorded: once the folder has been still for
+    /// `settle_ms` (so a burst of changes becomes one batch, one durability point),
+    /// but never more than `COALESCE_SETTLES` settle periods after `due` (so a file
+    /// written without pause elsewhere cannot hold every other change back).
+    fn batch_time(&self, due: Instant) -> Instant {
+        let settle = Duration::from_millis(self.options.settle_ms);
+        let burst_over = self.last_event_at + settle;
+        due.max(burst_over).min(due + settle * COALESCE_SETTLES)
+    }
+
     fn note(&mut self, event: notify::Result<notify::Event>) {
         let now = Instant::now();
+        self.last_event_at = now;
         let settle = now + Duration::from_millis(self.options.settle_ms);
         let event = match event {
             Ok(event) => event,
@@ -284,6 +301,10 @@ impl Loop {
             self.stats.rescans.fetch_add(1, Ordering::Relaxed);
             reconcile(&self.root, &self.repository, self.epoch).map(|events| events.len())
         } else {
+            let earliest = self.pending.values().map(|pending| pending.due).min();
+            if !everything && earliest.is_none_or(|due| self.batch_time(due) > now) {
+                return;
+            }
             let ready: Vec<RelPath> = self
                 .pending
                 .iter()

@@ -25,6 +25,9 @@ use crate::client::Authed;
 use crate::convert::{event_from_wire, hash_from_wire, head_from_wire};
 use crate::node::Node;
 
+/// Batches already received are merged into one apply of at most this many events.
+const COALESCE_EVENTS: usize = 1024;
+
 /// A pull that is not following may see this many empty batches at most.
 const MAX_EMPTY_BATCHES: u32 = 16;
 
@@ -257,8 +260,18 @@ impl Puller {
         } else {
             Duration::from_secs(60)
         };
-        while let Some(message) = next_within(&mut stream, silence).await? {
-            let message = message.map_err(status_error)?;
+        // A message read ahead while coalescing batches, handled next.
+        let mut lookahead: Option<wire::PullResponse> = None;
+        let mut ended = false;
+        loop {
+            let message = match lookahead.take() {
+                Some(message) => message,
+                None if ended => break,
+                None => match next_within(&mut stream, silence).await? {
+                    Some(message) => message.map_err(status_error)?,
+                    None => break,
+                },
+            };
             match message.kind {
                 Some(wire::pull_response::Kind::Divergence(divergence)) => {
                     self.finish_apply(&mut in_flight, &mut report).await?;
@@ -283,16 +296,45 @@ impl Puller {
                     });
                 }
                 Some(wire::pull_response::Kind::Batch(batch)) => {
-                    let active_head = head_from_wire(batch.head.as_ref())
+                    let mut active_head = head_from_wire(batch.head.as_ref())
                         .map_err(|error| PullError::BadData(error.to_string()))?;
-                    self.node.set_peer_head(active_head);
-                    report.active_head = active_head.seq;
-                    let events: Vec<Event> = batch
+                    let mut events: Vec<Event> = batch
                         .events
                         .iter()
                         .map(event_from_wire)
                         .collect::<Result<_, _>>()
                         .map_err(|error| PullError::BadData(error.to_string()))?;
+                    // Batches that have already arrived are applied together: one
+                    // durability point for many small batches.
+                    while !events.is_empty() && events.len() < COALESCE_EVENTS {
+                        match tokio::time::timeout(Duration::ZERO, stream.next()).await {
+                            Ok(Some(Ok(wire::PullResponse {
+                                kind: Some(wire::pull_response::Kind::Batch(more)),
+                            }))) if !more.events.is_empty() => {
+                                active_head = head_from_wire(more.head.as_ref())
+                                    .map_err(|error| PullError::BadData(error.to_string()))?;
+                                for event in &more.events {
+                                    events.push(
+                                        event_from_wire(event).map_err(|error| {
+                                            PullError::BadData(error.to_string())
+                                        })?,
+                                    );
+                                }
+                            }
+                            Ok(Some(Ok(other))) => {
+                                lookahead = Some(other);
+                                break;
+                            }
+                            Ok(Some(Err(status))) => return Err(status_error(status)),
+                            Ok(None) => {
+                                ended = true;
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.node.set_peer_head(active_head);
+                    report.active_head = active_head.seq;
                     if events.is_empty() {
                         empty_batches += 1;
                         // A non-following stream ends after one empty batch; a peer that
