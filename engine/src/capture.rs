@@ -226,7 +226,6 @@ impl Loop {
 
     fn note(&mut self, event: notify::Result<notify::Event>) {
         let now = Instant::now();
-        self.last_event_at = now;
         let settle = now + Duration::from_millis(self.options.settle_ms);
         let event = match event {
             Ok(event) => event,
@@ -249,6 +248,8 @@ impl Loop {
             | EventKind::Modify(ModifyKind::Any) => true,
             _ => false,
         };
+        // Reads (capture's own among them) are not changes: they do not extend a burst.
+        self.last_event_at = now;
         if let EventKind::Modify(ModifyKind::Name(RenameMode::Both)) = event.kind {
             if let [from, to] = event.paths.as_slice() {
                 if let (Some(from), Some(to)) = (
