@@ -120,6 +120,9 @@ pub enum Input {
     Diverged {
         authority: String,
     },
+    /// A switchover this node started did not complete in time (the peer never took
+    /// over): resume as the authority.
+    SwitchoverTimedOut,
     /// The chain broke or a digest did not match.
     IntegrityFailure {
         reason: String,
@@ -478,6 +481,22 @@ impl RoleMachine {
                 }
             }
             Input::IntegrityFailure { reason } => self.fence(reason),
+            Input::SwitchoverTimedOut => {
+                if self.role == Role::Active && self.handing_over {
+                    self.handing_over = false;
+                    vec![
+                        Action::StartCapture,
+                        Action::OpenLogins,
+                        Action::Alert {
+                            message:
+                                "the peer did not take over in time; this node stays the authority"
+                                    .to_string(),
+                        },
+                    ]
+                } else {
+                    Vec::new()
+                }
+            }
             Input::Operator(command) => self.command(command),
         }
     }
@@ -839,6 +858,19 @@ mod tests {
         assert!(actions.contains(&Action::StartRejoin {
             authority: "beta".to_string()
         }));
+    }
+
+    #[test]
+    fn a_switchover_the_peer_never_completes_is_undone() {
+        let mut active = RoleMachine::new(settings("alpha", true), 1, 0);
+        active.start();
+        active.step(Input::HeartbeatFailed { now_ms: 1 });
+        active.step(Input::Operator(Command::Switchover));
+        assert!(!active.accepts_logins());
+        let actions = active.step(Input::SwitchoverTimedOut);
+        assert_eq!(actions[..2], [Action::StartCapture, Action::OpenLogins]);
+        assert!(active.accepts_logins());
+        assert_eq!(active.step(Input::SwitchoverTimedOut), vec![], "only once");
     }
 
     #[test]

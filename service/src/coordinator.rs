@@ -207,6 +207,14 @@ impl Coordinator {
             Action::AskPeerToTakeOver { .. } => {
                 // The head after the final capture (capture has stopped by now).
                 let head_seq = node.repository.head().seq;
+                // If the peer never takes over, stay the authority.
+                let waiting = node.clone();
+                tokio::spawn(async move {
+                    let patience =
+                        Duration::from_millis((waiting.config.failover_after_ms * 3).max(10_000));
+                    tokio::time::sleep(patience).await;
+                    waiting.feed(Input::SwitchoverTimedOut);
+                });
                 tokio::spawn(async move {
                     let Some(mut client) = cluster_client(&node) else {
                         return;
