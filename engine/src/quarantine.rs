@@ -234,3 +234,93 @@ pub fn list_quarantines(data_dir: &Path) -> Result<Vec<(PathBuf, Manifest)>> {
 pub fn rewind_folder(root: &Path, repository: &Repository) -> Result<()> {
     crate::replay::recover(root, repository)
 }
+
+/// Keep aside whatever in the folder the log does not know — a change written to this
+/// node after its last capture (say, during a switchover), or anything else written
+/// into a passive's folder — and put the folder back to the index's state. Each such
+/// file is copied to `data_dir/quarantine/<epoch>-<ms>-unrecorded/files/<path>` and
+/// listed in the manifest with kind `unrecorded`; nothing is silently overwritten.
+/// Returns how many files were kept aside.
+pub fn quarantine_unrecorded(root: &Path, repository: &Repository) -> Result<usize> {
+    let report = crate::verify::verify_folder(root, repository)?;
+    if report.matches() {
+        return Ok(0);
+    }
+    let head = repository.head();
+    let quarantined_at_ms = now_ms();
+    let quarantine_root = repository.data_dir().join("quarantine");
+    let dir = quarantine_root.join(format!("{}-{quarantined_at_ms}-unrecorded", head.epoch));
+    std::fs::create_dir_all(dir.join("files")).at("create", &dir)?;
+    let disk = crate::scan::walk(root, None)?;
+    let mut manifest = Manifest {
+        common_seq: head.seq,
+        common_hash: head.hash,
+        quarantined_at_ms,
+        events: Vec::new(),
+    };
+    let mut touched = Vec::new();
+    {
+        let index = repository.lock_index();
+        for (path, on_disk) in &disk.entries {
+            let crate::scan::DiskEntry::File { size, mode, .. } = on_disk else {
+                continue;
+            };
+            let differs = match index.get(path) {
+                Some(crate::index::Entry::File { content, .. }) => {
+                    crate::replay::hash_file(&path.under(root))? != *content
+                }
+                _ => true,
+            };
+            if !differs {
+                continue;
+            }
+            let relative = format!("files/{path}");
+            let target = dir.join(&relative);
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).at("create", parent)?;
+            }
+            std::fs::copy(path.under(root), &target).at("copy", &target)?;
+            manifest.events.push(QuarantinedEvent {
+                // Not a log seq: the file's number in this quarantine (for `restore`).
+                seq: manifest.events.len() as u64 + 1,
+                epoch: head.epoch,
+                kind: "unrecorded".to_string(),
+                path: path.to_string(),
+                to: None,
+                size: Some(*size),
+                mode: Some(*mode),
+                content: None,
+                event_hash: Hash::ZERO,
+                recorded_at_ms: quarantined_at_ms,
+                file: Some(relative),
+            });
+            touched.push(path.clone());
+        }
+        // Paths the index does not have at all (directories, links) are put back too.
+        for path in disk.entries.keys() {
+            if index.get(path).is_none() {
+                touched.push(path.clone());
+            }
+        }
+        for (path, _) in index.iter() {
+            if !disk.entries.contains_key(path) {
+                touched.push(path.clone());
+            }
+        }
+    }
+    let text = serde_json::to_string_pretty(&manifest).map_err(|error| Error::Decode {
+        what: "quarantine manifest".to_string(),
+        reason: error.to_string(),
+    })?;
+    let manifest_path = dir.join("manifest.json");
+    std::fs::write(&manifest_path, text).at("write", &manifest_path)?;
+    fsync_dir(&dir)?;
+    crate::replay::journal_touched(repository, &touched)?;
+    crate::replay::recover(root, repository)?;
+    tracing::warn!(
+        dir = %dir.display(),
+        files = manifest.events.len(),
+        "kept aside changes in the folder that the log does not know"
+    );
+    Ok(manifest.events.len())
+}

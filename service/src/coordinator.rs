@@ -493,7 +493,14 @@ async fn rejoin(node: &Arc<Node>) -> Result<usize, String> {
             &quarantining.repository,
         )
         .map_err(|error| error.to_string())?;
-        Ok(count)
+        // Changes written here after the last capture (a write racing a switchover)
+        // are kept aside too, never left behind unrecorded or overwritten.
+        let unrecorded = standin_engine::quarantine::quarantine_unrecorded(
+            &quarantining.config.folder,
+            &quarantining.repository,
+        )
+        .map_err(|error| error.to_string())?;
+        Ok(count + unrecorded)
     })
     .await
     .map_err(|error| error.to_string())??;

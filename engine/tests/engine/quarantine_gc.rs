@@ -201,3 +201,50 @@ fn events_recorded_during_a_quarantine_are_never_lost() {
     }
     assert!(!acknowledged.is_empty());
 }
+
+/// Changes in a folder that the log does not know (written after the last capture)
+/// are kept aside with their content, and the folder goes back to the index's state.
+#[test]
+fn unrecorded_changes_are_kept_aside() {
+    let active = Node::new();
+    std::fs::create_dir(active.folder.join("d")).unwrap();
+    std::fs::write(active.folder.join("d/known"), b"recorded").unwrap();
+    active.capture();
+    let recorded = snapshot(&active.folder);
+    std::fs::write(
+        active.folder.join("d/known"),
+        b"changed after the last capture",
+    )
+    .unwrap();
+    std::fs::create_dir(active.folder.join("late")).unwrap();
+    std::fs::write(
+        active.folder.join("late/new"),
+        b"written after the last capture",
+    )
+    .unwrap();
+    let kept =
+        standin_engine::quarantine::quarantine_unrecorded(&active.folder, &active.repository)
+            .unwrap();
+    assert_eq!(kept, 2);
+    assert_eq!(snapshot(&active.folder), recorded);
+    active.assert_verified();
+    let listed = list_quarantines(&active.data_dir).unwrap();
+    let (dir, manifest) = listed.last().unwrap();
+    assert!(manifest
+        .events
+        .iter()
+        .all(|event| event.kind == "unrecorded"));
+    assert_eq!(
+        std::fs::read(dir.join("files/late/new")).unwrap(),
+        b"written after the last capture"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("files/d/known")).unwrap(),
+        b"changed after the last capture"
+    );
+    assert_eq!(
+        standin_engine::quarantine::quarantine_unrecorded(&active.folder, &active.repository)
+            .unwrap(),
+        0
+    );
+}
