@@ -87,6 +87,9 @@ fn open_sled(path: &Path) -> Result<sled::Db> {
         match sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
+            // sled caches up to 1 GiB by default; the log and index are read mostly
+            // near their heads, so a smaller cache keeps a node's memory modest.
+            .cache_capacity(SLED_CACHE_BYTES)
             .open()
         {
             Err(sled::Error::Io(error))
@@ -112,6 +115,9 @@ fn is_lock_busy(error: &std::io::Error) -> bool {
     error.kind() == std::io::ErrorKind::WouldBlock
         || error.to_string().contains("could not acquire lock")
 }
+
+/// sled's page cache per node.
+const SLED_CACHE_BYTES: u64 = 128 << 20;
 
 /// How long `open_sled` waits for another holder of the database lock to let go.
 const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -10,7 +10,7 @@ use crate::support::{http_get, tree, wait_until, NodeProcess};
 fn failover_pair(root: &std::path::Path) -> (NodeProcess, NodeProcess) {
     let hooks = root.join("hooks.log");
     let timing = format!(
-        "heartbeat_interval_ms = 100\nfailover_after_ms = 1500\nreplication_period = 0\non_promote = \"env | grep ^STANDIN_ | sort | tr '\\\\n' ' ' >> {0}; echo >> {0}\"\n",
+        "heartbeat_interval_ms = 100\nfailover_after_ms = 1500\nreplication_period = 0\non_promote = \"env | grep ^STANDIN_ | sort | tr '\\\\n' ' ' >> {0}; echo >> {0}\"\non_demote = \"env | grep ^STANDIN_ | sort | tr '\\\\n' ' ' >> {0}; echo >> {0}\"\n",
         hooks.display()
     );
     let alpha = NodeProcess::configure(root, "alpha", "active", None, &timing);
@@ -226,6 +226,14 @@ fn with_auto_failback_the_preferred_node_takes_over_again_once_caught_up() {
         alpha.folder.join("while-alpha-was-down.txt").exists(),
         "nothing lost on the way back"
     );
+    // beta, stepping down, ran on_demote.
+    wait_until("the on_demote hook on beta", || {
+        std::fs::read_to_string(root.path().join("hooks.log")).is_ok_and(|text| {
+            text.lines().any(|line| {
+                line.contains("STANDIN_EVENT=demote") && line.contains("STANDIN_NODE=beta")
+            })
+        })
+    });
     let status: serde_json::Value =
         serde_json::from_slice(&alpha.cli(&["status", "--json"]).stdout).unwrap();
     assert_eq!(status["epoch"], 3, "{status}");
