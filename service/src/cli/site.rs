@@ -45,11 +45,9 @@ fn read_password(file: Option<PathBuf>) -> Result<String, Failure> {
             .map_err(|error| Failure::usage(format!("{}: {error}", path.display())))?,
         None => {
             eprint!("password: ");
-            let mut line = String::new();
-            std::io::stdin()
-                .lock()
-                .read_line(&mut line)
-                .map_err(|error| Failure::usage(error.to_string()))?;
+            let line =
+                read_line_without_echo().map_err(|error| Failure::usage(error.to_string()))?;
+            eprintln!();
             line
         }
     };
@@ -58,6 +56,29 @@ fn read_password(file: Option<PathBuf>) -> Result<String, Failure> {
         return Err(Failure::usage("an empty password"));
     }
     Ok(password)
+}
+
+/// One line from stdin; on a terminal, without echoing it.
+fn read_line_without_echo() -> std::io::Result<String> {
+    use std::os::fd::AsRawFd;
+    let stdin = std::io::stdin();
+    let fd = stdin.as_raw_fd();
+    // SAFETY: termios is plain data; tcgetattr fills it or fails (not a terminal).
+    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    let on_terminal = unsafe { libc::tcgetattr(fd, &mut saved) } == 0;
+    if on_terminal {
+        let mut quiet = saved;
+        quiet.c_lflag &= !libc::ECHO;
+        // SAFETY: setting attributes we just read, with echo off.
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
+    }
+    let mut line = String::new();
+    let result = stdin.lock().read_line(&mut line);
+    if on_terminal {
+        // SAFETY: restoring the attributes read above.
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
+    }
+    result.map(|_| line)
 }
 
 /// The node's folder, refusing a node that is not authoritative (its folder follows
