@@ -14,6 +14,30 @@ pub struct ClusterService {
     pub node: Arc<Node>,
 }
 
+fn terminal_server_to_wire(server: &crate::node::TerminalServerStatus) -> wire::TerminalServer {
+    wire::TerminalServer {
+        name: server.name.clone(),
+        address: server.address.clone(),
+        cpu_percent: server.cpu_percent,
+        memory_percent: server.memory_percent,
+        sessions: server.sessions,
+        age_seconds: server.age_seconds,
+        down: server.down,
+    }
+}
+
+fn terminal_server_from_wire(server: &wire::TerminalServer) -> crate::node::TerminalServerStatus {
+    crate::node::TerminalServerStatus {
+        name: server.name.clone(),
+        address: server.address.clone(),
+        cpu_percent: server.cpu_percent,
+        memory_percent: server.memory_percent,
+        sessions: server.sessions,
+        age_seconds: server.age_seconds,
+        down: server.down,
+    }
+}
+
 pub fn status_to_wire(status: &NodeStatus, node: &Node) -> wire::StatusResponse {
     let head = node.repository.head();
     wire::StatusResponse {
@@ -36,15 +60,7 @@ pub fn status_to_wire(status: &NodeStatus, node: &Node) -> wire::StatusResponse 
         terminal_servers: status
             .terminal_servers
             .iter()
-            .map(|server| wire::TerminalServer {
-                name: server.name.clone(),
-                address: server.address.clone(),
-                cpu_percent: server.cpu_percent,
-                memory_percent: server.memory_percent,
-                sessions: server.sessions,
-                age_seconds: server.age_seconds,
-                down: server.down,
-            })
+            .map(terminal_server_to_wire)
             .collect(),
     }
 }
@@ -80,15 +96,7 @@ pub fn status_from_wire(status: &wire::StatusResponse) -> NodeStatus {
         terminal_servers: status
             .terminal_servers
             .iter()
-            .map(|server| crate::node::TerminalServerStatus {
-                name: server.name.clone(),
-                address: server.address.clone(),
-                cpu_percent: server.cpu_percent,
-                memory_percent: server.memory_percent,
-                sessions: server.sessions,
-                age_seconds: server.age_seconds,
-                down: server.down,
-            })
+            .map(terminal_server_from_wire)
             .collect(),
     }
 }
