@@ -11,14 +11,14 @@ use crate::support::{pseudo_random, tree, wait_until, NodeProcess, Pair};
 
 /// A TCP proxy of the test's own between the passive and the active, that can cut
 /// the link (closing every connection and refusing new ones) and heal it.
-struct Proxy {
-    port: u16,
+pub(crate) struct Proxy {
+    pub(crate) port: u16,
     cut: Arc<AtomicBool>,
     connections: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl Proxy {
-    fn start(target_port: u16) -> Proxy {
+    pub(crate) fn start(target_port: u16) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(AtomicBool::new(false));
@@ -67,14 +67,14 @@ impl Proxy {
         }
     }
 
-    fn cut(&self) {
+    pub(crate) fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
         for connection in self.connections.lock().unwrap().drain(..) {
             let _ = connection.shutdown(Shutdown::Both);
         }
     }
 
-    fn heal(&self) {
+    pub(crate) fn heal(&self) {
         self.cut.store(false, Ordering::SeqCst);
     }
 }

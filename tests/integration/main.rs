@@ -13,6 +13,7 @@
 //! - `failover`: takeover, rejoin with quarantine, switchover, promote.
 //! - `faults`: a cut link through a proxy of the test's own; repeated SIGKILLs.
 //! - `hostile_peer`: a fake active that lies, against the passive's pull.
+//! - `split_brain`: the agent-witness quorum with a cut pair link and a dead active.
 
 mod cli;
 mod config;
@@ -25,4 +26,5 @@ mod restart;
 mod security;
 mod site;
 mod snapshot;
+mod split_brain;
 mod support;
