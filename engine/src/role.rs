@@ -660,7 +660,12 @@ impl RoleMachine {
                     self.last_answer_ms = now_ms;
                     return self.take_configured_role();
                 }
+                // The checks of a tick, but no new heartbeat: the next tick sends it
+                // (a node whose peer fails at once would otherwise spin).
                 self.tick(now_ms)
+                    .into_iter()
+                    .filter(|action| *action != Action::SendHeartbeat)
+                    .collect()
             }
             Input::Applied { epoch, head_seq } => {
                 self.epoch = self.epoch.max(epoch);
@@ -950,8 +955,8 @@ mod tests {
         for now_ms in [500, 1_000, 4_999] {
             assert_eq!(
                 machine.step(Input::HeartbeatFailed { now_ms }),
-                vec![Action::SendHeartbeat],
-                "at {now_ms}"
+                vec![],
+                "at {now_ms}: no new heartbeat until the next tick"
             );
         }
         let actions = machine.step(Input::Tick { now_ms: 5_010 });
@@ -1243,5 +1248,45 @@ mod tests {
             actions.contains(&Action::RecordPromote { epoch: 8 }),
             "{actions:?}"
         );
+    }
+
+    #[test]
+    fn with_an_etcd_lease_a_passive_promotes_only_once_it_holds_it_above_the_revision() {
+        use crate::authority::{EtcdLease, Evidence};
+        let mut machine = RoleMachine::with_authority(
+            settings("beta", false),
+            Box::new(EtcdLease::new(4_000)),
+            1,
+            0,
+        );
+        machine.start();
+        machine.step(Input::HeartbeatAnswered {
+            now_ms: 10,
+            peer: peer("alpha", 1, true),
+        });
+        let actions = machine.step(Input::Tick { now_ms: 6_000 });
+        assert!(actions.contains(&Action::AcquireAuthority), "{actions:?}");
+        assert!(
+            !actions.contains(&Action::FinalPull),
+            "no lease, no promotion"
+        );
+        machine.step(Input::Authority(Evidence::LeaseHeld {
+            now_ms: 6_100,
+            revision: 41,
+            valid_until_ms: 10_100,
+        }));
+        let actions = machine.step(Input::Tick { now_ms: 6_200 });
+        assert!(actions.contains(&Action::FinalPull), "{actions:?}");
+        let actions = machine.step(Input::FinalPullDone);
+        assert!(
+            actions.contains(&Action::RecordPromote { epoch: 42 }),
+            "the next even epoch above revision 41: {actions:?}"
+        );
+        // No renewal: it steps down a quarter of the TTL before the lease could end.
+        assert!(machine.accepts_logins());
+        let actions = machine.step(Input::Tick { now_ms: 9_200 });
+        assert!(actions.contains(&Action::CloseLogins), "{actions:?}");
+        assert!(!machine.accepts_logins());
+        assert!(matches!(machine.role(), Role::Suspended { .. }));
     }
 }

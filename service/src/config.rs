@@ -93,13 +93,19 @@ pub enum AuthorityConfig {
     Peer,
     /// The terminal-server agents' quorum.
     Witness { agents: Vec<String>, window_ms: u64 },
+    /// A key under an etcd lease.
+    Etcd(crate::etcd_authority::EtcdSettings),
 }
+
+pub const DEFAULT_ETCD_KEY: &str = "/standin/authority";
+pub const DEFAULT_ETCD_LEASE_TTL_S: u64 = 10;
 
 impl AuthorityConfig {
     pub fn mode(&self) -> &'static str {
         match self {
             AuthorityConfig::Peer => "peer",
             AuthorityConfig::Witness { .. } => "witness",
+            AuthorityConfig::Etcd(_) => "etcd",
         }
     }
 }
@@ -478,10 +484,43 @@ fn parse_authority(
             }
             Ok(AuthorityConfig::Witness { agents, window_ms })
         }
-        "etcd" => Err((
-            "authority",
-            "\"etcd\" is not available in this build yet: the role machine decides by the lease (engine::authority::EtcdLease), but the etcd client that takes and keeps it is not written; use \"witness\"".to_string(),
-        )),
+        "etcd" => {
+            if witness_keys {
+                return Err((
+                    "authority",
+                    "witness_* keys are set but authority is \"etcd\"".to_string(),
+                ));
+            }
+            let endpoints = raw.etcd_endpoints.clone().unwrap_or_default();
+            if endpoints.is_empty() {
+                return Err(("etcd_endpoints", "etcd mode needs at least one endpoint (etcd_endpoints = [\"http://10.0.0.5:2379\"])".to_string()));
+            }
+            for endpoint in &endpoints {
+                check_url(endpoint).map_err(|reason| ("etcd_endpoints", reason))?;
+            }
+            let key = raw
+                .etcd_key
+                .clone()
+                .unwrap_or_else(|| DEFAULT_ETCD_KEY.to_string());
+            if key.is_empty() {
+                return Err(("etcd_key", "must not be empty".to_string()));
+            }
+            let lease_ttl_s = raw.etcd_lease_ttl_s.unwrap_or(DEFAULT_ETCD_LEASE_TTL_S);
+            if !(2..=3600).contains(&lease_ttl_s) {
+                return Err((
+                    "etcd_lease_ttl_s",
+                    format!("{lease_ttl_s} must be between 2 and 3600 seconds"),
+                ));
+            }
+            if lease_ttl_s * 1000 / 4 <= heartbeat_interval_ms {
+                return Err(("etcd_lease_ttl_s", format!("a quarter of it ({} ms, the step-down margin) must be more than heartbeat_interval_ms ({heartbeat_interval_ms})", lease_ttl_s * 250)));
+            }
+            Ok(AuthorityConfig::Etcd(crate::etcd_authority::EtcdSettings {
+                endpoints,
+                key,
+                lease_ttl_s,
+            }))
+        }
         other => Err((
             "authority",
             format!("{other:?} is not one of \"peer\", \"witness\", \"etcd\""),

@@ -21,6 +21,7 @@ use tokio_stream::StreamExt;
 
 use crate::config::{AuthorityConfig, InitialRole};
 use crate::convert::{head_from_wire, head_to_wire};
+use crate::etcd_authority::EtcdAuthority;
 use crate::node::Node;
 use crate::passive::Puller;
 
@@ -34,6 +35,8 @@ pub struct Coordinator {
     node: Arc<Node>,
     machine: RoleMachine,
     pulling: Option<Pulling>,
+    /// The etcd lease's I/O (authority = "etcd").
+    etcd: Option<EtcdAuthority>,
 }
 
 impl Coordinator {
@@ -55,11 +58,15 @@ impl Coordinator {
             node,
             machine,
             pulling: None,
+            etcd: None,
         }
     }
 
     /// Run until `stop`.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        if let AuthorityConfig::Etcd(settings) = &self.node.config.authority {
+            self.etcd = Some(EtcdAuthority::start(self.node.clone(), settings.clone()));
+        }
         let Some(mut inputs) = self.node.take_inputs() else {
             tracing::error!("the role inputs were already taken; no coordinator");
             return;
@@ -261,11 +268,15 @@ impl Coordinator {
             Action::Alert { message } => {
                 tracing::warn!("{message}");
             }
-            Action::AcquireAuthority | Action::ReleaseAuthority => {
-                tracing::debug!(
-                    ?action,
-                    "no lease to take or give up in this authority mode"
-                );
+            Action::AcquireAuthority => {
+                if let Some(etcd) = &self.etcd {
+                    etcd.acquire();
+                }
+            }
+            Action::ReleaseAuthority => {
+                if let Some(etcd) = &self.etcd {
+                    etcd.release();
+                }
             }
         }
     }
@@ -317,9 +328,10 @@ impl Coordinator {
 
 /// The authority the role machine consults, from the config.
 fn authority_of(config: &crate::config::Config) -> Box<dyn standin_engine::authority::Authority> {
-    use standin_engine::authority::{PeerOnly, WitnessQuorum, WitnessSettings};
+    use standin_engine::authority::{EtcdLease, PeerOnly, WitnessQuorum, WitnessSettings};
     match &config.authority {
         AuthorityConfig::Peer => Box::new(PeerOnly),
+        AuthorityConfig::Etcd(settings) => Box::new(EtcdLease::new(settings.lease_ttl_s * 1000)),
         AuthorityConfig::Witness { agents, window_ms } => {
             Box::new(WitnessQuorum::new(WitnessSettings {
                 agents: agents.clone(),

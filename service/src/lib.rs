@@ -11,6 +11,7 @@
 //! - `replication_server`, `cluster_server`: the gRPC services.
 //! - `coordinator`: the shell around the engine's role state machine (heartbeats,
 //!   promotion, rejoin, switchover, hooks).
+//! - `etcd_authority`: the etcd lease's I/O (`authority = "etcd"`).
 //! - `passive`: `Puller` — `pull_once` and the loop that schedules it.
 //! - `http`: `/healthz`, `/active`, `/metrics`, `/`.
 //! - `metrics`: Prometheus counters and gauges.
@@ -28,6 +29,7 @@ pub mod cluster_server;
 pub mod config;
 pub mod convert;
 pub mod coordinator;
+pub mod etcd_authority;
 pub mod http;
 pub mod metrics;
 pub mod node;

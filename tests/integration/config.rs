@@ -107,6 +107,16 @@ fn each_bad_config_names_its_key_and_exits_2() {
             "authority is \"peer\"",
         ),
         (
+            format!("{GOOD}\nauthority = \"etcd\"\n"),
+            "etcd_endpoints",
+            "needs at least one endpoint",
+        ),
+        (
+            format!("{GOOD}\nauthority = \"etcd\"\netcd_endpoints = [\"http://127.0.0.1:2379\"]\netcd_lease_ttl_s = 1\n"),
+            "etcd_lease_ttl_s",
+            "between 2 and 3600",
+        ),
+        (
             format!("{GOOD}\nauthority = \"quorum\"\n"),
             "authority",
             "is not one of",

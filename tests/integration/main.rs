@@ -14,10 +14,12 @@
 //! - `faults`: a cut link through a proxy of the test's own; repeated SIGKILLs.
 //! - `hostile_peer`: a fake active that lies, against the passive's pull.
 //! - `split_brain`: the agent-witness quorum with a cut pair link and a dead active.
+//! - `etcd`: the etcd lease with a real etcd: failover, an etcd outage, its return.
 
 mod cli;
 mod config;
 mod corruption;
+mod etcd;
 mod failover;
 mod faults;
 mod hostile_peer;
