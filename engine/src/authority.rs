@@ -21,7 +21,8 @@
 //! answering as active; else one suspended, waiting to resume; then the higher epoch;
 //! then the last authority it saw). A node counts a vote for W = `window_ms` after it arrived.
 //! An agent that changes its vote announces the new one only `2W` after it last
-//! announced another (a report's transit, bounded by the agent's timeout, and the
+//! announced another (and a starting agent, which cannot know what it announced
+//! before, votes only `2W` after it started) (a report's transit, bounded by the agent's timeout, and the
 //! node's check interval, below W/2, fit in the second W): by then no node counts its
 //! old vote any more. So no agent's vote counts at two nodes at once, and a majority
 //! of the configured agents backs at most one node at any instant.
@@ -444,6 +445,9 @@ pub struct NodeAnswer {
 /// agent reports to (a node's name is known once it answered).
 #[derive(Clone, Debug, Default)]
 pub struct AgentWitness {
+    /// When the agent started: it announces no vote for 2W after (it cannot know
+    /// what a previous run of it announced).
+    started_ms: u64,
     nodes: BTreeMap<String, NodeSeen>,
     /// Per node name: when a report last announced a vote for it.
     announced_ms: BTreeMap<String, u64>,
@@ -453,9 +457,10 @@ pub struct AgentWitness {
 }
 
 impl AgentWitness {
-    /// A witness reporting to `addresses`.
-    pub fn new(addresses: &[String]) -> AgentWitness {
+    /// A witness reporting to `addresses`, started at `now_ms`.
+    pub fn new(now_ms: u64, addresses: &[String]) -> AgentWitness {
         AgentWitness {
+            started_ms: now_ms,
             nodes: addresses
                 .iter()
                 .map(|address| (address.clone(), NodeSeen::default()))
@@ -528,9 +533,11 @@ impl AgentWitness {
             .collect();
         let cooling = vote_cooling_ms(self.window_ms);
         let vote = self.preferred(now_ms).filter(|vote| {
-            self.announced_ms
-                .iter()
-                .all(|(other, at)| other == vote || now_ms.saturating_sub(*at) >= cooling)
+            now_ms.saturating_sub(self.started_ms) >= cooling
+                && self
+                    .announced_ms
+                    .iter()
+                    .all(|(other, at)| other == vote || now_ms.saturating_sub(*at) >= cooling)
         });
         if let Some(vote) = &vote {
             self.announced_ms.insert(vote.clone(), now_ms);
@@ -666,7 +673,7 @@ mod tests {
     #[test]
     fn an_agent_votes_for_the_active_and_cools_down_before_changing_its_vote() {
         let addresses = vec!["http://a".to_string(), "http://b".to_string()];
-        let mut agent = AgentWitness::new(&addresses);
+        let mut agent = AgentWitness::new(0, &addresses);
         assert_eq!(
             agent.report_for("ts1", "http://b", 0).vote,
             None,
@@ -674,24 +681,31 @@ mod tests {
         );
         agent.answered(0, "http://a", &answer("alpha", 1, true));
         agent.answered(0, "http://b", &answer("beta", 1, false));
-        let report = agent.report_for("ts1", "http://b", 500);
+        assert_eq!(
+            agent.report_for("ts1", "http://b", 500).vote,
+            None,
+            "a starting agent waits 2W before its first vote"
+        );
+        agent.answered(1_900, "http://a", &answer("alpha", 1, true));
+        agent.answered(1_900, "http://b", &answer("beta", 1, false));
+        let report = agent.report_for("ts1", "http://b", 2_000);
         assert_eq!(report.vote.as_deref(), Some("alpha"));
         assert_eq!(report.highest, Some((1, "alpha".to_string())));
         // alpha stops answering; beta keeps answering.
-        agent.answered(1_200, "http://b", &answer("beta", 1, false));
+        agent.answered(3_200, "http://b", &answer("beta", 1, false));
         assert_eq!(
-            agent.report_for("ts1", "http://b", 1_200).vote,
+            agent.report_for("ts1", "http://b", 3_200).vote,
             None,
-            "alpha lost, but its vote was announced 700 ms ago"
+            "alpha lost, but its vote was announced 1.2 s ago"
         );
-        agent.answered(2_400, "http://b", &answer("beta", 1, false));
+        agent.answered(4_400, "http://b", &answer("beta", 1, false));
         assert_eq!(
-            agent.report_for("ts1", "http://b", 2_500).vote.as_deref(),
+            agent.report_for("ts1", "http://b", 4_500).vote.as_deref(),
             Some("beta")
         );
-        agent.answered(2_600, "http://a", &answer("alpha", 1, false));
+        agent.answered(4_600, "http://a", &answer("alpha", 1, false));
         assert_eq!(
-            agent.report_for("ts1", "http://a", 2_700).vote.as_deref(),
+            agent.report_for("ts1", "http://a", 4_700).vote.as_deref(),
             None,
             "alpha is back and the last authority, but beta's vote cools first"
         );

@@ -59,6 +59,17 @@ pub fn temp_name() -> Vec<u8> {
 }
 
 /// Milliseconds since the Unix epoch.
+/// Milliseconds on a monotonic clock (since the first call in this process). The role
+/// machine and the authority measure every duration on it: a wall clock stepped
+/// backwards (NTP) must not make an old vote or lease look fresh.
+pub fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

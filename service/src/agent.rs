@@ -193,7 +193,7 @@ pub async fn run(settings: AgentSettings, shutdown: impl std::future::Future<Out
     let mut tasks = tokio::task::JoinSet::new();
     let witness = SharedWitness {
         started: Instant::now(),
-        witness: Arc::new(Mutex::new(AgentWitness::new(&settings.urls))),
+        witness: Arc::new(Mutex::new(AgentWitness::new(0, &settings.urls))),
     };
     for url in settings.urls.clone() {
         tasks.spawn(report_to(settings.clone(), url, witness.clone()));

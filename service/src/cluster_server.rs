@@ -115,7 +115,7 @@ impl Cluster for ClusterService {
         if let Ok(head) = head_from_wire(request.head.as_ref()) {
             tracing::trace!(peer = %request.node, seq = head.seq, "heartbeat");
             self.node.feed(Input::PeerSeen {
-                now_ms: standin_engine::fsutil::now_ms(),
+                now_ms: standin_engine::fsutil::monotonic_ms(),
                 peer: PeerView {
                     node: request.node.clone(),
                     epoch: head.epoch,

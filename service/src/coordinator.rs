@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use standin_engine::fsutil::now_ms;
+use standin_engine::fsutil::monotonic_ms as now_ms;
 use standin_engine::role::{Action, Hook, Input, PeerView, RoleMachine, RoleSettings};
 use standin_engine::{Change, Hash};
 use standin_proto::v1 as wire;

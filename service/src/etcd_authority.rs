@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp};
 use standin_engine::authority::Evidence;
-use standin_engine::fsutil::now_ms;
+use standin_engine::fsutil::monotonic_ms as now_ms;
 use standin_engine::role::Input;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;

@@ -61,7 +61,7 @@ impl AgentService {
             .then(|| (report.highest_epoch, report.highest_node.clone()));
         self.node.feed(standin_engine::role::Input::Authority(
             standin_engine::authority::Evidence::AgentReport {
-                now_ms: standin_engine::fsutil::now_ms(),
+                now_ms: standin_engine::fsutil::monotonic_ms(),
                 report: standin_engine::authority::WitnessReport {
                     agent: report.name.clone(),
                     reachable: report.reachable.clone(),

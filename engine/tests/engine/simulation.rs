@@ -2,7 +2,8 @@
 //! (lists of event ids), three terminal-server agents reporting to both nodes (with
 //! the engine's own `AgentWitness`), a network that loses and delays messages and
 //! partitions links (the pair link cut, one node isolated from everyone, agents split
-//! between the nodes), crashes and restarts of either node, and a writer that writes
+//! between the nodes), crashes and restarts of either node and of agents (which
+//! forget their votes), and a writer that writes
 //! to whichever node accepts logins. Each run is replayable by its seed
 //! (`STANDIN_SIM_SEED=N`, with `STANDIN_SIM_MODE=peer|witness`); the number of seeds is
 //! `STANDIN_SIM_SEEDS` (default 300 in the test command).
@@ -415,6 +416,14 @@ impl World {
                 self.network.heal();
                 self.trace.push(format!("{} every link heals", self.step));
             }
+            if self.rng.chance(1) {
+                // An agent restarts and forgets whom it voted for.
+                let agent = self.rng.below(AGENTS.len() as u64) as usize;
+                self.agents[agent].witness =
+                    AgentWitness::new(now_ms, &["alpha".to_string(), "beta".to_string()]);
+                self.trace
+                    .push(format!("{} {} restarts", self.step, AGENTS[agent]));
+            }
         }
         self.agents_report();
         for index in 0..2 {
@@ -567,7 +576,7 @@ fn run(seed: u64, mode: Mode) -> u64 {
             .iter()
             .map(|name| SimAgent {
                 name,
-                witness: AgentWitness::new(&["alpha".to_string(), "beta".to_string()]),
+                witness: AgentWitness::new(0, &["alpha".to_string(), "beta".to_string()]),
             })
             .collect(),
         split_brain_steps: 0,
