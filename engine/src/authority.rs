@@ -143,7 +143,7 @@ impl Authority for PeerOnly {
     fn status(&self, _now_ms: u64, _node: &str) -> AuthorityStatus {
         AuthorityStatus {
             mode: "peer",
-            summary: "peer only: UNSAFE on a cut link — with the link between the nodes cut and both alive, both become active (use authority = \"witness\" or \"etcd\")".to_string(),
+            summary: "peer only: UNSAFE on a cut link (use witness or etcd)".to_string(),
         }
     }
     fn clone_box(&self) -> Box<dyn Authority> {
@@ -300,7 +300,7 @@ impl Authority for WitnessQuorum {
         AuthorityStatus {
             mode: "witness",
             summary: format!(
-                "agent witness: {} of {} agents vote for this node ({} needed to take or hold authority without the peer; window {} ms)",
+                "agent witness: {} of {} votes for this node ({} needed), window {} ms",
                 self.votes_for(now_ms, node),
                 self.settings.agents.len(),
                 self.settings.quorum(),
