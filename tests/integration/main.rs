@@ -12,6 +12,7 @@
 //! - `cli`: status, verify, log, init-secret, demo.
 //! - `failover`: takeover, rejoin with quarantine, switchover, promote.
 //! - `faults`: a cut link through a proxy of the test's own; repeated SIGKILLs.
+//! - `proxy`: the fault-injecting TCP proxy (drop, reset, delay, stall, partition).
 //! - `hostile_peer`: a fake active that lies, against the passive's pull.
 
 mod cli;
@@ -20,6 +21,7 @@ mod corruption;
 mod failover;
 mod faults;
 mod hostile_peer;
+mod proxy;
 mod replication;
 mod restart;
 mod security;

@@ -489,3 +489,58 @@ pub fn ledger_missing(
         .map(|(name, _)| name.clone())
         .collect()
 }
+
+/// A node's whole log, read back with `standin log --json` (every link checked by the
+/// reader): seq -> hash.
+pub fn log_hashes(node: &NodeProcess) -> std::collections::BTreeMap<u64, String> {
+    let mut hashes = std::collections::BTreeMap::new();
+    loop {
+        let after = hashes.keys().next_back().copied().unwrap_or(0);
+        let output = node.cli(&[
+            "log",
+            "--after",
+            &after.to_string(),
+            "--limit",
+            "4096",
+            "--json",
+        ]);
+        assert!(
+            output.status.success(),
+            "log of {}: {}",
+            node.name,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let before = hashes.len();
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let event: serde_json::Value = serde_json::from_str(line).unwrap();
+            hashes.insert(
+                event["seq"].as_u64().unwrap(),
+                event["hash"].as_str().unwrap().to_string(),
+            );
+        }
+        if hashes.len() == before {
+            return hashes;
+        }
+    }
+}
+
+/// The node's head as its status reports it: (seq, hash).
+pub fn status_head(node: &NodeProcess) -> Option<(u64, String)> {
+    let output = node.cli(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    Some((
+        status["head_seq"].as_u64()?,
+        status["head_hash"].as_str()?.to_string(),
+    ))
+}
+
+/// Whether a quarantine of `node` holds `name` with `content`.
+pub fn in_quarantine(node: &NodeProcess, name: &str, content: &[u8]) -> bool {
+    std::fs::read_dir(node.data_dir.join("quarantine"))
+        .map(|dirs| {
+            dirs.flatten().any(|dir| {
+                std::fs::read(dir.path().join("files").join(name)).is_ok_and(|kept| kept == content)
+            })
+        })
+        .unwrap_or(false)
+}
