@@ -78,8 +78,27 @@ struct PackWriter {
 impl PackWriter {
     fn flush_buffer(&mut self, path: &Path) -> Result<()> {
         if !self.buffer.is_empty() {
-            self.file.write_all(&self.buffer).at("write", path)?;
             let written = self.buffer.len() as u64;
+            if let Err(source) = self.file.write_all(&self.buffer) {
+                // A failed write (a full disk) may have left part of the buffer in the
+                // file. Its chunks are dropped (never synced, so nothing names them;
+                // the caller stores them again), and the next record goes after
+                // whatever the file now holds, so every location stays exact. Should
+                // the file's length be unknown, the next insert starts a new pack.
+                let before = self.end - written;
+                self.pending.retain(|_, location| location.offset < before);
+                self.buffer.clear();
+                self.end = self
+                    .file
+                    .metadata()
+                    .map(|metadata| metadata.len())
+                    .unwrap_or(u64::MAX);
+                return Err(Error::Io {
+                    op: "write",
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
             // Start writing these pages back now, so that the fdatasync at `sync` finds
             // little left to do and disk and CPU work overlap.
             crate::fsutil::start_writeback(&self.file, self.end - written, written);
