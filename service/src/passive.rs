@@ -74,7 +74,7 @@ fn missing_with_lengths(
         .repository
         .chunks()
         .missing(refs.into_iter().map(|(hash, _)| hash))
-        .map_err(|error| PullError::Apply(error.to_string()))?;
+        .map_err(PullError::local)?;
     Ok(missing
         .into_iter()
         .map(|hash| (hash, lengths.get(&hash).copied().unwrap_or(0)))
@@ -103,6 +103,27 @@ pub enum PullError {
     BadData(String),
     #[error("applying events failed: {0}")]
     Apply(String),
+    #[error(
+        "no space left on this node's disk (applying stopped; it resumes once space returns): {0}"
+    )]
+    NoSpace(String),
+}
+
+/// Whether a local failure is a full disk (ENOSPC, or a quota: EDQUOT).
+fn is_no_space(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            if matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+                return true;
+            }
+        }
+        cause = error.source();
+    }
+    // Errors the engine carries as text (an apply's reason, the store's).
+    let text = error.to_string();
+    text.contains(&format!("(os error {})", libc::ENOSPC))
+        || text.contains(&format!("(os error {})", libc::EDQUOT))
 }
 
 impl PullError {
@@ -114,6 +135,17 @@ impl PullError {
             PullError::Divergence { .. } => "divergence",
             PullError::BadData(_) => "bad_data",
             PullError::Apply(_) => "apply",
+            PullError::NoSpace(_) => "no_space",
+        }
+    }
+
+    /// A failure of this node's own disk or store: a full disk is told apart (it is
+    /// reported as such and clears by itself once space returns).
+    pub fn local(error: standin_engine::Error) -> PullError {
+        if is_no_space(&error) {
+            PullError::NoSpace(error.to_string())
+        } else {
+            PullError::Apply(error.to_string())
         }
     }
 
@@ -474,7 +506,7 @@ impl Puller {
         })
         .await
         .map_err(|error| PullError::Apply(error.to_string()))?
-        .map_err(|error| PullError::Apply(error.to_string()))?;
+        .map_err(PullError::local)?;
         tracing::info!(seq = head.seq, "started again from the active's snapshot");
         Ok(())
     }
@@ -507,8 +539,20 @@ impl Puller {
                 .map_err(|error| PullError::Apply(error.to_string()))??;
             report.events_applied += count;
             self.node.metrics.events_replicated.inc_by(count);
+            if count > 0 {
+                self.working_again();
+            }
         }
         Ok(())
+    }
+
+    /// A batch was applied: the last pull error no longer holds. (A following stream
+    /// with a period of 0 does not end, so this cannot wait for the round's end.)
+    fn working_again(&self) {
+        if self.node.last_error().is_some() {
+            tracing::info!("replication is working again");
+            self.node.set_error(None);
+        }
     }
 
     /// Fetch the chunks `events` need that we lack; then wait for the previous batch's
@@ -540,7 +584,7 @@ impl Puller {
             let _applying = applying;
             standin_engine::replay::apply_batch(&node.config.folder, &node.repository, &events)
                 .map(|_| count)
-                .map_err(|error| PullError::Apply(error.to_string()))
+                .map_err(PullError::local)
         }));
         Ok(())
     }
@@ -598,12 +642,15 @@ impl Puller {
             for (hash, data) in chunks {
                 store
                     .put_verified(hash, &data)
-                    .map_err(|error| PullError::BadData(error.to_string()))?;
+                    .map_err(|error| match error {
+                        standin_engine::Error::ChunkMismatch { .. } => {
+                            PullError::BadData(error.to_string())
+                        }
+                        error => PullError::local(error),
+                    })?;
             }
             if sync {
-                store
-                    .sync()
-                    .map_err(|error| PullError::Apply(error.to_string()))?;
+                store.sync().map_err(PullError::local)?;
             }
             Ok(())
         })
@@ -627,10 +674,7 @@ impl Puller {
             };
             let wait = match result {
                 Ok(report) => {
-                    if self.node.last_error().is_some() {
-                        tracing::info!("replication is working again");
-                    }
-                    self.node.set_error(None);
+                    self.working_again();
                     backoff = FIRST_BACKOFF;
                     if report.events_applied > 0 {
                         tracing::debug!(

@@ -6,6 +6,7 @@
 //! - `restart`: a passive restarted in the middle of a catch-up.
 //! - `security`: the shared secret.
 //! - `corruption`: corrupt content on the active.
+//! - `disk_full`: the passive's disk fills up, and space returns.
 //! - `site`: agents, the load table, logins and the client with a server list.
 //! - `snapshot`: a passive whose head was compacted away starts from a snapshot.
 //! - `config`: bad configs refused with the key and exit status 2.
@@ -18,6 +19,7 @@
 mod cli;
 mod config;
 mod corruption;
+mod disk_full;
 mod failover;
 mod faults;
 mod hostile_peer;
