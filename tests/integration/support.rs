@@ -534,13 +534,18 @@ pub fn status_head(node: &NodeProcess) -> Option<(u64, String)> {
     ))
 }
 
-/// Whether a quarantine of `node` holds `name` with `content`.
+/// Whether a quarantine of `node` holds `name` with `content`: as a recorded `Put`
+/// (`files/<seq>/<name>`) or as an unrecorded change (`files/<name>`).
 pub fn in_quarantine(node: &NodeProcess, name: &str, content: &[u8]) -> bool {
-    std::fs::read_dir(node.data_dir.join("quarantine"))
-        .map(|dirs| {
-            dirs.flatten().any(|dir| {
-                std::fs::read(dir.path().join("files").join(name)).is_ok_and(|kept| kept == content)
-            })
-        })
-        .unwrap_or(false)
+    let holds = |path: PathBuf| std::fs::read(path).is_ok_and(|kept| kept == content);
+    let Ok(dirs) = std::fs::read_dir(node.data_dir.join("quarantine")) else {
+        return false;
+    };
+    dirs.flatten().any(|dir| {
+        let files = dir.path().join("files");
+        holds(files.join(name))
+            || std::fs::read_dir(&files)
+                .map(|seqs| seqs.flatten().any(|seq| holds(seq.path().join(name))))
+                .unwrap_or(false)
+    })
 }
