@@ -1,7 +1,10 @@
-//! A full disk on the passive: it stops applying, says why (ENOSPC, with the path) in
+//! A full disk on the passive: it stops applying, says why (no space, with the path) in
 //! `standin status` and in `/metrics`, loses nothing, and resumes by itself once space
 //! returns. The passive's folder and data_dir live on a small tmpfs of the test's own
-//! (the test needs root to mount it; without, it says so and passes as skipped).
+//! (the test needs root to mount it; without, it says so and passes as skipped). One
+//! test meets the passive's reserve check (content, and events alone); the other turns
+//! the check off (a test seam) so that the chunk store's and the folder's writes meet
+//! the full disk themselves.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -70,14 +73,18 @@ fn status(node: &NodeProcess) -> serde_json::Value {
     serde_json::from_slice(&node.cli(&["status", "--json"]).stdout).unwrap_or_default()
 }
 
-#[test]
-fn a_full_disk_on_the_passive_stops_it_says_why_and_it_resumes_when_space_returns() {
+/// One phase: what fills up, the bytes left free, then big files (700 KiB), small
+/// files and directories written on the active.
+type Phase = (&'static str, u64, usize, usize, usize);
+
+/// The passive's disk fills up in each phase, then space returns.
+fn full_disk(test: &str, phases: &[Phase], space_check: bool) {
     let root = tempfile::tempdir().unwrap();
     let disk = root.path().join("beta-disk");
-    let _tmpfs = match Tmpfs::mount(&disk, "48m") {
+    let _tmpfs = match Tmpfs::mount(&disk, "96m") {
         Ok(tmpfs) => tmpfs,
         Err(reason) => {
-            eprintln!("SKIPPED: a full disk needs a tmpfs of the test's own ({reason})");
+            eprintln!("{test} SKIPPED: a full disk needs a tmpfs of the test's own ({reason})");
             return;
         }
     };
@@ -89,6 +96,10 @@ fn a_full_disk_on_the_passive_stops_it_says_why_and_it_resumes_when_space_return
         Some(alpha.grpc),
         "replication_period = 0\nfailover_after_ms = 600000\n",
     );
+    if !space_check {
+        beta.env
+            .push(("STANDIN_TEST_NO_SPACE_CHECK".to_string(), "1".to_string()));
+    }
     // beta's folder and data_dir on the small disk.
     beta.folder = disk.join("folder");
     beta.data_dir = disk.join("data");
@@ -128,29 +139,30 @@ fn a_full_disk_on_the_passive_stops_it_says_why_and_it_resumes_when_space_return
 
     // Twice: first the chunk store runs out of space (2 MiB left), then the folder
     // (the new content's chunks fit, its files do not).
-    for (phase, (what, leave)) in [("chunk store", 2u64 << 20), ("folder", 16 << 20)]
-        .into_iter()
-        .enumerate()
-    {
+    for (phase, &(what, leave, big, small, dirs)) in phases.iter().enumerate() {
         let before = alpha.head_seq();
         let filler = fill_leaving(&disk, leave);
         // More than fits: the passive runs out of space part-way.
-        for index in 0..12 {
+        for index in 0..big {
             write(
                 &mut ledger,
                 format!("big{phase}-{index}.bin"),
                 pseudo_random(700 << 10, (phase * 100 + index) as u64),
             );
         }
-        for index in 0..50 {
+        for index in 0..small {
             write(
                 &mut ledger,
                 format!("small{phase}-{index}.txt"),
                 format!("small {index}").into_bytes(),
             );
         }
+        for index in 0..dirs {
+            std::fs::create_dir(alpha.folder.join(format!("dir{phase}-{index}"))).unwrap();
+        }
+        let events = (big + small + dirs) as u64;
         wait_until("alpha to record everything", || {
-            alpha.head_seq() >= before + 62
+            alpha.head_seq() >= before + events
         });
         let target = alpha.head_seq();
 
@@ -160,14 +172,14 @@ fn a_full_disk_on_the_passive_stops_it_says_why_and_it_resumes_when_space_return
             || {
                 status(&beta)["last_error"]
                     .as_str()
-                    .is_some_and(|error| error.contains("No space left on device"))
+                    .is_some_and(|error| error.contains("no space left on this node's disk"))
             },
         );
         let error = status(&beta)["last_error"]
             .as_str()
             .unwrap_or_default()
             .to_string();
-        eprintln!("{what} full: beta reports: {error}");
+        eprintln!("{test}: {what} full: beta reports: {error}");
         assert!(
             error.contains(&disk.display().to_string()),
             "the error names the path: {error}"
@@ -178,8 +190,13 @@ fn a_full_disk_on_the_passive_stops_it_says_why_and_it_resumes_when_space_return
             "{metrics}"
         );
         assert!(beta.head_seq() < target, "beta stopped applying");
-        // What beta has applied is consistent with its log.
-        assert!(beta.cli(&["verify"]).status.success());
+        // Stopped between batches: what beta applied is consistent with its log.
+        let verify = beta.cli(&["verify"]);
+        assert!(
+            verify.status.success(),
+            "{}",
+            String::from_utf8_lossy(&verify.stdout)
+        );
 
         // Space returns: beta resumes by itself.
         std::fs::remove_file(&filler).unwrap();
@@ -202,4 +219,31 @@ fn a_full_disk_on_the_passive_stops_it_says_why_and_it_resumes_when_space_return
         assert!(missing.is_empty(), "lost on beta: {missing:?}");
     }
     beta.kill();
+}
+
+/// The passive keeps a reserve of free space: it stops applying before a batch would
+/// eat into it, whether the batch carries content (the chunk store and the folder would
+/// fill up) or only events (the log would), and resumes once space returns.
+#[test]
+fn a_full_disk_on_the_passive_stops_it_says_why_and_it_resumes_when_space_returns() {
+    full_disk(
+        "a_full_disk_on_the_passive_stops_it_says_why_and_it_resumes_when_space_returns",
+        &[("content", 2 << 20, 12, 50, 0), ("log", 0, 0, 0, 3000)],
+        true,
+    );
+}
+
+/// Without the reserve check (a test seam), the writes themselves meet the full disk:
+/// the chunk store's, then the folder's. Each is reported as `no_space` with its path,
+/// nothing is lost, and pulling resumes once space returns.
+#[test]
+fn writes_that_meet_a_full_disk_are_reported_and_resume_when_space_returns() {
+    full_disk(
+        "writes_that_meet_a_full_disk_are_reported_and_resume_when_space_returns",
+        &[
+            ("chunk store", 2 << 20, 12, 50, 0),
+            ("folder", 16 << 20, 12, 50, 0),
+        ],
+        false,
+    );
 }

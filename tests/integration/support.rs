@@ -61,6 +61,8 @@ pub struct NodeProcess {
     pub grpc: u16,
     pub http: u16,
     pub log: PathBuf,
+    /// Extra environment for the process.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -114,6 +116,7 @@ impl NodeProcess {
             grpc,
             http,
             log: root.join(format!("{name}.log")),
+            env: Vec::new(),
             child: None,
         }
     }
@@ -128,6 +131,7 @@ impl NodeProcess {
             .args(["serve", "--config"])
             .arg(&self.config)
             .env("STANDIN_LOG", "info")
+            .envs(self.env.iter().map(|(key, value)| (key, value)))
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
