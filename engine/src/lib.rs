@@ -16,8 +16,12 @@
 //! - [`verify`]: recompute the digest from disk and compare with the log head.
 //! - [`quarantine`]: moving unreplicated events aside, never dropping them.
 //! - [`path`]: `RelPath`, a path that cannot leave the folder.
-//! - [`role`]: the pure role state machine (active, passive, rejoining, fenced).
+//! - [`role`]: the pure role state machine (active, passive, rejoining, suspended,
+//!   fenced).
+//! - [`authority`]: who may be the authority — peer only, the agent-witness quorum,
+//!   an etcd lease — consulted by the role machine.
 
+pub mod authority;
 pub mod capture;
 pub mod chunk_store;
 pub mod chunking;

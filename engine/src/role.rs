@@ -25,8 +25,17 @@
 //!   `auto_failback` makes the preferred node ask for this once it has caught up.
 //! - **Fencing.** Two active nodes in one epoch, a broken chain or a digest mismatch
 //!   fence the node: it refuses everything but status until an operator acts.
+//! - **Authority.** Every decision to take, keep or resume authority is also put to
+//!   the configured [`Authority`] (peer only, agent witness, etcd lease): a passive
+//!   fails over only when it agrees, an active it no longer backs is `Suspended`
+//!   (logins and capture stopped) until it backs it again — resuming in a new epoch
+//!   when the authority's epoch floor (the etcd revision) moved past it — or a higher
+//!   authority shows up and it rejoins. A switchover needs no witness quorum (the old
+//!   active hands over), but an etcd lease is always needed.
 
 use serde::Serialize;
+
+use crate::authority::{Authority, Decision, Evidence, PeerOnly};
 
 /// What a node is doing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -41,6 +50,10 @@ pub enum Role {
     /// Learned it was superseded: quarantining what never replicated, rewinding its
     /// folder to the last common event, then following.
     Rejoining,
+    /// Was active, but its authority (witness quorum, etcd lease) no longer backs it:
+    /// logins and capture stopped; resumes when backed again, rejoins when a higher
+    /// authority shows up.
+    Suspended { reason: String },
     /// Refuses everything but status until an operator acts.
     Fenced { reason: String },
 }
@@ -52,6 +65,7 @@ impl Role {
             Role::Active => "active",
             Role::Passive => "passive",
             Role::Rejoining => "rejoining",
+            Role::Suspended { .. } => "suspended",
             Role::Fenced { .. } => "fenced",
         }
     }
@@ -127,6 +141,8 @@ pub enum Input {
     IntegrityFailure {
         reason: String,
     },
+    /// Evidence for the authority (an agent's report, an etcd lease result).
+    Authority(Evidence),
     Operator(Command),
 }
 
@@ -177,6 +193,12 @@ pub enum Action {
     Alert {
         message: String,
     },
+    /// Acquire (or renew) what the authority needs (the etcd lease); the shell
+    /// ignores it while an attempt is under way or the lease is held.
+    AcquireAuthority,
+    /// Give up what the authority needs (revoke the etcd lease) so the peer can
+    /// take it.
+    ReleaseAuthority,
 }
 
 /// Settings of the machine.
@@ -208,13 +230,37 @@ pub struct RoleMachine {
     /// Handing authority over (switchover started on this active).
     handing_over: bool,
     failback_requested: bool,
+    authority: Box<dyn Authority>,
+    /// The latest time an input carried.
+    now_ms: u64,
+    /// When the peer last answered or called, whatever its role.
+    peer_contact_ms: u64,
+    /// A promotion (switchover, forced) waiting for the authority (the etcd lease).
+    awaiting_authority: Option<String>,
+    /// The last refusal reported, so it is alerted once, not every tick.
+    last_refusal: Option<String>,
 }
 
 impl RoleMachine {
     /// A machine for a node whose log head is at `epoch`, started at `now_ms`. The
     /// first actions come from `start`.
     pub fn new(settings: RoleSettings, epoch: u64, now_ms: u64) -> RoleMachine {
+        RoleMachine::with_authority(settings, Box::new(PeerOnly), epoch, now_ms)
+    }
+
+    /// A machine that consults `authority` (see the module documentation).
+    pub fn with_authority(
+        settings: RoleSettings,
+        authority: Box<dyn Authority>,
+        epoch: u64,
+        now_ms: u64,
+    ) -> RoleMachine {
         RoleMachine {
+            authority,
+            now_ms,
+            peer_contact_ms: now_ms,
+            awaiting_authority: None,
+            last_refusal: None,
             settings,
             role: Role::Starting,
             epoch,
@@ -239,6 +285,16 @@ impl RoleMachine {
 
     pub fn peer(&self) -> Option<&PeerView> {
         self.peer.as_ref()
+    }
+
+    /// The authority this machine consults.
+    pub fn authority(&self) -> &dyn Authority {
+        self.authority.as_ref()
+    }
+
+    /// The latest time an input carried.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
     }
 
     /// Only the active node lets users log in.
@@ -290,11 +346,140 @@ impl RoleMachine {
         actions.push(Action::StartRejoin {
             authority: authority.node.clone(),
         });
+        if self.authority.needs_acquire() {
+            actions.push(Action::ReleaseAuthority);
+        }
         self.role = Role::Rejoining;
         self.promoting = false;
         self.take_over_at = None;
         self.handing_over = false;
+        self.awaiting_authority = None;
         actions
+    }
+
+    /// The authority no longer backs this active: stop logins and capture.
+    fn suspend(&mut self, reason: String) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.role == Role::Active {
+            actions.extend([
+                Action::CloseLogins,
+                Action::StopCapture,
+                Action::RunHook {
+                    hook: Hook::OnDemote,
+                    epoch: self.epoch,
+                    old_active: Some(self.settings.node.clone()),
+                },
+            ]);
+        }
+        actions.push(Action::Alert {
+            message: format!("suspended: {reason}; logins and capture stopped until the authority backs this node again"),
+        });
+        if self.authority.needs_acquire() {
+            actions.push(Action::AcquireAuthority);
+        }
+        self.role = Role::Suspended { reason };
+        self.last_refusal = None;
+        actions
+    }
+
+    /// Backed again: resume as the authority, in a new epoch when the authority's
+    /// floor (the etcd revision) moved past ours.
+    fn resume(&mut self) -> Vec<Action> {
+        let mut actions = Vec::new();
+        // A later epoch was seen (an etcd revision, a peer's promotion): resume above
+        // it, so this history outranks the one it diverged from.
+        let floor = self.authority.epoch_floor().max(self.highest_epoch_seen);
+        if floor > self.epoch {
+            let epoch = self.next_epoch(self.epoch.max(self.highest_epoch_seen).max(floor));
+            self.epoch = epoch;
+            self.highest_epoch_seen = epoch;
+            actions.push(Action::RecordPromote { epoch });
+        }
+        self.role = Role::Active;
+        self.epoch = self.epoch.max(1);
+        actions.extend([
+            Action::StartCapture,
+            Action::OpenLogins,
+            Action::RunHook {
+                hook: Hook::OnPromote,
+                epoch: self.epoch,
+                old_active: None,
+            },
+            Action::Alert {
+                message: format!(
+                    "the authority backs this node: active in epoch {}",
+                    self.epoch
+                ),
+            },
+        ]);
+        actions
+    }
+
+    /// Promote if the authority agrees (a switchover or a forced promotion skips the
+    /// witness quorum, never the etcd lease); otherwise wait for it.
+    fn promote_if_authorized(&mut self, reason: &str, skip_quorum: bool) -> Vec<Action> {
+        let decision = if skip_quorum && !self.authority.needs_acquire() {
+            Decision::Yes
+        } else {
+            self.authority.may_promote(self.now_ms, &self.settings.node)
+        };
+        match decision {
+            Decision::Yes => {
+                self.awaiting_authority = None;
+                self.promote(reason)
+            }
+            Decision::No(why) => {
+                if self.authority.needs_acquire() {
+                    self.awaiting_authority = Some(reason.to_string());
+                    vec![
+                        Action::AcquireAuthority,
+                        Action::Alert {
+                            message: format!("{reason}: waiting for the authority ({why})"),
+                        },
+                    ]
+                } else {
+                    vec![Action::Alert {
+                        message: format!("{reason}: not promoting ({why})"),
+                    }]
+                }
+            }
+        }
+    }
+
+    /// With a witness or a lease, a node does not take authority while its peer,
+    /// heard from within `failover_after_ms`, is active (it may be holding authority
+    /// through the link) or holds a later epoch than ours (it was a later authority:
+    /// it goes first). Peer-only mode keeps its start-up rule (the higher authority
+    /// wins).
+    fn peer_blocks_taking(&self) -> Option<String> {
+        if self.authority.mode() == "peer" {
+            return None;
+        }
+        let peer = self.peer.as_ref()?;
+        let since_active = self.now_ms.saturating_sub(self.last_answer_ms);
+        if peer.active && since_active < self.settings.failover_after_ms {
+            return Some(format!(
+                "{} answered as active {since_active} ms ago",
+                peer.node
+            ));
+        }
+        let since_contact = self.now_ms.saturating_sub(self.peer_contact_ms);
+        if peer.epoch > self.epoch && since_contact < self.settings.failover_after_ms {
+            return Some(format!(
+                "{} holds epoch {}, above this node's {}",
+                peer.node, peer.epoch, self.epoch
+            ));
+        }
+        None
+    }
+
+    /// An alert for a refusal, once per distinct reason.
+    fn refusal(&mut self, message: String) -> Vec<Action> {
+        if self.last_refusal.as_ref() == Some(&message) {
+            return Vec::new();
+        }
+        self.last_refusal = Some(message.clone());
+        vec![Action::Alert { message }]
     }
 
     /// The next epoch above `above` that is this node's to take. Epochs are split
@@ -312,7 +497,11 @@ impl RoleMachine {
     }
 
     fn promote(&mut self, reason: &str) -> Vec<Action> {
-        let epoch = self.next_epoch(self.epoch.max(self.highest_epoch_seen));
+        let epoch = self.next_epoch(
+            self.epoch
+                .max(self.highest_epoch_seen)
+                .max(self.authority.epoch_floor()),
+        );
         let old_active = self
             .peer
             .as_ref()
@@ -355,7 +544,7 @@ impl RoleMachine {
             ));
         }
         match self.role {
-            Role::Active if outranked => self.step_down(&peer),
+            Role::Active | Role::Suspended { .. } if outranked => self.step_down(&peer),
             Role::Starting if outranked => self.step_down(&peer),
             Role::Starting => self.take_configured_role(),
             Role::Passive if self.promoting && peer.active => {
@@ -377,9 +566,31 @@ impl RoleMachine {
         let fresh = self.epoch == 0;
         let own_epoch = !fresh && self.epoch % 2 == u64::from(self.settings.initial_active);
         if (fresh && self.settings.initial_active) || own_epoch {
-            self.role = Role::Active;
-            self.epoch = self.epoch.max(1);
-            vec![Action::StartCapture, Action::OpenLogins]
+            let decision = match self.peer_blocks_taking() {
+                Some(reason) => Decision::No(reason),
+                None => {
+                    self.authority
+                        .may_take(self.now_ms, &self.settings.node, self.epoch.max(1))
+                }
+            };
+            match decision {
+                Decision::Yes if self.authority.epoch_floor() <= self.epoch.max(1) => {
+                    self.role = Role::Active;
+                    self.epoch = self.epoch.max(1);
+                    vec![Action::StartCapture, Action::OpenLogins]
+                }
+                Decision::Yes => {
+                    self.role = Role::Suspended {
+                        reason: "starting".to_string(),
+                    };
+                    self.resume()
+                }
+                Decision::No(reason) => {
+                    // Suspended from the start: nothing to close, no hook to run.
+                    self.epoch = self.epoch.max(1);
+                    self.suspend(format!("waiting for the authority at start-up: {reason}"))
+                }
+            }
         } else {
             self.role = Role::Passive;
             vec![Action::StartPulling]
@@ -388,6 +599,23 @@ impl RoleMachine {
 
     /// Feed one input; returns the actions to carry out, in order.
     pub fn step(&mut self, input: Input) -> Vec<Action> {
+        match &input {
+            Input::Tick { now_ms }
+            | Input::HeartbeatAnswered { now_ms, .. }
+            | Input::HeartbeatFailed { now_ms }
+            | Input::PeerSeen { now_ms, .. } => self.now_ms = self.now_ms.max(*now_ms),
+            Input::Authority(evidence) => {
+                let (Evidence::AgentReport { now_ms, .. }
+                | Evidence::LeaseHeld { now_ms, .. }
+                | Evidence::LeaseLost { now_ms, .. }) = evidence;
+                self.now_ms = self.now_ms.max(*now_ms);
+            }
+            _ => {}
+        }
+        if let Input::Authority(evidence) = input {
+            self.authority.observe(evidence);
+            return Vec::new();
+        }
         if let Role::Fenced { .. } = self.role {
             return match input {
                 Input::Operator(Command::Unfence) => {
@@ -415,9 +643,11 @@ impl RoleMachine {
                 if peer.active {
                     self.last_answer_ms = now_ms;
                 }
+                self.peer_contact_ms = self.peer_contact_ms.max(now_ms);
                 self.observe(peer)
             }
             Input::PeerSeen { now_ms, peer } => {
+                self.peer_contact_ms = self.peer_contact_ms.max(now_ms);
                 if peer.active {
                     self.last_answer_ms = self.last_answer_ms.max(now_ms);
                 }
@@ -440,7 +670,16 @@ impl RoleMachine {
             }
             Input::FinalPullDone => {
                 if self.role == Role::Passive && self.promoting {
-                    self.promote("the active stopped answering")
+                    // Asked again: the evidence may have changed during the pull.
+                    match self.authority.may_promote(self.now_ms, &self.settings.node) {
+                        Decision::Yes => self.promote("the active stopped answering"),
+                        Decision::No(why) => {
+                            self.promoting = false;
+                            vec![Action::Alert {
+                                message: format!("not promoting after the final pull: {why}"),
+                            }]
+                        }
+                    }
                 } else {
                     Vec::new()
                 }
@@ -458,7 +697,7 @@ impl RoleMachine {
                 if self.role == Role::Passive {
                     self.take_over_at = Some(head_seq);
                     if self.head_seq >= head_seq {
-                        return self.promote("switchover");
+                        return self.promote_if_authorized("switchover", true);
                     }
                     vec![Action::PullTo { head_seq }]
                 } else {
@@ -484,6 +723,13 @@ impl RoleMachine {
             Input::SwitchoverTimedOut => {
                 if self.role == Role::Active && self.handing_over {
                     self.handing_over = false;
+                    if let Decision::No(reason) =
+                        self.authority
+                            .may_take(self.now_ms, &self.settings.node, self.epoch)
+                    {
+                        return self
+                            .suspend(format!("the peer did not take over in time, and {reason}"));
+                    }
                     vec![
                         Action::StartCapture,
                         Action::OpenLogins,
@@ -498,24 +744,79 @@ impl RoleMachine {
                 }
             }
             Input::Operator(command) => self.command(command),
+            Input::Authority(_) => Vec::new(),
         }
     }
 
     fn tick(&mut self, now_ms: u64) -> Vec<Action> {
         let mut actions = vec![Action::SendHeartbeat];
-        let silent_ms = now_ms.saturating_sub(self.last_answer_ms);
-        if self.role == Role::Passive
-            && !self.promoting
-            && self.take_over_at.is_none()
-            && silent_ms >= self.settings.failover_after_ms
-        {
-            self.promoting = true;
-            actions.push(Action::Alert {
-                message: format!(
-                    "no answer from the active for {silent_ms} ms; a last pull, then promotion"
-                ),
-            });
-            actions.push(Action::FinalPull);
+        let node = self.settings.node.clone();
+        match self.role.clone() {
+            Role::Active if !self.handing_over => {
+                let later_peer = self
+                    .peer_blocks_taking()
+                    .filter(|_| self.peer.as_ref().is_some_and(|peer| !peer.active));
+                let decision = match later_peer {
+                    Some(reason) => Decision::No(reason),
+                    None => {
+                        self.authority
+                            .may_hold(now_ms, &node, self.epoch, self.peer_contact_ms)
+                    }
+                };
+                if let Decision::No(reason) = decision {
+                    actions.extend(self.suspend(reason));
+                }
+            }
+            Role::Suspended { .. } => match self
+                .peer_blocks_taking()
+                .map(Decision::No)
+                .unwrap_or_else(|| self.authority.may_take(now_ms, &node, self.epoch))
+            {
+                Decision::Yes => actions.extend(self.resume()),
+                Decision::No(_) => {
+                    if self.authority.needs_acquire() {
+                        actions.push(Action::AcquireAuthority);
+                    }
+                }
+            },
+            Role::Passive => {
+                if let Some(reason) = self.awaiting_authority.clone() {
+                    if self.authority.may_promote(now_ms, &node).allowed() {
+                        self.awaiting_authority = None;
+                        actions.extend(self.promote(&reason));
+                    } else {
+                        actions.push(Action::AcquireAuthority);
+                    }
+                    return actions;
+                }
+                let silent_ms = now_ms.saturating_sub(self.last_answer_ms);
+                if !self.promoting
+                    && self.take_over_at.is_none()
+                    && silent_ms >= self.settings.failover_after_ms
+                {
+                    match self.authority.may_promote(now_ms, &node) {
+                        Decision::Yes => {
+                            self.promoting = true;
+                            self.last_refusal = None;
+                            actions.push(Action::Alert {
+                                message: format!(
+                                    "no answer from the active for {silent_ms} ms; a last pull, then promotion"
+                                ),
+                            });
+                            actions.push(Action::FinalPull);
+                        }
+                        Decision::No(why) => {
+                            if self.authority.needs_acquire() {
+                                actions.push(Action::AcquireAuthority);
+                            }
+                            actions.extend(self.refusal(format!(
+                                "no answer from the active, but not promoting: {why}"
+                            )));
+                        }
+                    }
+                }
+            }
+            _ => {}
         }
         actions
     }
@@ -527,7 +828,7 @@ impl RoleMachine {
         }
         if let Some(target) = self.take_over_at {
             if self.head_seq >= target {
-                return self.promote("switchover");
+                return self.promote_if_authorized("switchover", true);
             }
             return Vec::new();
         }
@@ -546,13 +847,17 @@ impl RoleMachine {
     fn command(&mut self, command: Command) -> Vec<Action> {
         match command {
             Command::Promote { force } => match self.role {
-                Role::Passive | Role::Starting => {
+                Role::Passive | Role::Starting | Role::Suspended { .. } => {
                     if force {
                         let mut actions = vec![Action::Alert {
                             message: "forced promotion: if the old active is still recording, its changes since the last pull will be quarantined when it rejoins".to_string(),
                         }];
-                        actions.extend(self.promote("forced by the operator"));
+                        actions.extend(self.promote_if_authorized("forced by the operator", true));
                         actions
+                    } else if matches!(self.role, Role::Suspended { .. }) {
+                        vec![Action::Alert {
+                            message: "this node is suspended: it resumes when the authority backs it; `promote --force` overrides the witness quorum".to_string(),
+                        }]
                     } else if self.peer.as_ref().is_some_and(|peer| peer.active) && !self.promoting
                     {
                         vec![Action::Alert {
@@ -570,13 +875,17 @@ impl RoleMachine {
             Command::Switchover => {
                 if self.role == Role::Active && !self.handing_over {
                     self.handing_over = true;
-                    vec![
+                    let mut actions = vec![
                         Action::CloseLogins,
                         Action::StopCapture,
                         Action::AskPeerToTakeOver {
                             head_seq: self.head_seq,
                         },
-                    ]
+                    ];
+                    if self.authority.needs_acquire() {
+                        actions.push(Action::ReleaseAuthority);
+                    }
+                    actions
                 } else {
                     vec![Action::Alert {
                         message: format!(

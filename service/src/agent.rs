@@ -3,8 +3,16 @@
 //! configurable command) and reports it to every node of the `;`-separated dispatch
 //! list, each on its own schedule. A node that is down just misses reports: nothing
 //! is queued, the next report is fresh.
+//!
+//! Each report also carries the agent's witness (`authority = "witness"`): how long
+//! since it last reached each other node, whether it told another node the recipient
+//! was lost, and the highest authority it has seen — kept by the engine's pure
+//! `AgentWitness`, shared by the per-node reporters.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use standin_engine::authority::{AgentWitness, NodeAnswer};
 
 use standin_proto::v1 as wire;
 use standin_proto::v1::agent_client::AgentClient;
@@ -76,8 +84,29 @@ async fn sessions(command: &Option<String>) -> u32 {
     }
 }
 
+/// The witness shared by the reporters, on the agent's own monotonic clock.
+#[derive(Clone)]
+struct SharedWitness {
+    started: Instant,
+    witness: Arc<Mutex<AgentWitness>>,
+}
+
+impl SharedWitness {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut AgentWitness) -> T) -> T {
+        let mut witness = self
+            .witness
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut witness)
+    }
+}
+
 /// Report to one node forever.
-async fn report_to(settings: AgentSettings, url: String) {
+async fn report_to(settings: AgentSettings, url: String, witness: SharedWitness) {
     let mut previous = cpu_counters();
     let mut was_up = true;
     let mut ticker = tokio::time::interval(settings.interval);
@@ -92,7 +121,14 @@ async fn report_to(settings: AgentSettings, url: String) {
             _ => 0.0,
         };
         previous = now;
+        let sent_ms = witness.now_ms();
+        let seen = witness.with(|w| w.report_for(&settings.name, &url, sent_ms));
+        let (highest_epoch, highest_node) = seen.highest.clone().unwrap_or_default();
         let report = wire::LoadReport {
+            reachable: seen.reachable,
+            vote: seen.vote,
+            highest_epoch,
+            highest_node,
             name: settings.name.clone(),
             address: settings.address.clone(),
             cpu_percent,
@@ -110,8 +146,27 @@ async fn report_to(settings: AgentSettings, url: String) {
                 .await
                 .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
         };
-        match tokio::time::timeout(settings.interval.max(Duration::from_secs(1)), sent).await {
-            Ok(Ok(_)) => {
+        // A report that arrives later than half the witness window could count
+        // after the agent changed its vote: give up on it before then.
+        let mut limit = settings.interval.max(Duration::from_secs(1));
+        let window_ms = witness.with(|w| w.window_ms());
+        if window_ms > 0 {
+            limit = limit.min(Duration::from_millis(window_ms / 2));
+        }
+        match tokio::time::timeout(limit, sent).await {
+            Ok(Ok(ack)) => {
+                let ack = ack.into_inner();
+                // Counted from when the answer came back, after the node counted the
+                // report: the time since is never overstated (the witness relies on it).
+                let answered_ms = witness.now_ms();
+                let answer = NodeAnswer {
+                    suspended: ack.role == "suspended",
+                    node: ack.node,
+                    epoch: ack.epoch,
+                    active: ack.active,
+                    window_ms: ack.witness_window_ms,
+                };
+                witness.with(|w| w.answered(answered_ms, &url, &answer));
                 if !was_up {
                     tracing::info!(%url, "reporting again");
                 }
@@ -136,8 +191,12 @@ async fn report_to(settings: AgentSettings, url: String) {
 /// Report to every node until `shutdown`.
 pub async fn run(settings: AgentSettings, shutdown: impl std::future::Future<Output = ()>) {
     let mut tasks = tokio::task::JoinSet::new();
+    let witness = SharedWitness {
+        started: Instant::now(),
+        witness: Arc::new(Mutex::new(AgentWitness::new(&settings.urls))),
+    };
     for url in settings.urls.clone() {
-        tasks.spawn(report_to(settings.clone(), url));
+        tasks.spawn(report_to(settings.clone(), url, witness.clone()));
     }
     tracing::info!(name = %settings.name, nodes = settings.urls.len(), "agent reporting");
     shutdown.await;

@@ -62,6 +62,8 @@ pub fn status_to_wire(status: &NodeStatus, node: &Node) -> wire::StatusResponse 
             .iter()
             .map(terminal_server_to_wire)
             .collect(),
+        authority: status.authority.clone(),
+        authority_summary: status.authority_summary.clone(),
     }
 }
 
@@ -98,6 +100,8 @@ pub fn status_from_wire(status: &wire::StatusResponse) -> NodeStatus {
             .iter()
             .map(terminal_server_from_wire)
             .collect(),
+        authority: status.authority.clone(),
+        authority_summary: status.authority_summary.clone(),
     }
 }
 

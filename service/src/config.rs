@@ -46,6 +46,12 @@ struct RawConfig {
     rescan_interval_s: Option<u64>,
     log_retention_events: Option<u64>,
     compaction_interval_s: Option<u64>,
+    authority: Option<String>,
+    witness_agents: Option<Vec<String>>,
+    witness_window_ms: Option<u64>,
+    etcd_endpoints: Option<Vec<String>>,
+    etcd_key: Option<String>,
+    etcd_lease_ttl_s: Option<u64>,
 }
 
 /// A checked configuration.
@@ -76,6 +82,26 @@ pub struct Config {
     /// behind starts again from a snapshot).
     pub log_retention_events: u64,
     pub compaction_interval_s: u64,
+    /// Who decides authority besides the pair itself.
+    pub authority: AuthorityConfig,
+}
+
+/// `authority = "peer" | "witness" | "etcd"` and its keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthorityConfig {
+    /// The pair alone (unsafe on a cut link).
+    Peer,
+    /// The terminal-server agents' quorum.
+    Witness { agents: Vec<String>, window_ms: u64 },
+}
+
+impl AuthorityConfig {
+    pub fn mode(&self) -> &'static str {
+        match self {
+            AuthorityConfig::Peer => "peer",
+            AuthorityConfig::Witness { .. } => "witness",
+        }
+    }
 }
 
 /// Certificate, key and (for checking the peer) the CA that signed the peer's certificate.
@@ -343,6 +369,13 @@ impl Config {
                 "must be at least 1".to_string(),
             ));
         }
+        let authority = parse_authority(
+            &raw,
+            failover_after_ms,
+            heartbeat_interval_ms,
+            agent_secret_file.is_some(),
+        )
+        .map_err(|(name, reason)| key(name, reason))?;
         Ok(Config {
             node_name: raw.node_name,
             folder,
@@ -364,6 +397,7 @@ impl Config {
             rescan_interval_s,
             log_retention_events,
             compaction_interval_s,
+            authority,
         })
     }
 
@@ -382,6 +416,76 @@ impl Config {
             self.listen.ip().to_string()
         };
         format!("{scheme}://{host}:{}", self.listen.port())
+    }
+}
+
+/// The authority keys: the mode and, for it, its own keys (keys of another mode are
+/// refused, so a typo does not silently leave a pair unprotected).
+fn parse_authority(
+    raw: &RawConfig,
+    failover_after_ms: u64,
+    heartbeat_interval_ms: u64,
+    has_agent_secret: bool,
+) -> Result<AuthorityConfig, (&'static str, String)> {
+    let mode = raw.authority.as_deref().unwrap_or("peer");
+    let witness_keys = raw.witness_agents.is_some() || raw.witness_window_ms.is_some();
+    let etcd_keys =
+        raw.etcd_endpoints.is_some() || raw.etcd_key.is_some() || raw.etcd_lease_ttl_s.is_some();
+    match mode {
+        "peer" => {
+            if witness_keys {
+                return Err(("authority", "witness_* keys are set but authority is \"peer\" (set authority = \"witness\")".to_string()));
+            }
+            if etcd_keys {
+                return Err((
+                    "authority",
+                    "etcd_* keys are set but authority is \"peer\" (set authority = \"etcd\")"
+                        .to_string(),
+                ));
+            }
+            Ok(AuthorityConfig::Peer)
+        }
+        "witness" => {
+            if etcd_keys {
+                return Err((
+                    "authority",
+                    "etcd_* keys are set but authority is \"witness\"".to_string(),
+                ));
+            }
+            let agents = raw.witness_agents.clone().unwrap_or_default();
+            if agents.is_empty() {
+                return Err(("witness_agents", "witness mode needs the names of the terminal-server agents that vote (witness_agents = [\"ts1\", \"ts2\", \"ts3\"]); with no agents it cannot tell a dead peer from a cut link".to_string()));
+            }
+            let mut unique = agents.clone();
+            unique.sort();
+            unique.dedup();
+            if unique.len() != agents.len() || agents.iter().any(|agent| agent.trim().is_empty()) {
+                return Err((
+                    "witness_agents",
+                    "agent names must be non-empty and distinct".to_string(),
+                ));
+            }
+            if !has_agent_secret {
+                return Err((
+                    "agent_secret_file",
+                    "witness mode needs agent_secret_file: agents' reports are its votes"
+                        .to_string(),
+                ));
+            }
+            let window_ms = raw.witness_window_ms.unwrap_or(failover_after_ms / 2);
+            if window_ms < 2 * heartbeat_interval_ms + 1 {
+                return Err(("witness_window_ms", format!("{window_ms} must be more than twice heartbeat_interval_ms ({heartbeat_interval_ms}): an active checks its quorum every heartbeat")));
+            }
+            Ok(AuthorityConfig::Witness { agents, window_ms })
+        }
+        "etcd" => Err((
+            "authority",
+            "\"etcd\" is not available in this build yet: the role machine decides by the lease (engine::authority::EtcdLease), but the etcd client that takes and keeps it is not written; use \"witness\"".to_string(),
+        )),
+        other => Err((
+            "authority",
+            format!("{other:?} is not one of \"peer\", \"witness\", \"etcd\""),
+        )),
     }
 }
 

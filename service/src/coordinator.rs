@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 
-use crate::config::InitialRole;
+use crate::config::{AuthorityConfig, InitialRole};
 use crate::convert::{head_from_wire, head_to_wire};
 use crate::node::Node;
 use crate::passive::Puller;
@@ -45,7 +45,12 @@ impl Coordinator {
             auto_failback: node.config.auto_failback,
             failover_after_ms: node.config.failover_after_ms,
         };
-        let machine = RoleMachine::new(settings, node.repository.head().epoch, now_ms());
+        let machine = RoleMachine::with_authority(
+            settings,
+            authority_of(&node.config),
+            node.repository.head().epoch,
+            now_ms(),
+        );
         Coordinator {
             node,
             machine,
@@ -84,6 +89,11 @@ impl Coordinator {
     fn publish(&self) {
         self.node
             .set_role(self.machine.role().clone(), self.machine.accepts_logins());
+        self.node.set_authority_status(
+            self.machine
+                .authority()
+                .status(self.machine.now_ms(), &self.node.config.node_name),
+        );
     }
 
     async fn carry_out(&mut self, actions: Vec<Action>) {
@@ -251,6 +261,12 @@ impl Coordinator {
             Action::Alert { message } => {
                 tracing::warn!("{message}");
             }
+            Action::AcquireAuthority | Action::ReleaseAuthority => {
+                tracing::debug!(
+                    ?action,
+                    "no lease to take or give up in this authority mode"
+                );
+            }
         }
     }
 
@@ -295,6 +311,21 @@ impl Coordinator {
         if let Some(pulling) = self.pulling.take() {
             let _ = pulling.stop.send(true);
             let _ = tokio::time::timeout(Duration::from_secs(30), pulling.task).await;
+        }
+    }
+}
+
+/// The authority the role machine consults, from the config.
+fn authority_of(config: &crate::config::Config) -> Box<dyn standin_engine::authority::Authority> {
+    use standin_engine::authority::{PeerOnly, WitnessQuorum, WitnessSettings};
+    match &config.authority {
+        AuthorityConfig::Peer => Box::new(PeerOnly),
+        AuthorityConfig::Witness { agents, window_ms } => {
+            Box::new(WitnessQuorum::new(WitnessSettings {
+                agents: agents.clone(),
+                window_ms: *window_ms,
+                failover_after_ms: config.failover_after_ms,
+            }))
         }
     }
 }

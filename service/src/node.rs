@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::metrics::{Metrics, RoleLabel};
+use standin_engine::authority::AuthorityStatus;
 use standin_engine::role::Input;
 pub use standin_engine::role::Role;
 
@@ -36,6 +37,12 @@ pub struct NodeStatus {
     pub folder: String,
     #[serde(default)]
     pub terminal_servers: Vec<TerminalServerStatus>,
+    /// `peer`, `witness` or `etcd`.
+    #[serde(default)]
+    pub authority: String,
+    /// What the authority protects against right now (peer mode: unsafe on a cut link).
+    #[serde(default)]
+    pub authority_summary: String,
 }
 
 /// A terminal server as `status` lists it.
@@ -74,6 +81,7 @@ pub struct Node {
     pub apply_lock: Arc<tokio::sync::RwLock<()>>,
     /// Terminal servers' last load reports.
     pub load_table: crate::site::LoadTable,
+    authority_status: Mutex<Option<AuthorityStatus>>,
 }
 
 /// Inputs waiting for the role state machine, at most.
@@ -117,6 +125,7 @@ impl Node {
             capture: Mutex::new(None),
             apply_lock: Arc::new(tokio::sync::RwLock::new(())),
             load_table: crate::site::LoadTable::default(),
+            authority_status: Mutex::new(None),
         });
         Ok(node)
     }
@@ -209,6 +218,21 @@ impl Node {
         *lock(&self.peer_head)
     }
 
+    /// Publish what the authority says (the coordinator calls this).
+    pub fn set_authority_status(&self, status: AuthorityStatus) {
+        *lock(&self.authority_status) = Some(status);
+    }
+
+    /// The authority's mode and its one-line summary.
+    pub fn authority_status(&self) -> AuthorityStatus {
+        lock(&self.authority_status)
+            .clone()
+            .unwrap_or_else(|| AuthorityStatus {
+                mode: self.config.authority.mode(),
+                summary: "starting".to_string(),
+            })
+    }
+
     pub fn set_error(&self, error: Option<String>) {
         *lock(&self.last_error) = error;
     }
@@ -263,9 +287,12 @@ impl Node {
             events_replicated: self.metrics.events_replicated.get(),
             bytes_replicated: self.metrics.bytes_replicated.get(),
             quarantined_events: self.quarantined_events(),
+            authority: self.authority_status().mode.to_string(),
+            authority_summary: self.authority_status().summary,
             last_error: match self.role() {
-                // A fenced node says why, first.
+                // A fenced or suspended node says why, first.
                 Role::Fenced { reason } => format!("fenced: {reason}"),
+                Role::Suspended { reason } => format!("suspended: {reason}"),
                 _ => self.last_error().unwrap_or_default(),
             },
             replication_period_s: self.config.replication_period_s,

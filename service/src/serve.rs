@@ -76,7 +76,7 @@ pub async fn run(
         .add_service(health_service)
         .add_service(
             standin_proto::v1::agent_server::AgentServer::with_interceptor(
-                crate::site_server::AgentService { node: node.clone() },
+                crate::site_server::AgentService::new(node.clone()),
                 RequireSecret::new(agent_secret),
             ),
         )

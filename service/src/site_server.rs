@@ -13,9 +13,64 @@ use crate::site::{self, Load, SiteError};
 
 /// Upper bound on a load report's application list.
 const MAX_REPORTED_APPS: usize = 1_000;
+/// Upper bound on a load report's witness list (a pair, with room to spare).
+const MAX_REPORTED_NODES: usize = 16;
 
 pub struct AgentService {
     pub node: Arc<Node>,
+    /// Agents already warned about (not in `witness_agents`, or reporting too rarely),
+    /// once each.
+    pub unknown_agents: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl AgentService {
+    pub fn new(node: Arc<Node>) -> AgentService {
+        AgentService {
+            node,
+            unknown_agents: Default::default(),
+        }
+    }
+
+    /// Hand the witness part of a report to the role machine (witness mode).
+    fn witness(&self, report: &wire::LoadReport, peer: Option<std::net::SocketAddr>) {
+        let crate::config::AuthorityConfig::Witness { agents, window_ms } =
+            &self.node.config.authority
+        else {
+            return;
+        };
+        if report.interval_ms > window_ms / 3 {
+            let mut warned = self
+                .unknown_agents
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if warned.len() < 1_000 && warned.insert(format!("interval {}", report.name)) {
+                tracing::warn!(agent = %report.name, interval_ms = report.interval_ms, window_ms, "the agent reports less often than a third of witness_window_ms: its vote may lapse between reports (run it with --interval-ms {})", window_ms / 3);
+            }
+        }
+        if !agents.contains(&report.name) {
+            let mut warned = self
+                .unknown_agents
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if warned.len() < 1_000 && warned.insert(report.name.clone()) {
+                tracing::warn!(agent = %report.name, from = ?peer, "a report from an agent not in witness_agents: it does not count toward the quorum");
+            }
+            return;
+        }
+        let highest = (!report.highest_node.is_empty())
+            .then(|| (report.highest_epoch, report.highest_node.clone()));
+        self.node.feed(standin_engine::role::Input::Authority(
+            standin_engine::authority::Evidence::AgentReport {
+                now_ms: standin_engine::fsutil::now_ms(),
+                report: standin_engine::authority::WitnessReport {
+                    agent: report.name.clone(),
+                    reachable: report.reachable.clone(),
+                    vote: report.vote.clone(),
+                    highest,
+                },
+            },
+        ));
+    }
 }
 
 #[tonic::async_trait]
@@ -24,12 +79,19 @@ impl Agent for AgentService {
         &self,
         request: Request<wire::LoadReport>,
     ) -> Result<Response<wire::LoadAck>, Status> {
+        let peer = request.remote_addr();
         let report = request.into_inner();
         if report.apps.len() > MAX_REPORTED_APPS {
             return Err(Status::invalid_argument(format!(
                 "at most {MAX_REPORTED_APPS} applications per report"
             )));
         }
+        if report.reachable.len() > MAX_REPORTED_NODES {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_REPORTED_NODES} nodes in a report's witness"
+            )));
+        }
+        self.witness(&report, peer);
         let load = Load {
             name: report.name,
             address: report.address,
@@ -44,9 +106,16 @@ impl Agent for AgentService {
             .load_table
             .report(load)
             .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        let witness_window_ms = match &self.node.config.authority {
+            crate::config::AuthorityConfig::Witness { window_ms, .. } => *window_ms,
+            _ => 0,
+        };
         Ok(Response::new(wire::LoadAck {
             node: self.node.config.node_name.clone(),
             role: self.node.role().name().to_string(),
+            epoch: self.node.epoch(),
+            active: self.node.accepts_logins(),
+            witness_window_ms,
         }))
     }
 }

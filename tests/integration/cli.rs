@@ -24,6 +24,10 @@ fn status_verify_and_log_against_a_running_pair() {
     for field in ["role", "passive", "epoch", "head", "peer", "lag"] {
         assert!(table.contains(field), "{field} missing from:\n{table}");
     }
+    assert!(
+        table.contains("UNSAFE on a cut link"),
+        "peer-only mode says it is unsafe on a cut link:\n{table}"
+    );
     let output = pair.beta.cli(&["status", "--json"]);
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(json["role"], "passive");

@@ -92,6 +92,26 @@ fn each_bad_config_names_its_key_and_exits_2() {
             "at most a day",
         ),
         (
+            format!("{GOOD}\nauthority = \"witness\"\nagent_secret_file = \"ROOT/pair.secret\"\n"),
+            "witness_agents",
+            "no agents it cannot tell a dead peer from a cut link",
+        ),
+        (
+            format!("{GOOD}\nauthority = \"witness\"\nwitness_agents = [\"ts1\"]\n"),
+            "agent_secret_file",
+            "witness mode needs agent_secret_file",
+        ),
+        (
+            format!("{GOOD}\nwitness_agents = [\"ts1\"]\n"),
+            "authority",
+            "authority is \"peer\"",
+        ),
+        (
+            format!("{GOOD}\nauthority = \"quorum\"\n"),
+            "authority",
+            "is not one of",
+        ),
+        (
             format!("{GOOD}\nrescan_interval_s = 0\n"),
             "rescan_interval_s",
             "between 1",

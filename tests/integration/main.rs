@@ -12,9 +12,11 @@
 //! - `config`: bad configs refused with the key and exit status 2.
 //! - `cli`: status, verify, log, init-secret, demo.
 //! - `failover`: takeover, rejoin with quarantine, switchover, promote.
-//! - `faults`: a cut link through a proxy of the test's own; repeated SIGKILLs.
+//! - `faults`: seeded faults with a ledger: SIGKILLs of either node, link faults through
+//!   the proxy, a partition with a takeover (soak forms under `--ignored`).
 //! - `proxy`: the fault-injecting TCP proxy (drop, reset, delay, stall, partition).
 //! - `hostile_peer`: a fake active that lies, against the passive's pull.
+//! - `split_brain`: the agent-witness quorum with a cut pair link and a dead active.
 
 mod cli;
 mod config;
@@ -29,4 +31,5 @@ mod restart;
 mod security;
 mod site;
 mod snapshot;
+mod split_brain;
 mod support;

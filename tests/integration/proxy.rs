@@ -45,14 +45,24 @@ impl Control {
 
 /// One fault schedule over one or more forwarded ports.
 pub struct Proxy {
+    /// The port `start` forwards (0 for a proxy made with `new`).
+    pub port: u16,
     control: Arc<Control>,
 }
 
 const POLL: Duration = Duration::from_millis(20);
 
 impl Proxy {
+    /// A proxy forwarding one new port (`port`) to `target_port`.
+    pub fn start(target_port: u16) -> Proxy {
+        let mut proxy = Proxy::new();
+        proxy.port = proxy.forward(target_port);
+        proxy
+    }
+
     pub fn new() -> Proxy {
         Proxy {
+            port: 0,
             control: Arc::new(Control {
                 link: Mutex::new(Link::Up),
                 connections: Mutex::new(Vec::new()),

@@ -8,7 +8,7 @@ use standin_proto::v1 as wire;
 
 use crate::support::{http_get, standin, wait_until, NodeProcess};
 
-struct AgentProcess(Child);
+pub(crate) struct AgentProcess(Child);
 
 impl Drop for AgentProcess {
     fn drop(&mut self) {
@@ -17,7 +17,7 @@ impl Drop for AgentProcess {
     }
 }
 
-fn agent(
+pub(crate) fn agent(
     root: &std::path::Path,
     name: &str,
     sessions: u32,

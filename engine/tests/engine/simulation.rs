@@ -1,20 +1,55 @@
 //! A seeded, randomized simulation of the pair: two `RoleMachine`s with model logs
-//! (lists of event ids), a network that loses, delays and partitions messages, crashes
-//! and restarts of either node, and a writer that writes to whichever node accepts
-//! logins. Each run is replayable by its seed (`STANDIN_SIM_SEED=N`); the number of
-//! seeds is `STANDIN_SIM_SEEDS` (default 300 in the test command).
+//! (lists of event ids), three terminal-server agents reporting to both nodes (with
+//! the engine's own `AgentWitness`), a network that loses and delays messages and
+//! partitions links (the pair link cut, one node isolated from everyone, agents split
+//! between the nodes), crashes and restarts of either node, and a writer that writes
+//! to whichever node accepts logins. Each run is replayable by its seed
+//! (`STANDIN_SIM_SEED=N`, with `STANDIN_SIM_MODE=peer|witness`); the number of seeds is
+//! `STANDIN_SIM_SEEDS` (default 300 in the test command).
 //!
-//! Checked at every step: never two nodes accepting logins in one epoch. Checked once
-//! the faults heal: the pair converges (one authority, equal logs); every event a
-//! passive applied is on the final authority; every acknowledged write is on the final
-//! authority or in a quarantine (nothing silently lost).
+//! Checked at every step: never two nodes accepting logins in one epoch and, with the
+//! agent witness, never two nodes accepting logins at the same instant (peer mode
+//! shows that split brain: a test finds it). Checked once the faults heal: the pair
+//! converges (one authority, equal logs); every event a passive applied is on the
+//! final authority; every acknowledged write is on the final authority or in a
+//! quarantine (nothing silently lost).
 
 use std::collections::{HashSet, VecDeque};
 
+use standin_engine::authority::{
+    AgentWitness, Authority, Evidence, NodeAnswer, PeerOnly, WitnessQuorum, WitnessReport,
+    WitnessSettings,
+};
 use standin_engine::role::{Action, Input, PeerView, Role, RoleMachine, RoleSettings};
 
 const STEP_MS: u64 = 100;
 const HEARTBEAT_TIMEOUT_STEPS: u64 = 3;
+const AGENTS: [&str; 3] = ["ts1", "ts2", "ts3"];
+/// Agents report every this many steps (300 ms, a third of the witness window).
+const AGENT_INTERVAL_STEPS: u64 = 3;
+const FAILOVER_AFTER_MS: u64 = 1_500;
+const WITNESS_WINDOW_MS: u64 = 1_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Peer,
+    Witness,
+}
+
+fn authority(mode: Mode) -> Box<dyn Authority> {
+    match mode {
+        Mode::Peer => Box::new(PeerOnly),
+        Mode::Witness => Box::new(WitnessQuorum::new(WitnessSettings {
+            agents: AGENTS.iter().map(|agent| agent.to_string()).collect(),
+            window_ms: WITNESS_WINDOW_MS,
+            failover_after_ms: FAILOVER_AFTER_MS,
+        })),
+    }
+}
+
+/// Endpoints: nodes are 0 and 1, agents 2, 3 and 4.
+const NODES: usize = 2;
+const ENDPOINTS: usize = NODES + AGENTS.len();
 
 /// A model event: a unique id and the epoch it was recorded in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -42,6 +77,7 @@ impl Rng {
 
 struct SimNode {
     name: &'static str,
+    mode: Mode,
     initial_active: bool,
     machine: RoleMachine,
     alive: bool,
@@ -57,10 +93,12 @@ struct SimNode {
 }
 
 impl SimNode {
-    fn new(name: &'static str, initial_active: bool, now_ms: u64) -> SimNode {
-        let machine = RoleMachine::new(settings(name, initial_active), 0, now_ms);
+    fn new(name: &'static str, mode: Mode, initial_active: bool, now_ms: u64) -> SimNode {
+        let machine =
+            RoleMachine::with_authority(settings(name, initial_active), authority(mode), 0, now_ms);
         SimNode {
             name,
+            mode,
             initial_active,
             machine,
             alive: true,
@@ -89,8 +127,9 @@ impl SimNode {
     }
 
     fn restart(&mut self, now_ms: u64) {
-        self.machine = RoleMachine::new(
+        self.machine = RoleMachine::with_authority(
             settings(self.name, self.initial_active),
+            authority(self.mode),
             self.epoch(),
             now_ms,
         );
@@ -109,25 +148,63 @@ fn settings(name: &str, initial_active: bool) -> RoleSettings {
         initial_active,
         preferred: initial_active,
         auto_failback: false,
-        failover_after_ms: 1_500,
+        failover_after_ms: FAILOVER_AFTER_MS,
     }
 }
 
 /// A message in flight: deliver at `at` step to node `to`.
 enum Message {
-    Heartbeat { from: usize, view: PeerView },
-    Answer { view: PeerView },
+    Heartbeat {
+        from: usize,
+        view: PeerView,
+    },
+    Answer {
+        view: PeerView,
+    },
+    /// An agent's report to a node.
+    Report {
+        agent: usize,
+        report: WitnessReport,
+    },
+    /// A node's answer to an agent's report.
+    Ack {
+        node: usize,
+        answer: NodeAnswer,
+    },
 }
 
 struct Network {
-    link_up: bool,
+    /// `cut[a][b]`: the link between endpoints a and b is cut (symmetric).
+    cut: [[bool; ENDPOINTS]; ENDPOINTS],
     loss_percent: u64,
     queue: Vec<(u64, usize, Message)>,
 }
 
+impl Network {
+    fn up(&self, a: usize, b: usize) -> bool {
+        !self.cut[a][b]
+    }
+    fn set(&mut self, a: usize, b: usize, cut: bool) {
+        self.cut[a][b] = cut;
+        self.cut[b][a] = cut;
+    }
+    fn heal(&mut self) {
+        self.cut = [[false; ENDPOINTS]; ENDPOINTS];
+    }
+}
+
+struct SimAgent {
+    name: &'static str,
+    witness: AgentWitness,
+}
+
 struct World {
     rng: Rng,
+    mode: Mode,
     nodes: [SimNode; 2],
+    agents: Vec<SimAgent>,
+    /// Steps at which two nodes accepted logins at once.
+    split_brain_steps: u64,
     network: Network,
     step: u64,
     next_id: u64,
@@ -145,7 +222,17 @@ impl World {
         if !self.nodes[index].alive {
             return;
         }
+        let before = self.nodes[index].machine.role().clone();
         let actions = self.nodes[index].machine.step(input);
+        let after = self.nodes[index].machine.role().clone();
+        if before != after {
+            self.trace.push(format!(
+                "{} {}: {before:?} -> {after:?} (epoch {})",
+                self.step,
+                self.nodes[index].name,
+                self.nodes[index].machine.epoch()
+            ));
+        }
         self.carry_out(index, actions);
     }
 
@@ -158,7 +245,7 @@ impl World {
                     self.nodes[index]
                         .heartbeat_deadlines
                         .push_back(self.step + HEARTBEAT_TIMEOUT_STEPS);
-                    self.send(peer, Message::Heartbeat { from: index, view });
+                    self.send(index, peer, Message::Heartbeat { from: index, view });
                 }
                 Action::FinalPull => self.nodes[index].final_pull_pending = true,
                 Action::PullTo { .. } | Action::StartPulling => self.nodes[index].pulling = true,
@@ -179,6 +266,8 @@ impl World {
                 | Action::RunHook { .. }
                 | Action::AskPeerToTakeOver { .. }
                 | Action::RequestSwitchover
+                | Action::AcquireAuthority
+                | Action::ReleaseAuthority
                 | Action::Alert { .. } => {}
             }
         }
@@ -189,8 +278,9 @@ impl World {
         self.next_id
     }
 
-    fn send(&mut self, to: usize, message: Message) {
-        if !self.network.link_up || self.rng.chance(self.network.loss_percent) {
+    /// Send from endpoint `from` to endpoint `to` (nodes 0-1, agents 2-4).
+    fn send(&mut self, from: usize, to: usize, message: Message) {
+        if !self.network.up(from, to) || self.rng.chance(self.network.loss_percent) {
             return;
         }
         let delay = 1 + self.rng.below(2);
@@ -198,7 +288,22 @@ impl World {
     }
 
     fn reachable(&self, from: usize) -> bool {
-        self.network.link_up && self.nodes[1 - from].alive
+        self.network.up(from, 1 - from) && self.nodes[1 - from].alive
+    }
+
+    fn agents_report(&mut self) {
+        if self.mode != Mode::Witness || self.step % AGENT_INTERVAL_STEPS != 0 {
+            return;
+        }
+        let now_ms = self.now_ms();
+        for agent in 0..self.agents.len() {
+            for node in 0..NODES {
+                let address = self.nodes[node].name;
+                let name = self.agents[agent].name;
+                let report = self.agents[agent].witness.report_for(name, address, now_ms);
+                self.send(NODES + agent, node, Message::Report { agent, report });
+            }
+        }
     }
 
     /// A pull: our log must be a prefix of the peer's (then we take the rest) or the
@@ -273,18 +378,45 @@ impl World {
                 }
             }
             if self.rng.chance(2) {
-                self.network.link_up = !self.network.link_up;
+                let cut = self.network.up(0, 1);
+                self.network.set(0, 1, cut);
                 self.trace.push(format!(
-                    "{} link {}",
+                    "{} pair link {}",
                     self.step,
-                    if self.network.link_up {
-                        "heals"
-                    } else {
-                        "is cut"
-                    }
+                    if cut { "is cut" } else { "heals" }
                 ));
             }
+            if self.rng.chance(1) {
+                // One node isolated from everyone.
+                let node = self.rng.below(2) as usize;
+                for other in 0..ENDPOINTS {
+                    if other != node {
+                        self.network.set(node, other, true);
+                    }
+                }
+                self.trace
+                    .push(format!("{} {} isolated", self.step, self.nodes[node].name));
+            }
+            if self.rng.chance(2) {
+                // One agent-node link flips (agents split between the nodes).
+                let agent = NODES + self.rng.below(AGENTS.len() as u64) as usize;
+                let node = self.rng.below(2) as usize;
+                let cut = self.network.up(agent, node);
+                self.network.set(agent, node, cut);
+                self.trace.push(format!(
+                    "{} link {}-{} {}",
+                    self.step,
+                    AGENTS[agent - NODES],
+                    self.nodes[node].name,
+                    if cut { "is cut" } else { "heals" }
+                ));
+            }
+            if self.rng.chance(1) {
+                self.network.heal();
+                self.trace.push(format!("{} every link heals", self.step));
+            }
         }
+        self.agents_report();
         for index in 0..2 {
             if !self.nodes[index].alive && (self.step >= self.nodes[index].restart_at || !faults) {
                 self.nodes[index].restart(now_ms);
@@ -312,6 +444,13 @@ impl World {
             ready
         };
         for (_, to, message) in due {
+            if let Message::Ack { node, answer } = message {
+                let address = self.nodes[node].name;
+                self.agents[to - NODES]
+                    .witness
+                    .answered(now_ms, address, &answer);
+                continue;
+            }
             if !self.nodes[to].alive {
                 continue;
             }
@@ -319,8 +458,27 @@ impl World {
                 Message::Heartbeat { from, view } => {
                     self.feed(to, Input::PeerSeen { now_ms, peer: view });
                     let answer = self.nodes[to].view();
-                    self.send(from, Message::Answer { view: answer });
+                    self.send(to, from, Message::Answer { view: answer });
                 }
+                Message::Report { agent, report } => {
+                    self.feed(
+                        to,
+                        Input::Authority(Evidence::AgentReport { now_ms, report }),
+                    );
+                    let machine = &self.nodes[to].machine;
+                    let ack = Message::Ack {
+                        node: to,
+                        answer: NodeAnswer {
+                            node: self.nodes[to].name.to_string(),
+                            epoch: machine.epoch(),
+                            active: machine.accepts_logins(),
+                            suspended: matches!(machine.role(), Role::Suspended { .. }),
+                            window_ms: WITNESS_WINDOW_MS,
+                        },
+                    };
+                    self.send(to, NODES + agent, ack);
+                }
+                Message::Ack { .. } => {}
                 Message::Answer { view } => {
                     self.nodes[to].heartbeat_deadlines.pop_front();
                     self.feed(to, Input::HeartbeatAnswered { now_ms, peer: view });
@@ -374,9 +532,16 @@ impl World {
         self.check_one_authority_per_epoch();
     }
 
-    fn check_one_authority_per_epoch(&self) {
+    fn check_one_authority_per_epoch(&mut self) {
         let [a, b] = &self.nodes;
         if a.alive && b.alive && a.machine.accepts_logins() && b.machine.accepts_logins() {
+            self.split_brain_steps += 1;
+            assert!(
+                self.mode != Mode::Witness,
+                "with the agent witness, two nodes accept logins at step {}:\n{}",
+                self.step,
+                self.trace.join("\n")
+            );
             assert_ne!(
                 a.machine.epoch(),
                 b.machine.epoch(),
@@ -389,15 +554,25 @@ impl World {
     }
 }
 
-fn run(seed: u64) {
+/// One seeded run; returns the number of steps with two nodes accepting logins.
+fn run(seed: u64, mode: Mode) -> u64 {
     let mut world = World {
         rng: Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1),
+        mode,
         nodes: [
-            SimNode::new("alpha", true, 0),
-            SimNode::new("beta", false, 0),
+            SimNode::new("alpha", mode, true, 0),
+            SimNode::new("beta", mode, false, 0),
         ],
+        agents: AGENTS
+            .iter()
+            .map(|name| SimAgent {
+                name,
+                witness: AgentWitness::new(&["alpha".to_string(), "beta".to_string()]),
+            })
+            .collect(),
+        split_brain_steps: 0,
         network: Network {
-            link_up: true,
+            cut: [[false; ENDPOINTS]; ENDPOINTS],
             loss_percent: 10,
             queue: Vec::new(),
         },
@@ -414,8 +589,8 @@ fn run(seed: u64) {
     for _ in 0..400 {
         world.run_step(true, true);
     }
-    // Heal: both up, the link up, no loss; then let the pair settle.
-    world.network.link_up = true;
+    // Heal: both up, every link up, no loss; then let the pair settle.
+    world.network.heal();
     world.network.loss_percent = 0;
     world.trace.push(format!("{} faults heal", world.step));
     for _ in 0..200 {
@@ -425,7 +600,7 @@ fn run(seed: u64) {
     for _ in 0..100 {
         world.run_step(false, false);
     }
-    let context = || format!("seed {seed}:\n{}", world.trace.join("\n"));
+    let context = || format!("seed {seed} ({mode:?}):\n{}", world.trace.join("\n"));
     let authorities: Vec<&SimNode> = world
         .nodes
         .iter()
@@ -469,19 +644,58 @@ fn run(seed: u64) {
             context()
         );
     }
+    world.split_brain_steps
+}
+
+fn seeds() -> Vec<u64> {
+    if let Ok(seed) = std::env::var("STANDIN_SIM_SEED") {
+        return vec![seed.parse().expect("STANDIN_SIM_SEED must be a number")];
+    }
+    let count: u64 = std::env::var("STANDIN_SIM_SEEDS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(300);
+    (1..=count).collect()
+}
+
+fn mode_wanted(mode: Mode) -> bool {
+    match std::env::var("STANDIN_SIM_MODE").as_deref() {
+        Ok("peer") => mode == Mode::Peer,
+        Ok("witness") => mode == Mode::Witness,
+        _ => true,
+    }
 }
 
 #[test]
 fn the_pair_keeps_one_authority_per_epoch_loses_nothing_and_converges() {
-    if let Ok(seed) = std::env::var("STANDIN_SIM_SEED") {
-        run(seed.parse().expect("STANDIN_SIM_SEED must be a number"));
+    if !mode_wanted(Mode::Peer) {
         return;
     }
-    let seeds: u64 = std::env::var("STANDIN_SIM_SEEDS")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(300);
-    for seed in 1..=seeds {
-        run(seed);
+    for seed in seeds() {
+        run(seed, Mode::Peer);
     }
+}
+
+#[test]
+fn with_the_agent_witness_never_two_nodes_accept_logins_at_once() {
+    if !mode_wanted(Mode::Witness) {
+        return;
+    }
+    for seed in seeds() {
+        run(seed, Mode::Witness);
+    }
+}
+
+/// The hole the witness closes: in peer mode, a cut link with both nodes alive gives
+/// two nodes accepting logins at once (in different epochs).
+#[test]
+fn peer_mode_shows_the_split_brain_it_documents() {
+    if std::env::var("STANDIN_SIM_SEED").is_ok() {
+        return;
+    }
+    let split: u64 = (1..=100).map(|seed| run(seed, Mode::Peer)).sum();
+    assert!(
+        split > 0,
+        "peer mode never had two authorities at once in 100 seeds: the simulation does not cut the link"
+    );
 }

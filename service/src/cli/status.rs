@@ -105,6 +105,16 @@ pub fn render_table(statuses: &[NodeStatus]) -> String {
             Box::new(|status| format!("{} s", status.replication_period_s)),
         ),
         (
+            "authority",
+            Box::new(|status| {
+                if status.authority.is_empty() {
+                    "-".to_string()
+                } else {
+                    status.authority_summary.clone()
+                }
+            }),
+        ),
+        (
             "terminal servers",
             Box::new(|status| {
                 if status.terminal_servers.is_empty() {

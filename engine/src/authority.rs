@@ -1,0 +1,699 @@
+//! Who may be the authority: the `Authority` trait the role state machine consults
+//! before a node takes, keeps or resumes authority, and its three implementations.
+//! Pure, like the role machine: evidence (agent reports, etcd lease results) comes in
+//! as values with the time it arrived, and the answers depend only on them.
+//!
+//! - [`PeerOnly`]: today's pair — a passive promotes when its peer has been silent
+//!   for `failover_after_ms`. Two nodes alone cannot tell a dead peer from a cut
+//!   link, so a cut link with both nodes alive gives two authorities (in different
+//!   epochs) until the link heals: unsafe on a cut link, and `standin status` says so.
+//! - [`WitnessQuorum`]: the terminal-server agents are the third opinion. Each agent
+//!   votes for one node; a passive may promote only with the votes of a majority of
+//!   the configured agents (they lost the active), and an active keeps authority only
+//!   while its peer answers or a majority votes for it.
+//! - [`EtcdLease`]: authority is a key held under an etcd lease; this side only
+//!   tracks what the shell learnt (held until when, at which revision) and answers
+//!   from it, stepping down `margin` before the lease's TTL could run out.
+//!
+//! # Why the witness quorum never lets two nodes accept logins at once
+//!
+//! Each agent votes for at most one node: the reachable node it ranks first (one
+//! answering as active; else one suspended, waiting to resume; then the higher epoch;
+//! then the last authority it saw). A node counts a vote for W = `window_ms` after it arrived.
+//! An agent that changes its vote announces the new one only `2W` after it last
+//! announced another (a report's transit, bounded by the agent's timeout, and the
+//! node's check interval, below W/2, fit in the second W): by then no node counts its
+//! old vote any more. So no agent's vote counts at two nodes at once, and a majority
+//! of the configured agents backs at most one node at any instant.
+//!
+//! Taking authority (promotion, start-up, resuming) needs that majority. Keeping it
+//! needs the majority or an answer from the peer within `failover_after_ms / 2`; and a
+//! node that saw its peer active within `failover_after_ms` does not take authority:
+//! the peer that keeps authority through the link is the one the other side hears.
+//! Durations are measured by each process's own monotonic clock (equal rates
+//! assumed, no synchronisation needed).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// Evidence the shell feeds the machine about its authority.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Evidence {
+    /// A configured agent's report arrived here at `now_ms`.
+    AgentReport { now_ms: u64, report: WitnessReport },
+    /// etcd: this node holds the authority key under a lease that etcd keeps at least
+    /// until `valid_until_ms` (local clock: when the request that renewed it was sent,
+    /// plus the TTL etcd answered), taken at etcd `revision`.
+    LeaseHeld {
+        now_ms: u64,
+        revision: u64,
+        valid_until_ms: u64,
+    },
+    /// etcd: the key is held by someone else, or the lease was lost or revoked.
+    LeaseLost { now_ms: u64, reason: String },
+}
+
+/// What an agent tells a node (the witness part of its load report).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WitnessReport {
+    /// The agent's name (only configured names count).
+    pub agent: String,
+    /// The nodes the agent reached within the window (for the operator).
+    pub reachable: Vec<String>,
+    /// The node the agent votes for (`None` while it cools down after a change).
+    pub vote: Option<String>,
+    /// The highest `(epoch, node)` the agent has seen acting as the authority.
+    pub highest: Option<(u64, String)>,
+}
+
+/// Whether something may happen, and if not why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Yes,
+    No(String),
+}
+
+impl Decision {
+    pub fn allowed(&self) -> bool {
+        matches!(self, Decision::Yes)
+    }
+}
+
+/// What `standin status` shows of the authority.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AuthorityStatus {
+    pub mode: &'static str,
+    /// One line for the operator: what protects the pair, and what does not.
+    pub summary: String,
+}
+
+/// The authority a role machine consults. Implementations are pure: no I/O, no clock.
+pub trait Authority: Send + Sync + std::fmt::Debug {
+    /// `peer`, `witness` or `etcd`.
+    fn mode(&self) -> &'static str;
+    /// Take in evidence.
+    fn observe(&mut self, evidence: Evidence);
+    /// May this passive promote now (its active peer silent)? `node` is this node.
+    fn may_promote(&self, now_ms: u64, node: &str) -> Decision;
+    /// May this node become or resume as the authority now (start-up, after a
+    /// suspension)? Unlike `may_hold`, a peer's answer is no reason: the peer may be
+    /// about to promote.
+    fn may_take(&self, now_ms: u64, node: &str, epoch: u64) -> Decision;
+    /// May this active keep authority? `peer_answered_ms`: when the peer last answered.
+    fn may_hold(&self, now_ms: u64, node: &str, epoch: u64, peer_answered_ms: u64) -> Decision;
+    /// The lowest epoch a promotion may take (etcd: the lease's revision).
+    fn epoch_floor(&self) -> u64 {
+        0
+    }
+    /// Whether the shell must acquire something (an etcd lease) before `may_*` can
+    /// say yes.
+    fn needs_acquire(&self) -> bool {
+        false
+    }
+    fn status(&self, now_ms: u64, node: &str) -> AuthorityStatus;
+    fn clone_box(&self) -> Box<dyn Authority>;
+}
+
+impl Clone for Box<dyn Authority> {
+    fn clone(&self) -> Self {
+        self.clone_box()
+    }
+}
+
+/// Peer-only: the pair decides alone.
+#[derive(Clone, Debug, Default)]
+pub struct PeerOnly;
+
+impl Authority for PeerOnly {
+    fn mode(&self) -> &'static str {
+        "peer"
+    }
+    fn observe(&mut self, _evidence: Evidence) {}
+    fn may_promote(&self, _now_ms: u64, _node: &str) -> Decision {
+        Decision::Yes
+    }
+    fn may_take(&self, _now_ms: u64, _node: &str, _epoch: u64) -> Decision {
+        Decision::Yes
+    }
+    fn may_hold(&self, _: u64, _: &str, _: u64, _: u64) -> Decision {
+        Decision::Yes
+    }
+    fn status(&self, _now_ms: u64, _node: &str) -> AuthorityStatus {
+        AuthorityStatus {
+            mode: "peer",
+            summary: "peer only: UNSAFE on a cut link — with the link between the nodes cut and both alive, both become active (use authority = \"witness\" or \"etcd\")".to_string(),
+        }
+    }
+    fn clone_box(&self) -> Box<dyn Authority> {
+        Box::new(self.clone())
+    }
+}
+
+/// Settings of the agent-witness quorum.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WitnessSettings {
+    /// The agents whose reports count (by name). Non-empty.
+    pub agents: Vec<String>,
+    /// W: how long a report counts; agents must report at least every W/3.
+    pub window_ms: u64,
+    /// The pair's `failover_after_ms` (an active holds while its peer answered within
+    /// half of it).
+    pub failover_after_ms: u64,
+}
+
+impl WitnessSettings {
+    /// How many agents make a majority.
+    pub fn quorum(&self) -> usize {
+        self.agents.len() / 2 + 1
+    }
+}
+
+/// How long an agent waits after announcing a vote for one node before it announces
+/// a vote for another.
+pub fn vote_cooling_ms(window_ms: u64) -> u64 {
+    2 * window_ms
+}
+
+#[derive(Clone, Debug)]
+struct Received {
+    at_ms: u64,
+    report: WitnessReport,
+}
+
+/// The agent-witness quorum (see the module documentation for the argument).
+#[derive(Clone, Debug)]
+pub struct WitnessQuorum {
+    settings: WitnessSettings,
+    latest: BTreeMap<String, Received>,
+}
+
+impl WitnessQuorum {
+    pub fn new(settings: WitnessSettings) -> WitnessQuorum {
+        WitnessQuorum {
+            settings,
+            latest: BTreeMap::new(),
+        }
+    }
+
+    pub fn settings(&self) -> &WitnessSettings {
+        &self.settings
+    }
+
+    fn fresh(&self, now_ms: u64) -> impl Iterator<Item = (&String, &Received)> {
+        let window = self.settings.window_ms;
+        self.latest
+            .iter()
+            .filter(move |(_, received)| now_ms.saturating_sub(received.at_ms) <= window)
+    }
+
+    /// Agents whose fresh report votes for `node`.
+    fn votes_for(&self, now_ms: u64, node: &str) -> usize {
+        self.fresh(now_ms)
+            .filter(|(_, received)| received.report.vote.as_deref() == Some(node))
+            .count()
+    }
+
+    /// A higher authority a fresh agent report names.
+    fn higher_reported(&self, now_ms: u64, node: &str, epoch: u64) -> Option<(u64, String)> {
+        self.fresh(now_ms)
+            .filter_map(|(_, received)| received.report.highest.clone())
+            .filter(|(their_epoch, their_node)| {
+                their_node != node && (*their_epoch, their_node.as_str()) > (epoch, node)
+            })
+            .max()
+    }
+
+    fn may_take_by_agents(&self, now_ms: u64, node: &str, epoch: u64) -> Decision {
+        if let Some((their_epoch, their_node)) = self.higher_reported(now_ms, node, epoch) {
+            return Decision::No(format!(
+                "agents report {their_node} active in epoch {their_epoch}, above this node"
+            ));
+        }
+        let votes = self.votes_for(now_ms, node);
+        let quorum = self.settings.quorum();
+        if votes >= quorum {
+            Decision::Yes
+        } else {
+            Decision::No(format!(
+                "{votes} of {} agents vote for this node, {quorum} needed",
+                self.settings.agents.len()
+            ))
+        }
+    }
+}
+
+impl Authority for WitnessQuorum {
+    fn mode(&self) -> &'static str {
+        "witness"
+    }
+
+    fn observe(&mut self, evidence: Evidence) {
+        if let Evidence::AgentReport { now_ms, report } = evidence {
+            if self.settings.agents.contains(&report.agent) {
+                self.latest.insert(
+                    report.agent.clone(),
+                    Received {
+                        at_ms: now_ms,
+                        report,
+                    },
+                );
+            }
+        }
+    }
+
+    fn may_promote(&self, now_ms: u64, node: &str) -> Decision {
+        // A promotion takes an epoch above every one seen: only the votes matter.
+        let votes = self.votes_for(now_ms, node);
+        let quorum = self.settings.quorum();
+        if votes >= quorum {
+            Decision::Yes
+        } else {
+            Decision::No(format!(
+                "{votes} of {} agents vote for this node, {quorum} needed",
+                self.settings.agents.len()
+            ))
+        }
+    }
+
+    fn may_take(&self, now_ms: u64, node: &str, epoch: u64) -> Decision {
+        self.may_take_by_agents(now_ms, node, epoch)
+    }
+
+    fn may_hold(&self, now_ms: u64, node: &str, epoch: u64, peer_answered_ms: u64) -> Decision {
+        if let Some((their_epoch, their_node)) = self.higher_reported(now_ms, node, epoch) {
+            return Decision::No(format!(
+                "agents report {their_node} active in epoch {their_epoch}, above this node"
+            ));
+        }
+        if now_ms.saturating_sub(peer_answered_ms) < self.settings.failover_after_ms / 2 {
+            return Decision::Yes;
+        }
+        match self.may_take_by_agents(now_ms, node, epoch) {
+            Decision::Yes => Decision::Yes,
+            Decision::No(reason) => Decision::No(format!("the peer is silent and {reason}")),
+        }
+    }
+
+    fn status(&self, now_ms: u64, node: &str) -> AuthorityStatus {
+        AuthorityStatus {
+            mode: "witness",
+            summary: format!(
+                "agent witness: {} of {} agents vote for this node ({} needed to take or hold authority without the peer; window {} ms)",
+                self.votes_for(now_ms, node),
+                self.settings.agents.len(),
+                self.settings.quorum(),
+                self.settings.window_ms
+            ),
+        }
+    }
+
+    fn clone_box(&self) -> Box<dyn Authority> {
+        Box::new(self.clone())
+    }
+}
+
+/// The etcd lease, as the shell last learnt it.
+#[derive(Clone, Debug)]
+pub struct EtcdLease {
+    /// Step down this long before the lease could expire.
+    margin_ms: u64,
+    held: Option<(u64, u64)>,
+    last_problem: Option<String>,
+    highest_revision: u64,
+}
+
+impl EtcdLease {
+    pub fn new(ttl_ms: u64) -> EtcdLease {
+        EtcdLease {
+            margin_ms: ttl_ms / 4,
+            held: None,
+            last_problem: None,
+            highest_revision: 0,
+        }
+    }
+
+    fn holds(&self, now_ms: u64) -> Decision {
+        match self.held {
+            Some((_, until)) if now_ms.saturating_add(self.margin_ms) < until => Decision::Yes,
+            Some(_) => Decision::No("the etcd lease was not renewed in time".to_string()),
+            None => Decision::No(
+                self.last_problem
+                    .clone()
+                    .unwrap_or_else(|| "this node does not hold the etcd lease".to_string()),
+            ),
+        }
+    }
+}
+
+impl Authority for EtcdLease {
+    fn mode(&self) -> &'static str {
+        "etcd"
+    }
+
+    fn observe(&mut self, evidence: Evidence) {
+        match evidence {
+            Evidence::LeaseHeld {
+                revision,
+                valid_until_ms,
+                ..
+            } => {
+                self.highest_revision = self.highest_revision.max(revision);
+                let until = self
+                    .held
+                    .map_or(valid_until_ms, |(_, old)| old.max(valid_until_ms));
+                self.held = Some((revision, until));
+                self.last_problem = None;
+            }
+            Evidence::LeaseLost { reason, .. } => {
+                self.held = None;
+                self.last_problem = Some(reason);
+            }
+            Evidence::AgentReport { .. } => {}
+        }
+    }
+
+    fn may_promote(&self, now_ms: u64, _node: &str) -> Decision {
+        self.holds(now_ms)
+    }
+
+    fn may_take(&self, now_ms: u64, _node: &str, _epoch: u64) -> Decision {
+        self.holds(now_ms)
+    }
+
+    fn may_hold(&self, now_ms: u64, _: &str, _: u64, _: u64) -> Decision {
+        self.holds(now_ms)
+    }
+
+    fn epoch_floor(&self) -> u64 {
+        self.held
+            .map_or(self.highest_revision, |(revision, _)| revision)
+    }
+
+    fn needs_acquire(&self) -> bool {
+        true
+    }
+
+    fn status(&self, now_ms: u64, _node: &str) -> AuthorityStatus {
+        let summary = match self.held {
+            Some((revision, until)) if now_ms < until => format!(
+                "etcd lease held (revision {revision}), valid for {} ms more",
+                until - now_ms
+            ),
+            _ => format!(
+                "etcd lease not held: {}",
+                self.last_problem.as_deref().unwrap_or("not acquired")
+            ),
+        };
+        AuthorityStatus {
+            mode: "etcd",
+            summary,
+        }
+    }
+
+    fn clone_box(&self) -> Box<dyn Authority> {
+        Box::new(self.clone())
+    }
+}
+
+/// What an agent knows of one node.
+#[derive(Clone, Debug, Default)]
+struct NodeSeen {
+    name: Option<String>,
+    last_ok_ms: Option<u64>,
+    epoch: u64,
+    active: bool,
+    suspended: bool,
+}
+
+/// How a node answered an agent's report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeAnswer {
+    pub node: String,
+    pub epoch: u64,
+    pub active: bool,
+    /// Suspended: an authority waiting to be backed again.
+    pub suspended: bool,
+    /// The node's witness window (0: not in witness mode).
+    pub window_ms: u64,
+}
+
+/// The agent's side of the witness: which nodes it reached when, whom it votes for
+/// and when it last announced a vote for whom, and the highest authority it has seen.
+/// Pure: the agent feeds it results with times. Nodes are keyed by the address the
+/// agent reports to (a node's name is known once it answered).
+#[derive(Clone, Debug, Default)]
+pub struct AgentWitness {
+    nodes: BTreeMap<String, NodeSeen>,
+    /// Per node name: when a report last announced a vote for it.
+    announced_ms: BTreeMap<String, u64>,
+    highest: Option<(u64, String)>,
+    /// The longest window a node asked for (0: none yet; no vote).
+    window_ms: u64,
+}
+
+impl AgentWitness {
+    /// A witness reporting to `addresses`.
+    pub fn new(addresses: &[String]) -> AgentWitness {
+        AgentWitness {
+            nodes: addresses
+                .iter()
+                .map(|address| (address.clone(), NodeSeen::default()))
+                .collect(),
+            ..AgentWitness::default()
+        }
+    }
+
+    /// The window the nodes use (0 until one answered in witness mode).
+    pub fn window_ms(&self) -> u64 {
+        self.window_ms
+    }
+
+    /// A report to `address` succeeded: the answer came back at `now_ms`.
+    pub fn answered(&mut self, now_ms: u64, address: &str, answer: &NodeAnswer) {
+        self.nodes.insert(
+            address.to_string(),
+            NodeSeen {
+                name: Some(answer.node.clone()),
+                last_ok_ms: Some(now_ms),
+                epoch: answer.epoch,
+                active: answer.active,
+                suspended: answer.suspended,
+            },
+        );
+        self.window_ms = self.window_ms.max(answer.window_ms);
+        if answer.active {
+            let seen = (answer.epoch, answer.node.clone());
+            if self.highest.as_ref().is_none_or(|highest| seen > *highest) {
+                self.highest = Some(seen);
+            }
+        }
+    }
+
+    /// The reachable node this agent ranks first.
+    fn preferred(&self, now_ms: u64) -> Option<String> {
+        let highest = self.highest.as_ref().map(|(_, node)| node.as_str());
+        self.nodes
+            .values()
+            .filter(|seen| {
+                seen.last_ok_ms
+                    .is_some_and(|at| now_ms.saturating_sub(at) < self.window_ms)
+            })
+            .filter_map(|seen| {
+                let name = seen.name.as_deref()?;
+                Some((
+                    (
+                        seen.active,
+                        seen.suspended,
+                        seen.epoch,
+                        Some(name) == highest,
+                    ),
+                    name,
+                ))
+            })
+            .max()
+            .map(|(_, name)| name.to_string())
+    }
+
+    /// The witness part of a report to `recipient` (an address) sent at `now_ms`.
+    pub fn report_for(&mut self, agent: &str, _recipient: &str, now_ms: u64) -> WitnessReport {
+        let reachable = self
+            .nodes
+            .values()
+            .filter(|seen| {
+                seen.last_ok_ms
+                    .is_some_and(|at| now_ms.saturating_sub(at) < self.window_ms.max(1))
+            })
+            .filter_map(|seen| seen.name.clone())
+            .collect();
+        let cooling = vote_cooling_ms(self.window_ms);
+        let vote = self.preferred(now_ms).filter(|vote| {
+            self.announced_ms
+                .iter()
+                .all(|(other, at)| other == vote || now_ms.saturating_sub(*at) >= cooling)
+        });
+        if let Some(vote) = &vote {
+            self.announced_ms.insert(vote.clone(), now_ms);
+        }
+        WitnessReport {
+            agent: agent.to_string(),
+            reachable,
+            vote,
+            highest: self.highest.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn witness() -> WitnessQuorum {
+        WitnessQuorum::new(WitnessSettings {
+            agents: vec!["ts1".into(), "ts2".into(), "ts3".into()],
+            window_ms: 3_000,
+            failover_after_ms: 5_000,
+        })
+    }
+
+    fn report(agent: &str, vote: Option<&str>) -> WitnessReport {
+        WitnessReport {
+            agent: agent.to_string(),
+            reachable: Vec::new(),
+            vote: vote.map(str::to_string),
+            highest: None,
+        }
+    }
+
+    fn vote(quorum: &mut WitnessQuorum, now_ms: u64, agent: &str, node: Option<&str>) {
+        quorum.observe(Evidence::AgentReport {
+            now_ms,
+            report: report(agent, node),
+        });
+    }
+
+    #[test]
+    fn a_node_takes_authority_only_with_a_fresh_majority_of_votes() {
+        let mut quorum = witness();
+        vote(&mut quorum, 1_000, "ts1", Some("beta"));
+        assert!(!quorum.may_promote(1_000, "beta").allowed(), "one of three");
+        vote(&mut quorum, 1_100, "ts2", Some("alpha"));
+        assert!(!quorum.may_promote(1_100, "beta").allowed());
+        vote(&mut quorum, 1_200, "ts2", Some("beta"));
+        assert!(quorum.may_promote(1_200, "beta").allowed());
+        assert!(!quorum.may_take(1_200, "alpha", 1).allowed());
+        assert!(
+            !quorum.may_promote(4_001, "beta").allowed(),
+            "ts1's vote is stale"
+        );
+    }
+
+    #[test]
+    fn unknown_agents_do_not_count() {
+        let mut quorum = witness();
+        for agent in ["intruder1", "intruder2", "ts1"] {
+            vote(&mut quorum, 100, agent, Some("beta"));
+        }
+        assert!(!quorum.may_promote(100, "beta").allowed());
+    }
+
+    #[test]
+    fn an_active_holds_by_its_peer_or_a_majority() {
+        let mut quorum = witness();
+        assert!(
+            quorum.may_hold(1_000, "alpha", 1, 0).allowed(),
+            "peer answered"
+        );
+        assert!(!quorum.may_hold(2_600, "alpha", 1, 0).allowed());
+        vote(&mut quorum, 2_000, "ts1", Some("alpha"));
+        vote(&mut quorum, 2_000, "ts2", Some("alpha"));
+        assert!(quorum.may_hold(2_600, "alpha", 1, 0).allowed());
+        vote(&mut quorum, 2_500, "ts2", None);
+        assert!(
+            !quorum.may_hold(2_600, "alpha", 1, 0).allowed(),
+            "ts2 cools down"
+        );
+    }
+
+    #[test]
+    fn a_higher_authority_reported_by_an_agent_stops_the_active() {
+        let mut quorum = witness();
+        for agent in ["ts1", "ts2", "ts3"] {
+            let mut report = report(agent, Some("alpha"));
+            report.highest = Some((2, "beta".to_string()));
+            quorum.observe(Evidence::AgentReport {
+                now_ms: 100,
+                report,
+            });
+        }
+        assert!(!quorum.may_hold(100, "alpha", 1, 100).allowed());
+        assert!(quorum.may_hold(100, "alpha", 3, 100).allowed());
+    }
+
+    #[test]
+    fn the_etcd_lease_is_given_up_before_its_ttl() {
+        let mut lease = EtcdLease::new(4_000);
+        assert!(!lease.may_take(0, "alpha", 0).allowed());
+        lease.observe(Evidence::LeaseHeld {
+            now_ms: 0,
+            revision: 7,
+            valid_until_ms: 4_000,
+        });
+        assert_eq!(lease.epoch_floor(), 7);
+        assert!(lease.may_hold(2_900, "alpha", 8, 0).allowed());
+        assert!(
+            !lease.may_hold(3_000, "alpha", 8, 0).allowed(),
+            "margin TTL/4"
+        );
+        lease.observe(Evidence::LeaseLost {
+            now_ms: 3_100,
+            reason: "etcd unreachable".into(),
+        });
+        assert!(!lease.may_promote(3_100, "alpha").allowed());
+        assert_eq!(lease.epoch_floor(), 7, "revisions only grow");
+    }
+
+    fn answer(node: &str, epoch: u64, active: bool) -> NodeAnswer {
+        NodeAnswer {
+            node: node.to_string(),
+            epoch,
+            active,
+            suspended: false,
+            window_ms: 1_000,
+        }
+    }
+
+    #[test]
+    fn an_agent_votes_for_the_active_and_cools_down_before_changing_its_vote() {
+        let addresses = vec!["http://a".to_string(), "http://b".to_string()];
+        let mut agent = AgentWitness::new(&addresses);
+        assert_eq!(
+            agent.report_for("ts1", "http://b", 0).vote,
+            None,
+            "knows nobody"
+        );
+        agent.answered(0, "http://a", &answer("alpha", 1, true));
+        agent.answered(0, "http://b", &answer("beta", 1, false));
+        let report = agent.report_for("ts1", "http://b", 500);
+        assert_eq!(report.vote.as_deref(), Some("alpha"));
+        assert_eq!(report.highest, Some((1, "alpha".to_string())));
+        // alpha stops answering; beta keeps answering.
+        agent.answered(1_200, "http://b", &answer("beta", 1, false));
+        assert_eq!(
+            agent.report_for("ts1", "http://b", 1_200).vote,
+            None,
+            "alpha lost, but its vote was announced 700 ms ago"
+        );
+        agent.answered(2_400, "http://b", &answer("beta", 1, false));
+        assert_eq!(
+            agent.report_for("ts1", "http://b", 2_500).vote.as_deref(),
+            Some("beta")
+        );
+        agent.answered(2_600, "http://a", &answer("alpha", 1, false));
+        assert_eq!(
+            agent.report_for("ts1", "http://a", 2_700).vote.as_deref(),
+            None,
+            "alpha is back and the last authority, but beta's vote cools first"
+        );
+    }
+}
