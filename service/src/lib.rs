@@ -12,6 +12,7 @@
 //! - `coordinator`: the shell around the engine's role state machine (heartbeats,
 //!   promotion, rejoin, switchover, hooks).
 //! - `passive`: `Puller` — `pull_once` and the loop that schedules it.
+//! - `space`: a full disk told apart; the free-space reserve the passive keeps.
 //! - `http`: `/healthz`, `/active`, `/metrics`, `/`.
 //! - `metrics`: Prometheus counters and gauges.
 //! - `client`: channels to a node.
@@ -37,3 +38,4 @@ pub mod secret;
 pub mod serve;
 pub mod site;
 pub mod site_server;
+pub mod space;

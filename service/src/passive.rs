@@ -109,83 +109,6 @@ pub enum PullError {
     NoSpace(String),
 }
 
-/// Whether a local failure is a full disk: the engine's own verdict, or, for errors
-/// it carries as text (an apply's reason), the OS error in the text.
-fn is_no_space(error: &standin_engine::Error) -> bool {
-    if error.is_no_space() {
-        return true;
-    }
-    let text = error.to_string();
-    [libc::ENOSPC, libc::EDQUOT].iter().any(|code| {
-        text.contains(&format!("(os error {code})")) || text.contains(&format!("code: {code},"))
-    })
-}
-
-/// Free space the passive keeps on the disks of its folder and data_dir: it stops
-/// applying (a `no_space` error) before a batch would leave less. The log's store
-/// (sled) cannot carry on after it meets a full disk while open, so it must not.
-pub const SPACE_RESERVE_BYTES: u64 = 16 << 20;
-
-/// The log and index grow by about this much per event, at most.
-const STORE_BYTES_PER_EVENT: u64 = 2048;
-
-/// (file system id, bytes free to unprivileged writers) of the disk holding `path`.
-fn disk_space(path: &std::path::Path) -> Option<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: a zeroed plain struct, filled by statvfs from a valid C string.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
-        return None;
-    }
-    #[allow(clippy::unnecessary_cast)]
-    Some((
-        stat.f_fsid as u64,
-        (stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64),
-    ))
-}
-
-/// Refuse a batch that would leave less than `SPACE_RESERVE_BYTES` free: its content
-/// goes into the chunk store and into the folder, plus the log. (The fault suite turns
-/// the check off with `STANDIN_TEST_NO_SPACE_CHECK=1` to reach the write paths' own
-/// handling of a full disk.)
-fn check_space(node: &Node, events: &[Event]) -> Result<(), PullError> {
-    if std::env::var_os("STANDIN_TEST_NO_SPACE_CHECK").is_some() {
-        return Ok(());
-    }
-    let content: u64 = events
-        .iter()
-        .map(|event| match &event.body.change {
-            Change::Put { size, .. } => *size,
-            _ => 0,
-        })
-        .sum();
-    let store = events.len() as u64 * STORE_BYTES_PER_EVENT;
-    let data_dir = &node.config.data_dir;
-    let folder = &node.config.folder;
-    let (Some((data_disk, data_free)), Some((folder_disk, folder_free))) =
-        (disk_space(data_dir), disk_space(folder))
-    else {
-        return Ok(());
-    };
-    let mut needs = vec![(data_dir, data_free, content + store)];
-    if data_disk == folder_disk {
-        needs[0].2 += content;
-    } else {
-        needs.push((folder, folder_free, content));
-    }
-    for (path, free, need) in needs {
-        if free < need.saturating_add(SPACE_RESERVE_BYTES) {
-            return Err(PullError::NoSpace(format!(
-                "{}: {free} bytes free; the next {} events need about {need} and {SPACE_RESERVE_BYTES} are kept in reserve",
-                path.display(),
-                events.len()
-            )));
-        }
-    }
-    Ok(())
-}
-
 impl PullError {
     /// The `kind` label of `standin_pull_errors`.
     pub fn kind(&self) -> &'static str {
@@ -200,8 +123,8 @@ impl PullError {
     }
 
     /// A failure of this node's own disk or store: a full disk is told apart (it is
-    /// reported as such and clears by itself once space returns).
-    /// The store's errors do not name a path: `data_dir` is added to them.
+    /// reported as such and clears by itself once space returns). Store errors, which
+    /// name no path, get the store's.
     pub fn local(error: standin_engine::Error, data_dir: &std::path::Path) -> PullError {
         let text = match &error {
             standin_engine::Error::Store(_) => {
@@ -209,7 +132,7 @@ impl PullError {
             }
             _ => error.to_string(),
         };
-        if is_no_space(&error) {
+        if crate::space::is_no_space(&error) {
             PullError::NoSpace(text)
         } else {
             PullError::Apply(text)
@@ -631,7 +554,12 @@ impl Puller {
         report: &mut PullReport,
         in_flight: &mut InFlight,
     ) -> Result<(), PullError> {
-        check_space(&self.node, &events)?;
+        crate::space::check(
+            &self.node.config.folder,
+            &self.node.config.data_dir,
+            &events,
+        )
+        .map_err(PullError::NoSpace)?;
         // Garbage collection waits while chunks are fetched but not yet named by the log.
         let applying = self.node.apply_lock.clone().read_owned().await;
         let wanted: Vec<(Hash, u32)> = events
