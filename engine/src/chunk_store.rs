@@ -78,8 +78,27 @@ struct PackWriter {
 impl PackWriter {
     fn flush_buffer(&mut self, path: &Path) -> Result<()> {
         if !self.buffer.is_empty() {
-            self.file.write_all(&self.buffer).at("write", path)?;
             let written = self.buffer.len() as u64;
+            if let Err(source) = self.file.write_all(&self.buffer) {
+                // A failed write (a full disk) may have left part of the buffer in the
+                // file. Its chunks are dropped (never synced, so nothing names them;
+                // the caller stores them again), and the next record goes after
+                // whatever the file now holds, so every location stays exact. Should
+                // the file's length be unknown, the next insert starts a new pack.
+                let before = self.end - written;
+                self.pending.retain(|_, location| location.offset < before);
+                self.buffer.clear();
+                self.end = self
+                    .file
+                    .metadata()
+                    .map(|metadata| metadata.len())
+                    .unwrap_or(u64::MAX);
+                return Err(Error::Io {
+                    op: "write",
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
             // Start writing these pages back now, so that the fdatasync at `sync` finds
             // little left to do and disk and CPU work overlap.
             crate::fsutil::start_writeback(&self.file, self.end - written, written);
@@ -144,15 +163,23 @@ impl ChunkStore {
                 }
             }
         }
-        let writer = Self::new_pack(dir, highest + 1)?;
         let (mut stored_chunks, mut stored_bytes) = (0u64, 0u64);
+        // Per pack: how many chunks the tree places there and where the last one ends.
+        let mut needed: HashMap<u32, (u64, u64)> = HashMap::new();
         for item in locations.iter() {
             let (_, value) = item?;
             if let Some(location) = Location::from_bytes(&value) {
                 stored_chunks += 1;
                 stored_bytes += location.len as u64;
+                let (count, end) = needed.entry(location.pack).or_default();
+                *count += 1;
+                *end = (*end).max(location.offset + location.len as u64);
             }
         }
+        Self::check_packs(dir, &needed)?;
+        // Above every pack on disk and every pack the tree names.
+        let highest = needed.keys().copied().fold(highest, u32::max);
+        let writer = Self::new_pack(dir, highest + 1)?;
         Ok(ChunkStore {
             pack_target_bytes: AtomicU64::new(PACK_TARGET_BYTES),
             stored_chunks: AtomicU64::new(stored_chunks),
@@ -162,6 +189,44 @@ impl ChunkStore {
             writer: Mutex::new(writer),
             readers: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Every pack the tree names exists and is long enough: a removed or cut pack
+    /// file (content the log names and peers may ask for) is found at open, naming the
+    /// file, rather than at the first read.
+    fn check_packs(dir: &Path, needed: &HashMap<u32, (u64, u64)>) -> Result<()> {
+        let mut packs: Vec<_> = needed.iter().collect();
+        packs.sort();
+        for (pack, (count, end)) in packs {
+            let path = dir.join(pack_name(*pack));
+            let found = match std::fs::metadata(&path) {
+                Ok(metadata) => metadata.len(),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(Error::Corrupt {
+                        path,
+                        reason: format!(
+                            "the pack file is missing, but {count} stored chunks are in it; restore it, or move the data directory aside and let the node start again from its peer"
+                        ),
+                    })
+                }
+                Err(source) => {
+                    return Err(Error::Io {
+                        op: "stat",
+                        path,
+                        source,
+                    })
+                }
+            };
+            if found < *end {
+                return Err(Error::Corrupt {
+                    path,
+                    reason: format!(
+                        "the pack file has {found} bytes, but its {count} stored chunks reach byte {end}; restore it, or move the data directory aside and let the node start again from its peer"
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn new_pack(dir: &Path, pack: u32) -> Result<PackWriter> {
@@ -339,10 +404,27 @@ impl ChunkStore {
                 .ok_or(Error::ChunkMissing { hash: *hash })?,
         };
         let path = self.pack_path(location.pack);
-        let file = self.reader(location.pack)?;
+        // A pack removed or cut short under a running node: corrupt data, named.
+        let gone = |reason: &str| Error::Corrupt {
+            path: path.clone(),
+            reason: format!(
+                "chunk {hash} is stored at offset {} ({} bytes) but {reason}",
+                location.offset, location.len
+            ),
+        };
+        let file = match self.reader(location.pack) {
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(gone("the pack file is missing"));
+            }
+            other => other?,
+        };
         let mut bytes = vec![0u8; location.len as usize];
-        file.read_exact_at(&mut bytes, location.offset)
-            .at("read", &path)?;
+        match file.read_exact_at(&mut bytes, location.offset) {
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(gone("the pack file ends before it"));
+            }
+            other => other.at("read", &path)?,
+        }
         let actual = Hash::of(&bytes);
         if actual != *hash {
             return Err(Error::ChunkMismatch {

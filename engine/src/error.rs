@@ -74,6 +74,20 @@ pub enum Error {
     Watch { path: PathBuf, reason: String },
 }
 
+impl Error {
+    /// Whether this is a full disk (ENOSPC, or a quota: EDQUOT), from the file system
+    /// or from the store.
+    pub fn is_no_space(&self) -> bool {
+        let io = match self {
+            Error::Io { source, .. } => Some(source),
+            Error::Store(sled::Error::Io(source)) => Some(source),
+            _ => None,
+        };
+        io.and_then(std::io::Error::raw_os_error)
+            .is_some_and(|code| code == libc::ENOSPC || code == libc::EDQUOT)
+    }
+}
+
 /// Shorthand used across the engine.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -155,17 +155,30 @@ pub(crate) fn journal_touched(repository: &Repository, touched: &[RelPath]) -> R
     repository.meta_set(PENDING_KEY, Some(&journal))
 }
 
+/// The paths a journal lists (read back from this node's own store, but a damaged
+/// store must give an error, never a panic or an unbounded allocation).
+fn decode_journal(journal: &[u8]) -> Result<Vec<RelPath>> {
+    let (touched, _): (Vec<RelPath>, usize) = bincode::decode_from_slice(
+        journal,
+        bincode::config::standard()
+            .with_little_endian()
+            .with_fixed_int_encoding()
+            .with_limit::<{ crate::event::MAX_EVENT_BYTES }>(),
+    )
+    .map_err(|error| Error::Decode {
+        what: "replay journal".to_string(),
+        reason: error.to_string(),
+    })?;
+    Ok(touched)
+}
+
 /// If a batch was interrupted, put every path it touched back to the index's state at
 /// the log head and remove temporary files. A no-op when nothing is pending.
 pub fn recover(root: &Path, repository: &Repository) -> Result<()> {
     let Some(journal) = repository.meta_get(PENDING_KEY)? else {
         return Ok(());
     };
-    let (touched, _): (Vec<RelPath>, usize) =
-        bincode::decode_from_slice(&journal, bincode_config()).map_err(|error| Error::Decode {
-            what: "replay journal".to_string(),
-            reason: error.to_string(),
-        })?;
+    let touched = decode_journal(&journal)?;
     tracing::warn!(
         paths = touched.len(),
         "an interrupted batch left the replica unfinished; restoring it"
@@ -503,4 +516,34 @@ fn write_symlink(root: &Path, path: &RelPath, target: &[u8]) -> Result<()> {
     std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &temporary)
         .at("symlink", &temporary)?;
     std::fs::rename(&temporary, &destination).at("rename into place", &destination)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 1024, ..Default::default() })]
+
+        /// A damaged journal is an error, never a panic; a sound one reads back whole.
+        #[test]
+        fn arbitrary_journal_bytes_decode_or_fail_cleanly(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+        ) {
+            if let Ok(touched) = decode_journal(&bytes) {
+                let again = bincode::encode_to_vec(&touched, bincode_config()).unwrap();
+                proptest::prop_assert_eq!(decode_journal(&again).unwrap(), touched);
+            }
+        }
+    }
+
+    #[test]
+    fn a_journal_with_a_huge_length_is_refused() {
+        let mut bytes = u64::MAX.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, b'a']);
+        assert!(decode_journal(&bytes).is_err());
+        let paths = vec![RelPath::new("a/b").unwrap(), RelPath::new("c").unwrap()];
+        let encoded = bincode::encode_to_vec(&paths, bincode_config()).unwrap();
+        assert_eq!(decode_journal(&encoded).unwrap(), paths);
+    }
 }

@@ -82,6 +82,161 @@ mod tests {
         }
     }
 
+    /// Run every conversion the passive applies to a received message.
+    fn convert_pull(response: &wire::PullResponse) {
+        match &response.kind {
+            Some(wire::pull_response::Kind::Batch(batch)) => {
+                let _ = head_from_wire(batch.head.as_ref());
+                for event in &batch.events {
+                    if let Ok(event) = event_from_wire(event) {
+                        // Accepted: it hashes to what it says, and re-encodes the same.
+                        assert_eq!(event_to_wire(&event).hash, event.hash.0.to_vec());
+                    }
+                }
+            }
+            Some(wire::pull_response::Kind::Divergence(divergence)) => {
+                let _ = head_from_wire(divergence.head.as_ref());
+            }
+            Some(wire::pull_response::Kind::Compacted(compacted)) => {
+                let _ = head_from_wire(compacted.base.as_ref());
+            }
+            None => {}
+        }
+    }
+
+    fn convert_snapshot(part: &wire::SnapshotPart) {
+        match &part.kind {
+            Some(wire::snapshot_part::Kind::Head(head)) => {
+                let _ = head_from_wire(Some(head));
+            }
+            Some(wire::snapshot_part::Kind::Entries(batch)) => {
+                for entry in &batch.entries {
+                    let _ = standin_engine::index::decode_entry(&entry.path, &entry.entry);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// A sound batch of two events, encoded as the active sends it.
+    fn sound_batch() -> Vec<u8> {
+        use prost::Message;
+        let first = Event::seal(
+            Hash::ZERO,
+            standin_engine::EventBody {
+                seq: 1,
+                epoch: 1,
+                recorded_at_ms: 5,
+                change: standin_engine::Change::Mkdir {
+                    path: standin_engine::RelPath::new("d").unwrap(),
+                    mode: 0o755,
+                },
+                digest: Hash::of(b"digest"),
+            },
+        );
+        let second = Event::seal(
+            first.hash,
+            standin_engine::EventBody {
+                seq: 2,
+                epoch: 1,
+                recorded_at_ms: 6,
+                change: standin_engine::Change::Remove {
+                    path: standin_engine::RelPath::new("d/x").unwrap(),
+                },
+                digest: Hash::of(b"digest 2"),
+            },
+        );
+        wire::PullResponse {
+            kind: Some(wire::pull_response::Kind::Batch(wire::EventBatch {
+                events: vec![event_to_wire(&first), event_to_wire(&second)],
+                head: Some(head_to_wire(&Head {
+                    seq: 2,
+                    hash: second.hash,
+                    epoch: 1,
+                    digest: Hash::of(b"digest 2"),
+                    recorded_at_ms: 6,
+                })),
+            })),
+        }
+        .encode_to_vec()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+        /// Arbitrary bytes off the wire, decoded as each message the passive receives
+        /// and converted as it converts them: refused or accepted, never a panic.
+        #[test]
+        fn arbitrary_protobuf_bytes_convert_or_fail_cleanly(
+            bytes in prop::collection::vec(any::<u8>(), 0..600),
+        ) {
+            use prost::Message;
+            if let Ok(response) = wire::PullResponse::decode(bytes.as_slice()) {
+                convert_pull(&response);
+            }
+            if let Ok(part) = wire::SnapshotPart::decode(bytes.as_slice()) {
+                convert_snapshot(&part);
+            }
+            if let Ok(chunk) = wire::Chunk::decode(bytes.as_slice()) {
+                let _ = hash_from_wire("chunk.hash", &chunk.hash);
+            }
+            if let Ok(request) = wire::FetchChunksRequest::decode(bytes.as_slice()) {
+                for hash in &request.hashes {
+                    let _ = hash_from_wire("hashes", hash);
+                }
+            }
+            if let Ok(request) = wire::PullRequest::decode(bytes.as_slice()) {
+                let _ = hash_from_wire("after_hash", &request.after_hash);
+            }
+        }
+
+        /// A sound batch with bytes flipped (so the decoder gets past the framing and
+        /// into events and heads): refused or accepted, never a panic; an accepted
+        /// event always hashes to what it says.
+        #[test]
+        fn flipped_bytes_of_a_sound_batch_convert_or_fail_cleanly(
+            flips in prop::collection::vec((any::<usize>(), 1u8..=255), 1..4),
+        ) {
+            use prost::Message;
+            let mut bytes = sound_batch();
+            for (at, mask) in flips {
+                let at = at % bytes.len();
+                bytes[at] ^= mask;
+            }
+            if let Ok(response) = wire::PullResponse::decode(bytes.as_slice()) {
+                convert_pull(&response);
+            }
+        }
+
+        /// A head is accepted exactly when it is the empty head or both its hashes are
+        /// 32 bytes.
+        #[test]
+        fn heads_are_accepted_only_with_sound_hashes(
+            seq in any::<u64>(),
+            epoch in any::<u64>(),
+            hash in prop::collection::vec(any::<u8>(), 0..40),
+            digest in prop::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let head = wire::Head { seq, hash: hash.clone(), epoch, digest: digest.clone(), recorded_at_ms: 1 };
+            let sound = (seq == 0 && hash.is_empty()) || (hash.len() == 32 && digest.len() == 32);
+            prop_assert_eq!(head_from_wire(Some(&head)).is_ok(), sound);
+        }
+    }
+
+    #[test]
+    fn the_sound_batch_converts() {
+        use prost::Message;
+        let response = wire::PullResponse::decode(sound_batch().as_slice()).unwrap();
+        let Some(wire::pull_response::Kind::Batch(batch)) = response.kind else {
+            panic!("a batch")
+        };
+        assert_eq!(head_from_wire(batch.head.as_ref()).unwrap().seq, 2);
+        assert!(batch
+            .events
+            .iter()
+            .all(|event| event_from_wire(event).is_ok()));
+    }
+
     #[test]
     fn a_round_trip_keeps_the_event() {
         let body = standin_engine::EventBody {

@@ -13,6 +13,7 @@
 //!   promotion, rejoin, switchover, hooks).
 //! - `etcd_authority`: the etcd lease's I/O (`authority = "etcd"`).
 //! - `passive`: `Puller` — `pull_once` and the loop that schedules it.
+//! - `space`: a full disk told apart; the free-space reserve the passive keeps.
 //! - `http`: `/healthz`, `/active`, `/metrics`, `/`.
 //! - `metrics`: Prometheus counters and gauges.
 //! - `client`: channels to a node.
@@ -39,3 +40,4 @@ pub mod secret;
 pub mod serve;
 pub mod site;
 pub mod site_server;
+pub mod space;

@@ -74,7 +74,7 @@ fn missing_with_lengths(
         .repository
         .chunks()
         .missing(refs.into_iter().map(|(hash, _)| hash))
-        .map_err(|error| PullError::Apply(error.to_string()))?;
+        .map_err(|error| PullError::local(error, &node.config.data_dir))?;
     Ok(missing
         .into_iter()
         .map(|hash| (hash, lengths.get(&hash).copied().unwrap_or(0)))
@@ -103,6 +103,10 @@ pub enum PullError {
     BadData(String),
     #[error("applying events failed: {0}")]
     Apply(String),
+    #[error(
+        "no space left on this node's disk (applying stopped; it resumes once space returns): {0}"
+    )]
+    NoSpace(String),
 }
 
 impl PullError {
@@ -114,6 +118,24 @@ impl PullError {
             PullError::Divergence { .. } => "divergence",
             PullError::BadData(_) => "bad_data",
             PullError::Apply(_) => "apply",
+            PullError::NoSpace(_) => "no_space",
+        }
+    }
+
+    /// A failure of this node's own disk or store: a full disk is told apart (it is
+    /// reported as such and clears by itself once space returns). Store errors, which
+    /// name no path, get the store's.
+    pub fn local(error: standin_engine::Error, data_dir: &std::path::Path) -> PullError {
+        let text = match &error {
+            standin_engine::Error::Store(_) => {
+                format!("{error} (the store in {})", data_dir.join("db").display())
+            }
+            _ => error.to_string(),
+        };
+        if crate::space::is_no_space(&error) {
+            PullError::NoSpace(text)
+        } else {
+            PullError::Apply(text)
         }
     }
 
@@ -474,7 +496,7 @@ impl Puller {
         })
         .await
         .map_err(|error| PullError::Apply(error.to_string()))?
-        .map_err(|error| PullError::Apply(error.to_string()))?;
+        .map_err(|error| PullError::local(error, &self.node.config.data_dir))?;
         tracing::info!(seq = head.seq, "started again from the active's snapshot");
         Ok(())
     }
@@ -507,8 +529,20 @@ impl Puller {
                 .map_err(|error| PullError::Apply(error.to_string()))??;
             report.events_applied += count;
             self.node.metrics.events_replicated.inc_by(count);
+            if count > 0 {
+                self.working_again();
+            }
         }
         Ok(())
+    }
+
+    /// A batch was applied: the last pull error no longer holds. (A following stream
+    /// with a period of 0 does not end, so this cannot wait for the round's end.)
+    fn working_again(&self) {
+        if self.node.last_error().is_some() {
+            tracing::info!("replication is working again");
+            self.node.set_error(None);
+        }
     }
 
     /// Fetch the chunks `events` need that we lack; then wait for the previous batch's
@@ -520,6 +554,12 @@ impl Puller {
         report: &mut PullReport,
         in_flight: &mut InFlight,
     ) -> Result<(), PullError> {
+        crate::space::check(
+            &self.node.config.folder,
+            &self.node.config.data_dir,
+            &events,
+        )
+        .map_err(PullError::NoSpace)?;
         // Garbage collection waits while chunks are fetched but not yet named by the log.
         let applying = self.node.apply_lock.clone().read_owned().await;
         let wanted: Vec<(Hash, u32)> = events
@@ -540,7 +580,7 @@ impl Puller {
             let _applying = applying;
             standin_engine::replay::apply_batch(&node.config.folder, &node.repository, &events)
                 .map(|_| count)
-                .map_err(|error| PullError::Apply(error.to_string()))
+                .map_err(|error| PullError::local(error, &node.config.data_dir))
         }));
         Ok(())
     }
@@ -598,12 +638,17 @@ impl Puller {
             for (hash, data) in chunks {
                 store
                     .put_verified(hash, &data)
-                    .map_err(|error| PullError::BadData(error.to_string()))?;
+                    .map_err(|error| match error {
+                        standin_engine::Error::ChunkMismatch { .. } => {
+                            PullError::BadData(error.to_string())
+                        }
+                        error => PullError::local(error, &node.config.data_dir),
+                    })?;
             }
             if sync {
                 store
                     .sync()
-                    .map_err(|error| PullError::Apply(error.to_string()))?;
+                    .map_err(|error| PullError::local(error, &node.config.data_dir))?;
             }
             Ok(())
         })
@@ -627,10 +672,7 @@ impl Puller {
             };
             let wait = match result {
                 Ok(report) => {
-                    if self.node.last_error().is_some() {
-                        tracing::info!("replication is working again");
-                    }
-                    self.node.set_error(None);
+                    self.working_again();
                     backoff = FIRST_BACKOFF;
                     if report.events_applied > 0 {
                         tracing::debug!(

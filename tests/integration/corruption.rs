@@ -94,3 +94,91 @@ fn a_truncated_log_is_found_at_start() {
         "{stderr}"
     );
 }
+
+/// The pack file holding `marker` in `node`'s chunk store.
+fn pack_holding(node: &crate::support::NodeProcess, marker: &[u8]) -> std::path::PathBuf {
+    std::fs::read_dir(node.data_dir.join("chunks"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| {
+            std::fs::read(path)
+                .is_ok_and(|bytes| bytes.windows(marker.len()).any(|window| window == marker))
+        })
+        .expect("a pack holds the marker")
+}
+
+/// A chunk removed from the data directory of a stopped node (its pack file deleted)
+/// is found when the node starts: it refuses to start, naming the pack file, rather
+/// than serving a history whose content it no longer has.
+#[test]
+fn a_removed_chunk_is_found_at_start_with_its_path() {
+    let mut pair = Pair::new("replication_period = 1", false);
+    std::fs::write(pair.alpha.folder.join("good.txt"), b"fine").unwrap();
+    pair.alpha.start();
+    wait_until("alpha to record good.txt", || pair.alpha.head_seq() >= 1);
+    pair.alpha.stop();
+    // Every start opens a new pack: the victim's content lands in a pack of its own.
+    pair.alpha.start();
+    let marker = vec![0x77u8; 3000];
+    std::fs::write(pair.alpha.folder.join("victim.bin"), &marker).unwrap();
+    wait_until("alpha to record victim.bin", || pair.alpha.head_seq() >= 2);
+    pair.alpha.stop();
+    let pack = pack_holding(&pair.alpha, &marker);
+    std::fs::remove_file(&pack).unwrap();
+
+    let output = std::process::Command::new(crate::support::standin())
+        .args(["serve", "--config"])
+        .arg(&pair.alpha.config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&pack.display().to_string()) && stderr.contains("missing"),
+        "{stderr}"
+    );
+}
+
+/// A chunk removed under a running active (its pack file deleted) is found when a
+/// passive asks for it: the active refuses to serve it, naming the pack file, the
+/// passive reports it and applies nothing of the batch — never a wrong file.
+#[test]
+fn a_removed_chunk_is_refused_at_read_and_nothing_wrong_is_applied() {
+    let mut pair = Pair::new("replication_period = 1", false);
+    std::fs::write(pair.alpha.folder.join("good.txt"), b"fine").unwrap();
+    pair.alpha.start();
+    wait_until("alpha to record good.txt", || pair.alpha.head_seq() >= 1);
+    pair.alpha.stop();
+    pair.alpha.start();
+    let marker = vec![0x66u8; 3000];
+    std::fs::write(pair.alpha.folder.join("victim.bin"), &marker).unwrap();
+    wait_until("alpha to record victim.bin", || pair.alpha.head_seq() >= 2);
+    let pack = pack_holding(&pair.alpha, &marker);
+    std::fs::remove_file(&pack).unwrap();
+
+    pair.beta.start();
+    wait_until("beta to report the removed chunk", || {
+        let output = pair.beta.cli(&["status", "--json"]);
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.contains("the pack file is missing") && text.contains(&pack.display().to_string())
+    });
+    assert!(
+        pair.alpha
+            .log_text()
+            .contains("refusing to serve corrupt data"),
+        "{}",
+        pair.alpha.log_text()
+    );
+    assert!(
+        !pair.beta.folder.join("victim.bin").exists(),
+        "the file whose content is gone was not applied"
+    );
+    assert!(
+        pair.beta.head_seq() < 2,
+        "nothing of the failed batch was applied"
+    );
+    assert!(
+        pair.beta.cli(&["verify"]).status.success(),
+        "beta's folder still matches its own log"
+    );
+}

@@ -1,4 +1,6 @@
-//! A fake active speaking standin.v1 that lies: the passive's `pull_once` refuses each
+//! A fake active speaking standin.v1 that lies (wrong chunk, broken chain, gap, out of
+//! order, a `..` path, forged and escaping snapshots, endless empty batches, a chunk not
+//! asked for, an oversized message): the passive's `pull_once` refuses each
 //! lie with its own error and leaves its folder and log unchanged.
 
 use std::pin::Pin;
@@ -26,6 +28,16 @@ enum Lie {
     /// "Compacted", then a snapshot that adds up but puts a file under a symlink that
     /// points out of the folder.
     EscapingSnapshot,
+    /// The events in the wrong order (seq 2, then seq 1).
+    OutOfOrder,
+    /// An event, correctly hashed, whose path is `..`.
+    DotDotPath,
+    /// A stream of empty batches that never ends.
+    EndlessEmpty,
+    /// A chunk nobody asked for, before the real one.
+    UnaskedChunk,
+    /// One message larger than any the passive accepts (an event body of 66 MiB).
+    Oversized,
 }
 
 /// The outside directory the escaping snapshot's symlink points to.
@@ -170,12 +182,59 @@ impl Replication for FakeActive {
         let (events, _) = events();
         let mut wired: Vec<wire::Event> =
             events.iter().map(standin::convert::event_to_wire).collect();
+        let head = standin::convert::head_to_wire(&standin_engine::Head::of(&events[1]));
+        let batch_of = |events: Vec<wire::Event>| wire::PullResponse {
+            kind: Some(wire::pull_response::Kind::Batch(wire::EventBatch {
+                events,
+                head: Some(head.clone()),
+            })),
+        };
         match self.lie {
             Lie::BrokenChain => wired[1].body[10] ^= 1,
             Lie::Gap => {
                 wired.remove(0);
             }
-            Lie::WrongChunk => {}
+            Lie::OutOfOrder => wired.swap(0, 1),
+            Lie::DotDotPath => {
+                // Seal a `Mkdir xy`, then make its path `..` and hash it again, so
+                // that only the path is wrong.
+                let sealed = Event::seal(
+                    Hash::ZERO,
+                    EventBody {
+                        seq: 1,
+                        epoch: 1,
+                        recorded_at_ms: 0,
+                        change: Change::Mkdir {
+                            path: RelPath::new("xy").unwrap(),
+                            mode: 0o755,
+                        },
+                        digest: Hash::ZERO,
+                    },
+                );
+                let mut body = sealed.body.canonical_bytes();
+                let needle = [2, 0, 0, 0, 0, 0, 0, 0, b'x', b'y'];
+                let at = body
+                    .windows(needle.len())
+                    .position(|window| window == needle)
+                    .expect("the path in the canonical bytes");
+                body[at + 8..at + 10].copy_from_slice(b"..");
+                let hash = standin_engine::event::chain_hash(&Hash::ZERO, &body);
+                wired = vec![wire::Event {
+                    prev: Hash::ZERO.0.to_vec(),
+                    hash: hash.0.to_vec(),
+                    body,
+                }];
+            }
+            Lie::EndlessEmpty => {
+                let empty = batch_of(Vec::new());
+                return Ok(Response::new(Box::pin(tokio_stream::iter(
+                    std::iter::repeat_with(move || Ok(empty.clone())),
+                ))));
+            }
+            Lie::Oversized => {
+                wired[0].body = vec![0u8; 66 << 20];
+            }
+            Lie::WrongChunk | Lie::UnaskedChunk => {}
             Lie::ForgedSnapshot | Lie::EscapingSnapshot => {
                 let base = standin::convert::head_to_wire(&standin_engine::Head::of(&events[1]));
                 let compacted = wire::PullResponse {
@@ -189,13 +248,7 @@ impl Replication for FakeActive {
                 )]))));
             }
         }
-        let head = standin::convert::head_to_wire(&standin_engine::Head::of(&events[1]));
-        let batch = wire::PullResponse {
-            kind: Some(wire::pull_response::Kind::Batch(wire::EventBatch {
-                events: wired,
-                head: Some(head),
-            })),
-        };
+        let batch = batch_of(wired);
         Ok(Response::new(Box::pin(tokio_stream::iter(vec![Ok(batch)]))))
     }
 
@@ -204,11 +257,15 @@ impl Replication for FakeActive {
         request: Request<wire::FetchChunksRequest>,
     ) -> Result<Response<Self::FetchChunksStream>, Status> {
         let (_, content) = events();
-        let chunks: Vec<Result<wire::Chunk, Status>> = request
-            .into_inner()
-            .hashes
+        let unasked = matches!(self.lie, Lie::UnaskedChunk).then(|| {
+            Ok(wire::Chunk {
+                hash: Hash::of(b"unasked").0.to_vec(),
+                data: b"unasked".to_vec(),
+            })
+        });
+        let chunks: Vec<Result<wire::Chunk, Status>> = unasked
             .into_iter()
-            .map(|hash| {
+            .chain(request.into_inner().hashes.into_iter().map(|hash| {
                 Ok(wire::Chunk {
                     hash,
                     data: if matches!(self.lie, Lie::WrongChunk) {
@@ -217,7 +274,7 @@ impl Replication for FakeActive {
                         content.clone()
                     },
                 })
-            })
+            }))
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
@@ -263,6 +320,11 @@ async fn a_liar_is_refused_with_its_own_error_and_nothing_applied() {
         (Lie::Gap, "expected seq 1"),
         (Lie::ForgedSnapshot, "digest mismatch"),
         (Lie::EscapingSnapshot, "parent a is a symlink"),
+        (Lie::OutOfOrder, "expected seq 1"),
+        (Lie::DotDotPath, "`..` component"),
+        (Lie::EndlessEmpty, "empty batches"),
+        (Lie::UnaskedChunk, "was not asked for"),
+        (Lie::Oversized, "too large"),
     ] {
         let (error, root, node) = pull_from_liar(lie).await;
         assert!(

@@ -6,12 +6,15 @@
 //! - `restart`: a passive restarted in the middle of a catch-up.
 //! - `security`: the shared secret.
 //! - `corruption`: corrupt content on the active.
+//! - `disk_full`: the passive's disk fills up, and space returns.
 //! - `site`: agents, the load table, logins and the client with a server list.
 //! - `snapshot`: a passive whose head was compacted away starts from a snapshot.
 //! - `config`: bad configs refused with the key and exit status 2.
 //! - `cli`: status, verify, log, init-secret, demo.
 //! - `failover`: takeover, rejoin with quarantine, switchover, promote.
-//! - `faults`: a cut link through a proxy of the test's own; repeated SIGKILLs.
+//! - `faults`: seeded faults with a ledger: SIGKILLs of either node, link faults through
+//!   the proxy, a partition with a takeover (soak forms under `--ignored`).
+//! - `proxy`: the fault-injecting TCP proxy (drop, reset, delay, stall, partition).
 //! - `hostile_peer`: a fake active that lies, against the passive's pull.
 //! - `split_brain`: the agent-witness quorum with a cut pair link and a dead active.
 //! - `etcd`: the etcd lease with a real etcd: failover, an etcd outage, its return.
@@ -19,10 +22,12 @@
 mod cli;
 mod config;
 mod corruption;
+mod disk_full;
 mod etcd;
 mod failover;
 mod faults;
 mod hostile_peer;
+mod proxy;
 mod replication;
 mod restart;
 mod security;

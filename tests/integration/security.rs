@@ -133,3 +133,181 @@ fn a_tls_pair_replicates_and_refuses_plain_text() {
         assert_ne!(status.code(), tonic::Code::Ok);
     });
 }
+
+/// Every call of the pair's services — the data ones (Pull, FetchChunks, Snapshot) and
+/// the control ones (Heartbeat with a higher epoch, Promote, Switchover, TakeOver,
+/// RestoreFile, Status, Verify) — is refused to a caller without the secret and to one
+/// with a wrong secret, and none of them changes anything: the active stays active in
+/// its epoch, no file is planted, nothing is served.
+#[test]
+fn every_pair_call_is_refused_without_the_right_secret_and_changes_nothing() {
+    use standin_proto::v1::cluster_client::ClusterClient;
+
+    let pair = Pair::new("replication_period = 1", true);
+    std::fs::write(pair.alpha.folder.join("private.txt"), b"not for strangers").unwrap();
+    pair.wait_in_sync();
+    let served_before = pair.alpha.metric("standin_events_served_total");
+    let chunks_before = pair.alpha.metric("standin_chunk_bytes_served_total");
+    let epoch_before = pair.alpha.metric("standin_epoch");
+    let url = format!("http://127.0.0.1:{}", pair.alpha.grpc);
+
+    /// Each call of both services on `$replication` and `$cluster`: (name, code).
+    macro_rules! every_call {
+        ($replication:expr, $cluster:expr) => {{
+            let (mut replication, mut cluster) = ($replication, $cluster);
+            let code = |result: Result<_, tonic::Status>| match result {
+                Ok(_) => tonic::Code::Ok,
+                Err(status) => status.code(),
+            };
+            let head = wire::Head {
+                seq: 1_000,
+                hash: vec![7; 32],
+                epoch: 1_000,
+                digest: vec![7; 32],
+                recorded_at_ms: 1,
+            };
+            vec![
+                (
+                    "Pull",
+                    code(
+                        replication
+                            .pull(wire::PullRequest {
+                                after_seq: 0,
+                                after_hash: vec![0; 32],
+                                max_events: 10,
+                                follow: false,
+                            })
+                            .await
+                            .map(|_| ()),
+                    ),
+                ),
+                (
+                    "FetchChunks",
+                    code(
+                        replication
+                            .fetch_chunks(wire::FetchChunksRequest {
+                                hashes: vec![vec![0; 32]],
+                            })
+                            .await
+                            .map(|_| ()),
+                    ),
+                ),
+                (
+                    "Snapshot",
+                    code(
+                        replication
+                            .snapshot(wire::SnapshotRequest {})
+                            .await
+                            .map(|_| ()),
+                    ),
+                ),
+                (
+                    "Heartbeat",
+                    code(
+                        cluster
+                            .heartbeat(wire::HeartbeatRequest {
+                                node: "mallory".to_string(),
+                                head: Some(head.clone()),
+                                role: "active".to_string(),
+                            })
+                            .await
+                            .map(|_| ()),
+                    ),
+                ),
+                (
+                    "Status",
+                    code(cluster.status(wire::StatusRequest {}).await.map(|_| ())),
+                ),
+                (
+                    "Verify",
+                    code(cluster.verify(wire::VerifyRequest {}).await.map(|_| ())),
+                ),
+                (
+                    "Promote",
+                    code(
+                        cluster
+                            .promote(wire::PromoteRequest { force: true })
+                            .await
+                            .map(|_| ()),
+                    ),
+                ),
+                (
+                    "Switchover",
+                    code(
+                        cluster
+                            .switchover(wire::SwitchoverRequest {})
+                            .await
+                            .map(|_| ()),
+                    ),
+                ),
+                (
+                    "TakeOver",
+                    code(
+                        cluster
+                            .take_over(wire::TakeOverRequest {
+                                head_seq: 1,
+                                from_node: "mallory".to_string(),
+                            })
+                            .await
+                            .map(|_| ()),
+                    ),
+                ),
+                (
+                    "RestoreFile",
+                    code(
+                        cluster
+                            .restore_file(wire::RestoreFileRequest {
+                                path: "planted.txt".to_string(),
+                                content: b"planted".to_vec(),
+                                mode: 0o644,
+                                overwrite: true,
+                            })
+                            .await
+                            .map(|_| ()),
+                    ),
+                ),
+            ]
+        }};
+    }
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let results = runtime.block_on(async {
+        let mut results = Vec::new();
+        // No secret at all.
+        let channel = standin::client::channel(&url, None).unwrap();
+        for (name, code) in every_call!(
+            ReplicationClient::new(channel.clone()),
+            ClusterClient::new(channel)
+        ) {
+            results.push(("no secret", name, code));
+        }
+        // A wrong secret (of the right form).
+        let wrong = "0123456789abcdef0123456789abcdef";
+        let channel = standin::client::channel(&url, None).unwrap();
+        for (name, code) in every_call!(
+            standin::client::replication(channel.clone(), wrong).unwrap(),
+            standin::client::cluster(channel, wrong).unwrap()
+        ) {
+            results.push(("a wrong secret", name, code));
+        }
+        results
+    });
+    assert_eq!(results.len(), 20);
+    for (who, name, code) in &results {
+        assert_eq!(*code, tonic::Code::Unauthenticated, "{name} with {who}");
+    }
+    // Nothing changed and nothing was served.
+    assert!(crate::support::http_get(pair.alpha.http, "/active")
+        .is_some_and(|(status, _)| status == 200));
+    assert_eq!(pair.alpha.metric("standin_epoch"), epoch_before);
+    assert_eq!(
+        pair.alpha.metric("standin_events_served_total"),
+        served_before
+    );
+    assert_eq!(
+        pair.alpha.metric("standin_chunk_bytes_served_total"),
+        chunks_before
+    );
+    assert!(!pair.alpha.folder.join("planted.txt").exists());
+    assert!(!pair.beta.folder.join("planted.txt").exists());
+}

@@ -7,7 +7,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::faults::Proxy;
+use crate::proxy::Proxy;
 use crate::site::{agent, AgentProcess};
 use crate::support::{http_get, standin, wait_until, NodeProcess};
 

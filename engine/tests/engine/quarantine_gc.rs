@@ -2,7 +2,7 @@
 //! retained event or index entry names.
 
 use standin_engine::quarantine::{list_quarantines, quarantine_after, rewind_folder};
-use standin_engine::Hash;
+use standin_engine::{Hash, Repository};
 
 use crate::support::{replicate, snapshot, Node};
 
@@ -247,4 +247,51 @@ fn unrecorded_changes_are_kept_aside() {
             .unwrap(),
         0
     );
+}
+
+/// A pack file removed or cut short while the node was down is found at open, naming
+/// the file; a pack removed under an open store is refused at read as corrupt data.
+#[test]
+fn a_removed_or_short_pack_is_found_at_open_and_at_read() {
+    let node = Node::new();
+    std::fs::write(node.folder.join("a"), vec![0x11u8; 5000]).unwrap();
+    node.capture();
+    let node = node.reopen();
+    std::fs::write(node.folder.join("b"), vec![0x22u8; 5000]).unwrap();
+    node.capture();
+    let hash = Hash::of(&vec![0x22u8; 5000]);
+    assert!(node.repository.chunks().contains(&hash).unwrap());
+    let pack = node.data_dir.join("chunks").join("pack-00000002.pack");
+    assert!(pack.exists());
+    let saved = std::fs::read(&pack).unwrap();
+
+    // Removed under the open store (before anything read it): corrupt, with the path.
+    std::fs::remove_file(&pack).unwrap();
+    let error = node
+        .repository
+        .chunks()
+        .get(&hash)
+        .err()
+        .map(|error| error.to_string())
+        .unwrap_or_default();
+    assert!(
+        error.contains("the pack file is missing") && error.contains("pack-00000002.pack"),
+        "{error}"
+    );
+    let (data_dir, temp) = (node.data_dir.clone(), node._temp);
+    drop(node.repository);
+    let error = Repository::open(&data_dir).err().unwrap().to_string();
+    assert!(
+        error.contains("pack-00000002.pack") && error.contains("missing"),
+        "{error}"
+    );
+    // Cut short: found too.
+    std::fs::write(&pack, &saved[..saved.len() - 1]).unwrap();
+    let error = Repository::open(&data_dir).err().unwrap().to_string();
+    assert!(error.contains("the pack file has"), "{error}");
+    // Whole again: opens, and no new pack took the old one's number.
+    std::fs::write(&pack, &saved).unwrap();
+    let repository = Repository::open(&data_dir).unwrap();
+    assert_eq!(repository.chunks().get(&hash).unwrap(), vec![0x22u8; 5000]);
+    drop(temp);
 }

@@ -1,0 +1,223 @@
+//! A TCP proxy of the test's own, put between two nodes, that injects link faults:
+//! it closes connections (FIN) or resets them (RST), delays what it forwards, stalls
+//! (accepts, forwards nothing) and partitions (no byte crosses, new connections hang
+//! until it heals). Data held during a stall or a partition is not dropped: it flows
+//! when the link heals, as TCP's retransmissions would make it.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the link does to bytes now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    /// Bytes pass.
+    Up,
+    /// Every chunk of bytes waits this long before it is forwarded.
+    Slow(Duration),
+    /// Connections (old and new) are accepted; nothing is forwarded.
+    Stalled,
+    /// Nothing crosses; new connections are not put through until it heals.
+    Partitioned,
+    /// New connections are closed at once (existing ones were cut).
+    Refusing,
+}
+
+struct Connection {
+    client: TcpStream,
+    server: TcpStream,
+    killed: AtomicBool,
+}
+
+struct Control {
+    link: Mutex<Link>,
+    connections: Mutex<Vec<Arc<Connection>>>,
+}
+
+impl Control {
+    fn link(&self) -> Link {
+        *self.link.lock().unwrap()
+    }
+}
+
+/// One fault schedule over one or more forwarded ports.
+pub struct Proxy {
+    /// The port `start` forwards (0 for a proxy made with `new`).
+    pub port: u16,
+    control: Arc<Control>,
+}
+
+const POLL: Duration = Duration::from_millis(20);
+
+impl Proxy {
+    /// A proxy forwarding one new port (`port`) to `target_port`.
+    pub fn start(target_port: u16) -> Proxy {
+        let mut proxy = Proxy::new();
+        proxy.port = proxy.forward(target_port);
+        proxy
+    }
+
+    pub fn new() -> Proxy {
+        Proxy {
+            port: 0,
+            control: Arc::new(Control {
+                link: Mutex::new(Link::Up),
+                connections: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Forward a new local port to `target_port`; the port.
+    pub fn forward(&self, target_port: u16) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let control = self.control.clone();
+        std::thread::spawn(move || {
+            for incoming in listener.incoming() {
+                let Ok(client) = incoming else { continue };
+                let control = control.clone();
+                std::thread::spawn(move || connect(control, client, target_port));
+            }
+        });
+        port
+    }
+
+    pub fn set(&self, link: Link) {
+        *self.control.link.lock().unwrap() = link;
+    }
+
+    /// Close every open connection: with a FIN, or with a RST when `reset`.
+    pub fn close_all(&self, reset: bool) {
+        let connections: Vec<Arc<Connection>> =
+            self.control.connections.lock().unwrap().drain(..).collect();
+        for connection in connections {
+            connection.killed.store(true, Ordering::SeqCst);
+            for stream in [&connection.client, &connection.server] {
+                if reset {
+                    // SO_LINGER 0: the last close of the socket sends a RST.
+                    let linger = libc::linger {
+                        l_onoff: 1,
+                        l_linger: 0,
+                    };
+                    // SAFETY: a valid socket and a correctly sized option value.
+                    unsafe {
+                        libc::setsockopt(
+                            stream.as_raw_fd(),
+                            libc::SOL_SOCKET,
+                            libc::SO_LINGER,
+                            &linger as *const libc::linger as *const libc::c_void,
+                            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                        );
+                    }
+                } else {
+                    let _ = stream.shutdown(Shutdown::Both);
+                }
+            }
+        }
+    }
+
+    /// Cut the link: close every connection and refuse new ones until `heal`.
+    pub fn cut(&self) {
+        self.set(Link::Refusing);
+        self.close_all(false);
+    }
+
+    pub fn heal(&self) {
+        self.set(Link::Up);
+    }
+}
+
+fn connect(control: Arc<Control>, client: TcpStream, target_port: u16) {
+    // A partition holds a new connection until it heals; a refusing link closes it.
+    loop {
+        match control.link() {
+            Link::Refusing => {
+                let _ = client.shutdown(Shutdown::Both);
+                return;
+            }
+            Link::Partitioned => std::thread::sleep(POLL),
+            _ => break,
+        }
+    }
+    let Ok(server) = TcpStream::connect(("127.0.0.1", target_port)) else {
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    };
+    for stream in [&client, &server] {
+        let _ = stream.set_read_timeout(Some(POLL));
+        let _ = stream.set_write_timeout(Some(POLL));
+        let _ = stream.set_nodelay(true);
+    }
+    let connection = Arc::new(Connection {
+        client,
+        server,
+        killed: AtomicBool::new(false),
+    });
+    control.connections.lock().unwrap().push(connection.clone());
+    let (up_control, up_connection) = (control.clone(), connection.clone());
+    std::thread::spawn(move || pump(&up_control, &up_connection, true));
+    pump(&control, &connection, false);
+}
+
+/// Forward one direction until either side closes or the connection is killed.
+fn pump(control: &Control, connection: &Connection, client_to_server: bool) {
+    let (mut from, mut to) = if client_to_server {
+        (&connection.client, &connection.server)
+    } else {
+        (&connection.server, &connection.client)
+    };
+    let killed = || connection.killed.load(Ordering::SeqCst);
+    let mut buffer = vec![0u8; 64 * 1024];
+    'reading: while !killed() {
+        // Stalled or partitioned: read nothing (the sender's window fills up).
+        if matches!(control.link(), Link::Stalled | Link::Partitioned) {
+            std::thread::sleep(POLL);
+            continue;
+        }
+        let read = match from.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                continue
+            }
+            Err(_) => break,
+        };
+        loop {
+            match control.link() {
+                Link::Slow(delay) => {
+                    std::thread::sleep(delay);
+                    break;
+                }
+                Link::Stalled | Link::Partitioned if !killed() => std::thread::sleep(POLL),
+                _ => break,
+            }
+        }
+        let mut sent = 0;
+        while sent < read {
+            if killed() {
+                break 'reading;
+            }
+            match to.write(&buffer[sent..read]) {
+                Ok(0) => break 'reading,
+                Ok(written) => sent += written,
+                Err(error)
+                    if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => break 'reading,
+            }
+        }
+    }
+    // One direction ended: the connection ends (unless a reset already ended it, when
+    // a FIN now would go out before the RST).
+    if !connection.killed.swap(true, Ordering::SeqCst) {
+        let _ = from.shutdown(Shutdown::Both);
+        let _ = to.shutdown(Shutdown::Both);
+    }
+    control
+        .connections
+        .lock()
+        .unwrap()
+        .retain(|other| !std::ptr::eq(Arc::as_ptr(other), connection));
+}
