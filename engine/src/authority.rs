@@ -17,22 +17,26 @@
 //!
 //! # Why the witness quorum never lets two nodes accept logins at once
 //!
-//! Each agent votes for at most one node: the reachable node it ranks first (one
-//! answering as active; else one suspended, waiting to resume; then the higher epoch;
-//! then the last authority it saw). A node counts a vote for W = `window_ms` after it arrived.
-//! An agent that changes its vote announces the new one only `2W` after it last
-//! announced another (and a starting agent, which cannot know what it announced
-//! before, votes only `2W` after it started) (a report's transit, bounded by the agent's timeout, and the
-//! node's check interval, below W/2, fit in the second W): by then no node counts its
-//! old vote any more. So no agent's vote counts at two nodes at once, and a majority
-//! of the configured agents backs at most one node at any instant.
+//! Each agent votes for at most one node: the reachable node it ranks first (an
+//! eligible one — not fenced, starting or rejoining; answering as active; else
+//! suspended, waiting to resume; then the higher epoch; then the last authority it
+//! saw). A report echoes the recipient's last answer to the agent (its run and its
+//! clock); the recipient counts the vote for W = `window_ms` *from that echoed time*,
+//! which is before the agent decided the vote, so a report that travels slowly only
+//! counts for less (no bound on transit is assumed), and a vote echoing another run of
+//! the node does not count. An agent that changes its vote announces the new one only
+//! `2W` after it last announced another (and a starting agent, which cannot know what
+//! it announced before, votes only `2W` after it started): by then no node counts its
+//! old vote, even one checked a tick late (ticks are below W/2). So no agent's vote
+//! counts at two nodes at once, and a majority of the configured agents backs at most
+//! one node at any instant.
 //!
 //! Taking authority (promotion, start-up, resuming) needs that majority. Keeping it
 //! needs the majority or an answer from the peer within `failover_after_ms / 2`; and a
-//! node that saw its peer active within `failover_after_ms` does not take authority:
-//! the peer that keeps authority through the link is the one the other side hears.
-//! Durations are measured by each process's own monotonic clock (equal rates
-//! assumed, no synchronisation needed).
+//! node that saw its peer active (or holding a later epoch) within
+//! `failover_after_ms` does not take authority: the peer that keeps authority through
+//! the link is the one the other side hears. Durations are measured by each process's
+//! own monotonic clock (equal rates assumed, no synchronisation needed).
 
 use std::collections::BTreeMap;
 
@@ -66,6 +70,11 @@ pub struct WitnessReport {
     pub vote: Option<String>,
     /// The highest `(epoch, node)` the agent has seen acting as the authority.
     pub highest: Option<(u64, String)>,
+    /// The agent's side: the `(instance, time)` of the recipient's last answer, which
+    /// the agent echoes. The node's side: the time on its own clock the vote counts
+    /// from (the echoed time when the instance is this run's; `None`: the vote does
+    /// not count).
+    pub echo: Option<(u64, u64)>,
 }
 
 /// Whether something may happen, and if not why.
@@ -209,9 +218,18 @@ impl WitnessQuorum {
     }
 
     /// Agents whose fresh report votes for `node`.
+    /// Counted from the echoed time of this node's own answer, not from arrival: a
+    /// report delayed in transit does not make its vote count any later.
     fn votes_for(&self, now_ms: u64, node: &str) -> usize {
-        self.fresh(now_ms)
-            .filter(|(_, received)| received.report.vote.as_deref() == Some(node))
+        let window = self.settings.window_ms;
+        self.latest
+            .values()
+            .filter(|received| received.report.vote.as_deref() == Some(node))
+            .filter(|received| {
+                received.report.echo.is_some_and(|(_, counted_from)| {
+                    counted_from <= now_ms && now_ms - counted_from <= window
+                })
+            })
             .count()
     }
 
@@ -425,6 +443,9 @@ struct NodeSeen {
     epoch: u64,
     active: bool,
     suspended: bool,
+    eligible: bool,
+    /// The node's run and clock in its last answer (echoed in the next report).
+    echo: Option<(u64, u64)>,
 }
 
 /// How a node answered an agent's report.
@@ -435,8 +456,14 @@ pub struct NodeAnswer {
     pub active: bool,
     /// Suspended: an authority waiting to be backed again.
     pub suspended: bool,
+    /// Could take authority (active, suspended or passive; not fenced, starting or
+    /// rejoining): an agent votes for an ineligible node only if no other is reachable.
+    pub eligible: bool,
     /// The node's witness window (0: not in witness mode).
     pub window_ms: u64,
+    /// The node's run (random per process) and its monotonic clock when it answered.
+    pub instance: u64,
+    pub time_ms: u64,
 }
 
 /// The agent's side of the witness: which nodes it reached when, whom it votes for
@@ -484,6 +511,8 @@ impl AgentWitness {
                 epoch: answer.epoch,
                 active: answer.active,
                 suspended: answer.suspended,
+                eligible: answer.eligible,
+                echo: Some((answer.instance, answer.time_ms)),
             },
         );
         self.window_ms = self.window_ms.max(answer.window_ms);
@@ -508,6 +537,7 @@ impl AgentWitness {
                 let name = seen.name.as_deref()?;
                 Some((
                     (
+                        seen.eligible,
                         seen.active,
                         seen.suspended,
                         seen.epoch,
@@ -521,7 +551,7 @@ impl AgentWitness {
     }
 
     /// The witness part of a report to `recipient` (an address) sent at `now_ms`.
-    pub fn report_for(&mut self, agent: &str, _recipient: &str, now_ms: u64) -> WitnessReport {
+    pub fn report_for(&mut self, agent: &str, recipient: &str, now_ms: u64) -> WitnessReport {
         let reachable = self
             .nodes
             .values()
@@ -547,6 +577,7 @@ impl AgentWitness {
             reachable,
             vote,
             highest: self.highest.clone(),
+            echo: self.nodes.get(recipient).and_then(|seen| seen.echo),
         }
     }
 }
@@ -569,14 +600,15 @@ mod tests {
             reachable: Vec::new(),
             vote: vote.map(str::to_string),
             highest: None,
+            echo: None,
         }
     }
 
+    /// A vote that counts from `now_ms` (the node's answer it echoes was just sent).
     fn vote(quorum: &mut WitnessQuorum, now_ms: u64, agent: &str, node: Option<&str>) {
-        quorum.observe(Evidence::AgentReport {
-            now_ms,
-            report: report(agent, node),
-        });
+        let mut report = report(agent, node);
+        report.echo = Some((1, now_ms));
+        quorum.observe(Evidence::AgentReport { now_ms, report });
     }
 
     #[test]
@@ -592,6 +624,34 @@ mod tests {
         assert!(
             !quorum.may_promote(4_001, "beta").allowed(),
             "ts1's vote is stale"
+        );
+    }
+
+    #[test]
+    fn a_vote_counts_from_the_echoed_answer_not_from_its_late_arrival() {
+        let mut quorum = witness();
+        for agent in ["ts1", "ts2"] {
+            let mut report = report(agent, Some("alpha"));
+            report.echo = Some((1, 1_000));
+            quorum.observe(Evidence::AgentReport {
+                now_ms: 3_900,
+                report,
+            });
+        }
+        assert!(quorum.may_take(3_900, "alpha", 1).allowed(), "1 000 + W");
+        assert!(
+            !quorum.may_take(4_001, "alpha", 1).allowed(),
+            "arrived late, expired"
+        );
+        let mut no_echo = report("ts3", Some("alpha"));
+        no_echo.echo = None;
+        quorum.observe(Evidence::AgentReport {
+            now_ms: 4_000,
+            report: no_echo,
+        });
+        assert!(
+            !quorum.may_take(4_001, "alpha", 1).allowed(),
+            "no echo, no vote"
         );
     }
 
@@ -666,7 +726,10 @@ mod tests {
             epoch,
             active,
             suspended: false,
+            eligible: true,
             window_ms: 1_000,
+            instance: 7,
+            time_ms: 0,
         }
     }
 

@@ -37,6 +37,12 @@ use serde::Serialize;
 
 use crate::authority::{Authority, Decision, Evidence, PeerOnly};
 
+/// How long an active waits for its peer to take over in a switchover before it
+/// resumes; the peer gives up taking over after half of it.
+pub fn switchover_patience_ms(failover_after_ms: u64) -> u64 {
+    (failover_after_ms * 3).max(10_000)
+}
+
 /// What a node is doing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "role", rename_all = "lowercase")]
@@ -227,6 +233,9 @@ pub struct RoleMachine {
     promoting: bool,
     /// A switchover: promote once the head reaches this seq.
     take_over_at: Option<u64>,
+    /// A switchover promotion is abandoned after this (half the old active's patience:
+    /// it must never happen after the old active gave up and resumed).
+    take_over_deadline_ms: u64,
     /// Handing authority over (switchover started on this active).
     handing_over: bool,
     failback_requested: bool,
@@ -270,6 +279,7 @@ impl RoleMachine {
             peer: None,
             promoting: false,
             take_over_at: None,
+            take_over_deadline_ms: 0,
             handing_over: false,
             failback_requested: false,
         }
@@ -323,6 +333,10 @@ impl RoleMachine {
             actions.extend([Action::CloseLogins, Action::StopCapture]);
         }
         actions.push(Action::StopPulling);
+        if self.authority.needs_acquire() {
+            // A fenced node must not keep the lease the peer needs to take over.
+            actions.push(Action::ReleaseAuthority);
+        }
         actions.push(Action::Alert {
             message: format!("fenced: {reason}; an operator must act (standin status)"),
         });
@@ -471,6 +485,16 @@ impl RoleMachine {
             ));
         }
         None
+    }
+
+    /// Too late for the switchover: the old active may have given up and resumed.
+    fn abandon_take_over(&mut self) -> Vec<Action> {
+        self.take_over_at = None;
+        vec![Action::Alert {
+            message:
+                "the switchover took too long to catch up; not taking over (the old active resumes)"
+                    .to_string(),
+        }]
     }
 
     /// An alert for a refusal, once per distinct reason.
@@ -701,6 +725,8 @@ impl RoleMachine {
             Input::TakeOverRequested { head_seq } => {
                 if self.role == Role::Passive {
                     self.take_over_at = Some(head_seq);
+                    self.take_over_deadline_ms =
+                        self.now_ms + switchover_patience_ms(self.settings.failover_after_ms) / 2;
                     if self.head_seq >= head_seq {
                         return self.promote_if_authorized("switchover", true);
                     }
@@ -785,6 +811,9 @@ impl RoleMachine {
                 }
             },
             Role::Passive => {
+                if self.take_over_at.is_some() && now_ms > self.take_over_deadline_ms {
+                    actions.extend(self.abandon_take_over());
+                }
                 if let Some(reason) = self.awaiting_authority.clone() {
                     if self.authority.may_promote(now_ms, &node).allowed() {
                         self.awaiting_authority = None;
@@ -832,6 +861,9 @@ impl RoleMachine {
             return Vec::new();
         }
         if let Some(target) = self.take_over_at {
+            if self.now_ms > self.take_over_deadline_ms {
+                return self.abandon_take_over();
+            }
             if self.head_seq >= target {
                 return self.promote_if_authorized("switchover", true);
             }
@@ -1288,5 +1320,29 @@ mod tests {
         assert!(actions.contains(&Action::CloseLogins), "{actions:?}");
         assert!(!machine.accepts_logins());
         assert!(matches!(machine.role(), Role::Suspended { .. }));
+    }
+
+    #[test]
+    fn a_switchover_that_catches_up_too_late_is_abandoned() {
+        let mut machine = following_passive();
+        machine.step(Input::Applied {
+            epoch: 1,
+            head_seq: 5,
+        });
+        let actions = machine.step(Input::TakeOverRequested { head_seq: 10 });
+        assert_eq!(actions, vec![Action::PullTo { head_seq: 10 }]);
+        let late = 10 + switchover_patience_ms(5_000) / 2 + 1;
+        machine.step(Input::HeartbeatAnswered {
+            now_ms: late,
+            peer: peer("alpha", 1, true),
+        });
+        let actions = machine.step(Input::CaughtUp { head_seq: 10 });
+        assert!(
+            !actions
+                .iter()
+                .any(|action| matches!(action, Action::RecordPromote { .. })),
+            "the old active may have resumed: {actions:?}"
+        );
+        assert_eq!(machine.role(), &Role::Passive);
     }
 }

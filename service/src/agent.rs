@@ -121,19 +121,24 @@ async fn report_to(settings: AgentSettings, url: String, witness: SharedWitness)
             _ => 0.0,
         };
         previous = now;
+        // Sample first: the vote is decided just before the report leaves.
+        let sessions = sessions(&settings.sessions_command).await;
         let sent_ms = witness.now_ms();
         let seen = witness.with(|w| w.report_for(&settings.name, &url, sent_ms));
         let (highest_epoch, highest_node) = seen.highest.clone().unwrap_or_default();
+        let (echo_instance, echo_time_ms) = seen.echo.unwrap_or_default();
         let report = wire::LoadReport {
             reachable: seen.reachable,
             vote: seen.vote,
             highest_epoch,
             highest_node,
+            echo_instance,
+            echo_time_ms,
             name: settings.name.clone(),
             address: settings.address.clone(),
             cpu_percent,
             memory_percent: memory_percent(),
-            sessions: sessions(&settings.sessions_command).await,
+            sessions,
             apps: settings.apps.clone(),
             interval_ms: settings.interval.as_millis() as u64,
         };
@@ -146,8 +151,8 @@ async fn report_to(settings: AgentSettings, url: String, witness: SharedWitness)
                 .await
                 .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
         };
-        // A report that arrives later than half the witness window could count
-        // after the agent changed its vote: give up on it before then.
+        // A late report's vote does not count (it counts from the echoed answer), but
+        // an answer that comes back late is of no use either: give up after W/2.
         let mut limit = settings.interval.max(Duration::from_secs(1));
         let window_ms = witness.with(|w| w.window_ms());
         if window_ms > 0 {
@@ -161,10 +166,13 @@ async fn report_to(settings: AgentSettings, url: String, witness: SharedWitness)
                 let answered_ms = witness.now_ms();
                 let answer = NodeAnswer {
                     suspended: ack.role == "suspended",
+                    eligible: matches!(ack.role.as_str(), "active" | "suspended" | "passive"),
                     node: ack.node,
                     epoch: ack.epoch,
                     active: ack.active,
                     window_ms: ack.witness_window_ms,
+                    instance: ack.node_instance,
+                    time_ms: ack.node_time_ms,
                 };
                 witness.with(|w| w.answered(answered_ms, &url, &answer));
                 if !was_up {

@@ -112,6 +112,16 @@ impl Cluster for ClusterService {
         request: Request<wire::HeartbeatRequest>,
     ) -> Result<Response<wire::HeartbeatResponse>, Status> {
         let request = request.into_inner();
+        if request.node == self.node.config.node_name {
+            // Two nodes with one name would both count the same votes and leases.
+            let message = format!(
+                "the peer calls itself {:?}, this node's own name: give each node its own node_name",
+                request.node
+            );
+            tracing::error!("{message}");
+            self.node.set_error(Some(message.clone()));
+            return Err(Status::failed_precondition(message));
+        }
         if let Ok(head) = head_from_wire(request.head.as_ref()) {
             tracing::trace!(peer = %request.node, seq = head.seq, "heartbeat");
             self.node.feed(Input::PeerSeen {

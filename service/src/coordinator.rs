@@ -67,7 +67,9 @@ impl Coordinator {
         if let AuthorityConfig::Etcd(settings) = &self.node.config.authority {
             self.etcd = Some(EtcdAuthority::start(self.node.clone(), settings.clone()));
         }
-        let Some(mut inputs) = self.node.take_inputs() else {
+        let (Some(mut inputs), Some(mut evidence)) =
+            (self.node.take_inputs(), self.node.take_evidence())
+        else {
             tracing::error!("the role inputs were already taken; no coordinator");
             return;
         };
@@ -86,6 +88,7 @@ impl Coordinator {
             let actions = tokio::select! {
                 _ = ticker.tick() => self.machine.step(Input::Tick { now_ms: now_ms() }),
                 Some(input) = inputs.recv() => self.machine.step(input),
+                Some(input) = evidence.recv() => self.machine.step(input),
                 _ = stop.wait_for(|stopped| *stopped) => break,
             };
             self.carry_out(actions).await;
@@ -228,7 +231,9 @@ impl Coordinator {
                 let waiting = node.clone();
                 tokio::spawn(async move {
                     let patience =
-                        Duration::from_millis((waiting.config.failover_after_ms * 3).max(10_000));
+                        Duration::from_millis(standin_engine::role::switchover_patience_ms(
+                            waiting.config.failover_after_ms,
+                        ));
                     tokio::time::sleep(patience).await;
                     waiting.feed(Input::SwitchoverTimedOut);
                 });
@@ -288,7 +293,10 @@ impl Coordinator {
             // Fencing only stops things; no recursion into failures.
             if matches!(
                 action,
-                Action::StopCapture | Action::StopPulling | Action::Alert { .. }
+                Action::StopCapture
+                    | Action::StopPulling
+                    | Action::ReleaseAuthority
+                    | Action::Alert { .. }
             ) {
                 Box::pin(self.carry_out_one(action)).await;
             }
@@ -373,6 +381,15 @@ async fn heartbeat(node: Arc<Node>) {
     let answer = tokio::time::timeout(limit, client.heartbeat(request)).await;
     let now_ms = now_ms();
     match answer {
+        Ok(Ok(response)) if response.get_ref().node == node.config.node_name => {
+            let message = format!(
+                "the peer answers as {:?}, this node's own name: give each node its own node_name",
+                node.config.node_name
+            );
+            tracing::error!("{message}");
+            node.set_error(Some(message));
+            node.feed(Input::HeartbeatFailed { now_ms });
+        }
         Ok(Ok(response)) => {
             let response = response.into_inner();
             match head_from_wire(response.head.as_ref()) {

@@ -51,9 +51,13 @@ impl EtcdAuthority {
         let _ = self.requests.try_send(Request::Acquire);
     }
 
-    /// Give the lease up (revoke it) so the peer can take the key.
+    /// Give the lease up (revoke it) so the peer can take the key. Never dropped,
+    /// even behind a queue of acquisitions.
     pub fn release(&self) {
-        let _ = self.requests.try_send(Request::Release);
+        let requests = self.requests.clone();
+        tokio::spawn(async move {
+            let _ = requests.send(Request::Release).await;
+        });
     }
 }
 
@@ -158,9 +162,10 @@ async fn campaign(
     node: &Arc<Node>,
     settings: &EtcdSettings,
 ) -> Result<Option<(i64, u64, u64, i64)>, etcd_client::Error> {
+    let holder = holder_value(node);
     let attempt = async {
         let mut client = connect(settings).await?;
-        let name = node.config.node_name.as_str();
+        let name = holder.as_str();
         // A key that already names this node (a restart within the TTL): adopt its lease.
         let existing = client.get(settings.key.as_str(), None).await?;
         if let Some(kv) = existing.kvs().first() {
@@ -211,6 +216,23 @@ async fn campaign(
     }
 }
 
+/// What the key holds: this node's name and an id kept in its data_dir, so only this
+/// node (restarted), never another configured with the same name, adopts its lease.
+fn holder_value(node: &Arc<Node>) -> String {
+    let path = node.config.data_dir.join("etcd-holder-id");
+    let id = match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => id.trim().to_string(),
+        _ => {
+            let id = format!("{:016x}", rand::random::<u64>());
+            if let Err(error) = std::fs::write(&path, &id) {
+                tracing::warn!(path = %path.display(), %error, "cannot keep the etcd holder id; a restart will not adopt its lease");
+            }
+            id
+        }
+    };
+    format!("{} {id}", node.config.node_name)
+}
+
 /// Why a campaign failed, for the operator: the holder's name, or the error.
 async fn campaign_problem(node: &Arc<Node>, settings: &EtcdSettings) -> Option<String> {
     let lookup = async {
@@ -223,11 +245,9 @@ async fn campaign_problem(node: &Arc<Node>, settings: &EtcdSettings) -> Option<S
                 .kvs()
                 .first()
                 .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())?;
-            (holder != node.config.node_name).then(|| {
-                format!(
-                    "the etcd authority key {} is held by {holder}",
-                    settings.key
-                )
+            (holder != holder_value(node)).then(|| {
+                let name = holder.split(' ').next().unwrap_or_default();
+                format!("the etcd authority key {} is held by {name}", settings.key)
             })
         }
         Ok(Err(error)) => Some(format!(
@@ -255,10 +275,21 @@ async fn keep_alive(node: Arc<Node>, settings: EtcdSettings, lease_id: i64, revi
             let mut client = connect(&settings).await?;
             let (mut keeper, mut stream) = client.lease_keep_alive(lease_id).await?;
             keeper.keep_alive().await?;
-            stream.message().await
+            let answer = stream.message().await?;
+            // The key must still be ours (an operator may have deleted it, and the
+            // peer taken it under its own lease).
+            let key = client.get(settings.key.as_str(), None).await?;
+            let ours = key.kvs().first().is_some_and(|kv| kv.lease() == lease_id);
+            Ok::<_, etcd_client::Error>((answer, ours))
         };
         let problem = match tokio::time::timeout(every, renewal).await {
-            Ok(Ok(Some(answer))) if answer.ttl() > 0 => {
+            Ok(Ok((_, false))) => {
+                break format!(
+                    "the etcd key {} no longer holds this node's lease",
+                    settings.key
+                )
+            }
+            Ok(Ok((Some(answer), true))) if answer.ttl() > 0 => {
                 valid_until_ms = sent_ms + u64::try_from(answer.ttl()).unwrap_or(0) * 1000;
                 node.feed(lease_held(revision, sent_ms, answer.ttl()));
                 if failing {
@@ -267,7 +298,7 @@ async fn keep_alive(node: Arc<Node>, settings: EtcdSettings, lease_id: i64, revi
                 failing = false;
                 continue;
             }
-            Ok(Ok(_)) => break "the etcd lease expired".to_string(),
+            Ok(Ok((_, true))) => break "the etcd lease expired".to_string(),
             Ok(Err(error)) => format!("renewing the etcd lease failed: {error}"),
             Err(_) => "renewing the etcd lease timed out".to_string(),
         };

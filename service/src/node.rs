@@ -64,9 +64,19 @@ pub struct Node {
     pub metrics: Metrics,
     role: RwLock<Role>,
     accepts_logins: std::sync::atomic::AtomicBool,
+    /// With a witness or a lease: logins are refused once the role machine's answer
+    /// is older than this many ms (a stalled coordinator must not keep them open past
+    /// the point where it would have suspended). `u64::MAX` in peer mode.
+    logins_grace_ms: u64,
+    /// When the role machine last published (monotonic ms).
+    published_ms: std::sync::atomic::AtomicU64,
     /// Inputs for the role state machine (see `coordinator`).
     inputs: tokio::sync::mpsc::Sender<Input>,
     inputs_receiver: Mutex<Option<tokio::sync::mpsc::Receiver<Input>>>,
+    /// Authority evidence (agents' reports, lease results) on a queue of its own, so
+    /// a flood of reports can never crowd out a control input.
+    evidence: tokio::sync::mpsc::Sender<Input>,
+    evidence_receiver: Mutex<Option<tokio::sync::mpsc::Receiver<Input>>>,
     /// The log head, for `Pull` streams that wait for new events.
     pub head_watch: watch::Sender<Head>,
     peer_head: Mutex<Option<Head>>,
@@ -82,6 +92,9 @@ pub struct Node {
     /// Terminal servers' last load reports.
     pub load_table: crate::site::LoadTable,
     authority_status: Mutex<Option<AuthorityStatus>>,
+    /// This run of the node (random): agents echo it with this node's time, so a vote
+    /// is never counted against a previous run's clock.
+    pub instance: u64,
 }
 
 /// Inputs waiting for the role state machine, at most.
@@ -109,6 +122,12 @@ impl Node {
             sender.send_replace(head);
         }));
         let (inputs, inputs_receiver) = tokio::sync::mpsc::channel(INPUT_QUEUE);
+        let (evidence, evidence_receiver) = tokio::sync::mpsc::channel(INPUT_QUEUE);
+        let logins_grace_ms = match &config.authority {
+            crate::config::AuthorityConfig::Peer => u64::MAX,
+            crate::config::AuthorityConfig::Witness { window_ms, .. } => window_ms / 2,
+            crate::config::AuthorityConfig::Etcd(etcd) => etcd.lease_ttl_s * 1000 / 8,
+        };
         let node = Arc::new(Node {
             config,
             secret,
@@ -116,8 +135,12 @@ impl Node {
             metrics: Metrics::new(),
             role: RwLock::new(Role::Starting),
             accepts_logins: std::sync::atomic::AtomicBool::new(false),
+            logins_grace_ms,
+            published_ms: std::sync::atomic::AtomicU64::new(0),
             inputs,
             inputs_receiver: Mutex::new(Some(inputs_receiver)),
+            evidence,
+            evidence_receiver: Mutex::new(Some(evidence_receiver)),
             head_watch,
             peer_head: Mutex::new(None),
             behind_since_ms: Mutex::new(None),
@@ -126,6 +149,7 @@ impl Node {
             apply_lock: Arc::new(tokio::sync::RwLock::new(())),
             load_table: crate::site::LoadTable::default(),
             authority_status: Mutex::new(None),
+            instance: rand::random::<u64>() | 1,
         });
         Ok(node)
     }
@@ -145,20 +169,38 @@ impl Node {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = role;
         self.accepts_logins
             .store(accepts_logins, std::sync::atomic::Ordering::SeqCst);
+        self.published_ms.store(
+            standin_engine::fsutil::monotonic_ms(),
+            std::sync::atomic::Ordering::SeqCst,
+        );
     }
 
     /// Only the authoritative node lets users log in (and answers `/active` 200).
     pub fn accepts_logins(&self) -> bool {
-        self.accepts_logins
-            .load(std::sync::atomic::Ordering::SeqCst)
+        let published = self.published_ms.load(std::sync::atomic::Ordering::SeqCst);
+        let fresh = standin_engine::fsutil::monotonic_ms().saturating_sub(published)
+            < self.logins_grace_ms;
+        fresh
+            && self
+                .accepts_logins
+                .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Hand an input to the role state machine. The queue is bounded; an input that
     /// does not fit is dropped with a warning (heartbeats repeat).
     pub fn feed(&self, input: Input) {
-        if let Err(error) = self.inputs.try_send(input) {
+        let queue = match input {
+            Input::Authority(_) => &self.evidence,
+            _ => &self.inputs,
+        };
+        if let Err(error) = queue.try_send(input) {
             tracing::warn!(%error, "role input dropped");
         }
+    }
+
+    /// The receiving end of the authority evidence, once (for the coordinator).
+    pub fn take_evidence(&self) -> Option<tokio::sync::mpsc::Receiver<Input>> {
+        lock(&self.evidence_receiver).take()
     }
 
     /// The receiving end of `feed`, once (for the coordinator).
@@ -334,7 +376,14 @@ impl Node {
             .quarantined_events
             .set(status.quarantined_events as i64);
         let current = self.role().name();
-        for role in ["starting", "active", "passive", "rejoining", "fenced"] {
+        for role in [
+            "starting",
+            "active",
+            "passive",
+            "rejoining",
+            "suspended",
+            "fenced",
+        ] {
             metrics
                 .role
                 .get_or_create(&RoleLabel {

@@ -18,9 +18,20 @@ const MAX_REPORTED_NODES: usize = 16;
 
 pub struct AgentService {
     pub node: Arc<Node>,
-    /// Agents already warned about (not in `witness_agents`, or reporting too rarely),
-    /// once each.
+    /// Names not in `witness_agents` already warned about (the first 64 bytes of each,
+    /// at most 1,000).
     pub unknown_agents: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Configured agents already warned about for reporting too rarely.
+    pub slow_agents: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// Upper bound on a node or agent name in a witness report.
+const MAX_WITNESS_NAME: usize = 256;
+
+fn lock_set(
+    set: &std::sync::Mutex<std::collections::HashSet<String>>,
+) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+    set.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl AgentService {
@@ -28,6 +39,7 @@ impl AgentService {
         AgentService {
             node,
             unknown_agents: Default::default(),
+            slow_agents: Default::default(),
         }
     }
 
@@ -38,34 +50,34 @@ impl AgentService {
         else {
             return;
         };
-        if report.interval_ms > window_ms / 3 {
-            let mut warned = self
-                .unknown_agents
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if warned.len() < 1_000 && warned.insert(format!("interval {}", report.name)) {
-                tracing::warn!(agent = %report.name, interval_ms = report.interval_ms, window_ms, "the agent reports less often than a third of witness_window_ms: its vote may lapse between reports (run it with --interval-ms {})", window_ms / 3);
-            }
-        }
         if !agents.contains(&report.name) {
-            let mut warned = self
-                .unknown_agents
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if warned.len() < 1_000 && warned.insert(report.name.clone()) {
-                tracing::warn!(agent = %report.name, from = ?peer, "a report from an agent not in witness_agents: it does not count toward the quorum");
+            let shown: String = report.name.chars().take(64).collect();
+            let mut warned = lock_set(&self.unknown_agents);
+            if warned.len() < 1_000 && warned.insert(shown.clone()) {
+                tracing::warn!(agent = %shown, from = ?peer, "a report from an agent not in witness_agents: it does not count toward the quorum");
             }
             return;
         }
+        if report.interval_ms > window_ms / 3
+            && lock_set(&self.slow_agents).insert(report.name.clone())
+        {
+            tracing::warn!(agent = %report.name, interval_ms = report.interval_ms, window_ms, "the agent reports less often than a third of witness_window_ms: its vote may lapse between reports (run it with --interval-ms {})", window_ms / 3);
+        }
         let highest = (!report.highest_node.is_empty())
             .then(|| (report.highest_epoch, report.highest_node.clone()));
+        // The vote counts from the echoed time of this run's answer (never from a
+        // previous run's clock, never from the future).
+        let now_ms = standin_engine::fsutil::monotonic_ms();
+        let echo = (report.echo_instance == self.node.instance && report.echo_time_ms <= now_ms)
+            .then_some((report.echo_instance, report.echo_time_ms));
         self.node.feed(standin_engine::role::Input::Authority(
             standin_engine::authority::Evidence::AgentReport {
-                now_ms: standin_engine::fsutil::monotonic_ms(),
+                now_ms,
                 report: standin_engine::authority::WitnessReport {
                     agent: report.name.clone(),
                     reachable: report.reachable.clone(),
                     vote: report.vote.clone(),
+                    echo,
                     highest,
                 },
             },
@@ -89,6 +101,15 @@ impl Agent for AgentService {
         if report.reachable.len() > MAX_REPORTED_NODES {
             return Err(Status::invalid_argument(format!(
                 "at most {MAX_REPORTED_NODES} nodes in a report's witness"
+            )));
+        }
+        let names = std::iter::once(&report.name)
+            .chain(report.vote.iter())
+            .chain(std::iter::once(&report.highest_node))
+            .chain(report.reachable.iter());
+        if names.into_iter().any(|name| name.len() > MAX_WITNESS_NAME) {
+            return Err(Status::invalid_argument(format!(
+                "names in a load report are at most {MAX_WITNESS_NAME} bytes"
             )));
         }
         self.witness(&report, peer);
@@ -116,6 +137,8 @@ impl Agent for AgentService {
             epoch: self.node.epoch(),
             active: self.node.accepts_logins(),
             witness_window_ms,
+            node_instance: self.node.instance,
+            node_time_ms: standin_engine::fsutil::monotonic_ms(),
         }))
     }
 }

@@ -79,6 +79,8 @@ impl Rng {
 struct SimNode {
     name: &'static str,
     mode: Mode,
+    /// This run of the node (agents echo it).
+    instance: u64,
     initial_active: bool,
     machine: RoleMachine,
     alive: bool,
@@ -100,6 +102,7 @@ impl SimNode {
         SimNode {
             name,
             mode,
+            instance: 1,
             initial_active,
             machine,
             alive: true,
@@ -135,6 +138,7 @@ impl SimNode {
             now_ms,
         );
         self.alive = true;
+        self.instance += 1;
         self.capturing = false;
         self.pulling = false;
         self.rejoin_pending = false;
@@ -284,7 +288,11 @@ impl World {
         if !self.network.up(from, to) || self.rng.chance(self.network.loss_percent) {
             return;
         }
-        let delay = 1 + self.rng.below(2);
+        let mut delay = 1 + self.rng.below(2);
+        if matches!(message, Message::Report { .. }) && self.rng.chance(5) {
+            // A report stuck in transit for longer than the witness window.
+            delay = 10 + self.rng.below(30);
+        }
         self.network.queue.push((self.step + delay, to, message));
     }
 
@@ -482,7 +490,13 @@ impl World {
                             epoch: machine.epoch(),
                             active: machine.accepts_logins(),
                             suspended: matches!(machine.role(), Role::Suspended { .. }),
+                            eligible: matches!(
+                                machine.role(),
+                                Role::Active | Role::Passive | Role::Suspended { .. }
+                            ),
                             window_ms: WITNESS_WINDOW_MS,
+                            instance: self.nodes[to].instance,
+                            time_ms: now_ms,
                         },
                     };
                     self.send(to, NODES + agent, ack);
