@@ -400,10 +400,11 @@ impl RoleMachine {
     /// floor (the etcd revision) moved past ours.
     fn resume(&mut self) -> Vec<Action> {
         let mut actions = Vec::new();
-        // A later epoch was seen (an etcd revision, a peer's promotion): resume above
-        // it, so this history outranks the one it diverged from.
+        // Resume in a new epoch, above any seen (an etcd revision, a peer's promotion):
+        // a peer may have promoted unseen while this node was suspended, and the
+        // history that goes on from here must outrank the one it diverged from.
         let floor = self.authority.epoch_floor().max(self.highest_epoch_seen);
-        if floor > self.epoch {
+        if floor > self.epoch || self.authority.mode() != "peer" {
             let epoch = self.next_epoch(self.epoch.max(self.highest_epoch_seen).max(floor));
             self.epoch = epoch;
             self.highest_epoch_seen = epoch;

@@ -178,8 +178,8 @@ impl Node {
     /// Only the authoritative node lets users log in (and answers `/active` 200).
     pub fn accepts_logins(&self) -> bool {
         let published = self.published_ms.load(std::sync::atomic::Ordering::SeqCst);
-        let fresh = standin_engine::fsutil::monotonic_ms().saturating_sub(published)
-            < self.logins_grace_ms;
+        let fresh =
+            standin_engine::fsutil::monotonic_ms().saturating_sub(published) < self.logins_grace_ms;
         fresh
             && self
                 .accepts_logins
