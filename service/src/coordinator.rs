@@ -530,15 +530,36 @@ async fn common_point(
 
 /// The rejoin: find the last event we share with the authority, quarantine ours after
 /// it, put the folder back to it. Returns how many events were quarantined.
+/// How often a rejoin asks the authority again before it gives up (and fences).
+const REJOIN_ATTEMPTS: u32 = 20;
+
 async fn rejoin(node: &Arc<Node>) -> Result<usize, String> {
     let url = node
         .config
         .peer_url
         .clone()
         .ok_or("no peer_url to rejoin")?;
-    let channel = crate::client::channel(&url, node.config.tls.as_ref())?;
-    let mut client = crate::client::replication(channel, &node.secret)?;
-    let common = common_point(node, &mut client).await?;
+    // Finding the common point only reads from the authority: a link that drops
+    // meanwhile is retried (with a growing pause) instead of fencing the node.
+    let mut pause = Duration::from_millis(500);
+    let mut attempts = 0;
+    let common = loop {
+        let attempt = async {
+            let channel = crate::client::channel(&url, node.config.tls.as_ref())?;
+            let mut client = crate::client::replication(channel, &node.secret)?;
+            common_point(node, &mut client).await
+        };
+        match attempt.await {
+            Ok(common) => break common,
+            Err(error) if attempts < REJOIN_ATTEMPTS => {
+                attempts += 1;
+                tracing::warn!(%error, attempt = attempts, retry_in_ms = pause.as_millis() as u64, "rejoin: the authority could not be asked; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+            Err(error) => return Err(error),
+        }
+    };
     let quarantining = node.clone();
     let quarantined = tokio::task::spawn_blocking(move || -> Result<usize, String> {
         let count =
