@@ -67,6 +67,11 @@ pub fn rsync_binary() -> Outcome<PathBuf> {
     find().ok_or_else(|| "rsync still not found after installing it".into())
 }
 
+/// A (gRPC, HTTP) pair of free ports for a node started later.
+pub fn ports() -> Outcome<(u16, u16)> {
+    Ok((free_port()?, free_port()?))
+}
+
 fn free_port() -> Outcome<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -118,7 +123,33 @@ impl Node {
         period: f64,
         extra: &str,
     ) -> Outcome<(Node, u16)> {
-        let (grpc, http) = (free_port()?, free_port()?);
+        Node::start_with(
+            binary,
+            root,
+            name,
+            folder,
+            role,
+            peer,
+            period,
+            extra,
+            (free_port()?, free_port()?),
+        )
+    }
+
+    /// `start` on given (gRPC, HTTP) ports, so that a pair can name each other as
+    /// peers before either runs (as deployed: each node's `peer_url` is the other).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_with(
+        binary: &Path,
+        root: &Path,
+        name: &str,
+        folder: &Path,
+        role: &str,
+        peer: Option<u16>,
+        period: f64,
+        extra: &str,
+        (grpc, http): (u16, u16),
+    ) -> Outcome<(Node, u16)> {
         let secret = root.join("pair.secret");
         if !secret.exists() {
             Command::new(binary)
@@ -268,6 +299,8 @@ pub struct SyncTimes {
     pub active: Usage,
     /// The passive from its start to `verify` passing.
     pub passive: Usage,
+    /// CPU seconds per second of the active, idle, while its peer was not running.
+    pub lone_active_cpu_per_s: f64,
 }
 
 /// Peak resident memory and CPU time.
@@ -316,17 +349,31 @@ pub fn standin_initial_sync(
             .unwrap_or("corpus")
     ));
     std::fs::create_dir_all(&root)?;
-    let (alpha, alpha_grpc) = Node::start(binary, &root, "alpha", corpus, "active", None, 1.0, "")?;
+    let beta_ports = ports()?;
+    let (alpha, alpha_grpc) = Node::start(
+        binary,
+        &root,
+        "alpha",
+        corpus,
+        "active",
+        Some(beta_ports.0),
+        1.0,
+        "",
+    )?;
     alpha.wait_head("the active to record the corpus", |head| head >= entries)?;
     let replica = root.join("replica");
     std::fs::create_dir(&replica)?;
     crate::measure::sync_all();
     crate::measure::warm(corpus)?;
     let target = alpha.head();
+    // The active alone, idle, its peer not yet started: what it burns while it waits.
+    let lone_before = alpha.resources().1;
+    std::thread::sleep(Duration::from_secs(1));
+    let lone_active_cpu_per_s = alpha.resources().1 - lone_before;
     alpha.reset_peak();
     let active_cpu_before = alpha.resources().1;
     let started = Instant::now();
-    let (beta, _) = Node::start(
+    let (beta, _) = Node::start_with(
         binary,
         &root,
         "beta",
@@ -335,6 +382,7 @@ pub fn standin_initial_sync(
         Some(alpha_grpc),
         0.0,
         "",
+        beta_ports,
     )?;
     beta.wait_head("the passive to catch up", |head| head >= target)?;
     let caught_up = started.elapsed();
@@ -353,6 +401,7 @@ pub fn standin_initial_sync(
             rss_mb: passive_rss,
             cpu_s: passive_cpu,
         },
+        lone_active_cpu_per_s,
     })
 }
 
@@ -478,17 +527,18 @@ pub fn lag(binary: &Path, work: &Path, changes: usize) -> Outcome<Vec<Duration>>
     let (active_folder, passive_folder) = (root.join("active"), root.join("passive"));
     std::fs::create_dir_all(&active_folder)?;
     std::fs::create_dir_all(&passive_folder)?;
+    let beta_ports = ports()?;
     let (alpha, alpha_grpc) = Node::start(
         binary,
         &root,
         "alpha",
         &active_folder,
         "active",
-        None,
+        Some(beta_ports.0),
         1.0,
         "",
     )?;
-    let (_beta, _) = Node::start(
+    let (_beta, _) = Node::start_with(
         binary,
         &root,
         "beta",
@@ -497,6 +547,7 @@ pub fn lag(binary: &Path, work: &Path, changes: usize) -> Outcome<Vec<Duration>>
         Some(alpha_grpc),
         0.0,
         "",
+        beta_ports,
     )?;
     let mut bytes = crate::corpus::Bytes::new(9);
     let mut content = vec![0u8; 4096];
@@ -565,12 +616,20 @@ pub fn incremental(
     }
     let failover_after_ms = 2_000;
     let timing = format!("heartbeat_interval_ms = 200\nfailover_after_ms = {failover_after_ms}\n");
+    let beta_ports = ports()?;
     let (mut alpha, alpha_grpc) = Node::start(
-        binary, &root, "alpha", &folder, "active", None, 1.0, &timing,
+        binary,
+        &root,
+        "alpha",
+        &folder,
+        "active",
+        Some(beta_ports.0),
+        1.0,
+        &timing,
     )?;
     let replica = root.join("replica");
     std::fs::create_dir(&replica)?;
-    let (beta, _) = Node::start(
+    let (beta, _) = Node::start_with(
         binary,
         &root,
         "beta",
@@ -579,6 +638,7 @@ pub fn incremental(
         Some(alpha_grpc),
         0.0,
         &timing,
+        beta_ports,
     )?;
     let small_files = std::fs::read_dir(folder.join("small"))?.count();
     alpha.wait_head("the active to record the folder", |head| {
@@ -689,17 +749,18 @@ pub fn lag_rates(binary: &Path, work: &Path, rates: &[u32], seconds: f64) -> Out
     let (active_folder, passive_folder) = (root.join("active"), root.join("passive"));
     std::fs::create_dir_all(&active_folder)?;
     std::fs::create_dir_all(&passive_folder)?;
+    let beta_ports = ports()?;
     let (_alpha, alpha_grpc) = Node::start(
         binary,
         &root,
         "alpha",
         &active_folder,
         "active",
-        None,
+        Some(beta_ports.0),
         1.0,
         "",
     )?;
-    let (_beta, _) = Node::start(
+    let (_beta, _) = Node::start_with(
         binary,
         &root,
         "beta",
@@ -708,6 +769,7 @@ pub fn lag_rates(binary: &Path, work: &Path, rates: &[u32], seconds: f64) -> Out
         Some(alpha_grpc),
         0.0,
         "",
+        beta_ports,
     )?;
     let mut results = Vec::new();
     let mut bytes = crate::corpus::Bytes::new(11);
@@ -808,12 +870,21 @@ pub fn small_incremental(
     crate::corpus::small_files(&folder, files, dirs, 4096)?;
     crate::measure::sync_all();
     let entries = (files + dirs) as u64;
-    let (alpha, alpha_grpc) =
-        Node::start(binary, &root, "alpha", &folder, "active", None, 1.0, "")?;
+    let beta_ports = ports()?;
+    let (alpha, alpha_grpc) = Node::start(
+        binary,
+        &root,
+        "alpha",
+        &folder,
+        "active",
+        Some(beta_ports.0),
+        1.0,
+        "",
+    )?;
     alpha.wait_head("the active to record the folder", |head| head >= entries)?;
     let replica = root.join("replica");
     std::fs::create_dir(&replica)?;
-    let (beta, _) = Node::start(
+    let (beta, _) = Node::start_with(
         binary,
         &root,
         "beta",
@@ -822,6 +893,7 @@ pub fn small_incremental(
         Some(alpha_grpc),
         0.0,
         "",
+        beta_ports,
     )?;
     let target = alpha.head();
     beta.wait_head("the passive to catch up", |head| head >= target)?;
