@@ -281,6 +281,7 @@ pub fn all(options: &Options) -> Outcome<()> {
         "an idle active whose peer is not running uses {:.2} CPU s per second (median over the initial syncs, measured for 1 s before the passive starts); the pairs here name each other as peers, as deployed, so this does not weigh on the timed figures",
         lone_active.get(lone_active.len() / 2).copied().unwrap_or(0.0)
     ));
+    let mut failures: Vec<String> = Vec::new();
     eprintln!("measuring the incremental case and the takeover ...");
     let small = &corpora[0];
     let large = &corpora[1];
@@ -309,7 +310,17 @@ pub fn all(options: &Options) -> Outcome<()> {
     ));
     for &files in &sizes.scaling {
         eprintln!("measuring the small-files incremental round on {files} files ...");
-        let round = pair::small_incremental(&standin, &rsync, work, files, sizes.scaling_changed)?;
+        let round =
+            match pair::small_incremental(&standin, &rsync, work, files, sizes.scaling_changed) {
+                Ok(round) => round,
+                // A long run keeps what it measured; the failure is in the report (and
+                // fails the run at the end).
+                Err(error) => {
+                    eprintln!("the small-files round on {files} files failed: {error}");
+                    failures.push(format!("small-files round on {files} files: {error}"));
+                    continue;
+                }
+            };
         let case = format!("{} small files, {} rewritten", round.files, round.changed);
         report.incremental.push(IncrementalRow {
             case: case.clone(),
@@ -330,7 +341,12 @@ pub fn all(options: &Options) -> Outcome<()> {
         "measuring lag at {rates:?} changes/s, {} s each ...",
         sizes.lag_seconds
     );
-    for lag in pair::lag_rates(&standin, work, &rates, sizes.lag_seconds)? {
+    let lags = pair::lag_rates(&standin, work, &rates, sizes.lag_seconds).unwrap_or_else(|error| {
+        eprintln!("the lag measurement failed: {error}");
+        failures.push(format!("lag: {error}"));
+        Vec::new()
+    });
+    for lag in lags {
         let at = |quantile: f64| {
             let index = ((lag.latencies.len() as f64 * quantile) as usize)
                 .min(lag.latencies.len().saturating_sub(1));
@@ -357,8 +373,15 @@ pub fn all(options: &Options) -> Outcome<()> {
     report.notes.push(
         "lag: 4 KiB files created on the active at a steady rate; latency from the start of each write to the file renamed into place on the passive".to_string(),
     );
+    for failure in &failures {
+        report.notes.push(format!("FAILED: {failure}"));
+    }
     let saved = report.save(options.out.as_deref())?;
     println!("{}", report.markdown());
     println!("written to {}", saved.display());
-    Ok(())
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} part(s) failed: {}", failures.len(), failures.join("; ")).into())
+    }
 }
