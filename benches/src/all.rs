@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::measure::{disk_write_rate, median, sync_all, time_command, warm};
+use crate::measure::{disk_write_rate, median, reclaim_space, sync_all, time_command, warm};
 use crate::pair::{self, Usage};
 use crate::report::{IncrementalRow, LagRow, Report, ResourceRow, Row};
 use crate::{work_dir, Options, Outcome};
@@ -128,6 +128,14 @@ fn corpora(work: &Path, sizes: &Sizes) -> Outcome<Vec<Corpus>> {
     Ok(vec![small, large, mixed])
 }
 
+/// The last component of a corpus directory (as `pair::standin_initial_sync` names
+/// its work directory).
+fn corpus_dir_name(root: &Path) -> &str {
+    root.file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or("corpus")
+}
+
 fn rate_row(corpus: &Corpus, tool: &str, time: Duration) -> Row {
     let seconds = time.as_secs_f64();
     Row {
@@ -221,6 +229,14 @@ pub fn all(options: &Options) -> Outcome<()> {
                         lone_active.push(times.lone_active_cpu_per_s);
                     }
                 }
+                // Give the space back now (untimed), keeping the inodes: a full run
+                // would otherwise hold some 30 GB until its end.
+                let output = match tool {
+                    "rsync" => format!("rsync-{}-{run}", corpus.name),
+                    "cp" => format!("cp-{}-{run}", corpus.name),
+                    _ => format!("pair-{run}-{}", corpus_dir_name(&corpus.root)),
+                };
+                reclaim_space(&work.join(output))?;
                 eprintln!("  {} run {run}: {tool} done", corpus.name);
             }
         }
@@ -291,6 +307,7 @@ pub fn all(options: &Options) -> Outcome<()> {
         small.files,
         sizes.large_size >> 20
     );
+    reclaim_space(&work.join("incremental"))?;
     report.incremental.push(IncrementalRow {
         case: case.clone(),
         tool: "standin (change to applied)".to_string(),
@@ -321,6 +338,7 @@ pub fn all(options: &Options) -> Outcome<()> {
                     continue;
                 }
             };
+        reclaim_space(&work.join(format!("small-incremental-{files}")))?;
         let case = format!("{} small files, {} rewritten", round.files, round.changed);
         report.incremental.push(IncrementalRow {
             case: case.clone(),
