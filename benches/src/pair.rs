@@ -171,27 +171,45 @@ impl Node {
                 secret.display()
             ),
         )?;
-        let log = std::fs::File::create(root.join(format!("{name}.log")))?;
-        let child = Command::new(binary)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("STANDIN_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()?;
-        let node = Node {
-            config,
-            http,
-            child,
-        };
-        let started = Instant::now();
-        while http_get(http, "/healthz").is_none() {
-            if started.elapsed() > LIMIT {
-                return Err(format!("{name} did not start").into());
+        let log_path = root.join(format!("{name}.log"));
+        // A port chosen free can be taken before the node binds it (by some other
+        // process's connection): the node then exits at once, and is started again on
+        // the same ports (its peer already names them) after a pause.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let log = std::fs::File::create(&log_path)?;
+            let child = Command::new(binary)
+                .args(["serve", "--config"])
+                .arg(&config)
+                .env("STANDIN_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log))
+                .spawn()?;
+            let mut node = Node {
+                config: config.clone(),
+                http,
+                child,
+            };
+            let started = Instant::now();
+            loop {
+                if http_get(http, "/healthz").is_some() {
+                    return Ok((node, grpc));
+                }
+                if let Some(status) = node.child.try_wait()? {
+                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    if log.contains("Address already in use") && attempts < 50 {
+                        std::thread::sleep(Duration::from_millis(200));
+                        break;
+                    }
+                    return Err(format!("{name} exited at start ({status}): {log}").into());
+                }
+                if started.elapsed() > LIMIT {
+                    return Err(format!("{name} did not start").into());
+                }
+                std::thread::sleep(Duration::from_millis(10));
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
-        Ok((node, grpc))
     }
 
     /// A counter or gauge from `/metrics`.
