@@ -42,6 +42,15 @@ pub const MAX_SNAPSHOT_ENTRIES: usize = 20_000_000;
 /// Received chunks are verified and stored in batches of about this size.
 const STORE_BATCH_BYTES: usize = 4 << 20;
 
+/// A chunk that does not match its hash is the active's fault; anything else (a full
+/// disk, an I/O error) is ours, and must not be reported as bad data from the active.
+fn store_error(error: standin_engine::Error) -> PullError {
+    match error {
+        standin_engine::Error::ChunkMismatch { .. } => PullError::BadData(error.to_string()),
+        other => PullError::Apply(other.to_string()),
+    }
+}
+
 /// A batch whose files hold more content than this is fetched and applied in parts
 /// (each at least one event), so the apply of one part overlaps the fetch of the next.
 const APPLY_CONTENT_BYTES: u64 = 64 << 20;
@@ -686,9 +695,7 @@ impl Puller {
         tokio::task::spawn_blocking(move || -> Result<(), PullError> {
             let store = node.repository.chunks();
             for (hash, data) in chunks {
-                store
-                    .put_verified(hash, &data)
-                    .map_err(|error| PullError::BadData(error.to_string()))?;
+                store.put_verified(hash, &data).map_err(store_error)?;
             }
             if sync {
                 store
@@ -779,6 +786,22 @@ mod tests {
                 digest: Hash::of(b"digest"),
             },
         )
+    }
+
+    #[test]
+    fn a_local_store_failure_is_not_blamed_on_the_active() {
+        let mismatch = standin_engine::Error::ChunkMismatch {
+            expected: Hash::of(b"a"),
+            actual: Hash::of(b"b"),
+            location: String::new(),
+        };
+        assert_eq!(store_error(mismatch).kind(), "bad_data");
+        let full = standin_engine::Error::Io {
+            op: "write",
+            path: "pack".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        };
+        assert_eq!(store_error(full).kind(), "apply");
     }
 
     #[test]
