@@ -3,9 +3,17 @@
 //! machine's absolute figures drift from hour to hour.
 //!
 //! ```text
+//! cargo run --release -p standin-bench -- all    [--quick] [--runs N] [--dir DIR]
 //! cargo run --release -p standin-bench -- engine [--quick] [--runs N] [--dir DIR]
 //! cargo run --release -p standin-bench -- pair   [--quick] [--runs N] [--dir DIR]
 //! ```
+//!
+//! Common options: `--out DIR` (results elsewhere than `benches/results/`), `--standin
+//! PATH` (use this `standin` binary instead of building the release one), `--smoke`
+//! (`all` on tiny corpora: shows the harness works, in CI; its figures mean nothing).
+//!
+//! `all`: everything below the pair can measure, in one run (see `all.rs`), written
+//! to `benches/results/all.md` and `all.json`.
 //!
 //! `pair`: initial sync over loopback between two real `standin serve` processes
 //! (from an empty passive to caught up, and to `standin verify` passing) beside an
@@ -19,6 +27,7 @@
 //! Every timed run writes into fresh space (never delete-then-create in a timed
 //! region: see shared/BENCHMARKING.md); everything is removed at the end.
 
+mod all;
 mod corpus;
 mod measure;
 mod pair;
@@ -35,23 +44,39 @@ use standin_engine::{Change, Event, Repository};
 use measure::{median, sync_all, time_command, warm};
 use report::{Report, Row};
 
-struct Options {
+pub(crate) struct Options {
     quick: bool,
+    /// A tiny run that only shows the harness works (the CI smoke test).
+    smoke: bool,
     runs: usize,
     dir: Option<PathBuf>,
+    /// Where the results go (default `benches/results/`).
+    out: Option<PathBuf>,
+    /// A `standin` binary to use instead of building the release one.
+    standin: Option<PathBuf>,
 }
 
 fn parse(args: &[String]) -> Result<(String, Options), String> {
     let mut options = Options {
         quick: false,
+        smoke: false,
         runs: 3,
         dir: None,
+        out: None,
+        standin: None,
     };
     let mut command = None;
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
             "--quick" => options.quick = true,
+            "--smoke" => options.smoke = true,
+            "--out" => {
+                options.out = Some(PathBuf::from(iter.next().ok_or("--out needs a directory")?))
+            }
+            "--standin" => {
+                options.standin = Some(PathBuf::from(iter.next().ok_or("--standin needs a path")?))
+            }
             "--runs" => {
                 options.runs = iter
                     .next()
@@ -76,8 +101,9 @@ fn main() {
     let result = match parse(&args) {
         Ok((command, options)) if command == "engine" => engine(&options),
         Ok((command, options)) if command == "pair" => pair_benchmark(&options),
+        Ok((command, options)) if command == "all" => all::all(&options),
         Ok((command, _)) => {
-            Err(format!("unknown benchmark {command:?}; try `engine` or `pair`").into())
+            Err(format!("unknown benchmark {command:?}; try `all`, `engine` or `pair`").into())
         }
         Err(message) => Err(message.into()),
     };
@@ -87,10 +113,10 @@ fn main() {
     }
 }
 
-type Outcome<T> = Result<T, Box<dyn std::error::Error>>;
+pub(crate) type Outcome<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// A temp dir for a run (under `--dir` when given), removed at the end.
-fn work_dir(options: &Options) -> Outcome<tempfile::TempDir> {
+pub(crate) fn work_dir(options: &Options) -> Outcome<tempfile::TempDir> {
     Ok(match &options.dir {
         Some(dir) => tempfile::tempdir_in(dir)?,
         None => tempfile::tempdir()?,
@@ -202,19 +228,19 @@ fn engine(options: &Options) -> Outcome<()> {
         seconds: large.bytes as f64 / disk_rate,
         files_per_second: 0.0,
         megabytes_per_second: disk_rate / 1e6,
-        ratio: None,
+        ratios: Vec::new(),
     });
     for row in report
         .rows
         .iter_mut()
         .filter(|row| row.case == "large" && row.tool.starts_with("standin"))
     {
-        row.ratio = Some((
+        row.ratios.push((
             "disk".to_string(),
             row.megabytes_per_second * 1e6 / disk_rate,
         ));
     }
-    let saved = report.save()?;
+    let saved = report.save(options.out.as_deref())?;
     println!("{}", report.markdown());
     println!("written to {}", saved.display());
     Ok(())
@@ -240,7 +266,10 @@ fn push(
         files_per_second: corpus.files as f64 / seconds,
         megabytes_per_second: corpus.bytes as f64 / 1e6 / seconds,
         // Same work, so the rate ratio is the inverse time ratio.
-        ratio: peer.map(|(name, peer)| (name.to_string(), peer.as_secs_f64() / seconds)),
+        ratios: peer
+            .map(|(name, peer)| (name.to_string(), peer.as_secs_f64() / seconds))
+            .into_iter()
+            .collect(),
     });
 }
 
@@ -282,7 +311,7 @@ fn ship(from: &Repository, to: &Repository, events: &[Event]) -> Outcome<()> {
 }
 
 fn pair_benchmark(options: &Options) -> Outcome<()> {
-    let standin = pair::standin_binary()?;
+    let standin = pair::standin_binary(options.standin.as_deref())?;
     let rsync = pair::rsync_binary()?;
     let base = work_dir(options)?;
     let work = base.path();
@@ -363,7 +392,7 @@ fn pair_benchmark(options: &Options) -> Outcome<()> {
         megabytes_per_second: incremental.rsync_wire_bytes as f64
             / 1e6
             / incremental.rsync.as_secs_f64(),
-        ratio: None,
+        ratios: Vec::new(),
     });
     report.rows.push(Row {
         case: "incremental (1% of small rewritten, 1 MiB appended, 4 KiB changed)".to_string(),
@@ -373,10 +402,10 @@ fn pair_benchmark(options: &Options) -> Outcome<()> {
         megabytes_per_second: incremental.standin_wire_bytes as f64
             / 1e6
             / incremental.standin.as_secs_f64(),
-        ratio: Some((
+        ratios: vec![(
             "rsync".to_string(),
             incremental.rsync.as_secs_f64() / incremental.standin.as_secs_f64(),
-        )),
+        )],
     });
     report.notes.push(format!(
         "incremental bytes over the wire: standin {} (chunk bytes fetched), rsync {} (total bytes received)",
@@ -407,10 +436,10 @@ fn pair_benchmark(options: &Options) -> Outcome<()> {
             seconds,
             files_per_second: 1.0 / seconds,
             megabytes_per_second: 4096.0 / 1e6 / seconds,
-            ratio: None,
+            ratios: Vec::new(),
         });
     }
-    let saved = report.save()?;
+    let saved = report.save(options.out.as_deref())?;
     println!("{}", report.markdown());
     println!("written to {}", saved.display());
     Ok(())

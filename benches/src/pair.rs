@@ -17,8 +17,15 @@ type Outcome<T> = Result<T, Box<dyn std::error::Error>>;
 
 const LIMIT: Duration = Duration::from_secs(600);
 
-/// The `standin` binary next to this one, built first when missing or stale.
-pub fn standin_binary() -> Outcome<PathBuf> {
+/// The `standin` binary: `given`, or the one next to this binary, built first (release)
+/// when missing or stale.
+pub fn standin_binary(given: Option<&Path>) -> Outcome<PathBuf> {
+    if let Some(given) = given {
+        if !given.exists() {
+            return Err(format!("{} not found", given.display()).into());
+        }
+        return Ok(given.to_path_buf());
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let status = Command::new(cargo)
         .args(["build", "--release", "--quiet", "-p", "standin"])
@@ -58,6 +65,11 @@ pub fn rsync_binary() -> Outcome<PathBuf> {
         return Err("apt-get install rsync failed; install rsync and run again".into());
     }
     find().ok_or_else(|| "rsync still not found after installing it".into())
+}
+
+/// A (gRPC, HTTP) pair of free ports for a node started later.
+pub fn ports() -> Outcome<(u16, u16)> {
+    Ok((free_port()?, free_port()?))
 }
 
 fn free_port() -> Outcome<u16> {
@@ -111,7 +123,33 @@ impl Node {
         period: f64,
         extra: &str,
     ) -> Outcome<(Node, u16)> {
-        let (grpc, http) = (free_port()?, free_port()?);
+        Node::start_with(
+            binary,
+            root,
+            name,
+            folder,
+            role,
+            peer,
+            period,
+            extra,
+            (free_port()?, free_port()?),
+        )
+    }
+
+    /// `start` on given (gRPC, HTTP) ports, so that a pair can name each other as
+    /// peers before either runs (as deployed: each node's `peer_url` is the other).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_with(
+        binary: &Path,
+        root: &Path,
+        name: &str,
+        folder: &Path,
+        role: &str,
+        peer: Option<u16>,
+        period: f64,
+        extra: &str,
+        (grpc, http): (u16, u16),
+    ) -> Outcome<(Node, u16)> {
         let secret = root.join("pair.secret");
         if !secret.exists() {
             Command::new(binary)
@@ -133,32 +171,56 @@ impl Node {
                 secret.display()
             ),
         )?;
-        let log = std::fs::File::create(root.join(format!("{name}.log")))?;
-        let child = Command::new(binary)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("STANDIN_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()?;
-        let node = Node {
-            config,
-            http,
-            child,
-        };
-        let started = Instant::now();
-        while http_get(http, "/healthz").is_none() {
-            if started.elapsed() > LIMIT {
-                return Err(format!("{name} did not start").into());
+        let log_path = root.join(format!("{name}.log"));
+        // A port chosen free can be taken before the node binds it (by some other
+        // process's connection): the node then exits at once, and is started again on
+        // the same ports (its peer already names them) after a pause.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let log = std::fs::File::create(&log_path)?;
+            let child = Command::new(binary)
+                .args(["serve", "--config"])
+                .arg(&config)
+                .env("STANDIN_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log))
+                .spawn()?;
+            let mut node = Node {
+                config: config.clone(),
+                http,
+                child,
+            };
+            let started = Instant::now();
+            loop {
+                if http_get(http, "/healthz").is_some() {
+                    return Ok((node, grpc));
+                }
+                if let Some(status) = node.child.try_wait()? {
+                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    if log.contains("Address already in use") && attempts < 50 {
+                        std::thread::sleep(Duration::from_millis(200));
+                        break;
+                    }
+                    return Err(format!("{name} exited at start ({status}): {log}").into());
+                }
+                if started.elapsed() > LIMIT {
+                    return Err(format!("{name} did not start").into());
+                }
+                std::thread::sleep(Duration::from_millis(10));
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
-        Ok((node, grpc))
     }
 
     /// A counter or gauge from `/metrics`.
     pub fn metric(&self, name: &str) -> u64 {
         metric(self.http, name).unwrap_or(0)
+    }
+
+    /// Forget the peak resident memory so far (`VmHWM`), so that `resources` reports
+    /// the peak of what follows. Best effort (Linux >= 4.0).
+    pub fn reset_peak(&self) {
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5");
     }
 
     /// Peak resident memory (MB) and CPU seconds so far, from /proc.
@@ -247,10 +309,45 @@ impl Drop for Node {
     }
 }
 
-/// Times of one standin initial sync.
+/// Times of one standin initial sync, and what both nodes used during it.
 pub struct SyncTimes {
     pub caught_up: Duration,
     pub verified: Duration,
+    /// The active while it served the sync: peak RSS since the sync began, CPU seconds.
+    pub active: Usage,
+    /// The passive from its start to `verify` passing.
+    pub passive: Usage,
+    /// CPU seconds per second of the active, idle, while its peer was not running.
+    pub lone_active_cpu_per_s: f64,
+}
+
+/// Peak resident memory and CPU time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    pub rss_mb: f64,
+    pub cpu_s: f64,
+}
+
+/// Wait for `pid` (a child of ours) to end; its peak RSS and CPU time, including those
+/// of the descendants it waited for. `Err` when it exits with a failure.
+fn wait_usage(pid: u32) -> Outcome<(bool, Usage)> {
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own child, not yet waited for; both pointers are valid.
+    let waited = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+    if waited < 0 {
+        return Err(format!("wait4({pid}): {}", std::io::Error::last_os_error()).into());
+    }
+    let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
+    let success = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    Ok((
+        success,
+        Usage {
+            rss_mb: usage.ru_maxrss as f64 / 1024.0,
+            cpu_s: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+        },
+    ))
 }
 
 /// Start an active on `corpus` (waiting until it recorded `entries` events), then time
@@ -270,15 +367,31 @@ pub fn standin_initial_sync(
             .unwrap_or("corpus")
     ));
     std::fs::create_dir_all(&root)?;
-    let (alpha, alpha_grpc) = Node::start(binary, &root, "alpha", corpus, "active", None, 1.0, "")?;
+    let beta_ports = ports()?;
+    let (alpha, alpha_grpc) = Node::start(
+        binary,
+        &root,
+        "alpha",
+        corpus,
+        "active",
+        Some(beta_ports.0),
+        1.0,
+        "",
+    )?;
     alpha.wait_head("the active to record the corpus", |head| head >= entries)?;
     let replica = root.join("replica");
     std::fs::create_dir(&replica)?;
     crate::measure::sync_all();
     crate::measure::warm(corpus)?;
     let target = alpha.head();
+    // The active alone, idle, its peer not yet started: what it burns while it waits.
+    let lone_before = alpha.resources().1;
+    std::thread::sleep(Duration::from_secs(1));
+    let lone_active_cpu_per_s = alpha.resources().1 - lone_before;
+    alpha.reset_peak();
+    let active_cpu_before = alpha.resources().1;
     let started = Instant::now();
-    let (beta, _) = Node::start(
+    let (beta, _) = Node::start_with(
         binary,
         &root,
         "beta",
@@ -287,21 +400,33 @@ pub fn standin_initial_sync(
         Some(alpha_grpc),
         0.0,
         "",
+        beta_ports,
     )?;
     beta.wait_head("the passive to catch up", |head| head >= target)?;
     let caught_up = started.elapsed();
     beta.verify(binary)?;
     let verified = started.elapsed();
+    let (active_rss, active_cpu) = alpha.resources();
+    let (passive_rss, passive_cpu) = beta.resources();
     Ok(SyncTimes {
         caught_up,
         verified,
+        active: Usage {
+            rss_mb: active_rss,
+            cpu_s: active_cpu - active_cpu_before,
+        },
+        passive: Usage {
+            rss_mb: passive_rss,
+            cpu_s: passive_cpu,
+        },
+        lone_active_cpu_per_s,
     })
 }
 
 /// An rsync daemon serving `corpus` as module `corpus`; killed when dropped.
 pub struct RsyncDaemon {
     pub port: u16,
-    child: Child,
+    child: Option<Child>,
 }
 
 impl RsyncDaemon {
@@ -330,7 +455,62 @@ impl RsyncDaemon {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        Ok(RsyncDaemon { port, child })
+        Ok(RsyncDaemon {
+            port,
+            child: Some(child),
+        })
+    }
+
+    /// `rsync -a` the module into a fresh `target`, then `sync`; with the client's
+    /// (the receiver's) peak RSS and CPU time.
+    pub fn copy_measured(&self, rsync: &Path, target: &Path) -> Outcome<(Duration, Usage)> {
+        let started = Instant::now();
+        let child = Command::new(rsync)
+            .arg("-a")
+            .arg(format!("rsync://127.0.0.1:{}/corpus/", self.port))
+            .arg(target)
+            .spawn()?;
+        let (success, usage) = wait_usage(child.id())?;
+        if !success {
+            return Err("rsync failed".into());
+        }
+        crate::measure::sync_all();
+        Ok((started.elapsed(), usage))
+    }
+
+    /// `rsync -a --stats` into an existing `target` (a rescan, then the differences),
+    /// then `sync`: the time and the bytes the receiver got.
+    pub fn update(&self, rsync: &Path, target: &Path) -> Outcome<(Duration, u64)> {
+        let started = Instant::now();
+        let output = Command::new(rsync)
+            .args(["-a", "--stats"])
+            .arg(format!("rsync://127.0.0.1:{}/corpus/", self.port))
+            .arg(target)
+            .output()?;
+        if !output.status.success() {
+            return Err(format!("rsync failed: {}", output.status).into());
+        }
+        crate::measure::sync_all();
+        let elapsed = started.elapsed();
+        let stats = String::from_utf8_lossy(&output.stdout);
+        let bytes = stats
+            .lines()
+            .find(|line| line.starts_with("Total bytes received:"))
+            .and_then(|line| line.split(':').nth(1))
+            .map(|value| value.trim().replace(',', ""))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0);
+        Ok((elapsed, bytes))
+    }
+
+    /// Stop the daemon; the peak RSS and total CPU time of the daemon and the senders
+    /// it forked (one per connection).
+    pub fn finish(mut self) -> Outcome<Usage> {
+        // Let the daemon reap its last sender, so that its usage is counted.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut child = self.child.take().ok_or("the daemon was already stopped")?;
+        child.kill()?;
+        Ok(wait_usage(child.id())?.1)
     }
 
     /// `rsync -a` the module into a fresh `target`, then `sync`.
@@ -351,8 +531,10 @@ impl RsyncDaemon {
 
 impl Drop for RsyncDaemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -363,17 +545,18 @@ pub fn lag(binary: &Path, work: &Path, changes: usize) -> Outcome<Vec<Duration>>
     let (active_folder, passive_folder) = (root.join("active"), root.join("passive"));
     std::fs::create_dir_all(&active_folder)?;
     std::fs::create_dir_all(&passive_folder)?;
+    let beta_ports = ports()?;
     let (alpha, alpha_grpc) = Node::start(
         binary,
         &root,
         "alpha",
         &active_folder,
         "active",
-        None,
+        Some(beta_ports.0),
         1.0,
         "",
     )?;
-    let (_beta, _) = Node::start(
+    let (_beta, _) = Node::start_with(
         binary,
         &root,
         "beta",
@@ -382,6 +565,7 @@ pub fn lag(binary: &Path, work: &Path, changes: usize) -> Outcome<Vec<Duration>>
         Some(alpha_grpc),
         0.0,
         "",
+        beta_ports,
     )?;
     let mut bytes = crate::corpus::Bytes::new(9);
     let mut content = vec![0u8; 4096];
@@ -450,12 +634,20 @@ pub fn incremental(
     }
     let failover_after_ms = 2_000;
     let timing = format!("heartbeat_interval_ms = 200\nfailover_after_ms = {failover_after_ms}\n");
+    let beta_ports = ports()?;
     let (mut alpha, alpha_grpc) = Node::start(
-        binary, &root, "alpha", &folder, "active", None, 1.0, &timing,
+        binary,
+        &root,
+        "alpha",
+        &folder,
+        "active",
+        Some(beta_ports.0),
+        1.0,
+        &timing,
     )?;
     let replica = root.join("replica");
     std::fs::create_dir(&replica)?;
-    let (beta, _) = Node::start(
+    let (beta, _) = Node::start_with(
         binary,
         &root,
         "beta",
@@ -464,6 +656,7 @@ pub fn incremental(
         Some(alpha_grpc),
         0.0,
         &timing,
+        beta_ports,
     )?;
     let small_files = std::fs::read_dir(folder.join("small"))?.count();
     alpha.wait_head("the active to record the folder", |head| {
@@ -521,22 +714,7 @@ pub fn incremental(
         .metric("standin_bytes_replicated_total")
         .saturating_sub(bytes_before);
 
-    let rsync_started = Instant::now();
-    let output = Command::new(rsync)
-        .args(["-a", "--stats"])
-        .arg(format!("rsync://127.0.0.1:{}/corpus/", daemon.port))
-        .arg(&rsync_target)
-        .output()?;
-    crate::measure::sync_all();
-    let rsync_time = rsync_started.elapsed();
-    let stats = String::from_utf8_lossy(&output.stdout);
-    let rsync_wire_bytes = stats
-        .lines()
-        .find(|line| line.starts_with("Total bytes received:"))
-        .and_then(|line| line.split(':').nth(1))
-        .map(|value| value.trim().replace(',', ""))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0);
+    let (rsync_time, rsync_wire_bytes) = daemon.update(rsync, &rsync_target)?;
 
     let resources = vec![
         (
@@ -567,5 +745,212 @@ pub fn incremental(
         takeover,
         failover_after_ms,
         resources,
+    })
+}
+
+/// Latencies of a steady writer, one rate.
+pub struct RateLag {
+    pub rate: u32,
+    pub achieved: f64,
+    /// Sorted change-to-applied latencies.
+    pub latencies: Vec<Duration>,
+}
+
+/// Lag with `replication_period = 0` under load: for each rate, a writer creates 4 KiB
+/// files on the active at that many per second for `seconds`, while an observer
+/// watches the passive's folder; each file's latency runs from the start of its write
+/// to its appearance (renamed into place, content verified) on the passive. Files are
+/// applied in log order, and the observer waits for them in write order, so a file
+/// that arrives early is counted when its predecessors have arrived.
+pub fn lag_rates(binary: &Path, work: &Path, rates: &[u32], seconds: f64) -> Outcome<Vec<RateLag>> {
+    let root = work.join("lag-rates");
+    let (active_folder, passive_folder) = (root.join("active"), root.join("passive"));
+    std::fs::create_dir_all(&active_folder)?;
+    std::fs::create_dir_all(&passive_folder)?;
+    let beta_ports = ports()?;
+    let (_alpha, alpha_grpc) = Node::start(
+        binary,
+        &root,
+        "alpha",
+        &active_folder,
+        "active",
+        Some(beta_ports.0),
+        1.0,
+        "",
+    )?;
+    let (_beta, _) = Node::start_with(
+        binary,
+        &root,
+        "beta",
+        &passive_folder,
+        "passive",
+        Some(alpha_grpc),
+        0.0,
+        "",
+        beta_ports,
+    )?;
+    let mut results = Vec::new();
+    let mut bytes = crate::corpus::Bytes::new(11);
+    for &rate in rates {
+        let dir = format!("rate{rate}");
+        let (source, replica) = (active_folder.join(&dir), passive_folder.join(&dir));
+        std::fs::create_dir(&source)?;
+        let started = Instant::now();
+        while !replica.is_dir() {
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err(format!("{dir} never reached the passive").into());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let total = ((rate as f64 * seconds).round() as usize).max(1);
+        let name = |index: usize| format!("change{index:07}.dat");
+        let mut content = vec![0u8; 4096];
+        let mut written = Vec::with_capacity(total);
+        let (seen, achieved) = std::thread::scope(|scope| -> Outcome<(Vec<Instant>, f64)> {
+            let observer = scope.spawn(|| {
+                let mut seen = Vec::with_capacity(total);
+                let mut progress = Instant::now();
+                while seen.len() < total {
+                    if std::fs::symlink_metadata(replica.join(name(seen.len()))).is_ok() {
+                        let now = Instant::now();
+                        seen.push(now);
+                        progress = now;
+                    } else if progress.elapsed() > Duration::from_secs(30) {
+                        break;
+                    } else {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                }
+                seen
+            });
+            let start = Instant::now();
+            for index in 0..total {
+                let due = start + Duration::from_secs_f64(index as f64 / rate as f64);
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                bytes.fill(&mut content);
+                written.push(Instant::now());
+                std::fs::write(source.join(name(index)), &content)?;
+            }
+            let achieved = total as f64 / start.elapsed().as_secs_f64().max(1e-9);
+            let seen = observer.join().map_err(|_| "the lag observer panicked")?;
+            Ok((seen, achieved))
+        })?;
+        if seen.len() < total {
+            return Err(format!(
+                "at {rate} changes/s, change {} never reached the passive",
+                seen.len()
+            )
+            .into());
+        }
+        let mut latencies: Vec<Duration> = seen
+            .iter()
+            .zip(&written)
+            .map(|(seen, written)| seen.saturating_duration_since(*written))
+            .collect();
+        latencies.sort();
+        results.push(RateLag {
+            rate,
+            achieved,
+            latencies,
+        });
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(results)
+}
+
+/// What one small-file incremental round measured.
+pub struct SmallIncremental {
+    pub files: usize,
+    pub changed: usize,
+    pub standin: Duration,
+    pub standin_wire_bytes: u64,
+    pub rsync: Duration,
+    pub rsync_wire_bytes: u64,
+}
+
+/// A folder of `files` 4 KiB files (200 per directory), synced to a passive and to an
+/// rsync target; then `changed` of them rewritten: the time until the passive applied
+/// them (standin: the active already knows what changed) beside an rsync run (which
+/// must rescan the whole folder to find them), with the bytes each moved.
+pub fn small_incremental(
+    binary: &Path,
+    rsync: &Path,
+    work: &Path,
+    files: usize,
+    changed: usize,
+) -> Outcome<SmallIncremental> {
+    let root = work.join(format!("small-incremental-{files}"));
+    let folder = root.join("folder");
+    let dirs = files.div_ceil(200).max(1);
+    crate::corpus::small_files(&folder, files, dirs, 4096)?;
+    crate::measure::sync_all();
+    let entries = (files + dirs) as u64;
+    let beta_ports = ports()?;
+    let (alpha, alpha_grpc) = Node::start(
+        binary,
+        &root,
+        "alpha",
+        &folder,
+        "active",
+        Some(beta_ports.0),
+        1.0,
+        "",
+    )?;
+    alpha.wait_head("the active to record the folder", |head| head >= entries)?;
+    let replica = root.join("replica");
+    std::fs::create_dir(&replica)?;
+    let (beta, _) = Node::start_with(
+        binary,
+        &root,
+        "beta",
+        &replica,
+        "passive",
+        Some(alpha_grpc),
+        0.0,
+        "",
+        beta_ports,
+    )?;
+    let target = alpha.head();
+    beta.wait_head("the passive to catch up", |head| head >= target)?;
+    let daemon = RsyncDaemon::start(rsync, &root, &folder)?;
+    let rsync_target = root.join("rsync-target");
+    daemon.copy(rsync, &rsync_target)?;
+    std::thread::sleep(Duration::from_secs(2));
+    crate::measure::warm(&folder)?;
+
+    let bytes_before = beta.metric("standin_bytes_replicated_total");
+    let head_before = alpha.head();
+    let step = (files / changed.max(1)).max(1);
+    let mut generator = crate::corpus::Bytes::new(78);
+    let mut content = vec![0u8; 4096];
+    let started = Instant::now();
+    let mut rewritten = 0u64;
+    for index in (0..files).step_by(step).take(changed) {
+        generator.fill(&mut content);
+        std::fs::write(
+            folder.join(format!("dir{:03}/file{index:05}.dat", index % dirs)),
+            &content,
+        )?;
+        rewritten += 1;
+    }
+    let expected = head_before + rewritten;
+    alpha.wait_head("the active to record the changes", |head| head >= expected)?;
+    let final_head = alpha.head();
+    beta.wait_head("the passive to apply them", |head| head >= final_head)?;
+    let standin = started.elapsed();
+    let standin_wire_bytes = beta
+        .metric("standin_bytes_replicated_total")
+        .saturating_sub(bytes_before);
+    let (rsync_time, rsync_wire_bytes) = daemon.update(rsync, &rsync_target)?;
+    Ok(SmallIncremental {
+        files,
+        changed: rewritten as usize,
+        standin,
+        standin_wire_bytes,
+        rsync: rsync_time,
+        rsync_wire_bytes,
     })
 }

@@ -9,9 +9,39 @@ pub struct Row {
     pub seconds: f64,
     pub files_per_second: f64,
     pub megabytes_per_second: f64,
-    /// This row's rate divided by the peer's rate in the same run (files/s for small
-    /// files, MB/s for large), when the row is standin's.
-    pub ratio: Option<(String, f64)>,
+    /// This row's rate divided by each peer's rate in the same run (the same work, so
+    /// files/s and MB/s give the same ratio; against the disk, MB/s).
+    pub ratios: Vec<(String, f64)>,
+}
+
+/// Time until a change is on the other side, and the bytes it took.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct IncrementalRow {
+    pub case: String,
+    pub tool: String,
+    pub seconds: f64,
+    pub wire_bytes: u64,
+}
+
+/// Change-to-applied latency at a steady change rate.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LagRow {
+    pub changes_per_second: u32,
+    pub changes: usize,
+    /// Achieved write rate (the writer falls behind when the machine is busy).
+    pub achieved_per_second: f64,
+    pub median_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Peak resident memory and CPU time of one process (or process tree) for one case.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ResourceRow {
+    pub case: String,
+    pub process: String,
+    pub peak_rss_mb: f64,
+    pub cpu_seconds: f64,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -23,6 +53,12 @@ pub struct Report {
     pub file_system: String,
     pub runs_per_case: usize,
     pub rows: Vec<Row>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub incremental: Vec<IncrementalRow>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lag: Vec<LagRow>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<ResourceRow>,
     /// Figures that are not a throughput (bytes over the wire, takeover, resources).
     pub notes: Vec<String>,
 }
@@ -69,6 +105,9 @@ impl Report {
             file_system: file_system(work_dir),
             runs_per_case,
             rows: Vec::new(),
+            incremental: Vec::new(),
+            lag: Vec::new(),
+            resources: Vec::new(),
             notes: Vec::new(),
         }
     }
@@ -80,10 +119,11 @@ impl Report {
         );
         for row in &self.rows {
             let ratio = row
-                .ratio
-                .as_ref()
+                .ratios
+                .iter()
                 .map(|(peer, value)| format!("{value:.2}× {peer}"))
-                .unwrap_or_default();
+                .collect::<Vec<_>>()
+                .join(", ");
             out.push_str(&format!(
                 "| {} | {} | {:.3} | {:.0} | {:.1} | {} |\n",
                 row.case,
@@ -94,6 +134,44 @@ impl Report {
                 ratio
             ));
         }
+        if !self.incremental.is_empty() {
+            out.push_str(
+                "\n| incremental case | tool | seconds to applied | bytes over the wire |\n|---|---|---:|---:|\n",
+            );
+            for row in &self.incremental {
+                out.push_str(&format!(
+                    "| {} | {} | {:.3} | {} |\n",
+                    row.case, row.tool, row.seconds, row.wire_bytes
+                ));
+            }
+        }
+        if !self.lag.is_empty() {
+            out.push_str(
+                "\n| lag, period 0: changes/s (achieved) | changes | median ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|\n",
+            );
+            for row in &self.lag {
+                out.push_str(&format!(
+                    "| {} ({:.0}) | {} | {:.1} | {:.1} | {:.1} |\n",
+                    row.changes_per_second,
+                    row.achieved_per_second,
+                    row.changes,
+                    row.median_ms,
+                    row.p99_ms,
+                    row.max_ms
+                ));
+            }
+        }
+        if !self.resources.is_empty() {
+            out.push_str(
+                "\n| resources: case | process | peak RSS MB | CPU s |\n|---|---|---:|---:|\n",
+            );
+            for row in &self.resources {
+                out.push_str(&format!(
+                    "| {} | {} | {:.0} | {:.2} |\n",
+                    row.case, row.process, row.peak_rss_mb, row.cpu_seconds
+                ));
+            }
+        }
         if !self.notes.is_empty() {
             out.push('\n');
             for note in &self.notes {
@@ -103,9 +181,11 @@ impl Report {
         out
     }
 
-    /// Write `<name>.md` and `<name>.json` under `benches/results/`.
-    pub fn save(&self) -> std::io::Result<PathBuf> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results");
+    /// Write `<name>.md` and `<name>.json` under `dir` (default `benches/results/`).
+    pub fn save(&self, dir: Option<&std::path::Path>) -> std::io::Result<PathBuf> {
+        let dir = dir
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"));
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join(format!("{}.md", self.name)), self.markdown())?;
         let json = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;

@@ -334,11 +334,18 @@ impl Repository {
     }
 
     pub(crate) fn meta_set(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
+        self.meta_set_unflushed(key, value)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// `meta_set` without the flush: durable with the next flush of the store (for a
+    /// note whose loss in a crash costs only some redundant work).
+    pub(crate) fn meta_set_unflushed(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
         match value {
             Some(value) => self.meta.insert(key.as_bytes(), value)?,
             None => self.meta.remove(key.as_bytes())?,
         };
-        self.db.flush()?;
         Ok(())
     }
 

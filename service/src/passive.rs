@@ -42,6 +42,41 @@ pub const MAX_SNAPSHOT_ENTRIES: usize = 20_000_000;
 /// Received chunks are verified and stored in batches of about this size.
 const STORE_BATCH_BYTES: usize = 4 << 20;
 
+/// A chunk that does not match its hash is the active's fault; anything else (a full
+/// disk, an I/O error) is ours, and must not be reported as bad data from the active.
+fn store_error(error: standin_engine::Error, data_dir: &std::path::Path) -> PullError {
+    match error {
+        standin_engine::Error::ChunkMismatch { .. } => PullError::BadData(error.to_string()),
+        other => PullError::local(other, data_dir),
+    }
+}
+
+/// A batch whose files hold more content than this is fetched and applied in parts
+/// (each at least one event), so the apply of one part overlaps the fetch of the next.
+const APPLY_CONTENT_BYTES: u64 = 64 << 20;
+
+/// Split `events` into runs of consecutive events whose `Put` content adds up to at
+/// most `limit` bytes (an event larger than `limit` is a run of its own).
+pub fn split_by_content(events: Vec<Event>, limit: u64) -> Vec<Vec<Event>> {
+    let mut parts: Vec<Vec<Event>> = Vec::new();
+    let mut bytes = 0u64;
+    for event in events {
+        let size = match &event.body.change {
+            Change::Put { chunks, .. } => chunks.iter().map(|chunk| chunk.len as u64).sum(),
+            _ => 0,
+        };
+        match parts.last_mut() {
+            Some(part) if bytes + size <= limit => part.push(event),
+            _ => {
+                parts.push(vec![event]);
+                bytes = 0;
+            }
+        }
+        bytes += size;
+    }
+    parts
+}
+
 /// Split the chunks to fetch into calls of at most `FETCH_GROUP_BYTES` and
 /// `MAX_FETCH_HASHES` chunks.
 pub fn fetch_groups(chunks: &[(Hash, u32)]) -> Vec<Vec<Hash>> {
@@ -374,8 +409,12 @@ impl Puller {
                     if progress.is_none() {
                         progress = Progress::new(own, active_head.seq);
                     }
-                    self.fetch_and_start_apply(events, &mut report, &mut in_flight)
-                        .await?;
+                    // Large content is applied in parts, so that the apply of one part
+                    // overlaps the fetch of the next.
+                    for part in split_by_content(events, APPLY_CONTENT_BYTES) {
+                        self.fetch_and_start_apply(part, &mut report, &mut in_flight)
+                            .await?;
+                    }
                     if let Some(progress) = progress.as_mut() {
                         progress.update(self.node.repository.head().seq, active_head.seq);
                     }
@@ -508,12 +547,20 @@ impl Puller {
         report: &mut PullReport,
     ) -> Result<(), PullError> {
         let node = self.node.clone();
+        let started = Instant::now();
         let missing = tokio::task::spawn_blocking(move || missing_with_lengths(&node, wanted))
             .await
             .map_err(|error| PullError::Apply(error.to_string()))??;
+        let looked_up = started.elapsed();
         for group in fetch_groups(&missing) {
             self.fetch(&group, report).await?;
         }
+        tracing::debug!(
+            chunks = missing.len(),
+            lookup_ms = looked_up.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "chunks fetched"
+        );
         Ok(())
     }
 
@@ -573,7 +620,12 @@ impl Puller {
             .flatten()
             .collect();
         self.fetch_missing(wanted, report).await?;
+        let waited = Instant::now();
         self.finish_apply(in_flight, report).await?;
+        tracing::debug!(
+            wait_ms = waited.elapsed().as_secs_f64() * 1e3,
+            "waited for the previous apply"
+        );
         let node = self.node.clone();
         let count = events.len() as u64;
         *in_flight = Some(tokio::task::spawn_blocking(move || {
@@ -597,10 +649,49 @@ impl Puller {
             .into_inner();
         let mut expected: std::collections::HashSet<Hash> = group.iter().copied().collect();
         // Received chunks are verified and stored a few MiB at a time, in one blocking
-        // task each, rather than one task per chunk.
+        // task each, rather than one task per chunk; the next few MiB are received
+        // while the previous ones are stored (one store at a time, in order).
         let mut pending: Vec<(Hash, Vec<u8>)> = Vec::new();
         let mut pending_bytes = 0usize;
-        while let Some(chunk) = next_within(&mut stream, Duration::from_secs(60)).await? {
+        let mut storing: Option<tokio::task::JoinHandle<Result<(), PullError>>> = None;
+        let received = self
+            .receive_group(
+                &mut stream,
+                &mut expected,
+                &mut pending,
+                &mut pending_bytes,
+                &mut storing,
+                report,
+            )
+            .await;
+        // Never leave a store running behind us, even on an error.
+        if let Some(task) = storing.take() {
+            task.await
+                .map_err(|error| PullError::Apply(error.to_string()))??;
+        }
+        received?;
+        if let Some(hash) = expected.iter().next() {
+            return Err(PullError::BadData(format!(
+                "the active did not send chunk {hash} ({} missing)",
+                expected.len()
+            )));
+        }
+        // Make the group durable, so a restart does not fetch it again.
+        self.store(pending, true).await
+    }
+
+    /// Receive one `FetchChunks` stream, handing every `STORE_BATCH_BYTES` received to
+    /// a store task (after the previous one has finished).
+    async fn receive_group(
+        &self,
+        stream: &mut tonic::Streaming<wire::Chunk>,
+        expected: &mut std::collections::HashSet<Hash>,
+        pending: &mut Vec<(Hash, Vec<u8>)>,
+        pending_bytes: &mut usize,
+        storing: &mut Option<tokio::task::JoinHandle<Result<(), PullError>>>,
+        report: &mut PullReport,
+    ) -> Result<(), PullError> {
+        while let Some(chunk) = next_within(stream, Duration::from_secs(60)).await? {
             let chunk = chunk.map_err(status_error)?;
             let hash = hash_from_wire("chunk.hash", &chunk.hash)
                 .map_err(|error| PullError::BadData(error.to_string()))?;
@@ -613,37 +704,40 @@ impl Puller {
             report.chunks_fetched += 1;
             report.bytes_fetched += len;
             self.node.metrics.bytes_replicated.inc_by(len);
-            pending_bytes += chunk.data.len();
+            *pending_bytes += chunk.data.len();
             pending.push((hash, chunk.data));
-            if pending_bytes >= STORE_BATCH_BYTES {
-                self.store(std::mem::take(&mut pending), false).await?;
-                pending_bytes = 0;
+            if *pending_bytes >= STORE_BATCH_BYTES {
+                if let Some(task) = storing.take() {
+                    task.await
+                        .map_err(|error| PullError::Apply(error.to_string()))??;
+                }
+                *storing = Some(self.spawn_store(std::mem::take(pending), false));
+                *pending_bytes = 0;
             }
         }
-        if let Some(hash) = expected.iter().next() {
-            return Err(PullError::BadData(format!(
-                "the active did not send chunk {hash} ({} missing)",
-                expected.len()
-            )));
-        }
-        // Make the group durable, so a restart does not fetch it again.
-        self.store(pending, true).await
+        Ok(())
     }
 
     /// Verify and store received chunks (and sync the store when `sync`).
     async fn store(&self, chunks: Vec<(Hash, Vec<u8>)>, sync: bool) -> Result<(), PullError> {
+        self.spawn_store(chunks, sync)
+            .await
+            .map_err(|error| PullError::Apply(error.to_string()))?
+    }
+
+    /// `store` as a blocking task of its own.
+    fn spawn_store(
+        &self,
+        chunks: Vec<(Hash, Vec<u8>)>,
+        sync: bool,
+    ) -> tokio::task::JoinHandle<Result<(), PullError>> {
         let node = self.node.clone();
         tokio::task::spawn_blocking(move || -> Result<(), PullError> {
             let store = node.repository.chunks();
             for (hash, data) in chunks {
                 store
                     .put_verified(hash, &data)
-                    .map_err(|error| match error {
-                        standin_engine::Error::ChunkMismatch { .. } => {
-                            PullError::BadData(error.to_string())
-                        }
-                        error => PullError::local(error, &node.config.data_dir),
-                    })?;
+                    .map_err(|error| store_error(error, &node.config.data_dir))?;
             }
             if sync {
                 store
@@ -652,8 +746,6 @@ impl Puller {
             }
             Ok(())
         })
-        .await
-        .map_err(|error| PullError::Apply(error.to_string()))?
     }
 
     /// Pull forever: every period, or continuously with a period of 0. Returns only on
@@ -707,6 +799,87 @@ impl Puller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn put_event(seq: u64, bytes: u32) -> Event {
+        let chunks = (0..bytes.div_ceil(256 << 10))
+            .map(|index| standin_engine::event::ChunkRef {
+                hash: Hash::of(&(seq * 1000 + index as u64).to_le_bytes()),
+                len: (bytes - index * (256 << 10)).min(256 << 10),
+            })
+            .collect();
+        let change = Change::Put {
+            path: standin_engine::RelPath::new(format!("f{seq}")).expect("a valid path"),
+            mode: 0o644,
+            mtime_ns: 0,
+            size: bytes as u64,
+            content: Hash::of(&seq.to_le_bytes()),
+            chunks,
+        };
+        Event::seal(
+            Hash::of(b"prev"),
+            standin_engine::EventBody {
+                seq,
+                epoch: 1,
+                recorded_at_ms: 0,
+                change,
+                digest: Hash::of(b"digest"),
+            },
+        )
+    }
+
+    #[test]
+    fn a_local_store_failure_is_not_blamed_on_the_active() {
+        let mismatch = standin_engine::Error::ChunkMismatch {
+            expected: Hash::of(b"a"),
+            actual: Hash::of(b"b"),
+            location: String::new(),
+        };
+        let data_dir = std::path::Path::new("/data");
+        assert_eq!(store_error(mismatch, data_dir).kind(), "bad_data");
+        let full = standin_engine::Error::Io {
+            op: "write",
+            path: "pack".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        };
+        assert_eq!(store_error(full, data_dir).kind(), "no_space");
+        let broken = standin_engine::Error::Io {
+            op: "write",
+            path: "pack".into(),
+            source: std::io::Error::from_raw_os_error(5),
+        };
+        assert_eq!(store_error(broken, data_dir).kind(), "apply");
+    }
+
+    #[test]
+    fn batches_are_split_by_content_keeping_order_and_every_event() {
+        let mib = 1 << 20;
+        let sizes = [
+            10 * mib,
+            30 * mib,
+            30 * mib,
+            100 * mib,
+            4096,
+            4096,
+            70 * mib,
+        ];
+        let events: Vec<Event> = sizes
+            .iter()
+            .enumerate()
+            .map(|(index, size)| put_event(index as u64 + 1, *size))
+            .collect();
+        let parts = split_by_content(events, 64 << 20);
+        let seqs: Vec<Vec<u64>> = parts
+            .iter()
+            .map(|part| part.iter().map(Event::seq).collect())
+            .collect();
+        assert_eq!(
+            seqs,
+            vec![vec![1, 2], vec![3], vec![4], vec![5, 6], vec![7]]
+        );
+        let small: Vec<Event> = (1..=1024).map(|seq| put_event(seq, 4096)).collect();
+        assert_eq!(split_by_content(small, 64 << 20).len(), 1);
+        assert!(split_by_content(Vec::new(), 64 << 20).is_empty());
+    }
 
     #[test]
     fn fetch_groups_are_bounded_in_bytes_and_count() {

@@ -100,7 +100,20 @@ pub async fn run(
             ),
         );
     let mut grpc_stop = stop.clone();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+    // Small replies (a FetchChunks answer of one chunk, a heartbeat) must not wait for
+    // the peer's delayed ACK (Nagle's algorithm: about 40 ms a round trip). tonic sets
+    // TCP_NODELAY only on listeners it binds itself.
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+        |accepted| {
+            if let Ok(stream) = &accepted {
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::warn!(%error, "could not set TCP_NODELAY on a connection");
+                }
+            }
+            accepted
+        },
+    );
     tasks.spawn(async move {
         router
             .serve_with_incoming_shutdown(incoming, async move {
