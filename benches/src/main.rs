@@ -102,9 +102,11 @@ fn main() {
         Ok((command, options)) if command == "engine" => engine(&options),
         Ok((command, options)) if command == "pair" => pair_benchmark(&options),
         Ok((command, options)) if command == "all" => all::all(&options),
-        Ok((command, _)) => {
-            Err(format!("unknown benchmark {command:?}; try `all`, `engine` or `pair`").into())
-        }
+        Ok((command, options)) if command == "lag" => lag_only(&options),
+        Ok((command, _)) => Err(format!(
+            "unknown benchmark {command:?}; try `all`, `engine`, `pair` or `lag`"
+        )
+        .into()),
         Err(message) => Err(message.into()),
     };
     if let Err(error) = result {
@@ -114,6 +116,39 @@ fn main() {
 }
 
 pub(crate) type Outcome<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// `lag`: only the lag section of `all` (10, 100 and 1,000 changes/s; 20 s each, 3 s
+/// with `--quick`), printed — for working on the lag without a full run.
+fn lag_only(options: &Options) -> Outcome<()> {
+    let standin = pair::standin_binary(options.standin.as_deref())?;
+    let work = work_dir(options)?;
+    let seconds = if options.quick { 3.0 } else { 20.0 };
+    println!("| changes/s | achieved | changes | median ms | p99 ms | max ms |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for lag in pair::lag_rates(&standin, work.path(), &[10, 100, 1_000], seconds)? {
+        let at = |quantile: f64| {
+            let index = ((lag.latencies.len() as f64 * quantile) as usize)
+                .min(lag.latencies.len().saturating_sub(1));
+            lag.latencies
+                .get(index)
+                .map(|latency| latency.as_secs_f64() * 1e3)
+                .unwrap_or(0.0)
+        };
+        println!(
+            "| {} | {:.0} | {} | {:.0} | {:.0} | {:.0} |",
+            lag.rate,
+            lag.achieved,
+            lag.latencies.len(),
+            at(0.5),
+            at(0.99),
+            lag.latencies
+                .last()
+                .map(|latency| latency.as_secs_f64() * 1e3)
+                .unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}
 
 /// A temp dir for a run (under `--dir` when given), removed at the end.
 pub(crate) fn work_dir(options: &Options) -> Outcome<tempfile::TempDir> {
