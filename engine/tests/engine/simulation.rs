@@ -301,7 +301,7 @@ impl World {
     }
 
     fn agents_report(&mut self) {
-        if self.mode != Mode::Witness || self.step % AGENT_INTERVAL_STEPS != 0 {
+        if self.mode != Mode::Witness || !self.step.is_multiple_of(AGENT_INTERVAL_STEPS) {
             return;
         }
         let now_ms = self.now_ms();
