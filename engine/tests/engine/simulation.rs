@@ -3,7 +3,8 @@
 //! the engine's own `AgentWitness`), a network that loses and delays messages and
 //! partitions links (the pair link cut, one node isolated from everyone, agents split
 //! between the nodes), crashes and restarts of either node and of agents (which
-//! forget their votes), and a writer that writes
+//! forget their votes), operator switchovers (each with its own timeout, as in the
+//! shell), and a writer that writes
 //! to whichever node accepts logins. Each run is replayable by its seed
 //! (`STANDIN_SIM_SEED=N`, with `STANDIN_SIM_MODE=peer|witness`); the number of seeds is
 //! `STANDIN_SIM_SEEDS` (default 300 in the test command).
@@ -21,7 +22,9 @@ use standin_engine::authority::{
     AgentWitness, Authority, Evidence, NodeAnswer, PeerOnly, WitnessQuorum, WitnessReport,
     WitnessSettings,
 };
-use standin_engine::role::{Action, Input, PeerView, Role, RoleMachine, RoleSettings};
+use standin_engine::role::{
+    switchover_patience_ms, Action, Command, Input, PeerView, Role, RoleMachine, RoleSettings,
+};
 
 const STEP_MS: u64 = 100;
 const HEARTBEAT_TIMEOUT_STEPS: u64 = 3;
@@ -93,6 +96,9 @@ struct SimNode {
     final_pull_pending: bool,
     /// Heartbeats sent and not answered: the step they time out at.
     heartbeat_deadlines: VecDeque<u64>,
+    /// Switchovers this node started: the step each one times out at (a timer per
+    /// switchover, as in the shell).
+    switchover_deadlines: Vec<u64>,
 }
 
 impl SimNode {
@@ -114,6 +120,7 @@ impl SimNode {
             rejoin_pending: false,
             final_pull_pending: false,
             heartbeat_deadlines: VecDeque::new(),
+            switchover_deadlines: Vec::new(),
         }
     }
 
@@ -144,6 +151,7 @@ impl SimNode {
         self.rejoin_pending = false;
         self.final_pull_pending = false;
         self.heartbeat_deadlines.clear();
+        self.switchover_deadlines.clear();
     }
 }
 
@@ -170,6 +178,10 @@ enum Message {
     Report {
         agent: usize,
         report: WitnessReport,
+    },
+    /// A switchover: take over once you have applied `head_seq`.
+    TakeOver {
+        head_seq: u64,
     },
     /// A node's answer to an agent's report.
     Ack {
@@ -254,6 +266,13 @@ impl World {
                 }
                 Action::FinalPull => self.nodes[index].final_pull_pending = true,
                 Action::PullTo { .. } | Action::StartPulling => self.nodes[index].pulling = true,
+                Action::AskPeerToTakeOver { head_seq } => {
+                    let patience = switchover_patience_ms(FAILOVER_AFTER_MS) / STEP_MS;
+                    self.nodes[index]
+                        .switchover_deadlines
+                        .push(self.step + patience);
+                    self.send(index, peer, Message::TakeOver { head_seq });
+                }
                 Action::StopPulling => self.nodes[index].pulling = false,
                 Action::RecordPromote { epoch } => {
                     let id = self.fresh_id();
@@ -269,7 +288,6 @@ impl World {
                 Action::OpenLogins
                 | Action::CloseLogins
                 | Action::RunHook { .. }
-                | Action::AskPeerToTakeOver { .. }
                 | Action::RequestSwitchover
                 | Action::AcquireAuthority
                 | Action::ReleaseAuthority
@@ -425,6 +443,18 @@ impl World {
                 self.trace.push(format!("{} every link heals", self.step));
             }
             if self.rng.chance(1) {
+                // The operator asks the active for a switchover.
+                if let Some(index) =
+                    (0..NODES).find(|index| self.nodes[*index].machine.role() == &Role::Active)
+                {
+                    self.trace.push(format!(
+                        "{} switchover on {}",
+                        self.step, self.nodes[index].name
+                    ));
+                    self.feed(index, Input::Operator(Command::Switchover));
+                }
+            }
+            if self.rng.chance(1) {
                 // An agent restarts and forgets whom it voted for.
                 let agent = self.rng.below(AGENTS.len() as u64) as usize;
                 self.agents[agent].witness =
@@ -501,6 +531,9 @@ impl World {
                     };
                     self.send(to, NODES + agent, ack);
                 }
+                Message::TakeOver { head_seq } => {
+                    self.feed(to, Input::TakeOverRequested { head_seq });
+                }
                 Message::Ack { .. } => {}
                 Message::Answer { view } => {
                     self.nodes[to].heartbeat_deadlines.pop_front();
@@ -509,6 +542,18 @@ impl World {
             }
         }
         for index in 0..2 {
+            let step = self.step;
+            let due = self.nodes[index]
+                .switchover_deadlines
+                .iter()
+                .filter(|deadline| **deadline <= step)
+                .count();
+            self.nodes[index]
+                .switchover_deadlines
+                .retain(|deadline| *deadline > step);
+            for _ in 0..due {
+                self.feed(index, Input::SwitchoverTimedOut);
+            }
             while self.nodes[index]
                 .heartbeat_deadlines
                 .front()
