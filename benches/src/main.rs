@@ -6,6 +6,7 @@
 //! cargo run --release -p standin-bench -- all    [--quick] [--runs N] [--dir DIR]
 //! cargo run --release -p standin-bench -- engine [--quick] [--runs N] [--dir DIR]
 //! cargo run --release -p standin-bench -- pair   [--quick] [--runs N] [--dir DIR]
+//! cargo run --release -p standin-bench -- small  [--quick] [--runs N] [--dir DIR]
 //! ```
 //!
 //! Common options: `--out DIR` (results elsewhere than `benches/results/`), `--standin
@@ -103,8 +104,9 @@ fn main() {
         Ok((command, options)) if command == "pair" => pair_benchmark(&options),
         Ok((command, options)) if command == "all" => all::all(&options),
         Ok((command, options)) if command == "lag" => lag_only(&options),
+        Ok((command, options)) if command == "small" => small_only(&options),
         Ok((command, _)) => Err(format!(
-            "unknown benchmark {command:?}; try `all`, `engine`, `pair` or `lag`"
+            "unknown benchmark {command:?}; try `all`, `engine`, `pair`, `lag` or `small`"
         )
         .into()),
         Err(message) => Err(message.into()),
@@ -147,6 +149,71 @@ fn lag_only(options: &Options) -> Outcome<()> {
                 .unwrap_or(0.0)
         );
     }
+    Ok(())
+}
+
+/// `small`: only the small initial sync of `all` (20,000 × 4 KiB files in 100
+/// directories; 2,000 with `--quick`), standin alternated with an rsync daemon,
+/// `--runs` times each; prints each run and the medians — for working on the small
+/// sync without a full run. Output goes to the work dir's space, reclaimed per run.
+fn small_only(options: &Options) -> Outcome<()> {
+    let standin = pair::standin_binary(options.standin.as_deref())?;
+    let rsync = pair::rsync_binary()?;
+    let work = work_dir(options)?;
+    // Deleting 20,000 files makes the next run's file creation several times slower
+    // (ext4 skips recently freed inodes): STANDIN_BENCH_KEEP=1 leaves the work dir in
+    // place, to be removed once a series of runs is over.
+    let (_guard, work) = if std::env::var_os("STANDIN_BENCH_KEEP").is_some() {
+        let kept = work.keep();
+        eprintln!("keeping {}", kept.display());
+        (None, kept)
+    } else {
+        let path = work.path().to_path_buf();
+        (Some(work), path)
+    };
+    let files = if options.quick { 2_000 } else { 20_000 };
+    let corpus = work.as_path().join("corpus-small");
+    corpus::small_files(&corpus, files, 100, 4096)?;
+    sync_all();
+    let entries = corpus::count_entries(&corpus)?;
+    let daemon = pair::RsyncDaemon::start(&rsync, work.as_path(), &corpus)?;
+    let (mut rsync_times, mut standin_times) = (Vec::new(), Vec::new());
+    for run in 0..options.runs {
+        let mut order = ["rsync", "standin"];
+        order.rotate_left(run % 2);
+        for tool in order {
+            warm(&corpus)?;
+            if tool == "rsync" {
+                let target = work.as_path().join(format!("rsync-{run}"));
+                let (time, _) = daemon.copy_measured(&rsync, &target)?;
+                println!(
+                    "run {run} rsync   {:.3} s {:.0} files/s",
+                    time.as_secs_f64(),
+                    files as f64 / time.as_secs_f64()
+                );
+                rsync_times.push(time);
+            } else {
+                let times =
+                    pair::standin_initial_sync(&standin, work.as_path(), &corpus, entries, run)?;
+                println!(
+                    "run {run} standin {:.3} s {:.0} files/s (caught up {:.3} s; active {:.2} CPU s, passive {:.2} CPU s)",
+                    times.verified.as_secs_f64(),
+                    files as f64 / times.verified.as_secs_f64(),
+                    times.caught_up.as_secs_f64(),
+                    times.active.cpu_s,
+                    times.passive.cpu_s
+                );
+                standin_times.push(times.verified);
+            }
+        }
+    }
+    let (rsync_time, standin_time) = (median(rsync_times), median(standin_times));
+    println!(
+        "median: rsync {:.0} files/s, standin {:.0} files/s (verify passed): {:.2}x rsync",
+        files as f64 / rsync_time.as_secs_f64(),
+        files as f64 / standin_time.as_secs_f64(),
+        rsync_time.as_secs_f64() / standin_time.as_secs_f64()
+    );
     Ok(())
 }
 

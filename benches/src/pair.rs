@@ -185,7 +185,11 @@ impl Node {
             let child = Command::new(binary)
                 .args(["serve", "--config"])
                 .arg(&config)
-                .env("STANDIN_LOG", "warn")
+                // STANDIN_BENCH_LOG: the nodes' log level (e.g. for step timings).
+                .env(
+                    "STANDIN_LOG",
+                    std::env::var("STANDIN_BENCH_LOG").unwrap_or_else(|_| "warn".to_string()),
+                )
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(log))
                 .spawn()?;

@@ -149,6 +149,7 @@ pub fn apply_batch(root: &Path, repository: &Repository, events: &[Event]) -> Re
         return Err(error);
     }
     let last = events.last().map(|event| event.seq()).unwrap_or(head.seq);
+    let appended_at = started.elapsed();
     repository.save_index(&mut index, last)?;
     drop(index);
     // Not flushed: it becomes durable with the next flush (the next batch's journal or
@@ -162,6 +163,7 @@ pub fn apply_batch(root: &Path, repository: &Repository, events: &[Event]) -> Re
         journal_ms = (journaled_at - checked_at).as_secs_f64() * 1e3,
         apply_ms = (applied_at - journaled_at).as_secs_f64() * 1e3,
         syncfs_ms = (synced_at - applied_at).as_secs_f64() * 1e3,
+        append_ms = (appended_at - synced_at).as_secs_f64() * 1e3,
         total_ms = started.elapsed().as_secs_f64() * 1e3,
         "batch applied"
     );
