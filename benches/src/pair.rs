@@ -545,35 +545,60 @@ impl Drop for RsyncDaemon {
     }
 }
 
+/// A pair for the lag measurements: the passive streams (`replication_period = 0`),
+/// each names the other as its peer, as deployed.
+struct StreamingPair {
+    alpha: Node,
+    beta: Node,
+    active_folder: PathBuf,
+    passive_folder: PathBuf,
+}
+
+impl StreamingPair {
+    fn start(binary: &Path, root: &Path) -> Outcome<StreamingPair> {
+        let (active_folder, passive_folder) = (root.join("active"), root.join("passive"));
+        std::fs::create_dir_all(&active_folder)?;
+        std::fs::create_dir_all(&passive_folder)?;
+        let beta_ports = ports()?;
+        let (alpha, alpha_grpc) = Node::start(
+            binary,
+            root,
+            "alpha",
+            &active_folder,
+            "active",
+            Some(beta_ports.0),
+            1.0,
+            "",
+        )?;
+        let (beta, _) = Node::start_with(
+            binary,
+            root,
+            "beta",
+            &passive_folder,
+            "passive",
+            Some(alpha_grpc),
+            0.0,
+            "",
+            beta_ports,
+        )?;
+        Ok(StreamingPair {
+            alpha,
+            beta,
+            active_folder,
+            passive_folder,
+        })
+    }
+}
+
 /// Lag with `replication_period = 0`: `changes` writes of a 4 KiB file on the active,
 /// each timed until the passive has its content. Returns the sorted latencies.
 pub fn lag(binary: &Path, work: &Path, changes: usize) -> Outcome<Vec<Duration>> {
-    let root = work.join("lag");
-    let (active_folder, passive_folder) = (root.join("active"), root.join("passive"));
-    std::fs::create_dir_all(&active_folder)?;
-    std::fs::create_dir_all(&passive_folder)?;
-    let beta_ports = ports()?;
-    let (alpha, alpha_grpc) = Node::start(
-        binary,
-        &root,
-        "alpha",
-        &active_folder,
-        "active",
-        Some(beta_ports.0),
-        1.0,
-        "",
-    )?;
-    let (_beta, _) = Node::start_with(
-        binary,
-        &root,
-        "beta",
-        &passive_folder,
-        "passive",
-        Some(alpha_grpc),
-        0.0,
-        "",
-        beta_ports,
-    )?;
+    let StreamingPair {
+        alpha,
+        beta: _beta,
+        active_folder,
+        passive_folder,
+    } = StreamingPair::start(binary, &work.join("lag"))?;
     let mut bytes = crate::corpus::Bytes::new(9);
     let mut content = vec![0u8; 4096];
     let mut latencies = Vec::with_capacity(changes);
@@ -770,32 +795,12 @@ pub struct RateLag {
 /// applied in log order, and the observer waits for them in write order, so a file
 /// that arrives early is counted when its predecessors have arrived.
 pub fn lag_rates(binary: &Path, work: &Path, rates: &[u32], seconds: f64) -> Outcome<Vec<RateLag>> {
-    let root = work.join("lag-rates");
-    let (active_folder, passive_folder) = (root.join("active"), root.join("passive"));
-    std::fs::create_dir_all(&active_folder)?;
-    std::fs::create_dir_all(&passive_folder)?;
-    let beta_ports = ports()?;
-    let (_alpha, alpha_grpc) = Node::start(
-        binary,
-        &root,
-        "alpha",
-        &active_folder,
-        "active",
-        Some(beta_ports.0),
-        1.0,
-        "",
-    )?;
-    let (_beta, _) = Node::start_with(
-        binary,
-        &root,
-        "beta",
-        &passive_folder,
-        "passive",
-        Some(alpha_grpc),
-        0.0,
-        "",
-        beta_ports,
-    )?;
+    let StreamingPair {
+        alpha: _alpha,
+        beta: _beta,
+        active_folder,
+        passive_folder,
+    } = StreamingPair::start(binary, &work.join("lag-rates"))?;
     let mut results = Vec::new();
     let mut bytes = crate::corpus::Bytes::new(11);
     for &rate in rates {
