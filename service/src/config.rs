@@ -462,14 +462,16 @@ fn parse_authority(
             if agents.is_empty() {
                 return Err(("witness_agents", "witness mode needs the names of the terminal-server agents that vote (witness_agents = [\"ts1\", \"ts2\", \"ts3\"]); with no agents it cannot tell a dead peer from a cut link".to_string()));
             }
+            // The names `standin agent --name` accepts: any other could never vote.
+            for agent in &agents {
+                crate::site::check_name(agent)
+                    .map_err(|error| ("witness_agents", error.to_string()))?;
+            }
             let mut unique = agents.clone();
             unique.sort();
             unique.dedup();
-            if unique.len() != agents.len() || agents.iter().any(|agent| agent.trim().is_empty()) {
-                return Err((
-                    "witness_agents",
-                    "agent names must be non-empty and distinct".to_string(),
-                ));
+            if unique.len() != agents.len() {
+                return Err(("witness_agents", "agent names must be distinct".to_string()));
             }
             if !has_agent_secret {
                 return Err((

@@ -102,6 +102,16 @@ fn each_bad_config_names_its_key_and_exits_2() {
             "witness mode needs agent_secret_file",
         ),
         (
+            format!("{GOOD}\nauthority = \"witness\"\nagent_secret_file = \"ROOT/pair.secret\"\nwitness_agents = [\"ts 1\"]\n"),
+            "witness_agents",
+            "ts 1",
+        ),
+        (
+            format!("{GOOD}\nauthority = \"witness\"\nagent_secret_file = \"ROOT/pair.secret\"\nwitness_agents = [\"ts1\", \"ts1\"]\n"),
+            "witness_agents",
+            "distinct",
+        ),
+        (
             format!("{GOOD}\nwitness_agents = [\"ts1\"]\n"),
             "authority",
             "authority is \"peer\"",
