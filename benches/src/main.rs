@@ -7,6 +7,7 @@
 //! cargo run --release -p standin-bench -- engine [--quick] [--runs N] [--dir DIR]
 //! cargo run --release -p standin-bench -- pair   [--quick] [--runs N] [--dir DIR]
 //! cargo run --release -p standin-bench -- small  [--quick] [--runs N] [--dir DIR]
+//! cargo run --release -p standin-bench -- large  [--quick] [--runs N] [--dir DIR]
 //! ```
 //!
 //! Common options: `--out DIR` (results elsewhere than `benches/results/`), `--standin
@@ -104,9 +105,11 @@ fn main() {
         Ok((command, options)) if command == "pair" => pair_benchmark(&options),
         Ok((command, options)) if command == "all" => all::all(&options),
         Ok((command, options)) if command == "lag" => lag_only(&options),
-        Ok((command, options)) if command == "small" => small_only(&options),
+        Ok((command, options)) if command == "small" || command == "large" => {
+            initial_only(&options, &command)
+        }
         Ok((command, _)) => Err(format!(
-            "unknown benchmark {command:?}; try `all`, `engine`, `pair`, `lag` or `small`"
+            "unknown benchmark {command:?}; try `all`, `engine`, `pair`, `lag`, `small` or `large`"
         )
         .into()),
         Err(message) => Err(message.into()),
@@ -152,11 +155,12 @@ fn lag_only(options: &Options) -> Outcome<()> {
     Ok(())
 }
 
-/// `small`: only the small initial sync of `all` (20,000 × 4 KiB files in 100
-/// directories; 2,000 with `--quick`), standin alternated with an rsync daemon,
-/// `--runs` times each; prints each run and the medians — for working on the small
-/// sync without a full run. Output goes to the work dir's space, reclaimed per run.
-fn small_only(options: &Options) -> Outcome<()> {
+/// `small` / `large`: only that initial sync of `all` (20,000 × 4 KiB files in 100
+/// directories, or 8 × 128 MiB; 2,000 files or 2 × 64 MiB with `--quick`), standin
+/// alternated with an rsync daemon, `--runs` times each (`large` also with the disk's
+/// fsync'd write rate); prints each run and the medians — for working on one sync
+/// without a full run. Big files are reclaimed after each run.
+fn initial_only(options: &Options, kind: &str) -> Outcome<()> {
     let standin = pair::standin_binary(options.standin.as_deref())?;
     let rsync = pair::rsync_binary()?;
     let work = work_dir(options)?;
@@ -171,14 +175,37 @@ fn small_only(options: &Options) -> Outcome<()> {
         let path = work.path().to_path_buf();
         (Some(work), path)
     };
-    let files = if options.quick { 2_000 } else { 20_000 };
-    let corpus = work.as_path().join("corpus-small");
-    corpus::small_files(&corpus, files, 100, 4096)?;
+    let corpus = work.as_path().join(format!("corpus-{kind}"));
+    let (files, bytes) = if kind == "small" {
+        let files = if options.quick { 2_000 } else { 20_000 };
+        corpus::small_files(&corpus, files, 100, 4096)?;
+        (files, files as u64 * 4096)
+    } else {
+        let (files, size) = if options.quick {
+            (2, 64 << 20)
+        } else {
+            (8, 128 << 20)
+        };
+        corpus::large_files(&corpus, files, size)?;
+        (files, (files * size) as u64)
+    };
     sync_all();
     let entries = corpus::count_entries(&corpus)?;
     let daemon = pair::RsyncDaemon::start(&rsync, work.as_path(), &corpus)?;
-    let (mut rsync_times, mut standin_times) = (Vec::new(), Vec::new());
+    let (mut rsync_times, mut standin_times, mut disk_rates) = (Vec::new(), Vec::new(), Vec::new());
+    let rate = |time: Duration| {
+        format!(
+            "{:.0} files/s, {:.0} MB/s",
+            files as f64 / time.as_secs_f64(),
+            bytes as f64 / 1e6 / time.as_secs_f64()
+        )
+    };
     for run in 0..options.runs {
+        if kind == "large" {
+            let disk = measure::disk_write_rate(work.as_path(), bytes as usize)?;
+            println!("run {run} disk    {:.0} MB/s", disk / 1e6);
+            disk_rates.push(Duration::from_secs_f64(bytes as f64 / disk));
+        }
         let mut order = ["rsync", "standin"];
         order.rotate_left(run % 2);
         for tool in order {
@@ -187,33 +214,45 @@ fn small_only(options: &Options) -> Outcome<()> {
                 let target = work.as_path().join(format!("rsync-{run}"));
                 let (time, _) = daemon.copy_measured(&rsync, &target)?;
                 println!(
-                    "run {run} rsync   {:.3} s {:.0} files/s",
+                    "run {run} rsync   {:.3} s {}",
                     time.as_secs_f64(),
-                    files as f64 / time.as_secs_f64()
+                    rate(time)
                 );
                 rsync_times.push(time);
+                measure::reclaim_space(&target)?;
             } else {
                 let times =
                     pair::standin_initial_sync(&standin, work.as_path(), &corpus, entries, run)?;
                 println!(
-                    "run {run} standin {:.3} s {:.0} files/s (caught up {:.3} s; active {:.2} CPU s, passive {:.2} CPU s)",
+                    "run {run} standin {:.3} s {} (caught up {:.3} s; active {:.2} CPU s, passive {:.2} CPU s, {:.0} MB)",
                     times.verified.as_secs_f64(),
-                    files as f64 / times.verified.as_secs_f64(),
+                    rate(times.verified),
                     times.caught_up.as_secs_f64(),
                     times.active.cpu_s,
-                    times.passive.cpu_s
+                    times.passive.cpu_s,
+                    times.passive.rss_mb
                 );
                 standin_times.push(times.verified);
+                measure::reclaim_space(&work.as_path().join(format!("pair-{run}-corpus-{kind}")))?;
             }
         }
     }
     let (rsync_time, standin_time) = (median(rsync_times), median(standin_times));
-    println!(
-        "median: rsync {:.0} files/s, standin {:.0} files/s (verify passed): {:.2}x rsync",
-        files as f64 / rsync_time.as_secs_f64(),
-        files as f64 / standin_time.as_secs_f64(),
+    let mut summary = format!(
+        "median: rsync {}, standin {} (verify passed): {:.2}x rsync",
+        rate(rsync_time),
+        rate(standin_time),
         rsync_time.as_secs_f64() / standin_time.as_secs_f64()
     );
+    if !disk_rates.is_empty() {
+        let disk_time = median(disk_rates);
+        summary += &format!(
+            ", {:.2}x disk ({:.0} MB/s)",
+            disk_time.as_secs_f64() / standin_time.as_secs_f64(),
+            bytes as f64 / 1e6 / disk_time.as_secs_f64()
+        );
+    }
+    println!("{summary}");
     Ok(())
 }
 

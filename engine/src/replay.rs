@@ -126,10 +126,7 @@ pub fn apply_batch(root: &Path, repository: &Repository, events: &[Event]) -> Re
     let journaled_at = started.elapsed();
 
     // Step 3: apply to the folder.
-    let mut safe_dirs = HashSet::new();
-    let applied = events
-        .iter()
-        .try_for_each(|event| apply_change(root, repository, event, &mut safe_dirs));
+    let applied = apply_changes(root, repository, events);
     let applied_at = started.elapsed();
     // Step 4: the durability point.
     let mut synced_at = applied_at;
@@ -395,6 +392,130 @@ fn check_parents_on_disk(
     Ok(())
 }
 
+/// Most threads that write one batch's files.
+const WRITE_THREADS_MAX: usize = 4;
+/// Fewer puts than this in a row are written on the calling thread.
+const PARALLEL_MIN_PUTS: usize = 8;
+
+/// Apply `events` in order, except that a run of consecutive puts is written by
+/// several threads: such files are independent (every parent exists and was checked
+/// first; a directory change ends the run), and the per-file kernel cost that bounds a
+/// small-file sync is then paid on every core. Two puts of one path stay on one thread,
+/// in order. On an error the first failing event's error (in seq order) is returned;
+/// the journal covers whatever was written.
+fn apply_changes(root: &Path, repository: &Repository, events: &[Event]) -> Result<()> {
+    let threads = std::thread::available_parallelism()
+        .map(|count| count.get())
+        .unwrap_or(1)
+        .min(WRITE_THREADS_MAX);
+    let mut safe_dirs = HashSet::new();
+    let mut at = 0;
+    while at < events.len() {
+        let puts = events[at..]
+            .iter()
+            .take_while(|event| matches!(event.body.change, Change::Put { .. }))
+            .count();
+        if threads > 1 && puts >= PARALLEL_MIN_PUTS {
+            write_puts_in_parallel(
+                root,
+                repository,
+                &events[at..at + puts],
+                &mut safe_dirs,
+                threads,
+            )?;
+            at += puts;
+        } else {
+            apply_change(root, repository, &events[at], &mut safe_dirs)?;
+            at += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Write the files of `puts` (all `Change::Put`) on up to `threads` threads. Files go
+/// to a thread by their directory (so threads rarely wait on one directory's lock),
+/// or by their path when the run has few directories.
+fn write_puts_in_parallel(
+    root: &Path,
+    repository: &Repository,
+    puts: &[Event],
+    safe_dirs: &mut HashSet<RelPath>,
+    threads: usize,
+) -> Result<()> {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let mut parents = HashSet::new();
+    for event in puts {
+        for path in event.body.change.paths() {
+            check_parents_on_disk(root, path, event.seq(), safe_dirs)?;
+            parents.insert(path.parent());
+        }
+    }
+    let by_parent = parents.len() >= 2 * threads;
+    let hasher = BuildHasherDefault::<DefaultHasher>::default();
+    let mut lanes: Vec<Vec<&Event>> = vec![Vec::new(); threads];
+    for event in puts {
+        let lane = match (&event.body.change, by_parent) {
+            (Change::Put { path, .. }, true) => hasher.hash_one(path.parent()),
+            (Change::Put { path, .. }, false) => hasher.hash_one(path),
+            _ => 0,
+        } as usize
+            % threads;
+        lanes[lane].push(event);
+    }
+    let write_lane = |lane: &[&Event]| -> std::result::Result<(), (u64, Error)> {
+        lane.iter().try_for_each(|event| {
+            apply_put(root, repository, event).map_err(|error| (event.seq(), error))
+        })
+    };
+    let mut failures: Vec<(u64, Error)> = std::thread::scope(|scope| {
+        let (first, rest) = lanes.split_first().expect("at least one lane");
+        let workers: Vec<_> = rest
+            .iter()
+            .filter(|lane| !lane.is_empty())
+            .map(|lane| scope.spawn(|| write_lane(lane)))
+            .collect();
+        let mut failures: Vec<(u64, Error)> = write_lane(first).err().into_iter().collect();
+        for worker in workers {
+            match worker.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(failure)) => failures.push(failure),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        failures
+    });
+    failures.sort_by_key(|(seq, _)| *seq);
+    match failures.into_iter().next() {
+        Some((_, error)) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// Write the file a `Change::Put` event names (its parents already checked).
+fn apply_put(root: &Path, repository: &Repository, event: &Event) -> Result<()> {
+    let Change::Put {
+        path,
+        mode,
+        mtime_ns,
+        content,
+        chunks,
+        ..
+    } = &event.body.change
+    else {
+        return Ok(());
+    };
+    write_file(root, repository, path, *mode, *mtime_ns, *content, chunks).map_err(|error| {
+        match error {
+            Error::ChunkMismatch { .. } | Error::ChunkMissing { .. } | Error::Io { .. } => error,
+            other => Error::Apply {
+                seq: event.seq(),
+                path: path.to_string(),
+                reason: other.to_string(),
+            },
+        }
+    })
+}
+
 fn apply_change(
     root: &Path,
     repository: &Repository,
@@ -406,25 +527,7 @@ fn apply_change(
         check_parents_on_disk(root, path, seq, safe_dirs)?;
     }
     match &event.body.change {
-        Change::Put {
-            path,
-            mode,
-            mtime_ns,
-            content,
-            chunks,
-            ..
-        } => write_file(root, repository, path, *mode, *mtime_ns, *content, chunks).map_err(
-            |error| match error {
-                Error::ChunkMismatch { .. } | Error::ChunkMissing { .. } | Error::Io { .. } => {
-                    error
-                }
-                other => Error::Apply {
-                    seq,
-                    path: path.to_string(),
-                    reason: other.to_string(),
-                },
-            },
-        ),
+        Change::Put { .. } => apply_put(root, repository, event),
         Change::Mkdir { path, mode } => {
             let full = path.under(root);
             match stat_disk(&full)? {

@@ -26,7 +26,7 @@ use crate::convert::{event_from_wire, hash_from_wire, head_from_wire};
 use crate::node::Node;
 
 /// Batches already received are merged into one apply of at most this many events.
-const COALESCE_EVENTS: usize = 1024;
+const COALESCE_EVENTS: usize = 4096;
 
 /// A pull that is not following may see this many empty batches at most.
 const MAX_EMPTY_BATCHES: u32 = 16;

@@ -186,6 +186,62 @@ fn a_corrupted_stored_chunk_is_refused_on_read_and_nothing_applied() {
     assert_eq!(passive.repository.head(), head);
 }
 
+/// A batch of many files is written by several threads; one damaged chunk among them
+/// still fails the batch with that chunk's error and leaves nothing of it behind.
+#[test]
+fn a_corrupted_chunk_in_a_batch_written_in_parallel_fails_it_whole() {
+    let (active, passive) = pair();
+    for dir in 0..5 {
+        std::fs::create_dir(active.folder.join(format!("p{dir}"))).unwrap();
+    }
+    for file in 0..40u32 {
+        let content = if file == 23 {
+            vec![42u8; 5000]
+        } else {
+            format!("file {file}").into_bytes()
+        };
+        std::fs::write(
+            active.folder.join(format!("p{}/f{file}", file % 5)),
+            content,
+        )
+        .unwrap();
+    }
+    let events = active.capture();
+    let puts = events
+        .iter()
+        .filter(|event| matches!(event.body.change, Change::Put { .. }))
+        .count();
+    assert_eq!(puts, 40);
+    ship_chunks(&active.repository, &passive.repository, &events);
+    passive.repository.chunks().sync().unwrap();
+    let pack_dir = passive.data_dir.join("chunks");
+    let mut flipped = false;
+    for entry in std::fs::read_dir(&pack_dir).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        if let Some(at) = bytes
+            .windows(64)
+            .position(|window| window.iter().all(|byte| *byte == 42))
+        {
+            bytes[at] = 43;
+            std::fs::write(&path, bytes).unwrap();
+            flipped = true;
+        }
+    }
+    assert!(flipped);
+    let before = snapshot(&passive.folder);
+    let head = passive.repository.head();
+    let error = apply_batch(&passive.folder, &passive.repository, &events).unwrap_err();
+    assert!(matches!(error, Error::ChunkMismatch { .. }), "{error}");
+    assert_eq!(snapshot(&passive.folder), before);
+    assert_eq!(passive.repository.head(), head);
+    // Without the damage the same batch applies whole.
+    let fresh = Node::new();
+    replicate(&active, &fresh, 100);
+    fresh.assert_verified();
+    assert_eq!(snapshot(&fresh.folder), snapshot(&active.folder));
+}
+
 #[test]
 fn a_wrong_digest_is_refused_naming_seq_and_path() {
     let (_, passive) = pair();
