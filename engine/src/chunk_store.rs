@@ -34,6 +34,9 @@ const RECORD_HEADER_BYTES: u64 = 4 + 32 + 4;
 pub const PACK_TARGET_BYTES: u64 = 256 << 20;
 /// Writes are gathered in a buffer of this size before they reach the pack file.
 const WRITE_BUFFER_BYTES: usize = 4 << 20;
+/// Chunks at least this large skip the buffer: their bytes go straight to the pack
+/// (one copy less of a large file's content).
+const DIRECT_WRITE_BYTES: usize = 64 << 10;
 
 /// Where a chunk's bytes are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +79,38 @@ struct PackWriter {
 }
 
 impl PackWriter {
+    /// A record's header, into the buffer.
+    fn append_header(&mut self, hash: Hash, len: u32) {
+        self.buffer.extend_from_slice(RECORD_MAGIC);
+        self.buffer.extend_from_slice(&hash.0);
+        self.buffer.extend_from_slice(&len.to_le_bytes());
+        self.end += RECORD_HEADER_BYTES;
+    }
+
+    /// A whole record, its bytes written from `bytes` rather than copied into the
+    /// buffer first. On a failed write the record is not stored (the caller does not
+    /// record its location) and the next one goes after whatever the file holds.
+    fn append_direct(&mut self, path: &Path, hash: Hash, bytes: &[u8]) -> Result<()> {
+        // `bytes.len()` fits a u32: the caller checked.
+        self.append_header(hash, bytes.len() as u32);
+        self.flush_buffer(path)?;
+        if let Err(source) = self.file.write_all(bytes) {
+            self.end = self
+                .file
+                .metadata()
+                .map(|metadata| metadata.len())
+                .unwrap_or(u64::MAX);
+            return Err(Error::Io {
+                op: "write",
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+        crate::fsutil::start_writeback(&self.file, self.end, bytes.len() as u64);
+        self.end += bytes.len() as u64;
+        Ok(())
+    }
+
     fn flush_buffer(&mut self, path: &Path) -> Result<()> {
         if !self.buffer.is_empty() {
             let written = self.buffer.len() as u64;
@@ -329,15 +364,18 @@ impl ChunkStore {
             offset: writer.end + RECORD_HEADER_BYTES,
             len,
         };
-        if writer.buffer.len() + bytes.len() + RECORD_HEADER_BYTES as usize > WRITE_BUFFER_BYTES {
-            let path = self.pack_path(writer.pack);
-            writer.flush_buffer(&path)?;
+        let path = self.pack_path(writer.pack);
+        if bytes.len() >= DIRECT_WRITE_BYTES {
+            writer.append_direct(&path, hash, bytes)?;
+        } else {
+            if writer.buffer.len() + bytes.len() + RECORD_HEADER_BYTES as usize > WRITE_BUFFER_BYTES
+            {
+                writer.flush_buffer(&path)?;
+            }
+            writer.append_header(hash, len);
+            writer.buffer.extend_from_slice(bytes);
+            writer.end += bytes.len() as u64;
         }
-        writer.buffer.extend_from_slice(RECORD_MAGIC);
-        writer.buffer.extend_from_slice(&hash.0);
-        writer.buffer.extend_from_slice(&len.to_le_bytes());
-        writer.buffer.extend_from_slice(bytes);
-        writer.end += RECORD_HEADER_BYTES + bytes.len() as u64;
         writer.pending.insert(hash, location);
         Ok(())
     }

@@ -33,6 +33,8 @@ const MAX_EMPTY_BATCHES: u32 = 16;
 
 /// The apply of the previous batch, while the next one is fetched.
 type InFlight = Option<tokio::task::JoinHandle<Result<u64, PullError>>>;
+/// A store of received chunks running in the background, if any.
+type Storing = Option<tokio::task::JoinHandle<Result<(), PullError>>>;
 
 /// One `FetchChunks` call asks for at most this many bytes of chunks (and at most the
 /// server's `MAX_FETCH_HASHES` chunks); the store is synced after each call.
@@ -552,9 +554,21 @@ impl Puller {
             .await
             .map_err(|error| PullError::Apply(error.to_string()))??;
         let looked_up = started.elapsed();
+        // The last group's store (and sync) runs while the next group is asked for.
+        let mut storing: Storing = None;
+        let mut fetched = Ok(());
         for group in fetch_groups(&missing) {
-            self.fetch(&group, report).await?;
+            fetched = self.fetch(&group, report, &mut storing).await;
+            if fetched.is_err() {
+                break;
+            }
         }
+        // Never leave a store running behind us, even on an error.
+        if let Some(task) = storing.take() {
+            task.await
+                .map_err(|error| PullError::Apply(error.to_string()))??;
+        }
+        fetched?;
         tracing::debug!(
             chunks = missing.len(),
             lookup_ms = looked_up.as_secs_f64() * 1e3,
@@ -637,7 +651,14 @@ impl Puller {
         Ok(())
     }
 
-    async fn fetch(&mut self, group: &[Hash], report: &mut PullReport) -> Result<(), PullError> {
+    /// Fetch one group of chunks, verified; the store of its last part (with a sync,
+    /// so that a restart does not fetch the group again) is left in `storing`.
+    async fn fetch(
+        &mut self,
+        group: &[Hash],
+        report: &mut PullReport,
+        storing: &mut Storing,
+    ) -> Result<(), PullError> {
         let request = wire::FetchChunksRequest {
             hashes: group.iter().map(|hash| hash.0.to_vec()).collect(),
         };
@@ -651,33 +672,29 @@ impl Puller {
         // Received chunks are verified and stored a few MiB at a time, in one blocking
         // task each, rather than one task per chunk; the next few MiB are received
         // while the previous ones are stored (one store at a time, in order).
-        let mut pending: Vec<(Hash, Vec<u8>)> = Vec::new();
+        let mut pending: Vec<(Hash, prost::bytes::Bytes)> = Vec::new();
         let mut pending_bytes = 0usize;
-        let mut storing: Option<tokio::task::JoinHandle<Result<(), PullError>>> = None;
-        let received = self
-            .receive_group(
-                &mut stream,
-                &mut expected,
-                &mut pending,
-                &mut pending_bytes,
-                &mut storing,
-                report,
-            )
-            .await;
-        // Never leave a store running behind us, even on an error.
-        if let Some(task) = storing.take() {
-            task.await
-                .map_err(|error| PullError::Apply(error.to_string()))??;
-        }
-        received?;
+        self.receive_group(
+            &mut stream,
+            &mut expected,
+            &mut pending,
+            &mut pending_bytes,
+            storing,
+            report,
+        )
+        .await?;
         if let Some(hash) = expected.iter().next() {
             return Err(PullError::BadData(format!(
                 "the active did not send chunk {hash} ({} missing)",
                 expected.len()
             )));
         }
-        // Make the group durable, so a restart does not fetch it again.
-        self.store(pending, true).await
+        if let Some(task) = storing.take() {
+            task.await
+                .map_err(|error| PullError::Apply(error.to_string()))??;
+        }
+        *storing = Some(self.spawn_store(pending, true));
+        Ok(())
     }
 
     /// Receive one `FetchChunks` stream, handing every `STORE_BATCH_BYTES` received to
@@ -686,9 +703,9 @@ impl Puller {
         &self,
         stream: &mut tonic::Streaming<wire::Chunk>,
         expected: &mut std::collections::HashSet<Hash>,
-        pending: &mut Vec<(Hash, Vec<u8>)>,
+        pending: &mut Vec<(Hash, prost::bytes::Bytes)>,
         pending_bytes: &mut usize,
-        storing: &mut Option<tokio::task::JoinHandle<Result<(), PullError>>>,
+        storing: &mut Storing,
         report: &mut PullReport,
     ) -> Result<(), PullError> {
         while let Some(chunk) = next_within(stream, Duration::from_secs(60)).await? {
@@ -718,17 +735,11 @@ impl Puller {
         Ok(())
     }
 
-    /// Verify and store received chunks (and sync the store when `sync`).
-    async fn store(&self, chunks: Vec<(Hash, Vec<u8>)>, sync: bool) -> Result<(), PullError> {
-        self.spawn_store(chunks, sync)
-            .await
-            .map_err(|error| PullError::Apply(error.to_string()))?
-    }
-
-    /// `store` as a blocking task of its own.
+    /// Verify and store received chunks (and sync the store when `sync`), in a
+    /// blocking task of its own.
     fn spawn_store(
         &self,
-        chunks: Vec<(Hash, Vec<u8>)>,
+        chunks: Vec<(Hash, prost::bytes::Bytes)>,
         sync: bool,
     ) -> tokio::task::JoinHandle<Result<(), PullError>> {
         let node = self.node.clone();

@@ -183,7 +183,7 @@ impl Replication for ReplicationService {
                         node.metrics.chunk_bytes_served.inc_by(data.len() as u64);
                         Ok(wire::Chunk {
                             hash: hash.0.to_vec(),
-                            data,
+                            data: data.into(),
                         })
                     }
                     Err(error) => Err(engine_status(&error)),

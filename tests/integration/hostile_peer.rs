@@ -260,7 +260,7 @@ impl Replication for FakeActive {
         let unasked = matches!(self.lie, Lie::UnaskedChunk).then(|| {
             Ok(wire::Chunk {
                 hash: Hash::of(b"unasked").0.to_vec(),
-                data: b"unasked".to_vec(),
+                data: b"unasked".to_vec().into(),
             })
         });
         let chunks: Vec<Result<wire::Chunk, Status>> = unasked
@@ -269,9 +269,9 @@ impl Replication for FakeActive {
                 Ok(wire::Chunk {
                     hash,
                     data: if matches!(self.lie, Lie::WrongChunk) {
-                        b"forged".to_vec()
+                        b"forged".to_vec().into()
                     } else {
-                        content.clone()
+                        content.clone().into()
                     },
                 })
             }))
