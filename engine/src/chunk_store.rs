@@ -303,10 +303,15 @@ impl ChunkStore {
 
     /// True when the store has the chunk (synced or pending).
     pub fn contains(&self, hash: &Hash) -> Result<bool> {
-        if lock(&self.writer).pending.contains_key(hash) {
+        // Synced chunks are found without the writer's lock, which a sync holds
+        // through its fdatasync.
+        if self.locations.contains_key(hash.0)? {
             return Ok(true);
         }
-        Ok(self.locations.contains_key(hash.0)?)
+        let writer = lock(&self.writer);
+        // Under the lock no sync is moving pending chunks into the tree: one of the
+        // two has it, or the store does not.
+        Ok(writer.pending.contains_key(hash) || self.locations.contains_key(hash.0)?)
     }
 
     /// The hashes of `wanted` the store lacks, in the order given, without duplicates.
@@ -445,22 +450,24 @@ impl ChunkStore {
 
     /// The stored bytes of `hash`, with the pack and offset they came from.
     fn read(&self, hash: &Hash) -> Result<(Vec<u8>, PathBuf, u64)> {
-        let pending = {
-            let mut writer = lock(&self.writer);
-            match writer.pending.get(hash).copied() {
-                Some(location) => {
-                    let path = self.pack_path(writer.pack);
-                    writer.flush_buffer(&path)?;
-                    Some(location)
-                }
-                None => None,
-            }
-        };
-        let location = match pending {
+        // A synced chunk is read without the writer's lock (a sync holds it through
+        // its fdatasync); a pending one needs the buffer written out first.
+        let location = match self.stored_location(hash)? {
             Some(location) => location,
-            None => self
-                .stored_location(hash)?
-                .ok_or(Error::ChunkMissing { hash: *hash })?,
+            None => {
+                let mut writer = lock(&self.writer);
+                match writer.pending.get(hash).copied() {
+                    Some(location) => {
+                        let path = self.pack_path(writer.pack);
+                        writer.flush_buffer(&path)?;
+                        location
+                    }
+                    // Under the lock no sync is moving it into the tree.
+                    None => self
+                        .stored_location(hash)?
+                        .ok_or(Error::ChunkMissing { hash: *hash })?,
+                }
+            }
         };
         let path = self.pack_path(location.pack);
         // A pack removed or cut short under a running node: corrupt data, named.

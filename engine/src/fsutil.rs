@@ -54,8 +54,10 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// A fresh temporary file name (starting with `path::TEMP_PREFIX`), unique in this
 /// process and across processes.
 pub fn temp_name() -> Vec<u8> {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     let count = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!(".standin-tmp-{}-{count}", std::process::id()).into_bytes()
+    let pid = PID.get_or_init(std::process::id);
+    format!(".standin-tmp-{pid}-{count}").into_bytes()
 }
 
 /// Milliseconds since the Unix epoch.

@@ -397,48 +397,47 @@ const WRITE_THREADS_MAX: usize = 4;
 /// Fewer puts than this in a row are written on the calling thread.
 const PARALLEL_MIN_PUTS: usize = 8;
 
-/// Apply `events` in order, except that a run of consecutive puts is written by
-/// several threads: such files are independent (every parent exists and was checked
-/// first; a directory change ends the run), and the per-file kernel cost that bounds a
-/// small-file sync is then paid on every core. Two puts of one path stay on one thread,
-/// in order. On an error the first failing event's error (in seq order) is returned;
-/// the journal covers whatever was written.
+/// Apply `events` in order, except that the files of a run of puts are written by
+/// several threads, a directory to a thread: such files are independent (every parent
+/// exists and was checked first), and the per-file kernel cost that bounds a
+/// small-file sync is then paid on every core. A directory created within the run is
+/// created at once, before the run's files (a file's parent always comes before it in
+/// the log); any other change ends the run. On an error the first failing event's
+/// error (in seq order) is returned; the journal covers whatever was written.
 fn apply_changes(root: &Path, repository: &Repository, events: &[Event]) -> Result<()> {
     let threads = std::thread::available_parallelism()
         .map(|count| count.get())
         .unwrap_or(1)
         .min(WRITE_THREADS_MAX);
     let mut safe_dirs = HashSet::new();
-    let mut at = 0;
-    while at < events.len() {
-        let puts = events[at..]
-            .iter()
-            .take_while(|event| matches!(event.body.change, Change::Put { .. }))
-            .count();
-        if threads > 1 && puts >= PARALLEL_MIN_PUTS {
-            write_puts_in_parallel(
-                root,
-                repository,
-                &events[at..at + puts],
-                &mut safe_dirs,
-                threads,
-            )?;
-            at += puts;
-        } else {
-            apply_change(root, repository, &events[at], &mut safe_dirs)?;
-            at += 1;
+    let mut puts: Vec<&Event> = Vec::new();
+    let mut put_paths: HashSet<&RelPath> = HashSet::new();
+    for event in events {
+        match &event.body.change {
+            Change::Put { path, .. } if threads > 1 => {
+                puts.push(event);
+                put_paths.insert(path);
+                continue;
+            }
+            Change::Mkdir { path, .. } if !put_paths.contains(path) => {}
+            _ => {
+                write_puts(root, repository, &puts, &mut safe_dirs, threads)?;
+                puts.clear();
+                put_paths.clear();
+            }
         }
+        apply_change(root, repository, event, &mut safe_dirs)?;
     }
-    Ok(())
+    write_puts(root, repository, &puts, &mut safe_dirs, threads)
 }
 
-/// Write the files of `puts` (all `Change::Put`) on up to `threads` threads. Files go
-/// to a thread by their directory (so threads rarely wait on one directory's lock),
-/// or by their path when the run has few directories.
-fn write_puts_in_parallel(
+/// Write the files of `puts` (all `Change::Put`, in log order): on up to `threads`
+/// threads when they are many and in several directories (threads writing into one
+/// directory only wait on its lock), else in order on this one.
+fn write_puts(
     root: &Path,
     repository: &Repository,
-    puts: &[Event],
+    puts: &[&Event],
     safe_dirs: &mut HashSet<RelPath>,
     threads: usize,
 ) -> Result<()> {
@@ -450,16 +449,21 @@ fn write_puts_in_parallel(
             parents.insert(path.parent());
         }
     }
-    let by_parent = parents.len() >= 2 * threads;
+    if puts.len() < PARALLEL_MIN_PUTS || parents.len() < 2 {
+        return puts
+            .iter()
+            .try_for_each(|event| apply_put(root, repository, event));
+    }
     let hasher = BuildHasherDefault::<DefaultHasher>::default();
-    let mut lanes: Vec<Vec<&Event>> = vec![Vec::new(); threads];
+    let mut lanes: Vec<Vec<&Event>> = vec![Vec::new(); threads.min(parents.len())];
     for event in puts {
-        let lane = match (&event.body.change, by_parent) {
-            (Change::Put { path, .. }, true) => hasher.hash_one(path.parent()),
-            (Change::Put { path, .. }, false) => hasher.hash_one(path),
-            _ => 0,
-        } as usize
-            % threads;
+        let parent = event
+            .body
+            .change
+            .paths()
+            .first()
+            .and_then(|path| path.parent());
+        let lane = hasher.hash_one(parent) as usize % lanes.len();
         lanes[lane].push(event);
     }
     let write_lane = |lane: &[&Event]| -> std::result::Result<(), (u64, Error)> {
