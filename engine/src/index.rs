@@ -167,6 +167,11 @@ impl FolderIndex {
             .chain(self.entries.range(low..high))
     }
 
+    /// How many paths changed since the last `take_dirty`.
+    pub fn dirty_len(&self) -> usize {
+        self.dirty.len()
+    }
+
     /// Take the set of paths changed since the last call (for persisting).
     pub fn take_dirty(&mut self) -> BTreeSet<RelPath> {
         std::mem::take(&mut self.dirty)

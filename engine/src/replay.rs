@@ -147,7 +147,7 @@ pub fn apply_batch(root: &Path, repository: &Repository, events: &[Event]) -> Re
     }
     let last = events.last().map(|event| event.seq()).unwrap_or(head.seq);
     let appended_at = started.elapsed();
-    repository.save_index(&mut index, last)?;
+    repository.save_index_when_due(&mut index, last)?;
     drop(index);
     // Not flushed: it becomes durable with the next flush (the next batch's journal or
     // append). A crash before that leaves the journal of a batch that completed, and
