@@ -301,8 +301,7 @@ impl Repository {
         use std::sync::atomic::Ordering;
         let now = crate::fsutil::monotonic_ms();
         let last = self.index_saved_ms.load(Ordering::Relaxed);
-        if index.dirty_len() < INDEX_SAVE_PATHS
-            && now.saturating_sub(last) < INDEX_SAVE_INTERVAL_MS
+        if index.dirty_len() < INDEX_SAVE_PATHS && now.saturating_sub(last) < INDEX_SAVE_INTERVAL_MS
         {
             return Ok(());
         }

@@ -177,8 +177,10 @@ mod tests {
             if let Ok(part) = wire::SnapshotPart::decode(bytes.as_slice()) {
                 convert_snapshot(&part);
             }
-            if let Ok(chunk) = wire::Chunk::decode(bytes.as_slice()) {
-                let _ = hash_from_wire("chunk.hash", &chunk.hash);
+            if let Ok(batch) = wire::ChunkBatch::decode(bytes.as_slice()) {
+                for chunk in &batch.chunks {
+                    let _ = hash_from_wire("chunk.hash", &chunk.hash);
+                }
             }
             if let Ok(request) = wire::FetchChunksRequest::decode(bytes.as_slice()) {
                 for hash in &request.hashes {

@@ -701,28 +701,29 @@ impl Puller {
     /// a store task (after the previous one has finished).
     async fn receive_group(
         &self,
-        stream: &mut tonic::Streaming<wire::Chunk>,
+        stream: &mut tonic::Streaming<wire::ChunkBatch>,
         expected: &mut std::collections::HashSet<Hash>,
         pending: &mut Vec<(Hash, prost::bytes::Bytes)>,
         pending_bytes: &mut usize,
         storing: &mut Storing,
         report: &mut PullReport,
     ) -> Result<(), PullError> {
-        while let Some(chunk) = next_within(stream, Duration::from_secs(60)).await? {
-            let chunk = chunk.map_err(status_error)?;
-            let hash = hash_from_wire("chunk.hash", &chunk.hash)
-                .map_err(|error| PullError::BadData(error.to_string()))?;
-            if !expected.remove(&hash) {
-                return Err(PullError::BadData(format!(
-                    "chunk {hash} was not asked for"
-                )));
+        while let Some(batch) = next_within(stream, Duration::from_secs(60)).await? {
+            for chunk in batch.map_err(status_error)?.chunks {
+                let hash = hash_from_wire("chunk.hash", &chunk.hash)
+                    .map_err(|error| PullError::BadData(error.to_string()))?;
+                if !expected.remove(&hash) {
+                    return Err(PullError::BadData(format!(
+                        "chunk {hash} was not asked for"
+                    )));
+                }
+                let len = chunk.data.len() as u64;
+                report.chunks_fetched += 1;
+                report.bytes_fetched += len;
+                self.node.metrics.bytes_replicated.inc_by(len);
+                *pending_bytes += chunk.data.len();
+                pending.push((hash, chunk.data));
             }
-            let len = chunk.data.len() as u64;
-            report.chunks_fetched += 1;
-            report.bytes_fetched += len;
-            self.node.metrics.bytes_replicated.inc_by(len);
-            *pending_bytes += chunk.data.len();
-            pending.push((hash, chunk.data));
             if *pending_bytes >= STORE_BATCH_BYTES {
                 if let Some(task) = storing.take() {
                     task.await

@@ -26,6 +26,9 @@ pub const DEFAULT_BATCH_EVENTS: u32 = 1024;
 pub const MAX_BATCH_BYTES: usize = 2 << 20;
 pub const MAX_FETCH_HASHES: usize = 1024;
 const STREAM_DEPTH: usize = 4;
+/// A `FetchChunks` message is sent once it holds this many bytes of chunks (so at
+/// most this plus one chunk, ≤ 256 KiB).
+const FETCH_MESSAGE_BYTES: usize = 1 << 20;
 /// A following `Pull` stream sends an empty batch (with the head) at least this often,
 /// so the passive knows the stream is alive and how far behind it is.
 const FOLLOW_KEEPALIVE: Duration = Duration::from_secs(2);
@@ -65,7 +68,7 @@ pub fn engine_status(error: &EngineError) -> Status {
 #[tonic::async_trait]
 impl Replication for ReplicationService {
     type PullStream = BoxStream<wire::PullResponse>;
-    type FetchChunksStream = BoxStream<wire::Chunk>;
+    type FetchChunksStream = BoxStream<wire::ChunkBatch>;
     type SnapshotStream = BoxStream<wire::SnapshotPart>;
 
     async fn snapshot(
@@ -175,23 +178,42 @@ impl Replication for ReplicationService {
         let (sender, receiver) = mpsc::channel(STREAM_DEPTH);
         let node = self.node.clone();
         // One blocking reader per call: chunks are read and verified in order and
-        // handed to the stream, which holds at most STREAM_DEPTH of them.
+        // handed to the stream in batches of about FETCH_MESSAGE_BYTES; it holds at
+        // most STREAM_DEPTH batches.
         tokio::task::spawn_blocking(move || {
+            let mut batch = wire::ChunkBatch::default();
+            let mut batch_bytes = 0usize;
             for hash in hashes {
-                let message = match node.repository.chunks().get(&hash) {
+                match node.repository.chunks().get(&hash) {
                     Ok(data) => {
                         node.metrics.chunk_bytes_served.inc_by(data.len() as u64);
-                        Ok(wire::Chunk {
+                        batch_bytes += data.len();
+                        batch.chunks.push(wire::Chunk {
                             hash: hash.0.to_vec(),
                             data: data.into(),
-                        })
+                        });
                     }
-                    Err(error) => Err(engine_status(&error)),
-                };
-                let failed = message.is_err();
-                if sender.blocking_send(message).is_err() || failed {
-                    return;
+                    Err(error) => {
+                        // What was read before the error still goes out first.
+                        if !batch.chunks.is_empty() {
+                            let _ = sender.blocking_send(Ok(std::mem::take(&mut batch)));
+                        }
+                        let _ = sender.blocking_send(Err(engine_status(&error)));
+                        return;
+                    }
                 }
+                if batch_bytes >= FETCH_MESSAGE_BYTES {
+                    batch_bytes = 0;
+                    if sender
+                        .blocking_send(Ok(std::mem::take(&mut batch)))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+            if !batch.chunks.is_empty() {
+                let _ = sender.blocking_send(Ok(batch));
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))

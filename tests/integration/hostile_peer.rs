@@ -119,7 +119,7 @@ type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[tonic::async_trait]
 impl Replication for FakeActive {
     type PullStream = Boxed<wire::PullResponse>;
-    type FetchChunksStream = Boxed<wire::Chunk>;
+    type FetchChunksStream = Boxed<wire::ChunkBatch>;
     type SnapshotStream = Boxed<wire::SnapshotPart>;
 
     async fn snapshot(
@@ -263,7 +263,7 @@ impl Replication for FakeActive {
                 data: b"unasked".to_vec().into(),
             })
         });
-        let chunks: Vec<Result<wire::Chunk, Status>> = unasked
+        let chunks: Vec<Result<wire::ChunkBatch, Status>> = unasked
             .into_iter()
             .chain(request.into_inner().hashes.into_iter().map(|hash| {
                 Ok(wire::Chunk {
@@ -275,6 +275,11 @@ impl Replication for FakeActive {
                     },
                 })
             }))
+            .map(|chunk| {
+                chunk.map(|chunk| wire::ChunkBatch {
+                    chunks: vec![chunk],
+                })
+            })
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
