@@ -163,18 +163,11 @@ fn lag_only(options: &Options) -> Outcome<()> {
 fn initial_only(options: &Options, kind: &str) -> Outcome<()> {
     let standin = pair::standin_binary(options.standin.as_deref())?;
     let rsync = pair::rsync_binary()?;
-    let work = work_dir(options)?;
     // Deleting 20,000 files makes the next run's file creation several times slower
     // (ext4 skips recently freed inodes): STANDIN_BENCH_KEEP=1 leaves the work dir in
     // place, to be removed once a series of runs is over.
-    let (_guard, work) = if std::env::var_os("STANDIN_BENCH_KEEP").is_some() {
-        let kept = work.keep();
-        eprintln!("keeping {}", kept.display());
-        (None, kept)
-    } else {
-        let path = work.path().to_path_buf();
-        (Some(work), path)
-    };
+    let guard = work_dir(options)?;
+    let work = guard.path().to_path_buf();
     let corpus = work.as_path().join(format!("corpus-{kind}"));
     let (files, bytes) = if kind == "small" {
         let files = if options.quick { 2_000 } else { 20_000 };
@@ -256,12 +249,18 @@ fn initial_only(options: &Options, kind: &str) -> Outcome<()> {
     Ok(())
 }
 
-/// A temp dir for a run (under `--dir` when given), removed at the end.
+/// A temp dir for a run (under `--dir` when given), removed at the end — unless
+/// STANDIN_BENCH_KEEP is set (to read the nodes' logs afterwards).
 pub(crate) fn work_dir(options: &Options) -> Outcome<tempfile::TempDir> {
-    Ok(match &options.dir {
+    let mut work = match &options.dir {
         Some(dir) => tempfile::tempdir_in(dir)?,
         None => tempfile::tempdir()?,
-    })
+    };
+    if std::env::var_os("STANDIN_BENCH_KEEP").is_some() {
+        eprintln!("keeping {}", work.path().display());
+        work.disable_cleanup(true);
+    }
+    Ok(work)
 }
 
 /// The small-file and large-file corpora (smaller with `--quick`), written and synced.

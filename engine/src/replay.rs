@@ -23,7 +23,7 @@
 //! pre-batch state unless step 4's append completed) and removes temporary files;
 //! applying the batch again then ends where an uninterrupted run would have.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -394,8 +394,15 @@ fn check_parents_on_disk(
 
 /// Most threads that write one batch's files.
 const WRITE_THREADS_MAX: usize = 4;
-/// Fewer puts than this in a row are written on the calling thread.
+/// Fewer puts than this in a row are written on the calling thread (unless two are
+/// of large files).
 const PARALLEL_MIN_PUTS: usize = 8;
+/// A file at least this large goes to a write thread by its path, whatever its
+/// directory.
+const LARGE_FILE_BYTES: u64 = 1 << 20;
+/// The work of writing a file, beside its bytes, counted as this many bytes when
+/// files are dealt to write threads.
+const PER_FILE_WORK_BYTES: u64 = 64 << 10;
 
 /// Apply `events` in order, except that the files of a run of puts are written by
 /// several threads, a directory to a thread: such files are independent (every parent
@@ -441,7 +448,6 @@ fn write_puts(
     safe_dirs: &mut HashSet<RelPath>,
     threads: usize,
 ) -> Result<()> {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
     let mut parents = HashSet::new();
     for event in puts {
         for path in event.body.change.paths() {
@@ -449,21 +455,35 @@ fn write_puts(
             parents.insert(path.parent());
         }
     }
-    if puts.len() < PARALLEL_MIN_PUTS || parents.len() < 2 {
+    let large = |event: &Event| match &event.body.change {
+        Change::Put { size, .. } => *size >= LARGE_FILE_BYTES,
+        _ => false,
+    };
+    let large_files = puts.iter().filter(|event| large(event)).count();
+    if (puts.len() < PARALLEL_MIN_PUTS || parents.len() < 2) && large_files < 2 {
         return puts
             .iter()
             .try_for_each(|event| apply_put(root, repository, event));
     }
-    let hasher = BuildHasherDefault::<DefaultHasher>::default();
-    let mut lanes: Vec<Vec<&Event>> = vec![Vec::new(); threads.min(parents.len())];
+    // Small files go to a thread by directory, large ones by path (their cost is
+    // bytes, not the directory's lock); a new directory or large file goes to the
+    // thread with the least work so far (bytes, plus a per-file cost).
+    let mut lanes: Vec<Vec<&Event>> = vec![Vec::new(); threads];
+    let mut work = vec![0u64; threads];
+    let mut lane_of: HashMap<Option<RelPath>, usize> = HashMap::new();
     for event in puts {
-        let parent = event
-            .body
-            .change
-            .paths()
-            .first()
-            .and_then(|path| path.parent());
-        let lane = hasher.hash_one(parent) as usize % lanes.len();
+        let (path, size) = match &event.body.change {
+            Change::Put { path, size, .. } => (path, *size),
+            _ => continue,
+        };
+        let key = if large(event) {
+            Some(path.clone())
+        } else {
+            path.parent()
+        };
+        let least = (0..threads).min_by_key(|lane| work[*lane]).unwrap_or(0);
+        let lane = *lane_of.entry(key).or_insert(least);
+        work[lane] += size + PER_FILE_WORK_BYTES;
         lanes[lane].push(event);
     }
     let write_lane = |lane: &[&Event]| -> std::result::Result<(), (u64, Error)> {

@@ -221,7 +221,8 @@ pub fn diff_scope(
                 .collect(),
         }
     };
-    let mut changes = Vec::new();
+    let mut changes: Vec<Option<Change>> = Vec::new();
+    let mut captures: Vec<(usize, &RelPath, Option<&Entry>)> = Vec::new();
     let racy_after_ns = crate::fsutil::now_ms().saturating_sub(RACY_WINDOW_MS) as i64 * 1_000_000;
 
     // Removals first: gone from disk, or replaced by another kind of entry.
@@ -247,7 +248,7 @@ pub fn diff_scope(
         };
         if gone && !under_removed(&removed, path) {
             removed.insert(path.clone());
-            changes.push(Change::Remove { path: path.clone() });
+            changes.push(Some(Change::Remove { path: path.clone() }));
         }
     }
     let still_indexed = |path: &RelPath| -> Option<&Entry> {
@@ -263,21 +264,21 @@ pub fn diff_scope(
         match on_disk {
             DiskEntry::Dir { mode } => match before {
                 Some(Entry::Dir { mode: old }) if old == mode => {}
-                Some(Entry::Dir { .. }) => changes.push(Change::SetMode {
+                Some(Entry::Dir { .. }) => changes.push(Some(Change::SetMode {
                     path: path.clone(),
                     mode: *mode,
-                }),
-                _ => changes.push(Change::Mkdir {
+                })),
+                _ => changes.push(Some(Change::Mkdir {
                     path: path.clone(),
                     mode: *mode,
-                }),
+                })),
             },
             DiskEntry::Symlink { target } => match before {
                 Some(Entry::Symlink { target: old }) if old == target => {}
-                _ => changes.push(Change::Symlink {
+                _ => changes.push(Some(Change::Symlink {
                     path: path.clone(),
                     target: target.clone(),
-                }),
+                })),
             },
             DiskEntry::File {
                 mode,
@@ -296,37 +297,110 @@ pub fn diff_scope(
                     // (git's "racily clean" case): then the content is compared.
                     if old_size == size && old_mtime == mtime_ns && *mtime_ns < racy_after_ns {
                         if old_mode != mode {
-                            changes.push(Change::SetMode {
+                            changes.push(Some(Change::SetMode {
                                 path: path.clone(),
                                 mode: *mode,
-                            });
+                            }));
                         }
                         continue;
                     }
                 }
-                match (capture_file(root, repository, path)?, before) {
-                    (
-                        Some(Change::Put {
-                            mode,
-                            mtime_ns,
-                            content,
-                            ..
-                        }),
-                        Some(Entry::File {
-                            mode: old_mode,
-                            mtime_ns: old_mtime,
-                            content: old_content,
-                            ..
-                        }),
-                    ) if mode == *old_mode && mtime_ns == *old_mtime && content == *old_content => {
-                    }
-                    (Some(change), _) => changes.push(change),
-                    (None, _) => {}
+                // Read later, several files at once (below).
+                changes.push(None);
+                captures.push((changes.len() - 1, path, before));
+            }
+        }
+    }
+    for (slot, captured) in capture_files(root, repository, &captures)? {
+        changes[slot] = captured;
+    }
+    Ok(changes.into_iter().flatten().collect())
+}
+
+/// Files read (chunked, hashed, stored) at once while a scope is compared.
+const CAPTURE_THREADS_MAX: usize = 4;
+
+/// Capture the files of `captures` (slot in the caller's list, path, indexed entry),
+/// on several threads when there are several; returns each slot's change, `None`
+/// where the file vanished or its content, mode and mtime are what the index holds.
+/// On an error, the first failing file's (in the given order) is returned.
+fn capture_files(
+    root: &Path,
+    repository: &Repository,
+    captures: &[(usize, &RelPath, Option<&Entry>)],
+) -> Result<Vec<(usize, Option<Change>)>> {
+    let capture_one = |(slot, path, before): &(usize, &RelPath, Option<&Entry>)| {
+        let captured = capture_file(root, repository, path).map_err(|error| (*slot, error))?;
+        let change = match (captured, before) {
+            (
+                Some(Change::Put {
+                    mode,
+                    mtime_ns,
+                    content,
+                    ..
+                }),
+                Some(Entry::File {
+                    mode: old_mode,
+                    mtime_ns: old_mtime,
+                    content: old_content,
+                    ..
+                }),
+            ) if mode == *old_mode && mtime_ns == *old_mtime && content == *old_content => None,
+            (change, _) => change,
+        };
+        Ok((*slot, change))
+    };
+    let threads = std::thread::available_parallelism()
+        .map(|count| count.get())
+        .unwrap_or(1)
+        .min(CAPTURE_THREADS_MAX)
+        .min(captures.len());
+    if threads <= 1 {
+        return captures
+            .iter()
+            .map(capture_one)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|(_, error)| error);
+    }
+    // Files are dealt to threads in turn, so large and small ones spread evenly.
+    type Lane = std::result::Result<Vec<(usize, Option<Change>)>, (usize, Error)>;
+    let lane = |first: usize| -> Lane {
+        captures
+            .iter()
+            .skip(first)
+            .step_by(threads)
+            .map(capture_one)
+            .collect()
+    };
+    let lanes: Vec<Lane> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (1..threads)
+            .map(|first| scope.spawn(move || lane(first)))
+            .collect();
+        let mut lanes = vec![lane(0)];
+        for worker in workers {
+            lanes.push(match worker.join() {
+                Ok(result) => result,
+                Err(panic) => std::panic::resume_unwind(panic),
+            });
+        }
+        lanes
+    });
+    let mut out = Vec::with_capacity(captures.len());
+    let mut first_error: Option<(usize, Error)> = None;
+    for result in lanes {
+        match result {
+            Ok(done) => out.extend(done),
+            Err((slot, error)) => {
+                if first_error.as_ref().is_none_or(|(first, _)| slot < *first) {
+                    first_error = Some((slot, error));
                 }
             }
         }
     }
-    Ok(changes)
+    match first_error {
+        Some((_, error)) => Err(error),
+        None => Ok(out),
+    }
 }
 
 /// Read one file (never through a symlink) into the chunk store and describe it as a

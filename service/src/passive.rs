@@ -53,20 +53,53 @@ fn store_error(error: standin_engine::Error, data_dir: &std::path::Path) -> Pull
     }
 }
 
-/// A batch whose files hold more content than this is fetched and applied in parts
-/// (each at least one event), so the apply of one part overlaps the fetch of the next.
+/// A batch whose chunks to fetch add up to more than this is fetched and applied in
+/// parts (each at least one event), so the apply of one part overlaps the fetch of the
+/// next.
 const APPLY_CONTENT_BYTES: u64 = 64 << 20;
+
+/// The bytes of content `event` names.
+fn content_bytes(event: &Event) -> u64 {
+    match &event.body.change {
+        Change::Put { chunks, .. } => chunks.iter().map(|chunk| chunk.len as u64).sum(),
+        _ => 0,
+    }
+}
 
 /// Split `events` into runs of consecutive events whose `Put` content adds up to at
 /// most `limit` bytes (an event larger than `limit` is a run of its own).
 pub fn split_by_content(events: Vec<Event>, limit: u64) -> Vec<Vec<Event>> {
+    split_by(events, limit, content_bytes)
+}
+
+/// Split `events` into runs of consecutive events whose chunks still to fetch (those
+/// in `missing`, each counted once) add up to at most `limit` bytes: a large file of
+/// which a few chunks changed is not a part of its own.
+pub fn split_by_missing(
+    events: Vec<Event>,
+    limit: u64,
+    missing: &std::collections::HashSet<Hash>,
+) -> Vec<Vec<Event>> {
+    let mut counted = std::collections::HashSet::new();
+    split_by(events, limit, |event| match &event.body.change {
+        Change::Put { chunks, .. } => chunks
+            .iter()
+            .filter(|chunk| missing.contains(&chunk.hash) && counted.insert(chunk.hash))
+            .map(|chunk| chunk.len as u64)
+            .sum(),
+        _ => 0,
+    })
+}
+
+fn split_by(
+    events: Vec<Event>,
+    limit: u64,
+    mut size_of: impl FnMut(&Event) -> u64,
+) -> Vec<Vec<Event>> {
     let mut parts: Vec<Vec<Event>> = Vec::new();
     let mut bytes = 0u64;
     for event in events {
-        let size = match &event.body.change {
-            Change::Put { chunks, .. } => chunks.iter().map(|chunk| chunk.len as u64).sum(),
-            _ => 0,
-        };
+        let size = size_of(&event);
         match parts.last_mut() {
             Some(part) if bytes + size <= limit => part.push(event),
             _ => {
@@ -411,9 +444,15 @@ impl Puller {
                     if progress.is_none() {
                         progress = Progress::new(own, active_head.seq);
                     }
-                    // Large content is applied in parts, so that the apply of one part
-                    // overlaps the fetch of the next.
-                    for part in split_by_content(events, APPLY_CONTENT_BYTES) {
+                    // Much content to fetch is fetched and applied in parts, so that the
+                    // apply of one part overlaps the fetch of the next.
+                    let parts =
+                        if events.iter().map(content_bytes).sum::<u64>() <= APPLY_CONTENT_BYTES {
+                            vec![events]
+                        } else {
+                            self.split_by_missing(events).await?
+                        };
+                    for part in parts {
                         self.fetch_and_start_apply(part, &mut report, &mut in_flight)
                             .await?;
                     }
@@ -540,6 +579,32 @@ impl Puller {
         .map_err(|error| PullError::local(error, &self.node.config.data_dir))?;
         tracing::info!(seq = head.seq, "started again from the active's snapshot");
         Ok(())
+    }
+
+    /// `split_by_missing` with the chunks the store lacks now (looked up while garbage
+    /// collection waits, as it does until the parts are applied).
+    async fn split_by_missing(&self, events: Vec<Event>) -> Result<Vec<Vec<Event>>, PullError> {
+        let node = self.node.clone();
+        let _applying = self.node.apply_lock.clone().read_owned().await;
+        tokio::task::spawn_blocking(move || {
+            let wanted: Vec<(Hash, u32)> = events
+                .iter()
+                .filter_map(|event| match &event.body.change {
+                    Change::Put { chunks, .. } => {
+                        Some(chunks.iter().map(|chunk| (chunk.hash, chunk.len)))
+                    }
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            let missing: std::collections::HashSet<Hash> = missing_with_lengths(&node, wanted)?
+                .into_iter()
+                .map(|(hash, _)| hash)
+                .collect();
+            Ok(split_by_missing(events, APPLY_CONTENT_BYTES, &missing))
+        })
+        .await
+        .map_err(|error| PullError::Apply(error.to_string()))?
     }
 
     /// Fetch (verified, in bounded calls) the chunks of `wanted` the store lacks.
@@ -891,6 +956,34 @@ mod tests {
         let small: Vec<Event> = (1..=1024).map(|seq| put_event(seq, 4096)).collect();
         assert_eq!(split_by_content(small, 64 << 20).len(), 1);
         assert!(split_by_content(Vec::new(), 64 << 20).is_empty());
+    }
+
+    /// Large files of which few chunks are missing make one part; with every chunk
+    /// missing the split is the content's.
+    #[test]
+    fn batches_are_split_by_the_bytes_still_to_fetch() {
+        let mib = 1 << 20;
+        let events: Vec<Event> = [100 * mib, 100 * mib, 4096, 70 * mib]
+            .iter()
+            .enumerate()
+            .map(|(index, size)| put_event(index as u64 + 1, *size))
+            .collect();
+        let chunks_of = |event: &Event| match &event.body.change {
+            Change::Put { chunks, .. } => chunks.iter().map(|chunk| chunk.hash).collect(),
+            _ => Vec::new(),
+        };
+        // One chunk of the first file is missing: one part.
+        let missing: std::collections::HashSet<Hash> =
+            [chunks_of(&events[0])[0]].into_iter().collect();
+        let parts = split_by_missing(events.clone(), 64 << 20, &missing);
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].len(), 4);
+        let all: std::collections::HashSet<Hash> = events.iter().flat_map(chunks_of).collect();
+        let seqs: Vec<Vec<u64>> = split_by_missing(events, 64 << 20, &all)
+            .iter()
+            .map(|part| part.iter().map(Event::seq).collect())
+            .collect();
+        assert_eq!(seqs, vec![vec![1], vec![2], vec![3], vec![4]]);
     }
 
     #[test]
