@@ -143,6 +143,17 @@ impl PackWriter {
     }
 }
 
+/// Which stored copies of a chunk make `insert` skip it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dedup {
+    /// Synced or pending.
+    All,
+    /// Pending only (the caller knows it is not synced).
+    PendingOnly,
+    /// None: write it again (garbage collection moving it).
+    None,
+}
+
 /// A pack's chunks split into the ones to keep and the ones to drop.
 type LiveAndDead = (Vec<(Hash, Location)>, Vec<(Hash, Location)>);
 
@@ -329,12 +340,14 @@ impl ChunkStore {
     /// Store `bytes`, returning their hash. Storing a chunk twice writes it once.
     pub fn put(&self, bytes: &[u8]) -> Result<Hash> {
         let hash = Hash::of(bytes);
-        self.insert(hash, bytes, false)?;
+        self.insert(hash, bytes, Dedup::All)?;
         Ok(hash)
     }
 
     /// Store bytes received from elsewhere under the hash they were announced with;
-    /// bytes that do not hash to `expected` are refused and nothing is stored.
+    /// bytes that do not hash to `expected` are refused and nothing is stored. For
+    /// chunks the caller found missing: only chunks not yet synced are looked for (a
+    /// chunk stored meanwhile is written again, which costs space, not correctness).
     pub fn put_verified(&self, expected: Hash, bytes: &[u8]) -> Result<()> {
         let actual = Hash::of(bytes);
         if actual != expected {
@@ -344,13 +357,14 @@ impl ChunkStore {
                 location: " (as received)".to_string(),
             });
         }
-        self.insert(expected, bytes, false)
+        self.insert(expected, bytes, Dedup::PendingOnly)
     }
 
-    fn insert(&self, hash: Hash, bytes: &[u8], force: bool) -> Result<()> {
-        if !force && self.locations.contains_key(hash.0)? {
+    fn insert(&self, hash: Hash, bytes: &[u8], dedup: Dedup) -> Result<()> {
+        if dedup == Dedup::All && self.locations.contains_key(hash.0)? {
             return Ok(());
         }
+        let force = dedup == Dedup::None;
         let len = u32::try_from(bytes.len()).map_err(|_| Error::Corrupt {
             path: self.dir.clone(),
             reason: format!("chunk {hash} of {} bytes is too large", bytes.len()),
@@ -547,7 +561,7 @@ impl ChunkStore {
             drop(writer);
             for (hash, _) in keep {
                 let bytes = self.get(hash)?;
-                self.insert(*hash, &bytes, true)?;
+                self.insert(*hash, &bytes, Dedup::None)?;
             }
             writer = lock(&self.writer);
             for (hash, location) in dead {

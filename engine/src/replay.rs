@@ -613,12 +613,17 @@ fn write_file(
         Some(parent) => parent.join(&temp_name())?.under(root),
         None => RelPath::top(&temp_name())?.under(root),
     };
+    // Created with its mode when the umask leaves that intact (one chmod less per
+    // file), else private and given its mode once written.
+    let mode_at_create = crate::fsutil::umask()
+        .filter(|umask| mode & !0o777 == 0 && mode & umask == 0)
+        .map(|_| mode);
     let written = (|| -> Result<()> {
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .custom_flags(libc::O_NOFOLLOW)
-            .mode(0o600)
+            .mode(mode_at_create.unwrap_or(0o600))
             .open(&temporary)
             .at("create", &temporary)?;
         let mut hasher = blake3::Hasher::new();
@@ -649,8 +654,10 @@ fn write_file(
                 location: format!(" (the chunks of {path} do not add up to its content hash)"),
             });
         }
-        file.set_permissions(std::fs::Permissions::from_mode(mode))
-            .at("chmod", &temporary)?;
+        if mode_at_create.is_none() {
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+                .at("chmod", &temporary)?;
+        }
         file.set_modified(system_time(mtime_ns))
             .at("set mtime", &temporary)?;
         Ok(())
