@@ -148,8 +148,6 @@ impl PackWriter {
 enum Dedup {
     /// Synced or pending.
     All,
-    /// Pending only (the caller knows it is not synced).
-    PendingOnly,
     /// None: write it again (garbage collection moving it).
     None,
 }
@@ -345,9 +343,7 @@ impl ChunkStore {
     }
 
     /// Store bytes received from elsewhere under the hash they were announced with;
-    /// bytes that do not hash to `expected` are refused and nothing is stored. For
-    /// chunks the caller found missing: only chunks not yet synced are looked for (a
-    /// chunk stored meanwhile is written again, which costs space, not correctness).
+    /// bytes that do not hash to `expected` are refused and nothing is stored.
     pub fn put_verified(&self, expected: Hash, bytes: &[u8]) -> Result<()> {
         let actual = Hash::of(bytes);
         if actual != expected {
@@ -357,7 +353,7 @@ impl ChunkStore {
                 location: " (as received)".to_string(),
             });
         }
-        self.insert(expected, bytes, Dedup::PendingOnly)
+        self.insert(expected, bytes, Dedup::All)
     }
 
     fn insert(&self, hash: Hash, bytes: &[u8], dedup: Dedup) -> Result<()> {

@@ -51,18 +51,6 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// This process's umask, read once from `/proc/self/status` (`umask(2)` can only
-/// read it by changing it, racing every other thread's file creation); `None` where
-/// the kernel does not say.
-pub fn umask() -> Option<u32> {
-    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-    *UMASK.get_or_init(|| {
-        let status = std::fs::read_to_string("/proc/self/status").ok()?;
-        let line = status.lines().find(|line| line.starts_with("Umask:"))?;
-        u32::from_str_radix(line.trim_start_matches("Umask:").trim(), 8).ok()
-    })
-}
-
 /// A fresh temporary file name (starting with `path::TEMP_PREFIX`), unique in this
 /// process and across processes.
 pub fn temp_name() -> Vec<u8> {

@@ -15,8 +15,13 @@
 //!    Every parent on disk is checked to be a real directory, not a symlink.
 //! 4. **Durability point**: one `syncfs` of the folder's file system, then the chunk
 //!    store is synced, the events are appended to the log (flushed), the index saved
-//!    and the journal cleared (durable with the next flush). Only now has the applied
-//!    seq moved.
+//!    (at most once a second) and the journal cleared (durable with the next flush).
+//!    Only now has the applied seq moved.
+//!
+//! A batch of more than `COMMIT_PART_EVENTS` events runs steps 3 and 4 in parts, in
+//! order: while one part's durability point runs on another thread, the next part's
+//! files are written; a part is appended to the log only after its own files are on
+//! disk. The journal covers the whole batch until its end.
 //!
 //! If step 3 fails, or the process dies anywhere after step 2, `recover` puts every
 //! journaled path back to the state the index holds at the log head (which is the
@@ -125,18 +130,10 @@ pub fn apply_batch(root: &Path, repository: &Repository, events: &[Event]) -> Re
     journal_touched(repository, &touched)?;
     let journaled_at = started.elapsed();
 
-    // Step 3: apply to the folder.
-    let applied = apply_changes(root, repository, events);
-    let applied_at = started.elapsed();
-    // Step 4: the durability point.
-    let mut synced_at = applied_at;
-    let durable = applied.and_then(|()| {
-        syncfs(root)?;
-        synced_at = started.elapsed();
-        repository.chunks().sync()?;
-        repository.log().append(events)?;
-        Ok(())
-    });
+    // Steps 3 and 4, a part at a time: each part's durability point runs while the
+    // next part's files are written.
+    let mut timings = StepTimings::default();
+    let durable = write_and_commit_in_parts(root, repository, events, &mut timings);
     if let Err(error) = durable {
         drop(index);
         repository.reload_index()?;
@@ -146,7 +143,6 @@ pub fn apply_batch(root: &Path, repository: &Repository, events: &[Event]) -> Re
         return Err(error);
     }
     let last = events.last().map(|event| event.seq()).unwrap_or(head.seq);
-    let appended_at = started.elapsed();
     repository.save_index_when_due(&mut index, last)?;
     drop(index);
     // Not flushed: it becomes durable with the next flush (the next batch's journal or
@@ -158,13 +154,98 @@ pub fn apply_batch(root: &Path, repository: &Repository, events: &[Event]) -> Re
         events = events.len(),
         check_ms = checked_at.as_secs_f64() * 1e3,
         journal_ms = (journaled_at - checked_at).as_secs_f64() * 1e3,
-        apply_ms = (applied_at - journaled_at).as_secs_f64() * 1e3,
-        syncfs_ms = (synced_at - applied_at).as_secs_f64() * 1e3,
-        append_ms = (appended_at - synced_at).as_secs_f64() * 1e3,
+        write_ms = timings.write.as_secs_f64() * 1e3,
+        syncfs_ms = timings.syncfs.as_secs_f64() * 1e3,
+        append_ms = timings.append.as_secs_f64() * 1e3,
+        waited_for_commit_ms = timings.waited.as_secs_f64() * 1e3,
         total_ms = started.elapsed().as_secs_f64() * 1e3,
         "batch applied"
     );
     Ok(repository.head())
+}
+
+/// A batch of more events than this is written and made durable in parts of about
+/// this many, each part's durability point overlapping the next part's writes.
+static COMMIT_PART_EVENTS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(1024);
+
+/// Commit batches in parts of `events` instead of 1,024 (for tests).
+#[doc(hidden)]
+pub fn set_commit_part_events(events: usize) {
+    COMMIT_PART_EVENTS.store(events.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Where a batch's time went (for the debug log).
+#[derive(Default)]
+struct StepTimings {
+    write: std::time::Duration,
+    syncfs: std::time::Duration,
+    append: std::time::Duration,
+    /// Writing the next part waited this long for the previous part's commit.
+    waited: std::time::Duration,
+}
+
+/// Steps 3 and 4 for checked and journaled `events`: write a part's files, then make
+/// that part durable (`syncfs`, the chunk store synced, the part appended to the log)
+/// on another thread while the next part's files are written. Parts are committed in
+/// order, each only after its own files are on disk, so the log never gets ahead of
+/// the folder; the journal (all of the batch's paths) stays until the end, so a crash
+/// or an error anywhere leaves `recover` to put every path back to the log head.
+fn write_and_commit_in_parts(
+    root: &Path,
+    repository: &Repository,
+    events: &[Event],
+    timings: &mut StepTimings,
+) -> Result<()> {
+    let commit = |part: &[Event]| -> Result<(std::time::Duration, std::time::Duration)> {
+        let started = std::time::Instant::now();
+        syncfs(root)?;
+        let synced = started.elapsed();
+        repository.chunks().sync()?;
+        repository.log().append(part)?;
+        Ok((synced, started.elapsed() - synced))
+    };
+    let part_events = COMMIT_PART_EVENTS.load(std::sync::atomic::Ordering::Relaxed);
+    let parts = events.len().div_ceil(part_events).max(1);
+    let part_len = events.len().div_ceil(parts).max(1);
+    std::thread::scope(|scope| {
+        let mut committing: Option<std::thread::ScopedJoinHandle<'_, _>> = None;
+        let wait_for = |committing: &mut Option<std::thread::ScopedJoinHandle<'_, _>>,
+                        timings: &mut StepTimings|
+         -> Result<()> {
+            if let Some(handle) = committing.take() {
+                let waited = std::time::Instant::now();
+                let joined: Result<(std::time::Duration, std::time::Duration)> = match handle.join()
+                {
+                    Ok(result) => result,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                };
+                timings.waited += waited.elapsed();
+                let (synced, appended) = joined?;
+                timings.syncfs += synced;
+                timings.append += appended;
+            }
+            Ok(())
+        };
+        let mut parts = events.chunks(part_len).peekable();
+        while let Some(part) = parts.next() {
+            let writing = std::time::Instant::now();
+            let written = apply_changes(root, repository, part);
+            timings.write += writing.elapsed();
+            // The previous part is committed (or failed) before this one may be.
+            let previous = wait_for(&mut committing, timings);
+            written?;
+            previous?;
+            if parts.peek().is_some() {
+                committing = Some(scope.spawn(move || commit(part)));
+            } else {
+                let (synced, appended) = commit(part)?;
+                timings.syncfs += synced;
+                timings.append += appended;
+            }
+        }
+        wait_for(&mut committing, timings)
+    })
 }
 
 /// Record (flushed) that `touched` may differ from the index until `recover` runs.
@@ -470,19 +551,22 @@ fn write_puts(
     // thread with the least work so far (bytes, plus a per-file cost).
     let mut lanes: Vec<Vec<&Event>> = vec![Vec::new(); threads];
     let mut work = vec![0u64; threads];
-    let mut lane_of: HashMap<Option<RelPath>, usize> = HashMap::new();
+    let mut lane_of_dir: HashMap<Option<RelPath>, usize> = HashMap::new();
+    // A path written twice in the run stays on one thread, in log order, whatever its
+    // sizes (else the older content could be renamed into place last).
+    let mut lane_of_path: HashMap<&RelPath, usize> = HashMap::new();
     for event in puts {
         let (path, size) = match &event.body.change {
             Change::Put { path, size, .. } => (path, *size),
             _ => continue,
         };
-        let key = if large(event) {
-            Some(path.clone())
-        } else {
-            path.parent()
-        };
         let least = (0..threads).min_by_key(|lane| work[*lane]).unwrap_or(0);
-        let lane = *lane_of.entry(key).or_insert(least);
+        let lane = match lane_of_path.get(path) {
+            Some(lane) => *lane,
+            None if large(event) => least,
+            None => *lane_of_dir.entry(path.parent()).or_insert(least),
+        };
+        lane_of_path.insert(path, lane);
         work[lane] += size + PER_FILE_WORK_BYTES;
         lanes[lane].push(event);
     }
@@ -613,17 +697,12 @@ fn write_file(
         Some(parent) => parent.join(&temp_name())?.under(root),
         None => RelPath::top(&temp_name())?.under(root),
     };
-    // Created with its mode when the umask leaves that intact (one chmod less per
-    // file), else private and given its mode once written.
-    let mode_at_create = crate::fsutil::umask()
-        .filter(|umask| mode & !0o777 == 0 && mode & umask == 0)
-        .map(|_| mode);
     let written = (|| -> Result<()> {
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .custom_flags(libc::O_NOFOLLOW)
-            .mode(mode_at_create.unwrap_or(0o600))
+            .mode(0o600)
             .open(&temporary)
             .at("create", &temporary)?;
         let mut hasher = blake3::Hasher::new();
@@ -654,10 +733,8 @@ fn write_file(
                 location: format!(" (the chunks of {path} do not add up to its content hash)"),
             });
         }
-        if mode_at_create.is_none() {
-            file.set_permissions(std::fs::Permissions::from_mode(mode))
-                .at("chmod", &temporary)?;
-        }
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .at("chmod", &temporary)?;
         file.set_modified(system_time(mtime_ns))
             .at("set mtime", &temporary)?;
         Ok(())

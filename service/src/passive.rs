@@ -631,12 +631,17 @@ impl Puller {
                 break;
             }
         }
-        // Never leave a store running behind us, even on an error.
-        if let Some(task) = storing.take() {
-            task.await
-                .map_err(|error| PullError::Apply(error.to_string()))??;
-        }
+        // Never leave a store running behind us, even on an error; the fetch's error
+        // (if any) is the one reported.
+        let stored = match storing.take() {
+            Some(task) => task
+                .await
+                .map_err(|error| PullError::Apply(error.to_string()))
+                .and_then(|stored| stored),
+            None => Ok(()),
+        };
         fetched?;
+        stored?;
         tracing::debug!(
             chunks = missing.len(),
             lookup_ms = looked_up.as_secs_f64() * 1e3,

@@ -16,6 +16,8 @@ use standin_engine::{Event, Hash, Repository};
 use crate::support::{ship_chunks, snapshot, Node};
 
 const CHILD_ENV: &str = "STANDIN_CRASH_CHILD";
+/// Set in a child: apply in batches of this many events, committed in parts of 7.
+const BATCH_ENV: &str = "STANDIN_CRASH_BATCH";
 
 fn write_events(path: &Path, events: &[Event]) {
     let mut file = std::fs::File::create(path).unwrap();
@@ -47,15 +49,15 @@ fn read_events(path: &Path) -> Vec<Event> {
     events
 }
 
-/// Apply every event after the replica's head, in batches of 3, until done.
-fn apply_all(folder: &Path, repository: &Repository, events: &[Event]) {
+/// Apply every event after the replica's head, in batches of `batch`, until done.
+fn apply_all(folder: &Path, repository: &Repository, events: &[Event], batch: usize) {
     recover(folder, repository).unwrap();
     loop {
         let head = repository.head().seq as usize;
         if head >= events.len() {
             return;
         }
-        let end = (head + 3).min(events.len());
+        let end = (head + batch).min(events.len());
         apply_batch(folder, repository, &events[head..end]).unwrap();
     }
 }
@@ -69,10 +71,22 @@ fn crash_child() {
     let dir = PathBuf::from(dir);
     let repository = Repository::open(&dir.join("data")).unwrap();
     let events = read_events(&dir.join("events.bin"));
+    // Small batches, or larger ones committed in parts (each part's durability point
+    // overlapping the next part's writes): the kill lands in either.
+    let batch = match std::env::var(BATCH_ENV)
+        .ok()
+        .and_then(|value| value.parse().ok())
+    {
+        Some(batch) => {
+            standin_engine::replay::set_commit_part_events(7);
+            batch
+        }
+        None => 3,
+    };
     // Tell the parent the slow start-up is over: the kill should land in the replay.
     println!("child ready");
     std::io::stdout().flush().unwrap();
-    apply_all(&dir.join("folder"), &repository, &events);
+    apply_all(&dir.join("folder"), &repository, &events, batch);
 }
 
 fn has_temporary_files(root: &Path) -> bool {
@@ -158,6 +172,7 @@ fn replay_killed_at_random_points_converges() {
                 "--test-threads=1",
             ])
             .env(CHILD_ENV, work.path())
+            .env(BATCH_ENV, if iteration % 4 < 2 { "" } else { "40" })
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -195,7 +210,7 @@ fn replay_killed_at_random_points_converges() {
     );
 
     let replica = Repository::open(&work.path().join("data")).unwrap();
-    apply_all(&folder, &replica, &events);
+    apply_all(&folder, &replica, &events, 3);
     assert_eq!(replica.head(), source.repository.head());
     assert!(!has_temporary_files(&folder), "temporary files left behind");
     assert_eq!(snapshot(&folder), snapshot(&source.folder));

@@ -242,6 +242,66 @@ fn a_corrupted_chunk_in_a_batch_written_in_parallel_fails_it_whole() {
     assert_eq!(snapshot(&fresh.folder), snapshot(&active.folder));
 }
 
+/// One path written twice in a batch, once small and once large (a growing log file
+/// crossing 1 MiB): however the batch's files are dealt to write threads, the later
+/// content is what ends on disk. (Small files went to a thread by directory, large
+/// ones by path, so the older write could be renamed into place last.)
+#[test]
+fn a_path_written_twice_in_one_batch_ends_with_the_later_content() {
+    let put = |node: &Node, path: &str, bytes: &[u8]| -> Change {
+        let stored = standin_engine::chunking::store_content(
+            bytes,
+            node.repository.chunks(),
+            std::path::Path::new(path),
+        )
+        .unwrap();
+        Change::Put {
+            path: RelPath::new(path).unwrap(),
+            mode: 0o644,
+            mtime_ns: 1_000_000_000,
+            size: stored.size,
+            content: stored.content,
+            chunks: stored.chunks,
+        }
+    };
+    for round in 0..12u8 {
+        let small_last = round % 2 == 0;
+        let active = Node::new();
+        let passive = Node::new();
+        let large: Vec<u8> = (0..2u32 << 20).map(|at| (at % 251) as u8 ^ round).collect();
+        let small = vec![round; 100 << 10];
+        let mut changes = vec![
+            Change::Mkdir {
+                path: RelPath::new("d1").unwrap(),
+                mode: 0o755,
+            },
+            Change::Mkdir {
+                path: RelPath::new("d2").unwrap(),
+                mode: 0o755,
+            },
+        ];
+        let (first, last) = if small_last {
+            (&large, &small)
+        } else {
+            (&small, &large)
+        };
+        changes.push(put(&active, "log", first));
+        changes.push(put(&active, "log", last));
+        for file in 0..8 {
+            let path = format!("d{}/f{file}", file % 2 + 1);
+            changes.push(put(&active, &path, path.as_bytes()));
+        }
+        active.repository.record(1, changes).unwrap();
+        replicate(&active, &passive, 100);
+        let on_disk = std::fs::read(passive.folder.join("log")).unwrap();
+        assert!(
+            on_disk == *last,
+            "round {round}: the replica holds the earlier write of `log`"
+        );
+        passive.assert_verified();
+    }
+}
+
 #[test]
 fn a_wrong_digest_is_refused_naming_seq_and_path() {
     let (_, passive) = pair();
