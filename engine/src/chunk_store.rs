@@ -95,20 +95,26 @@ impl PackWriter {
         self.append_header(hash, bytes.len() as u32);
         self.flush_buffer(path)?;
         if let Err(source) = self.file.write_all(bytes) {
-            self.end = self
-                .file
-                .metadata()
-                .map(|metadata| metadata.len())
-                .unwrap_or(u64::MAX);
-            return Err(Error::Io {
-                op: "write",
-                path: path.to_path_buf(),
-                source,
-            });
+            return Err(self.write_failed(path, source));
         }
         crate::fsutil::start_writeback(&self.file, self.end, bytes.len() as u64);
         self.end += bytes.len() as u64;
         Ok(())
+    }
+
+    /// After a failed write: the next record goes after whatever the file now holds
+    /// (a new pack when its length is unknown). Returns the error to report.
+    fn write_failed(&mut self, path: &Path, source: std::io::Error) -> Error {
+        self.end = self
+            .file
+            .metadata()
+            .map(|metadata| metadata.len())
+            .unwrap_or(u64::MAX);
+        Error::Io {
+            op: "write",
+            path: path.to_path_buf(),
+            source,
+        }
     }
 
     fn flush_buffer(&mut self, path: &Path) -> Result<()> {
@@ -123,16 +129,7 @@ impl PackWriter {
                 let before = self.end - written;
                 self.pending.retain(|_, location| location.offset < before);
                 self.buffer.clear();
-                self.end = self
-                    .file
-                    .metadata()
-                    .map(|metadata| metadata.len())
-                    .unwrap_or(u64::MAX);
-                return Err(Error::Io {
-                    op: "write",
-                    path: path.to_path_buf(),
-                    source,
-                });
+                return Err(self.write_failed(path, source));
             }
             // Start writing these pages back now, so that the fdatasync at `sync` finds
             // little left to do and disk and CPU work overlap.

@@ -151,17 +151,10 @@ fn a_chunk_that_does_not_match_its_hash_is_refused_on_receipt() {
     assert!(!passive.repository.chunks().contains(&claimed).unwrap());
 }
 
-#[test]
-fn a_corrupted_stored_chunk_is_refused_on_read_and_nothing_applied() {
-    let (active, passive) = pair();
-    std::fs::write(active.folder.join("d/second"), vec![42u8; 5000]).unwrap();
-    let events = active.capture();
-    ship_chunks(&active.repository, &passive.repository, &events);
-    passive.repository.chunks().sync().unwrap();
-    // Flip a byte of the chunk in the passive's pack file.
-    let pack_dir = passive.data_dir.join("chunks");
+/// Flip a byte of the stored chunk made of bytes 42 in `node`'s pack files.
+fn damage_chunk_of_42s(node: &Node) {
     let mut flipped = false;
-    for entry in std::fs::read_dir(&pack_dir).unwrap() {
+    for entry in std::fs::read_dir(node.data_dir.join("chunks")).unwrap() {
         let path = entry.unwrap().path();
         let mut bytes = std::fs::read(&path).unwrap();
         if let Some(at) = bytes
@@ -173,7 +166,17 @@ fn a_corrupted_stored_chunk_is_refused_on_read_and_nothing_applied() {
             flipped = true;
         }
     }
-    assert!(flipped);
+    assert!(flipped, "no chunk of 42s in the packs");
+}
+
+#[test]
+fn a_corrupted_stored_chunk_is_refused_on_read_and_nothing_applied() {
+    let (active, passive) = pair();
+    std::fs::write(active.folder.join("d/second"), vec![42u8; 5000]).unwrap();
+    let events = active.capture();
+    ship_chunks(&active.repository, &passive.repository, &events);
+    passive.repository.chunks().sync().unwrap();
+    damage_chunk_of_42s(&passive);
     let before = snapshot(&passive.folder);
     let head = passive.repository.head();
     let error = apply_batch(&passive.folder, &passive.repository, &events).unwrap_err();
@@ -214,21 +217,7 @@ fn a_corrupted_chunk_in_a_batch_written_in_parallel_fails_it_whole() {
     assert_eq!(puts, 40);
     ship_chunks(&active.repository, &passive.repository, &events);
     passive.repository.chunks().sync().unwrap();
-    let pack_dir = passive.data_dir.join("chunks");
-    let mut flipped = false;
-    for entry in std::fs::read_dir(&pack_dir).unwrap() {
-        let path = entry.unwrap().path();
-        let mut bytes = std::fs::read(&path).unwrap();
-        if let Some(at) = bytes
-            .windows(64)
-            .position(|window| window.iter().all(|byte| *byte == 42))
-        {
-            bytes[at] = 43;
-            std::fs::write(&path, bytes).unwrap();
-            flipped = true;
-        }
-    }
-    assert!(flipped);
+    damage_chunk_of_42s(&passive);
     let before = snapshot(&passive.folder);
     let head = passive.repository.head();
     let error = apply_batch(&passive.folder, &passive.repository, &events).unwrap_err();
