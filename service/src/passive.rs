@@ -137,6 +137,18 @@ pub fn fetch_groups(chunks: &[(Hash, u32)]) -> Vec<Vec<Hash>> {
     groups
 }
 
+/// Every chunk the puts of `events` name, with its length, in order.
+fn chunks_named(events: &[Event]) -> Vec<(Hash, u32)> {
+    events
+        .iter()
+        .filter_map(|event| match &event.body.change {
+            Change::Put { chunks, .. } => Some(chunks.iter().map(|chunk| (chunk.hash, chunk.len))),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
 /// The chunks of `refs` the store lacks, with their lengths, without duplicates.
 fn missing_with_lengths(
     node: &Node,
@@ -590,16 +602,7 @@ impl Puller {
         let node = self.node.clone();
         let _applying = self.node.apply_lock.clone().read_owned().await;
         tokio::task::spawn_blocking(move || {
-            let wanted: Vec<(Hash, u32)> = events
-                .iter()
-                .filter_map(|event| match &event.body.change {
-                    Change::Put { chunks, .. } => {
-                        Some(chunks.iter().map(|chunk| (chunk.hash, chunk.len)))
-                    }
-                    _ => None,
-                })
-                .flatten()
-                .collect();
+            let wanted = chunks_named(&events);
             let missing: std::collections::HashSet<Hash> = missing_with_lengths(&node, wanted)?
                 .into_iter()
                 .map(|(hash, _)| hash)
@@ -696,16 +699,7 @@ impl Puller {
         .map_err(PullError::NoSpace)?;
         // Garbage collection waits while chunks are fetched but not yet named by the log.
         let applying = self.node.apply_lock.clone().read_owned().await;
-        let wanted: Vec<(Hash, u32)> = events
-            .iter()
-            .filter_map(|event| match &event.body.change {
-                Change::Put { chunks, .. } => {
-                    Some(chunks.iter().map(|chunk| (chunk.hash, chunk.len)))
-                }
-                _ => None,
-            })
-            .flatten()
-            .collect();
+        let wanted = chunks_named(&events);
         self.fetch_missing(wanted, report).await?;
         let waited = Instant::now();
         self.finish_apply(in_flight, report).await?;

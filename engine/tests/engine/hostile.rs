@@ -169,24 +169,31 @@ fn damage_chunk_of_42s(node: &Node) {
     assert!(flipped, "no chunk of 42s in the packs");
 }
 
+/// Ship `events`' chunks to `passive`, damage its chunk of 42s, apply: the batch must
+/// fail with a chunk mismatch and leave the folder and the head as they were.
+fn apply_with_a_damaged_chunk(active: &Node, passive: &Node, events: &[Event]) -> Error {
+    ship_chunks(&active.repository, &passive.repository, events);
+    passive.repository.chunks().sync().unwrap();
+    damage_chunk_of_42s(passive);
+    let before = snapshot(&passive.folder);
+    let head = passive.repository.head();
+    let error = apply_batch(&passive.folder, &passive.repository, events).unwrap_err();
+    assert!(matches!(error, Error::ChunkMismatch { .. }), "{error}");
+    assert_eq!(snapshot(&passive.folder), before);
+    assert_eq!(passive.repository.head(), head);
+    error
+}
+
 #[test]
 fn a_corrupted_stored_chunk_is_refused_on_read_and_nothing_applied() {
     let (active, passive) = pair();
     std::fs::write(active.folder.join("d/second"), vec![42u8; 5000]).unwrap();
     let events = active.capture();
-    ship_chunks(&active.repository, &passive.repository, &events);
-    passive.repository.chunks().sync().unwrap();
-    damage_chunk_of_42s(&passive);
-    let before = snapshot(&passive.folder);
-    let head = passive.repository.head();
-    let error = apply_batch(&passive.folder, &passive.repository, &events).unwrap_err();
-    assert!(matches!(error, Error::ChunkMismatch { .. }), "{error}");
+    let error = apply_with_a_damaged_chunk(&active, &passive, &events);
     assert!(
         error.to_string().contains("pack-"),
         "names the pack: {error}"
     );
-    assert_eq!(snapshot(&passive.folder), before);
-    assert_eq!(passive.repository.head(), head);
 }
 
 /// A batch of many files is written by several threads; one damaged chunk among them
@@ -215,15 +222,7 @@ fn a_corrupted_chunk_in_a_batch_written_in_parallel_fails_it_whole() {
         .filter(|event| matches!(event.body.change, Change::Put { .. }))
         .count();
     assert_eq!(puts, 40);
-    ship_chunks(&active.repository, &passive.repository, &events);
-    passive.repository.chunks().sync().unwrap();
-    damage_chunk_of_42s(&passive);
-    let before = snapshot(&passive.folder);
-    let head = passive.repository.head();
-    let error = apply_batch(&passive.folder, &passive.repository, &events).unwrap_err();
-    assert!(matches!(error, Error::ChunkMismatch { .. }), "{error}");
-    assert_eq!(snapshot(&passive.folder), before);
-    assert_eq!(passive.repository.head(), head);
+    apply_with_a_damaged_chunk(&active, &passive, &events);
     // Without the damage the same batch applies whole.
     let fresh = Node::new();
     replicate(&active, &fresh, 100);
