@@ -33,7 +33,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
 use crate::event::{chain_hash, Change, ChunkRef, Event};
@@ -133,7 +133,10 @@ pub fn apply_batch(root: &Path, repository: &Repository, events: &[Event]) -> Re
     // Steps 3 and 4, a part at a time: each part's durability point runs while the
     // next part's files are written.
     let mut timings = StepTimings::default();
-    let durable = write_and_commit_in_parts(root, repository, events, &mut timings);
+    let displaced = Displaced::default();
+    let durable = write_and_commit_in_parts(root, repository, events, &mut timings, &displaced);
+    // The old versions of replaced files go once the batch is in the log (or failed).
+    displaced.remove_all();
     if let Err(error) = durable {
         drop(index);
         repository.reload_index()?;
@@ -143,7 +146,9 @@ pub fn apply_batch(root: &Path, repository: &Repository, events: &[Event]) -> Re
         return Err(error);
     }
     let last = events.last().map(|event| event.seq()).unwrap_or(head.seq);
+    let committed_at = started.elapsed();
     repository.save_index_when_due(&mut index, last)?;
+    let index_saved_at = started.elapsed();
     drop(index);
     // Not flushed: it becomes durable with the next flush (the next batch's journal or
     // append). A crash before that leaves the journal of a batch that completed, and
@@ -158,6 +163,7 @@ pub fn apply_batch(root: &Path, repository: &Repository, events: &[Event]) -> Re
         syncfs_ms = timings.syncfs.as_secs_f64() * 1e3,
         append_ms = timings.append.as_secs_f64() * 1e3,
         waited_for_commit_ms = timings.waited.as_secs_f64() * 1e3,
+        index_ms = (index_saved_at - committed_at).as_secs_f64() * 1e3,
         total_ms = started.elapsed().as_secs_f64() * 1e3,
         "batch applied"
     );
@@ -196,6 +202,7 @@ fn write_and_commit_in_parts(
     repository: &Repository,
     events: &[Event],
     timings: &mut StepTimings,
+    displaced: &Displaced,
 ) -> Result<()> {
     let commit = |part: &[Event]| -> Result<(std::time::Duration, std::time::Duration)> {
         let started = std::time::Instant::now();
@@ -230,7 +237,7 @@ fn write_and_commit_in_parts(
         let mut parts = events.chunks(part_len).peekable();
         while let Some(part) = parts.next() {
             let writing = std::time::Instant::now();
-            let written = apply_changes(root, repository, part);
+            let written = apply_changes(root, repository, part, displaced);
             timings.write += writing.elapsed();
             // The previous part is committed (or failed) before this one may be.
             let previous = wait_for(&mut committing, timings);
@@ -357,7 +364,11 @@ pub fn restore_scope(root: &Path, repository: &Repository, scope: &RelPath) -> R
                 if intact {
                     set_mode(&full, *mode)?;
                 } else {
-                    write_file(root, repository, path, *mode, *mtime_ns, *content, chunks)?;
+                    if let Some(old) =
+                        write_file(root, repository, path, *mode, *mtime_ns, *content, chunks)?
+                    {
+                        remove_any(&old)?;
+                    }
                 }
             }
         }
@@ -492,7 +503,12 @@ const PER_FILE_WORK_BYTES: u64 = 64 << 10;
 /// created at once, before the run's files (a file's parent always comes before it in
 /// the log); any other change ends the run. On an error the first failing event's
 /// error (in seq order) is returned; the journal covers whatever was written.
-fn apply_changes(root: &Path, repository: &Repository, events: &[Event]) -> Result<()> {
+fn apply_changes(
+    root: &Path,
+    repository: &Repository,
+    events: &[Event],
+    displaced: &Displaced,
+) -> Result<()> {
     let threads = std::thread::available_parallelism()
         .map(|count| count.get())
         .unwrap_or(1)
@@ -509,14 +525,16 @@ fn apply_changes(root: &Path, repository: &Repository, events: &[Event]) -> Resu
             }
             Change::Mkdir { path, .. } if !put_paths.contains(path) => {}
             _ => {
-                write_puts(root, repository, &puts, &mut safe_dirs, threads)?;
+                write_puts(root, repository, &puts, &mut safe_dirs, threads, displaced)?;
                 puts.clear();
                 put_paths.clear();
+                // A rename or removal may move or remove their directories.
+                displaced.remove_all();
             }
         }
-        apply_change(root, repository, event, &mut safe_dirs)?;
+        apply_change(root, repository, event, &mut safe_dirs, displaced)?;
     }
-    write_puts(root, repository, &puts, &mut safe_dirs, threads)
+    write_puts(root, repository, &puts, &mut safe_dirs, threads, displaced)
 }
 
 /// Write the files of `puts` (all `Change::Put`, in log order): on up to `threads`
@@ -528,6 +546,7 @@ fn write_puts(
     puts: &[&Event],
     safe_dirs: &mut HashSet<RelPath>,
     threads: usize,
+    displaced: &Displaced,
 ) -> Result<()> {
     let mut parents = HashSet::new();
     for event in puts {
@@ -544,7 +563,7 @@ fn write_puts(
     if (puts.len() < PARALLEL_MIN_PUTS || parents.len() < 2) && large_files < 2 {
         return puts
             .iter()
-            .try_for_each(|event| apply_put(root, repository, event));
+            .try_for_each(|event| apply_put(root, repository, event, displaced));
     }
     // Small files go to a thread by directory, large ones by path (their cost is
     // bytes, not the directory's lock); a new directory or large file goes to the
@@ -572,7 +591,7 @@ fn write_puts(
     }
     let write_lane = |lane: &[&Event]| -> std::result::Result<(), (u64, Error)> {
         lane.iter().try_for_each(|event| {
-            apply_put(root, repository, event).map_err(|error| (event.seq(), error))
+            apply_put(root, repository, event, displaced).map_err(|error| (event.seq(), error))
         })
     };
     let mut failures: Vec<(u64, Error)> = std::thread::scope(|scope| {
@@ -600,7 +619,12 @@ fn write_puts(
 }
 
 /// Write the file a `Change::Put` event names (its parents already checked).
-fn apply_put(root: &Path, repository: &Repository, event: &Event) -> Result<()> {
+fn apply_put(
+    root: &Path,
+    repository: &Repository,
+    event: &Event,
+    displaced: &Displaced,
+) -> Result<()> {
     let Change::Put {
         path,
         mode,
@@ -612,16 +636,21 @@ fn apply_put(root: &Path, repository: &Repository, event: &Event) -> Result<()> 
     else {
         return Ok(());
     };
-    write_file(root, repository, path, *mode, *mtime_ns, *content, chunks).map_err(|error| {
-        match error {
-            Error::ChunkMismatch { .. } | Error::ChunkMissing { .. } | Error::Io { .. } => error,
-            other => Error::Apply {
-                seq: event.seq(),
-                path: path.to_string(),
-                reason: other.to_string(),
-            },
+    match write_file(root, repository, path, *mode, *mtime_ns, *content, chunks) {
+        Ok(Some(old)) => {
+            displaced.add(old);
+            Ok(())
         }
-    })
+        Ok(None) => Ok(()),
+        Err(
+            error @ (Error::ChunkMismatch { .. } | Error::ChunkMissing { .. } | Error::Io { .. }),
+        ) => Err(error),
+        Err(other) => Err(Error::Apply {
+            seq: event.seq(),
+            path: path.to_string(),
+            reason: other.to_string(),
+        }),
+    }
 }
 
 fn apply_change(
@@ -629,13 +658,14 @@ fn apply_change(
     repository: &Repository,
     event: &Event,
     safe_dirs: &mut HashSet<RelPath>,
+    displaced: &Displaced,
 ) -> Result<()> {
     let seq = event.seq();
     for path in event.body.change.paths() {
         check_parents_on_disk(root, path, seq, safe_dirs)?;
     }
     match &event.body.change {
-        Change::Put { .. } => apply_put(root, repository, event),
+        Change::Put { .. } => apply_put(root, repository, event, displaced),
         Change::Mkdir { path, mode } => {
             let full = path.under(root);
             match stat_disk(&full)? {
@@ -682,7 +712,8 @@ fn apply_change(
 }
 
 /// Write a file from its chunks to a temporary name beside it, check its content hash,
-/// set mode and mtime, and rename it into place.
+/// set mode and mtime, and put it in place (`fsutil::replace_file`). Returns where the
+/// file it replaced now is, if it was kept for the caller to remove.
 fn write_file(
     root: &Path,
     repository: &Repository,
@@ -691,7 +722,7 @@ fn write_file(
     mtime_ns: i64,
     content: Hash,
     chunks: &[ChunkRef],
-) -> Result<()> {
+) -> Result<Option<PathBuf>> {
     let destination = path.under(root);
     let temporary = match path.parent() {
         Some(parent) => parent.join(&temp_name())?.under(root),
@@ -743,7 +774,53 @@ fn write_file(
         let _ = std::fs::remove_file(&temporary);
         return Err(error);
     }
-    std::fs::rename(&temporary, &destination).at("rename into place", &destination)
+    Ok(crate::fsutil::replace_file(&temporary, &destination)?.then_some(temporary))
+}
+
+/// The old versions of files a batch replaced, each left at a temporary name beside
+/// the new one by `fsutil::replace_file`: removed once the batch is in the log, so
+/// that freeing them (the costly part of replacing a file) is not between a change
+/// and its being applied. Removed earlier when the batch renames or removes anything
+/// (which could move their directory). Left behind by a crash, they are temporary
+/// files: ignored by scans, removed by `recover`.
+#[derive(Default)]
+struct Displaced(std::sync::Mutex<Vec<PathBuf>>);
+
+impl Displaced {
+    fn add(&self, path: PathBuf) {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(path);
+    }
+
+    /// Remove them all, on up to `WRITE_THREADS_MAX` threads when they are many. A
+    /// failure is only logged: the file is a temporary one, and the batch is not
+    /// worse for it.
+    fn remove_all(&self) {
+        let paths = std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        let remove = |paths: &[PathBuf]| {
+            for path in paths {
+                if let Err(error) = std::fs::remove_file(path) {
+                    tracing::warn!(path = %path.display(), %error, "could not remove the old version of a replaced file");
+                }
+            }
+        };
+        if paths.len() < PARALLEL_MIN_PUTS {
+            return remove(&paths);
+        }
+        let per_thread = paths.len().div_ceil(WRITE_THREADS_MAX);
+        std::thread::scope(|scope| {
+            for part in paths.chunks(per_thread) {
+                scope.spawn(move || remove(part));
+            }
+        });
+    }
 }
 
 fn write_symlink(root: &Path, path: &RelPath, target: &[u8]) -> Result<()> {

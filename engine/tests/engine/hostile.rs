@@ -230,6 +230,68 @@ fn a_corrupted_chunk_in_a_batch_written_in_parallel_fails_it_whole() {
     assert_eq!(snapshot(&fresh.folder), snapshot(&active.folder));
 }
 
+/// A file replaced by a batch is exchanged with its new version, and the old version
+/// removed after the batch: none is left behind when the batch succeeds, when it also
+/// renames the directory the old versions are in, or when it fails on a damaged chunk
+/// (which also puts every old content back).
+#[test]
+fn replaced_files_leave_no_old_versions_behind() {
+    let (active, passive) = pair();
+    let write_all = |round: &str| {
+        for file in 0..40u32 {
+            let content = if round == "third" && file == 23 {
+                vec![42u8; 5000]
+            } else {
+                format!("{round} {file}").into_bytes()
+            };
+            std::fs::write(
+                active.folder.join(format!("p{}/f{file}", file % 4)),
+                content,
+            )
+            .unwrap();
+        }
+    };
+    for dir in 0..4 {
+        std::fs::create_dir(active.folder.join(format!("p{dir}"))).unwrap();
+    }
+    write_all("first");
+    active.capture();
+    replicate(&active, &passive, 1000);
+
+    // One batch: every file rewritten.
+    write_all("second");
+    active.capture();
+    replicate(&active, &passive, 1000);
+    assert_eq!(snapshot(&passive.folder), snapshot(&active.folder));
+
+    // One batch: every file rewritten, then one of their directories renamed.
+    write_all("again");
+    active.capture();
+    std::fs::rename(active.folder.join("p1"), active.folder.join("q1")).unwrap();
+    active
+        .repository
+        .record(
+            1,
+            vec![Change::Rename {
+                from: RelPath::new("p1").unwrap(),
+                to: RelPath::new("q1").unwrap(),
+            }],
+        )
+        .unwrap();
+    assert!(active.capture().is_empty());
+    replicate(&active, &passive, 1000);
+    passive.assert_verified();
+    assert_eq!(snapshot(&passive.folder), snapshot(&active.folder));
+
+    // Every file rewritten again, one with a chunk the passive then finds damaged.
+    std::fs::rename(active.folder.join("q1"), active.folder.join("p1")).unwrap();
+    active.capture();
+    replicate(&active, &passive, 1000);
+    write_all("third");
+    let events = active.capture();
+    apply_with_a_damaged_chunk(&active, &passive, &events);
+}
+
 /// One path written twice in a batch, once small and once large (a growing log file
 /// crossing 1 MiB): however the batch's files are dealt to write threads, the later
 /// content is what ends on disk. (Small files went to a thread by directory, large
