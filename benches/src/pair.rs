@@ -628,7 +628,11 @@ pub fn lag(binary: &Path, work: &Path, changes: usize) -> Outcome<Vec<Duration>>
 
 /// What the incremental, takeover and resources phase measured.
 pub struct Incremental {
+    /// From the last change written to the passive having applied them all (rsync's
+    /// clock, too, starts once the changes are made).
     pub standin: Duration,
+    /// How long writing the changes took (before `standin`'s clock starts).
+    pub writing: Duration,
     pub standin_wire_bytes: u64,
     pub rsync: Duration,
     pub rsync_wire_bytes: u64,
@@ -737,11 +741,13 @@ pub fn incremental(
         generator.fill(&mut content);
         middle.write_all(&content)?;
     }
+    let writing = started.elapsed();
+    let written = Instant::now();
     let expected = head_before + rewritten + 2;
     alpha.wait_head("the active to record the changes", |head| head >= expected)?;
     let final_head = alpha.head();
     beta.wait_head("the passive to apply them", |head| head >= final_head)?;
-    let standin = started.elapsed();
+    let standin = written.elapsed();
     let standin_wire_bytes = beta
         .metric("standin_bytes_replicated_total")
         .saturating_sub(bytes_before);
@@ -771,6 +777,7 @@ pub fn incremental(
     let takeover = killed.elapsed();
     Ok(Incremental {
         standin,
+        writing,
         standin_wire_bytes,
         rsync: rsync_time,
         rsync_wire_bytes,
@@ -877,7 +884,10 @@ pub fn lag_rates(binary: &Path, work: &Path, rates: &[u32], seconds: f64) -> Out
 pub struct SmallIncremental {
     pub files: usize,
     pub changed: usize,
+    /// From the last change written to the passive having applied them all.
     pub standin: Duration,
+    /// How long writing the changes took (before `standin`'s clock starts).
+    pub writing: Duration,
     pub standin_wire_bytes: u64,
     pub rsync: Duration,
     pub rsync_wire_bytes: u64,
@@ -948,11 +958,13 @@ pub fn small_incremental(
         )?;
         rewritten += 1;
     }
+    let writing = started.elapsed();
+    let written = Instant::now();
     let expected = head_before + rewritten;
     alpha.wait_head("the active to record the changes", |head| head >= expected)?;
     let final_head = alpha.head();
     beta.wait_head("the passive to apply them", |head| head >= final_head)?;
-    let standin = started.elapsed();
+    let standin = written.elapsed();
     let standin_wire_bytes = beta
         .metric("standin_bytes_replicated_total")
         .saturating_sub(bytes_before);
@@ -961,6 +973,7 @@ pub fn small_incremental(
         files,
         changed: rewritten as usize,
         standin,
+        writing,
         standin_wire_bytes,
         rsync: rsync_time,
         rsync_wire_bytes,
