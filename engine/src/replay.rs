@@ -15,7 +15,8 @@
 //!    Every parent on disk is checked to be a real directory, not a symlink.
 //! 4. **Durability point**: one `syncfs` of the folder's file system, then the chunk
 //!    store is synced, the events are appended to the log (flushed), the index saved
-//!    (at most once a second) and the journal cleared (durable with the next flush).
+//!    (only when much of it or long unsaved: else `Repository::save_index_if_dirty`
+//!    when the passive is idle) and the journal cleared (durable with the next flush).
 //!    Only now has the applied seq moved.
 //!
 //! A batch of more than `COMMIT_PART_EVENTS` events runs steps 3 and 4 in parts, in

@@ -46,6 +46,9 @@ pub const FETCH_GROUP_BYTES: u64 = 32 << 20;
 pub const MAX_SNAPSHOT_ENTRIES: usize = 20_000_000;
 /// Received chunks are verified and stored in batches of about this size.
 const STORE_BATCH_BYTES: usize = 4 << 20;
+/// A following stream silent this long means nothing to apply for now: time to save
+/// the folder index.
+const IDLE_AFTER: Duration = Duration::from_millis(200);
 
 /// A chunk that does not match its hash is the active's fault; anything else (a full
 /// disk, an I/O error) is ours, and must not be reported as bad data from the active.
@@ -374,7 +377,10 @@ impl Puller {
             let message = match lookahead.take() {
                 Some(message) => message,
                 None if ended => break,
-                None => match next_within(&mut stream, silence).await? {
+                None => match self
+                    .next_message(&mut stream, silence, &mut in_flight, &mut report)
+                    .await?
+                {
                     Some(message) => message.map_err(status_error)?,
                     None => break,
                 },
@@ -503,7 +509,62 @@ impl Puller {
         if let Some(head) = self.node.peer_head() {
             self.report_position(&head);
         }
+        if report.events_applied > 0 {
+            self.save_index_while_idle().await;
+        }
         Ok(report)
+    }
+
+    /// The stream's next message. If none comes for `IDLE_AFTER`, the passive has
+    /// nothing to do for a moment: it finishes the apply in flight and saves the
+    /// folder index meanwhile (replay leaves that to now, so that it is not paid by
+    /// the next change).
+    async fn next_message<T>(
+        &mut self,
+        stream: &mut tonic::Streaming<T>,
+        silence: Duration,
+        in_flight: &mut InFlight,
+        report: &mut PullReport,
+    ) -> Result<Option<Result<T, tonic::Status>>, PullError> {
+        if let Ok(next) = tokio::time::timeout(IDLE_AFTER, stream.next()).await {
+            return Ok(next);
+        }
+        self.finish_apply(in_flight, report).await?;
+        self.save_index_while_idle().await;
+        next_within(stream, silence).await
+    }
+
+    /// Save the index entries replay has not saved yet, if that leaves the disk's
+    /// reserve free (sled cannot carry on after meeting a full disk). A failure is only
+    /// logged: the log holds every change, and the next open brings the saved index
+    /// forward.
+    async fn save_index_while_idle(&self) {
+        let node = self.node.clone();
+        let started = Instant::now();
+        let saved = tokio::task::spawn_blocking(move || {
+            let paths = node.repository.unsaved_index_paths();
+            if paths == 0 {
+                return Ok(0);
+            }
+            if let Err(reason) = crate::space::check_index_save(&node.config.data_dir, paths) {
+                tracing::debug!(%reason, "not saving the folder index while the disk is this full");
+                return Ok(0);
+            }
+            node.repository.save_index_if_dirty()
+        })
+        .await;
+        match saved {
+            Ok(Ok(0)) => {}
+            Ok(Ok(paths)) => tracing::debug!(
+                paths,
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "saved the folder index while idle"
+            ),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "could not save the folder index; the log holds every change")
+            }
+            Err(error) => tracing::warn!(%error, "the folder index save did not finish"),
+        }
     }
 
     /// Tell the role state machine where our log is, and whether we caught up.

@@ -82,6 +82,25 @@ pub fn check(folder: &Path, data_dir: &Path, events: &[Event]) -> Result<(), Str
     Ok(())
 }
 
+/// Whether saving `paths` folder index entries (an idle passive's index save) leaves
+/// `RESERVE_BYTES` free on the data_dir's disk; the reason when not.
+pub fn check_index_save(data_dir: &Path, paths: usize) -> Result<(), String> {
+    if std::env::var_os("STANDIN_TEST_NO_SPACE_CHECK").is_some() {
+        return Ok(());
+    }
+    let Some((_, free)) = disk_space(data_dir) else {
+        return Ok(());
+    };
+    let need = paths as u64 * STORE_BYTES_PER_EVENT;
+    if free < need.saturating_add(RESERVE_BYTES) {
+        return Err(format!(
+            "{}: {free} bytes free; saving {paths} folder index entries needs about {need} and {RESERVE_BYTES} are kept in reserve",
+            data_dir.display()
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -262,3 +262,27 @@ fn unchanged_folder_records_nothing_and_reopen_resumes() {
     passive.assert_verified();
     assert_eq!(snapshot(&active.folder), snapshot(&passive.folder));
 }
+
+/// Replay leaves most index saves to an idle moment: `save_index_if_dirty` then saves
+/// what the batches changed, once; a reopened passive resumes from it.
+#[test]
+fn an_idle_passive_saves_the_index_replay_left_unsaved() {
+    let active = Node::new();
+    std::fs::create_dir(active.folder.join("d")).unwrap();
+    std::fs::write(active.folder.join("d/first"), b"1").unwrap();
+    active.capture();
+    let passive = Node::new();
+    replicate(&active, &passive, 10);
+    passive.repository.save_index_if_dirty().unwrap();
+    for name in ["second", "third"] {
+        std::fs::write(active.folder.join("d").join(name), name).unwrap();
+    }
+    active.capture();
+    replicate(&active, &passive, 10);
+    // Two paths changed since the last save (within replay's 10 s).
+    assert_eq!(passive.repository.save_index_if_dirty().unwrap(), 2);
+    assert_eq!(passive.repository.save_index_if_dirty().unwrap(), 0);
+    let passive = passive.reopen();
+    passive.assert_verified();
+    assert_eq!(snapshot(&active.folder), snapshot(&passive.folder));
+}
