@@ -11,7 +11,8 @@
 //!    (flushed) before the folder is touched.
 //! 3. **Apply**: each file is written to a temporary name in its directory (content
 //!    from verified chunks, hashed again while written and compared with the event),
-//!    given its mode and mtime, and renamed into place; no reader ever sees half a file.
+//!    given its mode and mtime, and renamed into place (exchanged with the file it
+//!    replaces, which is removed after step 4); no reader ever sees half a file.
 //!    Every parent on disk is checked to be a real directory, not a symlink.
 //! 4. **Durability point**: one `syncfs` of the folder's file system, then the chunk
 //!    store is synced, the events are appended to the log (flushed), the index saved

@@ -16,6 +16,11 @@ pub type Authed = InterceptedService<Channel, AddSecret>;
 /// one event up to the engine's `MAX_EVENT_BYTES`.
 pub const MAX_MESSAGE_BYTES: usize = standin_engine::event::MAX_EVENT_BYTES + (1 << 20);
 
+/// HTTP/2 frame size and flow-control windows the passive asks its active for.
+const HTTP2_MAX_FRAME_BYTES: u32 = 1 << 20;
+const HTTP2_STREAM_WINDOW_BYTES: u32 = 8 << 20;
+const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
+
 /// A lazily connecting channel to `url`, with timeouts suited to a LAN pair.
 pub fn channel(url: &str, tls: Option<&TlsFiles>) -> Result<Channel, String> {
     let mut endpoint = Endpoint::from_shared(url.to_string())
@@ -24,7 +29,13 @@ pub fn channel(url: &str, tls: Option<&TlsFiles>) -> Result<Channel, String> {
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true);
+        .keep_alive_while_idle(true)
+        // Content streams in 1 MiB messages: frames of 16 KiB (HTTP/2's default) cost
+        // the receiver per frame, and a 2 MiB stream window lets a LAN's round trip
+        // idle the sender.
+        .max_frame_size(HTTP2_MAX_FRAME_BYTES)
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW_BYTES);
     if url.starts_with("https://") {
         let mut config = ClientTlsConfig::new();
         if let Some(ca) = tls.and_then(|files| files.ca.as_ref()) {
