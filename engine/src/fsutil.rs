@@ -108,42 +108,103 @@ pub fn system_time(mtime_ns: i64) -> std::time::SystemTime {
 /// cannot exchange, a plain rename is done.
 pub fn replace_file(temporary: &Path, destination: &Path) -> Result<bool> {
     use std::os::unix::ffi::OsStrExt;
-    let a_file_is_there = std::fs::symlink_metadata(destination)
-        .map(|metadata| metadata.file_type().is_file())
-        .unwrap_or(false);
-    if a_file_is_there {
-        if let (Ok(from), Ok(to)) = (
-            std::ffi::CString::new(temporary.as_os_str().as_bytes()),
-            std::ffi::CString::new(destination.as_os_str().as_bytes()),
-        ) {
-            // SAFETY: both are NUL-terminated paths that live through the call.
-            let status = unsafe {
-                libc::syscall(
-                    libc::SYS_renameat2,
-                    libc::AT_FDCWD,
-                    from.as_ptr(),
-                    libc::AT_FDCWD,
-                    to.as_ptr(),
-                    libc::RENAME_EXCHANGE,
-                )
-            };
-            if status == 0 {
-                return Ok(true);
+    let is_file = |path: &Path| {
+        std::fs::symlink_metadata(path)
+            .map(|metadata| metadata.file_type().is_file())
+            .unwrap_or(false)
+    };
+    let names = (
+        std::ffi::CString::new(temporary.as_os_str().as_bytes()),
+        std::ffi::CString::new(destination.as_os_str().as_bytes()),
+    );
+    if let (true, Ok(from), Ok(to)) = (is_file(destination), &names.0, &names.1) {
+        match exchange(from, to) {
+            // Something else put there since the check (a directory, say) goes back:
+            // a rename would have failed on it, and so does this.
+            Ok(()) if !is_file(temporary) => {
+                let _ = exchange(from, to);
+                return Err(Error::Io {
+                    op: "exchange into place",
+                    path: destination.to_path_buf(),
+                    source: std::io::Error::other("something other than a file is there"),
+                });
             }
-            let error = std::io::Error::last_os_error();
-            match error.raw_os_error() {
-                // Not supported here, or the file went away meanwhile: rename.
-                Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP | libc::ENOENT) => {}
-                _ => {
-                    return Err(Error::Io {
-                        op: "exchange into place",
-                        path: destination.to_path_buf(),
-                        source: error,
-                    })
-                }
+            Ok(()) => return Ok(true),
+            // Not supported here (or not across these names), or the file went away
+            // meanwhile: rename.
+            Err(error)
+                if matches!(
+                    error.raw_os_error(),
+                    Some(
+                        libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP | libc::ENOENT | libc::EXDEV
+                    )
+                ) => {}
+            Err(error) => {
+                return Err(Error::Io {
+                    op: "exchange into place",
+                    path: destination.to_path_buf(),
+                    source: error,
+                })
             }
         }
     }
     std::fs::rename(temporary, destination).at("rename into place", destination)?;
     Ok(false)
+}
+
+/// Swap the entries at two paths atomically (`renameat2(RENAME_EXCHANGE)`).
+fn exchange(a: &std::ffi::CStr, b: &std::ffi::CStr) -> std::io::Result<()> {
+    // SAFETY: both are NUL-terminated paths that live through the call.
+    let status = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_replaced_is_exchanged_and_kept_at_the_temporary_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (temporary, destination) = (dir.path().join("tmp"), dir.path().join("file"));
+        std::fs::write(&destination, b"old").unwrap();
+        std::fs::write(&temporary, b"new").unwrap();
+        assert!(replace_file(&temporary, &destination).unwrap());
+        assert_eq!(std::fs::read(&destination).unwrap(), b"new");
+        assert_eq!(std::fs::read(&temporary).unwrap(), b"old");
+
+        // Nothing there: a plain rename, nothing kept.
+        let other = dir.path().join("other");
+        std::fs::write(&temporary, b"newer").unwrap();
+        std::fs::remove_file(&destination).unwrap();
+        assert!(!replace_file(&temporary, &other).unwrap());
+        assert_eq!(std::fs::read(&other).unwrap(), b"newer");
+        assert!(!temporary.exists());
+    }
+
+    #[test]
+    fn a_directory_in_the_way_is_neither_exchanged_nor_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (temporary, destination) = (dir.path().join("tmp"), dir.path().join("dir"));
+        std::fs::create_dir(&destination).unwrap();
+        std::fs::write(destination.join("inside"), b"kept").unwrap();
+        std::fs::write(&temporary, b"new").unwrap();
+        let error = replace_file(&temporary, &destination).unwrap_err();
+        assert!(error.to_string().contains("dir"), "{error}");
+        assert_eq!(std::fs::read(destination.join("inside")).unwrap(), b"kept");
+        assert_eq!(std::fs::read(&temporary).unwrap(), b"new");
+    }
 }

@@ -118,8 +118,8 @@ pub fn apply_batch(root: &Path, repository: &Repository, events: &[Event]) -> Re
         Ok(())
     })();
     if let Err(error) = checked {
-        drop(index);
-        repository.reload_index()?;
+        // Still under the lock: nobody may see the index ahead of the log.
+        repository.reload_index_locked(&mut index)?;
         return Err(error);
     }
 
@@ -138,10 +138,10 @@ pub fn apply_batch(root: &Path, repository: &Repository, events: &[Event]) -> Re
     let displaced = Displaced::default();
     let durable = write_and_commit_in_parts(root, repository, events, &mut timings, &displaced);
     // The old versions of replaced files go once the batch is in the log (or failed).
-    displaced.remove_all();
+    let all_removed = displaced.remove_all();
     if let Err(error) = durable {
+        repository.reload_index_locked(&mut index)?;
         drop(index);
-        repository.reload_index()?;
         if let Err(recovery) = recover(root, repository) {
             tracing::error!(%recovery, "could not put the replica back after a failed batch; will retry");
         }
@@ -155,8 +155,11 @@ pub fn apply_batch(root: &Path, repository: &Repository, events: &[Event]) -> Re
     // Not flushed: it becomes durable with the next flush (the next batch's journal or
     // append). A crash before that leaves the journal of a batch that completed, and
     // `recover` then finds every path it names already as the index says (the batch
-    // is in the log): redundant checks, the same end state.
-    repository.meta_set_unflushed(PENDING_KEY, None)?;
+    // is in the log): redundant checks, the same end state. An old version that could
+    // not be removed keeps the journal, so that the next `recover` removes it.
+    if all_removed {
+        repository.meta_set_unflushed(PENDING_KEY, None)?;
+    }
     tracing::debug!(
         events = events.len(),
         check_ms = checked_at.as_secs_f64() * 1e3,
@@ -405,7 +408,10 @@ fn remove_any(full: &Path) -> Result<()> {
     result.at("remove", full)
 }
 
-fn remove_temporary_files(root: &Path) -> Result<()> {
+/// Remove every temporary file standin left in the folder: a crash can leave a file
+/// being written, or the old version of a replaced one whose removal was not yet on
+/// disk (the journal that would have named it was). Run when a node starts.
+pub fn remove_temporary_files(root: &Path) -> Result<()> {
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         let Ok(listing) = std::fs::read_dir(&dir) else {
@@ -531,7 +537,7 @@ fn apply_changes(
                 puts.clear();
                 put_paths.clear();
                 // A rename or removal may move or remove their directories.
-                displaced.remove_all();
+                let _ = displaced.remove_all();
             }
         }
         apply_change(root, repository, event, &mut safe_dirs, displaced)?;
@@ -784,25 +790,31 @@ fn write_file(
 /// that freeing them (the costly part of replacing a file) is not between a change
 /// and its being applied. Removed earlier when the batch renames or removes anything
 /// (which could move their directory). Left behind by a crash, they are temporary
-/// files: ignored by scans, removed by `recover`.
+/// files: ignored by scans, removed when the node starts (`remove_temporary_files`).
 #[derive(Default)]
-struct Displaced(std::sync::Mutex<Vec<PathBuf>>);
+struct Displaced {
+    paths: std::sync::Mutex<Vec<PathBuf>>,
+    /// One could not be removed.
+    left_behind: std::sync::atomic::AtomicBool,
+}
 
 impl Displaced {
     fn add(&self, path: PathBuf) {
-        self.0
+        self.paths
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .push(path);
     }
 
-    /// Remove them all, on up to `WRITE_THREADS_MAX` threads when they are many. A
-    /// failure is only logged: the file is a temporary one, and the batch is not
-    /// worse for it.
-    fn remove_all(&self) {
+    /// Remove them all, on up to `WRITE_THREADS_MAX` threads when they are many.
+    /// Whether every one so far went: a failure is logged (the file is a temporary
+    /// one, and the batch is not worse for it), and the caller keeps the journal so
+    /// that `recover` removes it.
+    fn remove_all(&self) -> bool {
+        use std::sync::atomic::Ordering;
         let paths = std::mem::take(
             &mut *self
-                .0
+                .paths
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
         );
@@ -810,18 +822,21 @@ impl Displaced {
             for path in paths {
                 if let Err(error) = std::fs::remove_file(path) {
                     tracing::warn!(path = %path.display(), %error, "could not remove the old version of a replaced file");
+                    self.left_behind.store(true, Ordering::Relaxed);
                 }
             }
         };
         if paths.len() < PARALLEL_MIN_PUTS {
-            return remove(&paths);
+            remove(&paths);
+        } else {
+            let per_thread = paths.len().div_ceil(WRITE_THREADS_MAX);
+            std::thread::scope(|scope| {
+                for part in paths.chunks(per_thread) {
+                    scope.spawn(|| remove(part));
+                }
+            });
         }
-        let per_thread = paths.len().div_ceil(WRITE_THREADS_MAX);
-        std::thread::scope(|scope| {
-            for part in paths.chunks(per_thread) {
-                scope.spawn(move || remove(part));
-            }
-        });
+        !self.left_behind.load(Ordering::Relaxed)
     }
 }
 

@@ -112,10 +112,13 @@ impl Node {
         let repository = Arc::new(Repository::open(&config.data_dir).map_err(|error| {
             anyhow::anyhow!("open data_dir {}: {error}", config.data_dir.display())
         })?);
-        // Finish (or undo) a batch a crash interrupted, before anyone reads the folder.
-        standin_engine::replay::recover(&config.folder, &repository).map_err(|error| {
-            anyhow::anyhow!("recover folder {}: {error}", config.folder.display())
-        })?;
+        // Finish (or undo) a batch a crash interrupted, and remove what standin's own
+        // temporary files a crash left, before anyone reads the folder.
+        standin_engine::replay::recover(&config.folder, &repository)
+            .and_then(|()| standin_engine::replay::remove_temporary_files(&config.folder))
+            .map_err(|error| {
+                anyhow::anyhow!("recover folder {}: {error}", config.folder.display())
+            })?;
         let (head_watch, _) = watch::channel(repository.head());
         let sender = head_watch.clone();
         repository.log().set_listener(Box::new(move |head| {

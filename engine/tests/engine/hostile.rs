@@ -292,6 +292,24 @@ fn replaced_files_leave_no_old_versions_behind() {
     apply_with_a_damaged_chunk(&active, &passive, &events);
 }
 
+/// What a crash left of standin's temporary files (an old version whose removal was
+/// not yet on disk, a file half written) goes when the node starts; nothing else does.
+#[test]
+fn temporary_files_a_crash_left_are_removed_at_start() {
+    let (active, passive) = pair();
+    let folder = &passive.folder;
+    std::fs::write(folder.join(".standin-tmp-1-1"), b"old version").unwrap();
+    std::fs::write(folder.join("d/.standin-tmp-1-2"), b"half").unwrap();
+    std::fs::write(folder.join("d/.standin-tmpish"), b"a user's").unwrap();
+    standin_engine::replay::remove_temporary_files(folder).unwrap();
+    let mut left = snapshot(folder);
+    let users = left
+        .remove("d/.standin-tmpish")
+        .expect("not standin's: kept");
+    assert_eq!(users.2, b"a user's");
+    assert_eq!(left, snapshot(&active.folder));
+}
+
 /// One path written twice in a batch, once small and once large (a growing log file
 /// crossing 1 MiB): however the batch's files are dealt to write threads, the later
 /// content is what ends on disk. (Small files went to a thread by directory, large
