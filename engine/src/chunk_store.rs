@@ -17,13 +17,13 @@
 //! current pack, syncs, repoints the tree, flushes it, and only then deletes the old
 //! pack.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::error::{Error, IoContext, Result};
 use crate::hash::Hash;
@@ -37,6 +37,9 @@ const WRITE_BUFFER_BYTES: usize = 4 << 20;
 /// Chunks at least this large skip the buffer: their bytes go straight to the pack
 /// (one copy less of a large file's content).
 const DIRECT_WRITE_BYTES: usize = 64 << 10;
+
+/// How many of the chunks synced last keep their locations in memory.
+const RECENT_LOCATIONS: usize = 65_536;
 
 /// Where a chunk's bytes are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +68,35 @@ impl Location {
             offset: u64::from_le_bytes(bytes[4..12].try_into().ok()?),
             len: u32::from_le_bytes(bytes[12..].try_into().ok()?),
         })
+    }
+}
+
+/// The locations of the chunks synced last: a passive's apply checks and reads the
+/// chunks it has just fetched, and finds them here rather than in the sled tree (two
+/// lookups a small file, ~5% of a small-file sync's CPU). The tree stays the truth:
+/// entries are added after it took them, and dropped whenever chunks move or go.
+#[derive(Default)]
+struct RecentLocations {
+    by_hash: HashMap<Hash, Location>,
+    /// Oldest first; a hash synced twice may be here twice (the older one then only
+    /// drops its entry early: a lookup in the tree instead).
+    order: VecDeque<Hash>,
+}
+
+impl RecentLocations {
+    fn remember(&mut self, hash: Hash, location: Location) {
+        if self.order.len() >= RECENT_LOCATIONS {
+            if let Some(oldest) = self.order.pop_front() {
+                self.by_hash.remove(&oldest);
+            }
+        }
+        self.by_hash.insert(hash, location);
+        self.order.push_back(hash);
+    }
+
+    fn clear(&mut self) {
+        self.by_hash.clear();
+        self.order.clear();
     }
 }
 
@@ -166,6 +198,7 @@ pub struct ChunkStore {
     locations: sled::Tree,
     writer: Mutex<PackWriter>,
     readers: Mutex<HashMap<u32, Arc<File>>>,
+    recent: RwLock<RecentLocations>,
     /// A pack is rolled once it passes this many bytes (`PACK_TARGET_BYTES`; tests
     /// lower it to exercise rolling).
     pack_target_bytes: AtomicU64,
@@ -229,6 +262,7 @@ impl ChunkStore {
             locations,
             writer: Mutex::new(writer),
             readers: Mutex::new(HashMap::new()),
+            recent: RwLock::new(RecentLocations::default()),
         })
     }
 
@@ -292,7 +326,22 @@ impl ChunkStore {
         self.dir.join(pack_name(pack))
     }
 
+    fn recent(&self) -> std::sync::RwLockReadGuard<'_, RecentLocations> {
+        self.recent
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn recent_mut(&self) -> std::sync::RwLockWriteGuard<'_, RecentLocations> {
+        self.recent
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn stored_location(&self, hash: &Hash) -> Result<Option<Location>> {
+        if let Some(location) = self.recent().by_hash.get(hash) {
+            return Ok(Some(*location));
+        }
         match self.locations.get(hash.0)? {
             None => Ok(None),
             Some(bytes) => Location::from_bytes(&bytes)
@@ -311,7 +360,7 @@ impl ChunkStore {
     pub fn contains(&self, hash: &Hash) -> Result<bool> {
         // Synced chunks are found without the writer's lock, which a sync holds
         // through its fdatasync.
-        if self.locations.contains_key(hash.0)? {
+        if self.recent().by_hash.contains_key(hash) || self.locations.contains_key(hash.0)? {
             return Ok(true);
         }
         let writer = lock(&self.writer);
@@ -354,7 +403,9 @@ impl ChunkStore {
     }
 
     fn insert(&self, hash: Hash, bytes: &[u8], dedup: Dedup) -> Result<()> {
-        if dedup == Dedup::All && self.locations.contains_key(hash.0)? {
+        if dedup == Dedup::All
+            && (self.recent().by_hash.contains_key(&hash) || self.locations.contains_key(hash.0)?)
+        {
             return Ok(());
         }
         let force = dedup == Dedup::None;
@@ -412,8 +463,10 @@ impl ChunkStore {
         let path = self.pack_path(writer.pack);
         writer.flush_buffer(&path)?;
         writer.file.sync_data().at("fsync", &path)?;
+        let mut recent = self.recent_mut();
         for (hash, location) in writer.pending.drain() {
             let previous = self.locations.insert(hash.0, &location.to_bytes())?;
+            recent.remember(hash, location);
             if previous.is_none() {
                 self.stored_chunks.fetch_add(1, Ordering::Relaxed);
                 self.stored_bytes
@@ -523,6 +576,9 @@ impl ChunkStore {
     pub fn collect_garbage(&self, live: &HashSet<Hash>) -> Result<GcReport> {
         let mut writer = lock(&self.writer);
         self.sync_locked(&mut writer)?;
+        // Chunks move and go: every lookup goes to the tree until this is over (the
+        // copies' syncs below remember their new places again).
+        self.recent_mut().clear();
         let mut by_pack: BTreeMap<u32, LiveAndDead> = BTreeMap::new();
         for item in self.locations.iter() {
             let (key, value) = item?;
@@ -558,6 +614,7 @@ impl ChunkStore {
             }
             writer = lock(&self.writer);
             for (hash, location) in dead {
+                self.recent_mut().by_hash.remove(hash);
                 if self.locations.remove(hash.0)?.is_some() {
                     self.stored_chunks.fetch_sub(1, Ordering::Relaxed);
                     self.stored_bytes

@@ -119,7 +119,7 @@ fn garbage_collection_that_rolls_packs_keeps_every_live_chunk() {
     let node = Node::new();
     let store = node.repository.chunks();
     store.set_pack_target_bytes(64 * 1024);
-    let mut live = std::collections::HashSet::new();
+    let (mut live, mut dead) = (std::collections::HashSet::new(), Vec::new());
     for index in 0..200u32 {
         let bytes: Vec<u8> = (0..9_000u32)
             .map(|at| ((at * 7 + index * 13) % 251) as u8)
@@ -127,6 +127,8 @@ fn garbage_collection_that_rolls_packs_keeps_every_live_chunk() {
         let hash = store.put(&bytes).unwrap();
         if index % 3 != 0 {
             live.insert(hash);
+        } else {
+            dead.push(hash);
         }
     }
     store.sync().unwrap();
@@ -138,6 +140,13 @@ fn garbage_collection_that_rolls_packs_keeps_every_live_chunk() {
             .unwrap_or_else(|error| panic!("live chunk {hash} lost: {error}"));
     }
     assert_eq!(store.usage().0, live.len() as u64);
+    // Gone means gone, from memory too (the store remembers chunks just synced).
+    for hash in &dead {
+        assert!(
+            !store.contains(hash).unwrap(),
+            "dead chunk {hash} still found"
+        );
+    }
 }
 
 /// Regression (review): events recorded while a quarantine runs are never lost — the
