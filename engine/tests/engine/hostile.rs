@@ -204,18 +204,7 @@ fn a_corrupted_chunk_in_a_batch_written_in_parallel_fails_it_whole() {
     for dir in 0..5 {
         std::fs::create_dir(active.folder.join(format!("p{dir}"))).unwrap();
     }
-    for file in 0..40u32 {
-        let content = if file == 23 {
-            vec![42u8; 5000]
-        } else {
-            format!("file {file}").into_bytes()
-        };
-        std::fs::write(
-            active.folder.join(format!("p{}/f{file}", file % 5)),
-            content,
-        )
-        .unwrap();
-    }
+    write_forty_files(&active.folder, 5, "file", true);
     let events = active.capture();
     let puts = events
         .iter()
@@ -230,6 +219,19 @@ fn a_corrupted_chunk_in_a_batch_written_in_parallel_fails_it_whole() {
     assert_eq!(snapshot(&fresh.folder), snapshot(&active.folder));
 }
 
+/// Write `p{file % dirs}/f{file}` for 40 files, `"{label} {file}"` each; with
+/// `damageable`, file 23 holds the 42s whose chunk `damage_chunk_of_42s` damages.
+fn write_forty_files(folder: &std::path::Path, dirs: u32, label: &str, damageable: bool) {
+    for file in 0..40u32 {
+        let content = if damageable && file == 23 {
+            vec![42u8; 5000]
+        } else {
+            format!("{label} {file}").into_bytes()
+        };
+        std::fs::write(folder.join(format!("p{}/f{file}", file % dirs)), content).unwrap();
+    }
+}
+
 /// A file replaced by a batch is exchanged with its new version, and the old version
 /// removed after the batch: none is left behind when the batch succeeds, when it also
 /// renames the directory the old versions are in, or when it fails on a damaged chunk
@@ -237,20 +239,7 @@ fn a_corrupted_chunk_in_a_batch_written_in_parallel_fails_it_whole() {
 #[test]
 fn replaced_files_leave_no_old_versions_behind() {
     let (active, passive) = pair();
-    let write_all = |round: &str| {
-        for file in 0..40u32 {
-            let content = if round == "third" && file == 23 {
-                vec![42u8; 5000]
-            } else {
-                format!("{round} {file}").into_bytes()
-            };
-            std::fs::write(
-                active.folder.join(format!("p{}/f{file}", file % 4)),
-                content,
-            )
-            .unwrap();
-        }
-    };
+    let write_all = |round: &str| write_forty_files(&active.folder, 4, round, round == "third");
     for dir in 0..4 {
         std::fs::create_dir(active.folder.join(format!("p{dir}"))).unwrap();
     }
