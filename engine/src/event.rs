@@ -71,6 +71,11 @@ pub enum Change {
     SetMode { path: RelPath, mode: u32 },
     /// `node` became authoritative; the event's epoch is the new epoch.
     Promote { node: String },
+    /// The next `events` events are one group: the changes of one capture (a cut of
+    /// the folder at one instant). The folder is in a state it really had only at a
+    /// group's end, so a passive promotes only there (invariant 10). Changes nothing.
+    /// An event outside any group is a group of its own.
+    Group { events: u32 },
 }
 
 impl Change {
@@ -83,7 +88,7 @@ impl Change {
             | Change::Remove { path }
             | Change::SetMode { path, .. } => vec![path],
             Change::Rename { from, to } => vec![from, to],
-            Change::Promote { .. } => vec![],
+            Change::Promote { .. } | Change::Group { .. } => vec![],
         }
     }
 
@@ -109,6 +114,7 @@ impl Change {
             Change::Rename { .. } => "rename",
             Change::SetMode { .. } => "set-mode",
             Change::Promote { .. } => "promote",
+            Change::Group { .. } => "group",
         }
     }
 }
@@ -363,6 +369,11 @@ mod tests {
             },
             concat!("06000000", "0400000000000000", "62657461"),
         );
+    }
+
+    #[test]
+    fn golden_group() {
+        golden(Change::Group { events: 3 }, concat!("07000000", "03000000"));
     }
 
     #[test]

@@ -298,7 +298,7 @@ impl FolderIndex {
                 Some(_) => Ok(()),
                 None => Err(misfit(path, "nothing to change the mode of".to_string())),
             },
-            Change::Promote { .. } => Ok(()),
+            Change::Promote { .. } | Change::Group { .. } => Ok(()),
         }
     }
 
@@ -349,7 +349,7 @@ impl FolderIndex {
                 }
                 self.set(path.clone(), entry);
             }
-            Change::Promote { .. } => {}
+            Change::Promote { .. } | Change::Group { .. } => {}
         }
         Ok(())
     }

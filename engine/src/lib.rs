@@ -40,7 +40,7 @@ pub mod role;
 pub mod scan;
 pub mod verify;
 
-pub use capture::{Capture, CaptureOptions};
+pub use capture::{Capture, CaptureOptions, CaptureStats};
 pub use chunk_store::ChunkStore;
 pub use error::{Error, Result};
 pub use event::{Change, ChunkRef, Event, EventBody};

@@ -155,6 +155,7 @@ pub fn quarantine_after(repository: &Repository, seq: u64) -> Result<Option<Quar
                 record.to = Some(String::from_utf8_lossy(target).into_owned())
             }
             Change::Promote { node } => record.path = node.clone(),
+            Change::Group { events } => record.path = format!("{events} events"),
             Change::Remove { .. } => {}
         }
         manifest.events.push(record);

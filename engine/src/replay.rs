@@ -710,7 +710,7 @@ fn apply_change(
             std::fs::rename(&source, &destination).at("rename", &source)
         }
         Change::SetMode { path, mode } => set_mode(&path.under(root), *mode),
-        Change::Promote { .. } => Ok(()),
+        Change::Promote { .. } | Change::Group { .. } => Ok(()),
     }
     .inspect(|()| {
         if matches!(event.body.change, Change::Remove { .. }) {

@@ -198,18 +198,29 @@ pub fn cover(
     out
 }
 
-/// Compare `scope` on disk with the index and return the changes that make the index
-/// match the disk. Content of new and changed files is put in the chunk store (not yet
-/// synced: `Repository::record` syncs it before the events are written). The caller
-/// should hold `Repository::content_guard` until the changes are recorded.
+/// What comparing a scope found.
+#[derive(Debug, Default)]
+pub struct Diff {
+    /// The changes that make the index match the disk.
+    pub changes: Vec<Change>,
+    /// Files that could not be read stably (written all through every try): left as
+    /// the index has them, to be read again later.
+    pub unstable: Vec<RelPath>,
+}
+
+/// Compare `scope` on disk with `base` (the repository's index when `None`) and return
+/// the changes that make the index match the disk. Content of new and changed files is
+/// put in the chunk store (not yet synced: `Repository::record` syncs it before the
+/// events are written). The caller should hold `Repository::content_guard` until the
+/// changes are recorded.
 pub fn diff_scope(
     root: &Path,
     repository: &Repository,
+    base: Option<&FolderIndex>,
     scope: Option<&RelPath>,
-) -> Result<Vec<Change>> {
+) -> Result<Diff> {
     let disk = walk(root, scope)?;
-    let indexed: BTreeMap<RelPath, Entry> = {
-        let index = repository.lock_index();
+    let subtree = |index: &FolderIndex| -> BTreeMap<RelPath, Entry> {
         match scope {
             None => index
                 .iter()
@@ -220,6 +231,10 @@ pub fn diff_scope(
                 .map(|(path, entry)| (path.clone(), entry.clone()))
                 .collect(),
         }
+    };
+    let indexed: BTreeMap<RelPath, Entry> = match base {
+        Some(index) => subtree(index),
+        None => subtree(&repository.lock_index()),
     };
     let mut changes: Vec<Option<Change>> = Vec::new();
     let mut captures: Vec<(usize, &RelPath, Option<&Entry>)> = Vec::new();
@@ -311,29 +326,42 @@ pub fn diff_scope(
             }
         }
     }
+    let mut unstable = Vec::new();
     for (slot, captured) in capture_files(root, repository, &captures)? {
-        changes[slot] = captured;
+        match captured {
+            Captured::Put(change) => changes[slot] = Some(change),
+            Captured::Same | Captured::Gone => {}
+            Captured::Unstable => {
+                // `captures` is in slot order.
+                if let Ok(at) = captures.binary_search_by_key(&slot, |(at, _, _)| *at) {
+                    unstable.push(captures[at].1.clone());
+                }
+            }
+        }
     }
-    Ok(changes.into_iter().flatten().collect())
+    Ok(Diff {
+        changes: changes.into_iter().flatten().collect(),
+        unstable,
+    })
 }
 
 /// Files read (chunked, hashed, stored) at once while a scope is compared.
 const CAPTURE_THREADS_MAX: usize = 4;
 
 /// Capture the files of `captures` (slot in the caller's list, path, indexed entry),
-/// on several threads when there are several; returns each slot's change, `None`
-/// where the file vanished or its content, mode and mtime are what the index holds.
+/// on several threads when there are several; returns what each slot's file gave
+/// (`Same` where its content, mode and mtime are what the index holds).
 /// On an error, the first failing file's (in the given order) is returned.
 fn capture_files(
     root: &Path,
     repository: &Repository,
     captures: &[(usize, &RelPath, Option<&Entry>)],
-) -> Result<Vec<(usize, Option<Change>)>> {
+) -> Result<Vec<(usize, Captured)>> {
     let capture_one = |(slot, path, before): &(usize, &RelPath, Option<&Entry>)| {
         let captured = capture_file(root, repository, path).map_err(|error| (*slot, error))?;
         let change = match (captured, before) {
             (
-                Some(Change::Put {
+                Captured::Put(Change::Put {
                     mode,
                     mtime_ns,
                     content,
@@ -345,8 +373,10 @@ fn capture_files(
                     content: old_content,
                     ..
                 }),
-            ) if mode == *old_mode && mtime_ns == *old_mtime && content == *old_content => None,
-            (change, _) => change,
+            ) if mode == *old_mode && mtime_ns == *old_mtime && content == *old_content => {
+                Captured::Same
+            }
+            (captured, _) => captured,
         };
         Ok((*slot, change))
     };
@@ -363,7 +393,7 @@ fn capture_files(
             .map_err(|(_, error)| error);
     }
     // Files are dealt to threads in turn, so large and small ones spread evenly.
-    type Lane = std::result::Result<Vec<(usize, Option<Change>)>, (usize, Error)>;
+    type Lane = std::result::Result<Vec<(usize, Captured)>, (usize, Error)>;
     let lane = |first: usize| -> Lane {
         captures
             .iter()
@@ -403,57 +433,157 @@ fn capture_files(
     }
 }
 
-/// Read one file (never through a symlink) into the chunk store and describe it as a
-/// `Put`. `None` when the file vanished or turned into something else meanwhile.
-pub fn capture_file(
-    root: &Path,
-    repository: &Repository,
-    path: &RelPath,
-) -> Result<Option<Change>> {
-    let full = path.under(root);
-    let file: File = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&full)
-    {
-        Ok(file) => file,
-        Err(error)
-            if error.kind() == std::io::ErrorKind::NotFound
-                || error.raw_os_error() == Some(libc::ELOOP) =>
-        {
-            return Ok(None)
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
-            // One unreadable file must not stop the capture of every other one: keep
-            // its last recorded state and say so.
-            tracing::warn!(path = %full.display(), "cannot read file; keeping its last recorded version");
-            return Ok(None);
-        }
-        Err(error) => {
-            return Err(Error::Io {
-                op: "open",
-                path: full,
-                source: error,
-            })
-        }
-    };
-    let metadata = file.metadata().at("stat", &full)?;
-    if !metadata.is_file() {
-        return Ok(None);
-    }
-    let stored = store_content(&file, repository.chunks(), &full)?;
-    Ok(Some(Change::Put {
-        path: path.clone(),
-        mode: metadata.mode() & MODE_MASK,
-        mtime_ns: mtime_ns(&metadata),
-        size: stored.size,
-        content: stored.content,
-        chunks: stored.chunks,
-    }))
+/// What reading one file gave.
+#[derive(Debug)]
+pub enum Captured {
+    /// The file as it was at one instant, as a `Put`.
+    Put(Change),
+    /// What the index already holds (set by the diff, never by `capture_file`).
+    Same,
+    /// Nothing to record: the file vanished, turned into something else, or cannot be
+    /// read (its last recorded version is kept).
+    Gone,
+    /// Written during every try: no version could be read whole.
+    Unstable,
 }
 
-/// Scan `scopes` (`None` is the whole folder) and record the differences in `epoch`.
-/// Returns the events recorded.
+/// How many times `capture_file` reads a file that changes while it is read.
+pub const STABLE_READ_TRIES: u32 = 4;
+
+/// Read one file (never through a symlink) into the chunk store and describe it as a
+/// `Put`: a version the file really had at one instant (invariant 10).
+///
+/// A read is *stable* when the file's size, mtime and ctime are the same before and
+/// after it and the read found exactly `size` bytes. Any `write(2)` moves mtime and
+/// ctime, and Linux (6.13 and later, multigrain timestamps) gives a file whose times
+/// were just queried a fresh fine-grained time on its next change, so a write that
+/// overlapped the read cannot hide in the same clock tick. A read that overlapped a
+/// write is redone, a few times with a growing pause, copying the file first (into
+/// memory, or a temporary file in `data_dir` when large) so that only the copy, not
+/// the hashing, must fit between two writes; then `Unstable`.
+pub fn capture_file(root: &Path, repository: &Repository, path: &RelPath) -> Result<Captured> {
+    let full = path.under(root);
+    for attempt in 0..STABLE_READ_TRIES {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(2 << attempt));
+        }
+        let file: File = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&full)
+        {
+            Ok(file) => file,
+            Err(error)
+                if error.kind() == std::io::ErrorKind::NotFound
+                    || error.raw_os_error() == Some(libc::ELOOP) =>
+            {
+                return Ok(Captured::Gone)
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+                // One unreadable file must not stop the capture of every other one: keep
+                // its last recorded state and say so.
+                tracing::warn!(path = %full.display(), "cannot read file; keeping its last recorded version");
+                return Ok(Captured::Gone);
+            }
+            Err(error) => {
+                return Err(Error::Io {
+                    op: "open",
+                    path: full,
+                    source: error,
+                })
+            }
+        };
+        let before = file.metadata().at("stat", &full)?;
+        if !before.is_file() {
+            return Ok(Captured::Gone);
+        }
+        let stored = if attempt == 0 {
+            // Chunk and hash as it is read: the cheap way, for a file left alone.
+            let stored = store_content(&file, repository.chunks(), &full)?;
+            let after = file.metadata().at("stat", &full)?;
+            if !same_version(&before, &after) || stored.size != after.len() {
+                tracing::debug!(path = %full.display(), "the file changed while it was read; copying it first");
+                continue;
+            }
+            stored
+        } else {
+            // Written while it was read: copy it first (as fast as the kernel can),
+            // so the window a write must miss is the copy's, not the hashing's.
+            let copy = match copy_quickly(&file, repository.data_dir(), &full)? {
+                Some(copy) => copy,
+                None => continue,
+            };
+            let after = file.metadata().at("stat", &full)?;
+            if !same_version(&before, &after) {
+                tracing::debug!(path = %full.display(), attempt, "the file changed while it was copied; copying it again");
+                continue;
+            }
+            let stored = match copy {
+                QuickCopy::Memory(bytes) => {
+                    store_content(bytes.as_slice(), repository.chunks(), &full)?
+                }
+                QuickCopy::File(temp) => store_content(&temp, repository.chunks(), &full)?,
+            };
+            if stored.size != before.len() {
+                continue;
+            }
+            stored
+        };
+        return Ok(Captured::Put(Change::Put {
+            path: path.clone(),
+            mode: before.mode() & MODE_MASK,
+            mtime_ns: mtime_ns(&before),
+            size: stored.size,
+            content: stored.content,
+            chunks: stored.chunks,
+        }));
+    }
+    Ok(Captured::Unstable)
+}
+
+/// Files up to this size are copied into memory when they must be read quickly;
+/// larger ones into a temporary file in `data_dir`.
+const QUICK_COPY_MEMORY_BYTES: u64 = 64 << 20;
+
+/// A file's bytes copied aside.
+enum QuickCopy {
+    Memory(Vec<u8>),
+    File(File),
+}
+
+/// Copy `file` from its start, in memory or (large) into `data_dir/capture/` with
+/// the kernel's copy (`copy_file_range`). `None` if the copy was not the whole file.
+fn copy_quickly(file: &File, data_dir: &Path, what: &Path) -> Result<Option<QuickCopy>> {
+    use std::io::{Read, Seek};
+    let mut reader = file;
+    reader.rewind().at("seek", what)?;
+    let size = file.metadata().at("stat", what)?.len();
+    if size <= QUICK_COPY_MEMORY_BYTES {
+        let mut bytes = Vec::with_capacity(size as usize);
+        reader.read_to_end(&mut bytes).at("read", what)?;
+        return Ok(Some(QuickCopy::Memory(bytes)));
+    }
+    let dir = data_dir.join("capture");
+    std::fs::create_dir_all(&dir).at("create", &dir)?;
+    // Unnamed (O_TMPFILE): gone with its descriptor, whatever happens.
+    let mut temp = tempfile::tempfile_in(&dir).at("create", &dir)?;
+    let copied = std::io::copy(&mut reader, &mut temp).at("copy", what)?;
+    temp.rewind().at("seek", &dir)?;
+    Ok((copied == size).then_some(QuickCopy::File(temp)))
+}
+
+/// Whether two stats of one open file show the same version of it.
+fn same_version(before: &std::fs::Metadata, after: &std::fs::Metadata) -> bool {
+    before.len() == after.len()
+        && before.mtime() == after.mtime()
+        && before.mtime_nsec() == after.mtime_nsec()
+        && before.ctime() == after.ctime()
+        && before.ctime_nsec() == after.ctime_nsec()
+}
+
+/// Scan `scopes` (`None` is the whole folder) and record the differences in `epoch`
+/// as one group. Returns the events recorded; files that could not be read stably are
+/// named in a warning and left as the index has them (capture reads them again).
 pub fn record_scopes(
     root: &Path,
     repository: &Repository,
@@ -463,7 +593,11 @@ pub fn record_scopes(
     let _guard = repository.content_guard();
     let mut changes = Vec::new();
     for scope in scopes {
-        changes.extend(diff_scope(root, repository, scope.as_ref())?);
+        let diff = diff_scope(root, repository, None, scope.as_ref())?;
+        for path in &diff.unstable {
+            tracing::warn!(%path, "the file was written during every read; keeping its last recorded version");
+        }
+        changes.extend(diff.changes);
     }
     if changes.is_empty() {
         return Ok(Vec::new());
@@ -471,8 +605,8 @@ pub fn record_scopes(
     repository.record(epoch, changes)
 }
 
-/// Compare the whole folder with the index and record every difference (start-up
-/// reconcile, overflow recovery and the periodic safety-net rescan).
+/// Compare the whole folder with the index and record every difference (a one-off
+/// reconcile outside a running capture: tools, tests, benchmarks).
 pub fn reconcile(
     root: &Path,
     repository: &Repository,

@@ -64,6 +64,7 @@ pub fn status_to_wire(status: &NodeStatus, node: &Node) -> wire::StatusResponse 
             .collect(),
         authority: status.authority.clone(),
         authority_summary: status.authority_summary.clone(),
+        unstable_files: status.unstable_files.clone(),
     }
 }
 
@@ -102,6 +103,7 @@ pub fn status_from_wire(status: &wire::StatusResponse) -> NodeStatus {
             .collect(),
         authority: status.authority.clone(),
         authority_summary: status.authority_summary.clone(),
+        unstable_files: status.unstable_files.clone(),
     }
 }
 

@@ -44,6 +44,7 @@ struct RawConfig {
     on_promote: Option<String>,
     on_demote: Option<String>,
     rescan_interval_s: Option<u64>,
+    max_capture_delay_ms: Option<u64>,
     log_retention_events: Option<u64>,
     compaction_interval_s: Option<u64>,
     authority: Option<String>,
@@ -78,6 +79,8 @@ pub struct Config {
     pub on_promote: Option<String>,
     pub on_demote: Option<String>,
     pub rescan_interval_s: u64,
+    /// The longest a changed file waits to be recorded, however busy it stays.
+    pub max_capture_delay_ms: u64,
     /// Events kept in the log; older ones are compacted away (a passive further
     /// behind starts again from a snapshot).
     pub log_retention_events: u64,
@@ -137,6 +140,7 @@ pub const DEFAULT_REPLICATION_PERIOD_S: f64 = 5.0;
 pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 500;
 pub const DEFAULT_FAILOVER_AFTER_MS: u64 = 5_000;
 pub const DEFAULT_RESCAN_INTERVAL_S: u64 = 600;
+pub const DEFAULT_MAX_CAPTURE_DELAY_MS: u64 = 1_000;
 pub const DEFAULT_LOG_RETENTION_EVENTS: u64 = 1_000_000;
 pub const DEFAULT_COMPACTION_INTERVAL_S: u64 = 300;
 
@@ -357,6 +361,15 @@ impl Config {
                 format!("{rescan_interval_s} must be between 1 and 604800 seconds"),
             ));
         }
+        let max_capture_delay_ms = raw
+            .max_capture_delay_ms
+            .unwrap_or(DEFAULT_MAX_CAPTURE_DELAY_MS);
+        if !(10..=600_000).contains(&max_capture_delay_ms) {
+            return Err(key(
+                "max_capture_delay_ms",
+                format!("{max_capture_delay_ms} must be between 10 and 600000 milliseconds"),
+            ));
+        }
         let log_retention_events = raw
             .log_retention_events
             .unwrap_or(DEFAULT_LOG_RETENTION_EVENTS);
@@ -401,6 +414,7 @@ impl Config {
             on_promote: raw.on_promote,
             on_demote: raw.on_demote,
             rescan_interval_s,
+            max_capture_delay_ms,
             log_retention_events,
             compaction_interval_s,
             authority,

@@ -169,6 +169,7 @@ impl Coordinator {
             Action::RecordPromote { epoch } => {
                 let name = node.config.node_name.clone();
                 let recorded = tokio::task::spawn_blocking(move || {
+                    drop_incomplete_group(&node)?;
                     node.repository
                         .record(epoch, vec![Change::Promote { node: name }])
                 })
@@ -526,6 +527,29 @@ async fn common_point(
         }
     }
     Ok(low)
+}
+
+/// Before a promotion: a log that ends inside a group (part of the old active's last
+/// capture arrived) is put back to where that group began, so the promoted folder is
+/// a state the old active's folder really had (invariant 10). The group's events go
+/// to quarantine like any others this node will not keep; the old active still has
+/// them too.
+fn drop_incomplete_group(node: &Node) -> standin_engine::Result<()> {
+    let Some(start) = node.repository.incomplete_group_start()? else {
+        return Ok(());
+    };
+    let head = node.repository.head().seq;
+    if let Some(quarantined) =
+        standin_engine::quarantine::quarantine_after(&node.repository, start - 1)?
+    {
+        tracing::warn!(
+            from_seq = start,
+            to_seq = head,
+            dir = %quarantined.dir.display(),
+            "the last capture of the old active arrived only in part; promoting from the state before it"
+        );
+    }
+    standin_engine::quarantine::rewind_folder(&node.config.folder, &node.repository)
 }
 
 /// The rejoin: find the last event we share with the authority, quarantine ours after

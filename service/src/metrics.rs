@@ -37,6 +37,10 @@ pub struct Metrics {
     pub chunk_bytes_served: Counter,
     pub events_served: Counter,
     pub pull_errors: Family<KindLabel, Counter>,
+    pub capture_groups: Counter,
+    pub capture_unstable_reads: Counter,
+    pub capture_unordered_groups: Counter,
+    pub capture_unstable_files: Gauge,
 }
 
 impl Metrics {
@@ -58,6 +62,10 @@ impl Metrics {
             chunk_bytes_served: Counter::default(),
             events_served: Counter::default(),
             pull_errors: Family::default(),
+            capture_groups: Counter::default(),
+            capture_unstable_reads: Counter::default(),
+            capture_unordered_groups: Counter::default(),
+            capture_unstable_files: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -134,6 +142,26 @@ impl Metrics {
             "pull_errors",
             "Failed pulls, by kind",
             metrics.pull_errors.clone(),
+        );
+        registry.register(
+            "capture_groups",
+            "Groups of changes capture recorded (each a state the folder really had)",
+            metrics.capture_groups.clone(),
+        );
+        registry.register(
+            "capture_unstable_reads",
+            "Reads of a file that was written during every try (read again later)",
+            metrics.capture_unstable_reads.clone(),
+        );
+        registry.register(
+            "capture_unordered_groups",
+            "Groups recorded while several of their files kept changing (order across files not confirmed)",
+            metrics.capture_unordered_groups.clone(),
+        );
+        registry.register(
+            "capture_unstable_files",
+            "Files whose last read was unstable (their last recorded version stands)",
+            metrics.capture_unstable_files.clone(),
         );
         Metrics {
             registry,

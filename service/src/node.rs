@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex, RwLock};
 
-use standin_engine::capture::CaptureOptions;
+use standin_engine::capture::{CaptureOptions, CaptureStats};
 use standin_engine::{Capture, Head, Repository};
 use tokio::sync::watch;
 
@@ -43,6 +43,9 @@ pub struct NodeStatus {
     /// What the authority protects against right now (peer mode: unsafe on a cut link).
     #[serde(default)]
     pub authority_summary: String,
+    /// Files capture could not read stably at their last try.
+    #[serde(default)]
+    pub unstable_files: Vec<String>,
 }
 
 /// A terminal server as `status` lists it.
@@ -84,6 +87,8 @@ pub struct Node {
     behind_since_ms: Mutex<Option<u64>>,
     last_error: Mutex<Option<String>>,
     capture: Mutex<Option<Capture>>,
+    /// What every capture of this process counted (kept across captures).
+    pub capture_stats: Arc<CaptureStats>,
     /// Held shared while the passive fetches chunks and applies them (batches overlap:
     /// one is fetched while the previous one is applied), and exclusively by
     /// compaction's garbage collection: a chunk fetched but not yet named by an
@@ -149,6 +154,7 @@ impl Node {
             behind_since_ms: Mutex::new(None),
             last_error: Mutex::new(None),
             capture: Mutex::new(None),
+            capture_stats: Arc::default(),
             apply_lock: Arc::new(tokio::sync::RwLock::new(())),
             load_table: crate::site::LoadTable::default(),
             authority_status: Mutex::new(None),
@@ -224,14 +230,16 @@ impl Node {
         }
         let options = CaptureOptions {
             rescan_interval_ms: self.config.rescan_interval_s * 1000,
+            max_delay_ms: self.config.max_capture_delay_ms,
             ..CaptureOptions::default()
         };
         *capture = Some(
-            Capture::start(
+            Capture::start_with_stats(
                 &self.config.folder,
                 self.repository.clone(),
                 self.epoch(),
                 options,
+                self.capture_stats.clone(),
             )
             .map_err(|error| {
                 anyhow::anyhow!("start capture of {}: {error}", self.config.folder.display())
@@ -334,6 +342,12 @@ impl Node {
             quarantined_events: self.quarantined_events(),
             authority: self.authority_status().mode.to_string(),
             authority_summary: self.authority_status().summary,
+            unstable_files: self
+                .capture_stats
+                .unstable_paths()
+                .into_iter()
+                .map(|(path, _)| path)
+                .collect(),
             last_error: match self.role() {
                 // A fenced or suspended node says why, first.
                 Role::Fenced { reason } => format!("fenced: {reason}"),
@@ -378,6 +392,20 @@ impl Node {
         metrics
             .quarantined_events
             .set(status.quarantined_events as i64);
+        metrics
+            .capture_unstable_files
+            .set(status.unstable_files.len() as i64);
+        let capture = &self.capture_stats;
+        for (counter, value) in [
+            (&metrics.capture_groups, &capture.groups),
+            (&metrics.capture_unstable_reads, &capture.unstable_reads),
+            (&metrics.capture_unordered_groups, &capture.unordered_groups),
+        ] {
+            counter.inner().store(
+                value.load(std::sync::atomic::Ordering::Relaxed),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         let current = self.role().name();
         for role in [
             "starting",

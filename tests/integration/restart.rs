@@ -22,8 +22,9 @@ fn a_passive_killed_mid_catch_up_resumes_without_fetching_again() {
         }
     }
     pair.alpha.start();
-    // 20 directories and 2,000 files: the active's start-up reconcile records them.
-    wait_until("alpha to record the tree", || pair.alpha.head_seq() == 2020);
+    // 20 directories and 2,000 files: the active's start-up reconcile records them, as
+    // one group (its `Group` event first).
+    wait_until("alpha to record the tree", || pair.alpha.head_seq() == 2021);
     let target = pair.alpha.head_seq();
 
     pair.beta.start();

@@ -14,7 +14,8 @@ fn node_with_events() -> Node {
         )
         .unwrap();
     }
-    assert_eq!(node.capture().len(), 5);
+    // Five files, one group: a `Group` event and five `Put`s.
+    assert_eq!(node.capture().len(), 6);
     node
 }
 

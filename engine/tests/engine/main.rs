@@ -6,12 +6,14 @@
 //! - `hostile`: events and chunks that must be refused, with the replica unchanged.
 //! - `compaction`: log compaction, the base index and snapshots.
 //! - `capture`: the watcher's debouncing, renames, removals and start-up reconcile.
+//! - `consistency`: invariant 10 with writers running: whole versions, order kept.
 //! - `simulation`: the seeded pair simulation (roles, faults, nothing lost).
 //! - `quarantine_gc`: quarantining events and collecting garbage chunks.
 
 mod capture;
 mod chain;
 mod compaction;
+mod consistency;
 mod crash;
 mod hostile;
 mod quarantine_gc;

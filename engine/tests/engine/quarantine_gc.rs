@@ -20,13 +20,14 @@ fn events_after_the_common_point_go_to_quarantine_with_their_content() {
     std::fs::write(active.folder.join("records/kept"), b"edited late").unwrap();
     std::fs::create_dir(active.folder.join("newdir")).unwrap();
     let late = active.capture();
-    assert_eq!(late.len(), 3);
+    // One group: its `Group` event and three changes.
+    assert_eq!(late.len(), 4);
 
     let quarantined = quarantine_after(&active.repository, common.seq)
         .unwrap()
         .unwrap();
     assert_eq!(active.repository.head(), common);
-    assert_eq!(quarantined.manifest.events.len(), 3);
+    assert_eq!(quarantined.manifest.events.len(), 4);
     assert_eq!(quarantined.manifest.common_seq, common.seq);
     let late_put = quarantined
         .manifest

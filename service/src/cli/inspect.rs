@@ -170,6 +170,7 @@ fn print_event(event: &standin_engine::Event, json: bool) {
             format!("-> {}", String::from_utf8_lossy(target))
         }
         standin_engine::Change::Promote { node } => format!("node {node}"),
+        standin_engine::Change::Group { events } => format!("the next {events} events"),
         _ => String::new(),
     };
     if json {

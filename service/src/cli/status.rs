@@ -101,6 +101,19 @@ pub fn render_table(statuses: &[NodeStatus]) -> String {
             Box::new(|status| status.quarantined_events.to_string()),
         ),
         (
+            "unstable files",
+            Box::new(|status| {
+                if status.unstable_files.is_empty() {
+                    "-".to_string()
+                } else {
+                    format!(
+                        "{} (written during every read; last recorded version kept)",
+                        status.unstable_files.join(", ")
+                    )
+                }
+            }),
+        ),
+        (
             "period",
             Box::new(|status| format!("{} s", status.replication_period_s)),
         ),

@@ -1,0 +1,354 @@
+//! Recording one group: the pending paths read as of one point of the watcher's
+//! stream, written to the log by one `Repository::record` (a `Group`).
+//!
+//! Reading takes time, and the folder goes on changing meanwhile. A group is a state
+//! the folder really had when every file it read was unchanged from the moment the
+//! pending set was taken (the *cut*) until it was read. So after reading, capture
+//! touches the ordering mark (`barrier`) and takes every event up to it: the paths
+//! changed while it read. If none of them lies in what was read, the group is that
+//! state. Otherwise the changed paths are read again in a further *round*, which moves
+//! the cut to the first mark; the rounds end when a round's reads were not disturbed
+//! (or only one file changed, and only by its own writes: a stable read of one file is
+//! one instant of it). So a new object is recorded at or before the ref that names it,
+//! a temp file before its rename, whatever the debounce timers say.
+//!
+//! After `MAX_ROUNDS` the group is recorded anyway (each file still a version it
+//! really had, their order across files not guaranteed) and counted in
+//! `unordered_groups`: that takes several files rewritten in place without pause.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
+
+use super::watch_loop::Loop;
+use super::Message;
+use crate::error::{Error, Result};
+use crate::event::Change;
+use crate::index::{Entry, FolderIndex};
+use crate::path::RelPath;
+use crate::repository::Repository;
+use crate::scan::{cover, diff_scope, stat_disk, Diff, DiskEntry};
+
+/// Rounds of reading before a group is recorded without its order confirmed.
+const MAX_ROUNDS: u32 = 6;
+
+/// How long a group waits for its ordering mark before it records what it read
+/// (unconfirmed): a watcher that stopped delivering events cannot stop capture.
+const BARRIER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How soon a file that could not be read stably is tried again.
+const UNSTABLE_RETRY: Duration = Duration::from_millis(100);
+
+/// What a group reads first.
+pub(super) enum Scope {
+    /// The whole folder (start-up, overflow, the safety rescan).
+    Full,
+    /// These paths (and what is below them), in the order of their first change.
+    Paths(Vec<RelPath>),
+}
+
+/// What the ordering mark brought.
+struct Marked {
+    /// Folder paths changed since the group's previous mark (or its start).
+    touched: Vec<RelPath>,
+    /// The mark arrived (otherwise `touched` may be incomplete).
+    arrived: bool,
+}
+
+impl Loop {
+    /// Record one group starting from `scope`; returns the events recorded.
+    pub(super) fn record_group(&mut self, scope: Scope) -> Result<usize> {
+        let repository = self.repository.clone();
+        let _guard = repository.content_guard();
+        let started = Instant::now();
+        // The index as this group leaves it so far: copied only when a rename or a
+        // second round needs it.
+        let mut working: Option<FolderIndex> = None;
+        let mut changes: Vec<Change> = Vec::new();
+        let mut unstable: BTreeSet<RelPath> = BTreeSet::new();
+        let mut read_stably: HashSet<RelPath> = HashSet::new();
+        let mut round_scope = scope;
+        let mut rounds = 0;
+        let ordered;
+        let mut read_everything = false;
+        loop {
+            rounds += 1;
+            let hints: Vec<(RelPath, RelPath)> = self.renames.drain(..).collect();
+            if !hints.is_empty() {
+                let index = working.get_or_insert_with(|| repository.lock_index().clone());
+                changes.extend(rename_changes(&self.root, index, &hints));
+            }
+            let scopes: Vec<Option<RelPath>> = match &round_scope {
+                Scope::Full => vec![None],
+                Scope::Paths(paths) => {
+                    let covered = match &working {
+                        Some(index) => ordered_cover(index, &self.root, paths),
+                        None => ordered_cover(&repository.lock_index(), &self.root, paths),
+                    };
+                    covered.into_iter().map(Some).collect()
+                }
+            };
+            let diff = diff_scopes(&self.root, &repository, working.as_ref(), &scopes)?;
+            let within_read = |path: &RelPath| {
+                scopes.iter().any(|scope| match scope {
+                    None => true,
+                    Some(scope) => path.is_within(scope) || scope.is_within(path),
+                })
+            };
+            unstable.retain(|path| !within_read(path));
+            unstable.extend(diff.unstable.iter().cloned());
+            if let Scope::Full = &round_scope {
+                read_everything = true;
+            }
+            if let Scope::Paths(paths) = &round_scope {
+                read_stably.extend(
+                    paths
+                        .iter()
+                        .filter(|path| !diff.unstable.contains(path))
+                        .cloned(),
+                );
+            }
+            let marked = self.await_mark();
+            let mut touched: Vec<RelPath> = Vec::new();
+            for path in marked.touched {
+                if !touched.contains(&path) {
+                    touched.push(path);
+                }
+            }
+            let disturbed: Vec<&RelPath> =
+                touched.iter().filter(|path| within_read(path)).collect();
+            // One file changed by its own writes alone: its stable read is one instant
+            // of it, and nothing else moved.
+            let only_itself = touched.len() == 1 && disturbed.len() == 1;
+            let settled = marked.arrived && (disturbed.is_empty() || only_itself);
+            if settled
+                || rounds >= MAX_ROUNDS
+                || self.rescan_due.is_some()
+                || self.stop_requested
+                || !marked.arrived
+            {
+                ordered = settled;
+                changes.extend(diff.changes);
+                break;
+            }
+            // Read what changed meanwhile again, against the index as this group
+            // leaves it; the cut moves to this round's mark.
+            let index = working.get_or_insert_with(|| repository.lock_index().clone());
+            for change in &diff.changes {
+                index.apply(change).map_err(|misfit| Error::Apply {
+                    seq: repository.head().seq + 1,
+                    path: misfit.path.to_string(),
+                    reason: format!("capture round {rounds}: {}", misfit.reason),
+                })?;
+            }
+            changes.extend(diff.changes);
+            for path in &touched {
+                self.pending.remove(path);
+            }
+            round_scope = Scope::Paths(touched);
+        }
+        let count = if changes.is_empty() {
+            0
+        } else {
+            repository.record(self.epoch, changes)?.len()
+        };
+        self.stats.groups.fetch_add(1, Ordering::Relaxed);
+        if !ordered {
+            self.stats.unordered_groups.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                rounds,
+                "recorded a group whose files kept changing while they were read"
+            );
+        }
+        self.note_unstable(&unstable, &read_stably, read_everything);
+        tracing::debug!(
+            rounds,
+            events = count,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "group recorded"
+        );
+        Ok(count)
+    }
+
+    /// Touch the ordering mark and take the watcher's events until it arrives.
+    fn await_mark(&mut self) -> Marked {
+        let mut touched = Vec::new();
+        if let Err(error) = self.barrier.touch() {
+            tracing::warn!(%error, dir = %self.barrier.dir().display(), "cannot touch capture's ordering mark; the order of this group is not confirmed");
+            return Marked {
+                touched,
+                arrived: false,
+            };
+        }
+        let deadline = Instant::now() + BARRIER_TIMEOUT;
+        loop {
+            match self
+                .receiver
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(Message::Watch(Ok(event))) if self.barrier.is_touch(&event) => {
+                    return Marked {
+                        touched,
+                        arrived: true,
+                    }
+                }
+                Ok(Message::Watch(event)) => touched.extend(self.note(event)),
+                Ok(Message::Stop) => self.stop_requested = true,
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                    tracing::warn!(
+                        "the file watcher did not deliver capture's ordering mark in time; the order of this group is not confirmed"
+                    );
+                    return Marked {
+                        touched,
+                        arrived: false,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Keep the unstable files' list, and read them again soon.
+    fn note_unstable(
+        &mut self,
+        unstable: &BTreeSet<RelPath>,
+        read_stably: &HashSet<RelPath>,
+        read_everything: bool,
+    ) {
+        {
+            let mut listed = self
+                .stats
+                .unstable
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if read_everything {
+                listed.retain(|path, _| unstable.iter().any(|still| still.to_string() == *path));
+            }
+            for path in read_stably {
+                listed.remove(&path.to_string());
+            }
+            for path in unstable {
+                self.stats.unstable_reads.fetch_add(1, Ordering::Relaxed);
+                listed
+                    .entry(path.to_string())
+                    .or_insert_with(crate::fsutil::now_ms);
+                tracing::warn!(%path, "the file was written during every read; it will be read again");
+            }
+        }
+        let paths: Vec<RelPath> = unstable.iter().cloned().collect();
+        self.retry_later(&paths, UNSTABLE_RETRY);
+    }
+}
+
+/// The renames reported with both names, tried in order on `index` (each one applied
+/// to it when it fits what is on disk now).
+fn rename_changes(
+    root: &Path,
+    index: &mut FolderIndex,
+    hints: &[(RelPath, RelPath)],
+) -> Vec<Change> {
+    let mut out = Vec::new();
+    for (position, (from, to)) in hints.iter().enumerate() {
+        // Later renames may have moved this one's names again (a file renamed, then
+        // its directory): look for each name where it is now.
+        let now_at = |path: &RelPath| {
+            hints[position + 1..]
+                .iter()
+                .fold(path.clone(), |path, (later_from, later_to)| {
+                    if path.is_within(later_from) {
+                        path.rebase(later_from, later_to)
+                    } else {
+                        path
+                    }
+                })
+        };
+        let Some(entry) = index.get(from) else {
+            continue;
+        };
+        let moved_kind_matches = match stat_disk(&now_at(to).under(root)) {
+            Ok(Some(DiskEntry::Dir { .. })) => entry.is_dir(),
+            Ok(Some(DiskEntry::File { .. })) => matches!(entry, Entry::File { .. }),
+            Ok(Some(DiskEntry::Symlink { .. })) => matches!(entry, Entry::Symlink { .. }),
+            _ => false,
+        };
+        let source_gone = matches!(stat_disk(&now_at(from).under(root)), Ok(None));
+        let change = Change::Rename {
+            from: from.clone(),
+            to: to.clone(),
+        };
+        if moved_kind_matches && source_gone && index.apply(&change).is_ok() {
+            out.push(change);
+        }
+    }
+    out
+}
+
+/// `cover` of `paths` (in the order of their first change), the scopes in the order
+/// of the first change within each.
+fn ordered_cover(index: &FolderIndex, root: &Path, paths: &[RelPath]) -> Vec<RelPath> {
+    let mut scopes = cover(index, Some(root), paths.iter().cloned());
+    let lookup: HashSet<&RelPath> = scopes.iter().collect();
+    let mut first: HashMap<RelPath, usize> = HashMap::new();
+    for (position, path) in paths.iter().enumerate() {
+        let scope = std::iter::once(path.clone())
+            .chain(path.ancestors())
+            .find(|candidate| lookup.contains(candidate));
+        if let Some(scope) = scope {
+            first.entry(scope).or_insert(position);
+        }
+    }
+    scopes.sort_by_key(|scope| first.get(scope).copied().unwrap_or(usize::MAX));
+    scopes
+}
+
+/// Scopes handed to one thread by `diff_scopes`, at least.
+const SCOPES_PER_THREAD: usize = 16;
+
+/// `diff_scope` of each of `scopes` (disjoint) against `base` (the repository's
+/// index when `None`), their changes in scope order. Many scopes (a burst of changes
+/// all over the folder) are diffed on up to 4 threads: each one stats, reads and
+/// hashes its own files.
+fn diff_scopes(
+    root: &Path,
+    repository: &Repository,
+    base: Option<&FolderIndex>,
+    scopes: &[Option<RelPath>],
+) -> Result<Diff> {
+    let threads = std::thread::available_parallelism()
+        .map(|count| count.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
+        .min(scopes.len().div_ceil(SCOPES_PER_THREAD).max(1));
+    let diff = |scopes: &[Option<RelPath>]| -> Result<Diff> {
+        let mut out = Diff::default();
+        for scope in scopes {
+            let part = diff_scope(root, repository, base, scope.as_ref())?;
+            out.changes.extend(part.changes);
+            out.unstable.extend(part.unstable);
+        }
+        Ok(out)
+    };
+    if threads <= 1 {
+        return diff(scopes);
+    }
+    let per_thread = scopes.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = scopes
+            .chunks(per_thread)
+            .map(|part| scope.spawn(move || diff(part)))
+            .collect();
+        let mut out = Diff::default();
+        for worker in workers {
+            match worker.join() {
+                Ok(part) => {
+                    let part = part?;
+                    out.changes.extend(part.changes);
+                    out.unstable.extend(part.unstable);
+                }
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        Ok(out)
+    })
+}
