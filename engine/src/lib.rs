@@ -34,10 +34,12 @@ pub mod index;
 pub mod log;
 pub mod path;
 pub mod quarantine;
+pub mod read;
 pub mod replay;
 pub mod repository;
 pub mod role;
 pub mod scan;
+pub mod sqlite;
 pub mod verify;
 
 pub use capture::{Capture, CaptureOptions, CaptureStats};

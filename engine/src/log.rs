@@ -66,6 +66,24 @@ pub struct EventLog {
 
 const BASE_KEY: &[u8] = b"base";
 
+/// In the `log_base` tree: the last `Group` event appended, as its seq and the seq its
+/// group ends at (16 bytes, big-endian), so that a passive about to promote knows at
+/// once whether its log ends inside a group.
+const LAST_GROUP_KEY: &[u8] = b"last_group";
+
+fn decode_group(bytes: &[u8]) -> Option<(u64, u64)> {
+    let start = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+    let end = u64::from_be_bytes(bytes.get(8..16)?.try_into().ok()?);
+    Some((start, end))
+}
+
+fn encode_group((start, end): (u64, u64)) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&start.to_be_bytes());
+    out[8..].copy_from_slice(&end.to_be_bytes());
+    out
+}
+
 /// `seq ‖ hash ‖ epoch ‖ digest ‖ recorded_at_ms`, 88 bytes.
 fn encode_head(head: &Head) -> Vec<u8> {
     let mut out = Vec::with_capacity(88);
@@ -205,6 +223,33 @@ impl EventLog {
         }
     }
 
+    /// The group the log ends inside, if it does: (seq of its `Group` event, seq the
+    /// group ends at), with the head before that end.
+    pub fn open_group(&self) -> Result<Option<(u64, u64)>> {
+        let head = self.head().seq;
+        Ok(self
+            .log_base
+            .get(LAST_GROUP_KEY)?
+            .and_then(|bytes| decode_group(&bytes))
+            .filter(|(start, end)| *start <= head && head < *end))
+    }
+
+    /// Walk back from `seq` to the last `Group` event at or before it (or the base).
+    fn last_group_upto(&self, seq: u64) -> Result<Option<(u64, u64)>> {
+        let base = self.base().seq;
+        let mut at = seq;
+        while at > base {
+            let Some(value) = self.events.get(key(at))? else {
+                break;
+            };
+            if let crate::event::Change::Group { events } = decode_value(at, &value)?.body.change {
+                return Ok(Some((at, at + u64::from(events))));
+            }
+            at -= 1;
+        }
+        Ok(None)
+    }
+
     /// The last durable event.
     pub fn head(&self) -> Head {
         *self
@@ -235,6 +280,20 @@ impl EventLog {
             }
             sled_batch.insert(&key(event.seq()), encode_value(event));
             tip = Head::of(event);
+        }
+        let last_group = batch
+            .iter()
+            .rev()
+            .find_map(|event| match event.body.change {
+                crate::event::Change::Group { events } => {
+                    Some((event.seq(), event.seq() + u64::from(events)))
+                }
+                _ => None,
+            });
+        if let Some(group) = last_group {
+            // Written before the events: a crash between the two leaves a group whose
+            // start is past the head, which `open_group` ignores.
+            self.log_base.insert(LAST_GROUP_KEY, &encode_group(group))?;
         }
         self.events.apply_batch(sled_batch)?;
         self.db.flush()?;
@@ -391,6 +450,17 @@ impl EventLog {
             Head::of(&decode_value(seq, &value)?)
         };
         self.events.apply_batch(sled_batch)?;
+        // The last group may be gone with them: find the one before (a rejoin, rare).
+        let stored = self
+            .log_base
+            .get(LAST_GROUP_KEY)?
+            .and_then(|bytes| decode_group(&bytes));
+        if stored.is_some_and(|(start, _)| start > seq) {
+            match self.last_group_upto(seq)? {
+                Some(group) => self.log_base.insert(LAST_GROUP_KEY, &encode_group(group))?,
+                None => self.log_base.remove(LAST_GROUP_KEY)?,
+            };
+        }
         self.db.flush()?;
         *head = new_head;
         drop(head);
@@ -452,6 +522,8 @@ impl EventLog {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         self.log_base.insert(BASE_KEY, encode_head(&base))?;
+        // A snapshot is taken at the active's head, which is always a group's end.
+        self.log_base.remove(LAST_GROUP_KEY)?;
         self.events.clear()?;
         self.db.flush()?;
         *self

@@ -736,7 +736,7 @@ fn write_file(
         Some(parent) => parent.join(&temp_name())?.under(root),
         None => RelPath::top(&temp_name())?.under(root),
     };
-    let written = (|| -> Result<()> {
+    let written = (|| -> Result<bool> {
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -747,10 +747,14 @@ fn write_file(
         let mut hasher = blake3::Hasher::new();
         let mut written = 0u64;
         let mut kicked = 0u64;
+        let mut database = false;
         for chunk in chunks {
             // Not hashed chunk by chunk: the whole file is hashed below, and a file
             // that does not add up is never renamed into place.
             let bytes = repository.chunks().get_unverified(&chunk.hash)?;
+            if written == 0 {
+                database = crate::sqlite::is_header(&bytes);
+            }
             hasher.update(&bytes);
             file.write_all(&bytes).at("write", &temporary)?;
             written += bytes.len() as u64;
@@ -776,11 +780,26 @@ fn write_file(
             .at("chmod", &temporary)?;
         file.set_modified(system_time(mtime_ns))
             .at("set mtime", &temporary)?;
-        Ok(())
+        Ok(database)
     })();
-    if let Err(error) = written {
-        let _ = std::fs::remove_file(&temporary);
-        return Err(error);
+    let database = match written {
+        Ok(database) => database,
+        Err(error) => {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(error);
+        }
+    };
+    if database {
+        // A `-wal` or `-journal` left beside it belongs to another instant: SQLite
+        // would apply it to this database. (Never recorded: see `sqlite`.)
+        for companion in crate::sqlite::companions(&destination) {
+            match std::fs::symlink_metadata(&companion) {
+                Ok(metadata) if !metadata.is_dir() => {
+                    std::fs::remove_file(&companion).at("remove", &companion)?
+                }
+                _ => {}
+            }
+        }
     }
     Ok(crate::fsutil::replace_file(&temporary, &destination)?.then_some(temporary))
 }

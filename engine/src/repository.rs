@@ -510,23 +510,9 @@ impl Repository {
 
     /// Where the log's last group begins, when the log ends before that group does
     /// (a passive that pulled part of the active's last capture): the seq of its
-    /// `Group` event. `None` when the log ends at a group boundary. Walks back from
-    /// the head to the last `Group` event (or the log's base).
+    /// `Group` event. `None` when the log ends at a group boundary.
     pub fn incomplete_group_start(&self) -> Result<Option<u64>> {
-        let head = self.log.head();
-        let base = self.log.base().seq;
-        let mut seq = head.seq;
-        while seq > base {
-            let Some(event) = self.log.get(seq)? else {
-                break;
-            };
-            if let Change::Group { events } = event.body.change {
-                let ends_at = seq + u64::from(events);
-                return Ok((ends_at > head.seq).then_some(seq));
-            }
-            seq -= 1;
-        }
-        Ok(None)
+        Ok(self.log.open_group()?.map(|(start, _)| start))
     }
 
     /// Every chunk a retained event, the index or the base index names.
@@ -590,7 +576,12 @@ impl Repository {
         // Replay saves the index only now and then; the events it has not saved yet
         // must outlive this compaction, or the next open would rebuild it from the base.
         self.save_index(&mut index, head.seq)?;
-        let target = head.seq.saturating_sub(keep_events);
+        let mut target = head.seq.saturating_sub(keep_events);
+        // Never cut into a group the log ends inside: a promotion puts the log back to
+        // where that group began, which must still be in the log.
+        if let Some(start) = self.incomplete_group_start()? {
+            target = target.min(start - 1);
+        }
         if target <= self.log.base().seq {
             return Ok(0);
         }

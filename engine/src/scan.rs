@@ -8,17 +8,16 @@
 //! directory is not a removed one.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::{File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use crate::chunking::store_content;
 use crate::error::{Error, IoContext, Result};
 use crate::event::Change;
 use crate::fsutil::mtime_ns;
 use crate::index::{Entry, FolderIndex};
 use crate::path::RelPath;
+pub use crate::read::{capture_file, Captured};
 use crate::repository::Repository;
 
 /// Permission bits kept for files and directories: read/write/execute and the sticky
@@ -164,6 +163,21 @@ pub fn walk(root: &Path, scope: Option<&RelPath>) -> Result<DiskTree> {
     Ok(tree)
 }
 
+/// Leave out of `entries` the companions (`-wal`, `-shm`, `-journal`) of SQLite
+/// databases: a database is captured through SQLite, which folds them in, and a
+/// companion shipped beside a database of another instant would corrupt it.
+pub fn drop_companions(root: &Path, entries: &mut BTreeMap<RelPath, DiskEntry>) {
+    let candidates: Vec<(RelPath, RelPath)> = entries
+        .keys()
+        .filter_map(|path| crate::sqlite::companion_base(path).map(|base| (path.clone(), base)))
+        .collect();
+    for (companion, base) in candidates {
+        if crate::sqlite::is_database(&base.under(root)) {
+            entries.remove(&companion);
+        }
+    }
+}
+
 /// The smallest set of scopes covering `paths`, each widened to start at a path whose
 /// parent is a directory in the index (so that new parents get their `Mkdir`) and, when
 /// `root` is given, whose parent still exists on disk (so that a removed tree is one
@@ -219,7 +233,8 @@ pub fn diff_scope(
     base: Option<&FolderIndex>,
     scope: Option<&RelPath>,
 ) -> Result<Diff> {
-    let disk = walk(root, scope)?;
+    let mut disk = walk(root, scope)?;
+    drop_companions(root, &mut disk.entries);
     let subtree = |index: &FolderIndex| -> BTreeMap<RelPath, Entry> {
         match scope {
             None => index
@@ -431,154 +446,6 @@ fn capture_files(
         Some((_, error)) => Err(error),
         None => Ok(out),
     }
-}
-
-/// What reading one file gave.
-#[derive(Debug)]
-pub enum Captured {
-    /// The file as it was at one instant, as a `Put`.
-    Put(Change),
-    /// What the index already holds (set by the diff, never by `capture_file`).
-    Same,
-    /// Nothing to record: the file vanished, turned into something else, or cannot be
-    /// read (its last recorded version is kept).
-    Gone,
-    /// Written during every try: no version could be read whole.
-    Unstable,
-}
-
-/// How many times `capture_file` reads a file that changes while it is read.
-pub const STABLE_READ_TRIES: u32 = 4;
-
-/// Read one file (never through a symlink) into the chunk store and describe it as a
-/// `Put`: a version the file really had at one instant (invariant 10).
-///
-/// A read is *stable* when the file's size, mtime and ctime are the same before and
-/// after it and the read found exactly `size` bytes. Any `write(2)` moves mtime and
-/// ctime, and Linux (6.13 and later, multigrain timestamps) gives a file whose times
-/// were just queried a fresh fine-grained time on its next change, so a write that
-/// overlapped the read cannot hide in the same clock tick. A read that overlapped a
-/// write is redone, a few times with a growing pause, copying the file first (into
-/// memory, or a temporary file in `data_dir` when large) so that only the copy, not
-/// the hashing, must fit between two writes; then `Unstable`.
-pub fn capture_file(root: &Path, repository: &Repository, path: &RelPath) -> Result<Captured> {
-    let full = path.under(root);
-    for attempt in 0..STABLE_READ_TRIES {
-        if attempt > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(2 << attempt));
-        }
-        let file: File = match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&full)
-        {
-            Ok(file) => file,
-            Err(error)
-                if error.kind() == std::io::ErrorKind::NotFound
-                    || error.raw_os_error() == Some(libc::ELOOP) =>
-            {
-                return Ok(Captured::Gone)
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
-                // One unreadable file must not stop the capture of every other one: keep
-                // its last recorded state and say so.
-                tracing::warn!(path = %full.display(), "cannot read file; keeping its last recorded version");
-                return Ok(Captured::Gone);
-            }
-            Err(error) => {
-                return Err(Error::Io {
-                    op: "open",
-                    path: full,
-                    source: error,
-                })
-            }
-        };
-        let before = file.metadata().at("stat", &full)?;
-        if !before.is_file() {
-            return Ok(Captured::Gone);
-        }
-        let stored = if attempt == 0 {
-            // Chunk and hash as it is read: the cheap way, for a file left alone.
-            let stored = store_content(&file, repository.chunks(), &full)?;
-            let after = file.metadata().at("stat", &full)?;
-            if !same_version(&before, &after) || stored.size != after.len() {
-                tracing::debug!(path = %full.display(), "the file changed while it was read; copying it first");
-                continue;
-            }
-            stored
-        } else {
-            // Written while it was read: copy it first (as fast as the kernel can),
-            // so the window a write must miss is the copy's, not the hashing's.
-            let copy = match copy_quickly(&file, repository.data_dir(), &full)? {
-                Some(copy) => copy,
-                None => continue,
-            };
-            let after = file.metadata().at("stat", &full)?;
-            if !same_version(&before, &after) {
-                tracing::debug!(path = %full.display(), attempt, "the file changed while it was copied; copying it again");
-                continue;
-            }
-            let stored = match copy {
-                QuickCopy::Memory(bytes) => {
-                    store_content(bytes.as_slice(), repository.chunks(), &full)?
-                }
-                QuickCopy::File(temp) => store_content(&temp, repository.chunks(), &full)?,
-            };
-            if stored.size != before.len() {
-                continue;
-            }
-            stored
-        };
-        return Ok(Captured::Put(Change::Put {
-            path: path.clone(),
-            mode: before.mode() & MODE_MASK,
-            mtime_ns: mtime_ns(&before),
-            size: stored.size,
-            content: stored.content,
-            chunks: stored.chunks,
-        }));
-    }
-    Ok(Captured::Unstable)
-}
-
-/// Files up to this size are copied into memory when they must be read quickly;
-/// larger ones into a temporary file in `data_dir`.
-const QUICK_COPY_MEMORY_BYTES: u64 = 64 << 20;
-
-/// A file's bytes copied aside.
-enum QuickCopy {
-    Memory(Vec<u8>),
-    File(File),
-}
-
-/// Copy `file` from its start, in memory or (large) into `data_dir/capture/` with
-/// the kernel's copy (`copy_file_range`). `None` if the copy was not the whole file.
-fn copy_quickly(file: &File, data_dir: &Path, what: &Path) -> Result<Option<QuickCopy>> {
-    use std::io::{Read, Seek};
-    let mut reader = file;
-    reader.rewind().at("seek", what)?;
-    let size = file.metadata().at("stat", what)?.len();
-    if size <= QUICK_COPY_MEMORY_BYTES {
-        let mut bytes = Vec::with_capacity(size as usize);
-        reader.read_to_end(&mut bytes).at("read", what)?;
-        return Ok(Some(QuickCopy::Memory(bytes)));
-    }
-    let dir = data_dir.join("capture");
-    std::fs::create_dir_all(&dir).at("create", &dir)?;
-    // Unnamed (O_TMPFILE): gone with its descriptor, whatever happens.
-    let mut temp = tempfile::tempfile_in(&dir).at("create", &dir)?;
-    let copied = std::io::copy(&mut reader, &mut temp).at("copy", what)?;
-    temp.rewind().at("seek", &dir)?;
-    Ok((copied == size).then_some(QuickCopy::File(temp)))
-}
-
-/// Whether two stats of one open file show the same version of it.
-fn same_version(before: &std::fs::Metadata, after: &std::fs::Metadata) -> bool {
-    before.len() == after.len()
-        && before.mtime() == after.mtime()
-        && before.mtime_nsec() == after.mtime_nsec()
-        && before.ctime() == after.ctime()
-        && before.ctime_nsec() == after.ctime_nsec()
 }
 
 /// Scan `scopes` (`None` is the whole folder) and record the differences in `epoch`

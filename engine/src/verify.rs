@@ -32,6 +32,8 @@ pub struct VerifyReport {
     pub entries_checked: u64,
     /// `None` when the folder matches the head.
     pub first_difference: Option<Difference>,
+    /// Live SQLite databases whose bytes were not compared (see `verify_live_folder`).
+    pub live_databases: Vec<String>,
 }
 
 impl VerifyReport {
@@ -71,7 +73,9 @@ impl Seen {
 
 /// The leaf of every entry on disk (reading every file), in path order.
 pub fn disk_leaves(root: &Path) -> Result<BTreeMap<RelPath, (Hash, Seen)>> {
-    let tree = walk(root, None)?;
+    let mut tree = walk(root, None)?;
+    // A database's companions are never recorded (see `sqlite`).
+    crate::scan::drop_companions(root, &mut tree.entries);
     let entries: Vec<(RelPath, DiskEntry)> = tree.entries.into_iter().collect();
     let contents = hash_files(root, &entries)?;
     let mut out = BTreeMap::new();
@@ -112,7 +116,10 @@ pub fn disk_leaves(root: &Path) -> Result<BTreeMap<RelPath, (Hash, Seen)>> {
 fn hash_files(root: &Path, entries: &[(RelPath, DiskEntry)]) -> Result<Vec<Option<Hash>>> {
     let hash_one = |(path, entry): &(RelPath, DiskEntry)| -> Result<Option<Hash>> {
         match entry {
-            DiskEntry::File { .. } => hash_file(&path.under(root)).map(Some),
+            DiskEntry::File { .. } => {
+                let _plain = crate::sqlite::plain_descriptor_guard();
+                hash_file(&path.under(root)).map(Some)
+            }
             _ => Ok(None),
         }
     };
@@ -148,6 +155,20 @@ pub fn digest_from_disk(root: &Path) -> Result<Hash> {
 
 /// Compare the folder on disk with the repository's head.
 pub fn verify_folder(root: &Path, repository: &Repository) -> Result<VerifyReport> {
+    verify(root, repository, false)
+}
+
+/// `verify_folder` on a node whose applications are running (the active): a SQLite
+/// database is recorded as a committed state taken through SQLite, which is not the
+/// bytes on disk (newer pages sit in its `-wal`, later commits changed it), so a file
+/// that is a database where the index holds a file counts as that file, and is named
+/// in `live_databases`. Every other path is compared as `verify_folder` does; a
+/// passive's databases are compared byte for byte.
+pub fn verify_live_folder(root: &Path, repository: &Repository) -> Result<VerifyReport> {
+    verify(root, repository, true)
+}
+
+fn verify(root: &Path, repository: &Repository, live: bool) -> Result<VerifyReport> {
     let (head, expected): (Head, BTreeMap<RelPath, (Hash, Seen)>) = {
         let index = repository.lock_index();
         let expected = index
@@ -174,7 +195,26 @@ pub fn verify_folder(root: &Path, repository: &Repository) -> Result<VerifyRepor
             .collect();
         (repository.head(), expected)
     };
-    let found = disk_leaves(root)?;
+    let mut found = disk_leaves(root)?;
+    let mut live_databases = Vec::new();
+    if live {
+        for (path, (want_hash, want_seen)) in &expected {
+            let Some((have_hash, have_seen)) = found.get_mut(path) else {
+                continue;
+            };
+            if have_hash != want_hash
+                && matches!(
+                    (&*have_seen, want_seen),
+                    (Seen::File { .. }, Seen::File { .. })
+                )
+                && crate::sqlite::is_database(&path.under(root))
+            {
+                *have_hash = *want_hash;
+                *have_seen = want_seen.clone();
+                live_databases.push(path.to_string());
+            }
+        }
+    }
     let mut digest = FolderDigest::default();
     for (hash, _) in found.values() {
         digest.add(hash);
@@ -212,6 +252,7 @@ pub fn verify_folder(root: &Path, repository: &Repository) -> Result<VerifyRepor
         disk_digest: digest.to_hash(),
         entries_checked: found.len() as u64,
         first_difference,
+        live_databases,
     })
 }
 

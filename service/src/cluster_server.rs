@@ -163,7 +163,12 @@ impl Cluster for ClusterService {
     ) -> Result<Response<wire::VerifyResponse>, Status> {
         let node = self.node.clone();
         let report = tokio::task::spawn_blocking(move || {
-            standin_engine::verify::verify_folder(&node.config.folder, &node.repository)
+            // The active's databases are live: recorded through SQLite, not as bytes.
+            if node.role() == standin_engine::role::Role::Active {
+                standin_engine::verify::verify_live_folder(&node.config.folder, &node.repository)
+            } else {
+                standin_engine::verify::verify_folder(&node.config.folder, &node.repository)
+            }
         })
         .await
         .map_err(|error| Status::internal(error.to_string()))?

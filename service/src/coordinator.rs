@@ -168,7 +168,11 @@ impl Coordinator {
             Action::StopPulling => self.stop_pulling().await,
             Action::RecordPromote { epoch } => {
                 let name = node.config.node_name.clone();
+                // An apply the stopped puller left running finishes first: nothing is
+                // appended between the group check and the `Promote` event.
+                let applying = node.apply_lock.clone().write_owned().await;
                 let recorded = tokio::task::spawn_blocking(move || {
+                    let _applying = applying;
                     drop_incomplete_group(&node)?;
                     node.repository
                         .record(epoch, vec![Change::Promote { node: name }])

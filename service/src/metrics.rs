@@ -41,6 +41,7 @@ pub struct Metrics {
     pub capture_unstable_reads: Counter,
     pub capture_unordered_groups: Counter,
     pub capture_unstable_files: Gauge,
+    pub capture_sqlite_lock_seconds_max: Gauge<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -66,6 +67,7 @@ impl Metrics {
             capture_unstable_reads: Counter::default(),
             capture_unordered_groups: Counter::default(),
             capture_unstable_files: Gauge::default(),
+            capture_sqlite_lock_seconds_max: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -162,6 +164,11 @@ impl Metrics {
             "capture_unstable_files",
             "Files whose last read was unstable (their last recorded version stands)",
             metrics.capture_unstable_files.clone(),
+        );
+        registry.register(
+            "capture_sqlite_lock_seconds_max",
+            "Longest a SQLite database copy held its read transaction (a committing writer in rollback mode waits that long)",
+            metrics.capture_sqlite_lock_seconds_max.clone(),
         );
         Metrics {
             registry,

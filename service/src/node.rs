@@ -395,6 +395,9 @@ impl Node {
         metrics
             .capture_unstable_files
             .set(status.unstable_files.len() as i64);
+        metrics
+            .capture_sqlite_lock_seconds_max
+            .set(standin_engine::sqlite::longest_lock().as_secs_f64());
         let capture = &self.capture_stats;
         for (counter, value) in [
             (&metrics.capture_groups, &capture.groups),

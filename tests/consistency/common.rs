@@ -49,7 +49,15 @@ impl FailoverPair {
     /// Start both with `replication_period = period` (0: continuous) and wait until
     /// alpha is active.
     pub fn start(period: u32) -> FailoverPair {
-        let root = tempfile::tempdir().unwrap();
+        let mut root = tempfile::tempdir().unwrap();
+        if std::env::var_os("STANDIN_KEEP").is_some() {
+            // Kept for a look after a failure: the path is printed.
+            root.disable_cleanup(true);
+            eprintln!(
+                "STANDIN_KEEP: the pair's files stay in {}",
+                root.path().display()
+            );
+        }
         let timing = format!(
             "heartbeat_interval_ms = 100\nfailover_after_ms = {FAILOVER_AFTER_MS}\nreplication_period = {period}\n"
         );

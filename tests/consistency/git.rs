@@ -138,9 +138,12 @@ fn commit_loop_under_sigkill(test: &str, runs: usize, kill_after_ms: (u64, u64))
         let mut pair = FailoverPair::start(period);
         let home = pair.root().to_path_buf();
         let writer = CommitLoop::start(home.clone(), pair.alpha.folder.join("repo"), rng.fork());
-        wait_for_put_in_log(&pair.alpha, "the repository's ref in alpha's log", |path| {
-            path == "repo/.git/refs/heads/main" || path == "repo/.git/packed-refs"
-        });
+        let is_ref =
+            |path: &str| path == "repo/.git/refs/heads/main" || path == "repo/.git/packed-refs";
+        wait_for_put_in_log(&pair.alpha, "the repository's ref in alpha's log", is_ref);
+        // And replicated: a kill before the passive has any of the repository tests
+        // nothing (its folder would rightly be empty).
+        wait_for_put_in_log(&pair.beta, "the repository's ref in beta's log", is_ref);
         let delay = rng.millis(kill_after_ms.0, kill_after_ms.1);
         std::thread::sleep(delay);
         let committed = writer.commits();

@@ -211,6 +211,10 @@ fn inserts_under_sigkill(
         wait_for_put_in_log(&pair.alpha, "the database in alpha's log", |path| {
             path == DATABASE
         });
+        // And replicated, so that a missing database on the promoted copy is a failure.
+        wait_for_put_in_log(&pair.beta, "the database in beta's log", |path| {
+            path == DATABASE
+        });
         let delay = rng.millis(kill_after_ms.0, kill_after_ms.1);
         std::thread::sleep(delay);
         assert!(

@@ -1,74 +1,71 @@
-//! The ordering mark: a file in `data_dir` that capture touches, watched by the same
-//! inotify instance as the folder. inotify queues one instance's events in the order
+//! The ordering mark: a file capture creates in `data_dir/capture/`, watched by the
+//! same inotify instance as the folder. inotify queues one instance's events in the order
 //! they happened, so once the mark's event has arrived, every change of the folder
-//! made before the touch has arrived too. A group uses it to learn which paths
+//! made before it was created has arrived too. A group uses it to learn which paths
 //! changed while it was reading (see `group`).
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use notify::event::{MetadataKind, ModifyKind};
+use notify::event::CreateKind;
 use notify::EventKind;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{IoContext, Result};
 
 pub(super) struct Barrier {
     dir: PathBuf,
-    file: PathBuf,
-    c_file: CString,
+    /// The number of the last mark made.
+    last: u64,
 }
 
 impl Barrier {
-    /// Create `data_dir/capture/ordering-mark` (kept between runs).
+    /// Create `data_dir/capture/` and clear marks an earlier run left there.
     pub(super) fn create(data_dir: &Path) -> Result<Barrier> {
         let dir = data_dir.join("capture");
         std::fs::create_dir_all(&dir).at("create", &dir)?;
         let dir = dir.canonicalize().at("resolve", &dir)?;
-        let file = dir.join("ordering-mark");
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&file)
-            .at("create", &file)?;
-        let c_file = CString::new(file.as_os_str().as_bytes()).map_err(|_| Error::Io {
-            op: "resolve",
-            path: file.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in the path"),
-        })?;
-        Ok(Barrier { dir, file, c_file })
+        for item in std::fs::read_dir(&dir).at("list", &dir)?.flatten() {
+            if item.file_name().to_string_lossy().starts_with("mark-") {
+                let _ = std::fs::remove_file(item.path());
+            }
+        }
+        Ok(Barrier { dir, last: 0 })
     }
 
     pub(super) fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// Touch the mark: its times set to now, which inotify reports as one attribute
-    /// change (`IN_ATTRIB`) and nothing else.
-    pub(super) fn touch(&self) -> std::io::Result<()> {
-        // SAFETY: `c_file` is a valid NUL-terminated path; a null `times` means "now".
-        let status =
-            unsafe { libc::utimensat(libc::AT_FDCWD, self.c_file.as_ptr(), std::ptr::null(), 0) };
-        if status == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
+    fn mark_path(&self, number: u64) -> PathBuf {
+        self.dir.join(format!("mark-{number}"))
     }
 
-    /// Whether `event` concerns the mark at all (any such event is not the folder's).
+    /// Make a new mark: a file with a name never used before (so a mark that arrives
+    /// late is never taken for a later one, and the kernel never merges two), then
+    /// remove the one before. Returns its number.
+    pub(super) fn touch(&mut self) -> std::io::Result<u64> {
+        let number = self.last + 1;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(self.mark_path(number))?;
+        self.last = number;
+        let _ = std::fs::remove_file(self.mark_path(number - 1));
+        Ok(number)
+    }
+
+    /// Whether `event` concerns the marks at all (any such event is not the folder's).
     pub(super) fn concerns(&self, event: &notify::Event) -> bool {
         event.paths.iter().any(|path| path.starts_with(&self.dir))
     }
 
-    /// Whether `event` is the mark's touch.
-    pub(super) fn is_touch(&self, event: &notify::Event) -> bool {
+    /// Whether `event` is the creation of mark `number`.
+    pub(super) fn is_mark(&self, event: &notify::Event, number: u64) -> bool {
         matches!(
             event.kind,
-            EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any))
-                | EventKind::Modify(ModifyKind::Metadata(_))
-                | EventKind::Modify(ModifyKind::Any)
-        ) && event.paths.iter().any(|path| path == &self.file)
+            EventKind::Create(CreateKind::File | CreateKind::Any)
+        ) && event
+            .paths
+            .iter()
+            .any(|path| *path == self.mark_path(number))
     }
 }

@@ -32,7 +32,12 @@ use crate::repository::Repository;
 use crate::scan::{cover, diff_scope, stat_disk, Diff, DiskEntry};
 
 /// Rounds of reading before a group is recorded without its order confirmed.
-const MAX_ROUNDS: u32 = 6;
+const MAX_ROUNDS: u32 = 16;
+
+/// How long a group that does not settle is held back (read again from the start
+/// after a pause) before it is recorded unconfirmed: a multi-file writer that never
+/// pauses (a commit loop) must not stop capture for good.
+const HOLD_BACK_LIMIT: Duration = Duration::from_secs(10);
 
 /// How long a group waits for its ordering mark before it records what it read
 /// (unconfirmed): a watcher that stopped delivering events cannot stop capture.
@@ -69,12 +74,20 @@ impl Loop {
         let mut changes: Vec<Change> = Vec::new();
         let mut unstable: BTreeSet<RelPath> = BTreeSet::new();
         let mut read_stably: HashSet<RelPath> = HashSet::new();
+        let full = matches!(scope, Scope::Full);
+        let mut all_paths: Vec<RelPath> = match &scope {
+            Scope::Full => Vec::new(),
+            Scope::Paths(paths) => paths.clone(),
+        };
         let mut round_scope = scope;
         let mut rounds = 0;
         let ordered;
         let mut read_everything = false;
         loop {
             rounds += 1;
+            // Directories created or moved in: watched before they are read (notify
+            // adds its own watch only later), so nothing written into them goes unseen.
+            self.watch_new_directories();
             let hints: Vec<(RelPath, RelPath)> = self.renames.drain(..).collect();
             if !hints.is_empty() {
                 let index = working.get_or_insert_with(|| repository.lock_index().clone());
@@ -113,6 +126,11 @@ impl Loop {
             let marked = self.await_mark();
             let mut touched: Vec<RelPath> = Vec::new();
             for path in marked.touched {
+                // A database's companion stands for the database (noted with it): one
+                // file changed by its own writes, not two.
+                if crate::sqlite::companion_base(&path).is_some() {
+                    continue;
+                }
                 if !touched.contains(&path) {
                     touched.push(path);
                 }
@@ -123,13 +141,40 @@ impl Loop {
             // of it, and nothing else moved.
             let only_itself = touched.len() == 1 && disturbed.len() == 1;
             let settled = marked.arrived && (disturbed.is_empty() || only_itself);
-            if settled
-                || rounds >= MAX_ROUNDS
-                || self.rescan_due.is_some()
-                || self.stop_requested
-                || !marked.arrived
-            {
-                ordered = settled;
+            if !settled && self.rescan_due.is_some() {
+                // The watcher lost events (an overflow): what was read is no confirmed
+                // state. Record nothing; the full rescan that follows covers it.
+                tracing::info!(
+                    rounds,
+                    "capture's group could not be confirmed; rescanning the folder instead"
+                );
+                self.dir_renames.clear();
+                return Ok(0);
+            }
+            if !settled && marked.arrived && rounds >= MAX_ROUNDS {
+                let since = *self.held_back_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < HOLD_BACK_LIMIT {
+                    // Not a confirmed state: record nothing yet, read it all again after
+                    // a pause (the chunks stored meanwhile are collected as garbage).
+                    all_paths.extend(touched);
+                    let pause = Duration::from_millis(self.options.settle_ms.max(10));
+                    if full {
+                        self.rescan_due = Some(Instant::now() + pause);
+                    } else {
+                        self.retry_later(&all_paths, pause);
+                    }
+                    self.dir_renames.clear();
+                    tracing::debug!(
+                        rounds,
+                        "a group did not settle; reading it again after a pause"
+                    );
+                    return Ok(0);
+                }
+            }
+            if settled || rounds >= MAX_ROUNDS || !marked.arrived {
+                // A file that could not be read stably stays at an older version while
+                // the others move on: their order is not confirmed either.
+                ordered = settled && unstable.is_empty();
                 changes.extend(diff.changes);
                 break;
             }
@@ -147,6 +192,7 @@ impl Loop {
             for path in &touched {
                 self.pending.remove(path);
             }
+            all_paths.extend(touched.iter().cloned());
             round_scope = Scope::Paths(touched);
         }
         let count = if changes.is_empty() {
@@ -154,15 +200,18 @@ impl Loop {
         } else {
             repository.record(self.epoch, changes)?.len()
         };
+        self.held_back_since = None;
         self.stats.groups.fetch_add(1, Ordering::Relaxed);
         if !ordered {
             self.stats.unordered_groups.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(
+            tracing::warn!(
                 rounds,
-                "recorded a group whose files kept changing while they were read"
+                unstable = unstable.len(),
+                "recorded a group whose files kept changing while they were read: each file is a version it had, their order is not confirmed"
             );
         }
         self.note_unstable(&unstable, &read_stably, read_everything);
+        self.dir_renames.clear();
         tracing::debug!(
             rounds,
             events = count,
@@ -175,20 +224,23 @@ impl Loop {
     /// Touch the ordering mark and take the watcher's events until it arrives.
     fn await_mark(&mut self) -> Marked {
         let mut touched = Vec::new();
-        if let Err(error) = self.barrier.touch() {
-            tracing::warn!(%error, dir = %self.barrier.dir().display(), "cannot touch capture's ordering mark; the order of this group is not confirmed");
-            return Marked {
-                touched,
-                arrived: false,
-            };
-        }
+        let number = match self.barrier.touch() {
+            Ok(number) => number,
+            Err(error) => {
+                tracing::warn!(%error, dir = %self.barrier.dir().display(), "cannot make capture's ordering mark; the order of this group is not confirmed");
+                return Marked {
+                    touched,
+                    arrived: false,
+                };
+            }
+        };
         let deadline = Instant::now() + BARRIER_TIMEOUT;
         loop {
             match self
                 .receiver
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             {
-                Ok(Message::Watch(Ok(event))) if self.barrier.is_touch(&event) => {
+                Ok(Message::Watch(Ok(event))) if self.barrier.is_mark(&event, number) => {
                     return Marked {
                         touched,
                         arrived: true,
@@ -205,6 +257,26 @@ impl Loop {
                         arrived: false,
                     };
                 }
+            }
+        }
+    }
+
+    /// Add a watch for each directory created or moved in since the last round (the
+    /// call returns once the watch is in place).
+    fn watch_new_directories(&mut self) {
+        use notify::Watcher;
+        for path in std::mem::take(&mut self.new_directories) {
+            let full = path.under(&self.root);
+            if !std::fs::symlink_metadata(&full).is_ok_and(|metadata| metadata.is_dir()) {
+                continue;
+            }
+            let mut watcher = self
+                .watcher
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Err(error) = watcher.watch(&full, notify::RecursiveMode::Recursive) {
+                tracing::warn!(%error, path = %full.display(), "cannot watch a new directory; rescanning the folder");
+                self.rescan_due = Some(Instant::now());
             }
         }
     }

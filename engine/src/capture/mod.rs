@@ -114,7 +114,7 @@ pub struct Capture {
     sender: Sender<Message>,
     thread: Option<JoinHandle<()>>,
     stats: Arc<CaptureStats>,
-    _watcher: notify::RecommendedWatcher,
+    _watcher: Arc<Mutex<notify::RecommendedWatcher>>,
 }
 
 impl Capture {
@@ -164,6 +164,7 @@ impl Capture {
                 reason: error.to_string(),
             })?;
         }
+        let watcher = Arc::new(Mutex::new(watcher));
         let mut state = Loop::new(
             root,
             repository,
@@ -172,6 +173,7 @@ impl Capture {
             stats.clone(),
             receiver,
             barrier,
+            watcher.clone(),
         );
         state.reconcile_at_start()?;
         let thread = std::thread::Builder::new()

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
@@ -53,9 +53,19 @@ pub(super) struct Loop {
     next_order: u64,
     /// A stop arrived while a group was waiting for its ordering mark.
     pub(super) stop_requested: bool,
+    /// The watcher, for watches added before a new directory is read (`group`).
+    pub(super) watcher: Arc<Mutex<notify::RecommendedWatcher>>,
+    /// Directories created or moved in, not yet watched by capture itself.
+    pub(super) new_directories: Vec<RelPath>,
+    /// Directories renamed during the current group: notify may still report changes
+    /// inside them under the old name, which are taken for the new one too.
+    pub(super) dir_renames: Vec<(RelPath, RelPath)>,
+    /// Since when groups have not settled and were held back (see `group`).
+    pub(super) held_back_since: Option<Instant>,
 }
 
 impl Loop {
+    #[allow(clippy::too_many_arguments)] // one of each part a capture is made of
     pub(super) fn new(
         root: PathBuf,
         repository: Arc<Repository>,
@@ -64,6 +74,7 @@ impl Loop {
         stats: Arc<CaptureStats>,
         receiver: Receiver<Message>,
         barrier: Barrier,
+        watcher: Arc<Mutex<notify::RecommendedWatcher>>,
     ) -> Loop {
         Loop {
             root,
@@ -80,6 +91,10 @@ impl Loop {
             last_event_at: Instant::now(),
             next_order: 0,
             stop_requested: false,
+            watcher,
+            new_directories: Vec::new(),
+            dir_renames: Vec::new(),
+            held_back_since: None,
         }
     }
 
@@ -184,11 +199,24 @@ impl Loop {
                     RelPath::from_fs(&self.root, from),
                     RelPath::from_fs(&self.root, to),
                 ) {
+                    if std::fs::symlink_metadata(to.under(&self.root))
+                        .is_ok_and(|metadata| metadata.is_dir())
+                    {
+                        self.new_directories.push(to.clone());
+                        self.dir_renames.push((from.clone(), to.clone()));
+                    }
                     self.renames.push((from, to));
                 }
             }
         }
+        let created_directory = matches!(event.kind, EventKind::Create(CreateKind::Folder))
+            || matches!(
+                event.kind,
+                EventKind::Modify(ModifyKind::Name(RenameMode::To))
+                    | EventKind::Create(CreateKind::Any)
+            );
         let mut touched = Vec::new();
+        let mut changed = Vec::new();
         for path in &event.paths {
             if path == &self.root {
                 self.rescan_due = Some(settle);
@@ -200,6 +228,22 @@ impl Loop {
             if relative.is_temporary() {
                 continue;
             }
+            if created_directory {
+                self.new_directories.push(relative.clone());
+            }
+            // A change of a `-wal` or `-journal` is a change of its database.
+            if let Some(base) = crate::sqlite::companion_base(&relative) {
+                changed.push(base);
+            }
+            // Reported under a directory's old name: it is under the new one now.
+            for (from, to) in &self.dir_renames {
+                if relative.is_within(from) && relative != *from {
+                    changed.push(relative.rebase(from, to));
+                }
+            }
+            changed.push(relative);
+        }
+        for relative in changed {
             let due = if quiet {
                 now + Duration::from_millis(self.options.quiet_ms)
             } else {

@@ -9,6 +9,7 @@
 //! - `consistency`: invariant 10 with writers running: whole versions, order kept.
 //! - `simulation`: the seeded pair simulation (roles, faults, nothing lost).
 //! - `quarantine_gc`: quarantining events and collecting garbage chunks.
+//! - `sqlite`: live databases captured at transaction boundaries, companions kept out.
 
 mod capture;
 mod chain;
@@ -19,4 +20,5 @@ mod hostile;
 mod quarantine_gc;
 mod roundtrip;
 mod simulation;
+mod sqlite;
 mod support;

@@ -1,0 +1,230 @@
+//! Reading one file of the folder as a version it really had (invariant 10): a
+//! *stable* read (its times and size unchanged across the read, else redone from a
+//! quick copy), or, for a SQLite database, a copy taken through SQLite itself at a
+//! transaction boundary (`sqlite`).
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use crate::chunking::store_content;
+use crate::error::{Error, IoContext, Result};
+use crate::event::Change;
+use crate::fsutil::mtime_ns;
+use crate::path::RelPath;
+use crate::repository::Repository;
+use crate::scan::MODE_MASK;
+
+/// What reading one file gave.
+#[derive(Debug)]
+pub enum Captured {
+    /// The file as it was at one instant, as a `Put`.
+    Put(Change),
+    /// What the index already holds (set by the diff, never by `capture_file`).
+    Same,
+    /// Nothing to record: the file vanished, turned into something else, or cannot be
+    /// read (its last recorded version is kept).
+    Gone,
+    /// Written during every try: no version could be read whole.
+    Unstable,
+}
+
+/// How many times `capture_file` reads a file that changes while it is read.
+pub const STABLE_READ_TRIES: u32 = 4;
+
+/// Read one file (never through a symlink) into the chunk store and describe it as a
+/// `Put`: a version the file really had at one instant (invariant 10).
+///
+/// A read is *stable* when the file's size, mtime and ctime are the same before and
+/// after it and the read found exactly `size` bytes. Any `write(2)` moves mtime and
+/// ctime, and Linux (6.13 and later, multigrain timestamps) gives a file whose times
+/// were just queried a fresh fine-grained time on its next change, so a write that
+/// overlapped the read cannot hide in the same clock tick. A read that overlapped a
+/// write is redone, a few times with a growing pause, copying the file first (into
+/// memory, or a temporary file in `data_dir` when large) so that only the copy, not
+/// the hashing, must fit between two writes; then `Unstable`.
+///
+/// A file that starts with SQLite's header is copied through SQLite instead
+/// (`sqlite::snapshot`: a committed state), unless SQLite refuses it.
+pub fn capture_file(root: &Path, repository: &Repository, path: &RelPath) -> Result<Captured> {
+    let full = path.under(root);
+    let mut as_database = true;
+    for attempt in 0..STABLE_READ_TRIES {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(2 << attempt));
+        }
+        // No SQLite connection of this process is open while this descriptor is.
+        let plain = crate::sqlite::plain_descriptor_guard();
+        let file: File = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&full)
+        {
+            Ok(file) => file,
+            Err(error)
+                if error.kind() == std::io::ErrorKind::NotFound
+                    || error.raw_os_error() == Some(libc::ELOOP) =>
+            {
+                return Ok(Captured::Gone)
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+                // One unreadable file must not stop the capture of every other one: keep
+                // its last recorded state and say so.
+                tracing::warn!(path = %full.display(), "cannot read file; keeping its last recorded version");
+                return Ok(Captured::Gone);
+            }
+            Err(error) => {
+                return Err(Error::Io {
+                    op: "open",
+                    path: full,
+                    source: error,
+                })
+            }
+        };
+        let before = file.metadata().at("stat", &full)?;
+        if !before.is_file() {
+            return Ok(Captured::Gone);
+        }
+        if as_database && before.len() >= crate::sqlite::MIN_DATABASE_BYTES {
+            let mut head = [0u8; 20];
+            let read =
+                std::os::unix::fs::FileExt::read_at(&file, &mut head, 0).at("read", &full)?;
+            if read == head.len()
+                && crate::sqlite::is_header(&head)
+                && crate::sqlite::copy_allowed(&head, before.len())
+            {
+                drop(file);
+                drop(plain);
+                match capture_database(repository, path, &full, &before)? {
+                    Some(captured) => return Ok(captured),
+                    None => {
+                        // Refused by SQLite: read as any other file.
+                        as_database = false;
+                        continue;
+                    }
+                }
+            }
+        }
+        let stored = if attempt == 0 {
+            // Chunk and hash as it is read: the cheap way, for a file left alone.
+            let stored = store_content(&file, repository.chunks(), &full)?;
+            let after = file.metadata().at("stat", &full)?;
+            if !same_version(&before, &after) || stored.size != after.len() {
+                tracing::debug!(path = %full.display(), "the file changed while it was read; copying it first");
+                continue;
+            }
+            stored
+        } else {
+            // Written while it was read: copy it first (as fast as the kernel can),
+            // so the window a write must miss is the copy's, not the hashing's.
+            let copy = match copy_quickly(&file, repository.data_dir(), &full) {
+                Ok(Some(copy)) => copy,
+                Ok(None) => continue,
+                Err(error) => {
+                    // This file stays unread this time (a full data_dir, say); capture
+                    // goes on with the others.
+                    tracing::warn!(%error, "cannot copy a file that changes while it is read");
+                    continue;
+                }
+            };
+            let after = file.metadata().at("stat", &full)?;
+            if !same_version(&before, &after) {
+                tracing::debug!(path = %full.display(), attempt, "the file changed while it was copied; copying it again");
+                continue;
+            }
+            let stored = match copy {
+                QuickCopy::Memory(bytes) => {
+                    store_content(bytes.as_slice(), repository.chunks(), &full)?
+                }
+                QuickCopy::File(temp) => store_content(&temp, repository.chunks(), &full)?,
+            };
+            if stored.size != before.len() {
+                continue;
+            }
+            stored
+        };
+        return Ok(Captured::Put(Change::Put {
+            path: path.clone(),
+            mode: before.mode() & MODE_MASK,
+            mtime_ns: mtime_ns(&before),
+            size: stored.size,
+            content: stored.content,
+            chunks: stored.chunks,
+        }));
+    }
+    Ok(Captured::Unstable)
+}
+
+/// Files up to this size are copied into memory when they must be read quickly;
+/// larger ones into a temporary file in `data_dir`.
+const QUICK_COPY_MEMORY_BYTES: u64 = 64 << 20;
+
+/// A file's bytes copied aside.
+enum QuickCopy {
+    Memory(Vec<u8>),
+    File(File),
+}
+
+/// Copy `file` from its start, in memory or (large) into `data_dir/capture/` with
+/// the kernel's copy (`copy_file_range`). `None` if the copy was not the whole file.
+fn copy_quickly(file: &File, data_dir: &Path, what: &Path) -> Result<Option<QuickCopy>> {
+    use std::io::{Read, Seek};
+    let mut reader = file;
+    reader.rewind().at("seek", what)?;
+    let size = file.metadata().at("stat", what)?.len();
+    if size <= QUICK_COPY_MEMORY_BYTES {
+        let mut bytes = Vec::with_capacity(size as usize);
+        reader.read_to_end(&mut bytes).at("read", what)?;
+        return Ok(Some(QuickCopy::Memory(bytes)));
+    }
+    let dir = data_dir.join("capture");
+    std::fs::create_dir_all(&dir).at("create", &dir)?;
+    // Unnamed (O_TMPFILE): gone with its descriptor, whatever happens.
+    let mut temp = tempfile::tempfile_in(&dir).at("create", &dir)?;
+    let copied = std::io::copy(&mut reader, &mut temp).at("copy", what)?;
+    temp.rewind().at("seek", &dir)?;
+    Ok((copied == size).then_some(QuickCopy::File(temp)))
+}
+
+/// Whether two stats of one open file show the same version of it.
+fn same_version(before: &std::fs::Metadata, after: &std::fs::Metadata) -> bool {
+    before.len() == after.len()
+        && before.mtime() == after.mtime()
+        && before.mtime_nsec() == after.mtime_nsec()
+        && before.ctime() == after.ctime()
+        && before.ctime_nsec() == after.ctime_nsec()
+}
+
+/// Capture the database at `full` through SQLite (`before` is its stat, for mode and
+/// mtime). `None` when SQLite refuses it (read it as a plain file then); `Unstable`
+/// when a writer kept it locked.
+fn capture_database(
+    repository: &Repository,
+    path: &RelPath,
+    full: &Path,
+    before: &std::fs::Metadata,
+) -> Result<Option<Captured>> {
+    match crate::sqlite::snapshot(full, repository.data_dir())? {
+        crate::sqlite::Taken::Copy(snapshot) => {
+            tracing::debug!(
+                path = %full.display(),
+                lock_ms = snapshot.lock_held.as_secs_f64() * 1e3,
+                "copied a SQLite database at a transaction boundary"
+            );
+            let stored = store_content(snapshot.file.as_file(), repository.chunks(), full)?;
+            Ok(Some(Captured::Put(Change::Put {
+                path: path.clone(),
+                mode: before.mode() & MODE_MASK,
+                mtime_ns: mtime_ns(before),
+                size: stored.size,
+                content: stored.content,
+                chunks: stored.chunks,
+            })))
+        }
+        crate::sqlite::Taken::Busy => Ok(Some(Captured::Unstable)),
+        crate::sqlite::Taken::Refused(reason) => {
+            tracing::warn!(path = %full.display(), %reason, "SQLite cannot copy this file although it starts like a database; reading it as a plain file");
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! SQLite databases in the folder, captured through SQLite itself (invariant 10):
+//! a database's bytes on disk are not a state it had — in WAL mode the newest pages
+//! sit in the `-wal`, in rollback mode a commit rewrites pages in place — so a file
+//! that starts with SQLite's header is copied with SQLite's online backup under a read
+//! transaction, which is a committed state by construction.
+//!
+//! Rules that keep the application safe:
+//! - the database is opened read-only: no recovery, no checkpoint, and a read-only
+//!   connection is never the one whose close deletes the application's `-wal`;
+//! - SQLite's locks are POSIX locks, which the kernel drops for the whole process when
+//!   *any* descriptor of the file is closed. So no other descriptor of this process
+//!   may be open on a folder file while a connection is: plain reads (capture, verify,
+//!   hashing) hold `plain_descriptor_guard` (shared), a connection holds it exclusively;
+//! - the companions (`-wal`, `-shm`, `-journal`) are never recorded beside a database
+//!   (the backup folds them in); a passive removes stale companions before it puts a
+//!   database in place (`replay`).
+//!
+//! The cost: the backup copies the whole database (all pages, one read transaction)
+//! each time it is captured. In WAL mode the application's writers never wait for it;
+//! in rollback mode a writer that wants to commit waits while the copy holds its shared
+//! lock (`longest_lock` keeps the longest; `/metrics` shows it).
+
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use crate::error::{IoContext, Result};
+use crate::path::RelPath;
+
+/// The first 16 bytes of every SQLite 3 database file.
+pub const HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// A database file is at least its 100-byte header.
+pub const MIN_DATABASE_BYTES: u64 = 100;
+
+/// The files SQLite keeps beside a database `x`: `x-wal`, `x-shm`, `x-journal`.
+pub const COMPANION_SUFFIXES: [&[u8]; 3] = [b"-wal", b"-shm", b"-journal"];
+
+/// The largest database in rollback-journal mode that is copied through SQLite: the
+/// copy holds a shared lock that makes a committing writer wait (measured here: 4-8 s
+/// for 1 GiB, beyond a 5 s busy timeout). A larger one is read as a plain file
+/// (stably: a committed state when no commit overlapped the read).
+pub const ROLLBACK_COPY_MAX_BYTES: u64 = 256 << 20;
+
+/// Whether a database with this header (at least 20 bytes) and size is copied through
+/// SQLite: always in WAL mode (writers never wait for a reader), up to
+/// `ROLLBACK_COPY_MAX_BYTES` in rollback-journal mode.
+pub fn copy_allowed(head: &[u8], size: u64) -> bool {
+    // Bytes 18 and 19: the file format's write and read versions, 2 in WAL mode.
+    let wal = head.get(18) == Some(&2);
+    wal || size <= ROLLBACK_COPY_MAX_BYTES
+}
+
+/// How long a capture waits for a writer's lock before it tries again later.
+const BUSY_TIMEOUT: Duration = Duration::from_millis(1_000);
+
+static DESCRIPTORS: RwLock<()> = RwLock::new(());
+
+/// The longest a copy has held its read transaction, in microseconds.
+static LONGEST_LOCK_US: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The longest a database copy of this process held its read transaction (in
+/// rollback mode, how long a committing writer may have waited for capture).
+pub fn longest_lock() -> Duration {
+    Duration::from_micros(LONGEST_LOCK_US.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// Held while this process has a plain descriptor of a folder file open (see the
+/// module's doc): shared among plain readers, exclusive to a SQLite connection.
+pub fn plain_descriptor_guard() -> RwLockReadGuard<'static, ()> {
+    DESCRIPTORS
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn connection_guard() -> RwLockWriteGuard<'static, ()> {
+    DESCRIPTORS
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Whether `head` (a file's first bytes) is SQLite's header.
+pub fn is_header(head: &[u8]) -> bool {
+    head.starts_with(HEADER)
+}
+
+/// Whether the file at `full` is a SQLite database (by its header; never follows a
+/// symlink). `false` when it cannot be read.
+pub fn is_database(full: &Path) -> bool {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let _guard = plain_descriptor_guard();
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(full)
+    else {
+        return false;
+    };
+    let mut head = [0u8; 16];
+    matches!(file.read_at(&mut head, 0), Ok(16)) && is_header(&head)
+}
+
+/// The database `path` is a companion of (`x` for `x-wal`), by name only.
+pub fn companion_base(path: &RelPath) -> Option<RelPath> {
+    let name = path.file_name();
+    let stem = COMPANION_SUFFIXES
+        .iter()
+        .find_map(|suffix| name.strip_suffix(*suffix))?;
+    if stem.is_empty() {
+        return None;
+    }
+    match path.parent() {
+        Some(parent) => parent.join(stem).ok(),
+        None => RelPath::top(stem).ok(),
+    }
+}
+
+/// Where the companions of the database at `full` would be.
+pub fn companions(full: &Path) -> Vec<PathBuf> {
+    COMPANION_SUFFIXES
+        .iter()
+        .map(|suffix| {
+            let mut name = full.as_os_str().to_owned();
+            name.push(std::ffi::OsStr::new(
+                std::str::from_utf8(suffix).unwrap_or_default(),
+            ));
+            PathBuf::from(name)
+        })
+        .collect()
+}
+
+/// A committed state of a database, copied aside.
+pub struct Snapshot {
+    /// The copy (a temporary file in `data_dir/capture/`, removed when dropped).
+    pub file: tempfile::NamedTempFile,
+    /// How long the copy held its read transaction on the application's database.
+    pub lock_held: Duration,
+}
+
+/// What `snapshot` got.
+pub enum Taken {
+    Copy(Snapshot),
+    /// A writer held its lock for longer than the busy timeout: try again later.
+    Busy,
+    /// SQLite would not copy it (not a database after all, damaged, unreadable).
+    Refused(String),
+}
+
+/// Copy the database at `full` at a transaction boundary, with SQLite's online
+/// backup (all pages in one step, one read transaction), into `data_dir/capture/`.
+pub fn snapshot(full: &Path, data_dir: &Path) -> Result<Taken> {
+    use rusqlite::{backup::StepResult, Connection, OpenFlags};
+    let dir = data_dir.join("capture");
+    std::fs::create_dir_all(&dir).at("create", &dir)?;
+    let copy = tempfile::Builder::new()
+        .prefix("sqlite-")
+        .tempfile_in(&dir)
+        .at("create", &dir)?;
+    let refused = |error: rusqlite::Error| Ok(Taken::Refused(error.to_string()));
+    let _exclusive = connection_guard();
+    let source = match Connection::open_with_flags(
+        full,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    ) {
+        Ok(source) => source,
+        Err(error) => return refused(error),
+    };
+    if let Err(error) = source.busy_timeout(BUSY_TIMEOUT) {
+        return refused(error);
+    }
+    let mut destination = match Connection::open(copy.path()) {
+        Ok(destination) => destination,
+        Err(error) => return refused(error),
+    };
+    // The copy is scratch: no journal, no syncs (it is hashed and stored, then gone).
+    if let Err(error) =
+        destination.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
+    {
+        return refused(error);
+    }
+    let started = Instant::now();
+    let outcome = {
+        let backup = match rusqlite::backup::Backup::new(&source, &mut destination) {
+            Ok(backup) => backup,
+            Err(error) => return refused(error),
+        };
+        backup.step(-1)
+    };
+    let lock_held = started.elapsed();
+    LONGEST_LOCK_US.fetch_max(
+        u64::try_from(lock_held.as_micros()).unwrap_or(u64::MAX),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    drop(destination);
+    // Closing the read-only connection neither checkpoints nor removes the `-wal`.
+    drop(source);
+    match outcome {
+        Ok(StepResult::Done) => Ok(Taken::Copy(Snapshot {
+            file: copy,
+            lock_held,
+        })),
+        Ok(StepResult::Busy) | Ok(StepResult::Locked) => Ok(Taken::Busy),
+        Ok(_) => Ok(Taken::Busy),
+        Err(rusqlite::Error::SqliteFailure(code, _))
+            if matches!(
+                code.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            Ok(Taken::Busy)
+        }
+        Err(error) => refused(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn companions_name_their_database() {
+        let base = |text: &str| companion_base(&RelPath::new(text).unwrap()).map(|p| p.to_string());
+        assert_eq!(base("db/app.db-wal").as_deref(), Some("db/app.db"));
+        assert_eq!(base("app.db-journal").as_deref(), Some("app.db"));
+        assert_eq!(base("x-shm").as_deref(), Some("x"));
+        assert_eq!(base("-wal"), None);
+        assert_eq!(base("app.db"), None);
+        assert_eq!(
+            companions(Path::new("/f/app.db")),
+            vec![
+                PathBuf::from("/f/app.db-wal"),
+                PathBuf::from("/f/app.db-shm"),
+                PathBuf::from("/f/app.db-journal")
+            ]
+        );
+    }
+}
