@@ -38,6 +38,7 @@ pub mod replay;
 pub mod repository;
 pub mod role;
 pub mod scan;
+pub mod switchover;
 pub mod verify;
 
 pub use capture::{Capture, CaptureOptions};

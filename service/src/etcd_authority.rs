@@ -144,6 +144,7 @@ async fn run(node: Arc<Node>, settings: EtcdSettings, mut requests: mpsc::Receiv
 fn lease_held(revision: u64, sent_ms: u64, ttl_s: i64) -> Input {
     Input::Authority(Evidence::LeaseHeld {
         now_ms: now_ms(),
+        sent_ms,
         revision,
         valid_until_ms: sent_ms + u64::try_from(ttl_s).unwrap_or(0) * 1000,
     })
