@@ -18,3 +18,4 @@ mod quarantine_gc;
 mod roundtrip;
 mod simulation;
 mod support;
+mod switchover;
