@@ -235,11 +235,14 @@ pub struct RoleMachine {
     pub(crate) role: Role,
     pub(crate) epoch: u64,
     pub(crate) head_seq: u64,
+    /// The epoch of this node's log head, as last applied (after a rejoin it may be
+    /// below `epoch`).
+    pub(crate) head_epoch: u64,
     /// The highest epoch seen anywhere (own or peer's).
     pub(crate) highest_epoch_seen: u64,
     /// When the peer last answered (or when we started waiting for it).
     last_answer_ms: u64,
-    peer: Option<PeerView>,
+    pub(crate) peer: Option<PeerView>,
     /// A promotion waiting for its final pull.
     promoting: bool,
     /// The target's side of switchovers: the pending request, the answered ones.
@@ -282,6 +285,7 @@ impl RoleMachine {
             role: Role::Starting,
             epoch,
             head_seq: 0,
+            head_epoch: epoch,
             highest_epoch_seen: epoch,
             last_answer_ms: now_ms,
             peer: None,
@@ -668,6 +672,7 @@ impl RoleMachine {
                 }
                 Input::Applied { epoch, head_seq } => {
                     self.epoch = epoch;
+                    self.head_epoch = epoch;
                     self.head_seq = head_seq;
                     Vec::new()
                 }
@@ -709,6 +714,7 @@ impl RoleMachine {
             }
             Input::Applied { epoch, head_seq } => {
                 self.epoch = self.epoch.max(epoch);
+                self.head_epoch = epoch;
                 self.highest_epoch_seen = self.highest_epoch_seen.max(epoch);
                 self.head_seq = head_seq;
                 Vec::new()

@@ -282,7 +282,7 @@ impl RoleMachine {
         if self.take_over.known(&request) {
             return Vec::new();
         }
-        if self.epoch > request.epoch {
+        if self.head_epoch > request.epoch {
             // This node's log is in a later epoch: it (or someone) took over since.
             self.take_over.done = Some(request);
             return Vec::new();
@@ -304,8 +304,12 @@ impl RoleMachine {
         }
         let stale = if self.head_seq > request.head_seq {
             Some("this node already holds events past the switchover's head")
-        } else if self.highest_epoch_seen > request.epoch {
-            Some("a later epoch was seen")
+        } else if self
+            .peer
+            .as_ref()
+            .is_some_and(|peer| peer.node == request.from && peer.epoch > request.epoch)
+        {
+            Some("the old active is in a later epoch already")
         } else {
             None
         };

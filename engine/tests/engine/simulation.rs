@@ -108,6 +108,9 @@ struct SimNode {
     /// etcd shell: the lease held (id, revision), a campaign under way since (step),
     /// the step of the next keep-alive.
     lease: Option<(u64, u64)>,
+    /// Leases this node gave up (never adopted again, even after a restart: the shell
+    /// keeps them in data_dir).
+    revoked: Vec<u64>,
     acquiring_since: Option<u64>,
     next_keepalive: u64,
 }
@@ -132,6 +135,7 @@ impl SimNode {
             final_pull_pending: false,
             heartbeat_deadlines: VecDeque::new(),
             lease: None,
+            revoked: Vec::new(),
             acquiring_since: None,
             next_keepalive: 0,
         }
@@ -166,6 +170,7 @@ impl SimNode {
         self.final_pull_pending = false;
         self.heartbeat_deadlines.clear();
         self.lease = None;
+        // `revoked` survives: the shell keeps it in data_dir.
         self.acquiring_since = None;
     }
 }
@@ -209,6 +214,8 @@ enum Message {
         node: usize,
         instance: u64,
         sent_ms: u64,
+        /// Leases the node gave up: not adopted (as the shell reads the key first).
+        given_up: Vec<u64>,
     },
     EtcdKeepAlive {
         node: usize,
@@ -362,6 +369,7 @@ impl World {
                             node: index,
                             instance: self.nodes[index].instance,
                             sent_ms: self.now_ms(),
+                            given_up: self.nodes[index].revoked.clone(),
                         };
                         self.send(index, ETCD, message);
                     }
@@ -369,6 +377,7 @@ impl World {
                 Action::ReleaseAuthority => {
                     self.nodes[index].acquiring_since = None;
                     if let Some((lease, _)) = self.nodes[index].lease.take() {
+                        self.nodes[index].revoked.push(lease);
                         self.send(index, ETCD, Message::EtcdRevoke { lease });
                     }
                 }
@@ -728,6 +737,8 @@ impl World {
             .as_ref()
             .is_some_and(|key| key.expires_ms <= now_ms)
         {
+            self.trace
+                .push(format!("{} etcd: the lease expired", self.step));
             self.etcd.key = None;
         }
         match message {
@@ -735,11 +746,12 @@ impl World {
                 node,
                 instance,
                 sent_ms,
+                given_up,
             } => {
                 let answer = match self.etcd.key.as_mut() {
                     // A key that already names this node is adopted (after a restart),
                     // its lease kept alive, as the shell does.
-                    Some(key) if key.node == node => {
+                    Some(key) if key.node == node && !given_up.contains(&key.lease) => {
                         key.expires_ms = now_ms + LEASE_TTL_MS;
                         Message::EtcdGranted {
                             instance,
@@ -800,6 +812,8 @@ impl World {
             Message::EtcdRevoke { lease }
                 if self.etcd.key.as_ref().is_some_and(|key| key.lease == lease) =>
             {
+                self.trace
+                    .push(format!("{} etcd: lease {lease} revoked", self.step));
                 self.etcd.key = None;
             }
             _ => {}
@@ -823,8 +837,15 @@ impl World {
                     // A second answer (a retried campaign adopted the lease): held.
                     return;
                 }
+                if self.nodes[index].revoked.contains(&lease) {
+                    // A lease this run gave up (its revoke may still be on the way):
+                    // not adopted; it expires.
+                    self.nodes[index].acquiring_since = None;
+                    return;
+                }
                 if self.nodes[index].acquiring_since.take().is_none() {
                     // Released while the campaign was under way: give it back.
+                    self.nodes[index].revoked.push(lease);
                     self.send(index, ETCD, Message::EtcdRevoke { lease });
                     return;
                 }
@@ -1084,6 +1105,17 @@ fn regression_witness_seed_3845_switchover_never_overlaps() {
 #[test]
 fn regression_witness_seed_35934_no_resume_on_abort_alone() {
     run(35934, Mode::Witness);
+}
+
+/// Issue 16, etcd mode (found while adding the etcd model, and by the soak): a lease
+/// adopted after a restart while the old run's revoke was still in flight; a lease
+/// given up and adopted again; a target whose own epoch outlived its rejoin answering
+/// "done"; a holder blocked by a peer's later epoch.
+#[test]
+fn regression_etcd_seeds() {
+    for seed in [5, 7, 14, 17, 29, 135, 599, 5606, 8563, 55492] {
+        run(seed, Mode::Etcd);
+    }
 }
 
 /// The soak: `cargo test --release -p standin-engine --test engine soak -- --ignored`
