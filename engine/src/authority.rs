@@ -52,6 +52,8 @@ pub enum Evidence {
     /// plus the TTL etcd answered), taken at etcd `revision`.
     LeaseHeld {
         now_ms: u64,
+        /// When the request that took or renewed the lease was sent (local clock).
+        sent_ms: u64,
         revision: u64,
         valid_until_ms: u64,
     },
@@ -112,6 +114,18 @@ pub trait Authority: Send + Sync + std::fmt::Debug {
     fn may_take(&self, now_ms: u64, node: &str, epoch: u64) -> Decision;
     /// May this active keep authority? `peer_answered_ms`: when the peer last answered.
     fn may_hold(&self, now_ms: u64, node: &str, epoch: u64, peer_answered_ms: u64) -> Decision;
+    /// `may_take`, on evidence given after `since_ms` only (an old active resuming
+    /// during its switchover: witness votes cast for it before it stopped must not
+    /// count).
+    fn may_take_since(&self, now_ms: u64, node: &str, epoch: u64, since_ms: u64) -> Decision {
+        let _ = since_ms;
+        self.may_take(now_ms, node, epoch)
+    }
+    /// This node gave up what the authority needs (the etcd lease): hold nothing until
+    /// it is acquired anew.
+    fn release(&mut self, now_ms: u64) {
+        let _ = now_ms;
+    }
     /// The lowest epoch a promotion may take (etcd: the lease's revision).
     fn epoch_floor(&self) -> u64 {
         0
@@ -221,13 +235,20 @@ impl WitnessQuorum {
     /// Counted from the echoed time of this node's own answer, not from arrival: a
     /// report delayed in transit does not make its vote count any later.
     fn votes_for(&self, now_ms: u64, node: &str) -> usize {
+        self.votes_since(now_ms, node, 0)
+    }
+
+    /// Votes for `node` counted from `since_ms` or later.
+    fn votes_since(&self, now_ms: u64, node: &str, since_ms: u64) -> usize {
         let window = self.settings.window_ms;
         self.latest
             .values()
             .filter(|received| received.report.vote.as_deref() == Some(node))
             .filter(|received| {
                 received.report.echo.is_some_and(|(_, counted_from)| {
-                    counted_from <= now_ms && now_ms - counted_from <= window
+                    counted_from >= since_ms
+                        && counted_from <= now_ms
+                        && now_ms - counted_from <= window
                 })
             })
             .count()
@@ -244,12 +265,22 @@ impl WitnessQuorum {
     }
 
     fn may_take_by_agents(&self, now_ms: u64, node: &str, epoch: u64) -> Decision {
+        self.may_take_by_agents_since(now_ms, node, epoch, 0)
+    }
+
+    fn may_take_by_agents_since(
+        &self,
+        now_ms: u64,
+        node: &str,
+        epoch: u64,
+        since_ms: u64,
+    ) -> Decision {
         if let Some((their_epoch, their_node)) = self.higher_reported(now_ms, node, epoch) {
             return Decision::No(format!(
                 "agents report {their_node} active in epoch {their_epoch}, above this node"
             ));
         }
-        let votes = self.votes_for(now_ms, node);
+        let votes = self.votes_since(now_ms, node, since_ms);
         let quorum = self.settings.quorum();
         if votes >= quorum {
             Decision::Yes
@@ -299,6 +330,11 @@ impl Authority for WitnessQuorum {
         self.may_take_by_agents(now_ms, node, epoch)
     }
 
+    fn may_take_since(&self, now_ms: u64, node: &str, epoch: u64, since_ms: u64) -> Decision {
+        // Strictly after: an answer sent in the same millisecond may predate it.
+        self.may_take_by_agents_since(now_ms, node, epoch, since_ms.saturating_add(1))
+    }
+
     fn may_hold(&self, now_ms: u64, node: &str, epoch: u64, peer_answered_ms: u64) -> Decision {
         if let Some((their_epoch, their_node)) = self.higher_reported(now_ms, node, epoch) {
             return Decision::No(format!(
@@ -340,6 +376,9 @@ pub struct EtcdLease {
     held: Option<(u64, u64)>,
     last_problem: Option<String>,
     highest_revision: u64,
+    /// When this node last gave the lease up: a renewal sent before then (still in
+    /// flight) must not make it held again.
+    released_at_ms: Option<u64>,
 }
 
 impl EtcdLease {
@@ -349,6 +388,7 @@ impl EtcdLease {
             held: None,
             last_problem: None,
             highest_revision: 0,
+            released_at_ms: None,
         }
     }
 
@@ -372,6 +412,10 @@ impl Authority for EtcdLease {
 
     fn observe(&mut self, evidence: Evidence) {
         match evidence {
+            // A renewal sent before this node gave the lease up (still in flight
+            // then): not the lease any more.
+            Evidence::LeaseHeld { sent_ms, .. }
+                if self.released_at_ms.is_some_and(|at| sent_ms <= at) => {}
             Evidence::LeaseHeld {
                 revision,
                 valid_until_ms,
@@ -402,6 +446,12 @@ impl Authority for EtcdLease {
 
     fn may_hold(&self, now_ms: u64, _: &str, _: u64, _: u64) -> Decision {
         self.holds(now_ms)
+    }
+
+    fn release(&mut self, now_ms: u64) {
+        self.held = None;
+        self.released_at_ms = Some(now_ms);
+        self.last_problem = Some("the etcd lease was given up".to_string());
     }
 
     fn epoch_floor(&self) -> u64 {
@@ -703,6 +753,7 @@ mod tests {
         assert!(!lease.may_take(0, "alpha", 0).allowed());
         lease.observe(Evidence::LeaseHeld {
             now_ms: 0,
+            sent_ms: 0,
             revision: 7,
             valid_until_ms: 4_000,
         });

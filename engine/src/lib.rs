@@ -40,6 +40,7 @@ pub mod repository;
 pub mod role;
 pub mod scan;
 pub mod sqlite;
+pub mod switchover;
 pub mod verify;
 
 pub use capture::{Capture, CaptureOptions, CaptureStats};

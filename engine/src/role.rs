@@ -21,8 +21,10 @@
 //!   before the promotion is recorded cancels it.
 //! - **Switchover.** The active stops capture (after a final capture) and logins and
 //!   asks its peer to take over at its exact head; the peer pulls to that head and
-//!   promotes; the old active then sees the higher authority and follows.
-//!   `auto_failback` makes the preferred node ask for this once it has caught up.
+//!   promotes once the authority agrees; the old active then sees the higher
+//!   authority and follows. It resumes only on the peer's abort or when the authority
+//!   backs it again (see [`crate::switchover`]). `auto_failback` makes the preferred
+//!   node ask for this once it has caught up.
 //! - **Fencing.** Two active nodes in one epoch, a broken chain or a digest mismatch
 //!   fence the node: it refuses everything but status until an operator acts.
 //! - **Authority.** Every decision to take, keep or resume authority is also put to
@@ -30,15 +32,16 @@
 //!   fails over only when it agrees, an active it no longer backs is `Suspended`
 //!   (logins and capture stopped) until it backs it again — resuming in a new epoch
 //!   when the authority's epoch floor (the etcd revision) moved past it — or a higher
-//!   authority shows up and it rejoins. A switchover needs no witness quorum (the old
-//!   active hands over), but an etcd lease is always needed.
+//!   authority shows up and it rejoins. A switchover's target needs the witness
+//!   quorum or the etcd lease like any other promotion.
 
 use serde::Serialize;
 
 use crate::authority::{Authority, Decision, Evidence, PeerOnly};
+use crate::switchover::{HandingOver, TakeOverMemory, TakeOverRequest, TakeOverState};
 
-/// How long an active waits for its peer to take over in a switchover before it
-/// resumes; the peer gives up taking over after half of it.
+/// How long a switchover's target tries to take over before it aborts (and, in peer
+/// mode, how long the old active waits for a silent peer before it resumes).
 pub fn switchover_patience_ms(failover_after_ms: u64) -> u64 {
     (failover_after_ms * 3).max(10_000)
 }
@@ -51,6 +54,10 @@ pub enum Role {
     Starting,
     /// Authoritative: records changes, serves the log, accepts logins.
     Active,
+    /// Was active, stopped logins and capture for a switchover: waits for the peer to
+    /// take over (or to abort), or for the authority to back it again.
+    #[serde(rename = "handing-over")]
+    HandingOver,
     /// Follows the active.
     Passive,
     /// Learned it was superseded: quarantining what never replicated, rewinding its
@@ -69,6 +76,7 @@ impl Role {
         match self {
             Role::Starting => "starting",
             Role::Active => "active",
+            Role::HandingOver => "handing-over",
             Role::Passive => "passive",
             Role::Rejoining => "rejoining",
             Role::Suspended { .. } => "suspended",
@@ -83,6 +91,9 @@ pub struct PeerView {
     pub node: String,
     pub epoch: u64,
     pub active: bool,
+    /// Handing authority over (a switchover): not active, but still the holder of
+    /// its epoch for a lower node.
+    pub handing_over: bool,
     pub head_seq: u64,
 }
 
@@ -131,18 +142,18 @@ pub enum Input {
     },
     /// The rejoin (quarantine, rewind) is done; the node can follow.
     RejoinDone,
-    /// The active asks this passive to take over once it has applied `head_seq`.
-    TakeOverRequested {
-        head_seq: u64,
+    /// The active asks this passive to take over (a switchover).
+    TakeOverRequested(TakeOverRequest),
+    /// The peer answered a take-over request this node sent (switchover `id`).
+    TakeOverAnswered {
+        id: u64,
+        state: TakeOverState,
     },
     /// A pull answered that our history is not the authority's (we hold events it
     /// does not): rejoin.
     Diverged {
         authority: String,
     },
-    /// A switchover this node started did not complete in time (the peer never took
-    /// over): resume as the authority.
-    SwitchoverTimedOut,
     /// The chain broke or a digest did not match.
     IntegrityFailure {
         reason: String,
@@ -189,10 +200,10 @@ pub enum Action {
     StartRejoin {
         authority: String,
     },
-    /// Ask the peer to take over at `head_seq` (switchover, or failback).
-    AskPeerToTakeOver {
-        head_seq: u64,
-    },
+    /// Ask the peer to take over (a switchover); repeated every tick until it
+    /// answers done or aborted. The shell sets `head_seq` to the head after the final
+    /// capture.
+    AskPeerToTakeOver(TakeOverRequest),
     /// Ask the active peer for a switchover (auto_failback).
     RequestSwitchover,
     /// Tell the operator (log and status).
@@ -220,30 +231,30 @@ pub struct RoleSettings {
 /// The machine's state.
 #[derive(Clone, Debug)]
 pub struct RoleMachine {
-    settings: RoleSettings,
-    role: Role,
-    epoch: u64,
-    head_seq: u64,
+    pub(crate) settings: RoleSettings,
+    pub(crate) role: Role,
+    pub(crate) epoch: u64,
+    pub(crate) head_seq: u64,
+    /// The epoch of this node's log head, as last applied (after a rejoin it may be
+    /// below `epoch`).
+    pub(crate) head_epoch: u64,
     /// The highest epoch seen anywhere (own or peer's).
-    highest_epoch_seen: u64,
+    pub(crate) highest_epoch_seen: u64,
     /// When the peer last answered (or when we started waiting for it).
     last_answer_ms: u64,
-    peer: Option<PeerView>,
+    pub(crate) peer: Option<PeerView>,
     /// A promotion waiting for its final pull.
     promoting: bool,
-    /// A switchover: promote once the head reaches this seq.
-    take_over_at: Option<u64>,
-    /// A switchover promotion is abandoned after this (half the old active's patience:
-    /// it must never happen after the old active gave up and resumed).
-    take_over_deadline_ms: u64,
-    /// Handing authority over (switchover started on this active).
-    handing_over: bool,
+    /// The target's side of switchovers: the pending request, the answered ones.
+    pub(crate) take_over: TakeOverMemory,
+    /// The old active's side of a switchover (role `HandingOver`).
+    pub(crate) handing: Option<HandingOver>,
     failback_requested: bool,
-    authority: Box<dyn Authority>,
+    pub(crate) authority: Box<dyn Authority>,
     /// The latest time an input carried.
-    now_ms: u64,
+    pub(crate) now_ms: u64,
     /// When the peer last answered or called, whatever its role.
-    peer_contact_ms: u64,
+    pub(crate) peer_contact_ms: u64,
     /// A promotion (switchover, forced) waiting for the authority (the etcd lease).
     awaiting_authority: Option<String>,
     /// The last refusal reported, so it is alerted once, not every tick.
@@ -274,13 +285,13 @@ impl RoleMachine {
             role: Role::Starting,
             epoch,
             head_seq: 0,
+            head_epoch: epoch,
             highest_epoch_seen: epoch,
             last_answer_ms: now_ms,
             peer: None,
             promoting: false,
-            take_over_at: None,
-            take_over_deadline_ms: 0,
-            handing_over: false,
+            take_over: TakeOverMemory::default(),
+            handing: None,
             failback_requested: false,
         }
     }
@@ -309,7 +320,7 @@ impl RoleMachine {
 
     /// Only the active node lets users log in.
     pub fn accepts_logins(&self) -> bool {
-        self.role == Role::Active && !self.handing_over
+        self.role == Role::Active
     }
 
     /// The first actions: ask the peer.
@@ -318,7 +329,8 @@ impl RoleMachine {
     }
 
     fn outranks_us(&self, peer: &PeerView) -> bool {
-        peer.active && (peer.epoch, peer.node.as_str()) > (self.epoch, self.settings.node.as_str())
+        (peer.active || peer.handing_over)
+            && (peer.epoch, peer.node.as_str()) > (self.epoch, self.settings.node.as_str())
     }
 
     fn fence(&mut self, reason: String) -> Vec<Action> {
@@ -327,7 +339,8 @@ impl RoleMachine {
             reason: reason.clone(),
         };
         self.promoting = false;
-        self.take_over_at = None;
+        self.handing = None;
+        self.settle_take_over(false);
         let mut actions = Vec::new();
         if was_active {
             actions.extend([Action::CloseLogins, Action::StopCapture]);
@@ -335,6 +348,7 @@ impl RoleMachine {
         actions.push(Action::StopPulling);
         if self.authority.needs_acquire() {
             // A fenced node must not keep the lease the peer needs to take over.
+            self.authority.release(self.now_ms);
             actions.push(Action::ReleaseAuthority);
         }
         actions.push(Action::Alert {
@@ -345,7 +359,7 @@ impl RoleMachine {
 
     fn step_down(&mut self, authority: &PeerView) -> Vec<Action> {
         let mut actions = Vec::new();
-        if self.role == Role::Active {
+        if matches!(self.role, Role::Active | Role::HandingOver) {
             actions.extend([
                 Action::CloseLogins,
                 Action::StopCapture,
@@ -361,18 +375,19 @@ impl RoleMachine {
             authority: authority.node.clone(),
         });
         if self.authority.needs_acquire() {
+            self.authority.release(self.now_ms);
             actions.push(Action::ReleaseAuthority);
         }
         self.role = Role::Rejoining;
         self.promoting = false;
-        self.take_over_at = None;
-        self.handing_over = false;
+        self.settle_take_over(false);
+        self.handing = None;
         self.awaiting_authority = None;
         actions
     }
 
     /// The authority no longer backs this active: stop logins and capture.
-    fn suspend(&mut self, reason: String) -> Vec<Action> {
+    pub(crate) fn suspend(&mut self, reason: String) -> Vec<Action> {
         let mut actions = Vec::new();
         if self.role == Role::Active {
             actions.extend([
@@ -398,7 +413,7 @@ impl RoleMachine {
 
     /// Backed again: resume as the authority, in a new epoch when the authority's
     /// floor (the etcd revision) moved past ours.
-    fn resume(&mut self) -> Vec<Action> {
+    pub(crate) fn resume(&mut self) -> Vec<Action> {
         let mut actions = Vec::new();
         // Resume in a new epoch, above any seen (an etcd revision, a peer's promotion):
         // a peer may have promoted unseen while this node was suspended, and the
@@ -466,7 +481,7 @@ impl RoleMachine {
     /// through the link) or holds a later epoch than ours (it was a later authority:
     /// it goes first). Peer-only mode keeps its start-up rule (the higher authority
     /// wins).
-    fn peer_blocks_taking(&self) -> Option<String> {
+    pub(crate) fn peer_blocks_taking(&self) -> Option<String> {
         if self.authority.mode() == "peer" {
             return None;
         }
@@ -479,7 +494,13 @@ impl RoleMachine {
             ));
         }
         let since_contact = self.now_ms.saturating_sub(self.peer_contact_ms);
-        if peer.epoch > self.epoch && since_contact < self.settings.failover_after_ms {
+        // With a lease, the holder goes first (the peer cannot take the lease it
+        // holds); its history is the one that goes on, the peer's later events are
+        // quarantined when it rejoins.
+        if peer.epoch > self.epoch
+            && since_contact < self.settings.failover_after_ms
+            && !self.authority.needs_acquire()
+        {
             return Some(format!(
                 "{} holds epoch {}, above this node's {}",
                 peer.node, peer.epoch, self.epoch
@@ -488,18 +509,8 @@ impl RoleMachine {
         None
     }
 
-    /// Too late for the switchover: the old active may have given up and resumed.
-    fn abandon_take_over(&mut self) -> Vec<Action> {
-        self.take_over_at = None;
-        vec![Action::Alert {
-            message:
-                "the switchover took too long to catch up; not taking over (the old active resumes)"
-                    .to_string(),
-        }]
-    }
-
     /// An alert for a refusal, once per distinct reason.
-    fn refusal(&mut self, message: String) -> Vec<Action> {
+    pub(crate) fn refusal(&mut self, message: String) -> Vec<Action> {
         if self.last_refusal.as_ref() == Some(&message) {
             return Vec::new();
         }
@@ -521,7 +532,7 @@ impl RoleMachine {
         }
     }
 
-    fn promote(&mut self, reason: &str) -> Vec<Action> {
+    pub(crate) fn promote(&mut self, reason: &str) -> Vec<Action> {
         let epoch = self.next_epoch(
             self.epoch
                 .max(self.highest_epoch_seen)
@@ -536,7 +547,7 @@ impl RoleMachine {
         self.epoch = epoch;
         self.highest_epoch_seen = epoch;
         self.promoting = false;
-        self.take_over_at = None;
+        self.settle_take_over(true);
         vec![
             Action::StopPulling,
             Action::RecordPromote { epoch },
@@ -569,10 +580,17 @@ impl RoleMachine {
             ));
         }
         match self.role {
-            Role::Active | Role::Suspended { .. } if outranked => self.step_down(&peer),
+            Role::Active | Role::HandingOver | Role::Suspended { .. } if outranked => {
+                self.step_down(&peer)
+            }
             Role::Starting if outranked => self.step_down(&peer),
+            // With a lease, an active peer holds it: follow it, whatever the epochs
+            // (later events of ours are quarantined by the rejoin).
+            Role::Suspended { .. } if peer.active && self.authority.needs_acquire() => {
+                self.step_down(&peer)
+            }
             Role::Starting => self.take_configured_role(),
-            Role::Passive if self.promoting && peer.active => {
+            Role::Passive if self.promoting && (peer.active || peer.handing_over) => {
                 // The active answered after all: no promotion.
                 self.promoting = false;
                 vec![Action::Alert {
@@ -654,6 +672,7 @@ impl RoleMachine {
                 }
                 Input::Applied { epoch, head_seq } => {
                     self.epoch = epoch;
+                    self.head_epoch = epoch;
                     self.head_seq = head_seq;
                     Vec::new()
                 }
@@ -663,9 +682,10 @@ impl RoleMachine {
         match input {
             Input::Tick { now_ms } => self.tick(now_ms),
             Input::HeartbeatAnswered { now_ms, peer } => {
-                // Only an active peer holds off a failover: two followers talking to
-                // each other must not wait for each other forever.
-                if peer.active {
+                // Only an active peer (or one handing authority over: it takes over
+                // only through the switchover) holds off a failover: two followers
+                // talking to each other must not wait for each other forever.
+                if peer.active || peer.handing_over {
                     self.last_answer_ms = now_ms;
                 }
                 self.peer_contact_ms = self.peer_contact_ms.max(now_ms);
@@ -673,7 +693,7 @@ impl RoleMachine {
             }
             Input::PeerSeen { now_ms, peer } => {
                 self.peer_contact_ms = self.peer_contact_ms.max(now_ms);
-                if peer.active {
+                if peer.active || peer.handing_over {
                     self.last_answer_ms = self.last_answer_ms.max(now_ms);
                 }
                 self.observe(peer)
@@ -694,6 +714,7 @@ impl RoleMachine {
             }
             Input::Applied { epoch, head_seq } => {
                 self.epoch = self.epoch.max(epoch);
+                self.head_epoch = epoch;
                 self.highest_epoch_seen = self.highest_epoch_seen.max(epoch);
                 self.head_seq = head_seq;
                 Vec::new()
@@ -723,27 +744,15 @@ impl RoleMachine {
                     Vec::new()
                 }
             }
-            Input::TakeOverRequested { head_seq } => {
-                if self.role == Role::Passive {
-                    self.take_over_at = Some(head_seq);
-                    self.take_over_deadline_ms =
-                        self.now_ms + switchover_patience_ms(self.settings.failover_after_ms) / 2;
-                    if self.head_seq >= head_seq {
-                        return self.promote_if_authorized("switchover", true);
-                    }
-                    vec![Action::PullTo { head_seq }]
-                } else {
-                    vec![Action::Alert {
-                        message: format!("asked to take over while {}", self.role.name()),
-                    }]
-                }
-            }
+            Input::TakeOverRequested(request) => self.take_over_requested(request),
+            Input::TakeOverAnswered { id, state } => self.take_over_answered(id, state),
             Input::Diverged { authority } => {
                 if self.role == Role::Passive {
                     let peer = self.peer.clone().unwrap_or(PeerView {
                         node: authority,
                         epoch: self.epoch,
                         active: true,
+                        handing_over: false,
                         head_seq: 0,
                     });
                     self.step_down(&peer)
@@ -752,29 +761,6 @@ impl RoleMachine {
                 }
             }
             Input::IntegrityFailure { reason } => self.fence(reason),
-            Input::SwitchoverTimedOut => {
-                if self.role == Role::Active && self.handing_over {
-                    self.handing_over = false;
-                    if let Decision::No(reason) =
-                        self.authority
-                            .may_take(self.now_ms, &self.settings.node, self.epoch)
-                    {
-                        return self
-                            .suspend(format!("the peer did not take over in time, and {reason}"));
-                    }
-                    vec![
-                        Action::StartCapture,
-                        Action::OpenLogins,
-                        Action::Alert {
-                            message:
-                                "the peer did not take over in time; this node stays the authority"
-                                    .to_string(),
-                        },
-                    ]
-                } else {
-                    Vec::new()
-                }
-            }
             Input::Operator(command) => self.command(command),
             Input::Authority(_) => Vec::new(),
         }
@@ -784,7 +770,8 @@ impl RoleMachine {
         let mut actions = vec![Action::SendHeartbeat];
         let node = self.settings.node.clone();
         match self.role.clone() {
-            Role::Active if !self.handing_over => {
+            Role::HandingOver => actions.extend(self.handing_over_tick(now_ms)),
+            Role::Active => {
                 let later_peer = self
                     .peer_blocks_taking()
                     .filter(|_| self.peer.as_ref().is_some_and(|peer| !peer.active));
@@ -812,8 +799,9 @@ impl RoleMachine {
                 }
             },
             Role::Passive => {
-                if self.take_over_at.is_some() && now_ms > self.take_over_deadline_ms {
-                    actions.extend(self.abandon_take_over());
+                if self.take_over.is_pending() {
+                    actions.extend(self.try_take_over());
+                    return actions;
                 }
                 if let Some(reason) = self.awaiting_authority.clone() {
                     if self.authority.may_promote(now_ms, &node).allowed() {
@@ -825,10 +813,7 @@ impl RoleMachine {
                     return actions;
                 }
                 let silent_ms = now_ms.saturating_sub(self.last_answer_ms);
-                if !self.promoting
-                    && self.take_over_at.is_none()
-                    && silent_ms >= self.settings.failover_after_ms
-                {
+                if !self.promoting && silent_ms >= self.settings.failover_after_ms {
                     match self.authority.may_promote(now_ms, &node) {
                         Decision::Yes => {
                             self.promoting = true;
@@ -861,14 +846,8 @@ impl RoleMachine {
         if self.role != Role::Passive {
             return Vec::new();
         }
-        if let Some(target) = self.take_over_at {
-            if self.now_ms > self.take_over_deadline_ms {
-                return self.abandon_take_over();
-            }
-            if self.head_seq >= target {
-                return self.promote_if_authorized("switchover", true);
-            }
-            return Vec::new();
+        if self.take_over.is_pending() {
+            return self.try_take_over();
         }
         let peer_active = self.peer.as_ref().is_some_and(|peer| peer.active);
         if self.settings.preferred
@@ -910,39 +889,11 @@ impl RoleMachine {
                     message: format!("cannot promote while {}", self.role.name()),
                 }],
             },
-            Command::Switchover => {
-                if self.role == Role::Active && !self.handing_over {
-                    self.handing_over = true;
-                    let mut actions = vec![
-                        Action::CloseLogins,
-                        Action::StopCapture,
-                        Action::AskPeerToTakeOver {
-                            head_seq: self.head_seq,
-                        },
-                    ];
-                    if self.authority.needs_acquire() {
-                        actions.push(Action::ReleaseAuthority);
-                    }
-                    actions
-                } else {
-                    vec![Action::Alert {
-                        message: format!(
-                            "a switchover starts on the active; this node is {}",
-                            self.role.name()
-                        ),
-                    }]
-                }
-            }
+            Command::Switchover => self.start_switchover(),
             Command::Unfence => vec![Action::Alert {
                 message: "not fenced".to_string(),
             }],
         }
-    }
-
-    /// Update the head this machine hands over at (the shell calls it after the final
-    /// capture of a switchover, before `AskPeerToTakeOver` is sent).
-    pub fn handing_over_at(&self) -> Option<u64> {
-        self.handing_over.then_some(self.head_seq)
     }
 }
 
@@ -965,6 +916,7 @@ mod tests {
             node: node.to_string(),
             epoch,
             active,
+            handing_over: false,
             head_seq: 0,
         }
     }
@@ -1160,67 +1112,6 @@ mod tests {
     }
 
     #[test]
-    fn a_switchover_hands_over_at_the_exact_head() {
-        let mut active = RoleMachine::new(settings("alpha", true), 1, 0);
-        active.start();
-        active.step(Input::HeartbeatAnswered {
-            now_ms: 1,
-            peer: peer("beta", 1, false),
-        });
-        active.step(Input::Applied {
-            epoch: 1,
-            head_seq: 40,
-        });
-        let actions = active.step(Input::Operator(Command::Switchover));
-        assert_eq!(
-            actions,
-            vec![
-                Action::CloseLogins,
-                Action::StopCapture,
-                Action::AskPeerToTakeOver { head_seq: 40 }
-            ]
-        );
-        assert!(!active.accepts_logins());
-
-        let mut passive = following_passive();
-        passive.step(Input::Applied {
-            epoch: 1,
-            head_seq: 38,
-        });
-        assert_eq!(
-            passive.step(Input::TakeOverRequested { head_seq: 40 }),
-            vec![Action::PullTo { head_seq: 40 }]
-        );
-        assert_eq!(passive.step(Input::CaughtUp { head_seq: 39 }), vec![]);
-        let actions = passive.step(Input::CaughtUp { head_seq: 40 });
-        assert!(
-            actions.contains(&Action::RecordPromote { epoch: 2 }),
-            "{actions:?}"
-        );
-
-        let actions = active.step(Input::PeerSeen {
-            now_ms: 5,
-            peer: peer("beta", 2, true),
-        });
-        assert!(actions.contains(&Action::StartRejoin {
-            authority: "beta".to_string()
-        }));
-    }
-
-    #[test]
-    fn a_switchover_the_peer_never_completes_is_undone() {
-        let mut active = RoleMachine::new(settings("alpha", true), 1, 0);
-        active.start();
-        active.step(Input::HeartbeatFailed { now_ms: 1 });
-        active.step(Input::Operator(Command::Switchover));
-        assert!(!active.accepts_logins());
-        let actions = active.step(Input::SwitchoverTimedOut);
-        assert_eq!(actions[..2], [Action::StartCapture, Action::OpenLogins]);
-        assert!(active.accepts_logins());
-        assert_eq!(active.step(Input::SwitchoverTimedOut), vec![], "only once");
-    }
-
-    #[test]
     fn promote_without_force_is_refused_while_the_active_answers() {
         let mut machine = following_passive();
         let actions = machine.step(Input::Operator(Command::Promote { force: false }));
@@ -1305,6 +1196,7 @@ mod tests {
         );
         machine.step(Input::Authority(Evidence::LeaseHeld {
             now_ms: 6_100,
+            sent_ms: 6_000,
             revision: 41,
             valid_until_ms: 10_100,
         }));
@@ -1321,29 +1213,5 @@ mod tests {
         assert!(actions.contains(&Action::CloseLogins), "{actions:?}");
         assert!(!machine.accepts_logins());
         assert!(matches!(machine.role(), Role::Suspended { .. }));
-    }
-
-    #[test]
-    fn a_switchover_that_catches_up_too_late_is_abandoned() {
-        let mut machine = following_passive();
-        machine.step(Input::Applied {
-            epoch: 1,
-            head_seq: 5,
-        });
-        let actions = machine.step(Input::TakeOverRequested { head_seq: 10 });
-        assert_eq!(actions, vec![Action::PullTo { head_seq: 10 }]);
-        let late = 10 + switchover_patience_ms(5_000) / 2 + 1;
-        machine.step(Input::HeartbeatAnswered {
-            now_ms: late,
-            peer: peer("alpha", 1, true),
-        });
-        let actions = machine.step(Input::CaughtUp { head_seq: 10 });
-        assert!(
-            !actions
-                .iter()
-                .any(|action| matches!(action, Action::RecordPromote { .. })),
-            "the old active may have resumed: {actions:?}"
-        );
-        assert_eq!(machine.role(), &Role::Passive);
     }
 }

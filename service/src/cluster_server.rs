@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::convert::{head_from_wire, head_to_wire};
 use crate::node::{Node, NodeStatus};
 use standin_engine::role::{Command, Input, PeerView};
+use standin_engine::switchover::{TakeOverRequest, TakeOverState};
 
 pub struct ClusterService {
     pub node: Arc<Node>,
@@ -132,6 +133,7 @@ impl Cluster for ClusterService {
                     node: request.node.clone(),
                     epoch: head.epoch,
                     active: request.role == "active",
+                    handing_over: request.role == "handing-over",
                     head_seq: head.seq,
                 },
             });
@@ -233,15 +235,29 @@ impl Cluster for ClusterService {
     async fn take_over(
         &self,
         request: Request<wire::TakeOverRequest>,
-    ) -> Result<Response<wire::RoleReply>, Status> {
+    ) -> Result<Response<wire::TakeOverReply>, Status> {
         let request = request.into_inner();
-        tracing::info!(from = %request.from_node, head_seq = request.head_seq, "asked to take over");
-        self.node.feed(Input::TakeOverRequested {
+        tracing::debug!(from = %request.from_node, head_seq = request.head_seq, "asked to take over");
+        let request = TakeOverRequest {
+            from: request.from_node,
+            epoch: request.epoch,
             head_seq: request.head_seq,
-        });
-        Ok(Response::new(
-            self.reply("taking over once caught up").await,
-        ))
+            id: request.switchover_id,
+        };
+        self.node.feed(Input::TakeOverRequested(request.clone()));
+        // The machine answers in its own task; a request not seen yet is pending, and
+        // the old active asks again on its next tick.
+        let reply = self.reply("asked to take over").await;
+        let state = match self.node.take_over_state(&request) {
+            TakeOverState::Pending => wire::TakeOverState::TakeOverPending,
+            TakeOverState::Done => wire::TakeOverState::TakeOverDone,
+            TakeOverState::Aborted => wire::TakeOverState::TakeOverAborted,
+        };
+        Ok(Response::new(wire::TakeOverReply {
+            role: reply.role,
+            message: reply.message,
+            state: state as i32,
+        }))
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use standin_engine::fsutil::monotonic_ms as now_ms;
 use standin_engine::role::{Action, Hook, Input, PeerView, RoleMachine, RoleSettings};
+use standin_engine::switchover::TakeOverState;
 use standin_engine::{Change, Hash};
 use standin_proto::v1 as wire;
 use tokio::sync::watch;
@@ -99,6 +100,8 @@ impl Coordinator {
     fn publish(&self) {
         self.node
             .set_role(self.machine.role().clone(), self.machine.accepts_logins());
+        self.node
+            .set_take_over(self.machine.take_over_memory().clone());
         self.node.set_authority_status(
             self.machine
                 .authority()
@@ -229,36 +232,45 @@ impl Coordinator {
                     }
                 });
             }
-            Action::AskPeerToTakeOver { .. } => {
-                // The head after the final capture (capture has stopped by now).
-                let head_seq = node.repository.head().seq;
-                // If the peer never takes over, stay the authority.
-                let waiting = node.clone();
-                tokio::spawn(async move {
-                    let patience =
-                        Duration::from_millis(standin_engine::role::switchover_patience_ms(
-                            waiting.config.failover_after_ms,
-                        ));
-                    tokio::time::sleep(patience).await;
-                    waiting.feed(Input::SwitchoverTimedOut);
-                });
+            Action::AskPeerToTakeOver(request) => {
+                // Repeated every tick until the peer answers done or aborted; the
+                // machine, not a timer here, decides when to resume.
                 tokio::spawn(async move {
                     let Some(mut client) = cluster_client(&node) else {
                         return;
                     };
-                    let request = wire::TakeOverRequest {
-                        head_seq,
-                        from_node: node.config.node_name.clone(),
+                    // The head after the final capture (capture has stopped by now).
+                    let wire_request = wire::TakeOverRequest {
+                        head_seq: node.repository.head().seq,
+                        from_node: request.from.clone(),
+                        epoch: request.epoch,
+                        switchover_id: request.id,
                     };
-                    if let Err(status) = client.take_over(request).await {
-                        tracing::error!(
-                            message = status.message(),
-                            "the peer did not accept the switchover"
-                        );
-                        node.set_error(Some(format!(
-                            "switchover: the peer did not answer: {}",
-                            status.message()
-                        )));
+                    let limit =
+                        Duration::from_millis(node.config.heartbeat_interval_ms.max(200) * 2);
+                    match tokio::time::timeout(limit, client.take_over(wire_request)).await {
+                        Ok(Ok(reply)) => {
+                            let state = match reply.get_ref().state() {
+                                wire::TakeOverState::TakeOverPending => TakeOverState::Pending,
+                                wire::TakeOverState::TakeOverDone => TakeOverState::Done,
+                                wire::TakeOverState::TakeOverAborted => TakeOverState::Aborted,
+                            };
+                            node.feed(Input::TakeOverAnswered {
+                                id: request.id,
+                                state,
+                            });
+                        }
+                        Ok(Err(status)) => {
+                            tracing::warn!(
+                                message = status.message(),
+                                "switchover: the peer did not accept the take-over request"
+                            );
+                            node.set_error(Some(format!(
+                                "switchover: the peer did not answer: {}",
+                                status.message()
+                            )));
+                        }
+                        Err(_) => tracing::warn!("switchover: the take-over request timed out"),
                     }
                 });
             }
@@ -404,6 +416,7 @@ async fn heartbeat(node: Arc<Node>) {
                         node: response.node,
                         epoch: head.epoch,
                         active: response.role == "active",
+                        handing_over: response.role == "handing-over",
                         head_seq: head.seq,
                     },
                 }),

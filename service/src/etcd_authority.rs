@@ -72,6 +72,14 @@ const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 async fn run(node: Arc<Node>, settings: EtcdSettings, mut requests: mpsc::Receiver<Request>) {
     let mut held: Option<Held> = None;
+    // Leases this node gave up: never adopted again, even after a restart, as the
+    // revoke may not have reached etcd yet (it may still, under the adopter's feet).
+    let given_up_file = node.config.data_dir.join("etcd-given-up-leases");
+    let mut revoked: Vec<i64> = std::fs::read_to_string(&given_up_file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .collect();
     let mut last_attempt: Option<tokio::time::Instant> = None;
     let mut last_problem = String::new();
     while let Some(request) = requests.recv().await {
@@ -84,7 +92,7 @@ async fn run(node: Arc<Node>, settings: EtcdSettings, mut requests: mpsc::Receiv
                     continue;
                 }
                 last_attempt = Some(tokio::time::Instant::now());
-                match campaign(&node, &settings).await {
+                match campaign(&node, &settings, &revoked).await {
                     Ok(Some((lease_id, revision, sent_ms, ttl_s))) => {
                         tracing::info!(key = %settings.key, lease_id, revision, "took the etcd authority key");
                         last_problem.clear();
@@ -116,11 +124,19 @@ async fn run(node: Arc<Node>, settings: EtcdSettings, mut requests: mpsc::Receiv
             Request::Release => {
                 if let Some(held) = held.take() {
                     held.keeper.abort();
-                    let revoked = async {
+                    if revoked.len() >= 64 {
+                        revoked.remove(0);
+                    }
+                    revoked.push(held.lease_id);
+                    let lines: String = revoked.iter().map(|lease| format!("{lease}\n")).collect();
+                    if let Err(error) = record_given_up(&given_up_file, &lines) {
+                        tracing::warn!(%error, "could not record the given-up etcd lease");
+                    }
+                    let revoking = async {
                         let mut client = connect(&settings).await?;
                         client.lease_revoke(held.lease_id).await
                     };
-                    match tokio::time::timeout(Duration::from_secs(2), revoked).await {
+                    match tokio::time::timeout(Duration::from_secs(2), revoking).await {
                         Ok(Ok(_)) => {
                             tracing::info!(key = %settings.key, "released the etcd authority key")
                         }
@@ -141,9 +157,20 @@ async fn run(node: Arc<Node>, settings: EtcdSettings, mut requests: mpsc::Receiv
     }
 }
 
+/// Write the list of given-up leases durably (temporary file, fsync, rename).
+fn record_given_up(path: &std::path::Path, lines: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(lines.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
+}
+
 fn lease_held(revision: u64, sent_ms: u64, ttl_s: i64) -> Input {
     Input::Authority(Evidence::LeaseHeld {
         now_ms: now_ms(),
+        sent_ms,
         revision,
         valid_until_ms: sent_ms + u64::try_from(ttl_s).unwrap_or(0) * 1000,
     })
@@ -161,15 +188,17 @@ async fn connect(settings: &EtcdSettings) -> Result<Client, etcd_client::Error> 
 async fn campaign(
     node: &Arc<Node>,
     settings: &EtcdSettings,
+    revoked: &[i64],
 ) -> Result<Option<(i64, u64, u64, i64)>, etcd_client::Error> {
     let holder = holder_value(node);
     let attempt = async {
         let mut client = connect(settings).await?;
         let name = holder.as_str();
-        // A key that already names this node (a restart within the TTL): adopt its lease.
+        // A key that already names this node (a restart within the TTL): adopt its
+        // lease, unless this run gave it up (then it waits for it to expire).
         let existing = client.get(settings.key.as_str(), None).await?;
         if let Some(kv) = existing.kvs().first() {
-            if kv.value() == name.as_bytes() && kv.lease() != 0 {
+            if kv.value() == name.as_bytes() && kv.lease() != 0 && !revoked.contains(&kv.lease()) {
                 let sent_ms = now_ms();
                 let (mut keeper, mut stream) = client.lease_keep_alive(kv.lease()).await?;
                 keeper.keep_alive().await?;

@@ -97,6 +97,8 @@ pub struct Node {
     /// Terminal servers' last load reports.
     pub load_table: crate::site::LoadTable,
     authority_status: Mutex<Option<AuthorityStatus>>,
+    /// What the role machine answers take-over requests (published by the coordinator).
+    take_over: Mutex<standin_engine::switchover::TakeOverMemory>,
     /// This run of the node (random): agents echo it with this node's time, so a vote
     /// is never counted against a previous run's clock.
     pub instance: u64,
@@ -158,6 +160,7 @@ impl Node {
             apply_lock: Arc::new(tokio::sync::RwLock::new(())),
             load_table: crate::site::LoadTable::default(),
             authority_status: Mutex::new(None),
+            take_over: Mutex::new(Default::default()),
             instance: rand::random::<u64>() | 1,
         });
         Ok(node)
@@ -269,6 +272,19 @@ impl Node {
 
     pub fn peer_head(&self) -> Option<Head> {
         *lock(&self.peer_head)
+    }
+
+    /// Publish the machine's answers to take-over requests (the coordinator calls this).
+    pub fn set_take_over(&self, memory: standin_engine::switchover::TakeOverMemory) {
+        *lock(&self.take_over) = memory;
+    }
+
+    /// This node's state for a switchover its peer asked it to take over.
+    pub fn take_over_state(
+        &self,
+        request: &standin_engine::switchover::TakeOverRequest,
+    ) -> standin_engine::switchover::TakeOverState {
+        lock(&self.take_over).state(request)
     }
 
     /// Publish what the authority says (the coordinator calls this).

@@ -247,6 +247,8 @@ fn every_pair_call_is_refused_without_the_right_secret_and_changes_nothing() {
                             .take_over(wire::TakeOverRequest {
                                 head_seq: 1,
                                 from_node: "mallory".to_string(),
+                                epoch: 1,
+                                switchover_id: 1,
                             })
                             .await
                             .map(|_| ()),

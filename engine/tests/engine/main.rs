@@ -22,3 +22,4 @@ mod roundtrip;
 mod simulation;
 mod sqlite;
 mod support;
+mod switchover;

@@ -3,15 +3,17 @@
 //! the engine's own `AgentWitness`), a network that loses and delays messages and
 //! partitions links (the pair link cut, one node isolated from everyone, agents split
 //! between the nodes), crashes and restarts of either node and of agents (which
-//! forget their votes), operator switchovers (each with its own timeout, as in the
-//! shell), and a writer that writes
-//! to whichever node accepts logins. Each run is replayable by its seed
-//! (`STANDIN_SIM_SEED=N`, with `STANDIN_SIM_MODE=peer|witness`); the number of seeds is
-//! `STANDIN_SIM_SEEDS` (default 300 in the test command).
+//! forget their votes), operator switchovers, a simulated etcd (one key, one lease holder at a time, leases that expire
+//! by time unless kept alive), and a writer that writes to whichever node accepts
+//! logins. Reports, switchover messages and etcd calls sometimes linger in transit for
+//! longer than any timeout. Each run is replayable by its seed (`STANDIN_SIM_SEED=N`,
+//! with `STANDIN_SIM_MODE=peer|witness|etcd`); the number of seeds is
+//! `STANDIN_SIM_SEEDS` (default 300 in the test command, 100,000 in the `--ignored`
+//! soak).
 //!
 //! Checked at every step: never two nodes accepting logins in one epoch and, with the
-//! agent witness, never two nodes accepting logins at the same instant (peer mode
-//! shows that split brain: a test finds it). Checked once the faults heal: the pair
+//! agent witness or the etcd lease, never two nodes accepting logins at the same
+//! instant (peer mode shows that split brain: a test finds it). Checked once the faults heal: the pair
 //! converges (one authority, equal logs); every event a passive applied is on the
 //! final authority; every acknowledged write is on the final authority or in a
 //! quarantine (nothing silently lost).
@@ -19,12 +21,11 @@
 use std::collections::{HashSet, VecDeque};
 
 use standin_engine::authority::{
-    AgentWitness, Authority, Evidence, NodeAnswer, PeerOnly, WitnessQuorum, WitnessReport,
-    WitnessSettings,
+    AgentWitness, Authority, EtcdLease, Evidence, NodeAnswer, PeerOnly, WitnessQuorum,
+    WitnessReport, WitnessSettings,
 };
-use standin_engine::role::{
-    switchover_patience_ms, Action, Command, Input, PeerView, Role, RoleMachine, RoleSettings,
-};
+use standin_engine::role::{Action, Command, Input, PeerView, Role, RoleMachine, RoleSettings};
+use standin_engine::switchover::{TakeOverRequest, TakeOverState};
 
 const STEP_MS: u64 = 100;
 const HEARTBEAT_TIMEOUT_STEPS: u64 = 3;
@@ -33,11 +34,17 @@ const AGENTS: [&str; 3] = ["ts1", "ts2", "ts3"];
 const AGENT_INTERVAL_STEPS: u64 = 3;
 const FAILOVER_AFTER_MS: u64 = 1_500;
 const WITNESS_WINDOW_MS: u64 = 1_000;
+/// The simulated etcd lease's TTL; the holder renews it every third of it.
+const LEASE_TTL_MS: u64 = 2_000;
+const KEEPALIVE_STEPS: u64 = LEASE_TTL_MS / 3 / STEP_MS;
+/// A campaign whose answer was lost is tried again after this many steps.
+const ACQUIRE_RETRY_STEPS: u64 = 10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
     Peer,
     Witness,
+    Etcd,
 }
 
 fn authority(mode: Mode) -> Box<dyn Authority> {
@@ -48,12 +55,14 @@ fn authority(mode: Mode) -> Box<dyn Authority> {
             window_ms: WITNESS_WINDOW_MS,
             failover_after_ms: FAILOVER_AFTER_MS,
         })),
+        Mode::Etcd => Box::new(EtcdLease::new(LEASE_TTL_MS)),
     }
 }
 
-/// Endpoints: nodes are 0 and 1, agents 2, 3 and 4.
+/// Endpoints: nodes are 0 and 1, agents 2, 3 and 4, etcd 5.
 const NODES: usize = 2;
-const ENDPOINTS: usize = NODES + AGENTS.len();
+const ETCD: usize = NODES + AGENTS.len();
+const ENDPOINTS: usize = ETCD + 1;
 
 /// A model event: a unique id and the epoch it was recorded in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -96,9 +105,14 @@ struct SimNode {
     final_pull_pending: bool,
     /// Heartbeats sent and not answered: the step they time out at.
     heartbeat_deadlines: VecDeque<u64>,
-    /// Switchovers this node started: the step each one times out at (a timer per
-    /// switchover, as in the shell).
-    switchover_deadlines: Vec<u64>,
+    /// etcd shell: the lease held (id, revision), a campaign under way since (step),
+    /// the step of the next keep-alive.
+    lease: Option<(u64, u64)>,
+    /// Leases this node gave up (never adopted again, even after a restart: the shell
+    /// keeps them in data_dir).
+    revoked: Vec<u64>,
+    acquiring_since: Option<u64>,
+    next_keepalive: u64,
 }
 
 impl SimNode {
@@ -120,7 +134,10 @@ impl SimNode {
             rejoin_pending: false,
             final_pull_pending: false,
             heartbeat_deadlines: VecDeque::new(),
-            switchover_deadlines: Vec::new(),
+            lease: None,
+            revoked: Vec::new(),
+            acquiring_since: None,
+            next_keepalive: 0,
         }
     }
 
@@ -133,6 +150,7 @@ impl SimNode {
             node: self.name.to_string(),
             epoch: self.machine.epoch().max(self.epoch()),
             active: self.machine.role() == &Role::Active,
+            handing_over: matches!(self.machine.role(), Role::HandingOver),
             head_seq: self.log.len() as u64,
         }
     }
@@ -151,7 +169,9 @@ impl SimNode {
         self.rejoin_pending = false;
         self.final_pull_pending = false;
         self.heartbeat_deadlines.clear();
-        self.switchover_deadlines.clear();
+        self.lease = None;
+        // `revoked` survives: the shell keeps it in data_dir.
+        self.acquiring_since = None;
     }
 }
 
@@ -179,9 +199,49 @@ enum Message {
         agent: usize,
         report: WitnessReport,
     },
-    /// A switchover: take over once you have applied `head_seq`.
+    /// A switchover: take over at the request's head (once the authority agrees).
     TakeOver {
-        head_seq: u64,
+        from: usize,
+        request: TakeOverRequest,
+    },
+    /// The target's answer to a take-over request.
+    TakeOverAnswer {
+        id: u64,
+        state: TakeOverState,
+    },
+    /// To etcd: take the authority key under a new lease (or adopt ours).
+    EtcdAcquire {
+        node: usize,
+        instance: u64,
+        sent_ms: u64,
+        /// Leases the node gave up: not adopted (as the shell reads the key first).
+        given_up: Vec<u64>,
+    },
+    EtcdKeepAlive {
+        node: usize,
+        instance: u64,
+        lease: u64,
+        sent_ms: u64,
+    },
+    EtcdRevoke {
+        lease: u64,
+    },
+    /// From etcd to a node (of run `instance`).
+    EtcdGranted {
+        instance: u64,
+        lease: u64,
+        revision: u64,
+        sent_ms: u64,
+    },
+    EtcdRenewed {
+        instance: u64,
+        revision: u64,
+        sent_ms: u64,
+    },
+    EtcdLost {
+        instance: u64,
+        lease: Option<u64>,
+        reason: &'static str,
     },
     /// A node's answer to an agent's report.
     Ack {
@@ -194,6 +254,8 @@ struct Network {
     /// `cut[a][b]`: the link between endpoints a and b is cut (symmetric).
     cut: [[bool; ENDPOINTS]; ENDPOINTS],
     loss_percent: u64,
+    /// Some messages linger in transit (until the faults heal).
+    linger: bool,
     queue: Vec<(u64, usize, Message)>,
 }
 
@@ -210,6 +272,22 @@ impl Network {
     }
 }
 
+/// The authority key in the simulated etcd: who holds it, under which lease, until
+/// when (etcd's clock), created at which revision.
+struct EtcdKey {
+    node: usize,
+    lease: u64,
+    expires_ms: u64,
+    revision: u64,
+}
+
+#[derive(Default)]
+struct EtcdSim {
+    key: Option<EtcdKey>,
+    revision: u64,
+    next_lease: u64,
+}
+
 struct SimAgent {
     name: &'static str,
     witness: AgentWitness,
@@ -223,6 +301,8 @@ struct World {
     /// Steps at which two nodes accepted logins at once.
     split_brain_steps: u64,
     network: Network,
+    etcd: EtcdSim,
+    seed: u64,
     step: u64,
     next_id: u64,
     acknowledged: Vec<Ev>,
@@ -266,12 +346,40 @@ impl World {
                 }
                 Action::FinalPull => self.nodes[index].final_pull_pending = true,
                 Action::PullTo { .. } | Action::StartPulling => self.nodes[index].pulling = true,
-                Action::AskPeerToTakeOver { head_seq } => {
-                    let patience = switchover_patience_ms(FAILOVER_AFTER_MS) / STEP_MS;
-                    self.nodes[index]
-                        .switchover_deadlines
-                        .push(self.step + patience);
-                    self.send(index, peer, Message::TakeOver { head_seq });
+                Action::AskPeerToTakeOver(mut request) => {
+                    // The shell hands over at the head after the final capture.
+                    request.head_seq = self.nodes[index].log.len() as u64;
+                    self.send(
+                        index,
+                        peer,
+                        Message::TakeOver {
+                            from: index,
+                            request,
+                        },
+                    );
+                }
+                Action::AcquireAuthority => {
+                    let node = &self.nodes[index];
+                    let retry = node
+                        .acquiring_since
+                        .is_none_or(|since| self.step >= since + ACQUIRE_RETRY_STEPS);
+                    if self.mode == Mode::Etcd && node.lease.is_none() && retry {
+                        self.nodes[index].acquiring_since = Some(self.step);
+                        let message = Message::EtcdAcquire {
+                            node: index,
+                            instance: self.nodes[index].instance,
+                            sent_ms: self.now_ms(),
+                            given_up: self.nodes[index].revoked.clone(),
+                        };
+                        self.send(index, ETCD, message);
+                    }
+                }
+                Action::ReleaseAuthority => {
+                    self.nodes[index].acquiring_since = None;
+                    if let Some((lease, _)) = self.nodes[index].lease.take() {
+                        self.nodes[index].revoked.push(lease);
+                        self.send(index, ETCD, Message::EtcdRevoke { lease });
+                    }
                 }
                 Action::StopPulling => self.nodes[index].pulling = false,
                 Action::RecordPromote { epoch } => {
@@ -289,8 +397,6 @@ impl World {
                 | Action::CloseLogins
                 | Action::RunHook { .. }
                 | Action::RequestSwitchover
-                | Action::AcquireAuthority
-                | Action::ReleaseAuthority
                 | Action::Alert { .. } => {}
             }
         }
@@ -307,8 +413,13 @@ impl World {
             return;
         }
         let mut delay = 1 + self.rng.below(2);
-        if matches!(message, Message::Report { .. }) && self.rng.chance(5) {
-            // A report stuck in transit for longer than the witness window.
+        let may_linger = !matches!(
+            message,
+            Message::Heartbeat { .. } | Message::Answer { .. } | Message::Ack { .. }
+        );
+        if may_linger && self.network.linger && self.rng.chance(5) {
+            // A report, a switchover message or an etcd call stuck in transit for
+            // longer than the witness window, the lease's TTL, the failover delay.
             delay = 10 + self.rng.below(30);
         }
         self.network.queue.push((self.step + delay, to, message));
@@ -438,6 +549,18 @@ impl World {
                     if cut { "is cut" } else { "heals" }
                 ));
             }
+            if self.mode == Mode::Etcd && self.rng.chance(2) {
+                // One node-etcd link flips.
+                let node = self.rng.below(2) as usize;
+                let cut = self.network.up(node, ETCD);
+                self.network.set(node, ETCD, cut);
+                self.trace.push(format!(
+                    "{} link {}-etcd {}",
+                    self.step,
+                    self.nodes[node].name,
+                    if cut { "is cut" } else { "heals" }
+                ));
+            }
             if self.rng.chance(1) {
                 self.network.heal();
                 self.trace.push(format!("{} every link heals", self.step));
@@ -498,6 +621,10 @@ impl World {
                     .answered(now_ms, address, &answer);
                 continue;
             }
+            if to == ETCD {
+                self.etcd_serves(message);
+                continue;
+            }
             if !self.nodes[to].alive {
                 continue;
             }
@@ -531,10 +658,22 @@ impl World {
                     };
                     self.send(to, NODES + agent, ack);
                 }
-                Message::TakeOver { head_seq } => {
-                    self.feed(to, Input::TakeOverRequested { head_seq });
+                Message::TakeOver { from, request } => {
+                    let id = request.id;
+                    self.feed(to, Input::TakeOverRequested(request.clone()));
+                    let state = self.nodes[to].machine.take_over_memory().state(&request);
+                    self.send(to, from, Message::TakeOverAnswer { id, state });
                 }
-                Message::Ack { .. } => {}
+                Message::TakeOverAnswer { id, state } => {
+                    self.feed(to, Input::TakeOverAnswered { id, state });
+                }
+                message @ (Message::EtcdGranted { .. }
+                | Message::EtcdRenewed { .. }
+                | Message::EtcdLost { .. }) => self.etcd_answers(to, message),
+                Message::Ack { .. }
+                | Message::EtcdAcquire { .. }
+                | Message::EtcdKeepAlive { .. }
+                | Message::EtcdRevoke { .. } => {}
                 Message::Answer { view } => {
                     self.nodes[to].heartbeat_deadlines.pop_front();
                     self.feed(to, Input::HeartbeatAnswered { now_ms, peer: view });
@@ -542,18 +681,7 @@ impl World {
             }
         }
         for index in 0..2 {
-            let step = self.step;
-            let due = self.nodes[index]
-                .switchover_deadlines
-                .iter()
-                .filter(|deadline| **deadline <= step)
-                .count();
-            self.nodes[index]
-                .switchover_deadlines
-                .retain(|deadline| *deadline > step);
-            for _ in 0..due {
-                self.feed(index, Input::SwitchoverTimedOut);
-            }
+            self.keep_lease_alive(index);
             while self.nodes[index]
                 .heartbeat_deadlines
                 .front()
@@ -600,20 +728,219 @@ impl World {
         self.check_one_authority_per_epoch();
     }
 
+    /// The etcd server: one key, one holder at a time, leases that expire by time.
+    fn etcd_serves(&mut self, message: Message) {
+        let now_ms = self.now_ms();
+        if self
+            .etcd
+            .key
+            .as_ref()
+            .is_some_and(|key| key.expires_ms <= now_ms)
+        {
+            self.trace
+                .push(format!("{} etcd: the lease expired", self.step));
+            self.etcd.key = None;
+        }
+        match message {
+            Message::EtcdAcquire {
+                node,
+                instance,
+                sent_ms,
+                given_up,
+            } => {
+                let answer = match self.etcd.key.as_mut() {
+                    // A key that already names this node is adopted (after a restart),
+                    // its lease kept alive, as the shell does.
+                    Some(key) if key.node == node && !given_up.contains(&key.lease) => {
+                        key.expires_ms = now_ms + LEASE_TTL_MS;
+                        Message::EtcdGranted {
+                            instance,
+                            lease: key.lease,
+                            revision: key.revision,
+                            sent_ms,
+                        }
+                    }
+                    Some(_) => Message::EtcdLost {
+                        instance,
+                        lease: None,
+                        reason: "the etcd authority key is held by another node",
+                    },
+                    None => {
+                        self.etcd.revision += 1;
+                        self.etcd.next_lease += 1;
+                        let key = EtcdKey {
+                            node,
+                            lease: self.etcd.next_lease,
+                            expires_ms: now_ms + LEASE_TTL_MS,
+                            revision: self.etcd.revision,
+                        };
+                        let answer = Message::EtcdGranted {
+                            instance,
+                            lease: key.lease,
+                            revision: key.revision,
+                            sent_ms,
+                        };
+                        self.etcd.key = Some(key);
+                        answer
+                    }
+                };
+                self.send(ETCD, node, answer);
+            }
+            Message::EtcdKeepAlive {
+                node,
+                instance,
+                lease,
+                sent_ms,
+            } => {
+                let answer = match self.etcd.key.as_mut() {
+                    Some(key) if key.lease == lease => {
+                        key.expires_ms = now_ms + LEASE_TTL_MS;
+                        Message::EtcdRenewed {
+                            instance,
+                            revision: key.revision,
+                            sent_ms,
+                        }
+                    }
+                    _ => Message::EtcdLost {
+                        instance,
+                        lease: Some(lease),
+                        reason: "the etcd lease expired",
+                    },
+                };
+                self.send(ETCD, node, answer);
+            }
+            Message::EtcdRevoke { lease }
+                if self.etcd.key.as_ref().is_some_and(|key| key.lease == lease) =>
+            {
+                self.trace
+                    .push(format!("{} etcd: lease {lease} revoked", self.step));
+                self.etcd.key = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// The etcd shell of node `index`: what etcd answered.
+    fn etcd_answers(&mut self, index: usize, message: Message) {
+        let now_ms = self.now_ms();
+        match message {
+            Message::EtcdGranted {
+                instance,
+                lease,
+                revision,
+                sent_ms,
+            } if instance == self.nodes[index].instance => {
+                if self.nodes[index]
+                    .lease
+                    .is_some_and(|(held, _)| held == lease)
+                {
+                    // A second answer (a retried campaign adopted the lease): held.
+                    return;
+                }
+                if self.nodes[index].revoked.contains(&lease) {
+                    // A lease this run gave up (its revoke may still be on the way):
+                    // not adopted; it expires.
+                    self.nodes[index].acquiring_since = None;
+                    return;
+                }
+                if self.nodes[index].acquiring_since.take().is_none() {
+                    // Released while the campaign was under way: give it back.
+                    self.nodes[index].revoked.push(lease);
+                    self.send(index, ETCD, Message::EtcdRevoke { lease });
+                    return;
+                }
+                self.nodes[index].lease = Some((lease, revision));
+                self.nodes[index].next_keepalive = self.step + KEEPALIVE_STEPS;
+                self.trace.push(format!(
+                    "{} {} holds lease {lease} (revision {revision})",
+                    self.step, self.nodes[index].name
+                ));
+                let evidence = Evidence::LeaseHeld {
+                    now_ms,
+                    sent_ms,
+                    revision,
+                    valid_until_ms: sent_ms + LEASE_TTL_MS,
+                };
+                self.feed(index, Input::Authority(evidence));
+            }
+            // A renewal is fed even when the lease was given up meanwhile (as in the
+            // shell, where it may already be on its way to the machine).
+            Message::EtcdRenewed {
+                instance,
+                revision,
+                sent_ms,
+                ..
+            } if instance == self.nodes[index].instance => {
+                let evidence = Evidence::LeaseHeld {
+                    now_ms,
+                    sent_ms,
+                    revision,
+                    valid_until_ms: sent_ms + LEASE_TTL_MS,
+                };
+                self.feed(index, Input::Authority(evidence));
+            }
+            Message::EtcdLost {
+                instance,
+                lease,
+                reason,
+            } if instance == self.nodes[index].instance => {
+                let node = &mut self.nodes[index];
+                match lease {
+                    Some(lost) if node.lease.is_some_and(|(held, _)| held == lost) => {
+                        node.lease = None;
+                        let line = format!("{} {} lost lease {lost}", self.step, node.name);
+                        self.trace.push(line);
+                    }
+                    Some(_) => return,
+                    None => node.acquiring_since = None,
+                }
+                let evidence = Evidence::LeaseLost {
+                    now_ms,
+                    reason: reason.to_string(),
+                };
+                self.feed(index, Input::Authority(evidence));
+            }
+            _ => {}
+        }
+    }
+
+    /// The etcd shell keeps a held lease alive every third of its TTL.
+    fn keep_lease_alive(&mut self, index: usize) {
+        let node = &self.nodes[index];
+        let Some((lease, _)) = node.lease else {
+            return;
+        };
+        if !node.alive || self.step < node.next_keepalive {
+            return;
+        }
+        self.nodes[index].next_keepalive = self.step + KEEPALIVE_STEPS;
+        let message = Message::EtcdKeepAlive {
+            node: index,
+            instance: self.nodes[index].instance,
+            lease,
+            sent_ms: self.now_ms(),
+        };
+        self.send(index, ETCD, message);
+    }
+
     fn check_one_authority_per_epoch(&mut self) {
         let [a, b] = &self.nodes;
         if a.alive && b.alive && a.machine.accepts_logins() && b.machine.accepts_logins() {
             self.split_brain_steps += 1;
             assert!(
-                self.mode != Mode::Witness,
-                "with the agent witness, two nodes accept logins at step {}:\n{}",
+                self.mode == Mode::Peer,
+                "seed {} ({:?}): two nodes accept logins at step {}:\n{}",
+                self.seed,
+                self.mode,
                 self.step,
                 self.trace.join("\n")
             );
             assert_ne!(
                 a.machine.epoch(),
                 b.machine.epoch(),
-                "two authorities in epoch {} at step {}:\n{}",
+                "seed {} ({:?}): two authorities in epoch {} at step {}:\n{}",
+                self.seed,
+                self.mode,
                 a.machine.epoch(),
                 self.step,
                 self.trace.join("\n")
@@ -642,8 +969,11 @@ fn run(seed: u64, mode: Mode) -> u64 {
         network: Network {
             cut: [[false; ENDPOINTS]; ENDPOINTS],
             loss_percent: 10,
+            linger: true,
             queue: Vec::new(),
         },
+        etcd: EtcdSim::default(),
+        seed,
         step: 0,
         next_id: 0,
         acknowledged: Vec::new(),
@@ -660,6 +990,7 @@ fn run(seed: u64, mode: Mode) -> u64 {
     // Heal: both up, every link up, no loss; then let the pair settle.
     world.network.heal();
     world.network.loss_percent = 0;
+    world.network.linger = false;
     world.trace.push(format!("{} faults heal", world.step));
     for _ in 0..200 {
         world.run_step(false, true);
@@ -715,14 +1046,16 @@ fn run(seed: u64, mode: Mode) -> u64 {
     world.split_brain_steps
 }
 
-fn seeds() -> Vec<u64> {
+/// The seeds to run: `STANDIN_SIM_SEED` alone, else 1..=`STANDIN_SIM_SEEDS` (default
+/// `default_count`).
+fn seeds(default_count: u64) -> Vec<u64> {
     if let Ok(seed) = std::env::var("STANDIN_SIM_SEED") {
         return vec![seed.parse().expect("STANDIN_SIM_SEED must be a number")];
     }
     let count: u64 = std::env::var("STANDIN_SIM_SEEDS")
         .ok()
         .and_then(|value| value.parse().ok())
-        .unwrap_or(300);
+        .unwrap_or(default_count);
     (1..=count).collect()
 }
 
@@ -730,28 +1063,79 @@ fn mode_wanted(mode: Mode) -> bool {
     match std::env::var("STANDIN_SIM_MODE").as_deref() {
         Ok("peer") => mode == Mode::Peer,
         Ok("witness") => mode == Mode::Witness,
+        Ok("etcd") => mode == Mode::Etcd,
         _ => true,
+    }
+}
+
+/// Runs the seeds of one mode; the panic names the seed (so does each assertion).
+fn run_seeds(mode: Mode, default_count: u64) {
+    if !mode_wanted(mode) {
+        return;
+    }
+    for seed in seeds(default_count) {
+        run(seed, mode);
     }
 }
 
 #[test]
 fn the_pair_keeps_one_authority_per_epoch_loses_nothing_and_converges() {
-    if !mode_wanted(Mode::Peer) {
-        return;
-    }
-    for seed in seeds() {
-        run(seed, Mode::Peer);
-    }
+    run_seeds(Mode::Peer, 300);
 }
 
 #[test]
 fn with_the_agent_witness_never_two_nodes_accept_logins_at_once() {
-    if !mode_wanted(Mode::Witness) {
-        return;
+    run_seeds(Mode::Witness, 300);
+}
+
+#[test]
+fn with_an_etcd_lease_never_two_nodes_accept_logins_at_once() {
+    run_seeds(Mode::Etcd, 300);
+}
+
+/// Issue 16: a switchover's stale timer let the old active resume while its peer
+/// took over.
+#[test]
+fn regression_witness_seed_3845_switchover_never_overlaps() {
+    run(3845, Mode::Witness);
+}
+
+/// Issue 16, found by the soak: the old active resumed on its peer's abort (holding
+/// by a peer's heartbeat) while the peer, restarted, failed over with the quorum.
+#[test]
+fn regression_witness_seed_35934_no_resume_on_abort_alone() {
+    run(35934, Mode::Witness);
+}
+
+/// Issue 16, etcd mode (found while adding the etcd model, and by the soak): a lease
+/// adopted after a restart while the old run's revoke was still in flight; a lease
+/// given up and adopted again; a target whose own epoch outlived its rejoin answering
+/// "done"; a holder blocked by a peer's later epoch.
+#[test]
+fn regression_etcd_seeds() {
+    for seed in [5, 7, 14, 17, 29, 135, 599, 5606, 8563, 55492] {
+        run(seed, Mode::Etcd);
     }
-    for seed in seeds() {
-        run(seed, Mode::Witness);
-    }
+}
+
+/// The soak: `cargo test --release -p standin-engine --test engine soak -- --ignored`
+/// runs 100,000 seeds per mode (`STANDIN_SIM_SEEDS`, `STANDIN_SIM_MODE` to change).
+#[test]
+#[ignore = "a soak: 100,000 seeds, minutes in release"]
+fn soak_peer() {
+    run_seeds(Mode::Peer, 100_000);
+}
+
+#[test]
+#[ignore = "a soak: 100,000 seeds, minutes in release"]
+fn soak_witness() {
+    run_seeds(Mode::Witness, 100_000);
+}
+
+#[test]
+#[ignore = "a soak: 100,000 seeds, minutes in release"]
+fn soak_etcd() {
+    run_seeds(Mode::Etcd, 100_000);
 }
 
 /// The hole the witness closes: in peer mode, a cut link with both nodes alive gives
