@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use standin_engine::{Capture, CaptureOptions, Change, Event, Hash};
+use standin_engine::{Capture, CaptureOptions, Change};
 
 use crate::support::{wait_for, Node};
 
@@ -20,34 +20,11 @@ fn options() -> CaptureOptions {
     }
 }
 
-fn all_events(node: &Node) -> Vec<Event> {
-    node.repository
-        .log()
-        .events_after(0, &Hash::ZERO, usize::MAX)
-        .unwrap()
-}
-
 fn puts_of(node: &Node, path: &str) -> usize {
-    all_events(node)
+    node.all_events()
         .iter()
         .filter(|event| matches!(&event.body.change, Change::Put { path: put, .. } if put.to_string() == path))
         .count()
-}
-
-/// Wait until the log has stopped growing for a while (capture has caught up).
-fn settle(node: &Node) {
-    let mut last = node.repository.head().seq;
-    let mut still_for = 0;
-    assert!(wait_for(LIMIT, || {
-        let now = node.repository.head().seq;
-        if now == last {
-            still_for += 1;
-        } else {
-            still_for = 0;
-            last = now;
-        }
-        still_for >= 40
-    }));
 }
 
 #[test]
@@ -64,12 +41,12 @@ fn a_file_written_in_many_small_writes_is_recorded_once() {
     }
     drop(file);
     assert!(wait_for(LIMIT, || puts_of(&node, "growing.log") >= 1));
-    settle(&node);
+    node.settle();
     assert_eq!(
         puts_of(&node, "growing.log"),
         1,
         "events: {:?}",
-        all_events(&node)
+        node.all_events()
     );
     node.assert_verified();
     capture.stop();
@@ -86,8 +63,9 @@ fn a_rename_is_recorded_as_a_rename() {
     std::fs::rename(node.folder.join("dir/a.txt"), node.folder.join("dir/b.txt")).unwrap();
     std::fs::rename(node.folder.join("dir"), node.folder.join("moved")).unwrap();
     assert!(wait_for(LIMIT, || node.repository.head().seq >= before + 2));
-    settle(&node);
-    let renames: Vec<_> = all_events(&node)
+    node.settle();
+    let renames: Vec<_> = node
+        .all_events()
         .into_iter()
         .filter(|event| matches!(event.body.change, Change::Rename { .. }))
         .collect();
@@ -120,7 +98,7 @@ fn a_removed_directory_tree_is_one_removal() {
     let before = node.repository.head().seq;
     std::fs::remove_dir_all(node.folder.join("tree")).unwrap();
     assert!(wait_for(LIMIT, || node.repository.head().seq > before));
-    settle(&node);
+    node.settle();
     let after: Vec<_> = node
         .repository
         .log()
@@ -143,7 +121,7 @@ fn changes_made_while_capture_was_stopped_are_recorded_at_start() {
     std::fs::write(node.folder.join("keep/old"), b"one").unwrap();
     std::fs::write(node.folder.join("gone"), b"two").unwrap();
     let capture = Capture::start(&node.folder, node.repository.clone(), 1, options()).unwrap();
-    settle(&node);
+    node.settle();
     capture.stop();
     let stopped_at = node.repository.head().seq;
 

@@ -10,51 +10,7 @@ use std::time::{Duration, Instant};
 
 use standin_engine::{Capture, CaptureOptions, Change, Entry, Event, FolderIndex, Hash};
 
-use crate::support::{wait_for, Node};
-
-const LIMIT: Duration = Duration::from_secs(30);
-
-fn all_events(node: &Node) -> Vec<Event> {
-    node.repository
-        .log()
-        .events_after(0, &Hash::ZERO, usize::MAX)
-        .unwrap()
-}
-
-/// Wait until capture has recorded everything written so far: the log stops growing.
-fn settle(node: &Node) {
-    let mut last = node.repository.head().seq;
-    let mut still_for = 0;
-    assert!(wait_for(LIMIT, || {
-        let now = node.repository.head().seq;
-        if now == last {
-            still_for += 1;
-        } else {
-            still_for = 0;
-            last = now;
-        }
-        still_for >= 40
-    }));
-}
-
-/// The content of every `Put` of `path` in the log, in order.
-fn versions_of(node: &Node, path: &str) -> Vec<Vec<u8>> {
-    all_events(node)
-        .iter()
-        .filter_map(|event| match &event.body.change {
-            Change::Put {
-                path: put, chunks, ..
-            } if put.to_string() == path => {
-                let mut content = Vec::new();
-                for chunk in chunks {
-                    content.extend(node.repository.chunks().get(&chunk.hash).unwrap());
-                }
-                Some(content)
-            }
-            _ => None,
-        })
-        .collect()
-}
+use crate::support::Node;
 
 const BLOCK: usize = 4096;
 
@@ -88,7 +44,7 @@ fn a_file_rewritten_in_place_is_recorded_as_whole_passes_only() {
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(file);
-    settle(&node);
+    node.settle();
     let stats = capture.stats();
     eprintln!(
         "groups {}, unstable reads {}, unordered groups {}",
@@ -102,7 +58,7 @@ fn a_file_rewritten_in_place_is_recorded_as_whole_passes_only() {
     );
     capture.stop();
     let mut passes_seen = std::collections::BTreeSet::new();
-    for (number, version) in versions_of(&node, "table.dat").iter().enumerate() {
+    for (number, version) in node.versions_of("table.dat").iter().enumerate() {
         assert_eq!(version.len(), size);
         let stamps: std::collections::BTreeSet<u32> = version
             .chunks(BLOCK)
@@ -147,9 +103,9 @@ fn an_appended_file_is_recorded_as_prefixes_while_it_grows() {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    settle(&node);
+    node.settle();
     capture.stop();
-    let versions = versions_of(&node, "app.log");
+    let versions = node.versions_of("app.log");
     for (number, version) in versions.iter().enumerate() {
         assert!(
             written.starts_with(version),
@@ -227,9 +183,9 @@ fn an_object_is_recorded_before_the_ref_that_names_it() {
             std::thread::sleep(Duration::from_millis(30));
         }
     }
-    settle(&node);
+    node.settle();
     capture.stop();
-    let events = all_events(&node);
+    let events = node.all_events();
     let first_put = |name: &str| {
         events
             .iter()
@@ -393,11 +349,11 @@ proptest::proptest! {
             }
         }
         run.creating.push(None);
-        settle(&node);
+        node.settle();
         capture.stop();
         let (all_states, all_creating) = (run.states, run.creating);
         let hash = |bytes: &[u8]| Hash(*blake3::hash(bytes).as_bytes());
-        let boundaries = states_at_boundaries(&all_events(&node));
+        let boundaries = states_at_boundaries(&node.all_events());
         let mut at = 0usize;
         for (number, boundary) in boundaries.iter().enumerate() {
             let files: BTreeMap<String, Option<Hash>> = boundary
@@ -511,9 +467,9 @@ fn an_object_in_a_new_directory_is_recorded_before_its_ref() {
             std::thread::sleep(Duration::from_millis(25));
         }
     }
-    settle(&node);
+    node.settle();
     capture.stop();
-    let events = all_events(&node);
+    let events = node.all_events();
     let mut refs_seen = 0;
     let mut index = FolderIndex::default();
     let mut group_left = 0u64;

@@ -8,9 +8,9 @@
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
-use standin_engine::{Capture, CaptureOptions, Change, Hash};
+use standin_engine::{Capture, CaptureOptions, Change};
 
-use crate::support::{wait_for, Node};
+use crate::support::Node;
 
 const ROWS_PER_TRANSACTION: i64 = 20;
 
@@ -57,30 +57,8 @@ fn write_rows(path: &std::path::Path, journal_mode: &str, seconds: u64) -> i64 {
     committed
 }
 
-fn database_versions(node: &Node, name: &str) -> Vec<Vec<u8>> {
-    node.repository
-        .log()
-        .events_after(0, &Hash::ZERO, usize::MAX)
-        .unwrap()
-        .into_iter()
-        .filter_map(|event| match event.body.change {
-            Change::Put { path, chunks, .. } if path.to_string() == name => {
-                let mut content = Vec::new();
-                for chunk in chunks {
-                    content.extend(node.repository.chunks().get(&chunk.hash).unwrap());
-                }
-                Some(content)
-            }
-            _ => None,
-        })
-        .collect()
-}
-
 fn recorded_paths(node: &Node) -> Vec<String> {
-    node.repository
-        .log()
-        .events_after(0, &Hash::ZERO, usize::MAX)
-        .unwrap()
+    node.all_events()
         .into_iter()
         .filter_map(|event| match event.body.change {
             Change::Put { path, .. } => Some(path.to_string()),
@@ -101,17 +79,10 @@ fn a_live_database_is_recorded_at_transaction_boundaries(journal_mode: &str) {
     let database = node.folder.join("app.db");
     let committed = write_rows(&database, journal_mode, 3);
     // The writer's connection is closed: in WAL mode that checkpoints into the file.
-    let mut last = node.repository.head().seq;
-    let mut still = 0;
-    assert!(wait_for(Duration::from_secs(30), || {
-        let now = node.repository.head().seq;
-        still = if now == last { still + 1 } else { 0 };
-        last = now;
-        still >= 40
-    }));
+    node.settle();
     capture.stop();
 
-    let versions = database_versions(&node, "app.db");
+    let versions = node.versions_of("app.db");
     assert!(
         versions.len() >= 2,
         "{} versions of the database",

@@ -60,6 +60,50 @@ impl Node {
         }
     }
 
+    /// Every event of the log, oldest first.
+    pub fn all_events(&self) -> Vec<Event> {
+        self.repository
+            .log()
+            .events_after(0, &Hash::ZERO, usize::MAX)
+            .unwrap()
+    }
+
+    /// Wait until capture has recorded everything written so far: the log has stopped
+    /// growing for a while (panics after 30 s).
+    pub fn settle(&self) {
+        let mut last = self.repository.head().seq;
+        let mut still_for = 0;
+        assert!(wait_for(Duration::from_secs(30), || {
+            let now = self.repository.head().seq;
+            if now == last {
+                still_for += 1;
+            } else {
+                still_for = 0;
+                last = now;
+            }
+            still_for >= 40
+        }));
+    }
+
+    /// The content of every `Put` of `path` in the log, in order.
+    pub fn versions_of(&self, path: &str) -> Vec<Vec<u8>> {
+        self.all_events()
+            .into_iter()
+            .filter_map(|event| match event.body.change {
+                Change::Put {
+                    path: put, chunks, ..
+                } if put.to_string() == path => {
+                    let mut content = Vec::new();
+                    for chunk in chunks {
+                        content.extend(self.repository.chunks().get(&chunk.hash).unwrap());
+                    }
+                    Some(content)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn assert_verified(&self) {
         let report = verify_folder(&self.folder, &self.repository).unwrap();
         assert!(
