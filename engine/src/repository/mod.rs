@@ -28,8 +28,7 @@ use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use crate::chunk_store::{ChunkStore, GcReport};
 use crate::error::{Error, Result};
-use crate::event::{Change, Event, EventBody};
-use crate::fsutil::now_ms;
+use crate::event::Change;
 use crate::hash::Hash;
 use crate::index::{Entry, FolderIndex};
 use crate::log::{EventLog, Head};
@@ -131,6 +130,8 @@ const SLED_CACHE_BYTES: u64 = 128 << 20;
 
 /// How long `open_sled` waits for another holder of the database lock to let go.
 const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+mod record;
 
 use crate::index::{decode_entry, encode_entry};
 
@@ -397,122 +398,6 @@ impl Repository {
             None => self.meta.remove(key.as_bytes())?,
         };
         Ok(())
-    }
-
-    /// Record `changes` as new events of `epoch` (the active's write path), as one
-    /// group: when there are several, a `Group` event naming how many follow comes
-    /// first, so a passive never promotes in the middle of them (invariant 10). The
-    /// content of every `Put` must already be in the chunk store. Changes that do not
-    /// fit the index stop the batch: the ones before are recorded (as a group of their
-    /// own), and the error names the first misfit. Returns the events recorded, the
-    /// `Group` event among them.
-    pub fn record(&self, epoch: u64, changes: Vec<Change>) -> Result<Vec<Event>> {
-        let mut index = self.lock_index();
-        self.chunks.sync()?;
-        let head = self.log.head();
-        if epoch < head.epoch {
-            return Err(Error::BrokenChain {
-                seq: head.seq + 1,
-                reason: format!(
-                    "cannot record in epoch {epoch}: the log is at epoch {}",
-                    head.epoch
-                ),
-            });
-        }
-        let digest_before = index.digest();
-        let grouped = changes.len() > 1;
-        let first_seq = head.seq + 1 + u64::from(grouped);
-        let mut sealed: Vec<(Change, Hash)> = Vec::with_capacity(changes.len());
-        let mut misfit = None;
-        let mut undo_last = false;
-        let recorded_at_ms = now_ms();
-        for change in changes {
-            let seq = first_seq + sealed.len() as u64;
-            if let Err(error) = index.apply(&change) {
-                misfit = Some(Error::Apply {
-                    seq,
-                    path: error.path.to_string(),
-                    reason: error.reason,
-                });
-                break;
-            }
-            let body = EventBody {
-                seq,
-                epoch,
-                recorded_at_ms,
-                change,
-                digest: index.digest(),
-            };
-            let encoded_bytes = body.canonical_bytes().len();
-            if encoded_bytes > crate::event::MAX_EVENT_BYTES {
-                // Undo this change in the index; the ones before are recorded below.
-                misfit = Some(Error::Apply {
-                    seq,
-                    path: body.change.describe_path(),
-                    reason: format!(
-                        "the event would be {encoded_bytes} bytes, more than the {} an event may have",
-                        crate::event::MAX_EVENT_BYTES
-                    ),
-                });
-                undo_last = true;
-                break;
-            }
-            sealed.push((body.change, body.digest));
-        }
-        if undo_last {
-            // The index took a change that will not be recorded: rebuild it from the
-            // saved index and the log, then apply the recorded prefix again.
-            self.reload_index_locked(&mut index)?;
-            for (change, _) in &sealed {
-                let _ = index.apply(change);
-            }
-        }
-        // The group marker counts what is actually recorded (a misfit cuts it short).
-        let mut bodies = Vec::with_capacity(sealed.len() + 1);
-        if sealed.len() > 1 {
-            bodies.push((
-                Change::Group {
-                    events: u32::try_from(sealed.len()).unwrap_or(u32::MAX),
-                },
-                digest_before,
-            ));
-        }
-        bodies.extend(sealed);
-        let mut events = Vec::with_capacity(bodies.len());
-        let mut tip = (head.seq, head.hash);
-        for (change, digest) in bodies {
-            let event = Event::seal(
-                tip.1,
-                EventBody {
-                    seq: tip.0 + 1,
-                    epoch,
-                    recorded_at_ms,
-                    change,
-                    digest,
-                },
-            );
-            tip = (event.seq(), event.hash);
-            events.push(event);
-        }
-        if !events.is_empty() {
-            if let Err(error) = self.log.append(&events) {
-                drop(index);
-                self.reload_index()?;
-                return Err(error);
-            }
-            self.save_index(&mut index, tip.0)?;
-        }
-        match misfit {
-            Some(error) => Err(error),
-            None => Ok(events),
-        }
-    }
-
-    /// Where the log's last group begins, when the log ends before that group does
-    /// (a passive that pulled part of the active's last capture): the seq of its
-    /// `Group` event. `None` when the log ends at a group boundary.
-    pub fn incomplete_group_start(&self) -> Result<Option<u64>> {
-        Ok(self.log.open_group()?.map(|(start, _)| start))
     }
 
     /// Every chunk a retained event, the index or the base index names.
