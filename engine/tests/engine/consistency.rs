@@ -22,13 +22,7 @@ fn a_file_rewritten_in_place_is_recorded_as_whole_passes_only() {
     let size: usize = 16 << 20;
     let path = node.folder.join("table.dat");
     std::fs::write(&path, vec![0u8; size]).unwrap();
-    let capture = Capture::start(
-        &node.folder,
-        node.repository.clone(),
-        1,
-        CaptureOptions::default(),
-    )
-    .unwrap();
+    let capture = node.watch();
     let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     let started = Instant::now();
     let mut pass: u32 = 0;
@@ -163,13 +157,7 @@ fn states_at_boundaries(events: &[Event]) -> Vec<BTreeMap<String, Option<Hash>>>
 #[test]
 fn an_object_is_recorded_before_the_ref_that_names_it() {
     let node = Node::new();
-    let capture = Capture::start(
-        &node.folder,
-        node.repository.clone(),
-        1,
-        CaptureOptions::default(),
-    )
-    .unwrap();
+    let capture = node.watch();
     let folder = node.folder.clone();
     for round in 0..20 {
         let temp = folder.join(format!("t{round}"));
@@ -448,13 +436,7 @@ fn a_promotion_drops_an_incomplete_trailing_group() {
 fn an_object_in_a_new_directory_is_recorded_before_its_ref() {
     let node = Node::new();
     std::fs::create_dir(node.folder.join("objects")).unwrap();
-    let capture = Capture::start(
-        &node.folder,
-        node.repository.clone(),
-        1,
-        CaptureOptions::default(),
-    )
-    .unwrap();
+    let capture = node.watch();
     let folder = node.folder.clone();
     for round in 0..30 {
         let dir = folder.join(format!("objects/{round:02x}"));

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
-use standin_engine::{Capture, CaptureOptions, Change};
+use standin_engine::Change;
 
 use crate::support::Node;
 
@@ -69,13 +69,7 @@ fn recorded_paths(node: &Node) -> Vec<String> {
 
 fn a_live_database_is_recorded_at_transaction_boundaries(journal_mode: &str) {
     let node = Node::new();
-    let capture = Capture::start(
-        &node.folder,
-        node.repository.clone(),
-        1,
-        CaptureOptions::default(),
-    )
-    .unwrap();
+    let capture = node.watch();
     let database = node.folder.join("app.db");
     let committed = write_rows(&database, journal_mode, 3);
     // The writer's connection is closed: in WAL mode that checkpoints into the file.

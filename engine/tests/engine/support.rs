@@ -60,6 +60,17 @@ impl Node {
         }
     }
 
+    /// Start capture of the folder with the default timings (epoch 1).
+    pub fn watch(&self) -> standin_engine::Capture {
+        standin_engine::Capture::start(
+            &self.folder,
+            self.repository.clone(),
+            1,
+            standin_engine::CaptureOptions::default(),
+        )
+        .unwrap()
+    }
+
     /// Every event of the log, oldest first.
     pub fn all_events(&self) -> Vec<Event> {
         self.repository
