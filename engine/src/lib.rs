@@ -35,6 +35,7 @@ pub mod log;
 pub mod path;
 pub mod quarantine;
 pub mod read;
+pub mod reflink;
 pub mod replay;
 pub mod repository;
 pub mod role;

@@ -42,7 +42,8 @@ pub const STABLE_READ_TRIES: u32 = 4;
 /// overlapped the read cannot hide in the same clock tick. A read that overlapped a
 /// write is redone, a few times with a growing pause, copying the file first (into
 /// memory, or a temporary file in `data_dir` when large) so that only the copy, not
-/// the hashing, must fit between two writes; then `Unstable`.
+/// the hashing, must fit between two writes; then `Unstable`. Where the file system
+/// clones files (XFS, btrfs), the clone is the stable source instead (`reflink`).
 ///
 /// A file that starts with SQLite's header is copied through SQLite instead
 /// (`sqlite::snapshot`: a committed state), unless SQLite refuses it.
@@ -89,19 +90,40 @@ pub fn capture_file(root: &Path, repository: &Repository, path: &RelPath) -> Res
             let mut head = [0u8; 20];
             let read =
                 std::os::unix::fs::FileExt::read_at(&file, &mut head, 0).at("read", &full)?;
-            if read == head.len()
-                && crate::sqlite::is_header(&head)
-                && crate::sqlite::copy_allowed(&head, before.len())
-            {
+            if read == head.len() && crate::sqlite::is_header(&head) {
                 drop(file);
                 drop(plain);
-                match capture_database(repository, path, &full, &before)? {
+                match capture_database(repository, path, &full, &before, &head)? {
                     Some(captured) => return Ok(captured),
                     None => {
                         // Refused by SQLite: read as any other file.
                         as_database = false;
                         continue;
                     }
+                }
+            }
+        }
+        // Where the file system clones (reflink), a clone is a version the file had at
+        // one instant, however busy it is: the stable source for a large file, or for
+        // any file once a plain read has overlapped a write.
+        if attempt > 0 || before.len() >= CLONE_FIRST_BYTES {
+            match crate::reflink::clone_file(&file, &repository.data_dir().join("capture")) {
+                Ok(Some(clone)) => {
+                    let stored = store_content(&clone, repository.chunks(), &full)?;
+                    // A write between `before` and the clone leaves an older mtime in
+                    // the record than on disk: the rescan then records the file again.
+                    return Ok(Captured::Put(Change::Put {
+                        path: path.clone(),
+                        mode: before.mode() & MODE_MASK,
+                        mtime_ns: mtime_ns(&before),
+                        size: stored.size,
+                        content: stored.content,
+                        chunks: stored.chunks,
+                    }));
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(path = %full.display(), %error, "cannot clone the file; reading it instead");
                 }
             }
         }
@@ -155,6 +177,10 @@ pub fn capture_file(root: &Path, repository: &Repository, path: &RelPath) -> Res
     Ok(Captured::Unstable)
 }
 
+/// Files from this size on are cloned before they are read where the file system can
+/// (`reflink`); smaller ones are read in place first (cheaper than a clone's flush).
+const CLONE_FIRST_BYTES: u64 = 1 << 20;
+
 /// Files up to this size are copied into memory when they must be read quickly;
 /// larger ones into a temporary file in `data_dir`.
 const QUICK_COPY_MEMORY_BYTES: u64 = 64 << 20;
@@ -196,22 +222,25 @@ fn same_version(before: &std::fs::Metadata, after: &std::fs::Metadata) -> bool {
 }
 
 /// Capture the database at `full` through SQLite (`before` is its stat, for mode and
-/// mtime). `None` when SQLite refuses it (read it as a plain file then); `Unstable`
-/// when a writer kept it locked.
+/// mtime; `head` its first bytes). `None` when SQLite refuses it or it is too large to
+/// copy under a lock (read it as a plain file then); `Unstable` when a writer kept it
+/// locked.
 fn capture_database(
     repository: &Repository,
     path: &RelPath,
     full: &Path,
     before: &std::fs::Metadata,
+    head: &[u8],
 ) -> Result<Option<Captured>> {
-    match crate::sqlite::snapshot(full, repository.data_dir())? {
+    match crate::sqlite::snapshot(full, repository.data_dir(), head, before.len())? {
         crate::sqlite::Taken::Copy(snapshot) => {
             tracing::debug!(
                 path = %full.display(),
                 lock_ms = snapshot.lock_held.as_secs_f64() * 1e3,
+                cloned = snapshot.cloned,
                 "copied a SQLite database at a transaction boundary"
             );
-            let stored = store_content(snapshot.file.as_file(), repository.chunks(), full)?;
+            let stored = store_content(&snapshot.file, repository.chunks(), full)?;
             Ok(Some(Captured::Put(Change::Put {
                 path: path.clone(),
                 mode: before.mode() & MODE_MASK,
@@ -222,6 +251,7 @@ fn capture_database(
             })))
         }
         crate::sqlite::Taken::Busy => Ok(Some(Captured::Unstable)),
+        crate::sqlite::Taken::Plain => Ok(None),
         crate::sqlite::Taken::Refused(reason) => {
             tracing::warn!(path = %full.display(), %reason, "SQLite cannot copy this file although it starts like a database; reading it as a plain file");
             Ok(None)

@@ -18,7 +18,9 @@
 //! The cost: the backup copies the whole database (all pages, one read transaction)
 //! each time it is captured. In WAL mode the application's writers never wait for it;
 //! in rollback mode a writer that wants to commit waits while the copy holds its shared
-//! lock (`longest_lock` keeps the longest; `/metrics` shows it).
+//! lock (`longest_lock` keeps the longest; `/metrics` shows it) — so where the file
+//! system clones (`reflink`), a rollback-mode database is cloned under the shared lock
+//! instead, which holds it for milliseconds whatever the size.
 
 use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -36,20 +38,12 @@ pub const MIN_DATABASE_BYTES: u64 = 100;
 /// The files SQLite keeps beside a database `x`: `x-wal`, `x-shm`, `x-journal`.
 pub const COMPANION_SUFFIXES: [&[u8]; 3] = [b"-wal", b"-shm", b"-journal"];
 
-/// The largest database in rollback-journal mode that is copied through SQLite: the
-/// copy holds a shared lock that makes a committing writer wait (measured here: 4-8 s
-/// for 1 GiB, beyond a 5 s busy timeout). A larger one is read as a plain file
-/// (stably: a committed state when no commit overlapped the read).
+/// The largest database in rollback-journal mode that is copied through SQLite's
+/// backup where the file system cannot clone: the copy holds a shared lock that makes
+/// a committing writer wait (measured here: 4-8 s for 1 GiB, beyond a 5 s busy
+/// timeout). A larger one is read as a plain file (stably: a committed state when no
+/// commit overlapped the read). Where the file system clones, there is no limit.
 pub const ROLLBACK_COPY_MAX_BYTES: u64 = 256 << 20;
-
-/// Whether a database with this header (at least 20 bytes) and size is copied through
-/// SQLite: always in WAL mode (writers never wait for a reader), up to
-/// `ROLLBACK_COPY_MAX_BYTES` in rollback-journal mode.
-pub fn copy_allowed(head: &[u8], size: u64) -> bool {
-    // Bytes 18 and 19: the file format's write and read versions, 2 in WAL mode.
-    let wal = head.get(18) == Some(&2);
-    wal || size <= ROLLBACK_COPY_MAX_BYTES
-}
 
 /// How long a capture waits for a writer's lock before it tries again later.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(1_000);
@@ -131,10 +125,12 @@ pub fn companions(full: &Path) -> Vec<PathBuf> {
 
 /// A committed state of a database, copied aside.
 pub struct Snapshot {
-    /// The copy (a temporary file in `data_dir/capture/`, removed when dropped).
-    pub file: tempfile::NamedTempFile,
+    /// The copy (an unnamed file in `data_dir/capture/`, gone when dropped).
+    pub file: std::fs::File,
     /// How long the copy held its read transaction on the application's database.
     pub lock_held: Duration,
+    /// Taken by reflink (`FICLONE`) rather than by SQLite's backup.
+    pub cloned: bool,
 }
 
 /// What `snapshot` got.
@@ -144,18 +140,123 @@ pub enum Taken {
     Busy,
     /// SQLite would not copy it (not a database after all, damaged, unreadable).
     Refused(String),
+    /// Too large to copy under a lock that blocks writers, and the file system cannot
+    /// clone: read it as a plain file (`ROLLBACK_COPY_MAX_BYTES`).
+    Plain,
 }
 
-/// Copy the database at `full` at a transaction boundary, with SQLite's online
-/// backup (all pages in one step, one read transaction), into `data_dir/capture/`.
-pub fn snapshot(full: &Path, data_dir: &Path) -> Result<Taken> {
-    use rusqlite::{backup::StepResult, Connection, OpenFlags};
+/// Copy the database at `full` (whose header is `head`, at least 20 bytes, and size
+/// `size`) at a transaction boundary into `data_dir/capture/`:
+/// - in rollback-journal mode, where the file system clones, by `FICLONE` under
+///   SQLite's shared lock (which keeps any writer from changing the file): the lock is
+///   held for the clone's metadata work, whatever the size;
+/// - otherwise with SQLite's online backup (all pages in one step, one read
+///   transaction), in rollback mode only up to `ROLLBACK_COPY_MAX_BYTES`.
+pub fn snapshot(full: &Path, data_dir: &Path, head: &[u8], size: u64) -> Result<Taken> {
     let dir = data_dir.join("capture");
     std::fs::create_dir_all(&dir).at("create", &dir)?;
+    let wal = head.get(18) == Some(&2);
+    if !wal {
+        if let Some(taken) = clone_under_lock(full, &dir)? {
+            return Ok(taken);
+        }
+        if size > ROLLBACK_COPY_MAX_BYTES {
+            return Ok(Taken::Plain);
+        }
+    }
+    backup(full, &dir)
+}
+
+/// Record how long a copy held its lock; returns it.
+fn held_since(started: Instant) -> Duration {
+    let held = started.elapsed();
+    LONGEST_LOCK_US.fetch_max(
+        u64::try_from(held.as_micros()).unwrap_or(u64::MAX),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    held
+}
+
+fn is_busy(error: &rusqlite::Error) -> bool {
+    matches!(error, rusqlite::Error::SqliteFailure(code, _)
+    if matches!(
+        code.code,
+        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+    ))
+}
+
+/// A rollback-mode database cloned while a read transaction holds SQLite's shared
+/// lock. `None` when the file systems cannot clone (the backup is used instead).
+fn clone_under_lock(full: &Path, dir: &Path) -> Result<Option<Taken>> {
+    use rusqlite::{Connection, OpenFlags};
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let _exclusive = connection_guard();
+    // Opened before the connection and closed after it: closing a descriptor while
+    // the connection holds its POSIX locks would drop them.
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(full)
+    {
+        Ok(file) => file,
+        Err(error) => return Ok(Some(Taken::Refused(error.to_string()))),
+    };
+    let device = file.metadata().at("stat", full)?.dev();
+    if crate::reflink::refused(device, dir) {
+        return Ok(None);
+    }
+    let refused = |error: rusqlite::Error| Ok(Some(Taken::Refused(error.to_string())));
+    let source = match Connection::open_with_flags(
+        full,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    ) {
+        Ok(source) => source,
+        Err(error) => return refused(error),
+    };
+    if let Err(error) = source.busy_timeout(BUSY_TIMEOUT) {
+        return refused(error);
+    }
+    if let Err(error) = source.execute_batch("BEGIN") {
+        return refused(error);
+    }
+    // The first read takes the shared lock (and checks for a hot journal).
+    if let Err(error) = source.query_row("SELECT count(*) FROM sqlite_master", [], |row| {
+        row.get::<_, i64>(0)
+    }) {
+        return if is_busy(&error) {
+            Ok(Some(Taken::Busy))
+        } else {
+            refused(error)
+        };
+    }
+    let started = Instant::now();
+    let cloned = crate::reflink::clone_file(&file, dir);
+    let _ = source.execute_batch("COMMIT");
+    let lock_held = held_since(started);
+    drop(source);
+    drop(file);
+    match cloned {
+        Ok(Some(clone)) => Ok(Some(Taken::Copy(Snapshot {
+            file: clone,
+            lock_held,
+            cloned: true,
+        }))),
+        Ok(None) => Ok(None),
+        Err(error) => Err(crate::error::Error::Io {
+            op: "clone",
+            path: full.to_path_buf(),
+            source: error,
+        }),
+    }
+}
+
+/// Copy the database at `full` with SQLite's online backup into `dir`.
+fn backup(full: &Path, dir: &Path) -> Result<Taken> {
+    use rusqlite::{backup::StepResult, Connection, OpenFlags};
     let copy = tempfile::Builder::new()
         .prefix("sqlite-")
-        .tempfile_in(&dir)
-        .at("create", &dir)?;
+        .tempfile_in(dir)
+        .at("create", dir)?;
     let refused = |error: rusqlite::Error| Ok(Taken::Refused(error.to_string()));
     let _exclusive = connection_guard();
     let source = match Connection::open_with_flags(
@@ -186,29 +287,22 @@ pub fn snapshot(full: &Path, data_dir: &Path) -> Result<Taken> {
         };
         backup.step(-1)
     };
-    let lock_held = started.elapsed();
-    LONGEST_LOCK_US.fetch_max(
-        u64::try_from(lock_held.as_micros()).unwrap_or(u64::MAX),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    let lock_held = held_since(started);
     drop(destination);
     // Closing the read-only connection neither checkpoints nor removes the `-wal`.
     drop(source);
     match outcome {
-        Ok(StepResult::Done) => Ok(Taken::Copy(Snapshot {
-            file: copy,
-            lock_held,
-        })),
-        Ok(StepResult::Busy) | Ok(StepResult::Locked) => Ok(Taken::Busy),
-        Ok(_) => Ok(Taken::Busy),
-        Err(rusqlite::Error::SqliteFailure(code, _))
-            if matches!(
-                code.code,
-                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-            ) =>
-        {
-            Ok(Taken::Busy)
+        Ok(StepResult::Done) => {
+            // Unnamed from here: the copy goes with its descriptor.
+            let file = copy.into_file();
+            Ok(Taken::Copy(Snapshot {
+                file,
+                lock_held,
+                cloned: false,
+            }))
         }
+        Ok(_) => Ok(Taken::Busy),
+        Err(error) if is_busy(&error) => Ok(Taken::Busy),
         Err(error) => refused(error),
     }
 }

@@ -42,6 +42,7 @@ pub struct Metrics {
     pub capture_unordered_groups: Counter,
     pub capture_unstable_files: Gauge,
     pub capture_sqlite_lock_seconds_max: Gauge<f64, AtomicU64>,
+    pub capture_clones: Counter,
 }
 
 impl Metrics {
@@ -68,6 +69,7 @@ impl Metrics {
             capture_unordered_groups: Counter::default(),
             capture_unstable_files: Gauge::default(),
             capture_sqlite_lock_seconds_max: Gauge::default(),
+            capture_clones: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -169,6 +171,11 @@ impl Metrics {
             "capture_sqlite_lock_seconds_max",
             "Longest a SQLite database copy held its read transaction (a committing writer in rollback mode waits that long)",
             metrics.capture_sqlite_lock_seconds_max.clone(),
+        );
+        registry.register(
+            "capture_clones",
+            "Files capture read from a reflink clone (FICLONE) rather than in place",
+            metrics.capture_clones.clone(),
         );
         Metrics {
             registry,

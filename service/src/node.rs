@@ -414,6 +414,10 @@ impl Node {
         metrics
             .capture_sqlite_lock_seconds_max
             .set(standin_engine::sqlite::longest_lock().as_secs_f64());
+        metrics.capture_clones.inner().store(
+            standin_engine::reflink::clones(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let capture = &self.capture_stats;
         for (counter, value) in [
             (&metrics.capture_groups, &capture.groups),

@@ -9,6 +9,7 @@
 //! - `consistency`: invariant 10 with writers running: whole versions, order kept.
 //! - `simulation`: the seeded pair simulation (roles, faults, nothing lost).
 //! - `quarantine_gc`: quarantining events and collecting garbage chunks.
+//! - `reflink`: the clone path on a loop-mounted XFS image (as root; skips otherwise).
 //! - `sqlite`: live databases captured at transaction boundaries, companions kept out.
 
 mod capture;
@@ -18,6 +19,7 @@ mod consistency;
 mod crash;
 mod hostile;
 mod quarantine_gc;
+mod reflink;
 mod roundtrip;
 mod simulation;
 mod sqlite;

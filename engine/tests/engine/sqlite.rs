@@ -15,7 +15,7 @@ use crate::support::Node;
 const ROWS_PER_TRANSACTION: i64 = 20;
 
 /// Insert rows in transactions for `seconds`; returns how many rows were committed.
-fn write_rows(path: &std::path::Path, journal_mode: &str, seconds: u64) -> i64 {
+pub fn write_rows(path: &std::path::Path, journal_mode: &str, seconds: u64) -> i64 {
     let connection = Connection::open(path).unwrap();
     connection.busy_timeout(Duration::from_secs(5)).unwrap();
     let mode: String = connection
@@ -67,8 +67,9 @@ fn recorded_paths(node: &Node) -> Vec<String> {
         .collect()
 }
 
-fn a_live_database_is_recorded_at_transaction_boundaries(journal_mode: &str) {
-    let node = Node::new();
+/// Run a writer in `journal_mode` under capture in `node`'s folder and check every
+/// recorded version (also run on a cloning file system, `reflink`).
+pub fn a_live_database_is_recorded_at_transaction_boundaries_in(node: &Node, journal_mode: &str) {
     let capture = node.watch();
     let database = node.folder.join("app.db");
     let committed = write_rows(&database, journal_mode, 3);
@@ -114,7 +115,7 @@ fn a_live_database_is_recorded_at_transaction_boundaries(journal_mode: &str) {
         previous, committed,
         "the last version holds every committed row"
     );
-    for path in recorded_paths(&node) {
+    for path in recorded_paths(node) {
         assert!(
             !path.ends_with("-wal") && !path.ends_with("-journal") && !path.ends_with("-shm"),
             "a companion was recorded: {path}"
@@ -135,12 +136,12 @@ fn a_live_database_is_recorded_at_transaction_boundaries(journal_mode: &str) {
 
 #[test]
 fn a_live_database_in_wal_mode_is_recorded_at_transaction_boundaries() {
-    a_live_database_is_recorded_at_transaction_boundaries("wal");
+    a_live_database_is_recorded_at_transaction_boundaries_in(&Node::new(), "wal");
 }
 
 #[test]
 fn a_live_database_in_rollback_mode_is_recorded_at_transaction_boundaries() {
-    a_live_database_is_recorded_at_transaction_boundaries("delete");
+    a_live_database_is_recorded_at_transaction_boundaries_in(&Node::new(), "delete");
 }
 
 /// A passive that installs a database removes a `-wal` or `-journal` left beside it:

@@ -23,7 +23,12 @@ pub struct Node {
 
 impl Node {
     pub fn new() -> Node {
-        let temp = tempfile::tempdir().expect("temp dir");
+        Node::new_in(&std::env::temp_dir())
+    }
+
+    /// A node whose folder and data directory are under `base` (one file system).
+    pub fn new_in(base: &Path) -> Node {
+        let temp = tempfile::tempdir_in(base).expect("temp dir");
         let folder = temp.path().join("folder");
         let data_dir = temp.path().join("data");
         std::fs::create_dir(&folder).unwrap();

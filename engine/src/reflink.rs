@@ -1,0 +1,92 @@
+//! Point-in-time copies of one file by reflink (Linux `FICLONE`): where the file
+//! system shares extents (XFS with reflink, btrfs) a clone is taken atomically with
+//! respect to `write(2)` and costs metadata, not a copy of the data — so capture reads
+//! a version the file really had from the clone, however busy the file is
+//! (invariant 10).
+//!
+//! The clone is an unnamed file (`O_TMPFILE`) in `data_dir/capture/`, gone with its
+//! descriptor; it needs `data_dir` on the same file system as the folder. Where the
+//! kernel refuses (ext4, another file system, no reflink support), the refusal is
+//! remembered per (device, directory) so that each later file costs one lookup, and
+//! capture falls back to stable reads.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// How many clones this process has taken.
+static CLONES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many files this process has cloned for capture (`/metrics`).
+pub fn clones() -> u64 {
+    CLONES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Whether clones from a device into a directory worked (`true`) or were refused.
+static SUPPORT: Mutex<Option<HashMap<(u64, PathBuf), bool>>> = Mutex::new(None);
+
+fn known(device: u64, dir: &Path) -> Option<bool> {
+    let support = SUPPORT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    support
+        .as_ref()
+        .and_then(|map| map.get(&(device, dir.to_path_buf())).copied())
+}
+
+fn remember(device: u64, dir: &Path, works: bool) {
+    let mut support = SUPPORT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    support
+        .get_or_insert_with(HashMap::new)
+        .insert((device, dir.to_path_buf()), works);
+}
+
+/// Whether a clone of a file on `device` into `dir` is known to be refused (a clone
+/// that was never tried is not).
+pub fn refused(device: u64, dir: &Path) -> bool {
+    known(device, dir) == Some(false)
+}
+
+/// Whether an error of `FICLONE` means "this pair of file systems cannot clone" rather
+/// than a failure of this one file.
+fn means_unsupported(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EOPNOTSUPP | libc::EXDEV | libc::EINVAL | libc::ENOTTY | libc::ENOSYS)
+    )
+}
+
+/// Clone `source` (an open regular file) into a new unnamed file in `dir`: the file's
+/// content at one instant. `Ok(None)` when the file systems cannot clone (remembered);
+/// `Err` when they can but this clone failed (a full disk, say).
+pub fn clone_file(source: &File, dir: &Path) -> std::io::Result<Option<File>> {
+    let device = source.metadata()?.dev();
+    if refused(device, dir) {
+        return Ok(None);
+    }
+    std::fs::create_dir_all(dir)?;
+    let clone = tempfile::tempfile_in(dir)?;
+    // SAFETY: both descriptors are open for the duration of the call; FICLONE reads
+    // only the source descriptor number passed as its argument.
+    let status = unsafe { libc::ioctl(clone.as_raw_fd(), libc::FICLONE, source.as_raw_fd()) };
+    if status == 0 {
+        CLONES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if known(device, dir).is_none() {
+            tracing::info!(dir = %dir.display(), "the file system clones files (reflink): capture copies busy files by clone");
+            remember(device, dir, true);
+        }
+        return Ok(Some(clone));
+    }
+    let error = std::io::Error::last_os_error();
+    if means_unsupported(&error) {
+        tracing::debug!(%error, dir = %dir.display(), "no reflink here; capture uses stable reads");
+        remember(device, dir, false);
+        return Ok(None);
+    }
+    Err(error)
+}

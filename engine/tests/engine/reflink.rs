@@ -1,0 +1,200 @@
+//! The reflink path of capture (invariant 10) on a file system that clones: a
+//! loop-mounted XFS image, made when the test runs as root with `mkfs.xfs` at hand
+//! (`.ci/run` installs xfsprogs). Each test skips, saying why, when that is not
+//! possible, and unmounts on drop.
+//!
+//! On a cloning file system a busy file is read from a clone (an atomic point-in-time
+//! copy) rather than copied between writes, and recorded as whole passes; a
+//! rollback-mode database is cloned under SQLite's shared lock.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::support::Node;
+
+/// A loop-mounted XFS image with reflink, unmounted (and its image removed) on drop.
+struct Xfs {
+    _image_dir: tempfile::TempDir,
+    mount: PathBuf,
+}
+
+impl Xfs {
+    /// Make and mount one, or say why not.
+    fn mount() -> Result<Xfs, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("the test does not run as root (mount needs it)".into());
+        }
+        let image_dir = tempfile::tempdir().map_err(|error| error.to_string())?;
+        let image = image_dir.path().join("xfs.img");
+        let file = std::fs::File::create(&image).map_err(|error| error.to_string())?;
+        file.set_len(320 << 20).map_err(|error| error.to_string())?;
+        drop(file);
+        run("mkfs.xfs", &["-q", "-m", "reflink=1"], &image)?;
+        let mount = image_dir.path().join("mnt");
+        std::fs::create_dir(&mount).map_err(|error| error.to_string())?;
+        let output = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&mount)
+            .output()
+            .map_err(|error| format!("mount: {error}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "mount -o loop failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(Xfs {
+            _image_dir: image_dir,
+            mount,
+        })
+    }
+}
+
+fn run(program: &str, args: &[&str], path: &Path) -> Result<(), String> {
+    let output = Command::new(program)
+        .args(args)
+        .arg(path)
+        .output()
+        .map_err(|error| format!("{program}: {error} (is xfsprogs installed?)"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+impl Drop for Xfs {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(&self.mount)
+            .status()
+            .is_ok_and(|status| status.success());
+        if !unmounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+        }
+    }
+}
+
+/// A mounted XFS image, or `None` after saying why the test skips.
+fn xfs_or_skip(test: &str) -> Option<Xfs> {
+    match Xfs::mount() {
+        Ok(xfs) => Some(xfs),
+        Err(why) => {
+            eprintln!("{test}: skipped, no loop-mounted XFS: {why}");
+            None
+        }
+    }
+}
+
+const BLOCK: usize = 4096;
+
+/// A 16 MiB file rewritten in place by one `pwrite` per pass with no pause at all:
+/// capture reads it from clones, every recorded version is one pass, at least 3 passes
+/// are recorded, and no read is given up as unstable.
+#[test]
+fn a_file_rewritten_without_pause_is_recorded_from_clones() {
+    let Some(xfs) = xfs_or_skip("a_file_rewritten_without_pause_is_recorded_from_clones") else {
+        return;
+    };
+    let node = Node::new_in(&xfs.mount);
+    let size: usize = 16 << 20;
+    let path = node.folder.join("table.dat");
+    std::fs::write(&path, vec![0u8; size]).unwrap();
+    let clones_before = standin_engine::reflink::clones();
+    let capture = node.watch();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            let started = Instant::now();
+            let mut pass: u32 = 0;
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(4) {
+                pass += 1;
+                let mut buffer = vec![0u8; size];
+                for word in buffer.chunks_mut(4) {
+                    word.copy_from_slice(&pass.to_le_bytes());
+                }
+                file.write_all_at(&buffer, 0).unwrap();
+            }
+            pass
+        })
+    };
+    let passes = writer.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    node.settle();
+    let unstable = capture.stats().unstable_reads.load(Ordering::Relaxed);
+    capture.stop();
+    let mut passes_seen = std::collections::BTreeSet::new();
+    for (number, version) in node.versions_of("table.dat").iter().enumerate() {
+        assert_eq!(version.len(), size);
+        let stamps: std::collections::BTreeSet<u32> = version
+            .chunks(BLOCK)
+            .map(|block| u32::from_le_bytes(block[..4].try_into().unwrap()))
+            .collect();
+        assert_eq!(
+            stamps.len(),
+            1,
+            "version {number} of the file mixes passes {stamps:?}: a state it never had"
+        );
+        passes_seen.extend(stamps);
+    }
+    eprintln!(
+        "{passes} passes written, {} recorded, {} clones, {unstable} unstable reads",
+        passes_seen.len(),
+        standin_engine::reflink::clones() - clones_before
+    );
+    assert!(
+        standin_engine::reflink::clones() > clones_before,
+        "capture never cloned on XFS"
+    );
+    assert!(
+        passes_seen.len() >= 3,
+        "only passes {passes_seen:?} of {passes} were recorded"
+    );
+    assert_eq!(
+        unstable, 0,
+        "a read was given up although the file system clones"
+    );
+    node.assert_verified();
+}
+
+/// A rollback-mode database under a writer is captured by clone under SQLite's shared
+/// lock: the same checks as on any file system (integrity, prefix of transactions, no
+/// companion recorded, the writer never sees `database is locked`), and clones taken.
+#[test]
+fn a_rollback_mode_database_is_cloned_under_its_shared_lock() {
+    let Some(xfs) = xfs_or_skip("a_rollback_mode_database_is_cloned_under_its_shared_lock") else {
+        return;
+    };
+    let node = Node::new_in(&xfs.mount);
+    let clones_before = standin_engine::reflink::clones();
+    crate::sqlite::a_live_database_is_recorded_at_transaction_boundaries_in(&node, "delete");
+    assert!(
+        standin_engine::reflink::clones() > clones_before,
+        "the database was never cloned on XFS"
+    );
+    let full = node.folder.join("app.db");
+    let head = std::fs::read(&full).unwrap();
+    match standin_engine::sqlite::snapshot(&full, &node.data_dir, &head[..20], head.len() as u64)
+        .unwrap()
+    {
+        standin_engine::sqlite::Taken::Copy(snapshot) => {
+            assert!(
+                snapshot.cloned,
+                "a rollback-mode database on XFS was not cloned"
+            )
+        }
+        _ => panic!("an idle database could not be copied"),
+    }
+}
