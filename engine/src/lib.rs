@@ -40,6 +40,7 @@ pub mod replay;
 pub mod repository;
 pub mod role;
 pub mod scan;
+pub mod skipped;
 pub mod sqlite;
 pub mod switchover;
 pub mod verify;

@@ -68,10 +68,13 @@ pub fn capture_file(root: &Path, repository: &Repository, path: &RelPath) -> Res
             {
                 return Ok(Captured::Gone)
             }
-            Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+            Err(error) if crate::skipped::path_problem(&error).is_some() => {
                 // One unreadable file must not stop the capture of every other one: keep
-                // its last recorded state and say so.
-                tracing::warn!(path = %full.display(), "cannot read file; keeping its last recorded version");
+                // its last recorded state and say so (once; `status` lists it).
+                crate::skipped::note(
+                    &full,
+                    crate::skipped::path_problem(&error).unwrap_or_default(),
+                );
                 return Ok(Captured::Gone);
             }
             Err(error) => {

@@ -52,7 +52,10 @@ impl DiskEntry {
 pub fn stat_disk(full: &Path) -> Result<Option<DiskEntry>> {
     let metadata = match std::fs::symlink_metadata(full) {
         Ok(metadata) => metadata,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            crate::skipped::forget(full);
+            return Ok(None);
+        }
         Err(error) => {
             return Err(Error::Io {
                 op: "stat",
@@ -81,18 +84,39 @@ pub fn stat_disk(full: &Path) -> Result<Option<DiskEntry>> {
             mode: metadata.mode() & MODE_MASK,
         })
     } else if kind.is_file() {
+        crate::skipped::forget(full);
         Some(DiskEntry::File {
             mode: metadata.mode() & MODE_MASK,
             size: metadata.len(),
             mtime_ns: mtime_ns(&metadata),
         })
     } else {
-        tracing::warn!(path = %full.display(), "skipping a special file (socket, FIFO or device)");
+        crate::skipped::note(full, "a socket, FIFO or device file");
         None
     })
 }
 
-/// Everything on disk in a scope, and the directories that could not be read.
+/// `stat_disk` of `path` for a walk: a path that alone cannot be read (too long for
+/// the kernel's path calls, permission denied) is named (`skipped`) and counted as
+/// unreadable — its recorded state stands — and the walk goes on.
+fn stat_or_skip(root: &Path, path: &RelPath, tree: &mut DiskTree) -> Result<Option<DiskEntry>> {
+    let full = path.under(root);
+    match stat_disk(&full) {
+        Err(Error::Io { source, .. }) if crate::skipped::path_problem(&source).is_some() => {
+            crate::skipped::note(
+                &full,
+                crate::skipped::path_problem(&source).unwrap_or_default(),
+            );
+            tree.unreadable.push(path.clone());
+            Ok(None)
+        }
+        other => other,
+    }
+}
+
+/// Everything on disk in a scope, and the paths that could not be read (a directory
+/// that cannot be listed, or a path that cannot be looked at): their recorded state
+/// stands.
 pub struct DiskTree {
     pub entries: BTreeMap<RelPath, DiskEntry>,
     pub unreadable: Vec<RelPath>,
@@ -107,7 +131,7 @@ pub fn walk(root: &Path, scope: Option<&RelPath>) -> Result<DiskTree> {
     let mut pending_dirs: Vec<Option<RelPath>> = Vec::new();
     match scope {
         None => pending_dirs.push(None),
-        Some(path) => match stat_disk(&path.under(root))? {
+        Some(path) => match stat_or_skip(root, path, &mut tree)? {
             Some(entry) => {
                 let is_dir = matches!(entry, DiskEntry::Dir { .. });
                 tree.entries.insert(path.clone(), entry);
@@ -124,11 +148,19 @@ pub fn walk(root: &Path, scope: Option<&RelPath>) -> Result<DiskTree> {
             None => root.to_path_buf(),
         };
         let listing = match std::fs::read_dir(&full) {
-            Ok(listing) => listing,
+            Ok(listing) => {
+                crate::skipped::forget(&full);
+                listing
+            }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
             Err(error) => {
-                tracing::warn!(path = %full.display(), %error, "cannot read directory; leaving its entries as they were");
                 if let Some(path) = dir {
+                    crate::skipped::note(
+                        &full,
+                        &format!(
+                            "cannot list the directory ({error}); its entries stay as recorded"
+                        ),
+                    );
                     tree.unreadable.push(path);
                 } else {
                     return Err(Error::Io {
@@ -151,7 +183,7 @@ pub fn walk(root: &Path, scope: Option<&RelPath>) -> Result<DiskTree> {
             if path.is_temporary() {
                 continue;
             }
-            let Some(entry) = stat_disk(&item.path())? else {
+            let Some(entry) = stat_or_skip(root, &path, &mut tree)? else {
                 continue;
             };
             if matches!(entry, DiskEntry::Dir { .. }) {
@@ -268,7 +300,7 @@ pub fn diff_scope(
         if disk
             .unreadable
             .iter()
-            .any(|dir| path.is_within(dir) && path != dir)
+            .any(|unreadable| path.is_within(unreadable))
         {
             continue;
         }

@@ -66,6 +66,7 @@ pub fn status_to_wire(status: &NodeStatus, node: &Node) -> wire::StatusResponse 
         authority: status.authority.clone(),
         authority_summary: status.authority_summary.clone(),
         unstable_files: status.unstable_files.clone(),
+        skipped_paths: status.skipped_paths.clone(),
     }
 }
 
@@ -105,6 +106,7 @@ pub fn status_from_wire(status: &wire::StatusResponse) -> NodeStatus {
         authority: status.authority.clone(),
         authority_summary: status.authority_summary.clone(),
         unstable_files: status.unstable_files.clone(),
+        skipped_paths: status.skipped_paths.clone(),
     }
 }
 

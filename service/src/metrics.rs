@@ -43,6 +43,7 @@ pub struct Metrics {
     pub capture_unstable_files: Gauge,
     pub capture_sqlite_lock_seconds_max: Gauge<f64, AtomicU64>,
     pub capture_clones: Counter,
+    pub skipped_paths: Gauge,
 }
 
 impl Metrics {
@@ -70,6 +71,7 @@ impl Metrics {
             capture_unstable_files: Gauge::default(),
             capture_sqlite_lock_seconds_max: Gauge::default(),
             capture_clones: Counter::default(),
+            skipped_paths: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -176,6 +178,11 @@ impl Metrics {
             "capture_clones",
             "Files capture read from a reflink clone (FICLONE) rather than in place",
             metrics.capture_clones.clone(),
+        );
+        registry.register(
+            "skipped_paths",
+            "Paths of the folder that are not replicated (special files, paths too long, directories that cannot be listed or watched; named in status)",
+            metrics.skipped_paths.clone(),
         );
         Metrics {
             registry,

@@ -46,6 +46,9 @@ pub struct NodeStatus {
     /// Files capture could not read stably at their last try.
     #[serde(default)]
     pub unstable_files: Vec<String>,
+    /// Paths that are not replicated, each as `path: reason`.
+    #[serde(default)]
+    pub skipped_paths: Vec<String>,
 }
 
 /// A terminal server as `status` lists it.
@@ -364,6 +367,16 @@ impl Node {
                 .into_iter()
                 .map(|(path, _)| path)
                 .collect(),
+            skipped_paths: standin_engine::skipped::under(
+                &self
+                    .config
+                    .folder
+                    .canonicalize()
+                    .unwrap_or_else(|_| self.config.folder.clone()),
+            )
+            .into_iter()
+            .map(|(path, reason)| format!("{path}: {reason}"))
+            .collect(),
             last_error: match self.role() {
                 // A fenced or suspended node says why, first.
                 Role::Fenced { reason } => format!("fenced: {reason}"),
@@ -411,6 +424,7 @@ impl Node {
         metrics
             .capture_unstable_files
             .set(status.unstable_files.len() as i64);
+        metrics.skipped_paths.set(status.skipped_paths.len() as i64);
         metrics
             .capture_sqlite_lock_seconds_max
             .set(standin_engine::sqlite::longest_lock().as_secs_f64());

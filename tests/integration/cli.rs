@@ -86,6 +86,21 @@ fn status_verify_and_log_against_a_running_pair() {
         Some(26)
     );
     assert_eq!(lines.len() as u64, pair.alpha.head_seq() - 25);
+
+    // A reader that goes away (`standin log | head`) ends the command quietly: no
+    // panic on the closed pipe.
+    let mut child = Command::new(standin())
+        .args(["log", "--limit", "1000", "--config"])
+        .arg(&pair.alpha.config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(output.status.code() != Some(101), "{stderr}");
 }
 
 #[test]

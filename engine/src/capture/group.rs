@@ -264,7 +264,6 @@ impl Loop {
     /// Add a watch for each directory created or moved in since the last round (the
     /// call returns once the watch is in place).
     fn watch_new_directories(&mut self) {
-        use notify::Watcher;
         for path in std::mem::take(&mut self.new_directories) {
             let full = path.under(&self.root);
             if !std::fs::symlink_metadata(&full).is_ok_and(|metadata| metadata.is_dir()) {
@@ -274,9 +273,14 @@ impl Loop {
                 .watcher
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Err(error) = watcher.watch(&full, notify::RecursiveMode::Recursive) {
-                tracing::warn!(%error, path = %full.display(), "cannot watch a new directory; rescanning the folder");
-                self.rescan_due = Some(Instant::now());
+            match super::watches::watch_tree(&mut *watcher, &full) {
+                Ok(_) => {}
+                Err(error) => {
+                    crate::skipped::note(
+                        &full,
+                        &format!("cannot be watched ({error}); changes there are found by the periodic rescan"),
+                    );
+                }
             }
         }
     }

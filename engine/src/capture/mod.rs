@@ -7,7 +7,8 @@
 //! - [`group`]: recording one *group* — every pending path, read as of one point in
 //!   the watcher's stream (an ordering mark confirms it), written to the log as one
 //!   `Group`;
-//! - [`barrier`]: the ordering mark itself.
+//! - [`barrier`]: the ordering mark itself;
+//! - [`watches`]: watching a tree around directories that cannot be watched.
 //!
 //! `Capture::start` sets up a recursive watch (notify/inotify) first and then
 //! reconciles the whole folder against the index as the first group, so nothing
@@ -31,6 +32,7 @@
 mod barrier;
 mod group;
 mod watch_loop;
+mod watches;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -155,15 +157,19 @@ impl Capture {
         })?;
         // One watcher, one inotify queue: the folder's events and the ordering mark's
         // arrive in the order they happened.
-        for (path, mode) in [
-            (&root, RecursiveMode::Recursive),
-            (&barrier.dir().to_path_buf(), RecursiveMode::NonRecursive),
-        ] {
-            watcher.watch(path, mode).map_err(|error| Error::Watch {
-                path: path.clone(),
+        // A directory that cannot be watched is named and left to the rescans: it
+        // never stops capture of the rest (`watches`).
+        watches::watch_tree(&mut watcher, &root).map_err(|error| Error::Watch {
+            path: root.clone(),
+            reason: error.to_string(),
+        })?;
+        let mark_dir = barrier.dir().to_path_buf();
+        watcher
+            .watch(&mark_dir, RecursiveMode::NonRecursive)
+            .map_err(|error| Error::Watch {
+                path: mark_dir.clone(),
                 reason: error.to_string(),
             })?;
-        }
         let watcher = Arc::new(Mutex::new(watcher));
         let mut state = Loop::new(
             root,

@@ -7,6 +7,7 @@
 //! - `compaction`: log compaction, the base index and snapshots.
 //! - `capture`: the watcher's debouncing, renames, removals and start-up reconcile.
 //! - `consistency`: invariant 10 with writers running: whole versions, order kept.
+//! - `fidelity`: invariant 11 — paths that cannot be replicated are named, the rest goes on.
 //! - `simulation`: the seeded pair simulation (roles, faults, nothing lost).
 //! - `quarantine_gc`: quarantining events and collecting garbage chunks.
 //! - `reflink`: the clone path on a loop-mounted XFS image (as root; skips otherwise).
@@ -17,6 +18,7 @@ mod chain;
 mod compaction;
 mod consistency;
 mod crash;
+mod fidelity;
 mod hostile;
 mod quarantine_gc;
 mod reflink;

@@ -214,6 +214,19 @@ fn init_logging() {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(
+        cli.command,
+        Command::Serve { .. } | Command::Agent { .. } | Command::Demo { .. }
+    ) {
+        // A command that prints ends quietly when its reader goes away (`standin log
+        // | head`), as Unix tools do, rather than panicking on the closed pipe. The
+        // long-running ones keep ignoring SIGPIPE: a closed socket is an error to
+        // handle there, not a reason to die.
+        // SAFETY: sets a signal disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

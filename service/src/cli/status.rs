@@ -114,6 +114,16 @@ pub fn render_table(statuses: &[NodeStatus]) -> String {
             }),
         ),
         (
+            "not replicated",
+            Box::new(|status| {
+                if status.skipped_paths.is_empty() {
+                    "-".to_string()
+                } else {
+                    status.skipped_paths.join("; ")
+                }
+            }),
+        ),
+        (
             "period",
             Box::new(|status| format!("{} s", status.replication_period_s)),
         ),
