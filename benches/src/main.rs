@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use standin_engine::replay::apply_batch;
 use standin_engine::scan::reconcile;
 use standin_engine::verify::verify_folder;
-use standin_engine::{Change, Event, Repository};
+use standin_engine::{Event, Repository};
 
 use measure::{median, sync_all, time_command, warm};
 use report::{Report, Row};
@@ -480,7 +480,7 @@ fn capture_and_replay(work: &Path, corpus: &Corpus, run: usize) -> Outcome<(Dura
 
 fn ship(from: &Repository, to: &Repository, events: &[Event]) -> Outcome<()> {
     for event in events {
-        if let Change::Put { chunks, .. } = &event.body.change {
+        if let Some(chunks) = event.body.change.chunks() {
             for hash in to.chunks().missing(chunks.iter().map(|chunk| chunk.hash))? {
                 to.chunks().put_verified(hash, &from.chunks().get(&hash)?)?;
             }

@@ -1,14 +1,18 @@
 //! Events: what one change of the folder looks like, and its canonical bytes.
 //!
-//! # Canonical encoding (format version 1)
+//! # Canonical encoding (format versions 1 and 2)
 //!
-//! `canonical_bytes(body) = [FORMAT_VERSION] ‖ bincode2(body)` where the bincode
+//! `canonical_bytes(body) = [version] ‖ bincode2(body)` where the bincode
 //! configuration is fixed: `standard()` with little-endian byte order and **fixed-width**
 //! integers (`u32` is 4 bytes, `u64` 8, lengths are `u64`), enum variants as a `u32`
 //! index in declaration order, `Vec`/byte strings as a `u64` length then the items,
 //! `Option` as a `u8` tag. Never reorder or remove a variant or field: append new
-//! variants at the end and bump `FORMAT_VERSION` for anything else. The golden tests
-//! at the bottom of this file pin the exact bytes of one event of each kind.
+//! variants at the end. The version byte is the change's (`Change::format_version`):
+//! 2 for the changes that carry metadata (`File`, `Dir`, `Link`, `SetMeta`, variants
+//! 8-11), 1 for every other — so an event recorded by an older release keeps its exact
+//! bytes and hash, and an older release refuses a format-2 event by its version
+//! rather than misreading it. The golden tests at the bottom of this file pin the
+//! exact bytes of one event of each kind.
 //!
 //! The chain: `hash = blake3(prev ‖ canonical_bytes(body))`, with `prev` of event 1
 //! being `Hash::ZERO`.
@@ -17,10 +21,13 @@ use bincode::{Decode, Encode};
 
 use crate::error::{Error, Result};
 use crate::hash::Hash;
+use crate::meta::Meta;
 use crate::path::RelPath;
 
 /// The version byte in front of every canonical body.
-pub const FORMAT_VERSION: u8 = 1;
+/// The newest format version: 2 adds the changes that carry metadata (`File`, `Dir`,
+/// `Link`, `SetMeta`); every other change keeps version 1 and its bytes.
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Upper bound on one encoded event body (a `Put` of a 16 GiB file has ~260,000 chunk
 /// references, ~10 MiB). Decoding hostile bytes never allocates more than this.
@@ -76,6 +83,26 @@ pub enum Change {
     /// group's end, so a passive promotes only there (invariant 10). Changes nothing.
     /// An event outside any group is a group of its own.
     Group { events: u32 },
+    /// A regular file now has this content and metadata (format 2: `Put` with all of
+    /// the metadata — owner, every mode bit, extended attributes, ACLs).
+    File {
+        path: RelPath,
+        meta: Meta,
+        size: u64,
+        content: Hash,
+        chunks: Vec<ChunkRef>,
+    },
+    /// A directory exists at `path` with this metadata (format 2).
+    Dir { path: RelPath, meta: Meta },
+    /// A symbolic link at `path` points to `target`, with this metadata (format 2).
+    Link {
+        path: RelPath,
+        target: Vec<u8>,
+        meta: Meta,
+    },
+    /// The metadata of the entry at `path` is now `meta` (format 2: a `chown`,
+    /// `chmod`, `setfacl`, `setfattr` or `touch`).
+    SetMeta { path: RelPath, meta: Meta },
 }
 
 impl Change {
@@ -86,7 +113,11 @@ impl Change {
             | Change::Mkdir { path, .. }
             | Change::Symlink { path, .. }
             | Change::Remove { path }
-            | Change::SetMode { path, .. } => vec![path],
+            | Change::SetMode { path, .. }
+            | Change::File { path, .. }
+            | Change::Dir { path, .. }
+            | Change::Link { path, .. }
+            | Change::SetMeta { path, .. } => vec![path],
             Change::Rename { from, to } => vec![from, to],
             Change::Promote { .. } | Change::Group { .. } => vec![],
         }
@@ -115,6 +146,84 @@ impl Change {
             Change::SetMode { .. } => "set-mode",
             Change::Promote { .. } => "promote",
             Change::Group { .. } => "group",
+            Change::File { .. } => "file",
+            Change::Dir { .. } => "dir",
+            Change::Link { .. } => "link",
+            Change::SetMeta { .. } => "set-meta",
+        }
+    }
+
+    /// The format version of this change's event: 2 for the changes that carry
+    /// metadata, 1 for the others (so an event of format 1 keeps its bytes).
+    pub fn format_version(&self) -> u8 {
+        match self {
+            Change::File { .. }
+            | Change::Dir { .. }
+            | Change::Link { .. }
+            | Change::SetMeta { .. } => 2,
+            _ => 1,
+        }
+    }
+
+    /// The metadata this change records, if it records any.
+    pub fn meta(&self) -> Option<&Meta> {
+        match self {
+            Change::File { meta, .. }
+            | Change::Dir { meta, .. }
+            | Change::Link { meta, .. }
+            | Change::SetMeta { meta, .. } => Some(meta),
+            _ => None,
+        }
+    }
+
+    /// The content this change puts in place: its chunks, in order.
+    pub fn chunks(&self) -> Option<&[ChunkRef]> {
+        match self {
+            Change::Put { chunks, .. } | Change::File { chunks, .. } => Some(chunks),
+            _ => None,
+        }
+    }
+
+    /// The size of the content this change puts in place (0 for the others).
+    pub fn content_size(&self) -> u64 {
+        match self {
+            Change::Put { size, .. } | Change::File { size, .. } => *size,
+            _ => 0,
+        }
+    }
+
+    /// What this change does besides its metadata, as the format-1 change it extends
+    /// (`File` as a `Put` with the mode bits a `Put` carries, `Dir` as `Mkdir`, `Link`
+    /// as `Symlink`); `None` for `SetMeta`, which is metadata only. A format-1 change
+    /// is itself.
+    pub fn base(&self) -> Option<std::borrow::Cow<'_, Change>> {
+        use std::borrow::Cow;
+        let legacy_mode = |meta: &Meta| meta.mode & crate::scan::MODE_MASK;
+        match self {
+            Change::File {
+                path,
+                meta,
+                size,
+                content,
+                chunks,
+            } => Some(Cow::Owned(Change::Put {
+                path: path.clone(),
+                mode: legacy_mode(meta),
+                mtime_ns: meta.mtime_ns,
+                size: *size,
+                content: *content,
+                chunks: chunks.clone(),
+            })),
+            Change::Dir { path, meta } => Some(Cow::Owned(Change::Mkdir {
+                path: path.clone(),
+                mode: legacy_mode(meta),
+            })),
+            Change::Link { path, target, .. } => Some(Cow::Owned(Change::Symlink {
+                path: path.clone(),
+                target: target.clone(),
+            })),
+            Change::SetMeta { .. } => None,
+            _ => Some(Cow::Borrowed(self)),
         }
     }
 }
@@ -134,7 +243,7 @@ pub struct EventBody {
 impl EventBody {
     /// `[FORMAT_VERSION] ‖ bincode(body)` with the fixed configuration.
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        let mut out = vec![FORMAT_VERSION];
+        let mut out = vec![self.change.format_version()];
         // Encoding into a Vec cannot fail for these types: no map, no limit.
         bincode::encode_into_std_write(self, &mut out, canonical_config())
             .expect("encoding an event body into memory cannot fail");
@@ -151,7 +260,7 @@ impl EventBody {
         let (version, rest) = bytes
             .split_first()
             .ok_or_else(|| decode_error("empty".to_string()))?;
-        if *version != FORMAT_VERSION {
+        if *version == 0 || *version > FORMAT_VERSION {
             return Err(decode_error(format!("unknown format version {version}")));
         }
         let (body, used): (EventBody, usize) = bincode::decode_from_slice(rest, decode_config())
@@ -160,6 +269,13 @@ impl EventBody {
             return Err(decode_error(format!(
                 "{} trailing bytes",
                 rest.len() - used
+            )));
+        }
+        if body.change.format_version() != *version {
+            // One change, one encoding: a format-1 change is never re-labelled.
+            return Err(decode_error(format!(
+                "a {} change in format version {version}",
+                body.change.kind()
             )));
         }
         Ok(body)
@@ -374,6 +490,134 @@ mod tests {
     #[test]
     fn golden_group() {
         golden(Change::Group { events: 3 }, concat!("07000000", "03000000"));
+    }
+
+    fn meta() -> Meta {
+        Meta {
+            mode: 0o2755,
+            uid: 1001,
+            gid: 1002,
+            user: "al".to_string(),
+            group: "st".to_string(),
+            mtime_ns: 5,
+            xattrs: vec![crate::meta::Xattr {
+                name: b"user.a".to_vec(),
+                value: b"v".to_vec(),
+            }],
+            names: vec![crate::meta::IdName {
+                group: false,
+                id: 7,
+                name: "x".to_string(),
+            }],
+        }
+    }
+
+    /// The bytes of `meta()`.
+    const META: &str = concat!(
+        "ed050000",         // mode 0o2755
+        "e9030000",         // uid 1001
+        "ea030000",         // gid 1002
+        "0200000000000000", // user "al"
+        "616c",
+        "0200000000000000", // group "st"
+        "7374",
+        "0500000000000000", // mtime_ns
+        "0100000000000000", // one xattr
+        "0600000000000000",
+        "757365722e61", // "user.a"
+        "0100000000000000",
+        "76",               // "v"
+        "0100000000000000", // one name
+        "00",               // a user
+        "07000000",
+        "0100000000000000",
+        "78", // "x"
+    );
+
+    /// A format-2 body: the version byte is 2, the rest as `golden` checks.
+    fn golden_v2(change: Change, variant_and_fields: &str) {
+        let bytes = body(change.clone()).canonical_bytes();
+        let head = format!("02{}", &HEAD[2..]);
+        assert_eq!(
+            hex(&bytes),
+            format!("{head}{variant_and_fields}{DIGEST}"),
+            "canonical bytes of {change:?} changed: that is a format change"
+        );
+        assert_eq!(
+            EventBody::from_canonical_bytes(&bytes).unwrap(),
+            body(change)
+        );
+        // The same change labelled format 1 is refused (one change, one encoding).
+        let mut relabelled = bytes.clone();
+        relabelled[0] = 1;
+        assert!(EventBody::from_canonical_bytes(&relabelled).is_err());
+    }
+
+    #[test]
+    fn golden_file() {
+        golden_v2(
+            Change::File {
+                path: path("f"),
+                meta: meta(),
+                size: 3,
+                content: Hash([0xcc; 32]),
+                chunks: vec![ChunkRef {
+                    hash: Hash([0xee; 32]),
+                    len: 3,
+                }],
+            },
+            &[
+                "08000000",
+                "010000000000000066",
+                META,
+                "0300000000000000",
+                &"cc".repeat(32),
+                "0100000000000000",
+                &"ee".repeat(32),
+                "03000000",
+            ]
+            .concat(),
+        );
+    }
+
+    #[test]
+    fn golden_dir_link_and_set_meta() {
+        golden_v2(
+            Change::Dir {
+                path: path("d"),
+                meta: meta(),
+            },
+            &format!("09000000{}{META}", "010000000000000064"),
+        );
+        golden_v2(
+            Change::Link {
+                path: path("l"),
+                target: b"t".to_vec(),
+                meta: meta(),
+            },
+            &format!(
+                "0a000000{}{}{META}",
+                "01000000000000006c", "010000000000000074"
+            ),
+        );
+        golden_v2(
+            Change::SetMeta {
+                path: path("x"),
+                meta: meta(),
+            },
+            &format!("0b000000{}{META}", "010000000000000078"),
+        );
+    }
+
+    /// Every format-1 change keeps version byte 1 (its bytes and hash unchanged), and
+    /// a format-1 change labelled 2 is refused.
+    #[test]
+    fn format_one_changes_keep_version_one() {
+        let bytes = body(Change::Remove { path: path("x") }).canonical_bytes();
+        assert_eq!(bytes[0], 1);
+        let mut relabelled = bytes.clone();
+        relabelled[0] = 2;
+        assert!(EventBody::from_canonical_bytes(&relabelled).is_err());
     }
 
     #[test]

@@ -13,7 +13,13 @@ use bincode::{Decode, Encode};
 use crate::digest::{leaf, FolderDigest, LeafFields};
 use crate::event::{Change, ChunkRef};
 use crate::hash::Hash;
+use crate::meta::Meta;
 use crate::path::RelPath;
+
+/// The leaf `meta` adds to the digest beside `entry`'s own (a symlink has no mode).
+pub fn meta_leaf(path: &RelPath, entry: &Entry, meta: &Meta) -> Hash {
+    meta.leaf(path, !matches!(entry, Entry::Symlink { .. }))
+}
 
 /// The state of one path.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
@@ -77,35 +83,53 @@ fn entry_config() -> impl bincode::config::Config {
 }
 
 /// An entry's bytes (the index's storage format, and how snapshots carry entries):
-/// bincode 2, little-endian, fixed-width integers, like events.
-pub fn encode_entry(entry: &Entry) -> Vec<u8> {
-    bincode::encode_to_vec(
-        entry,
-        bincode::config::standard()
-            .with_little_endian()
-            .with_fixed_int_encoding(),
-    )
-    .expect("encoding an index entry into memory cannot fail")
+/// bincode 2, little-endian, fixed-width integers, like events — the entry, then its
+/// metadata when it has any (an entry stored by a release that kept no metadata is the
+/// entry alone, and still decodes).
+pub fn encode_entry(entry: &Entry, meta: Option<&Meta>) -> Vec<u8> {
+    let config = bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding();
+    let mut bytes = bincode::encode_to_vec(entry, config)
+        .expect("encoding an index entry into memory cannot fail");
+    if let Some(meta) = meta {
+        bincode::encode_into_std_write(meta, &mut bytes, config)
+            .expect("encoding metadata into memory cannot fail");
+    }
+    bytes
 }
 
-/// Decode a stored or received entry for `path`, checking the path and refusing
-/// trailing bytes.
-pub fn decode_entry(path: &[u8], bytes: &[u8]) -> crate::error::Result<(RelPath, Entry)> {
+/// Decode a stored or received entry (and its metadata, if it has any) for `path`,
+/// checking the path and refusing trailing bytes.
+pub fn decode_entry(
+    path: &[u8],
+    bytes: &[u8],
+) -> crate::error::Result<(RelPath, Entry, Option<Meta>)> {
     let relpath = RelPath::new(path.to_vec())?;
-    let (entry, used) =
-        bincode::decode_from_slice::<Entry, _>(bytes, entry_config()).map_err(|error| {
-            crate::error::Error::Decode {
-                what: format!("index entry {relpath}"),
-                reason: error.to_string(),
-            }
-        })?;
-    if used != bytes.len() {
-        return Err(crate::error::Error::Decode {
-            what: format!("index entry {relpath}"),
-            reason: format!("{} trailing bytes", bytes.len() - used),
-        });
+    let decode_error = |reason: String| crate::error::Error::Decode {
+        what: format!("index entry {relpath}"),
+        reason,
+    };
+    let (entry, used) = bincode::decode_from_slice::<Entry, _>(bytes, entry_config())
+        .map_err(|error| decode_error(error.to_string()))?;
+    if used == bytes.len() {
+        return Ok((relpath, entry, None));
     }
-    Ok((relpath, entry))
+    let (meta, more) = bincode::decode_from_slice::<Meta, _>(&bytes[used..], entry_config())
+        .map_err(|error| decode_error(format!("metadata: {error}")))?;
+    if used + more != bytes.len() {
+        return Err(decode_error(format!(
+            "{} trailing bytes",
+            bytes.len() - used - more
+        )));
+    }
+    if meta.mode & !crate::meta::ALL_MODE_BITS != 0 {
+        return Err(decode_error(format!(
+            "mode {:o} has file-type bits",
+            meta.mode
+        )));
+    }
+    Ok((relpath, entry, Some(meta)))
 }
 
 /// Why a change does not fit the index (the replay turns this into an error with a seq).
@@ -119,16 +143,25 @@ pub struct Misfit {
 #[derive(Clone, Debug, Default)]
 pub struct FolderIndex {
     entries: BTreeMap<RelPath, Entry>,
+    /// The metadata of each entry that has it recorded (format 2; an entry recorded by
+    /// a release that kept none has none until its next change).
+    metas: BTreeMap<RelPath, Meta>,
     digest: FolderDigest,
     dirty: BTreeSet<RelPath>,
 }
 
 impl FolderIndex {
     /// An index built from saved entries; the digest is recomputed from them.
-    pub fn from_entries(entries: impl IntoIterator<Item = (RelPath, Entry)>) -> FolderIndex {
+    pub fn from_entries(
+        entries: impl IntoIterator<Item = (RelPath, Entry, Option<Meta>)>,
+    ) -> FolderIndex {
         let mut index = FolderIndex::default();
-        for (path, entry) in entries {
+        for (path, entry, meta) in entries {
             index.digest.add(&entry.leaf(&path));
+            if let Some(meta) = meta {
+                index.digest.add(&meta_leaf(&path, &entry, &meta));
+                index.metas.insert(path.clone(), meta);
+            }
             index.entries.insert(path, entry);
         }
         index
@@ -136,6 +169,11 @@ impl FolderIndex {
 
     pub fn get(&self, path: &RelPath) -> Option<&Entry> {
         self.entries.get(path)
+    }
+
+    /// The metadata recorded for `path`, if any (see `metas`).
+    pub fn meta(&self, path: &RelPath) -> Option<&Meta> {
+        self.metas.get(path)
     }
 
     pub fn len(&self) -> usize {
@@ -153,6 +191,13 @@ impl FolderIndex {
     /// Every entry, in path order.
     pub fn iter(&self) -> impl Iterator<Item = (&RelPath, &Entry)> {
         self.entries.iter()
+    }
+
+    /// Every entry with its metadata (if recorded), in path order.
+    pub fn iter_with_meta(&self) -> impl Iterator<Item = (&RelPath, &Entry, Option<&Meta>)> {
+        self.entries
+            .iter()
+            .map(|(path, entry)| (path, entry, self.metas.get(path)))
     }
 
     /// The entry at `path` and everything below it, in path order.
@@ -192,23 +237,35 @@ impl FolderIndex {
         }
     }
 
-    fn set(&mut self, path: RelPath, entry: Entry) {
+    /// Put `entry` (with `meta`, or none) at `path`, replacing what was there.
+    fn set(&mut self, path: RelPath, entry: Entry, meta: Option<Meta>) {
         if let Some(old) = self.entries.get(&path) {
             self.digest.remove(&old.leaf(&path));
+            if let Some(old_meta) = self.metas.remove(&path) {
+                self.digest.remove(&meta_leaf(&path, old, &old_meta));
+            }
         }
         self.digest.add(&entry.leaf(&path));
+        if let Some(meta) = meta {
+            self.digest.add(&meta_leaf(&path, &entry, &meta));
+            self.metas.insert(path.clone(), meta);
+        }
         self.dirty.insert(path.clone());
         self.entries.insert(path, entry);
     }
 
-    fn remove_subtree(&mut self, path: &RelPath) -> Vec<(RelPath, Entry)> {
+    fn remove_subtree(&mut self, path: &RelPath) -> Vec<(RelPath, Entry, Option<Meta>)> {
         let doomed: Vec<RelPath> = self.subtree(path).map(|(key, _)| key.clone()).collect();
         let mut removed = Vec::with_capacity(doomed.len());
         for key in doomed {
             if let Some(entry) = self.entries.remove(&key) {
                 self.digest.remove(&entry.leaf(&key));
+                let meta = self.metas.remove(&key);
+                if let Some(meta) = &meta {
+                    self.digest.remove(&meta_leaf(&key, &entry, meta));
+                }
                 self.dirty.insert(key.clone());
-                removed.push((key, entry));
+                removed.push((key, entry, meta));
             }
         }
         removed
@@ -216,6 +273,28 @@ impl FolderIndex {
 
     /// Check that `change` fits the current state, without changing anything.
     pub fn check(&self, change: &Change) -> Result<(), Misfit> {
+        if let Some(meta) = change.meta() {
+            let path = change.paths()[0];
+            if meta.mode & !crate::meta::ALL_MODE_BITS != 0 {
+                return Err(misfit(
+                    path,
+                    format!("mode {:o} has file-type bits", meta.mode),
+                ));
+            }
+        }
+        let Some(base) = change.base() else {
+            // `SetMeta`.
+            let path = change.paths()[0];
+            return match self.entries.get(path) {
+                Some(_) => Ok(()),
+                None => Err(misfit(path, "nothing to set the metadata of".to_string())),
+            };
+        };
+        self.check_base(base.as_ref())
+    }
+
+    /// `check` for a format-1 change.
+    fn check_base(&self, change: &Change) -> Result<(), Misfit> {
         if let Change::Put { path, mode, .. }
         | Change::Mkdir { path, mode }
         | Change::SetMode { path, mode } = change
@@ -299,13 +378,39 @@ impl FolderIndex {
                 None => Err(misfit(path, "nothing to change the mode of".to_string())),
             },
             Change::Promote { .. } | Change::Group { .. } => Ok(()),
+            Change::File { .. }
+            | Change::Dir { .. }
+            | Change::Link { .. }
+            | Change::SetMeta { .. } => {
+                unreachable!("`base` is a format-1 change")
+            }
         }
     }
 
     /// Apply `change`, after checking it fits.
     pub fn apply(&mut self, change: &Change) -> Result<(), Misfit> {
         self.check(change)?;
-        match change {
+        let meta = change.meta().cloned();
+        let Some(base) = change.base() else {
+            // `SetMeta`: the entry stays, its metadata is replaced.
+            let path = change.paths()[0].clone();
+            let mut entry = self.entries[&path].clone();
+            if let Some(meta) = &meta {
+                // The entry's own fields follow (the format-1 view of the same entry).
+                let legacy_mode = meta.mode & crate::scan::MODE_MASK;
+                match &mut entry {
+                    Entry::File { mode, mtime_ns, .. } => {
+                        *mode = legacy_mode;
+                        *mtime_ns = meta.mtime_ns;
+                    }
+                    Entry::Dir { mode } => *mode = legacy_mode,
+                    Entry::Symlink { .. } => {}
+                }
+            }
+            self.set(path, entry, meta);
+            return Ok(());
+        };
+        match base.as_ref() {
             Change::Put {
                 path,
                 mode,
@@ -323,22 +428,26 @@ impl FolderIndex {
                         content: *content,
                         chunks: chunks.clone(),
                     },
+                    meta,
                 );
             }
-            Change::Mkdir { path, mode } => self.set(path.clone(), Entry::Dir { mode: *mode }),
+            Change::Mkdir { path, mode } => {
+                self.set(path.clone(), Entry::Dir { mode: *mode }, meta)
+            }
             Change::Symlink { path, target } => self.set(
                 path.clone(),
                 Entry::Symlink {
                     target: target.clone(),
                 },
+                meta,
             ),
             Change::Remove { path } => {
                 self.remove_subtree(path);
             }
             Change::Rename { from, to } => {
                 self.remove_subtree(to);
-                for (path, entry) in self.remove_subtree(from) {
-                    self.set(path.rebase(from, to), entry);
+                for (path, entry, meta) in self.remove_subtree(from) {
+                    self.set(path.rebase(from, to), entry, meta);
                 }
             }
             Change::SetMode { path, mode } => {
@@ -347,9 +456,16 @@ impl FolderIndex {
                     Entry::File { mode: old, .. } | Entry::Dir { mode: old } => *old = *mode,
                     Entry::Symlink { .. } => unreachable!("checked above"),
                 }
-                self.set(path.clone(), entry);
+                // A format-1 mode change: what else the entry had is not known.
+                self.set(path.clone(), entry, None);
             }
             Change::Promote { .. } | Change::Group { .. } => {}
+            Change::File { .. }
+            | Change::Dir { .. }
+            | Change::Link { .. }
+            | Change::SetMeta { .. } => {
+                unreachable!("`base` is a format-1 change")
+            }
         }
         Ok(())
     }
@@ -404,7 +520,7 @@ mod tests {
         let rebuilt = FolderIndex::from_entries(
             index
                 .iter()
-                .map(|(key, value)| (key.clone(), value.clone())),
+                .map(|(key, value)| (key.clone(), value.clone(), None)),
         );
         assert_eq!(rebuilt.digest(), index.digest());
     }
@@ -446,9 +562,9 @@ mod tests {
             name in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12),
             bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
         ) {
-            if let Ok((decoded, entry)) = decode_entry(&name, &bytes) {
+            if let Ok((decoded, entry, meta)) = decode_entry(&name, &bytes) {
                 proptest::prop_assert_eq!(decoded.as_bytes(), name.as_slice());
-                proptest::prop_assert_eq!(encode_entry(&entry), bytes);
+                proptest::prop_assert_eq!(encode_entry(&entry, meta.as_ref()), bytes);
             }
         }
 
@@ -463,7 +579,8 @@ mod tests {
                 content: Hash::of(b"hello"),
                 chunks: vec![crate::ChunkRef { hash: Hash::of(b"hello"), len: 5 }],
             };
-            let mut bytes = encode_entry(&entry);
+            let meta = Meta { mode: 0o2755, uid: 1001, gid: 1002, user: "alice".into(), group: "staff".into(), mtime_ns: 7, xattrs: Vec::new(), names: Vec::new() };
+            let mut bytes = encode_entry(&entry, if at % 2 == 0 { Some(&meta) } else { None });
             let at = at % bytes.len();
             bytes[at] ^= mask;
             let _ = decode_entry(b"f", &bytes);

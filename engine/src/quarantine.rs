@@ -124,15 +124,17 @@ pub fn quarantine_after(repository: &Repository, seq: u64) -> Result<Option<Quar
             recorded_at_ms: event.body.recorded_at_ms,
             file: None,
         };
-        match change {
-            Change::Put {
+        let base = change.base();
+        match base.as_deref() {
+            None => {}
+            Some(Change::Put {
                 path,
                 mode,
                 size,
                 content,
                 chunks,
                 ..
-            } => {
+            }) => {
                 let relative = format!("files/{}/{}", event.seq(), path);
                 let target = dir.join(&relative);
                 if let Some(parent) = target.parent() {
@@ -149,14 +151,19 @@ pub fn quarantine_after(repository: &Repository, seq: u64) -> Result<Option<Quar
                 record.content = Some(*content);
                 record.file = Some(relative);
             }
-            Change::Mkdir { mode, .. } | Change::SetMode { mode, .. } => record.mode = Some(*mode),
-            Change::Rename { to, .. } => record.to = Some(to.to_string()),
-            Change::Symlink { target, .. } => {
+            Some(Change::Mkdir { mode, .. } | Change::SetMode { mode, .. }) => {
+                record.mode = Some(*mode)
+            }
+            Some(Change::Rename { to, .. }) => record.to = Some(to.to_string()),
+            Some(Change::Symlink { target, .. }) => {
                 record.to = Some(String::from_utf8_lossy(target).into_owned())
             }
-            Change::Promote { node } => record.path = node.clone(),
-            Change::Group { events } => record.path = format!("{events} events"),
-            Change::Remove { .. } => {}
+            Some(Change::Promote { node }) => record.path = node.clone(),
+            Some(Change::Group { events }) => record.path = format!("{events} events"),
+            Some(_) => {}
+        }
+        if let Some(meta) = change.meta() {
+            record.mode = Some(meta.mode);
         }
         manifest.events.push(record);
     }

@@ -13,13 +13,12 @@ use crate::event::Change;
 use crate::fsutil::mtime_ns;
 use crate::path::RelPath;
 use crate::repository::Repository;
-use crate::scan::MODE_MASK;
 
 /// What reading one file gave.
 #[derive(Debug)]
 pub enum Captured {
-    /// The file as it was at one instant, as a `Put`.
-    Put(Change),
+    /// The file as it was at one instant, as a `File` (or, from the diff, a `SetMeta`).
+    Put(Box<Change>),
     /// What the index already holds (set by the diff, never by `capture_file`).
     Same,
     /// Nothing to record: the file vanished, turned into something else, or cannot be
@@ -115,14 +114,9 @@ pub fn capture_file(root: &Path, repository: &Repository, path: &RelPath) -> Res
                     let stored = store_content(&clone, repository.chunks(), &full)?;
                     // A write between `before` and the clone leaves an older mtime in
                     // the record than on disk: the rescan then records the file again.
-                    return Ok(Captured::Put(Change::Put {
-                        path: path.clone(),
-                        mode: before.mode() & MODE_MASK,
-                        mtime_ns: mtime_ns(&before),
-                        size: stored.size,
-                        content: stored.content,
-                        chunks: stored.chunks,
-                    }));
+                    return Ok(Captured::Put(Box::new(file_change(
+                        path, &full, &before, stored,
+                    ))));
                 }
                 Ok(None) => {}
                 Err(error) => {
@@ -168,16 +162,30 @@ pub fn capture_file(root: &Path, repository: &Repository, path: &RelPath) -> Res
             }
             stored
         };
-        return Ok(Captured::Put(Change::Put {
-            path: path.clone(),
-            mode: before.mode() & MODE_MASK,
-            mtime_ns: mtime_ns(&before),
-            size: stored.size,
-            content: stored.content,
-            chunks: stored.chunks,
-        }));
+        return Ok(Captured::Put(Box::new(file_change(
+            path, &full, &before, stored,
+        ))));
     }
     Ok(Captured::Unstable)
+}
+
+/// The `File` change for the content `stored` of the file at `full` (`path`), whose
+/// stat before the read was `before`: its metadata read now, its mtime from `before`.
+fn file_change(
+    path: &RelPath,
+    full: &Path,
+    before: &std::fs::Metadata,
+    stored: crate::chunking::Chunked,
+) -> Change {
+    let mut meta = crate::meta::Meta::read(full, before);
+    meta.mtime_ns = mtime_ns(before);
+    Change::File {
+        path: path.clone(),
+        meta,
+        size: stored.size,
+        content: stored.content,
+        chunks: stored.chunks,
+    }
 }
 
 /// Files from this size on are cloned before they are read where the file system can
@@ -244,14 +252,9 @@ fn capture_database(
                 "copied a SQLite database at a transaction boundary"
             );
             let stored = store_content(&snapshot.file, repository.chunks(), full)?;
-            Ok(Some(Captured::Put(Change::Put {
-                path: path.clone(),
-                mode: before.mode() & MODE_MASK,
-                mtime_ns: mtime_ns(before),
-                size: stored.size,
-                content: stored.content,
-                chunks: stored.chunks,
-            })))
+            Ok(Some(Captured::Put(Box::new(file_change(
+                path, full, before, stored,
+            )))))
         }
         crate::sqlite::Taken::Busy => Ok(Some(Captured::Unstable)),
         crate::sqlite::Taken::Plain => Ok(None),

@@ -105,7 +105,7 @@ pub fn apply_batch(root: &Path, repository: &Repository, events: &[Event]) -> Re
                     actual: index.digest(),
                 });
             }
-            if let Change::Put { chunks, .. } = change {
+            if let Some(chunks) = change.chunks() {
                 if let Some(missing) = repository
                     .chunks()
                     .missing(chunks.iter().map(|chunk| chunk.hash))?
@@ -136,7 +136,15 @@ pub fn apply_batch(root: &Path, repository: &Repository, events: &[Event]) -> Re
     // next part's files are written.
     let mut timings = StepTimings::default();
     let displaced = Displaced::default();
-    let durable = write_and_commit_in_parts(root, repository, events, &mut timings, &displaced);
+    let dir_times = directory_times(&index, events);
+    let durable = write_and_commit_in_parts(
+        root,
+        repository,
+        events,
+        &mut timings,
+        &displaced,
+        &dir_times,
+    );
     // The old versions of replaced files go once the batch is in the log (or failed).
     let all_removed = displaced.remove_all();
     if let Err(error) = durable {
@@ -175,6 +183,27 @@ pub fn apply_batch(root: &Path, repository: &Repository, events: &[Event]) -> Re
     Ok(repository.head())
 }
 
+/// The recorded times of the directories `events` change or write into, from `index`
+/// (the state after them): set once their contents are written.
+fn directory_times(index: &crate::index::FolderIndex, events: &[Event]) -> Vec<(RelPath, i64)> {
+    let mut dirs: std::collections::BTreeSet<RelPath> = std::collections::BTreeSet::new();
+    for event in events {
+        for path in event.body.change.paths() {
+            dirs.insert(path.clone());
+            if let Some(parent) = path.parent() {
+                dirs.insert(parent);
+            }
+        }
+    }
+    dirs.into_iter()
+        .filter(|dir| matches!(index.get(dir), Some(Entry::Dir { .. })))
+        .filter_map(|dir| {
+            let mtime_ns = index.meta(&dir)?.mtime_ns;
+            Some((dir, mtime_ns))
+        })
+        .collect()
+}
+
 /// A batch of more events than this is written and made durable in parts of about
 /// this many, each part's durability point overlapping the next part's writes.
 static COMMIT_PART_EVENTS: std::sync::atomic::AtomicUsize =
@@ -208,6 +237,7 @@ fn write_and_commit_in_parts(
     events: &[Event],
     timings: &mut StepTimings,
     displaced: &Displaced,
+    dir_times: &[(RelPath, i64)],
 ) -> Result<()> {
     let commit = |part: &[Event]| -> Result<(std::time::Duration, std::time::Duration)> {
         let started = std::time::Instant::now();
@@ -242,7 +272,7 @@ fn write_and_commit_in_parts(
         let mut parts = events.chunks(part_len).peekable();
         while let Some(part) = parts.next() {
             let writing = std::time::Instant::now();
-            let written = apply_changes(root, repository, part, displaced);
+            let written = apply_changes(root, repository, part, displaced, dir_times);
             timings.write += writing.elapsed();
             // The previous part is committed (or failed) before this one may be.
             let previous = wait_for(&mut committing, timings);
@@ -311,11 +341,13 @@ pub fn recover(root: &Path, repository: &Repository) -> Result<()> {
 /// Make `scope` on disk exactly what the index says (used by recovery, and by the
 /// rejoin to put a folder back to a common point).
 pub fn restore_scope(root: &Path, repository: &Repository, scope: &RelPath) -> Result<()> {
-    let wanted: Vec<(RelPath, Entry)> = repository
-        .lock_index()
-        .subtree(scope)
-        .map(|(path, entry)| (path.clone(), entry.clone()))
-        .collect();
+    let (wanted, metas): (Vec<(RelPath, Entry)>, Vec<Option<crate::meta::Meta>>) = {
+        let index = repository.lock_index();
+        index
+            .subtree(scope)
+            .map(|(path, entry)| ((path.clone(), entry.clone()), index.meta(path).cloned()))
+            .unzip()
+    };
     // Never walk, delete or write through a symlink planted above the scope.
     check_parents_on_disk(root, scope, 0, &mut HashSet::new())?;
     let disk = walk(root, Some(scope))?;
@@ -331,7 +363,7 @@ pub fn restore_scope(root: &Path, repository: &Repository, scope: &RelPath) -> R
         }
     }
     let mut safe_dirs = HashSet::new();
-    for (path, entry) in &wanted {
+    for ((path, entry), meta) in wanted.iter().zip(&metas) {
         // Every entry's parents on disk are real directories (created above it in path
         // order), never a symlink planted or left there.
         check_parents_on_disk(root, path, 0, &mut safe_dirs)?;
@@ -366,17 +398,28 @@ pub fn restore_scope(root: &Path, repository: &Repository, scope: &RelPath) -> R
                     }) if disk_size == *size => hash_file(&full)? == *content,
                     _ => false,
                 };
+                let attributes = match meta {
+                    Some(meta) => Attributes::Meta(meta),
+                    None => Attributes::Legacy(*mode, *mtime_ns),
+                };
                 if intact {
                     set_mode(&full, *mode)?;
-                } else {
-                    if let Some(old) =
-                        write_file(root, repository, path, *mode, *mtime_ns, *content, chunks)?
-                    {
-                        remove_any(&old)?;
-                    }
+                } else if let Some(old) =
+                    write_file(root, repository, path, attributes, *content, chunks)?
+                {
+                    remove_any(&old)?;
                 }
             }
         }
+    }
+    // The recorded metadata, then the times (a directory's after everything in it).
+    let options = repository.meta_options();
+    for ((path, entry), meta) in wanted.iter().zip(&metas).rev() {
+        let Some(meta) = meta else { continue };
+        let full = path.under(root);
+        let symlink = matches!(entry, Entry::Symlink { .. });
+        crate::meta::apply_meta(&full, meta, symlink, options)?;
+        crate::meta::set_mtime(&full, meta.mtime_ns)?;
     }
     Ok(())
 }
@@ -516,6 +559,7 @@ fn apply_changes(
     repository: &Repository,
     events: &[Event],
     displaced: &Displaced,
+    dir_times: &[(RelPath, i64)],
 ) -> Result<()> {
     let threads = std::thread::available_parallelism()
         .map(|count| count.get())
@@ -526,12 +570,12 @@ fn apply_changes(
     let mut put_paths: HashSet<&RelPath> = HashSet::new();
     for event in events {
         match &event.body.change {
-            Change::Put { path, .. } if threads > 1 => {
+            Change::Put { path, .. } | Change::File { path, .. } if threads > 1 => {
                 puts.push(event);
                 put_paths.insert(path);
                 continue;
             }
-            Change::Mkdir { path, .. } if !put_paths.contains(path) => {}
+            Change::Mkdir { path, .. } | Change::Dir { path, .. } if !put_paths.contains(path) => {}
             _ => {
                 write_puts(root, repository, &puts, &mut safe_dirs, threads, displaced)?;
                 puts.clear();
@@ -542,7 +586,15 @@ fn apply_changes(
         }
         apply_change(root, repository, event, &mut safe_dirs, displaced)?;
     }
-    write_puts(root, repository, &puts, &mut safe_dirs, threads, displaced)
+    write_puts(root, repository, &puts, &mut safe_dirs, threads, displaced)?;
+    // Directory times last: writing into a directory moves its mtime.
+    for (path, mtime_ns) in dir_times {
+        match crate::meta::set_mtime(&path.under(root), *mtime_ns) {
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+            other => other?,
+        }
+    }
+    Ok(())
 }
 
 /// Write the files of `puts` (all `Change::Put`, in log order): on up to `threads`
@@ -563,10 +615,7 @@ fn write_puts(
             parents.insert(path.parent());
         }
     }
-    let large = |event: &Event| match &event.body.change {
-        Change::Put { size, .. } => *size >= LARGE_FILE_BYTES,
-        _ => false,
-    };
+    let large = |event: &Event| event.body.change.content_size() >= LARGE_FILE_BYTES;
     let large_files = puts.iter().filter(|event| large(event)).count();
     if (puts.len() < PARALLEL_MIN_PUTS || parents.len() < 2) && large_files < 2 {
         return puts
@@ -584,7 +633,7 @@ fn write_puts(
     let mut lane_of_path: HashMap<&RelPath, usize> = HashMap::new();
     for event in puts {
         let (path, size) = match &event.body.change {
-            Change::Put { path, size, .. } => (path, *size),
+            Change::Put { path, size, .. } | Change::File { path, size, .. } => (path, *size),
             _ => continue,
         };
         let least = (0..threads).min_by_key(|lane| work[*lane]).unwrap_or(0);
@@ -626,25 +675,32 @@ fn write_puts(
     }
 }
 
-/// Write the file a `Change::Put` event names (its parents already checked).
+/// Write the file a `Put` or `File` event names (its parents already checked).
 fn apply_put(
     root: &Path,
     repository: &Repository,
     event: &Event,
     displaced: &Displaced,
 ) -> Result<()> {
-    let Change::Put {
-        path,
-        mode,
-        mtime_ns,
-        content,
-        chunks,
-        ..
-    } = &event.body.change
-    else {
-        return Ok(());
+    let (path, attributes, content, chunks) = match &event.body.change {
+        Change::Put {
+            path,
+            mode,
+            mtime_ns,
+            content,
+            chunks,
+            ..
+        } => (path, Attributes::Legacy(*mode, *mtime_ns), content, chunks),
+        Change::File {
+            path,
+            meta,
+            content,
+            chunks,
+            ..
+        } => (path, Attributes::Meta(meta), content, chunks),
+        _ => return Ok(()),
     };
-    match write_file(root, repository, path, *mode, *mtime_ns, *content, chunks) {
+    match write_file(root, repository, path, attributes, *content, chunks) {
         Ok(Some(old)) => {
             displaced.add(old);
             Ok(())
@@ -672,8 +728,42 @@ fn apply_change(
     for path in event.body.change.paths() {
         check_parents_on_disk(root, path, seq, safe_dirs)?;
     }
+    let options = repository.meta_options();
     match &event.body.change {
-        Change::Put { .. } => apply_put(root, repository, event, displaced),
+        Change::Put { .. } | Change::File { .. } => apply_put(root, repository, event, displaced),
+        Change::Dir { path, meta } => {
+            let full = path.under(root);
+            match stat_disk(&full)? {
+                Some(DiskEntry::Dir { .. }) => {}
+                None => std::fs::create_dir(&full).at("create directory", &full)?,
+                Some(_) => {
+                    return Err(Error::Apply {
+                        seq,
+                        path: path.to_string(),
+                        reason: "something else is in the way".to_string(),
+                    })
+                }
+            }
+            // Its time is set after the batch's changes below it (`dir_times`).
+            crate::meta::apply_meta(&full, meta, false, options).map(|_| ())
+        }
+        Change::Link { path, target, meta } => {
+            write_symlink(root, path, target)?;
+            let full = path.under(root);
+            crate::meta::apply_meta(&full, meta, true, options)?;
+            crate::meta::set_mtime(&full, meta.mtime_ns)
+        }
+        Change::SetMeta { path, meta } => {
+            let full = path.under(root);
+            let metadata = std::fs::symlink_metadata(&full).at("stat", &full)?;
+            let symlink = metadata.file_type().is_symlink();
+            crate::meta::apply_meta(&full, meta, symlink, options)?;
+            if metadata.is_dir() {
+                Ok(())
+            } else {
+                crate::meta::set_mtime(&full, meta.mtime_ns)
+            }
+        }
         Change::Mkdir { path, mode } => {
             let full = path.under(root);
             match stat_disk(&full)? {
@@ -726,8 +816,7 @@ fn write_file(
     root: &Path,
     repository: &Repository,
     path: &RelPath,
-    mode: u32,
-    mtime_ns: i64,
+    attributes: Attributes<'_>,
     content: Hash,
     chunks: &[ChunkRef],
 ) -> Result<Option<PathBuf>> {
@@ -776,8 +865,17 @@ fn write_file(
                 location: format!(" (the chunks of {path} do not add up to its content hash)"),
             });
         }
-        file.set_permissions(std::fs::Permissions::from_mode(mode))
-            .at("chmod", &temporary)?;
+        let mtime_ns = match attributes {
+            Attributes::Legacy(mode, mtime_ns) => {
+                file.set_permissions(std::fs::Permissions::from_mode(mode))
+                    .at("chmod", &temporary)?;
+                mtime_ns
+            }
+            Attributes::Meta(meta) => {
+                crate::meta::apply_meta(&temporary, meta, false, repository.meta_options())?;
+                meta.mtime_ns
+            }
+        };
         file.set_modified(system_time(mtime_ns))
             .at("set mtime", &temporary)?;
         Ok(database)
@@ -802,6 +900,13 @@ fn write_file(
         }
     }
     Ok(crate::fsutil::replace_file(&temporary, &destination)?.then_some(temporary))
+}
+
+/// The metadata a written file gets: a format-1 `Put`'s mode and mtime, or all of it.
+#[derive(Clone, Copy)]
+enum Attributes<'a> {
+    Legacy(u32, i64),
+    Meta(&'a crate::meta::Meta),
 }
 
 /// The old versions of files a batch replaced, each left at a temporary name beside

@@ -16,6 +16,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::event::Change;
 use crate::fsutil::mtime_ns;
 use crate::index::{Entry, FolderIndex};
+use crate::meta::Meta;
 use crate::path::RelPath;
 pub use crate::read::{capture_file, Captured};
 use crate::repository::Repository;
@@ -50,6 +51,12 @@ impl DiskEntry {
 /// Read what is at `full` without following a symlink. `None` when nothing is there
 /// or it is a special file (skipped with a warning).
 pub fn stat_disk(full: &Path) -> Result<Option<DiskEntry>> {
+    Ok(stat_disk_with(full, false)?.map(|(entry, _)| entry))
+}
+
+/// `stat_disk`, with the entry's metadata (owner, every mode bit, extended attributes,
+/// ACLs, mtime) when `with_meta`.
+pub fn stat_disk_with(full: &Path, with_meta: bool) -> Result<Option<(DiskEntry, Option<Meta>)>> {
     let metadata = match std::fs::symlink_metadata(full) {
         Ok(metadata) => metadata,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -65,7 +72,7 @@ pub fn stat_disk(full: &Path) -> Result<Option<DiskEntry>> {
         }
     };
     let kind = metadata.file_type();
-    Ok(if kind.is_symlink() {
+    let entry = if kind.is_symlink() {
         match std::fs::read_link(full) {
             Ok(target) => Some(DiskEntry::Symlink {
                 target: target.as_os_str().as_bytes().to_vec(),
@@ -93,7 +100,8 @@ pub fn stat_disk(full: &Path) -> Result<Option<DiskEntry>> {
     } else {
         crate::skipped::note(full, "a socket, FIFO or device file");
         None
-    })
+    };
+    Ok(entry.map(|entry| (entry, with_meta.then(|| Meta::read(full, &metadata)))))
 }
 
 /// `stat_disk` of `path` for a walk: a path that alone cannot be read (too long for
@@ -101,7 +109,14 @@ pub fn stat_disk(full: &Path) -> Result<Option<DiskEntry>> {
 /// unreadable — its recorded state stands — and the walk goes on.
 fn stat_or_skip(root: &Path, path: &RelPath, tree: &mut DiskTree) -> Result<Option<DiskEntry>> {
     let full = path.under(root);
-    match stat_disk(&full) {
+    match stat_disk_with(&full, true) {
+        Ok(Some((entry, meta))) => {
+            if let Some(meta) = meta {
+                tree.metas.insert(path.clone(), meta);
+            }
+            Ok(Some(entry))
+        }
+        Ok(None) => Ok(None),
         Err(Error::Io { source, .. }) if crate::skipped::path_problem(&source).is_some() => {
             crate::skipped::note(
                 &full,
@@ -110,7 +125,7 @@ fn stat_or_skip(root: &Path, path: &RelPath, tree: &mut DiskTree) -> Result<Opti
             tree.unreadable.push(path.clone());
             Ok(None)
         }
-        other => other,
+        Err(error) => Err(error),
     }
 }
 
@@ -120,6 +135,8 @@ fn stat_or_skip(root: &Path, path: &RelPath, tree: &mut DiskTree) -> Result<Opti
 pub struct DiskTree {
     pub entries: BTreeMap<RelPath, DiskEntry>,
     pub unreadable: Vec<RelPath>,
+    /// Each entry's metadata (owner, every mode bit, xattrs, ACLs, mtime).
+    pub metas: BTreeMap<RelPath, Meta>,
 }
 
 /// Walk `scope` (the whole folder when `None`) under `root`.
@@ -127,6 +144,7 @@ pub fn walk(root: &Path, scope: Option<&RelPath>) -> Result<DiskTree> {
     let mut tree = DiskTree {
         entries: BTreeMap::new(),
         unreadable: Vec::new(),
+        metas: BTreeMap::new(),
     };
     let mut pending_dirs: Vec<Option<RelPath>> = Vec::new();
     match scope {
@@ -279,12 +297,22 @@ pub fn diff_scope(
                 .collect(),
         }
     };
-    let indexed: BTreeMap<RelPath, Entry> = match base {
-        Some(index) => subtree(index),
-        None => subtree(&repository.lock_index()),
+    let (indexed, indexed_meta) = {
+        let from = |index: &FolderIndex| {
+            let entries = subtree(index);
+            let metas: BTreeMap<RelPath, Meta> = entries
+                .keys()
+                .filter_map(|path| Some((path.clone(), index.meta(path)?.clone())))
+                .collect();
+            (entries, metas)
+        };
+        match base {
+            Some(index) => from(index),
+            None => from(&repository.lock_index()),
+        }
     };
     let mut changes: Vec<Option<Change>> = Vec::new();
-    let mut captures: Vec<(usize, &RelPath, Option<&Entry>)> = Vec::new();
+    let mut captures: Vec<Capture<'_>> = Vec::new();
     let racy_after_ns = crate::fsutil::now_ms().saturating_sub(RACY_WINDOW_MS) as i64 * 1_000_000;
 
     // Removals first: gone from disk, or replaced by another kind of entry.
@@ -323,32 +351,39 @@ pub fn diff_scope(
 
     for (path, on_disk) in &disk.entries {
         let before = still_indexed(path);
+        let old_meta = before.and_then(|_| indexed_meta.get(path));
+        let Some(meta) = disk.metas.get(path) else {
+            continue;
+        };
+        let set_meta = || {
+            Some(Change::SetMeta {
+                path: path.clone(),
+                meta: meta.clone(),
+            })
+        };
         match on_disk {
-            DiskEntry::Dir { mode } => match before {
-                Some(Entry::Dir { mode: old }) if old == mode => {}
-                Some(Entry::Dir { .. }) => changes.push(Some(Change::SetMode {
+            DiskEntry::Dir { .. } => match before {
+                Some(Entry::Dir { .. }) if old_meta == Some(meta) => {}
+                Some(Entry::Dir { .. }) => changes.push(set_meta()),
+                _ => changes.push(Some(Change::Dir {
                     path: path.clone(),
-                    mode: *mode,
-                })),
-                _ => changes.push(Some(Change::Mkdir {
-                    path: path.clone(),
-                    mode: *mode,
+                    meta: meta.clone(),
                 })),
             },
             DiskEntry::Symlink { target } => match before {
-                Some(Entry::Symlink { target: old }) if old == target => {}
-                _ => changes.push(Some(Change::Symlink {
+                Some(Entry::Symlink { target: old }) if old == target => {
+                    if old_meta != Some(meta) {
+                        changes.push(set_meta());
+                    }
+                }
+                _ => changes.push(Some(Change::Link {
                     path: path.clone(),
                     target: target.clone(),
+                    meta: meta.clone(),
                 })),
             },
-            DiskEntry::File {
-                mode,
-                size,
-                mtime_ns,
-            } => {
+            DiskEntry::File { size, mtime_ns, .. } => {
                 if let Some(Entry::File {
-                    mode: old_mode,
                     size: old_size,
                     mtime_ns: old_mtime,
                     ..
@@ -358,30 +393,32 @@ pub fn diff_scope(
                     // that a second write in the same clock tick could hide behind it
                     // (git's "racily clean" case): then the content is compared.
                     if old_size == size && old_mtime == mtime_ns && *mtime_ns < racy_after_ns {
-                        if old_mode != mode {
-                            changes.push(Some(Change::SetMode {
-                                path: path.clone(),
-                                mode: *mode,
-                            }));
+                        if old_meta != Some(meta) {
+                            changes.push(set_meta());
                         }
                         continue;
                     }
                 }
                 // Read later, several files at once (below).
                 changes.push(None);
-                captures.push((changes.len() - 1, path, before));
+                captures.push(Capture {
+                    slot: changes.len() - 1,
+                    path,
+                    before,
+                    old_meta,
+                });
             }
         }
     }
     let mut unstable = Vec::new();
     for (slot, captured) in capture_files(root, repository, &captures)? {
         match captured {
-            Captured::Put(change) => changes[slot] = Some(change),
+            Captured::Put(change) => changes[slot] = Some(*change),
             Captured::Same | Captured::Gone => {}
             Captured::Unstable => {
                 // `captures` is in slot order.
-                if let Ok(at) = captures.binary_search_by_key(&slot, |(at, _, _)| *at) {
-                    unstable.push(captures[at].1.clone());
+                if let Ok(at) = captures.binary_search_by_key(&slot, |capture| capture.slot) {
+                    unstable.push(captures[at].path.clone());
                 }
             }
         }
@@ -395,37 +432,54 @@ pub fn diff_scope(
 /// Files read (chunked, hashed, stored) at once while a scope is compared.
 const CAPTURE_THREADS_MAX: usize = 4;
 
-/// Capture the files of `captures` (slot in the caller's list, path, indexed entry),
-/// on several threads when there are several; returns what each slot's file gave
-/// (`Same` where its content, mode and mtime are what the index holds).
+/// A file to read while a scope is compared: its slot in the list of changes, and
+/// what the index holds for it.
+struct Capture<'a> {
+    slot: usize,
+    path: &'a RelPath,
+    before: Option<&'a Entry>,
+    old_meta: Option<&'a Meta>,
+}
+
+/// Capture the files of `captures`, on several threads when there are several;
+/// returns what each slot's file gave: `Same` where its content, mtime and metadata
+/// are what the index holds, a `SetMeta` where only the metadata moved.
 /// On an error, the first failing file's (in the given order) is returned.
 fn capture_files(
     root: &Path,
     repository: &Repository,
-    captures: &[(usize, &RelPath, Option<&Entry>)],
+    captures: &[Capture<'_>],
 ) -> Result<Vec<(usize, Captured)>> {
-    let capture_one = |(slot, path, before): &(usize, &RelPath, Option<&Entry>)| {
-        let captured = capture_file(root, repository, path).map_err(|error| (*slot, error))?;
-        let change = match (captured, before) {
+    let capture_one = |capture: &Capture<'_>| {
+        let slot = capture.slot;
+        let captured =
+            capture_file(root, repository, capture.path).map_err(|error| (slot, error))?;
+        let change = match (captured, capture.before) {
             (
-                Captured::Put(Change::Put {
-                    mode,
-                    mtime_ns,
-                    content,
-                    ..
-                }),
+                Captured::Put(change),
                 Some(Entry::File {
-                    mode: old_mode,
                     mtime_ns: old_mtime,
                     content: old_content,
                     ..
                 }),
-            ) if mode == *old_mode && mtime_ns == *old_mtime && content == *old_content => {
-                Captured::Same
-            }
+            ) => match *change {
+                Change::File {
+                    path,
+                    meta,
+                    content,
+                    ..
+                } if meta.mtime_ns == *old_mtime && content == *old_content => {
+                    if capture.old_meta == Some(&meta) {
+                        Captured::Same
+                    } else {
+                        Captured::Put(Box::new(Change::SetMeta { path, meta }))
+                    }
+                }
+                other => Captured::Put(Box::new(other)),
+            },
             (captured, _) => captured,
         };
-        Ok((*slot, change))
+        Ok((slot, change))
     };
     let threads = std::thread::available_parallelism()
         .map(|count| count.get())

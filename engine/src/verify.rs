@@ -8,6 +8,7 @@ use crate::digest::{leaf, FolderDigest, LeafFields};
 use crate::error::Result;
 use crate::hash::Hash;
 use crate::log::Head;
+use crate::meta::Meta;
 use crate::path::RelPath;
 use crate::replay::hash_file;
 use crate::repository::Repository;
@@ -73,7 +74,16 @@ impl Seen {
 
 /// The leaf of every entry on disk (reading every file), in path order.
 pub fn disk_leaves(root: &Path) -> Result<BTreeMap<RelPath, (Hash, Seen)>> {
+    Ok(disk_leaves_and_metas(root)?.0)
+}
+
+/// Each entry's leaf and what it holds, by path.
+type Leaves = BTreeMap<RelPath, (Hash, Seen)>;
+
+/// `disk_leaves`, and each entry's metadata as on disk.
+fn disk_leaves_and_metas(root: &Path) -> Result<(Leaves, BTreeMap<RelPath, Meta>)> {
     let mut tree = walk(root, None)?;
+    let metas = std::mem::take(&mut tree.metas);
     // A database's companions are never recorded (see `sqlite`).
     crate::scan::drop_companions(root, &mut tree.entries);
     let entries: Vec<(RelPath, DiskEntry)> = tree.entries.into_iter().collect();
@@ -107,7 +117,7 @@ pub fn disk_leaves(root: &Path) -> Result<BTreeMap<RelPath, (Hash, Seen)>> {
         };
         out.insert(path, (hash, seen));
     }
-    Ok(out)
+    Ok((out, metas))
 }
 
 /// The content hash of every file among `entries` (`None` for the others), in order.
@@ -144,15 +154,6 @@ fn hash_files(root: &Path, entries: &[(RelPath, DiskEntry)]) -> Result<Vec<Optio
     })
 }
 
-/// The folder digest recomputed from disk.
-pub fn digest_from_disk(root: &Path) -> Result<Hash> {
-    let mut digest = FolderDigest::default();
-    for (hash, _) in disk_leaves(root)?.values() {
-        digest.add(hash);
-    }
-    Ok(digest.to_hash())
-}
-
 /// Compare the folder on disk with the repository's head.
 pub fn verify_folder(root: &Path, repository: &Repository) -> Result<VerifyReport> {
     verify(root, repository, false)
@@ -169,8 +170,15 @@ pub fn verify_live_folder(root: &Path, repository: &Repository) -> Result<Verify
 }
 
 fn verify(root: &Path, repository: &Repository, live: bool) -> Result<VerifyReport> {
-    let (head, expected): (Head, BTreeMap<RelPath, (Hash, Seen)>) = {
+    let (head, expected, expected_metas) = {
         let index = repository.lock_index();
+        let metas: BTreeMap<RelPath, (Meta, bool)> = index
+            .iter_with_meta()
+            .filter_map(|(path, entry, meta)| {
+                let symlink = matches!(entry, crate::index::Entry::Symlink { .. });
+                Some((path.clone(), (meta?.clone(), symlink)))
+            })
+            .collect();
         let expected = index
             .iter()
             .map(|(path, entry)| {
@@ -192,10 +200,10 @@ fn verify(root: &Path, repository: &Repository, live: bool) -> Result<VerifyRepo
                 };
                 (path.clone(), (entry.leaf(path), seen))
             })
-            .collect();
-        (repository.head(), expected)
+            .collect::<BTreeMap<RelPath, (Hash, Seen)>>();
+        (repository.head(), expected, metas)
     };
-    let mut found = disk_leaves(root)?;
+    let (mut found, disk_metas) = disk_leaves_and_metas(root)?;
     let mut live_databases = Vec::new();
     if live {
         for (path, (want_hash, want_seen)) in &expected {
@@ -219,6 +227,27 @@ fn verify(root: &Path, repository: &Repository, live: bool) -> Result<VerifyRepo
     for (hash, _) in found.values() {
         digest.add(hash);
     }
+    // The metadata of the entries that have it recorded, as this node applies it.
+    let options = repository.meta_options();
+    let mut meta_difference = None;
+    for (path, (recorded, symlink)) in &expected_metas {
+        let Some(mut disk) = disk_metas.get(path).cloned() else {
+            continue;
+        };
+        if !found.contains_key(path) {
+            continue;
+        }
+        crate::meta::align_to_record(&mut disk, recorded, options);
+        let have = disk.leaf(path, !symlink);
+        digest.add(&have);
+        if meta_difference.is_none() && have != recorded.leaf(path, !symlink) {
+            meta_difference = Some(Difference {
+                path: path.to_string(),
+                expected: recorded.describe(),
+                found: disk.describe(),
+            });
+        }
+    }
     let mut first_difference = None;
     let mut paths: Vec<&RelPath> = expected.keys().chain(found.keys()).collect();
     paths.sort();
@@ -238,6 +267,9 @@ fn verify(root: &Path, repository: &Repository, live: bool) -> Result<VerifyRepo
             });
             break;
         }
+    }
+    if first_difference.is_none() {
+        first_difference = meta_difference;
     }
     if first_difference.is_none() && digest.to_hash() != head.digest {
         // The index matches the disk but not the log head: the index is stale.

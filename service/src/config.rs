@@ -45,6 +45,7 @@ struct RawConfig {
     on_demote: Option<String>,
     rescan_interval_s: Option<u64>,
     max_capture_delay_ms: Option<u64>,
+    numeric_ids: Option<bool>,
     log_retention_events: Option<u64>,
     compaction_interval_s: Option<u64>,
     authority: Option<String>,
@@ -81,6 +82,8 @@ pub struct Config {
     pub rescan_interval_s: u64,
     /// The longest a changed file waits to be recorded, however busy it stays.
     pub max_capture_delay_ms: u64,
+    /// Apply owners and ACL qualifiers by their numeric ids, not by name.
+    pub numeric_ids: bool,
     /// Events kept in the log; older ones are compacted away (a passive further
     /// behind starts again from a snapshot).
     pub log_retention_events: u64,
@@ -415,6 +418,7 @@ impl Config {
             on_demote: raw.on_demote,
             rescan_interval_s,
             max_capture_delay_ms,
+            numeric_ids: raw.numeric_ids.unwrap_or(false),
             log_retention_events,
             compaction_interval_s,
             authority,

@@ -44,6 +44,7 @@ pub struct Metrics {
     pub capture_sqlite_lock_seconds_max: Gauge<f64, AtomicU64>,
     pub capture_clones: Counter,
     pub skipped_paths: Gauge,
+    pub meta_unapplied: Counter,
 }
 
 impl Metrics {
@@ -72,6 +73,7 @@ impl Metrics {
             capture_sqlite_lock_seconds_max: Gauge::default(),
             capture_clones: Counter::default(),
             skipped_paths: Gauge::default(),
+            meta_unapplied: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -183,6 +185,11 @@ impl Metrics {
             "skipped_paths",
             "Paths of the folder that are not replicated (special files, paths too long, directories that cannot be listed or watched; named in status)",
             metrics.skipped_paths.clone(),
+        );
+        registry.register(
+            "meta_unapplied",
+            "Owner or extended-attribute changes this node could not apply (it does not run as root)",
+            metrics.meta_unapplied.clone(),
         );
         Metrics {
             registry,

@@ -122,6 +122,12 @@ impl Node {
         let repository = Arc::new(Repository::open(&config.data_dir).map_err(|error| {
             anyhow::anyhow!("open data_dir {}: {error}", config.data_dir.display())
         })?);
+        repository.set_meta_options(standin_engine::meta::MetaOptions {
+            numeric_ids: config.numeric_ids,
+        });
+        if !standin_engine::meta::can_chown() {
+            tracing::warn!("standin does not run as root: owners, setuid bits and trusted.* attributes cannot be applied on this node (counted in standin_meta_unapplied)");
+        }
         // Finish (or undo) a batch a crash interrupted, and remove what standin's own
         // temporary files a crash left, before anyone reads the folder.
         standin_engine::replay::recover(&config.folder, &repository)
@@ -428,6 +434,10 @@ impl Node {
         metrics
             .capture_sqlite_lock_seconds_max
             .set(standin_engine::sqlite::longest_lock().as_secs_f64());
+        metrics.meta_unapplied.inner().store(
+            standin_engine::meta::unapplied(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         metrics.capture_clones.inner().store(
             standin_engine::reflink::clones(),
             std::sync::atomic::Ordering::Relaxed,

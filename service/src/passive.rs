@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use standin_engine::{Change, Event, Hash};
+use standin_engine::{Event, Hash};
 use standin_proto::v1 as wire;
 use standin_proto::v1::replication_client::ReplicationClient;
 use tokio_stream::StreamExt;
@@ -66,10 +66,12 @@ const APPLY_CONTENT_BYTES: u64 = 64 << 20;
 
 /// The bytes of content `event` names.
 fn content_bytes(event: &Event) -> u64 {
-    match &event.body.change {
-        Change::Put { chunks, .. } => chunks.iter().map(|chunk| chunk.len as u64).sum(),
-        _ => 0,
-    }
+    event
+        .body
+        .change
+        .chunks()
+        .map(|chunks| chunks.iter().map(|chunk| chunk.len as u64).sum())
+        .unwrap_or(0)
 }
 
 /// Split `events` into runs of consecutive events whose `Put` content adds up to at
@@ -87,13 +89,13 @@ pub fn split_by_missing(
     missing: &std::collections::HashSet<Hash>,
 ) -> Vec<Vec<Event>> {
     let mut counted = std::collections::HashSet::new();
-    split_by(events, limit, |event| match &event.body.change {
-        Change::Put { chunks, .. } => chunks
+    split_by(events, limit, |event| match event.body.change.chunks() {
+        Some(chunks) => chunks
             .iter()
             .filter(|chunk| missing.contains(&chunk.hash) && counted.insert(chunk.hash))
             .map(|chunk| chunk.len as u64)
             .sum(),
-        _ => 0,
+        None => 0,
     })
 }
 
@@ -144,9 +146,12 @@ pub fn fetch_groups(chunks: &[(Hash, u32)]) -> Vec<Vec<Hash>> {
 fn chunks_named(events: &[Event]) -> Vec<(Hash, u32)> {
     events
         .iter()
-        .filter_map(|event| match &event.body.change {
-            Change::Put { chunks, .. } => Some(chunks.iter().map(|chunk| (chunk.hash, chunk.len))),
-            _ => None,
+        .filter_map(|event| {
+            event
+                .body
+                .change
+                .chunks()
+                .map(|chunks| chunks.iter().map(|chunk| (chunk.hash, chunk.len)))
         })
         .flatten()
         .collect()
@@ -636,7 +641,7 @@ impl Puller {
         }
         let wanted: Vec<(Hash, u32)> = entries
             .iter()
-            .filter_map(|(_, entry)| match entry {
+            .filter_map(|(_, entry, _)| match entry {
                 standin_engine::Entry::File { chunks, .. } => {
                     Some(chunks.iter().map(|chunk| (chunk.hash, chunk.len)))
                 }
@@ -939,6 +944,7 @@ impl Puller {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use standin_engine::Change;
 
     fn put_event(seq: u64, bytes: u32) -> Event {
         let chunks = (0..bytes.div_ceil(256 << 10))

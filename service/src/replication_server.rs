@@ -95,8 +95,8 @@ impl Replication for ReplicationService {
             }
             let mut batch = Vec::new();
             let mut batch_bytes = 0;
-            for (path, entry) in entries {
-                let entry = standin_engine::index::encode_entry(&entry);
+            for (path, entry, meta) in entries {
+                let entry = standin_engine::index::encode_entry(&entry, meta.as_ref());
                 batch_bytes += entry.len() + path.as_bytes().len();
                 batch.push(wire::SnapshotEntry {
                     path: path.as_bytes().to_vec(),

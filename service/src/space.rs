@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use standin_engine::{Change, Event};
+use standin_engine::Event;
 
 /// Free space the passive keeps on the disks of its folder and data_dir: it stops
 /// applying (a `no_space` pull error) before a batch would leave less. The log's store
@@ -53,10 +53,7 @@ pub fn check(folder: &Path, data_dir: &Path, events: &[Event]) -> Result<(), Str
     }
     let content: u64 = events
         .iter()
-        .map(|event| match &event.body.change {
-            Change::Put { size, .. } => *size,
-            _ => 0,
-        })
+        .map(|event| event.body.change.content_size())
         .sum();
     let store = events.len() as u64 * STORE_BYTES_PER_EVENT;
     let (Some((data_disk, data_free)), Some((folder_disk, folder_free))) =
@@ -104,6 +101,7 @@ pub fn check_index_save(data_dir: &Path, paths: usize) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use standin_engine::Change;
 
     #[test]
     fn a_batch_larger_than_the_disk_is_refused_naming_the_path() {

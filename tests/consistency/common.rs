@@ -108,9 +108,14 @@ impl LogEvent {
                 .path
                 .split_once(" -> ")
                 .is_some_and(|(_, to)| to == path),
-            "put" | "mkdir" | "symlink" => self.path == path,
+            "put" | "file" | "mkdir" | "dir" | "symlink" | "link" => self.path == path,
             _ => false,
         }
+    }
+
+    /// Whether this event puts a file's content (`put`, or `file` with its metadata).
+    pub fn puts(&self) -> bool {
+        self.kind == "put" || self.kind == "file"
     }
 
     /// The content hash prefix (12 hex digits) of a put.
@@ -186,14 +191,14 @@ impl LogReader {
     pub fn has_put(&self, matches: impl Fn(&str) -> bool) -> bool {
         self.events
             .iter()
-            .any(|event| event.kind == "put" && matches(&event.path))
+            .any(|event| event.puts() && matches(&event.path))
     }
 
     /// Every put of `path`.
     pub fn puts_of<'a>(&'a self, path: &'a str) -> impl Iterator<Item = &'a LogEvent> + 'a {
         self.events
             .iter()
-            .filter(move |event| event.kind == "put" && event.path == path)
+            .filter(move |event| event.puts() && event.path == path)
     }
 }
 

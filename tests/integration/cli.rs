@@ -70,7 +70,7 @@ fn status_verify_and_log_against_a_running_pair() {
     assert!(output.status.success(), "{text}");
     // The start-up reconcile is one group: its `Group` event, then the files.
     assert_eq!(
-        text.lines().filter(|line| line.contains("put")).count(),
+        text.lines().filter(|line| line.contains(" file ")).count(),
         9,
         "{text}"
     );

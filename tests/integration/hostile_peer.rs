@@ -129,7 +129,12 @@ impl Replication for FakeActive {
         let (events, _) = events();
         if matches!(self.lie, Lie::EscapingSnapshot) {
             let entries = escaping_entries();
-            let digest = FolderIndex::from_entries(entries.clone()).digest();
+            let digest = FolderIndex::from_entries(
+                entries
+                    .iter()
+                    .map(|(path, entry)| (path.clone(), entry.clone(), None)),
+            )
+            .digest();
             let head = standin_engine::Head {
                 digest,
                 ..standin_engine::Head::of(&events[1])
@@ -138,7 +143,7 @@ impl Replication for FakeActive {
                 .iter()
                 .map(|(path, entry)| wire::SnapshotEntry {
                     path: path.as_bytes().to_vec(),
-                    entry: standin_engine::index::encode_entry(entry),
+                    entry: standin_engine::index::encode_entry(entry, None),
                 })
                 .collect();
             let parts = vec![
@@ -158,7 +163,7 @@ impl Replication for FakeActive {
         let head = standin::convert::head_to_wire(&standin_engine::Head::of(&events[1]));
         // Only the directory: the file the head's digest counts is missing.
         let entry =
-            standin_engine::index::encode_entry(&standin_engine::Entry::Dir { mode: 0o755 });
+            standin_engine::index::encode_entry(&standin_engine::Entry::Dir { mode: 0o755 }, None);
         let parts = vec![
             Ok(wire::SnapshotPart {
                 kind: Some(wire::snapshot_part::Kind::Head(head)),

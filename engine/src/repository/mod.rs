@@ -54,6 +54,8 @@ pub struct Repository {
     content: RwLock<()>,
     /// When replay last saved the index (`fsutil::monotonic_ms`).
     index_saved_ms: std::sync::atomic::AtomicU64,
+    /// How replay applies owners (`MetaOptions::numeric_ids`).
+    numeric_ids: std::sync::atomic::AtomicBool,
 }
 
 /// Replay saves the index once this many paths changed, or this long after its last
@@ -134,6 +136,7 @@ const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 mod record;
 
 use crate::index::{decode_entry, encode_entry};
+use crate::meta::Meta;
 
 impl Repository {
     /// Open (creating) the repository in `data_dir`.
@@ -186,6 +189,7 @@ impl Repository {
             index: Mutex::new(FolderIndex::default()),
             content: RwLock::new(()),
             index_saved_ms: std::sync::atomic::AtomicU64::new(crate::fsutil::monotonic_ms()),
+            numeric_ids: std::sync::atomic::AtomicBool::new(false),
         };
         repository.reload_index()?;
         Ok(repository)
@@ -289,8 +293,8 @@ impl Repository {
     fn save_all_index_entries(&self, index: &FolderIndex, seq: u64) -> Result<()> {
         self.index_tree.clear()?;
         let mut batch = sled::Batch::default();
-        for (path, entry) in index.iter() {
-            batch.insert(path.as_bytes(), encode_entry(entry));
+        for (path, entry, meta) in index.iter_with_meta() {
+            batch.insert(path.as_bytes(), encode_entry(entry, meta));
         }
         self.index_tree.apply_batch(batch)?;
         self.meta.insert(INDEX_SEQ_KEY, &seq.to_be_bytes())?;
@@ -341,7 +345,9 @@ impl Repository {
         let mut batch = sled::Batch::default();
         for path in index.take_dirty() {
             match index.get(&path) {
-                Some(entry) => batch.insert(path.as_bytes(), encode_entry(entry)),
+                Some(entry) => {
+                    batch.insert(path.as_bytes(), encode_entry(entry, index.meta(&path)))
+                }
                 None => batch.remove(path.as_bytes()),
             }
         }
@@ -411,7 +417,7 @@ impl Repository {
             let Some(last) = batch.last() else { break };
             tip = (last.seq(), last.hash);
             for event in &batch {
-                if let Change::Put { chunks, .. } = &event.body.change {
+                if let Some(chunks) = event.body.change.chunks() {
                     live.extend(chunks.iter().map(|chunk| chunk.hash));
                 }
             }
@@ -443,8 +449,8 @@ impl Repository {
     fn save_base_index(&self, index: &FolderIndex, seq: u64) -> Result<()> {
         self.base_index_tree.clear()?;
         let mut batch = sled::Batch::default();
-        for (path, entry) in index.iter() {
-            batch.insert(path.as_bytes(), encode_entry(entry));
+        for (path, entry, meta) in index.iter_with_meta() {
+            batch.insert(path.as_bytes(), encode_entry(entry, meta));
         }
         self.base_index_tree.apply_batch(batch)?;
         self.meta.insert(BASE_INDEX_SEQ_KEY, &seq.to_be_bytes())?;
@@ -478,16 +484,29 @@ impl Repository {
         Ok(removed)
     }
 
+    /// How this node applies recorded metadata (set from its configuration).
+    pub fn set_meta_options(&self, options: crate::meta::MetaOptions) {
+        self.numeric_ids
+            .store(options.numeric_ids, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// See `set_meta_options`.
+    pub fn meta_options(&self) -> crate::meta::MetaOptions {
+        crate::meta::MetaOptions {
+            numeric_ids: self.numeric_ids.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
     /// The folder's state now: the head and every index entry (what a passive whose
     /// head was compacted away starts from).
-    pub fn snapshot(&self) -> (Head, Vec<(RelPath, Entry)>) {
+    pub fn snapshot(&self) -> (Head, Vec<(RelPath, Entry, Option<Meta>)>) {
         let index = self.lock_index();
         let head = self.log.head();
         (
             head,
             index
-                .iter()
-                .map(|(path, entry)| (path.clone(), entry.clone()))
+                .iter_with_meta()
+                .map(|(path, entry, meta)| (path.clone(), entry.clone(), meta.cloned()))
                 .collect(),
         )
     }
@@ -500,7 +519,7 @@ impl Repository {
         &self,
         root: &Path,
         head: Head,
-        entries: Vec<(RelPath, Entry)>,
+        entries: Vec<(RelPath, Entry, Option<Meta>)>,
     ) -> Result<()> {
         // Build the index through the same checks every change passes (parents are
         // directories, no duplicates, modes in range): a snapshot whose digest adds up
@@ -508,7 +527,7 @@ impl Repository {
         let mut entries = entries;
         entries.sort_by(|left, right| left.0.cmp(&right.0));
         let mut index = FolderIndex::default();
-        for (path, entry) in entries {
+        for (path, entry, meta) in entries {
             if index.get(&path).is_some() {
                 return Err(Error::Apply {
                     seq: head.seq,
@@ -516,16 +535,36 @@ impl Repository {
                     reason: "listed twice in the snapshot".to_string(),
                 });
             }
-            let change = match entry {
-                Entry::Dir { mode } => Change::Mkdir { path, mode },
-                Entry::Symlink { target } => Change::Symlink { path, target },
-                Entry::File {
-                    mode,
-                    mtime_ns,
+            let change = match (entry, meta) {
+                (Entry::Dir { .. }, Some(meta)) => Change::Dir { path, meta },
+                (Entry::Symlink { target }, Some(meta)) => Change::Link { path, target, meta },
+                (
+                    Entry::File {
+                        size,
+                        content,
+                        chunks,
+                        ..
+                    },
+                    Some(meta),
+                ) => Change::File {
+                    path,
+                    meta,
                     size,
                     content,
                     chunks,
-                } => Change::Put {
+                },
+                (Entry::Dir { mode }, None) => Change::Mkdir { path, mode },
+                (Entry::Symlink { target }, None) => Change::Symlink { path, target },
+                (
+                    Entry::File {
+                        mode,
+                        mtime_ns,
+                        size,
+                        content,
+                        chunks,
+                    },
+                    None,
+                ) => Change::Put {
                     path,
                     mode,
                     mtime_ns,

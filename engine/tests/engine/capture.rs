@@ -23,7 +23,7 @@ fn options() -> CaptureOptions {
 fn puts_of(node: &Node, path: &str) -> usize {
     node.all_events()
         .iter()
-        .filter(|event| matches!(&event.body.change, Change::Put { path: put, .. } if put.to_string() == path))
+        .filter(|event| matches!(&event.body.change, Change::File { path: put, .. } if put.to_string() == path))
         .count()
 }
 
@@ -150,7 +150,7 @@ fn changes_made_while_capture_was_stopped_are_recorded_at_start() {
             )
         })
         .collect();
-    for expected in ["remove gone", "mkdir empty", "put keep/new", "put keep/old"] {
+    for expected in ["remove gone", "dir empty", "file keep/new", "file keep/old"] {
         assert!(
             kinds.contains(&expected.to_string()),
             "{expected} missing from {kinds:?}"
@@ -171,6 +171,6 @@ fn special_files_are_skipped_and_symlinks_recorded_as_links() {
     let events = node.capture();
     assert_eq!(events.len(), 1, "{events:?}");
     assert!(
-        matches!(&events[0].body.change, Change::Symlink { target, .. } if target == b"/etc/hostname")
+        matches!(&events[0].body.change, Change::Link { target, .. } if target == b"/etc/hostname")
     );
 }

@@ -9,9 +9,13 @@ use crate::support::{replicate, snapshot, Node};
 fn ship_entries(
     from: &Node,
     to: &Node,
-    entries: &[(standin_engine::RelPath, standin_engine::Entry)],
+    entries: &[(
+        standin_engine::RelPath,
+        standin_engine::Entry,
+        Option<standin_engine::Meta>,
+    )],
 ) {
-    for (_, entry) in entries {
+    for (_, entry, _) in entries {
         if let standin_engine::Entry::File { chunks, .. } = entry {
             for chunk in chunks {
                 if !to.repository.chunks().contains(&chunk.hash).unwrap() {

@@ -178,7 +178,7 @@ fn an_object_is_recorded_before_the_ref_that_names_it() {
         events
             .iter()
             .position(|event| {
-                matches!(&event.body.change, Change::Put { path, .. } if path.to_string() == name)
+                matches!(&event.body.change, Change::File { path, .. } if path.to_string() == name)
             })
             .unwrap_or_else(|| panic!("{name} was never recorded"))
     };

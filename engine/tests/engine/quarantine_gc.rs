@@ -20,14 +20,14 @@ fn events_after_the_common_point_go_to_quarantine_with_their_content() {
     std::fs::write(active.folder.join("records/kept"), b"edited late").unwrap();
     std::fs::create_dir(active.folder.join("newdir")).unwrap();
     let late = active.capture();
-    // One group: its `Group` event and three changes.
-    assert_eq!(late.len(), 4);
+    // One group: its `Group` event, three changes, and the new time of `records`.
+    assert_eq!(late.len(), 5, "{late:?}");
 
     let quarantined = quarantine_after(&active.repository, common.seq)
         .unwrap()
         .unwrap();
     assert_eq!(active.repository.head(), common);
-    assert_eq!(quarantined.manifest.events.len(), 4);
+    assert_eq!(quarantined.manifest.events.len(), 5);
     assert_eq!(quarantined.manifest.common_seq, common.seq);
     let late_put = quarantined
         .manifest
@@ -35,7 +35,7 @@ fn events_after_the_common_point_go_to_quarantine_with_their_content() {
         .iter()
         .find(|event| event.path == "records/late")
         .unwrap();
-    assert_eq!(late_put.kind, "put");
+    assert_eq!(late_put.kind, "file");
     assert_eq!(late_put.size, Some(16));
     let kept = std::fs::read(quarantined.dir.join(late_put.file.as_ref().unwrap())).unwrap();
     assert_eq!(kept, b"never replicated");

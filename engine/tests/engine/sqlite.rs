@@ -61,7 +61,7 @@ fn recorded_paths(node: &Node) -> Vec<String> {
     node.all_events()
         .into_iter()
         .filter_map(|event| match event.body.change {
-            Change::Put { path, .. } => Some(path.to_string()),
+            Change::Put { path, .. } | Change::File { path, .. } => Some(path.to_string()),
             _ => None,
         })
         .collect()

@@ -169,6 +169,30 @@ fn print_event(event: &standin_engine::Event, json: bool) {
         standin_engine::Change::Symlink { target, .. } => {
             format!("-> {}", String::from_utf8_lossy(target))
         }
+        standin_engine::Change::File {
+            size,
+            content,
+            chunks,
+            meta,
+            ..
+        } => {
+            format!(
+                "{}, {size} bytes, {} chunks, content {}",
+                meta.describe(),
+                chunks.len(),
+                &content.to_hex()[..12]
+            )
+        }
+        standin_engine::Change::Dir { meta, .. } | standin_engine::Change::SetMeta { meta, .. } => {
+            meta.describe()
+        }
+        standin_engine::Change::Link { target, meta, .. } => {
+            format!(
+                "-> {}, {}",
+                String::from_utf8_lossy(target),
+                meta.describe()
+            )
+        }
         standin_engine::Change::Promote { node } => format!("node {node}"),
         standin_engine::Change::Group { events } => format!("the next {events} events"),
         _ => String::new(),
