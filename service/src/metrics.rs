@@ -16,6 +16,11 @@ pub struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RoleLabel {
     pub role: String,
 }
@@ -42,6 +47,8 @@ pub struct Metrics {
     pub capture_unordered_groups: Counter,
     pub capture_unstable_files: Gauge,
     pub capture_sqlite_lock_seconds_max: Gauge<f64, AtomicU64>,
+    pub logins: Counter,
+    pub login_failures: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -68,6 +75,8 @@ impl Metrics {
             capture_unordered_groups: Counter::default(),
             capture_unstable_files: Gauge::default(),
             capture_sqlite_lock_seconds_max: Gauge::default(),
+            logins: Counter::default(),
+            login_failures: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -170,6 +179,16 @@ impl Metrics {
             "Longest a SQLite database copy held its read transaction (a committing writer in rollback mode waits that long)",
             metrics.capture_sqlite_lock_seconds_max.clone(),
         );
+        registry.register(
+            "logins",
+            "Password checks passed (Login, ListApplications)",
+            metrics.logins.clone(),
+        );
+        registry.register(
+            "login_failures",
+            "Login and ListApplications attempts refused, by reason (credentials: wrong user or password; throttled: backing off after failures; busy: hashing pool and queue full; unavailable: a problem in the node's log)",
+            metrics.login_failures.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -180,6 +199,14 @@ impl Metrics {
         self.pull_errors
             .get_or_create(&KindLabel {
                 kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn login_failure(&self, reason: &str) {
+        self.login_failures
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
             })
             .inc();
     }
