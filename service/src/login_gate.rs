@@ -1,8 +1,8 @@
 //! Admission of password checks (`Login`, `ListApplications`, on either node): an
 //! argon2 check takes about 19 MiB and a core's worth of time, so they run on a pool
 //! of threads of their own (`login_workers`, by default one core fewer than the
-//! machine has; only these threads ever hold a hash's memory, so the allocator keeps
-//! at most that many hashes' worth) with a bounded queue behind it (`login_queue`);
+//! machine has; each reuses one hash's memory, `site::verify`, so at most that many
+//! hashes' worth is ever held) with a bounded queue behind it (`login_queue`);
 //! an attempt beyond both is answered `RESOURCE_EXHAUSTED` at once. Before any of that the `throttle` decides whether the
 //! attempt may be checked at all (and how long it first waits); after, failures are
 //! counted (`standin_login_failures_total{reason}`) and logged at most once per

@@ -17,7 +17,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::Argon2;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -210,6 +210,46 @@ fn check_cost(hash: &PasswordHash<'_>, path: &str) -> Result<(), SiteError> {
     Ok(())
 }
 
+thread_local! {
+    /// The argon2 memory of this thread's checks, allocated once and reused: a
+    /// fresh 19 MiB per check lets the allocator (glibc raises its mmap threshold
+    /// after the first) keep freed hashes' memory spread over its arenas.
+    static BLOCKS: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `password` against a stored hash (what `PasswordVerifier::verify_password`
+/// does, in this thread's reused memory); the comparison is constant-time.
+fn verify(password: &[u8], hash: &PasswordHash<'_>) -> Result<bool, argon2::password_hash::Error> {
+    use argon2::password_hash::Error;
+    let algorithm = argon2::Algorithm::try_from(hash.algorithm)?;
+    let version = hash
+        .version
+        .map(argon2::Version::try_from)
+        .transpose()
+        .map_err(|_| Error::Version)?
+        .unwrap_or_default();
+    let params = argon2::Params::try_from(hash)?;
+    let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else {
+        return Err(Error::PhcStringField);
+    };
+    let mut salt_bytes = [0u8; 64];
+    let salt = salt.decode_b64(&mut salt_bytes)?;
+    let hasher = Argon2::new(algorithm, version, params.clone());
+    let computed = argon2::password_hash::Output::init_with(expected.len(), |out| {
+        BLOCKS.with(|blocks| {
+            let mut blocks = blocks.borrow_mut();
+            let needed = params.block_count();
+            if blocks.len() < needed {
+                blocks.resize(needed, argon2::Block::default());
+            }
+            hasher
+                .hash_password_into_with_memory(password, salt, out, &mut blocks[..needed])
+                .map_err(Error::from)
+        })
+    })?;
+    Ok(computed == expected)
+}
+
 /// Check a user's password against `users/NAME.toml` (blocking: one argon2 hash,
 /// whether or not the user exists).
 pub fn authenticate(folder: &Path, user: &str, password: &str) -> Result<(), SiteError> {
@@ -227,9 +267,10 @@ pub fn authenticate(folder: &Path, user: &str, password: &str) -> Result<(), Sit
         reason: format!("password_hash: {error}"),
     })?;
     check_cost(&hash, &relative)?;
-    let matches = Argon2::default()
-        .verify_password(password.as_bytes(), &hash)
-        .is_ok();
+    let matches = verify(password.as_bytes(), &hash).map_err(|error| SiteError::File {
+        path: relative.clone(),
+        reason: format!("password_hash: {error}"),
+    })?;
     if matches && known {
         Ok(())
     } else {
@@ -338,6 +379,30 @@ mod tests {
             .collect();
         assert_eq!(names, vec!["calc"]);
         assert!(add_user(folder.path(), "../x", "long enough").is_err());
+    }
+
+    #[test]
+    fn verify_agrees_with_argon2s_own_for_other_parameters_and_variants() {
+        use argon2::password_hash::PasswordVerifier;
+        for (algorithm, version) in [
+            (argon2::Algorithm::Argon2id, argon2::Version::V0x13),
+            (argon2::Algorithm::Argon2i, argon2::Version::V0x13),
+            (argon2::Algorithm::Argon2d, argon2::Version::V0x10),
+        ] {
+            let params = argon2::Params::new(8_192, 1, 2, Some(24)).unwrap();
+            let hasher = Argon2::new(algorithm, version, params);
+            let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+            let text = hasher.hash_password(b"right", &salt).unwrap().to_string();
+            let hash = PasswordHash::new(&text).unwrap();
+            for password in [b"right".as_slice(), b"wrong", b""] {
+                assert_eq!(
+                    verify(password, &hash).unwrap(),
+                    Argon2::default().verify_password(password, &hash).is_ok(),
+                    "{text}"
+                );
+            }
+            assert!(verify(b"right", &hash).unwrap());
+        }
     }
 
     #[test]
