@@ -54,6 +54,13 @@ struct RawConfig {
     etcd_endpoints: Option<Vec<String>>,
     etcd_key: Option<String>,
     etcd_lease_ttl_s: Option<u64>,
+    login_workers: Option<u64>,
+    login_queue: Option<u64>,
+    login_free_failures: Option<u64>,
+    login_address_free_failures: Option<u64>,
+    login_backoff_ms: Option<u64>,
+    login_backoff_max_ms: Option<u64>,
+    login_user_delay_max_ms: Option<u64>,
 }
 
 /// A checked configuration.
@@ -90,6 +97,8 @@ pub struct Config {
     pub compaction_interval_s: u64,
     /// Who decides authority besides the pair itself.
     pub authority: AuthorityConfig,
+    /// The password checks' pool, queue and throttle (`login_*` keys).
+    pub login: crate::login_gate::LoginSettings,
 }
 
 /// `authority = "peer" | "witness" | "etcd"` and its keys.
@@ -398,6 +407,16 @@ impl Config {
             agent_secret_file.is_some(),
         )
         .map_err(|(name, reason)| key(name, reason))?;
+        let login = crate::login_gate::LoginSettings::from_keys(&crate::login_gate::LoginKeys {
+            workers: raw.login_workers,
+            queue: raw.login_queue,
+            free_failures: raw.login_free_failures,
+            address_free_failures: raw.login_address_free_failures,
+            backoff_ms: raw.login_backoff_ms,
+            backoff_max_ms: raw.login_backoff_max_ms,
+            user_delay_max_ms: raw.login_user_delay_max_ms,
+        })
+        .map_err(|(name, reason)| key(name, reason))?;
         Ok(Config {
             node_name: raw.node_name,
             folder,
@@ -422,6 +441,7 @@ impl Config {
             log_retention_events,
             compaction_interval_s,
             authority,
+            login,
         })
     }
 

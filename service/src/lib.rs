@@ -17,8 +17,11 @@
 //! - `http`: `/healthz`, `/active`, `/metrics`, `/`.
 //! - `metrics`: Prometheus counters and gauges.
 //! - `client`: channels to a node.
-//! - `site`, `site_server`: the user site (users, apps, load table, logins) and the
-//!   Agent and Site gRPC services.
+//! - `site`, `site_server`: the user site (users, apps, logins) and the Agent and
+//!   Site gRPC services.
+//! - `load_table`: terminal servers' reports, checked, expiring, bounded.
+//! - `login_gate`, `throttle`: admission of password checks (bounded pool and queue,
+//!   failure back-off per user and address).
 //! - `serve`: wiring it all together for `standin serve`.
 //! - `cli`: the `standin` command line (status, verify, log, init-secret, demo).
 
@@ -32,6 +35,8 @@ pub mod convert;
 pub mod coordinator;
 pub mod etcd_authority;
 pub mod http;
+pub mod load_table;
+pub mod login_gate;
 pub mod metrics;
 pub mod node;
 pub mod passive;
@@ -41,3 +46,4 @@ pub mod serve;
 pub mod site;
 pub mod site_server;
 pub mod space;
+pub mod throttle;

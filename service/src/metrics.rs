@@ -16,6 +16,11 @@ pub struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RoleLabel {
     pub role: String,
 }
@@ -45,6 +50,8 @@ pub struct Metrics {
     pub capture_clones: Counter,
     pub skipped_paths: Gauge,
     pub meta_unapplied: Counter,
+    pub logins: Counter,
+    pub login_failures: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -74,6 +81,8 @@ impl Metrics {
             capture_clones: Counter::default(),
             skipped_paths: Gauge::default(),
             meta_unapplied: Counter::default(),
+            logins: Counter::default(),
+            login_failures: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -191,6 +200,16 @@ impl Metrics {
             "Owner or extended-attribute changes this node could not apply (it does not run as root)",
             metrics.meta_unapplied.clone(),
         );
+        registry.register(
+            "logins",
+            "Password checks passed (Login, ListApplications)",
+            metrics.logins.clone(),
+        );
+        registry.register(
+            "login_failures",
+            "Login and ListApplications attempts refused, by reason (credentials: wrong user or password; throttled: backing off after failures; busy: hashing pool and queue full; unavailable: a problem in the node's log)",
+            metrics.login_failures.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -201,6 +220,14 @@ impl Metrics {
         self.pull_errors
             .get_or_create(&KindLabel {
                 kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn login_failure(&self, reason: &str) {
+        self.login_failures
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
             })
             .inc();
     }

@@ -98,7 +98,7 @@ pub struct Node {
     /// applied event would otherwise look like garbage.
     pub apply_lock: Arc<tokio::sync::RwLock<()>>,
     /// Terminal servers' last load reports.
-    pub load_table: crate::site::LoadTable,
+    pub load_table: crate::load_table::LoadTable,
     authority_status: Mutex<Option<AuthorityStatus>>,
     /// What the role machine answers take-over requests (published by the coordinator).
     take_over: Mutex<standin_engine::switchover::TakeOverMemory>,
@@ -167,7 +167,7 @@ impl Node {
             capture: Mutex::new(None),
             capture_stats: Arc::default(),
             apply_lock: Arc::new(tokio::sync::RwLock::new(())),
-            load_table: crate::site::LoadTable::default(),
+            load_table: crate::load_table::LoadTable::default(),
             authority_status: Mutex::new(None),
             take_over: Mutex::new(Default::default()),
             instance: rand::random::<u64>() | 1,

@@ -72,17 +72,23 @@ pub async fn run(
         Some(file) => crate::secret::read_secret(file).map_err(anyhow::Error::msg)?,
         None => crate::secret::unguessable(),
     };
+    // An unknown user is checked against a dummy hash: compute it before the first.
+    tokio::task::spawn_blocking(crate::site::prepare).await?;
     let router = builder
         .add_service(health_service)
-        .add_service(
-            standin_proto::v1::agent_server::AgentServer::with_interceptor(
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            standin_proto::v1::agent_server::AgentServer::new(
                 crate::site_server::AgentService::new(node.clone()),
-                RequireSecret::new(agent_secret),
-            ),
-        )
-        .add_service(standin_proto::v1::site_server::SiteServer::new(
-            crate::site_server::SiteService { node: node.clone() },
+            )
+            .max_decoding_message_size(crate::site_server::MAX_REQUEST_BYTES),
+            RequireSecret::new(agent_secret),
         ))
+        .add_service(
+            standin_proto::v1::site_server::SiteServer::new(crate::site_server::SiteService::new(
+                node.clone(),
+            ))
+            .max_decoding_message_size(crate::site_server::MAX_REQUEST_BYTES),
+        )
         .add_service(
             // tonic's default encoding limit is unbounded; the server bounds its own
             // messages (see replication_server).

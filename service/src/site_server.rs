@@ -1,5 +1,8 @@
-//! The `Agent` and `Site` gRPC services: terminal servers' load reports, and users'
-//! logins (only on the authoritative node) and application lists.
+//! The `Agent` and `Site` gRPC services: terminal servers' load reports (checked by
+//! `load_table::check_report` before they count, as load or as a witness vote), and
+//! users' logins (only on the authoritative node) and application lists, both
+//! through the node's `LoginGate`. Site requests' text is checked here: UTF-8 and
+//! bounded, else INVALID_ARGUMENT naming the field, never echoing its value.
 
 use std::sync::Arc;
 
@@ -8,11 +11,16 @@ use standin_proto::v1::agent_server::Agent;
 use standin_proto::v1::site_server::Site;
 use tonic::{Request, Response, Status};
 
+use crate::load_table::{check_report, Load, ReportError, MAX_REPORTED_APPS};
+use crate::login_gate::{LoginGate, MAX_PASSWORD_BYTES};
 use crate::node::Node;
-use crate::site::{self, Load, SiteError};
+use crate::site;
 
-/// Upper bound on a load report's application list.
-const MAX_REPORTED_APPS: usize = 1_000;
+/// A load report (or a site request) is at most this large; tonic refuses a larger
+/// one before it is decoded.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// User and application names are at most this long (`site::check_name`).
+const MAX_NAME_BYTES: usize = 64;
 /// Upper bound on a load report's witness list (a pair, with room to spare).
 const MAX_REPORTED_NODES: usize = 16;
 
@@ -112,21 +120,26 @@ impl Agent for AgentService {
                 "names in a load report are at most {MAX_WITNESS_NAME} bytes"
             )));
         }
-        self.witness(&report, peer);
         let load = Load {
-            name: report.name,
-            address: report.address,
-            cpu_percent: report.cpu_percent.clamp(0.0, 100.0),
-            memory_percent: report.memory_percent.clamp(0.0, 100.0),
+            name: report.name.clone(),
+            address: report.address.clone(),
+            cpu_percent: report.cpu_percent,
+            memory_percent: report.memory_percent,
             sessions: report.sessions,
-            apps: report.apps,
-            interval_ms: report.interval_ms.clamp(100, 3_600_000),
+            apps: report.apps.clone(),
+            interval_ms: report.interval_ms,
             reported_at_ms: standin_engine::fsutil::now_ms(),
         };
+        // A report that lies about its values counts for nothing, not even a vote.
+        check_report(&load).map_err(|error| Status::invalid_argument(error.to_string()))?;
+        self.witness(&report, peer);
         self.node
             .load_table
             .report(load)
-            .map_err(|error| Status::invalid_argument(error.to_string()))?;
+            .map_err(|error| match error {
+                ReportError::TableFull => Status::resource_exhausted(error.to_string()),
+                _ => Status::invalid_argument(error.to_string()),
+            })?;
         let witness_window_ms = match &self.node.config.authority {
             crate::config::AuthorityConfig::Witness { window_ms, .. } => *window_ms,
             _ => 0,
@@ -145,16 +158,27 @@ impl Agent for AgentService {
 
 pub struct SiteService {
     pub node: Arc<Node>,
+    gate: LoginGate,
 }
 
-fn site_status(error: SiteError) -> Status {
-    match error {
-        SiteError::WrongCredentials => Status::unauthenticated(error.to_string()),
-        SiteError::NotAllowed { .. } => Status::permission_denied(error.to_string()),
-        SiteError::NoSuchApp(_) => Status::not_found(error.to_string()),
-        SiteError::NoTerminalServer(_) => Status::unavailable(error.to_string()),
-        SiteError::BadName(_) => Status::invalid_argument(error.to_string()),
-        SiteError::File { .. } => Status::internal(error.to_string()),
+impl SiteService {
+    pub fn new(node: Arc<Node>) -> SiteService {
+        let gate = LoginGate::new(node.config.folder.clone(), node.config.login);
+        SiteService { node, gate }
+    }
+
+    /// A text field: UTF-8 and at most `max` bytes (the value is never echoed).
+    fn text(&self, field: &str, bytes: Vec<u8>, max: usize) -> Result<String, Status> {
+        let problem = if bytes.len() > max {
+            format!("{field}: longer than {max} bytes")
+        } else {
+            match String::from_utf8(bytes) {
+                Ok(text) => return Ok(text),
+                Err(_) => format!("{field}: not UTF-8"),
+            }
+        };
+        self.node.metrics.login_failure("invalid_argument");
+        Err(Status::invalid_argument(problem))
     }
 }
 
@@ -164,15 +188,16 @@ impl Site for SiteService {
         &self,
         request: Request<wire::ListApplicationsRequest>,
     ) -> Result<Response<wire::ApplicationList>, Status> {
+        let from = request.remote_addr().map(|address| address.ip());
         let request = request.into_inner();
-        let folder = self.node.config.folder.clone();
-        let apps = tokio::task::spawn_blocking(move || {
-            site::authenticate(&folder, &request.user, &request.password)?;
-            site::applications_for(&folder, &request.user)
-        })
-        .await
-        .map_err(|error| Status::internal(error.to_string()))?
-        .map_err(site_status)?;
+        let user = self.text("user", request.user, MAX_NAME_BYTES)?;
+        let password = self.text("password", request.password, MAX_PASSWORD_BYTES)?;
+        let apps = self
+            .gate
+            .check(&self.node.metrics, from, user, password, |folder, user| {
+                site::applications_for(folder, user)
+            })
+            .await?;
         let applications = apps
             .into_iter()
             .map(|(name, record)| wire::Application {
@@ -198,41 +223,34 @@ impl Site for SiteService {
             }
             return Err(status);
         }
+        let from = request.remote_addr().map(|address| address.ip());
         let request = request.into_inner();
-        let folder = self.node.config.folder.clone();
-        let (user, password, app) = (request.user.clone(), request.password, request.app.clone());
-        let command = tokio::task::spawn_blocking(move || -> Result<String, SiteError> {
-            site::authenticate(&folder, &user, &password)?;
-            if app.is_empty() {
-                return Ok(String::new());
-            }
-            let apps = site::applications_for(&folder, &user)?;
-            match apps.into_iter().find(|(name, _)| *name == app) {
-                Some((_, record)) => Ok(record.command),
-                None => {
-                    if folder.join("apps").join(format!("{app}.toml")).exists() {
-                        Err(SiteError::NotAllowed { user, app })
-                    } else {
-                        Err(SiteError::NoSuchApp(app))
-                    }
-                }
-            }
-        })
-        .await
-        .map_err(|error| Status::internal(error.to_string()))?
-        .map_err(site_status)?;
+        let user = self.text("user", request.user, MAX_NAME_BYTES)?;
+        let password = self.text("password", request.password, MAX_PASSWORD_BYTES)?;
+        let app = self.text("app", request.app, MAX_NAME_BYTES)?;
+        let wanted = app.clone();
+        let command = self
+            .gate
+            .check(
+                &self.node.metrics,
+                from,
+                user.clone(),
+                password,
+                move |folder, user| site::app_command(folder, user, &wanted),
+            )
+            .await?;
         let server = self
             .node
             .load_table
-            .choose(&request.app, standin_engine::fsutil::now_ms())
-            .map_err(site_status)?;
+            .choose(&app, standin_engine::fsutil::now_ms())
+            .map_err(|error| Status::unavailable(error.to_string()))?;
         let session_id = site::session_id();
-        tracing::info!(user = %request.user, app = %request.app, terminal_server = %server.name, "login");
+        tracing::info!(%user, %app, terminal_server = %server.name, "login");
         Ok(Response::new(wire::LoginReply {
             terminal_server: server.name,
             address: server.address,
             session_id,
-            app: request.app,
+            app,
             command,
         }))
     }

@@ -56,6 +56,16 @@ fn each_bad_config_names_its_key_and_exits_2() {
             "≥ 0",
         ),
         (
+            format!("{GOOD}\nlogin_workers = 0\n"),
+            "login_workers",
+            "between 1 and 256",
+        ),
+        (
+            format!("{GOOD}\nlogin_backoff_ms = 5000\nlogin_backoff_max_ms = 1000\n"),
+            "login_backoff_max_ms",
+            "between 5000 and",
+        ),
+        (
             format!("{GOOD}\npeer_url = \"beta:7600\"\n"),
             "peer_url",
             "http://",

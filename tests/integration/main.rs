@@ -8,6 +8,8 @@
 //! - `corruption`: corrupt content on the active.
 //! - `disk_full`: the passive's disk fills up, and space returns.
 //! - `site`: agents, the load table, logins and the client with a server list.
+//! - `site_hostile`: hostile logins and agent reports (non-UTF-8, oversized, paths,
+//!   NaN loads, huge addresses): refused without echo, leak or belief.
 //! - `snapshot`: a passive whose head was compacted away starts from a snapshot.
 //! - `config`: bad configs refused with the key and exit status 2.
 //! - `cli`: status, verify, log, init-secret, demo.
@@ -32,6 +34,7 @@ mod replication;
 mod restart;
 mod security;
 mod site;
+mod site_hostile;
 mod snapshot;
 mod split_brain;
 mod support;

@@ -165,8 +165,8 @@ fn agents_report_to_both_and_logins_go_to_the_least_loaded_on_the_authority() {
                 return false;
             };
             let request = wire::ListApplicationsRequest {
-                user: "alice".to_string(),
-                password: "correct horse".to_string(),
+                user: b"alice".to_vec(),
+                password: b"correct horse".to_vec(),
             };
             client.list_applications(request).await.is_ok_and(|reply| {
                 reply
@@ -184,9 +184,9 @@ fn agents_report_to_both_and_logins_go_to_the_least_loaded_on_the_authority() {
             .await
             .unwrap();
         let request = wire::LoginRequest {
-            user: "alice".to_string(),
-            password: "correct horse".to_string(),
-            app: "word".to_string(),
+            user: b"alice".to_vec(),
+            password: b"correct horse".to_vec(),
+            app: b"word".to_vec(),
         };
         let status = client.login(request).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
@@ -224,7 +224,7 @@ fn agents_report_to_both_and_logins_go_to_the_least_loaded_on_the_authority() {
     std::fs::write(&wrong, "battery staple\n").unwrap();
     let output = login(&servers, "alice", "word", &wrong);
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("wrong user or password"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("invalid user or password"));
 
     // A stale agent is skipped: ts2 stops reporting, ts1 gets the next login.
     drop(idle);

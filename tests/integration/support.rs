@@ -161,6 +161,12 @@ impl NodeProcess {
         );
     }
 
+    /// The running process's id (the login_flood target reads its /proc).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL: no clean shutdown.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -109,8 +109,10 @@ pub async fn user(command: UserCommand) -> Result<u8, Failure> {
             crate::site::check_name(&name).map_err(|error| Failure::usage(error.to_string()))?;
             let folder = authoritative_folder(&target).await?;
             let password = read_password(password_file)?;
-            crate::site::add_user(&folder, &name, &password)
-                .map_err(|error| Failure::failed(error.to_string()))?;
+            crate::site::add_user(&folder, &name, &password).map_err(|error| match error {
+                crate::site::SiteError::WeakPassword => Failure::usage(error.to_string()),
+                _ => Failure::failed(error.to_string()),
+            })?;
             println!("added user {name} (users/{name}.toml)");
             Ok(0)
         }
@@ -168,9 +170,9 @@ pub async fn login(
         let channel = crate::client::channel(&url, None).map_err(Failure::usage)?;
         let mut client = SiteClient::new(channel);
         let request = wire::LoginRequest {
-            user: user.to_string(),
-            password: password.clone(),
-            app: app.to_string(),
+            user: user.as_bytes().to_vec(),
+            password: password.as_bytes().to_vec(),
+            app: app.as_bytes().to_vec(),
         };
         match client.login(request).await {
             Ok(reply) => {

@@ -149,13 +149,14 @@ pub fn render_table(statuses: &[NodeStatus]) -> String {
                     .map(|server| {
                         if server.down {
                             format!(
-                                "{} DOWN (last report {:.0} s ago)",
-                                server.name, server.age_seconds
+                                "{} DOWN ({}, last report {:.0} s ago)",
+                                server.name, server.address, server.age_seconds
                             )
                         } else {
                             format!(
-                                "{} cpu {:.0}% mem {:.0}% {} sessions ({:.1} s ago)",
+                                "{} ({}) cpu {:.0}% mem {:.0}% {} sessions ({:.1} s ago)",
                                 server.name,
+                                server.address,
                                 server.cpu_percent,
                                 server.memory_percent,
                                 server.sessions,
