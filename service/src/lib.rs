@@ -19,7 +19,9 @@
 //! - `client`: channels to a node.
 //! - `site`, `site_server`: the user site (users, apps, load table, logins) and the
 //!   Agent and Site gRPC services.
-//! - `serve`: wiring it all together for `standin serve`.
+//! - `serve`: wiring it all together for `standin serve`; `tasks`: its named
+//!   long-running tasks, the first of which to end ends the node; `fault`: test-only
+//!   hooks that make one fail (feature `fault-hooks`).
 //! - `cli`: the `standin` command line (status, verify, log, init-secret, demo).
 
 pub mod agent;
@@ -31,6 +33,8 @@ pub mod config;
 pub mod convert;
 pub mod coordinator;
 pub mod etcd_authority;
+#[cfg(feature = "fault-hooks")]
+pub mod fault;
 pub mod http;
 pub mod metrics;
 pub mod node;
@@ -41,3 +45,4 @@ pub mod serve;
 pub mod site;
 pub mod site_server;
 pub mod space;
+pub mod tasks;
