@@ -39,6 +39,21 @@ fn terminal_server_from_wire(server: &wire::TerminalServer) -> crate::node::Term
     }
 }
 
+/// `replication_period` for the wire: (whole seconds rounded up, for older clients —
+/// a period under a second must not read as 0, "follow" —, milliseconds).
+fn period_to_wire(seconds: f64) -> (u64, u64) {
+    (seconds.ceil() as u64, (seconds * 1000.0).round() as u64)
+}
+
+/// `replication_period` in seconds: from the milliseconds, or from the whole seconds
+/// an older node sends alone.
+fn period_from_wire(status: &wire::StatusResponse) -> f64 {
+    match status.replication_period_ms {
+        Some(ms) => ms as f64 / 1000.0,
+        None => status.replication_period_s as f64,
+    }
+}
+
 pub fn status_to_wire(status: &NodeStatus, node: &Node) -> wire::StatusResponse {
     let head = node.repository.head();
     wire::StatusResponse {
@@ -56,7 +71,8 @@ pub fn status_to_wire(status: &NodeStatus, node: &Node) -> wire::StatusResponse 
         bytes_replicated: status.bytes_replicated,
         quarantined_events: status.quarantined_events,
         last_error: status.last_error.clone(),
-        replication_period_s: status.replication_period_s as u64,
+        replication_period_s: period_to_wire(status.replication_period_s).0,
+        replication_period_ms: Some(period_to_wire(status.replication_period_s).1),
         folder: status.folder.clone(),
         terminal_servers: status
             .terminal_servers
@@ -96,7 +112,7 @@ pub fn status_from_wire(status: &wire::StatusResponse) -> NodeStatus {
         bytes_replicated: status.bytes_replicated,
         quarantined_events: status.quarantined_events,
         last_error: status.last_error.clone(),
-        replication_period_s: status.replication_period_s as f64,
+        replication_period_s: period_from_wire(status),
         folder: status.folder.clone(),
         terminal_servers: status
             .terminal_servers
@@ -317,5 +333,44 @@ impl ClusterService {
             role: self.node.role().name().to_string(),
             message: message.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(seconds: f64) -> (wire::StatusResponse, f64) {
+        let (whole, ms) = period_to_wire(seconds);
+        let sent = wire::StatusResponse {
+            replication_period_s: whole,
+            replication_period_ms: Some(ms),
+            ..Default::default()
+        };
+        let read = period_from_wire(&sent);
+        (sent, read)
+    }
+
+    #[test]
+    fn a_sub_second_period_is_reported_as_it_is() {
+        let (sent, read) = round_trip(0.5);
+        assert_eq!(read, 0.5);
+        assert_eq!(sent.replication_period_ms, Some(500));
+        // An older client reads whole seconds: never 0 ("follow") for a period.
+        assert_eq!(sent.replication_period_s, 1);
+        assert_eq!(round_trip(0.0).1, 0.0);
+        assert_eq!(round_trip(0.0).0.replication_period_s, 0);
+        assert_eq!(round_trip(2.0).1, 2.0);
+        assert_eq!(round_trip(2.0).0.replication_period_s, 2);
+        assert_eq!(round_trip(1.25).1, 1.25);
+    }
+
+    #[test]
+    fn an_older_node_without_milliseconds_is_read_in_seconds() {
+        let older = wire::StatusResponse {
+            replication_period_s: 3,
+            ..Default::default()
+        };
+        assert_eq!(period_from_wire(&older), 3.0);
     }
 }

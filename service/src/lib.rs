@@ -22,7 +22,9 @@
 //! - `load_table`: terminal servers' reports, checked, expiring, bounded.
 //! - `login_gate`, `throttle`: admission of password checks (bounded pool and queue,
 //!   failure back-off per user and address).
-//! - `serve`: wiring it all together for `standin serve`.
+//! - `serve`: wiring it all together for `standin serve`; `tasks`: its named
+//!   long-running tasks, the first of which to end ends the node; `fault`: test-only
+//!   hooks that make one fail (feature `fault-hooks`).
 //! - `cli`: the `standin` command line (status, verify, log, init-secret, demo).
 
 pub mod agent;
@@ -34,6 +36,8 @@ pub mod config;
 pub mod convert;
 pub mod coordinator;
 pub mod etcd_authority;
+#[cfg(feature = "fault-hooks")]
+pub mod fault;
 pub mod http;
 pub mod load_table;
 pub mod login_gate;
@@ -46,4 +50,5 @@ pub mod serve;
 pub mod site;
 pub mod site_server;
 pub mod space;
+pub mod tasks;
 pub mod throttle;

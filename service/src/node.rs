@@ -105,6 +105,9 @@ pub struct Node {
     /// This run of the node (random): agents echo it with this node's time, so a vote
     /// is never counted against a previous run's clock.
     pub instance: u64,
+    /// Set once the node is ending (`serve`): no logins and no new capture, whatever
+    /// the role machine says.
+    ending: std::sync::atomic::AtomicBool,
 }
 
 /// Inputs waiting for the role state machine, at most.
@@ -171,6 +174,7 @@ impl Node {
             authority_status: Mutex::new(None),
             take_over: Mutex::new(Default::default()),
             instance: rand::random::<u64>() | 1,
+            ending: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(node)
     }
@@ -205,6 +209,13 @@ impl Node {
             && self
                 .accepts_logins
                 .load(std::sync::atomic::Ordering::SeqCst)
+            && !self.ending.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The node is ending: from now on it accepts no logins (`/active` answers 503)
+    /// and starts no capture. Stop the running capture next (`stop_capture`).
+    pub fn end(&self) {
+        self.ending.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Hand an input to the role state machine. The queue is bounded; an input that
@@ -240,6 +251,11 @@ impl Node {
         if capture.is_some() {
             return Ok(());
         }
+        // Checked under the lock `stop_capture` takes: a capture is never started
+        // after the node's end has stopped it.
+        if self.ending.load(std::sync::atomic::Ordering::SeqCst) {
+            anyhow::bail!("the node is stopping: capture not started");
+        }
         let options = CaptureOptions {
             rescan_interval_ms: self.config.rescan_interval_s * 1000,
             max_delay_ms: self.config.max_capture_delay_ms,
@@ -258,6 +274,21 @@ impl Node {
             })?,
         );
         Ok(())
+    }
+
+    /// Whether capture should run but its thread has ended (it ends on its own only
+    /// by a panic). Never waits: false while another caller holds the capture.
+    pub fn capture_died(&self) -> bool {
+        match self.capture.try_lock() {
+            Ok(capture) => capture
+                .as_ref()
+                .is_some_and(|capture| !capture.is_running()),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned
+                .into_inner()
+                .as_ref()
+                .is_some_and(|capture| !capture.is_running()),
+            Err(std::sync::TryLockError::WouldBlock) => false,
+        }
     }
 
     /// Stop recording, after a final capture of what is pending (blocking).

@@ -1,5 +1,9 @@
 //! `standin serve`: open the node, start its servers and its role's work, run until a
-//! shutdown signal, then stop in order (capture's final round, servers, flush).
+//! shutdown signal or until any of its tasks ends (a server, the coordinator,
+//! compaction, the watch on capture's thread), then stop in order: logins and capture
+//! first (capture's final round), then the other tasks, then flush. A node that has
+//! lost a task must not stay active: its peer may no longer hear it and promote.
+//! When a task ended, `run` fails naming it (the process exits non-zero).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -46,7 +50,7 @@ pub async fn run(
     );
 
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut tasks = crate::tasks::Tasks::default();
 
     // gRPC: replication, cluster, health; every standin.v1 call needs the secret.
     let interceptor = RequireSecret::new(node.secret.clone());
@@ -120,7 +124,7 @@ pub async fn run(
             accepted
         },
     );
-    tasks.spawn(async move {
+    tasks.spawn("grpc-server", async move {
         router
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = grpc_stop.wait_for(|stopped| *stopped).await;
@@ -132,7 +136,7 @@ pub async fn run(
     if let Some(listener) = http_listener {
         let app = crate::http::router(node.clone());
         let mut http_stop = stop.clone();
-        tasks.spawn(async move {
+        tasks.spawn("http-server", async move {
             axum::serve(
                 listener,
                 app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -148,15 +152,32 @@ pub async fn run(
     // The role state machine decides what this node does (capture or follow).
     let coordinator = crate::coordinator::Coordinator::new(node.clone());
     let coordinator_stop = stop.clone();
-    tasks.spawn(async move {
+    tasks.spawn("coordinator", async move {
         coordinator.run(coordinator_stop).await;
         Ok(())
+    });
+
+    // Capture runs in a thread of its own (started and stopped by the coordinator): a
+    // thread that ended while capture should run ends the node.
+    let watched = node.clone();
+    let mut watch_stop = stop.clone();
+    tasks.spawn("capture-watch", async move {
+        let mut ticker = tokio::time::interval(std::time::Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = watch_stop.wait_for(|stopped| *stopped) => return Ok(()),
+            }
+            if watched.capture_died() {
+                anyhow::bail!("capture's thread ended: changes were no longer recorded");
+            }
+        }
     });
 
     // Compaction: keep `log_retention_events`, then collect the chunks nothing names.
     let compacting = node.clone();
     let mut compaction_stop = stop.clone();
-    tasks.spawn(async move {
+    tasks.spawn("compaction", async move {
         let interval = std::time::Duration::from_secs(compacting.config.compaction_interval_s);
         loop {
             tokio::select! {
@@ -188,31 +209,31 @@ pub async fn run(
         }
     });
 
-    shutdown.await;
-    tracing::info!("shutting down");
-    let _ = stop_sender.send(true);
-    let stopping = node.clone();
-    tokio::task::spawn_blocking(move || {
-        stopping.stop_capture();
-        stopping.repository.flush()
-    })
-    .await??;
-    // Streams to a following passive end with the process; do not wait for them long.
-    let drained = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        while let Some(result) = tasks.join_next().await {
-            match result {
-                Ok(Err(error)) => tracing::warn!(%error, "while stopping"),
-                Err(error) if error.is_panic() => tracing::error!(%error, "a task panicked"),
-                _ => {}
-            }
-        }
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!("some streams were still open after 5 s; closing them");
-        tasks.abort_all();
+    let ended = tokio::select! {
+        () = shutdown => None,
+        ended = tasks.next_end() => Some(ended),
+    };
+    match &ended {
+        None => tracing::info!("shutting down"),
+        Some(ended) => tracing::error!("{ended}; stopping the node: logins and capture first"),
     }
-    Ok(())
+    // Logins and capture first (`/active` answers 503 from here on), then the rest.
+    node.end();
+    let stopping = node.clone();
+    tokio::task::spawn_blocking(move || stopping.stop_capture()).await?;
+    let _ = stop_sender.send(true);
+    let flushing = node.clone();
+    tokio::task::spawn_blocking(move || flushing.repository.flush()).await??;
+    // Streams to a following passive end with the process; do not wait for them long.
+    if !tasks.drain(std::time::Duration::from_secs(5)).await {
+        tracing::warn!("some streams were still open after 5 s; closing them");
+    }
+    match ended {
+        None => Ok(()),
+        Some(ended) => Err(anyhow::anyhow!(
+            "{ended}; the node stopped (logins and capture first)"
+        )),
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -104,6 +104,24 @@ fn status_verify_and_log_against_a_running_pair() {
 }
 
 #[test]
+fn status_shows_a_sub_second_period_as_it_is() {
+    // Whole seconds on the wire read 0.5 as 0, which means "follow" (continuous).
+    let pair = Pair::new("replication_period = 0.5", true);
+    let output = pair.beta.cli(&["status", "--json"]);
+    assert!(output.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["replication_period_s"].as_f64(), Some(0.5));
+    let output = pair.beta.cli(&["status"]);
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{table}");
+    let period = table
+        .lines()
+        .find(|line| line.trim_start().starts_with("period"))
+        .unwrap_or_else(|| panic!("no period line in:\n{table}"));
+    assert!(period.trim_end().ends_with(" 0.5 s"), "{period}");
+}
+
+#[test]
 fn init_secret_writes_a_private_file_and_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pair.secret");

@@ -14,6 +14,8 @@
 //! - `config`: bad configs refused with the key and exit status 2.
 //! - `cli`: status, verify, log, init-secret, demo.
 //! - `failover`: takeover, rejoin with quarantine, switchover, promote.
+//! - `lifecycle`: a node whose task ends (a server, the coordinator, …) ends, logins
+//!   and capture first, and exits non-zero naming it (test-only fault hooks).
 //! - `faults`: seeded faults with a ledger: SIGKILLs of either node, link faults through
 //!   the proxy, a partition with a takeover (soak forms under `--ignored`).
 //! - `proxy`: the fault-injecting TCP proxy (drop, reset, delay, stall, partition).
@@ -29,6 +31,7 @@ mod etcd;
 mod failover;
 mod faults;
 mod hostile_peer;
+mod lifecycle;
 mod proxy;
 mod replication;
 mod restart;

@@ -175,6 +175,21 @@ impl NodeProcess {
         }
     }
 
+    /// Wait up to `limit` for the process to exit on its own: its status (None when it
+    /// still runs, or was never started).
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Send a signal (SIGSTOP, SIGCONT) to the running process.
     pub fn signal(&self, signal: i32) {
         if let Some(child) = self.child.as_ref() {

@@ -202,6 +202,14 @@ impl Capture {
         &self.stats
     }
 
+    /// Whether the capture thread still runs (false once it has ended, by a panic:
+    /// it returns on its own only when stopped).
+    pub fn is_running(&self) -> bool {
+        self.thread
+            .as_ref()
+            .is_some_and(|thread| !thread.is_finished())
+    }
+
     /// Stop watching and wait for the capture thread (which records what is pending).
     pub fn stop(mut self) {
         self.shutdown();
