@@ -32,7 +32,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -837,6 +837,7 @@ fn write_file(
         let mut written = 0u64;
         let mut kicked = 0u64;
         let mut database = false;
+        let mut holes = false;
         for chunk in chunks {
             // Not hashed chunk by chunk: the whole file is hashed below, and a file
             // that does not add up is never renamed into place.
@@ -845,13 +846,16 @@ fn write_file(
                 database = crate::sqlite::is_header(&bytes);
             }
             hasher.update(&bytes);
-            file.write_all(&bytes).at("write", &temporary)?;
+            holes |= write_leaving_holes(&mut file, &bytes, written).at("write", &temporary)?;
             written += bytes.len() as u64;
             // Large files: start write-back as we go, so the batch's syncfs is short.
             if written - kicked >= crate::fsutil::WRITEBACK_STEP_BYTES {
                 crate::fsutil::start_writeback(&file, kicked, written - kicked);
                 kicked = written;
             }
+        }
+        if holes {
+            file.set_len(written).at("truncate", &temporary)?;
         }
         let actual: Hash = hasher.finalize().into();
         if actual != content {
@@ -900,6 +904,36 @@ fn write_file(
         }
     }
     Ok(crate::fsutil::replace_file(&temporary, &destination)?.then_some(temporary))
+}
+
+/// The unit in which zeros are left as holes: a file-system block.
+const SPARSE_BLOCK: u64 = 4096;
+
+/// Write `bytes` at the file's position (`offset`), leaving every whole block of
+/// zeros (aligned in the file) as a hole: a sparse file stays sparse, as `rsync -S`
+/// keeps it. The caller sizes the file at the end. Whether a hole was left.
+fn write_leaving_holes(file: &mut File, bytes: &[u8], offset: u64) -> std::io::Result<bool> {
+    let mut holes = false;
+    // Bytes from `run` to `at` are still to write, in one call.
+    let mut run = 0usize;
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let position = offset + at as u64;
+        let block_end = (position / SPARSE_BLOCK + 1) * SPARSE_BLOCK;
+        let end = bytes.len().min(at + (block_end - position) as usize);
+        let piece = &bytes[at..end];
+        let whole_block =
+            position.is_multiple_of(SPARSE_BLOCK) && piece.len() as u64 == SPARSE_BLOCK;
+        if whole_block && piece.iter().all(|byte| *byte == 0) {
+            file.write_all(&bytes[run..at])?;
+            file.seek(std::io::SeekFrom::Current(piece.len() as i64))?;
+            holes = true;
+            run = end;
+        }
+        at = end;
+    }
+    file.write_all(&bytes[run..])?;
+    Ok(holes)
 }
 
 /// The metadata a written file gets: a format-1 `Put`'s mode and mtime, or all of it.

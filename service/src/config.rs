@@ -46,6 +46,7 @@ struct RawConfig {
     rescan_interval_s: Option<u64>,
     max_capture_delay_ms: Option<u64>,
     numeric_ids: Option<bool>,
+    strip_setuid: Option<bool>,
     log_retention_events: Option<u64>,
     compaction_interval_s: Option<u64>,
     authority: Option<String>,
@@ -91,6 +92,8 @@ pub struct Config {
     pub max_capture_delay_ms: u64,
     /// Apply owners and ACL qualifiers by their numeric ids, not by name.
     pub numeric_ids: bool,
+    /// Leave setuid and setgid off files this node writes (warned once per path).
+    pub strip_setuid: bool,
     /// Events kept in the log; older ones are compacted away (a passive further
     /// behind starts again from a snapshot).
     pub log_retention_events: u64,
@@ -438,6 +441,7 @@ impl Config {
             rescan_interval_s,
             max_capture_delay_ms,
             numeric_ids: raw.numeric_ids.unwrap_or(false),
+            strip_setuid: raw.strip_setuid.unwrap_or(false),
             log_retention_events,
             compaction_interval_s,
             authority,

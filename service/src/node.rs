@@ -127,6 +127,7 @@ impl Node {
         })?);
         repository.set_meta_options(standin_engine::meta::MetaOptions {
             numeric_ids: config.numeric_ids,
+            strip_setuid: config.strip_setuid,
         });
         if !standin_engine::meta::can_chown() {
             tracing::warn!("standin does not run as root: owners, setuid bits and trusted.* attributes cannot be applied on this node (counted in standin_meta_unapplied)");

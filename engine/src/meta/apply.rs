@@ -21,6 +21,26 @@ use crate::error::{Error, Result};
 pub struct MetaOptions {
     /// Keep owners' and ACL qualifiers' numeric ids instead of mapping them by name.
     pub numeric_ids: bool,
+    /// Leave setuid and setgid off files on this node (warned once per path): the
+    /// copy is then not faithful, but cannot raise anyone's privileges here.
+    pub strip_setuid: bool,
+}
+
+/// The setuid and setgid bits.
+const SET_ID_BITS: u32 = 0o6000;
+
+/// Paths already warned about for `strip_setuid` (bounded).
+static STRIPPED: std::sync::Mutex<Option<std::collections::HashSet<std::path::PathBuf>>> =
+    std::sync::Mutex::new(None);
+
+fn warn_stripped(full: &Path, mode: u32) {
+    let mut warned = STRIPPED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let warned = warned.get_or_insert_with(Default::default);
+    if warned.len() < 100_000 && warned.insert(full.to_path_buf()) {
+        tracing::warn!(path = %full.display(), mode = format!("{mode:o}"), "strip_setuid: setuid/setgid left off this file on this node");
+    }
 }
 
 /// Whether everything was applied.
@@ -163,10 +183,18 @@ pub fn apply_meta(
         }
     }
     if !symlink {
+        let mut mode = meta.mode;
+        if options.strip_setuid
+            && mode & SET_ID_BITS != 0
+            && !std::fs::symlink_metadata(full).is_ok_and(|metadata| metadata.is_dir())
+        {
+            mode &= !SET_ID_BITS;
+            warn_stripped(full, meta.mode);
+        }
         let path = c_path(full)?;
         // SAFETY: a NUL-terminated path; fchmodat without AT_SYMLINK_NOFOLLOW on an
         // entry that is not a symlink (checked by the caller).
-        let status = unsafe { libc::fchmodat(libc::AT_FDCWD, path.as_ptr(), meta.mode, 0) };
+        let status = unsafe { libc::fchmodat(libc::AT_FDCWD, path.as_ptr(), mode, 0) };
         if status != 0 {
             return Err(io("chmod", full, std::io::Error::last_os_error()));
         }
@@ -210,6 +238,9 @@ pub fn set_mtime(full: &Path, mtime_ns: i64) -> Result<()> {
 /// without root, `trusted.*` without root) is taken from the record.
 pub fn align_to_record(disk: &mut Meta, recorded: &Meta, options: MetaOptions) {
     let root = can_chown();
+    if options.strip_setuid && disk.mode == recorded.mode & !SET_ID_BITS {
+        disk.mode = recorded.mode;
+    }
     let (uid, gid) = local_owner(recorded, options);
     if !root || disk.uid == uid {
         disk.uid = recorded.uid;

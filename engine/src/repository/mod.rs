@@ -54,8 +54,9 @@ pub struct Repository {
     content: RwLock<()>,
     /// When replay last saved the index (`fsutil::monotonic_ms`).
     index_saved_ms: std::sync::atomic::AtomicU64,
-    /// How replay applies owners (`MetaOptions::numeric_ids`).
+    /// How replay applies metadata (`MetaOptions`).
     numeric_ids: std::sync::atomic::AtomicBool,
+    strip_setuid: std::sync::atomic::AtomicBool,
 }
 
 /// Replay saves the index once this many paths changed, or this long after its last
@@ -190,6 +191,7 @@ impl Repository {
             content: RwLock::new(()),
             index_saved_ms: std::sync::atomic::AtomicU64::new(crate::fsutil::monotonic_ms()),
             numeric_ids: std::sync::atomic::AtomicBool::new(false),
+            strip_setuid: std::sync::atomic::AtomicBool::new(false),
         };
         repository.reload_index()?;
         Ok(repository)
@@ -488,12 +490,15 @@ impl Repository {
     pub fn set_meta_options(&self, options: crate::meta::MetaOptions) {
         self.numeric_ids
             .store(options.numeric_ids, std::sync::atomic::Ordering::Relaxed);
+        self.strip_setuid
+            .store(options.strip_setuid, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// See `set_meta_options`.
     pub fn meta_options(&self) -> crate::meta::MetaOptions {
         crate::meta::MetaOptions {
             numeric_ids: self.numeric_ids.load(std::sync::atomic::Ordering::Relaxed),
+            strip_setuid: self.strip_setuid.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 

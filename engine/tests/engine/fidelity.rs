@@ -430,3 +430,64 @@ fn a_data_dir_from_the_previous_release_opens_and_carries_on() {
     // Nothing more to record: the upgrade's metadata is the disk's.
     assert!(old.capture().is_empty());
 }
+
+/// A sparse file (64 MiB, 8 KiB of data) stays sparse on the passive: its disk use
+/// there is at most the active's plus 64 KiB.
+#[test]
+fn a_sparse_file_stays_sparse_on_the_passive() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let active = Node::new();
+    let path = active.folder.join("sparse.img");
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(64 << 20).unwrap();
+    file.write_all_at(&[7u8; 4096], 1 << 20).unwrap();
+    file.write_all_at(&[9u8; 4096], (64 << 20) - 4096).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+    active.capture();
+    let passive = Node::new();
+    replicate(&active, &passive, 100);
+    passive.assert_verified();
+    let allocated = |path: &Path| std::fs::metadata(path).unwrap().blocks() * 512;
+    let (theirs, ours) = (
+        allocated(&path),
+        allocated(&passive.folder.join("sparse.img")),
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        std::fs::read(passive.folder.join("sparse.img")).unwrap()
+    );
+    assert!(
+        ours <= theirs + (64 << 10),
+        "the passive allocates {ours} bytes for a file the active holds in {theirs}"
+    );
+}
+
+/// `strip_setuid`: the passive leaves setuid and setgid off files (not directories),
+/// and its verify accepts that difference; without it they are kept.
+#[test]
+fn strip_setuid_leaves_the_bits_off_files_on_that_node_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let active = Node::new();
+    std::fs::write(active.folder.join("tool"), b"#!/bin/sh\n").unwrap();
+    chmod(&active.folder.join("tool"), 0o4755);
+    std::fs::create_dir(active.folder.join("shared")).unwrap();
+    chmod(&active.folder.join("shared"), 0o2775);
+    active.capture();
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+    let faithful = Node::new();
+    replicate(&active, &faithful, 100);
+    assert_eq!(mode(&faithful.folder.join("tool")), 0o4755);
+    let stripped = Node::new();
+    stripped
+        .repository
+        .set_meta_options(standin_engine::meta::MetaOptions {
+            strip_setuid: true,
+            ..Default::default()
+        });
+    replicate(&active, &stripped, 100);
+    assert_eq!(mode(&stripped.folder.join("tool")), 0o755);
+    assert_eq!(mode(&stripped.folder.join("shared")), 0o2775);
+    stripped.assert_verified();
+    faithful.assert_verified();
+}
