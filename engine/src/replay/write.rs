@@ -1,0 +1,496 @@
+//! Step 3 of `apply_batch`: writing a batch's changes into the folder — files to a
+//! temporary name beside them (content from verified chunks, hashed again, zero blocks
+//! left as holes, metadata applied) and renamed or exchanged into place, on several
+//! threads for runs of files in several directories; directories, symlinks, renames,
+//! removals and metadata changes in log order; directory times last. `Displaced`
+//! keeps the old versions of replaced files until the batch is in the log.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::{check_parents_on_disk, remove_any, set_mode};
+use crate::error::{Error, IoContext, Result};
+use crate::event::{Change, ChunkRef, Event};
+use crate::fsutil::{system_time, temp_name};
+use crate::hash::Hash;
+use crate::path::RelPath;
+use crate::repository::Repository;
+use crate::scan::{stat_disk, DiskEntry};
+
+/// Most threads that write one batch's files.
+const WRITE_THREADS_MAX: usize = 4;
+/// Fewer puts than this in a row are written on the calling thread (unless two are
+/// of large files).
+const PARALLEL_MIN_PUTS: usize = 8;
+/// A file at least this large goes to a write thread by its path, whatever its
+/// directory.
+const LARGE_FILE_BYTES: u64 = 1 << 20;
+/// The work of writing a file, beside its bytes, counted as this many bytes when
+/// files are dealt to write threads.
+const PER_FILE_WORK_BYTES: u64 = 64 << 10;
+
+/// Apply `events` in order, except that the files of a run of puts are written by
+/// several threads, a directory to a thread: such files are independent (every parent
+/// exists and was checked first), and the per-file kernel cost that bounds a
+/// small-file sync is then paid on every core. A directory created within the run is
+/// created at once, before the run's files (a file's parent always comes before it in
+/// the log); any other change ends the run. On an error the first failing event's
+/// error (in seq order) is returned; the journal covers whatever was written.
+pub(super) fn apply_changes(
+    root: &Path,
+    repository: &Repository,
+    events: &[Event],
+    displaced: &Displaced,
+    dir_times: &[(RelPath, i64)],
+) -> Result<()> {
+    let threads = std::thread::available_parallelism()
+        .map(|count| count.get())
+        .unwrap_or(1)
+        .min(WRITE_THREADS_MAX);
+    let mut safe_dirs = HashSet::new();
+    let mut puts: Vec<&Event> = Vec::new();
+    let mut put_paths: HashSet<&RelPath> = HashSet::new();
+    for event in events {
+        match &event.body.change {
+            Change::Put { path, .. } | Change::File { path, .. } if threads > 1 => {
+                puts.push(event);
+                put_paths.insert(path);
+                continue;
+            }
+            Change::Mkdir { path, .. } | Change::Dir { path, .. } if !put_paths.contains(path) => {}
+            _ => {
+                write_puts(root, repository, &puts, &mut safe_dirs, threads, displaced)?;
+                puts.clear();
+                put_paths.clear();
+                // A rename or removal may move or remove their directories.
+                let _ = displaced.remove_all();
+            }
+        }
+        apply_change(root, repository, event, &mut safe_dirs, displaced)?;
+    }
+    write_puts(root, repository, &puts, &mut safe_dirs, threads, displaced)?;
+    // Directory times last: writing into a directory moves its mtime.
+    for (path, mtime_ns) in dir_times {
+        match crate::meta::set_mtime(&path.under(root), *mtime_ns) {
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+/// Write the files of `puts` (all `Change::Put`, in log order): on up to `threads`
+/// threads when they are many and in several directories (threads writing into one
+/// directory only wait on its lock), else in order on this one.
+fn write_puts(
+    root: &Path,
+    repository: &Repository,
+    puts: &[&Event],
+    safe_dirs: &mut HashSet<RelPath>,
+    threads: usize,
+    displaced: &Displaced,
+) -> Result<()> {
+    let mut parents = HashSet::new();
+    for event in puts {
+        for path in event.body.change.paths() {
+            check_parents_on_disk(root, path, event.seq(), safe_dirs)?;
+            parents.insert(path.parent());
+        }
+    }
+    let large = |event: &Event| event.body.change.content_size() >= LARGE_FILE_BYTES;
+    let large_files = puts.iter().filter(|event| large(event)).count();
+    if (puts.len() < PARALLEL_MIN_PUTS || parents.len() < 2) && large_files < 2 {
+        return puts
+            .iter()
+            .try_for_each(|event| apply_put(root, repository, event, displaced));
+    }
+    // Small files go to a thread by directory, large ones by path (their cost is
+    // bytes, not the directory's lock); a new directory or large file goes to the
+    // thread with the least work so far (bytes, plus a per-file cost).
+    let mut lanes: Vec<Vec<&Event>> = vec![Vec::new(); threads];
+    let mut work = vec![0u64; threads];
+    let mut lane_of_dir: HashMap<Option<RelPath>, usize> = HashMap::new();
+    // A path written twice in the run stays on one thread, in log order, whatever its
+    // sizes (else the older content could be renamed into place last).
+    let mut lane_of_path: HashMap<&RelPath, usize> = HashMap::new();
+    for event in puts {
+        let (path, size) = match &event.body.change {
+            Change::Put { path, size, .. } | Change::File { path, size, .. } => (path, *size),
+            _ => continue,
+        };
+        let least = (0..threads).min_by_key(|lane| work[*lane]).unwrap_or(0);
+        let lane = match lane_of_path.get(path) {
+            Some(lane) => *lane,
+            None if large(event) => least,
+            None => *lane_of_dir.entry(path.parent()).or_insert(least),
+        };
+        lane_of_path.insert(path, lane);
+        work[lane] += size + PER_FILE_WORK_BYTES;
+        lanes[lane].push(event);
+    }
+    let write_lane = |lane: &[&Event]| -> std::result::Result<(), (u64, Error)> {
+        lane.iter().try_for_each(|event| {
+            apply_put(root, repository, event, displaced).map_err(|error| (event.seq(), error))
+        })
+    };
+    let mut failures: Vec<(u64, Error)> = std::thread::scope(|scope| {
+        let (first, rest) = lanes.split_first().expect("at least one lane");
+        let workers: Vec<_> = rest
+            .iter()
+            .filter(|lane| !lane.is_empty())
+            .map(|lane| scope.spawn(|| write_lane(lane)))
+            .collect();
+        let mut failures: Vec<(u64, Error)> = write_lane(first).err().into_iter().collect();
+        for worker in workers {
+            match worker.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(failure)) => failures.push(failure),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        failures
+    });
+    failures.sort_by_key(|(seq, _)| *seq);
+    match failures.into_iter().next() {
+        Some((_, error)) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// Write the file a `Put` or `File` event names (its parents already checked).
+fn apply_put(
+    root: &Path,
+    repository: &Repository,
+    event: &Event,
+    displaced: &Displaced,
+) -> Result<()> {
+    let (path, attributes, content, chunks) = match &event.body.change {
+        Change::Put {
+            path,
+            mode,
+            mtime_ns,
+            content,
+            chunks,
+            ..
+        } => (path, Attributes::Legacy(*mode, *mtime_ns), content, chunks),
+        Change::File {
+            path,
+            meta,
+            content,
+            chunks,
+            ..
+        } => (path, Attributes::Meta(meta), content, chunks),
+        _ => return Ok(()),
+    };
+    match write_file(root, repository, path, attributes, *content, chunks) {
+        Ok(Some(old)) => {
+            displaced.add(old);
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(
+            error @ (Error::ChunkMismatch { .. } | Error::ChunkMissing { .. } | Error::Io { .. }),
+        ) => Err(error),
+        Err(other) => Err(Error::Apply {
+            seq: event.seq(),
+            path: path.to_string(),
+            reason: other.to_string(),
+        }),
+    }
+}
+
+fn apply_change(
+    root: &Path,
+    repository: &Repository,
+    event: &Event,
+    safe_dirs: &mut HashSet<RelPath>,
+    displaced: &Displaced,
+) -> Result<()> {
+    let seq = event.seq();
+    for path in event.body.change.paths() {
+        check_parents_on_disk(root, path, seq, safe_dirs)?;
+    }
+    let options = repository.meta_options();
+    match &event.body.change {
+        Change::Put { .. } | Change::File { .. } => apply_put(root, repository, event, displaced),
+        Change::Dir { path, meta } => {
+            let full = path.under(root);
+            match stat_disk(&full)? {
+                Some(DiskEntry::Dir { .. }) => {}
+                None => std::fs::create_dir(&full).at("create directory", &full)?,
+                Some(_) => {
+                    return Err(Error::Apply {
+                        seq,
+                        path: path.to_string(),
+                        reason: "something else is in the way".to_string(),
+                    })
+                }
+            }
+            // Its time is set after the batch's changes below it (`dir_times`).
+            crate::meta::apply_meta(&full, meta, false, options).map(|_| ())
+        }
+        Change::Link { path, target, meta } => {
+            write_symlink(root, path, target)?;
+            let full = path.under(root);
+            crate::meta::apply_meta(&full, meta, true, options)?;
+            crate::meta::set_mtime(&full, meta.mtime_ns)
+        }
+        Change::SetMeta { path, meta } => {
+            let full = path.under(root);
+            let metadata = std::fs::symlink_metadata(&full).at("stat", &full)?;
+            let symlink = metadata.file_type().is_symlink();
+            crate::meta::apply_meta(&full, meta, symlink, options)?;
+            if metadata.is_dir() {
+                Ok(())
+            } else {
+                crate::meta::set_mtime(&full, meta.mtime_ns)
+            }
+        }
+        Change::Mkdir { path, mode } => {
+            let full = path.under(root);
+            match stat_disk(&full)? {
+                Some(DiskEntry::Dir { .. }) => {}
+                None => std::fs::create_dir(&full).at("create directory", &full)?,
+                Some(_) => {
+                    return Err(Error::Apply {
+                        seq,
+                        path: path.to_string(),
+                        reason: "something else is in the way".to_string(),
+                    })
+                }
+            }
+            set_mode(&full, *mode)
+        }
+        Change::Symlink { path, target } => write_symlink(root, path, target),
+        Change::Remove { path } => remove_any(&path.under(root)),
+        Change::Rename { from, to } => {
+            safe_dirs.clear();
+            let source = from.under(root);
+            let destination = to.under(root);
+            if std::fs::symlink_metadata(&source).is_err() {
+                return Err(Error::Apply {
+                    seq,
+                    path: from.to_string(),
+                    reason: "nothing to rename in the replica".to_string(),
+                });
+            }
+            if let Ok(metadata) = std::fs::symlink_metadata(&destination) {
+                if metadata.is_dir() {
+                    remove_any(&destination)?;
+                }
+            }
+            std::fs::rename(&source, &destination).at("rename", &source)
+        }
+        Change::SetMode { path, mode } => set_mode(&path.under(root), *mode),
+        Change::Promote { .. } | Change::Group { .. } => Ok(()),
+    }
+    .inspect(|()| {
+        if matches!(event.body.change, Change::Remove { .. }) {
+            safe_dirs.clear();
+        }
+    })
+}
+
+/// Write a file from its chunks to a temporary name beside it, check its content hash,
+/// set mode and mtime, and put it in place (`fsutil::replace_file`). Returns where the
+/// file it replaced now is, if it was kept for the caller to remove.
+pub(super) fn write_file(
+    root: &Path,
+    repository: &Repository,
+    path: &RelPath,
+    attributes: Attributes<'_>,
+    content: Hash,
+    chunks: &[ChunkRef],
+) -> Result<Option<PathBuf>> {
+    let destination = path.under(root);
+    let temporary = match path.parent() {
+        Some(parent) => parent.join(&temp_name())?.under(root),
+        None => RelPath::top(&temp_name())?.under(root),
+    };
+    let written = (|| -> Result<bool> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(&temporary)
+            .at("create", &temporary)?;
+        let mut hasher = blake3::Hasher::new();
+        let mut written = 0u64;
+        let mut kicked = 0u64;
+        let mut database = false;
+        let mut holes = false;
+        for chunk in chunks {
+            // Not hashed chunk by chunk: the whole file is hashed below, and a file
+            // that does not add up is never renamed into place.
+            let bytes = repository.chunks().get_unverified(&chunk.hash)?;
+            if written == 0 {
+                database = crate::sqlite::is_header(&bytes);
+            }
+            hasher.update(&bytes);
+            holes |= write_leaving_holes(&mut file, &bytes, written).at("write", &temporary)?;
+            written += bytes.len() as u64;
+            // Large files: start write-back as we go, so the batch's syncfs is short.
+            if written - kicked >= crate::fsutil::WRITEBACK_STEP_BYTES {
+                crate::fsutil::start_writeback(&file, kicked, written - kicked);
+                kicked = written;
+            }
+        }
+        if holes {
+            file.set_len(written).at("truncate", &temporary)?;
+        }
+        let actual: Hash = hasher.finalize().into();
+        if actual != content {
+            // Name the damaged chunk, if one is.
+            for chunk in chunks {
+                repository.chunks().get(&chunk.hash)?;
+            }
+            return Err(Error::ChunkMismatch {
+                expected: content,
+                actual,
+                location: format!(" (the chunks of {path} do not add up to its content hash)"),
+            });
+        }
+        let mtime_ns = match attributes {
+            Attributes::Legacy(mode, mtime_ns) => {
+                file.set_permissions(std::fs::Permissions::from_mode(mode))
+                    .at("chmod", &temporary)?;
+                mtime_ns
+            }
+            Attributes::Meta(meta) => {
+                crate::meta::apply_meta(&temporary, meta, false, repository.meta_options())?;
+                meta.mtime_ns
+            }
+        };
+        file.set_modified(system_time(mtime_ns))
+            .at("set mtime", &temporary)?;
+        Ok(database)
+    })();
+    let database = match written {
+        Ok(database) => database,
+        Err(error) => {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(error);
+        }
+    };
+    if database {
+        // A `-wal` or `-journal` left beside it belongs to another instant: SQLite
+        // would apply it to this database. (Never recorded: see `sqlite`.)
+        for companion in crate::sqlite::companions(&destination) {
+            match std::fs::symlink_metadata(&companion) {
+                Ok(metadata) if !metadata.is_dir() => {
+                    std::fs::remove_file(&companion).at("remove", &companion)?
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(crate::fsutil::replace_file(&temporary, &destination)?.then_some(temporary))
+}
+
+/// The unit in which zeros are left as holes: a file-system block.
+const SPARSE_BLOCK: u64 = 4096;
+
+/// Write `bytes` at the file's position (`offset`), leaving every whole block of
+/// zeros (aligned in the file) as a hole: a sparse file stays sparse, as `rsync -S`
+/// keeps it. The caller sizes the file at the end. Whether a hole was left.
+fn write_leaving_holes(file: &mut File, bytes: &[u8], offset: u64) -> std::io::Result<bool> {
+    let mut holes = false;
+    // Bytes from `run` to `at` are still to write, in one call.
+    let mut run = 0usize;
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let position = offset + at as u64;
+        let block_end = (position / SPARSE_BLOCK + 1) * SPARSE_BLOCK;
+        let end = bytes.len().min(at + (block_end - position) as usize);
+        let piece = &bytes[at..end];
+        let whole_block =
+            position.is_multiple_of(SPARSE_BLOCK) && piece.len() as u64 == SPARSE_BLOCK;
+        if whole_block && piece.iter().all(|byte| *byte == 0) {
+            file.write_all(&bytes[run..at])?;
+            file.seek(std::io::SeekFrom::Current(piece.len() as i64))?;
+            holes = true;
+            run = end;
+        }
+        at = end;
+    }
+    file.write_all(&bytes[run..])?;
+    Ok(holes)
+}
+
+/// The metadata a written file gets: a format-1 `Put`'s mode and mtime, or all of it.
+#[derive(Clone, Copy)]
+pub(super) enum Attributes<'a> {
+    Legacy(u32, i64),
+    Meta(&'a crate::meta::Meta),
+}
+
+/// The old versions of files a batch replaced, each left at a temporary name beside
+/// the new one by `fsutil::replace_file`: removed once the batch is in the log, so
+/// that freeing them (the costly part of replacing a file) is not between a change
+/// and its being applied. Removed earlier when the batch renames or removes anything
+/// (which could move their directory). Left behind by a crash, they are temporary
+/// files: ignored by scans, removed when the node starts (`remove_temporary_files`).
+#[derive(Default)]
+pub(super) struct Displaced {
+    paths: std::sync::Mutex<Vec<PathBuf>>,
+    /// One could not be removed.
+    left_behind: std::sync::atomic::AtomicBool,
+}
+
+impl Displaced {
+    fn add(&self, path: PathBuf) {
+        self.paths
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(path);
+    }
+
+    /// Remove them all, on up to `WRITE_THREADS_MAX` threads when they are many.
+    /// Whether every one so far went: a failure is logged (the file is a temporary
+    /// one, and the batch is not worse for it), and the caller keeps the journal so
+    /// that `recover` removes it.
+    pub(super) fn remove_all(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let paths = std::mem::take(
+            &mut *self
+                .paths
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        let remove = |paths: &[PathBuf]| {
+            for path in paths {
+                if let Err(error) = std::fs::remove_file(path) {
+                    tracing::warn!(path = %path.display(), %error, "could not remove the old version of a replaced file");
+                    self.left_behind.store(true, Ordering::Relaxed);
+                }
+            }
+        };
+        if paths.len() < PARALLEL_MIN_PUTS {
+            remove(&paths);
+        } else {
+            let per_thread = paths.len().div_ceil(WRITE_THREADS_MAX);
+            std::thread::scope(|scope| {
+                for part in paths.chunks(per_thread) {
+                    scope.spawn(|| remove(part));
+                }
+            });
+        }
+        !self.left_behind.load(Ordering::Relaxed)
+    }
+}
+
+pub(super) fn write_symlink(root: &Path, path: &RelPath, target: &[u8]) -> Result<()> {
+    let destination = path.under(root);
+    let temporary = match path.parent() {
+        Some(parent) => parent.join(&temp_name())?.under(root),
+        None => RelPath::top(&temp_name())?.under(root),
+    };
+    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &temporary)
+        .at("symlink", &temporary)?;
+    std::fs::rename(&temporary, &destination).at("rename into place", &destination)
+}
