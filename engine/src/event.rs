@@ -509,6 +509,7 @@ mod tests {
                 id: 7,
                 name: "x".to_string(),
             }],
+            link: 9,
         }
     }
 
@@ -531,7 +532,8 @@ mod tests {
         "00",               // a user
         "07000000",
         "0100000000000000",
-        "78", // "x"
+        "78",               // "x"
+        "0900000000000000", // link group 9
     );
 
     /// A format-2 body: the version byte is 2, the rest as `golden` checks.

@@ -146,6 +146,8 @@ pub struct FolderIndex {
     /// The metadata of each entry that has it recorded (format 2; an entry recorded by
     /// a release that kept none has none until its next change).
     metas: BTreeMap<RelPath, Meta>,
+    /// The paths of each link group (`Meta::link`) with more than zero members.
+    links: std::collections::HashMap<u64, BTreeSet<RelPath>>,
     digest: FolderDigest,
     dirty: BTreeSet<RelPath>,
 }
@@ -160,6 +162,7 @@ impl FolderIndex {
             index.digest.add(&entry.leaf(&path));
             if let Some(meta) = meta {
                 index.digest.add(&meta_leaf(&path, &entry, &meta));
+                index.link_insert(&path, &meta);
                 index.metas.insert(path.clone(), meta);
             }
             index.entries.insert(path, entry);
@@ -174,6 +177,35 @@ impl FolderIndex {
     /// The metadata recorded for `path`, if any (see `metas`).
     pub fn meta(&self, path: &RelPath) -> Option<&Meta> {
         self.metas.get(path)
+    }
+
+    /// The paths recorded with link group `link` (hard links of one file), in order.
+    pub fn linked(&self, link: u64) -> Vec<RelPath> {
+        if link == 0 {
+            return Vec::new();
+        }
+        self.links
+            .get(&link)
+            .map(|paths| paths.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn link_insert(&mut self, path: &RelPath, meta: &Meta) {
+        if meta.link != 0 {
+            self.links
+                .entry(meta.link)
+                .or_default()
+                .insert(path.clone());
+        }
+    }
+
+    fn link_remove(&mut self, path: &RelPath, meta: &Meta) {
+        if let Some(paths) = self.links.get_mut(&meta.link) {
+            paths.remove(path);
+            if paths.is_empty() {
+                self.links.remove(&meta.link);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -243,11 +275,13 @@ impl FolderIndex {
             self.digest.remove(&old.leaf(&path));
             if let Some(old_meta) = self.metas.remove(&path) {
                 self.digest.remove(&meta_leaf(&path, old, &old_meta));
+                self.link_remove(&path, &old_meta);
             }
         }
         self.digest.add(&entry.leaf(&path));
         if let Some(meta) = meta {
             self.digest.add(&meta_leaf(&path, &entry, &meta));
+            self.link_insert(&path, &meta);
             self.metas.insert(path.clone(), meta);
         }
         self.dirty.insert(path.clone());
@@ -263,6 +297,7 @@ impl FolderIndex {
                 let meta = self.metas.remove(&key);
                 if let Some(meta) = &meta {
                     self.digest.remove(&meta_leaf(&key, &entry, meta));
+                    self.link_remove(&key, meta);
                 }
                 self.dirty.insert(key.clone());
                 removed.push((key, entry, meta));
@@ -579,7 +614,7 @@ mod tests {
                 content: Hash::of(b"hello"),
                 chunks: vec![crate::ChunkRef { hash: Hash::of(b"hello"), len: 5 }],
             };
-            let meta = Meta { mode: 0o2755, uid: 1001, gid: 1002, user: "alice".into(), group: "staff".into(), mtime_ns: 7, xattrs: Vec::new(), names: Vec::new() };
+            let meta = Meta { mode: 0o2755, uid: 1001, gid: 1002, user: "alice".into(), group: "staff".into(), mtime_ns: 7, xattrs: Vec::new(), names: Vec::new(), link: 0 };
             let mut bytes = encode_entry(&entry, if at % 2 == 0 { Some(&meta) } else { None });
             let at = at % bytes.len();
             bytes[at] ^= mask;

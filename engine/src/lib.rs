@@ -31,6 +31,7 @@ pub mod event;
 pub mod fsutil;
 pub mod hash;
 pub mod index;
+pub mod links;
 pub mod log;
 pub mod meta;
 pub mod path;

@@ -311,6 +311,30 @@ pub fn diff_scope(
             None => from(&repository.lock_index()),
         }
     };
+    // A file's link group is its inode number: after a failover (another node's
+    // inodes) or a copy put in place, it differs from the record while no hard link
+    // is involved on either side — that is no change.
+    let unchanged = |old: Option<&Meta>, new: &Meta, path: &RelPath| -> bool {
+        let Some(old) = old else { return false };
+        if old == new {
+            return true;
+        }
+        if old.link == new.link || old.link == 0 || new.link == 0 {
+            return false;
+        }
+        let same_otherwise = Meta {
+            link: new.link,
+            ..old.clone()
+        } == *new;
+        let recorded_names = match base {
+            Some(index) => index.linked(old.link).len(),
+            None => repository.lock_index().linked(old.link).len(),
+        };
+        same_otherwise
+            && recorded_names <= 1
+            && std::fs::symlink_metadata(path.under(root))
+                .is_ok_and(|metadata| metadata.nlink() == 1)
+    };
     let mut changes: Vec<Option<Change>> = Vec::new();
     let mut captures: Vec<Capture<'_>> = Vec::new();
     let racy_after_ns = crate::fsutil::now_ms().saturating_sub(RACY_WINDOW_MS) as i64 * 1_000_000;
@@ -393,7 +417,7 @@ pub fn diff_scope(
                     // that a second write in the same clock tick could hide behind it
                     // (git's "racily clean" case): then the content is compared.
                     if old_size == size && old_mtime == mtime_ns && *mtime_ns < racy_after_ns {
-                        if old_meta != Some(meta) {
+                        if !unchanged(old_meta, meta, path) {
                             changes.push(set_meta());
                         }
                         continue;
@@ -411,7 +435,7 @@ pub fn diff_scope(
         }
     }
     let mut unstable = Vec::new();
-    for (slot, captured) in capture_files(root, repository, &captures)? {
+    for (slot, captured) in capture_files(root, repository, &captures, &unchanged)? {
         match captured {
             Captured::Put(change) => changes[slot] = Some(*change),
             Captured::Same | Captured::Gone => {}
@@ -423,10 +447,42 @@ pub fn diff_scope(
             }
         }
     }
-    Ok(Diff {
-        changes: changes.into_iter().flatten().collect(),
-        unstable,
-    })
+    let mut changes: Vec<Change> = changes.into_iter().flatten().collect();
+    // A file written through one name changed under every name: read the others too.
+    let others = {
+        let guard;
+        let index = match base {
+            Some(index) => index,
+            None => {
+                guard = repository.lock_index();
+                &*guard
+            }
+        };
+        crate::links::other_names(&changes, index, &disk.metas)
+            .into_iter()
+            .map(|path| {
+                let entry = index.get(&path).cloned();
+                let meta = index.meta(&path).cloned();
+                (path, entry, meta)
+            })
+            .collect::<Vec<_>>()
+    };
+    let more: Vec<Capture<'_>> = others
+        .iter()
+        .enumerate()
+        .map(|(slot, (path, entry, meta))| Capture {
+            slot,
+            path,
+            before: entry.as_ref(),
+            old_meta: meta.as_ref(),
+        })
+        .collect();
+    for (_, captured) in capture_files(root, repository, &more, &unchanged)? {
+        if let Captured::Put(change) = captured {
+            changes.push(*change);
+        }
+    }
+    Ok(Diff { changes, unstable })
 }
 
 /// Files read (chunked, hashed, stored) at once while a scope is compared.
@@ -449,6 +505,7 @@ fn capture_files(
     root: &Path,
     repository: &Repository,
     captures: &[Capture<'_>],
+    unchanged: &(dyn Fn(Option<&Meta>, &Meta, &RelPath) -> bool + Sync),
 ) -> Result<Vec<(usize, Captured)>> {
     let capture_one = |capture: &Capture<'_>| {
         let slot = capture.slot;
@@ -469,7 +526,7 @@ fn capture_files(
                     content,
                     ..
                 } if meta.mtime_ns == *old_mtime && content == *old_content => {
-                    if capture.old_meta == Some(&meta) {
+                    if unchanged(capture.old_meta, &meta, capture.path) {
                         Captured::Same
                     } else {
                         Captured::Put(Box::new(Change::SetMeta { path, meta }))

@@ -271,6 +271,23 @@ fn verify(root: &Path, repository: &Repository, live: bool) -> Result<VerifyRepo
     if first_difference.is_none() {
         first_difference = meta_difference;
     }
+    if first_difference.is_none() {
+        // Hard links: the recorded names of one file are one file on disk.
+        let recorded: BTreeMap<RelPath, Meta> = expected_metas
+            .iter()
+            .filter(|(_, (_, symlink))| !symlink)
+            .map(|(path, (meta, _))| (path.clone(), meta.clone()))
+            .collect();
+        if let Some((path, expected, found)) =
+            crate::links::partition_difference(&recorded, &disk_metas)
+        {
+            first_difference = Some(Difference {
+                path: path.to_string(),
+                expected,
+                found,
+            });
+        }
+    }
     if first_difference.is_none() && digest.to_hash() != head.digest {
         // The index matches the disk but not the log head: the index is stale.
         first_difference = Some(Difference {

@@ -48,6 +48,11 @@ pub struct Meta {
     pub xattrs: Vec<Xattr>,
     /// The names of the users and groups the ACLs' named entries carry ids of.
     pub names: Vec<IdName>,
+    /// A regular file's link group: its inode number on the recording node (0 for a
+    /// directory or symlink). Names with one link group are hard links of one file
+    /// (the passive links them: `replay`). Not in the digest (the two nodes' inode
+    /// numbers differ); `verify` checks the partition of paths it makes.
+    pub link: u64,
 }
 
 /// One extended attribute.
@@ -115,6 +120,11 @@ impl Meta {
             mtime_ns: crate::fsutil::mtime_ns(metadata),
             xattrs,
             names,
+            link: if metadata.is_file() {
+                metadata.ino()
+            } else {
+                0
+            },
         }
     }
 

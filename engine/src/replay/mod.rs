@@ -37,7 +37,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::error::{Error, IoContext, Result};
-use crate::event::{chain_hash, Event};
+use crate::event::{chain_hash, Change, Event};
 use crate::fsutil::syncfs;
 use crate::hash::Hash;
 use crate::index::Entry;
@@ -48,7 +48,7 @@ use crate::scan::{stat_disk, walk, DiskEntry};
 
 mod write;
 
-use write::{apply_changes, write_file, write_symlink, Attributes, Displaced};
+use write::{apply_changes, write_file, write_symlink, Attributes, Displaced, Finishing};
 
 const PENDING_KEY: &str = "replay_pending";
 
@@ -139,14 +139,22 @@ pub fn apply_batch(root: &Path, repository: &Repository, events: &[Event]) -> Re
     // next part's files are written.
     let mut timings = StepTimings::default();
     let displaced = Displaced::default();
-    let dir_times = directory_times(&index, events);
+    let finishing = {
+        let changes: Vec<&Change> = events.iter().map(|event| &event.body.change).collect();
+        let link_groups = crate::links::groups_touched(&index, &changes);
+        let linked: Vec<&RelPath> = link_groups.iter().flatten().collect();
+        Finishing {
+            dir_times: directory_times(&index, events, &linked),
+            link_groups,
+        }
+    };
     let durable = write_and_commit_in_parts(
         root,
         repository,
         events,
         &mut timings,
         &displaced,
-        &dir_times,
+        &finishing,
     );
     // The old versions of replaced files go once the batch is in the log (or failed).
     let all_removed = displaced.remove_all();
@@ -186,16 +194,23 @@ pub fn apply_batch(root: &Path, repository: &Repository, events: &[Event]) -> Re
     Ok(repository.head())
 }
 
-/// The recorded times of the directories `events` change or write into, from `index`
-/// (the state after them): set once their contents are written.
-fn directory_times(index: &crate::index::FolderIndex, events: &[Event]) -> Vec<(RelPath, i64)> {
+/// The recorded times of the directories `events` (and the relinking of `linked`)
+/// change or write into, from `index` (the state after them): set once their contents
+/// are written.
+fn directory_times(
+    index: &crate::index::FolderIndex,
+    events: &[Event],
+    linked: &[&RelPath],
+) -> Vec<(RelPath, i64)> {
     let mut dirs: std::collections::BTreeSet<RelPath> = std::collections::BTreeSet::new();
-    for event in events {
-        for path in event.body.change.paths() {
-            dirs.insert(path.clone());
-            if let Some(parent) = path.parent() {
-                dirs.insert(parent);
-            }
+    let paths = events
+        .iter()
+        .flat_map(|event| event.body.change.paths())
+        .chain(linked.iter().copied());
+    for path in paths {
+        dirs.insert(path.clone());
+        if let Some(parent) = path.parent() {
+            dirs.insert(parent);
         }
     }
     dirs.into_iter()
@@ -240,7 +255,7 @@ fn write_and_commit_in_parts(
     events: &[Event],
     timings: &mut StepTimings,
     displaced: &Displaced,
-    dir_times: &[(RelPath, i64)],
+    finishing: &Finishing,
 ) -> Result<()> {
     let commit = |part: &[Event]| -> Result<(std::time::Duration, std::time::Duration)> {
         let started = std::time::Instant::now();
@@ -275,7 +290,7 @@ fn write_and_commit_in_parts(
         let mut parts = events.chunks(part_len).peekable();
         while let Some(part) = parts.next() {
             let writing = std::time::Instant::now();
-            let written = apply_changes(root, repository, part, displaced, dir_times);
+            let written = apply_changes(root, repository, part, displaced, finishing);
             timings.write += writing.elapsed();
             // The previous part is committed (or failed) before this one may be.
             let previous = wait_for(&mut committing, timings);
@@ -423,6 +438,18 @@ pub fn restore_scope(root: &Path, repository: &Repository, scope: &RelPath) -> R
         let symlink = matches!(entry, Entry::Symlink { .. });
         crate::meta::apply_meta(&full, meta, symlink, options)?;
         crate::meta::set_mtime(&full, meta.mtime_ns)?;
+    }
+    // Hard links: the names of one file within the scope are one file again.
+    let mut groups: std::collections::BTreeMap<u64, Vec<RelPath>> = Default::default();
+    for ((path, entry), meta) in wanted.iter().zip(&metas) {
+        if let (Entry::File { .. }, Some(meta)) = (entry, meta) {
+            if meta.link != 0 {
+                groups.entry(meta.link).or_default().push(path.clone());
+            }
+        }
+    }
+    for group in groups.values().filter(|group| group.len() > 1) {
+        crate::links::relink(root, group)?;
     }
     Ok(())
 }

@@ -45,7 +45,7 @@ pub(super) fn apply_changes(
     repository: &Repository,
     events: &[Event],
     displaced: &Displaced,
-    dir_times: &[(RelPath, i64)],
+    finishing: &Finishing,
 ) -> Result<()> {
     let threads = std::thread::available_parallelism()
         .map(|count| count.get())
@@ -73,14 +73,30 @@ pub(super) fn apply_changes(
         apply_change(root, repository, event, &mut safe_dirs, displaced)?;
     }
     write_puts(root, repository, &puts, &mut safe_dirs, threads, displaced)?;
-    // Directory times last: writing into a directory moves its mtime.
-    for (path, mtime_ns) in dir_times {
-        match crate::meta::set_mtime(&path.under(root), *mtime_ns) {
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
-            other => other?,
+    finishing.finish(root)
+}
+
+/// What a batch does after its changes are written (each part of it, again): link
+/// the names of each link group it touched, then set the recorded times of the
+/// directories it wrote into (writing into a directory moves its mtime).
+pub(super) struct Finishing {
+    pub dir_times: Vec<(RelPath, i64)>,
+    pub link_groups: Vec<Vec<RelPath>>,
+}
+
+impl Finishing {
+    fn finish(&self, root: &Path) -> Result<()> {
+        for group in &self.link_groups {
+            crate::links::relink(root, group)?;
         }
+        for (path, mtime_ns) in &self.dir_times {
+            match crate::meta::set_mtime(&path.under(root), *mtime_ns) {
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                other => other?,
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Write the files of `puts` (all `Change::Put`, in log order): on up to `threads`

@@ -491,3 +491,85 @@ fn strip_setuid_leaves_the_bits_off_files_on_that_node_only() {
     stripped.assert_verified();
     faithful.assert_verified();
 }
+
+/// The groups of names that are one file (more than one name each), by lstat.
+fn link_groups(root: &Path) -> Vec<Vec<String>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut by_inode: std::collections::BTreeMap<u64, Vec<String>> = Default::default();
+    for (path, seen) in walk_all(root) {
+        if seen.kind == 'f' {
+            let inode = std::fs::symlink_metadata(root.join(&path)).unwrap().ino();
+            by_inode.entry(inode).or_default().push(path);
+        }
+    }
+    let mut groups: Vec<Vec<String>> = by_inode
+        .into_values()
+        .filter(|names| names.len() > 1)
+        .map(|mut names| {
+            names.sort();
+            names
+        })
+        .collect();
+    groups.sort();
+    groups
+}
+
+/// Hard links stay links: three names of one file are one file on the passive, and a
+/// write through one name (in place, the others untouched) reaches every name there;
+/// `verify` agrees on both nodes.
+#[test]
+fn hard_links_stay_links_and_a_write_through_one_name_reaches_every_name() {
+    use std::os::unix::fs::FileExt;
+    let active = Node::new();
+    let root = active.folder.clone();
+    std::fs::create_dir(root.join("sub")).unwrap();
+    std::fs::write(root.join("a"), b"first version").unwrap();
+    std::fs::hard_link(root.join("a"), root.join("b")).unwrap();
+    std::fs::hard_link(root.join("a"), root.join("sub/c")).unwrap();
+    std::fs::write(root.join("alone"), b"one name").unwrap();
+    let capture = active.watch();
+    active.settle();
+    let passive = Node::new();
+    replicate(&active, &passive, 100);
+    let expected = vec![vec!["a".to_string(), "b".to_string(), "sub/c".to_string()]];
+    assert_eq!(link_groups(&root), expected);
+    assert_eq!(link_groups(&passive.folder), expected);
+    passive.assert_verified();
+
+    // Written in place through `b` only.
+    let head = active.repository.head().seq;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(root.join("b"))
+        .unwrap();
+    file.write_all_at(b"SECOND", 0).unwrap();
+    drop(file);
+    assert!(wait_for(Duration::from_secs(20), || active
+        .repository
+        .head()
+        .seq
+        > head));
+    active.settle();
+    capture.stop();
+    active.assert_verified();
+    replicate(&active, &passive, 100);
+    for name in ["a", "b", "sub/c"] {
+        assert_eq!(
+            std::fs::read(passive.folder.join(name)).unwrap(),
+            b"SECONDversion",
+            "{name} on the passive"
+        );
+    }
+    assert_eq!(link_groups(&passive.folder), expected);
+    passive.assert_verified();
+
+    // Split on the passive by hand: verify names the path.
+    std::fs::remove_file(passive.folder.join("b")).unwrap();
+    std::fs::write(passive.folder.join("b"), b"SECONDversion").unwrap();
+    let report =
+        standin_engine::verify::verify_folder(&passive.folder, &passive.repository).unwrap();
+    let difference = report
+        .first_difference
+        .expect("a split link group is found");
+    assert_eq!(difference.path, "b", "{difference:?}");
+}

@@ -1,0 +1,150 @@
+//! Hard links (invariant 11): the names of one file are recorded with one link group
+//! (`Meta::link`, the file's inode number on the recording node).
+//!
+//! - capture: a file written through one name changed under every name, so the other
+//!   names of each file a diff read are read too (`other_names`) and recorded in the
+//!   same group;
+//! - replay: after a batch's files are written (each name its own copy for a moment),
+//!   the names of each link group it touched are linked to the group's first name
+//!   (`relink`), so the passive holds one file under every name;
+//! - verify: the paths of each recorded group are one file on disk, and no two paths
+//!   of different groups are (`partition_difference`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use crate::error::{IoContext, Result};
+use crate::event::Change;
+use crate::index::{Entry, FolderIndex};
+use crate::meta::Meta;
+use crate::path::RelPath;
+
+/// The names, other than those `changes` already record, of the files `changes`
+/// record: from the index's link groups and the disk's (`disk_metas`, a walk's).
+pub fn other_names(
+    changes: &[Change],
+    index: &FolderIndex,
+    disk_metas: &BTreeMap<RelPath, Meta>,
+) -> Vec<RelPath> {
+    let recorded: BTreeSet<&RelPath> = changes.iter().flat_map(|change| change.paths()).collect();
+    let mut on_disk: HashMap<u64, Vec<&RelPath>> = HashMap::new();
+    for (path, meta) in disk_metas {
+        if meta.link != 0 {
+            on_disk.entry(meta.link).or_default().push(path);
+        }
+    }
+    let mut out = BTreeSet::new();
+    for change in changes {
+        let (Change::File { meta, .. } | Change::SetMeta { meta, .. }) = change else {
+            continue;
+        };
+        if meta.link == 0 {
+            continue;
+        }
+        let from_disk = on_disk
+            .get(&meta.link)
+            .into_iter()
+            .flatten()
+            .map(|path| (*path).clone());
+        for other in index.linked(meta.link).into_iter().chain(from_disk) {
+            if !recorded.contains(&other) {
+                out.insert(other);
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// The link groups of more than one file that `changes` touch, as the index (after
+/// them) holds them: each a list of paths, first name first.
+pub fn groups_touched(index: &FolderIndex, changes: &[&Change]) -> Vec<Vec<RelPath>> {
+    let mut groups: BTreeMap<u64, Vec<RelPath>> = BTreeMap::new();
+    for change in changes {
+        let (Change::File { meta, .. } | Change::SetMeta { meta, .. }) = change else {
+            continue;
+        };
+        if meta.link == 0 || groups.contains_key(&meta.link) {
+            continue;
+        }
+        let names: Vec<RelPath> = index
+            .linked(meta.link)
+            .into_iter()
+            .filter(|path| matches!(index.get(path), Some(Entry::File { .. })))
+            .collect();
+        if names.len() > 1 {
+            groups.insert(meta.link, names);
+        }
+    }
+    groups.into_values().collect()
+}
+
+/// Make every name of `group` (paths under `root`) the same file as its first name:
+/// each other name that is a separate file is replaced, atomically, by a hard link.
+/// The index says their content is the same; a name missing on disk is left.
+pub fn relink(root: &Path, group: &[RelPath]) -> Result<()> {
+    let Some((first, others)) = group.split_first() else {
+        return Ok(());
+    };
+    let leader = first.under(root);
+    let Ok(leader_meta) = std::fs::symlink_metadata(&leader) else {
+        return Ok(());
+    };
+    if !leader_meta.is_file() {
+        return Ok(());
+    }
+    for other in others {
+        let full = other.under(root);
+        match std::fs::symlink_metadata(&full) {
+            Ok(meta) if meta.is_file() && meta.ino() != leader_meta.ino() => {}
+            _ => continue,
+        }
+        let temporary = match other.parent() {
+            Some(parent) => parent.join(&crate::fsutil::temp_name())?.under(root),
+            None => RelPath::top(&crate::fsutil::temp_name())?.under(root),
+        };
+        std::fs::hard_link(&leader, &temporary).at("link", &temporary)?;
+        if let Err(error) = std::fs::rename(&temporary, &full) {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(error).at("rename into place", &full);
+        }
+    }
+    Ok(())
+}
+
+/// The first path whose hard links on disk (`disk`, a walk's metadata: `link` is the
+/// inode) are not what the index records: `(path, expected, found)` in words.
+pub fn partition_difference(
+    recorded: &BTreeMap<RelPath, Meta>,
+    disk: &BTreeMap<RelPath, Meta>,
+) -> Option<(RelPath, String, String)> {
+    // Each path's group, named by its first path, on each side.
+    let first_of = |metas: &BTreeMap<RelPath, Meta>| -> HashMap<u64, RelPath> {
+        let mut first: HashMap<u64, RelPath> = HashMap::new();
+        for (path, meta) in metas {
+            if meta.link != 0 && recorded.contains_key(path) && disk.contains_key(path) {
+                first.entry(meta.link).or_insert_with(|| path.clone());
+            }
+        }
+        first
+    };
+    let (recorded_first, disk_first) = (first_of(recorded), first_of(disk));
+    let describe = |first: Option<&RelPath>, path: &RelPath| match first {
+        Some(first) if first != path => format!("a hard link of {first}"),
+        _ => "a file of its own (or the first of its names)".to_string(),
+    };
+    for (path, meta) in recorded {
+        let Some(on_disk) = disk.get(path) else {
+            continue;
+        };
+        if meta.link == 0 || on_disk.link == 0 {
+            continue;
+        }
+        let want = recorded_first.get(&meta.link);
+        let have = disk_first.get(&on_disk.link);
+        if want != have {
+            return Some((path.clone(), describe(want, path), describe(have, path)));
+        }
+    }
+    None
+}
