@@ -34,6 +34,7 @@ pub mod index;
 pub mod links;
 pub mod log;
 pub mod meta;
+pub mod moves;
 pub mod path;
 pub mod quarantine;
 pub mod read;

@@ -387,7 +387,15 @@ pub fn diff_scope(
         };
         match on_disk {
             DiskEntry::Dir { .. } => match before {
-                Some(Entry::Dir { .. }) if old_meta == Some(meta) => {}
+                // A directory's link (its inode) only helps recognize a move: another
+                // node's inode numbers after a failover are no change.
+                Some(Entry::Dir { .. })
+                    if old_meta.is_some_and(|old| {
+                        Meta {
+                            link: meta.link,
+                            ..old.clone()
+                        } == *meta
+                    }) => {}
                 Some(Entry::Dir { .. }) => changes.push(set_meta()),
                 _ => changes.push(Some(Change::Dir {
                     path: path.clone(),
@@ -609,6 +617,7 @@ pub fn record_scopes(
         }
         changes.extend(diff.changes);
     }
+    let changes = crate::moves::fold_moves(changes, &repository.lock_index());
     if changes.is_empty() {
         return Ok(Vec::new());
     }

@@ -391,6 +391,23 @@ fn diff_scopes(
     base: Option<&FolderIndex>,
     scopes: &[Option<RelPath>],
 ) -> Result<Diff> {
+    let mut diff = diff_scopes_apart(root, repository, base, scopes)?;
+    // A directory moved between two scopes (out of one, into a new directory of
+    // another) is one rename.
+    diff.changes = match base {
+        Some(index) => crate::moves::fold_moves(diff.changes, index),
+        None => crate::moves::fold_moves(diff.changes, &repository.lock_index()),
+    };
+    Ok(diff)
+}
+
+/// `diff_scopes` before moves are folded.
+fn diff_scopes_apart(
+    root: &Path,
+    repository: &Repository,
+    base: Option<&FolderIndex>,
+    scopes: &[Option<RelPath>],
+) -> Result<Diff> {
     let threads = std::thread::available_parallelism()
         .map(|count| count.get())
         .unwrap_or(1)

@@ -48,10 +48,11 @@ pub struct Meta {
     pub xattrs: Vec<Xattr>,
     /// The names of the users and groups the ACLs' named entries carry ids of.
     pub names: Vec<IdName>,
-    /// A regular file's link group: its inode number on the recording node (0 for a
-    /// directory or symlink). Names with one link group are hard links of one file
-    /// (the passive links them: `replay`). Not in the digest (the two nodes' inode
-    /// numbers differ); `verify` checks the partition of paths it makes.
+    /// A regular file's or directory's inode number on the recording node (0 for a
+    /// symlink). Files with one link group are hard links of one file (the passive
+    /// links them: `replay`); a directory's lets capture recognize a move it could not
+    /// watch (`moves`). Not in the digest (the two nodes' inode numbers differ);
+    /// `verify` checks the partition of paths it makes.
     pub link: u64,
 }
 
@@ -120,7 +121,7 @@ impl Meta {
             mtime_ns: crate::fsutil::mtime_ns(metadata),
             xattrs,
             names,
-            link: if metadata.is_file() {
+            link: if metadata.is_file() || metadata.is_dir() {
                 metadata.ino()
             } else {
                 0

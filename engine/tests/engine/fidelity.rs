@@ -573,3 +573,56 @@ fn hard_links_stay_links_and_a_write_through_one_name_reaches_every_name() {
         .expect("a split link group is found");
     assert_eq!(difference.path, "b", "{difference:?}");
 }
+
+/// A directory moved into a directory created just before (which the watcher may not
+/// watch yet) is one `Rename`, not a removal and a new copy of each of its files; the
+/// passive ends up with the same tree.
+#[test]
+fn a_directory_moved_into_a_new_directory_is_one_rename() {
+    let active = Node::new();
+    let root = active.folder.clone();
+    std::fs::create_dir(root.join("big")).unwrap();
+    for file in 0..200 {
+        std::fs::write(root.join(format!("big/f{file}")), format!("file {file}")).unwrap();
+    }
+    let capture = active.watch();
+    active.settle();
+    let passive = Node::new();
+    replicate(&active, &passive, 1000);
+    let head = active.repository.head().seq;
+    std::fs::create_dir(root.join("new")).unwrap();
+    std::fs::rename(root.join("big"), root.join("new/big")).unwrap();
+    assert!(wait_for(Duration::from_secs(20), || active
+        .repository
+        .head()
+        .seq
+        > head));
+    active.settle();
+    capture.stop();
+    let after: Vec<standin_engine::Event> = active
+        .all_events()
+        .into_iter()
+        .filter(|event| event.seq() > head)
+        .collect();
+    let kinds: Vec<String> = after
+        .iter()
+        .map(|event| {
+            format!(
+                "{} {}",
+                event.body.change.kind(),
+                event.body.change.describe_path()
+            )
+        })
+        .collect();
+    assert!(
+        kinds.iter().any(|kind| kind == "rename big -> new/big"),
+        "{kinds:?}"
+    );
+    assert!(
+        !kinds.iter().any(|kind| kind.starts_with("file new/big/")),
+        "the moved files were recorded again: {kinds:?}"
+    );
+    replicate(&active, &passive, 1000);
+    passive.assert_verified();
+    assert_eq!(snapshot(&root), snapshot(&passive.folder));
+}
