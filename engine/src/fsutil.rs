@@ -51,13 +51,16 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// A fresh temporary file name (starting with `path::TEMP_PREFIX`), unique in this
-/// process and across processes.
+/// A fresh temporary file name (`path::TEMP_PREFIX`, the node's token), unique in
+/// this process and across processes.
 pub fn temp_name() -> Vec<u8> {
     static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     let count = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let pid = PID.get_or_init(std::process::id);
-    format!(".standin-tmp-{pid}-{count}").into_bytes()
+    let mut name = crate::path::TEMP_PREFIX.to_vec();
+    name.extend(crate::path::temp_token());
+    name.extend(format!("-{pid}-{count}").into_bytes());
+    name
 }
 
 /// Milliseconds since the Unix epoch.

@@ -18,9 +18,57 @@ use crate::error::{Error, Result};
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RelPath(Vec<u8>);
 
-/// Prefix of the temporary files replay writes before renaming them into place.
-/// Capture never records a file with this prefix.
+/// Prefix of the temporary files replay writes before renaming them into place:
+/// `.standin-tmp-<token>-<pid>-<n>`, where the token is the node's own (a random
+/// string kept in its data_dir, `register_temp_token`), so that no user's file can be
+/// mistaken for one: capture records a user's `.standin-tmp-x` like any file.
 pub const TEMP_PREFIX: &[u8] = b".standin-tmp-";
+
+/// The temporary-name tokens of the data_dirs this process opened (the first names
+/// new temporary files).
+static TEMP_TOKENS: std::sync::RwLock<Vec<Vec<u8>>> = std::sync::RwLock::new(Vec::new());
+
+/// Count `token` as a node's temporary-name token (see `TEMP_PREFIX`).
+pub fn register_temp_token(token: &[u8]) {
+    let mut tokens = TEMP_TOKENS
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !tokens.iter().any(|known| known == token) {
+        tokens.push(token.to_vec());
+    }
+}
+
+/// The token new temporary names carry (the first registered one).
+pub fn temp_token() -> Vec<u8> {
+    TEMP_TOKENS
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .first()
+        .cloned()
+        .unwrap_or_else(|| b"0".to_vec())
+}
+
+/// Whether a file name is one of standin's temporary names: the prefix, then a
+/// registered token — or, from a release before tokens, `<pid>-<n>` in digits.
+pub fn is_temporary_name(name: &[u8]) -> bool {
+    let Some(rest) = name.strip_prefix(TEMP_PREFIX) else {
+        return false;
+    };
+    let tokens = TEMP_TOKENS
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let tokened = tokens.iter().any(|token| {
+        rest.strip_prefix(token.as_slice())
+            .is_some_and(|after| after.first() == Some(&b'-'))
+    });
+    tokened || {
+        let parts: Vec<&[u8]> = rest.split(|byte| *byte == b'-').collect();
+        parts.len() == 2
+            && parts
+                .iter()
+                .all(|part| !part.is_empty() && part.iter().all(u8::is_ascii_digit))
+    }
+}
 
 impl RelPath {
     /// Validate `bytes` as a relative path inside the folder.
@@ -126,9 +174,9 @@ impl RelPath {
         RelPath(bytes)
     }
 
-    /// True for the temporary names replay uses.
+    /// True for the temporary names replay uses (`is_temporary_name`).
     pub fn is_temporary(&self) -> bool {
-        self.file_name().starts_with(TEMP_PREFIX)
+        is_temporary_name(self.file_name())
     }
 
     /// The key range of everything strictly below this path, in byte order:

@@ -493,11 +493,7 @@ pub fn remove_temporary_files(root: &Path) -> Result<()> {
         for item in listing {
             let item = item.at("list", &dir)?;
             let kind = item.file_type().at("stat", item.path())?;
-            if item
-                .file_name()
-                .as_bytes()
-                .starts_with(crate::path::TEMP_PREFIX)
-            {
+            if crate::path::is_temporary_name(item.file_name().as_bytes()) {
                 remove_any(&item.path())?;
             } else if kind.is_dir() {
                 dirs.push(item.path());

@@ -67,6 +67,50 @@ pub struct Repository {
 const INDEX_SAVE_PATHS: usize = 65_536;
 const INDEX_SAVE_INTERVAL_MS: u64 = 10_000;
 
+/// This data_dir's temporary-name token (`path::TEMP_PREFIX`): 16 hex digits in
+/// `data_dir/temp-token`, made (from the clock, the process and the path) the first
+/// time.
+fn temp_token(data_dir: &Path) -> Result<Vec<u8>> {
+    let file = data_dir.join("temp-token");
+    match std::fs::read(&file) {
+        Ok(bytes) => {
+            let token = bytes.trim_ascii().to_vec();
+            if token.len() == 16 && token.iter().all(u8::is_ascii_hexdigit) {
+                return Ok(token);
+            }
+            Err(Error::Corrupt {
+                path: file,
+                reason: "not 16 hex digits (remove it: a new one is made)".to_string(),
+            })
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(&crate::fsutil::now_ms().to_le_bytes());
+            hasher.update(&std::process::id().to_le_bytes());
+            hasher.update(data_dir.as_os_str().as_encoded_bytes());
+            hasher.update(&format!("{:?}", std::time::Instant::now()).into_bytes());
+            let token = hasher.finalize().to_hex()[..16].as_bytes().to_vec();
+            let temporary = data_dir.join("temp-token.new");
+            std::fs::write(&temporary, &token).map_err(|source| Error::Io {
+                op: "write",
+                path: temporary.clone(),
+                source,
+            })?;
+            std::fs::rename(&temporary, &file).map_err(|source| Error::Io {
+                op: "rename",
+                path: file.clone(),
+                source,
+            })?;
+            Ok(token)
+        }
+        Err(source) => Err(Error::Io {
+            op: "read",
+            path: file,
+            source,
+        }),
+    }
+}
+
 /// Open sled at `path`, first removing snapshot files that a killed process left
 /// half-written.
 ///
@@ -147,6 +191,7 @@ impl Repository {
             path: data_dir.to_path_buf(),
             source,
         })?;
+        crate::path::register_temp_token(&temp_token(data_dir)?);
         let db = open_sled(&data_dir.join("db"))?;
         let log = EventLog::open(&db)?;
         let mark = data_dir.join("log-head");

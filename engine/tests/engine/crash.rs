@@ -91,10 +91,7 @@ fn crash_child() {
 
 fn has_temporary_files(root: &Path) -> bool {
     snapshot(root).keys().any(|path| {
-        path.rsplit('/')
-            .next()
-            .unwrap_or("")
-            .starts_with(".standin-tmp-")
+        standin_engine::path::is_temporary_name(path.rsplit('/').next().unwrap_or("").as_bytes())
     })
 }
 

@@ -626,3 +626,34 @@ fn a_directory_moved_into_a_new_directory_is_one_rename() {
     passive.assert_verified();
     assert_eq!(snapshot(&root), snapshot(&passive.folder));
 }
+
+/// A user's files named like standin's temporary files (`.standin-tmp-x`, and one with
+/// another node's token) replicate like any file and survive a node's start.
+#[test]
+fn a_users_file_named_like_a_temporary_one_replicates() {
+    let active = Node::new();
+    std::fs::write(active.folder.join(".standin-tmp-x"), b"mine").unwrap();
+    std::fs::write(
+        active.folder.join(".standin-tmp-0123456789abcdef-1-2"),
+        b"also mine",
+    )
+    .unwrap();
+    active.capture();
+    let passive = Node::new();
+    replicate(&active, &passive, 100);
+    standin_engine::replay::remove_temporary_files(&passive.folder).unwrap();
+    standin_engine::replay::remove_temporary_files(&active.folder).unwrap();
+    let copied = snapshot(&passive.folder);
+    assert_eq!(
+        copied.get(".standin-tmp-x").map(|entry| entry.2.as_slice()),
+        Some(&b"mine"[..])
+    );
+    assert_eq!(
+        copied
+            .get(".standin-tmp-0123456789abcdef-1-2")
+            .map(|entry| entry.2.as_slice()),
+        Some(&b"also mine"[..])
+    );
+    assert_eq!(snapshot(&active.folder), copied);
+    passive.assert_verified();
+}

@@ -295,13 +295,20 @@ fn temporary_files_a_crash_left_are_removed_at_start() {
     let folder = &passive.folder;
     std::fs::write(folder.join(".standin-tmp-1-1"), b"old version").unwrap();
     std::fs::write(folder.join("d/.standin-tmp-1-2"), b"half").unwrap();
+    let token = String::from_utf8(standin_engine::path::temp_token()).unwrap();
+    std::fs::write(folder.join(format!("d/.standin-tmp-{token}-7-8")), b"half").unwrap();
     std::fs::write(folder.join("d/.standin-tmpish"), b"a user's").unwrap();
+    std::fs::write(folder.join("d/.standin-tmp-x"), b"a user's too").unwrap();
     standin_engine::replay::remove_temporary_files(folder).unwrap();
     let mut left = snapshot(folder);
     let users = left
         .remove("d/.standin-tmpish")
         .expect("not standin's: kept");
     assert_eq!(users.2, b"a user's");
+    let users = left
+        .remove("d/.standin-tmp-x")
+        .expect("not standin's (no token): kept");
+    assert_eq!(users.2, b"a user's too");
     assert_eq!(left, snapshot(&active.folder));
 }
 
