@@ -38,6 +38,7 @@ struct RawConfig {
     auto_failback: bool,
     secret_file: PathBuf,
     agent_secret_file: Option<PathBuf>,
+    allow_readable_secret_files: Option<bool>,
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
     tls_ca_file: Option<PathBuf>,
@@ -288,6 +289,12 @@ impl Config {
         }
         if let Some(url) = &raw.peer_url {
             check_url(url).map_err(|reason| key("peer_url", reason))?;
+            if url.starts_with("https://") && raw.tls_ca_file.is_none() {
+                return Err(key(
+                    "peer_url",
+                    format!("{url} is https but this node has no TLS settings to check the peer's certificate with: set tls_cert_file, tls_key_file and tls_ca_file (`standin tls init`), or use http://"),
+                ));
+            }
         }
         if raw.role == InitialRole::Passive && raw.peer_url.is_none() {
             return Err(key(
@@ -322,11 +329,28 @@ impl Config {
                 format!("{failover_after_ms} must be more than heartbeat_interval_ms ({heartbeat_interval_ms})"),
             ));
         }
+        let allow_readable = raw.allow_readable_secret_files.unwrap_or(false);
         let secret_file = resolve(&raw.secret_file);
-        crate::secret::read_secret(&secret_file).map_err(|reason| key("secret_file", reason))?;
+        let pair_secret = crate::secret::read_secret(&secret_file)
+            .map_err(|reason| key("secret_file", reason))?;
+        crate::secret::check_private(&secret_file, allow_readable)
+            .map_err(|reason| key("secret_file", reason))?;
         let agent_secret_file = raw.agent_secret_file.as_deref().map(resolve);
         if let Some(file) = &agent_secret_file {
-            crate::secret::read_secret(file).map_err(|reason| key("agent_secret_file", reason))?;
+            let agent_secret = crate::secret::read_secret(file)
+                .map_err(|reason| key("agent_secret_file", reason))?;
+            crate::secret::check_private(file, allow_readable)
+                .map_err(|reason| key("agent_secret_file", reason))?;
+            if *file == secret_file
+                || crate::secret::constant_time_eq(agent_secret.as_bytes(), pair_secret.as_bytes())
+            {
+                // Terminal servers hold the agent secret: with the pair's, they could
+                // pull everything, write users and promote.
+                return Err(key(
+                    "agent_secret_file",
+                    "is the pair's secret (the same file or the same content): terminal servers would hold the pair secret; make a separate one with `standin init-secret`".to_string(),
+                ));
+            }
         }
         let tls = match (&raw.tls_cert_file, &raw.tls_key_file) {
             (None, None) => {

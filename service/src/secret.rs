@@ -23,12 +23,56 @@ pub fn read_secret(path: &Path) -> Result<String, String> {
             path.display()
         ));
     }
-    if let Ok(metadata) = std::fs::metadata(path) {
-        if metadata.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(file = %path.display(), "secret file is readable by other users; chmod 600 it");
-        }
+    let bits = entropy_bits(&secret);
+    if bits < MIN_ENTROPY_BITS {
+        return Err(format!(
+            "{}: the secret is too easy to guess (about {bits:.0} bits by its characters' spread; at least {MIN_ENTROPY_BITS:.0} needed: try `standin init-secret`)",
+            path.display()
+        ));
     }
     Ok(secret)
+}
+
+/// The least a secret's estimated entropy may be, in bits.
+pub const MIN_ENTROPY_BITS: f64 = 56.0;
+
+/// A secret's entropy estimated from the spread of its characters (Shannon entropy
+/// of their frequencies, times its length): 0 for `aaaa…`, 256 for 64 random hex
+/// digits. An upper bound for a chosen phrase, so only a floor.
+pub fn entropy_bits(secret: &str) -> f64 {
+    let mut counts = [0u32; 256];
+    for byte in secret.bytes() {
+        counts[byte as usize] += 1;
+    }
+    let length = secret.len() as f64;
+    let per_character: f64 = counts
+        .iter()
+        .filter(|count| **count > 0)
+        .map(|count| {
+            let share = *count as f64 / length;
+            -share * share.log2()
+        })
+        .sum();
+    per_character * length
+}
+
+/// Refuse a secret file that users other than its owner can read (group or others
+/// bits), unless `allow_readable` (config `allow_readable_secret_files`).
+pub fn check_private(path: &Path, allow_readable: bool) -> Result<(), String> {
+    let metadata =
+        std::fs::metadata(path).map_err(|error| format!("{}: {error}", path.display()))?;
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        if allow_readable {
+            tracing::warn!(file = %path.display(), mode = format!("{mode:o}"), "secret file is readable by other users (allowed by allow_readable_secret_files)");
+        } else {
+            return Err(format!(
+                "{} has mode {mode:o}: other users can read the secret; `chmod 600` it (or set allow_readable_secret_files = true)",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Write 32 random bytes, hex-encoded, to a new file with mode 0600.
@@ -89,6 +133,38 @@ mod tests {
         );
         init_secret(&path, true).unwrap();
         assert_ne!(read_secret(&path).unwrap(), secret);
+    }
+
+    #[test]
+    fn low_entropy_secrets_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        for weak in [
+            "aaaaaaaaaaaaaaaa",
+            "abababababababababababab",
+            "1111111122222222",
+        ] {
+            std::fs::write(&path, weak).unwrap();
+            let error = read_secret(&path).unwrap_err();
+            assert!(error.contains("too easy to guess"), "{weak}: {error}");
+        }
+        std::fs::write(&path, "0123456789abcdef0123456789abcdef").unwrap();
+        assert!(read_secret(&path).is_ok());
+        assert!(entropy_bits(&unguessable()) > 200.0);
+    }
+
+    #[test]
+    fn a_readable_secret_file_is_refused_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        std::fs::write(&path, "0123456789abcdef0123456789abcdef").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(check_private(&path, false)
+            .unwrap_err()
+            .contains("mode 644"));
+        assert!(check_private(&path, true).is_ok());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(check_private(&path, false).is_ok());
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let secret = crate::secret::read_secret(&config.secret_file).map_err(anyhow::Error::msg)?;
+    if config.tls.is_none() && !config.listen.ip().is_loopback() {
+        tracing::warn!(listen = %config.listen, "no TLS: the pair secret and every file's content cross the network in clear; set tls_cert_file, tls_key_file and tls_ca_file (`standin tls init`) unless this network is trusted");
+    }
     let grpc_listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;

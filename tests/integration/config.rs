@@ -9,6 +9,17 @@ fn serve_with(config: &str) -> (i32, String) {
     std::fs::create_dir(root.path().join("folder")).unwrap();
     let secret = root.path().join("pair.secret");
     std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let agent_secret = root.path().join("agent.secret");
+    std::fs::write(&agent_secret, "fedcba9876543210fedcba9876543210\n").unwrap();
+    let readable = root.path().join("readable.secret");
+    std::fs::write(&readable, "00112233445566778899aabbccddeeff\n").unwrap();
+    let weak = root.path().join("weak.secret");
+    std::fs::write(&weak, "aaaaaaaaaaaaaaaa\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for file in [&secret, &agent_secret, &weak] {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    std::fs::set_permissions(&readable, std::fs::Permissions::from_mode(0o644)).unwrap();
     let text = config.replace("ROOT", &root.path().display().to_string());
     let path = root.path().join("standin.toml");
     std::fs::write(&path, text).unwrap();
@@ -102,7 +113,27 @@ fn each_bad_config_names_its_key_and_exits_2() {
             "at most a day",
         ),
         (
-            format!("{GOOD}\nauthority = \"witness\"\nagent_secret_file = \"ROOT/pair.secret\"\n"),
+            format!("{GOOD}\nagent_secret_file = \"ROOT/pair.secret\"\n"),
+            "agent_secret_file",
+            "is the pair's secret",
+        ),
+        (
+            GOOD.replace("ROOT/pair.secret", "ROOT/readable.secret"),
+            "secret_file",
+            "has mode 644",
+        ),
+        (
+            GOOD.replace("ROOT/pair.secret", "ROOT/weak.secret"),
+            "secret_file",
+            "too easy to guess",
+        ),
+        (
+            format!("{GOOD}\npeer_url = \"https://127.0.0.1:7999\"\n"),
+            "peer_url",
+            "no TLS settings",
+        ),
+        (
+            format!("{GOOD}\nauthority = \"witness\"\nagent_secret_file = \"ROOT/agent.secret\"\n"),
             "witness_agents",
             "no agents it cannot tell a dead peer from a cut link",
         ),
@@ -112,12 +143,12 @@ fn each_bad_config_names_its_key_and_exits_2() {
             "witness mode needs agent_secret_file",
         ),
         (
-            format!("{GOOD}\nauthority = \"witness\"\nagent_secret_file = \"ROOT/pair.secret\"\nwitness_agents = [\"ts 1\"]\n"),
+            format!("{GOOD}\nauthority = \"witness\"\nagent_secret_file = \"ROOT/agent.secret\"\nwitness_agents = [\"ts 1\"]\n"),
             "witness_agents",
             "ts 1",
         ),
         (
-            format!("{GOOD}\nauthority = \"witness\"\nagent_secret_file = \"ROOT/pair.secret\"\nwitness_agents = [\"ts1\", \"ts1\"]\n"),
+            format!("{GOOD}\nauthority = \"witness\"\nagent_secret_file = \"ROOT/agent.secret\"\nwitness_agents = [\"ts1\", \"ts1\"]\n"),
             "witness_agents",
             "distinct",
         ),

@@ -313,3 +313,59 @@ fn every_pair_call_is_refused_without_the_right_secret_and_changes_nothing() {
     assert!(!pair.alpha.folder.join("planted.txt").exists());
     assert!(!pair.beta.folder.join("planted.txt").exists());
 }
+
+/// `standin tls init` makes a pair CA and one certificate per node: keys private, no
+/// file overwritten without `--force`, and a pair configured with them replicates
+/// over TLS.
+#[test]
+fn tls_init_makes_certificates_a_pair_replicates_with() {
+    use std::os::unix::fs::PermissionsExt;
+    let certs = tempfile::tempdir().unwrap();
+    let dir = certs.path().join("tls");
+    let init = || {
+        std::process::Command::new(crate::support::standin())
+            .args(["tls", "init"])
+            .arg(&dir)
+            .args([
+                "--node",
+                "alpha=127.0.0.1,localhost",
+                "--node",
+                "beta=127.0.0.1",
+            ])
+            .output()
+            .unwrap()
+    };
+    let first = init();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    for key in ["ca.key", "alpha.key", "beta.key"] {
+        let mode = std::fs::metadata(dir.join(key))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{key}");
+    }
+    let again = init();
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    let tls = |node: &str| {
+        format!(
+            "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\ntls_ca_file = \"{}\"\n",
+            dir.join(format!("{node}.pem")).display(),
+            dir.join(format!("{node}.key")).display(),
+            dir.join("ca.pem").display()
+        )
+    };
+    let pair = Pair::with_extra(
+        &tls("alpha"),
+        &format!("replication_period = 0\n{}", tls("beta")),
+        true,
+    );
+    std::fs::write(pair.alpha.folder.join("signed.txt"), b"by our own CA").unwrap();
+    pair.wait_in_sync();
+    pair.assert_verified();
+}

@@ -7,6 +7,7 @@ pub mod inspect;
 pub mod quarantine;
 pub mod site;
 pub mod status;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -158,6 +159,11 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// TLS for the pair: `tls init DIR --node alpha=HOST --node beta=HOST`.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
     /// Start a local pair, replicate a change, show both nodes, clean up.
     Demo {
         /// Keep the demo's directory instead of removing it.
@@ -167,7 +173,21 @@ pub enum Command {
 }
 
 /// A failure with its exit code.
-#[derive(Debug)]
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Write a CA of the pair's own and a certificate and key per node into DIR.
+    Init {
+        dir: PathBuf,
+        /// A node and the host names or addresses its peer reaches it by:
+        /// NAME=HOST[,HOST…] (repeat for each node).
+        #[arg(long = "node", required = true)]
+        nodes: Vec<String>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
 pub struct Failure {
     pub code: u8,
     pub message: String,
@@ -263,6 +283,9 @@ async fn run(command: Command) -> Result<u8, Failure> {
             limit,
             json,
         } => inspect::log(&target, after, limit, json).await,
+        Command::Tls {
+            command: TlsCommand::Init { dir, nodes, force },
+        } => tls::init(&dir, &nodes, force),
         Command::InitSecret { file, force } => {
             crate::secret::init_secret(&file, force).map_err(|error| {
                 if error.kind() == std::io::ErrorKind::AlreadyExists {
