@@ -461,6 +461,38 @@ fn a_sparse_file_stays_sparse_on_the_passive() {
         ours <= theirs + (64 << 10),
         "the passive allocates {ours} bytes for a file the active holds in {theirs}"
     );
+
+    // A hole punched on the active (fallocate PUNCH_HOLE) reaches the passive alone.
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    // SAFETY: an open descriptor; the range lies inside the file.
+    let punched = unsafe {
+        libc::fallocate(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            1 << 20,
+            4096,
+        )
+    };
+    assert_eq!(punched, 0, "{}", std::io::Error::last_os_error());
+    drop(file);
+    assert!(
+        !active.capture().is_empty(),
+        "the punched hole was not recorded"
+    );
+    replicate(&active, &passive, 100);
+    passive.assert_verified();
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        std::fs::read(passive.folder.join("sparse.img")).unwrap()
+    );
+    let (theirs, ours) = (
+        allocated(&path),
+        allocated(&passive.folder.join("sparse.img")),
+    );
+    assert!(
+        ours <= theirs + (64 << 10),
+        "{ours} > {theirs} + 64 KiB after the punch"
+    );
 }
 
 /// `strip_setuid`: the passive leaves setuid and setgid off files (not directories),
