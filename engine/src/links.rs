@@ -57,26 +57,38 @@ pub fn other_names(
 }
 
 /// The link groups of more than one file that `changes` touch, as the index (after
-/// them) holds them: each a list of paths, first name first.
+/// them) holds them: each a list of paths, first name first. Only names whose
+/// recorded content is the same are one group: a link value is an inode number,
+/// which another node's numbering (after a failover) can repeat for an unrelated file
+/// until that file is recorded again.
 pub fn groups_touched(index: &FolderIndex, changes: &[&Change]) -> Vec<Vec<RelPath>> {
-    let mut groups: BTreeMap<u64, Vec<RelPath>> = BTreeMap::new();
+    let mut seen: BTreeSet<u64> = BTreeSet::new();
+    let mut out = Vec::new();
     for change in changes {
         let (Change::File { meta, .. } | Change::SetMeta { meta, .. }) = change else {
             continue;
         };
-        if meta.link == 0 || groups.contains_key(&meta.link) {
+        if meta.link == 0 || !seen.insert(meta.link) {
             continue;
         }
-        let names: Vec<RelPath> = index
-            .linked(meta.link)
-            .into_iter()
-            .filter(|path| matches!(index.get(path), Some(Entry::File { .. })))
-            .collect();
-        if names.len() > 1 {
-            groups.insert(meta.link, names);
+        out.extend(same_content_groups(index, index.linked(meta.link)));
+    }
+    out
+}
+
+/// `names` (one link value) split by recorded content: each group of more than one
+/// file, first name first.
+pub fn same_content_groups(index: &FolderIndex, names: Vec<RelPath>) -> Vec<Vec<RelPath>> {
+    let mut by_content: BTreeMap<(u64, crate::hash::Hash), Vec<RelPath>> = BTreeMap::new();
+    for path in names {
+        if let Some(Entry::File { size, content, .. }) = index.get(&path) {
+            by_content.entry((*size, *content)).or_default().push(path);
         }
     }
-    groups.into_values().collect()
+    by_content
+        .into_values()
+        .filter(|group| group.len() > 1)
+        .collect()
 }
 
 /// Make every name of `group` (paths under `root`) the same file as its first name:
@@ -147,4 +159,51 @@ pub fn partition_difference(
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::ChunkRef;
+    use crate::hash::Hash;
+
+    fn file(path: &str, text: &[u8], link: u64) -> Change {
+        Change::File {
+            path: RelPath::new(path).unwrap(),
+            meta: Meta {
+                mode: 0o644,
+                link,
+                ..Meta::default()
+            },
+            size: text.len() as u64,
+            content: Hash::of(text),
+            chunks: vec![ChunkRef {
+                hash: Hash::of(text),
+                len: text.len() as u32,
+            }],
+        }
+    }
+
+    /// One link value with two contents (another node's inode numbers repeating a
+    /// value) is never one group: relinking would put one file's content under the
+    /// other's name.
+    #[test]
+    fn only_names_with_the_same_content_are_one_group() {
+        let mut index = FolderIndex::default();
+        let changes = [
+            file("a", b"shared", 7),
+            file("b", b"shared", 7),
+            file("c", b"unrelated", 7),
+            file("d", b"alone", 8),
+        ];
+        for change in &changes {
+            index.apply(change).unwrap();
+        }
+        let touched: Vec<&Change> = changes.iter().collect();
+        let groups = groups_touched(&index, &touched);
+        assert_eq!(
+            groups,
+            vec![vec![RelPath::new("a").unwrap(), RelPath::new("b").unwrap()]]
+        );
+    }
 }

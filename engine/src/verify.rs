@@ -272,11 +272,26 @@ fn verify(root: &Path, repository: &Repository, live: bool) -> Result<VerifyRepo
         first_difference = meta_difference;
     }
     if first_difference.is_none() {
-        // Hard links: the recorded names of one file are one file on disk.
+        // Hard links: the recorded names of one file (one link value and the same
+        // content: a link value from another node's numbering can repeat) are one
+        // file on disk.
         let recorded: BTreeMap<RelPath, Meta> = expected_metas
             .iter()
-            .filter(|(_, (_, symlink))| !symlink)
-            .map(|(path, (meta, _))| (path.clone(), meta.clone()))
+            .filter_map(|(path, (meta, _))| {
+                let Some((_, Seen::File { content, .. })) = expected.get(path) else {
+                    return None;
+                };
+                let mut keyed = meta.clone();
+                if keyed.link != 0 {
+                    let mut hasher = blake3::Hasher::new();
+                    hasher.update(&keyed.link.to_le_bytes());
+                    hasher.update(&content.0);
+                    let digest = hasher.finalize();
+                    let bytes: [u8; 8] = digest.as_bytes()[..8].try_into().unwrap_or([1; 8]);
+                    keyed.link = u64::from_le_bytes(bytes).max(1);
+                }
+                Some((path.clone(), keyed))
+            })
             .collect();
         if let Some((path, expected, found)) =
             crate::links::partition_difference(&recorded, &disk_metas)

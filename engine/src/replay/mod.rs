@@ -439,12 +439,16 @@ pub fn restore_scope(root: &Path, repository: &Repository, scope: &RelPath) -> R
         crate::meta::apply_meta(&full, meta, symlink, options)?;
         crate::meta::set_mtime(&full, meta.mtime_ns)?;
     }
-    // Hard links: the names of one file within the scope are one file again.
-    let mut groups: std::collections::BTreeMap<u64, Vec<RelPath>> = Default::default();
+    // Hard links: the names of one file within the scope (one link value, the same
+    // recorded content) are one file again.
+    let mut groups: std::collections::BTreeMap<(u64, Hash), Vec<RelPath>> = Default::default();
     for ((path, entry), meta) in wanted.iter().zip(&metas) {
-        if let (Entry::File { .. }, Some(meta)) = (entry, meta) {
+        if let (Entry::File { content, .. }, Some(meta)) = (entry, meta) {
             if meta.link != 0 {
-                groups.entry(meta.link).or_default().push(path.clone());
+                groups
+                    .entry((meta.link, *content))
+                    .or_default()
+                    .push(path.clone());
             }
         }
     }
