@@ -305,6 +305,11 @@ async fn pull_from_liar(lie: Lie) -> (PullError, tempfile::TempDir, Arc<Node>) {
         "0123456789abcdef0123456789abcdef\n",
     )
     .unwrap();
+    std::fs::set_permissions(
+        root.path().join("pair.secret"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let text = format!(
         "node_name = \"beta\"\nfolder = \"folder\"\ndata_dir = \"data\"\nlisten = \"127.0.0.1:0\"\nrole = \"passive\"\npeer_url = \"http://127.0.0.1:{port}\"\nsecret_file = \"pair.secret\"\n"
     );
