@@ -469,9 +469,29 @@ fn partition_with_failover(test: &str, rounds: usize) {
         });
         std::thread::sleep(rng.millis(0, 2000));
         proxy.heal();
-        wait_within("one authority, followed", long, || {
+        if !crate::support::poll_for(long, || {
             is_active(new) && !is_active(old) && in_sync(new, old)
-        });
+        }) {
+            let tail = |node: &NodeProcess| {
+                let text = node.log_text();
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            };
+            panic!(
+                "timed out after {} s waiting for one authority, followed (round {round}: {} active {}, {} active {}, heads {} / {})\n--- {} log ---\n{}\n--- {} log ---\n{}",
+                long.as_secs(),
+                new.name,
+                is_active(new),
+                old.name,
+                is_active(old),
+                new.head_seq(),
+                old.head_seq(),
+                new.name,
+                tail(new),
+                old.name,
+                tail(old)
+            );
+        }
         superseded.extend(alone);
     }
 
