@@ -156,8 +156,14 @@ pub fn apply_batch(root: &Path, repository: &Repository, events: &[Event]) -> Re
         &displaced,
         &finishing,
     );
-    // The old versions of replaced files go once the batch is in the log (or failed).
+    // The old versions of replaced files go once the batch is in the log (or failed);
+    // removing them moved their directories' times, which are set again.
     let all_removed = displaced.remove_all();
+    if durable.is_ok() {
+        if let Err(error) = finishing.set_directory_times(root) {
+            tracing::warn!(%error, "could not set a directory's recorded time again");
+        }
+    }
     if let Err(error) = durable {
         repository.reload_index_locked(&mut index)?;
         drop(index);
@@ -211,6 +217,17 @@ fn directory_times(
         dirs.insert(path.clone());
         if let Some(parent) = path.parent() {
             dirs.insert(parent);
+        }
+    }
+    // A directory written into before a later rename of the batch moved it is only
+    // under its new path now: every directory a rename moved.
+    for event in events {
+        if let Change::Rename { to, .. } = &event.body.change {
+            for (path, entry) in index.subtree(to) {
+                if entry.is_dir() {
+                    dirs.insert(path.clone());
+                }
+            }
         }
     }
     dirs.into_iter()

@@ -89,6 +89,11 @@ impl Finishing {
         for group in &self.link_groups {
             crate::links::relink(root, group)?;
         }
+        self.set_directory_times(root)
+    }
+
+    /// Set the recorded times of the batch's directories (again).
+    pub(super) fn set_directory_times(&self, root: &Path) -> Result<()> {
         for (path, mtime_ns) in &self.dir_times {
             match crate::meta::set_mtime(&path.under(root), *mtime_ns) {
                 Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}

@@ -122,7 +122,7 @@ fn a_special_file_is_named_once_and_leaves_the_list_when_removed() {
 
 /// What the walker sees of one entry: what `rsync -aHAX` keeps.
 #[derive(Debug, PartialEq, Eq)]
-struct Seen {
+pub struct Seen {
     kind: char,
     mode: u32,
     uid: u32,
@@ -133,7 +133,7 @@ struct Seen {
 }
 
 /// lstat, extended attributes (ACLs included) and content of every entry under `root`.
-fn walk_all(root: &Path) -> std::collections::BTreeMap<String, Seen> {
+pub fn walk_all(root: &Path) -> std::collections::BTreeMap<String, Seen> {
     use std::os::unix::fs::MetadataExt;
     let mut out = std::collections::BTreeMap::new();
     let mut dirs = vec![root.to_path_buf()];
@@ -525,7 +525,7 @@ fn strip_setuid_leaves_the_bits_off_files_on_that_node_only() {
 }
 
 /// The groups of names that are one file (more than one name each), by lstat.
-fn link_groups(root: &Path) -> Vec<Vec<String>> {
+pub fn link_groups(root: &Path) -> Vec<Vec<String>> {
     use std::os::unix::fs::MetadataExt;
     let mut by_inode: std::collections::BTreeMap<u64, Vec<String>> = Default::default();
     for (path, seen) in walk_all(root) {

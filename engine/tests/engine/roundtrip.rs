@@ -52,6 +52,25 @@ enum Operation {
         name: u8,
         target: u8,
     },
+    /// Give an entry to another owner (as root; nothing otherwise).
+    Chown {
+        target: u8,
+        owner: u32,
+    },
+    SetXattr {
+        target: u8,
+        value: u8,
+    },
+    HardLink {
+        target: u8,
+        dir: u8,
+        name: u8,
+    },
+    /// Set an entry's mtime (a symlink's own).
+    Touch {
+        target: u8,
+        seconds: u32,
+    },
     Capture,
 }
 
@@ -70,6 +89,11 @@ fn operation() -> impl Strategy<Value = Operation> {
         1 => (any::<u8>(), prop::sample::select(vec![0o644u32, 0o600, 0o755, 0o640, 0o700]))
             .prop_map(|(target, mode)| Operation::Chmod { target, mode }),
         1 => (any::<u8>(), any::<u8>(), any::<u8>()).prop_map(|(dir, name, target)| Operation::Symlink { dir, name, target }),
+        1 => (any::<u8>(), prop::sample::select(vec![0u32, 1001, 1002, 65534]))
+            .prop_map(|(target, owner)| Operation::Chown { target, owner }),
+        1 => (any::<u8>(), any::<u8>()).prop_map(|(target, value)| Operation::SetXattr { target, value }),
+        1 => (any::<u8>(), any::<u8>(), any::<u8>()).prop_map(|(target, dir, name)| Operation::HardLink { target, dir, name }),
+        1 => (any::<u8>(), 1_000_000_000u32..1_700_000_000).prop_map(|(target, seconds)| Operation::Touch { target, seconds }),
         2 => Just(Operation::Capture),
     ]
 }
@@ -216,6 +240,31 @@ fn run(node: &Node, operation: &Operation) {
                 std::os::unix::fs::symlink(target, path).unwrap();
             }
         }
+        Operation::Chown { target, owner } => {
+            if let Some(path) = pick(&everything, *target) {
+                if standin_engine::meta::can_chown() {
+                    std::os::unix::fs::lchown(path, Some(*owner), Some(*owner)).unwrap();
+                }
+            }
+        }
+        Operation::SetXattr { target, value } => {
+            if let Some(path) = pick(&files, *target) {
+                xattr::set(path, "user.tag", &[b'v', *value]).unwrap();
+            }
+        }
+        Operation::HardLink { target, dir, name } => {
+            if let Some(path) = pick(&files, *target) {
+                let link = directory(root, *dir).join(format!("h{}", name % 4));
+                if std::fs::symlink_metadata(&link).is_err() {
+                    std::fs::hard_link(path, link).unwrap();
+                }
+            }
+        }
+        Operation::Touch { target, seconds } => {
+            if let Some(path) = pick(&everything, *target) {
+                standin_engine::meta::set_mtime(&path, *seconds as i64 * 1_000_000_000).unwrap();
+            }
+        }
         Operation::Capture => {
             node.capture();
         }
@@ -235,6 +284,9 @@ proptest! {
         active.capture();
         replicate(&active, &passive, batch);
         prop_assert_eq!(snapshot(&active.folder), snapshot(&passive.folder));
+        // Owners, xattrs, times and hard links too (invariant 11).
+        prop_assert_eq!(crate::fidelity::walk_all(&active.folder), crate::fidelity::walk_all(&passive.folder));
+        prop_assert_eq!(crate::fidelity::link_groups(&active.folder), crate::fidelity::link_groups(&passive.folder));
         active.assert_verified();
         passive.assert_verified();
         prop_assert_eq!(active.repository.head(), passive.repository.head());
