@@ -220,6 +220,40 @@ fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// Run `command` on `path`; false (saying so) when the program is not installed.
+fn tool(command: &[&str], path: &Path) -> bool {
+    match std::process::Command::new(command[0])
+        .args(&command[1..])
+        .arg(path)
+        .status()
+    {
+        Ok(status) => {
+            assert!(status.success(), "{command:?} {}", path.display());
+            true
+        }
+        Err(error) => {
+            eprintln!(
+                "{} not run ({error}): setting the attribute directly",
+                command[0]
+            );
+            false
+        }
+    }
+}
+
+/// `getfacl -R --numeric` of a tree (relative paths), when getfacl is installed.
+fn getfacl(root: &Path) -> Option<String> {
+    let output = std::process::Command::new("getfacl")
+        .args(["-R", "--numeric", "--physical", "."])
+        .current_dir(root)
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 /// Whether the test can give files away; says why not when it cannot.
 fn running_as_root(test: &str) -> bool {
     if standin_engine::meta::can_chown() {
@@ -304,6 +338,10 @@ fn owners_modes_acls_xattrs_and_times_replicate_as_rsync_keeps_them() {
         );
     }
     assert_eq!(replica.len(), original.len(), "{replica:?}");
+    // The ACLs as the acl tools read them, when installed.
+    if let (Some(theirs), Some(ours)) = (getfacl(root), getfacl(&passive.folder)) {
+        assert_eq!(ours, theirs, "getfacl differs");
+    }
 }
 
 /// Each metadata change alone reaches the passive as an event: chown, chmod g+s on a
@@ -329,17 +367,27 @@ fn each_metadata_change_alone_replicates() {
         (
             "setfacl",
             Box::new(|| {
-                xattr::set(
-                    root.join("d/f"),
-                    "system.posix_acl_access",
-                    &acl_value(1003),
-                )
-                .unwrap()
+                // The program users run, when installed (.ci/run installs acl).
+                if !tool(&["setfacl", "-m", "u:1003:rw"], &root.join("d/f")) {
+                    xattr::set(
+                        root.join("d/f"),
+                        "system.posix_acl_access",
+                        &acl_value(1003),
+                    )
+                    .unwrap()
+                }
             }),
         ),
         (
             "setfattr",
-            Box::new(|| xattr::set(root.join("d/f"), "user.tag", b"v2").unwrap()),
+            Box::new(|| {
+                if !tool(
+                    &["setfattr", "-n", "user.tag", "-v", "v2"],
+                    &root.join("d/f"),
+                ) {
+                    xattr::set(root.join("d/f"), "user.tag", b"v2").unwrap()
+                }
+            }),
         ),
         (
             "touch -h",
