@@ -188,7 +188,6 @@ fn is_busy(error: &rusqlite::Error) -> bool {
 /// A rollback-mode database cloned while a read transaction holds SQLite's shared
 /// lock. `None` when the file systems cannot clone (the backup is used instead).
 fn clone_under_lock(full: &Path, dir: &Path) -> Result<Option<Taken>> {
-    use rusqlite::{Connection, OpenFlags};
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let _exclusive = connection_guard();
     // Opened before the connection and closed after it: closing a descriptor while
@@ -206,16 +205,10 @@ fn clone_under_lock(full: &Path, dir: &Path) -> Result<Option<Taken>> {
         return Ok(None);
     }
     let refused = |error: rusqlite::Error| Ok(Some(Taken::Refused(error.to_string())));
-    let source = match Connection::open_with_flags(
-        full,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    ) {
+    let source = match open_read_only(full) {
         Ok(source) => source,
         Err(error) => return refused(error),
     };
-    if let Err(error) = source.busy_timeout(BUSY_TIMEOUT) {
-        return refused(error);
-    }
     if let Err(error) = source.execute_batch("BEGIN") {
         return refused(error);
     }
@@ -250,25 +243,32 @@ fn clone_under_lock(full: &Path, dir: &Path) -> Result<Option<Taken>> {
     }
 }
 
+/// A read-only connection to the application's database (no recovery, no
+/// checkpoint; its close never removes the `-wal`), waiting `BUSY_TIMEOUT` for locks.
+/// The caller holds `connection_guard`.
+fn open_read_only(full: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    use rusqlite::{Connection, OpenFlags};
+    let connection = Connection::open_with_flags(
+        full,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(connection)
+}
+
 /// Copy the database at `full` with SQLite's online backup into `dir`.
 fn backup(full: &Path, dir: &Path) -> Result<Taken> {
-    use rusqlite::{backup::StepResult, Connection, OpenFlags};
+    use rusqlite::{backup::StepResult, Connection};
     let copy = tempfile::Builder::new()
         .prefix("sqlite-")
         .tempfile_in(dir)
         .at("create", dir)?;
     let refused = |error: rusqlite::Error| Ok(Taken::Refused(error.to_string()));
     let _exclusive = connection_guard();
-    let source = match Connection::open_with_flags(
-        full,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    ) {
+    let source = match open_read_only(full) {
         Ok(source) => source,
         Err(error) => return refused(error),
     };
-    if let Err(error) = source.busy_timeout(BUSY_TIMEOUT) {
-        return refused(error);
-    }
     let mut destination = match Connection::open(copy.path()) {
         Ok(destination) => destination,
         Err(error) => return refused(error),

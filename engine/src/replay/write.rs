@@ -239,18 +239,7 @@ fn apply_change(
     match &event.body.change {
         Change::Put { .. } | Change::File { .. } => apply_put(root, repository, event, displaced),
         Change::Dir { path, meta } => {
-            let full = path.under(root);
-            match stat_disk(&full)? {
-                Some(DiskEntry::Dir { .. }) => {}
-                None => std::fs::create_dir(&full).at("create directory", &full)?,
-                Some(_) => {
-                    return Err(Error::Apply {
-                        seq,
-                        path: path.to_string(),
-                        reason: "something else is in the way".to_string(),
-                    })
-                }
-            }
+            let full = ensure_directory(root, path, seq)?;
             // Its time is set after the batch's changes below it (`dir_times`).
             crate::meta::apply_meta(&full, meta, false, options).map(|_| ())
         }
@@ -271,21 +260,7 @@ fn apply_change(
                 crate::meta::set_mtime(&full, meta.mtime_ns)
             }
         }
-        Change::Mkdir { path, mode } => {
-            let full = path.under(root);
-            match stat_disk(&full)? {
-                Some(DiskEntry::Dir { .. }) => {}
-                None => std::fs::create_dir(&full).at("create directory", &full)?,
-                Some(_) => {
-                    return Err(Error::Apply {
-                        seq,
-                        path: path.to_string(),
-                        reason: "something else is in the way".to_string(),
-                    })
-                }
-            }
-            set_mode(&full, *mode)
-        }
+        Change::Mkdir { path, mode } => set_mode(&ensure_directory(root, path, seq)?, *mode),
         Change::Symlink { path, target } => write_symlink(root, path, target),
         Change::Remove { path } => remove_any(&path.under(root)),
         Change::Rename { from, to } => {
@@ -314,6 +289,23 @@ fn apply_change(
             safe_dirs.clear();
         }
     })
+}
+
+/// Make `path` a directory (already one, or created); where it lives on disk.
+fn ensure_directory(root: &Path, path: &RelPath, seq: u64) -> Result<PathBuf> {
+    let full = path.under(root);
+    match stat_disk(&full)? {
+        Some(DiskEntry::Dir { .. }) => {}
+        None => std::fs::create_dir(&full).at("create directory", &full)?,
+        Some(_) => {
+            return Err(Error::Apply {
+                seq,
+                path: path.to_string(),
+                reason: "something else is in the way".to_string(),
+            })
+        }
+    }
+    Ok(full)
 }
 
 /// Write a file from its chunks to a temporary name beside it, check its content hash,
