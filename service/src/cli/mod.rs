@@ -172,8 +172,8 @@ pub enum Command {
     },
 }
 
-/// A failure with its exit code.
-#[derive(Debug, Subcommand)]
+/// `standin tls …`.
+#[derive(Subcommand)]
 pub enum TlsCommand {
     /// Write a CA of the pair's own and a certificate and key per node into DIR.
     Init {
@@ -188,6 +188,8 @@ pub enum TlsCommand {
     },
 }
 
+/// A failure with its exit code.
+#[derive(Debug)]
 pub struct Failure {
     pub code: u8,
     pub message: String,
