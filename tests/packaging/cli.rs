@@ -1,9 +1,11 @@
 //! Quick checks of the CLI the install walk-through relies on: `init-secret` makes a
 //! missing directory (private), `--log-format json` / `STANDIN_LOG_FORMAT` write one
-//! JSON object per line, `STANDIN_LOG` filters and a bad filter is named.
+//! JSON object per line, `STANDIN_LOG` filters and a bad filter is named (seen on
+//! `standin agent`, which logs without a node to talk to).
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::{run_ok, standin};
 
@@ -44,66 +46,70 @@ fn init_secret_creates_a_missing_directory_private() {
     assert_eq!(failed.status.code(), Some(1), "{failed:?}");
 }
 
-/// `standin status` against nothing, with a secret others can read: the warning about
-/// the secret is logged, then the call fails.
-fn status_with_open_secret(configure: impl FnOnce(&mut Command)) -> (bool, String) {
+/// `standin agent` reporting to a closed port for a second, as configured: what it
+/// logged on stderr.
+fn agent_log(configure: impl FnOnce(&mut Command)) -> String {
     let root = tempfile::tempdir().unwrap();
-    let secret = root.path().join("pair.secret");
-    std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
-    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let secret = root.path().join("agent.secret");
+    run_ok(Command::new(standin()).arg("init-secret").arg(&secret));
     let mut command = Command::new(standin());
     command
         .env_remove("STANDIN_LOG")
         .env_remove("STANDIN_LOG_FORMAT")
-        .args(["status", "--url", "http://127.0.0.1:1", "--secret-file"])
-        .arg(&secret);
+        .args([
+            "agent",
+            "--name",
+            "ts1",
+            "--dispatch-url",
+            "http://127.0.0.1:1",
+        ])
+        .arg("--secret-file")
+        .arg(&secret)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     configure(&mut command);
-    let output = command.output().unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let mut child = command.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-fn json_warning(stderr: &str) -> Option<serde_json::Value> {
+fn json_start(stderr: &str) -> Option<serde_json::Value> {
     stderr
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find(|line| {
-            line["message"]
-                .as_str()
-                .is_some_and(|message| message.contains("readable by other users"))
-        })
+        .find(|line| line["message"] == "agent reporting")
 }
 
 #[test]
 fn json_logs_by_flag_or_environment() {
-    let (ok, stderr) = status_with_open_secret(|command| {
+    let stderr = agent_log(|command| {
         command.args(["--log-format", "json"]);
     });
-    assert!(!ok, "status against a closed port must fail");
-    let line = json_warning(&stderr).unwrap_or_else(|| panic!("no JSON warning in {stderr}"));
-    assert_eq!(line["level"], "WARN");
-    assert!(
-        line["file"].as_str().unwrap().ends_with("pair.secret"),
-        "{line}"
-    );
+    let line = json_start(&stderr).unwrap_or_else(|| panic!("no JSON line in {stderr}"));
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(line["name"], "ts1");
     assert!(
         line["timestamp"].is_string() && line["target"].is_string(),
         "{line}"
     );
+    assert!(
+        stderr.lines().all(|line| line.starts_with('{')),
+        "every line JSON: {stderr}"
+    );
 
-    let (_, stderr) = status_with_open_secret(|command| {
+    let stderr = agent_log(|command| {
         command.env("STANDIN_LOG_FORMAT", "json");
     });
-    assert!(json_warning(&stderr).is_some(), "{stderr}");
+    assert!(json_start(&stderr).is_some(), "{stderr}");
 
-    let (_, stderr) = status_with_open_secret(|_| {});
+    let stderr = agent_log(|_| {});
     assert!(
-        json_warning(&stderr).is_none(),
+        json_start(&stderr).is_none(),
         "text is the default: {stderr}"
     );
-    assert!(stderr.contains("readable by other users"), "{stderr}");
+    assert!(stderr.contains("agent reporting"), "{stderr}");
 
     let bad = Command::new(standin())
         .args(["--log-format", "xml", "status"])
@@ -114,17 +120,17 @@ fn json_logs_by_flag_or_environment() {
 
 #[test]
 fn standin_log_filters_and_names_a_bad_filter() {
-    let (_, stderr) = status_with_open_secret(|command| {
+    let stderr = agent_log(|command| {
         command.env("STANDIN_LOG", "error");
     });
-    assert!(!stderr.contains("readable by other users"), "{stderr}");
+    assert!(!stderr.contains("agent reporting"), "{stderr}");
 
-    let (_, stderr) = status_with_open_secret(|command| {
+    let stderr = agent_log(|command| {
         command.env("STANDIN_LOG", "info,standin=nonsense");
     });
     assert!(stderr.contains("STANDIN_LOG"), "{stderr}");
     assert!(
-        stderr.contains("readable by other users"),
+        stderr.contains("agent reporting"),
         "the default applies: {stderr}"
     );
 }
