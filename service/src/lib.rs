@@ -15,6 +15,7 @@
 //! - `passive`: `Puller` — `pull_once` and the loop that schedules it.
 //! - `space`: a full disk told apart; the free-space reserve the passive keeps.
 //! - `http`: `/healthz`, `/active`, `/metrics`, `/`.
+//! - `logging`: stderr log output, the `STANDIN_LOG` filter and `--log-format`.
 //! - `metrics`: Prometheus counters and gauges.
 //! - `client`: channels to a node.
 //! - `site`, `site_server`: the user site (users, apps, logins) and the Agent and
@@ -25,7 +26,8 @@
 //! - `serve`: wiring it all together for `standin serve`; `tasks`: its named
 //!   long-running tasks, the first of which to end ends the node; `fault`: test-only
 //!   hooks that make one fail (feature `fault-hooks`).
-//! - `cli`: the `standin` command line (status, verify, log, init-secret, demo).
+//! - `cli`: the `standin` command line (status, verify, log, init-secret, demo, and
+//!   `generate man|completions` for packaging, in no help).
 
 pub mod agent;
 pub mod auth;
@@ -40,6 +42,7 @@ pub mod etcd_authority;
 pub mod fault;
 pub mod http;
 pub mod load_table;
+pub mod logging;
 pub mod login_gate;
 pub mod metrics;
 pub mod node;

@@ -3,6 +3,8 @@
 //! 1 for a failed check or operation).
 
 pub mod demo;
+pub mod generate;
+pub mod init_secret;
 pub mod inspect;
 pub mod quarantine;
 pub mod site;
@@ -15,14 +17,39 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ConfigError};
+use crate::logging::LogFormat;
+
+/// The environment and files, at the end of `standin --help` and of the man page.
+const AFTER_LONG_HELP: &str = "\
+Environment: STANDIN_CONFIG, the config file of client commands and serve (default \
+/etc/standin/standin.toml); STANDIN_LOG, the log filter (default \"info\", e.g. \"debug\" \
+or \"info,standin=debug\"); STANDIN_LOG_FORMAT, text or json (as --log-format); \
+STANDIN_AGENT_*, the options of `standin agent`.
+
+Files: /etc/standin/standin.toml, a node's config (examples: \
+/etc/standin/active.toml.example, /etc/standin/passive.toml.example); \
+/etc/standin/agent.env, the agent's options (standin-agent.service; example: \
+agent.env.example); /etc/standin/pair.secret and /etc/standin/agent.secret (made by \
+`standin init-secret`); /var/lib/standin, the data_dir of the examples.";
 
 #[derive(Parser, Debug)]
 #[command(
     name = "standin",
     version,
-    about = "A warm-standby pair for a server's state folder"
+    about = "A warm-standby pair for a server's state folder",
+    after_long_help = AFTER_LONG_HELP
 )]
 pub struct Cli {
+    /// Log lines as text or as one JSON object per line (on stderr; the filter is
+    /// STANDIN_LOG, e.g. "debug" or "info,standin=debug").
+    #[arg(
+        long,
+        global = true,
+        env = "STANDIN_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -124,27 +151,31 @@ pub enum Command {
         #[arg(long)]
         password_file: Option<PathBuf>,
     },
-    /// Report this terminal server's load to every node of the dispatch list.
+    /// Report this terminal server's load to every node of the dispatch list. Every
+    /// option can also come from its environment variable (standin-agent.service reads
+    /// them from /etc/standin/agent.env).
     Agent {
-        #[arg(long)]
+        /// This terminal server's name (as listed in the nodes' witness_agents).
+        #[arg(long, env = "STANDIN_AGENT_NAME")]
         name: String,
         /// `;`-separated gRPC addresses of both nodes (the seed's DispatchURL).
-        #[arg(long)]
+        #[arg(long, env = "STANDIN_AGENT_DISPATCH_URL")]
         dispatch_url: String,
-        #[arg(long)]
+        /// The agents' shared secret (the nodes' agent_secret_file).
+        #[arg(long, env = "STANDIN_AGENT_SECRET_FILE")]
         secret_file: PathBuf,
         /// How often to report (the witness needs at least a third of the nodes'
         /// witness_window_ms: 833 ms with the defaults).
-        #[arg(long, default_value_t = 500)]
+        #[arg(long, env = "STANDIN_AGENT_INTERVAL_MS", default_value_t = 500)]
         interval_ms: u64,
         /// Where users connect to this server (default: NAME:3389).
-        #[arg(long)]
+        #[arg(long, env = "STANDIN_AGENT_ADDRESS")]
         address: Option<String>,
         /// Applications this server runs (comma-separated; default: all).
-        #[arg(long, default_value = "")]
+        #[arg(long, env = "STANDIN_AGENT_APPS", default_value = "")]
         apps: String,
         /// A command printing the number of sessions (e.g. "who | wc -l").
-        #[arg(long)]
+        #[arg(long, env = "STANDIN_AGENT_SESSIONS_COMMAND")]
         sessions_command: Option<String>,
     },
     /// What a rejoin kept aside: list, show, restore.
@@ -152,7 +183,8 @@ pub enum Command {
         #[command(subcommand)]
         command: quarantine::QuarantineCommand,
     },
-    /// Write a fresh shared secret (mode 0600) to FILE.
+    /// Write a fresh shared secret (mode 0600) to FILE, creating its directory (mode
+    /// 0750) when missing.
     InitSecret {
         file: PathBuf,
         /// Replace an existing file.
@@ -223,18 +255,23 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STANDIN_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,sled=warn,h2=warn,hyper=warn,tower=warn")
-    });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
 pub fn main() -> ExitCode {
+    // `standin generate ...` (packaging only) has a parser of its own, so that it
+    // appears in no help, man page or completion.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == "generate")
+    {
+        return match generate::run(generate::GenerateCli::parse_from(
+            std::env::args_os().skip(1),
+        )) {
+            Ok(code) => ExitCode::from(code),
+            Err(failure) => {
+                eprintln!("error: {}", failure.message);
+                ExitCode::from(failure.code)
+            }
+        };
+    }
     let cli = Cli::parse();
     if !matches!(
         cli.command,
@@ -249,7 +286,7 @@ pub fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    init_logging();
+    crate::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -288,23 +325,7 @@ async fn run(command: Command) -> Result<u8, Failure> {
         Command::Tls {
             command: TlsCommand::Init { dir, nodes, force },
         } => tls::init(&dir, &nodes, force),
-        Command::InitSecret { file, force } => {
-            crate::secret::init_secret(&file, force).map_err(|error| {
-                if error.kind() == std::io::ErrorKind::AlreadyExists {
-                    Failure::usage(format!(
-                        "{} exists; use --force to replace it",
-                        file.display()
-                    ))
-                } else {
-                    Failure::failed(format!("{}: {error}", file.display()))
-                }
-            })?;
-            println!(
-                "wrote a new secret to {} (mode 0600); copy it to the other node",
-                file.display()
-            );
-            Ok(0)
-        }
+        Command::InitSecret { file, force } => init_secret::run(&file, force),
         Command::Demo { keep } => demo::run(keep).await.map(|()| 0),
         Command::Promote { target, force } => {
             role_command(&target, RoleRequest::Promote { force }).await
