@@ -205,7 +205,7 @@ pub enum Command {
 }
 
 /// `standin tls …`.
-#[derive(Subcommand)]
+#[derive(Debug, Subcommand)]
 pub enum TlsCommand {
     /// Write a CA of the pair's own and a certificate and key per node into DIR.
     Init {
