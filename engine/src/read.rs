@@ -10,7 +10,6 @@ use std::path::Path;
 use crate::chunking::store_content;
 use crate::error::{Error, IoContext, Result};
 use crate::event::Change;
-use crate::fsutil::mtime_ns;
 use crate::path::RelPath;
 use crate::repository::Repository;
 
@@ -46,7 +45,16 @@ pub const STABLE_READ_TRIES: u32 = 4;
 ///
 /// A file that starts with SQLite's header is copied through SQLite instead
 /// (`sqlite::snapshot`: a committed state), unless SQLite refuses it.
-pub fn capture_file(root: &Path, repository: &Repository, path: &RelPath) -> Result<Captured> {
+///
+/// `known`: the file's metadata as the scan that chose it just read it; its extended
+/// attributes are taken from there rather than read again (owner, mode and mtime come
+/// from the read's own stat).
+pub fn capture_file(
+    root: &Path,
+    repository: &Repository,
+    path: &RelPath,
+    known: Option<&crate::meta::Meta>,
+) -> Result<Captured> {
     let full = path.under(root);
     let mut as_database = true;
     for attempt in 0..STABLE_READ_TRIES {
@@ -95,7 +103,7 @@ pub fn capture_file(root: &Path, repository: &Repository, path: &RelPath) -> Res
             if read == head.len() && crate::sqlite::is_header(&head) {
                 drop(file);
                 drop(plain);
-                match capture_database(repository, path, &full, &before, &head)? {
+                match capture_database(repository, path, &full, &before, &head, known)? {
                     Some(captured) => return Ok(captured),
                     None => {
                         // Refused by SQLite: read as any other file.
@@ -115,7 +123,7 @@ pub fn capture_file(root: &Path, repository: &Repository, path: &RelPath) -> Res
                     // A write between `before` and the clone leaves an older mtime in
                     // the record than on disk: the rescan then records the file again.
                     return Ok(Captured::Put(Box::new(file_change(
-                        path, &full, &before, stored,
+                        path, &full, &before, stored, known,
                     ))));
                 }
                 Ok(None) => {}
@@ -163,7 +171,7 @@ pub fn capture_file(root: &Path, repository: &Repository, path: &RelPath) -> Res
             stored
         };
         return Ok(Captured::Put(Box::new(file_change(
-            path, &full, &before, stored,
+            path, &full, &before, stored, known,
         ))));
     }
     Ok(Captured::Unstable)
@@ -176,9 +184,13 @@ fn file_change(
     full: &Path,
     before: &std::fs::Metadata,
     stored: crate::chunking::Chunked,
+    known: Option<&crate::meta::Meta>,
 ) -> Change {
-    let mut meta = crate::meta::Meta::read(full, before);
-    meta.mtime_ns = mtime_ns(before);
+    let (xattrs, names) = match known {
+        Some(known) => (known.xattrs.clone(), known.names.clone()),
+        None => crate::meta::read_xattrs(full),
+    };
+    let meta = crate::meta::Meta::from_stat(before, xattrs, names);
     Change::File {
         path: path.clone(),
         meta,
@@ -242,6 +254,7 @@ fn capture_database(
     full: &Path,
     before: &std::fs::Metadata,
     head: &[u8],
+    known: Option<&crate::meta::Meta>,
 ) -> Result<Option<Captured>> {
     match crate::sqlite::snapshot(full, repository.data_dir(), head, before.len())? {
         crate::sqlite::Taken::Copy(snapshot) => {
@@ -253,7 +266,7 @@ fn capture_database(
             );
             let stored = store_content(&snapshot.file, repository.chunks(), full)?;
             Ok(Some(Captured::Put(Box::new(file_change(
-                path, full, before, stored,
+                path, full, before, stored, known,
             )))))
         }
         crate::sqlite::Taken::Busy => Ok(Some(Captured::Unstable)),

@@ -71,6 +71,40 @@ pub struct IdName {
     pub name: String,
 }
 
+/// The replicated extended attributes of what is at `full` (never through a
+/// symlink), sorted, and the names of the ids their ACLs name.
+pub fn read_xattrs(full: &Path) -> (Vec<Xattr>, Vec<IdName>) {
+    let mut xattrs = Vec::new();
+    if let Ok(names) = xattr::list(full) {
+        for name in names {
+            let name = std::os::unix::ffi::OsStrExt::as_bytes(name.as_os_str()).to_vec();
+            if !is_replicated_xattr(&name) {
+                continue;
+            }
+            let os_name = std::ffi::OsStr::from_bytes_compat(&name);
+            if let Ok(Some(value)) = xattr::get(full, os_name) {
+                xattrs.push(Xattr { name, value });
+            }
+        }
+    }
+    xattrs.sort();
+    let mut names = Vec::new();
+    for xattr in &xattrs {
+        if !acl::is_acl(&xattr.name) {
+            continue;
+        }
+        for (group, id) in acl::qualifiers(&xattr.value).unwrap_or_default() {
+            let name = if group { group_name(id) } else { user_name(id) };
+            let entry = IdName { group, id, name };
+            if !names.contains(&entry) {
+                names.push(entry);
+            }
+        }
+    }
+    names.sort();
+    (xattrs, names)
+}
+
 /// Whether an extended attribute of this name is replicated.
 pub fn is_replicated_xattr(name: &[u8]) -> bool {
     name.starts_with(b"user.")
@@ -84,34 +118,13 @@ impl Meta {
     /// through a symlink. Extended attributes that cannot be read (a file system
     /// without them, a race with a removal) are left out.
     pub fn read(full: &Path, metadata: &std::fs::Metadata) -> Meta {
-        let mut xattrs = Vec::new();
-        if let Ok(names) = xattr::list(full) {
-            for name in names {
-                let name = std::os::unix::ffi::OsStrExt::as_bytes(name.as_os_str()).to_vec();
-                if !is_replicated_xattr(&name) {
-                    continue;
-                }
-                let os_name = std::ffi::OsStr::from_bytes_compat(&name);
-                if let Ok(Some(value)) = xattr::get(full, os_name) {
-                    xattrs.push(Xattr { name, value });
-                }
-            }
-        }
-        xattrs.sort();
-        let mut names = Vec::new();
-        for xattr in &xattrs {
-            if !acl::is_acl(&xattr.name) {
-                continue;
-            }
-            for (group, id) in acl::qualifiers(&xattr.value).unwrap_or_default() {
-                let name = if group { group_name(id) } else { user_name(id) };
-                let entry = IdName { group, id, name };
-                if !names.contains(&entry) {
-                    names.push(entry);
-                }
-            }
-        }
-        names.sort();
+        let (xattrs, names) = read_xattrs(full);
+        Meta::from_stat(metadata, xattrs, names)
+    }
+
+    /// The metadata a stat gives, with extended attributes (and their ACLs' names)
+    /// already read.
+    pub fn from_stat(metadata: &std::fs::Metadata, xattrs: Vec<Xattr>, names: Vec<IdName>) -> Meta {
         Meta {
             mode: metadata.mode() & ALL_MODE_BITS,
             uid: metadata.uid(),

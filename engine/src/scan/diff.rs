@@ -192,6 +192,7 @@ pub fn diff_scope(
                     path,
                     before,
                     old_meta,
+                    disk_meta: Some(meta),
                 });
             }
         }
@@ -237,6 +238,7 @@ pub fn diff_scope(
             path,
             before: entry.as_ref(),
             old_meta: meta.as_ref(),
+            disk_meta: None,
         })
         .collect();
     for (_, captured) in capture_files(root, repository, &more, &unchanged)? {
@@ -257,6 +259,9 @@ struct Capture<'a> {
     path: &'a RelPath,
     before: Option<&'a Entry>,
     old_meta: Option<&'a Meta>,
+    /// Its metadata as the walk just read it (its extended attributes are not read
+    /// again).
+    disk_meta: Option<&'a Meta>,
 }
 
 /// Capture the files of `captures`, on several threads when there are several;
@@ -271,8 +276,8 @@ fn capture_files(
 ) -> Result<Vec<(usize, Captured)>> {
     let capture_one = |capture: &Capture<'_>| {
         let slot = capture.slot;
-        let captured =
-            capture_file(root, repository, capture.path).map_err(|error| (slot, error))?;
+        let captured = capture_file(root, repository, capture.path, capture.disk_meta)
+            .map_err(|error| (slot, error))?;
         let change = match (captured, capture.before) {
             (
                 Captured::Put(change),
