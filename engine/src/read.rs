@@ -37,7 +37,13 @@ pub const STABLE_READ_TRIES: u32 = 4;
 /// after it and the read found exactly `size` bytes. Any `write(2)` moves mtime and
 /// ctime, and Linux (6.13 and later, multigrain timestamps) gives a file whose times
 /// were just queried a fresh fine-grained time on its next change, so a write that
-/// overlapped the read cannot hide in the same clock tick. A read that overlapped a
+/// began during the read cannot hide in the same clock tick. But a write already under
+/// way when the first stat was taken moved the times before it: its copying can
+/// overlap the read with the stats unchanged (seen under load: 3,072 blocks of one
+/// pass and 1,024 of the next). So a file changed in the last 2 s is copied twice,
+/// quickly, and taken only when both copies hold the same bytes with the stats
+/// unchanged — a write in progress moves on between the copies (a writer stalled
+/// through both copies is the remaining window; a clone, below, has none). A read that overlapped a
 /// write is redone, a few times with a growing pause, copying the file first (into
 /// memory, or a temporary file in `data_dir` when large) so that only the copy, not
 /// the hashing, must fit between two writes; then `Unstable`. Where the file system
@@ -132,7 +138,12 @@ pub fn capture_file(
                 }
             }
         }
-        let stored = if attempt == 0 {
+        // A write(2) already under way when `before` was taken moved the times before
+        // it, not after: its copying can overlap a read with the stats unchanged. So a
+        // recently changed file is copied twice, quickly: the same bytes twice, with the
+        // stats unchanged, is a version it had (a write in progress would have moved on
+        // between the two copies).
+        let stored = if attempt == 0 && !recently_modified(&before) {
             // Chunk and hash as it is read: the cheap way, for a file left alone.
             let stored = store_content(&file, repository.chunks(), &full)?;
             let after = file.metadata().at("stat", &full)?;
@@ -144,8 +155,15 @@ pub fn capture_file(
         } else {
             // Written while it was read: copy it first (as fast as the kernel can),
             // so the window a write must miss is the copy's, not the hashing's.
-            let copy = match copy_quickly(&file, repository.data_dir(), &full) {
-                Ok(Some(copy)) => copy,
+            let copies = copy_quickly(&file, repository.data_dir(), &full).and_then(|first| {
+                Ok(match first {
+                    Some(first) => copy_quickly(&file, repository.data_dir(), &full)?
+                        .map(|second| (first, second)),
+                    None => None,
+                })
+            });
+            let (copy, again) = match copies {
+                Ok(Some(copies)) => copies,
                 Ok(None) => continue,
                 Err(error) => {
                     // This file stays unread this time (a full data_dir, say); capture
@@ -155,10 +173,11 @@ pub fn capture_file(
                 }
             };
             let after = file.metadata().at("stat", &full)?;
-            if !same_version(&before, &after) {
+            if !same_version(&before, &after) || !same_bytes(&copy, &again, &full)? {
                 tracing::debug!(path = %full.display(), attempt, "the file changed while it was copied; copying it again");
                 continue;
             }
+            drop(again);
             let stored = match copy {
                 QuickCopy::Memory(bytes) => {
                     store_content(bytes.as_slice(), repository.chunks(), &full)?
@@ -233,6 +252,41 @@ fn copy_quickly(file: &File, data_dir: &Path, what: &Path) -> Result<Option<Quic
     let copied = std::io::copy(&mut reader, &mut temp).at("copy", what)?;
     temp.rewind().at("seek", &dir)?;
     Ok((copied == size).then_some(QuickCopy::File(temp)))
+}
+
+/// A file modified this recently may have a write(2) still copying its data.
+const CONFIRM_WINDOW_NS: i128 = 2_000_000_000;
+
+fn recently_modified(metadata: &std::fs::Metadata) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_nanos() as i128)
+        .unwrap_or(i128::MAX);
+    let changed = metadata.ctime() as i128 * 1_000_000_000 + metadata.ctime_nsec() as i128;
+    now - changed < CONFIRM_WINDOW_NS
+}
+
+/// Whether two quick copies hold the same bytes (large ones compared by hash, after
+/// both were taken).
+fn same_bytes(first: &QuickCopy, second: &QuickCopy, what: &Path) -> Result<bool> {
+    use std::io::Seek;
+    let hash = |copy: &QuickCopy| -> Result<blake3::Hash> {
+        match copy {
+            QuickCopy::Memory(bytes) => Ok(blake3::hash(bytes)),
+            QuickCopy::File(file) => {
+                let mut reader = file;
+                reader.rewind().at("seek", what)?;
+                let mut hasher = blake3::Hasher::new();
+                hasher.update_reader(reader).at("read", what)?;
+                reader.rewind().at("seek", what)?;
+                Ok(hasher.finalize())
+            }
+        }
+    };
+    Ok(match (first, second) {
+        (QuickCopy::Memory(left), QuickCopy::Memory(right)) => left == right,
+        _ => hash(first)? == hash(second)?,
+    })
 }
 
 /// Whether two stats of one open file show the same version of it.
