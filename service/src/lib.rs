@@ -35,6 +35,7 @@ pub mod cluster_server;
 pub mod config;
 pub mod convert;
 pub mod coordinator;
+pub mod data_dir_lock;
 pub mod etcd_authority;
 #[cfg(feature = "fault-hooks")]
 pub mod fault;
@@ -43,7 +44,9 @@ pub mod load_table;
 pub mod login_gate;
 pub mod metrics;
 pub mod node;
+pub mod operator;
 pub mod passive;
+pub mod rejoin;
 pub mod replication_server;
 pub mod secret;
 pub mod serve;

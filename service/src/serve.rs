@@ -26,6 +26,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let secret = crate::secret::read_secret(&config.secret_file).map_err(anyhow::Error::msg)?;
+    // Before any port: a second node on this data_dir stops here, holding nothing.
+    let _data_dir_lock = crate::data_dir_lock::DataDirLock::take(&config.data_dir)?;
     let grpc_listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;
