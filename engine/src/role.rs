@@ -97,6 +97,11 @@ pub struct PeerView {
     pub head_seq: u64,
 }
 
+/// Why an operator's command was refused (nothing was changed).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
 /// Operator commands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -861,38 +866,61 @@ impl RoleMachine {
         Vec::new()
     }
 
-    fn command(&mut self, command: Command) -> Vec<Action> {
+    /// An operator's command: accepted with the actions to carry out, or refused with
+    /// the reason (nothing changed). The shell answers the operator with either.
+    pub fn operate(&mut self, command: Command) -> Result<Vec<Action>, Refusal> {
+        if let Role::Fenced { reason } = &self.role {
+            if command == Command::Unfence {
+                return Ok(self.step(Input::Operator(command)));
+            }
+            return Err(Refusal(format!(
+                "this node is fenced ({reason}): it refuses every command until an operator acts (restart it once the cause is dealt with)"
+            )));
+        }
         match command {
-            Command::Promote { force } => match self.role {
-                Role::Passive | Role::Starting | Role::Suspended { .. } => {
-                    if force {
-                        let mut actions = vec![Action::Alert {
-                            message: "forced promotion: if the old active is still recording, its changes since the last pull will be quarantined when it rejoins".to_string(),
-                        }];
-                        actions.extend(self.promote_if_authorized("forced by the operator", true));
-                        actions
-                    } else if matches!(self.role, Role::Suspended { .. }) {
-                        vec![Action::Alert {
-                            message: "this node is suspended: it resumes when the authority backs it; `promote --force` overrides the witness quorum".to_string(),
-                        }]
-                    } else if self.peer.as_ref().is_some_and(|peer| peer.active) && !self.promoting
-                    {
-                        vec![Action::Alert {
-                            message: "the active answers: use `standin switchover` (or `promote --force` if you know it is dead)".to_string(),
-                        }]
-                    } else {
-                        self.promoting = true;
-                        vec![Action::FinalPull]
-                    }
-                }
-                _ => vec![Action::Alert {
-                    message: format!("cannot promote while {}", self.role.name()),
-                }],
-            },
+            Command::Promote { force } => self.promote_command(force),
             Command::Switchover => self.start_switchover(),
-            Command::Unfence => vec![Action::Alert {
-                message: "not fenced".to_string(),
-            }],
+            Command::Unfence => Err(Refusal("not fenced".to_string())),
+        }
+    }
+
+    fn promote_command(&mut self, force: bool) -> Result<Vec<Action>, Refusal> {
+        match self.role {
+            Role::Passive | Role::Starting | Role::Suspended { .. } => {
+                if force {
+                    let mut actions = vec![Action::Alert {
+                        message: "forced promotion: if the old active is still recording, its changes since the last pull will be quarantined when it rejoins".to_string(),
+                    }];
+                    actions.extend(self.promote_if_authorized("forced by the operator", true));
+                    Ok(actions)
+                } else if matches!(self.role, Role::Suspended { .. }) {
+                    Err(Refusal("this node is suspended: it resumes when the authority backs it; `promote --force` overrides the witness quorum".to_string()))
+                } else if self.peer.as_ref().is_some_and(|peer| peer.active) && !self.promoting {
+                    Err(Refusal(format!(
+                        "the active ({}) answers: use `standin switchover` on it (or `promote --force` if you know it is dead)",
+                        self.peer.as_ref().map(|peer| peer.node.as_str()).unwrap_or("the peer")
+                    )))
+                } else {
+                    self.promoting = true;
+                    Ok(vec![Action::FinalPull])
+                }
+            }
+            Role::Active => Err(Refusal(format!(
+                "this node is already the active (epoch {}): nothing to promote",
+                self.epoch
+            ))),
+            _ => Err(Refusal(format!(
+                "cannot promote while {}",
+                self.role.name()
+            ))),
+        }
+    }
+
+    /// An operator's command fed as an input: a refusal becomes an alert.
+    fn command(&mut self, command: Command) -> Vec<Action> {
+        match self.operate(command) {
+            Ok(actions) => actions,
+            Err(Refusal(message)) => vec![Action::Alert { message }],
         }
     }
 }

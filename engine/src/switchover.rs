@@ -5,6 +5,11 @@
 //!
 //! # Protocol
 //!
+//! 0. **The operator's switchover is checked before anything stops**
+//!    ([`RoleMachine::switchover_readiness`]): the shell calls the peer first, and the
+//!    switchover is refused (this node stays active, logins never close) unless the
+//!    peer answers as a passive within a bound of this node's head. This spares an
+//!    outage when the peer is down; it is not what makes the steps below safe.
 //! 1. **A stops first.** On `switchover`, A closes logins, stops capture after a final
 //!    capture, gives up the etcd lease (if any) and becomes `HandingOver`: it is no
 //!    longer active, it answers heartbeats and agents as handing over (agents then
@@ -42,7 +47,21 @@ use std::collections::VecDeque;
 use serde::Serialize;
 
 use crate::authority::Decision;
-use crate::role::{switchover_patience_ms, Action, Role, RoleMachine};
+use crate::role::{switchover_patience_ms, Action, Refusal, Role, RoleMachine};
+
+/// What a call to the peer, made just before an operator's switchover, showed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerProbe {
+    /// No answer (refused, timed out, or an error).
+    Unreachable { reason: String },
+    /// The peer answered: its name, role (`Role::name`), log head epoch and seq.
+    Answered {
+        node: String,
+        role: String,
+        epoch: u64,
+        head_seq: u64,
+    },
+}
 
 /// What the old active asks of its peer; also the switchover's identity.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -150,16 +169,55 @@ impl RoleMachine {
         &self.take_over
     }
 
-    /// The operator asked this node for a switchover.
-    pub(crate) fn start_switchover(&mut self) -> Vec<Action> {
-        if self.role != Role::Active {
-            return vec![Action::Alert {
-                message: format!(
-                    "a switchover starts on the active; this node is {}",
-                    self.role.name()
-                ),
-            }];
+    /// Whether an operator's switchover may start now, judged before anything is
+    /// stopped: this node active, and `probe` (a call to the peer made just now)
+    /// showing a following passive at most `max_lag_events` behind `own_head_seq`.
+    /// It is about availability (logins are not closed for a hand-over that cannot
+    /// happen), not safety: the protocol above stays safe whatever the peer does
+    /// after this check, and the tests start switchovers without it.
+    pub fn switchover_readiness(
+        &self,
+        probe: &PeerProbe,
+        own_head_seq: u64,
+        max_lag_events: u64,
+    ) -> Result<(), Refusal> {
+        self.switchover_may_start()?;
+        let nothing_stopped = "nothing was stopped; this node stays the active";
+        match probe {
+            PeerProbe::Unreachable { reason } => Err(Refusal(format!(
+                "the passive cannot be reached ({reason}): {nothing_stopped}"
+            ))),
+            PeerProbe::Answered { node, role, .. } if role != Role::Passive.name() => {
+                Err(Refusal(format!(
+                    "the peer {node} is {role}, not a following passive: {nothing_stopped}"
+                )))
+            }
+            PeerProbe::Answered { node, head_seq, .. }
+                if own_head_seq.saturating_sub(*head_seq) > max_lag_events =>
+            {
+                Err(Refusal(format!(
+                    "the passive {node} is {} events behind (at seq {head_seq}, this node at {own_head_seq}; a switchover allows {max_lag_events}): {nothing_stopped}; try again once it has caught up",
+                    own_head_seq - head_seq
+                )))
+            }
+            PeerProbe::Answered { .. } => Ok(()),
         }
+    }
+
+    fn switchover_may_start(&self) -> Result<(), Refusal> {
+        if self.role == Role::Active {
+            Ok(())
+        } else {
+            Err(Refusal(format!(
+                "a switchover starts on the active; this node is {}",
+                self.role.name()
+            )))
+        }
+    }
+
+    /// The operator asked this node for a switchover.
+    pub(crate) fn start_switchover(&mut self) -> Result<Vec<Action>, Refusal> {
+        self.switchover_may_start()?;
         let request = TakeOverRequest {
             from: self.settings.node.clone(),
             epoch: self.epoch,
@@ -178,7 +236,7 @@ impl RoleMachine {
             actions.push(Action::ReleaseAuthority);
         }
         actions.push(Action::AskPeerToTakeOver(request));
-        actions
+        Ok(actions)
     }
 
     /// A tick while handing over: resume if the authority backs this node again (or,

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::convert::{head_from_wire, head_to_wire};
 use crate::node::{Node, NodeStatus};
-use standin_engine::role::{Command, Input, PeerView};
+use standin_engine::role::{Input, PeerView};
 use standin_engine::switchover::{TakeOverRequest, TakeOverState};
 
 pub struct ClusterService {
@@ -210,23 +210,16 @@ impl Cluster for ClusterService {
         request: Request<wire::PromoteRequest>,
     ) -> Result<Response<wire::RoleReply>, Status> {
         let force = request.into_inner().force;
-        self.node.feed(Input::Operator(Command::Promote { force }));
-        Ok(Response::new(
-            self.reply(if force {
-                "forced promotion requested"
-            } else {
-                "promotion requested"
-            })
-            .await,
-        ))
+        let message = crate::operator::promote(&self.node, force).await?;
+        Ok(Response::new(self.reply(&message).await))
     }
 
     async fn switchover(
         &self,
         _request: Request<wire::SwitchoverRequest>,
     ) -> Result<Response<wire::RoleReply>, Status> {
-        self.node.feed(Input::Operator(Command::Switchover));
-        Ok(Response::new(self.reply("switchover requested").await))
+        let message = crate::operator::switchover(&self.node).await?;
+        Ok(Response::new(self.reply(&message).await))
     }
 
     async fn restore_file(

@@ -12,18 +12,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use standin_engine::fsutil::monotonic_ms as now_ms;
-use standin_engine::role::{Action, Hook, Input, PeerView, RoleMachine, RoleSettings};
+use standin_engine::role::{Action, Command, Hook, Input, PeerView, RoleMachine, RoleSettings};
 use standin_engine::switchover::TakeOverState;
-use standin_engine::{Change, Hash};
+use standin_engine::Change;
 use standin_proto::v1 as wire;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::StreamExt;
 
 use crate::config::{AuthorityConfig, InitialRole};
 use crate::convert::{head_from_wire, head_to_wire};
 use crate::etcd_authority::EtcdAuthority;
 use crate::node::Node;
+use crate::operator::{OperatorCommand, OperatorRequest};
 use crate::passive::Puller;
 
 /// The pull loop while it runs.
@@ -68,9 +68,11 @@ impl Coordinator {
         if let AuthorityConfig::Etcd(settings) = &self.node.config.authority {
             self.etcd = Some(EtcdAuthority::start(self.node.clone(), settings.clone()));
         }
-        let (Some(mut inputs), Some(mut evidence)) =
-            (self.node.take_inputs(), self.node.take_evidence())
-        else {
+        let (Some(mut inputs), Some(mut evidence), Some(mut operator)) = (
+            self.node.take_inputs(),
+            self.node.take_evidence(),
+            self.node.take_operator(),
+        ) else {
             tracing::error!("the role inputs were already taken; no coordinator");
             return;
         };
@@ -90,6 +92,7 @@ impl Coordinator {
                 _ = ticker.tick() => self.machine.step(Input::Tick { now_ms: now_ms() }),
                 Some(input) = inputs.recv() => self.machine.step(input),
                 Some(input) = evidence.recv() => self.machine.step(input),
+                Some(request) = operator.recv() => self.operate(request),
                 _ = stop.wait_for(|stopped| *stopped) => break,
             };
             self.carry_out(actions).await;
@@ -97,7 +100,35 @@ impl Coordinator {
         self.stop_pulling().await;
     }
 
+    /// An operator's command: the machine accepts it (its actions follow) or refuses
+    /// it with the reason, and the answer goes back to the caller first.
+    fn operate(&mut self, request: OperatorRequest) -> Vec<Action> {
+        let result = match request.command {
+            OperatorCommand::Promote { force } => self.machine.operate(Command::Promote { force }),
+            OperatorCommand::Switchover { probe } => self
+                .machine
+                .switchover_readiness(
+                    &probe,
+                    self.node.repository.head().seq,
+                    crate::operator::SWITCHOVER_MAX_LAG_EVENTS,
+                )
+                .and_then(|()| self.machine.operate(Command::Switchover)),
+        };
+        let (actions, answer) = match result {
+            Ok(actions) => (actions, Ok(())),
+            Err(refusal) => {
+                tracing::warn!(%refusal, "operator command refused");
+                (Vec::new(), Err(refusal))
+            }
+        };
+        // The role is published before the caller hears the answer.
+        self.publish();
+        let _ = request.answer.send(answer);
+        actions
+    }
+
     fn publish(&self) {
+        self.node.set_machine_epoch(self.machine.epoch());
         self.node
             .set_role(self.machine.role().clone(), self.machine.accepts_logins());
         self.node
@@ -182,7 +213,11 @@ impl Coordinator {
                 })
                 .await;
                 match recorded {
-                    Ok(Ok(_)) => tracing::warn!(epoch, "promoted: this node is now authoritative"),
+                    Ok(Ok(_)) => {
+                        // What went wrong while following the old active is over.
+                        self.node.set_error(None);
+                        tracing::warn!(epoch, "promoted: this node is now authoritative")
+                    }
                     Ok(Err(error)) => {
                         self.fail(format!("recording the promotion failed: {error}"))
                             .await
@@ -213,7 +248,7 @@ impl Coordinator {
             } => run_hook(&node, hook, epoch, old_active),
             Action::StartRejoin { authority } => {
                 tokio::spawn(async move {
-                    match rejoin(&node).await {
+                    match crate::rejoin::rejoin(&node).await {
                         Ok(quarantined) => {
                             if quarantined > 0 {
                                 tracing::warn!(events = quarantined, %authority, "rejoined; events that never replicated are in quarantine");
@@ -330,8 +365,11 @@ impl Coordinator {
         };
         let (stop, stopped) = watch::channel(false);
         let node = self.node.clone();
+        self.node.set_pulling(true);
         let task = tokio::spawn(async move {
-            if let Some(error) = puller.run(stopped).await {
+            let result = puller.run(stopped).await;
+            node.set_pulling(false);
+            if let Some(error) = result {
                 tracing::error!(%error, "replication stopped");
                 if let crate::passive::PullError::Divergence { .. } = error {
                     node.feed(Input::Diverged {
@@ -382,12 +420,11 @@ fn cluster_client(
     crate::client::cluster(channel, &node.secret).ok()
 }
 
-/// One heartbeat to the peer; the answer (or its absence) goes back to the machine.
-async fn heartbeat(node: Arc<Node>) {
-    let Some(mut client) = cluster_client(&node) else {
-        // No peer configured: nobody to ask, nobody answers.
-        node.feed(Input::HeartbeatFailed { now_ms: now_ms() });
-        return;
+/// One call to the peer: its view and role as it answered, or why there was no
+/// (usable) answer. Heartbeats and the switchover's readiness check use it.
+pub(crate) async fn ask_peer(node: &Arc<Node>) -> Result<(PeerView, String), String> {
+    let Some(mut client) = cluster_client(node) else {
+        return Err("no peer_url is configured".to_string());
     };
     let request = wire::HeartbeatRequest {
         node: node.config.node_name.clone(),
@@ -395,35 +432,39 @@ async fn heartbeat(node: Arc<Node>) {
         role: node.role().name().to_string(),
     };
     let limit = Duration::from_millis(node.config.heartbeat_interval_ms.max(200) * 2);
-    let answer = tokio::time::timeout(limit, client.heartbeat(request)).await;
+    let response = match tokio::time::timeout(limit, client.heartbeat(request)).await {
+        Ok(Ok(response)) => response.into_inner(),
+        Ok(Err(status)) => return Err(status.message().to_string()),
+        Err(_) => return Err(format!("no answer within {} ms", limit.as_millis())),
+    };
+    if response.node == node.config.node_name {
+        let message = format!(
+            "the peer answers as {:?}, this node's own name: give each node its own node_name",
+            node.config.node_name
+        );
+        tracing::error!("{message}");
+        node.set_error(Some(message.clone()));
+        return Err(message);
+    }
+    let head = head_from_wire(response.head.as_ref())
+        .map_err(|error| format!("the peer sent a bad head: {error}"))?;
+    let view = PeerView {
+        node: response.node,
+        epoch: head.epoch,
+        active: response.role == "active",
+        handing_over: response.role == "handing-over",
+        head_seq: head.seq,
+    };
+    Ok((view, response.role))
+}
+
+/// One heartbeat to the peer; the answer (or its absence) goes back to the machine.
+async fn heartbeat(node: Arc<Node>) {
+    let answer = ask_peer(&node).await;
     let now_ms = now_ms();
     match answer {
-        Ok(Ok(response)) if response.get_ref().node == node.config.node_name => {
-            let message = format!(
-                "the peer answers as {:?}, this node's own name: give each node its own node_name",
-                node.config.node_name
-            );
-            tracing::error!("{message}");
-            node.set_error(Some(message));
-            node.feed(Input::HeartbeatFailed { now_ms });
-        }
-        Ok(Ok(response)) => {
-            let response = response.into_inner();
-            match head_from_wire(response.head.as_ref()) {
-                Ok(head) => node.feed(Input::HeartbeatAnswered {
-                    now_ms,
-                    peer: PeerView {
-                        node: response.node,
-                        epoch: head.epoch,
-                        active: response.role == "active",
-                        handing_over: response.role == "handing-over",
-                        head_seq: head.seq,
-                    },
-                }),
-                Err(_) => node.feed(Input::HeartbeatFailed { now_ms }),
-            }
-        }
-        _ => node.feed(Input::HeartbeatFailed { now_ms }),
+        Ok((peer, _)) => node.feed(Input::HeartbeatAnswered { now_ms, peer }),
+        Err(_) => node.feed(Input::HeartbeatFailed { now_ms }),
     }
 }
 
@@ -461,91 +502,6 @@ fn run_hook(node: &Arc<Node>, hook: Hook, epoch: u64, old_active: Option<String>
     });
 }
 
-/// What the authority's log says of our event `seq`.
-enum Known {
-    /// It has our event (same hash).
-    Has,
-    /// It has another event there, or none.
-    Lacks,
-    /// It compacted that part of its log away: it cannot tell.
-    Compacted,
-}
-
-async fn authority_knows(
-    client: &mut standin_proto::v1::replication_client::ReplicationClient<crate::client::Authed>,
-    seq: u64,
-    hash: Hash,
-) -> Result<Known, String> {
-    let request = wire::PullRequest {
-        after_seq: seq,
-        after_hash: hash.0.to_vec(),
-        max_events: 1,
-        follow: false,
-    };
-    let mut stream = client
-        .pull(request)
-        .await
-        .map_err(|status| status.message().to_string())?
-        .into_inner();
-    match stream.next().await {
-        Some(Ok(wire::PullResponse {
-            kind: Some(wire::pull_response::Kind::Batch(_)),
-        })) => Ok(Known::Has),
-        Some(Ok(wire::PullResponse {
-            kind: Some(wire::pull_response::Kind::Divergence(_)),
-        })) => Ok(Known::Lacks),
-        Some(Ok(wire::PullResponse {
-            kind: Some(wire::pull_response::Kind::Compacted(_)),
-        })) => Ok(Known::Compacted),
-        Some(Ok(_)) | None => Err("the authority sent nothing".to_string()),
-        Some(Err(status)) => Err(status.message().to_string()),
-    }
-}
-
-/// The last event we share with the authority. When the authority has compacted the
-/// part of its log where our history would be, that cannot be known: everything after
-/// our own base is treated as ours alone (quarantined, never dropped), and the pull
-/// loop then starts again from the authority's snapshot.
-async fn common_point(
-    node: &Arc<Node>,
-    client: &mut standin_proto::v1::replication_client::ReplicationClient<crate::client::Authed>,
-) -> Result<u64, String> {
-    let log = node.repository.log();
-    let base = log.base().seq;
-    let head = log.head().seq;
-    let hash_at = |seq: u64| {
-        log.hash_at(seq)
-            .map_err(|error| error.to_string())
-            .map(|hash| hash.unwrap_or_default())
-    };
-    // Exponential steps back from our head, then a binary search.
-    let mut lacking = head + 1;
-    let mut candidate = head;
-    let mut step = 1;
-    let common = loop {
-        match authority_knows(client, candidate, hash_at(candidate)?).await? {
-            Known::Has => break candidate,
-            Known::Compacted => return Ok(base),
-            Known::Lacks => {}
-        }
-        lacking = candidate;
-        if candidate == base {
-            return Ok(base);
-        }
-        candidate = candidate.saturating_sub(step).max(base);
-        step *= 2;
-    };
-    let (mut low, mut high) = (common, lacking);
-    while high - low > 1 {
-        let middle = low + (high - low) / 2;
-        match authority_knows(client, middle, hash_at(middle)?).await? {
-            Known::Has => low = middle,
-            Known::Lacks | Known::Compacted => high = middle,
-        }
-    }
-    Ok(low)
-}
-
 /// Before a promotion: a log that ends inside a group (part of the old active's last
 /// capture arrived) is put back to where that group began, so the promoted folder is
 /// a state the old active's folder really had (invariant 10). The group's events go
@@ -567,65 +523,4 @@ fn drop_incomplete_group(node: &Node) -> standin_engine::Result<()> {
         );
     }
     standin_engine::quarantine::rewind_folder(&node.config.folder, &node.repository)
-}
-
-/// The rejoin: find the last event we share with the authority, quarantine ours after
-/// it, put the folder back to it. Returns how many events were quarantined.
-/// How often a rejoin asks the authority again before it gives up (and fences).
-const REJOIN_ATTEMPTS: u32 = 20;
-
-async fn rejoin(node: &Arc<Node>) -> Result<usize, String> {
-    let url = node
-        .config
-        .peer_url
-        .clone()
-        .ok_or("no peer_url to rejoin")?;
-    // Finding the common point only reads from the authority: a link that drops
-    // meanwhile is retried (with a growing pause) instead of fencing the node.
-    let mut pause = Duration::from_millis(500);
-    let mut attempts = 0;
-    let common = loop {
-        let attempt = async {
-            let channel = crate::client::channel(&url, node.config.tls.as_ref())?;
-            let mut client = crate::client::replication(channel, &node.secret)?;
-            common_point(node, &mut client).await
-        };
-        match attempt.await {
-            Ok(common) => break common,
-            Err(error) if attempts < REJOIN_ATTEMPTS => {
-                attempts += 1;
-                tracing::warn!(%error, attempt = attempts, retry_in_ms = pause.as_millis() as u64, "rejoin: the authority could not be asked; retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(10));
-            }
-            Err(error) => return Err(error),
-        }
-    };
-    let quarantining = node.clone();
-    let quarantined = tokio::task::spawn_blocking(move || -> Result<usize, String> {
-        let count =
-            match standin_engine::quarantine::quarantine_after(&quarantining.repository, common)
-                .map_err(|error| error.to_string())?
-            {
-                Some(quarantined) => quarantined.manifest.events.len(),
-                None => 0,
-            };
-        standin_engine::quarantine::rewind_folder(
-            &quarantining.config.folder,
-            &quarantining.repository,
-        )
-        .map_err(|error| error.to_string())?;
-        // Changes written here after the last capture (a write racing a switchover)
-        // are kept aside too, never left behind unrecorded or overwritten.
-        let unrecorded = standin_engine::quarantine::quarantine_unrecorded(
-            &quarantining.config.folder,
-            &quarantining.repository,
-        )
-        .map_err(|error| error.to_string())?;
-        Ok(count + unrecorded)
-    })
-    .await
-    .map_err(|error| error.to_string())??;
-    tracing::info!(common, "found the last common event with the authority");
-    Ok(quarantined)
 }

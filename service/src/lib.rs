@@ -10,11 +10,14 @@
 //! - `node`: a running node's shared state (`Node`, `Role`, `NodeStatus`).
 //! - `replication_server`, `cluster_server`: the gRPC services.
 //! - `coordinator`: the shell around the engine's role state machine (heartbeats,
-//!   promotion, rejoin, switchover, hooks).
+//!   promotion, switchover, hooks); `rejoin`: common point, quarantine, rewind.
+//! - `operator`: `promote` and `switchover` as the node answers them (refusals with
+//!   the reason; the switchover's call to the peer first).
+//! - `data_dir_lock`: one `serve` per data_dir, locked before any port is bound.
 //! - `etcd_authority`: the etcd lease's I/O (`authority = "etcd"`).
 //! - `passive`: `Puller` — `pull_once` and the loop that schedules it.
 //! - `space`: a full disk told apart; the free-space reserve the passive keeps.
-//! - `http`: `/healthz`, `/active`, `/metrics`, `/`.
+//! - `http`: `/healthz`, `/active`, `/passive`, `/metrics`, `/`.
 //! - `logging`: stderr log output, the `STANDIN_LOG` filter and `--log-format`.
 //! - `metrics`: Prometheus counters and gauges.
 //! - `client`: channels to a node.
@@ -37,6 +40,7 @@ pub mod cluster_server;
 pub mod config;
 pub mod convert;
 pub mod coordinator;
+pub mod data_dir_lock;
 pub mod etcd_authority;
 #[cfg(feature = "fault-hooks")]
 pub mod fault;
@@ -46,7 +50,9 @@ pub mod logging;
 pub mod login_gate;
 pub mod metrics;
 pub mod node;
+pub mod operator;
 pub mod passive;
+pub mod rejoin;
 pub mod replication_server;
 pub mod secret;
 pub mod serve;

@@ -1,4 +1,6 @@
-//! Prometheus metrics of a node (`/metrics`, OpenMetrics text).
+//! Prometheus metrics of a node (`/metrics`): encoded as OpenMetrics, and rewritten
+//! into the Prometheus text format 0.0.4 for every scraper that does not ask for
+//! OpenMetrics (`promtool check metrics` reads that format).
 //!
 //! Counters are kept here; gauges (head, lag, chunk store size) are set from the
 //! node's state just before each scrape.
@@ -240,8 +242,125 @@ impl Metrics {
     }
 }
 
+/// Whether an `Accept` header prefers OpenMetrics to the Prometheus text format (by
+/// q-value; a tie goes to OpenMetrics, which Prometheus itself asks for first).
+pub fn wants_openmetrics(accept: &str) -> bool {
+    let mut openmetrics = 0.0f32;
+    let mut text = 0.0f32;
+    for range in accept.split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("").to_ascii_lowercase();
+        let quality = parts
+            .filter_map(|parameter| parameter.strip_prefix("q="))
+            .find_map(|q| q.parse::<f32>().ok())
+            .unwrap_or(1.0);
+        match media.as_str() {
+            "application/openmetrics-text" => openmetrics = openmetrics.max(quality),
+            "text/plain" | "text/*" | "*/*" => text = text.max(quality),
+            _ => {}
+        }
+    }
+    openmetrics > 0.0 && openmetrics >= text
+}
+
+/// OpenMetrics text as the Prometheus text format 0.0.4: a counter's family is named
+/// with its `_total` sample's name (so its HELP and TYPE describe that sample), `# UNIT`
+/// and `# EOF` are dropped, and OpenMetrics-only types become `untyped`.
+pub fn openmetrics_to_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let comment = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find(|prefix| line.starts_with(prefix));
+        match comment {
+            Some(prefix) => {
+                let rest = &line[prefix.len()..];
+                let (name, text) = rest.split_once(' ').unwrap_or((rest, ""));
+                let name = if counters.contains(name) {
+                    format!("{name}_total")
+                } else {
+                    name.to_string()
+                };
+                let text = match (prefix, text) {
+                    ("# TYPE ", "counter" | "gauge" | "histogram" | "summary") => text,
+                    ("# TYPE ", _) => "untyped",
+                    _ => text,
+                };
+                out.push_str(&format!("{prefix}{name} {text}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prometheus_text_format_names_counters_by_their_samples() {
+        let metrics = Metrics::new();
+        metrics.events_replicated.inc();
+        metrics.pull_error("unreachable");
+        let openmetrics = metrics.encode();
+        assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
+        let text = openmetrics_to_text(&openmetrics);
+        assert!(!text.contains("# EOF"), "{text}");
+        for family in [
+            "standin_events_replicated_total",
+            "standin_pull_errors_total",
+        ] {
+            assert!(text.contains(&format!("# HELP {family} ")), "{text}");
+            assert!(
+                text.contains(&format!("# TYPE {family} counter\n")),
+                "{text}"
+            );
+        }
+        assert!(text.contains("standin_pull_errors_total{kind=\"unreachable\"} 1\n"));
+        assert!(text.contains("# TYPE standin_head_seq gauge\n"), "{text}");
+        // Every family has its help text.
+        let helps = text
+            .lines()
+            .filter(|line| line.starts_with("# HELP "))
+            .count();
+        let types = text
+            .lines()
+            .filter(|line| line.starts_with("# TYPE "))
+            .count();
+        assert_eq!(helps, types, "{text}");
+    }
+
+    #[test]
+    fn openmetrics_only_when_asked_for() {
+        assert!(!wants_openmetrics(""));
+        assert!(!wants_openmetrics("*/*"));
+        assert!(!wants_openmetrics("text/plain; version=0.0.4"));
+        assert!(wants_openmetrics(
+            "application/openmetrics-text; version=1.0.0"
+        ));
+        // What Prometheus sends.
+        assert!(wants_openmetrics("application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"));
+        assert!(!wants_openmetrics(
+            "text/plain;version=0.0.4;q=0.9,application/openmetrics-text;q=0.5"
+        ));
+        assert!(!wants_openmetrics("application/openmetrics-text;q=0"));
     }
 }

@@ -83,6 +83,15 @@ pub struct Node {
     /// a flood of reports can never crowd out a control input.
     evidence: tokio::sync::mpsc::Sender<Input>,
     evidence_receiver: Mutex<Option<tokio::sync::mpsc::Receiver<Input>>>,
+    /// Operator commands (`promote`, `switchover`), each with its answer's way back.
+    operator: tokio::sync::mpsc::Sender<crate::operator::OperatorRequest>,
+    operator_receiver: Mutex<Option<tokio::sync::mpsc::Receiver<crate::operator::OperatorRequest>>>,
+    /// Pull loops running (0 or 1; a count, so that one ending late after the next
+    /// started does not hide it).
+    pulling: std::sync::atomic::AtomicUsize,
+    /// The epoch the role machine holds (published by the coordinator): an active
+    /// records in it before its log has an event of it.
+    machine_epoch: std::sync::atomic::AtomicU64,
     /// The log head, for `Pull` streams that wait for new events.
     pub head_watch: watch::Sender<Head>,
     peer_head: Mutex<Option<Head>>,
@@ -112,6 +121,8 @@ pub struct Node {
 
 /// Inputs waiting for the role state machine, at most.
 const INPUT_QUEUE: usize = 1024;
+/// Operator commands waiting for it, at most (more are answered "busy").
+const OPERATOR_QUEUE: usize = 16;
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
@@ -146,6 +157,7 @@ impl Node {
         }));
         let (inputs, inputs_receiver) = tokio::sync::mpsc::channel(INPUT_QUEUE);
         let (evidence, evidence_receiver) = tokio::sync::mpsc::channel(INPUT_QUEUE);
+        let (operator, operator_receiver) = tokio::sync::mpsc::channel(OPERATOR_QUEUE);
         let logins_grace_ms = match &config.authority {
             crate::config::AuthorityConfig::Peer => u64::MAX,
             crate::config::AuthorityConfig::Witness { window_ms, .. } => window_ms / 2,
@@ -164,6 +176,10 @@ impl Node {
             inputs_receiver: Mutex::new(Some(inputs_receiver)),
             evidence,
             evidence_receiver: Mutex::new(Some(evidence_receiver)),
+            operator,
+            operator_receiver: Mutex::new(Some(operator_receiver)),
+            machine_epoch: std::sync::atomic::AtomicU64::new(0),
+            pulling: std::sync::atomic::AtomicUsize::new(0),
             head_watch,
             peer_head: Mutex::new(None),
             behind_since_ms: Mutex::new(None),
@@ -231,6 +247,40 @@ impl Node {
         }
     }
 
+    /// Hand an operator's command to the role machine (its answer comes back on the
+    /// request's channel); refused when too many wait already.
+    pub fn operate(&self, request: crate::operator::OperatorRequest) -> Result<(), &'static str> {
+        self.operator
+            .try_send(request)
+            .map_err(|_| "busy with other operator commands; try again")
+    }
+
+    /// The receiving end of `operate`, once (for the coordinator).
+    pub fn take_operator(
+        &self,
+    ) -> Option<tokio::sync::mpsc::Receiver<crate::operator::OperatorRequest>> {
+        lock(&self.operator_receiver).take()
+    }
+
+    /// Publish the role machine's epoch (the coordinator calls this).
+    pub fn set_machine_epoch(&self, epoch: u64) {
+        self.machine_epoch
+            .store(epoch, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The epoch `status` shows: an authority's (active, handing over, suspended) is
+    /// the one it records in, which its log may not show yet (a new active); any
+    /// other node's is its log head's.
+    pub fn status_epoch(&self) -> u64 {
+        let head = self.repository.head().epoch;
+        match self.role() {
+            Role::Active | Role::HandingOver | Role::Suspended { .. } => {
+                head.max(self.machine_epoch.load(std::sync::atomic::Ordering::SeqCst))
+            }
+            _ => head,
+        }
+    }
+
     /// The receiving end of the authority evidence, once (for the coordinator).
     pub fn take_evidence(&self) -> Option<tokio::sync::mpsc::Receiver<Input>> {
         lock(&self.evidence_receiver).take()
@@ -290,6 +340,34 @@ impl Node {
                 .is_some_and(|capture| !capture.is_running()),
             Err(std::sync::TryLockError::WouldBlock) => false,
         }
+    }
+
+    /// Capture runs (an active doing its job).
+    pub fn capture_running(&self) -> bool {
+        lock(&self.capture)
+            .as_ref()
+            .is_some_and(|capture| capture.is_running())
+    }
+
+    /// A pull loop started (`true`) or ended (`false`); the coordinator's task calls it.
+    pub fn set_pulling(&self, running: bool) {
+        if running {
+            self.pulling
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        } else {
+            self.pulling
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// The pull loop runs (a passive doing its job).
+    pub fn pulling(&self) -> bool {
+        self.pulling.load(std::sync::atomic::Ordering::SeqCst) > 0
+    }
+
+    /// Whether the node is ending (`end` was called).
+    pub fn is_ending(&self) -> bool {
+        self.ending.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Stop recording, after a final capture of what is pending (blocking).
@@ -384,7 +462,7 @@ impl Node {
         NodeStatus {
             node: self.config.node_name.clone(),
             role: self.role().name().to_string(),
-            epoch: head.epoch,
+            epoch: self.status_epoch(),
             head_seq: head.seq,
             head_hash: head.hash.to_hex(),
             head_digest: head.digest.to_hex(),

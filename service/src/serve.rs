@@ -29,6 +29,8 @@ pub async fn run(
     if config.tls.is_none() && !config.listen.ip().is_loopback() {
         tracing::warn!(listen = %config.listen, "no TLS: the pair secret and every file's content cross the network in clear; set tls_cert_file, tls_key_file and tls_ca_file (`standin tls init`) unless this network is trusted");
     }
+    // Before any port: a second node on this data_dir stops here, holding nothing.
+    let _data_dir_lock = crate::data_dir_lock::DataDirLock::take(&config.data_dir)?;
     let grpc_listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen on {}", config.listen))?;

@@ -132,6 +132,13 @@ fn a_change_that_never_replicated_goes_to_quarantine_on_rejoin() {
         .path();
     let manifest = std::fs::read_to_string(quarantine.join("manifest.json")).unwrap();
     assert!(manifest.contains("late.txt"), "{manifest}");
+    // `quarantine list` says when, in UTC (not milliseconds since 1970).
+    let list = alpha.cli(&["quarantine", "list"]);
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        list.contains("1 events after common seq") && list.ends_with(" UTC\n"),
+        "{list}"
+    );
     let kept = std::fs::read_dir(quarantine.join("files"))
         .unwrap()
         .next()
@@ -189,16 +196,12 @@ fn promote_without_force_is_refused_while_the_active_answers() {
     std::fs::write(alpha.folder.join("x"), b"x").unwrap();
     wait_until("beta to follow", || in_sync(&alpha, &beta));
     let output = beta.cli(&["promote"]);
-    assert!(output.status.success());
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "refused: {stderr}");
+    assert!(stderr.contains("use `standin switchover`"), "{stderr}");
     assert!(
         !is_active(&beta),
         "the active answers: no promotion without --force"
-    );
-    assert!(
-        beta.log_text().contains("switchover"),
-        "{}",
-        beta.log_text()
     );
 }
 
@@ -311,7 +314,7 @@ fn a_switchover_under_a_stream_of_writes_loses_nothing() {
     wait_until("beta to follow", || in_sync(&alpha, &beta));
     // Writes go to whichever node is authoritative at the moment of the write.
     let mut written = Vec::new();
-    let mut switched = false;
+    let mut switchover = None;
     for index in 0..60 {
         let target = if is_active(&alpha) {
             &alpha
@@ -324,12 +327,24 @@ fn a_switchover_under_a_stream_of_writes_loses_nothing() {
         std::fs::write(target.folder.join(&name), format!("write {index}")).unwrap();
         written.push(name);
         if index == 20 {
-            assert!(alpha.cli(&["switchover"]).status.success());
-            switched = true;
+            // `switchover` returns once the hand-over is done: the writes go on beside it.
+            let config = alpha.config.clone();
+            switchover = Some(std::thread::spawn(move || {
+                std::process::Command::new(crate::support::standin())
+                    .args(["switchover", "--config"])
+                    .arg(config)
+                    .output()
+                    .unwrap()
+            }));
         }
         std::thread::sleep(std::time::Duration::from_millis(30));
     }
-    assert!(switched);
+    let output = switchover.expect("a switchover").join().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     wait_until("beta to be the authority", || {
         is_active(&beta) && !is_active(&alpha)
     });

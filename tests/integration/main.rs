@@ -16,6 +16,9 @@
 //! - `failover`: takeover, rejoin with quarantine, switchover, promote.
 //! - `lifecycle`: a node whose task ends (a server, the coordinator, …) ends, logins
 //!   and capture first, and exits non-zero naming it (test-only fault hooks).
+//! - `operator`: refused commands (exit 3 and the reason), a switchover refused with
+//!   the passive down (logins never stop), `/healthz`, `/passive`, `/metrics` (and
+//!   `promtool check metrics`), and messages that used to mislead.
 //! - `faults`: seeded faults with a ledger: SIGKILLs of either node, link faults through
 //!   the proxy, a partition with a takeover (soak forms under `--ignored`).
 //! - `proxy`: the fault-injecting TCP proxy (drop, reset, delay, stall, partition).
@@ -32,6 +35,7 @@ mod failover;
 mod faults;
 mod hostile_peer;
 mod lifecycle;
+mod operator;
 mod proxy;
 mod replication;
 mod restart;

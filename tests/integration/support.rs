@@ -142,7 +142,8 @@ impl NodeProcess {
         let log = self.log.clone();
         let started = Instant::now();
         while started.elapsed() < LIMIT {
-            if http_get(http, "/healthz").is_some_and(|(status, _)| status == 200) {
+            // Up once its HTTP server answers (`/healthz` says 503 until it has a role).
+            if http_get(http, "/healthz").is_some() {
                 return;
             }
             if let Some(child) = self.child.as_mut() {

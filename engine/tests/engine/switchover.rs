@@ -4,9 +4,10 @@ use standin_engine::authority::{
     EtcdLease, Evidence, WitnessQuorum, WitnessReport, WitnessSettings,
 };
 use standin_engine::role::{
-    switchover_patience_ms, Action, Command, Input, PeerView, Role, RoleMachine, RoleSettings,
+    switchover_patience_ms, Action, Command, Input, PeerView, Refusal, Role, RoleMachine,
+    RoleSettings,
 };
-use standin_engine::switchover::{TakeOverRequest, TakeOverState};
+use standin_engine::switchover::{PeerProbe, TakeOverRequest, TakeOverState};
 
 fn settings(node: &str, active: bool) -> RoleSettings {
     RoleSettings {
@@ -306,4 +307,90 @@ fn with_etcd_the_old_active_ignores_a_renewal_of_the_lease_it_gave_up() {
         actions.contains(&Action::RecordPromote { epoch: 11 }),
         "{actions:?}"
     );
+}
+
+fn answered(role: &str, head_seq: u64) -> PeerProbe {
+    PeerProbe::Answered {
+        node: "beta".into(),
+        role: role.into(),
+        epoch: 1,
+        head_seq,
+    }
+}
+
+#[test]
+fn an_operators_switchover_is_refused_before_anything_stops_unless_the_passive_is_ready() {
+    let alpha = active(false);
+    let refused = |probe: PeerProbe| {
+        let Err(Refusal(reason)) = alpha.switchover_readiness(&probe, 40, 100) else {
+            panic!("{probe:?} should be refused");
+        };
+        assert!(reason.contains("nothing was stopped"), "{reason}");
+        reason
+    };
+    let reason = refused(PeerProbe::Unreachable {
+        reason: "connection refused".into(),
+    });
+    assert!(
+        reason.contains("cannot be reached (connection refused)"),
+        "{reason}"
+    );
+    assert!(refused(answered("rejoining", 40)).contains("beta is rejoining"));
+    let Err(Refusal(reason)) = alpha.switchover_readiness(&answered("passive", 0), 40, 10) else {
+        panic!("a passive 40 events behind, 10 allowed");
+    };
+    assert!(reason.contains("40 events behind"), "{reason}");
+    assert_eq!(
+        alpha.switchover_readiness(&answered("passive", 40), 40, 100),
+        Ok(())
+    );
+    assert_eq!(
+        alpha.switchover_readiness(&answered("passive", 0), 100, 100),
+        Ok(())
+    );
+    // The check changed nothing.
+    assert_eq!(alpha.role(), &Role::Active);
+    assert!(alpha.accepts_logins());
+}
+
+#[test]
+fn operator_commands_that_do_not_apply_are_refused_with_the_reason() {
+    let mut alpha = active(false);
+    let Err(Refusal(reason)) = alpha.operate(Command::Promote { force: false }) else {
+        panic!("promote on the active is refused");
+    };
+    assert!(reason.contains("already the active"), "{reason}");
+    assert_eq!(alpha.role(), &Role::Active);
+
+    let mut beta = passive(false);
+    let Err(Refusal(reason)) = beta.operate(Command::Switchover) else {
+        panic!("switchover on the passive is refused");
+    };
+    assert!(
+        reason.contains("starts on the active; this node is passive"),
+        "{reason}"
+    );
+    assert!(beta
+        .switchover_readiness(&answered("passive", 38), 38, 100)
+        .is_err());
+    let Err(Refusal(reason)) = beta.operate(Command::Promote { force: false }) else {
+        panic!("promote while the active answers is refused");
+    };
+    assert!(reason.contains("the active (alpha) answers"), "{reason}");
+    assert_eq!(beta.role(), &Role::Passive);
+    // Forced, it is accepted.
+    let actions = beta
+        .operate(Command::Promote { force: true })
+        .expect("a forced promotion");
+    assert!(promotes(&actions), "{actions:?}");
+
+    // A fenced node refuses every command but unfencing.
+    beta.step(Input::IntegrityFailure {
+        reason: "a broken chain".into(),
+    });
+    let Err(Refusal(reason)) = beta.operate(Command::Switchover) else {
+        panic!("a fenced node refuses");
+    };
+    assert!(reason.contains("fenced (a broken chain)"), "{reason}");
+    assert!(beta.operate(Command::Unfence).is_ok());
 }

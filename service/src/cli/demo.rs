@@ -94,10 +94,8 @@ impl DemoNode {
     async fn wait_healthy(&self) -> Result<(), Failure> {
         let started = Instant::now();
         while started.elapsed() < WAIT_LIMIT {
-            if http_get(self.http, "/healthz")
-                .await
-                .is_ok_and(|(status, _)| status == 200)
-            {
+            // Up once its HTTP server answers (`/healthz` says 503 until it has a role).
+            if http_get(self.http, "/healthz").await.is_ok() {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

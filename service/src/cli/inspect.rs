@@ -29,14 +29,7 @@ pub async fn verify(target: &Target, json: bool) -> Result<u8, Failure> {
                 .await
                 .map_err(|error| Failure::failed(error.to_string()))??
         }
-        Err(status) => {
-            return Err(Failure::failed(format!(
-                "{}: {:?}: {}",
-                resolved.url,
-                status.code(),
-                status.message()
-            )))
-        }
+        Err(status) => return Err(super::rpc_failure(&resolved.url, &status)),
     };
     let head = report.head.clone().unwrap_or_default();
     if json {
@@ -94,14 +87,7 @@ pub async fn log(target: &Target, after: u64, limit: u32, json: bool) -> Result<
     let mut stream = client
         .pull(request)
         .await
-        .map_err(|status| {
-            Failure::failed(format!(
-                "{}: {:?}: {}",
-                resolved.url,
-                status.code(),
-                status.message()
-            ))
-        })?
+        .map_err(|status| super::rpc_failure(&resolved.url, &status))?
         .into_inner();
     let mut printed = 0u32;
     let mut last = after;

@@ -1,6 +1,7 @@
 //! The `standin` command line: argument parsing and dispatch. Each subcommand lives in
-//! its own module; `main` maps failures to exit codes (2 for a bad config or usage,
-//! 1 for a failed check or operation).
+//! its own module; `main` maps failures to exit codes: 1 for a failed check or
+//! operation (or a node that cannot be reached), 2 for a bad config or usage, 3 for a
+//! command the node refused (it does not apply now; nothing was changed).
 
 pub mod demo;
 pub mod generate;
@@ -241,6 +242,29 @@ impl Failure {
             message: message.into(),
         }
     }
+
+    /// The node said no: the command does not apply in its current state.
+    pub fn refused(message: impl Into<String>) -> Failure {
+        Failure {
+            code: 3,
+            message: message.into(),
+        }
+    }
+}
+
+/// A failed call to the node at `url`, as an operator should read it: a refusal
+/// (`FAILED_PRECONDITION`) exits 3 with the node's reason; an answer that is HTTP but
+/// not gRPC names the likely mistake (the HTTP port given for the gRPC one).
+pub fn rpc_failure(url: &str, status: &tonic::Status) -> Failure {
+    if status.code() == tonic::Code::FailedPrecondition {
+        return Failure::refused(format!("{url} refused: {}", status.message()));
+    }
+    if status.message().contains("grpc-status header missing") {
+        return Failure::failed(format!(
+            "{url} answers HTTP but not gRPC: this looks like a node's HTTP port (http_listen); give its gRPC address (listen) instead"
+        ));
+    }
+    Failure::failed(format!("{url}: {:?}: {}", status.code(), status.message()))
 }
 
 impl From<ConfigError> for Failure {
@@ -446,7 +470,7 @@ async fn role_command(target: &Target, request: RoleRequest) -> Result<u8, Failu
         }
         RoleRequest::Switchover => client.switchover(standin_proto::v1::SwitchoverRequest {}).await,
     }
-    .map_err(|status| Failure::failed(format!("{}: {:?}: {}", resolved.url, status.code(), status.message())))?
+    .map_err(|status| rpc_failure(&resolved.url, &status))?
     .into_inner();
     println!("{}: {} (now {})", resolved.url, reply.message, reply.role);
     Ok(0)

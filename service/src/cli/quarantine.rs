@@ -45,6 +45,33 @@ pub enum QuarantineCommand {
     },
 }
 
+/// A time in milliseconds since 1970 as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn utc(ms: u64) -> String {
+    let seconds = ms / 1000;
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's `civil_from_days`).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
 fn quarantines(target: &Target) -> Result<(Config, Vec<(PathBuf, Manifest)>), Failure> {
     let config = Config::load_for_client(&target.config)?;
     let list =
@@ -79,10 +106,10 @@ pub async fn run(command: QuarantineCommand) -> Result<u8, Failure> {
                     .map(|name| name.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 println!(
-                    "{name}  {} events after common seq {}  quarantined at {} ms",
+                    "{name}  {} events after common seq {}  quarantined at {}",
                     manifest.events.len(),
                     manifest.common_seq,
-                    manifest.quarantined_at_ms
+                    utc(manifest.quarantined_at_ms)
                 );
             }
             Ok(0)
@@ -178,5 +205,19 @@ pub async fn run(command: QuarantineCommand) -> Result<u8, Failure> {
                 "no authoritative node took the file ({last_refusal})"
             )))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc;
+
+    #[test]
+    fn quarantine_times_read_as_utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        // `date -u -d @1709210096`: a leap day.
+        assert_eq!(utc(1_709_210_096_789), "2024-02-29 12:34:56 UTC");
+        assert_eq!(utc(951_868_800_000), "2000-03-01 00:00:00 UTC");
+        assert_eq!(utc(4_102_444_799_000), "2099-12-31 23:59:59 UTC");
     }
 }

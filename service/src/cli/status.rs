@@ -31,9 +31,7 @@ pub async fn fetch(
     let response = client
         .status(wire::StatusRequest {})
         .await
-        .map_err(|status| {
-            Failure::failed(format!("{url}: {:?}: {}", status.code(), status.message()))
-        })?;
+        .map_err(|status| super::rpc_failure(url, &status))?;
     Ok(status_from_wire(response.get_ref()))
 }
 

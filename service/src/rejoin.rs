@@ -1,0 +1,160 @@
+//! The rejoin of a node that learned it was superseded: find the last event it shares
+//! with the authority (exponential steps back from its head, then a binary search,
+//! each probe a one-event `Pull`), move its own later events to quarantine, put its
+//! folder back to that point, and keep aside what its folder holds that its log never
+//! recorded. The coordinator starts it on the role machine's `StartRejoin`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use standin_engine::Hash;
+use standin_proto::v1 as wire;
+use tokio_stream::StreamExt;
+
+use crate::node::Node;
+
+/// What the authority's log says of our event `seq`.
+enum Known {
+    /// It has our event (same hash).
+    Has,
+    /// It has another event there, or none.
+    Lacks,
+    /// It compacted that part of its log away: it cannot tell.
+    Compacted,
+}
+
+async fn authority_knows(
+    client: &mut standin_proto::v1::replication_client::ReplicationClient<crate::client::Authed>,
+    seq: u64,
+    hash: Hash,
+) -> Result<Known, String> {
+    let request = wire::PullRequest {
+        after_seq: seq,
+        after_hash: hash.0.to_vec(),
+        max_events: 1,
+        follow: false,
+    };
+    let mut stream = client
+        .pull(request)
+        .await
+        .map_err(|status| status.message().to_string())?
+        .into_inner();
+    match stream.next().await {
+        Some(Ok(wire::PullResponse {
+            kind: Some(wire::pull_response::Kind::Batch(_)),
+        })) => Ok(Known::Has),
+        Some(Ok(wire::PullResponse {
+            kind: Some(wire::pull_response::Kind::Divergence(_)),
+        })) => Ok(Known::Lacks),
+        Some(Ok(wire::PullResponse {
+            kind: Some(wire::pull_response::Kind::Compacted(_)),
+        })) => Ok(Known::Compacted),
+        Some(Ok(_)) | None => Err("the authority sent nothing".to_string()),
+        Some(Err(status)) => Err(status.message().to_string()),
+    }
+}
+
+/// The last event we share with the authority. When the authority has compacted the
+/// part of its log where our history would be, that cannot be known: everything after
+/// our own base is treated as ours alone (quarantined, never dropped), and the pull
+/// loop then starts again from the authority's snapshot.
+async fn common_point(
+    node: &Arc<Node>,
+    client: &mut standin_proto::v1::replication_client::ReplicationClient<crate::client::Authed>,
+) -> Result<u64, String> {
+    let log = node.repository.log();
+    let base = log.base().seq;
+    let head = log.head().seq;
+    let hash_at = |seq: u64| {
+        log.hash_at(seq)
+            .map_err(|error| error.to_string())
+            .map(|hash| hash.unwrap_or_default())
+    };
+    // Exponential steps back from our head, then a binary search.
+    let mut lacking = head + 1;
+    let mut candidate = head;
+    let mut step = 1;
+    let common = loop {
+        match authority_knows(client, candidate, hash_at(candidate)?).await? {
+            Known::Has => break candidate,
+            Known::Compacted => return Ok(base),
+            Known::Lacks => {}
+        }
+        lacking = candidate;
+        if candidate == base {
+            return Ok(base);
+        }
+        candidate = candidate.saturating_sub(step).max(base);
+        step *= 2;
+    };
+    let (mut low, mut high) = (common, lacking);
+    while high - low > 1 {
+        let middle = low + (high - low) / 2;
+        match authority_knows(client, middle, hash_at(middle)?).await? {
+            Known::Has => low = middle,
+            Known::Lacks | Known::Compacted => high = middle,
+        }
+    }
+    Ok(low)
+}
+
+/// The rejoin: find the last event we share with the authority, quarantine ours after
+/// it, put the folder back to it. Returns how many events were quarantined.
+/// How often a rejoin asks the authority again before it gives up (and fences).
+const REJOIN_ATTEMPTS: u32 = 20;
+
+pub async fn rejoin(node: &Arc<Node>) -> Result<usize, String> {
+    let url = node
+        .config
+        .peer_url
+        .clone()
+        .ok_or("no peer_url to rejoin")?;
+    // Finding the common point only reads from the authority: a link that drops
+    // meanwhile is retried (with a growing pause) instead of fencing the node.
+    let mut pause = Duration::from_millis(500);
+    let mut attempts = 0;
+    let common = loop {
+        let attempt = async {
+            let channel = crate::client::channel(&url, node.config.tls.as_ref())?;
+            let mut client = crate::client::replication(channel, &node.secret)?;
+            common_point(node, &mut client).await
+        };
+        match attempt.await {
+            Ok(common) => break common,
+            Err(error) if attempts < REJOIN_ATTEMPTS => {
+                attempts += 1;
+                tracing::warn!(%error, attempt = attempts, retry_in_ms = pause.as_millis() as u64, "rejoin: the authority could not be asked; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+            Err(error) => return Err(error),
+        }
+    };
+    let quarantining = node.clone();
+    let quarantined = tokio::task::spawn_blocking(move || -> Result<usize, String> {
+        let count =
+            match standin_engine::quarantine::quarantine_after(&quarantining.repository, common)
+                .map_err(|error| error.to_string())?
+            {
+                Some(quarantined) => quarantined.manifest.events.len(),
+                None => 0,
+            };
+        standin_engine::quarantine::rewind_folder(
+            &quarantining.config.folder,
+            &quarantining.repository,
+        )
+        .map_err(|error| error.to_string())?;
+        // Changes written here after the last capture (a write racing a switchover)
+        // are kept aside too, never left behind unrecorded or overwritten.
+        let unrecorded = standin_engine::quarantine::quarantine_unrecorded(
+            &quarantining.config.folder,
+            &quarantining.repository,
+        )
+        .map_err(|error| error.to_string())?;
+        Ok(count + unrecorded)
+    })
+    .await
+    .map_err(|error| error.to_string())??;
+    tracing::info!(common, "found the last common event with the authority");
+    Ok(quarantined)
+}
