@@ -40,10 +40,12 @@ pub const STABLE_READ_TRIES: u32 = 4;
 /// began during the read cannot hide in the same clock tick. But a write already under
 /// way when the first stat was taken moved the times before it: its copying can
 /// overlap the read with the stats unchanged (seen under load: 3,072 blocks of one
-/// pass and 1,024 of the next). So a file changed in the last 2 s is copied twice,
-/// quickly, and taken only when both copies hold the same bytes with the stats
-/// unchanged — a write in progress moves on between the copies (a writer stalled
-/// through both copies is the remaining window; a clone, below, has none). A read that overlapped a
+/// pass and 1,024 of the next). So a file changed so recently that a write of it
+/// may still be copying (100 ms plus 16 ns a byte) is copied twice, quickly, and
+/// taken only when both copies hold the same bytes with the stats unchanged — a write
+/// in progress moves on between the copies (a writer stalled through both copies, or
+/// one write(2) stalled longer than that window, is what remains; a clone, below, has
+/// none). A read that overlapped a
 /// write is redone, a few times with a growing pause, copying the file first (into
 /// memory, or a temporary file in `data_dir` when large) so that only the copy, not
 /// the hashing, must fit between two writes; then `Unstable`. Where the file system
@@ -254,16 +256,20 @@ fn copy_quickly(file: &File, data_dir: &Path, what: &Path) -> Result<Option<Quic
     Ok((copied == size).then_some(QuickCopy::File(temp)))
 }
 
-/// A file modified this recently may have a write(2) still copying its data.
-const CONFIRM_WINDOW_NS: i128 = 2_000_000_000;
+/// A write(2) of the whole file started at its ctime is taken to be done after this
+/// long, plus `CONFIRM_NS_PER_BYTE` for each byte (64 MB/s, far below what a write
+/// into the page cache takes): a file changed more recently is copied twice.
+const CONFIRM_WINDOW_NS: i128 = 100_000_000;
+const CONFIRM_NS_PER_BYTE: i128 = 16;
 
+/// Whether a write(2) may still be copying into the file (see `capture_file`).
 fn recently_modified(metadata: &std::fs::Metadata) -> bool {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|since| since.as_nanos() as i128)
         .unwrap_or(i128::MAX);
     let changed = metadata.ctime() as i128 * 1_000_000_000 + metadata.ctime_nsec() as i128;
-    now - changed < CONFIRM_WINDOW_NS
+    now - changed < CONFIRM_WINDOW_NS + metadata.len() as i128 * CONFIRM_NS_PER_BYTE
 }
 
 /// Whether two quick copies hold the same bytes (large ones compared by hash, after
