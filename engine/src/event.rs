@@ -497,8 +497,8 @@ mod tests {
             mode: 0o2755,
             uid: 1001,
             gid: 1002,
-            user: "al".to_string(),
-            group: "st".to_string(),
+            user: "al".into(),
+            group: "st".into(),
             mtime_ns: 5,
             xattrs: vec![crate::meta::Xattr {
                 name: b"user.a".to_vec(),
@@ -507,7 +507,7 @@ mod tests {
             names: vec![crate::meta::IdName {
                 group: false,
                 id: 7,
-                name: "x".to_string(),
+                name: "x".into(),
             }],
             link: 9,
         }

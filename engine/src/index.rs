@@ -179,6 +179,14 @@ impl FolderIndex {
         self.metas.get(path)
     }
 
+    /// The recorded names of link value `link`, if any (not for 0).
+    pub fn link_group(&self, link: u64) -> Option<&BTreeSet<RelPath>> {
+        if link == 0 {
+            return None;
+        }
+        self.links.get(&link)
+    }
+
     /// The paths recorded with link group `link` (hard links of one file), in order.
     pub fn linked(&self, link: u64) -> Vec<RelPath> {
         if link == 0 {
@@ -425,6 +433,25 @@ impl FolderIndex {
     /// Apply `change`, after checking it fits.
     pub fn apply(&mut self, change: &Change) -> Result<(), Misfit> {
         self.check(change)?;
+        if let Change::File {
+            path,
+            meta,
+            size,
+            content,
+            chunks,
+        } = change
+        {
+            // The common case, without building its format-1 view first.
+            let entry = Entry::File {
+                mode: meta.mode & crate::scan::MODE_MASK,
+                mtime_ns: meta.mtime_ns,
+                size: *size,
+                content: *content,
+                chunks: chunks.clone(),
+            };
+            self.set(path.clone(), entry, Some(meta.clone()));
+            return Ok(());
+        }
         let meta = change.meta().cloned();
         let Some(base) = change.base() else {
             // `SetMeta`: the entry stays, its metadata is replaced.

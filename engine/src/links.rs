@@ -10,7 +10,7 @@
 //! - verify: the paths of each recorded group are one file on disk, and no two paths
 //!   of different groups are (`partition_difference`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -21,39 +21,36 @@ use crate::meta::Meta;
 use crate::path::RelPath;
 
 /// The names, other than those `changes` already record, of the files `changes`
-/// record: from the index's link groups and the disk's (`disk_metas`, a walk's).
+/// record: from the index's link groups and the disk's (`disk_linked`, a walk's names
+/// of each file with more than one link).
 pub fn other_names(
     changes: &[Change],
     index: &FolderIndex,
-    disk_metas: &BTreeMap<RelPath, Meta>,
+    disk_linked: &HashMap<u64, Vec<RelPath>>,
 ) -> Vec<RelPath> {
-    let recorded: BTreeSet<&RelPath> = changes.iter().flat_map(|change| change.paths()).collect();
-    let mut on_disk: HashMap<u64, Vec<&RelPath>> = HashMap::new();
-    for (path, meta) in disk_metas {
-        if meta.link != 0 {
-            on_disk.entry(meta.link).or_default().push(path);
-        }
-    }
-    let mut out = BTreeSet::new();
+    let mut out: BTreeSet<RelPath> = BTreeSet::new();
     for change in changes {
-        let (Change::File { meta, .. } | Change::SetMeta { meta, .. }) = change else {
+        let (Change::File { path, meta, .. } | Change::SetMeta { path, meta }) = change else {
             continue;
         };
         if meta.link == 0 {
             continue;
         }
-        let from_disk = on_disk
-            .get(&meta.link)
-            .into_iter()
-            .flatten()
-            .map(|path| (*path).clone());
-        for other in index.linked(meta.link).into_iter().chain(from_disk) {
-            if !recorded.contains(&other) {
-                out.insert(other);
+        let recorded = index.link_group(meta.link).into_iter().flatten();
+        let from_disk = disk_linked.get(&meta.link).into_iter().flatten();
+        for other in recorded.chain(from_disk) {
+            if other != path && !out.contains(other) {
+                out.insert(other.clone());
             }
         }
     }
-    out.into_iter().collect()
+    if out.is_empty() {
+        return Vec::new();
+    }
+    let recorded: HashSet<&RelPath> = changes.iter().flat_map(|change| change.paths()).collect();
+    out.into_iter()
+        .filter(|path| !recorded.contains(path))
+        .collect()
 }
 
 /// The link groups of more than one file that `changes` touch, as the index (after

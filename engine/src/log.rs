@@ -114,12 +114,11 @@ fn key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
 }
 
-fn encode_value(event: &Event) -> Vec<u8> {
-    let canonical = event.body.canonical_bytes();
+fn encode_value(event: &Event, canonical: &[u8]) -> Vec<u8> {
     let mut value = Vec::with_capacity(64 + canonical.len());
     value.extend_from_slice(&event.prev.0);
     value.extend_from_slice(&event.hash.0);
-    value.extend_from_slice(&canonical);
+    value.extend_from_slice(canonical);
     value
 }
 
@@ -260,13 +259,29 @@ impl EventLog {
 
     /// Append `batch`, which must continue the chain from the head; durable on return.
     pub fn append(&self, batch: &[Event]) -> Result<Head> {
+        let canonical: Vec<Vec<u8>> = batch
+            .iter()
+            .map(|event| event.body.canonical_bytes())
+            .collect();
+        self.append_encoded(batch, &canonical)
+    }
+
+    /// `append`, with each event's canonical bytes already encoded (`canonical[i]` is
+    /// `batch[i].body.canonical_bytes()`: the caller hashed them).
+    pub fn append_encoded(&self, batch: &[Event], canonical: &[Vec<u8>]) -> Result<Head> {
+        if batch.len() != canonical.len() {
+            return Err(Error::BrokenChain {
+                seq: batch.first().map_or(0, Event::seq),
+                reason: format!("{} events but {} encodings", batch.len(), canonical.len()),
+            });
+        }
         let mut head = self
             .head
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut tip = *head;
         let mut sled_batch = sled::Batch::default();
-        for event in batch {
+        for (event, canonical) in batch.iter().zip(canonical) {
             event.check_follows(tip.seq, &tip.hash)?;
             if event.epoch() < tip.epoch {
                 return Err(Error::BrokenChain {
@@ -278,7 +293,7 @@ impl EventLog {
                     ),
                 });
             }
-            sled_batch.insert(&key(event.seq()), encode_value(event));
+            sled_batch.insert(&key(event.seq()), encode_value(event, canonical));
             tip = Head::of(event);
         }
         let last_group = batch

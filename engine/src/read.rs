@@ -104,20 +104,21 @@ pub fn capture_file(
         if !before.is_file() {
             return Ok(Captured::Gone);
         }
-        if as_database && before.len() >= crate::sqlite::MIN_DATABASE_BYTES {
-            let mut head = [0u8; 20];
-            let read =
-                std::os::unix::fs::FileExt::read_at(&file, &mut head, 0).at("read", &full)?;
-            if read == head.len() && crate::sqlite::is_header(&head) {
-                drop(file);
-                drop(plain);
-                match capture_database(repository, path, &full, &before, &head, known)? {
-                    Some(captured) => return Ok(captured),
-                    None => {
-                        // Refused by SQLite: read as any other file.
-                        as_database = false;
-                        continue;
-                    }
+        // The file's first bytes, read once: SQLite's header is looked for in them,
+        // and a plain read of a file left alone goes on from there.
+        let head = read_head(&file, before.len()).at("read", &full)?;
+        if as_database
+            && before.len() >= crate::sqlite::MIN_DATABASE_BYTES
+            && crate::sqlite::is_header(&head)
+        {
+            drop(file);
+            drop(plain);
+            match capture_database(repository, path, &full, &before, &head, known)? {
+                Some(captured) => return Ok(captured),
+                None => {
+                    // Refused by SQLite: read as any other file.
+                    as_database = false;
+                    continue;
                 }
             }
         }
@@ -147,7 +148,11 @@ pub fn capture_file(
         // between the two copies).
         let stored = if attempt == 0 && !recently_modified(&before) {
             // Chunk and hash as it is read: the cheap way, for a file left alone.
-            let stored = store_content(&file, repository.chunks(), &full)?;
+            let stored = store_content(
+                std::io::Read::chain(head.as_slice(), &file),
+                repository.chunks(),
+                &full,
+            )?;
             let after = file.metadata().at("stat", &full)?;
             if !same_version(&before, &after) || stored.size != after.len() {
                 tracing::debug!(path = %full.display(), "the file changed while it was read; copying it first");
@@ -219,6 +224,19 @@ fn file_change(
         content: stored.content,
         chunks: stored.chunks,
     }
+}
+
+/// How much of a file `read_head` reads: all of a small file, in one call.
+const HEAD_BYTES: u64 = 64 << 10;
+
+/// The first `HEAD_BYTES` (or `size`, when smaller) bytes of `file`, read from its
+/// start, leaving its offset after them; fewer if it ends sooner.
+fn read_head(file: &File, size: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(size.min(HEAD_BYTES) as usize);
+    let reader = file;
+    reader.take(size.min(HEAD_BYTES)).read_to_end(&mut head)?;
+    Ok(head)
 }
 
 /// Files from this size on are cloned before they are read where the file system can

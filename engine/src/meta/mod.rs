@@ -37,10 +37,11 @@ pub struct Meta {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
-    /// The owner's name on the recording node; empty when the id has none.
-    pub user: String,
+    /// The owner's name on the recording node; empty when the id has none. Shared
+    /// (`Name`): a scan gives the same few names to thousands of entries.
+    pub user: Name,
     /// The group's name on the recording node; empty when the id has none.
-    pub group: String,
+    pub group: Name,
     /// Modification time, nanoseconds since the Unix epoch (not in the digest).
     pub mtime_ns: i64,
     /// Extended attributes, sorted by name: `user.*`, `trusted.*`, `security.*` and
@@ -56,6 +57,9 @@ pub struct Meta {
     pub link: u64,
 }
 
+/// A user or group name: shared, cheap to clone; encoded as a string.
+pub type Name = std::sync::Arc<str>;
+
 /// One extended attribute.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Encode, Decode)]
 pub struct Xattr {
@@ -68,7 +72,7 @@ pub struct Xattr {
 pub struct IdName {
     pub group: bool,
     pub id: u32,
-    pub name: String,
+    pub name: Name,
 }
 
 /// The replicated extended attributes of what is at `full` (never through a
@@ -153,7 +157,7 @@ impl Meta {
         self.names
             .iter()
             .find(|entry| entry.group == group && entry.id == id)
-            .map(|entry| entry.name.as_str())
+            .map(|entry| &*entry.name)
             .unwrap_or("")
     }
 

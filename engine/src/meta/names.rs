@@ -1,17 +1,22 @@
 //! User and group names and ids from this machine's databases (NSS, through `uzers`),
 //! cached for a minute: a scan asks for the same few owners thousands of times, and a
-//! user added meanwhile is seen within the minute.
+//! user added meanwhile is seen within the minute. Names are looked up first in a
+//! cache of the calling thread (capture reads files on several threads: no lock to
+//! share per file), then in the process's.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use super::Name;
 
 const KEEP: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct Cache {
-    user_names: HashMap<u32, (Instant, String)>,
-    group_names: HashMap<u32, (Instant, String)>,
+    user_names: HashMap<u32, (Instant, Name)>,
+    group_names: HashMap<u32, (Instant, Name)>,
     user_ids: HashMap<String, (Instant, Option<u32>)>,
     group_ids: HashMap<String, (Instant, Option<u32>)>,
 }
@@ -37,30 +42,63 @@ fn cached<K: std::hash::Hash + Eq + Clone, V: Clone>(
     value
 }
 
+/// This thread's names: (group, id) → when looked up, the name.
+type Local = HashMap<(bool, u32), (Instant, Name)>;
+
+thread_local! {
+    static LOCAL: RefCell<Local> = RefCell::new(HashMap::new());
+}
+
+/// The name of `id` (a group's when `group`), from this thread's cache, else the
+/// process's, else `look_up`.
+fn name(group: bool, id: u32) -> Name {
+    let local = LOCAL.with(|local| {
+        local
+            .borrow()
+            .get(&(group, id))
+            .filter(|(at, _)| at.elapsed() < KEEP)
+            .map(|(_, name)| name.clone())
+    });
+    if let Some(name) = local {
+        return name;
+    }
+    let name = if group {
+        cached(
+            |cache| &mut cache.group_names,
+            &id,
+            || {
+                uzers::get_group_by_gid(id)
+                    .and_then(|group| group.name().to_str().map(Name::from))
+                    .unwrap_or_default()
+            },
+        )
+    } else {
+        cached(
+            |cache| &mut cache.user_names,
+            &id,
+            || {
+                uzers::get_user_by_uid(id)
+                    .and_then(|user| user.name().to_str().map(Name::from))
+                    .unwrap_or_default()
+            },
+        )
+    };
+    LOCAL.with(|local| {
+        local
+            .borrow_mut()
+            .insert((group, id), (Instant::now(), name.clone()))
+    });
+    name
+}
+
 /// The name of user `uid` here; empty when it has none.
-pub fn user_name(uid: u32) -> String {
-    cached(
-        |cache| &mut cache.user_names,
-        &uid,
-        || {
-            uzers::get_user_by_uid(uid)
-                .and_then(|user| user.name().to_str().map(str::to_string))
-                .unwrap_or_default()
-        },
-    )
+pub fn user_name(uid: u32) -> Name {
+    name(false, uid)
 }
 
 /// The name of group `gid` here; empty when it has none.
-pub fn group_name(gid: u32) -> String {
-    cached(
-        |cache| &mut cache.group_names,
-        &gid,
-        || {
-            uzers::get_group_by_gid(gid)
-                .and_then(|group| group.name().to_str().map(str::to_string))
-                .unwrap_or_default()
-        },
-    )
+pub fn group_name(gid: u32) -> Name {
+    name(true, gid)
 }
 
 /// The id of user `name` here, if there is one.

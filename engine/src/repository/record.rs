@@ -4,7 +4,6 @@
 use crate::error::{Error, Result};
 use crate::event::{Change, Event, EventBody};
 use crate::fsutil::now_ms;
-use crate::hash::Hash;
 
 use super::Repository;
 
@@ -32,7 +31,8 @@ impl Repository {
         let digest_before = index.digest();
         let grouped = changes.len() > 1;
         let first_seq = head.seq + 1 + u64::from(grouped);
-        let mut sealed: Vec<(Change, Hash)> = Vec::with_capacity(changes.len());
+        // Each body with its canonical bytes, encoded once (size check, hash, log).
+        let mut sealed: Vec<(EventBody, Vec<u8>)> = Vec::with_capacity(changes.len());
         let mut misfit = None;
         let mut undo_last = false;
         let recorded_at_ms = now_ms();
@@ -53,7 +53,8 @@ impl Repository {
                 change,
                 digest: index.digest(),
             };
-            let encoded_bytes = body.canonical_bytes().len();
+            let canonical = body.canonical_bytes();
+            let encoded_bytes = canonical.len();
             if encoded_bytes > crate::event::MAX_EVENT_BYTES {
                 // Undo this change in the index; the ones before are recorded below.
                 misfit = Some(Error::Apply {
@@ -67,45 +68,53 @@ impl Repository {
                 undo_last = true;
                 break;
             }
-            sealed.push((body.change, body.digest));
+            sealed.push((body, canonical));
         }
         if undo_last {
             // The index took a change that will not be recorded: rebuild it from the
             // saved index and the log, then apply the recorded prefix again.
             self.reload_index_locked(&mut index)?;
-            for (change, _) in &sealed {
-                let _ = index.apply(change);
+            for (body, _) in &sealed {
+                let _ = index.apply(&body.change);
             }
         }
         // The group marker counts what is actually recorded (a misfit cuts it short).
         let mut bodies = Vec::with_capacity(sealed.len() + 1);
         if sealed.len() > 1 {
-            bodies.push((
-                Change::Group {
+            let body = EventBody {
+                seq: head.seq + 1,
+                epoch,
+                recorded_at_ms,
+                change: Change::Group {
                     events: u32::try_from(sealed.len()).unwrap_or(u32::MAX),
                 },
-                digest_before,
-            ));
+                digest: digest_before,
+            };
+            let canonical = body.canonical_bytes();
+            bodies.push((body, canonical));
         }
         bodies.extend(sealed);
         let mut events = Vec::with_capacity(bodies.len());
+        let mut encoded = Vec::with_capacity(bodies.len());
         let mut tip = (head.seq, head.hash);
-        for (change, digest) in bodies {
-            let event = Event::seal(
-                tip.1,
-                EventBody {
-                    seq: tip.0 + 1,
-                    epoch,
-                    recorded_at_ms,
-                    change,
-                    digest,
-                },
-            );
+        for (mut body, mut canonical) in bodies {
+            if body.seq != tip.0 + 1 {
+                // A lone change after a misfit has no group marker before it.
+                body.seq = tip.0 + 1;
+                canonical = body.canonical_bytes();
+            }
+            let hash = crate::event::chain_hash(&tip.1, &canonical);
+            let event = Event {
+                prev: tip.1,
+                body,
+                hash,
+            };
             tip = (event.seq(), event.hash);
             events.push(event);
+            encoded.push(canonical);
         }
         if !events.is_empty() {
-            if let Err(error) = self.log.append(&events) {
+            if let Err(error) = self.log.append_encoded(&events, &encoded) {
                 drop(index);
                 self.reload_index()?;
                 return Err(error);

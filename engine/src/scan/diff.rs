@@ -81,8 +81,11 @@ pub fn diff_scope(
             ..old.clone()
         } == *new;
         let recorded_names = match base {
-            Some(index) => index.linked(old.link).len(),
-            None => repository.lock_index().linked(old.link).len(),
+            Some(index) => index.link_group(old.link).map_or(0, |group| group.len()),
+            None => repository
+                .lock_index()
+                .link_group(old.link)
+                .map_or(0, |group| group.len()),
         };
         same_otherwise
             && recorded_names <= 1
@@ -221,7 +224,7 @@ pub fn diff_scope(
                 &*guard
             }
         };
-        crate::links::other_names(&changes, index, &disk.metas)
+        crate::links::other_names(&changes, index, &disk.linked)
             .into_iter()
             .map(|path| {
                 let entry = index.get(&path).cloned();

@@ -24,9 +24,9 @@ mod diff;
 use crate::repository::Repository;
 pub use diff::{diff_scope, Diff};
 
-/// Permission bits kept for files and directories: read/write/execute and the sticky
-/// bit. Setuid and setgid are never recorded: owners are not replicated, so on the
-/// other node such a file would run as whoever runs standin (root, usually).
+/// The mode bits of an entry's format-1 view (`Entry`'s own `mode`, the format-1
+/// changes): read/write/execute and the sticky bit. Every bit, setuid and setgid
+/// included, is in the entry's `Meta` (format 2).
 pub const MODE_MASK: u32 = 0o1777;
 
 /// A file whose mtime is this recent is re-read even when size and mtime match.
@@ -54,12 +54,15 @@ impl DiskEntry {
 /// Read what is at `full` without following a symlink. `None` when nothing is there
 /// or it is a special file (skipped with a warning).
 pub fn stat_disk(full: &Path) -> Result<Option<DiskEntry>> {
-    Ok(stat_disk_with(full, false)?.map(|(entry, _)| entry))
+    Ok(stat_disk_with(full, false)?.map(|(entry, _, _)| entry))
 }
 
 /// `stat_disk`, with the entry's metadata (owner, every mode bit, extended attributes,
-/// ACLs, mtime) when `with_meta`.
-pub fn stat_disk_with(full: &Path, with_meta: bool) -> Result<Option<(DiskEntry, Option<Meta>)>> {
+/// ACLs, mtime) when `with_meta`, and its number of links.
+pub fn stat_disk_with(
+    full: &Path,
+    with_meta: bool,
+) -> Result<Option<(DiskEntry, Option<Meta>, u64)>> {
     let metadata = match std::fs::symlink_metadata(full) {
         Ok(metadata) => metadata,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
@@ -104,7 +107,13 @@ pub fn stat_disk_with(full: &Path, with_meta: bool) -> Result<Option<(DiskEntry,
         crate::skipped::note(full, "a socket, FIFO or device file");
         None
     };
-    Ok(entry.map(|entry| (entry, with_meta.then(|| Meta::read(full, &metadata)))))
+    Ok(entry.map(|entry| {
+        (
+            entry,
+            with_meta.then(|| Meta::read(full, &metadata)),
+            metadata.nlink(),
+        )
+    }))
 }
 
 /// `stat_disk` of `path` for a walk: a path that alone cannot be read (too long for
@@ -113,8 +122,11 @@ pub fn stat_disk_with(full: &Path, with_meta: bool) -> Result<Option<(DiskEntry,
 fn stat_or_skip(root: &Path, path: &RelPath, tree: &mut DiskTree) -> Result<Option<DiskEntry>> {
     let full = path.under(root);
     match stat_disk_with(&full, true) {
-        Ok(Some((entry, meta))) => {
+        Ok(Some((entry, meta, links))) => {
             if let Some(meta) = meta {
+                if links > 1 && matches!(entry, DiskEntry::File { .. }) {
+                    tree.linked.entry(meta.link).or_default().push(path.clone());
+                }
                 tree.metas.insert(path.clone(), meta);
             }
             Ok(Some(entry))
@@ -140,6 +152,9 @@ pub struct DiskTree {
     pub unreadable: Vec<RelPath>,
     /// Each entry's metadata (owner, every mode bit, xattrs, ACLs, mtime).
     pub metas: BTreeMap<RelPath, Meta>,
+    /// The files with more than one name (hard links), by link value: the names the
+    /// walk found of each.
+    pub linked: std::collections::HashMap<u64, Vec<RelPath>>,
 }
 
 /// Walk `scope` (the whole folder when `None`) under `root`.
@@ -148,6 +163,7 @@ pub fn walk(root: &Path, scope: Option<&RelPath>) -> Result<DiskTree> {
         entries: BTreeMap::new(),
         unreadable: Vec::new(),
         metas: BTreeMap::new(),
+        linked: std::collections::HashMap::new(),
     };
     let mut pending_dirs: Vec<Option<RelPath>> = Vec::new();
     match scope {
