@@ -12,6 +12,15 @@
 //!   symlink: kind 3 ‖ u64le(len(target)) ‖ target
 //! ```
 //!
+//! An entry recorded with its metadata (format 2, `Meta`) has one leaf for both:
+//!
+//! ```text
+//! leaf = blake3("standin-leaf-v2" ‖ u64le(len(path)) ‖ path ‖ kind ‖ fields ‖ meta)
+//!   meta: u32le(mode, 0 for a symlink) ‖ owner ‖ group ‖ u64le(count) ‖ xattrs
+//!   (see `Meta::feed`: each id as its name where it has one; not the time, not the
+//!   link value)
+//! ```
+//!
 //! The digest is the sum of all leaves as 256-bit little-endian integers, modulo
 //! 2^256 (an additive multiset hash, AdHash). Adding an entry adds its leaf, removing
 //! subtracts it, changing it does both, so a `Put`, `Mkdir`, `SetMode` or `Symlink`
@@ -21,6 +30,7 @@
 //! with other mtimes holds the same data.
 
 use crate::hash::Hash;
+use crate::meta::Meta;
 use crate::path::RelPath;
 
 /// What kind of entry, with the fields the digest covers.
@@ -41,8 +51,21 @@ pub enum LeafFields<'a> {
 
 /// The leaf hash of one entry.
 pub fn leaf(path: &RelPath, fields: LeafFields<'_>) -> Hash {
+    let hasher = start(b"standin-leaf-v1", path, fields);
+    hasher.finalize().into()
+}
+
+/// The leaf hash of one entry recorded with its metadata: one hash for both.
+pub fn leaf_with_meta(path: &RelPath, fields: LeafFields<'_>, meta: &Meta) -> Hash {
+    let mut hasher = start(b"standin-leaf-v2", path, fields);
+    meta.feed(&mut hasher, !matches!(fields, LeafFields::Symlink { .. }));
+    hasher.finalize().into()
+}
+
+/// A hasher fed with `label`, `path` and the entry's own fields.
+fn start(label: &[u8], path: &RelPath, fields: LeafFields<'_>) -> blake3::Hasher {
     let mut hasher = blake3::Hasher::new();
-    hasher.update(b"standin-leaf-v1");
+    hasher.update(label);
     hasher.update(&(path.as_bytes().len() as u64).to_le_bytes());
     hasher.update(path.as_bytes());
     match fields {
@@ -66,7 +89,7 @@ pub fn leaf(path: &RelPath, fields: LeafFields<'_>) -> Hash {
             hasher.update(target);
         }
     }
-    hasher.finalize().into()
+    hasher
 }
 
 /// The running sum of leaves.

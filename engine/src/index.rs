@@ -16,9 +16,13 @@ use crate::hash::Hash;
 use crate::meta::Meta;
 use crate::path::RelPath;
 
-/// The leaf `meta` adds to the digest beside `entry`'s own (a symlink has no mode).
-pub fn meta_leaf(path: &RelPath, entry: &Entry, meta: &Meta) -> Hash {
-    meta.leaf(path, !matches!(entry, Entry::Symlink { .. }))
+/// The leaf of `entry` at `path` in the folder digest, with its metadata when it was
+/// recorded with it (one hash for both: `digest::leaf_with_meta`).
+pub fn leaf_of(path: &RelPath, entry: &Entry, meta: Option<&Meta>) -> Hash {
+    match meta {
+        Some(meta) => crate::digest::leaf_with_meta(path, entry.leaf_fields(), meta),
+        None => entry.leaf(path),
+    }
 }
 
 /// The state of one path.
@@ -159,9 +163,8 @@ impl FolderIndex {
     ) -> FolderIndex {
         let mut index = FolderIndex::default();
         for (path, entry, meta) in entries {
-            index.digest.add(&entry.leaf(&path));
+            index.digest.add(&leaf_of(&path, &entry, meta.as_ref()));
             if let Some(meta) = meta {
-                index.digest.add(&meta_leaf(&path, &entry, &meta));
                 index.link_insert(&path, &meta);
                 index.metas.insert(path.clone(), meta);
             }
@@ -280,15 +283,14 @@ impl FolderIndex {
     /// Put `entry` (with `meta`, or none) at `path`, replacing what was there.
     fn set(&mut self, path: RelPath, entry: Entry, meta: Option<Meta>) {
         if let Some(old) = self.entries.get(&path) {
-            self.digest.remove(&old.leaf(&path));
-            if let Some(old_meta) = self.metas.remove(&path) {
-                self.digest.remove(&meta_leaf(&path, old, &old_meta));
+            let old_meta = self.metas.remove(&path);
+            self.digest.remove(&leaf_of(&path, old, old_meta.as_ref()));
+            if let Some(old_meta) = old_meta {
                 self.link_remove(&path, &old_meta);
             }
         }
-        self.digest.add(&entry.leaf(&path));
+        self.digest.add(&leaf_of(&path, &entry, meta.as_ref()));
         if let Some(meta) = meta {
-            self.digest.add(&meta_leaf(&path, &entry, &meta));
             self.link_insert(&path, &meta);
             self.metas.insert(path.clone(), meta);
         }
@@ -301,10 +303,9 @@ impl FolderIndex {
         let mut removed = Vec::with_capacity(doomed.len());
         for key in doomed {
             if let Some(entry) = self.entries.remove(&key) {
-                self.digest.remove(&entry.leaf(&key));
                 let meta = self.metas.remove(&key);
+                self.digest.remove(&leaf_of(&key, &entry, meta.as_ref()));
                 if let Some(meta) = &meta {
-                    self.digest.remove(&meta_leaf(&key, &entry, meta));
                     self.link_remove(&key, meta);
                 }
                 self.dirty.insert(key.clone());

@@ -53,6 +53,23 @@ pub enum Seen {
 }
 
 impl Seen {
+    /// The fields its digest leaf covers.
+    pub fn leaf_fields(&self) -> LeafFields<'_> {
+        match self {
+            Seen::File {
+                mode,
+                size,
+                content,
+            } => LeafFields::File {
+                mode: *mode,
+                size: *size,
+                content,
+            },
+            Seen::Dir { mode } => LeafFields::Dir { mode: *mode },
+            Seen::Symlink { target } => LeafFields::Symlink { target },
+        }
+    }
+
     /// `file (4096 bytes, mode 644, content 0123456789ab)`, `directory (mode 755)`, ...
     pub fn describe(&self) -> String {
         match self {
@@ -234,12 +251,18 @@ fn verify(root: &Path, repository: &Repository, live: bool) -> Result<VerifyRepo
         let Some(mut disk) = disk_metas.get(path).cloned() else {
             continue;
         };
-        if !found.contains_key(path) {
+        let Some((plain, seen)) = found.get(path) else {
             continue;
-        }
+        };
         crate::meta::align_to_record(&mut disk, recorded, options);
+        // Recorded with its metadata: one leaf for both (`digest::leaf_with_meta`).
+        digest.remove(plain);
+        digest.add(&crate::digest::leaf_with_meta(
+            path,
+            seen.leaf_fields(),
+            &disk,
+        ));
         let have = disk.leaf(path, !symlink);
-        digest.add(&have);
         if meta_difference.is_none() && have != recorded.leaf(path, !symlink) {
             meta_difference = Some(Difference {
                 path: path.to_string(),

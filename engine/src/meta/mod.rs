@@ -161,14 +161,21 @@ impl Meta {
             .unwrap_or("")
     }
 
-    /// This entry's metadata leaf in the folder digest (beside its content leaf): mode
-    /// (`with_mode`: not for a symlink), owner and group, extended attributes; each id
-    /// as its name where it has one. Not the time.
+    /// A hash of this metadata alone, for naming a difference (`verify`); the
+    /// folder digest hashes it with the entry (`digest::leaf_with_meta`).
     pub fn leaf(&self, path: &RelPath, with_mode: bool) -> Hash {
         let mut hasher = blake3::Hasher::new();
         hasher.update(b"standin-meta-v1");
         hasher.update(&(path.as_bytes().len() as u64).to_le_bytes());
         hasher.update(path.as_bytes());
+        self.feed(&mut hasher, with_mode);
+        hasher.finalize().into()
+    }
+
+    /// Feed what the digest covers of this metadata: mode (`with_mode`: not for a
+    /// symlink), owner and group, extended attributes; each id as its name where it
+    /// has one. Not the time, not the link value.
+    pub fn feed(&self, hasher: &mut blake3::Hasher, with_mode: bool) {
         hasher.update(&(if with_mode { self.mode } else { 0 }).to_le_bytes());
         let identity = |hasher: &mut blake3::Hasher, group: bool, id: u32| {
             let name = self.name_of(group, id);
@@ -181,8 +188,8 @@ impl Meta {
                 hasher.update(name.as_bytes());
             }
         };
-        identity(&mut hasher, false, self.uid);
-        identity(&mut hasher, true, self.gid);
+        identity(hasher, false, self.uid);
+        identity(hasher, true, self.gid);
         hasher.update(&(self.xattrs.len() as u64).to_le_bytes());
         for xattr in &self.xattrs {
             hasher.update(&(xattr.name.len() as u64).to_le_bytes());
@@ -194,7 +201,7 @@ impl Meta {
                     hasher.update(&(plain.len() as u64).to_le_bytes());
                     hasher.update(&plain);
                     for (group, id) in qualifiers {
-                        identity(&mut hasher, group, id);
+                        identity(hasher, group, id);
                     }
                     continue;
                 }
@@ -202,7 +209,6 @@ impl Meta {
             hasher.update(&(xattr.value.len() as u64).to_le_bytes());
             hasher.update(&xattr.value);
         }
-        hasher.finalize().into()
     }
 
     /// Whether `self` and `other` differ in what the digest covers or in the time.
