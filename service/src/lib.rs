@@ -20,7 +20,10 @@
 //! - `http`: `/healthz`, `/active`, `/passive`, `/metrics`, `/`.
 //! - `logging`: stderr log output, the `STANDIN_LOG` filter and `--log-format`.
 //! - `metrics`: Prometheus counters and gauges.
-//! - `client`: channels to a node.
+//! - `client`: channels to a node (the CLI's), endpoints.
+//! - `peer`: the link to the peer — one per peer, reused connections, every call this
+//!   node makes to it (heartbeat, pull, fetch, snapshot, take-over, switchover, the
+//!   rejoin's probes), answered in engine types.
 //! - `site`, `site_server`: the user site (users, apps, logins) and the Agent and
 //!   Site gRPC services.
 //! - `load_table`: terminal servers' reports, checked, expiring, bounded.
@@ -52,6 +55,7 @@ pub mod metrics;
 pub mod node;
 pub mod operator;
 pub mod passive;
+pub mod peer;
 pub mod rejoin;
 pub mod replication_server;
 pub mod secret;

@@ -68,6 +68,8 @@ pub struct Node {
     pub secret: String,
     pub repository: Arc<Repository>,
     pub metrics: Metrics,
+    /// The link to the peer (`peer_url`): every call this node makes to it.
+    peer: Option<Arc<crate::peer::PeerLink>>,
     role: RwLock<Role>,
     accepts_logins: std::sync::atomic::AtomicBool,
     /// With a witness or a lease: logins are refused once the role machine's answer
@@ -155,6 +157,9 @@ impl Node {
         repository.log().set_listener(Box::new(move |head| {
             sender.send_replace(head);
         }));
+        let peer = crate::peer::PeerLink::of(&config, &secret)
+            .map_err(|error| anyhow::anyhow!("peer_url: {error}"))?
+            .map(Arc::new);
         let (inputs, inputs_receiver) = tokio::sync::mpsc::channel(INPUT_QUEUE);
         let (evidence, evidence_receiver) = tokio::sync::mpsc::channel(INPUT_QUEUE);
         let (operator, operator_receiver) = tokio::sync::mpsc::channel(OPERATOR_QUEUE);
@@ -168,6 +173,7 @@ impl Node {
             secret,
             repository,
             metrics: Metrics::new(),
+            peer,
             role: RwLock::new(Role::Starting),
             accepts_logins: std::sync::atomic::AtomicBool::new(false),
             logins_grace_ms,
@@ -194,6 +200,11 @@ impl Node {
             ending: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(node)
+    }
+
+    /// The link to the peer, if `peer_url` names one.
+    pub fn peer(&self) -> Option<Arc<crate::peer::PeerLink>> {
+        self.peer.clone()
     }
 
     pub fn role(&self) -> Role {
