@@ -7,7 +7,8 @@
 //! - `agent`: the terminal-server load reporter (`standin agent`).
 //! - `secret`, `auth`: the pair's shared secret; bearer-token checks on every call.
 //! - `convert`: wire (protobuf) types ↔ engine types; nothing else sees protobuf.
-//! - `node`: a running node's shared state (`Node`, `Role`, `NodeStatus`).
+//! - `node`: a running node's shared state (`Node`, `Role`).
+//! - `status`: `NodeStatus` and the metrics, computed from a node's state when asked.
 //! - `replication_server`, `cluster_server`: the gRPC services.
 //! - `coordinator`: the shell around the engine's role state machine (heartbeats,
 //!   promotion, switchover, hooks); `rejoin`: common point, quarantine, rewind.
@@ -63,5 +64,6 @@ pub mod serve;
 pub mod site;
 pub mod site_server;
 pub mod space;
+pub mod status;
 pub mod tasks;
 pub mod throttle;

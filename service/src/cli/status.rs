@@ -39,6 +39,22 @@ fn short(hash: &str) -> String {
     hash.chars().take(12).collect()
 }
 
+/// The peer as this node sees it: its state, who it is, when it was last heard from.
+fn peer_state(status: &NodeStatus) -> String {
+    if status.peer_state.is_empty() {
+        return "-".to_string();
+    }
+    let mut text = status.peer_state.clone();
+    if !status.peer_node.is_empty() {
+        text.push_str(&format!(" ({}, {})", status.peer_node, status.peer_role));
+    }
+    match status.peer_last_contact_seconds {
+        Some(seconds) => text.push_str(&format!(", last contact {seconds:.1} s ago")),
+        None => text.push_str(", never heard from"),
+    }
+    text
+}
+
 /// How one row of the table is filled from a node's status.
 type Cell = Box<dyn Fn(&NodeStatus) -> String>;
 
@@ -63,6 +79,7 @@ pub fn render_table(statuses: &[NodeStatus]) -> String {
                 }
             }),
         ),
+        ("peer state", Box::new(peer_state)),
         (
             "peer head",
             Box::new(|status| {
@@ -74,7 +91,15 @@ pub fn render_table(statuses: &[NodeStatus]) -> String {
         ),
         (
             "lag",
-            Box::new(|status| format!("{} events, {:.1} s", status.lag_events, status.lag_seconds)),
+            Box::new(
+                |status| match (status.peer_lag_events, status.peer_lag_seconds) {
+                    // The authority: how far its passive is behind it.
+                    (Some(events), Some(seconds)) => {
+                        format!("peer {events} events, {seconds:.1} s behind")
+                    }
+                    _ => format!("{} events, {:.1} s", status.lag_events, status.lag_seconds),
+                },
+            ),
         ),
         (
             "replicated",

@@ -11,7 +11,7 @@ use standin_proto::v1::cluster_client::ClusterClient;
 use standin_proto::v1::replication_client::ReplicationClient;
 use tokio_stream::StreamExt;
 
-use super::{Connection, PeerError, PeerLink};
+use super::{Connection, PeerError, PeerLink, PeerSelf};
 use crate::client::{Authed, MAX_MESSAGE_BYTES};
 use crate::convert::{head_from_wire, head_to_wire};
 
@@ -80,21 +80,35 @@ impl PeerLink {
             role: role.to_string(),
         };
         let (generation, mut client) = self.cluster();
-        let response = within(&self.control, generation, self.timing.call, async {
-            client
+        let answer = within(&self.control, generation, self.timing.call, async {
+            let response = client
                 .heartbeat(request)
                 .await
-                .map(tonic::Response::into_inner)
-                .map_err(PeerError::from_status)
+                .map_err(PeerError::from_status)?
+                .into_inner();
+            let head = head_from_wire(response.head.as_ref()).map_err(|error| {
+                PeerError::BadAnswer(format!("the peer sent a bad head: {error}"))
+            })?;
+            Ok(PeerAnswer {
+                node: response.node,
+                role: response.role,
+                head,
+            })
         })
-        .await?;
-        let head = head_from_wire(response.head.as_ref())
-            .map_err(|error| PeerError::BadAnswer(format!("the peer sent a bad head: {error}")))?;
-        Ok(PeerAnswer {
-            node: response.node,
-            role: response.role,
-            head,
-        })
+        .await;
+        // A peer answering with this node's own name is a second self, not the peer.
+        self.heartbeat_outcome(match &answer {
+            Ok(answer) if answer.node == node => Err(format!(
+                "the peer answers as {node:?}, this node's own name"
+            )),
+            Ok(answer) => Ok(PeerSelf {
+                node: answer.node.clone(),
+                role: answer.role.clone(),
+                head: answer.head,
+            }),
+            Err(error) => Err(error.to_string()),
+        });
+        answer
     }
 
     /// Ask the peer to take over (a switchover); its state for this request.

@@ -22,10 +22,18 @@
 //! call that finds the peer unreachable drops the connection it used, so that the next
 //! call makes a new one.
 //!
+//! # What this node knows of its peer
+//!
+//! `health`: heartbeats both ways tell the link the peer's name, role and applied
+//! head, when it was last heard from, and whether it is up, unreachable (from the
+//! first failed heartbeat) or down (silent for `failover_after_ms`); each change is
+//! logged once. This is how an active sees its passive (`status`, `/`, `/metrics`).
+//!
 //! A node has one link today (`peer_url`); several passives following one active would
 //! each be a `PeerLink` of their own.
 
 mod calls;
+pub mod health;
 mod streams;
 
 use std::sync::{Arc, Mutex};
@@ -38,6 +46,7 @@ use crate::auth::AddSecret;
 use crate::config::Config;
 
 pub use calls::{EventKnown, PeerAnswer};
+pub use health::{PeerSelf, PeerState};
 pub use streams::{PeerStream, PullMessage, SnapshotPart};
 
 /// Why a call to the peer did not give a usable answer.
@@ -94,6 +103,8 @@ pub struct LinkTiming {
     /// matter would cut healthy streams on a busy node.
     pub keepalive: Duration,
     pub keepalive_timeout: Duration,
+    /// Silence after which the peer counts as down (`failover_after_ms`).
+    pub down_after_ms: u64,
 }
 
 impl LinkTiming {
@@ -110,6 +121,7 @@ impl LinkTiming {
             open_snapshot: Duration::from_secs(120),
             keepalive: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(5),
+            down_after_ms: failover_after_ms,
         }
     }
 
@@ -193,6 +205,21 @@ pub struct PeerLink {
     timing: LinkTiming,
     control: Arc<Connection>,
     bulk: Arc<Connection>,
+    health: Mutex<health::PeerHealth>,
+}
+
+/// What this node knows of its peer now (see `health`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerReport {
+    pub state: PeerState,
+    /// The peer as it last described itself (name, role, applied head).
+    pub peer: Option<PeerSelf>,
+    /// Ms since it was last heard from, if ever.
+    pub last_contact_ago_ms: Option<u64>,
+    /// Ms of silence (since this node started, if it was never heard from).
+    pub silent_ms: u64,
+    /// Why the last heartbeat to it failed, while they fail.
+    pub last_failure: Option<String>,
 }
 
 impl PeerLink {
@@ -213,6 +240,10 @@ impl PeerLink {
             timing,
             control: Connection::new(endpoint.clone()),
             bulk: Connection::new(endpoint),
+            health: Mutex::new(health::PeerHealth::new(
+                timing.down_after_ms,
+                standin_engine::fsutil::monotonic_ms(),
+            )),
         })
     }
 
@@ -232,6 +263,82 @@ impl PeerLink {
 
     pub fn timing(&self) -> LinkTiming {
         self.timing
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, health::PeerHealth> {
+        self.health
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A heartbeat from the peer reached this node (the cluster server calls this).
+    pub fn seen(&self, peer: PeerSelf) {
+        let now_ms = standin_engine::fsutil::monotonic_ms();
+        let mut health = self.health();
+        health.seen(now_ms, peer);
+        self.log_change(&mut health, now_ms);
+    }
+
+    /// Note the outcome of a heartbeat this node sent.
+    pub(super) fn heartbeat_outcome(&self, outcome: Result<PeerSelf, String>) {
+        let now_ms = standin_engine::fsutil::monotonic_ms();
+        let mut health = self.health();
+        match outcome {
+            Ok(peer) => health.answered(now_ms, peer),
+            Err(why) => health.failed(now_ms, why),
+        }
+        self.log_change(&mut health, now_ms);
+    }
+
+    /// What this node knows of its peer now.
+    pub fn report(&self) -> PeerReport {
+        let now_ms = standin_engine::fsutil::monotonic_ms();
+        let mut health = self.health();
+        self.log_change(&mut health, now_ms);
+        PeerReport {
+            state: health.state(now_ms),
+            peer: health.peer().cloned(),
+            last_contact_ago_ms: health.last_contact_ago_ms(now_ms),
+            silent_ms: health.silent_ms(now_ms),
+            last_failure: health.last_failure().map(str::to_string),
+        }
+    }
+
+    /// One log line when the peer's state changes.
+    fn log_change(&self, health: &mut health::PeerHealth, now_ms: u64) {
+        let Some(change) = health.transition(now_ms) else {
+            return;
+        };
+        let (name, role) = health
+            .peer()
+            .map(|peer| (peer.node.clone(), peer.role.clone()))
+            .unwrap_or_else(|| (self.url.clone(), "unknown".to_string()));
+        let error = health.last_failure().unwrap_or("-").to_string();
+        match (change.from, change.to) {
+            (_, PeerState::Unreachable) => tracing::warn!(
+                peer = %name,
+                role = %role,
+                %error,
+                "the peer stopped answering"
+            ),
+            (_, PeerState::Down) => tracing::warn!(
+                peer = %name,
+                role = %role,
+                silent_ms = change.silent_ms,
+                %error,
+                "the peer is down: silent for failover_after_ms or longer"
+            ),
+            (PeerState::Unknown, PeerState::Up) => {
+                tracing::info!(peer = %name, role = %role, "in contact with the peer")
+            }
+            (_, PeerState::Up) => tracing::warn!(
+                peer = %name,
+                role = %role,
+                after_ms = change.silent_ms,
+                "the peer answers again"
+            ),
+            (_, PeerState::Unknown) => {}
+        }
     }
 }
 
