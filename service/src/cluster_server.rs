@@ -91,6 +91,8 @@ pub fn status_to_wire(status: &NodeStatus, node: &Node) -> wire::StatusResponse 
             .map(|seconds| (seconds * 1000.0).round() as u64),
         peer_lag_events: status.peer_lag_events,
         peer_lag_seconds: status.peer_lag_seconds,
+        version: status.version.clone(),
+        build: status.build.clone(),
     }
 }
 
@@ -137,6 +139,8 @@ pub fn status_from_wire(status: &wire::StatusResponse) -> NodeStatus {
         peer_last_contact_seconds: status.peer_last_contact_ms.map(|ms| ms as f64 / 1000.0),
         peer_lag_events: status.peer_lag_events,
         peer_lag_seconds: status.peer_lag_seconds,
+        version: status.version.clone(),
+        build: status.build.clone(),
     }
 }
 

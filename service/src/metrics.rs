@@ -28,6 +28,12 @@ pub struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabel {
+    pub version: String,
+    pub build: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RoleLabel {
     pub role: String,
 }
@@ -151,6 +157,18 @@ impl Metrics {
             "role",
             "1 for the node's current role",
             metrics.role.clone(),
+        );
+        let build_info = Family::<BuildLabel, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabel {
+                version: crate::status::VERSION.to_string(),
+                build: crate::status::BUILD.to_string(),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "1, labelled with this node's version and build (git commit)",
+            build_info,
         );
         registry.register(
             "peer_up",

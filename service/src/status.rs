@@ -7,6 +7,12 @@ use crate::metrics::RoleLabel;
 use crate::node::{Node, Role};
 use standin_engine::Head;
 
+/// This program's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Its build: the git commit it was built from, or what the package build named
+/// (`build.rs`).
+pub const BUILD: &str = env!("STANDIN_BUILD");
+
 /// A node's status, as `standin status`, `/` and the `Status` call show it.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NodeStatus {
@@ -58,6 +64,11 @@ pub struct NodeStatus {
     pub peer_lag_events: Option<u64>,
     #[serde(default)]
     pub peer_lag_seconds: Option<f64>,
+    /// The node's version and build.
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub build: String,
 }
 
 /// A terminal server as `status` lists it.
@@ -159,6 +170,8 @@ impl Node {
                 .map(|ms| ms as f64 / 1000.0),
             peer_lag_events: peer_lag.map(|(events, _)| events),
             peer_lag_seconds: peer_lag.map(|(_, seconds)| seconds),
+            version: VERSION.to_string(),
+            build: BUILD.to_string(),
             lag_events,
             lag_seconds,
             chunk_count,

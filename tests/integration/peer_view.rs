@@ -133,3 +133,106 @@ fn the_active_sees_its_passive_go_unreachable_then_down_and_come_back() {
         assert!(log.contains(line), "{line:?} not in alpha's log:\n{log}");
     }
 }
+
+/// `standin status` shows both nodes; one that does not answer is marked unreachable,
+/// with no figures, and only the node asked not answering is a failure (exit 1).
+#[test]
+fn status_shows_the_pair_and_marks_the_node_that_does_not_answer() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut alpha, mut beta) = pair(root.path());
+    alpha.start();
+    beta.start();
+    std::fs::write(alpha.folder.join("x"), b"x").unwrap();
+    wait_until("beta to follow", || in_sync(&alpha, &beta));
+
+    let json = status_json(&alpha);
+    assert_eq!(json["node"], "alpha", "{json}");
+    assert_eq!(json["peer"]["node"], "beta", "{json}");
+    assert_eq!(json["peer"]["role"], "passive", "{json}");
+    assert!(json["peer"]["unreachable"].is_null(), "{json}");
+    for node in [&json, &json["peer"]] {
+        assert_eq!(node["version"], env!("CARGO_PKG_VERSION"), "{json}");
+        assert!(!node["build"].as_str().unwrap().is_empty(), "{json}");
+    }
+    let output = alpha.cli(&["status"]);
+    let table = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{table}");
+    let row = |table: &str, label: &str| {
+        table
+            .lines()
+            .find(|line| line.starts_with(&format!("{label} ")))
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(row(&table, "node"), "alpha beta", "{table}");
+    assert_eq!(row(&table, "role"), "active passive", "{table}");
+    let (_, page) = http_get(alpha.http, "/").unwrap();
+    assert_eq!(row(&page, "node"), "alpha beta", "{page}");
+    let (_, metrics) = http_get(alpha.http, "/metrics").unwrap();
+    assert!(
+        metrics.lines().any(|line| line.starts_with(&format!(
+            "standin_build_info{{version=\"{}\",build=\"",
+            env!("CARGO_PKG_VERSION")
+        )) && line.ends_with("} 1")),
+        "{metrics}"
+    );
+    // Named by --url alone: the peer is the one the node names.
+    let secret = root.path().join("pair.secret");
+    let output = std::process::Command::new(crate::support::standin())
+        .args(["status", "--json", "--url"])
+        .arg(format!("http://127.0.0.1:{}", beta.grpc))
+        .arg("--secret-file")
+        .arg(&secret)
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["node"], "beta", "{json}");
+    assert_eq!(json["peer"]["node"], "alpha", "{json}");
+
+    beta.kill();
+    // alpha asked: it answers; beta is unreachable, with no figures.
+    let output = alpha.cli(&["status", "--json"]);
+    assert!(output.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["role"], "active", "{json}");
+    assert_eq!(
+        json["peer"]["url"],
+        format!("http://127.0.0.1:{}", beta.grpc),
+        "{json}"
+    );
+    assert!(json["peer"]["unreachable"].is_string(), "{json}");
+    for field in ["role", "head_seq", "epoch", "lag_events"] {
+        assert!(json["peer"][field].is_null(), "no stale {field}: {json}");
+    }
+    let table = String::from_utf8_lossy(&alpha.cli(&["status"]).stdout).into_owned();
+    assert!(
+        row(&table, "role").starts_with("active UNREACHABLE: "),
+        "{table}"
+    );
+    assert_eq!(row(&table, "epoch"), "1 -", "{table}");
+    let (_, page) = http_get(alpha.http, "/").unwrap();
+    assert!(
+        row(&page, "role").starts_with("active UNREACHABLE: "),
+        "{page}"
+    );
+
+    // beta asked: it does not answer (exit 1, named on stderr); alpha's column stands.
+    let output = beta.cli(&["status"]);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let table = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{}", beta.grpc)),
+        "{stderr}"
+    );
+    assert!(row(&table, "role").starts_with("UNREACHABLE: "), "{table}");
+    assert!(row(&table, "role").ends_with(" active"), "{table}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&beta.cli(&["status", "--json"]).stdout).unwrap();
+    assert!(json["unreachable"].is_string(), "{json}");
+    assert!(json["role"].is_null(), "{json}");
+    assert_eq!(json["peer"]["node"], "alpha", "{json}");
+}

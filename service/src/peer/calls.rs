@@ -150,6 +150,19 @@ impl PeerLink {
         Ok(reply.message)
     }
 
+    /// The peer's status, as `standin status` shows it.
+    pub async fn status(&self) -> Result<crate::node::NodeStatus, PeerError> {
+        let (generation, mut client) = self.cluster();
+        within(&self.control, generation, self.timing.status, async {
+            client
+                .status(wire::StatusRequest {})
+                .await
+                .map(|response| crate::cluster_server::status_from_wire(response.get_ref()))
+                .map_err(PeerError::from_status)
+        })
+        .await
+    }
+
     /// Whether the peer's log holds our event `seq` with `hash`: a one-event pull
     /// after it, answered by a batch (it does), a divergence (it does not) or a
     /// compaction notice (it cannot tell).

@@ -93,6 +93,8 @@ pub struct LinkTiming {
     pub call: Duration,
     /// A failback request: the peer answers once its switchover is done.
     pub switchover: Duration,
+    /// The peer's status (for the status page).
+    pub status: Duration,
     /// Opening a pull or fetch stream (the peer's first answer), and a rejoin probe.
     pub open: Duration,
     /// Opening a snapshot (the peer reads its whole index before it answers).
@@ -117,6 +119,7 @@ impl LinkTiming {
                     + 4 * heartbeat_interval_ms
                     + 10_000,
             ),
+            status: Duration::from_secs(5),
             open: Duration::from_secs(30),
             open_snapshot: Duration::from_secs(120),
             keepalive: Duration::from_secs(10),
