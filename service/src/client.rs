@@ -1,4 +1,5 @@
-//! Connecting to a node: the passive's channel to its active, and the CLI's to its node.
+//! Connecting to a node: endpoints and channels for the CLI's calls to its node, and
+//! the endpoint the peer link (`peer`) keeps its connections to the peer with.
 
 use std::time::Duration;
 
@@ -23,6 +24,12 @@ const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
 
 /// A lazily connecting channel to `url`, with timeouts suited to a LAN pair.
 pub fn channel(url: &str, tls: Option<&TlsFiles>) -> Result<Channel, String> {
+    Ok(endpoint(url, tls)?.connect_lazy())
+}
+
+/// Where and how to connect to `url` (the CA file, with https, is read here, once);
+/// `Endpoint::connect_lazy` makes a channel of it.
+pub fn endpoint(url: &str, tls: Option<&TlsFiles>) -> Result<Endpoint, String> {
     let mut endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|error| format!("{url}: {error}"))?
         .connect_timeout(Duration::from_secs(3))
@@ -46,7 +53,7 @@ pub fn channel(url: &str, tls: Option<&TlsFiles>) -> Result<Channel, String> {
             .tls_config(config)
             .map_err(|error| format!("TLS for {url}: {error}"))?;
     }
-    Ok(endpoint.connect_lazy())
+    Ok(endpoint)
 }
 
 pub fn replication(channel: Channel, secret: &str) -> Result<ReplicationClient<Authed>, String> {

@@ -62,7 +62,7 @@ pub fn status_to_wire(status: &NodeStatus, node: &Node) -> wire::StatusResponse 
         epoch: status.epoch,
         head: Some(head_to_wire(&head)),
         peer_url: status.peer_url.clone(),
-        peer_head: node.peer_head().map(|peer| head_to_wire(&peer)),
+        peer_head: node.peer_head_shown().map(|peer| head_to_wire(&peer)),
         lag_events: status.lag_events,
         lag_seconds: status.lag_seconds,
         chunk_count: status.chunk_count,
@@ -83,6 +83,16 @@ pub fn status_to_wire(status: &NodeStatus, node: &Node) -> wire::StatusResponse 
         authority_summary: status.authority_summary.clone(),
         unstable_files: status.unstable_files.clone(),
         skipped_paths: status.skipped_paths.clone(),
+        peer_node: status.peer_node.clone(),
+        peer_role: status.peer_role.clone(),
+        peer_state: status.peer_state.clone(),
+        peer_last_contact_ms: status
+            .peer_last_contact_seconds
+            .map(|seconds| (seconds * 1000.0).round() as u64),
+        peer_lag_events: status.peer_lag_events,
+        peer_lag_seconds: status.peer_lag_seconds,
+        version: status.version.clone(),
+        build: status.build.clone(),
     }
 }
 
@@ -123,6 +133,14 @@ pub fn status_from_wire(status: &wire::StatusResponse) -> NodeStatus {
         authority_summary: status.authority_summary.clone(),
         unstable_files: status.unstable_files.clone(),
         skipped_paths: status.skipped_paths.clone(),
+        peer_node: status.peer_node.clone(),
+        peer_role: status.peer_role.clone(),
+        peer_state: status.peer_state.clone(),
+        peer_last_contact_seconds: status.peer_last_contact_ms.map(|ms| ms as f64 / 1000.0),
+        peer_lag_events: status.peer_lag_events,
+        peer_lag_seconds: status.peer_lag_seconds,
+        version: status.version.clone(),
+        build: status.build.clone(),
     }
 }
 
@@ -145,6 +163,13 @@ impl Cluster for ClusterService {
         }
         if let Ok(head) = head_from_wire(request.head.as_ref()) {
             tracing::trace!(peer = %request.node, seq = head.seq, "heartbeat");
+            if let Some(link) = self.node.peer() {
+                link.seen(crate::peer::PeerSelf {
+                    node: request.node.clone(),
+                    role: request.role.clone(),
+                    head,
+                });
+            }
             self.node.feed(Input::PeerSeen {
                 now_ms: standin_engine::fsutil::monotonic_ms(),
                 peer: PeerView {

@@ -13,14 +13,11 @@ use std::time::Duration;
 
 use standin_engine::fsutil::monotonic_ms as now_ms;
 use standin_engine::role::{Action, Command, Hook, Input, PeerView, RoleMachine, RoleSettings};
-use standin_engine::switchover::TakeOverState;
 use standin_engine::Change;
-use standin_proto::v1 as wire;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{AuthorityConfig, InitialRole};
-use crate::convert::{head_from_wire, head_to_wire};
 use crate::etcd_authority::EtcdAuthority;
 use crate::node::Node;
 use crate::operator::{OperatorCommand, OperatorRequest};
@@ -271,53 +268,43 @@ impl Coordinator {
                 // Repeated every tick until the peer answers done or aborted; the
                 // machine, not a timer here, decides when to resume.
                 tokio::spawn(async move {
-                    let Some(mut client) = cluster_client(&node) else {
+                    let Some(link) = node.peer() else {
                         return;
                     };
                     // The head after the final capture (capture has stopped by now).
-                    let wire_request = wire::TakeOverRequest {
+                    let request = standin_engine::switchover::TakeOverRequest {
                         head_seq: node.repository.head().seq,
-                        from_node: request.from.clone(),
-                        epoch: request.epoch,
-                        switchover_id: request.id,
+                        ..request
                     };
-                    let limit =
-                        Duration::from_millis(node.config.heartbeat_interval_ms.max(200) * 2);
-                    match tokio::time::timeout(limit, client.take_over(wire_request)).await {
-                        Ok(Ok(reply)) => {
-                            let state = match reply.get_ref().state() {
-                                wire::TakeOverState::TakeOverPending => TakeOverState::Pending,
-                                wire::TakeOverState::TakeOverDone => TakeOverState::Done,
-                                wire::TakeOverState::TakeOverAborted => TakeOverState::Aborted,
-                            };
-                            node.feed(Input::TakeOverAnswered {
-                                id: request.id,
-                                state,
-                            });
+                    match link.take_over(&request).await {
+                        Ok(state) => node.feed(Input::TakeOverAnswered {
+                            id: request.id,
+                            state,
+                        }),
+                        Err(crate::peer::PeerError::TimedOut(_)) => {
+                            tracing::warn!("switchover: the take-over request timed out")
                         }
-                        Ok(Err(status)) => {
+                        Err(error) => {
                             tracing::warn!(
-                                message = status.message(),
+                                message = %error,
                                 "switchover: the peer did not accept the take-over request"
                             );
                             node.set_error(Some(format!(
-                                "switchover: the peer did not answer: {}",
-                                status.message()
+                                "switchover: the peer did not answer: {error}"
                             )));
                         }
-                        Err(_) => tracing::warn!("switchover: the take-over request timed out"),
                     }
                 });
             }
             Action::RequestSwitchover => {
                 tokio::spawn(async move {
-                    let Some(mut client) = cluster_client(&node) else {
+                    let Some(link) = node.peer() else {
                         return;
                     };
-                    match client.switchover(wire::SwitchoverRequest {}).await {
+                    match link.request_switchover().await {
                         Ok(_) => tracing::info!("asked the active for a failback switchover"),
-                        Err(status) => {
-                            tracing::warn!(message = status.message(), "failback request refused")
+                        Err(error) => {
+                            tracing::warn!(message = %error, "failback request refused")
                         }
                     }
                 });
@@ -406,37 +393,23 @@ fn authority_of(config: &crate::config::Config) -> Box<dyn standin_engine::autho
 }
 
 fn puller(node: &Arc<Node>) -> Option<Puller> {
-    let url = node.config.peer_url.as_ref()?;
-    let channel = crate::client::channel(url, node.config.tls.as_ref()).ok()?;
-    let client = crate::client::replication(channel, &node.secret).ok()?;
-    Some(Puller::new(node.clone(), client))
-}
-
-fn cluster_client(
-    node: &Arc<Node>,
-) -> Option<standin_proto::v1::cluster_client::ClusterClient<crate::client::Authed>> {
-    let url = node.config.peer_url.as_ref()?;
-    let channel = crate::client::channel(url, node.config.tls.as_ref()).ok()?;
-    crate::client::cluster(channel, &node.secret).ok()
+    Some(Puller::new(node.clone(), node.peer()?))
 }
 
 /// One call to the peer: its view and role as it answered, or why there was no
 /// (usable) answer. Heartbeats and the switchover's readiness check use it.
 pub(crate) async fn ask_peer(node: &Arc<Node>) -> Result<(PeerView, String), String> {
-    let Some(mut client) = cluster_client(node) else {
+    let Some(link) = node.peer() else {
         return Err("no peer_url is configured".to_string());
     };
-    let request = wire::HeartbeatRequest {
-        node: node.config.node_name.clone(),
-        head: Some(head_to_wire(&node.repository.head())),
-        role: node.role().name().to_string(),
-    };
-    let limit = Duration::from_millis(node.config.heartbeat_interval_ms.max(200) * 2);
-    let response = match tokio::time::timeout(limit, client.heartbeat(request)).await {
-        Ok(Ok(response)) => response.into_inner(),
-        Ok(Err(status)) => return Err(status.message().to_string()),
-        Err(_) => return Err(format!("no answer within {} ms", limit.as_millis())),
-    };
+    let response = link
+        .heartbeat(
+            &node.config.node_name,
+            &node.repository.head(),
+            node.role().name(),
+        )
+        .await
+        .map_err(|error| error.to_string())?;
     if response.node == node.config.node_name {
         let message = format!(
             "the peer answers as {:?}, this node's own name: give each node its own node_name",
@@ -446,8 +419,7 @@ pub(crate) async fn ask_peer(node: &Arc<Node>) -> Result<(PeerView, String), Str
         node.set_error(Some(message.clone()));
         return Err(message);
     }
-    let head = head_from_wire(response.head.as_ref())
-        .map_err(|error| format!("the peer sent a bad head: {error}"))?;
+    let head = response.head;
     let view = PeerView {
         node: response.node,
         epoch: head.epoch,

@@ -137,9 +137,30 @@ async fn metrics(State(node): State<Arc<Node>>, headers: HeaderMap) -> impl Into
     }
 }
 
+/// Both nodes side by side: this one, and its peer as it answers now (or unreachable,
+/// with why: never figures from an earlier answer).
 async fn status_page(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    let status = tokio::task::spawn_blocking(move || node.status())
-        .await
-        .unwrap_or_default();
-    crate::cli::status::render_table(&[status])
+    use crate::cli::status::Answer;
+    let peer = async {
+        let link = node.peer()?;
+        let answer = link.status().await;
+        Some(Answer {
+            url: link.url().to_string(),
+            unreachable: answer.as_ref().err().map(|error| error.to_string()),
+            status: answer.ok(),
+        })
+    };
+    let local = node.clone();
+    let own = async move {
+        tokio::task::spawn_blocking(move || local.status())
+            .await
+            .unwrap_or_default()
+    };
+    let (own, peer) = tokio::join!(own, peer);
+    let own = Answer {
+        url: node.config.local_url(),
+        status: Some(own),
+        unreachable: None,
+    };
+    crate::cli::status::render_answers(&std::iter::once(own).chain(peer).collect::<Vec<_>>())
 }

@@ -7,7 +7,8 @@
 //! - `agent`: the terminal-server load reporter (`standin agent`).
 //! - `secret`, `auth`: the pair's shared secret; bearer-token checks on every call.
 //! - `convert`: wire (protobuf) types ↔ engine types; nothing else sees protobuf.
-//! - `node`: a running node's shared state (`Node`, `Role`, `NodeStatus`).
+//! - `node`: a running node's shared state (`Node`, `Role`).
+//! - `status`: `NodeStatus` and the metrics, computed from a node's state when asked.
 //! - `replication_server`, `cluster_server`: the gRPC services.
 //! - `coordinator`: the shell around the engine's role state machine (heartbeats,
 //!   promotion, switchover, hooks); `rejoin`: common point, quarantine, rewind.
@@ -20,7 +21,10 @@
 //! - `http`: `/healthz`, `/active`, `/passive`, `/metrics`, `/`.
 //! - `logging`: stderr log output, the `STANDIN_LOG` filter and `--log-format`.
 //! - `metrics`: Prometheus counters and gauges.
-//! - `client`: channels to a node.
+//! - `client`: channels to a node (the CLI's), endpoints.
+//! - `peer`: the link to the peer — one per peer, reused connections, every call this
+//!   node makes to it (heartbeat, pull, fetch, snapshot, take-over, switchover, the
+//!   rejoin's probes), answered in engine types.
 //! - `site`, `site_server`: the user site (users, apps, logins) and the Agent and
 //!   Site gRPC services.
 //! - `load_table`: terminal servers' reports, checked, expiring, bounded.
@@ -52,6 +56,7 @@ pub mod metrics;
 pub mod node;
 pub mod operator;
 pub mod passive;
+pub mod peer;
 pub mod rejoin;
 pub mod replication_server;
 pub mod secret;
@@ -59,5 +64,6 @@ pub mod serve;
 pub mod site;
 pub mod site_server;
 pub mod space;
+pub mod status;
 pub mod tasks;
 pub mod throttle;

@@ -23,6 +23,17 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabel {
+    pub version: String,
+    pub build: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RoleLabel {
     pub role: String,
 }
@@ -39,6 +50,11 @@ pub struct Metrics {
     pub chunk_store_chunks: Gauge,
     pub quarantined_events: Gauge,
     pub role: Family<RoleLabel, Gauge>,
+    pub peer_up: Gauge,
+    pub peer_state: Family<StateLabel, Gauge>,
+    pub peer_last_contact_seconds: Gauge<f64, AtomicU64>,
+    pub peer_lag_events: Gauge,
+    pub peer_lag_seconds: Gauge<f64, AtomicU64>,
     pub events_replicated: Counter,
     pub bytes_replicated: Counter,
     pub chunk_bytes_served: Counter,
@@ -70,6 +86,11 @@ impl Metrics {
             chunk_store_chunks: Gauge::default(),
             quarantined_events: Gauge::default(),
             role: Family::default(),
+            peer_up: Gauge::default(),
+            peer_state: Family::default(),
+            peer_last_contact_seconds: Gauge::default(),
+            peer_lag_events: Gauge::default(),
+            peer_lag_seconds: Gauge::default(),
             events_replicated: Counter::default(),
             bytes_replicated: Counter::default(),
             chunk_bytes_served: Counter::default(),
@@ -136,6 +157,43 @@ impl Metrics {
             "role",
             "1 for the node's current role",
             metrics.role.clone(),
+        );
+        let build_info = Family::<BuildLabel, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabel {
+                version: crate::status::VERSION.to_string(),
+                build: crate::status::BUILD.to_string(),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "1, labelled with this node's version and build (git commit)",
+            build_info,
+        );
+        registry.register(
+            "peer_up",
+            "1 while the peer answers this node's heartbeats (0: unreachable, down or not yet asked)",
+            metrics.peer_up.clone(),
+        );
+        registry.register(
+            "peer_state",
+            "1 for the peer's state as this node sees it (up; unreachable from the first failed heartbeat; down after failover_after_ms of silence; unknown before any heartbeat)",
+            metrics.peer_state.clone(),
+        );
+        registry.register(
+            "peer_last_contact_seconds",
+            "Seconds since the peer was last heard from (since this node started, if never)",
+            metrics.peer_last_contact_seconds.clone(),
+        );
+        registry.register(
+            "peer_lag_events",
+            "On the authority: events its peer has not applied yet (0 elsewhere)",
+            metrics.peer_lag_events.clone(),
+        );
+        registry.register(
+            "peer_lag_seconds",
+            "On the authority: age in seconds of the oldest event its peer has not applied (0 elsewhere, or when caught up)",
+            metrics.peer_lag_seconds.clone(),
         );
         registry.register(
             "events_replicated",

@@ -9,65 +9,19 @@ use standin_engine::{Capture, Head, Repository};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::metrics::{Metrics, RoleLabel};
+use crate::metrics::Metrics;
+pub use crate::status::{NodeStatus, TerminalServerStatus};
 use standin_engine::authority::AuthorityStatus;
 use standin_engine::role::Input;
 pub use standin_engine::role::Role;
-
-/// A node's status, as `standin status`, `/` and the `Status` call show it.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct NodeStatus {
-    pub node: String,
-    pub role: String,
-    pub epoch: u64,
-    pub head_seq: u64,
-    pub head_hash: String,
-    pub head_digest: String,
-    pub peer_url: String,
-    pub peer_head_seq: Option<u64>,
-    pub lag_events: u64,
-    pub lag_seconds: f64,
-    pub chunk_count: u64,
-    pub chunk_bytes: u64,
-    pub events_replicated: u64,
-    pub bytes_replicated: u64,
-    pub quarantined_events: u64,
-    pub last_error: String,
-    pub replication_period_s: f64,
-    pub folder: String,
-    #[serde(default)]
-    pub terminal_servers: Vec<TerminalServerStatus>,
-    /// `peer`, `witness` or `etcd`.
-    #[serde(default)]
-    pub authority: String,
-    /// What the authority protects against right now (peer mode: unsafe on a cut link).
-    #[serde(default)]
-    pub authority_summary: String,
-    /// Files capture could not read stably at their last try.
-    #[serde(default)]
-    pub unstable_files: Vec<String>,
-    /// Paths that are not replicated, each as `path: reason`.
-    #[serde(default)]
-    pub skipped_paths: Vec<String>,
-}
-
-/// A terminal server as `status` lists it.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct TerminalServerStatus {
-    pub name: String,
-    pub address: String,
-    pub cpu_percent: f64,
-    pub memory_percent: f64,
-    pub sessions: u32,
-    pub age_seconds: f64,
-    pub down: bool,
-}
 
 pub struct Node {
     pub config: Config,
     pub secret: String,
     pub repository: Arc<Repository>,
     pub metrics: Metrics,
+    /// The link to the peer (`peer_url`): every call this node makes to it.
+    peer: Option<Arc<crate::peer::PeerLink>>,
     role: RwLock<Role>,
     accepts_logins: std::sync::atomic::AtomicBool,
     /// With a witness or a lease: logins are refused once the role machine's answer
@@ -155,6 +109,9 @@ impl Node {
         repository.log().set_listener(Box::new(move |head| {
             sender.send_replace(head);
         }));
+        let peer = crate::peer::PeerLink::of(&config, &secret)
+            .map_err(|error| anyhow::anyhow!("peer_url: {error}"))?
+            .map(Arc::new);
         let (inputs, inputs_receiver) = tokio::sync::mpsc::channel(INPUT_QUEUE);
         let (evidence, evidence_receiver) = tokio::sync::mpsc::channel(INPUT_QUEUE);
         let (operator, operator_receiver) = tokio::sync::mpsc::channel(OPERATOR_QUEUE);
@@ -168,6 +125,7 @@ impl Node {
             secret,
             repository,
             metrics: Metrics::new(),
+            peer,
             role: RwLock::new(Role::Starting),
             accepts_logins: std::sync::atomic::AtomicBool::new(false),
             logins_grace_ms,
@@ -194,6 +152,11 @@ impl Node {
             ending: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(node)
+    }
+
+    /// The link to the peer, if `peer_url` names one.
+    pub fn peer(&self) -> Option<Arc<crate::peer::PeerLink>> {
+        self.peer.clone()
     }
 
     pub fn role(&self) -> Role {
@@ -443,142 +406,5 @@ impl Node {
             }
             _ => (0, 0.0),
         }
-    }
-
-    fn quarantined_events(&self) -> u64 {
-        standin_engine::quarantine::list_quarantines(&self.config.data_dir)
-            .map(|list| {
-                list.iter()
-                    .map(|(_, manifest)| manifest.events.len() as u64)
-                    .sum()
-            })
-            .unwrap_or(0)
-    }
-
-    pub fn status(&self) -> NodeStatus {
-        let head = self.repository.head();
-        let (lag_events, lag_seconds) = self.lag();
-        let (chunk_count, chunk_bytes) = self.repository.chunks().usage();
-        NodeStatus {
-            node: self.config.node_name.clone(),
-            role: self.role().name().to_string(),
-            epoch: self.status_epoch(),
-            head_seq: head.seq,
-            head_hash: head.hash.to_hex(),
-            head_digest: head.digest.to_hex(),
-            peer_url: self.config.peer_url.clone().unwrap_or_default(),
-            peer_head_seq: self.peer_head().map(|peer| peer.seq),
-            lag_events,
-            lag_seconds,
-            chunk_count,
-            chunk_bytes,
-            events_replicated: self.metrics.events_replicated.get(),
-            bytes_replicated: self.metrics.bytes_replicated.get(),
-            quarantined_events: self.quarantined_events(),
-            authority: self.authority_status().mode.to_string(),
-            authority_summary: self.authority_status().summary,
-            unstable_files: self
-                .capture_stats
-                .unstable_paths()
-                .into_iter()
-                .map(|(path, _)| path)
-                .collect(),
-            skipped_paths: standin_engine::skipped::under(
-                &self
-                    .config
-                    .folder
-                    .canonicalize()
-                    .unwrap_or_else(|_| self.config.folder.clone()),
-            )
-            .into_iter()
-            .map(|(path, reason)| format!("{path}: {reason}"))
-            .collect(),
-            last_error: match self.role() {
-                // A fenced or suspended node says why, first.
-                Role::Fenced { reason } => format!("fenced: {reason}"),
-                Role::Suspended { reason } => format!("suspended: {reason}"),
-                _ => self.last_error().unwrap_or_default(),
-            },
-            replication_period_s: self.config.replication_period_s,
-            folder: self.config.folder.display().to_string(),
-            terminal_servers: {
-                let now_ms = standin_engine::fsutil::now_ms();
-                self.load_table
-                    .snapshot()
-                    .into_iter()
-                    .map(|load| TerminalServerStatus {
-                        age_seconds: now_ms.saturating_sub(load.reported_at_ms) as f64 / 1000.0,
-                        down: load.is_down(now_ms),
-                        name: load.name,
-                        address: load.address,
-                        cpu_percent: load.cpu_percent,
-                        memory_percent: load.memory_percent,
-                        sessions: load.sessions,
-                    })
-                    .collect()
-            },
-        }
-    }
-
-    /// Set the gauges from the current state and encode every metric.
-    pub fn render_metrics(&self) -> String {
-        let status = self.status();
-        let metrics = &self.metrics;
-        metrics.head_seq.set(status.head_seq as i64);
-        metrics
-            .log_base_seq
-            .set(self.repository.log().base().seq as i64);
-        metrics.applied_seq.set(status.head_seq as i64);
-        metrics.epoch.set(status.epoch as i64);
-        metrics.lag_events.set(status.lag_events as i64);
-        metrics.lag_seconds.set(status.lag_seconds);
-        metrics.chunk_store_bytes.set(status.chunk_bytes as i64);
-        metrics.chunk_store_chunks.set(status.chunk_count as i64);
-        metrics
-            .quarantined_events
-            .set(status.quarantined_events as i64);
-        metrics
-            .capture_unstable_files
-            .set(status.unstable_files.len() as i64);
-        metrics.skipped_paths.set(status.skipped_paths.len() as i64);
-        metrics
-            .capture_sqlite_lock_seconds_max
-            .set(standin_engine::sqlite::longest_lock().as_secs_f64());
-        metrics.meta_unapplied.inner().store(
-            standin_engine::meta::unapplied(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        metrics.capture_clones.inner().store(
-            standin_engine::reflink::clones(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        let capture = &self.capture_stats;
-        for (counter, value) in [
-            (&metrics.capture_groups, &capture.groups),
-            (&metrics.capture_unstable_reads, &capture.unstable_reads),
-            (&metrics.capture_unordered_groups, &capture.unordered_groups),
-        ] {
-            counter.inner().store(
-                value.load(std::sync::atomic::Ordering::Relaxed),
-                std::sync::atomic::Ordering::Relaxed,
-            );
-        }
-        let current = self.role().name();
-        for role in [
-            "starting",
-            "active",
-            "passive",
-            "rejoining",
-            "suspended",
-            "fenced",
-        ] {
-            metrics
-                .role
-                .get_or_create(&RoleLabel {
-                    role: role.to_string(),
-                })
-                .set(i64::from(current == role));
-        }
-        metrics.encode()
     }
 }

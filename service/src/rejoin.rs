@@ -8,60 +8,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use standin_engine::Hash;
-use standin_proto::v1 as wire;
-use tokio_stream::StreamExt;
 
 use crate::node::Node;
+use crate::peer::{EventKnown as Known, PeerLink};
 
-/// What the authority's log says of our event `seq`.
-enum Known {
-    /// It has our event (same hash).
-    Has,
-    /// It has another event there, or none.
-    Lacks,
-    /// It compacted that part of its log away: it cannot tell.
-    Compacted,
-}
-
-async fn authority_knows(
-    client: &mut standin_proto::v1::replication_client::ReplicationClient<crate::client::Authed>,
-    seq: u64,
-    hash: Hash,
-) -> Result<Known, String> {
-    let request = wire::PullRequest {
-        after_seq: seq,
-        after_hash: hash.0.to_vec(),
-        max_events: 1,
-        follow: false,
-    };
-    let mut stream = client
-        .pull(request)
+async fn authority_knows(link: &PeerLink, seq: u64, hash: Hash) -> Result<Known, String> {
+    link.knows_event(seq, hash)
         .await
-        .map_err(|status| status.message().to_string())?
-        .into_inner();
-    match stream.next().await {
-        Some(Ok(wire::PullResponse {
-            kind: Some(wire::pull_response::Kind::Batch(_)),
-        })) => Ok(Known::Has),
-        Some(Ok(wire::PullResponse {
-            kind: Some(wire::pull_response::Kind::Divergence(_)),
-        })) => Ok(Known::Lacks),
-        Some(Ok(wire::PullResponse {
-            kind: Some(wire::pull_response::Kind::Compacted(_)),
-        })) => Ok(Known::Compacted),
-        Some(Ok(_)) | None => Err("the authority sent nothing".to_string()),
-        Some(Err(status)) => Err(status.message().to_string()),
-    }
+        .map_err(|error| error.to_string())
 }
 
 /// The last event we share with the authority. When the authority has compacted the
 /// part of its log where our history would be, that cannot be known: everything after
 /// our own base is treated as ours alone (quarantined, never dropped), and the pull
 /// loop then starts again from the authority's snapshot.
-async fn common_point(
-    node: &Arc<Node>,
-    client: &mut standin_proto::v1::replication_client::ReplicationClient<crate::client::Authed>,
-) -> Result<u64, String> {
+async fn common_point(node: &Arc<Node>, link: &PeerLink) -> Result<u64, String> {
     let log = node.repository.log();
     let base = log.base().seq;
     let head = log.head().seq;
@@ -75,7 +36,7 @@ async fn common_point(
     let mut candidate = head;
     let mut step = 1;
     let common = loop {
-        match authority_knows(client, candidate, hash_at(candidate)?).await? {
+        match authority_knows(link, candidate, hash_at(candidate)?).await? {
             Known::Has => break candidate,
             Known::Compacted => return Ok(base),
             Known::Lacks => {}
@@ -90,7 +51,7 @@ async fn common_point(
     let (mut low, mut high) = (common, lacking);
     while high - low > 1 {
         let middle = low + (high - low) / 2;
-        match authority_knows(client, middle, hash_at(middle)?).await? {
+        match authority_knows(link, middle, hash_at(middle)?).await? {
             Known::Has => low = middle,
             Known::Lacks | Known::Compacted => high = middle,
         }
@@ -104,22 +65,13 @@ async fn common_point(
 const REJOIN_ATTEMPTS: u32 = 20;
 
 pub async fn rejoin(node: &Arc<Node>) -> Result<usize, String> {
-    let url = node
-        .config
-        .peer_url
-        .clone()
-        .ok_or("no peer_url to rejoin")?;
+    let link = node.peer().ok_or("no peer_url to rejoin")?;
     // Finding the common point only reads from the authority: a link that drops
     // meanwhile is retried (with a growing pause) instead of fencing the node.
     let mut pause = Duration::from_millis(500);
     let mut attempts = 0;
     let common = loop {
-        let attempt = async {
-            let channel = crate::client::channel(&url, node.config.tls.as_ref())?;
-            let mut client = crate::client::replication(channel, &node.secret)?;
-            common_point(node, &mut client).await
-        };
-        match attempt.await {
+        match common_point(node, &link).await {
             Ok(common) => break common,
             Err(error) if attempts < REJOIN_ATTEMPTS => {
                 attempts += 1;

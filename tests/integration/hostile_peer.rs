@@ -320,9 +320,7 @@ async fn pull_from_liar(lie: Lie) -> (PullError, tempfile::TempDir, Arc<Node>) {
     .await
     .unwrap()
     .unwrap();
-    let channel = standin::client::channel(&format!("http://127.0.0.1:{port}"), None).unwrap();
-    let client = standin::client::replication(channel, &node.secret).unwrap();
-    let mut puller = Puller::new(node.clone(), client);
+    let mut puller = Puller::new(node.clone(), node.peer().unwrap());
     let error = puller.pull_once().await.unwrap_err();
     (error, root, node)
 }

@@ -23,6 +23,10 @@
 //!   the proxy, a partition with a takeover (soak forms under `--ignored`).
 //! - `proxy`: the fault-injecting TCP proxy (drop, reset, delay, stall, partition).
 //! - `hostile_peer`: a fake active that lies, against the passive's pull.
+//! - `peer_view`: what each node sees of the other (the active of its passive: head,
+//!   lag, unreachable then down, back), in status, `/` and `/metrics`.
+//! - `peer_link`: the peer link's reused connections, and one left stuck by a
+//!   partition replaced after the call that found it.
 //! - `split_brain`: the agent-witness quorum with a cut pair link and a dead active.
 //! - `etcd`: the etcd lease with a real etcd: failover, an etcd outage, its return.
 
@@ -36,6 +40,8 @@ mod faults;
 mod hostile_peer;
 mod lifecycle;
 mod operator;
+mod peer_link;
+mod peer_view;
 mod proxy;
 mod replication;
 mod restart;

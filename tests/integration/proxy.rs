@@ -2,7 +2,9 @@
 //! it closes connections (FIN) or resets them (RST), delays what it forwards, stalls
 //! (accepts, forwards nothing) and partitions (no byte crosses, new connections hang
 //! until it heals). Data held during a stall or a partition is not dropped: it flows
-//! when the link heals, as TCP's retransmissions would make it.
+//! when the link heals, as TCP's retransmissions would make it. `black_hole` is the
+//! exception: the connections open now drop every byte for good (a path whose state
+//! a partition lost), while new ones pass.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -30,11 +32,15 @@ struct Connection {
     client: TcpStream,
     server: TcpStream,
     killed: AtomicBool,
+    /// Bytes read from this connection are dropped, never forwarded.
+    black_holed: AtomicBool,
 }
 
 struct Control {
     link: Mutex<Link>,
     connections: Mutex<Vec<Arc<Connection>>>,
+    /// Connections put through so far.
+    accepted: std::sync::atomic::AtomicUsize,
 }
 
 impl Control {
@@ -66,6 +72,7 @@ impl Proxy {
             control: Arc::new(Control {
                 link: Mutex::new(Link::Up),
                 connections: Mutex::new(Vec::new()),
+                accepted: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
     }
@@ -83,6 +90,11 @@ impl Proxy {
             }
         });
         port
+    }
+
+    /// How many connections the proxy has put through so far.
+    pub fn accepted(&self) -> usize {
+        self.control.accepted.load(Ordering::SeqCst)
     }
 
     pub fn set(&self, link: Link) {
@@ -116,6 +128,14 @@ impl Proxy {
                     let _ = stream.shutdown(Shutdown::Both);
                 }
             }
+        }
+    }
+
+    /// Make every connection open now drop all its bytes from now on, without closing
+    /// it: neither end hears of it. New connections are not affected.
+    pub fn black_hole(&self) {
+        for connection in self.control.connections.lock().unwrap().iter() {
+            connection.black_holed.store(true, Ordering::SeqCst);
         }
     }
 
@@ -155,8 +175,10 @@ fn connect(control: Arc<Control>, client: TcpStream, target_port: u16) {
         client,
         server,
         killed: AtomicBool::new(false),
+        black_holed: AtomicBool::new(false),
     });
     control.connections.lock().unwrap().push(connection.clone());
+    control.accepted.fetch_add(1, Ordering::SeqCst);
     let (up_control, up_connection) = (control.clone(), connection.clone());
     std::thread::spawn(move || pump(&up_control, &up_connection, true));
     pump(&control, &connection, false);
@@ -185,6 +207,9 @@ fn pump(control: &Control, connection: &Connection, client_to_server: bool) {
             }
             Err(_) => break,
         };
+        if connection.black_holed.load(Ordering::SeqCst) {
+            continue;
+        }
         loop {
             match control.link() {
                 Link::Slow(delay) => {

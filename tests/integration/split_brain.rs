@@ -171,7 +171,11 @@ fn reports_from_unknown_agents_or_with_a_wrong_secret_do_not_count() {
     assert!(!active(&pair.alpha), "one vote of three is no majority");
     let status = pair.alpha.cli(&["status"]);
     let text = String::from_utf8_lossy(&status.stdout);
-    assert!(text.contains("suspended"), "{text}");
+    assert!(
+        text.contains("suspended"),
+        "{text}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     assert!(
         pair.alpha.log_text().contains("not in witness_agents"),
         "the unknown agent is named in the log"

@@ -83,10 +83,15 @@ pub enum Command {
         )]
         config: PathBuf,
     },
-    /// Show a node's role, epoch, head, peer and lag.
+    /// Show both nodes of the pair side by side: role, epoch, head, what each sees of
+    /// the other, lag. A node that does not answer is shown as unreachable.
     Status {
         #[command(flatten)]
         target: Target,
+        /// The other node of the pair (default: the config's peer_url, or the peer
+        /// the node names).
+        #[arg(long)]
+        peer_url: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -338,7 +343,11 @@ async fn run(command: Command) -> Result<u8, Failure> {
             crate::serve::run(config, crate::serve::shutdown_signal()).await?;
             Ok(0)
         }
-        Command::Status { target, json } => status::run(&target, json).await,
+        Command::Status {
+            target,
+            peer_url,
+            json,
+        } => status::run(&target, peer_url.as_deref(), json).await,
         Command::Verify { target, json } => inspect::verify(&target, json).await,
         Command::Log {
             target,

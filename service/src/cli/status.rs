@@ -1,4 +1,11 @@
-//! `standin status`: a node's role, epoch, head, peer and lag, as a table or JSON.
+//! `standin status`: both nodes of the pair side by side — the node asked (its config's
+//! `listen`, or `--url`) and its peer (a second `--url`, the config's `peer_url`, or
+//! the peer the node names) — as a table or JSON. Both are asked at once, each within
+//! `ASK_LIMIT`; a node that does not answer is shown as unreachable, with why, and no
+//! figures. Exit 1 when the node asked does not answer (its peer's column is still
+//! printed); a peer that does not answer is part of the answer, not a failure.
+
+use std::time::Duration;
 
 use standin_proto::v1 as wire;
 
@@ -6,19 +13,111 @@ use super::{resolve, Failure, Target};
 use crate::cluster_server::status_from_wire;
 use crate::node::NodeStatus;
 
-pub async fn run(target: &Target, json: bool) -> Result<u8, Failure> {
+/// How long each node has to answer.
+const ASK_LIMIT: Duration = Duration::from_secs(5);
+
+/// One node's answer to `status`, or why there was none.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Answer {
+    pub url: String,
+    #[serde(flatten)]
+    pub status: Option<NodeStatus>,
+    /// Why the node did not answer (absent when it did).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreachable: Option<String>,
+}
+
+/// `status --json`: the node asked (its fields at the top, as before) and its peer.
+#[derive(serde::Serialize)]
+struct PairAnswer<'a> {
+    #[serde(flatten)]
+    node: &'a Answer,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer: Option<&'a Answer>,
+}
+
+async fn ask(url: String, secret: String, channel: tonic::transport::Channel) -> Answer {
+    let answered = tokio::time::timeout(ASK_LIMIT, fetch(&url, &secret, channel)).await;
+    let (status, unreachable) = match answered {
+        Ok(Ok(status)) => (Some(status), None),
+        Ok(Err(failure)) => (None, Some(failure.message)),
+        Err(_) => (
+            None,
+            Some(format!("{url}: no answer within {} s", ASK_LIMIT.as_secs())),
+        ),
+    };
+    Answer {
+        url,
+        status,
+        unreachable,
+    }
+}
+
+/// Ask the node of `target` and its peer (`peer_url`, else the config's, else the one the
+/// node names), print both; fail when the node asked does not answer.
+pub async fn run(target: &Target, peer_url: Option<&str>, json: bool) -> Result<u8, Failure> {
     let resolved = resolve(target)?;
-    let status = fetch(&resolved.url, &resolved.secret, resolved.channel()?).await?;
+    if let Some(url) = peer_url {
+        crate::config::check_url(url).map_err(Failure::usage)?;
+    }
+    let tls = resolved
+        .config
+        .as_ref()
+        .and_then(|config| config.tls.as_ref());
+    let configured_peer = peer_url.map(str::to_string).or_else(|| {
+        resolved
+            .config
+            .as_ref()
+            .and_then(|config| config.peer_url.clone())
+    });
+    let node_ask = ask(
+        resolved.url.clone(),
+        resolved.secret.clone(),
+        resolved.channel()?,
+    );
+    let (node, peer) = match &configured_peer {
+        Some(url) => {
+            let channel = crate::client::channel(url, tls).map_err(Failure::usage)?;
+            let (node, peer) =
+                tokio::join!(node_ask, ask(url.clone(), resolved.secret.clone(), channel));
+            (node, Some(peer))
+        }
+        None => {
+            // The peer the node names, asked once it has answered.
+            let node = node_ask.await;
+            let named = node
+                .status
+                .as_ref()
+                .map(|status| status.peer_url.clone())
+                .filter(|url| !url.is_empty());
+            let peer = match named {
+                Some(url) => {
+                    let channel = crate::client::channel(&url, tls).map_err(Failure::usage)?;
+                    Some(ask(url, resolved.secret.clone(), channel).await)
+                }
+                None => None,
+            };
+            (node, peer)
+        }
+    };
     if json {
+        let pair = PairAnswer {
+            node: &node,
+            peer: peer.as_ref(),
+        };
         println!(
             "{}",
-            serde_json::to_string_pretty(&status)
+            serde_json::to_string_pretty(&pair)
                 .map_err(|error| Failure::failed(error.to_string()))?
         );
     } else {
-        print!("{}", render_table(&[status]));
+        let columns: Vec<Answer> = std::iter::once(node.clone()).chain(peer).collect();
+        print!("{}", render_answers(&columns));
     }
-    Ok(0)
+    match node.unreachable {
+        None => Ok(0),
+        Some(why) => Err(Failure::failed(why)),
+    }
 }
 
 /// Ask a node for its status.
@@ -39,11 +138,53 @@ fn short(hash: &str) -> String {
     hash.chars().take(12).collect()
 }
 
+/// The peer as this node sees it: its state, who it is, when it was last heard from.
+fn peer_state(status: &NodeStatus) -> String {
+    if status.peer_state.is_empty() {
+        return "-".to_string();
+    }
+    let mut text = status.peer_state.clone();
+    if !status.peer_node.is_empty() {
+        text.push_str(&format!(" ({}, {})", status.peer_node, status.peer_role));
+    }
+    match status.peer_last_contact_seconds {
+        Some(seconds) => text.push_str(&format!(", last contact {seconds:.1} s ago")),
+        None => text.push_str(", never heard from"),
+    }
+    text
+}
+
 /// How one row of the table is filled from a node's status.
 type Cell = Box<dyn Fn(&NodeStatus) -> String>;
 
 /// One column per node, one row per field.
 pub fn render_table(statuses: &[NodeStatus]) -> String {
+    let answers: Vec<Answer> = statuses
+        .iter()
+        .map(|status| Answer {
+            url: String::new(),
+            status: Some(status.clone()),
+            unreachable: None,
+        })
+        .collect();
+    render_answers(&answers)
+}
+
+/// A node that did not answer: its address and why in the `node` and `role` rows,
+/// nothing else (no stale figures).
+fn unreachable_cell(label: &str, answer: &Answer) -> String {
+    match label {
+        "node" => answer.url.clone(),
+        "role" => format!(
+            "UNREACHABLE: {}",
+            answer.unreachable.as_deref().unwrap_or("no answer")
+        ),
+        _ => "-".to_string(),
+    }
+}
+
+/// One column per node (answered or not), one row per field.
+pub fn render_answers(answers: &[Answer]) -> String {
     let rows: Vec<(&str, Cell)> = vec![
         ("node", Box::new(|status| status.node.clone())),
         ("role", Box::new(|status| status.role.clone())),
@@ -54,6 +195,16 @@ pub fn render_table(statuses: &[NodeStatus]) -> String {
         ),
         ("digest", Box::new(|status| short(&status.head_digest))),
         (
+            "version",
+            Box::new(|status| {
+                if status.version.is_empty() {
+                    "-".to_string()
+                } else {
+                    format!("{} (build {})", status.version, status.build)
+                }
+            }),
+        ),
+        (
             "peer",
             Box::new(|status| {
                 if status.peer_url.is_empty() {
@@ -63,6 +214,7 @@ pub fn render_table(statuses: &[NodeStatus]) -> String {
                 }
             }),
         ),
+        ("peer state", Box::new(peer_state)),
         (
             "peer head",
             Box::new(|status| {
@@ -74,7 +226,15 @@ pub fn render_table(statuses: &[NodeStatus]) -> String {
         ),
         (
             "lag",
-            Box::new(|status| format!("{} events, {:.1} s", status.lag_events, status.lag_seconds)),
+            Box::new(
+                |status| match (status.peer_lag_events, status.peer_lag_seconds) {
+                    // The authority: how far its passive is behind it.
+                    (Some(events), Some(seconds)) => {
+                        format!("peer {events} events, {seconds:.1} s behind")
+                    }
+                    _ => format!("{} events, {:.1} s", status.lag_events, status.lag_seconds),
+                },
+            ),
         ),
         (
             "replicated",
@@ -180,9 +340,17 @@ pub fn render_table(statuses: &[NodeStatus]) -> String {
     let label_width = rows.iter().map(|(label, _)| label.len()).max().unwrap_or(0);
     let cells: Vec<Vec<String>> = rows
         .iter()
-        .map(|(_, cell)| statuses.iter().map(cell).collect())
+        .map(|(label, cell)| {
+            answers
+                .iter()
+                .map(|answer| match &answer.status {
+                    Some(status) => cell(status),
+                    None => unreachable_cell(label, answer),
+                })
+                .collect()
+        })
         .collect();
-    let widths: Vec<usize> = (0..statuses.len())
+    let widths: Vec<usize> = (0..answers.len())
         .map(|column| {
             cells
                 .iter()
