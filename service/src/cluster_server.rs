@@ -160,6 +160,7 @@ impl Cluster for ClusterService {
             node: self.node.config.node_name.clone(),
             head: Some(head_to_wire(&self.node.repository.head())),
             role: self.node.role().name().to_string(),
+            voter_set: Vec::new(),
         }))
     }
 

@@ -430,6 +430,7 @@ pub(crate) async fn ask_peer(node: &Arc<Node>) -> Result<(PeerView, String), Str
         node: node.config.node_name.clone(),
         head: Some(head_to_wire(&node.repository.head())),
         role: node.role().name().to_string(),
+        voter_set: Vec::new(),
     };
     let limit = Duration::from_millis(node.config.heartbeat_interval_ms.max(200) * 2);
     let response = match tokio::time::timeout(limit, client.heartbeat(request)).await {
