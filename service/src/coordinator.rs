@@ -430,7 +430,7 @@ pub(crate) async fn ask_peer(node: &Arc<Node>) -> Result<(PeerView, String), Str
         node: node.config.node_name.clone(),
         head: Some(head_to_wire(&node.repository.head())),
         role: node.role().name().to_string(),
-        voter_set: Vec::new(),
+        voter_set: node.voter_sets.own(),
     };
     let limit = Duration::from_millis(node.config.heartbeat_interval_ms.max(200) * 2);
     let response = match tokio::time::timeout(limit, client.heartbeat(request)).await {
@@ -447,6 +447,7 @@ pub(crate) async fn ask_peer(node: &Arc<Node>) -> Result<(PeerView, String), Str
         node.set_error(Some(message.clone()));
         return Err(message);
     }
+    crate::voter_set::announced(node, &response.voter_set);
     let head = head_from_wire(response.head.as_ref())
         .map_err(|error| format!("the peer sent a bad head: {error}"))?;
     let view = PeerView {

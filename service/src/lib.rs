@@ -6,7 +6,8 @@
 //! - `config`: the TOML config and its checks (exit 2 on a bad key).
 //! - `agent`: the terminal-server load reporter (`standin agent`).
 //! - `agent_keys`: per-agent keys (files, MACs, fingerprints); `report_auth`: a
-//!   node's check of signed reports (key, MAC, echo, replay).
+//!   node's check of signed reports (key, MAC, echo, replay); `voter_set`: the
+//!   voter-set hash the heartbeats compare (witness refused while they differ).
 //! - `secret`, `auth`: the pair's shared secret; bearer-token checks on every call.
 //! - `convert`: wire (protobuf) types ↔ engine types; nothing else sees protobuf.
 //! - `node`: a running node's shared state (`Node`, `Role`, `NodeStatus`).
@@ -65,3 +66,4 @@ pub mod site_server;
 pub mod space;
 pub mod tasks;
 pub mod throttle;
+pub mod voter_set;

@@ -454,3 +454,47 @@ fn agents_with_their_own_keys_back_the_active() {
             == Some(3)
     });
 }
+
+#[test]
+fn nodes_with_different_voter_sets_refuse_witness_authority() {
+    // beta's witness window differs from alpha's: their voter sets differ.
+    let mut pair = KeyedPair::new(1600);
+    let _agents: Vec<KeyedAgent> = ["ts1", "ts2", "ts3"]
+        .iter()
+        .map(|name| pair.agent(name))
+        .collect();
+    pair.beta.start();
+    wait_until("both nodes to show the refusal", || {
+        pair.status(&pair.alpha).contains("REFUSED") && pair.status(&pair.beta).contains("REFUSED")
+    });
+    let status = pair.status(&pair.alpha);
+    assert!(status.contains("voter set"), "{status}");
+    assert!(pair.alpha.log_text().contains("differs from this node's"));
+    // The link cut: no vote counts, so neither node may be the authority.
+    pair.to_alpha.cut();
+    pair.to_beta.cut();
+    wait_until("alpha to stop accepting logins", || !active(&pair.alpha));
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        assert!(
+            !active(&pair.alpha) && !active(&pair.beta),
+            "a node took witness authority with differing voter sets"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    // The same set on both (beta fixed and restarted), the link healed: alpha again.
+    pair.beta.kill();
+    let text = std::fs::read_to_string(&pair.beta.config)
+        .unwrap()
+        .replace("witness_window_ms = 1600", "witness_window_ms = 1500");
+    std::fs::write(&pair.beta.config, text).unwrap();
+    pair.to_alpha.heal();
+    pair.to_beta.heal();
+    pair.beta.start();
+    wait_until("alpha to be the authority again", || active(&pair.alpha));
+    wait_until("the refusal to be lifted on both", || {
+        !pair.status(&pair.alpha).contains("REFUSED")
+            && !pair.status(&pair.beta).contains("REFUSED")
+    });
+    assert!(!active(&pair.beta));
+}
