@@ -32,7 +32,8 @@ Files: /etc/standin/standin.toml, a node's config (examples: \
 /etc/standin/active.toml.example, /etc/standin/passive.toml.example); \
 /etc/standin/agent.env, the agent's options (standin-agent.service; example: \
 agent.env.example); /etc/standin/pair.secret and /etc/standin/agent.secret (made by \
-`standin init-secret`); /var/lib/standin, the data_dir of the examples.";
+`standin init-secret`); /etc/standin/agent-keys, the per-agent keys (made by `standin \
+agent-key add`); /var/lib/standin, the data_dir of the examples.";
 
 #[derive(Parser, Debug)]
 #[command(
