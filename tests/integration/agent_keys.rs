@@ -4,7 +4,9 @@
 //! instance and time — against a witness pair with its link cut (never two nodes
 //! answering `/active` 200); replayed reports (to the other node, or later) and a
 //! report signed with one agent's key naming another are refused; two nodes with
-//! different voter sets refuse witness authority.
+//! different voter sets refuse witness authority; bad keys stop `serve` (exit 2,
+//! naming the key); the shared agent secret is warned about, and unused once keys
+//! exist.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -497,4 +499,67 @@ fn nodes_with_different_voter_sets_refuse_witness_authority() {
             && !pair.status(&pair.beta).contains("REFUSED")
     });
     assert!(!active(&pair.beta));
+}
+
+#[test]
+fn bad_agent_keys_are_refused_at_start_naming_the_key() {
+    let root = tempfile::tempdir().unwrap();
+    let keys = root.path().join("agent-keys");
+    let ts1 = add_key(&keys, "ts1");
+    let serve = |extra: &str| {
+        let node = NodeProcess::configure(root.path(), "alpha", "active", None, extra);
+        let output = Command::new(standin())
+            .args(["serve", "--config"])
+            .arg(&node.config)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    // A voter without a key.
+    let (code, stderr) = serve(&witness_config(&keys, "\"ts1\", \"ts2\"", 1500));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("witness_agents") && stderr.contains("ts2 has no key"),
+        "{stderr}"
+    );
+    // A key others can read; a directory that is not there.
+    std::fs::set_permissions(&ts1, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let (code, stderr) = serve(&format!("agent_keys_dir = \"{}\"\n", keys.display()));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("agent_keys_dir") && stderr.contains("mode 640"),
+        "{stderr}"
+    );
+    let missing = root.path().join("nowhere");
+    let (code, stderr) = serve(&format!("agent_keys_dir = \"{}\"\n", missing.display()));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("agent_keys_dir"), "{stderr}");
+}
+
+#[test]
+fn the_shared_agent_secret_is_warned_about_and_unused_once_keys_exist() {
+    let root = tempfile::tempdir().unwrap();
+    let secret = root.path().join("agent.secret");
+    assert!(run(&["init-secret", &secret.to_string_lossy()])
+        .status
+        .success());
+    let shared = format!("agent_secret_file = \"{}\"\n", secret.display());
+    let mut node = NodeProcess::configure(root.path(), "alpha", "active", None, &shared);
+    node.start();
+    wait_until("the warning about the shared secret", || {
+        node.log_text().contains("agents share one secret")
+    });
+    node.kill();
+    let keys = root.path().join("agent-keys");
+    add_key(&keys, "ts1");
+    let both = format!("{shared}agent_keys_dir = \"{}\"\n", keys.display());
+    let mut node = NodeProcess::configure(root.path(), "beta", "active", None, &both);
+    node.start();
+    wait_until("the shared secret to be named unused", || {
+        node.log_text().contains("agent_secret_file is not used")
+    });
+    assert!(!node.log_text().contains("agents share one secret"));
 }
