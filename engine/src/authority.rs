@@ -31,6 +31,12 @@
 //! counts at two nodes at once, and a majority of the configured agents backs at most
 //! one node at any instant.
 //!
+//! This needs both nodes to count the same agents, and each vote to come from its
+//! agent: the shell believes a report only when the agent's own key signed it (the
+//! service's `report_auth`), and compares the nodes' voter sets over the heartbeats;
+//! while they differ (`Evidence::VoterSets`), no vote counts here — authority can be
+//! neither taken nor resumed, and is held only through an answering peer.
+//!
 //! Taking authority (promotion, start-up, resuming) needs that majority. Keeping it
 //! needs the majority or an answer from the peer within `failover_after_ms / 2`; and a
 //! node that saw its peer active (or holding a later epoch) within
@@ -59,6 +65,13 @@ pub enum Evidence {
     },
     /// etcd: the key is held by someone else, or the lease was lost or revoked.
     LeaseLost { now_ms: u64, reason: String },
+    /// Whether the two nodes' voter sets (agents, their keys, the window) agree, as
+    /// the heartbeats last showed: `Some(why)` while they differ. Two nodes counting
+    /// different voters could each find a majority, so no vote counts meanwhile.
+    VoterSets {
+        now_ms: u64,
+        disagreement: Option<String>,
+    },
 }
 
 /// What an agent tells a node (the witness part of its load report).
@@ -210,6 +223,8 @@ struct Received {
 pub struct WitnessQuorum {
     settings: WitnessSettings,
     latest: BTreeMap<String, Received>,
+    /// Why the peer's voter set differs from this node's, while it does.
+    disagreement: Option<String>,
 }
 
 impl WitnessQuorum {
@@ -217,6 +232,7 @@ impl WitnessQuorum {
         WitnessQuorum {
             settings,
             latest: BTreeMap::new(),
+            disagreement: None,
         }
     }
 
@@ -264,6 +280,13 @@ impl WitnessQuorum {
             .max()
     }
 
+    /// Witness authority refused while the nodes' voter sets differ.
+    fn refused(&self) -> Option<Decision> {
+        self.disagreement
+            .as_ref()
+            .map(|why| Decision::No(format!("witness authority refused: {why}")))
+    }
+
     fn may_take_by_agents(&self, now_ms: u64, node: &str, epoch: u64) -> Decision {
         self.may_take_by_agents_since(now_ms, node, epoch, 0)
     }
@@ -275,6 +298,9 @@ impl WitnessQuorum {
         epoch: u64,
         since_ms: u64,
     ) -> Decision {
+        if let Some(refused) = self.refused() {
+            return refused;
+        }
         if let Some((their_epoch, their_node)) = self.higher_reported(now_ms, node, epoch) {
             return Decision::No(format!(
                 "agents report {their_node} active in epoch {their_epoch}, above this node"
@@ -299,8 +325,10 @@ impl Authority for WitnessQuorum {
     }
 
     fn observe(&mut self, evidence: Evidence) {
-        if let Evidence::AgentReport { now_ms, report } = evidence {
-            if self.settings.agents.contains(&report.agent) {
+        match evidence {
+            Evidence::AgentReport { now_ms, report }
+                if self.settings.agents.contains(&report.agent) =>
+            {
                 self.latest.insert(
                     report.agent.clone(),
                     Received {
@@ -309,10 +337,15 @@ impl Authority for WitnessQuorum {
                     },
                 );
             }
+            Evidence::VoterSets { disagreement, .. } => self.disagreement = disagreement,
+            _ => {}
         }
     }
 
     fn may_promote(&self, now_ms: u64, node: &str) -> Decision {
+        if let Some(refused) = self.refused() {
+            return refused;
+        }
         // A promotion takes an epoch above every one seen: only the votes matter.
         let votes = self.votes_for(now_ms, node);
         let quorum = self.settings.quorum();
@@ -351,10 +384,15 @@ impl Authority for WitnessQuorum {
     }
 
     fn status(&self, now_ms: u64, node: &str) -> AuthorityStatus {
+        let refused = self
+            .disagreement
+            .as_ref()
+            .map(|why| format!("REFUSED, {why}; "))
+            .unwrap_or_default();
         AuthorityStatus {
             mode: "witness",
             summary: format!(
-                "agent witness: {} of {} votes for this node ({} needed), window {} ms",
+                "agent witness: {refused}{} of {} votes for this node ({} needed), window {} ms",
                 self.votes_for(now_ms, node),
                 self.settings.agents.len(),
                 self.settings.quorum(),
@@ -432,7 +470,7 @@ impl Authority for EtcdLease {
                 self.held = None;
                 self.last_problem = Some(reason);
             }
-            Evidence::AgentReport { .. } => {}
+            Evidence::AgentReport { .. } | Evidence::VoterSets { .. } => {}
         }
     }
 
@@ -675,6 +713,38 @@ mod tests {
             !quorum.may_promote(4_001, "beta").allowed(),
             "ts1's vote is stale"
         );
+    }
+
+    #[test]
+    fn no_vote_counts_while_the_peers_voter_set_differs() {
+        let mut quorum = witness();
+        for agent in ["ts1", "ts2", "ts3"] {
+            vote(&mut quorum, 1_000, agent, Some("alpha"));
+        }
+        assert!(quorum.may_take(1_000, "alpha", 1).allowed());
+        quorum.observe(Evidence::VoterSets {
+            now_ms: 1_000,
+            disagreement: Some("the peer's voter set differs".to_string()),
+        });
+        for decision in [
+            quorum.may_take(1_000, "alpha", 1),
+            quorum.may_promote(1_000, "alpha"),
+            quorum.may_take_since(1_000, "alpha", 1, 0),
+            quorum.may_hold(4_000, "alpha", 1, 0),
+        ] {
+            assert!(
+                matches!(&decision, Decision::No(why) if why.contains("witness authority refused")),
+                "{decision:?}"
+            );
+        }
+        // Holding through an answering peer needs no vote: still allowed.
+        assert!(quorum.may_hold(1_000, "alpha", 1, 900).allowed());
+        assert!(quorum.status(1_000, "alpha").summary.contains("REFUSED"));
+        quorum.observe(Evidence::VoterSets {
+            now_ms: 1_100,
+            disagreement: None,
+        });
+        assert!(quorum.may_take(1_100, "alpha", 1).allowed());
     }
 
     #[test]

@@ -655,7 +655,8 @@ impl RoleMachine {
             Input::Authority(evidence) => {
                 let (Evidence::AgentReport { now_ms, .. }
                 | Evidence::LeaseHeld { now_ms, .. }
-                | Evidence::LeaseLost { now_ms, .. }) = evidence;
+                | Evidence::LeaseLost { now_ms, .. }
+                | Evidence::VoterSets { now_ms, .. }) = evidence;
                 self.now_ms = self.now_ms.max(*now_ms);
             }
             _ => {}

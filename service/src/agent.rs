@@ -7,7 +7,8 @@
 //! Each report also carries the agent's witness (`authority = "witness"`): how long
 //! since it last reached each other node, whether it told another node the recipient
 //! was lost, and the highest authority it has seen — kept by the engine's pure
-//! `AgentWitness`, shared by the per-node reporters.
+//! `AgentWitness`, shared by the per-node reporters. With its own key (`--key-file`)
+//! it signs every report (`report_auth::sign`), echoing each answer of a node once.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,10 +24,52 @@ pub struct AgentSettings {
     pub name: String,
     pub address: String,
     pub urls: Vec<String>,
-    pub secret: String,
+    pub credential: Credential,
     pub interval: Duration,
     pub apps: Vec<String>,
     pub sessions_command: Option<String>,
+}
+
+/// How the agent proves who it is.
+#[derive(Clone)]
+pub enum Credential {
+    /// Its own key (`--key-file`): every report is signed (`report_auth::sign`).
+    Key(crate::agent_keys::AgentKey),
+    /// The agents' shared secret (`--secret-file`), as a bearer token: only for nodes
+    /// without per-agent keys.
+    Shared(String),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Key(key) => write!(formatter, "Key({key:?})"),
+            Credential::Shared(_) => formatter.write_str("Shared(..)"),
+        }
+    }
+}
+
+/// Send one report; the node's answer.
+async fn send(
+    url: &str,
+    credential: &Credential,
+    report: wire::LoadReport,
+) -> Result<wire::LoadAck, tonic::Status> {
+    let channel = crate::client::channel(url, None).map_err(tonic::Status::unavailable)?;
+    let answer = match credential {
+        Credential::Key(key) => {
+            AgentClient::new(channel)
+                .report_load(crate::report_auth::sign(&report, key))
+                .await
+        }
+        Credential::Shared(secret) => {
+            let auth = crate::auth::AddSecret::new(secret).map_err(tonic::Status::unavailable)?;
+            AgentClient::with_interceptor(channel, auth)
+                .report_load(report)
+                .await
+        }
+    };
+    answer.map(tonic::Response::into_inner)
 }
 
 /// CPU time counters from /proc/stat: (busy, total).
@@ -109,6 +152,10 @@ impl SharedWitness {
 async fn report_to(settings: AgentSettings, url: String, witness: SharedWitness) {
     let mut previous = cpu_counters();
     let mut was_up = true;
+    let signed = matches!(settings.credential, Credential::Key(_));
+    // Signed reports: the node's answer last echoed. An answer is echoed once (the
+    // node counts it once): without a newer one, the agent greets the node instead.
+    let mut echoed: Option<(u64, u64)> = None;
     let mut ticker = tokio::time::interval(settings.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -121,77 +168,95 @@ async fn report_to(settings: AgentSettings, url: String, witness: SharedWitness)
             _ => 0.0,
         };
         previous = now;
-        // Sample first: the vote is decided just before the report leaves.
+        let memory_percent = memory_percent();
         let sessions = sessions(&settings.sessions_command).await;
-        let sent_ms = witness.now_ms();
-        let seen = witness.with(|w| w.report_for(&settings.name, &url, sent_ms));
-        let (highest_epoch, highest_node) = seen.highest.clone().unwrap_or_default();
-        let (echo_instance, echo_time_ms) = seen.echo.unwrap_or_default();
-        let report = wire::LoadReport {
-            reachable: seen.reachable,
-            vote: seen.vote,
-            highest_epoch,
-            highest_node,
-            echo_instance,
-            echo_time_ms,
-            name: settings.name.clone(),
-            address: settings.address.clone(),
-            cpu_percent,
-            memory_percent: memory_percent(),
-            sessions,
-            apps: settings.apps.clone(),
-            interval_ms: settings.interval.as_millis() as u64,
-        };
-        let sent = async {
-            let channel = crate::client::channel(&url, None).map_err(|error| error.to_string())?;
-            let auth = crate::auth::AddSecret::new(&settings.secret)?;
-            let mut client = AgentClient::with_interceptor(channel, auth);
-            client
-                .report_load(report)
-                .await
-                .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
-        };
-        // A late report's vote does not count (it counts from the echoed answer), but
-        // an answer that comes back late is of no use either: give up after W/2.
-        let mut limit = settings.interval.max(Duration::from_secs(1));
-        let window_ms = witness.with(|w| w.window_ms());
-        if window_ms > 0 {
-            limit = limit.min(Duration::from_millis(window_ms / 2));
-        }
-        match tokio::time::timeout(limit, sent).await {
-            Ok(Ok(ack)) => {
-                let ack = ack.into_inner();
-                // Counted from when the answer came back, after the node counted the
-                // report: the time since is never overstated (the witness relies on it).
-                let answered_ms = witness.now_ms();
-                let answer = NodeAnswer {
-                    suspended: ack.role == "suspended",
-                    eligible: matches!(ack.role.as_str(), "active" | "suspended" | "passive"),
-                    node: ack.node,
-                    epoch: ack.epoch,
-                    active: ack.active,
-                    window_ms: ack.witness_window_ms,
-                    instance: ack.node_instance,
-                    time_ms: ack.node_time_ms,
-                };
-                witness.with(|w| w.answered(answered_ms, &url, &answer));
-                if !was_up {
-                    tracing::info!(%url, "reporting again");
+        // A signed report the node did not count (a greeting, or one echoing an
+        // answer it no longer takes) is followed at once by one that echoes its
+        // fresh answer: at most three sends a tick.
+        for _attempt in 0..3 {
+            // The vote is decided just before the report leaves.
+            let sent_ms = witness.now_ms();
+            let seen = witness.with(|w| w.report_for(&settings.name, &url, sent_ms));
+            let (highest_epoch, highest_node) = seen.highest.clone().unwrap_or_default();
+            let mut echo = seen.echo.unwrap_or_default();
+            if signed {
+                if seen.echo.is_none() || seen.echo == echoed {
+                    echo = (0, 0);
+                } else {
+                    echoed = seen.echo;
                 }
-                was_up = true;
             }
-            Ok(Err(error)) => {
-                if was_up {
-                    tracing::warn!(%url, %error, "report failed; carrying on with the other nodes");
+            let greeting = signed && echo.0 == 0;
+            let report = wire::LoadReport {
+                reachable: seen.reachable,
+                vote: seen.vote,
+                highest_epoch,
+                highest_node,
+                echo_instance: echo.0,
+                echo_time_ms: echo.1,
+                name: settings.name.clone(),
+                address: settings.address.clone(),
+                cpu_percent,
+                memory_percent,
+                sessions,
+                apps: settings.apps.clone(),
+                interval_ms: settings.interval.as_millis() as u64,
+                ..Default::default()
+            };
+            // A late report's vote does not count (it counts from the echoed answer),
+            // but an answer that comes back late is of no use either: give up after W/2.
+            let mut limit = settings.interval.max(Duration::from_secs(1));
+            let window_ms = witness.with(|w| w.window_ms());
+            if window_ms > 0 {
+                limit = limit.min(Duration::from_millis(window_ms / 2));
+            }
+            match tokio::time::timeout(limit, send(&url, &settings.credential, report)).await {
+                Ok(Ok(ack)) => {
+                    // Counted from when the answer came back, after the node counted the
+                    // report: the time since is never overstated (the witness relies on it).
+                    let answered_ms = witness.now_ms();
+                    let counted = ack.counted;
+                    let answer = NodeAnswer {
+                        suspended: ack.role == "suspended",
+                        eligible: matches!(ack.role.as_str(), "active" | "suspended" | "passive"),
+                        node: ack.node,
+                        epoch: ack.epoch,
+                        active: ack.active,
+                        window_ms: ack.witness_window_ms,
+                        instance: ack.node_instance,
+                        time_ms: ack.node_time_ms,
+                    };
+                    witness.with(|w| w.answered(answered_ms, &url, &answer));
+                    if !was_up {
+                        tracing::info!(%url, "reporting again");
+                    }
+                    was_up = true;
+                    if greeting && !counted {
+                        continue;
+                    }
                 }
-                was_up = false;
-            }
-            Err(_) => {
-                if was_up {
-                    tracing::warn!(%url, "report timed out; carrying on with the other nodes");
+                Ok(Err(status))
+                    if signed && !greeting && status.code() == tonic::Code::FailedPrecondition =>
+                {
+                    // The node restarted, or the answer echoed is too old: greet it.
+                    tracing::info!(%url, reason = status.message(), "the node did not count a report; greeting it again");
+                    continue;
                 }
-                was_up = false;
+                Ok(Err(status)) => {
+                    if was_up {
+                        let error = format!("{:?}: {}", status.code(), status.message());
+                        tracing::warn!(%url, %error, "report failed; carrying on with the other nodes");
+                    }
+                    was_up = false;
+                }
+                Err(_) => {
+                    if was_up {
+                        tracing::warn!(%url, "report timed out; carrying on with the other nodes");
+                    }
+                    was_up = false;
+                }
             }
+            break;
         }
     }
 }

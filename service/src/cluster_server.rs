@@ -161,6 +161,7 @@ impl Cluster for ClusterService {
             self.node.set_error(Some(message.clone()));
             return Err(Status::failed_precondition(message));
         }
+        crate::voter_set::announced(&self.node, &request.voter_set);
         if let Ok(head) = head_from_wire(request.head.as_ref()) {
             tracing::trace!(peer = %request.node, seq = head.seq, "heartbeat");
             if let Some(link) = self.node.peer() {
@@ -185,6 +186,7 @@ impl Cluster for ClusterService {
             node: self.node.config.node_name.clone(),
             head: Some(head_to_wire(&self.node.repository.head())),
             role: self.node.role().name().to_string(),
+            voter_set: self.node.voter_sets.own(),
         }))
     }
 

@@ -38,6 +38,7 @@ struct RawConfig {
     auto_failback: bool,
     secret_file: PathBuf,
     agent_secret_file: Option<PathBuf>,
+    agent_keys_dir: Option<PathBuf>,
     allow_readable_secret_files: Option<bool>,
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
@@ -85,6 +86,9 @@ pub struct Config {
     pub auto_failback: bool,
     pub secret_file: PathBuf,
     pub agent_secret_file: Option<PathBuf>,
+    /// Per-agent keys (`agent_keys_dir`), read and checked; `None` or empty: agents
+    /// use the shared `agent_secret_file`.
+    pub agent_keys: Option<crate::agent_keys::AgentKeys>,
     pub tls: Option<TlsFiles>,
     pub on_promote: Option<String>,
     pub on_demote: Option<String>,
@@ -352,6 +356,13 @@ impl Config {
                 ));
             }
         }
+        let agent_keys = match &raw.agent_keys_dir {
+            None => None,
+            Some(dir) => Some(
+                crate::agent_keys::AgentKeys::load(&resolve(dir), allow_readable)
+                    .map_err(|reason| key("agent_keys_dir", reason))?,
+            ),
+        };
         let tls = match (&raw.tls_cert_file, &raw.tls_key_file) {
             (None, None) => {
                 if raw.tls_ca_file.is_some() {
@@ -432,6 +443,7 @@ impl Config {
             failover_after_ms,
             heartbeat_interval_ms,
             agent_secret_file.is_some(),
+            agent_keys.as_ref(),
         )
         .map_err(|(name, reason)| key(name, reason))?;
         let login = crate::login_gate::LoginSettings::from_keys(&crate::login_gate::LoginKeys {
@@ -459,6 +471,7 @@ impl Config {
             auto_failback: raw.auto_failback,
             secret_file,
             agent_secret_file,
+            agent_keys,
             tls,
             on_promote: raw.on_promote,
             on_demote: raw.on_demote,
@@ -498,6 +511,7 @@ fn parse_authority(
     failover_after_ms: u64,
     heartbeat_interval_ms: u64,
     has_agent_secret: bool,
+    agent_keys: Option<&crate::agent_keys::AgentKeys>,
 ) -> Result<AuthorityConfig, (&'static str, String)> {
     let mode = raw.authority.as_deref().unwrap_or("peer");
     let witness_keys = raw.witness_agents.is_some() || raw.witness_window_ms.is_some();
@@ -539,12 +553,21 @@ fn parse_authority(
             if unique.len() != agents.len() {
                 return Err(("witness_agents", "agent names must be distinct".to_string()));
             }
-            if !has_agent_secret {
-                return Err((
-                    "agent_secret_file",
-                    "witness mode needs agent_secret_file: agents' reports are its votes"
-                        .to_string(),
-                ));
+            match agent_keys.filter(|keys| !keys.is_empty()) {
+                // Every voter needs its own key: one without would never count.
+                Some(keys) => {
+                    if let Some(missing) = agents.iter().find(|agent| keys.get(agent).is_none()) {
+                        return Err(("witness_agents", format!("{missing} has no key in agent_keys_dir {} (`standin agent-key add {missing}`, on both nodes)", keys.dir.display())));
+                    }
+                }
+                None if !has_agent_secret => {
+                    return Err((
+                        "agent_secret_file",
+                        "witness mode needs agent_keys_dir (per-agent keys) or agent_secret_file: agents' reports are its votes"
+                            .to_string(),
+                    ));
+                }
+                None => {}
             }
             let window_ms = raw.witness_window_ms.unwrap_or(failover_after_ms / 2);
             if window_ms < 2 * heartbeat_interval_ms + 1 {

@@ -407,6 +407,7 @@ pub(crate) async fn ask_peer(node: &Arc<Node>) -> Result<(PeerView, String), Str
             &node.config.node_name,
             &node.repository.head(),
             node.role().name(),
+            node.voter_sets.own(),
         )
         .await
         .map_err(|error| error.to_string())?;
@@ -419,6 +420,7 @@ pub(crate) async fn ask_peer(node: &Arc<Node>) -> Result<(PeerView, String), Str
         node.set_error(Some(message.clone()));
         return Err(message);
     }
+    crate::voter_set::announced(node, &response.voter_set);
     let head = response.head;
     let view = PeerView {
         node: response.node,

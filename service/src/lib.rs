@@ -5,6 +5,9 @@
 //!
 //! - `config`: the TOML config and its checks (exit 2 on a bad key).
 //! - `agent`: the terminal-server load reporter (`standin agent`).
+//! - `agent_keys`: per-agent keys (files, MACs, fingerprints); `report_auth`: a
+//!   node's check of signed reports (key, MAC, echo, replay); `voter_set`: the
+//!   voter-set hash the heartbeats compare (witness refused while they differ).
 //! - `secret`, `auth`: the pair's shared secret; bearer-token checks on every call.
 //! - `convert`: wire (protobuf) types ↔ engine types; nothing else sees protobuf.
 //! - `node`: a running node's shared state (`Node`, `Role`).
@@ -37,6 +40,7 @@
 //!   `generate man|completions` for packaging, in no help).
 
 pub mod agent;
+pub mod agent_keys;
 pub mod auth;
 pub mod cli;
 pub mod client;
@@ -59,6 +63,7 @@ pub mod passive;
 pub mod peer;
 pub mod rejoin;
 pub mod replication_server;
+pub mod report_auth;
 pub mod secret;
 pub mod serve;
 pub mod site;
@@ -67,3 +72,4 @@ pub mod space;
 pub mod status;
 pub mod tasks;
 pub mod throttle;
+pub mod voter_set;

@@ -68,6 +68,8 @@ pub struct Node {
     /// This run of the node (random): agents echo it with this node's time, so a vote
     /// is never counted against a previous run's clock.
     pub instance: u64,
+    /// This node's voter set and the peer's last announced one (`voter_set`).
+    pub voter_sets: crate::voter_set::VoterSets,
     /// Set once the node is ending (`serve`): no logins and no new capture, whatever
     /// the role machine says.
     ending: std::sync::atomic::AtomicBool,
@@ -120,6 +122,10 @@ impl Node {
             crate::config::AuthorityConfig::Witness { window_ms, .. } => window_ms / 2,
             crate::config::AuthorityConfig::Etcd(etcd) => etcd.lease_ttl_s * 1000 / 8,
         };
+        let voter_sets = crate::voter_set::VoterSets::open(
+            &config.data_dir,
+            crate::voter_set::hash(&config.authority, config.agent_keys.as_ref()),
+        );
         let node = Arc::new(Node {
             config,
             secret,
@@ -149,8 +155,10 @@ impl Node {
             authority_status: Mutex::new(None),
             take_over: Mutex::new(Default::default()),
             instance: rand::random::<u64>() | 1,
+            voter_sets,
             ending: std::sync::atomic::AtomicBool::new(false),
         });
+        crate::voter_set::at_start(&node);
         Ok(node)
     }
 

@@ -76,22 +76,40 @@ pub async fn run(
             .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
             .context("TLS")?;
     }
-    // Agents report with the agent secret; without agent_secret_file no report counts.
-    let agent_secret = match &config.agent_secret_file {
-        Some(file) => crate::secret::read_secret(file).map_err(anyhow::Error::msg)?,
-        None => crate::secret::unguessable(),
+    // Agents sign their reports with keys of their own; only without any, the shared
+    // agent secret (without agent_secret_file either, no report counts).
+    let agent_keys = config.agent_keys.clone().filter(|keys| !keys.is_empty());
+    let agent_secret = match (&agent_keys, &config.agent_secret_file) {
+        (Some(keys), file) => {
+            tracing::info!(agents = keys.len(), dir = %keys.dir.display(), "agents sign their reports with keys of their own");
+            if let Some(file) = file {
+                tracing::warn!(file = %file.display(), "agent_secret_file is not used: per-agent keys are configured (remove it from the config and from the terminal servers)");
+            }
+            None
+        }
+        (None, Some(file)) => {
+            tracing::warn!(file = %file.display(), "agents share one secret (agent_secret_file): any agent can report, and vote, as any other; give each its own key (`standin agent-key add NAME`, agent_keys_dir; README \"Security\")");
+            Some(crate::secret::read_secret(file).map_err(anyhow::Error::msg)?)
+        }
+        (None, None) => Some(crate::secret::unguessable()),
     };
     // An unknown user is checked against a dummy hash: compute it before the first.
     tokio::task::spawn_blocking(crate::site::prepare).await?;
-    let router = builder
-        .add_service(health_service)
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            standin_proto::v1::agent_server::AgentServer::new(
-                crate::site_server::AgentService::new(node.clone()),
-            )
-            .max_decoding_message_size(crate::site_server::MAX_REQUEST_BYTES),
-            RequireSecret::new(agent_secret),
-        ))
+    let router = builder.add_service(health_service);
+    let agent_service = standin_proto::v1::agent_server::AgentServer::new(
+        crate::site_server::AgentService::new(node.clone(), agent_keys.clone()),
+    )
+    .max_decoding_message_size(crate::site_server::MAX_REQUEST_BYTES);
+    // Signed reports carry their own proof; a bearer token would only be one more
+    // shared secret.
+    let router = match agent_secret {
+        None => router.add_service(agent_service),
+        Some(secret) => router.add_service(tonic::service::interceptor::InterceptedService::new(
+            agent_service,
+            RequireSecret::new(secret),
+        )),
+    };
+    let router = router
         .add_service(
             standin_proto::v1::site_server::SiteServer::new(crate::site_server::SiteService::new(
                 node.clone(),

@@ -1,5 +1,6 @@
 //! The `Agent` and `Site` gRPC services: terminal servers' load reports (checked by
-//! `load_table::check_report` before they count, as load or as a witness vote), and
+//! `load_table::check_report` before they count, as load or as a witness vote; with
+//! per-agent keys, first by `report_auth`: signed by the agent named, fresh), and
 //! users' logins (only on the authoritative node) and application lists, both
 //! through the node's `LoginGate`. Site requests' text is checked here: UTF-8 and
 //! bounded, else INVALID_ARGUMENT naming the field, never echoing its value.
@@ -31,6 +32,9 @@ pub struct AgentService {
     pub unknown_agents: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Configured agents already warned about for reporting too rarely.
     pub slow_agents: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Per-agent keys (`agent_keys_dir`): only signed, fresh reports count. `None`:
+    /// the shared agent secret, checked by the service's interceptor.
+    auth: Option<crate::report_auth::ReportAuth>,
 }
 
 /// Upper bound on a node or agent name in a witness report.
@@ -43,11 +47,32 @@ fn lock_set(
 }
 
 impl AgentService {
-    pub fn new(node: Arc<Node>) -> AgentService {
+    /// With `keys`, reports must be signed by their agent's key (see `report_auth`).
+    pub fn new(node: Arc<Node>, keys: Option<crate::agent_keys::AgentKeys>) -> AgentService {
+        let auth = keys.map(|keys| crate::report_auth::ReportAuth::new(keys, node.instance));
         AgentService {
             node,
             unknown_agents: Default::default(),
             slow_agents: Default::default(),
+            auth,
+        }
+    }
+
+    /// The answer to a report: this node's state, this run and its clock to echo.
+    fn ack(&self, counted: bool) -> wire::LoadAck {
+        let witness_window_ms = match &self.node.config.authority {
+            crate::config::AuthorityConfig::Witness { window_ms, .. } => *window_ms,
+            _ => 0,
+        };
+        wire::LoadAck {
+            node: self.node.config.node_name.clone(),
+            role: self.node.role().name().to_string(),
+            epoch: self.node.epoch(),
+            active: self.node.accepts_logins(),
+            witness_window_ms,
+            node_instance: self.node.instance,
+            node_time_ms: standin_engine::fsutil::monotonic_ms(),
+            counted,
         }
     }
 
@@ -100,7 +125,16 @@ impl Agent for AgentService {
         request: Request<wire::LoadReport>,
     ) -> Result<Response<wire::LoadAck>, Status> {
         let peer = request.remote_addr();
-        let report = request.into_inner();
+        let mut report = request.into_inner();
+        if let Some(auth) = &self.auth {
+            let now_ms = standin_engine::fsutil::monotonic_ms();
+            match auth.check(&report, now_ms, peer)? {
+                crate::report_auth::Checked::Counted(inner) => report = *inner,
+                crate::report_auth::Checked::Greeting(_) => {
+                    return Ok(Response::new(self.ack(false)))
+                }
+            }
+        }
         if report.apps.len() > MAX_REPORTED_APPS {
             return Err(Status::invalid_argument(format!(
                 "at most {MAX_REPORTED_APPS} applications per report"
@@ -140,19 +174,7 @@ impl Agent for AgentService {
                 ReportError::TableFull => Status::resource_exhausted(error.to_string()),
                 _ => Status::invalid_argument(error.to_string()),
             })?;
-        let witness_window_ms = match &self.node.config.authority {
-            crate::config::AuthorityConfig::Witness { window_ms, .. } => *window_ms,
-            _ => 0,
-        };
-        Ok(Response::new(wire::LoadAck {
-            node: self.node.config.node_name.clone(),
-            role: self.node.role().name().to_string(),
-            epoch: self.node.epoch(),
-            active: self.node.accepts_logins(),
-            witness_window_ms,
-            node_instance: self.node.instance,
-            node_time_ms: standin_engine::fsutil::monotonic_ms(),
-        }))
+        Ok(Response::new(self.ack(true)))
     }
 }
 

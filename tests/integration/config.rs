@@ -140,7 +140,7 @@ fn each_bad_config_names_its_key_and_exits_2() {
         (
             format!("{GOOD}\nauthority = \"witness\"\nwitness_agents = [\"ts1\"]\n"),
             "agent_secret_file",
-            "witness mode needs agent_secret_file",
+            "witness mode needs agent_keys_dir (per-agent keys) or agent_secret_file",
         ),
         (
             format!("{GOOD}\nauthority = \"witness\"\nagent_secret_file = \"ROOT/agent.secret\"\nwitness_agents = [\"ts 1\"]\n"),

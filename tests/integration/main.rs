@@ -10,6 +10,8 @@
 //! - `site`: agents, the load table, logins and the client with a server list.
 //! - `site_hostile`: hostile logins and agent reports (non-UTF-8, oversized, paths,
 //!   NaN loads, huge addresses): refused without echo, leak or belief.
+//! - `agent_keys`: per-agent keys: the `agent-key` commands, the forged-votes attack
+//!   with the pair link cut, replayed and misnamed reports, differing voter sets.
 //! - `snapshot`: a passive whose head was compacted away starts from a snapshot.
 //! - `config`: bad configs refused with the key and exit status 2.
 //! - `cli`: status, verify, log, init-secret, demo.
@@ -30,6 +32,7 @@
 //! - `split_brain`: the agent-witness quorum with a cut pair link and a dead active.
 //! - `etcd`: the etcd lease with a real etcd: failover, an etcd outage, its return.
 
+mod agent_keys;
 mod cli;
 mod config;
 mod corruption;

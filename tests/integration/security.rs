@@ -209,6 +209,7 @@ fn every_pair_call_is_refused_without_the_right_secret_and_changes_nothing() {
                                 node: "mallory".to_string(),
                                 head: Some(head.clone()),
                                 role: "active".to_string(),
+                                ..Default::default()
                             })
                             .await
                             .map(|_| ()),

@@ -3,6 +3,7 @@
 //! operation (or a node that cannot be reached), 2 for a bad config or usage, 3 for a
 //! command the node refused (it does not apply now; nothing was changed).
 
+pub mod agent_key;
 pub mod demo;
 pub mod generate;
 pub mod init_secret;
@@ -31,7 +32,8 @@ Files: /etc/standin/standin.toml, a node's config (examples: \
 /etc/standin/active.toml.example, /etc/standin/passive.toml.example); \
 /etc/standin/agent.env, the agent's options (standin-agent.service; example: \
 agent.env.example); /etc/standin/pair.secret and /etc/standin/agent.secret (made by \
-`standin init-secret`); /var/lib/standin, the data_dir of the examples.";
+`standin init-secret`); /etc/standin/agent-keys, the per-agent keys (made by `standin \
+agent-key add`); /var/lib/standin, the data_dir of the examples.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -167,9 +169,19 @@ pub enum Command {
         /// `;`-separated gRPC addresses of both nodes (the seed's DispatchURL).
         #[arg(long, env = "STANDIN_AGENT_DISPATCH_URL")]
         dispatch_url: String,
-        /// The agents' shared secret (the nodes' agent_secret_file).
-        #[arg(long, env = "STANDIN_AGENT_SECRET_FILE")]
-        secret_file: PathBuf,
+        /// The agents' shared secret (the nodes' agent_secret_file; only while the
+        /// nodes have no per-agent keys).
+        #[arg(
+            long,
+            env = "STANDIN_AGENT_SECRET_FILE",
+            required_unless_present = "key_file",
+            conflicts_with = "key_file"
+        )]
+        secret_file: Option<PathBuf>,
+        /// This agent's own key (`standin agent-key add NAME` on a node): every report
+        /// is signed with it.
+        #[arg(long, env = "STANDIN_AGENT_KEY_FILE")]
+        key_file: Option<PathBuf>,
         /// How often to report (the witness needs at least a third of the nodes'
         /// witness_window_ms: 833 ms with the defaults).
         #[arg(long, env = "STANDIN_AGENT_INTERVAL_MS", default_value_t = 500)]
@@ -188,6 +200,11 @@ pub enum Command {
     Quarantine {
         #[command(subcommand)]
         command: quarantine::QuarantineCommand,
+    },
+    /// Per-agent keys of a node's agent_keys_dir: add, list, remove.
+    AgentKey {
+        #[command(subcommand)]
+        command: agent_key::AgentKeyCommand,
     },
     /// Write a fresh shared secret (mode 0600) to FILE, creating its directory (mode
     /// 0750) when missing.
@@ -359,6 +376,7 @@ async fn run(command: Command) -> Result<u8, Failure> {
             command: TlsCommand::Init { dir, nodes, force },
         } => tls::init(&dir, &nodes, force),
         Command::InitSecret { file, force } => init_secret::run(&file, force),
+        Command::AgentKey { command } => agent_key::run(command),
         Command::Demo { keep } => demo::run(keep).await.map(|()| 0),
         Command::Promote { target, force } => {
             role_command(&target, RoleRequest::Promote { force }).await
@@ -377,6 +395,7 @@ async fn run(command: Command) -> Result<u8, Failure> {
             name,
             dispatch_url,
             secret_file,
+            key_file,
             interval_ms,
             address,
             apps,
@@ -398,12 +417,22 @@ async fn run(command: Command) -> Result<u8, Failure> {
             if interval_ms < 100 {
                 return Err(Failure::usage("--interval-ms must be at least 100"));
             }
-            let secret = crate::secret::read_secret(&secret_file).map_err(Failure::usage)?;
+            let credential = match (key_file, secret_file) {
+                (Some(file), _) => crate::agent::Credential::Key(
+                    crate::agent_keys::AgentKey::read(&file, false).map_err(Failure::usage)?,
+                ),
+                (None, Some(file)) => crate::agent::Credential::Shared(
+                    crate::secret::read_secret(&file).map_err(Failure::usage)?,
+                ),
+                (None, None) => {
+                    return Err(Failure::usage("--key-file (or --secret-file) is needed"))
+                }
+            };
             let settings = crate::agent::AgentSettings {
                 address: address.unwrap_or_else(|| format!("{name}:3389")),
                 name,
                 urls,
-                secret,
+                credential,
                 interval: std::time::Duration::from_millis(interval_ms),
                 apps: apps
                     .split(',')

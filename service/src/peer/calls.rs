@@ -21,6 +21,8 @@ pub struct PeerAnswer {
     pub node: String,
     pub role: String,
     pub head: Head,
+    /// The hash of the peer's witness voter set (`voter_set`).
+    pub voter_set: Vec<u8>,
 }
 
 /// What the peer's log says of one of our events (a rejoin's probe).
@@ -67,17 +69,20 @@ impl PeerLink {
         (generation, client)
     }
 
-    /// One heartbeat: this node's name, head and role; the peer's in return.
+    /// One heartbeat: this node's name, head, role and voter-set hash; the peer's in
+    /// return.
     pub async fn heartbeat(
         &self,
         node: &str,
         head: &Head,
         role: &str,
+        voter_set: Vec<u8>,
     ) -> Result<PeerAnswer, PeerError> {
         let request = wire::HeartbeatRequest {
             node: node.to_string(),
             head: Some(head_to_wire(head)),
             role: role.to_string(),
+            voter_set,
         };
         let (generation, mut client) = self.cluster();
         let answer = within(&self.control, generation, self.timing.call, async {
@@ -93,6 +98,7 @@ impl PeerLink {
                 node: response.node,
                 role: response.role,
                 head,
+                voter_set: response.voter_set,
             })
         })
         .await;
