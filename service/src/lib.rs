@@ -4,6 +4,8 @@
 //! # Layout
 //!
 //! - `config`: the TOML config and its checks (exit 2 on a bad key).
+//! - `preflight`: the checks of the files and places the config names, which
+//!   `serve`, `check-config` and a SIGHUP reload run; `reload`: SIGHUP.
 //! - `agent`: the terminal-server load reporter (`standin agent`).
 //! - `secret`, `auth`: the pair's shared secret; bearer-token checks on every call.
 //! - `convert`: wire (protobuf) types ↔ engine types; nothing else sees protobuf.
@@ -52,7 +54,9 @@ pub mod metrics;
 pub mod node;
 pub mod operator;
 pub mod passive;
+pub mod preflight;
 pub mod rejoin;
+pub mod reload;
 pub mod replication_server;
 pub mod secret;
 pub mod serve;

@@ -11,7 +11,10 @@
 //! - `site_hostile`: hostile logins and agent reports (non-UTF-8, oversized, paths,
 //!   NaN loads, huge addresses): refused without echo, leak or belief.
 //! - `snapshot`: a passive whose head was compacted away starts from a snapshot.
-//! - `config`: bad configs refused with the key and exit status 2.
+//! - `config`: bad configs refused with the key and exit status 2, by `serve` and
+//!   by `check-config` alike.
+//! - `check_config`: `check-config` on TLS files, a running node's lock, a taken
+//!   port, `--peer`; SIGHUP on a running pair (reloads, never kills).
 //! - `cli`: status, verify, log, init-secret, demo.
 //! - `failover`: takeover, rejoin with quarantine, switchover, promote.
 //! - `lifecycle`: a node whose task ends (a server, the coordinator, …) ends, logins
@@ -26,6 +29,7 @@
 //! - `split_brain`: the agent-witness quorum with a cut pair link and a dead active.
 //! - `etcd`: the etcd lease with a real etcd: failover, an etcd outage, its return.
 
+mod check_config;
 mod cli;
 mod config;
 mod corruption;

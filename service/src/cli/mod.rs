@@ -3,6 +3,7 @@
 //! operation (or a node that cannot be reached), 2 for a bad config or usage, 3 for a
 //! command the node refused (it does not apply now; nothing was changed).
 
+pub mod check_config;
 pub mod demo;
 pub mod generate;
 pub mod init_secret;
@@ -74,7 +75,8 @@ pub struct Target {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run a node.
+    /// Run a node. SIGHUP reloads the config: the hooks and log_filter take effect
+    /// at once; other changed keys are logged as needing a restart.
     Serve {
         #[arg(
             long,
@@ -82,6 +84,26 @@ pub enum Command {
             default_value = "/etc/standin/standin.toml"
         )]
         config: PathBuf,
+    },
+    /// Check a node's config as `serve` does at start, starting nothing: the keys,
+    /// the secrets (private, hard to guess, the agents' not the pair's), the TLS
+    /// files, folder and data_dir, the hooks, whether a node runs on the data_dir,
+    /// the ports. One line per check (ok, warn, FAIL and the key). Exit 0 when serve
+    /// would start, 2 when it would not, 1 when --peer got no answer.
+    CheckConfig {
+        /// The config file.
+        #[arg(env = "STANDIN_CONFIG", default_value = "/etc/standin/standin.toml")]
+        file: PathBuf,
+        /// Also ask the peer (peer_url, with the pair secret) whether it answers.
+        #[arg(long)]
+        peer: bool,
+        /// How long --peer waits for the peer's answer, in milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        peer_deadline_ms: u64,
+        /// The node must be stopped: a node running on the data_dir is a failure
+        /// (without it, that is only said).
+        #[arg(long)]
+        stopped: bool,
     },
     /// Show a node's role, epoch, head, peer and lag.
     Status {
@@ -334,9 +356,29 @@ pub fn main() -> ExitCode {
 async fn run(command: Command) -> Result<u8, Failure> {
     match command {
         Command::Serve { config } => {
-            let config = Config::load(&config)?;
-            crate::serve::run(config, crate::serve::shutdown_signal()).await?;
+            // First: from here on a SIGHUP reloads the config instead of ending the
+            // process (its default action).
+            let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|error| Failure::failed(format!("cannot catch SIGHUP: {error}")))?;
+            let start = crate::serve::prepare(&config).map_err(Failure::usage)?;
+            crate::serve::run(start, hangups, crate::serve::shutdown_signal()).await?;
             Ok(0)
+        }
+        Command::CheckConfig {
+            file,
+            peer,
+            peer_deadline_ms,
+            stopped,
+        } => {
+            check_config::run(
+                &file,
+                &check_config::Options {
+                    peer,
+                    peer_deadline: std::time::Duration::from_millis(peer_deadline_ms),
+                    require_stopped: stopped,
+                },
+            )
+            .await
         }
         Command::Status { target, json } => status::run(&target, json).await,
         Command::Verify { target, json } => inspect::verify(&target, json).await,
