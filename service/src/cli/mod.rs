@@ -75,8 +75,11 @@ pub struct Target {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run a node. SIGHUP reloads the config: the hooks and log_filter take effect
-    /// at once; other changed keys are logged as needing a restart.
+    /// Run a node.
+    ///
+    /// SIGHUP reloads the config (`systemctl reload standin`): on_promote, on_demote
+    /// and log_filter take effect at once; other changed keys are logged as needing a
+    /// restart; a config that fails its checks is not used. SIGHUP never ends a node.
     Serve {
         #[arg(
             long,
@@ -85,11 +88,13 @@ pub enum Command {
         )]
         config: PathBuf,
     },
-    /// Check a node's config as `serve` does at start, starting nothing: the keys,
-    /// the secrets (private, hard to guess, the agents' not the pair's), the TLS
-    /// files, folder and data_dir, the hooks, whether a node runs on the data_dir,
-    /// the ports. One line per check (ok, warn, FAIL and the key). Exit 0 when serve
-    /// would start, 2 when it would not, 1 when --peer got no answer.
+    /// Check a node's config as `serve` does at start, starting nothing.
+    ///
+    /// The keys, the secrets (private, hard to guess, the agents' not the pair's), the
+    /// TLS files, folder and data_dir, the hooks, whether a node runs on the data_dir,
+    /// the ports; with --peer, whether the peer answers. One line per check (ok, warn
+    /// or FAIL, and the key). Exit 0 when serve would start, 2 when it would not, 1
+    /// when it would but --peer got no answer.
     CheckConfig {
         /// The config file.
         #[arg(env = "STANDIN_CONFIG", default_value = "/etc/standin/standin.toml")]
