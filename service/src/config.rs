@@ -1,9 +1,11 @@
 //! The node's configuration file (TOML): parsing, defaults and validation.
 //!
 //! Every key of `../shared/DESIGN.md` "Interfaces" is accepted; an unknown key, a
-//! missing folder, a `data_dir` that cannot be written, a negative period, an
-//! unparsable `peer_url`, or a folder inside `data_dir` (or the reverse) is refused
-//! with the key and the reason; `standin serve` then exits with status 2.
+//! missing folder, a negative period, an unparsable `peer_url`, or a folder inside
+//! `data_dir` (or the reverse) is refused with the key and the reason; `standin serve`
+//! then exits with status 2. Reading a config changes nothing on disk: what the
+//! named files must be (secrets, TLS files, data_dir, hooks) is checked by
+//! `preflight`, which `serve` and `check-config` both run.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -64,6 +66,7 @@ struct RawConfig {
     login_backoff_ms: Option<u64>,
     login_backoff_max_ms: Option<u64>,
     login_user_delay_max_ms: Option<u64>,
+    log_filter: Option<String>,
 }
 
 /// A checked configuration.
@@ -89,6 +92,8 @@ pub struct Config {
     /// Per-agent keys (`agent_keys_dir`), read and checked; `None` or empty: agents
     /// use the shared `agent_secret_file`.
     pub agent_keys: Option<crate::agent_keys::AgentKeys>,
+    /// Accept secret files others can read (with a warning).
+    pub allow_readable_secret_files: bool,
     pub tls: Option<TlsFiles>,
     pub on_promote: Option<String>,
     pub on_demote: Option<String>,
@@ -107,6 +112,9 @@ pub struct Config {
     pub authority: AuthorityConfig,
     /// The password checks' pool, queue and throttle (`login_*` keys).
     pub login: crate::login_gate::LoginSettings,
+    /// The log filter (`STANDIN_LOG` syntax), replacing `STANDIN_LOG` once `serve` has
+    /// read the config; reloaded on SIGHUP.
+    pub log_filter: Option<String>,
 }
 
 /// `authority = "peer" | "witness" | "etcd"` and its keys.
@@ -165,7 +173,8 @@ pub const DEFAULT_LOG_RETENTION_EVENTS: u64 = 1_000_000;
 pub const DEFAULT_COMPACTION_INTERVAL_S: u64 = 300;
 
 impl Config {
-    /// Read and check the file at `path`.
+    /// Read and check the file at `path` (nothing is created or written, so an
+    /// operator or a monitoring user without write access can run it).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_path_buf(),
@@ -174,29 +183,28 @@ impl Config {
         Config::parse(&text, path)
     }
 
-    /// Read the file for a client command (`status`, `verify`, ...): the same checks,
-    /// but nothing is created or written (no data_dir, no write probe), so an operator
-    /// or a monitoring user without write access can run them.
+    /// Read the file for a client command (`status`, `verify`, ...): `load`.
     pub fn load_for_client(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.to_path_buf(),
-            reason: error.to_string(),
-        })?;
-        Config::check(&text, path, false)
+        Config::load(path)
     }
 
-    /// Check `text` for `serve` (relative paths are taken relative to the config
-    /// file's directory); creates `data_dir` and checks it can be written.
+    /// Check `text` (relative paths are taken relative to the config file's
+    /// directory).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        Config::check(text, path, true)
+        Config::check(text, path)
     }
 
-    fn check(text: &str, path: &Path, for_server: bool) -> Result<Config, ConfigError> {
+    fn check(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError::Syntax {
             path: path.to_path_buf(),
             reason: error.to_string().trim().to_string(),
         })?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        // A config named without a directory (`standin.toml`) is in the current one.
+        let base = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
         let key = |key: &'static str, reason: String| ConfigError::Key {
             path: path.to_path_buf(),
             key,
@@ -226,30 +234,9 @@ impl Config {
             }
             Err(error) => return Err(key("folder", format!("{}: {error}", folder.display()))),
         };
-        let data_dir = resolve(&raw.data_dir);
-        let data_dir = if for_server {
-            std::fs::create_dir_all(&data_dir).map_err(|error| {
-                key(
-                    "data_dir",
-                    format!("cannot create {}: {error}", data_dir.display()),
-                )
-            })?;
-            let data_dir = data_dir
-                .canonicalize()
-                .map_err(|error| key("data_dir", format!("{}: {error}", data_dir.display())))?;
-            let probe = data_dir.join(format!(".standin-write-probe-{}", std::process::id()));
-            std::fs::write(&probe, b"probe")
-                .and_then(|()| std::fs::remove_file(&probe))
-                .map_err(|error| {
-                    key(
-                        "data_dir",
-                        format!("{} cannot be written: {error}", data_dir.display()),
-                    )
-                })?;
-            data_dir
-        } else {
-            data_dir.canonicalize().unwrap_or(data_dir)
-        };
+        // Canonical even before serve creates it (its nearest existing ancestor's
+        // real path), so the checks below see through symbolic links.
+        let data_dir = canonical_or_planned(&resolve(&raw.data_dir));
         if folder.starts_with(&data_dir) {
             return Err(key(
                 "folder",
@@ -333,34 +320,16 @@ impl Config {
                 format!("{failover_after_ms} must be more than heartbeat_interval_ms ({heartbeat_interval_ms})"),
             ));
         }
-        let allow_readable = raw.allow_readable_secret_files.unwrap_or(false);
         let secret_file = resolve(&raw.secret_file);
-        let pair_secret = crate::secret::read_secret(&secret_file)
-            .map_err(|reason| key("secret_file", reason))?;
-        crate::secret::check_private(&secret_file, allow_readable)
-            .map_err(|reason| key("secret_file", reason))?;
         let agent_secret_file = raw.agent_secret_file.as_deref().map(resolve);
-        if let Some(file) = &agent_secret_file {
-            let agent_secret = crate::secret::read_secret(file)
-                .map_err(|reason| key("agent_secret_file", reason))?;
-            crate::secret::check_private(file, allow_readable)
-                .map_err(|reason| key("agent_secret_file", reason))?;
-            if *file == secret_file
-                || crate::secret::constant_time_eq(agent_secret.as_bytes(), pair_secret.as_bytes())
-            {
-                // Terminal servers hold the agent secret: with the pair's, they could
-                // pull everything, write users and promote.
-                return Err(key(
-                    "agent_secret_file",
-                    "is the pair's secret (the same file or the same content): terminal servers would hold the pair secret; make a separate one with `standin init-secret`".to_string(),
-                ));
-            }
-        }
         let agent_keys = match &raw.agent_keys_dir {
             None => None,
             Some(dir) => Some(
-                crate::agent_keys::AgentKeys::load(&resolve(dir), allow_readable)
-                    .map_err(|reason| key("agent_keys_dir", reason))?,
+                crate::agent_keys::AgentKeys::load(
+                    &resolve(dir),
+                    raw.allow_readable_secret_files.unwrap_or(false),
+                )
+                .map_err(|reason| key("agent_keys_dir", reason))?,
             ),
         };
         let tls = match (&raw.tls_cert_file, &raw.tls_key_file) {
@@ -391,16 +360,6 @@ impl Config {
                     key: resolve(private_key),
                     ca: raw.tls_ca_file.as_deref().map(resolve),
                 };
-                for (name, file) in [
-                    ("tls_cert_file", Some(&files.cert)),
-                    ("tls_key_file", Some(&files.key)),
-                    ("tls_ca_file", files.ca.as_ref()),
-                ] {
-                    if let Some(file) = file {
-                        std::fs::metadata(file)
-                            .map_err(|error| key(name, format!("{}: {error}", file.display())))?;
-                    }
-                }
                 Some(files)
             }
         };
@@ -438,6 +397,9 @@ impl Config {
                 "must be at least 1".to_string(),
             ));
         }
+        if let Some(filter) = &raw.log_filter {
+            crate::logging::check_filter(filter).map_err(|reason| key("log_filter", reason))?;
+        }
         let authority = parse_authority(
             &raw,
             failover_after_ms,
@@ -472,6 +434,7 @@ impl Config {
             secret_file,
             agent_secret_file,
             agent_keys,
+            allow_readable_secret_files: raw.allow_readable_secret_files.unwrap_or(false),
             tls,
             on_promote: raw.on_promote,
             on_demote: raw.on_demote,
@@ -483,6 +446,7 @@ impl Config {
             compaction_interval_s,
             authority,
             login,
+            log_filter: raw.log_filter,
         })
     }
 
@@ -501,6 +465,28 @@ impl Config {
             self.listen.ip().to_string()
         };
         format!("{scheme}://{host}:{}", self.listen.port())
+    }
+}
+
+/// `path` with its nearest existing ancestor made canonical (`path` itself when it
+/// exists): what `canonicalize` will say once the missing part is created.
+fn canonical_or_planned(path: &Path) -> PathBuf {
+    let mut existing = path;
+    let mut missing = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return missing
+                .iter()
+                .rev()
+                .fold(real, |path, part| path.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return path.to_path_buf(),
+        }
     }
 }
 

@@ -445,9 +445,11 @@ async fn heartbeat(node: Arc<Node>) {
 /// Run an `on_promote` / `on_demote` command with the node, the epoch and the old
 /// active in its environment.
 fn run_hook(node: &Arc<Node>, hook: Hook, epoch: u64, old_active: Option<String>) {
+    // The hooks as now configured: a SIGHUP reload may have replaced them.
+    let hooks = node.hooks();
     let command = match hook {
-        Hook::OnPromote => node.config.on_promote.clone(),
-        Hook::OnDemote => node.config.on_demote.clone(),
+        Hook::OnPromote => hooks.on_promote,
+        Hook::OnDemote => hooks.on_demote,
     };
     let Some(command) = command else { return };
     let name = node.config.node_name.clone();

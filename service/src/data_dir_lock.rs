@@ -1,7 +1,8 @@
 //! One `standin serve` per data_dir: an exclusive `flock` on `data_dir/serve.lock`,
 //! taken before any port is bound, so a second node on the same data_dir stops at once
 //! naming the holder instead of holding its ports while it waits for the log's lock.
-//! The kernel drops the lock when the process ends, however it ends.
+//! The kernel drops the lock when the process ends, however it ends. `holder` asks,
+//! without writing anything, whether a node holds it now (`check-config`).
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
@@ -53,6 +54,31 @@ impl DataDirLock {
             .and_then(|()| writeln!(file, "{}", std::process::id()));
         Ok(DataDirLock { _file: file })
     }
+
+    /// Whether a running `serve` holds the lock of `data_dir` now: `Some` with what it
+    /// wrote of itself (its pid, or nothing). Writes nothing; a missing data_dir or
+    /// lock file is not held.
+    pub fn holder(data_dir: &Path) -> anyhow::Result<Option<String>> {
+        let path = data_dir.join("serve.lock");
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => anyhow::bail!("{}: {error}", path.display()),
+        };
+        // SAFETY: flock on a descriptor this function owns; no memory is involved. A
+        // shared lock is refused while a node holds its exclusive one, and released
+        // when the file is closed at the end of this function.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+            return Ok(None);
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::WouldBlock {
+            anyhow::bail!("lock {}: {error}", path.display());
+        }
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        Ok(Some(holder.trim().to_string()))
+    }
 }
 
 #[cfg(test)]
@@ -70,7 +96,12 @@ mod tests {
                 && message.contains(&format!("(pid {})", std::process::id())),
             "{message}"
         );
+        assert_eq!(
+            DataDirLock::holder(dir.path()).expect("holder"),
+            Some(std::process::id().to_string())
+        );
         drop(first);
+        assert_eq!(DataDirLock::holder(dir.path()).expect("holder"), None);
         DataDirLock::take(dir.path()).expect("the lock is free again");
     }
 }

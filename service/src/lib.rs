@@ -4,6 +4,8 @@
 //! # Layout
 //!
 //! - `config`: the TOML config and its checks (exit 2 on a bad key).
+//! - `preflight`: the checks of the files and places the config names, which
+//!   `serve`, `check-config` and a SIGHUP reload run; `reload`: SIGHUP.
 //! - `agent`: the terminal-server load reporter (`standin agent`).
 //! - `agent_keys`: per-agent keys (files, MACs, fingerprints); `report_auth`: a
 //!   node's check of signed reports (key, MAC, echo, replay); `voter_set`: the
@@ -61,7 +63,9 @@ pub mod node;
 pub mod operator;
 pub mod passive;
 pub mod peer;
+pub mod preflight;
 pub mod rejoin;
+pub mod reload;
 pub mod replication_server;
 pub mod report_auth;
 pub mod secret;

@@ -3,9 +3,11 @@
 //! default `info` with sled, h2, hyper and tower at `warn`) and the format,
 //! `--log-format text|json` or `STANDIN_LOG_FORMAT` (text by default; json is one
 //! object per line with `timestamp`, `level`, `target`, `message` and the event's
-//! fields at the top level, for a log shipper).
+//! fields at the top level, for a log shipper). The filter can be replaced while the
+//! process runs (`set_filter`: a node's config key `log_filter`, reloaded on SIGHUP).
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
@@ -23,6 +25,33 @@ pub enum LogFormat {
     Json,
 }
 
+/// Replaces the installed subscriber's filter (set once by `init`).
+type FilterSetter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+static SET_FILTER: OnceLock<FilterSetter> = OnceLock::new();
+
+/// Check a filter's syntax (the config's `log_filter`).
+pub fn check_filter(text: &str) -> Result<(), String> {
+    EnvFilter::try_new(text)
+        .map(|_| ())
+        .map_err(|error| format!("{text:?} is not a valid log filter ({error})"))
+}
+
+/// Use `text` as the filter from now on, or, with `None`, `STANDIN_LOG`'s (or the
+/// default). Fails when the text does not parse or no subscriber of `init` is
+/// installed.
+pub fn set_filter(text: Option<&str>) -> Result<(), String> {
+    let filter = match text {
+        Some(text) => EnvFilter::try_new(text)
+            .map_err(|error| format!("{text:?} is not a valid log filter ({error})"))?,
+        None => filter(),
+    };
+    let set = SET_FILTER
+        .get()
+        .ok_or_else(|| "no reloadable log subscriber is installed".to_string())?;
+    set(filter)
+}
+
 /// The filter from `STANDIN_LOG`, or the default; a value that does not parse is
 /// named on stderr and the default used (logging never stops a node from starting).
 fn filter() -> EnvFilter {
@@ -35,13 +64,13 @@ fn filter() -> EnvFilter {
     }
 }
 
-/// The subscriber for `format`, writing to `writer`.
+/// The subscriber for `format`, writing to `writer`, and what replaces its filter.
 fn subscriber<W>(
     format: LogFormat,
     filter: EnvFilter,
     writer: W,
     ansi: bool,
-) -> Box<dyn tracing::Subscriber + Send + Sync>
+) -> (Box<dyn tracing::Subscriber + Send + Sync>, FilterSetter)
 where
     W: for<'writer> MakeWriter<'writer> + Send + Sync + 'static,
 {
@@ -49,26 +78,36 @@ where
         .with_env_filter(filter)
         .with_writer(writer);
     match format {
-        LogFormat::Text => Box::new(builder.with_ansi(ansi).finish()),
-        LogFormat::Json => Box::new(
-            builder
+        LogFormat::Text => {
+            let builder = builder.with_ansi(ansi).with_filter_reloading();
+            let handle = builder.reload_handle();
+            (
+                Box::new(builder.finish()),
+                Box::new(move |filter| handle.reload(filter).map_err(|error| error.to_string())),
+            )
+        }
+        LogFormat::Json => {
+            let builder = builder
                 .json()
                 .flatten_event(true)
                 .with_current_span(false)
-                .finish(),
-        ),
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            (
+                Box::new(builder.finish()),
+                Box::new(move |filter| handle.reload(filter).map_err(|error| error.to_string())),
+            )
+        }
     }
 }
 
 /// Install the process's subscriber (once; a second call changes nothing).
 pub fn init(format: LogFormat) {
     let ansi = std::io::stderr().is_terminal();
-    let _ = tracing::subscriber::set_global_default(subscriber(
-        format,
-        filter(),
-        std::io::stderr,
-        ansi,
-    ));
+    let (subscriber, set_filter) = subscriber(format, filter(), std::io::stderr, ansi);
+    if tracing::subscriber::set_global_default(subscriber).is_ok() {
+        let _ = SET_FILTER.set(set_filter);
+    }
 }
 
 #[cfg(test)]
@@ -93,7 +132,7 @@ mod tests {
     fn logged(format: LogFormat) -> String {
         let captured = Captured::default();
         let writer = captured.clone();
-        let subscriber = subscriber(
+        let (subscriber, set_filter) = subscriber(
             format,
             EnvFilter::new(DEFAULT_FILTER),
             move || writer.clone(),
@@ -102,6 +141,8 @@ mod tests {
         tracing::subscriber::with_default(subscriber, || {
             tracing::warn!(file = "/etc/standin/pair.secret", "secret file is readable");
             tracing::debug!("filtered out");
+            set_filter(EnvFilter::new("debug")).unwrap();
+            tracing::debug!("let through once the filter is debug");
         });
         let bytes = captured.0.lock().unwrap().clone();
         String::from_utf8(bytes).unwrap()
@@ -111,7 +152,7 @@ mod tests {
     fn json_is_one_flat_object_per_line() {
         let output = logged(LogFormat::Json);
         let lines: Vec<&str> = output.lines().collect();
-        assert_eq!(lines.len(), 1, "{output}");
+        assert_eq!(lines.len(), 2, "{output}");
         let line: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
         assert_eq!(line["level"], "WARN");
         assert_eq!(line["message"], "secret file is readable");
@@ -127,5 +168,9 @@ mod tests {
         assert!(output.contains("secret file is readable"), "{output}");
         assert!(!output.contains('{'), "{output}");
         assert!(!output.contains("filtered out"), "{output}");
+        assert!(
+            output.contains("let through once the filter is debug"),
+            "{output}"
+        );
     }
 }

@@ -73,6 +73,16 @@ pub struct Node {
     /// Set once the node is ending (`serve`): no logins and no new capture, whatever
     /// the role machine says.
     ending: std::sync::atomic::AtomicBool,
+    /// The hooks' commands (on_promote, on_demote): the config's, replaced by a
+    /// SIGHUP reload (`reload`).
+    hooks: Mutex<Hooks>,
+}
+
+/// The commands `on_promote` and `on_demote` run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hooks {
+    pub on_promote: Option<String>,
+    pub on_demote: Option<String>,
 }
 
 /// Inputs waiting for the role state machine, at most.
@@ -126,8 +136,13 @@ impl Node {
             &config.data_dir,
             crate::voter_set::hash(&config.authority, config.agent_keys.as_ref()),
         );
+        let hooks = Mutex::new(Hooks {
+            on_promote: config.on_promote.clone(),
+            on_demote: config.on_demote.clone(),
+        });
         let node = Arc::new(Node {
             config,
+            hooks,
             secret,
             repository,
             metrics: Metrics::new(),
@@ -165,6 +180,16 @@ impl Node {
     /// The link to the peer, if `peer_url` names one.
     pub fn peer(&self) -> Option<Arc<crate::peer::PeerLink>> {
         self.peer.clone()
+    }
+
+    /// The hooks' commands now.
+    pub fn hooks(&self) -> Hooks {
+        lock(&self.hooks).clone()
+    }
+
+    /// Replace the hooks' commands (a reload).
+    pub fn set_hooks(&self, hooks: Hooks) {
+        *lock(&self.hooks) = hooks;
     }
 
     pub fn role(&self) -> Role {

@@ -57,22 +57,26 @@ pub fn entropy_bits(secret: &str) -> f64 {
 }
 
 /// Refuse a secret file that users other than its owner can read (group or others
-/// bits), unless `allow_readable` (config `allow_readable_secret_files`).
-pub fn check_private(path: &Path, allow_readable: bool) -> Result<(), String> {
+/// bits), unless `allow_readable` (config `allow_readable_secret_files`): then the
+/// warning to give. `Ok(None)`: private.
+pub fn check_private(path: &Path, allow_readable: bool) -> Result<Option<String>, String> {
     let metadata =
         std::fs::metadata(path).map_err(|error| format!("{}: {error}", path.display()))?;
     let mode = metadata.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        if allow_readable {
-            tracing::warn!(file = %path.display(), mode = format!("{mode:o}"), "secret file is readable by other users (allowed by allow_readable_secret_files)");
-        } else {
-            return Err(format!(
-                "{} has mode {mode:o}: other users can read the secret; `chmod 600` it (or set allow_readable_secret_files = true)",
-                path.display()
-            ));
-        }
+    if mode & 0o077 == 0 {
+        return Ok(None);
     }
-    Ok(())
+    if allow_readable {
+        Ok(Some(format!(
+            "{} has mode {mode:o}: other users can read the secret (allowed by allow_readable_secret_files)",
+            path.display()
+        )))
+    } else {
+        Err(format!(
+            "{} has mode {mode:o}: other users can read the secret; `chmod 600` it (or set allow_readable_secret_files = true)",
+            path.display()
+        ))
+    }
 }
 
 /// Write 32 random bytes, hex-encoded, to a new file with mode 0600.
@@ -162,9 +166,11 @@ mod tests {
         assert!(check_private(&path, false)
             .unwrap_err()
             .contains("mode 644"));
-        assert!(check_private(&path, true).is_ok());
+        assert!(check_private(&path, true)
+            .unwrap()
+            .is_some_and(|warning| warning.contains("mode 644")));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(check_private(&path, false).is_ok());
+        assert_eq!(check_private(&path, false), Ok(None));
     }
 
     #[test]

@@ -4,9 +4,12 @@
 //! first (capture's final round), then the other tasks, then flush. A node that has
 //! lost a task must not stay active: its peer may no longer hear it and promote.
 //! When a task ended, `run` fails naming it (the process exits non-zero).
+//! `prepare` reads the config and runs the preflight checks first (a failure is a
+//! config error: exit 2); SIGHUP reloads what can be (`reload`), never ending the node.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use standin_proto::v1::cluster_server::ClusterServer;
@@ -20,15 +23,66 @@ use crate::config::Config;
 use crate::node::Node;
 use crate::replication_server::ReplicationService;
 
-/// Run a node until `shutdown` completes.
+/// A config read and checked for `serve`, with the secrets as read.
+pub struct Start {
+    pub config: Config,
+    pub config_path: PathBuf,
+    pub secret: String,
+    pub agent_secret: Option<String>,
+}
+
+/// Read the config at `path` and run the preflight checks (`Mode::Serve`: data_dir
+/// is created when missing); warnings are logged, the first failure is returned as
+/// `config PATH: key `K`: reason`.
+pub fn prepare(path: &Path) -> Result<Start, String> {
+    let config = Config::load(path).map_err(|error| error.to_string())?;
+    let checked = crate::preflight::run(&config, crate::preflight::Mode::Serve);
+    for warning in checked.warnings() {
+        tracing::warn!(key = warning.key, "{}", warning.message);
+    }
+    if let Some(failure) = checked.failure() {
+        return Err(format!(
+            "config {}: key `{}`: {}",
+            path.display(),
+            failure.key,
+            failure.message
+        ));
+    }
+    let secret = checked
+        .secret
+        .ok_or_else(|| format!("config {}: key `secret_file`: not read", path.display()))?;
+    Ok(Start {
+        config,
+        config_path: path.to_path_buf(),
+        secret,
+        agent_secret: checked.agent_secret,
+    })
+}
+
+/// Run a node until `shutdown` completes; each of `hangups` (SIGHUP) reloads the
+/// config.
 pub async fn run(
-    config: Config,
+    start: Start,
+    hangups: tokio::signal::unix::Signal,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let secret = crate::secret::read_secret(&config.secret_file).map_err(anyhow::Error::msg)?;
-    if config.tls.is_none() && !config.listen.ip().is_loopback() {
-        tracing::warn!(listen = %config.listen, "no TLS: the pair secret and every file's content cross the network in clear; set tls_cert_file, tls_key_file and tls_ca_file (`standin tls init`) unless this network is trusted");
+    let Start {
+        config,
+        config_path,
+        secret,
+        agent_secret,
+    } = start;
+    if let Some(filter) = &config.log_filter {
+        if let Err(reason) = crate::logging::set_filter(Some(filter)) {
+            tracing::warn!("log_filter not applied: {reason}");
+        }
     }
+    let reloader = crate::reload::Reloader::new(
+        config_path,
+        config.clone(),
+        secret.clone(),
+        agent_secret.clone(),
+    );
     // Before any port: a second node on this data_dir stops here, holding nothing.
     let _data_dir_lock = crate::data_dir_lock::DataDirLock::take(&config.data_dir)?;
     let grpc_listener = TcpListener::bind(config.listen)
@@ -89,7 +143,7 @@ pub async fn run(
         }
         (None, Some(file)) => {
             tracing::warn!(file = %file.display(), "agents share one secret (agent_secret_file): any agent can report, and vote, as any other; give each its own key (`standin agent-key add NAME`, agent_keys_dir; README \"Security\")");
-            Some(crate::secret::read_secret(file).map_err(anyhow::Error::msg)?)
+            Some(agent_secret.unwrap_or_else(crate::secret::unguessable))
         }
         (None, None) => Some(crate::secret::unguessable()),
     };
@@ -196,6 +250,12 @@ pub async fn run(
             }
         }
     });
+
+    // SIGHUP: reload what can be; log what needs a restart.
+    tasks.spawn(
+        "reload",
+        crate::reload::on_hangup(reloader, hangups, node.clone(), stop.clone()),
+    );
 
     // Compaction: keep `log_retention_events`, then collect the chunks nothing names.
     let compacting = node.clone();

@@ -1,10 +1,20 @@
-//! A bad config is refused at start with the key and the reason, exit status 2.
+//! A bad config is refused at start with the key and the reason, exit status 2 —
+//! by `serve` and by `check-config` alike (one table of cases for both: they run the
+//! same checks), and `check-config` passes a good one.
 
 use std::process::Command;
 
 use crate::support::standin;
 
+/// `standin serve --config FILE` with `config` (ROOT replaced by a temp dir holding a
+/// folder and secret files): the exit code and stderr.
 fn serve_with(config: &str) -> (i32, String) {
+    let (code, _, stderr) = standin_with(&["serve", "--config"], config);
+    (code, stderr)
+}
+
+/// `standin ARGS FILE` with `config` written to FILE: exit code, stdout, stderr.
+fn standin_with(args: &[&str], config: &str) -> (i32, String, String) {
     let root = tempfile::tempdir().unwrap();
     std::fs::create_dir(root.path().join("folder")).unwrap();
     let secret = root.path().join("pair.secret");
@@ -15,7 +25,10 @@ fn serve_with(config: &str) -> (i32, String) {
     std::fs::write(&readable, "00112233445566778899aabbccddeeff\n").unwrap();
     let weak = root.path().join("weak.secret");
     std::fs::write(&weak, "aaaaaaaaaaaaaaaa\n").unwrap();
+    let script = root.path().join("hook.sh");
+    std::fs::write(&script, "#!/bin/sh\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     for file in [&secret, &agent_secret, &weak] {
         std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
@@ -24,12 +37,13 @@ fn serve_with(config: &str) -> (i32, String) {
     let path = root.path().join("standin.toml");
     std::fs::write(&path, text).unwrap();
     let output = Command::new(standin())
-        .args(["serve", "--config"])
+        .args(args)
         .arg(&path)
         .output()
         .unwrap();
     (
         output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
@@ -42,6 +56,62 @@ listen = "127.0.0.1:0"
 role = "active"
 secret_file = "ROOT/pair.secret"
 "#;
+
+#[test]
+fn check_config_passes_a_good_config() {
+    let good = format!("{GOOD}\non_promote = \"ROOT/hook.sh --promoted\"\non_demote = \"logger -t standin demoted\"\nagent_secret_file = \"ROOT/agent.secret\"\n");
+    let (code, stdout, stderr) = standin_with(&["check-config"], &good);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    for key in [
+        "config",
+        "secret_file",
+        "agent_secret_file",
+        "listen",
+        "folder",
+        "data_dir",
+        "on_promote",
+        "on_demote",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|line| line.starts_with(&format!("ok    {key}: "))),
+            "an ok line for {key}: {stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("data_dir: ") && stdout.contains("is missing; serve will create it"),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with("serve would start\n"), "{stdout}");
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+}
+
+#[test]
+fn check_config_creates_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("folder")).unwrap();
+    let secret = root.path().join("pair.secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let path = root.path().join("standin.toml");
+    std::fs::write(
+        &path,
+        GOOD.replace("ROOT", &root.path().display().to_string()),
+    )
+    .unwrap();
+    let output = Command::new(standin())
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(
+        !root.path().join("data").exists(),
+        "data_dir is not created"
+    );
+}
 
 #[test]
 fn each_bad_config_names_its_key_and_exits_2() {
@@ -177,6 +247,36 @@ fn each_bad_config_names_its_key_and_exits_2() {
             "rescan_interval_s",
             "between 1",
         ),
+        (
+            format!("{GOOD}\non_promote = \"ROOT/missing-hook.sh --now\"\n"),
+            "on_promote",
+            "no such file",
+        ),
+        (
+            format!("{GOOD}\non_demote = \"ROOT/pair.secret\"\n"),
+            "on_demote",
+            "not executable",
+        ),
+        (
+            format!("{GOOD}\non_demote = \"no-such-program-for-standin x\"\n"),
+            "on_demote",
+            "not found in PATH",
+        ),
+        (
+            format!("{GOOD}\ntls_cert_file = \"ROOT/agent.secret\"\ntls_key_file = \"ROOT/agent.secret\"\n"),
+            "tls_cert_file",
+            "no PEM certificate",
+        ),
+        (
+            format!("{GOOD}\ntls_cert_file = \"ROOT/none.pem\"\ntls_key_file = \"ROOT/agent.secret\"\n"),
+            "tls_cert_file",
+            "No such file",
+        ),
+        (
+            format!("{GOOD}\nlog_filter = \"info,standin=loud\"\n"),
+            "log_filter",
+            "not a valid log filter",
+        ),
     ];
     for (config, key, reason) in cases {
         let (code, stderr) = serve_with(&config);
@@ -189,6 +289,26 @@ fn each_bad_config_names_its_key_and_exits_2() {
             stderr.contains(reason),
             "the message says why ({reason}): {stderr}"
         );
+        // check-config says the same, without starting anything: a FAIL line naming
+        // the key, and exit 2.
+        let (code, stdout, stderr) = standin_with(&["check-config"], &config);
+        assert_eq!(
+            code, 2,
+            "check-config of a config with bad {key} must exit 2: {stdout}{stderr}"
+        );
+        let line = stdout
+            .lines()
+            .find(|line| line.starts_with("FAIL"))
+            .unwrap_or_else(|| panic!("a FAIL line for {key}: {stdout}"));
+        assert!(
+            line.starts_with(&format!("FAIL  {key}: ")) || line.contains(&format!("`{key}`")),
+            "the FAIL line names {key}: {stdout}"
+        );
+        assert!(
+            line.contains(reason),
+            "the FAIL line says why ({reason}): {stdout}"
+        );
+        assert!(stderr.contains(key), "stderr names {key}: {stderr}");
     }
 }
 

@@ -13,7 +13,10 @@
 //! - `agent_keys`: per-agent keys: the `agent-key` commands, the forged-votes attack
 //!   with the pair link cut, replayed and misnamed reports, differing voter sets.
 //! - `snapshot`: a passive whose head was compacted away starts from a snapshot.
-//! - `config`: bad configs refused with the key and exit status 2.
+//! - `config`: bad configs refused with the key and exit status 2, by `serve` and
+//!   by `check-config` alike.
+//! - `check_config`: `check-config` on TLS files, a running node's lock, a taken
+//!   port, `--peer`; SIGHUP on a running pair (reloads, never kills).
 //! - `cli`: status, verify, log, init-secret, demo.
 //! - `failover`: takeover, rejoin with quarantine, switchover, promote.
 //! - `lifecycle`: a node whose task ends (a server, the coordinator, …) ends, logins
@@ -33,6 +36,7 @@
 //! - `etcd`: the etcd lease with a real etcd: failover, an etcd outage, its return.
 
 mod agent_keys;
+mod check_config;
 mod cli;
 mod config;
 mod corruption;

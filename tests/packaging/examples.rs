@@ -1,6 +1,7 @@
 //! The example configs and units as shipped (`service/packaging/`; the `deb` test
 //! checks the package holds these very files): each example loads with the node's
-//! own config loader once its paths are moved into a temp dir, the two nodes name
+//! own config loader and passes the checks `serve` makes at start (the preflight)
+//! once its paths are moved into a temp dir, the two nodes name
 //! each other, every commented-out key is a real key, the units may write where the
 //! examples keep their files, and the agent starts with the example environment
 //! exactly as its unit starts it.
@@ -84,6 +85,14 @@ fn the_example_configs_load_and_name_each_other() {
             node.node_name
         );
         assert!(node.agent_secret_file.is_some());
+        let checked = standin::preflight::run(node, standin::preflight::Mode::Serve);
+        assert_eq!(
+            checked.failure(),
+            None,
+            "{}: {:?}",
+            node.node_name,
+            checked.findings
+        );
         assert!(node.data_dir.ends_with("var/lib/standin") && node.data_dir.is_dir());
         assert!(node.folder.ends_with("srv/standin"));
     }
@@ -153,8 +162,8 @@ fn the_units_write_where_the_examples_keep_their_files() {
         let agent_unit = packaging("systemd/standin-agent.service");
         assert!(agent_unit.contains(&format!("LoadCredential=agent.secret:{agent_secret}\n")));
     }
-    // standin does not reload on SIGHUP (SIGHUP ends it): no ExecReload.
-    assert!(!lines.iter().any(|line| line.starts_with("ExecReload=")));
+    // `systemctl reload` sends SIGHUP, which the node takes as "read the config again".
+    assert!(has("ExecReload=/bin/kill -HUP $MAINPID"));
     assert!(
         has("RestartPreventExitStatus=2"),
         "a bad config is not retried"

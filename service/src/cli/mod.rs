@@ -4,6 +4,7 @@
 //! command the node refused (it does not apply now; nothing was changed).
 
 pub mod agent_key;
+pub mod check_config;
 pub mod demo;
 pub mod generate;
 pub mod init_secret;
@@ -77,6 +78,10 @@ pub struct Target {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a node.
+    ///
+    /// SIGHUP reloads the config (`systemctl reload standin`): on_promote, on_demote
+    /// and log_filter take effect at once; other changed keys are logged as needing a
+    /// restart; a config that fails its checks is not used. SIGHUP never ends a node.
     Serve {
         #[arg(
             long,
@@ -84,6 +89,28 @@ pub enum Command {
             default_value = "/etc/standin/standin.toml"
         )]
         config: PathBuf,
+    },
+    /// Check a node's config as `serve` does at start, starting nothing.
+    ///
+    /// The keys, the secrets (private, hard to guess, the agents' not the pair's), the
+    /// TLS files, folder and data_dir, the hooks, whether a node runs on the data_dir,
+    /// the ports; with --peer, whether the peer answers. One line per check (ok, warn
+    /// or FAIL, and the key). Exit 0 when serve would start, 2 when it would not, 1
+    /// when it would but --peer got no answer.
+    CheckConfig {
+        /// The config file.
+        #[arg(env = "STANDIN_CONFIG", default_value = "/etc/standin/standin.toml")]
+        file: PathBuf,
+        /// Also ask the peer (peer_url, with the pair secret) whether it answers.
+        #[arg(long)]
+        peer: bool,
+        /// How long --peer waits for the peer's answer, in milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        peer_deadline_ms: u64,
+        /// The node must be stopped: a node running on the data_dir is a failure
+        /// (without it, that is only said).
+        #[arg(long)]
+        stopped: bool,
     },
     /// Show both nodes of the pair side by side: role, epoch, head, what each sees of
     /// the other, lag. A node that does not answer is shown as unreachable.
@@ -356,8 +383,12 @@ pub fn main() -> ExitCode {
 async fn run(command: Command) -> Result<u8, Failure> {
     match command {
         Command::Serve { config } => {
-            let config = Config::load(&config)?;
-            crate::serve::run(config, crate::serve::shutdown_signal()).await?;
+            // First: from here on a SIGHUP reloads the config instead of ending the
+            // process (its default action).
+            let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|error| Failure::failed(format!("cannot catch SIGHUP: {error}")))?;
+            let start = crate::serve::prepare(&config).map_err(Failure::usage)?;
+            crate::serve::run(start, hangups, crate::serve::shutdown_signal()).await?;
             Ok(0)
         }
         Command::Status {
@@ -365,6 +396,22 @@ async fn run(command: Command) -> Result<u8, Failure> {
             peer_url,
             json,
         } => status::run(&target, peer_url.as_deref(), json).await,
+        Command::CheckConfig {
+            file,
+            peer,
+            peer_deadline_ms,
+            stopped,
+        } => {
+            check_config::run(
+                &file,
+                &check_config::Options {
+                    peer,
+                    peer_deadline: std::time::Duration::from_millis(peer_deadline_ms),
+                    require_stopped: stopped,
+                },
+            )
+            .await
+        }
         Command::Verify { target, json } => inspect::verify(&target, json).await,
         Command::Log {
             target,
