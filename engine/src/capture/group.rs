@@ -392,6 +392,9 @@ fn diff_scopes(
     scopes: &[Option<RelPath>],
 ) -> Result<Diff> {
     let mut diff = diff_scopes_apart(root, repository, base, scopes)?;
+    // The directories holding what changed have new times.
+    let parents = crate::scan::parent_times(root, repository, base, scopes, &diff.changes);
+    diff.changes.extend(parents);
     // A directory moved between two scopes (out of one, into a new directory of
     // another) is one rename.
     diff.changes = match base {

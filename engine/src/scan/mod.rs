@@ -299,11 +299,67 @@ pub fn record_scopes(
         }
         changes.extend(diff.changes);
     }
+    changes.extend(parent_times(root, repository, None, scopes, &changes));
     let changes = crate::moves::fold_moves(changes, &repository.lock_index());
     if changes.is_empty() {
         return Ok(Vec::new());
     }
     repository.record(epoch, changes)
+}
+
+/// The directories holding `scopes` whose metadata moved since it was recorded: an
+/// entry created, removed or renamed in a directory gives it a new mtime, which no
+/// event of the directory's own reports (inotify names the entry), so each scope's
+/// parent is looked at after its scan and recorded as a `SetMeta` when it differs
+/// (not for a link value alone: another node's inode numbers are no change).
+///
+/// Compared with `base` (the repository's index when `None`).
+pub fn parent_times(
+    root: &Path,
+    repository: &Repository,
+    base: Option<&FolderIndex>,
+    scopes: &[Option<RelPath>],
+    changes: &[crate::event::Change],
+) -> Vec<crate::event::Change> {
+    let parents: std::collections::BTreeSet<RelPath> = scopes
+        .iter()
+        .flatten()
+        .filter_map(RelPath::parent)
+        .filter(|parent| {
+            !changes
+                .iter()
+                .any(|change| change.paths().contains(&parent))
+        })
+        .collect();
+    let mut out = Vec::new();
+    for parent in parents {
+        // A parent that cannot be looked at keeps its recorded metadata (the walk
+        // names such paths).
+        let Ok(Some((DiskEntry::Dir { .. }, Some(meta), _))) =
+            stat_disk_with(&parent.under(root), true)
+        else {
+            continue;
+        };
+        let guard;
+        let index = match base {
+            Some(index) => index,
+            None => {
+                guard = repository.lock_index();
+                &*guard
+            }
+        };
+        if !matches!(index.get(&parent), Some(Entry::Dir { .. })) {
+            continue;
+        }
+        let recorded = index.meta(&parent).map(|old| Meta {
+            link: meta.link,
+            ..old.clone()
+        });
+        if recorded.as_ref() != Some(&meta) {
+            out.push(crate::event::Change::SetMeta { path: parent, meta });
+        }
+    }
+    out
 }
 
 /// Compare the whole folder with the index and record every difference (a one-off

@@ -393,6 +393,16 @@ fn each_metadata_change_alone_replicates() {
             "touch -h",
             Box::new(|| set_mtime(&root.join("l"), 1_400_000_000)),
         ),
+        // A directory's time moves with the entries made and removed in it, which no
+        // event of the directory's own reports.
+        (
+            "a file made in d",
+            Box::new(|| std::fs::write(root.join("d/new"), b"new").unwrap()),
+        ),
+        (
+            "a file removed from d",
+            Box::new(|| std::fs::remove_file(root.join("d/new")).unwrap()),
+        ),
     ];
     for (what, change) in changes {
         let head = active.repository.head().seq;
