@@ -44,6 +44,7 @@ mod disk_full;
 mod etcd;
 mod failover;
 mod faults;
+mod fidelity;
 mod hostile_peer;
 mod lifecycle;
 mod operator;

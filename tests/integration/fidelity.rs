@@ -1,0 +1,252 @@
+//! A faithful copy through a real pair (invariant 11), judged by rsync: a tree with
+//! owners, setuid/setgid/sticky bits, ACLs, xattrs, hard links, a sparse file and
+//! directory and symlink times is written into a running active (replication period
+//! 0); once the passive has it, `rsync -aHAXS --numeric-ids --checksum --dry-run
+//! --itemize-changes` from the active's copy to the passive's must have nothing to
+//! do — rsync itself says the replica keeps what `rsync -aHAXS` would keep — and the
+//! sparse file takes on the passive about what it takes on the active.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::{wait_within, Pair};
+
+/// Run `command` in `dir`, asserting it succeeds (the tools users run).
+fn run(dir: &Path, command: &[&str]) {
+    let output = Command::new(command[0])
+        .args(&command[1..])
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|error| panic!("{}: {error}", command[0]));
+    assert!(
+        output.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// What rsync would still do to make `to` a copy of `from` (`-aHAXS`, numeric ids,
+/// contents compared): one itemized line per difference, none when faithful.
+fn rsync_differences(from: &Path, to: &Path) -> Vec<String> {
+    let output = Command::new("rsync")
+        .args([
+            "-aHAXS",
+            "--numeric-ids",
+            "--checksum",
+            "--dry-run",
+            "--itemize-changes",
+        ])
+        .arg(format!("{}/", from.display()))
+        .arg(format!("{}/", to.display()))
+        .output()
+        .expect("rsync runs");
+    assert!(
+        output.status.success(),
+        "rsync: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The tools this test runs, and root (owners can only be given away as root).
+fn can_run(test: &str) -> bool {
+    if !standin_engine::meta::can_chown() {
+        eprintln!("{test}: skipped, owners can only be given away as root");
+        return false;
+    }
+    for tool in [
+        "rsync", "setfacl", "setfattr", "truncate", "dd", "touch", "chown",
+    ] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|output| !output.status.success())
+            .unwrap_or(true)
+        {
+            eprintln!("{test}: skipped, {tool} is not installed");
+            return false;
+        }
+    }
+    true
+}
+
+/// Wait until rsync finds nothing to do from alpha's `tree` to beta's.
+fn wait_faithful(pair: &Pair, what: &str) {
+    let (from, to) = (
+        pair.alpha.folder.join("tree"),
+        pair.beta.folder.join("tree"),
+    );
+    let mut last = Vec::new();
+    let faithful = crate::support::poll_for(Duration::from_secs(30), || {
+        last = if to.exists() {
+            rsync_differences(&from, &to)
+        } else {
+            vec!["(no tree on beta yet)".to_string()]
+        };
+        last.is_empty()
+    });
+    assert!(
+        faithful,
+        "{what}: rsync -aHAXS still finds differences:\n{}",
+        last.join("\n")
+    );
+}
+
+#[test]
+fn a_real_pair_keeps_what_rsync_keeps() {
+    let test = "a_real_pair_keeps_what_rsync_keeps";
+    if !can_run(test) {
+        return;
+    }
+    let pair = Pair::new("replication_period = 0", true);
+    let tree = pair.alpha.folder.join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    let steps: &[&[&str]] = &[
+        &["mkdir", "-p", "shared/sub", "scratch", "bin", "links"],
+        &[
+            "sh",
+            "-c",
+            "echo data > shared/report.txt && echo conf > shared/sub/app.conf",
+        ],
+        &["chown", "-R", "1001:1002", "shared"],
+        &["chmod", "2775", "shared"],
+        &["chmod", "3777", "scratch"],
+        &[
+            "sh",
+            "-c",
+            "printf '#!/bin/sh\\n' > bin/tool && chmod 4755 bin/tool",
+        ],
+        &[
+            "sh",
+            "-c",
+            "echo nobody > scratch/theirs && chown 65534:65534 scratch/theirs",
+        ],
+        &[
+            "setfacl",
+            "-m",
+            "u:1001:rwx,g:1002:r-x",
+            "shared/report.txt",
+        ],
+        &["setfacl", "-d", "-m", "u:1001:rwx", "shared/sub"],
+        &[
+            "setfattr",
+            "-n",
+            "user.note",
+            "-v",
+            "hello",
+            "shared/report.txt",
+        ],
+        &[
+            "setfattr",
+            "-n",
+            "trusted.origin",
+            "-v",
+            "alpha",
+            "bin/tool",
+        ],
+        &[
+            "sh",
+            "-c",
+            "echo one > links/a && ln links/a links/b && ln links/a links/c",
+        ],
+        &["truncate", "-s", "64M", "sparse.img"],
+        &[
+            "dd",
+            "if=/dev/urandom",
+            "of=sparse.img",
+            "bs=4096",
+            "count=2",
+            "seek=4000",
+            "conv=notrunc",
+            "status=none",
+        ],
+        &["ln", "-s", "shared/report.txt", "shortcut"],
+        &["touch", "-h", "-d", "2021-02-03 04:05:06", "shortcut"],
+        &[
+            "touch",
+            "-d",
+            "2020-01-02 03:04:05",
+            "shared/sub",
+            "scratch",
+            "bin",
+            "links",
+            "shared",
+        ],
+    ];
+    for step in steps {
+        run(&tree, step);
+    }
+    wait_faithful(&pair, "the tree written into a running active");
+
+    // The judge can tell: a copy of beta's tree with one owner, one xattr and one hard
+    // link changed is not faithful, and rsync names each.
+    let altered = pair.root.path().join("altered");
+    run(
+        pair.root.path(),
+        &[
+            "cp",
+            "-a",
+            &pair.beta.folder.join("tree").to_string_lossy(),
+            &altered.to_string_lossy(),
+        ],
+    );
+    run(&altered, &["chown", "0:0", "shared/report.txt"]);
+    run(&altered, &["setfattr", "-x", "trusted.origin", "bin/tool"]);
+    run(&altered, &["sh", "-c", "rm links/c && cp links/a links/c"]);
+    let found = rsync_differences(&tree, &altered).join("\n");
+    for path in ["shared/report.txt", "bin/tool", "links/c"] {
+        assert!(found.contains(path), "rsync does not name {path}: {found}");
+    }
+
+    let sparse = |folder: &Path| {
+        std::fs::metadata(folder.join("tree/sparse.img"))
+            .unwrap()
+            .blocks()
+            * 512
+    };
+    let (on_alpha, on_beta) = (sparse(&pair.alpha.folder), sparse(&pair.beta.folder));
+    assert!(
+        on_beta <= on_alpha + (1 << 20),
+        "the 64 MiB sparse file takes {on_beta} bytes on beta, {on_alpha} on alpha"
+    );
+
+    // Changes of each kind alone, then a write through one name of a hard-linked file.
+    let changes: &[&[&str]] = &[
+        &["chown", "1003:1004", "shared/sub/app.conf"],
+        &["setfacl", "-m", "u:1005:r--", "shared/sub/app.conf"],
+        &[
+            "setfattr",
+            "-n",
+            "user.note",
+            "-v",
+            "changed",
+            "shared/report.txt",
+        ],
+        &["chmod", "2750", "shared/sub"],
+        &["sh", "-c", "echo two >> links/b"],
+        &["touch", "-d", "2019-05-06 07:08:09", "shared/sub/app.conf"],
+    ];
+    for change in changes {
+        run(&tree, change);
+    }
+    wait_faithful(&pair, "each kind of change after it");
+    wait_within(
+        "beta's hard links to stay one file",
+        Duration::from_secs(10),
+        || {
+            let inode = |name: &str| {
+                std::fs::metadata(pair.beta.folder.join("tree/links").join(name))
+                    .map(|metadata| (metadata.ino(), metadata.nlink()))
+                    .ok()
+            };
+            inode("a")
+                .is_some_and(|(ino, links)| links == 3 && Some(ino) == inode("c").map(|(i, _)| i))
+        },
+    );
+    pair.assert_verified();
+}
