@@ -149,8 +149,18 @@ impl KeyedPair {
         AgentKey::read(&self.keys.join(format!("{name}.key")), false).unwrap()
     }
 
+    /// `standin status` on `node`: its table, and what it said on stderr when it failed.
     fn status(&self, node: &NodeProcess) -> String {
-        String::from_utf8_lossy(&node.cli(&["status"]).stdout).into_owned()
+        let output = node.cli(&["status"]);
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !output.status.success() {
+            text.push_str(&format!(
+                "\n(status exited {:?}: {})",
+                output.status.code(),
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        text
     }
 }
 

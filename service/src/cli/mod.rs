@@ -346,19 +346,24 @@ pub fn main() -> ExitCode {
         };
     }
     let cli = Cli::parse();
-    if !matches!(
-        cli.command,
-        Command::Serve { .. } | Command::Agent { .. } | Command::Demo { .. }
-    ) {
-        // A command that prints ends quietly when its reader goes away (`standin log
-        // | head`), as Unix tools do, rather than panicking on the closed pipe. The
-        // long-running ones keep ignoring SIGPIPE: a closed socket is an error to
-        // handle there, not a reason to die.
-        // SAFETY: sets a signal disposition before any thread is started.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    // A command that prints ends quietly when its reader goes away (`standin log |
+    // head`), as Unix tools do, rather than panicking on the closed pipe. SIGPIPE
+    // itself stays ignored: these commands also talk to nodes, and a vectored write
+    // to a socket the other end closed would raise it and kill the command without
+    // a word (seen: `status` with its peer behind a cut link).
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
         }
-    }
+        default_hook(info);
+    }));
     crate::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
