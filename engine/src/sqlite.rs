@@ -237,10 +237,12 @@ struct Steps {
 /// not begun under one lock (a busy writer would wait the whole bound at every try).
 static COPY_RATE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Note the rate of a copy: `bytes` in `took` of copying (the pauses between steps
+/// left out).
 fn note_rate(bytes: u64, took: Duration) {
     if took >= Duration::from_millis(5) {
-        let rate = (bytes as f64 / took.as_secs_f64()) as u64;
-        COPY_RATE.store(rate.max(1), std::sync::atomic::Ordering::Relaxed);
+        let rate = ((bytes as f64 / took.as_secs_f64()) as u64).max(1);
+        COPY_RATE.store(rate, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -422,7 +424,8 @@ fn in_steps(
     steps: Steps,
 ) -> rusqlite::Result<(rusqlite::backup::StepResult, Duration)> {
     use rusqlite::backup::StepResult;
-    let mut longest = Duration::ZERO;
+    // The longest hold of the lock, and the time spent copying (for the rate).
+    let (mut longest, mut copying) = (Duration::ZERO, Duration::ZERO);
     if fits(steps.size, steps.bound) {
         source.execute_batch("BEGIN")?;
         // The first read takes the shared lock (and checks for a hot journal).
@@ -443,6 +446,7 @@ fn in_steps(
         };
         let _ = source.execute_batch("COMMIT");
         longest = held_since(locked);
+        copying = longest;
         note_rate(copied_bytes(backup, page_size), longest);
         match outcome? {
             StepResult::More => {}
@@ -457,14 +461,19 @@ fn in_steps(
         let step = backup.step(steps.pages)?;
         let held = held_since(started);
         longest = longest.max(held);
+        copying += held;
         match step {
-            StepResult::Done => return Ok((StepResult::Done, longest)),
+            StepResult::Done => {
+                // A whole copy, made of steps that may have waited for a writer's
+                // lock: its rate, the pauses between steps left out.
+                note_rate(copied_bytes(backup, page_size), copying);
+                return Ok((StepResult::Done, longest));
+            }
             StepResult::More => {
                 let after = copied_bytes(backup, page_size);
                 if after != before + u64::try_from(steps.pages).unwrap_or(0) * page_size {
                     return Ok((StepResult::More, longest));
                 }
-                note_rate(after - before, held);
             }
             busy_or_locked => return Ok((busy_or_locked, longest)),
         }
