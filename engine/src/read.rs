@@ -348,9 +348,9 @@ fn same_version(before: &std::fs::Metadata, after: &std::fs::Metadata) -> bool {
 }
 
 /// Capture the database at `full` through SQLite (`before` is its stat, for mode and
-/// mtime; `head` its first bytes). `None` when SQLite refuses it or it is too large to
-/// copy under a lock (read it as a plain file then); `Unstable` when a writer kept it
-/// locked.
+/// mtime; `head` its first bytes). `None` when SQLite refuses it (read it as a plain
+/// file then); `Unstable` when a writer kept it locked or changed it during a copy
+/// that could not be held under one lock.
 fn capture_database(
     repository: &Repository,
     path: &RelPath,
@@ -373,7 +373,6 @@ fn capture_database(
             )))))
         }
         crate::sqlite::Taken::Busy => Ok(Some(Captured::Unstable)),
-        crate::sqlite::Taken::Plain => Ok(None),
         crate::sqlite::Taken::Refused(reason) => {
             tracing::warn!(path = %full.display(), %reason, "SQLite cannot copy this file although it starts like a database; reading it as a plain file");
             Ok(None)

@@ -15,13 +15,20 @@
 //!   (the backup folds them in); a passive removes stale companions before it puts a
 //!   database in place (`replay`).
 //!
-//! The cost: the backup copies the whole database (all pages, one read transaction)
-//! each time it is captured. In WAL mode the application's writers never wait for it;
-//! in rollback mode a writer that wants to commit waits while the copy holds its shared
-//! lock (`longest_lock` keeps the longest; `/metrics` shows it) — so where the file
-//! system clones (`reflink`), a rollback-mode database is cloned under the shared lock
-//! instead, which holds it for milliseconds whatever the size.
+//! The cost: the backup copies the whole database (all pages) each time it is
+//! captured. In WAL mode it is one read transaction, and the application's writers
+//! never wait for it. In rollback mode a writer that wants to commit waits while a
+//! reader holds SQLite's shared lock, so capture never holds it for longer than
+//! `ROLLBACK_LOCK_BOUND` in one go (`longest_lock` keeps the longest; `/metrics` shows
+//! it): where the file system clones (`reflink`), the database is cloned under the
+//! lock, which takes milliseconds whatever the size; elsewhere the backup copies it
+//! in steps, under one lock while that fits in the bound, then with the lock taken
+//! and let go at each step — SQLite restarts a backup whose source changed between
+//! steps, and capture then gives up (`Taken::Busy`: named unstable, tried again). So
+//! a large rollback-mode database on a file system that cannot clone is recorded only
+//! when its writers leave it alone for as long as a copy takes.
 
+use std::os::raw::c_int;
 use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
@@ -38,12 +45,15 @@ pub const MIN_DATABASE_BYTES: u64 = 100;
 /// The files SQLite keeps beside a database `x`: `x-wal`, `x-shm`, `x-journal`.
 pub const COMPANION_SUFFIXES: [&[u8]; 3] = [b"-wal", b"-shm", b"-journal"];
 
-/// The largest database in rollback-journal mode that is copied through SQLite's
-/// backup where the file system cannot clone: the copy holds a shared lock that makes
-/// a committing writer wait (measured here: 4-8 s for 1 GiB, beyond a 5 s busy
-/// timeout). A larger one is read as a plain file (stably: a committed state when no
-/// commit overlapped the read). Where the file system clones, there is no limit.
-pub const ROLLBACK_COPY_MAX_BYTES: u64 = 256 << 20;
+/// The longest capture holds SQLite's shared lock on a rollback-mode database in one
+/// go (a committing writer waits that long at most, plus one step): well under the
+/// 5 s busy timeout of Python's sqlite3. The whole copy under one lock took 4-8 s for
+/// 1 GiB here, which is why the copy of a larger database is split.
+pub const ROLLBACK_LOCK_BOUND: Duration = Duration::from_millis(1_000);
+
+/// The bytes one backup step copies in rollback mode (the lock is checked, or let go,
+/// between steps): tens of milliseconds.
+const STEP_BYTES: u64 = 4 << 20;
 
 /// How long a capture waits for a writer's lock before it tries again later.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(1_000);
@@ -136,35 +146,112 @@ pub struct Snapshot {
 /// What `snapshot` got.
 pub enum Taken {
     Copy(Snapshot),
-    /// A writer held its lock for longer than the busy timeout: try again later.
+    /// A writer held its lock for longer than the busy timeout, or (rollback mode) a
+    /// commit changed the database between two steps of a copy that could not be
+    /// held under one lock: try again later.
     Busy,
     /// SQLite would not copy it (not a database after all, damaged, unreadable).
     Refused(String),
-    /// Too large to copy under a lock that blocks writers, and the file system cannot
-    /// clone: read it as a plain file (`ROLLBACK_COPY_MAX_BYTES`).
-    Plain,
 }
 
-/// Copy the database at `full` (whose header is `head`, at least 20 bytes, and size
-/// `size`) at a transaction boundary into `data_dir/capture/`:
+/// Copy the database at `full` (whose header is `head`, at least 20 bytes) at a
+/// transaction boundary into `data_dir/capture/`:
+/// - in WAL mode with SQLite's online backup, all pages in one read transaction;
 /// - in rollback-journal mode, where the file system clones, by `FICLONE` under
 ///   SQLite's shared lock (which keeps any writer from changing the file): the lock is
 ///   held for the clone's metadata work, whatever the size;
-/// - otherwise with SQLite's online backup (all pages in one step, one read
-///   transaction), in rollback mode only up to `ROLLBACK_COPY_MAX_BYTES`.
+/// - otherwise with the online backup in steps, never holding the shared lock for
+///   longer than `ROLLBACK_LOCK_BOUND` in one go (see the module's doc).
 pub fn snapshot(full: &Path, data_dir: &Path, head: &[u8], size: u64) -> Result<Taken> {
+    let started = Instant::now();
+    let taken = snapshot_within(full, data_dir, head, size, ROLLBACK_LOCK_BOUND)?;
+    let copy_ms = started.elapsed().as_secs_f64() * 1e3;
+    match &taken {
+        Taken::Copy(snapshot) => tracing::debug!(
+            path = %full.display(),
+            size,
+            copy_ms,
+            lock_ms = snapshot.lock_held.as_secs_f64() * 1e3,
+            cloned = snapshot.cloned,
+            "database copied"
+        ),
+        Taken::Busy => {
+            tracing::debug!(path = %full.display(), size, copy_ms, "database copy given up")
+        }
+        Taken::Refused(_) => {}
+    }
+    Ok(taken)
+}
+
+/// `snapshot` with another bound on the shared lock in rollback mode (tests use a
+/// small one to split the copy of a small database).
+pub fn snapshot_within(
+    full: &Path,
+    data_dir: &Path,
+    head: &[u8],
+    size: u64,
+    bound: Duration,
+) -> Result<Taken> {
     let dir = data_dir.join("capture");
     std::fs::create_dir_all(&dir).at("create", &dir)?;
+    let page_size = match head.get(16..18) {
+        Some(&[high, low]) => match u64::from(u16::from_be_bytes([high, low])) {
+            1 => 65_536,
+            size if size >= 512 => size,
+            _ => 4_096,
+        },
+        _ => 4_096,
+    };
     let wal = head.get(18) == Some(&2);
-    if !wal {
-        if let Some(taken) = clone_under_lock(full, &dir)? {
-            return Ok(taken);
-        }
-        if size > ROLLBACK_COPY_MAX_BYTES {
-            return Ok(Taken::Plain);
-        }
+    if wal {
+        return backup(full, &dir, page_size, None);
     }
-    backup(full, &dir)
+    if let Some(taken) = clone_under_lock(full, &dir)? {
+        return Ok(taken);
+    }
+    backup(
+        full,
+        &dir,
+        page_size,
+        Some(Steps {
+            bound,
+            pages: c_int::try_from((STEP_BYTES / page_size).max(1)).unwrap_or(c_int::MAX),
+            size,
+        }),
+    )
+}
+
+/// How a rollback-mode backup is split (see the module's doc).
+#[derive(Clone, Copy)]
+struct Steps {
+    /// The longest the shared lock is held in one go.
+    bound: Duration,
+    /// Pages a step copies.
+    pages: c_int,
+    /// The database's size when capture chose it.
+    size: u64,
+}
+
+/// The rate at which this process last copied a database, in bytes a second (0: not
+/// yet known): a rollback-mode copy that would not fit in the bound at that rate is
+/// not begun under one lock (a busy writer would wait the whole bound at every try).
+static COPY_RATE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Note the rate of a copy: `bytes` in `took` of copying (the pauses between steps
+/// left out).
+fn note_rate(bytes: u64, took: Duration) {
+    if took >= Duration::from_millis(5) {
+        let rate = ((bytes as f64 / took.as_secs_f64()) as u64).max(1);
+        COPY_RATE.store(rate, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Whether a copy of `bytes` is expected to fit under one lock of `bound`.
+fn fits(bytes: u64, bound: Duration) -> bool {
+    match COPY_RATE.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => true,
+        rate => (bytes as f64 / rate as f64) <= bound.as_secs_f64(),
+    }
 }
 
 /// Record how long a copy held its lock; returns it.
@@ -256,9 +343,10 @@ fn open_read_only(full: &Path) -> rusqlite::Result<rusqlite::Connection> {
     Ok(connection)
 }
 
-/// Copy the database at `full` with SQLite's online backup into `dir`.
-fn backup(full: &Path, dir: &Path) -> Result<Taken> {
-    use rusqlite::{backup::StepResult, Connection};
+/// Copy the database at `full` with SQLite's online backup into `dir`: in one step
+/// under one read transaction (`steps` = None, WAL mode), or split (rollback mode).
+fn backup(full: &Path, dir: &Path, page_size: u64, steps: Option<Steps>) -> Result<Taken> {
+    use rusqlite::Connection;
     let copy = tempfile::Builder::new()
         .prefix("sqlite-")
         .tempfile_in(dir)
@@ -279,20 +367,29 @@ fn backup(full: &Path, dir: &Path) -> Result<Taken> {
     {
         return refused(error);
     }
-    let started = Instant::now();
     let outcome = {
         let backup = match rusqlite::backup::Backup::new(&source, &mut destination) {
             Ok(backup) => backup,
             Err(error) => return refused(error),
         };
-        backup.step(-1)
+        match steps {
+            None => {
+                let started = Instant::now();
+                let outcome = backup.step(-1);
+                let held = held_since(started);
+                if let Ok(rusqlite::backup::StepResult::Done) = outcome {
+                    note_rate(copied_bytes(&backup, page_size), held);
+                }
+                outcome.map(|step| (step, held))
+            }
+            Some(steps) => in_steps(&source, &backup, page_size, steps),
+        }
     };
-    let lock_held = held_since(started);
     drop(destination);
     // Closing the read-only connection neither checkpoints nor removes the `-wal`.
     drop(source);
     match outcome {
-        Ok(StepResult::Done) => {
+        Ok((rusqlite::backup::StepResult::Done, lock_held)) => {
             // Unnamed from here: the copy goes with its descriptor.
             let file = copy.into_file();
             Ok(Taken::Copy(Snapshot {
@@ -304,6 +401,82 @@ fn backup(full: &Path, dir: &Path) -> Result<Taken> {
         Ok(_) => Ok(Taken::Busy),
         Err(error) if is_busy(&error) => Ok(Taken::Busy),
         Err(error) => refused(error),
+    }
+}
+
+/// The bytes a backup has copied so far (pages of `page_size`).
+fn copied_bytes(backup: &rusqlite::backup::Backup<'_, '_>, page_size: u64) -> u64 {
+    let progress = backup.progress();
+    let pages = u64::try_from(progress.pagecount.saturating_sub(progress.remaining)).unwrap_or(0);
+    pages * page_size
+}
+
+/// A rollback-mode backup in steps: under one read transaction (SQLite's shared lock)
+/// while the copy is expected to fit in `steps.bound` and until the bound is spent;
+/// then each step takes and lets go of the lock itself, and a step that finds the
+/// database changed since the last one (SQLite restarts the copy then) gives up:
+/// `More` is returned for "not done, try again later". The longest single hold of the
+/// lock comes back with `Done`.
+fn in_steps(
+    source: &rusqlite::Connection,
+    backup: &rusqlite::backup::Backup<'_, '_>,
+    page_size: u64,
+    steps: Steps,
+) -> rusqlite::Result<(rusqlite::backup::StepResult, Duration)> {
+    use rusqlite::backup::StepResult;
+    // The longest hold of the lock, and the time spent copying (for the rate).
+    let (mut longest, mut copying) = (Duration::ZERO, Duration::ZERO);
+    if fits(steps.size, steps.bound) {
+        source.execute_batch("BEGIN")?;
+        // The first read takes the shared lock (and checks for a hot journal).
+        let locked = match source.query_row("SELECT count(*) FROM sqlite_master", [], |row| {
+            row.get::<_, i64>(0)
+        }) {
+            Ok(_) => Instant::now(),
+            Err(error) => {
+                let _ = source.execute_batch("COMMIT");
+                return Err(error);
+            }
+        };
+        let outcome = loop {
+            match backup.step(steps.pages) {
+                Ok(StepResult::More) if locked.elapsed() < steps.bound => continue,
+                other => break other,
+            }
+        };
+        let _ = source.execute_batch("COMMIT");
+        longest = held_since(locked);
+        copying = longest;
+        note_rate(copied_bytes(backup, page_size), longest);
+        match outcome? {
+            StepResult::More => {}
+            done_or_busy => return Ok((done_or_busy, longest)),
+        }
+    }
+    // The lock is let go between steps from here: a commit in between makes SQLite
+    // restart the copy from its first page, which shows as fewer pages copied.
+    loop {
+        let before = copied_bytes(backup, page_size);
+        let started = Instant::now();
+        let step = backup.step(steps.pages)?;
+        let held = held_since(started);
+        longest = longest.max(held);
+        copying += held;
+        match step {
+            StepResult::Done => {
+                // A whole copy, made of steps that may have waited for a writer's
+                // lock: its rate, the pauses between steps left out.
+                note_rate(copied_bytes(backup, page_size), copying);
+                return Ok((StepResult::Done, longest));
+            }
+            StepResult::More => {
+                let after = copied_bytes(backup, page_size);
+                if after != before + u64::try_from(steps.pages).unwrap_or(0) * page_size {
+                    return Ok((StepResult::More, longest));
+                }
+            }
+            busy_or_locked => return Ok((busy_or_locked, longest)),
+        }
     }
 }
 

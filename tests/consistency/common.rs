@@ -49,7 +49,16 @@ impl FailoverPair {
     /// Start both with `replication_period = period` (0: continuous) and wait until
     /// alpha is active.
     pub fn start(period: u32) -> FailoverPair {
-        let mut root = tempfile::tempdir().unwrap();
+        FailoverPair::start_in(tempfile::tempdir().unwrap(), period, &[])
+    }
+
+    /// `start` with the pair's files in `root` (another file system, say) and extra
+    /// environment for alpha (`STANDIN_LOG`, say).
+    pub fn start_in(
+        mut root: tempfile::TempDir,
+        period: u32,
+        alpha_env: &[(&str, &str)],
+    ) -> FailoverPair {
         if std::env::var_os("STANDIN_KEEP").is_some() {
             // Kept for a look after a failure: the path is printed.
             root.disable_cleanup(true);
@@ -68,6 +77,11 @@ impl FailoverPair {
         let mut text = std::fs::read_to_string(&alpha.config).unwrap();
         text.push_str(&format!("peer_url = \"http://127.0.0.1:{}\"\n", beta.grpc));
         std::fs::write(&alpha.config, text).unwrap();
+        alpha.env.extend(
+            alpha_env
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string())),
+        );
         alpha.start();
         beta.start();
         wait_within("alpha to be active", LIMIT, || is_active(&alpha));
@@ -93,6 +107,8 @@ impl FailoverPair {
 #[derive(Clone, Debug)]
 pub struct LogEvent {
     pub seq: u64,
+    /// When the active recorded it (its clock, ms since the epoch).
+    pub recorded_at_ms: u64,
     pub kind: String,
     /// The path, or `from -> to` for a rename.
     pub path: String,
@@ -171,6 +187,7 @@ impl LogReader {
                 let text = |key: &str| value[key].as_str().unwrap_or_default().to_string();
                 self.events.push(LogEvent {
                     seq: value["seq"].as_u64().unwrap_or_default(),
+                    recorded_at_ms: value["recorded_at_ms"].as_u64().unwrap_or_default(),
                     kind: text("kind"),
                     path: text("path"),
                     detail: text("detail"),

@@ -20,6 +20,10 @@
 //! - `sqlite`: inserts in transactions of 20, WAL and DELETE journal modes, the active
 //!   SIGKILLed: the promoted database opens, passes `integrity_check` and holds a prefix
 //!   of the committed rows.
+//! - `sqlite_lock`: a writer with Python's default 5 s busy timeout beside capture
+//!   (replication_period 0), WAL and DELETE: it never sees `database is locked`; the
+//!   soak form on a 1 GiB database reports capture's lock time, each copy's time and
+//!   the passive's staleness (also on a loop-mounted XFS image, as root).
 //! - `rewrite`: a 16 MiB file rewritten in place by one `pwrite` a pass: every version
 //!   the passive held is one pass.
 //! - `order`: a link before a rename: the object is in the log before the ref.
@@ -29,9 +33,16 @@ mod git;
 mod order;
 mod rewrite;
 mod sqlite;
+mod sqlite_lock;
 
 // The integration target's helpers (nodes, pairs, the CLI, the seeded random source);
 // this target uses only some of them.
 #[allow(dead_code)]
 #[path = "../integration/support.rs"]
 mod support;
+
+// The loop-mounted XFS image of the engine's reflink tests (one of its helpers is
+// unused here).
+#[allow(dead_code)]
+#[path = "../../engine/tests/engine/xfs.rs"]
+mod xfs;

@@ -27,3 +27,4 @@ mod simulation;
 mod sqlite;
 mod support;
 mod switchover;
+mod xfs;

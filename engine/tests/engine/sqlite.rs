@@ -174,3 +174,137 @@ fn a_stale_companion_is_removed_before_a_database_goes_in_place() {
     assert_eq!(x, 1);
     passive.assert_verified();
 }
+
+/// Open a database copy that `snapshot` took (an unnamed file) under `path`.
+fn open_copy(snapshot: standin_engine::sqlite::Snapshot, path: &std::path::Path) -> Connection {
+    let mut file = snapshot.file;
+    std::io::Seek::rewind(&mut file).unwrap();
+    let mut out = std::fs::File::create(path).unwrap();
+    std::io::copy(&mut file, &mut out).unwrap();
+    Connection::open(path).unwrap()
+}
+
+/// A rollback-mode copy that cannot be held under one lock (a bound of 5 ms here, 1 s
+/// in capture) lets go of SQLite's shared lock between steps: an idle database is
+/// still copied whole, and under a writer (5 s busy timeout, as Python's default)
+/// every copy taken is a committed state, the others give up (`Busy`, tried again
+/// later), and the writer never sees `database is locked`.
+#[test]
+fn a_rollback_mode_copy_split_to_bound_its_lock_is_a_committed_state() {
+    use standin_engine::sqlite::{snapshot_within, Taken};
+    let bound = Duration::from_millis(5);
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("app.db");
+    let connection = Connection::open(&database).unwrap();
+    connection
+        .execute_batch(
+            "PRAGMA journal_mode = DELETE;
+             CREATE TABLE big (data BLOB NOT NULL);
+             CREATE TABLE t (id INTEGER PRIMARY KEY, payload BLOB NOT NULL);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 24)
+             INSERT INTO big SELECT randomblob(1048576) FROM n;",
+        )
+        .unwrap();
+    drop(connection);
+    let take = || {
+        let head = std::fs::read(&database).unwrap();
+        snapshot_within(&database, dir.path(), &head[..20], head.len() as u64, bound).unwrap()
+    };
+
+    // Idle: copied whole although the copy takes longer than the bound.
+    let copy = match take() {
+        Taken::Copy(snapshot) => snapshot,
+        Taken::Busy => panic!("an idle database gave up"),
+        Taken::Refused(reason) => panic!("SQLite refused: {reason}"),
+    };
+    if copy.cloned {
+        eprintln!("the file system clones: the split copy is not used here");
+        return;
+    }
+    let check = open_copy(copy, &dir.path().join("idle.db"));
+    let (integrity, blobs): (String, i64) = check
+        .query_row(
+            "SELECT (SELECT integrity_check FROM pragma_integrity_check), (SELECT count(*) FROM big)",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((integrity.as_str(), blobs), ("ok", 24));
+
+    // Under a writer that never pauses for long.
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (database, writing) = (database.clone(), writing.clone());
+        std::thread::spawn(move || -> Result<(i64, Duration), String> {
+            let mut connection = Connection::open(&database).map_err(|e| e.to_string())?;
+            connection
+                .busy_timeout(Duration::from_secs(5))
+                .map_err(|e| e.to_string())?;
+            let (mut committed, mut longest) = (0i64, Duration::ZERO);
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(3) {
+                let began = Instant::now();
+                let transaction = connection
+                    .transaction()
+                    .map_err(|e| format!("begin: {e}"))?;
+                for _ in 0..ROWS_PER_TRANSACTION {
+                    committed += 1;
+                    transaction
+                        .execute(
+                            "INSERT INTO t (id, payload) VALUES (?1, randomblob(300))",
+                            [committed],
+                        )
+                        .map_err(|e| format!("insert {committed}: {e}"))?;
+                }
+                transaction
+                    .commit()
+                    .map_err(|e| format!("commit at {committed}: {e}"))?;
+                longest = longest.max(began.elapsed());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            writing.store(false, std::sync::atomic::Ordering::SeqCst);
+            Ok((committed, longest))
+        })
+    };
+    let (mut copies, mut gave_up, mut longest_lock) = (0, 0, Duration::ZERO);
+    while writing.load(std::sync::atomic::Ordering::SeqCst) {
+        match take() {
+            Taken::Copy(snapshot) => {
+                longest_lock = longest_lock.max(snapshot.lock_held);
+                let check = open_copy(snapshot, &dir.path().join(format!("copy{copies}.db")));
+                let (integrity, count, max, blobs): (String, i64, i64, i64) = check
+                    .query_row(
+                        "SELECT (SELECT integrity_check FROM pragma_integrity_check),
+                                (SELECT count(*) FROM t), (SELECT coalesce(max(id), 0) FROM t),
+                                (SELECT count(*) FROM big)",
+                        [],
+                        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+                    )
+                    .unwrap();
+                assert_eq!(integrity, "ok", "copy {copies}");
+                assert_eq!(count, max, "copy {copies}: the rows are a prefix");
+                assert_eq!(
+                    count % ROWS_PER_TRANSACTION,
+                    0,
+                    "copy {copies}: {count} rows"
+                );
+                assert_eq!(blobs, 24, "copy {copies}");
+                copies += 1;
+            }
+            Taken::Busy => gave_up += 1,
+            Taken::Refused(reason) => panic!("SQLite refused: {reason}"),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (committed, longest_commit) = writer
+        .join()
+        .unwrap()
+        .unwrap_or_else(|error| panic!("the writer failed: {error}"));
+    eprintln!(
+        "split copies under a writer: {copies} taken, {gave_up} gave up; {committed} rows committed, the longest transaction {longest_commit:?}; the longest lock of a copy taken {longest_lock:?}"
+    );
+    assert!(
+        copies + gave_up > 0,
+        "no copy was tried while the writer ran"
+    );
+}
