@@ -1,6 +1,6 @@
 //! The HTTP side of a node (`http_listen`): `/healthz` (doing its job), `/active` (the
 //! authority), `/passive` (a healthy, caught-up passive), `/metrics` (Prometheus text
-//! 0.0.4, or OpenMetrics when the scraper asks for it), `/`.
+//! 0.0.4, or OpenMetrics when the scraper asks for it), `/` (the status page, `page`).
 
 use std::sync::Arc;
 
@@ -18,7 +18,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/active", get(active))
         .route("/passive", get(passive))
         .route("/metrics", get(metrics))
-        .route("/", get(status_page))
+        .route("/", get(crate::page::status_page))
         .with_state(node)
 }
 
@@ -135,32 +135,4 @@ async fn metrics(State(node): State<Arc<Node>>, headers: HeaderMap) -> impl Into
             crate::metrics::openmetrics_to_text(&body),
         )
     }
-}
-
-/// Both nodes side by side: this one, and its peer as it answers now (or unreachable,
-/// with why: never figures from an earlier answer).
-async fn status_page(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    use crate::cli::status::Answer;
-    let peer = async {
-        let link = node.peer()?;
-        let answer = link.status().await;
-        Some(Answer {
-            url: link.url().to_string(),
-            unreachable: answer.as_ref().err().map(|error| error.to_string()),
-            status: answer.ok(),
-        })
-    };
-    let local = node.clone();
-    let own = async move {
-        tokio::task::spawn_blocking(move || local.status())
-            .await
-            .unwrap_or_default()
-    };
-    let (own, peer) = tokio::join!(own, peer);
-    let own = Answer {
-        url: node.config.local_url(),
-        status: Some(own),
-        unreachable: None,
-    };
-    crate::cli::status::render_answers(&std::iter::once(own).chain(peer).collect::<Vec<_>>())
 }

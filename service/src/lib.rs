@@ -24,6 +24,7 @@
 //! - `passive`: `Puller` — `pull_once` and the loop that schedules it.
 //! - `space`: a full disk told apart; the free-space reserve the passive keeps.
 //! - `http`: `/healthz`, `/active`, `/passive`, `/metrics`, `/`.
+//! - `page`: the status page at `/` (HTML for a browser, the text table otherwise).
 //! - `logging`: stderr log output, the `STANDIN_LOG` filter and `--log-format`.
 //! - `metrics`: Prometheus counters and gauges.
 //! - `client`: channels to a node (the CLI's), endpoints.
@@ -61,6 +62,7 @@ pub mod login_gate;
 pub mod metrics;
 pub mod node;
 pub mod operator;
+pub mod page;
 pub mod passive;
 pub mod peer;
 pub mod preflight;

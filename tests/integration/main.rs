@@ -30,6 +30,8 @@
 //! - `hostile_peer`: a fake active that lies, against the passive's pull.
 //! - `peer_view`: what each node sees of the other (the active of its passive: head,
 //!   lag, unreachable then down, back), in status, `/` and `/metrics`.
+//! - `status_page`: the HTML status page in headless Chromium (both nodes, both
+//!   agents; skipped without `chromium`), the text table still for `curl`.
 //! - `peer_link`: the peer link's reused connections, and one left stuck by a
 //!   partition replaced after the call that found it.
 //! - `split_brain`: the agent-witness quorum with a cut pair link and a dead active.
@@ -58,4 +60,5 @@ mod site;
 mod site_hostile;
 mod snapshot;
 mod split_brain;
+mod status_page;
 mod support;
