@@ -270,6 +270,14 @@ impl Cluster for ClusterService {
         }))
     }
 
+    async fn drill(
+        &self,
+        request: Request<wire::DrillRequest>,
+    ) -> Result<Response<wire::DrillReport>, Status> {
+        let answer = self.node.drill(request.into_inner().peer_head_seq).await;
+        Ok(Response::new(crate::convert::drill_to_wire(&answer)))
+    }
+
     async fn take_over(
         &self,
         request: Request<wire::TakeOverRequest>,

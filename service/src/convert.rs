@@ -63,6 +63,66 @@ pub fn event_from_wire(event: &wire::Event) -> Result<Event, WireError> {
         .map_err(|error| WireError::BadEvent(error.to_string()))
 }
 
+/// A node's drill answer for the wire (`Cluster.Drill`).
+pub fn drill_to_wire(answer: &crate::drill::DrillAnswer) -> wire::DrillReport {
+    use crate::preflight::Level;
+    wire::DrillReport {
+        node: answer.node.clone(),
+        role: answer.role.clone(),
+        head_seq: answer.head_seq,
+        checks: answer
+            .checks
+            .iter()
+            .map(|check| wire::DrillCheck {
+                level: match check.level {
+                    Level::Ok => wire::CheckLevel::CheckOk,
+                    Level::Warn => wire::CheckLevel::CheckWarn,
+                    Level::Fail => wire::CheckLevel::CheckFail,
+                } as i32,
+                key: check.key.clone(),
+                message: check.message.clone(),
+            })
+            .collect(),
+        failover_min_ms: answer.estimate.min_ms,
+        failover_max_ms: answer.estimate.max_ms,
+        failover_timing: answer.estimate.explanation.clone(),
+        events_beyond_peer: answer.beyond_peer.map(|(events, _)| events),
+        seconds_beyond_peer: answer.beyond_peer.map(|(_, seconds)| seconds),
+    }
+}
+
+/// A drill answer as received (`standin drill`); a check of an unknown level counts
+/// as a failure.
+pub fn drill_from_wire(report: &wire::DrillReport) -> crate::drill::DrillAnswer {
+    use crate::preflight::Level;
+    crate::drill::DrillAnswer {
+        node: report.node.clone(),
+        role: report.role.clone(),
+        head_seq: report.head_seq,
+        checks: report
+            .checks
+            .iter()
+            .map(|check| crate::drill::Check {
+                level: match wire::CheckLevel::try_from(check.level) {
+                    Ok(wire::CheckLevel::CheckOk) => Level::Ok,
+                    Ok(wire::CheckLevel::CheckWarn) => Level::Warn,
+                    _ => Level::Fail,
+                },
+                key: check.key.clone(),
+                message: check.message.clone(),
+            })
+            .collect(),
+        estimate: crate::drill::FailoverEstimate {
+            min_ms: report.failover_min_ms,
+            max_ms: report.failover_max_ms,
+            explanation: report.failover_timing.clone(),
+        },
+        beyond_peer: report
+            .events_beyond_peer
+            .map(|events| (events, report.seconds_beyond_peer.unwrap_or(0.0))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

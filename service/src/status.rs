@@ -111,22 +111,7 @@ impl Node {
             return None;
         }
         let peer = report.peer.as_ref()?;
-        let own = self.repository.head();
-        let events = own.seq.saturating_sub(peer.head.seq);
-        if events == 0 {
-            return Some((0, 0.0));
-        }
-        let log = self.repository.log();
-        // The first event it lacks (or, if that was compacted away, the oldest kept).
-        let first_missing = (peer.head.seq + 1).max(log.base().seq + 1);
-        let recorded_at_ms = log
-            .get(first_missing)
-            .ok()
-            .flatten()
-            .map_or(own.recorded_at_ms, |event| event.body.recorded_at_ms);
-        let seconds =
-            standin_engine::fsutil::now_ms().saturating_sub(recorded_at_ms) as f64 / 1000.0;
-        Some((events, seconds))
+        Some(self.events_after(peer.head.seq))
     }
 
     fn quarantined_events(&self) -> u64 {

@@ -18,6 +18,8 @@
 //! - `check_config`: `check-config` on TLS files, a running node's lock, a taken
 //!   port, `--peer`; SIGHUP on a running pair (reloads, never kills).
 //! - `cli`: status, verify, log, init-secret, demo.
+//! - `drill`: `standin drill` green on a healthy pair, red naming why with a hook
+//!   missing, an agent reporting to one node only, the passive behind or killed.
 //! - `failover`: takeover, rejoin with quarantine, switchover, promote.
 //! - `lifecycle`: a node whose task ends (a server, the coordinator, …) ends, logins
 //!   and capture first, and exits non-zero naming it (test-only fault hooks).
@@ -41,6 +43,7 @@ mod cli;
 mod config;
 mod corruption;
 mod disk_full;
+mod drill;
 mod etcd;
 mod failover;
 mod faults;
