@@ -123,6 +123,58 @@ pub fn drill_from_wire(report: &wire::DrillReport) -> crate::drill::DrillAnswer 
     }
 }
 
+/// The last failover's report for the wire (heartbeats, status).
+pub fn failover_to_wire(report: &crate::failover_report::FailoverReport) -> wire::FailoverReport {
+    wire::FailoverReport {
+        epoch: report.epoch,
+        promoted_node: report.promoted_node.clone(),
+        promoted_at_ms: report.promoted_at_ms,
+        promoted_head_seq: report.promoted_head_seq,
+        old_active: report.old_active.clone(),
+        old_active_head_seq: report.old_active_head_seq,
+        old_active_heard_at_ms: report.old_active_heard_at_ms,
+        kept: report.kept.as_ref().map(|kept| wire::FailoverKept {
+            node: kept.node.clone(),
+            at_ms: kept.at_ms,
+            events: kept.events,
+            paths: kept.paths.clone(),
+            more_paths: kept.more_paths,
+            dirs: kept.dirs.clone(),
+            common_seq: kept.common_seq,
+        }),
+        acknowledged_at_ms: report.acknowledged_at_ms,
+        ack_covers_kept: report.ack_covers_kept,
+    }
+}
+
+/// A failover report as received. It is only ever shown, never acted on; its lists
+/// are cut to their bounds so a peer cannot make it grow.
+pub fn failover_from_wire(report: &wire::FailoverReport) -> crate::failover_report::FailoverReport {
+    use crate::failover_report::{FailoverReport, Kept, MAX_PATHS};
+    FailoverReport {
+        epoch: report.epoch,
+        promoted_node: report.promoted_node.clone(),
+        promoted_at_ms: report.promoted_at_ms,
+        promoted_head_seq: report.promoted_head_seq,
+        old_active: report.old_active.clone(),
+        old_active_head_seq: report.old_active_head_seq,
+        old_active_heard_at_ms: report.old_active_heard_at_ms,
+        kept: report.kept.as_ref().map(|kept| Kept {
+            node: kept.node.clone(),
+            at_ms: kept.at_ms,
+            events: kept.events,
+            paths: kept.paths.iter().take(MAX_PATHS).cloned().collect(),
+            more_paths: kept
+                .more_paths
+                .saturating_add(kept.paths.len().saturating_sub(MAX_PATHS) as u64),
+            dirs: kept.dirs.iter().take(MAX_PATHS).cloned().collect(),
+            common_seq: kept.common_seq,
+        }),
+        acknowledged_at_ms: report.acknowledged_at_ms,
+        ack_covers_kept: report.ack_covers_kept,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

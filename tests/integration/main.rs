@@ -26,6 +26,8 @@
 //! - `operator`: refused commands (exit 3 and the reason), a switchover refused with
 //!   the passive down (logins never stop), `/healthz`, `/passive`, `/metrics` (and
 //!   `promtool check metrics`), and messages that used to mislead.
+//! - `named_loss`: after a partition with writes on both sides, the last failover's
+//!   report on both nodes (status text and JSON, /metrics) until `failover-ack`.
 //! - `faults`: seeded faults with a ledger: SIGKILLs of either node, link faults through
 //!   the proxy, a partition with a takeover (soak forms under `--ignored`).
 //! - `proxy`: the fault-injecting TCP proxy (drop, reset, delay, stall, partition).
@@ -49,6 +51,7 @@ mod failover;
 mod faults;
 mod hostile_peer;
 mod lifecycle;
+mod named_loss;
 mod operator;
 mod peer_link;
 mod peer_view;

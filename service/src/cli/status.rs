@@ -345,6 +345,16 @@ pub fn render_answers(answers: &[Answer]) -> String {
             }),
         ),
         (
+            "last failover",
+            Box::new(|status| {
+                status
+                    .last_failover
+                    .as_ref()
+                    .map(|shown| format!("{} — standin failover-ack once read", shown.summary))
+                    .unwrap_or_else(|| "-".to_string())
+            }),
+        ),
+        (
             "last error",
             Box::new(|status| {
                 if status.last_error.is_empty() {
