@@ -93,6 +93,10 @@ pub fn status_to_wire(status: &NodeStatus, node: &Node) -> wire::StatusResponse 
         peer_lag_seconds: status.peer_lag_seconds,
         version: status.version.clone(),
         build: status.build.clone(),
+        last_failover: status
+            .last_failover
+            .as_ref()
+            .map(|shown| crate::convert::failover_to_wire(&shown.report)),
     }
 }
 
@@ -141,6 +145,9 @@ pub fn status_from_wire(status: &wire::StatusResponse) -> NodeStatus {
         peer_lag_seconds: status.peer_lag_seconds,
         version: status.version.clone(),
         build: status.build.clone(),
+        last_failover: status.last_failover.as_ref().map(|report| {
+            crate::status::LastFailover::of(crate::convert::failover_from_wire(report))
+        }),
     }
 }
 
@@ -162,6 +169,11 @@ impl Cluster for ClusterService {
             return Err(Status::failed_precondition(message));
         }
         crate::voter_set::announced(&self.node, &request.voter_set);
+        if let Some(report) = &request.failover {
+            self.node
+                .failover
+                .merge(&crate::convert::failover_from_wire(report));
+        }
         if let Ok(head) = head_from_wire(request.head.as_ref()) {
             tracing::trace!(peer = %request.node, seq = head.seq, "heartbeat");
             if let Some(link) = self.node.peer() {
@@ -187,6 +199,12 @@ impl Cluster for ClusterService {
             head: Some(head_to_wire(&self.node.repository.head())),
             role: self.node.role().name().to_string(),
             voter_set: self.node.voter_sets.own(),
+            failover: self
+                .node
+                .failover
+                .current()
+                .as_ref()
+                .map(crate::convert::failover_to_wire),
         }))
     }
 
@@ -267,6 +285,34 @@ impl Cluster for ClusterService {
         Ok(Response::new(wire::RoleReply {
             role: self.node.role().name().to_string(),
             message,
+        }))
+    }
+
+    async fn drill(
+        &self,
+        request: Request<wire::DrillRequest>,
+    ) -> Result<Response<wire::DrillReport>, Status> {
+        let answer = self.node.drill(request.into_inner().peer_head_seq).await;
+        Ok(Response::new(crate::convert::drill_to_wire(&answer)))
+    }
+
+    async fn acknowledge_failover(
+        &self,
+        request: Request<wire::AcknowledgeFailoverRequest>,
+    ) -> Result<Response<wire::RoleReply>, Status> {
+        let epoch = request.into_inner().epoch;
+        let report = self
+            .node
+            .failover
+            .acknowledge(epoch, standin_engine::fsutil::now_ms())
+            .map_err(Status::failed_precondition)?;
+        tracing::info!(
+            epoch = report.epoch,
+            "the last failover's report was acknowledged"
+        );
+        Ok(Response::new(wire::RoleReply {
+            role: self.node.role().name().to_string(),
+            message: format!("acknowledged the failover of epoch {}", report.epoch),
         }))
     }
 

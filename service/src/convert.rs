@@ -63,6 +63,118 @@ pub fn event_from_wire(event: &wire::Event) -> Result<Event, WireError> {
         .map_err(|error| WireError::BadEvent(error.to_string()))
 }
 
+/// A node's drill answer for the wire (`Cluster.Drill`).
+pub fn drill_to_wire(answer: &crate::drill::DrillAnswer) -> wire::DrillReport {
+    use crate::preflight::Level;
+    wire::DrillReport {
+        node: answer.node.clone(),
+        role: answer.role.clone(),
+        head_seq: answer.head_seq,
+        checks: answer
+            .checks
+            .iter()
+            .map(|check| wire::DrillCheck {
+                level: match check.level {
+                    Level::Ok => wire::CheckLevel::CheckOk,
+                    Level::Warn => wire::CheckLevel::CheckWarn,
+                    Level::Fail => wire::CheckLevel::CheckFail,
+                } as i32,
+                key: check.key.clone(),
+                message: check.message.clone(),
+            })
+            .collect(),
+        failover_min_ms: answer.estimate.min_ms,
+        failover_max_ms: answer.estimate.max_ms,
+        failover_timing: answer.estimate.explanation.clone(),
+        events_beyond_peer: answer.beyond_peer.map(|(events, _)| events),
+        seconds_beyond_peer: answer.beyond_peer.map(|(_, seconds)| seconds),
+    }
+}
+
+/// A drill answer as received (`standin drill`); a check of an unknown level counts
+/// as a failure.
+pub fn drill_from_wire(report: &wire::DrillReport) -> crate::drill::DrillAnswer {
+    use crate::preflight::Level;
+    crate::drill::DrillAnswer {
+        node: report.node.clone(),
+        role: report.role.clone(),
+        head_seq: report.head_seq,
+        checks: report
+            .checks
+            .iter()
+            .map(|check| crate::drill::Check {
+                level: match wire::CheckLevel::try_from(check.level) {
+                    Ok(wire::CheckLevel::CheckOk) => Level::Ok,
+                    Ok(wire::CheckLevel::CheckWarn) => Level::Warn,
+                    _ => Level::Fail,
+                },
+                key: check.key.clone(),
+                message: check.message.clone(),
+            })
+            .collect(),
+        estimate: crate::drill::FailoverEstimate {
+            min_ms: report.failover_min_ms,
+            max_ms: report.failover_max_ms,
+            explanation: report.failover_timing.clone(),
+        },
+        beyond_peer: report
+            .events_beyond_peer
+            .map(|events| (events, report.seconds_beyond_peer.unwrap_or(0.0))),
+    }
+}
+
+/// The last failover's report for the wire (heartbeats, status).
+pub fn failover_to_wire(report: &crate::failover_report::FailoverReport) -> wire::FailoverReport {
+    wire::FailoverReport {
+        epoch: report.epoch,
+        promoted_node: report.promoted_node.clone(),
+        promoted_at_ms: report.promoted_at_ms,
+        promoted_head_seq: report.promoted_head_seq,
+        old_active: report.old_active.clone(),
+        old_active_head_seq: report.old_active_head_seq,
+        old_active_heard_at_ms: report.old_active_heard_at_ms,
+        kept: report.kept.as_ref().map(|kept| wire::FailoverKept {
+            node: kept.node.clone(),
+            at_ms: kept.at_ms,
+            events: kept.events,
+            paths: kept.paths.clone(),
+            more_paths: kept.more_paths,
+            dirs: kept.dirs.clone(),
+            common_seq: kept.common_seq,
+        }),
+        acknowledged_at_ms: report.acknowledged_at_ms,
+        ack_covers_kept: report.ack_covers_kept,
+    }
+}
+
+/// A failover report as received. It is only ever shown, never acted on; its lists
+/// are cut to their bounds so a peer cannot make it grow.
+pub fn failover_from_wire(report: &wire::FailoverReport) -> crate::failover_report::FailoverReport {
+    use crate::failover_report::{FailoverReport, Kept, MAX_PATHS};
+    FailoverReport {
+        epoch: report.epoch,
+        promoted_node: report.promoted_node.clone(),
+        promoted_at_ms: report.promoted_at_ms,
+        promoted_head_seq: report.promoted_head_seq,
+        old_active: report.old_active.clone(),
+        old_active_head_seq: report.old_active_head_seq,
+        old_active_heard_at_ms: report.old_active_heard_at_ms,
+        kept: report.kept.as_ref().map(|kept| Kept {
+            node: kept.node.clone(),
+            at_ms: kept.at_ms,
+            events: kept.events,
+            paths: kept.paths.iter().take(MAX_PATHS).cloned().collect(),
+            more_paths: kept
+                .more_paths
+                .saturating_add(kept.paths.len().saturating_sub(MAX_PATHS) as u64),
+            dirs: kept.dirs.iter().take(MAX_PATHS).cloned().collect(),
+            common_seq: kept.common_seq,
+        }),
+        acknowledged_at_ms: report.acknowledged_at_ms,
+        ack_covers_kept: report.ack_covers_kept,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

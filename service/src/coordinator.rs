@@ -205,15 +205,26 @@ impl Coordinator {
                 let recorded = tokio::task::spawn_blocking(move || {
                     let _applying = applying;
                     drop_incomplete_group(&node)?;
+                    // What this node kept of the old active's log.
+                    let kept_seq = node.repository.head().seq;
                     node.repository
                         .record(epoch, vec![Change::Promote { node: name }])
+                        .map(|_| kept_seq)
                 })
                 .await;
                 match recorded {
-                    Ok(Ok(_)) => {
+                    Ok(Ok(kept_seq)) => {
                         // What went wrong while following the old active is over.
                         self.node.set_error(None);
-                        tracing::warn!(epoch, "promoted: this node is now authoritative")
+                        tracing::warn!(epoch, "promoted: this node is now authoritative");
+                        // A failover (not a switchover): its named-loss report.
+                        if let Some(promotion) = self
+                            .machine
+                            .last_promotion()
+                            .filter(|promotion| promotion.epoch == epoch && !promotion.planned)
+                        {
+                            crate::failover_report::promoted(&self.node, promotion, kept_seq);
+                        }
                     }
                     Ok(Err(error)) => {
                         self.fail(format!("recording the promotion failed: {error}"))
@@ -244,8 +255,10 @@ impl Coordinator {
                 old_active,
             } => run_hook(&node, hook, epoch, old_active),
             Action::StartRejoin { authority } => {
+                // The authority's epoch as last seen: the failover this rejoin ends.
+                let epoch = self.machine.peer().map_or(0, |peer| peer.epoch);
                 tokio::spawn(async move {
-                    match crate::rejoin::rejoin(&node).await {
+                    match crate::rejoin::rejoin(&node, epoch).await {
                         Ok(quarantined) => {
                             if quarantined > 0 {
                                 tracing::warn!(events = quarantined, %authority, "rejoined; events that never replicated are in quarantine");
@@ -408,6 +421,7 @@ pub(crate) async fn ask_peer(node: &Arc<Node>) -> Result<(PeerView, String), Str
             &node.repository.head(),
             node.role().name(),
             node.voter_sets.own(),
+            node.failover.current().as_ref(),
         )
         .await
         .map_err(|error| error.to_string())?;
@@ -421,6 +435,9 @@ pub(crate) async fn ask_peer(node: &Arc<Node>) -> Result<(PeerView, String), Str
         return Err(message);
     }
     crate::voter_set::announced(node, &response.voter_set);
+    if let Some(report) = &response.failover {
+        node.failover.merge(report);
+    }
     let head = response.head;
     let view = PeerView {
         node: response.node,

@@ -183,6 +183,32 @@ async fn connect(settings: &EtcdSettings) -> Result<Client, etcd_client::Error> 
     Client::connect(&settings.endpoints, Some(options)).await
 }
 
+/// A drill's question (`standin drill`), changing nothing: does etcd answer, and
+/// who holds the authority key (its node name; `None`: nobody)?
+pub async fn probe(settings: &EtcdSettings) -> Result<Option<String>, String> {
+    let lookup = async {
+        let mut client = connect(settings).await?;
+        client.get(settings.key.as_str(), None).await
+    };
+    match tokio::time::timeout(Duration::from_secs(3), lookup).await {
+        Ok(Ok(response)) => Ok(response.kvs().first().map(|kv| {
+            String::from_utf8_lossy(kv.value())
+                .split(' ')
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })),
+        Ok(Err(error)) => Err(format!(
+            "etcd at {} unreachable: {error}: no node could take the authority key",
+            settings.endpoints.join(",")
+        )),
+        Err(_) => Err(format!(
+            "etcd at {} did not answer within 3 s: no node could take the authority key",
+            settings.endpoints.join(",")
+        )),
+    }
+}
+
 /// One attempt: `Some((lease id, revision, sent at, ttl))` when this node holds the
 /// key now, `None` when another node does.
 async fn campaign(

@@ -20,7 +20,12 @@
 //! - `operator`: `promote` and `switchover` as the node answers them (refusals with
 //!   the reason; the switchover's call to the peer first).
 //! - `data_dir_lock`: one `serve` per data_dir, locked before any port is bound.
+//! - `drill`: a node's part of `standin drill` (hooks, authority, failover time,
+//!   what its log holds beyond its peer's head).
 //! - `etcd_authority`: the etcd lease's I/O (`authority = "etcd"`).
+//! - `failover_report`: the last failover's named-loss report (what the promoted node
+//!   knew, what the old active kept in quarantine), exchanged in the heartbeats,
+//!   shown until acknowledged.
 //! - `passive`: `Puller` — `pull_once` and the loop that schedules it.
 //! - `space`: a full disk told apart; the free-space reserve the passive keeps.
 //! - `http`: `/healthz`, `/active`, `/passive`, `/metrics`, `/`.
@@ -52,7 +57,9 @@ pub mod config;
 pub mod convert;
 pub mod coordinator;
 pub mod data_dir_lock;
+pub mod drill;
 pub mod etcd_authority;
+pub mod failover_report;
 #[cfg(feature = "fault-hooks")]
 pub mod fault;
 pub mod http;

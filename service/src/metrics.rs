@@ -49,6 +49,10 @@ pub struct Metrics {
     pub chunk_store_bytes: Gauge,
     pub chunk_store_chunks: Gauge,
     pub quarantined_events: Gauge,
+    /// The last failover's report while unacknowledged: its epoch, and the events the
+    /// old active kept in quarantine (0: none shown, or nothing kept).
+    pub last_failover_epoch: Gauge,
+    pub last_failover_kept_events: Gauge,
     pub role: Family<RoleLabel, Gauge>,
     pub peer_up: Gauge,
     pub peer_state: Family<StateLabel, Gauge>,
@@ -85,6 +89,8 @@ impl Metrics {
             chunk_store_bytes: Gauge::default(),
             chunk_store_chunks: Gauge::default(),
             quarantined_events: Gauge::default(),
+            last_failover_epoch: Gauge::default(),
+            last_failover_kept_events: Gauge::default(),
             role: Family::default(),
             peer_up: Gauge::default(),
             peer_state: Family::default(),
@@ -152,6 +158,16 @@ impl Metrics {
             "quarantined_events",
             "Events kept in data_dir/quarantine",
             metrics.quarantined_events.clone(),
+        );
+        registry.register(
+            "last_failover_epoch",
+            "Epoch of the last failover while its report is unacknowledged (standin failover-ack), else 0",
+            metrics.last_failover_epoch.clone(),
+        );
+        registry.register(
+            "last_failover_kept_events",
+            "Events the old active kept in quarantine at the last, unacknowledged failover",
+            metrics.last_failover_kept_events.clone(),
         );
         registry.register(
             "role",

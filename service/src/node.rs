@@ -76,6 +76,8 @@ pub struct Node {
     /// The hooks' commands (on_promote, on_demote): the config's, replaced by a
     /// SIGHUP reload (`reload`).
     hooks: Mutex<Hooks>,
+    /// The last failover's named-loss report (`failover_report`).
+    pub failover: crate::failover_report::FailoverLog,
 }
 
 /// The commands `on_promote` and `on_demote` run.
@@ -140,7 +142,9 @@ impl Node {
             on_promote: config.on_promote.clone(),
             on_demote: config.on_demote.clone(),
         });
+        let failover = crate::failover_report::FailoverLog::open(&config.data_dir);
         let node = Arc::new(Node {
+            failover,
             config,
             hooks,
             secret,

@@ -2,7 +2,8 @@
 //! with the authority (exponential steps back from its head, then a binary search,
 //! each probe a one-event `Pull`), move its own later events to quarantine, put its
 //! folder back to that point, and keep aside what its folder holds that its log never
-//! recorded. The coordinator starts it on the role machine's `StartRejoin`.
+//! recorded. The coordinator starts it on the role machine's `StartRejoin`. What was
+//! kept aside goes into the last failover's report (`failover_report`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,7 +65,10 @@ async fn common_point(node: &Arc<Node>, link: &PeerLink) -> Result<u64, String> 
 /// How often a rejoin asks the authority again before it gives up (and fences).
 const REJOIN_ATTEMPTS: u32 = 20;
 
-pub async fn rejoin(node: &Arc<Node>) -> Result<usize, String> {
+/// `epoch`: the authority's, as last seen (the failover this rejoin ends); what was
+/// kept goes into the last failover's report (`failover_report::rejoined`).
+pub async fn rejoin(node: &Arc<Node>, epoch: u64) -> Result<usize, String> {
+    let started_ms = standin_engine::fsutil::now_ms();
     let link = node.peer().ok_or("no peer_url to rejoin")?;
     // Finding the common point only reads from the authority: a link that drops
     // meanwhile is retried (with a growing pause) instead of fencing the node.
@@ -103,6 +107,11 @@ pub async fn rejoin(node: &Arc<Node>) -> Result<usize, String> {
             &quarantining.repository,
         )
         .map_err(|error| error.to_string())?;
+        if let Err(error) =
+            crate::failover_report::rejoined(&quarantining, epoch, common, started_ms)
+        {
+            tracing::warn!(%error, "what this rejoin kept could not be added to the failover report");
+        }
         Ok(count + unrecorded)
     })
     .await

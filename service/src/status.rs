@@ -69,6 +69,26 @@ pub struct NodeStatus {
     pub version: String,
     #[serde(default)]
     pub build: String,
+    /// The last failover's named-loss report, until acknowledged.
+    #[serde(default)]
+    pub last_failover: Option<LastFailover>,
+}
+
+/// The last failover as `status` shows it: one line, and the report it says.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LastFailover {
+    pub summary: String,
+    #[serde(flatten)]
+    pub report: crate::failover_report::FailoverReport,
+}
+
+impl LastFailover {
+    pub fn of(report: crate::failover_report::FailoverReport) -> LastFailover {
+        LastFailover {
+            summary: report.summary(),
+            report,
+        }
+    }
 }
 
 /// A terminal server as `status` lists it.
@@ -111,22 +131,7 @@ impl Node {
             return None;
         }
         let peer = report.peer.as_ref()?;
-        let own = self.repository.head();
-        let events = own.seq.saturating_sub(peer.head.seq);
-        if events == 0 {
-            return Some((0, 0.0));
-        }
-        let log = self.repository.log();
-        // The first event it lacks (or, if that was compacted away, the oldest kept).
-        let first_missing = (peer.head.seq + 1).max(log.base().seq + 1);
-        let recorded_at_ms = log
-            .get(first_missing)
-            .ok()
-            .flatten()
-            .map_or(own.recorded_at_ms, |event| event.body.recorded_at_ms);
-        let seconds =
-            standin_engine::fsutil::now_ms().saturating_sub(recorded_at_ms) as f64 / 1000.0;
-        Some((events, seconds))
+        Some(self.events_after(peer.head.seq))
     }
 
     fn quarantined_events(&self) -> u64 {
@@ -172,6 +177,7 @@ impl Node {
             peer_lag_seconds: peer_lag.map(|(_, seconds)| seconds),
             version: VERSION.to_string(),
             build: BUILD.to_string(),
+            last_failover: self.failover.shown().map(LastFailover::of),
             lag_events,
             lag_seconds,
             chunk_count,
@@ -265,6 +271,15 @@ impl Node {
         metrics
             .quarantined_events
             .set(status.quarantined_events as i64);
+        let last_failover = status.last_failover.as_ref().map(|shown| &shown.report);
+        metrics
+            .last_failover_epoch
+            .set(last_failover.map_or(0, |report| report.epoch as i64));
+        metrics.last_failover_kept_events.set(
+            last_failover
+                .and_then(|report| report.kept.as_ref())
+                .map_or(0, |kept| kept.events as i64),
+        );
         metrics
             .capture_unstable_files
             .set(status.unstable_files.len() as i64);

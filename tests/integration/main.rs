@@ -18,12 +18,16 @@
 //! - `check_config`: `check-config` on TLS files, a running node's lock, a taken
 //!   port, `--peer`; SIGHUP on a running pair (reloads, never kills).
 //! - `cli`: status, verify, log, init-secret, demo.
+//! - `drill`: `standin drill` green on a healthy pair, red naming why with a hook
+//!   missing, an agent reporting to one node only, the passive behind or killed.
 //! - `failover`: takeover, rejoin with quarantine, switchover, promote.
 //! - `lifecycle`: a node whose task ends (a server, the coordinator, …) ends, logins
 //!   and capture first, and exits non-zero naming it (test-only fault hooks).
 //! - `operator`: refused commands (exit 3 and the reason), a switchover refused with
 //!   the passive down (logins never stop), `/healthz`, `/passive`, `/metrics` (and
 //!   `promtool check metrics`), and messages that used to mislead.
+//! - `named_loss`: after a partition with writes on both sides, the last failover's
+//!   report on both nodes (status text and JSON, /metrics) until `failover-ack`.
 //! - `faults`: seeded faults with a ledger: SIGKILLs of either node, link faults through
 //!   the proxy, a partition with a takeover (soak forms under `--ignored`).
 //! - `proxy`: the fault-injecting TCP proxy (drop, reset, delay, stall, partition).
@@ -43,12 +47,14 @@ mod cli;
 mod config;
 mod corruption;
 mod disk_full;
+mod drill;
 mod etcd;
 mod failover;
 mod faults;
 mod fidelity;
 mod hostile_peer;
 mod lifecycle;
+mod named_loss;
 mod operator;
 mod peer_link;
 mod peer_view;

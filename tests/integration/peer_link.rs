@@ -13,7 +13,7 @@ use crate::proxy::Proxy;
 use crate::support::{wait_until, NodeProcess};
 
 async fn heartbeat(link: &PeerLink) -> Result<String, PeerError> {
-    link.heartbeat("beta", &Head::EMPTY, "passive", Vec::new())
+    link.heartbeat("beta", &Head::EMPTY, "passive", Vec::new(), None)
         .await
         .map(|answer| answer.node)
 }

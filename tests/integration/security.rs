@@ -269,6 +269,26 @@ fn every_pair_call_is_refused_without_the_right_secret_and_changes_nothing() {
                             .map(|_| ()),
                     ),
                 ),
+                (
+                    "Drill",
+                    code(
+                        cluster
+                            .drill(wire::DrillRequest {
+                                peer_head_seq: Some(0),
+                            })
+                            .await
+                            .map(|_| ()),
+                    ),
+                ),
+                (
+                    "AcknowledgeFailover",
+                    code(
+                        cluster
+                            .acknowledge_failover(wire::AcknowledgeFailoverRequest { epoch: 0 })
+                            .await
+                            .map(|_| ()),
+                    ),
+                ),
             ]
         }};
     }
@@ -295,7 +315,7 @@ fn every_pair_call_is_refused_without_the_right_secret_and_changes_nothing() {
         }
         results
     });
-    assert_eq!(results.len(), 20);
+    assert_eq!(results.len(), 24);
     for (who, name, code) in &results {
         assert_eq!(*code, tonic::Code::Unauthenticated, "{name} with {who}");
     }

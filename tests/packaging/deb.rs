@@ -23,6 +23,7 @@ const EXPECTED: &[&str] = &[
     "usr/share/man/man1/standin-init-secret.1.gz",
     "usr/share/man/man1/standin-status.1.gz",
     "usr/share/man/man1/standin-check-config.1.gz",
+    "usr/share/man/man1/standin-drill.1.gz",
     "usr/share/bash-completion/completions/standin",
     "usr/share/zsh/vendor-completions/_standin",
     "usr/share/fish/vendor_completions.d/standin.fish",

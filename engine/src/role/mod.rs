@@ -264,6 +264,19 @@ pub struct RoleMachine {
     awaiting_authority: Option<String>,
     /// The last refusal reported, so it is alerted once, not every tick.
     last_refusal: Option<String>,
+    /// This node's last promotion from passive (the shell records a failover's).
+    last_promotion: Option<Promotion>,
+}
+
+/// A promotion of this node from passive, as the shell may record it (a failover's
+/// named-loss report).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Promotion {
+    pub epoch: u64,
+    /// A switchover's: taken at the old active's exact head, nothing lost.
+    pub planned: bool,
+    /// The peer, when it was last seen active.
+    pub old_active: Option<String>,
 }
 
 impl RoleMachine {
@@ -286,6 +299,7 @@ impl RoleMachine {
             peer_contact_ms: now_ms,
             awaiting_authority: None,
             last_refusal: None,
+            last_promotion: None,
             settings,
             role: Role::Starting,
             epoch,
@@ -299,6 +313,11 @@ impl RoleMachine {
             handing: None,
             failback_requested: false,
         }
+    }
+
+    /// This node's last promotion from passive, if any (failover, forced or planned).
+    pub fn last_promotion(&self) -> Option<&Promotion> {
+        self.last_promotion.as_ref()
     }
 
     pub fn role(&self) -> &Role {
@@ -548,6 +567,12 @@ impl RoleMachine {
             .as_ref()
             .filter(|peer| peer.active)
             .map(|peer| peer.node.clone());
+        self.last_promotion = Some(Promotion {
+            epoch,
+            // A pending take-over request: this is a switchover's promotion.
+            planned: self.take_over.is_pending(),
+            old_active: old_active.clone(),
+        });
         self.role = Role::Active;
         self.epoch = epoch;
         self.highest_epoch_seen = epoch;

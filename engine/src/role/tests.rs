@@ -70,6 +70,15 @@ fn a_passive_promotes_only_after_failover_after_ms_of_silence() {
     assert_eq!(machine.role(), &Role::Active);
     assert!(machine.accepts_logins());
     assert_eq!(machine.epoch(), 2);
+    // A failover, for the shell's named-loss report.
+    assert_eq!(
+        machine.last_promotion(),
+        Some(&Promotion {
+            epoch: 2,
+            planned: false,
+            old_active: Some("alpha".to_string())
+        })
+    );
 }
 
 #[test]

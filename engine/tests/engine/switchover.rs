@@ -135,6 +135,10 @@ fn a_switchover_hands_over_at_the_exact_head() {
         "{actions:?}"
     );
     assert_eq!(beta.take_over_memory().state(&request), TakeOverState::Done);
+    // Planned: no named-loss report for it.
+    assert!(beta
+        .last_promotion()
+        .is_some_and(|promotion| promotion.planned && promotion.epoch == 2));
 
     let actions = alpha.step(Input::TakeOverAnswered {
         id: request.id,

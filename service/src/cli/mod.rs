@@ -6,6 +6,8 @@
 pub mod agent_key;
 pub mod check_config;
 pub mod demo;
+pub mod drill;
+pub mod failover_ack;
 pub mod generate;
 pub mod init_secret;
 pub mod inspect;
@@ -124,6 +126,35 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Rehearse a failover, changing nothing: is the passive reachable and caught up,
+    /// what would a failover now lose (events, seconds), how long would it take with
+    /// this config, are the hooks present and executable, does every agent report to
+    /// both nodes, could the authority decide (witness majority, voter sets, etcd).
+    ///
+    /// Asks both nodes (the config's peer_url, or --peer-url). One line per check (ok,
+    /// warn or FAIL, and why). Exit 0 only when a failover now would succeed without
+    /// loss, 1 otherwise.
+    Drill {
+        #[command(flatten)]
+        target: Target,
+        /// The other node of the pair (default: the config's peer_url, or the peer
+        /// the node names).
+        #[arg(long)]
+        peer_url: Option<String>,
+    },
+    /// Acknowledge the last failover's report ("last failover: …" in status), so it
+    /// is no longer shown (on both nodes: the peer is told too, and learns it through
+    /// the heartbeats anyway). Refused (exit 3) when there is none.
+    FailoverAck {
+        #[command(flatten)]
+        target: Target,
+        /// The other node of the pair (default: the config's peer_url).
+        #[arg(long)]
+        peer_url: Option<String>,
+        /// Only if the last failover is that of this epoch (default: whichever it is).
+        #[arg(long, default_value_t = 0)]
+        epoch: u64,
     },
     /// Check that the folder matches the log head (exit 0) or name the first
     /// differing path (exit 1).
@@ -417,6 +448,12 @@ async fn run(command: Command) -> Result<u8, Failure> {
             )
             .await
         }
+        Command::Drill { target, peer_url } => drill::run(&target, peer_url.as_deref()).await,
+        Command::FailoverAck {
+            target,
+            peer_url,
+            epoch,
+        } => failover_ack::run(&target, peer_url.as_deref(), epoch).await,
         Command::Verify { target, json } => inspect::verify(&target, json).await,
         Command::Log {
             target,

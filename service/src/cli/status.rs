@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use standin_proto::v1 as wire;
 
-use super::{resolve, Failure, Target};
+use super::{resolve, Failure, Resolved, Target};
 use crate::cluster_server::status_from_wire;
 use crate::node::NodeStatus;
 
@@ -57,25 +57,61 @@ async fn ask(url: String, secret: String, channel: tonic::transport::Channel) ->
 /// node names), print both; fail when the node asked does not answer.
 pub async fn run(target: &Target, peer_url: Option<&str>, json: bool) -> Result<u8, Failure> {
     let resolved = resolve(target)?;
+    let (node, peer) = ask_pair(&resolved, peer_url).await?;
+    if json {
+        let pair = PairAnswer {
+            node: &node,
+            peer: peer.as_ref(),
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&pair)
+                .map_err(|error| Failure::failed(error.to_string()))?
+        );
+    } else {
+        let columns: Vec<Answer> = std::iter::once(node.clone()).chain(peer).collect();
+        print!("{}", render_answers(&columns));
+    }
+    match node.unreachable {
+        None => Ok(0),
+        Some(why) => Err(Failure::failed(why)),
+    }
+}
+
+/// The peer's address: `peer_url` if given, else the config's.
+pub fn configured_peer(
+    resolved: &Resolved,
+    peer_url: Option<&str>,
+) -> Result<Option<String>, Failure> {
     if let Some(url) = peer_url {
         crate::config::check_url(url).map_err(Failure::usage)?;
     }
-    let tls = resolved
-        .config
-        .as_ref()
-        .and_then(|config| config.tls.as_ref());
-    let configured_peer = peer_url.map(str::to_string).or_else(|| {
+    Ok(peer_url.map(str::to_string).or_else(|| {
         resolved
             .config
             .as_ref()
             .and_then(|config| config.peer_url.clone())
-    });
+    }))
+}
+
+/// Ask the node `resolved` names and its peer (`peer_url`, else the config's, else the
+/// one the node names) for their status, both at once when the peer is known. `None`
+/// for the peer when there is none to ask.
+pub async fn ask_pair(
+    resolved: &Resolved,
+    peer_url: Option<&str>,
+) -> Result<(Answer, Option<Answer>), Failure> {
+    let tls = resolved
+        .config
+        .as_ref()
+        .and_then(|config| config.tls.as_ref());
+    let configured_peer = configured_peer(resolved, peer_url)?;
     let node_ask = ask(
         resolved.url.clone(),
         resolved.secret.clone(),
         resolved.channel()?,
     );
-    let (node, peer) = match &configured_peer {
+    Ok(match &configured_peer {
         Some(url) => {
             let channel = crate::client::channel(url, tls).map_err(Failure::usage)?;
             let (node, peer) =
@@ -99,25 +135,7 @@ pub async fn run(target: &Target, peer_url: Option<&str>, json: bool) -> Result<
             };
             (node, peer)
         }
-    };
-    if json {
-        let pair = PairAnswer {
-            node: &node,
-            peer: peer.as_ref(),
-        };
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&pair)
-                .map_err(|error| Failure::failed(error.to_string()))?
-        );
-    } else {
-        let columns: Vec<Answer> = std::iter::once(node.clone()).chain(peer).collect();
-        print!("{}", render_answers(&columns));
-    }
-    match node.unreachable {
-        None => Ok(0),
-        Some(why) => Err(Failure::failed(why)),
-    }
+    })
 }
 
 /// Ask a node for its status.
@@ -324,6 +342,16 @@ pub fn render_answers(answers: &[Answer]) -> String {
                     })
                     .collect::<Vec<_>>()
                     .join("; ")
+            }),
+        ),
+        (
+            "last failover",
+            Box::new(|status| {
+                status
+                    .last_failover
+                    .as_ref()
+                    .map(|shown| format!("{} — standin failover-ack once read", shown.summary))
+                    .unwrap_or_else(|| "-".to_string())
             }),
         ),
         (

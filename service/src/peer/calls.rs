@@ -23,6 +23,8 @@ pub struct PeerAnswer {
     pub head: Head,
     /// The hash of the peer's witness voter set (`voter_set`).
     pub voter_set: Vec<u8>,
+    /// The last failover as the peer knows it (`failover_report`).
+    pub failover: Option<crate::failover_report::FailoverReport>,
 }
 
 /// What the peer's log says of one of our events (a rejoin's probe).
@@ -69,20 +71,22 @@ impl PeerLink {
         (generation, client)
     }
 
-    /// One heartbeat: this node's name, head, role and voter-set hash; the peer's in
-    /// return.
+    /// One heartbeat: this node's name, head, role, voter-set hash and last failover
+    /// report; the peer's in return.
     pub async fn heartbeat(
         &self,
         node: &str,
         head: &Head,
         role: &str,
         voter_set: Vec<u8>,
+        failover: Option<&crate::failover_report::FailoverReport>,
     ) -> Result<PeerAnswer, PeerError> {
         let request = wire::HeartbeatRequest {
             node: node.to_string(),
             head: Some(head_to_wire(head)),
             role: role.to_string(),
             voter_set,
+            failover: failover.map(crate::convert::failover_to_wire),
         };
         let (generation, mut client) = self.cluster();
         let answer = within(&self.control, generation, self.timing.call, async {
@@ -99,6 +103,10 @@ impl PeerLink {
                 role: response.role,
                 head,
                 voter_set: response.voter_set,
+                failover: response
+                    .failover
+                    .as_ref()
+                    .map(crate::convert::failover_from_wire),
             })
         })
         .await;
