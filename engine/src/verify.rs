@@ -384,20 +384,7 @@ mod tests {
         }
         // Each leaf is the one its own fields give (the hash lines up with its path).
         for (path, (hash, seen)) in &leaves {
-            let fields = match seen {
-                Seen::File {
-                    mode,
-                    size,
-                    content,
-                } => LeafFields::File {
-                    mode: *mode,
-                    size: *size,
-                    content,
-                },
-                Seen::Dir { mode } => LeafFields::Dir { mode: *mode },
-                Seen::Symlink { target } => LeafFields::Symlink { target },
-            };
-            assert_eq!(*hash, leaf(path, fields), "{path}");
+            assert_eq!(*hash, leaf(path, seen.leaf_fields()), "{path}");
         }
     }
 }
