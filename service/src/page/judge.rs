@@ -226,6 +226,7 @@ pub fn servers(answers: &[Answer]) -> Vec<ServerRow<'_>> {
 pub fn warnings(answers: &[Answer], local: &LocalFacts) -> Vec<Warning> {
     let mut out = Vec::new();
     let mut warn = |severe: bool, text: String| out.push(Warning { severe, text });
+    let mut reported_failovers: Vec<String> = Vec::new();
     for answer in answers {
         let Some(status) = &answer.status else {
             warn(
@@ -255,6 +256,17 @@ pub fn warnings(answers: &[Answer], local: &LocalFacts) -> Vec<Warning> {
         }
         if !status.last_error.is_empty() {
             warn(true, format!("{node}: {}", status.last_error));
+        }
+        // The named-loss report (both nodes carry it: said once, by the first).
+        if let Some(failover) = &status.last_failover {
+            let text = format!(
+                "last failover: {} (until `standin failover-ack`)",
+                failover.summary
+            );
+            if !reported_failovers.contains(&failover.summary) {
+                reported_failovers.push(failover.summary.clone());
+                warn(true, text);
+            }
         }
         if status.authority_summary.contains("REFUSED") {
             warn(true, format!("{node}: {}", status.authority_summary));

@@ -450,3 +450,33 @@ fn the_last_promotion_is_the_first_event_of_the_heads_epoch() {
     let promotion = last_promotion(fresh.log()).unwrap().unwrap();
     assert_eq!((promotion.seq, promotion.previous_epoch), (1, None));
 }
+
+#[test]
+fn the_last_failover_is_a_warning_once_for_the_pair() {
+    let report = crate::failover_report::FailoverReport {
+        epoch: 2,
+        promoted_node: "beta".to_string(),
+        promoted_at_ms: 1_796_000_000_000,
+        old_active: "alpha".to_string(),
+        ..Default::default()
+    };
+    let with_report = |name: &str, role: &str, peer: &str| {
+        let mut status = node(name, role, peer);
+        status.last_failover = Some(crate::status::LastFailover::of(report.clone()));
+        answer(status)
+    };
+    let found = warnings(
+        &[
+            with_report("beta", "active", "alpha"),
+            with_report("alpha", "passive", "beta"),
+        ],
+        &LocalFacts::default(),
+    );
+    let named: Vec<_> = found
+        .iter()
+        .filter(|warning| warning.text.starts_with("last failover: "))
+        .collect();
+    assert_eq!(named.len(), 1, "{found:?}");
+    assert!(named[0].text.contains(&report.summary()), "{found:?}");
+    assert!(named[0].severe);
+}
