@@ -240,7 +240,7 @@ pub fn list_quarantines(data_dir: &Path) -> Result<Vec<(PathBuf, Manifest)>> {
 /// Put every path the quarantined events touched back to the state the index now holds
 /// (the common point). Safe to call again, and run at start-up if a crash came first.
 pub fn rewind_folder(root: &Path, repository: &Repository) -> Result<()> {
-    crate::replay::recover(root, repository)
+    crate::replay::restore_touched(root, repository)
 }
 
 /// Keep aside whatever in the folder the log does not know — a change written to this
@@ -324,7 +324,7 @@ pub fn quarantine_unrecorded(root: &Path, repository: &Repository) -> Result<usi
     std::fs::write(&manifest_path, text).at("write", &manifest_path)?;
     fsync_dir(&dir)?;
     crate::replay::journal_touched(repository, &touched)?;
-    crate::replay::recover(root, repository)?;
+    crate::replay::restore_touched(root, repository)?;
     tracing::warn!(
         dir = %dir.display(),
         files = manifest.events.len(),

@@ -151,6 +151,10 @@ fn a_change_that_never_replicated_goes_to_quarantine_on_rejoin() {
         b"only alpha ever had this",
         "nothing lost"
     );
+    // The rewind is said as what it is, not as an interrupted batch.
+    let log = alpha.log_text();
+    assert!(!log.contains("an interrupted batch"), "{log}");
+    assert!(log.contains("putting the paths it touched back to the recorded state"));
 }
 
 #[test]

@@ -352,14 +352,33 @@ fn decode_journal(journal: &[u8]) -> Result<Vec<RelPath>> {
 /// If a batch was interrupted, put every path it touched back to the index's state at
 /// the log head and remove temporary files. A no-op when nothing is pending.
 pub fn recover(root: &Path, repository: &Repository) -> Result<()> {
+    restore_journaled(root, repository, true)
+}
+
+/// Put the paths journaled by `journal_touched` back to the index's state: the last
+/// step of a rewind to the common point (a rejoin's quarantine) or of a snapshot's
+/// install, which journal what they will touch first. Said as what it is, not as an
+/// interruption (`recover` is for those).
+pub fn restore_touched(root: &Path, repository: &Repository) -> Result<()> {
+    restore_journaled(root, repository, false)
+}
+
+fn restore_journaled(root: &Path, repository: &Repository, interrupted: bool) -> Result<()> {
     let Some(journal) = repository.meta_get(PENDING_KEY)? else {
         return Ok(());
     };
     let touched = decode_journal(&journal)?;
-    tracing::warn!(
-        paths = touched.len(),
-        "an interrupted batch left the replica unfinished; restoring it"
-    );
+    if interrupted {
+        tracing::warn!(
+            paths = touched.len(),
+            "an interrupted batch left the replica unfinished; restoring it"
+        );
+    } else {
+        tracing::info!(
+            paths = touched.len(),
+            "putting the paths it touched back to the recorded state"
+        );
+    }
     let scopes = {
         let index = repository.lock_index();
         crate::scan::cover(&index, None, touched)

@@ -562,7 +562,7 @@ impl Repository {
         self.log.reset_to(head)?;
         *guard = index;
         drop(guard);
-        crate::replay::recover(root, self)?;
+        crate::replay::restore_touched(root, self)?;
         tracing::info!(seq = head.seq, "installed a snapshot");
         Ok(())
     }
