@@ -20,6 +20,8 @@
 //!   fenced).
 //! - [`authority`]: who may be the authority — peer only, the agent-witness quorum,
 //!   an etcd lease — consulted by the role machine.
+//! - [`timing`]: `Timing`, every duration the pair works with, derived from the
+//!   configured ones with their relations checked in one place.
 
 pub mod authority;
 pub mod capture;
@@ -46,6 +48,7 @@ pub mod scan;
 pub mod skipped;
 pub mod sqlite;
 pub mod switchover;
+pub mod timing;
 pub mod verify;
 
 pub use capture::{Capture, CaptureOptions, CaptureStats};

@@ -25,7 +25,7 @@
 //! 3. **B answers every request** with its state for that switchover: pending, done
 //!    (it took over, or its log is already in a later epoch) or aborted. An abort is a
 //!    promise: B never takes over for that request afterwards (it remembers it). B
-//!    aborts on its own after `switchover_patience_ms`.
+//!    aborts on its own after `switchover_patience_ms` (`Timing`).
 //! 4. **A resumes only when the authority backs it again, or (peer mode) B
 //!    answered aborted** — a majority of agent votes cast after the switchover began,
 //!    or an etcd lease taken anew (a renewal sent before A gave the lease up does not
@@ -47,7 +47,7 @@ use std::collections::VecDeque;
 use serde::Serialize;
 
 use crate::authority::Decision;
-use crate::role::{switchover_patience_ms, Action, Refusal, Role, RoleMachine};
+use crate::role::{Action, Refusal, Role, RoleMachine};
 
 /// What a call to the peer, made just before an operator's switchover, showed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -246,11 +246,11 @@ impl RoleMachine {
             return Vec::new();
         };
         let elapsed = now_ms.saturating_sub(handing.started_ms);
-        let patience = switchover_patience_ms(self.settings.failover_after_ms);
+        let patience = self.settings.timing.switchover_patience_ms();
         let mut actions = Vec::new();
         if self.authority.mode() == "peer" {
             let silent = now_ms.saturating_sub(self.peer_contact_ms);
-            if elapsed >= patience && silent >= self.settings.failover_after_ms {
+            if elapsed >= patience && silent >= self.settings.timing.failover_after_ms() {
                 return self.resume_after_switchover(format!(
                     "the peer has been silent for {silent} ms during the switchover"
                 ));
@@ -397,7 +397,7 @@ impl RoleMachine {
             self.take_over.abort(request);
             return Vec::new();
         }
-        let patience = switchover_patience_ms(self.settings.failover_after_ms);
+        let patience = self.settings.timing.switchover_patience_ms();
         let stale = if self.head_seq > request.head_seq {
             Some("the old active recorded past the switchover's head".to_string())
         } else if self.now_ms.saturating_sub(received_ms) > patience {

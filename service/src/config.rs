@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use standin_engine::timing::{AuthorityTiming, Timing};
 
 /// The role a node starts in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -86,6 +87,9 @@ pub struct Config {
     pub replication_period_s: f64,
     pub heartbeat_interval_ms: u64,
     pub failover_after_ms: u64,
+    /// Every duration derived from the ones above and the authority's, checked
+    /// (`standin_engine::timing`).
+    pub timing: Timing,
     pub auto_failback: bool,
     pub secret_file: PathBuf,
     pub agent_secret_file: Option<PathBuf>,
@@ -307,19 +311,9 @@ impl Config {
         let heartbeat_interval_ms = raw
             .heartbeat_interval_ms
             .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL_MS);
-        if heartbeat_interval_ms == 0 {
-            return Err(key(
-                "heartbeat_interval_ms",
-                "must be at least 1".to_string(),
-            ));
-        }
         let failover_after_ms = raw.failover_after_ms.unwrap_or(DEFAULT_FAILOVER_AFTER_MS);
-        if failover_after_ms <= heartbeat_interval_ms {
-            return Err(key(
-                "failover_after_ms",
-                format!("{failover_after_ms} must be more than heartbeat_interval_ms ({heartbeat_interval_ms})"),
-            ));
-        }
+        let pair_timing = Timing::new(heartbeat_interval_ms, failover_after_ms)
+            .map_err(|error| key(error.key, error.reason))?;
         let secret_file = resolve(&raw.secret_file);
         let agent_secret_file = raw.agent_secret_file.as_deref().map(resolve);
         let agent_keys = match &raw.agent_keys_dir {
@@ -400,10 +394,9 @@ impl Config {
         if let Some(filter) = &raw.log_filter {
             crate::logging::check_filter(filter).map_err(|reason| key("log_filter", reason))?;
         }
-        let authority = parse_authority(
+        let (authority, timing) = parse_authority(
             &raw,
-            failover_after_ms,
-            heartbeat_interval_ms,
+            pair_timing,
             agent_secret_file.is_some(),
             agent_keys.as_ref(),
         )
@@ -430,6 +423,7 @@ impl Config {
             replication_period_s,
             heartbeat_interval_ms,
             failover_after_ms,
+            timing,
             auto_failback: raw.auto_failback,
             secret_file,
             agent_secret_file,
@@ -491,14 +485,19 @@ fn canonical_or_planned(path: &Path) -> PathBuf {
 }
 
 /// The authority keys: the mode and, for it, its own keys (keys of another mode are
-/// refused, so a typo does not silently leave a pair unprotected).
+/// refused, so a typo does not silently leave a pair unprotected); with the pair's
+/// timing completed by the authority's durations.
 fn parse_authority(
     raw: &RawConfig,
-    failover_after_ms: u64,
-    heartbeat_interval_ms: u64,
+    timing: Timing,
     has_agent_secret: bool,
     agent_keys: Option<&crate::agent_keys::AgentKeys>,
-) -> Result<AuthorityConfig, (&'static str, String)> {
+) -> Result<(AuthorityConfig, Timing), (&'static str, String)> {
+    let with = |authority: AuthorityTiming| {
+        timing
+            .with_authority(authority)
+            .map_err(|error| (error.key, error.reason))
+    };
     let mode = raw.authority.as_deref().unwrap_or("peer");
     let witness_keys = raw.witness_agents.is_some() || raw.witness_window_ms.is_some();
     let etcd_keys =
@@ -515,7 +514,7 @@ fn parse_authority(
                         .to_string(),
                 ));
             }
-            Ok(AuthorityConfig::Peer)
+            Ok((AuthorityConfig::Peer, timing))
         }
         "witness" => {
             if etcd_keys {
@@ -555,11 +554,11 @@ fn parse_authority(
                 }
                 None => {}
             }
-            let window_ms = raw.witness_window_ms.unwrap_or(failover_after_ms / 2);
-            if window_ms < 2 * heartbeat_interval_ms + 1 {
-                return Err(("witness_window_ms", format!("{window_ms} must be more than twice heartbeat_interval_ms ({heartbeat_interval_ms}): an active checks its quorum every heartbeat")));
-            }
-            Ok(AuthorityConfig::Witness { agents, window_ms })
+            let window_ms = raw
+                .witness_window_ms
+                .unwrap_or(timing.default_witness_window_ms());
+            let timing = with(AuthorityTiming::Witness { window_ms })?;
+            Ok((AuthorityConfig::Witness { agents, window_ms }, timing))
         }
         "etcd" => {
             if witness_keys {
@@ -589,14 +588,17 @@ fn parse_authority(
                     format!("{lease_ttl_s} must be between 2 and 3600 seconds"),
                 ));
             }
-            if lease_ttl_s * 1000 / 4 <= heartbeat_interval_ms {
-                return Err(("etcd_lease_ttl_s", format!("a quarter of it ({} ms, the step-down margin) must be more than heartbeat_interval_ms ({heartbeat_interval_ms})", lease_ttl_s * 250)));
-            }
-            Ok(AuthorityConfig::Etcd(crate::etcd_authority::EtcdSettings {
-                endpoints,
-                key,
-                lease_ttl_s,
-            }))
+            let timing = with(AuthorityTiming::Etcd {
+                lease_ttl_ms: lease_ttl_s * 1000,
+            })?;
+            Ok((
+                AuthorityConfig::Etcd(crate::etcd_authority::EtcdSettings {
+                    endpoints,
+                    key,
+                    lease_ttl_s,
+                }),
+                timing,
+            ))
         }
         other => Err((
             "authority",

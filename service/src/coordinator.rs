@@ -44,7 +44,7 @@ impl Coordinator {
             initial_active: node.config.role == InitialRole::Active,
             preferred: node.config.preferred,
             auto_failback: node.config.auto_failback,
-            failover_after_ms: node.config.failover_after_ms,
+            timing: node.config.timing,
         };
         let machine = RoleMachine::with_authority(
             settings,
@@ -81,7 +81,7 @@ impl Coordinator {
         let first = self.machine.start();
         self.carry_out(first).await;
         let mut ticker = tokio::time::interval(Duration::from_millis(
-            self.node.config.heartbeat_interval_ms,
+            self.node.config.timing.heartbeat_interval_ms(),
         ));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -162,7 +162,7 @@ impl Coordinator {
             }
             Action::FinalPull => {
                 tokio::spawn(async move {
-                    let wait = Duration::from_millis(node.config.failover_after_ms.max(1000));
+                    let wait = Duration::from_millis(node.config.timing.final_pull_ms());
                     if let Some(mut puller) = puller(&node) {
                         match tokio::time::timeout(wait, puller.pull_once()).await {
                             Ok(Ok(report)) => tracing::info!(
@@ -394,14 +394,11 @@ fn authority_of(config: &crate::config::Config) -> Box<dyn standin_engine::autho
     use standin_engine::authority::{EtcdLease, PeerOnly, WitnessQuorum, WitnessSettings};
     match &config.authority {
         AuthorityConfig::Peer => Box::new(PeerOnly),
-        AuthorityConfig::Etcd(settings) => Box::new(EtcdLease::new(settings.lease_ttl_s * 1000)),
-        AuthorityConfig::Witness { agents, window_ms } => {
-            Box::new(WitnessQuorum::new(WitnessSettings {
-                agents: agents.clone(),
-                window_ms: *window_ms,
-                failover_after_ms: config.failover_after_ms,
-            }))
-        }
+        AuthorityConfig::Etcd(_) => Box::new(EtcdLease::new(&config.timing)),
+        AuthorityConfig::Witness { agents, .. } => Box::new(WitnessQuorum::new(WitnessSettings {
+            agents: agents.clone(),
+            timing: config.timing,
+        })),
     }
 }
 

@@ -60,9 +60,9 @@ pub struct FailoverEstimate {
 /// window); an etcd lease held by the dead active expires between two thirds of its
 /// TTL and its TTL after the last renewal (then a retry, at most every second).
 pub fn estimate(config: &Config, agent_interval_ms: Option<u64>) -> FailoverEstimate {
-    let silence = config.failover_after_ms;
-    let tick = config.heartbeat_interval_ms;
-    let last_pull = silence.max(1000);
+    let silence = config.timing.failover_after_ms();
+    let tick = config.timing.heartbeat_interval_ms();
+    let last_pull = config.timing.final_pull_ms();
     let (authority_min, authority_max, authority_why) = match &config.authority {
         AuthorityConfig::Peer => (0, 0, String::new()),
         AuthorityConfig::Witness { window_ms, .. } => {

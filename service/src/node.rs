@@ -129,11 +129,7 @@ impl Node {
         let (inputs, inputs_receiver) = tokio::sync::mpsc::channel(INPUT_QUEUE);
         let (evidence, evidence_receiver) = tokio::sync::mpsc::channel(INPUT_QUEUE);
         let (operator, operator_receiver) = tokio::sync::mpsc::channel(OPERATOR_QUEUE);
-        let logins_grace_ms = match &config.authority {
-            crate::config::AuthorityConfig::Peer => u64::MAX,
-            crate::config::AuthorityConfig::Witness { window_ms, .. } => window_ms / 2,
-            crate::config::AuthorityConfig::Etcd(etcd) => etcd.lease_ttl_s * 1000 / 8,
-        };
+        let logins_grace_ms = config.timing.logins_grace_ms();
         let voter_sets = crate::voter_set::VoterSets::open(
             &config.data_dir,
             crate::voter_set::hash(&config.authority, config.agent_keys.as_ref()),

@@ -8,12 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use standin_engine::role::{switchover_patience_ms, Refusal, Role};
+use standin_engine::role::{Refusal, Role};
 use standin_engine::switchover::PeerProbe;
 use tokio::sync::oneshot;
 use tonic::Status;
 
-use crate::config::AuthorityConfig;
 use crate::node::Node;
 
 /// A switchover starts only while the passive is at most this many events behind
@@ -75,10 +74,7 @@ pub async fn promote(node: &Arc<Node>, force: bool) -> Result<String, Status> {
     ask_machine(node, OperatorCommand::Promote { force }).await?;
     // The final pull is bounded by max(failover_after_ms, 1 s); an etcd lease may take
     // up to its TTL to become free.
-    let mut limit = node.config.failover_after_ms.max(1000) + 2000;
-    if let AuthorityConfig::Etcd(etcd) = &node.config.authority {
-        limit += etcd.lease_ttl_s * 1000;
-    }
+    let limit = node.config.timing.promote_wait_ms();
     let role = wait_for_role(node, Duration::from_millis(limit), |role| {
         *role == Role::Active
     })
@@ -114,9 +110,7 @@ pub async fn switchover(node: &Arc<Node>) -> Result<String, Status> {
     };
     ask_machine(node, OperatorCommand::Switchover { probe }).await?;
     let config = &node.config;
-    let limit = switchover_patience_ms(config.failover_after_ms)
-        + config.failover_after_ms
-        + 4 * config.heartbeat_interval_ms;
+    let limit = config.timing.switchover_wait_ms();
     let role = wait_for_role(node, Duration::from_millis(limit), |role| {
         *role != Role::HandingOver
     })

@@ -163,6 +163,8 @@ fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         replication_period_s,
         heartbeat_interval_ms,
         failover_after_ms,
+        // Derived from the timing keys compared here (and the authority's).
+        timing: _,
         auto_failback,
         secret_file,
         agent_secret_file,

@@ -42,7 +42,7 @@ async fn connections_are_reused_and_one_left_stuck_is_replaced() {
         open: Duration::from_secs(3),
         keepalive: Duration::from_secs(600),
         keepalive_timeout: Duration::from_secs(60),
-        ..LinkTiming::new(100, 1500)
+        ..LinkTiming::new(&standin_engine::timing::Timing::new(100, 1500).unwrap())
     };
     let link = PeerLink::new(
         &format!("http://127.0.0.1:{}", proxy.port),

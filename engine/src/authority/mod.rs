@@ -38,7 +38,8 @@
 //! neither taken nor resumed, and is held only through an answering peer.
 //!
 //! Taking authority (promotion, start-up, resuming) needs that majority. Keeping it
-//! needs the majority or an answer from the peer within `failover_after_ms / 2`; and a
+//! needs the majority or an answer from the peer within `failover_after_ms / 2`
+//! (`Timing::peer_answer_holds_ms`); and a
 //! node that saw its peer active (or holding a later epoch) within
 //! `failover_after_ms` does not take authority: the peer that keeps authority through
 //! the link is the one the other side hears. Durations are measured by each process's
@@ -47,6 +48,8 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+
+use crate::timing::Timing;
 
 /// Evidence the shell feeds the machine about its authority.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -192,14 +195,21 @@ impl Authority for PeerOnly {
 pub struct WitnessSettings {
     /// The agents whose reports count (by name). Non-empty.
     pub agents: Vec<String>,
-    /// W: how long a report counts; agents must report at least every W/3.
-    pub window_ms: u64,
-    /// The pair's `failover_after_ms` (an active holds while its peer answered within
-    /// half of it).
-    pub failover_after_ms: u64,
+    /// The pair's timing in witness mode: W (`witness_window_ms`), how long a report
+    /// counts (agents must report at least every W/3), and how long a peer's answer
+    /// lets an active hold (`Timing::peer_answer_holds_ms`).
+    pub timing: Timing,
 }
 
 impl WitnessSettings {
+    /// W: the timing's witness window (its default when the timing is not in witness
+    /// mode).
+    pub fn window_ms(&self) -> u64 {
+        self.timing
+            .witness_window_ms()
+            .unwrap_or_else(|| self.timing.default_witness_window_ms())
+    }
+
     /// How many agents make a majority.
     pub fn quorum(&self) -> usize {
         self.agents.len() / 2 + 1
@@ -241,7 +251,7 @@ impl WitnessQuorum {
     }
 
     fn fresh(&self, now_ms: u64) -> impl Iterator<Item = (&String, &Received)> {
-        let window = self.settings.window_ms;
+        let window = self.settings.window_ms();
         self.latest
             .iter()
             .filter(move |(_, received)| now_ms.saturating_sub(received.at_ms) <= window)
@@ -256,7 +266,7 @@ impl WitnessQuorum {
 
     /// Votes for `node` counted from `since_ms` or later.
     fn votes_since(&self, now_ms: u64, node: &str, since_ms: u64) -> usize {
-        let window = self.settings.window_ms;
+        let window = self.settings.window_ms();
         self.latest
             .values()
             .filter(|received| received.report.vote.as_deref() == Some(node))
@@ -374,7 +384,7 @@ impl Authority for WitnessQuorum {
                 "agents report {their_node} active in epoch {their_epoch}, above this node"
             ));
         }
-        if now_ms.saturating_sub(peer_answered_ms) < self.settings.failover_after_ms / 2 {
+        if now_ms.saturating_sub(peer_answered_ms) < self.settings.timing.peer_answer_holds_ms() {
             return Decision::Yes;
         }
         match self.may_take_by_agents(now_ms, node, epoch) {
@@ -396,7 +406,7 @@ impl Authority for WitnessQuorum {
                 self.votes_for(now_ms, node),
                 self.settings.agents.len(),
                 self.settings.quorum(),
-                self.settings.window_ms
+                self.settings.window_ms()
             ),
         }
     }
@@ -420,9 +430,11 @@ pub struct EtcdLease {
 }
 
 impl EtcdLease {
-    pub fn new(ttl_ms: u64) -> EtcdLease {
+    /// The lease as `timing` (in etcd mode) has it: its step-down margin.
+    pub fn new(timing: &Timing) -> EtcdLease {
+        debug_assert!(timing.etcd_lease_ttl_ms().is_some(), "{timing:?}");
         EtcdLease {
-            margin_ms: ttl_ms / 4,
+            margin_ms: timing.etcd_step_down_margin_ms().unwrap_or(0),
             held: None,
             last_problem: None,
             highest_revision: 0,

@@ -1,12 +1,14 @@
 //! Unit tests of `authority`.
 
 use super::*;
+use crate::timing::{AuthorityTiming, Timing};
 
 fn witness() -> WitnessQuorum {
     WitnessQuorum::new(WitnessSettings {
         agents: vec!["ts1".into(), "ts2".into(), "ts3".into()],
-        window_ms: 3_000,
-        failover_after_ms: 5_000,
+        timing: Timing::new(500, 5_000)
+            .and_then(|timing| timing.with_authority(AuthorityTiming::Witness { window_ms: 3_000 }))
+            .unwrap(),
     })
 }
 
@@ -147,7 +149,15 @@ fn a_higher_authority_reported_by_an_agent_stops_the_active() {
 
 #[test]
 fn the_etcd_lease_is_given_up_before_its_ttl() {
-    let mut lease = EtcdLease::new(4_000);
+    let mut lease = EtcdLease::new(
+        &Timing::new(500, 5_000)
+            .and_then(|timing| {
+                timing.with_authority(AuthorityTiming::Etcd {
+                    lease_ttl_ms: 4_000,
+                })
+            })
+            .unwrap(),
+    );
     assert!(!lease.may_take(0, "alpha", 0).allowed());
     lease.observe(Evidence::LeaseHeld {
         now_ms: 0,

@@ -39,12 +39,7 @@ use serde::Serialize;
 
 use crate::authority::{Authority, Decision, Evidence, PeerOnly};
 use crate::switchover::{HandingOver, TakeOverMemory, TakeOverRequest, TakeOverState};
-
-/// How long a switchover's target tries to take over before it aborts (and, in peer
-/// mode, how long the old active waits for a silent peer before it resumes).
-pub fn switchover_patience_ms(failover_after_ms: u64) -> u64 {
-    (failover_after_ms * 3).max(10_000)
-}
+use crate::timing::Timing;
 
 /// What a node is doing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -230,7 +225,8 @@ pub struct RoleSettings {
     pub initial_active: bool,
     pub preferred: bool,
     pub auto_failback: bool,
-    pub failover_after_ms: u64,
+    /// The pair's durations (`failover_after_ms`, the switchover's patience).
+    pub timing: Timing,
 }
 
 /// The machine's state.
@@ -511,7 +507,7 @@ impl RoleMachine {
         }
         let peer = self.peer.as_ref()?;
         let since_active = self.now_ms.saturating_sub(self.last_answer_ms);
-        if peer.active && since_active < self.settings.failover_after_ms {
+        if peer.active && since_active < self.settings.timing.failover_after_ms() {
             return Some(format!(
                 "{} answered as active {since_active} ms ago",
                 peer.node
@@ -522,7 +518,7 @@ impl RoleMachine {
         // holds); its history is the one that goes on, the peer's later events are
         // quarantined when it rejoins.
         if peer.epoch > self.epoch
-            && since_contact < self.settings.failover_after_ms
+            && since_contact < self.settings.timing.failover_after_ms()
             && !self.authority.needs_acquire()
         {
             return Some(format!(
@@ -844,7 +840,7 @@ impl RoleMachine {
                     return actions;
                 }
                 let silent_ms = now_ms.saturating_sub(self.last_answer_ms);
-                if !self.promoting && silent_ms >= self.settings.failover_after_ms {
+                if !self.promoting && silent_ms >= self.settings.timing.failover_after_ms() {
                     match self.authority.may_promote(now_ms, &node) {
                         Decision::Yes => {
                             self.promoting = true;

@@ -8,8 +8,19 @@ fn settings(node: &str, active: bool) -> RoleSettings {
         initial_active: active,
         preferred: active,
         auto_failback: false,
-        failover_after_ms: 5_000,
+        timing: crate::timing::Timing::new(500, 5_000).unwrap(),
     }
+}
+
+/// The default pair timing with an etcd lease of `ttl_ms`.
+fn lease_timing(ttl_ms: u64) -> crate::timing::Timing {
+    crate::timing::Timing::new(500, 5_000)
+        .and_then(|timing| {
+            timing.with_authority(crate::timing::AuthorityTiming::Etcd {
+                lease_ttl_ms: ttl_ms,
+            })
+        })
+        .unwrap()
 }
 
 fn peer(node: &str, epoch: u64, active: bool) -> PeerView {
@@ -287,7 +298,7 @@ fn with_an_etcd_lease_a_passive_promotes_only_once_it_holds_it_above_the_revisio
     use crate::authority::{EtcdLease, Evidence};
     let mut machine = RoleMachine::with_authority(
         settings("beta", false),
-        Box::new(EtcdLease::new(4_000)),
+        Box::new(EtcdLease::new(&lease_timing(4_000))),
         1,
         0,
     );

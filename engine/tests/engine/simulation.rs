@@ -26,6 +26,7 @@ use standin_engine::authority::{
 };
 use standin_engine::role::{Action, Command, Input, PeerView, Role, RoleMachine, RoleSettings};
 use standin_engine::switchover::{TakeOverRequest, TakeOverState};
+use standin_engine::timing::{AuthorityTiming, Timing};
 
 const STEP_MS: u64 = 100;
 const HEARTBEAT_TIMEOUT_STEPS: u64 = 3;
@@ -47,15 +48,25 @@ enum Mode {
     Etcd,
 }
 
+/// The pair's timing: a tick every step, failover after `FAILOVER_AFTER_MS`.
+fn timing(authority: AuthorityTiming) -> Timing {
+    Timing::new(STEP_MS, FAILOVER_AFTER_MS)
+        .and_then(|timing| timing.with_authority(authority))
+        .unwrap()
+}
+
 fn authority(mode: Mode) -> Box<dyn Authority> {
     match mode {
         Mode::Peer => Box::new(PeerOnly),
         Mode::Witness => Box::new(WitnessQuorum::new(WitnessSettings {
             agents: AGENTS.iter().map(|agent| agent.to_string()).collect(),
-            window_ms: WITNESS_WINDOW_MS,
-            failover_after_ms: FAILOVER_AFTER_MS,
+            timing: timing(AuthorityTiming::Witness {
+                window_ms: WITNESS_WINDOW_MS,
+            }),
         })),
-        Mode::Etcd => Box::new(EtcdLease::new(LEASE_TTL_MS)),
+        Mode::Etcd => Box::new(EtcdLease::new(&timing(AuthorityTiming::Etcd {
+            lease_ttl_ms: LEASE_TTL_MS,
+        }))),
     }
 }
 
@@ -181,7 +192,7 @@ fn settings(name: &str, initial_active: bool) -> RoleSettings {
         initial_active,
         preferred: initial_active,
         auto_failback: false,
-        failover_after_ms: FAILOVER_AFTER_MS,
+        timing: timing(AuthorityTiming::Peer),
     }
 }
 

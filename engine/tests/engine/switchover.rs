@@ -4,10 +4,18 @@ use standin_engine::authority::{
     EtcdLease, Evidence, WitnessQuorum, WitnessReport, WitnessSettings,
 };
 use standin_engine::role::{
-    switchover_patience_ms, Action, Command, Input, PeerView, Refusal, Role, RoleMachine,
-    RoleSettings,
+    Action, Command, Input, PeerView, Refusal, Role, RoleMachine, RoleSettings,
 };
 use standin_engine::switchover::{PeerProbe, TakeOverRequest, TakeOverState};
+use standin_engine::timing::{AuthorityTiming, Timing};
+
+/// The pair's timing in these tests (a tick every 100 ms, failover after 5 s), with
+/// `authority`'s durations.
+fn timing(authority: AuthorityTiming) -> Timing {
+    Timing::new(100, 5_000)
+        .and_then(|timing| timing.with_authority(authority))
+        .unwrap()
+}
 
 fn settings(node: &str, active: bool) -> RoleSettings {
     RoleSettings {
@@ -15,7 +23,7 @@ fn settings(node: &str, active: bool) -> RoleSettings {
         initial_active: active,
         preferred: active,
         auto_failback: false,
-        failover_after_ms: 5_000,
+        timing: timing(AuthorityTiming::Peer),
     }
 }
 
@@ -32,8 +40,7 @@ fn peer(node: &str, epoch: u64, active: bool) -> PeerView {
 fn witness() -> Box<WitnessQuorum> {
     Box::new(WitnessQuorum::new(WitnessSettings {
         agents: vec!["ts1".into(), "ts2".into(), "ts3".into()],
-        window_ms: 1_000,
-        failover_after_ms: 5_000,
+        timing: timing(AuthorityTiming::Witness { window_ms: 1_000 }),
     }))
 }
 
@@ -191,7 +198,7 @@ fn a_target_that_aborted_never_takes_over_for_that_request() {
         id: 7,
     };
     beta.step(Input::TakeOverRequested(request.clone()));
-    let late = 10 + switchover_patience_ms(5_000) + 1;
+    let late = 10 + timing(AuthorityTiming::Peer).switchover_patience_ms() + 1;
     let actions = beta.step(Input::Tick { now_ms: late });
     assert!(!promotes(&actions), "{actions:?}");
     assert_eq!(
@@ -273,7 +280,9 @@ fn with_the_witness_the_old_active_resumes_on_votes_cast_after_it_stopped() {
 fn with_etcd_the_old_active_ignores_a_renewal_of_the_lease_it_gave_up() {
     let mut alpha = RoleMachine::with_authority(
         settings("alpha", true),
-        Box::new(EtcdLease::new(4_000)),
+        Box::new(EtcdLease::new(&timing(AuthorityTiming::Etcd {
+            lease_ttl_ms: 4_000,
+        }))),
         5,
         0,
     );

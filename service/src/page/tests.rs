@@ -6,6 +6,7 @@
 use standin_engine::authority::{
     Authority, EtcdLease, Evidence, PeerOnly, WitnessQuorum, WitnessReport, WitnessSettings,
 };
+use standin_engine::timing::{AuthorityTiming, Timing};
 use standin_engine::{Change, RelPath, Repository};
 
 use super::facts::{last_promotion, QuarantineFacts};
@@ -308,8 +309,9 @@ fn report(agent: &str, vote: &str) -> Evidence {
 fn the_authority_verdict_reads_the_engines_own_summaries() {
     let settings = WitnessSettings {
         agents: vec!["ts1".to_string(), "ts2".to_string(), "ts3".to_string()],
-        window_ms: 3_000,
-        failover_after_ms: 1_500,
+        timing: Timing::new(100, 1_500)
+            .and_then(|timing| timing.with_authority(AuthorityTiming::Witness { window_ms: 3_000 }))
+            .unwrap(),
     };
     let mut quorum = WitnessQuorum::new(settings.clone());
     let verdict = authority_verdict(&[with_authority("alpha", &quorum)]).unwrap();
@@ -335,7 +337,15 @@ fn the_authority_verdict_reads_the_engines_own_summaries() {
         .iter()
         .any(|warning| warning.severe && warning.text.contains("voter set differs")),);
 
-    let mut lease = EtcdLease::new(6_000);
+    let mut lease = EtcdLease::new(
+        &Timing::new(100, 1_500)
+            .and_then(|timing| {
+                timing.with_authority(AuthorityTiming::Etcd {
+                    lease_ttl_ms: 6_000,
+                })
+            })
+            .unwrap(),
+    );
     let verdict = authority_verdict(&[with_authority("alpha", &lease)]).unwrap();
     assert_eq!(verdict.decision, Decision::CannotDecide, "{verdict:?}");
     lease.observe(Evidence::LeaseHeld {

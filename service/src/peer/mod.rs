@@ -39,6 +39,7 @@ mod streams;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use standin_engine::timing::Timing;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
@@ -110,26 +111,21 @@ pub struct LinkTiming {
 }
 
 impl LinkTiming {
-    pub fn new(heartbeat_interval_ms: u64, failover_after_ms: u64) -> LinkTiming {
+    pub fn new(timing: &Timing) -> LinkTiming {
         LinkTiming {
-            call: Duration::from_millis(heartbeat_interval_ms.max(200) * 2),
-            switchover: Duration::from_millis(
-                standin_engine::role::switchover_patience_ms(failover_after_ms)
-                    + failover_after_ms
-                    + 4 * heartbeat_interval_ms
-                    + 10_000,
-            ),
+            call: Duration::from_millis(timing.peer_call_ms()),
+            switchover: Duration::from_millis(timing.peer_switchover_call_ms()),
             status: Duration::from_secs(5),
             open: Duration::from_secs(30),
             open_snapshot: Duration::from_secs(120),
             keepalive: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(5),
-            down_after_ms: failover_after_ms,
+            down_after_ms: timing.failover_after_ms(),
         }
     }
 
     pub fn of(config: &Config) -> LinkTiming {
-        LinkTiming::new(config.heartbeat_interval_ms, config.failover_after_ms)
+        LinkTiming::new(&config.timing)
     }
 }
 
@@ -360,7 +356,7 @@ mod tests {
                 "http://127.0.0.1:9",
                 None,
                 "0123456789abcdef0123456789abcdef",
-                LinkTiming::new(100, 1500),
+                LinkTiming::new(&Timing::new(100, 1500).unwrap()),
             )
             .expect("a link");
             let (first, _) = link.control.channel();
@@ -391,15 +387,13 @@ mod tests {
 
     #[test]
     fn deadlines_follow_the_config() {
-        let timing = LinkTiming::new(500, 5000);
+        let pair = Timing::new(500, 5000).unwrap();
+        let timing = LinkTiming::new(&pair);
         assert_eq!(timing.call, Duration::from_millis(1000));
         assert!(timing.keepalive_timeout <= timing.keepalive);
         // The failback request outlasts the whole switchover it waits for.
-        assert!(
-            timing.switchover
-                > Duration::from_millis(standin_engine::role::switchover_patience_ms(5000) + 5000)
-        );
-        let fast = LinkTiming::new(50, 600);
+        assert!(timing.switchover > Duration::from_millis(pair.switchover_patience_ms() + 5000));
+        let fast = LinkTiming::new(&Timing::new(50, 600).unwrap());
         assert_eq!(fast.call, Duration::from_millis(400));
     }
 }
