@@ -47,7 +47,7 @@ use std::collections::VecDeque;
 use serde::Serialize;
 
 use crate::authority::Decision;
-use crate::role::{Action, Refusal, Role, RoleMachine};
+use crate::role::{Action, Phase, Refusal, Role, RoleMachine};
 
 /// What a call to the peer, made just before an operator's switchover, showed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,8 +154,8 @@ impl TakeOverMemory {
     }
 }
 
-/// The old active's side while it hands over.
-#[derive(Clone, Debug)]
+/// The old active's side while it hands over (`Phase::HandingOver`).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct HandingOver {
     pub(crate) request: TakeOverRequest,
     pub(crate) started_ms: u64,
@@ -225,7 +225,7 @@ impl RoleMachine {
             id: self.now_ms,
         };
         self.role = Role::HandingOver;
-        self.handing = Some(HandingOver {
+        self.phase = Phase::HandingOver(HandingOver {
             request: request.clone(),
             started_ms: self.now_ms,
             done_seen: false,
@@ -242,7 +242,7 @@ impl RoleMachine {
     /// A tick while handing over: resume if the authority backs this node again (or,
     /// in peer mode, the peer stayed silent), else ask the peer again.
     pub(crate) fn handing_over_tick(&mut self, now_ms: u64) -> Vec<Action> {
-        let Some(handing) = self.handing.clone() else {
+        let Phase::HandingOver(handing) = self.phase.clone() else {
             return Vec::new();
         };
         let elapsed = now_ms.saturating_sub(handing.started_ms);
@@ -268,7 +268,7 @@ impl RoleMachine {
                     )
                 });
             if decision.allowed() {
-                self.handing = None;
+                self.phase = Phase::Settled;
                 self.role = Role::Suspended {
                     reason: "handing over".to_string(),
                 };
@@ -293,7 +293,7 @@ impl RoleMachine {
     /// lease, suspended until the authority backs this node — a peer's answer is no
     /// reason then: the peer may be promoting on its own by now.
     fn resume_after_switchover(&mut self, why: String) -> Vec<Action> {
-        self.handing = None;
+        self.phase = Phase::Settled;
         if self.authority.mode() != "peer" {
             self.role = Role::Suspended {
                 reason: "handing over".to_string(),
@@ -314,7 +314,7 @@ impl RoleMachine {
 
     /// The peer answered a take-over request.
     pub(crate) fn take_over_answered(&mut self, id: u64, state: TakeOverState) -> Vec<Action> {
-        let Some(handing) = self.handing.as_mut() else {
+        let Phase::HandingOver(handing) = &mut self.phase else {
             return Vec::new();
         };
         if handing.request.id != id {

@@ -20,7 +20,7 @@
 //!    when the passive is idle) and the journal cleared (durable with the next flush).
 //!    Only now has the applied seq moved.
 //!
-//! A batch of more than `COMMIT_PART_EVENTS` events runs steps 3 and 4 in parts, in
+//! A batch of more than `ReplayOptions::commit_part_events` events runs steps 3 and 4 in parts, in
 //! order: while one part's durability point runs on another thread, the next part's
 //! files are written; a part is appended to the log only after its own files are on
 //! disk. The journal covers the whole batch until its end.
@@ -58,8 +58,34 @@ fn bincode_config() -> impl bincode::config::Config {
         .with_fixed_int_encoding()
 }
 
+/// How `apply_batch_with` writes and commits a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplayOptions {
+    /// A batch of more events than this is written and made durable in parts of about
+    /// this many, each part's durability point overlapping the next part's writes.
+    pub commit_part_events: usize,
+}
+
+impl Default for ReplayOptions {
+    fn default() -> ReplayOptions {
+        ReplayOptions {
+            commit_part_events: 1024,
+        }
+    }
+}
+
 /// Apply `events` (which must follow the repository's head) to the replica `root`.
 pub fn apply_batch(root: &Path, repository: &Repository, events: &[Event]) -> Result<Head> {
+    apply_batch_with(root, repository, events, &ReplayOptions::default())
+}
+
+/// `apply_batch` with `options` (the tests commit in smaller parts).
+pub fn apply_batch_with(
+    root: &Path,
+    repository: &Repository,
+    events: &[Event],
+    options: &ReplayOptions,
+) -> Result<Head> {
     recover(root, repository)?;
     if events.is_empty() {
         return Ok(repository.head());
@@ -152,6 +178,7 @@ pub fn apply_batch(root: &Path, repository: &Repository, events: &[Event]) -> Re
         root,
         repository,
         events,
+        options.commit_part_events.max(1),
         &mut timings,
         &displaced,
         &finishing,
@@ -239,17 +266,6 @@ fn directory_times(
         .collect()
 }
 
-/// A batch of more events than this is written and made durable in parts of about
-/// this many, each part's durability point overlapping the next part's writes.
-static COMMIT_PART_EVENTS: std::sync::atomic::AtomicUsize =
-    std::sync::atomic::AtomicUsize::new(1024);
-
-/// Commit batches in parts of `events` instead of 1,024 (for tests).
-#[doc(hidden)]
-pub fn set_commit_part_events(events: usize) {
-    COMMIT_PART_EVENTS.store(events.max(1), std::sync::atomic::Ordering::Relaxed);
-}
-
 /// Where a batch's time went (for the debug log).
 #[derive(Default)]
 struct StepTimings {
@@ -270,6 +286,7 @@ fn write_and_commit_in_parts(
     root: &Path,
     repository: &Repository,
     events: &[Event],
+    part_events: usize,
     timings: &mut StepTimings,
     displaced: &Displaced,
     finishing: &Finishing,
@@ -282,7 +299,6 @@ fn write_and_commit_in_parts(
         repository.log().append(part)?;
         Ok((synced, started.elapsed() - synced))
     };
-    let part_events = COMMIT_PART_EVENTS.load(std::sync::atomic::Ordering::Relaxed);
     let parts = events.len().div_ceil(part_events).max(1);
     let part_len = events.len().div_ceil(parts).max(1);
     std::thread::scope(|scope| {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use standin_engine::replay::{apply_batch, recover};
+use standin_engine::replay::{apply_batch_with, recover, ReplayOptions};
 use standin_engine::{Event, Hash, Repository};
 
 use crate::support::{ship_chunks, snapshot, Node};
@@ -49,8 +49,15 @@ fn read_events(path: &Path) -> Vec<Event> {
     events
 }
 
-/// Apply every event after the replica's head, in batches of `batch`, until done.
-fn apply_all(folder: &Path, repository: &Repository, events: &[Event], batch: usize) {
+/// Apply every event after the replica's head, in batches of `batch` (committed in
+/// parts as `options` says), until done.
+fn apply_all(
+    folder: &Path,
+    repository: &Repository,
+    events: &[Event],
+    batch: usize,
+    options: &ReplayOptions,
+) {
     recover(folder, repository).unwrap();
     loop {
         let head = repository.head().seq as usize;
@@ -58,7 +65,7 @@ fn apply_all(folder: &Path, repository: &Repository, events: &[Event], batch: us
             return;
         }
         let end = (head + batch).min(events.len());
-        apply_batch(folder, repository, &events[head..end]).unwrap();
+        apply_batch_with(folder, repository, &events[head..end], options).unwrap();
     }
 }
 
@@ -73,20 +80,22 @@ fn crash_child() {
     let events = read_events(&dir.join("events.bin"));
     // Small batches, or larger ones committed in parts (each part's durability point
     // overlapping the next part's writes): the kill lands in either.
-    let batch = match std::env::var(BATCH_ENV)
+    let (batch, options) = match std::env::var(BATCH_ENV)
         .ok()
         .and_then(|value| value.parse().ok())
     {
-        Some(batch) => {
-            standin_engine::replay::set_commit_part_events(7);
-            batch
-        }
-        None => 3,
+        Some(batch) => (
+            batch,
+            ReplayOptions {
+                commit_part_events: 7,
+            },
+        ),
+        None => (3, ReplayOptions::default()),
     };
     // Tell the parent the slow start-up is over: the kill should land in the replay.
     println!("child ready");
     std::io::stdout().flush().unwrap();
-    apply_all(&dir.join("folder"), &repository, &events, batch);
+    apply_all(&dir.join("folder"), &repository, &events, batch, &options);
 }
 
 fn has_temporary_files(root: &Path) -> bool {
@@ -207,7 +216,7 @@ fn replay_killed_at_random_points_converges() {
     );
 
     let replica = Repository::open(&work.path().join("data")).unwrap();
-    apply_all(&folder, &replica, &events, 3);
+    apply_all(&folder, &replica, &events, 3, &ReplayOptions::default());
     assert_eq!(replica.head(), source.repository.head());
     assert!(!has_temporary_files(&folder), "temporary files left behind");
     assert_eq!(snapshot(&folder), snapshot(&source.folder));
