@@ -63,24 +63,9 @@ pub fn temp_name() -> Vec<u8> {
     name
 }
 
-/// Milliseconds since the Unix epoch.
-/// Milliseconds on a monotonic clock (since the first call in this process). The role
-/// machine and the authority measure every duration on it: a wall clock stepped
-/// backwards (NTP) must not make an old vote or lease look fresh.
-pub fn monotonic_ms() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0)
-}
+/// The clock's two readings, where the service has always found them (they live in
+/// `clock`, the engine's one reader of the time).
+pub use crate::clock::{monotonic_ms, now_ms};
 
 /// A file's modification time in nanoseconds since the Unix epoch.
 pub fn mtime_ns(metadata: &std::fs::Metadata) -> i64 {

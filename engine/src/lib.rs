@@ -16,6 +16,7 @@
 //! - [`verify`]: recompute the digest from disk and compare with the log head.
 //! - [`quarantine`]: moving unreplicated events aside, never dropping them.
 //! - [`path`]: `RelPath`, a path that cannot leave the folder.
+//! - [`clock`]: the engine's only reads of the time.
 //! - [`role`]: the pure role state machine (active, passive, rejoining, suspended,
 //!   fenced).
 //! - [`authority`]: who may be the authority — peer only, the agent-witness quorum,
@@ -27,6 +28,7 @@ pub mod authority;
 pub mod capture;
 pub mod chunk_store;
 pub mod chunking;
+pub mod clock;
 pub mod digest;
 pub mod error;
 pub mod event;

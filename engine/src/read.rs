@@ -307,8 +307,7 @@ const CONFIRM_NS_PER_BYTE: i128 = 16;
 
 /// Whether a write(2) may still be copying into the file (see `capture_file`).
 fn recently_modified(metadata: &std::fs::Metadata) -> bool {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+    let now = crate::clock::since_unix_epoch()
         .map(|since| since.as_nanos() as i128)
         .unwrap_or(i128::MAX);
     let changed = metadata.ctime() as i128 * 1_000_000_000 + metadata.ctime_nsec() as i128;

@@ -163,7 +163,7 @@ pub enum Taken {
 /// - otherwise with the online backup in steps, never holding the shared lock for
 ///   longer than `ROLLBACK_LOCK_BOUND` in one go (see the module's doc).
 pub fn snapshot(full: &Path, data_dir: &Path, head: &[u8], size: u64) -> Result<Taken> {
-    let started = Instant::now();
+    let started = crate::clock::instant();
     let taken = snapshot_within(full, data_dir, head, size, ROLLBACK_LOCK_BOUND)?;
     let copy_ms = started.elapsed().as_secs_f64() * 1e3;
     match &taken {
@@ -309,7 +309,7 @@ fn clone_under_lock(full: &Path, dir: &Path) -> Result<Option<Taken>> {
             refused(error)
         };
     }
-    let started = Instant::now();
+    let started = crate::clock::instant();
     let cloned = crate::reflink::clone_file(&file, dir);
     let _ = source.execute_batch("COMMIT");
     let lock_held = held_since(started);
@@ -374,7 +374,7 @@ fn backup(full: &Path, dir: &Path, page_size: u64, steps: Option<Steps>) -> Resu
         };
         match steps {
             None => {
-                let started = Instant::now();
+                let started = crate::clock::instant();
                 let outcome = backup.step(-1);
                 let held = held_since(started);
                 if let Ok(rusqlite::backup::StepResult::Done) = outcome {
@@ -432,7 +432,7 @@ fn in_steps(
         let locked = match source.query_row("SELECT count(*) FROM sqlite_master", [], |row| {
             row.get::<_, i64>(0)
         }) {
-            Ok(_) => Instant::now(),
+            Ok(_) => crate::clock::instant(),
             Err(error) => {
                 let _ = source.execute_batch("COMMIT");
                 return Err(error);
@@ -457,7 +457,7 @@ fn in_steps(
     // restart the copy from its first page, which shows as fewer pages copied.
     loop {
         let before = copied_bytes(backup, page_size);
-        let started = Instant::now();
+        let started = crate::clock::instant();
         let step = backup.step(steps.pages)?;
         let held = held_since(started);
         longest = longest.max(held);

@@ -15,6 +15,15 @@ pub struct ClusterService {
     pub node: Arc<Node>,
 }
 
+/// The `Cluster` service as tonic serves it (`serve.rs` adds it to the server).
+pub type Grpc = standin_proto::v1::cluster_server::ClusterServer<ClusterService>;
+
+/// The `Cluster` service of `node`; `RestoreFile` carries a whole file, so requests
+/// may be as large as events.
+pub fn grpc(node: Arc<Node>) -> Grpc {
+    Grpc::new(ClusterService { node }).max_decoding_message_size(crate::client::MAX_MESSAGE_BYTES)
+}
+
 fn terminal_server_to_wire(server: &crate::node::TerminalServerStatus) -> wire::TerminalServer {
     wire::TerminalServer {
         name: server.name.clone(),

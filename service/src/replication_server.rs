@@ -37,6 +37,14 @@ pub struct ReplicationService {
     pub node: Arc<Node>,
 }
 
+/// The `Replication` service as tonic serves it (`serve.rs` adds it to the server).
+pub type Grpc = standin_proto::v1::replication_server::ReplicationServer<ReplicationService>;
+
+/// The `Replication` service of `node`.
+pub fn grpc(node: Arc<Node>) -> Grpc {
+    Grpc::new(ReplicationService { node })
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl ReplicationService {

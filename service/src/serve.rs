@@ -12,16 +12,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use standin_proto::v1::cluster_server::ClusterServer;
-use standin_proto::v1::replication_server::ReplicationServer;
 use tokio::net::TcpListener;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::auth::RequireSecret;
-use crate::cluster_server::ClusterService;
 use crate::config::Config;
 use crate::node::Node;
-use crate::replication_server::ReplicationService;
 
 /// A config read and checked for `serve`, with the secrets as read.
 pub struct Start {
@@ -115,10 +111,10 @@ pub async fn run(
     let interceptor = RequireSecret::new(node.secret.clone());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
-        .set_serving::<ReplicationServer<ReplicationService>>()
+        .set_serving::<crate::replication_server::Grpc>()
         .await;
     health_reporter
-        .set_serving::<ClusterServer<ClusterService>>()
+        .set_serving::<crate::cluster_server::Grpc>()
         .await;
     let mut builder = Server::builder();
     if let Some(tls) = &config.tls {
@@ -150,10 +146,7 @@ pub async fn run(
     // An unknown user is checked against a dummy hash: compute it before the first.
     tokio::task::spawn_blocking(crate::site::prepare).await?;
     let router = builder.add_service(health_service);
-    let agent_service = standin_proto::v1::agent_server::AgentServer::new(
-        crate::site_server::AgentService::new(node.clone(), agent_keys.clone()),
-    )
-    .max_decoding_message_size(crate::site_server::MAX_REQUEST_BYTES);
+    let agent_service = crate::site_server::agent_grpc(node.clone(), agent_keys.clone());
     // Signed reports carry their own proof; a bearer token would only be one more
     // shared secret.
     let router = match agent_secret {
@@ -164,25 +157,19 @@ pub async fn run(
         )),
     };
     let router = router
-        .add_service(
-            standin_proto::v1::site_server::SiteServer::new(crate::site_server::SiteService::new(
-                node.clone(),
-            ))
-            .max_decoding_message_size(crate::site_server::MAX_REQUEST_BYTES),
-        )
+        .add_service(crate::site_server::site_grpc(node.clone()))
         .add_service(
             // tonic's default encoding limit is unbounded; the server bounds its own
             // messages (see replication_server).
-            ReplicationServer::with_interceptor(
-                ReplicationService { node: node.clone() },
+            tonic::service::interceptor::InterceptedService::new(
+                crate::replication_server::grpc(node.clone()),
                 interceptor.clone(),
             ),
         )
         .add_service(
             // RestoreFile carries a whole file: allow the same bound as events.
             tonic::service::interceptor::InterceptedService::new(
-                ClusterServer::new(ClusterService { node: node.clone() })
-                    .max_decoding_message_size(crate::client::MAX_MESSAGE_BYTES),
+                crate::cluster_server::grpc(node.clone()),
                 interceptor,
             ),
         );

@@ -25,6 +25,20 @@ const MAX_NAME_BYTES: usize = 64;
 /// Upper bound on a load report's witness list (a pair, with room to spare).
 const MAX_REPORTED_NODES: usize = 16;
 
+/// The `Agent` service as tonic serves it (`serve.rs` adds it to the server).
+pub type AgentGrpc = standin_proto::v1::agent_server::AgentServer<AgentService>;
+
+/// The `Agent` service of `node` (reports checked with `keys` when set).
+pub fn agent_grpc(node: Arc<Node>, keys: Option<crate::agent_keys::AgentKeys>) -> AgentGrpc {
+    AgentGrpc::new(AgentService::new(node, keys)).max_decoding_message_size(MAX_REQUEST_BYTES)
+}
+
+/// The `Site` service of `node`.
+pub fn site_grpc(node: Arc<Node>) -> standin_proto::v1::site_server::SiteServer<SiteService> {
+    standin_proto::v1::site_server::SiteServer::new(SiteService::new(node))
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+}
+
 pub struct AgentService {
     pub node: Arc<Node>,
     /// Names not in `witness_agents` already warned about (the first 64 bytes of each,

@@ -20,7 +20,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::RecvTimeoutError;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::watch_loop::Loop;
 use super::Message;
@@ -67,7 +67,7 @@ impl Loop {
     pub(super) fn record_group(&mut self, scope: Scope) -> Result<usize> {
         let repository = self.repository.clone();
         let _guard = repository.content_guard();
-        let started = Instant::now();
+        let started = crate::clock::instant();
         // The index as this group leaves it so far: copied only when a rename or a
         // second round needs it.
         let mut working: Option<FolderIndex> = None;
@@ -152,14 +152,16 @@ impl Loop {
                 return Ok(0);
             }
             if !settled && marked.arrived && rounds >= MAX_ROUNDS {
-                let since = *self.held_back_since.get_or_insert_with(Instant::now);
+                let since = *self
+                    .held_back_since
+                    .get_or_insert_with(crate::clock::instant);
                 if since.elapsed() < HOLD_BACK_LIMIT {
                     // Not a confirmed state: record nothing yet, read it all again after
                     // a pause (the chunks stored meanwhile are collected as garbage).
                     all_paths.extend(touched);
                     let pause = Duration::from_millis(self.options.settle_ms.max(10));
                     if full {
-                        self.rescan_due = Some(Instant::now() + pause);
+                        self.rescan_due = Some(crate::clock::instant() + pause);
                     } else {
                         self.retry_later(&all_paths, pause);
                     }
@@ -234,11 +236,11 @@ impl Loop {
                 };
             }
         };
-        let deadline = Instant::now() + BARRIER_TIMEOUT;
+        let deadline = crate::clock::instant() + BARRIER_TIMEOUT;
         loop {
             match self
                 .receiver
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .recv_timeout(deadline.saturating_duration_since(crate::clock::instant()))
             {
                 Ok(Message::Watch(Ok(event))) if self.barrier.is_mark(&event, number) => {
                     return Marked {

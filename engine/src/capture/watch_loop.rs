@@ -80,7 +80,8 @@ impl Loop {
             root,
             repository,
             epoch,
-            next_safety_rescan: Instant::now() + Duration::from_millis(options.rescan_interval_ms),
+            next_safety_rescan: crate::clock::instant()
+                + Duration::from_millis(options.rescan_interval_ms),
             options,
             stats,
             receiver,
@@ -88,7 +89,7 @@ impl Loop {
             pending: HashMap::new(),
             renames: Vec::new(),
             rescan_due: None,
-            last_event_at: Instant::now(),
+            last_event_at: crate::clock::instant(),
             next_order: 0,
             stop_requested: false,
             watcher,
@@ -116,7 +117,7 @@ impl Loop {
                 self.final_capture();
                 return;
             }
-            let now = Instant::now();
+            let now = crate::clock::instant();
             let mut wake = self.next_safety_rescan;
             if let Some(due) = self.rescan_due {
                 wake = wake.min(due);
@@ -145,7 +146,7 @@ impl Loop {
     /// whose watch event is still on its way must not be left out (a switchover hands
     /// over exactly what was recorded).
     fn final_capture(&mut self) {
-        self.rescan_due = Some(Instant::now());
+        self.rescan_due = Some(crate::clock::instant());
         self.flush(true);
     }
 
@@ -165,7 +166,7 @@ impl Loop {
 
     /// Take one watch event: the folder paths it changed are pending (and returned).
     pub(super) fn note(&mut self, event: notify::Result<notify::Event>) -> Vec<RelPath> {
-        let now = Instant::now();
+        let now = crate::clock::instant();
         let settle = now + Duration::from_millis(self.options.settle_ms);
         let event = match event {
             Ok(event) => event,
@@ -267,7 +268,7 @@ impl Loop {
 
     /// Record a group if one is due (`everything`: whatever is pending, now).
     fn flush(&mut self, everything: bool) {
-        let now = Instant::now();
+        let now = crate::clock::instant();
         let scope = if self.rescan_due.is_some_and(|due| due <= now || everything)
             || now >= self.next_safety_rescan
         {
@@ -311,7 +312,7 @@ impl Loop {
 
     /// Put `paths` back in the pending set, due in `after` (files to read again).
     pub(super) fn retry_later(&mut self, paths: &[RelPath], after: Duration) {
-        let now = Instant::now();
+        let now = crate::clock::instant();
         for path in paths {
             let order = self.next_order;
             self.next_order += 1;

@@ -38,7 +38,7 @@ fn cached<K: std::hash::Hash + Eq + Clone, V: Clone>(
         }
     }
     let value = look_up();
-    map.insert(key.clone(), (Instant::now(), value.clone()));
+    map.insert(key.clone(), (crate::clock::instant(), value.clone()));
     value
 }
 
@@ -86,7 +86,7 @@ fn name(group: bool, id: u32) -> Name {
     LOCAL.with(|local| {
         local
             .borrow_mut()
-            .insert((group, id), (Instant::now(), name.clone()))
+            .insert((group, id), (crate::clock::instant(), name.clone()))
     });
     name
 }

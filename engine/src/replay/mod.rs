@@ -90,7 +90,7 @@ pub fn apply_batch_with(
     if events.is_empty() {
         return Ok(repository.head());
     }
-    let started = std::time::Instant::now();
+    let started = crate::clock::instant();
     let mut index = repository.lock_index();
     let head = repository.head();
 
@@ -292,7 +292,7 @@ fn write_and_commit_in_parts(
     finishing: &Finishing,
 ) -> Result<()> {
     let commit = |part: &[Event]| -> Result<(std::time::Duration, std::time::Duration)> {
-        let started = std::time::Instant::now();
+        let started = crate::clock::instant();
         syncfs(root)?;
         let synced = started.elapsed();
         repository.chunks().sync()?;
@@ -307,7 +307,7 @@ fn write_and_commit_in_parts(
                         timings: &mut StepTimings|
          -> Result<()> {
             if let Some(handle) = committing.take() {
-                let waited = std::time::Instant::now();
+                let waited = crate::clock::instant();
                 let joined: Result<(std::time::Duration, std::time::Duration)> = match handle.join()
                 {
                     Ok(result) => result,
@@ -322,7 +322,7 @@ fn write_and_commit_in_parts(
         };
         let mut parts = events.chunks(part_len).peekable();
         while let Some(part) = parts.next() {
-            let writing = std::time::Instant::now();
+            let writing = crate::clock::instant();
             let written = apply_changes(root, repository, part, displaced, finishing);
             timings.write += writing.elapsed();
             // The previous part is committed (or failed) before this one may be.

@@ -26,7 +26,7 @@ pub(super) fn temp_token(data_dir: &Path) -> Result<Vec<u8>> {
             hasher.update(&crate::fsutil::now_ms().to_le_bytes());
             hasher.update(&std::process::id().to_le_bytes());
             hasher.update(data_dir.as_os_str().as_encoded_bytes());
-            hasher.update(&format!("{:?}", std::time::Instant::now()).into_bytes());
+            hasher.update(&format!("{:?}", crate::clock::instant()).into_bytes());
             let token = hasher.finalize().to_hex()[..16].as_bytes().to_vec();
             let temporary = data_dir.join("temp-token.new");
             std::fs::write(&temporary, &token).map_err(|source| Error::Io {
@@ -76,7 +76,7 @@ pub(super) fn open_sled(path: &Path) -> Result<sled::Db> {
     // sled releases its file lock from a background thread after the last handle is
     // dropped, so a quick reopen (a restart in the same process, or a new process
     // while the old one exits) may find it still held: wait a bounded time for it.
-    let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+    let deadline = crate::clock::instant() + SLED_LOCK_WAIT;
     loop {
         match sled::Config::new()
             .path(path)
@@ -87,7 +87,7 @@ pub(super) fn open_sled(path: &Path) -> Result<sled::Db> {
             .open()
         {
             Err(sled::Error::Io(error))
-                if is_lock_busy(&error) && std::time::Instant::now() < deadline =>
+                if is_lock_busy(&error) && crate::clock::instant() < deadline =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
