@@ -137,6 +137,23 @@ fn lag_only(options: &Options) -> Outcome<()> {
     let mut report = Report::new(name, work.path(), 1);
     let lags = lag::lag_rates(&standin, &lsyncd, work.path(), &[10, 100, 1_000], seconds)?;
     report.add_lag(&lags);
+    for (what, program) in [("standin", &standin), ("lsyncd", &lsyncd)] {
+        let version = std::process::Command::new(program)
+            .arg("--version")
+            .output()
+            .map(|output| {
+                String::from_utf8_lossy(&output.stdout)
+                    .trim()
+                    .replace('\n', " ")
+            })
+            .unwrap_or_default();
+        report
+            .notes
+            .push(format!("{what}: {} ({version})", program.display()));
+    }
+    report.notes.push(
+        "lag: 4 KiB files created at a steady rate for the time given, standin (`replication_period = 0`) and lsyncd (`default.rsync`, `delay = 0`, a local target) one after the other at each rate, same writer, same probe: from the start of each write until the replica holds the same bytes; ratio: lsyncd's figure over standin's".to_string(),
+    );
     let saved = report.save(options.out.as_deref())?;
     println!("{}", report.markdown());
     println!("written to {}", saved.display());
