@@ -10,14 +10,15 @@
 //!    of growing size (200,000 files in the full run) with the same number of files
 //!    rewritten: standin's time stays flat, rsync's grows with the rescan.
 //! 3. Takeover after SIGKILL of the active.
-//! 4. Lag with `replication_period = 0` at 10, 100 and 1,000 changes/s.
+//! 4. Lag with `replication_period = 0` at 10, 100 and 1,000 changes/s, beside lsyncd
+//!    (`lag.rs`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::measure::{disk_write_rate, median, reclaim_space, sync_all, time_command, warm};
 use crate::pair::{self, Usage};
-use crate::report::{IncrementalRow, LagRow, Report, ResourceRow, Row};
+use crate::report::{IncrementalRow, Report, ResourceRow, Row};
 use crate::{work_dir, Options, Outcome};
 
 /// How big each part is: the full run, `--quick`, or `--smoke` (CI: seconds, no timing
@@ -364,32 +365,19 @@ pub fn all(options: &Options) -> Outcome<()> {
 
     let rates = [10, 100, 1_000];
     eprintln!(
-        "measuring lag at {rates:?} changes/s, {} s each ...",
+        "measuring lag at {rates:?} changes/s, {} s each, standin and lsyncd ...",
         sizes.lag_seconds
     );
-    let lags = pair::lag_rates(&standin, work, &rates, sizes.lag_seconds).unwrap_or_else(|error| {
-        eprintln!("the lag measurement failed: {error}");
-        failures.push(format!("lag: {error}"));
-        Vec::new()
-    });
-    for lag in lags {
-        let at = |quantile: f64| {
-            let index = ((lag.latencies.len() as f64 * quantile) as usize)
-                .min(lag.latencies.len().saturating_sub(1));
-            lag.latencies
-                .get(index)
-                .map(|latency| latency.as_secs_f64() * 1e3)
-                .unwrap_or(0.0)
-        };
-        report.lag.push(LagRow {
-            changes_per_second: lag.rate,
-            changes: lag.latencies.len(),
-            achieved_per_second: lag.achieved,
-            median_ms: at(0.5),
-            p99_ms: at(0.99),
-            max_ms: at(1.0),
+    let lags = crate::lag::lsyncd_binary()
+        .and_then(|lsyncd| {
+            crate::lag::lag_rates(&standin, &lsyncd, work, &rates, sizes.lag_seconds)
+        })
+        .unwrap_or_else(|error| {
+            eprintln!("the lag measurement failed: {error}");
+            failures.push(format!("lag: {error}"));
+            Vec::new()
         });
-    }
+    report.add_lag(&lags);
     report.notes.push(
         "initial sync: from starting an empty passive (the active has recorded the corpus) to its head equal to the active's, and to `standin verify` passing; rsync and cp -a end with `sync`".to_string(),
     );
@@ -397,7 +385,7 @@ pub fn all(options: &Options) -> Outcome<()> {
         "incremental: both clocks start once the changes are written on the active: standin's runs to the passive's head equal to the active's (capture's debounce included), rsync's over its rescan and transfer; writing the changes themselves took the time noted per case".to_string(),
     );
     report.notes.push(
-        "lag: 4 KiB files created on the active at a steady rate; latency from the start of each write to the file renamed into place on the passive".to_string(),
+        "lag: 4 KiB files created at a steady rate, standin with `replication_period = 0` (the passive follows the log), lsyncd 2 (`default.rsync`, `delay = 0`, a local target) with the same writer, one after the other; latency from the start of each write until the replica holds the same bytes; ratio: lsyncd's figure over standin's".to_string(),
     );
     for failure in &failures {
         report.notes.push(format!("FAILED: {failure}"));

@@ -32,6 +32,7 @@
 
 mod all;
 mod corpus;
+mod lag;
 mod measure;
 mod pair;
 mod report;
@@ -124,36 +125,38 @@ fn main() {
 
 pub(crate) type Outcome<T> = Result<T, Box<dyn std::error::Error>>;
 
-/// `lag`: only the lag section of `all` (10, 100 and 1,000 changes/s; 20 s each, 3 s
-/// with `--quick`), printed — for working on the lag without a full run.
+/// `lag`: only the lag section of `all` (10, 100 and 1,000 changes/s, standin beside
+/// lsyncd; 20 s each, 3 s with `--quick`), printed and written to `lag.md` / `lag.json`
+/// (`lag-quick`) — for working on the lag without a full run.
 fn lag_only(options: &Options) -> Outcome<()> {
     let standin = pair::standin_binary(options.standin.as_deref())?;
+    let lsyncd = lag::lsyncd_binary()?;
     let work = work_dir(options)?;
     let seconds = if options.quick { 3.0 } else { 20.0 };
-    println!("| changes/s | achieved | changes | median ms | p99 ms | max ms |");
-    println!("| --- | --- | --- | --- | --- | --- |");
-    for lag in pair::lag_rates(&standin, work.path(), &[10, 100, 1_000], seconds)? {
-        let at = |quantile: f64| {
-            let index = ((lag.latencies.len() as f64 * quantile) as usize)
-                .min(lag.latencies.len().saturating_sub(1));
-            lag.latencies
-                .get(index)
-                .map(|latency| latency.as_secs_f64() * 1e3)
-                .unwrap_or(0.0)
-        };
-        println!(
-            "| {} | {:.0} | {} | {:.0} | {:.0} | {:.0} |",
-            lag.rate,
-            lag.achieved,
-            lag.latencies.len(),
-            at(0.5),
-            at(0.99),
-            lag.latencies
-                .last()
-                .map(|latency| latency.as_secs_f64() * 1e3)
-                .unwrap_or(0.0)
-        );
+    let name = if options.quick { "lag-quick" } else { "lag" };
+    let mut report = Report::new(name, work.path(), 1);
+    let lags = lag::lag_rates(&standin, &lsyncd, work.path(), &[10, 100, 1_000], seconds)?;
+    report.add_lag(&lags);
+    for (what, program) in [("standin", &standin), ("lsyncd", &lsyncd)] {
+        let version = std::process::Command::new(program)
+            .arg("--version")
+            .output()
+            .map(|output| {
+                String::from_utf8_lossy(&output.stdout)
+                    .trim()
+                    .replace('\n', " ")
+            })
+            .unwrap_or_default();
+        report
+            .notes
+            .push(format!("{what}: {} ({version})", program.display()));
     }
+    report.notes.push(
+        "lag: 4 KiB files created at a steady rate for the time given, standin (`replication_period = 0`) and lsyncd (`default.rsync`, `delay = 0`, a local target) one after the other at each rate, same writer, same probe: from the start of each write until the replica holds the same bytes; ratio: lsyncd's figure over standin's".to_string(),
+    );
+    let saved = report.save(options.out.as_deref())?;
+    println!("{}", report.markdown());
+    println!("written to {}", saved.display());
     Ok(())
 }
 

@@ -6,7 +6,8 @@
 //!   (every batch applied and made durable), and separately until `standin verify`
 //!   passes on it. rsync: `rsync -a rsync://127.0.0.1:PORT/corpus/ DIR` then `sync`.
 //! - lag: with `replication_period = 0`, a 4 KiB file written on the active, timed until
-//!   the passive has it, many times; median, p99 and max.
+//!   the passive has it, many times; median, p99 and max (under a steady writer, beside
+//!   lsyncd: `lag.rs`).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -46,25 +47,31 @@ pub fn standin_binary(given: Option<&Path>) -> Outcome<PathBuf> {
 
 /// rsync on the PATH, installed with apt-get when missing.
 pub fn rsync_binary() -> Outcome<PathBuf> {
+    find_or_install("rsync", "rsync")
+}
+
+/// `program` on the PATH, installed with apt-get (Debian package `package`) when
+/// missing.
+pub fn find_or_install(program: &str, package: &str) -> Outcome<PathBuf> {
     let find = || {
         std::env::var_os("PATH").and_then(|paths| {
             std::env::split_paths(&paths)
-                .map(|dir| dir.join("rsync"))
+                .map(|dir| dir.join(program))
                 .find(|candidate| candidate.exists())
         })
     };
     if let Some(found) = find() {
         return Ok(found);
     }
-    eprintln!("rsync is missing; installing it with apt-get ...");
+    eprintln!("{program} is missing; installing {package} with apt-get ...");
     let _ = Command::new("apt-get").args(["update", "-qq"]).status();
     let status = Command::new("apt-get")
-        .args(["install", "-y", "-qq", "rsync"])
+        .args(["install", "-y", "-qq", package])
         .status()?;
     if !status.success() {
-        return Err("apt-get install rsync failed; install rsync and run again".into());
+        return Err(format!("apt-get install {package} failed; install it and run again").into());
     }
-    find().ok_or_else(|| "rsync still not found after installing it".into())
+    find().ok_or_else(|| format!("{program} still not found after installing {package}").into())
 }
 
 /// A (gRPC, HTTP) pair of free ports for a node started later.
@@ -547,15 +554,15 @@ impl Drop for RsyncDaemon {
 
 /// A pair for the lag measurements: the passive streams (`replication_period = 0`),
 /// each names the other as its peer, as deployed.
-struct StreamingPair {
-    alpha: Node,
-    beta: Node,
-    active_folder: PathBuf,
-    passive_folder: PathBuf,
+pub struct StreamingPair {
+    pub alpha: Node,
+    pub beta: Node,
+    pub active_folder: PathBuf,
+    pub passive_folder: PathBuf,
 }
 
 impl StreamingPair {
-    fn start(binary: &Path, root: &Path) -> Outcome<StreamingPair> {
+    pub fn start(binary: &Path, root: &Path) -> Outcome<StreamingPair> {
         let (active_folder, passive_folder) = (root.join("active"), root.join("passive"));
         std::fs::create_dir_all(&active_folder)?;
         std::fs::create_dir_all(&passive_folder)?;
@@ -785,99 +792,6 @@ pub fn incremental(
         failover_after_ms,
         resources,
     })
-}
-
-/// Latencies of a steady writer, one rate.
-pub struct RateLag {
-    pub rate: u32,
-    pub achieved: f64,
-    /// Sorted change-to-applied latencies.
-    pub latencies: Vec<Duration>,
-}
-
-/// Lag with `replication_period = 0` under load: for each rate, a writer creates 4 KiB
-/// files on the active at that many per second for `seconds`, while an observer
-/// watches the passive's folder; each file's latency runs from the start of its write
-/// to its appearance (renamed into place, content verified) on the passive. Files are
-/// applied in log order, and the observer waits for them in write order, so a file
-/// that arrives early is counted when its predecessors have arrived.
-pub fn lag_rates(binary: &Path, work: &Path, rates: &[u32], seconds: f64) -> Outcome<Vec<RateLag>> {
-    let StreamingPair {
-        alpha: _alpha,
-        beta: _beta,
-        active_folder,
-        passive_folder,
-    } = StreamingPair::start(binary, &work.join("lag-rates"))?;
-    let mut results = Vec::new();
-    let mut bytes = crate::corpus::Bytes::new(11);
-    for &rate in rates {
-        let dir = format!("rate{rate}");
-        let (source, replica) = (active_folder.join(&dir), passive_folder.join(&dir));
-        std::fs::create_dir(&source)?;
-        let started = Instant::now();
-        while !replica.is_dir() {
-            if started.elapsed() > Duration::from_secs(30) {
-                return Err(format!("{dir} never reached the passive").into());
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let total = ((rate as f64 * seconds).round() as usize).max(1);
-        let name = |index: usize| format!("change{index:07}.dat");
-        let mut content = vec![0u8; 4096];
-        let mut written = Vec::with_capacity(total);
-        let (seen, achieved) = std::thread::scope(|scope| -> Outcome<(Vec<Instant>, f64)> {
-            let observer = scope.spawn(|| {
-                let mut seen = Vec::with_capacity(total);
-                let mut progress = Instant::now();
-                while seen.len() < total {
-                    if std::fs::symlink_metadata(replica.join(name(seen.len()))).is_ok() {
-                        let now = Instant::now();
-                        seen.push(now);
-                        progress = now;
-                    } else if progress.elapsed() > Duration::from_secs(30) {
-                        break;
-                    } else {
-                        std::thread::sleep(Duration::from_micros(200));
-                    }
-                }
-                seen
-            });
-            let start = Instant::now();
-            for index in 0..total {
-                let due = start + Duration::from_secs_f64(index as f64 / rate as f64);
-                let now = Instant::now();
-                if due > now {
-                    std::thread::sleep(due - now);
-                }
-                bytes.fill(&mut content);
-                written.push(Instant::now());
-                std::fs::write(source.join(name(index)), &content)?;
-            }
-            let achieved = total as f64 / start.elapsed().as_secs_f64().max(1e-9);
-            let seen = observer.join().map_err(|_| "the lag observer panicked")?;
-            Ok((seen, achieved))
-        })?;
-        if seen.len() < total {
-            return Err(format!(
-                "at {rate} changes/s, change {} never reached the passive",
-                seen.len()
-            )
-            .into());
-        }
-        let mut latencies: Vec<Duration> = seen
-            .iter()
-            .zip(&written)
-            .map(|(seen, written)| seen.saturating_duration_since(*written))
-            .collect();
-        latencies.sort();
-        results.push(RateLag {
-            rate,
-            achieved,
-            latencies,
-        });
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    Ok(results)
 }
 
 /// What one small-file incremental round measured.

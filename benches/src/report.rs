@@ -23,9 +23,11 @@ pub struct IncrementalRow {
     pub wire_bytes: u64,
 }
 
-/// Change-to-applied latency at a steady change rate.
+/// Write-to-replica latency at a steady change rate, of one tool.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct LagRow {
+    /// `standin` or its peer (`lsyncd`).
+    pub tool: String,
     pub changes_per_second: u32,
     pub changes: usize,
     /// Achieved write rate (the writer falls behind when the machine is busy).
@@ -33,6 +35,10 @@ pub struct LagRow {
     pub median_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// The peer's median and p99 divided by this row's (standin's rows only; above 1:
+    /// standin is that many times faster).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ratios: Vec<(String, f64)>,
 }
 
 /// Peak resident memory and CPU time of one process (or process tree) for one case.
@@ -112,11 +118,47 @@ impl Report {
         }
     }
 
+    /// The lag rows of `lags` (as `lag::lag_rates` returns them), each standin row
+    /// with its ratios against the peer measured at the same rate.
+    pub fn add_lag(&mut self, lags: &[crate::lag::RateLag]) {
+        for lag in lags {
+            let mut ratios = Vec::new();
+            if lag.tool == "standin" {
+                for peer in lags
+                    .iter()
+                    .filter(|peer| peer.tool != "standin" && peer.rate == lag.rate)
+                {
+                    ratios.push((
+                        format!("{} median", peer.tool),
+                        peer.at_ms(0.5) / lag.at_ms(0.5).max(1e-3),
+                    ));
+                    ratios.push((
+                        format!("{} p99", peer.tool),
+                        peer.at_ms(0.99) / lag.at_ms(0.99).max(1e-3),
+                    ));
+                }
+            }
+            self.lag.push(LagRow {
+                tool: lag.tool.to_string(),
+                changes_per_second: lag.rate,
+                changes: lag.latencies.len(),
+                achieved_per_second: lag.achieved,
+                median_ms: lag.at_ms(0.5),
+                p99_ms: lag.at_ms(0.99),
+                max_ms: lag.at_ms(1.0),
+                ratios,
+            });
+        }
+    }
+
     pub fn markdown(&self) -> String {
         let mut out = format!(
-            "## {} \n\nCPU: {} ({} cores), file system: {}, median of {} runs.\n\n| case | tool | seconds | files/s | MB/s | ratio |\n|---|---|---:|---:|---:|---|\n",
+            "## {} \n\nCPU: {} ({} cores), file system: {}, median of {} runs.\n",
             self.name, self.cpu, self.cores, self.file_system, self.runs_per_case
         );
+        if !self.rows.is_empty() {
+            out.push_str("\n| case | tool | seconds | files/s | MB/s | ratio |\n|---|---|---:|---:|---:|---|\n");
+        }
         for row in &self.rows {
             let ratio = row
                 .ratios
@@ -147,17 +189,25 @@ impl Report {
         }
         if !self.lag.is_empty() {
             out.push_str(
-                "\n| lag, period 0: changes/s (achieved) | changes | median ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|\n",
+                "\n| lag: changes/s (achieved) | tool | changes | median ms | p99 ms | max ms | ratio |\n|---|---|---:|---:|---:|---:|---|\n",
             );
             for row in &self.lag {
+                let ratio = row
+                    .ratios
+                    .iter()
+                    .map(|(what, value)| format!("{value:.2}× {what}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 out.push_str(&format!(
-                    "| {} ({:.0}) | {} | {:.1} | {:.1} | {:.1} |\n",
+                    "| {} ({:.0}) | {} | {} | {:.1} | {:.1} | {:.1} | {} |\n",
                     row.changes_per_second,
                     row.achieved_per_second,
+                    row.tool,
                     row.changes,
                     row.median_ms,
                     row.p99_ms,
-                    row.max_ms
+                    row.max_ms,
+                    ratio
                 ));
             }
         }

@@ -1,6 +1,6 @@
 //! The benchmark harness works: `standin-bench all --smoke` runs every part (initial
 //! sync of the three corpora beside rsync, cp -a and the disk, incremental rounds,
-//! takeover, lag at three rates, resources) on tiny corpora and writes its report.
+//! takeover, lag at three rates beside lsyncd, resources) on tiny corpora and writes its report.
 //! No timing is asserted: this machine's figures mean nothing at this size.
 
 use std::path::PathBuf;
@@ -57,6 +57,7 @@ fn all_smoke_runs_every_part_and_writes_the_report() {
         "incremental case",
         "400 small files",
         "| 1000 (",
+        "lsyncd",
         "rsync sender",
         "standin passive",
         "takeover:",
@@ -70,6 +71,15 @@ fn all_smoke_runs_every_part_and_writes_the_report() {
         &std::fs::read_to_string(out.join("all-smoke.json")).expect("all-smoke.json"),
     )
     .expect("valid JSON");
-    assert_eq!(json["lag"].as_array().map(Vec::len), Some(3));
+    // standin and lsyncd at each of three rates.
+    let lag = json["lag"].as_array().expect("lag rows");
+    assert_eq!(lag.len(), 6, "{lag:?}");
+    for tool in ["standin", "lsyncd"] {
+        assert_eq!(
+            lag.iter().filter(|row| row["tool"] == tool).count(),
+            3,
+            "{tool} at three rates: {lag:?}"
+        );
+    }
     assert!(json["cores"].as_u64().is_some_and(|cores| cores >= 1));
 }

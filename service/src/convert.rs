@@ -261,6 +261,7 @@ mod tests {
         wire::PullResponse {
             kind: Some(wire::pull_response::Kind::Batch(wire::EventBatch {
                 events: vec![event_to_wire(&first), event_to_wire(&second)],
+                chunks: Vec::new(),
                 head: Some(head_to_wire(&Head {
                     seq: 2,
                     hash: second.hash,

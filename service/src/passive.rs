@@ -396,16 +396,20 @@ impl Puller {
                 PullMessage::Batch {
                     head: mut active_head,
                     mut events,
+                    mut chunks,
                 } => {
                     // Batches that have already arrived are applied together: one
                     // durability point for many small batches.
                     while !events.is_empty() && events.len() < COALESCE_EVENTS {
                         match tokio::time::timeout(Duration::ZERO, stream.next()).await {
-                            Ok(Some(Ok(PullMessage::Batch { head, events: more })))
-                                if !more.is_empty() =>
-                            {
+                            Ok(Some(Ok(PullMessage::Batch {
+                                head,
+                                events: more,
+                                chunks: more_chunks,
+                            }))) if !more.is_empty() => {
                                 active_head = head;
                                 events.extend(more);
+                                chunks.extend(more_chunks);
                             }
                             Ok(Some(Ok(other))) => {
                                 lookahead = Some(other);
@@ -446,8 +450,12 @@ impl Puller {
                         } else {
                             self.split_by_missing(events).await?
                         };
+                    // The inline chunks are stored with the first part (a later part
+                    // fetches any that garbage collection took meanwhile).
+                    let mut inline = chunks;
                     for part in parts {
-                        self.fetch_and_start_apply(part, &mut report, &mut in_flight)
+                        let inline = std::mem::take(&mut inline);
+                        self.fetch_and_start_apply(part, inline, &mut report, &mut in_flight)
                             .await?;
                     }
                     if let Some(progress) = progress.as_mut() {
@@ -704,6 +712,7 @@ impl Puller {
     async fn fetch_and_start_apply(
         &mut self,
         events: Vec<Event>,
+        inline: Vec<(Hash, prost::bytes::Bytes)>,
         report: &mut PullReport,
         in_flight: &mut InFlight,
     ) -> Result<(), PullError> {
@@ -716,6 +725,9 @@ impl Puller {
         // Garbage collection waits while chunks are fetched but not yet named by the log.
         let applying = self.node.apply_lock.clone().read_owned().await;
         let wanted = chunks_named(&events);
+        if !inline.is_empty() {
+            self.store_inline(&wanted, inline, report).await?;
+        }
         self.fetch_missing(wanted, report).await?;
         let waited = Instant::now();
         self.finish_apply(in_flight, report).await?;
@@ -732,6 +744,31 @@ impl Puller {
                 .map_err(|error| PullError::local(error, &node.config.data_dir))
         }));
         Ok(())
+    }
+
+    /// Store the chunks that came inline with a batch, each verified against its hash
+    /// and named by the batch (`wanted`); durable with the batch's commit, which syncs
+    /// the chunk store before the events are appended.
+    async fn store_inline(
+        &self,
+        wanted: &[(Hash, u32)],
+        inline: Vec<(Hash, prost::bytes::Bytes)>,
+        report: &mut PullReport,
+    ) -> Result<(), PullError> {
+        let named: std::collections::HashSet<Hash> = wanted.iter().map(|(hash, _)| *hash).collect();
+        for (hash, data) in &inline {
+            if !named.contains(hash) {
+                return Err(PullError::BadData(format!(
+                    "chunk {hash} came inline but no event of the batch names it"
+                )));
+            }
+            report.chunks_fetched += 1;
+            report.bytes_fetched += data.len() as u64;
+            self.node.metrics.bytes_replicated.inc_by(data.len() as u64);
+        }
+        self.spawn_store(inline, false)
+            .await
+            .map_err(|error| PullError::Apply(error.to_string()))?
     }
 
     /// Fetch one group of chunks, verified; the store of its last part (with a sync,

@@ -4,7 +4,10 @@
 //! alone is larger, at most `MAX_BATCH_BYTES` of event bytes; a `FetchChunks` call asks
 //! for at most `MAX_FETCH_HASHES` chunks and each chunk is one message (≤ 256 KiB).
 //! Streams are sent through a channel of `STREAM_DEPTH` messages, so a slow reader
-//! holds at most that many in memory.
+//! holds at most that many in memory. A `Pull` that asks for `inline_content` gets the
+//! content of the small chunks its events name inside the batches (each chunk of at
+//! most `INLINE_CHUNK_MAX`, at most `INLINE_BYTES_MAX` per read of the log): a small
+//! change then reaches the passive in one message, with no `FetchChunks` round trip.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,6 +29,10 @@ pub const DEFAULT_BATCH_EVENTS: u32 = 1024;
 pub const MAX_BATCH_BYTES: usize = 2 << 20;
 pub const MAX_FETCH_HASHES: usize = 1024;
 const STREAM_DEPTH: usize = 4;
+/// Chunks up to this size may travel inside a `Pull` batch.
+pub const INLINE_CHUNK_MAX: u32 = 64 << 10;
+/// At most this many bytes of content inline per read of the log (≤ 1,024 events).
+pub const INLINE_BYTES_MAX: usize = 1 << 20;
 /// A `FetchChunks` message is sent once it holds this many bytes of chunks (so at
 /// most this plus one chunk, ≤ 256 KiB).
 const FETCH_MESSAGE_BYTES: usize = 1 << 20;
@@ -156,11 +163,16 @@ impl Replication for ReplicationService {
         let node = self.node.clone();
         tokio::spawn(serve_pull(
             node,
-            request.after_seq,
-            after_hash,
-            check_hash,
-            max_events,
-            request.follow,
+            PullFrom {
+                seq: request.after_seq,
+                hash: after_hash,
+                check_hash,
+            },
+            PullOptions {
+                max_events,
+                follow: request.follow,
+                inline: request.inline_content,
+            },
             sender,
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
@@ -228,32 +240,92 @@ impl Replication for ReplicationService {
     }
 }
 
-async fn serve_pull(
-    node: Arc<Node>,
-    mut seq: u64,
-    mut hash: Hash,
-    mut check_hash: bool,
+/// Where a `Pull` starts.
+struct PullFrom {
+    seq: u64,
+    hash: Hash,
+    /// An empty hash in the request: `standin log`, no check.
+    check_hash: bool,
+}
+
+/// How a `Pull` is served.
+struct PullOptions {
     max_events: usize,
     follow: bool,
+    /// Small chunks inside the batches.
+    inline: bool,
+}
+
+/// The content of the small chunks `events` name, for each event those first named
+/// by it (at most `INLINE_BYTES_MAX` in all). A chunk that cannot be read is left out:
+/// the passive fetches it, and hears the error from `FetchChunks`.
+fn inline_chunks(node: &Node, events: &[standin_engine::Event]) -> Vec<Vec<wire::Chunk>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut bytes = 0usize;
+    events
+        .iter()
+        .map(|event| {
+            let mut out = Vec::new();
+            for chunk in event.body.change.chunks().unwrap_or(&[]) {
+                if chunk.len > INLINE_CHUNK_MAX
+                    || bytes + chunk.len as usize > INLINE_BYTES_MAX
+                    || !seen.insert(chunk.hash)
+                {
+                    continue;
+                }
+                if let Ok(data) = node.repository.chunks().get(&chunk.hash) {
+                    bytes += data.len();
+                    node.metrics.chunk_bytes_served.inc_by(data.len() as u64);
+                    out.push(wire::Chunk {
+                        hash: chunk.hash.0.to_vec(),
+                        data: data.into(),
+                    });
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+async fn serve_pull(
+    node: Arc<Node>,
+    from: PullFrom,
+    options: PullOptions,
     sender: mpsc::Sender<Result<wire::PullResponse, Status>>,
 ) {
+    let PullFrom {
+        mut seq,
+        mut hash,
+        mut check_hash,
+    } = from;
+    let PullOptions {
+        max_events,
+        follow,
+        inline,
+    } = options;
     let mut head_changes = node.head_watch.subscribe();
     loop {
         let reader = node.clone();
         let (from_seq, from_hash, check) = (seq, hash, check_hash);
         let read = tokio::task::spawn_blocking(move || {
             let log = reader.repository.log();
-            if check {
+            let events = if check {
                 log.events_after(from_seq, &from_hash, max_events)
             } else {
                 // `standin log`: start anywhere, no hash to check.
                 let start_hash = log.hash_at(from_seq)?.unwrap_or_default();
                 log.events_after(from_seq, &start_hash, max_events)
-            }
+            }?;
+            let chunks = if inline {
+                inline_chunks(&reader, &events)
+            } else {
+                Vec::new()
+            };
+            Ok((events, chunks))
         })
         .await;
-        let events = match read {
-            Ok(Ok(events)) => events,
+        let (events, mut inline_content) = match read {
+            Ok(Ok(read)) => read,
             Ok(Err(EngineError::Divergence { seq, ours, theirs })) => {
                 let head = node.repository.head();
                 let divergence = wire::Divergence {
@@ -314,22 +386,42 @@ async fn serve_pull(
             hash = last.hash;
         }
         let caught_up = events.is_empty();
-        // Split into messages of at most MAX_BATCH_BYTES (one event may exceed it alone).
+        // Split into messages of at most MAX_BATCH_BYTES (one event may exceed it alone),
+        // each event's inline chunks in the message that carries it.
         let mut batch = Vec::new();
+        let mut chunks = Vec::new();
         let mut batch_bytes = 0;
-        for event in &events {
+        for (index, event) in events.iter().enumerate() {
             let encoded = event_to_wire(event);
-            let size = encoded.body.len() + 64;
+            let with = inline_content
+                .get_mut(index)
+                .map(std::mem::take)
+                .unwrap_or_default();
+            let size = encoded.body.len()
+                + 64
+                + with
+                    .iter()
+                    .map(|chunk: &wire::Chunk| chunk.data.len() + 40)
+                    .sum::<usize>();
             if !batch.is_empty() && batch_bytes + size > MAX_BATCH_BYTES {
-                if !send_batch(&node, &sender, std::mem::take(&mut batch), &head).await {
+                let sent = send_batch(
+                    &node,
+                    &sender,
+                    std::mem::take(&mut batch),
+                    std::mem::take(&mut chunks),
+                    &head,
+                )
+                .await;
+                if !sent {
                     return;
                 }
                 batch_bytes = 0;
             }
             batch_bytes += size;
             batch.push(encoded);
+            chunks.extend(with);
         }
-        if !batch.is_empty() && !send_batch(&node, &sender, batch, &head).await {
+        if !batch.is_empty() && !send_batch(&node, &sender, batch, chunks, &head).await {
             return;
         }
         if !caught_up {
@@ -337,7 +429,7 @@ async fn serve_pull(
         }
         if !follow {
             // Tell the caller where the head is, and end the stream.
-            let _ = send_batch(&node, &sender, Vec::new(), &head).await;
+            let _ = send_batch(&node, &sender, Vec::new(), Vec::new(), &head).await;
             return;
         }
         // Caught up and following: wait for a new head (or send a keep-alive).
@@ -345,7 +437,8 @@ async fn serve_pull(
             Ok(Ok(())) => {}
             Ok(Err(_)) => return,
             Err(_) => {
-                if !send_batch(&node, &sender, Vec::new(), &node.repository.head()).await {
+                let head = node.repository.head();
+                if !send_batch(&node, &sender, Vec::new(), Vec::new(), &head).await {
                     return;
                 }
             }
@@ -360,12 +453,14 @@ async fn send_batch(
     node: &Node,
     sender: &mpsc::Sender<Result<wire::PullResponse, Status>>,
     events: Vec<wire::Event>,
+    chunks: Vec<wire::Chunk>,
     head: &standin_engine::Head,
 ) -> bool {
     node.metrics.events_served.inc_by(events.len() as u64);
     let batch = wire::EventBatch {
         events,
         head: Some(head_to_wire(head)),
+        chunks,
     };
     sender
         .send(Ok(wire::PullResponse {

@@ -38,6 +38,10 @@ enum Lie {
     UnaskedChunk,
     /// One message larger than any the passive accepts (an event body of 66 MiB).
     Oversized,
+    /// Inline content (`EventBatch.chunks`) that does not hash to the chunk's name.
+    WrongInlineChunk,
+    /// Inline content that no event of the batch names.
+    UnnamedInlineChunk,
 }
 
 /// The outside directory the escaping snapshot's symlink points to.
@@ -184,14 +188,26 @@ impl Replication for FakeActive {
         &self,
         _request: Request<wire::PullRequest>,
     ) -> Result<Response<Self::PullStream>, Status> {
-        let (events, _) = events();
+        let (events, content) = events();
         let mut wired: Vec<wire::Event> =
             events.iter().map(standin::convert::event_to_wire).collect();
         let head = standin::convert::head_to_wire(&standin_engine::Head::of(&events[1]));
+        let inline = match self.lie {
+            Lie::WrongInlineChunk => vec![wire::Chunk {
+                hash: Hash::of(&content).0.to_vec(),
+                data: b"forged".to_vec().into(),
+            }],
+            Lie::UnnamedInlineChunk => vec![wire::Chunk {
+                hash: Hash::of(b"unnamed").0.to_vec(),
+                data: b"unnamed".to_vec().into(),
+            }],
+            _ => Vec::new(),
+        };
         let batch_of = |events: Vec<wire::Event>| wire::PullResponse {
             kind: Some(wire::pull_response::Kind::Batch(wire::EventBatch {
                 events,
                 head: Some(head.clone()),
+                chunks: inline.clone(),
             })),
         };
         match self.lie {
@@ -239,7 +255,10 @@ impl Replication for FakeActive {
             Lie::Oversized => {
                 wired[0].body = vec![0u8; 66 << 20];
             }
-            Lie::WrongChunk | Lie::UnaskedChunk => {}
+            Lie::WrongChunk
+            | Lie::UnaskedChunk
+            | Lie::WrongInlineChunk
+            | Lie::UnnamedInlineChunk => {}
             Lie::ForgedSnapshot | Lie::EscapingSnapshot => {
                 let base = standin::convert::head_to_wire(&standin_engine::Head::of(&events[1]));
                 let compacted = wire::PullResponse {
@@ -338,6 +357,8 @@ async fn a_liar_is_refused_with_its_own_error_and_nothing_applied() {
         (Lie::EndlessEmpty, "empty batches"),
         (Lie::UnaskedChunk, "was not asked for"),
         (Lie::Oversized, "too large"),
+        (Lie::WrongInlineChunk, "does not match"),
+        (Lie::UnnamedInlineChunk, "no event of the batch names it"),
     ] {
         let (error, root, node) = pull_from_liar(lie).await;
         assert!(

@@ -33,6 +33,7 @@ fn a_wrong_or_missing_secret_is_refused_and_nothing_is_served() {
                 after_hash: vec![0; 32],
                 max_events: 10,
                 follow: false,
+                inline_content: false,
             })
             .await;
         assert_eq!(
@@ -58,6 +59,7 @@ fn a_wrong_or_missing_secret_is_refused_and_nothing_is_served() {
                 after_hash: vec![0; 32],
                 max_events: 10,
                 follow: false,
+                inline_content: false,
             })
             .await;
         assert_eq!(
@@ -125,6 +127,7 @@ fn a_tls_pair_replicates_and_refuses_plain_text() {
                 after_hash: vec![0; 32],
                 max_events: 10,
                 follow: false,
+                inline_content: false,
             })
             .await;
         let Err(status) = pull else {
@@ -176,6 +179,7 @@ fn every_pair_call_is_refused_without_the_right_secret_and_changes_nothing() {
                                 after_hash: vec![0; 32],
                                 max_events: 10,
                                 follow: false,
+                                inline_content: false,
                             })
                             .await
                             .map(|_| ()),

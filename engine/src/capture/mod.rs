@@ -14,9 +14,14 @@
 //! reconciles the whole folder against the index as the first group, so nothing
 //! changed during start-up is missed. Timing, per path:
 //!
-//! - a file closed after writing, a created directory, a removal, a rename or a
-//!   permission change makes the pending paths due once the folder has been still for
-//!   `settle_ms` (a burst of changes becomes one group);
+//! - a file closed after writing makes the pending paths due at once: it is whole, and
+//!   waiting for the folder to settle only adds lag. Events queued meanwhile join the
+//!   group (group commit: under a stream of changes, each group takes what arrived
+//!   while the previous one was recorded, so there is at most one durability point per
+//!   record's time);
+//! - a created directory, a removal, a rename or a permission change makes the pending
+//!   paths due once the folder has been still for `settle_ms` (a `rm -r` or a burst of
+//!   renames becomes one group);
 //! - a file being written (data modified, not yet closed) alone waits until it has been
 //!   quiet for `quiet_ms`, and at most `max_delay_ms` (the staleness bound, config
 //!   `max_capture_delay_ms`) — but whenever any group is recorded, every pending path

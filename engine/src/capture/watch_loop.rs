@@ -32,6 +32,9 @@ pub(super) struct Pending {
     /// When it should be recorded, if nothing else is recorded first.
     pub(super) due: Instant,
     pub(super) first_seen: Instant,
+    /// Its last change was a close after writing: the file is whole, it is recorded at
+    /// `due` without waiting for the folder to settle.
+    pub(super) closed: bool,
 }
 
 pub(super) struct Loop {
@@ -122,8 +125,8 @@ impl Loop {
             if let Some(due) = self.rescan_due {
                 wake = wake.min(due);
             }
-            if let Some(due) = self.earliest_due() {
-                wake = wake.min(self.batch_time(due));
+            if let Some(ready) = self.ready_at() {
+                wake = wake.min(ready);
             }
             match self
                 .receiver
@@ -135,6 +138,10 @@ impl Loop {
                 }
                 Ok(Message::Watch(event)) => {
                     self.note(event);
+                    // Group commit: every event already queued joins this group, so
+                    // under a stream of changes a group takes all that arrived while
+                    // the previous one was recorded.
+                    self.note_queued();
                 }
                 Err(RecvTimeoutError::Timeout) => {}
             }
@@ -150,8 +157,35 @@ impl Loop {
         self.flush(true);
     }
 
-    fn earliest_due(&self) -> Option<Instant> {
-        self.pending.values().map(|pending| pending.due).min()
+    /// When the next group is due: the earliest pending path's `due` if its file was
+    /// closed after writing, else its `batch_time`.
+    fn ready_at(&self) -> Option<Instant> {
+        self.pending
+            .values()
+            .map(|pending| {
+                if pending.closed {
+                    pending.due
+                } else {
+                    self.batch_time(pending.due)
+                }
+            })
+            .min()
+    }
+
+    /// Take the watch events already queued, without waiting.
+    fn note_queued(&mut self) {
+        loop {
+            match self.receiver.try_recv() {
+                Ok(Message::Watch(event)) => {
+                    self.note(event);
+                }
+                Ok(Message::Stop) => {
+                    self.stop_requested = true;
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
     }
 
     /// When paths due at `due` are recorded: once the folder has been still for
@@ -244,9 +278,17 @@ impl Loop {
             }
             changed.push(relative);
         }
+        // A file closed after writing is whole: recorded at once (no settle wait), with
+        // whatever else is pending then.
+        let closed = matches!(
+            event.kind,
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+        );
         for relative in changed {
             let due = if quiet {
                 now + Duration::from_millis(self.options.quiet_ms)
+            } else if closed {
+                now
             } else {
                 settle
             };
@@ -255,11 +297,15 @@ impl Loop {
             self.next_order += 1;
             self.pending
                 .entry(relative.clone())
-                .and_modify(|pending| pending.due = due.min(pending.first_seen + max_delay))
+                .and_modify(|pending| {
+                    pending.due = due.min(pending.first_seen + max_delay);
+                    pending.closed = closed;
+                })
                 .or_insert(Pending {
                     order,
                     due: due.min(now + max_delay),
                     first_seen: now,
+                    closed,
                 });
             touched.push(relative);
         }
@@ -279,10 +325,10 @@ impl Loop {
             self.stats.rescans.fetch_add(1, Ordering::Relaxed);
             Scope::Full
         } else {
-            let Some(earliest) = self.earliest_due() else {
+            let Some(ready) = self.ready_at() else {
                 return;
             };
-            if !everything && self.batch_time(earliest) > now {
+            if !everything && ready > now {
                 return;
             }
             // Every pending path, in the order of its first change: a path still being
@@ -323,6 +369,7 @@ impl Loop {
                     order,
                     due: now + after,
                     first_seen: now,
+                    closed: false,
                 });
         }
     }

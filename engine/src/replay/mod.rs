@@ -14,7 +14,9 @@
 //!    given its mode and mtime, and renamed into place (exchanged with the file it
 //!    replaces, which is removed after step 4); no reader ever sees half a file.
 //!    Every parent on disk is checked to be a real directory, not a symlink.
-//! 4. **Durability point**: one `syncfs` of the folder's file system, then the chunk
+//! 4. **Durability point**: one `syncfs` of the folder's file system (a small part of
+//!    plain files and directories: an fsync of each and of their directories,
+//!    `durable`), then the chunk
 //!    store is synced, the events are appended to the log (flushed), the index saved
 //!    (only when much of it or long unsaved: else `Repository::save_index_if_dirty`
 //!    when the passive is idle) and the journal cleared (durable with the next flush).
@@ -46,6 +48,7 @@ use crate::path::RelPath;
 use crate::repository::Repository;
 use crate::scan::{stat_disk, walk, DiskEntry};
 
+mod durable;
 mod write;
 
 use write::{apply_changes, write_file, write_symlink, Attributes, Displaced, Finishing};
@@ -291,9 +294,10 @@ fn write_and_commit_in_parts(
     displaced: &Displaced,
     finishing: &Finishing,
 ) -> Result<()> {
+    let relinks = !finishing.link_groups.is_empty();
     let commit = |part: &[Event]| -> Result<(std::time::Duration, std::time::Duration)> {
         let started = crate::clock::instant();
-        syncfs(root)?;
+        durable::make_durable(root, part, relinks)?;
         let synced = started.elapsed();
         repository.chunks().sync()?;
         repository.log().append(part)?;

@@ -83,6 +83,7 @@ pub async fn log(target: &Target, after: u64, limit: u32, json: bool) -> Result<
         after_hash: Vec::new(),
         max_events: limit,
         follow: false,
+        inline_content: false,
     };
     let mut stream = client
         .pull(request)

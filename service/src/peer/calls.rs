@@ -186,6 +186,7 @@ impl PeerLink {
             after_hash: hash.0.to_vec(),
             max_events: 1,
             follow: false,
+            inline_content: false,
         };
         let (generation, mut client) = self.replication();
         within(&self.bulk, generation, self.timing.open, async {

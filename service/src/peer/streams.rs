@@ -21,7 +21,13 @@ use crate::convert::{event_from_wire, hash_from_wire, head_from_wire};
 pub enum PullMessage {
     /// Events after the asked-for head (possibly none: a keep-alive), and the peer's
     /// head when it sent them. Every event is checked as `convert` checks it.
-    Batch { head: Head, events: Vec<Event> },
+    /// `chunks`: content the peer sent inline (not yet verified against its hash, nor
+    /// checked to be named by `events`: the receiver does both).
+    Batch {
+        head: Head,
+        events: Vec<Event>,
+        chunks: Vec<(Hash, Bytes)>,
+    },
     /// Our history is not the peer's: at `seq` it holds `theirs`, we `ours` (raw
     /// hashes; `ours` is empty when the peer has no event there).
     Divergence {
@@ -95,6 +101,9 @@ fn pull_message(message: wire::PullResponse) -> Result<PullMessage, PeerError> {
                 .map(event_from_wire)
                 .collect::<Result<_, _>>()
                 .map_err(bad)?,
+            chunks: chunks(wire::ChunkBatch {
+                chunks: batch.chunks,
+            })?,
         }),
         Some(wire::pull_response::Kind::Divergence(divergence)) => Ok(PullMessage::Divergence {
             seq: divergence.seq,
@@ -177,7 +186,8 @@ impl PeerLink {
     }
 
     /// The peer's events after `after` (batches of at most `max_events`); with
-    /// `follow`, a stream that stays open and carries new events as they come.
+    /// `follow`, a stream that stays open and carries new events as they come. Small
+    /// chunks come inline (`PullMessage::Batch::chunks`) from a peer that can.
     pub async fn pull(
         &self,
         after: &Head,
@@ -189,6 +199,7 @@ impl PeerLink {
             after_hash: after.hash.0.to_vec(),
             max_events,
             follow,
+            inline_content: true,
         };
         let (generation, mut client) = self.replication();
         self.open(
