@@ -25,6 +25,11 @@ use crate::repository::Repository;
 /// at 234 ms at 100 changes/s in the benchmark.
 const COALESCE_SETTLES: u32 = 2;
 
+/// How long capture must have recorded nothing before it saves the folder index
+/// entries its groups changed (recording leaves that to an idle moment, like replay:
+/// `Repository::record`).
+const IDLE_INDEX_SAVE: Duration = Duration::from_secs(1);
+
 /// A path with changes not yet recorded.
 pub(super) struct Pending {
     /// Position of its first unrecorded change in the watcher's stream.
@@ -65,6 +70,9 @@ pub(super) struct Loop {
     pub(super) dir_renames: Vec<(RelPath, RelPath)>,
     /// Since when groups have not settled and were held back (see `group`).
     pub(super) held_back_since: Option<Instant>,
+    /// When to save the index entries recorded groups changed, if nothing else is
+    /// recorded before then (`IDLE_INDEX_SAVE`).
+    index_save_at: Option<Instant>,
 }
 
 impl Loop {
@@ -99,6 +107,7 @@ impl Loop {
             new_directories: Vec::new(),
             dir_renames: Vec::new(),
             held_back_since: None,
+            index_save_at: None,
         }
     }
 
@@ -125,6 +134,9 @@ impl Loop {
             if let Some(due) = self.rescan_due {
                 wake = wake.min(due);
             }
+            if let Some(due) = self.index_save_at {
+                wake = wake.min(due);
+            }
             if let Some(ready) = self.ready_at() {
                 wake = wake.min(ready);
             }
@@ -146,6 +158,28 @@ impl Loop {
                 Err(RecvTimeoutError::Timeout) => {}
             }
             self.flush(false);
+            self.save_index_when_idle();
+        }
+    }
+
+    /// Save the index entries recorded groups changed, once capture has recorded
+    /// nothing for `IDLE_INDEX_SAVE` and has nothing pending (or it is stopping). A
+    /// failure is only logged: the log holds every change, and the next open brings
+    /// the saved index forward.
+    fn save_index_when_idle(&mut self) {
+        let Some(due) = self.index_save_at else {
+            return;
+        };
+        if !self.stop_requested && (crate::clock::instant() < due || !self.pending.is_empty()) {
+            return;
+        }
+        self.index_save_at = None;
+        match self.repository.save_index_if_dirty() {
+            Ok(0) => {}
+            Ok(paths) => tracing::debug!(paths, "saved the folder index while idle"),
+            Err(error) => {
+                tracing::warn!(%error, "could not save the folder index; the log has every change")
+            }
         }
     }
 
@@ -155,6 +189,8 @@ impl Loop {
     fn final_capture(&mut self) {
         self.rescan_due = Some(crate::clock::instant());
         self.flush(true);
+        self.stop_requested = true;
+        self.save_index_when_idle();
     }
 
     /// When the next group is due: the earliest pending path's `due` if its file was
@@ -339,6 +375,9 @@ impl Loop {
         };
         match self.record_group(scope) {
             Ok(count) => {
+                if count > 0 {
+                    self.index_save_at = Some(now + IDLE_INDEX_SAVE);
+                }
                 self.stats
                     .events_recorded
                     .fetch_add(count as u64, Ordering::Relaxed);

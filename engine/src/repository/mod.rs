@@ -59,8 +59,9 @@ pub struct Repository {
     strip_setuid: std::sync::atomic::AtomicBool,
 }
 
-/// Replay saves the index once this many paths changed, or this long after its last
-/// save, and otherwise leaves it to `save_index_if_dirty` when the passive is idle:
+/// Replay and recording save the index once this many paths changed, or this long
+/// after its last save, and otherwise leave it to `save_index_if_dirty` when the
+/// passive or capture is idle:
 /// the log holds every change meanwhile, and an open replays the events after the
 /// saved seq. (A save per batch cost a fifth of a small-file catch-up; the 20,000
 /// paths a catch-up leaves cost 50-80 ms, once, to the next change if saved then.)
@@ -253,14 +254,14 @@ impl Repository {
         Ok(())
     }
 
-    /// How many index entries replay changed and has not saved yet.
+    /// How many index entries replay or recording changed and has not saved yet.
     pub fn unsaved_index_paths(&self) -> usize {
         self.lock_index().dirty_len()
     }
 
-    /// Save the index entries replay changed and has not saved yet, if any (as of the
-    /// log head), and flush the store: for a passive with nothing to apply for a
-    /// moment, which has just checked the disk's free space (sled's own background
+    /// Save the index entries replay or recording changed and has not saved yet, if any
+    /// (as of the log head), and flush the store: for a passive with nothing to apply
+    /// for a moment, which has just checked the disk's free space, or an idle capture (sled's own background
     /// flush could meet a disk filled meanwhile). Returns how many entries.
     pub fn save_index_if_dirty(&self) -> Result<usize> {
         let mut index = self.lock_index();

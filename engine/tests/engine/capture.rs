@@ -174,3 +174,23 @@ fn special_files_are_skipped_and_symlinks_recorded_as_links() {
         matches!(&events[0].body.change, Change::Link { target, .. } if target == b"/etc/hostname")
     );
 }
+
+#[test]
+fn an_idle_capture_saves_the_index_its_groups_changed() {
+    // Recording leaves the index save to an idle moment (or a due time under constant
+    // load); once capture has had nothing to record for a while, the saved index must
+    // be at the log head — a crash then costs no replay of the log at open.
+    let node = Node::new();
+    let capture = Capture::start(&node.folder, node.repository.clone(), 1, options()).unwrap();
+    for name in ["a.txt", "b.txt", "c.txt"] {
+        std::fs::write(node.folder.join(name), name).unwrap();
+    }
+    assert!(wait_for(LIMIT, || puts_of(&node, "c.txt") >= 1));
+    assert!(
+        wait_for(LIMIT, || node.repository.unsaved_index_paths() == 0),
+        "{} index entries still unsaved after capture went idle",
+        node.repository.unsaved_index_paths()
+    );
+    capture.stop();
+    node.assert_verified();
+}
