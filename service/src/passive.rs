@@ -716,6 +716,7 @@ impl Puller {
         // Garbage collection waits while chunks are fetched but not yet named by the log.
         let applying = self.node.apply_lock.clone().read_owned().await;
         let wanted = chunks_named(&events);
+        self.stage(&events).await?;
         self.fetch_missing(wanted, report).await?;
         let waited = Instant::now();
         self.finish_apply(in_flight, report).await?;
@@ -732,6 +733,28 @@ impl Puller {
                 .map_err(|error| PullError::local(error, &node.config.data_dir))
         }));
         Ok(())
+    }
+
+    /// Stage the large files `events` write, so that their fetched chunks are written
+    /// once, straight into the files replay renames into place (the engine's
+    /// `ChunkStore::stage`; ARCHITECTURE.md, "The passive keeps content by reference").
+    async fn stage(&self, events: &[Event]) -> Result<(), PullError> {
+        if !events.iter().any(|event| {
+            event.body.change.content_size() >= standin_engine::chunk_store::BY_REF_MIN_BYTES
+        }) {
+            return Ok(());
+        }
+        let node = self.node.clone();
+        let events = events.to_vec();
+        tokio::task::spawn_blocking(move || {
+            node.repository
+                .chunks()
+                .stage(&node.config.folder, &events)
+                .map_err(|error| PullError::local(error, &node.config.data_dir))
+        })
+        .await
+        .map_err(|error| PullError::Apply(error.to_string()))?
+        .map(|_| ())
     }
 
     /// Fetch one group of chunks, verified; the store of its last part (with a sync,
