@@ -57,7 +57,7 @@ fn store_error(error: standin_engine::Error, data_dir: &std::path::Path) -> Pull
 /// A batch whose chunks to fetch add up to more than this is fetched and applied in
 /// parts (each at least one event), so the apply of one part overlaps the fetch of the
 /// next.
-const APPLY_CONTENT_BYTES: u64 = 64 << 20;
+pub const APPLY_CONTENT_BYTES: u64 = 64 << 20;
 
 /// The bytes of content `event` names.
 fn content_bytes(event: &Event) -> u64 {
