@@ -222,13 +222,15 @@ fn initial_only(options: &Options, kind: &str) -> Outcome<()> {
                 let times =
                     pair::standin_initial_sync(&standin, work.as_path(), &corpus, entries, run)?;
                 println!(
-                    "run {run} standin {:.3} s {} (caught up {:.3} s; active {:.2} CPU s, passive {:.2} CPU s, {:.0} MB)",
+                    "run {run} standin {:.3} s {} (caught up {:.3} s; active {:.2} CPU s, passive {:.2} CPU s, {:.0} MB; passive data_dir {:.1} MB = {:.1}% of the folder)",
                     times.verified.as_secs_f64(),
                     rate(times.verified),
                     times.caught_up.as_secs_f64(),
                     times.active.cpu_s,
                     times.passive.cpu_s,
-                    times.passive.rss_mb
+                    times.passive.rss_mb,
+                    times.passive_data_bytes as f64 / 1e6,
+                    100.0 * times.passive_data_bytes as f64 / bytes as f64
                 );
                 standin_times.push(times.verified);
                 measure::reclaim_space(&work.as_path().join(format!("pair-{run}-corpus-{kind}")))?;

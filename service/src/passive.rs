@@ -57,7 +57,7 @@ fn store_error(error: standin_engine::Error, data_dir: &std::path::Path) -> Pull
 /// A batch whose chunks to fetch add up to more than this is fetched and applied in
 /// parts (each at least one event), so the apply of one part overlaps the fetch of the
 /// next.
-const APPLY_CONTENT_BYTES: u64 = 64 << 20;
+pub const APPLY_CONTENT_BYTES: u64 = 64 << 20;
 
 /// The bytes of content `event` names.
 fn content_bytes(event: &Event) -> u64 {
@@ -725,6 +725,7 @@ impl Puller {
         // Garbage collection waits while chunks are fetched but not yet named by the log.
         let applying = self.node.apply_lock.clone().read_owned().await;
         let wanted = chunks_named(&events);
+        self.stage(&events).await?;
         if !inline.is_empty() {
             self.store_inline(&wanted, inline, report).await?;
         }
@@ -769,6 +770,28 @@ impl Puller {
         self.spawn_store(inline, false)
             .await
             .map_err(|error| PullError::Apply(error.to_string()))?
+    }
+
+    /// Stage the large files `events` write, so that their fetched chunks are written
+    /// once, straight into the files replay renames into place (the engine's
+    /// `ChunkStore::stage`; ARCHITECTURE.md, "The passive keeps content by reference").
+    async fn stage(&self, events: &[Event]) -> Result<(), PullError> {
+        if !events.iter().any(|event| {
+            event.body.change.content_size() >= standin_engine::chunk_store::BY_REF_MIN_BYTES
+        }) {
+            return Ok(());
+        }
+        let node = self.node.clone();
+        let events = events.to_vec();
+        tokio::task::spawn_blocking(move || {
+            node.repository
+                .chunks()
+                .stage(&node.config.folder, &events)
+                .map_err(|error| PullError::local(error, &node.config.data_dir))
+        })
+        .await
+        .map_err(|error| PullError::Apply(error.to_string()))?
+        .map(|_| ())
     }
 
     /// Fetch one group of chunks, verified; the store of its last part (with a sync,

@@ -48,10 +48,14 @@ use crate::path::RelPath;
 use crate::repository::Repository;
 use crate::scan::{stat_disk, walk, DiskEntry};
 
+mod byref;
+mod commit;
 mod durable;
 mod write;
 
-use write::{apply_changes, write_file, write_symlink, Attributes, Displaced, Finishing};
+use commit::write_and_commit_in_parts;
+
+use write::{write_file, write_symlink, Attributes, Displaced, Finishing};
 
 const PENDING_KEY: &str = "replay_pending";
 
@@ -177,6 +181,7 @@ pub fn apply_batch_with(
             link_groups,
         }
     };
+    let mut guarded = Vec::new();
     let durable = write_and_commit_in_parts(
         root,
         repository,
@@ -185,6 +190,7 @@ pub fn apply_batch_with(
         &mut timings,
         &displaced,
         &finishing,
+        &mut guarded,
     );
     // The old versions of replaced files go once the batch is in the log (or failed);
     // removing them moved their directories' times, which are set again.
@@ -195,12 +201,20 @@ pub fn apply_batch_with(
         }
     }
     if let Err(error) = durable {
+        repository.chunks().forget_uncommitted();
         repository.reload_index_locked(&mut index)?;
         drop(index);
         if let Err(recovery) = recover(root, repository) {
             tracing::error!(%recovery, "could not put the replica back after a failed batch; will retry");
         }
+        if let Err(settling) = byref::settle(root, repository, guarded, &[]) {
+            tracing::warn!(%settling, "could not settle the files kept by reference after a failed batch");
+        }
         return Err(error);
+    }
+    // The inodes the batch moved or replaced: home again, kept, or copied out.
+    if let Err(error) = byref::settle(root, repository, guarded, &byref::renames(events)) {
+        tracing::warn!(%error, "could not settle the files kept by reference; the next garbage collection will");
     }
     let last = events.last().map(|event| event.seq()).unwrap_or(head.seq);
     let committed_at = started.elapsed();
@@ -279,72 +293,6 @@ struct StepTimings {
     waited: std::time::Duration,
 }
 
-/// Steps 3 and 4 for checked and journaled `events`: write a part's files, then make
-/// that part durable (`syncfs`, the chunk store synced, the part appended to the log)
-/// on another thread while the next part's files are written. Parts are committed in
-/// order, each only after its own files are on disk, so the log never gets ahead of
-/// the folder; the journal (all of the batch's paths) stays until the end, so a crash
-/// or an error anywhere leaves `recover` to put every path back to the log head.
-fn write_and_commit_in_parts(
-    root: &Path,
-    repository: &Repository,
-    events: &[Event],
-    part_events: usize,
-    timings: &mut StepTimings,
-    displaced: &Displaced,
-    finishing: &Finishing,
-) -> Result<()> {
-    let relinks = !finishing.link_groups.is_empty();
-    let commit = |part: &[Event]| -> Result<(std::time::Duration, std::time::Duration)> {
-        let started = crate::clock::instant();
-        durable::make_durable(root, part, relinks)?;
-        let synced = started.elapsed();
-        repository.chunks().sync()?;
-        repository.log().append(part)?;
-        Ok((synced, started.elapsed() - synced))
-    };
-    let parts = events.len().div_ceil(part_events).max(1);
-    let part_len = events.len().div_ceil(parts).max(1);
-    std::thread::scope(|scope| {
-        let mut committing: Option<std::thread::ScopedJoinHandle<'_, _>> = None;
-        let wait_for = |committing: &mut Option<std::thread::ScopedJoinHandle<'_, _>>,
-                        timings: &mut StepTimings|
-         -> Result<()> {
-            if let Some(handle) = committing.take() {
-                let waited = crate::clock::instant();
-                let joined: Result<(std::time::Duration, std::time::Duration)> = match handle.join()
-                {
-                    Ok(result) => result,
-                    Err(panic) => std::panic::resume_unwind(panic),
-                };
-                timings.waited += waited.elapsed();
-                let (synced, appended) = joined?;
-                timings.syncfs += synced;
-                timings.append += appended;
-            }
-            Ok(())
-        };
-        let mut parts = events.chunks(part_len).peekable();
-        while let Some(part) = parts.next() {
-            let writing = crate::clock::instant();
-            let written = apply_changes(root, repository, part, displaced, finishing);
-            timings.write += writing.elapsed();
-            // The previous part is committed (or failed) before this one may be.
-            let previous = wait_for(&mut committing, timings);
-            written?;
-            previous?;
-            if parts.peek().is_some() {
-                committing = Some(scope.spawn(move || commit(part)));
-            } else {
-                let (synced, appended) = commit(part)?;
-                timings.syncfs += synced;
-                timings.append += appended;
-            }
-        }
-        wait_for(&mut committing, timings)
-    })
-}
-
 /// Record (flushed) that `touched` may differ from the index until `recover` runs.
 pub(crate) fn journal_touched(repository: &Repository, touched: &[RelPath]) -> Result<()> {
     let journal =
@@ -408,6 +356,7 @@ fn restore_journaled(root: &Path, repository: &Repository, interrupted: bool) ->
     }
     remove_temporary_files(root)?;
     syncfs(root)?;
+    repository.chunks().drop_unreachable_refs()?;
     repository.meta_set(PENDING_KEY, None)?;
     Ok(())
 }

@@ -207,7 +207,21 @@ fn apply_put(
         } => (path, Attributes::Meta(meta), content, chunks),
         _ => return Ok(()),
     };
-    match write_file(root, repository, path, attributes, *content, chunks) {
+    let written = match repository.chunks().take_staged(event.seq(), *content) {
+        Some(staged) => {
+            let installed =
+                super::byref::install(root, repository, path, attributes, &staged, event.seq());
+            if installed.is_err() {
+                // Its chunks go to the packs, so that the batch can be tried again.
+                if let Err(error) = repository.chunks().discard_staged(&staged) {
+                    tracing::warn!(%error, "could not give up a staged file");
+                }
+            }
+            installed
+        }
+        None => write_file(root, repository, path, attributes, *content, chunks),
+    };
+    match written {
         Ok(Some(old)) => {
             displaced.add(old);
             Ok(())
@@ -391,18 +405,24 @@ pub(super) fn write_file(
         }
     };
     if database {
-        // A `-wal` or `-journal` left beside it belongs to another instant: SQLite
-        // would apply it to this database. (Never recorded: see `sqlite`.)
-        for companion in crate::sqlite::companions(&destination) {
-            match std::fs::symlink_metadata(&companion) {
-                Ok(metadata) if !metadata.is_dir() => {
-                    std::fs::remove_file(&companion).at("remove", &companion)?
-                }
-                _ => {}
-            }
-        }
+        remove_companions(&destination)?;
     }
     Ok(crate::fsutil::replace_file(&temporary, &destination)?.then_some(temporary))
+}
+
+/// Before a database is put at `destination`: a `-wal` or `-journal` left beside it
+/// belongs to another instant, and SQLite would apply it to this database. (Never
+/// recorded: see `sqlite`.)
+pub(super) fn remove_companions(destination: &Path) -> Result<()> {
+    for companion in crate::sqlite::companions(destination) {
+        match std::fs::symlink_metadata(&companion) {
+            Ok(metadata) if !metadata.is_dir() => {
+                std::fs::remove_file(&companion).at("remove", &companion)?
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The unit in which zeros are left as holes: a file-system block.

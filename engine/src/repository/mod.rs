@@ -111,7 +111,12 @@ impl Repository {
             }
         }
         log.set_head_mark(mark);
-        let chunks = ChunkStore::open(&data_dir.join("chunks"), db.open_tree("chunk_locations")?)?;
+        let chunks = ChunkStore::open(
+            &data_dir.join("chunks"),
+            db.open_tree("chunk_locations")?,
+            db.open_tree("chunk_refs")?,
+            db.open_tree("ref_inodes")?,
+        )?;
         let index_tree = db.open_tree("index")?;
         let base_index_tree = db.open_tree("base_index")?;
         let meta = db.open_tree("meta")?;

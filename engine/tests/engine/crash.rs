@@ -19,7 +19,7 @@ const CHILD_ENV: &str = "STANDIN_CRASH_CHILD";
 /// Set in a child: apply in batches of this many events, committed in parts of 7.
 const BATCH_ENV: &str = "STANDIN_CRASH_BATCH";
 
-fn write_events(path: &Path, events: &[Event]) {
+pub(crate) fn write_events(path: &Path, events: &[Event]) {
     let mut file = std::fs::File::create(path).unwrap();
     for event in events {
         let canonical = event.body.canonical_bytes();
@@ -31,7 +31,7 @@ fn write_events(path: &Path, events: &[Event]) {
     }
 }
 
-fn read_events(path: &Path) -> Vec<Event> {
+pub(crate) fn read_events(path: &Path) -> Vec<Event> {
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .unwrap()
@@ -98,7 +98,7 @@ fn crash_child() {
     apply_all(&dir.join("folder"), &repository, &events, batch, &options);
 }
 
-fn has_temporary_files(root: &Path) -> bool {
+pub(crate) fn has_temporary_files(root: &Path) -> bool {
     snapshot(root).keys().any(|path| {
         standin_engine::path::is_temporary_name(path.rsplit('/').next().unwrap_or("").as_bytes())
     })

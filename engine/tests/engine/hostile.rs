@@ -162,6 +162,9 @@ fn damage_chunk_of_42s(node: &Node) {
     let mut flipped = false;
     for entry in std::fs::read_dir(node.data_dir.join("chunks")).unwrap() {
         let path = entry.unwrap().path();
+        if !path.is_file() {
+            continue;
+        }
         let mut bytes = std::fs::read(&path).unwrap();
         if let Some(at) = bytes
             .windows(64)

@@ -1,5 +1,6 @@
 //! The engine's integration tests, one binary. Modules:
 //!
+//! - `byref`: the by-reference passive (large files written once, verified reads).
 //! - `roundtrip`: property test — random folder operations captured and replayed.
 //! - `chain`: tampering with the stored log is found when it is read.
 //! - `crash`: replay killed at random points converges.
@@ -13,11 +14,13 @@
 //! - `reflink`: the clone path on a loop-mounted XFS image (as root; skips otherwise).
 //! - `sqlite`: live databases captured at transaction boundaries, companions kept out.
 
+mod byref;
 mod capture;
 mod chain;
 mod compaction;
 mod consistency;
 mod crash;
+mod crash_byref;
 mod fidelity;
 mod hostile;
 mod quarantine_gc;

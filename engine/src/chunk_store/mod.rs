@@ -13,11 +13,15 @@
 //! tree always points at bytes that were on disk first. Every read re-hashes the bytes
 //! and refuses a mismatch, naming the pack and offset.
 //!
-//! Garbage collection copies the live chunks of any pack that holds dead ones into the
-//! current pack, syncs, repoints the tree, flushes it, and only then deletes the old
-//! pack.
+//! Garbage collection (`gc.rs`) copies the live chunks of any pack that holds dead
+//! ones into the current pack, syncs, repoints the tree, flushes it, and only then
+//! deletes the old pack.
+//!
+//! On a passive, large files' chunks may instead be *referenced* in the folder's file
+//! that holds them (`refs.rs`), written there once through a staged file
+//! (`stage.rs`): ARCHITECTURE.md, "The passive keeps content by reference".
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -27,6 +31,13 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::error::{Error, IoContext, Result};
 use crate::hash::Hash;
+
+mod gc;
+pub(crate) mod refs;
+mod stage;
+
+pub use refs::{open_inode, InodeKey};
+pub use stage::{by_reference_mode, Staged, BY_REF_MIN_BYTES};
 
 const RECORD_MAGIC: &[u8; 4] = b"SCK1";
 const RECORD_HEADER_BYTES: u64 = 4 + 32 + 4;
@@ -205,6 +216,9 @@ pub struct ChunkStore {
     /// Synced chunks and their bytes, counted once at open and kept up to date.
     stored_chunks: AtomicU64,
     stored_bytes: AtomicU64,
+    /// Chunks kept by reference in files (the passive's large files).
+    refs: refs::Refs,
+    staging: stage::Staging,
 }
 
 fn pack_name(pack: u32) -> String {
@@ -220,8 +234,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ChunkStore {
-    /// Open (creating) the store in `dir`, with its locations in `locations`.
-    pub fn open(dir: &Path, locations: sled::Tree) -> Result<ChunkStore> {
+    /// Open (creating) the store in `dir`, with its locations in `locations` and its
+    /// references in `references` (hash → inode range) and `inodes` (inode → home).
+    pub fn open(
+        dir: &Path,
+        locations: sled::Tree,
+        references: sled::Tree,
+        inodes: sled::Tree,
+    ) -> Result<ChunkStore> {
         std::fs::create_dir_all(dir).at("create", dir)?;
         let mut highest = 0u32;
         for entry in std::fs::read_dir(dir).at("list", dir)? {
@@ -254,7 +274,10 @@ impl ChunkStore {
         // Above every pack on disk and every pack the tree names.
         let highest = needed.keys().copied().fold(highest, u32::max);
         let writer = Self::new_pack(dir, highest + 1)?;
+        let refs = refs::Refs::open(dir, references, inodes)?;
         Ok(ChunkStore {
+            refs,
+            staging: stage::Staging::default(),
             pack_target_bytes: AtomicU64::new(PACK_TARGET_BYTES),
             stored_chunks: AtomicU64::new(stored_chunks),
             stored_bytes: AtomicU64::new(stored_bytes),
@@ -360,7 +383,10 @@ impl ChunkStore {
     pub fn contains(&self, hash: &Hash) -> Result<bool> {
         // Synced chunks are found without the writer's lock, which a sync holds
         // through its fdatasync.
-        if self.recent().by_hash.contains_key(hash) || self.locations.contains_key(hash.0)? {
+        if self.recent().by_hash.contains_key(hash)
+            || self.locations.contains_key(hash.0)?
+            || self.refs.lookup(hash)?.is_some()
+        {
             return Ok(true);
         }
         let writer = lock(&self.writer);
@@ -398,6 +424,9 @@ impl ChunkStore {
                 actual,
                 location: " (as received)".to_string(),
             });
+        }
+        if self.put_staged(expected, bytes)? {
+            return Ok(());
         }
         self.insert(expected, bytes, Dedup::All)
     }
@@ -489,6 +518,9 @@ impl ChunkStore {
 
     /// The chunk's bytes, verified against its hash.
     pub fn get(&self, hash: &Hash) -> Result<Vec<u8>> {
+        if let Some(bytes) = self.read_referenced(hash)? {
+            return Ok(bytes);
+        }
         let (bytes, path, offset) = self.read(hash)?;
         let actual = Hash::of(&bytes);
         if actual != *hash {
@@ -505,7 +537,27 @@ impl ChunkStore {
     /// before anyone can see them (replay hashes the whole file it writes and refuses
     /// it, naming the bad chunk with `get`, when it does not add up).
     pub fn get_unverified(&self, hash: &Hash) -> Result<Vec<u8>> {
+        if let Some(bytes) = self.read_referenced(hash)? {
+            return Ok(bytes);
+        }
         Ok(self.read(hash)?.0)
+    }
+
+    /// True when a pack has the chunk (synced).
+    fn in_pack(&self, hash: &Hash) -> Result<bool> {
+        Ok(self.recent().by_hash.contains_key(hash) || self.locations.contains_key(hash.0)?)
+    }
+
+    /// A chunk that is only referenced (no pack has it), verified; `None` when a pack
+    /// has it or no reference names it.
+    fn read_referenced(&self, hash: &Hash) -> Result<Option<Vec<u8>>> {
+        if self.in_pack(hash)? {
+            return Ok(None);
+        }
+        match self.refs.lookup(hash)? {
+            Some(location) => self.refs.read(hash, location).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The stored bytes of `hash`, with the pack and offset they came from.
@@ -562,113 +614,23 @@ impl ChunkStore {
         )
     }
 
-    /// Bytes the pack files take on disk.
+    /// Bytes the pack files (and the inodes moved into `kept/`) take on disk.
     pub fn disk_bytes(&self) -> Result<u64> {
         let mut total = 0;
-        for entry in std::fs::read_dir(&self.dir).at("list", &self.dir)? {
-            let entry = entry.at("list", &self.dir)?;
-            total += entry.metadata().at("stat", entry.path())?.len();
+        for dir in [&self.dir, &self.refs.kept_dir] {
+            for entry in std::fs::read_dir(dir).at("list", dir)? {
+                let entry = entry.at("list", dir)?;
+                let metadata = entry.metadata().at("stat", entry.path())?;
+                if metadata.is_file() {
+                    total += metadata.len();
+                }
+            }
         }
         Ok(total)
     }
 
-    /// Remove every chunk not in `live`, compacting the packs that held them.
-    pub fn collect_garbage(&self, live: &HashSet<Hash>) -> Result<GcReport> {
-        let mut writer = lock(&self.writer);
-        self.sync_locked(&mut writer)?;
-        // Chunks move and go: every lookup goes to the tree until this is over (the
-        // copies' syncs below remember their new places again).
-        self.recent_mut().clear();
-        let mut by_pack: BTreeMap<u32, LiveAndDead> = BTreeMap::new();
-        for item in self.locations.iter() {
-            let (key, value) = item?;
-            let (Some(hash), Some(location)) =
-                (Hash::from_slice(&key), Location::from_bytes(&value))
-            else {
-                return Err(Error::Corrupt {
-                    path: self.dir.clone(),
-                    reason: "malformed chunk location".to_string(),
-                });
-            };
-            let slot = by_pack.entry(location.pack).or_default();
-            if live.contains(&hash) {
-                slot.0.push((hash, location));
-            } else {
-                slot.1.push((hash, location));
-            }
-        }
-        let mut report = GcReport::default();
-        let mut doomed_packs = Vec::new();
-        for (pack, (keep, dead)) in &by_pack {
-            if dead.is_empty() {
-                continue;
-            }
-            if *pack == writer.pack {
-                let next = writer.pack + 1;
-                *writer = Self::new_pack(&self.dir, next)?;
-            }
-            drop(writer);
-            for (hash, _) in keep {
-                let bytes = self.get(hash)?;
-                self.insert(*hash, &bytes, Dedup::None)?;
-            }
-            writer = lock(&self.writer);
-            for (hash, location) in dead {
-                self.recent_mut().by_hash.remove(hash);
-                if self.locations.remove(hash.0)?.is_some() {
-                    self.stored_chunks.fetch_sub(1, Ordering::Relaxed);
-                    self.stored_bytes
-                        .fetch_sub(location.len as u64, Ordering::Relaxed);
-                }
-                report.chunks_removed += 1;
-                report.bytes_reclaimed += location.len as u64;
-            }
-            report.packs_rewritten += 1;
-            doomed_packs.push(*pack);
-        }
-        self.sync_locked(&mut writer)?;
-        // Packs no location points at (never indexed because of a crash before sync).
-        // Packs some location points at *now* (after the copies above, which may have
-        // filled and rolled several new packs), plus the one being written.
-        let mut referenced: HashSet<u32> = HashSet::from([writer.pack]);
-        for item in self.locations.iter() {
-            let (_, value) = item?;
-            if let Some(location) = Location::from_bytes(&value) {
-                referenced.insert(location.pack);
-            }
-        }
-        doomed_packs.retain(|pack| !referenced.contains(pack));
-        for entry in std::fs::read_dir(&self.dir).at("list", &self.dir)? {
-            let entry = entry.at("list", &self.dir)?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(number) = name
-                .strip_prefix("pack-")
-                .and_then(|rest| rest.strip_suffix(".pack"))
-            {
-                if let Ok(number) = number.parse::<u32>() {
-                    if number != writer.pack && !referenced.contains(&number) {
-                        doomed_packs.push(number);
-                    }
-                }
-            }
-        }
-        self.locations.flush()?;
-        let mut readers = lock(&self.readers);
-        for pack in doomed_packs {
-            readers.remove(&pack);
-            let path = self.pack_path(pack);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => {
-                    return Err(Error::Io {
-                        op: "remove",
-                        path,
-                        source: error,
-                    })
-                }
-            }
-        }
-        Ok(report)
+    /// Chunks kept by reference (committed): how many and their bytes.
+    pub fn referenced_usage(&self) -> (u64, u64) {
+        self.refs.usage()
     }
 }

@@ -1,0 +1,530 @@
+//! References: chunks whose bytes are in a file standin wrote into the passive's folder
+//! (or in that file's inode, moved into `kept/` once the folder no longer has it),
+//! rather than in a pack — "The passive keeps content by reference" in
+//! ARCHITECTURE.md.
+//!
+//! Two sled trees: `chunk_refs`, hash → (device, inode, offset, length), and
+//! `ref_inodes`, (device, inode) → size and *home* (the absolute path the inode was
+//! put at). Their contents are also kept in memory for the inodes (few: large files
+//! only), together with the references not yet committed: those of staged files and
+//! of files installed by a batch whose durability point has not passed.
+//!
+//! Every read opens the home (never through a symlink; else the inode's `kept/`
+//! link), checks device and inode number, reads the range and hashes it: a file
+//! changed behind standin's back makes the chunk *missing* (its reference is
+//! dropped), never wrong.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
+
+use crate::error::{Error, IoContext, Result};
+use crate::hash::Hash;
+
+/// A file's identity: device and inode number.
+pub type InodeKey = (u64, u64);
+
+/// Where a referenced chunk is: a range of an inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RefLoc {
+    pub key: InodeKey,
+    pub offset: u64,
+    pub len: u32,
+}
+
+impl RefLoc {
+    fn to_bytes(self) -> [u8; 28] {
+        let mut out = [0u8; 28];
+        out[..8].copy_from_slice(&self.key.0.to_le_bytes());
+        out[8..16].copy_from_slice(&self.key.1.to_le_bytes());
+        out[16..24].copy_from_slice(&self.offset.to_le_bytes());
+        out[24..].copy_from_slice(&self.len.to_le_bytes());
+        out
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<RefLoc> {
+        if bytes.len() != 28 {
+            return None;
+        }
+        let word = |at: usize| bytes[at..at + 8].try_into().ok().map(u64::from_le_bytes);
+        Some(RefLoc {
+            key: (word(0)?, word(8)?),
+            offset: word(16)?,
+            len: u32::from_le_bytes(bytes[24..].try_into().ok()?),
+        })
+    }
+}
+
+fn key_bytes(key: InodeKey) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&key.0.to_be_bytes());
+    out[8..].copy_from_slice(&key.1.to_be_bytes());
+    out
+}
+
+/// Where an inode with references is, and how far its references are committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum HomeState {
+    /// A staged file being filled: not in the folder yet.
+    Staged,
+    /// Renamed into the folder by the event `seq`, whose part is not yet durable.
+    Installed(u64),
+    /// In the sled trees.
+    Committed,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Home {
+    pub path: PathBuf,
+    pub size: u64,
+    pub state: HomeState,
+}
+
+/// The references of one store.
+pub(crate) struct Refs {
+    tree: sled::Tree,
+    inodes: sled::Tree,
+    homes: RwLock<HashMap<InodeKey, Home>>,
+    pending: RwLock<HashMap<Hash, RefLoc>>,
+    /// Committed references that move a chunk already referenced elsewhere: applied
+    /// only once the batch is in the log (`apply_deferred`), so that a crash before
+    /// never leaves an old version's chunk pointing at a file `recover` removes.
+    deferred: RwLock<Vec<(Hash, RefLoc)>>,
+    pub kept_dir: PathBuf,
+    pub staging_dir: PathBuf,
+    count: AtomicU64,
+    bytes: AtomicU64,
+}
+
+fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Refs {
+    /// Open the references of the store in `dir`; staged files a previous run left
+    /// (nothing committed names them) are removed.
+    pub fn open(dir: &Path, tree: sled::Tree, inodes: sled::Tree) -> Result<Refs> {
+        let kept_dir = dir.join("kept");
+        let staging_dir = dir.join("staging");
+        std::fs::create_dir_all(&kept_dir).at("create", &kept_dir)?;
+        if staging_dir.exists() {
+            std::fs::remove_dir_all(&staging_dir).at("remove", &staging_dir)?;
+        }
+        std::fs::create_dir_all(&staging_dir).at("create", &staging_dir)?;
+        let mut homes = HashMap::new();
+        for item in inodes.iter() {
+            let (key, value) = item?;
+            if key.len() != 16 || value.len() < 8 {
+                return Err(Error::Corrupt {
+                    path: dir.to_path_buf(),
+                    reason: "malformed inode of a chunk reference".to_string(),
+                });
+            }
+            let word = |at: usize| u64::from_be_bytes(key[at..at + 8].try_into().unwrap_or([0; 8]));
+            let size = u64::from_le_bytes(value[..8].try_into().unwrap_or([0; 8]));
+            let path = PathBuf::from(std::ffi::OsStr::from_bytes(&value[8..]));
+            homes.insert(
+                (word(0), word(8)),
+                Home {
+                    path,
+                    size,
+                    state: HomeState::Committed,
+                },
+            );
+        }
+        let (mut count, mut bytes) = (0u64, 0u64);
+        for item in tree.iter() {
+            let (_, value) = item?;
+            if let Some(location) = RefLoc::from_bytes(&value) {
+                count += 1;
+                bytes += location.len as u64;
+            }
+        }
+        Ok(Refs {
+            tree,
+            inodes,
+            homes: RwLock::new(homes),
+            pending: RwLock::new(HashMap::new()),
+            deferred: RwLock::new(Vec::new()),
+            kept_dir,
+            staging_dir,
+            count: AtomicU64::new(count),
+            bytes: AtomicU64::new(bytes),
+        })
+    }
+
+    /// The name of `key`'s link in `kept/`.
+    pub fn kept_path(&self, key: InodeKey) -> PathBuf {
+        self.kept_dir.join(format!("{}-{}", key.0, key.1))
+    }
+
+    /// The reference of `hash`, committed or pending.
+    pub fn lookup(&self, hash: &Hash) -> Result<Option<RefLoc>> {
+        if let Some(location) = read_lock(&self.pending).get(hash) {
+            return Ok(Some(*location));
+        }
+        Ok(self
+            .tree
+            .get(hash.0)?
+            .and_then(|bytes| RefLoc::from_bytes(&bytes)))
+    }
+
+    /// `hash` is (from now on) at `location`, until committed.
+    pub fn add_pending(&self, hash: Hash, location: RefLoc) {
+        write_lock(&self.pending).insert(hash, location);
+    }
+
+    pub fn register(&self, key: InodeKey, path: PathBuf, size: u64, state: HomeState) {
+        write_lock(&self.homes).insert(key, Home { path, size, state });
+    }
+
+    pub fn home(&self, key: InodeKey) -> Option<Home> {
+        read_lock(&self.homes).get(&key).cloned()
+    }
+
+    /// Every inode with references whose home is under `root` and not staged.
+    pub fn homes_under(&self, root: &Path) -> Vec<(InodeKey, PathBuf)> {
+        read_lock(&self.homes)
+            .iter()
+            .filter(|(_, home)| home.state != HomeState::Staged && home.path.starts_with(root))
+            .map(|(key, home)| (*key, home.path.clone()))
+            .collect()
+    }
+
+    /// Every inode whose home is `kept/` (moved out of the folder).
+    pub fn kept_homes(&self) -> Vec<(InodeKey, u64)> {
+        read_lock(&self.homes)
+            .iter()
+            .filter(|(_, home)| home.path.starts_with(&self.kept_dir))
+            .map(|(key, home)| (*key, home.size))
+            .collect()
+    }
+
+    /// Move `key`'s home to `path` (durably with the next flush when committed).
+    pub fn set_home(&self, key: InodeKey, path: PathBuf) -> Result<()> {
+        let mut homes = write_lock(&self.homes);
+        if let Some(home) = homes.get_mut(&key) {
+            home.path = path;
+            if home.state == HomeState::Committed {
+                self.inodes.insert(key_bytes(key), home_value(home))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forget `key` and every reference to it.
+    pub fn remove_inode(&self, key: InodeKey) -> Result<()> {
+        for (hash, location) in self.refs_of(key)? {
+            self.drop_ref(&hash, location)?;
+        }
+        write_lock(&self.homes).remove(&key);
+        self.inodes.remove(key_bytes(key))?;
+        Ok(())
+    }
+
+    /// Commit the references of the inodes installed by events up to `seq`: the part
+    /// holding them is durable (its `syncfs` has run); they are flushed with the log.
+    pub fn commit(&self, seq: u64) -> Result<()> {
+        let mut homes = write_lock(&self.homes);
+        let mut committed = Vec::new();
+        for (key, home) in homes.iter_mut() {
+            if matches!(home.state, HomeState::Installed(at) if at <= seq) {
+                home.state = HomeState::Committed;
+                self.inodes.insert(key_bytes(*key), home_value(home))?;
+                committed.push(*key);
+            }
+        }
+        drop(homes);
+        if committed.is_empty() {
+            return Ok(());
+        }
+        let mut pending = write_lock(&self.pending);
+        let moving: Vec<(Hash, RefLoc)> = pending
+            .iter()
+            .filter(|(_, location)| committed.contains(&location.key))
+            .map(|(hash, location)| (*hash, *location))
+            .collect();
+        for (hash, location) in moving {
+            pending.remove(&hash);
+            if self.tree.contains_key(hash.0)? {
+                write_lock(&self.deferred).push((hash, location));
+                continue;
+            }
+            self.tree.insert(hash.0, &location.to_bytes())?;
+            self.count.fetch_add(1, Ordering::Relaxed);
+            self.bytes.fetch_add(location.len as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The batch is in the log: the references that move chunks to its files apply
+    /// (those whose file is still in place).
+    pub fn apply_deferred(&self) -> Result<()> {
+        let deferred = std::mem::take(&mut *write_lock(&self.deferred));
+        for (hash, location) in deferred {
+            let Some(home) = self.home(location.key) else {
+                continue;
+            };
+            if open_inode(&home.path, location.key).is_none() {
+                continue;
+            }
+            if let Some(old) = self
+                .tree
+                .insert(hash.0, &location.to_bytes())?
+                .as_deref()
+                .and_then(RefLoc::from_bytes)
+            {
+                self.bytes.fetch_sub(old.len as u64, Ordering::Relaxed);
+            } else {
+                self.count.fetch_add(1, Ordering::Relaxed);
+            }
+            self.bytes.fetch_add(location.len as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// After a recovery: forget the committed inodes that are neither at their home
+    /// nor in `kept/` (a part's references can reach the disk before the log append
+    /// that would have kept its files; `recover` then removed them).
+    pub fn drop_unreachable(&self) -> Result<()> {
+        let homes: Vec<(InodeKey, PathBuf)> = read_lock(&self.homes)
+            .iter()
+            .filter(|(_, home)| home.state == HomeState::Committed)
+            .map(|(key, home)| (*key, home.path.clone()))
+            .collect();
+        for (key, path) in homes {
+            if open_inode(&path, key).is_none() && open_inode(&self.kept_path(key), key).is_none() {
+                tracing::info!(inode = key.1, path = %path.display(), "forgetting the references to a file an interrupted batch left unfinished");
+                self.remove_inode(key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forget what a failed batch installed but never committed (its files are being
+    /// put back by `recover`): their references would only resolve to nothing.
+    pub fn forget_uncommitted(&self) {
+        let mut homes = write_lock(&self.homes);
+        let gone: Vec<InodeKey> = homes
+            .iter()
+            .filter(|(_, home)| matches!(home.state, HomeState::Installed(_)))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in &gone {
+            homes.remove(key);
+        }
+        drop(homes);
+        write_lock(&self.pending).retain(|_, location| !gone.contains(&location.key));
+    }
+
+    /// Every reference to `key` (committed or pending).
+    pub fn refs_of(&self, key: InodeKey) -> Result<Vec<(Hash, RefLoc)>> {
+        let mut out: Vec<(Hash, RefLoc)> = read_lock(&self.pending)
+            .iter()
+            .filter(|(_, location)| location.key == key)
+            .map(|(hash, location)| (*hash, *location))
+            .collect();
+        for item in self.tree.iter() {
+            let (hash, value) = item?;
+            if let (Some(hash), Some(location)) =
+                (Hash::from_slice(&hash), RefLoc::from_bytes(&value))
+            {
+                if location.key == key {
+                    out.push((hash, location));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every committed reference.
+    pub fn all(&self) -> Result<Vec<(Hash, RefLoc)>> {
+        let mut out = Vec::new();
+        for item in self.tree.iter() {
+            let (hash, value) = item?;
+            if let (Some(hash), Some(location)) =
+                (Hash::from_slice(&hash), RefLoc::from_bytes(&value))
+            {
+                out.push((hash, location));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forget the committed inodes in the folder that no reference names any more
+    /// (every chunk they held is dead or now referenced elsewhere).
+    pub fn forget_unreferenced_homes(&self) -> Result<()> {
+        let mut named = std::collections::HashSet::new();
+        for (_, location) in self.all()? {
+            named.insert(location.key);
+        }
+        named.extend(
+            read_lock(&self.pending)
+                .values()
+                .map(|location| location.key),
+        );
+        let idle: Vec<InodeKey> = read_lock(&self.homes)
+            .iter()
+            .filter(|(key, home)| {
+                home.state == HomeState::Committed
+                    && !home.path.starts_with(&self.kept_dir)
+                    && !named.contains(*key)
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        for key in idle {
+            write_lock(&self.homes).remove(&key);
+            self.inodes.remove(key_bytes(key))?;
+        }
+        Ok(())
+    }
+
+    /// Drop the reference of `hash` if it is still `location`.
+    pub fn drop_ref(&self, hash: &Hash, location: RefLoc) -> Result<()> {
+        {
+            let mut pending = write_lock(&self.pending);
+            if pending.get(hash) == Some(&location) {
+                pending.remove(hash);
+                return Ok(());
+            }
+        }
+        let expected = location.to_bytes();
+        if self
+            .tree
+            .compare_and_swap(hash.0, Some(&expected[..]), None as Option<&[u8]>)?
+            .is_ok()
+        {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            self.bytes.fetch_sub(location.len as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The bytes of `hash` at `location`, verified; a reference that no longer holds
+    /// (the file changed, moved or went) is dropped and the chunk reads as missing.
+    pub fn read(&self, hash: &Hash, location: RefLoc) -> Result<Vec<u8>> {
+        let home = self.home(location.key).map(|home| home.path);
+        let candidates = home
+            .into_iter()
+            .chain(std::iter::once(self.kept_path(location.key)));
+        for path in candidates {
+            let Some(file) = open_inode(&path, location.key) else {
+                continue;
+            };
+            let mut bytes = vec![0u8; location.len as usize];
+            if file.read_exact_at(&mut bytes, location.offset).is_err() {
+                continue;
+            }
+            if Hash::of(&bytes) == *hash {
+                return Ok(bytes);
+            }
+            tracing::warn!(
+                chunk = %hash,
+                path = %path.display(),
+                offset = location.offset,
+                "a chunk kept by reference no longer matches its file (changed by hand?); it counts as missing"
+            );
+            break;
+        }
+        self.drop_ref(hash, location)?;
+        Err(Error::ChunkMissing { hash: *hash })
+    }
+
+    /// Committed references: how many, and their bytes.
+    pub fn usage(&self) -> (u64, u64) {
+        (
+            self.count.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Flush the trees (with the whole store).
+    pub fn flush(&self) -> Result<()> {
+        self.tree.flush()?;
+        Ok(())
+    }
+}
+
+fn home_value(home: &Home) -> Vec<u8> {
+    let mut value = home.size.to_le_bytes().to_vec();
+    value.extend_from_slice(home.path.as_os_str().as_bytes());
+    value
+}
+
+/// `path` opened for reading if it is the inode `key` (never through a symlink).
+pub fn open_inode(path: &Path, key: InodeKey) -> Option<File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    let metadata = file.metadata().ok()?;
+    (metadata.is_file() && metadata.dev() == key.0 && metadata.ino() == key.1).then_some(file)
+}
+
+/// The identity of an open file.
+pub(crate) fn key_of(file: &File, path: &Path) -> Result<InodeKey> {
+    let metadata = file.metadata().at("stat", path)?;
+    Ok((metadata.dev(), metadata.ino()))
+}
+
+/// What replay needs of the references when a batch may move or replace the files
+/// holding them (`replay::byref`).
+impl super::ChunkStore {
+    /// The inodes with references whose home is in `root` (committed or installed).
+    pub fn referenced_homes_under(&self, root: &Path) -> Vec<(InodeKey, PathBuf)> {
+        self.refs.homes_under(root)
+    }
+
+    /// The directory of inodes moved out of the folder.
+    pub fn kept_dir(&self) -> &Path {
+        &self.refs.kept_dir
+    }
+
+    /// `key`'s link in `kept/`.
+    pub fn kept_path(&self, key: InodeKey) -> PathBuf {
+        self.refs.kept_path(key)
+    }
+
+    /// A batch is in the log: apply its deferred references (`Refs::apply_deferred`).
+    pub fn apply_deferred_refs(&self) -> Result<()> {
+        self.refs.apply_deferred()
+    }
+
+    /// After a recovery: forget references to inodes that are gone.
+    pub fn drop_unreachable_refs(&self) -> Result<()> {
+        self.refs.drop_unreachable()
+    }
+
+    /// `key` now lives at `path`.
+    pub fn set_home(&self, key: InodeKey, path: PathBuf) -> Result<()> {
+        self.refs.set_home(key, path)
+    }
+
+    /// The size of `key` and the bytes still referenced in it.
+    pub fn referenced_in(&self, key: InodeKey) -> Result<(u64, u64)> {
+        let size = self.refs.home(key).map_or(0, |home| home.size);
+        let referenced = self
+            .refs
+            .refs_of(key)?
+            .iter()
+            .map(|(_, location)| location.len as u64)
+            .sum();
+        Ok((size, referenced))
+    }
+
+    /// Copy the chunks referenced in `key` into the packs and forget it (see
+    /// `copy_out`); the caller flushes before freeing the inode.
+    pub fn move_into_packs(&self, key: InodeKey) -> Result<u64> {
+        self.copy_out(key)
+    }
+}

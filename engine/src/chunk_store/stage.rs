@@ -1,0 +1,454 @@
+//! Staged files: the passive writes a large file's fetched chunks straight into the
+//! file replay will rename into place, so each byte is written once.
+//!
+//! `ChunkStore::stage` creates, before a batch's chunks are fetched, a sparse file of
+//! the right size in `chunks/staging/` (on the folder's file system) for each large
+//! file the batch writes last. A received chunk a staged file names is written at its
+//! offsets (whole zero blocks left as holes) instead of into a pack, and becomes a
+//! pending reference to that file. Each staged file hashes its content in file order
+//! as the chunks arrive (chunks the store already had are copied in at their turn),
+//! so replay checks the content hash without reading the file again
+//! (`finish_staged`). A staged file replay does not take is `discard`ed: its chunks
+//! are copied into the packs first.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::refs::{key_of, HomeState, InodeKey, RefLoc};
+use super::{lock, ChunkStore, Dedup};
+use crate::error::{Error, IoContext, Result};
+use crate::event::{Change, ChunkRef, Event};
+use crate::hash::Hash;
+
+/// Files at least this large are kept by reference on the passive.
+pub const BY_REF_MIN_BYTES: u64 = 1 << 20;
+
+/// A staged file being filled.
+pub struct Staged {
+    pub seq: u64,
+    pub content: Hash,
+    pub path: PathBuf,
+    pub key: InodeKey,
+    pub size: u64,
+    pub file: File,
+    /// (hash, length, offset), in file order.
+    chunks: Vec<(Hash, u32, u64)>,
+    filled: Vec<bool>,
+    hasher: blake3::Hasher,
+    /// Leading chunks hashed so far.
+    hashed: usize,
+    /// The first bytes start an SQLite database.
+    pub database: bool,
+    kicked: u64,
+}
+
+/// The staged files of one store and the chunks they wait for.
+#[derive(Default)]
+pub(crate) struct Staging {
+    files: Mutex<HashMap<u64, Arc<Mutex<Staged>>>>,
+    /// Hash → the (seq, chunk index) places waiting for it.
+    wanted: Mutex<HashMap<Hash, Vec<(u64, usize)>>>,
+}
+
+/// How the passive keeps large files' content, as `status` shows it.
+pub fn by_reference_mode(folder: &Path, data_dir: &Path) -> &'static str {
+    match (std::fs::metadata(folder), std::fs::metadata(data_dir)) {
+        (Ok(folder), Ok(data)) if folder.dev() == data.dev() => {
+            "by reference (files renamed into place, replaced inodes moved into data_dir)"
+        }
+        _ => "off: folder and data_dir are on different file systems (content copied into the chunk store)",
+    }
+}
+
+/// The Put/File events of `events` a passive may stage: large, the last change of
+/// the batch to their path (no later event names it, a parent of it, or a path below
+/// it), with no hard-link companion in the batch.
+fn stageable(events: &[Event]) -> Vec<&Event> {
+    let mut later: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
+    let mut links: HashMap<u64, usize> = HashMap::new();
+    for event in events {
+        if let Change::File { meta, .. } = &event.body.change {
+            *links.entry(meta.link).or_default() += 1;
+        }
+    }
+    let mut out = Vec::new();
+    for event in events.iter().rev() {
+        let change = &event.body.change;
+        if let Change::Put { path, size, .. } | Change::File { path, size, .. } = change {
+            let linked = matches!(change, Change::File { meta, .. } if meta.link != 0 && links.get(&meta.link).copied().unwrap_or(0) > 1);
+            let touched_later = later.contains(path.as_bytes())
+                || path
+                    .ancestors()
+                    .iter()
+                    .any(|ancestor| later.contains(ancestor.as_bytes()));
+            if *size >= BY_REF_MIN_BYTES && !linked && !touched_later {
+                out.push(event);
+            }
+        }
+        for path in change.paths() {
+            later.insert(path.as_bytes());
+        }
+    }
+    out.reverse();
+    out
+}
+
+/// Write `bytes` at `offset`, leaving whole zero blocks (the file was sized first,
+/// so they read as zeros) as holes.
+fn write_at_leaving_holes(file: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+    const BLOCK: usize = 4096;
+    let mut at = 0usize;
+    let mut run = 0usize;
+    while at < bytes.len() {
+        let position = offset + at as u64;
+        let block_end = ((position / BLOCK as u64 + 1) * BLOCK as u64 - position) as usize;
+        let end = bytes.len().min(at + block_end);
+        let piece = &bytes[at..end];
+        if piece.len() == BLOCK
+            && position.is_multiple_of(BLOCK as u64)
+            && piece.iter().all(|b| *b == 0)
+        {
+            file.write_all_at(&bytes[run..at], offset + run as u64)?;
+            run = end;
+        }
+        at = end;
+    }
+    file.write_all_at(&bytes[run..], offset + run as u64)
+}
+
+impl ChunkStore {
+    /// Stage the large files `events` write (see the module doc), in `folder`'s
+    /// passive: only when the staging directory is on the folder's file system.
+    /// Returns how many files are staged for these events. Already staged files of
+    /// these events are kept (a pull that failed half way goes on where it was).
+    pub fn stage(&self, folder: &Path, events: &[Event]) -> Result<usize> {
+        let staging_dir = &self.refs.staging_dir;
+        let same_fs = match (std::fs::metadata(folder), std::fs::metadata(staging_dir)) {
+            (Ok(folder), Ok(staging)) => folder.dev() == staging.dev(),
+            _ => false,
+        };
+        if !same_fs {
+            return Ok(0);
+        }
+        let mut count = 0;
+        for event in stageable(events) {
+            let (content, size, chunks) = match &event.body.change {
+                Change::Put {
+                    content,
+                    size,
+                    chunks,
+                    ..
+                }
+                | Change::File {
+                    content,
+                    size,
+                    chunks,
+                    ..
+                } => (*content, *size, chunks),
+                _ => continue,
+            };
+            if let Some(existing) = lock(&self.staging.files).get(&event.seq()) {
+                if lock(existing).content == content {
+                    count += 1;
+                    continue;
+                }
+            }
+            if chunks.iter().map(|chunk| chunk.len as u64).sum::<u64>() != size {
+                continue;
+            }
+            // Staged even when nothing is missing: its chunks may be referenced in the
+            // file it replaces, and are then referenced in the new one instead.
+            let missing = self.missing(chunks.iter().map(|chunk| chunk.hash))?;
+            self.stage_one(event.seq(), content, size, chunks, &missing)?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    fn stage_one(
+        &self,
+        seq: u64,
+        content: Hash,
+        size: u64,
+        chunks: &[ChunkRef],
+        missing: &[Hash],
+    ) -> Result<()> {
+        let name = format!(
+            "{seq}-{}",
+            String::from_utf8_lossy(&crate::fsutil::temp_name())
+        );
+        let path = self.refs.staging_dir.join(name);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .at("create", &path)?;
+        file.set_len(size).at("truncate", &path)?;
+        let key = key_of(&file, &path)?;
+        let mut offset = 0u64;
+        let placed: Vec<(Hash, u32, u64)> = chunks
+            .iter()
+            .map(|chunk| {
+                let at = offset;
+                offset += chunk.len as u64;
+                (chunk.hash, chunk.len, at)
+            })
+            .collect();
+        let missing: std::collections::HashSet<&Hash> = missing.iter().collect();
+        {
+            let mut wanted = lock(&self.staging.wanted);
+            for (index, (hash, _, _)) in placed.iter().enumerate() {
+                if missing.contains(hash) {
+                    wanted.entry(*hash).or_default().push((seq, index));
+                }
+            }
+        }
+        self.refs
+            .register(key, path.clone(), size, HomeState::Staged);
+        let staged = Staged {
+            seq,
+            content,
+            path,
+            key,
+            size,
+            file,
+            filled: vec![false; placed.len()],
+            chunks: placed,
+            hasher: blake3::Hasher::new(),
+            hashed: 0,
+            database: false,
+            kicked: 0,
+        };
+        let previous = lock(&self.staging.files).insert(seq, Arc::new(Mutex::new(staged)));
+        if let Some(previous) = previous {
+            self.discard_one(&previous)?;
+        }
+        Ok(())
+    }
+
+    /// A received, verified chunk: written into the staged files waiting for it.
+    /// Whether any was (else it goes to a pack).
+    pub(super) fn put_staged(&self, hash: Hash, bytes: &[u8]) -> Result<bool> {
+        let Some(places) = lock(&self.staging.wanted).remove(&hash) else {
+            return Ok(false);
+        };
+        let mut referenced = false;
+        for (seq, index) in places {
+            let Some(staged) = lock(&self.staging.files).get(&seq).cloned() else {
+                continue;
+            };
+            let mut staged = lock(&staged);
+            let (_, len, offset) = staged.chunks[index];
+            write_at_leaving_holes(&staged.file, bytes, offset).at("write", &staged.path)?;
+            staged.filled[index] = true;
+            if !referenced {
+                self.refs.add_pending(
+                    hash,
+                    RefLoc {
+                        key: staged.key,
+                        offset,
+                        len,
+                    },
+                );
+                referenced = true;
+            }
+            self.advance(&mut staged, Some((&hash, bytes)))?;
+        }
+        Ok(referenced)
+    }
+
+    /// Hash the staged file's chunks in order as far as they are there, copying in
+    /// those the store already had.
+    fn advance(&self, staged: &mut Staged, current: Option<(&Hash, &[u8])>) -> Result<()> {
+        while staged.hashed < staged.chunks.len() {
+            let index = staged.hashed;
+            let (hash, len, offset) = staged.chunks[index];
+            let bytes = if staged.filled[index] {
+                match current {
+                    Some((current, bytes)) if *current == hash => bytes.to_vec(),
+                    _ => {
+                        let mut bytes = vec![0u8; len as usize];
+                        staged
+                            .file
+                            .read_exact_at(&mut bytes, offset)
+                            .at("read", &staged.path)?;
+                        bytes
+                    }
+                }
+            } else if lock(&self.staging.wanted).contains_key(&hash) {
+                break;
+            } else {
+                let bytes = match self.get(&hash) {
+                    Ok(bytes) => bytes,
+                    Err(Error::ChunkMissing { .. }) => break,
+                    Err(error) => return Err(error),
+                };
+                write_at_leaving_holes(&staged.file, &bytes, offset).at("write", &staged.path)?;
+                staged.filled[index] = true;
+                // Referenced in a file this one may replace: from now on here.
+                if !self.in_pack(&hash)? {
+                    self.refs.add_pending(
+                        hash,
+                        RefLoc {
+                            key: staged.key,
+                            offset,
+                            len,
+                        },
+                    );
+                }
+                bytes
+            };
+            if index == 0 {
+                staged.database = crate::sqlite::is_header(&bytes);
+            }
+            staged.hasher.update(&bytes);
+            staged.hashed += 1;
+            let end = offset + len as u64;
+            if end - staged.kicked >= crate::fsutil::WRITEBACK_STEP_BYTES {
+                crate::fsutil::start_writeback(&staged.file, staged.kicked, end - staged.kicked);
+                staged.kicked = end;
+            }
+        }
+        Ok(())
+    }
+
+    /// The staged file of event `seq`, if it is one of `content`: taken out of the
+    /// staging (the caller installs it, or `discard_staged`s it).
+    pub fn take_staged(&self, seq: u64, content: Hash) -> Option<Arc<Mutex<Staged>>> {
+        let mut files = lock(&self.staging.files);
+        let staged = files.get(&seq)?.clone();
+        if lock(&staged).content != content {
+            return None;
+        }
+        files.remove(&seq);
+        Some(staged)
+    }
+
+    /// Complete a taken staged file: every chunk in it, its content hash checked.
+    pub fn finish_staged(&self, staged: &mut Staged) -> Result<()> {
+        self.advance(staged, None)?;
+        if staged.hashed < staged.chunks.len() {
+            let (hash, _, _) = staged.chunks[staged.hashed];
+            return Err(Error::ChunkMissing { hash });
+        }
+        let actual: Hash = staged.hasher.finalize().into();
+        if actual != staged.content {
+            return Err(Error::ChunkMismatch {
+                expected: staged.content,
+                actual,
+                location: format!(
+                    " (the chunks staged at {} do not add up to its content hash)",
+                    staged.path.display()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// A staged file was renamed into place at `path` by event `seq`: its references
+    /// are committed with that event's part (`commit_refs`).
+    pub fn installed(&self, staged: &Staged, path: PathBuf, seq: u64) {
+        self.refs
+            .register(staged.key, path, staged.size, HomeState::Installed(seq));
+    }
+
+    /// Give up the staged files of events up to `seq` (taken or not) that were not
+    /// installed: their chunks go into the packs first, so none that the store once
+    /// had goes missing.
+    pub fn discard_staged_through(&self, seq: u64) -> Result<()> {
+        let doomed: Vec<Arc<Mutex<Staged>>> = {
+            let mut files = lock(&self.staging.files);
+            let seqs: Vec<u64> = files.keys().copied().filter(|at| *at <= seq).collect();
+            seqs.iter().filter_map(|at| files.remove(at)).collect()
+        };
+        for staged in doomed {
+            self.discard_one(&staged)?;
+        }
+        Ok(())
+    }
+
+    /// Give up one staged file that was taken but is not installed.
+    pub fn discard_staged(&self, staged: &Arc<Mutex<Staged>>) -> Result<()> {
+        self.discard_one(staged)
+    }
+
+    fn discard_one(&self, staged: &Arc<Mutex<Staged>>) -> Result<()> {
+        let staged = lock(staged);
+        lock(&self.staging.wanted).retain(|_, places| {
+            places.retain(|(seq, _)| *seq != staged.seq);
+            !places.is_empty()
+        });
+        self.copy_out(staged.key)?;
+        match std::fs::remove_file(&staged.path) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(error).at("remove", &staged.path),
+        }
+    }
+
+    /// Copy every chunk referenced in inode `key` into the packs (verified; one that
+    /// no longer matches is reported missing and skipped) and forget the inode.
+    /// Durable with the next `sync` and flush.
+    pub(crate) fn copy_out(&self, key: InodeKey) -> Result<u64> {
+        let mut copied = 0u64;
+        for (hash, location) in self.refs.refs_of(key)? {
+            match self.refs.read(&hash, location) {
+                Ok(bytes) => {
+                    self.insert(hash, &bytes, Dedup::All)?;
+                    copied += bytes.len() as u64;
+                }
+                Err(Error::ChunkMissing { .. }) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        self.sync()?;
+        self.refs.remove_inode(key)?;
+        Ok(copied)
+    }
+
+    /// Commit the references of the files installed by events up to `seq` (call at
+    /// the durability point, after the `syncfs` that made them durable and before the
+    /// log append that flushes them).
+    pub fn commit_refs(&self, seq: u64) -> Result<()> {
+        self.refs.commit(seq)
+    }
+
+    /// A failed batch: forget the references it installed but did not commit.
+    pub fn forget_uncommitted(&self) {
+        self.refs.forget_uncommitted()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_blocks_become_holes_and_read_back_as_zeros() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("f");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .expect("create");
+        file.set_len(5 * 4096 + 10).expect("size");
+        let mut bytes = vec![7u8; 5 * 4096 + 10];
+        bytes[4096..3 * 4096].fill(0);
+        write_at_leaving_holes(&file, &bytes[..], 0).expect("write");
+        assert_eq!(std::fs::read(&path).expect("read"), bytes);
+        let allocated = std::fs::metadata(&path).expect("stat").blocks() * 512;
+        assert!(
+            allocated < bytes.len() as u64,
+            "{allocated} bytes allocated"
+        );
+    }
+}

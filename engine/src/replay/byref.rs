@@ -1,0 +1,186 @@
+//! Replay's side of the by-reference passive (ARCHITECTURE.md, "The passive keeps
+//! content by reference"): installing a staged file, and keeping the inodes that hold
+//! referenced chunks reachable while a batch moves, replaces or removes them.
+//!
+//! - `install`: a staged file completed (content hash checked), given its metadata
+//!   and renamed into place; its chunks become references to it.
+//! - `guard`: before a part writes anything, every referenced inode whose home the
+//!   part may displace is hard-linked into `kept/` (one fsync of `kept/`), so the
+//!   references resolve whatever happens next, a crash included.
+//! - `settle`: after the batch, each guarded inode still in the folder (perhaps
+//!   renamed) gets its home back and loses the `kept/` link; one that left the folder
+//!   stays in `kept/` (removed: moved, not copied) or, when little of it is still
+//!   referenced (replaced by a new version that shares most chunks), has those chunks
+//!   copied into the packs and is freed.
+
+use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::write::{remove_companions, Attributes};
+use crate::chunk_store::{open_inode, InodeKey, Staged};
+use crate::error::{IoContext, Result};
+use crate::event::{Change, Event};
+use crate::fsutil::system_time;
+use crate::path::RelPath;
+use crate::repository::Repository;
+
+/// Put a staged file in place at `path` for event `seq`. Returns where the file it
+/// replaced now is, if it was kept for the caller to remove.
+pub(super) fn install(
+    root: &Path,
+    repository: &Repository,
+    path: &RelPath,
+    attributes: Attributes<'_>,
+    staged: &Arc<Mutex<Staged>>,
+    seq: u64,
+) -> Result<Option<PathBuf>> {
+    let chunks = repository.chunks();
+    let mut staged = staged
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    chunks.finish_staged(&mut staged)?;
+    let mtime_ns = match attributes {
+        Attributes::Legacy(mode, mtime_ns) => {
+            staged
+                .file
+                .set_permissions(std::fs::Permissions::from_mode(mode))
+                .at("chmod", &staged.path)?;
+            mtime_ns
+        }
+        Attributes::Meta(meta) => {
+            crate::meta::apply_meta(&staged.path, meta, false, repository.meta_options())?;
+            meta.mtime_ns
+        }
+    };
+    staged
+        .file
+        .set_modified(system_time(mtime_ns))
+        .at("set mtime", &staged.path)?;
+    let destination = path.under(root);
+    if staged.database {
+        remove_companions(&destination)?;
+    }
+    let exchanged = crate::fsutil::replace_file(&staged.path, &destination)?;
+    chunks.installed(&staged, destination, seq);
+    Ok(exchanged.then(|| staged.path.clone()))
+}
+
+/// A referenced inode linked into `kept/` while a batch may displace it.
+pub(super) struct Guarded {
+    key: InodeKey,
+    home: PathBuf,
+}
+
+/// Link into `kept/` every referenced inode whose home `part` (or the relinking of
+/// `link_groups`) may move, replace or remove; one fsync of `kept/` makes the links
+/// durable before the part touches the folder.
+pub(super) fn guard(
+    root: &Path,
+    repository: &Repository,
+    part: &[Event],
+    link_groups: &[Vec<RelPath>],
+) -> Result<Vec<Guarded>> {
+    let chunks = repository.chunks();
+    let homes = chunks.referenced_homes_under(root);
+    if homes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut named: HashSet<PathBuf> = part
+        .iter()
+        .flat_map(|event| event.body.change.paths())
+        .map(|path| path.under(root))
+        .collect();
+    named.extend(link_groups.iter().flatten().map(|path| path.under(root)));
+    let mut guarded = Vec::new();
+    for (key, home) in homes {
+        let hit = home
+            .ancestors()
+            .take_while(|ancestor| *ancestor != root)
+            .any(|ancestor| named.contains(ancestor));
+        if !hit || open_inode(&home, key).is_none() {
+            continue;
+        }
+        let kept = chunks.kept_path(key);
+        match std::fs::hard_link(&home, &kept) {
+            Ok(()) => {}
+            // It holds the inode alive, so it is this one.
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(error) => return Err(error).at("link", &kept),
+        }
+        guarded.push(Guarded { key, home });
+    }
+    if !guarded.is_empty() {
+        crate::fsutil::fsync_dir(chunks.kept_dir())?;
+    }
+    Ok(guarded)
+}
+
+/// The renames of `events`, in order (for `settle`).
+pub(super) fn renames(events: &[Event]) -> Vec<(RelPath, RelPath)> {
+    events
+        .iter()
+        .filter_map(|event| match &event.body.change {
+            Change::Rename { from, to } => Some((from.clone(), to.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// After a batch (applied, or failed and recovered; `renames` are the ones it
+/// applied): give each guarded inode its home again, or keep it in `kept/`, or copy
+/// out what is still referenced in it and free it.
+pub(super) fn settle(
+    root: &Path,
+    repository: &Repository,
+    guarded: Vec<Guarded>,
+    renames: &[(RelPath, RelPath)],
+) -> Result<()> {
+    let chunks = repository.chunks();
+    chunks.apply_deferred_refs()?;
+    if guarded.is_empty() {
+        return Ok(());
+    }
+    let mut unlink = Vec::new();
+    for Guarded { key, home } in guarded {
+        let mut now = home.clone();
+        for (from, to) in renames {
+            if let Ok(rest) = now.strip_prefix(from.under(root)) {
+                now = if rest.as_os_str().is_empty() {
+                    to.under(root)
+                } else {
+                    to.under(root).join(rest)
+                };
+            }
+        }
+        if open_inode(&now, key).is_some() {
+            chunks.set_home(key, now)?;
+            unlink.push(key);
+            continue;
+        }
+        // Out of the folder: in `kept/` from now on.
+        chunks.set_home(key, chunks.kept_path(key))?;
+        let (size, referenced) = chunks.referenced_in(key)?;
+        if referenced * 2 < size {
+            let copied = chunks.move_into_packs(key)?;
+            tracing::debug!(
+                inode = key.1,
+                size,
+                copied,
+                "a replaced file's chunks the new version lacks were copied out"
+            );
+            unlink.push(key);
+        }
+    }
+    repository.flush()?;
+    for key in unlink {
+        let kept = chunks.kept_path(key);
+        match std::fs::remove_file(&kept) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error).at("remove", &kept),
+        }
+    }
+    Ok(())
+}

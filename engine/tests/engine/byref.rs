@@ -1,0 +1,270 @@
+//! The by-reference passive: large files written once (staged, renamed into place),
+//! their chunks read through the folder's file and verified; a file changed by hand
+//! makes its chunks missing, never wrong; replaced, removed and renamed files keep
+//! what retained events name; garbage collection frees the rest.
+
+use std::path::Path;
+
+use standin_engine::replay::apply_batch;
+use standin_engine::{Change, Event, Hash, Repository};
+
+use crate::support::{ship_chunks, Node};
+
+const MIB: usize = 1 << 20;
+
+/// Deterministic bytes that do not compress or repeat.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// `replicate` as a by-reference passive does it: stage, fetch, apply.
+pub fn replicate_by_ref(active: &Node, passive: &Node, batch: usize) {
+    loop {
+        let head = passive.repository.head();
+        let events = active
+            .repository
+            .log()
+            .events_after(head.seq, &head.hash, batch)
+            .unwrap();
+        if events.is_empty() {
+            return;
+        }
+        passive
+            .repository
+            .chunks()
+            .stage(&passive.folder, &events)
+            .unwrap();
+        ship_chunks(&active.repository, &passive.repository, &events);
+        apply_batch(&passive.folder, &passive.repository, &events)
+            .unwrap_or_else(|error| panic!("apply: {error}"));
+    }
+}
+
+fn chunks_of(events: &[Event], path: &str) -> Vec<Hash> {
+    events
+        .iter()
+        .filter_map(|event| match &event.body.change {
+            Change::Put {
+                path: put, chunks, ..
+            }
+            | Change::File {
+                path: put, chunks, ..
+            } if put.to_string() == path => {
+                Some(chunks.iter().map(|chunk| chunk.hash).collect::<Vec<_>>())
+            }
+            _ => None,
+        })
+        .next_back()
+        .unwrap_or_default()
+}
+
+fn pack_bytes(repository: &Repository) -> u64 {
+    repository.chunks().usage().1
+}
+
+fn kept_files(node: &Node) -> usize {
+    std::fs::read_dir(node.data_dir.join("chunks").join("kept"))
+        .unwrap()
+        .count()
+}
+
+fn staged_files(node: &Node) -> usize {
+    std::fs::read_dir(node.data_dir.join("chunks").join("staging"))
+        .unwrap()
+        .count()
+}
+
+/// A pair whose active holds `files` (name, bytes), replicated by reference.
+fn pair_with(files: &[(&str, Vec<u8>)]) -> (Node, Node) {
+    let active = Node::new();
+    let passive = Node::new();
+    for (name, bytes) in files {
+        let path = active.folder.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    active.capture();
+    replicate_by_ref(&active, &passive, 100);
+    (active, passive)
+}
+
+#[test]
+fn large_files_are_written_once_and_read_through_the_folder() {
+    let (active, passive) = pair_with(&[
+        ("big/a.bin", noise(3 * MIB, 1)),
+        ("big/b.bin", noise(2 * MIB + 12_345, 2)),
+        ("small.txt", b"small files go through the packs".to_vec()),
+    ]);
+    passive.assert_verified();
+    // Only the small file's content is in a pack; the rest is referenced.
+    assert!(pack_bytes(&passive.repository) < 1024);
+    let (count, bytes) = passive.repository.chunks().referenced_usage();
+    assert!(count > 4, "{count} referenced chunks");
+    assert_eq!(bytes, (5 * MIB + 12_345) as u64);
+    assert_eq!(staged_files(&passive), 0);
+    // Every chunk reads back, verified, as the active has it.
+    let events = active.all_events();
+    for path in ["big/a.bin", "big/b.bin", "small.txt"] {
+        for hash in chunks_of(&events, path) {
+            assert_eq!(
+                passive.repository.chunks().get(&hash).unwrap(),
+                active.repository.chunks().get(&hash).unwrap()
+            );
+        }
+    }
+    // And after a restart.
+    let passive = passive.reopen();
+    for hash in chunks_of(&events, "big/a.bin") {
+        passive.repository.chunks().get(&hash).unwrap();
+    }
+}
+
+#[test]
+fn a_file_changed_by_hand_makes_its_chunks_missing_never_wrong() {
+    let (active, passive) =
+        pair_with(&[("a.bin", noise(3 * MIB, 3)), ("b.bin", noise(2 * MIB, 4))]);
+    let events = active.all_events();
+    let a = chunks_of(&events, "a.bin");
+    // One byte changed in place, in a's first chunk.
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(passive.folder.join("a.bin"))
+            .unwrap();
+        file.write_all_at(b"X", 10).unwrap();
+    }
+    let store = passive.repository.chunks();
+    match store.get(&a[0]) {
+        Err(standin_engine::Error::ChunkMissing { hash }) => assert_eq!(hash, a[0]),
+        other => panic!(
+            "expected the chunk to be missing, got {:?}",
+            other.map(|b| b.len())
+        ),
+    }
+    assert!(
+        !store.contains(&a[0]).unwrap(),
+        "now missing: fetched again"
+    );
+    // The others are intact.
+    for hash in &a[1..] {
+        assert_eq!(
+            store.get(hash).unwrap(),
+            active.repository.chunks().get(hash).unwrap()
+        );
+    }
+    // b replaced by hand with other bytes (the inode number may be reused): none of
+    // its chunks is served.
+    let b_path = passive.folder.join("b.bin");
+    std::fs::remove_file(&b_path).unwrap();
+    std::fs::write(&b_path, noise(2 * MIB, 99)).unwrap();
+    for hash in chunks_of(&events, "b.bin") {
+        assert!(matches!(
+            store.get(&hash),
+            Err(standin_engine::Error::ChunkMissing { .. })
+        ));
+    }
+    // Fetched again, they are served.
+    ship_chunks(&active.repository, &passive.repository, &events);
+    for hash in chunks_of(&events, "b.bin").iter().chain(&a[..1]) {
+        assert_eq!(
+            store.get(hash).unwrap(),
+            active.repository.chunks().get(hash).unwrap()
+        );
+    }
+}
+
+#[test]
+fn a_replaced_file_keeps_only_the_chunks_the_new_version_lacks() {
+    let size = 8 * MIB;
+    let mut content = noise(size, 5);
+    let (active, passive) = pair_with(&[("db.bin", content.clone())]);
+    let edits = 10;
+    for edit in 0..edits {
+        let at = (edit * 787_001 + 4_000) % (size - 100);
+        content[at..at + 64].copy_from_slice(&noise(64, 100 + edit as u64));
+        std::fs::write(active.folder.join("db.bin"), &content).unwrap();
+        active.capture();
+        replicate_by_ref(&active, &passive, 100);
+        passive.assert_verified();
+        assert_eq!(kept_files(&passive), 0, "the old inode was freed");
+    }
+    // The packs hold about the changed chunks (≤ 256 KiB each, a few per edit), not
+    // ten old versions.
+    let packed = pack_bytes(&passive.repository);
+    assert!(
+        packed <= (edits * 3 * 256 * 1024) as u64,
+        "{packed} bytes in packs after {edits} edits of an {size}-byte file"
+    );
+    // Every version the log holds reads back whole.
+    assert_eq!(passive.versions_of("db.bin"), active.versions_of("db.bin"));
+}
+
+#[test]
+fn a_removed_file_moves_into_data_dir_until_no_event_names_it() {
+    let (active, passive) = pair_with(&[
+        ("old.bin", noise(3 * MIB, 6)),
+        ("keep.bin", noise(2 * MIB, 7)),
+    ]);
+    std::fs::remove_file(active.folder.join("old.bin")).unwrap();
+    active.capture();
+    replicate_by_ref(&active, &passive, 100);
+    passive.assert_verified();
+    assert_eq!(kept_files(&passive), 1, "the removed file's inode is kept");
+    assert!(pack_bytes(&passive.repository) < 1024, "moved, not copied");
+    assert_eq!(
+        passive.versions_of("old.bin"),
+        active.versions_of("old.bin")
+    );
+    // Once no retained event names it, garbage collection frees it.
+    std::fs::write(active.folder.join("note"), b"one more event").unwrap();
+    active.capture();
+    replicate_by_ref(&active, &passive, 100);
+    passive.repository.compact(0).unwrap();
+    passive.repository.collect_garbage().unwrap();
+    assert_eq!(kept_files(&passive), 0);
+    passive.assert_verified();
+    // keep.bin's chunks are still there, by reference.
+    for hash in chunks_of(&active.all_events(), "keep.bin") {
+        passive.repository.chunks().get(&hash).unwrap();
+    }
+}
+
+#[test]
+fn a_renamed_directory_keeps_its_files_references() {
+    let (active, passive) = pair_with(&[("dir/a.bin", noise(3 * MIB, 8))]);
+    let from = active.folder.join("dir");
+    let to = active.folder.join("moved");
+    std::fs::rename(&from, &to).unwrap();
+    let relative = |path: &Path| standin_engine::RelPath::from_fs(&active.folder, path).unwrap();
+    active
+        .repository
+        .record(
+            1,
+            vec![Change::Rename {
+                from: relative(&from),
+                to: relative(&to),
+            }],
+        )
+        .unwrap();
+    replicate_by_ref(&active, &passive, 100);
+    passive.assert_verified();
+    assert_eq!(
+        kept_files(&passive),
+        0,
+        "the kept link went once the home moved"
+    );
+    let passive = passive.reopen();
+    for hash in chunks_of(&active.all_events(), "dir/a.bin") {
+        passive.repository.chunks().get(&hash).unwrap();
+    }
+    assert!(pack_bytes(&passive.repository) < 1024);
+}

@@ -1,0 +1,187 @@
+//! Crash safety of the by-reference passive: a child process stages, fetches (from a
+//! store standing in for the active) and applies a history of large files written,
+//! rewritten in place, renamed and removed, and is killed with SIGKILL at random
+//! points. At the end the replica has the source's state and digest, and every chunk
+//! a retained event names still reads back, verified.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use standin_engine::replay::{apply_batch_with, recover, ReplayOptions};
+use standin_engine::{Event, Hash, Repository};
+
+use crate::crash::{has_temporary_files, read_events, write_events};
+use crate::support::{ship_chunks, snapshot, Node};
+
+const CHILD_ENV: &str = "STANDIN_CRASH_BYREF_CHILD";
+
+fn apply_all(folder: &Path, repository: &Repository, source: &Repository, events: &[Event]) {
+    recover(folder, repository).unwrap();
+    loop {
+        let head = repository.head().seq as usize;
+        if head >= events.len() {
+            return;
+        }
+        let end = (head + 4).min(events.len());
+        let batch = &events[head..end];
+        repository.chunks().stage(folder, batch).unwrap();
+        ship_chunks(source, repository, batch);
+        // Parts of two events: kills land between parts of one batch too.
+        let options = ReplayOptions {
+            commit_part_events: 2,
+        };
+        apply_batch_with(folder, repository, batch, &options).unwrap();
+    }
+}
+
+#[test]
+fn crash_byref_child() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let repository = Repository::open(&dir.join("data")).unwrap();
+    let source = Repository::open(&dir.join("source")).unwrap();
+    let events = read_events(&dir.join("events.bin"));
+    println!("child ready");
+    std::io::stdout().flush().unwrap();
+    apply_all(&dir.join("folder"), &repository, &source, &events);
+}
+
+fn content(len: usize, seed: u32) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(2_654_435_761) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as u8
+        })
+        .collect()
+}
+
+#[test]
+fn by_reference_replay_killed_at_random_points_converges() {
+    let source = Node::new();
+    let relative = |path: &Path| standin_engine::RelPath::from_fs(&source.folder, path).unwrap();
+    for round in 0..6u32 {
+        let dir = source.folder.join(format!("dir{round}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for index in 0..3u32 {
+            std::fs::write(
+                dir.join(format!("big{index}")),
+                content((1 << 20) + 70_000 * index as usize, round * 10 + index),
+            )
+            .unwrap();
+        }
+        source.capture();
+        if round > 0 {
+            // Rewrite the previous round's first file in place (a few bytes), remove
+            // its second, rename its directory.
+            let previous = source.folder.join(format!("dir{}", round - 1));
+            let path = previous.join("big0");
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[5_000..5_010].copy_from_slice(b"rewritten!");
+            std::fs::write(&path, bytes).unwrap();
+            std::fs::remove_file(previous.join("big1")).unwrap();
+            source.capture();
+            let to = source.folder.join(format!("moved{round}"));
+            std::fs::rename(&previous, &to).unwrap();
+            source
+                .repository
+                .record(
+                    1,
+                    vec![standin_engine::Change::Rename {
+                        from: relative(&previous),
+                        to: relative(&to),
+                    }],
+                )
+                .unwrap();
+        }
+    }
+    let events = source
+        .repository
+        .log()
+        .events_after(0, &Hash::ZERO, usize::MAX)
+        .unwrap();
+
+    let work = tempfile::tempdir().unwrap();
+    let folder = work.path().join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    {
+        let store = Repository::open(&work.path().join("source")).unwrap();
+        ship_chunks(&source.repository, &store, &events);
+        store.chunks().sync().unwrap();
+        store.flush().unwrap();
+        Repository::open(&work.path().join("data")).unwrap();
+    }
+    write_events(&work.path().join("events.bin"), &events);
+
+    let mut seed: u64 = 0xb1ef;
+    let mut kills_mid_run = 0;
+    let total = events.len() as u64;
+    for _ in 0..40 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "crash_byref::crash_byref_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, work.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            if line.unwrap().contains("child ready") {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis((seed >> 33) % 60));
+        let _ = child.kill();
+        let _ = child.wait();
+        let head = match Repository::open(&work.path().join("data")) {
+            Ok(replica) => replica.head().seq,
+            Err(error) => panic!("reopen after a kill: {error}"),
+        };
+        if head < total {
+            kills_mid_run += 1;
+        } else {
+            break;
+        }
+    }
+    assert!(
+        kills_mid_run >= 3,
+        "killed mid-run only {kills_mid_run} times"
+    );
+
+    let replica = Repository::open(&work.path().join("data")).unwrap();
+    let store = Repository::open(&work.path().join("source")).unwrap();
+    apply_all(&folder, &replica, &store, &events);
+    assert_eq!(replica.head(), source.repository.head());
+    assert!(!has_temporary_files(&folder), "temporary files left behind");
+    assert_eq!(snapshot(&folder), snapshot(&source.folder));
+    let report = standin_engine::verify::verify_folder(&folder, &replica).unwrap();
+    assert!(report.matches(), "{:?}", report.first_difference);
+    let (referenced, _) = replica.chunks().referenced_usage();
+    assert!(referenced > 0, "the replica keeps large files by reference");
+    // Every version the log names is still there: by reference, kept, or copied out.
+    for event in &events {
+        if let Some(chunks) = event.body.change.chunks() {
+            for chunk in chunks {
+                replica
+                    .chunks()
+                    .get(&chunk.hash)
+                    .unwrap_or_else(|error| panic!("seq {}: {error}", event.seq()));
+            }
+        }
+    }
+}
