@@ -83,7 +83,7 @@ fn fsync_touched(root: &Path, touched: &Touched) -> Result<()> {
             .open(&full);
         match opened {
             Ok(file) => file.sync_all().at("fsync", &full)?,
-            Err(error) if error.raw_os_error() == Some(libc::ELOOP) => return syncfs(root),
+            Err(error) if moved_on(&error) => return syncfs(root),
             Err(error) => return Err(error).at("open", &full),
         }
     }
@@ -92,11 +92,24 @@ fn fsync_touched(root: &Path, touched: &Touched) -> Result<()> {
             Some(dir) => dir.under(root),
             None => root.to_path_buf(),
         };
-        File::open(&full)
-            .and_then(|file| file.sync_all())
-            .at("fsync", &full)?;
+        match File::open(&full) {
+            Ok(file) => file.sync_all().at("fsync", &full)?,
+            Err(error) if moved_on(&error) => return syncfs(root),
+            Err(error) => return Err(error).at("open", &full),
+        }
     }
     Ok(())
+}
+
+/// Whether opening a path the part wrote failed because it is no longer that path: a
+/// symlink (a SetMeta on one cannot be fsynced by itself), or a later part of the
+/// batch — whose writes overlap this part's commit — already renamed or removed it or
+/// a parent. Then the whole file system is synced, which covers it wherever it is.
+fn moved_on(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::ELOOP) | Some(libc::ENOENT) | Some(libc::ENOTDIR)
+    )
 }
 
 #[cfg(test)]
@@ -170,5 +183,22 @@ mod tests {
         assert!(touched(&[mkdir(0)], true).is_none(), "relinks");
         let many: Vec<Event> = (0..FSYNC_PATHS_MAX).map(mkdir).collect();
         assert!(touched(&many, false).is_none());
+    }
+
+    #[test]
+    fn a_path_a_later_part_already_moved_is_covered_by_syncfs() {
+        // Parts overlap: the next part's writes may rename a directory this part wrote
+        // into before this part's commit fsyncs it.
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("moved")).unwrap();
+        std::fs::write(root.path().join("moved/f"), b"x").unwrap();
+        let part = vec![event(Change::Mkdir {
+            path: path("dir0/f"),
+            mode: 0o755,
+        })];
+        let touched = touched(&part, false).expect("plain enough");
+        fsync_touched(root.path(), &touched).expect("falls back to syncfs");
+        let gone = std::io::Error::from_raw_os_error(libc::EACCES);
+        assert!(!moved_on(&gone), "other errors are errors");
     }
 }
