@@ -218,7 +218,7 @@ pub fn apply_batch_with(
     }
     let last = events.last().map(|event| event.seq()).unwrap_or(head.seq);
     let committed_at = started.elapsed();
-    repository.save_index_when_due(&mut index, last)?;
+    repository.save_index_when_due(&mut index, last, events.len())?;
     let index_saved_at = started.elapsed();
     drop(index);
     // Not flushed: it becomes durable with the next flush (the next batch's journal or

@@ -59,15 +59,7 @@ pub struct Repository {
     strip_setuid: std::sync::atomic::AtomicBool,
 }
 
-/// Replay and recording save the index once this many paths changed, or this long
-/// after its last save, and otherwise leave it to `save_index_if_dirty` when the
-/// passive or capture is idle:
-/// the log holds every change meanwhile, and an open replays the events after the
-/// saved seq. (A save per batch cost a fifth of a small-file catch-up; the 20,000
-/// paths a catch-up leaves cost 50-80 ms, once, to the next change if saved then.)
-const INDEX_SAVE_PATHS: usize = 65_536;
-const INDEX_SAVE_INTERVAL_MS: u64 = 10_000;
-
+mod index_save;
 mod open;
 mod record;
 
@@ -238,61 +230,6 @@ impl Repository {
         let mut batch = sled::Batch::default();
         for (path, entry, meta) in index.iter_with_meta() {
             batch.insert(path.as_bytes(), encode_entry(entry, meta));
-        }
-        self.index_tree.apply_batch(batch)?;
-        self.meta.insert(INDEX_SEQ_KEY, &seq.to_be_bytes())?;
-        Ok(())
-    }
-
-    /// `save_index` once `INDEX_SAVE_PATHS` paths changed or `INDEX_SAVE_INTERVAL_MS`
-    /// passed since the last save; until then the changes stay marked in `index`.
-    pub(crate) fn save_index_when_due(&self, index: &mut FolderIndex, seq: u64) -> Result<()> {
-        use std::sync::atomic::Ordering;
-        let now = crate::fsutil::monotonic_ms();
-        let last = self.index_saved_ms.load(Ordering::Relaxed);
-        if index.dirty_len() < INDEX_SAVE_PATHS && now.saturating_sub(last) < INDEX_SAVE_INTERVAL_MS
-        {
-            return Ok(());
-        }
-        self.save_index(index, seq)?;
-        self.index_saved_ms.store(now, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// How many index entries replay or recording changed and has not saved yet.
-    pub fn unsaved_index_paths(&self) -> usize {
-        self.lock_index().dirty_len()
-    }
-
-    /// Save the index entries replay or recording changed and has not saved yet, if any
-    /// (as of the log head), and flush the store: for a passive with nothing to apply
-    /// for a moment, which has just checked the disk's free space, or an idle capture (sled's own background
-    /// flush could meet a disk filled meanwhile). Returns how many entries.
-    pub fn save_index_if_dirty(&self) -> Result<usize> {
-        let mut index = self.lock_index();
-        let dirty = index.dirty_len();
-        if dirty > 0 {
-            // Under the index lock the index matches the log head.
-            self.save_index(&mut index, self.log.head().seq)?;
-            self.db.flush()?;
-            self.index_saved_ms.store(
-                crate::fsutil::monotonic_ms(),
-                std::sync::atomic::Ordering::Relaxed,
-            );
-        }
-        Ok(dirty)
-    }
-
-    /// Save the entries changed since the last save, as of `seq`.
-    pub(crate) fn save_index(&self, index: &mut FolderIndex, seq: u64) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for path in index.take_dirty() {
-            match index.get(&path) {
-                Some(entry) => {
-                    batch.insert(path.as_bytes(), encode_entry(entry, index.meta(&path)))
-                }
-                None => batch.remove(path.as_bytes()),
-            }
         }
         self.index_tree.apply_batch(batch)?;
         self.meta.insert(INDEX_SEQ_KEY, &seq.to_be_bytes())?;

@@ -123,7 +123,7 @@ impl Repository {
             // changed or enough time has passed, and otherwise by capture once it is
             // idle (`save_index_if_dirty`), as replay does: a save per group cost an
             // eighth of a small-file capture's instructions.
-            self.save_index_when_due(&mut index, tip.0)?;
+            self.save_index_when_due(&mut index, tip.0, events.len())?;
         }
         match misfit {
             Some(error) => Err(error),
