@@ -100,8 +100,9 @@ fn a_change_that_never_replicated_goes_to_quarantine_on_rejoin() {
 
     // beta goes away; alpha records a change nobody else ever sees; alpha dies.
     beta.kill();
-    std::fs::write(alpha.folder.join("late.txt"), b"only alpha ever had this").unwrap();
+    // The head before the write: capture may record it before the next line runs.
     let before = alpha.head_seq();
+    std::fs::write(alpha.folder.join("late.txt"), b"only alpha ever had this").unwrap();
     wait_until("alpha to record the late change", || {
         alpha.head_seq() > before
     });
@@ -262,12 +263,13 @@ fn a_quarantined_change_can_be_restored_on_the_authority() {
     std::fs::write(alpha.folder.join("base.txt"), b"base").unwrap();
     wait_until("beta to follow", || in_sync(&alpha, &beta));
     beta.signal(libc::SIGSTOP);
+    // The head before the write: capture may record it before the next line runs.
+    let before = alpha.head_seq();
     std::fs::write(
         alpha.folder.join("report.txt"),
         b"written while the passive was frozen",
     )
     .unwrap();
-    let before = alpha.head_seq();
     wait_until("alpha to record it", || alpha.head_seq() > before);
     alpha.kill();
     beta.signal(libc::SIGCONT);
