@@ -83,8 +83,10 @@ impl Loop {
         let mut rounds = 0;
         let ordered;
         let mut read_everything = false;
+        let (mut read_time, mut mark_time) = (Duration::ZERO, Duration::ZERO);
         loop {
             rounds += 1;
+            let reading = crate::clock::instant();
             // Directories created or moved in: watched before they are read (notify
             // adds its own watch only later), so nothing written into them goes unseen.
             self.watch_new_directories();
@@ -123,7 +125,10 @@ impl Loop {
                         .cloned(),
                 );
             }
+            read_time += reading.elapsed();
+            let marking = crate::clock::instant();
             let marked = self.await_mark();
+            mark_time += marking.elapsed();
             let mut touched: Vec<RelPath> = Vec::new();
             for path in marked.touched {
                 // A database's companion stands for the database (noted with it): one
@@ -197,11 +202,13 @@ impl Loop {
             all_paths.extend(touched.iter().cloned());
             round_scope = Scope::Paths(touched);
         }
+        let recording = crate::clock::instant();
         let count = if changes.is_empty() {
             0
         } else {
             repository.record(self.epoch, changes)?.len()
         };
+        let record_time = recording.elapsed();
         self.held_back_since = None;
         self.stats.groups.fetch_add(1, Ordering::Relaxed);
         if !ordered {
@@ -217,6 +224,9 @@ impl Loop {
         tracing::debug!(
             rounds,
             events = count,
+            read_ms = read_time.as_secs_f64() * 1e3,
+            mark_ms = mark_time.as_secs_f64() * 1e3,
+            record_ms = record_time.as_secs_f64() * 1e3,
             total_ms = started.elapsed().as_secs_f64() * 1e3,
             "group recorded"
         );
