@@ -20,8 +20,8 @@ use standin::report_auth::sign;
 use standin_proto::v1 as wire;
 use standin_proto::v1::agent_client::AgentClient;
 
-use crate::proxy::Proxy;
-use crate::support::{http_get, standin, wait_until, NodeProcess};
+use crate::proxy::{proxied_pair, Proxy};
+use crate::support::{http_get, standin, wait_until, NodeProcess, PairSpec};
 
 fn run(args: &[&str]) -> Output {
     Command::new(standin()).args(args).output().unwrap()
@@ -100,28 +100,11 @@ impl KeyedPair {
             add_key(&keys, name);
         }
         let agents = "\"ts1\", \"ts2\", \"ts3\"";
-        let mut alpha = NodeProcess::configure(
-            root.path(),
-            "alpha",
-            "active",
-            None,
+        let spec = PairSpec::with_extra(
             &witness_config(&keys, agents, 1500),
-        );
-        let to_alpha = Proxy::start(alpha.grpc);
-        let beta = NodeProcess::configure(
-            root.path(),
-            "beta",
-            "passive",
-            Some(to_alpha.port),
             &witness_config(&keys, agents, beta_window_ms),
         );
-        let to_beta = Proxy::start(beta.grpc);
-        let mut text = std::fs::read_to_string(&alpha.config).unwrap();
-        text.push_str(&format!(
-            "peer_url = \"http://127.0.0.1:{}\"\n",
-            to_beta.port
-        ));
-        std::fs::write(&alpha.config, text).unwrap();
+        let (mut alpha, beta, [to_alpha, to_beta]) = proxied_pair(root.path(), spec);
         alpha.start();
         KeyedPair {
             root,

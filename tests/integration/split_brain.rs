@@ -4,12 +4,11 @@
 //! throughout. The active is killed: the passive takes over once the agents agree.
 //! Reports from unknown agents or with a wrong secret do not count.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::proxy::Proxy;
+use crate::proxy::{proxied_pair, Proxy};
 use crate::site::{agent, AgentProcess};
-use crate::support::{http_get, standin, wait_until, NodeProcess};
+use crate::support::{agent_secret, http_get, wait_until, NodeProcess, PairSpec};
 
 /// `/active` on a node: true on 200.
 fn active(node: &NodeProcess) -> bool {
@@ -29,29 +28,13 @@ struct WitnessPair {
 impl WitnessPair {
     fn new() -> WitnessPair {
         let root = tempfile::tempdir().unwrap();
-        let agent_secret = root.path().join("agent.secret");
-        assert!(Command::new(standin())
-            .arg("init-secret")
-            .arg(&agent_secret)
-            .stdout(Stdio::null())
-            .status()
-            .unwrap()
-            .success());
+        let agent_secret = agent_secret(root.path());
         let extra = format!(
             "heartbeat_interval_ms = 100\nfailover_after_ms = 3000\nreplication_period = 0\nagent_secret_file = \"{}\"\nauthority = \"witness\"\nwitness_agents = [\"ts1\", \"ts2\", \"ts3\"]\nwitness_window_ms = 1500\n",
             agent_secret.display()
         );
-        let mut alpha = NodeProcess::configure(root.path(), "alpha", "active", None, &extra);
-        let to_alpha = Proxy::start(alpha.grpc);
-        let beta =
-            NodeProcess::configure(root.path(), "beta", "passive", Some(to_alpha.port), &extra);
-        let to_beta = Proxy::start(beta.grpc);
-        let mut text = std::fs::read_to_string(&alpha.config).unwrap();
-        text.push_str(&format!(
-            "peer_url = \"http://127.0.0.1:{}\"\n",
-            to_beta.port
-        ));
-        std::fs::write(&alpha.config, text).unwrap();
+        let (mut alpha, beta, [to_alpha, to_beta]) =
+            proxied_pair(root.path(), PairSpec::new(&extra));
         alpha.start();
         WitnessPair {
             root,
