@@ -27,6 +27,27 @@ pub use process::NodeProcess;
 pub use spec::{init_secret, standin_binary, NodeSpec};
 pub use wait::{poll_for, wait_until, wait_within, LIMIT};
 
-/// What the harness's fallible calls return (the benchmarks' errors box it; the tests
-/// use the panicking forms).
-pub type Error = Box<dyn std::error::Error + Send + Sync>;
+/// Why a harness call failed: what it was doing, with the node's log when there is
+/// one (the benchmarks box it; the tests use the panicking forms).
+#[derive(Debug)]
+pub struct Error(String);
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<String> for Error {
+    fn from(message: String) -> Error {
+        Error(message)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(error: std::io::Error) -> Error {
+        Error(error.to_string())
+    }
+}
