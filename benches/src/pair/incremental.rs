@@ -6,6 +6,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use standin_harness::NodeProcess;
+
 use super::nodes::{metric, pair_specs, resources, wait_head, LIMIT};
 use super::rsync::RsyncDaemon;
 use crate::Outcome;
@@ -107,18 +109,8 @@ pub fn incremental(
         middle.write_all(&content)?;
     }
     let writing = started.elapsed();
-    let written = Instant::now();
-    let expected = head_before + rewritten + 2;
-    wait_head(&alpha, "the active to record the changes", |head| {
-        head >= expected
-    })?;
-    let final_head = alpha.head_seq();
-    wait_head(&beta, "the passive to apply them", |head| {
-        head >= final_head
-    })?;
-    let standin = written.elapsed();
-    let standin_wire_bytes =
-        metric(&beta, "standin_bytes_replicated_total").saturating_sub(bytes_before);
+    let (standin, standin_wire_bytes) =
+        applied(&alpha, &beta, head_before + rewritten + 2, bytes_before)?;
 
     let (rsync_time, rsync_wire_bytes) = daemon.update(rsync, &rsync_target)?;
 
@@ -217,18 +209,8 @@ pub fn small_incremental(
         rewritten += 1;
     }
     let writing = started.elapsed();
-    let written = Instant::now();
-    let expected = head_before + rewritten;
-    wait_head(&alpha, "the active to record the changes", |head| {
-        head >= expected
-    })?;
-    let final_head = alpha.head_seq();
-    wait_head(&beta, "the passive to apply them", |head| {
-        head >= final_head
-    })?;
-    let standin = written.elapsed();
-    let standin_wire_bytes =
-        metric(&beta, "standin_bytes_replicated_total").saturating_sub(bytes_before);
+    let (standin, standin_wire_bytes) =
+        applied(&alpha, &beta, head_before + rewritten, bytes_before)?;
     let (rsync_time, rsync_wire_bytes) = daemon.update(rsync, &rsync_target)?;
     Ok(SmallIncremental {
         files,
@@ -239,4 +221,23 @@ pub fn small_incremental(
         rsync: rsync_time,
         rsync_wire_bytes,
     })
+}
+
+/// From now until the active has recorded `expected` events and the passive applied
+/// them all: the time, and the bytes the passive received since `bytes_before`.
+fn applied(
+    alpha: &NodeProcess,
+    beta: &NodeProcess,
+    expected: u64,
+    bytes_before: u64,
+) -> Outcome<(Duration, u64)> {
+    let written = Instant::now();
+    wait_head(alpha, "the active to record the changes", |head| {
+        head >= expected
+    })?;
+    let final_head = alpha.head_seq();
+    wait_head(beta, "the passive to apply them", |head| head >= final_head)?;
+    let elapsed = written.elapsed();
+    let bytes = metric(beta, "standin_bytes_replicated_total").saturating_sub(bytes_before);
+    Ok((elapsed, bytes))
 }
