@@ -7,10 +7,10 @@ use std::io::Write;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::proxy::{Link, Proxy};
+use crate::proxy::{partitionable_pair, Link, Proxy};
 use crate::support::{
     fault_runs, in_quarantine, in_sync, ledger_missing, log_hashes, poll_for, pseudo_random,
-    status_head, wait_until, wait_within, FaultRng, NodeProcess, Pair, PairSpec, Writer,
+    status_head, wait_until, wait_within, FaultRng, NodeProcess, Pair, Writer,
 };
 
 #[test]
@@ -405,13 +405,7 @@ fn write_files(
 fn partition_with_failover(test: &str, rounds: usize) {
     let mut rng = FaultRng::for_test(test);
     let root = tempfile::tempdir().unwrap();
-    let timing = "heartbeat_interval_ms = 100\nfailover_after_ms = 1500\nreplication_period = 0\n";
-    let proxy = Proxy::new();
-    let (mut alpha, mut beta) = PairSpec::new(timing)
-        .mutual()
-        .configure_via(root.path(), |port| proxy.forward(port));
-    alpha.start();
-    beta.start();
+    let (proxy, alpha, beta) = partitionable_pair(root.path());
     wait_until("alpha to be active", || alpha.is_active());
 
     let mut ledger: BTreeMap<String, Vec<u8>> = BTreeMap::new();

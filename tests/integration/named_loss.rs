@@ -6,19 +6,13 @@
 
 use std::time::Duration;
 
-use crate::proxy::{Link, Proxy};
-use crate::support::{in_sync, status_json, wait_within, PairSpec};
+use crate::proxy::{partitionable_pair, Link};
+use crate::support::{in_sync, status_json, wait_within};
 
 #[test]
 fn after_a_partition_both_nodes_name_what_was_kept_aside_until_acknowledged() {
     let root = tempfile::tempdir().unwrap();
-    let timing = "heartbeat_interval_ms = 100\nfailover_after_ms = 1500\nreplication_period = 0\n";
-    let proxy = Proxy::new();
-    let (mut alpha, mut beta) = PairSpec::new(timing)
-        .mutual()
-        .configure_via(root.path(), |port| proxy.forward(port));
-    alpha.start();
-    beta.start();
+    let (proxy, mut alpha, beta) = partitionable_pair(root.path());
     let long = Duration::from_secs(120);
     wait_within("alpha to be active", long, || alpha.is_active());
     std::fs::write(alpha.folder.join("shared.txt"), b"both have this").unwrap();

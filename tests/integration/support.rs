@@ -39,6 +39,24 @@ pub fn status_json(node: &NodeProcess) -> serde_json::Value {
     serde_json::from_slice(&node.cli(&["status", "--json"]).stdout).unwrap_or_default()
 }
 
+/// One sample of which node answers `/active` 200 — alpha, then beta, then alpha
+/// again — panicking when both do at once (`since`: when the watch began, for the
+/// message): (alpha before, beta, alpha after).
+#[allow(dead_code)]
+pub fn sample_authority(
+    alpha: &NodeProcess,
+    beta: &NodeProcess,
+    since: std::time::Instant,
+) -> (bool, bool, bool) {
+    let (a1, b, a2) = (alpha.is_active(), beta.is_active(), alpha.is_active());
+    assert!(
+        !(a1 && b && a2),
+        "two nodes answer /active 200 at once after {:?}",
+        since.elapsed()
+    );
+    (a1, b, a2)
+}
+
 /// The random source of a fault test: seeded from `STANDIN_FAULT_SEED` (or the clock),
 /// printed at the start so that a failing run can be replayed with the same schedule
 /// (the schedule of faults and writes; thread interleavings are the machine's).

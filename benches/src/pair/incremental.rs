@@ -56,21 +56,13 @@ pub fn incremental(
     }
     let failover_after_ms = 2_000;
     let timing = format!("heartbeat_interval_ms = 200\nfailover_after_ms = {failover_after_ms}\n");
-    let replica = root.join("replica");
-    let (alpha, beta) = pair_specs(binary, &folder, &replica, &timing);
-    let mut alpha = alpha.try_start(&root)?;
-    std::fs::create_dir(&replica)?;
-    let beta = beta.try_start(&root)?;
-    let small_files = std::fs::read_dir(folder.join("small"))?.count();
-    wait_head(&alpha, "the active to record the folder", |head| {
-        head > small_files as u64
-    })?;
-    let target = alpha.head_seq();
-    wait_head(&beta, "the passive to catch up", |head| head >= target)?;
-    let daemon = RsyncDaemon::start(rsync, &root, &folder)?;
-    let rsync_target = root.join("rsync-target");
-    daemon.copy(rsync, &rsync_target)?;
-    std::thread::sleep(Duration::from_secs(2));
+    let small_files = std::fs::read_dir(folder.join("small"))?.count() as u64;
+    let Synced {
+        mut alpha,
+        beta,
+        daemon,
+        rsync_target,
+    } = synced(binary, rsync, &root, &folder, &timing, small_files + 1)?;
 
     // The changes.
     let bytes_before = metric(&beta, "standin_bytes_replicated_total");
@@ -177,20 +169,12 @@ pub fn small_incremental(
     crate::corpus::small_files(&folder, files, dirs, 4096)?;
     crate::measure::sync_all();
     let entries = (files + dirs) as u64;
-    let replica = root.join("replica");
-    let (alpha, beta) = pair_specs(binary, &folder, &replica, "");
-    let alpha = alpha.try_start(&root)?;
-    wait_head(&alpha, "the active to record the folder", |head| {
-        head >= entries
-    })?;
-    std::fs::create_dir(&replica)?;
-    let beta = beta.try_start(&root)?;
-    let target = alpha.head_seq();
-    wait_head(&beta, "the passive to catch up", |head| head >= target)?;
-    let daemon = RsyncDaemon::start(rsync, &root, &folder)?;
-    let rsync_target = root.join("rsync-target");
-    daemon.copy(rsync, &rsync_target)?;
-    std::thread::sleep(Duration::from_secs(2));
+    let Synced {
+        alpha,
+        beta,
+        daemon,
+        rsync_target,
+    } = synced(binary, rsync, &root, &folder, "", entries)?;
     crate::measure::warm(&folder)?;
 
     let bytes_before = metric(&beta, "standin_bytes_replicated_total");
@@ -240,4 +224,44 @@ fn applied(
     let elapsed = written.elapsed();
     let bytes = metric(beta, "standin_bytes_replicated_total").saturating_sub(bytes_before);
     Ok((elapsed, bytes))
+}
+
+/// A pair on `folder` and an rsync copy of it, both in step before the changes.
+struct Synced {
+    alpha: NodeProcess,
+    beta: NodeProcess,
+    daemon: RsyncDaemon,
+    rsync_target: PathBuf,
+}
+
+/// Start the active on `folder` until it recorded `entries` events, then a passive
+/// until it caught up; copy the folder with rsync too, then let both settle 2 s.
+fn synced(
+    binary: &Path,
+    rsync: &Path,
+    root: &Path,
+    folder: &Path,
+    extra: &str,
+    entries: u64,
+) -> Outcome<Synced> {
+    let replica = root.join("replica");
+    let (alpha, beta) = pair_specs(binary, folder, &replica, extra);
+    let alpha = alpha.try_start(root)?;
+    wait_head(&alpha, "the active to record the folder", |head| {
+        head >= entries
+    })?;
+    std::fs::create_dir(&replica)?;
+    let beta = beta.try_start(root)?;
+    let target = alpha.head_seq();
+    wait_head(&beta, "the passive to catch up", |head| head >= target)?;
+    let daemon = RsyncDaemon::start(rsync, root, folder)?;
+    let rsync_target = root.join("rsync-target");
+    daemon.copy(rsync, &rsync_target)?;
+    std::thread::sleep(Duration::from_secs(2));
+    Ok(Synced {
+        alpha,
+        beta,
+        daemon,
+        rsync_target,
+    })
 }
