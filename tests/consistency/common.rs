@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use crate::support::{http_get, wait_within, NodeProcess, LIMIT};
+use crate::support::{wait_within, NodeProcess, PairSpec, LIMIT};
 
 static HEAVY: Mutex<()> = Mutex::new(());
 
@@ -29,11 +29,6 @@ pub fn soak_runs(default: usize) -> usize {
             .unwrap_or_else(|_| panic!("STANDIN_SOAK_RUNS={text:?} is not a number")),
         Err(_) => default,
     }
-}
-
-/// Whether the node accepts logins (its `/active` answers 200).
-pub fn is_active(node: &NodeProcess) -> bool {
-    http_get(node.http, "/active").is_some_and(|(status, _)| status == 200)
 }
 
 /// An active (`alpha`) and a passive (`beta`) that heartbeat each other every 100 ms;
@@ -70,13 +65,8 @@ impl FailoverPair {
         let timing = format!(
             "heartbeat_interval_ms = 100\nfailover_after_ms = {FAILOVER_AFTER_MS}\nreplication_period = {period}\n"
         );
-        let mut alpha = NodeProcess::configure(root.path(), "alpha", "active", None, &timing);
-        let mut beta =
-            NodeProcess::configure(root.path(), "beta", "passive", Some(alpha.grpc), &timing);
         // alpha heartbeats beta too, as deployed.
-        let mut text = std::fs::read_to_string(&alpha.config).unwrap();
-        text.push_str(&format!("peer_url = \"http://127.0.0.1:{}\"\n", beta.grpc));
-        std::fs::write(&alpha.config, text).unwrap();
+        let (mut alpha, mut beta) = PairSpec::new(&timing).mutual().configure(root.path());
         alpha.env.extend(
             alpha_env
                 .iter()
@@ -84,7 +74,7 @@ impl FailoverPair {
         );
         alpha.start();
         beta.start();
-        wait_within("alpha to be active", LIMIT, || is_active(&alpha));
+        wait_within("alpha to be active", LIMIT, || alpha.is_active());
         FailoverPair { alpha, beta, root }
     }
 
@@ -98,7 +88,7 @@ impl FailoverPair {
         wait_within(
             "beta to promote itself after alpha was killed",
             LIMIT,
-            || is_active(&self.beta),
+            || self.beta.is_active(),
         );
     }
 }

@@ -5,7 +5,7 @@
 
 use std::io::Write;
 
-use crate::common::{heavy, is_active, soak_runs, LogReader};
+use crate::common::{heavy, soak_runs, LogReader};
 use crate::support::{wait_within, NodeProcess, LIMIT};
 
 /// `echo text > path`: open (create, truncate), write, close.
@@ -25,7 +25,7 @@ fn objects_before_refs(rounds: usize) {
         "replication_period = 0\n",
     );
     alpha.start();
-    wait_within("alpha to be active", LIMIT, || is_active(&alpha));
+    wait_within("alpha to be active", LIMIT, || alpha.is_active());
     std::fs::create_dir(alpha.folder.join("objects")).unwrap();
 
     let mut log = LogReader::default();

@@ -20,8 +20,8 @@ use standin::report_auth::sign;
 use standin_proto::v1 as wire;
 use standin_proto::v1::agent_client::AgentClient;
 
-use crate::proxy::Proxy;
-use crate::support::{http_get, standin, wait_until, NodeProcess};
+use crate::proxy::{proxied_pair, Proxy};
+use crate::support::{sample_authority, standin, wait_until, NodeProcess, PairSpec};
 
 fn run(args: &[&str]) -> Output {
     Command::new(standin()).args(args).output().unwrap()
@@ -40,10 +40,6 @@ fn add_key(dir: &Path, name: &str) -> PathBuf {
         String::from_utf8_lossy(&output.stderr)
     );
     dir.join(format!("{name}.key"))
-}
-
-fn active(node: &NodeProcess) -> bool {
-    http_get(node.http, "/active").is_some_and(|(status, _)| status == 200)
 }
 
 struct KeyedAgent(Child);
@@ -100,28 +96,11 @@ impl KeyedPair {
             add_key(&keys, name);
         }
         let agents = "\"ts1\", \"ts2\", \"ts3\"";
-        let mut alpha = NodeProcess::configure(
-            root.path(),
-            "alpha",
-            "active",
-            None,
+        let spec = PairSpec::with_extra(
             &witness_config(&keys, agents, 1500),
-        );
-        let to_alpha = Proxy::start(alpha.grpc);
-        let beta = NodeProcess::configure(
-            root.path(),
-            "beta",
-            "passive",
-            Some(to_alpha.port),
             &witness_config(&keys, agents, beta_window_ms),
         );
-        let to_beta = Proxy::start(beta.grpc);
-        let mut text = std::fs::read_to_string(&alpha.config).unwrap();
-        text.push_str(&format!(
-            "peer_url = \"http://127.0.0.1:{}\"\n",
-            to_beta.port
-        ));
-        std::fs::write(&alpha.config, text).unwrap();
+        let (mut alpha, beta, [to_alpha, to_beta]) = proxied_pair(root.path(), spec);
         alpha.start();
         KeyedPair {
             root,
@@ -274,7 +253,7 @@ fn one_agents_key_cannot_forge_the_others_votes_with_the_pair_link_cut() {
     // The honest agents ts2 and ts3 (ts1's key is the attacker's).
     let _honest: Vec<KeyedAgent> = ["ts2", "ts3"].iter().map(|name| pair.agent(name)).collect();
     pair.beta.start();
-    wait_until("alpha to be the authority", || active(&pair.alpha));
+    wait_until("alpha to be the authority", || pair.alpha.is_active());
     pair.to_alpha.cut();
     pair.to_beta.cut();
 
@@ -323,14 +302,7 @@ fn one_agents_key_cannot_forge_the_others_votes_with_the_pair_link_cut() {
     let started = Instant::now();
     let (mut samples, mut alpha_samples) = (0, 0);
     while started.elapsed() < Duration::from_secs(10) {
-        let a1 = active(&pair.alpha);
-        let b = active(&pair.beta);
-        let a2 = active(&pair.alpha);
-        assert!(
-            !(a1 && b && a2),
-            "two nodes answer /active 200 at once after {:?}",
-            started.elapsed()
-        );
+        let (a1, b, a2) = sample_authority(&pair.alpha, &pair.beta, started);
         assert!(!b, "beta took authority on forged votes");
         samples += 1;
         alpha_samples += u32::from(a1 && a2);
@@ -449,12 +421,12 @@ fn agents_with_their_own_keys_back_the_active() {
         .map(|name| pair.agent(name))
         .collect();
     pair.beta.start();
-    wait_until("alpha to be the authority", || active(&pair.alpha));
+    wait_until("alpha to be the authority", || pair.alpha.is_active());
     wait_until("both nodes to count three votes", || {
         pair.status(&pair.alpha).contains("3 of 3 votes")
             && pair.status(&pair.beta).contains("0 of 3 votes")
     });
-    assert!(!active(&pair.beta));
+    assert!(!pair.beta.is_active());
     // A node restarted: the agents greet its new run and count again.
     pair.beta.kill();
     pair.beta.start();
@@ -485,11 +457,11 @@ fn nodes_with_different_voter_sets_refuse_witness_authority() {
     // The link cut: no vote counts, so neither node may be the authority.
     pair.to_alpha.cut();
     pair.to_beta.cut();
-    wait_until("alpha to stop accepting logins", || !active(&pair.alpha));
+    wait_until("alpha to stop accepting logins", || !pair.alpha.is_active());
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(5) {
         assert!(
-            !active(&pair.alpha) && !active(&pair.beta),
+            !pair.alpha.is_active() && !pair.beta.is_active(),
             "a node took witness authority with differing voter sets"
         );
         std::thread::sleep(Duration::from_millis(25));
@@ -503,12 +475,12 @@ fn nodes_with_different_voter_sets_refuse_witness_authority() {
     pair.to_alpha.heal();
     pair.to_beta.heal();
     pair.beta.start();
-    wait_until("alpha to be the authority again", || active(&pair.alpha));
+    wait_until("alpha to be the authority again", || pair.alpha.is_active());
     wait_until("the refusal to be lifted on both", || {
         !pair.status(&pair.alpha).contains("REFUSED")
             && !pair.status(&pair.beta).contains("REFUSED")
     });
-    assert!(!active(&pair.beta));
+    assert!(!pair.beta.is_active());
 }
 
 #[test]

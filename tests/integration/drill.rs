@@ -4,9 +4,9 @@
 //! pair: the roles and heads are the same after every drill.
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
-use crate::support::{standin, wait_until, NodeProcess};
+use crate::support::{agent_secret, wait_until, NodeProcess, PairSpec};
 
 fn text(output: &Output) -> String {
     format!(
@@ -32,14 +32,7 @@ fn drill(node: &NodeProcess) -> (Option<i32>, String) {
 #[test]
 fn the_drill_is_green_on_a_healthy_pair_and_names_what_would_go_wrong() {
     let root = tempfile::tempdir().unwrap();
-    let agent_secret = root.path().join("agent.secret");
-    assert!(Command::new(standin())
-        .arg("init-secret")
-        .arg(&agent_secret)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap()
-        .success());
+    let agent_secret = agent_secret(root.path());
     let hook = root.path().join("point-dns-here");
     std::fs::write(&hook, "#!/bin/sh\nexit 0\n").unwrap();
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -49,18 +42,11 @@ fn the_drill_is_green_on_a_healthy_pair_and_names_what_would_go_wrong() {
         "heartbeat_interval_ms = 100\nfailover_after_ms = 1500\nreplication_period = 3600\nagent_secret_file = \"{}\"\n",
         agent_secret.display(),
     );
-    let mut alpha = NodeProcess::configure(root.path(), "alpha", "active", None, &extra);
     // The passive's on_promote is what a failover runs.
-    let mut beta = NodeProcess::configure(
-        root.path(),
-        "beta",
-        "passive",
-        Some(alpha.grpc),
-        &format!("{extra}on_promote = \"{} --now\"\n", hook.display()),
-    );
-    let mut config = std::fs::read_to_string(&alpha.config).unwrap();
-    config.push_str(&format!("peer_url = \"http://127.0.0.1:{}\"\n", beta.grpc));
-    std::fs::write(&alpha.config, config).unwrap();
+    let (mut alpha, mut beta) = PairSpec::new(&extra)
+        .beta(|beta| beta.extra(&format!("on_promote = \"{} --now\"\n", hook.display())))
+        .mutual()
+        .configure(root.path());
     std::fs::write(alpha.folder.join("a.txt"), b"before the drill").unwrap();
     alpha.start();
     wait_until("alpha to record its folder", || alpha.head_seq() > 0);

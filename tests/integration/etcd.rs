@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{free_port, http_get, wait_until, NodeProcess};
+use crate::support::{free_port, http_get, wait_until, NodeProcess, PairSpec};
 
 const LEASE_TTL_S: u64 = 3;
 
@@ -107,11 +107,7 @@ fn the_etcd_lease_decides_the_authority_through_a_failover_and_an_etcd_outage() 
         "heartbeat_interval_ms = 100\nfailover_after_ms = 1500\nreplication_period = 0\nauthority = \"etcd\"\netcd_endpoints = [\"{}\"]\netcd_lease_ttl_s = {LEASE_TTL_S}\n",
         etcd.url()
     );
-    let mut alpha = NodeProcess::configure(root.path(), "alpha", "active", None, &extra);
-    let mut beta = NodeProcess::configure(root.path(), "beta", "passive", Some(alpha.grpc), &extra);
-    let mut text = std::fs::read_to_string(&alpha.config).unwrap();
-    text.push_str(&format!("peer_url = \"http://127.0.0.1:{}\"\n", beta.grpc));
-    std::fs::write(&alpha.config, text).unwrap();
+    let (mut alpha, mut beta) = PairSpec::new(&extra).mutual().configure(root.path());
     alpha.start();
     beta.start();
     wait_for("alpha to take the lease", &[&alpha, &beta], || {

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use crate::support::{http_get, tree, wait_until, NodeProcess};
+use crate::support::{in_sync, wait_until, NodeProcess, PairSpec};
 
 /// A pair that heartbeats each other every 100 ms and fails over after 1.5 s.
 fn failover_pair(root: &std::path::Path) -> (NodeProcess, NodeProcess) {
@@ -13,22 +13,8 @@ fn failover_pair(root: &std::path::Path) -> (NodeProcess, NodeProcess) {
         "heartbeat_interval_ms = 100\nfailover_after_ms = 1500\nreplication_period = 0\non_promote = \"env | grep ^STANDIN_ | sort | tr '\\\\n' ' ' >> {0}; echo >> {0}\"\non_demote = \"env | grep ^STANDIN_ | sort | tr '\\\\n' ' ' >> {0}; echo >> {0}\"\n",
         hooks.display()
     );
-    let alpha = NodeProcess::configure(root, "alpha", "active", None, &timing);
-    let beta = NodeProcess::configure(root, "beta", "passive", Some(alpha.grpc), &timing);
     // alpha heartbeats beta too (its own peer_url).
-    let mut text = std::fs::read_to_string(&alpha.config).unwrap();
-    text.push_str(&format!("peer_url = \"http://127.0.0.1:{}\"\n", beta.grpc));
-    std::fs::write(&alpha.config, text).unwrap();
-    (alpha, beta)
-}
-
-fn is_active(node: &NodeProcess) -> bool {
-    http_get(node.http, "/active").is_some_and(|(status, _)| status == 200)
-}
-
-fn in_sync(a: &NodeProcess, b: &NodeProcess) -> bool {
-    let head = a.head_seq();
-    head > 0 && head == b.head_seq() && tree(&a.folder) == tree(&b.folder)
+    PairSpec::new(&timing).mutual().configure(root)
 }
 
 #[test]
@@ -37,14 +23,14 @@ fn the_passive_takes_over_and_the_old_active_rejoins_and_follows() {
     let (mut alpha, mut beta) = failover_pair(root.path());
     alpha.start();
     beta.start();
-    wait_until("alpha to be active", || is_active(&alpha));
+    wait_until("alpha to be active", || alpha.is_active());
     std::fs::write(alpha.folder.join("before.txt"), b"written on alpha").unwrap();
     wait_until("beta to follow", || in_sync(&alpha, &beta));
-    assert!(!is_active(&beta), "only one node accepts logins");
+    assert!(!beta.is_active(), "only one node accepts logins");
 
     alpha.kill();
     let killed = Instant::now();
-    wait_until("beta to take over", || is_active(&beta));
+    wait_until("beta to take over", || beta.is_active());
     eprintln!(
         "beta took over {:.2} s after alpha was killed",
         killed.elapsed().as_secs_f64()
@@ -74,8 +60,8 @@ fn the_passive_takes_over_and_the_old_active_rejoins_and_follows() {
     alpha.start();
     wait_until("alpha to rejoin and follow beta", || in_sync(&beta, &alpha));
     assert!(alpha.folder.join("after.txt").exists());
-    assert!(!is_active(&alpha), "the old active does not accept logins");
-    assert!(is_active(&beta));
+    assert!(!alpha.is_active(), "the old active does not accept logins");
+    assert!(beta.is_active());
     let status: serde_json::Value =
         serde_json::from_slice(&alpha.cli(&["status", "--json"]).stdout).unwrap();
     assert_eq!(status["role"], "passive", "{status}");
@@ -110,7 +96,7 @@ fn a_change_that_never_replicated_goes_to_quarantine_on_rejoin() {
 
     // beta comes back alone, waits failover_after_ms, and takes over.
     beta.start();
-    wait_until("beta to take over", || is_active(&beta));
+    wait_until("beta to take over", || beta.is_active());
     std::fs::write(beta.folder.join("new.txt"), b"after the takeover").unwrap();
     wait_until("beta to record", || {
         beta.folder.join("new.txt").exists() && beta.head_seq() >= 3
@@ -174,9 +160,9 @@ fn a_switchover_hands_over_without_losing_anything() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    wait_until("beta to be active", || is_active(&beta));
+    wait_until("beta to be active", || beta.is_active());
     wait_until("alpha to follow beta", || {
-        in_sync(&beta, &alpha) && !is_active(&alpha)
+        in_sync(&beta, &alpha) && !alpha.is_active()
     });
     assert!(beta.folder.join("last-minute.txt").exists());
     let status: serde_json::Value =
@@ -205,7 +191,7 @@ fn promote_without_force_is_refused_while_the_active_answers() {
     assert_eq!(output.status.code(), Some(3), "refused: {stderr}");
     assert!(stderr.contains("use `standin switchover`"), "{stderr}");
     assert!(
-        !is_active(&beta),
+        !beta.is_active(),
         "the active answers: no promotion without --force"
     );
 }
@@ -222,12 +208,12 @@ fn with_auto_failback_the_preferred_node_takes_over_again_once_caught_up() {
     std::fs::write(alpha.folder.join("first.txt"), b"1").unwrap();
     wait_until("beta to follow", || in_sync(&alpha, &beta));
     alpha.kill();
-    wait_until("beta to take over", || is_active(&beta));
+    wait_until("beta to take over", || beta.is_active());
     std::fs::write(beta.folder.join("while-alpha-was-down.txt"), b"2").unwrap();
     wait_until("beta to record", || beta.head_seq() >= 3);
     alpha.start();
     wait_until("alpha, the preferred node, to take over again", || {
-        is_active(&alpha) && !is_active(&beta)
+        alpha.is_active() && !beta.is_active()
     });
     wait_until("beta to follow alpha", || in_sync(&alpha, &beta));
     assert!(
@@ -273,10 +259,10 @@ fn a_quarantined_change_can_be_restored_on_the_authority() {
     wait_until("alpha to record it", || alpha.head_seq() > before);
     alpha.kill();
     beta.signal(libc::SIGCONT);
-    wait_until("beta to take over", || is_active(&beta));
+    wait_until("beta to take over", || beta.is_active());
     alpha.start();
     wait_until("alpha to rejoin", || {
-        in_sync(&beta, &alpha) && !is_active(&alpha)
+        in_sync(&beta, &alpha) && !alpha.is_active()
     });
     assert!(!alpha.folder.join("report.txt").exists());
 
@@ -322,9 +308,9 @@ fn a_switchover_under_a_stream_of_writes_loses_nothing() {
     let mut written = Vec::new();
     let mut switchover = None;
     for index in 0..60 {
-        let target = if is_active(&alpha) {
+        let target = if alpha.is_active() {
             &alpha
-        } else if is_active(&beta) {
+        } else if beta.is_active() {
             &beta
         } else {
             continue;
@@ -352,7 +338,7 @@ fn a_switchover_under_a_stream_of_writes_loses_nothing() {
         String::from_utf8_lossy(&output.stderr)
     );
     wait_until("beta to be the authority", || {
-        is_active(&beta) && !is_active(&alpha)
+        beta.is_active() && !alpha.is_active()
     });
     wait_until("both to agree", || in_sync(&beta, &alpha));
     // Every write is on the new authority — or, if it raced the hand-over (written to

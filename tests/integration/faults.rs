@@ -7,16 +7,11 @@ use std::io::Write;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::proxy::{Link, Proxy};
+use crate::proxy::{partitionable_pair, Link, Proxy};
 use crate::support::{
-    fault_runs, in_quarantine, ledger_missing, log_hashes, poll_for, pseudo_random, status_head,
-    tree, wait_until, wait_within, FaultRng, NodeProcess, Pair, Writer,
+    fault_runs, in_quarantine, in_sync, ledger_missing, log_hashes, poll_for, pseudo_random,
+    status_head, wait_until, wait_within, FaultRng, NodeProcess, Pair, Writer,
 };
-
-fn in_sync(a: &NodeProcess, b: &NodeProcess) -> bool {
-    let head = a.head_seq();
-    head > 0 && head == b.head_seq() && tree(&a.folder) == tree(&b.folder)
-}
 
 #[test]
 fn a_cut_link_that_heals_loses_nothing() {
@@ -383,10 +378,6 @@ fn soak_a_seeded_schedule_of_60_link_faults_loses_nothing() {
     );
 }
 
-fn is_active(node: &NodeProcess) -> bool {
-    crate::support::http_get(node.http, "/active").is_some_and(|(status, _)| status == 200)
-}
-
 /// Write `count` seeded files named `{prefix}{i}` into `node`'s folder, into `ledger`.
 fn write_files(
     node: &NodeProcess,
@@ -414,25 +405,15 @@ fn write_files(
 fn partition_with_failover(test: &str, rounds: usize) {
     let mut rng = FaultRng::for_test(test);
     let root = tempfile::tempdir().unwrap();
-    let timing = "heartbeat_interval_ms = 100\nfailover_after_ms = 1500\nreplication_period = 0\n";
-    let mut alpha = NodeProcess::configure(root.path(), "alpha", "active", None, timing);
-    let proxy = Proxy::new();
-    let to_alpha = proxy.forward(alpha.grpc);
-    let mut beta = NodeProcess::configure(root.path(), "beta", "passive", Some(to_alpha), timing);
-    let to_beta = proxy.forward(beta.grpc);
-    let mut text = std::fs::read_to_string(&alpha.config).unwrap();
-    text.push_str(&format!("peer_url = \"http://127.0.0.1:{to_beta}\"\n"));
-    std::fs::write(&alpha.config, text).unwrap();
-    alpha.start();
-    beta.start();
-    wait_until("alpha to be active", || is_active(&alpha));
+    let (proxy, alpha, beta) = partitionable_pair(root.path());
+    wait_until("alpha to be active", || alpha.is_active());
 
     let mut ledger: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     // Written by a side that was later superseded: on the authority or in its quarantine.
     let mut superseded: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let long = Duration::from_secs(120);
     for round in 0..rounds {
-        let (old, new) = if is_active(&alpha) {
+        let (old, new) = if alpha.is_active() {
             (&alpha, &beta)
         } else {
             (&beta, &alpha)
@@ -456,7 +437,7 @@ fn partition_with_failover(test: &str, rounds: usize) {
             &mut rng,
             &mut alone,
         );
-        wait_within("the passive to take over", long, || is_active(new));
+        wait_within("the passive to take over", long, || new.is_active());
         write_files(
             new,
             &format!("r{round}-new-{}-", new.name),
@@ -470,7 +451,7 @@ fn partition_with_failover(test: &str, rounds: usize) {
         std::thread::sleep(rng.millis(0, 2000));
         proxy.heal();
         if !crate::support::poll_for(long, || {
-            is_active(new) && !is_active(old) && in_sync(new, old)
+            new.is_active() && !old.is_active() && in_sync(new, old)
         }) {
             let tail = |node: &NodeProcess| {
                 let text = node.log_text();
@@ -481,9 +462,9 @@ fn partition_with_failover(test: &str, rounds: usize) {
                 "timed out after {} s waiting for one authority, followed (round {round}: {} active {}, {} active {}, heads {} / {})\n--- {} log ---\n{}\n--- {} log ---\n{}",
                 long.as_secs(),
                 new.name,
-                is_active(new),
+                new.is_active(),
                 old.name,
-                is_active(old),
+                old.is_active(),
                 new.head_seq(),
                 old.head_seq(),
                 new.name,
@@ -495,8 +476,8 @@ fn partition_with_failover(test: &str, rounds: usize) {
         superseded.extend(alone);
     }
 
-    let authority = if is_active(&alpha) { &alpha } else { &beta };
-    let other = if is_active(&alpha) { &beta } else { &alpha };
+    let authority = if alpha.is_active() { &alpha } else { &beta };
+    let other = if alpha.is_active() { &beta } else { &alpha };
     let missing = ledger_missing(&authority.folder, &ledger);
     assert!(
         missing.is_empty(),

@@ -6,11 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{http_get, tree, wait_until, NodeProcess};
-
-fn is_active(node: &NodeProcess) -> bool {
-    http_get(node.http, "/active").is_some_and(|(status, _)| status == 200)
-}
+use crate::support::{http_get, tree, wait_until, NodeProcess, PairSpec};
 
 /// The paths in `node`'s log (its index at the head), read from its data_dir once the
 /// process has exited.
@@ -65,19 +61,15 @@ fn assert_ended_naming(node: &mut NodeProcess, task: &str, signalled: Instant) {
 fn grpc_server_dies(mutual: bool) {
     let root = tempfile::tempdir().unwrap();
     let timing = "heartbeat_interval_ms = 100\nfailover_after_ms = 1500\nreplication_period = 0\n";
-    let mut alpha = NodeProcess::configure(root.path(), "alpha", "active", None, timing);
-    let mut beta = NodeProcess::configure(root.path(), "beta", "passive", Some(alpha.grpc), timing);
-    if mutual {
-        let mut text = std::fs::read_to_string(&alpha.config).unwrap();
-        text.push_str(&format!("peer_url = \"http://127.0.0.1:{}\"\n", beta.grpc));
-        std::fs::write(&alpha.config, text).unwrap();
-    }
+    let spec = PairSpec::new(timing);
+    let spec = if mutual { spec.mutual() } else { spec };
+    let (mut alpha, mut beta) = spec.configure(root.path());
     alpha
         .env
         .push(("STANDIN_FAULT_END_TASK".into(), "grpc-server".into()));
     alpha.start();
     beta.start();
-    wait_until("alpha to be active", || is_active(&alpha));
+    wait_until("alpha to be active", || alpha.is_active());
     std::fs::write(alpha.folder.join("before.txt"), b"written on alpha").unwrap();
     wait_until("beta to follow", || {
         let head = alpha.head_seq();
@@ -89,8 +81,8 @@ fn grpc_server_dies(mutual: bool) {
     let signalled = Instant::now();
     let mut alpha_stopped = None;
     wait_until("beta to take over", || {
-        let beta_active = is_active(&beta);
-        let alpha_active = is_active(&alpha);
+        let beta_active = beta.is_active();
+        let alpha_active = alpha.is_active();
         if !alpha_active {
             alpha_stopped.get_or_insert(signalled.elapsed());
         }
@@ -139,7 +131,7 @@ fn any_task_that_ends_ends_the_node() {
             .env
             .push(("STANDIN_FAULT_END_TASK".into(), task.into()));
         alpha.start();
-        wait_until("alpha to be active", || is_active(&alpha));
+        wait_until("alpha to be active", || alpha.is_active());
         let head = alpha.head_seq();
         std::fs::write(alpha.folder.join("before.txt"), b"recorded").unwrap();
         wait_until("before.txt to be recorded", || alpha.head_seq() > head);

@@ -1,7 +1,8 @@
 //! Integration tests: real `standin` processes on 127.0.0.1, in temp dirs, on free
 //! ports; every child is killed when its test ends. Modules:
 //!
-//! - `support`: starting nodes and pairs, the CLI, HTTP and metrics helpers.
+//! - `support`: the shared process harness (`standin-harness`: `NodeSpec`, `PairSpec`,
+//!   nodes and pairs, HTTP and metrics) re-exported, and what only tests add.
 //! - `replication`: what a pair replicates, verified on both sides.
 //! - `restart`: a passive restarted in the middle of a catch-up.
 //! - `security`: the shared secret.

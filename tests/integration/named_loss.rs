@@ -6,38 +6,15 @@
 
 use std::time::Duration;
 
-use crate::proxy::{Link, Proxy};
-use crate::support::{http_get, tree, wait_within, NodeProcess};
-
-fn is_active(node: &NodeProcess) -> bool {
-    http_get(node.http, "/active").is_some_and(|(status, _)| status == 200)
-}
-
-fn in_sync(a: &NodeProcess, b: &NodeProcess) -> bool {
-    let head = a.head_seq();
-    head > 0 && head == b.head_seq() && tree(&a.folder) == tree(&b.folder)
-}
-
-fn status_json(node: &NodeProcess) -> serde_json::Value {
-    serde_json::from_slice(&node.cli(&["status", "--json"]).stdout).unwrap_or_default()
-}
+use crate::proxy::{partitionable_pair, Link};
+use crate::support::{in_sync, status_json, wait_within};
 
 #[test]
 fn after_a_partition_both_nodes_name_what_was_kept_aside_until_acknowledged() {
     let root = tempfile::tempdir().unwrap();
-    let timing = "heartbeat_interval_ms = 100\nfailover_after_ms = 1500\nreplication_period = 0\n";
-    let mut alpha = NodeProcess::configure(root.path(), "alpha", "active", None, timing);
-    let proxy = Proxy::new();
-    let to_alpha = proxy.forward(alpha.grpc);
-    let mut beta = NodeProcess::configure(root.path(), "beta", "passive", Some(to_alpha), timing);
-    let to_beta = proxy.forward(beta.grpc);
-    let mut text = std::fs::read_to_string(&alpha.config).unwrap();
-    text.push_str(&format!("peer_url = \"http://127.0.0.1:{to_beta}\"\n"));
-    std::fs::write(&alpha.config, text).unwrap();
-    alpha.start();
-    beta.start();
+    let (proxy, mut alpha, beta) = partitionable_pair(root.path());
     let long = Duration::from_secs(120);
-    wait_within("alpha to be active", long, || is_active(&alpha));
+    wait_within("alpha to be active", long, || alpha.is_active());
     std::fs::write(alpha.folder.join("shared.txt"), b"both have this").unwrap();
     wait_within("beta to follow", long, || in_sync(&alpha, &beta));
     for node in [&alpha, &beta] {
@@ -53,7 +30,7 @@ fn after_a_partition_both_nodes_name_what_was_kept_aside_until_acknowledged() {
     std::fs::write(alpha.folder.join("alone-1.txt"), b"only alpha").unwrap();
     std::fs::create_dir(alpha.folder.join("dir")).unwrap();
     std::fs::write(alpha.folder.join("dir/alone-2.txt"), b"only alpha too").unwrap();
-    wait_within("beta to take over", long, || is_active(&beta));
+    wait_within("beta to take over", long, || beta.is_active());
     std::fs::write(beta.folder.join("new.txt"), b"after the takeover").unwrap();
     wait_within("both sides to record", long, || {
         alpha.folder.join("dir/alone-2.txt").exists()
@@ -64,7 +41,7 @@ fn after_a_partition_both_nodes_name_what_was_kept_aside_until_acknowledged() {
     std::thread::sleep(Duration::from_millis(1500));
     proxy.heal();
     wait_within("alpha to rejoin and follow beta", long, || {
-        is_active(&beta) && !is_active(&alpha) && in_sync(&beta, &alpha)
+        beta.is_active() && !alpha.is_active() && in_sync(&beta, &alpha)
     });
 
     // Both nodes know the whole story (the halves meet through the heartbeats).

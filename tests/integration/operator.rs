@@ -8,26 +8,16 @@ use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::support::{http_get, standin, tree, wait_until, NodeProcess};
+use crate::support::{http_get, in_sync, standin, wait_until, NodeProcess, PairSpec};
 
 /// A pair that heartbeats each other every 100 ms and fails over after 1.5 s.
 fn pair(root: &std::path::Path) -> (NodeProcess, NodeProcess) {
     let timing = "heartbeat_interval_ms = 100\nfailover_after_ms = 1500\nreplication_period = 0\n";
-    let alpha = NodeProcess::configure(root, "alpha", "active", None, timing);
-    let beta = NodeProcess::configure(root, "beta", "passive", Some(alpha.grpc), timing);
-    let mut text = std::fs::read_to_string(&alpha.config).unwrap();
-    text.push_str(&format!("peer_url = \"http://127.0.0.1:{}\"\n", beta.grpc));
-    std::fs::write(&alpha.config, text).unwrap();
-    (alpha, beta)
+    PairSpec::new(timing).mutual().configure(root)
 }
 
 fn status(node: &NodeProcess, path: &str) -> u16 {
     http_get(node.http, path).map_or(0, |(status, _)| status)
-}
-
-fn in_sync(a: &NodeProcess, b: &NodeProcess) -> bool {
-    let head = a.head_seq();
-    head > 0 && head == b.head_seq() && tree(&a.folder) == tree(&b.folder)
 }
 
 fn stderr(output: &Output) -> String {

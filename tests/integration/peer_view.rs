@@ -3,7 +3,9 @@
 //! heartbeat, `down` after `failover_after_ms` of silence — in `status --json`, the
 //! status page and `/metrics`, and logs when the passive goes and comes back.
 
-use crate::support::{http_get, tree, wait_until, wait_within, NodeProcess};
+use crate::support::{
+    http_get, in_sync, status_json, wait_until, wait_within, NodeProcess, PairSpec,
+};
 
 const FAILOVER_AFTER_MS: u64 = 1500;
 
@@ -12,21 +14,7 @@ pub fn pair(root: &std::path::Path) -> (NodeProcess, NodeProcess) {
     let timing = format!(
         "heartbeat_interval_ms = 100\nfailover_after_ms = {FAILOVER_AFTER_MS}\nreplication_period = 0\n"
     );
-    let alpha = NodeProcess::configure(root, "alpha", "active", None, &timing);
-    let beta = NodeProcess::configure(root, "beta", "passive", Some(alpha.grpc), &timing);
-    let mut text = std::fs::read_to_string(&alpha.config).unwrap();
-    text.push_str(&format!("peer_url = \"http://127.0.0.1:{}\"\n", beta.grpc));
-    std::fs::write(&alpha.config, text).unwrap();
-    (alpha, beta)
-}
-
-pub fn in_sync(a: &NodeProcess, b: &NodeProcess) -> bool {
-    let head = a.head_seq();
-    head > 0 && head == b.head_seq() && tree(&a.folder) == tree(&b.folder)
-}
-
-pub fn status_json(node: &NodeProcess) -> serde_json::Value {
-    serde_json::from_slice(&node.cli(&["status", "--json"]).stdout).unwrap_or_default()
+    PairSpec::new(&timing).mutual().configure(root)
 }
 
 /// The value of the sample named exactly `sample` (with its labels) in `/metrics`.

@@ -246,3 +246,46 @@ fn pump(control: &Control, connection: &Connection, client_to_server: bool) {
         .unwrap()
         .retain(|other| !std::ptr::eq(Arc::as_ptr(other), connection));
 }
+
+/// A mutual pair from `spec` whose every peer link goes through a proxy of its own:
+/// the nodes, not started, and the proxies `[to_alpha, to_beta]`.
+pub fn proxied_pair(
+    root: &std::path::Path,
+    spec: crate::support::PairSpec,
+) -> (
+    crate::support::NodeProcess,
+    crate::support::NodeProcess,
+    [Proxy; 2],
+) {
+    let mut proxies = Vec::new();
+    let (alpha, beta) = spec.mutual().configure_via(root, |port| {
+        let proxy = Proxy::start(port);
+        let port = proxy.port;
+        proxies.push(proxy);
+        port
+    });
+    let [to_alpha, to_beta]: [Proxy; 2] = proxies
+        .try_into()
+        .unwrap_or_else(|_| panic!("one proxy per link"));
+    (alpha, beta, [to_alpha, to_beta])
+}
+
+/// A pair heartbeating every 100 ms, failing over after 1.5 s and streaming
+/// (`replication_period = 0`), every link through one proxy (a partition cuts both
+/// ways): the proxy and the two nodes, started.
+pub fn partitionable_pair(
+    root: &std::path::Path,
+) -> (
+    Proxy,
+    crate::support::NodeProcess,
+    crate::support::NodeProcess,
+) {
+    let timing = "heartbeat_interval_ms = 100\nfailover_after_ms = 1500\nreplication_period = 0\n";
+    let proxy = Proxy::new();
+    let (mut alpha, mut beta) = crate::support::PairSpec::new(timing)
+        .mutual()
+        .configure_via(root, |port| proxy.forward(port));
+    alpha.start();
+    beta.start();
+    (proxy, alpha, beta)
+}

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 
 use standin_proto::v1 as wire;
 
-use crate::support::{http_get, standin, wait_until, NodeProcess};
+use crate::support::{agent_secret, http_get, standin, wait_until, NodeProcess, PairSpec};
 
 pub(crate) struct AgentProcess(Child);
 
@@ -53,23 +53,12 @@ pub(crate) fn agent(
 
 /// A pair with agent secrets, heartbeating each other, replication period 1 s.
 fn site_pair(root: &std::path::Path) -> (NodeProcess, NodeProcess, std::path::PathBuf) {
-    let agent_secret = root.join("agent.secret");
-    assert!(Command::new(standin())
-        .arg("init-secret")
-        .arg(&agent_secret)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap()
-        .success());
+    let agent_secret = agent_secret(root);
     let extra = format!(
         "heartbeat_interval_ms = 100\nfailover_after_ms = 1500\nreplication_period = 1\nagent_secret_file = \"{}\"\n",
         agent_secret.display()
     );
-    let alpha = NodeProcess::configure(root, "alpha", "active", None, &extra);
-    let beta = NodeProcess::configure(root, "beta", "passive", Some(alpha.grpc), &extra);
-    let mut text = std::fs::read_to_string(&alpha.config).unwrap();
-    text.push_str(&format!("peer_url = \"http://127.0.0.1:{}\"\n", beta.grpc));
-    std::fs::write(&alpha.config, text).unwrap();
+    let (alpha, beta) = PairSpec::new(&extra).mutual().configure(root);
     (alpha, beta, agent_secret)
 }
 

@@ -4,13 +4,11 @@
 //! was an attack that worked; each is answered now without echoing, leaking or
 //! believing it.
 
-use std::process::{Command, Stdio};
-
 use standin_proto::v1 as wire;
 use standin_proto::v1::agent_client::AgentClient;
 use standin_proto::v1::site_client::SiteClient;
 
-use crate::support::{standin, NodeProcess};
+use crate::support::{agent_secret, NodeSpec};
 
 fn login(user: &[u8], password: &[u8], app: &[u8]) -> wire::LoginRequest {
     wire::LoginRequest {
@@ -35,21 +33,13 @@ fn report(name: &str, address: &str, cpu: f64, sessions: u32) -> wire::LoadRepor
 #[test]
 fn hostile_logins_and_reports_are_refused_without_echo_leak_or_belief() {
     let root = tempfile::tempdir().unwrap();
-    let agent_secret = root.path().join("agent.secret");
-    assert!(Command::new(standin())
-        .arg("init-secret")
-        .arg(&agent_secret)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap()
-        .success());
-    let mut node = NodeProcess::configure(
-        root.path(),
-        "alpha",
-        "active",
-        None,
-        &format!("agent_secret_file = \"{}\"\n", agent_secret.display()),
-    );
+    let agent_secret = agent_secret(root.path());
+    let mut node = NodeSpec::new("alpha", "active")
+        .extra(&format!(
+            "agent_secret_file = \"{}\"\n",
+            agent_secret.display()
+        ))
+        .configure(root.path());
     node.start();
     let password = root.path().join("alice.password");
     std::fs::write(&password, "correct horse battery\n").unwrap();

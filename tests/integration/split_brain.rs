@@ -4,17 +4,11 @@
 //! throughout. The active is killed: the passive takes over once the agents agree.
 //! Reports from unknown agents or with a wrong secret do not count.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::proxy::Proxy;
+use crate::proxy::{proxied_pair, Proxy};
 use crate::site::{agent, AgentProcess};
-use crate::support::{http_get, standin, wait_until, NodeProcess};
-
-/// `/active` on a node: true on 200.
-fn active(node: &NodeProcess) -> bool {
-    http_get(node.http, "/active").is_some_and(|(status, _)| status == 200)
-}
+use crate::support::{agent_secret, sample_authority, wait_until, NodeProcess, PairSpec};
 
 struct WitnessPair {
     root: tempfile::TempDir,
@@ -29,29 +23,13 @@ struct WitnessPair {
 impl WitnessPair {
     fn new() -> WitnessPair {
         let root = tempfile::tempdir().unwrap();
-        let agent_secret = root.path().join("agent.secret");
-        assert!(Command::new(standin())
-            .arg("init-secret")
-            .arg(&agent_secret)
-            .stdout(Stdio::null())
-            .status()
-            .unwrap()
-            .success());
+        let agent_secret = agent_secret(root.path());
         let extra = format!(
             "heartbeat_interval_ms = 100\nfailover_after_ms = 3000\nreplication_period = 0\nagent_secret_file = \"{}\"\nauthority = \"witness\"\nwitness_agents = [\"ts1\", \"ts2\", \"ts3\"]\nwitness_window_ms = 1500\n",
             agent_secret.display()
         );
-        let mut alpha = NodeProcess::configure(root.path(), "alpha", "active", None, &extra);
-        let to_alpha = Proxy::start(alpha.grpc);
-        let beta =
-            NodeProcess::configure(root.path(), "beta", "passive", Some(to_alpha.port), &extra);
-        let to_beta = Proxy::start(beta.grpc);
-        let mut text = std::fs::read_to_string(&alpha.config).unwrap();
-        text.push_str(&format!(
-            "peer_url = \"http://127.0.0.1:{}\"\n",
-            to_beta.port
-        ));
-        std::fs::write(&alpha.config, text).unwrap();
+        let (mut alpha, beta, [to_alpha, to_beta]) =
+            proxied_pair(root.path(), PairSpec::new(&extra));
         alpha.start();
         WitnessPair {
             root,
@@ -79,14 +57,7 @@ fn watch_authorities(pair: &WitnessPair, duration: Duration) -> (u32, u32, u32) 
     let started = Instant::now();
     let (mut alpha_only, mut beta_only, mut samples) = (0, 0, 0);
     while started.elapsed() < duration {
-        let a1 = active(&pair.alpha);
-        let b = active(&pair.beta);
-        let a2 = active(&pair.alpha);
-        assert!(
-            !(a1 && b && a2),
-            "two nodes answer /active 200 at once after {:?}",
-            started.elapsed()
-        );
+        let (a1, b, a2) = sample_authority(&pair.alpha, &pair.beta, started);
         samples += 1;
         if a1 && a2 && !b {
             alpha_only += 1;
@@ -108,7 +79,7 @@ fn with_the_pair_link_cut_exactly_one_node_is_active_and_the_passive_takes_over_
         .map(|name| pair.agent(name))
         .collect();
     pair.beta.start();
-    wait_until("alpha to be the authority", || active(&pair.alpha));
+    wait_until("alpha to be the authority", || pair.alpha.is_active());
     std::fs::write(pair.alpha.folder.join("before-cut.txt"), b"replicated").unwrap();
     wait_until("beta to replicate", || {
         pair.beta.folder.join("before-cut.txt").exists()
@@ -141,7 +112,7 @@ fn with_the_pair_link_cut_exactly_one_node_is_active_and_the_passive_takes_over_
     });
     let killed = Instant::now();
     pair.alpha.kill();
-    while !active(&pair.beta) {
+    while !pair.beta.is_active() {
         assert!(
             killed.elapsed() < Duration::from_secs(60),
             "beta did not take over; its log:\n{}",
@@ -168,7 +139,7 @@ fn reports_from_unknown_agents_or_with_a_wrong_secret_do_not_count() {
     pair.beta.start();
     // One honest vote of three: alpha cannot even take authority.
     std::thread::sleep(Duration::from_secs(4));
-    assert!(!active(&pair.alpha), "one vote of three is no majority");
+    assert!(!pair.alpha.is_active(), "one vote of three is no majority");
     let status = pair.alpha.cli(&["status"]);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(
@@ -182,6 +153,8 @@ fn reports_from_unknown_agents_or_with_a_wrong_secret_do_not_count() {
     );
     // A second honest agent makes the majority.
     let _ts2 = pair.agent("ts2");
-    wait_until("alpha to be backed by two agents", || active(&pair.alpha));
-    assert!(!active(&pair.beta));
+    wait_until("alpha to be backed by two agents", || {
+        pair.alpha.is_active()
+    });
+    assert!(!pair.beta.is_active());
 }

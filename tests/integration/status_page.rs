@@ -13,7 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::site::agent;
-use crate::support::{http_get, standin, tree, wait_until, NodeProcess, LIMIT};
+use crate::support::{
+    agent_secret, http_get, status_json, tree, wait_until, NodeProcess, PairSpec, LIMIT,
+};
 
 fn chromium() -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
@@ -104,30 +106,15 @@ fn get_accepting(port: u16, accept: &str) -> (String, String) {
 
 /// A pair in witness mode; ts1 and ts2 are its voters.
 fn witness_pair(root: &Path) -> (NodeProcess, NodeProcess, PathBuf) {
-    let agent_secret = root.join("agent.secret");
-    assert!(Command::new(standin())
-        .arg("init-secret")
-        .arg(&agent_secret)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap()
-        .success());
+    let agent_secret = agent_secret(root);
     let extra = format!(
         "heartbeat_interval_ms = 100\nfailover_after_ms = 3000\nreplication_period = 0\n\
          agent_secret_file = \"{}\"\nauthority = \"witness\"\n\
          witness_agents = [\"ts1\", \"ts2\"]\nwitness_window_ms = 1500\n",
         agent_secret.display()
     );
-    let alpha = NodeProcess::configure(root, "alpha", "active", None, &extra);
-    let beta = NodeProcess::configure(root, "beta", "passive", Some(alpha.grpc), &extra);
-    let mut text = std::fs::read_to_string(&alpha.config).unwrap();
-    text.push_str(&format!("peer_url = \"http://127.0.0.1:{}\"\n", beta.grpc));
-    std::fs::write(&alpha.config, text).unwrap();
+    let (alpha, beta) = PairSpec::new(&extra).mutual().configure(root);
     (alpha, beta, agent_secret)
-}
-
-fn status_json(node: &NodeProcess) -> serde_json::Value {
-    serde_json::from_slice(&node.cli(&["status", "--json"]).stdout).unwrap_or_default()
 }
 
 fn lists_both_agents(status: &serde_json::Value) -> bool {

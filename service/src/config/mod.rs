@@ -6,12 +6,27 @@
 //! then exits with status 2. Reading a config changes nothing on disk: what the
 //! named files must be (secrets, TLS files, data_dir, hooks) is checked by
 //! `preflight`, which `serve` and `check-config` both run.
+//!
+//! Files: `mod.rs` (`Config`, the checked form, and `Config::check`), `raw.rs` (the
+//! keys as written), `authority.rs` (`AuthorityConfig` and the authority's keys),
+//! `values.rs` (URLs, paths not yet created).
+
+mod authority;
+mod raw;
+mod values;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use standin_engine::timing::{AuthorityTiming, Timing};
+use standin_engine::timing::Timing;
+
+pub use authority::{AuthorityConfig, DEFAULT_ETCD_KEY, DEFAULT_ETCD_LEASE_TTL_S};
+pub use values::check_url;
+
+use authority::parse_authority;
+use raw::RawConfig;
+use values::canonical_or_planned;
 
 /// The role a node starts in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -19,55 +34,6 @@ use standin_engine::timing::{AuthorityTiming, Timing};
 pub enum InitialRole {
     Active,
     Passive,
-}
-
-/// The file as written; see `Config` for the checked form.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    node_name: String,
-    folder: PathBuf,
-    data_dir: PathBuf,
-    listen: String,
-    http_listen: Option<String>,
-    role: InitialRole,
-    #[serde(default)]
-    preferred: bool,
-    peer_url: Option<String>,
-    replication_period: Option<f64>,
-    heartbeat_interval_ms: Option<u64>,
-    failover_after_ms: Option<u64>,
-    #[serde(default)]
-    auto_failback: bool,
-    secret_file: PathBuf,
-    agent_secret_file: Option<PathBuf>,
-    agent_keys_dir: Option<PathBuf>,
-    allow_readable_secret_files: Option<bool>,
-    tls_cert_file: Option<PathBuf>,
-    tls_key_file: Option<PathBuf>,
-    tls_ca_file: Option<PathBuf>,
-    on_promote: Option<String>,
-    on_demote: Option<String>,
-    rescan_interval_s: Option<u64>,
-    max_capture_delay_ms: Option<u64>,
-    numeric_ids: Option<bool>,
-    strip_setuid: Option<bool>,
-    log_retention_events: Option<u64>,
-    compaction_interval_s: Option<u64>,
-    authority: Option<String>,
-    witness_agents: Option<Vec<String>>,
-    witness_window_ms: Option<u64>,
-    etcd_endpoints: Option<Vec<String>>,
-    etcd_key: Option<String>,
-    etcd_lease_ttl_s: Option<u64>,
-    login_workers: Option<u64>,
-    login_queue: Option<u64>,
-    login_free_failures: Option<u64>,
-    login_address_free_failures: Option<u64>,
-    login_backoff_ms: Option<u64>,
-    login_backoff_max_ms: Option<u64>,
-    login_user_delay_max_ms: Option<u64>,
-    log_filter: Option<String>,
 }
 
 /// A checked configuration.
@@ -119,30 +85,6 @@ pub struct Config {
     /// The log filter (`STANDIN_LOG` syntax), replacing `STANDIN_LOG` once `serve` has
     /// read the config; reloaded on SIGHUP.
     pub log_filter: Option<String>,
-}
-
-/// `authority = "peer" | "witness" | "etcd"` and its keys.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AuthorityConfig {
-    /// The pair alone (unsafe on a cut link).
-    Peer,
-    /// The terminal-server agents' quorum.
-    Witness { agents: Vec<String>, window_ms: u64 },
-    /// A key under an etcd lease.
-    Etcd(crate::etcd_authority::EtcdSettings),
-}
-
-pub const DEFAULT_ETCD_KEY: &str = "/standin/authority";
-pub const DEFAULT_ETCD_LEASE_TTL_S: u64 = 10;
-
-impl AuthorityConfig {
-    pub fn mode(&self) -> &'static str {
-        match self {
-            AuthorityConfig::Peer => "peer",
-            AuthorityConfig::Witness { .. } => "witness",
-            AuthorityConfig::Etcd(_) => "etcd",
-        }
-    }
 }
 
 /// Certificate, key and (for checking the peer) the CA that signed the peer's certificate.
@@ -460,170 +402,4 @@ impl Config {
         };
         format!("{scheme}://{host}:{}", self.listen.port())
     }
-}
-
-/// `path` with its nearest existing ancestor made canonical (`path` itself when it
-/// exists): what `canonicalize` will say once the missing part is created.
-fn canonical_or_planned(path: &Path) -> PathBuf {
-    let mut existing = path;
-    let mut missing = Vec::new();
-    loop {
-        if let Ok(real) = existing.canonicalize() {
-            return missing
-                .iter()
-                .rev()
-                .fold(real, |path, part| path.join(part));
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                missing.push(name.to_os_string());
-                existing = parent;
-            }
-            _ => return path.to_path_buf(),
-        }
-    }
-}
-
-/// The authority keys: the mode and, for it, its own keys (keys of another mode are
-/// refused, so a typo does not silently leave a pair unprotected); with the pair's
-/// timing completed by the authority's durations.
-fn parse_authority(
-    raw: &RawConfig,
-    timing: Timing,
-    has_agent_secret: bool,
-    agent_keys: Option<&crate::agent_keys::AgentKeys>,
-) -> Result<(AuthorityConfig, Timing), (&'static str, String)> {
-    let with = |authority: AuthorityTiming| {
-        timing
-            .with_authority(authority)
-            .map_err(|error| (error.key, error.reason))
-    };
-    let mode = raw.authority.as_deref().unwrap_or("peer");
-    let witness_keys = raw.witness_agents.is_some() || raw.witness_window_ms.is_some();
-    let etcd_keys =
-        raw.etcd_endpoints.is_some() || raw.etcd_key.is_some() || raw.etcd_lease_ttl_s.is_some();
-    match mode {
-        "peer" => {
-            if witness_keys {
-                return Err(("authority", "witness_* keys are set but authority is \"peer\" (set authority = \"witness\")".to_string()));
-            }
-            if etcd_keys {
-                return Err((
-                    "authority",
-                    "etcd_* keys are set but authority is \"peer\" (set authority = \"etcd\")"
-                        .to_string(),
-                ));
-            }
-            Ok((AuthorityConfig::Peer, timing))
-        }
-        "witness" => {
-            if etcd_keys {
-                return Err((
-                    "authority",
-                    "etcd_* keys are set but authority is \"witness\"".to_string(),
-                ));
-            }
-            let agents = raw.witness_agents.clone().unwrap_or_default();
-            if agents.is_empty() {
-                return Err(("witness_agents", "witness mode needs the names of the terminal-server agents that vote (witness_agents = [\"ts1\", \"ts2\", \"ts3\"]); with no agents it cannot tell a dead peer from a cut link".to_string()));
-            }
-            // The names `standin agent --name` accepts: any other could never vote.
-            for agent in &agents {
-                crate::site::check_name(agent)
-                    .map_err(|error| ("witness_agents", error.to_string()))?;
-            }
-            let mut unique = agents.clone();
-            unique.sort();
-            unique.dedup();
-            if unique.len() != agents.len() {
-                return Err(("witness_agents", "agent names must be distinct".to_string()));
-            }
-            match agent_keys.filter(|keys| !keys.is_empty()) {
-                // Every voter needs its own key: one without would never count.
-                Some(keys) => {
-                    if let Some(missing) = agents.iter().find(|agent| keys.get(agent).is_none()) {
-                        return Err(("witness_agents", format!("{missing} has no key in agent_keys_dir {} (`standin agent-key add {missing}`, on both nodes)", keys.dir.display())));
-                    }
-                }
-                None if !has_agent_secret => {
-                    return Err((
-                        "agent_secret_file",
-                        "witness mode needs agent_keys_dir (per-agent keys) or agent_secret_file: agents' reports are its votes"
-                            .to_string(),
-                    ));
-                }
-                None => {}
-            }
-            let window_ms = raw
-                .witness_window_ms
-                .unwrap_or(timing.default_witness_window_ms());
-            let timing = with(AuthorityTiming::Witness { window_ms })?;
-            Ok((AuthorityConfig::Witness { agents, window_ms }, timing))
-        }
-        "etcd" => {
-            if witness_keys {
-                return Err((
-                    "authority",
-                    "witness_* keys are set but authority is \"etcd\"".to_string(),
-                ));
-            }
-            let endpoints = raw.etcd_endpoints.clone().unwrap_or_default();
-            if endpoints.is_empty() {
-                return Err(("etcd_endpoints", "etcd mode needs at least one endpoint (etcd_endpoints = [\"http://10.0.0.5:2379\"])".to_string()));
-            }
-            for endpoint in &endpoints {
-                check_url(endpoint).map_err(|reason| ("etcd_endpoints", reason))?;
-            }
-            let key = raw
-                .etcd_key
-                .clone()
-                .unwrap_or_else(|| DEFAULT_ETCD_KEY.to_string());
-            if key.is_empty() {
-                return Err(("etcd_key", "must not be empty".to_string()));
-            }
-            let lease_ttl_s = raw.etcd_lease_ttl_s.unwrap_or(DEFAULT_ETCD_LEASE_TTL_S);
-            if !(2..=3600).contains(&lease_ttl_s) {
-                return Err((
-                    "etcd_lease_ttl_s",
-                    format!("{lease_ttl_s} must be between 2 and 3600 seconds"),
-                ));
-            }
-            let timing = with(AuthorityTiming::Etcd {
-                lease_ttl_ms: lease_ttl_s * 1000,
-            })?;
-            Ok((
-                AuthorityConfig::Etcd(crate::etcd_authority::EtcdSettings {
-                    endpoints,
-                    key,
-                    lease_ttl_s,
-                }),
-                timing,
-            ))
-        }
-        other => Err((
-            "authority",
-            format!("{other:?} is not one of \"peer\", \"witness\", \"etcd\""),
-        )),
-    }
-}
-
-/// Check that `url` is `http://host:port` or `https://host:port`.
-pub fn check_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| format!("{url:?} must start with http:// or https://"))?;
-    let authority = rest.trim_end_matches('/');
-    if authority.is_empty() || authority.contains('/') {
-        return Err(format!("{url:?} must be scheme://host:port"));
-    }
-    let port = authority
-        .rsplit_once(':')
-        .map(|(_, port)| port)
-        .unwrap_or("");
-    port.parse::<u16>()
-        .map_err(|_| format!("{url:?} needs a port (scheme://host:port)"))?;
-    tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|error| format!("{url:?}: {error}"))?;
-    Ok(())
 }

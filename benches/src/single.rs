@@ -1,0 +1,177 @@
+//! The benchmarks of one part of `all` alone — `lag`, `small` / `large`, `rewrite` —
+//! for working on one figure without a full run.
+
+use std::time::Duration;
+
+use crate::measure::{median, sync_all, warm};
+use crate::report::Report;
+use crate::{corpus, lag, measure, pair, work_dir, Options, Outcome};
+
+/// `lag`: only the lag section of `all` (10, 100 and 1,000 changes/s, standin beside
+/// lsyncd; 20 s each, 3 s with `--quick`), printed and written to `lag.md` / `lag.json`
+/// (`lag-quick`) — for working on the lag without a full run.
+pub(crate) fn lag_only(options: &Options) -> Outcome<()> {
+    let standin = pair::standin_binary(options.standin.as_deref())?;
+    let lsyncd = lag::lsyncd_binary()?;
+    let work = work_dir(options)?;
+    let seconds = if options.quick { 3.0 } else { 20.0 };
+    let name = if options.quick { "lag-quick" } else { "lag" };
+    let mut report = Report::new(name, work.path(), 1);
+    let lags = lag::lag_rates(&standin, &lsyncd, work.path(), &[10, 100, 1_000], seconds)?;
+    report.add_lag(&lags);
+    for (what, program) in [("standin", &standin), ("lsyncd", &lsyncd)] {
+        let version = std::process::Command::new(program)
+            .arg("--version")
+            .output()
+            .map(|output| {
+                String::from_utf8_lossy(&output.stdout)
+                    .trim()
+                    .replace('\n', " ")
+            })
+            .unwrap_or_default();
+        report
+            .notes
+            .push(format!("{what}: {} ({version})", program.display()));
+    }
+    report.notes.push(
+        "lag: 4 KiB files created at a steady rate for the time given, standin (`replication_period = 0`) and lsyncd (`default.rsync`, `delay = 0`, a local target) one after the other at each rate, same writer, same probe: from the start of each write until the replica holds the same bytes; ratio: lsyncd's figure over standin's".to_string(),
+    );
+    let saved = report.save(options.out.as_deref())?;
+    println!("{}", report.markdown());
+    println!("written to {}", saved.display());
+    Ok(())
+}
+
+/// `small` / `large`: only that initial sync of `all` (20,000 × 4 KiB files in 100
+/// directories, or 8 × 128 MiB; 2,000 files or 2 × 64 MiB with `--quick`), standin
+/// alternated with an rsync daemon, `--runs` times each (`large` also with the disk's
+/// fsync'd write rate); prints each run and the medians — for working on one sync
+/// without a full run. Big files are reclaimed after each run.
+pub(crate) fn initial_only(options: &Options, kind: &str) -> Outcome<()> {
+    let standin = pair::standin_binary(options.standin.as_deref())?;
+    let rsync = pair::rsync_binary()?;
+    // Deleting 20,000 files makes the next run's file creation several times slower
+    // (ext4 skips recently freed inodes): STANDIN_BENCH_KEEP=1 leaves the work dir in
+    // place, to be removed once a series of runs is over.
+    let guard = work_dir(options)?;
+    let work = guard.path().to_path_buf();
+    let corpus = work.as_path().join(format!("corpus-{kind}"));
+    let (files, bytes) = if kind == "small" {
+        let files = if options.quick { 2_000 } else { 20_000 };
+        corpus::small_files(&corpus, files, 100, 4096)?;
+        (files, files as u64 * 4096)
+    } else {
+        let (files, size) = if options.quick {
+            (2, 64 << 20)
+        } else {
+            (8, 128 << 20)
+        };
+        corpus::large_files(&corpus, files, size)?;
+        (files, (files * size) as u64)
+    };
+    sync_all();
+    let entries = corpus::count_entries(&corpus)?;
+    let daemon = pair::RsyncDaemon::start(&rsync, work.as_path(), &corpus)?;
+    let (mut rsync_times, mut standin_times, mut disk_rates) = (Vec::new(), Vec::new(), Vec::new());
+    let rate = |time: Duration| {
+        format!(
+            "{:.0} files/s, {:.0} MB/s",
+            files as f64 / time.as_secs_f64(),
+            bytes as f64 / 1e6 / time.as_secs_f64()
+        )
+    };
+    for run in 0..options.runs {
+        if kind == "large" {
+            let disk = measure::disk_write_rate(work.as_path(), bytes as usize)?;
+            println!("run {run} disk    {:.0} MB/s", disk / 1e6);
+            disk_rates.push(Duration::from_secs_f64(bytes as f64 / disk));
+        }
+        let mut order = ["rsync", "standin"];
+        order.rotate_left(run % 2);
+        for tool in order {
+            warm(&corpus)?;
+            if tool == "rsync" {
+                let target = work.as_path().join(format!("rsync-{run}"));
+                let (time, _) = daemon.copy_measured(&rsync, &target)?;
+                println!(
+                    "run {run} rsync   {:.3} s {}",
+                    time.as_secs_f64(),
+                    rate(time)
+                );
+                rsync_times.push(time);
+                measure::reclaim_space(&target)?;
+            } else {
+                let times =
+                    pair::standin_initial_sync(&standin, work.as_path(), &corpus, entries, run)?;
+                println!(
+                    "run {run} standin {:.3} s {} (caught up {:.3} s; active {:.2} CPU s, passive {:.2} CPU s, {:.0} MB; passive data_dir {:.1} MB = {:.1}% of the folder)",
+                    times.verified.as_secs_f64(),
+                    rate(times.verified),
+                    times.caught_up.as_secs_f64(),
+                    times.active.cpu_s,
+                    times.passive.cpu_s,
+                    times.passive.rss_mb,
+                    times.passive_data_bytes as f64 / 1e6,
+                    100.0 * times.passive_data_bytes as f64 / bytes as f64
+                );
+                standin_times.push(times.verified);
+                measure::reclaim_space(&work.as_path().join(format!("pair-{run}-corpus-{kind}")))?;
+            }
+        }
+    }
+    let (rsync_time, standin_time) = (median(rsync_times), median(standin_times));
+    let mut summary = format!(
+        "median: rsync {}, standin {} (verify passed): {:.2}x rsync",
+        rate(rsync_time),
+        rate(standin_time),
+        rsync_time.as_secs_f64() / standin_time.as_secs_f64()
+    );
+    if !disk_rates.is_empty() {
+        let disk_time = median(disk_rates);
+        summary += &format!(
+            ", {:.2}x disk ({:.0} MB/s)",
+            disk_time.as_secs_f64() / standin_time.as_secs_f64(),
+            bytes as f64 / 1e6 / disk_time.as_secs_f64()
+        );
+    }
+    println!("{summary}");
+    Ok(())
+}
+
+/// `rewrite`: the small-files incremental round of `all` alone — 200 of 20,000 files
+/// rewritten (`--quick`: 20 of 2,000), each run on a fresh pair, time from the last
+/// change written until the passive applied them beside the rsync daemon's update.
+pub(crate) fn rewrite_only(options: &Options) -> Outcome<()> {
+    let standin = pair::standin_binary(options.standin.as_deref())?;
+    let rsync = pair::rsync_binary()?;
+    let guard = work_dir(options)?;
+    let (files, changed) = if options.quick {
+        (2_000, 20)
+    } else {
+        (20_000, 200)
+    };
+    let (mut standin_times, mut rsync_times) = (Vec::new(), Vec::new());
+    for run in 0..options.runs {
+        let work = guard.path().join(format!("run-{run}"));
+        std::fs::create_dir_all(&work)?;
+        let round = pair::small_incremental(&standin, &rsync, &work, files, changed)?;
+        println!(
+            "run {run} {changed} of {files} rewritten in {:.3} s, then: standin {:.3} s ({} bytes), rsync {:.3} s ({} bytes)",
+            round.writing.as_secs_f64(),
+            round.standin.as_secs_f64(),
+            round.standin_wire_bytes,
+            round.rsync.as_secs_f64(),
+            round.rsync_wire_bytes
+        );
+        standin_times.push(round.standin);
+        rsync_times.push(round.rsync);
+    }
+    let (standin_time, rsync_time) = (median(standin_times), median(rsync_times));
+    println!(
+        "median: standin {:.3} s, rsync {:.3} s: standin converged {:.2}x sooner",
+        standin_time.as_secs_f64(),
+        rsync_time.as_secs_f64(),
+        rsync_time.as_secs_f64() / standin_time.as_secs_f64()
+    );
+    Ok(())
+}
