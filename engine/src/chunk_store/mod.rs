@@ -32,11 +32,13 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use crate::error::{Error, IoContext, Result};
 use crate::hash::Hash;
 
+mod absorb;
 mod gc;
 mod pack;
 pub(crate) mod refs;
 mod stage;
 
+pub use absorb::{AbsorbStep, LostChunk};
 use pack::{Location, PackWriter, RecentLocations};
 pub use refs::{open_inode, InodeKey};
 pub use stage::{by_reference_mode, Staged, BY_REF_MIN_BYTES};
@@ -87,6 +89,8 @@ pub struct ChunkStore {
     /// Chunks kept by reference in files (the passive's large files).
     refs: refs::Refs,
     staging: stage::Staging,
+    /// Chunks lost before they were copied out of their files (`absorb.rs`).
+    lost: absorb::Lost,
 }
 
 fn pack_name(pack: u32) -> String {
@@ -143,8 +147,10 @@ impl ChunkStore {
         let highest = needed.keys().copied().fold(highest, u32::max);
         let writer = Self::new_pack(dir, highest + 1)?;
         let refs = refs::Refs::open(dir, references, inodes)?;
+        let lost = absorb::Lost::open(dir)?;
         Ok(ChunkStore {
             refs,
+            lost,
             staging: stage::Staging::default(),
             pack_target_bytes: AtomicU64::new(PACK_TARGET_BYTES),
             stored_chunks: AtomicU64::new(stored_chunks),
