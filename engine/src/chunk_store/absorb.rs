@@ -254,6 +254,10 @@ mod tests {
         let first = store.absorb_references(1).unwrap();
         assert_eq!(first.absorbed_chunks, 1);
         assert_eq!(store.referenced_usage().0, 1);
+        // A restart in between: the reference left is found again and the copy goes on.
+        drop(store);
+        let store = super::tests::store(dir.path());
+        assert_eq!(store.referenced_usage().0, 1);
         let second = store.absorb_references(1 << 20).unwrap();
         assert_eq!(second.absorbed_chunks, 1);
         assert!(second.lost.is_empty());
