@@ -47,6 +47,7 @@
 //! - `cli`: the `standin` command line (status, verify, log, init-secret, demo, and
 //!   `generate man|completions` for packaging, in no help).
 
+pub mod absorb;
 pub mod agent;
 pub mod agent_keys;
 pub mod auth;

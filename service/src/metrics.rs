@@ -48,6 +48,11 @@ pub struct Metrics {
     pub lag_seconds: Gauge<f64, AtomicU64>,
     pub chunk_store_bytes: Gauge,
     pub chunk_store_chunks: Gauge,
+    /// Chunks (and bytes) kept by reference in the folder's files, and chunks lost
+    /// before an active copied them into its chunk store.
+    pub chunks_by_reference: Gauge,
+    pub bytes_by_reference: Gauge,
+    pub chunks_lost_by_reference: Gauge,
     pub quarantined_events: Gauge,
     /// The last failover's report while unacknowledged: its epoch, and the events the
     /// old active kept in quarantine (0: none shown, or nothing kept).
@@ -88,6 +93,9 @@ impl Metrics {
             lag_seconds: Gauge::default(),
             chunk_store_bytes: Gauge::default(),
             chunk_store_chunks: Gauge::default(),
+            chunks_by_reference: Gauge::default(),
+            bytes_by_reference: Gauge::default(),
+            chunks_lost_by_reference: Gauge::default(),
             quarantined_events: Gauge::default(),
             last_failover_epoch: Gauge::default(),
             last_failover_kept_events: Gauge::default(),
@@ -153,6 +161,21 @@ impl Metrics {
             "chunk_store_chunks",
             "Chunks in the chunk store",
             metrics.chunk_store_chunks.clone(),
+        );
+        registry.register(
+            "chunks_by_reference",
+            "Chunks kept by reference in the folder's files rather than in the chunk store (on an active: not yet copied in since its promotion)",
+            metrics.chunks_by_reference.clone(),
+        );
+        registry.register(
+            "bytes_by_reference",
+            "Bytes of the chunks kept by reference in the folder's files",
+            metrics.bytes_by_reference.clone(),
+        );
+        registry.register(
+            "chunks_lost_by_reference",
+            "Chunks lost before they were copied into the chunk store (their file was rewritten first; listed in data_dir/chunks/lost-by-reference)",
+            metrics.chunks_lost_by_reference.clone(),
         );
         registry.register(
             "quarantined_events",

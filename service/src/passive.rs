@@ -450,12 +450,27 @@ impl Puller {
                         } else {
                             self.split_by_missing(events).await?
                         };
-                    // The inline chunks are stored with the first part (a later part
-                    // fetches any that garbage collection took meanwhile).
+                    // Each inline chunk is stored with the first part that names it
+                    // (a later part fetches any that garbage collection took
+                    // meanwhile); the last part takes what is left, so a chunk no event
+                    // names is still refused.
                     let mut inline = chunks;
-                    for part in parts {
-                        let inline = std::mem::take(&mut inline);
-                        self.fetch_and_start_apply(part, inline, &mut report, &mut in_flight)
+                    let last = parts.len().saturating_sub(1);
+                    for (index, part) in parts.into_iter().enumerate() {
+                        let mine = if index == last {
+                            std::mem::take(&mut inline)
+                        } else {
+                            let named: std::collections::HashSet<Hash> = chunks_named(&part)
+                                .into_iter()
+                                .map(|(hash, _)| hash)
+                                .collect();
+                            let (mine, rest) = std::mem::take(&mut inline)
+                                .into_iter()
+                                .partition(|(hash, _)| named.contains(hash));
+                            inline = rest;
+                            mine
+                        };
+                        self.fetch_and_start_apply(part, mine, &mut report, &mut in_flight)
                             .await?;
                     }
                     if let Some(progress) = progress.as_mut() {

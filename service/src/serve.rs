@@ -221,6 +221,13 @@ pub async fn run(
         Ok(())
     });
 
+    // On the active: chunks kept by reference (from its time as a passive) are copied
+    // into the chunk store in the background.
+    tasks.spawn(
+        "absorb-references",
+        crate::absorb::run(node.clone(), stop.clone()),
+    );
+
     // Capture runs in a thread of its own (started and stopped by the coordinator): a
     // thread that ended while capture should run ends the node.
     let watched = node.clone();

@@ -72,6 +72,17 @@ pub struct NodeStatus {
     /// The last failover's named-loss report, until acknowledged.
     #[serde(default)]
     pub last_failover: Option<LastFailover>,
+    /// Chunks kept by reference in the folder's files, not in the chunk store (a
+    /// passive's large files; on an active, those not yet copied in), and their bytes.
+    #[serde(default)]
+    pub by_reference_chunks: u64,
+    #[serde(default)]
+    pub by_reference_bytes: u64,
+    /// Chunks lost before they were copied in (their file was rewritten first).
+    #[serde(default)]
+    pub lost_by_reference_chunks: u64,
+    #[serde(default)]
+    pub lost_by_reference_bytes: u64,
 }
 
 /// The last failover as `status` shows it: one line, and the report it says.
@@ -151,6 +162,9 @@ impl Node {
         let peer_lag = peer.as_ref().and_then(|report| self.peer_lag(report));
         let peer_said = peer.as_ref().and_then(|report| report.peer.clone());
         let (chunk_count, chunk_bytes) = self.repository.chunks().usage();
+        let (by_reference_chunks, by_reference_bytes) = self.repository.chunks().referenced_usage();
+        let (lost_by_reference_chunks, lost_by_reference_bytes) =
+            self.repository.chunks().lost_by_reference();
         NodeStatus {
             node: self.config.node_name.clone(),
             role: self.role().name().to_string(),
@@ -182,6 +196,10 @@ impl Node {
             lag_seconds,
             chunk_count,
             chunk_bytes,
+            by_reference_chunks,
+            by_reference_bytes,
+            lost_by_reference_chunks,
+            lost_by_reference_bytes,
             events_replicated: self.metrics.events_replicated.get(),
             bytes_replicated: self.metrics.bytes_replicated.get(),
             quarantined_events: self.quarantined_events(),
@@ -268,6 +286,15 @@ impl Node {
             .set(status.peer_lag_seconds.unwrap_or(0.0));
         metrics.chunk_store_bytes.set(status.chunk_bytes as i64);
         metrics.chunk_store_chunks.set(status.chunk_count as i64);
+        metrics
+            .chunks_by_reference
+            .set(status.by_reference_chunks as i64);
+        metrics
+            .bytes_by_reference
+            .set(status.by_reference_bytes as i64);
+        metrics
+            .chunks_lost_by_reference
+            .set(status.lost_by_reference_chunks as i64);
         metrics
             .quarantined_events
             .set(status.quarantined_events as i64);

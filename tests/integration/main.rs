@@ -5,6 +5,9 @@
 //!   nodes and pairs, HTTP and metrics) re-exported, and what only tests add.
 //! - `replication`: what a pair replicates, verified on both sides.
 //! - `restart`: a passive restarted in the middle of a catch-up.
+//! - `by_reference`: a passive keeps large files by reference; promoted, it copies
+//!   them into its chunk store in the background, so an in-place rewrite loses
+//!   nothing a fresh passive then needs.
 //! - `security`: the shared secret.
 //! - `corruption`: corrupt content on the active.
 //! - `disk_full`: the passive's disk fills up, and space returns.
@@ -43,6 +46,7 @@
 //! - `etcd`: the etcd lease with a real etcd: failover, an etcd outage, its return.
 
 mod agent_keys;
+mod by_reference;
 mod check_config;
 mod cli;
 mod config;

@@ -5,7 +5,8 @@
 //! (pack, offset, length). Small chunks therefore cost no file of their own (the
 //! machine's small-file limit is its per-file kernel cost). Packs roll at
 //! `PACK_TARGET_BYTES`; every open starts a new pack, so a torn tail left by a crash is
-//! never appended to.
+//! never appended to. The pack's pieces (its writer, the stored location, the
+//! locations synced last) are in `pack.rs`.
 //!
 //! Write path, in order: the record is appended (buffered), `sync` writes the buffer,
 //! fdatasyncs the pack, and only then inserts the locations into the sled tree; the
@@ -21,9 +22,8 @@
 //! that holds them (`refs.rs`), written there once through a staged file
 //! (`stage.rs`): ARCHITECTURE.md, "The passive keeps content by reference".
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,15 +32,19 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use crate::error::{Error, IoContext, Result};
 use crate::hash::Hash;
 
+mod absorb;
 mod gc;
+mod pack;
 pub(crate) mod refs;
 mod stage;
 
+pub use absorb::{AbsorbStep, LostChunk};
+use pack::{Location, PackWriter, RecentLocations};
 pub use refs::{open_inode, InodeKey};
 pub use stage::{by_reference_mode, Staged, BY_REF_MIN_BYTES};
 
-const RECORD_MAGIC: &[u8; 4] = b"SCK1";
-const RECORD_HEADER_BYTES: u64 = 4 + 32 + 4;
+pub(super) const RECORD_MAGIC: &[u8; 4] = b"SCK1";
+pub(super) const RECORD_HEADER_BYTES: u64 = 4 + 32 + 4;
 /// A pack is closed and a new one started once it passes this size.
 pub const PACK_TARGET_BYTES: u64 = 256 << 20;
 /// Writes are gathered in a buffer of this size before they reach the pack file.
@@ -48,140 +52,6 @@ const WRITE_BUFFER_BYTES: usize = 4 << 20;
 /// Chunks at least this large skip the buffer: their bytes go straight to the pack
 /// (one copy less of a large file's content).
 const DIRECT_WRITE_BYTES: usize = 64 << 10;
-
-/// How many of the chunks synced last keep their locations in memory.
-const RECENT_LOCATIONS: usize = 65_536;
-
-/// Where a chunk's bytes are.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Location {
-    pack: u32,
-    /// Offset of the chunk's bytes (after the record header).
-    offset: u64,
-    len: u32,
-}
-
-impl Location {
-    fn to_bytes(self) -> [u8; 16] {
-        let mut out = [0u8; 16];
-        out[..4].copy_from_slice(&self.pack.to_le_bytes());
-        out[4..12].copy_from_slice(&self.offset.to_le_bytes());
-        out[12..].copy_from_slice(&self.len.to_le_bytes());
-        out
-    }
-
-    fn from_bytes(bytes: &[u8]) -> Option<Location> {
-        if bytes.len() != 16 {
-            return None;
-        }
-        Some(Location {
-            pack: u32::from_le_bytes(bytes[..4].try_into().ok()?),
-            offset: u64::from_le_bytes(bytes[4..12].try_into().ok()?),
-            len: u32::from_le_bytes(bytes[12..].try_into().ok()?),
-        })
-    }
-}
-
-/// The locations of the chunks synced last: a passive's apply checks and reads the
-/// chunks it has just fetched, and finds them here rather than in the sled tree (two
-/// lookups a small file, ~5% of a small-file sync's CPU). The tree stays the truth:
-/// entries are added after it took them, and dropped whenever chunks move or go.
-#[derive(Default)]
-struct RecentLocations {
-    by_hash: HashMap<Hash, Location>,
-    /// Oldest first; a hash synced twice may be here twice (the older one then only
-    /// drops its entry early: a lookup in the tree instead).
-    order: VecDeque<Hash>,
-}
-
-impl RecentLocations {
-    fn remember(&mut self, hash: Hash, location: Location) {
-        if self.order.len() >= RECENT_LOCATIONS {
-            if let Some(oldest) = self.order.pop_front() {
-                self.by_hash.remove(&oldest);
-            }
-        }
-        self.by_hash.insert(hash, location);
-        self.order.push_back(hash);
-    }
-
-    fn clear(&mut self) {
-        self.by_hash.clear();
-        self.order.clear();
-    }
-}
-
-struct PackWriter {
-    pack: u32,
-    file: File,
-    /// Bytes in the pack file plus bytes in `buffer`.
-    end: u64,
-    buffer: Vec<u8>,
-    /// Chunks written since the last `sync`, not yet in the sled tree.
-    pending: HashMap<Hash, Location>,
-}
-
-impl PackWriter {
-    /// A record's header, into the buffer.
-    fn append_header(&mut self, hash: Hash, len: u32) {
-        self.buffer.extend_from_slice(RECORD_MAGIC);
-        self.buffer.extend_from_slice(&hash.0);
-        self.buffer.extend_from_slice(&len.to_le_bytes());
-        self.end += RECORD_HEADER_BYTES;
-    }
-
-    /// A whole record, its bytes written from `bytes` rather than copied into the
-    /// buffer first. On a failed write the record is not stored (the caller does not
-    /// record its location) and the next one goes after whatever the file holds.
-    fn append_direct(&mut self, path: &Path, hash: Hash, bytes: &[u8]) -> Result<()> {
-        // `bytes.len()` fits a u32: the caller checked.
-        self.append_header(hash, bytes.len() as u32);
-        self.flush_buffer(path)?;
-        if let Err(source) = self.file.write_all(bytes) {
-            return Err(self.write_failed(path, source));
-        }
-        crate::fsutil::start_writeback(&self.file, self.end, bytes.len() as u64);
-        self.end += bytes.len() as u64;
-        Ok(())
-    }
-
-    /// After a failed write: the next record goes after whatever the file now holds
-    /// (a new pack when its length is unknown). Returns the error to report.
-    fn write_failed(&mut self, path: &Path, source: std::io::Error) -> Error {
-        self.end = self
-            .file
-            .metadata()
-            .map(|metadata| metadata.len())
-            .unwrap_or(u64::MAX);
-        Error::Io {
-            op: "write",
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-
-    fn flush_buffer(&mut self, path: &Path) -> Result<()> {
-        if !self.buffer.is_empty() {
-            let written = self.buffer.len() as u64;
-            if let Err(source) = self.file.write_all(&self.buffer) {
-                // A failed write (a full disk) may have left part of the buffer in the
-                // file. Its chunks are dropped (never synced, so nothing names them;
-                // the caller stores them again), and the next record goes after
-                // whatever the file now holds, so every location stays exact. Should
-                // the file's length be unknown, the next insert starts a new pack.
-                let before = self.end - written;
-                self.pending.retain(|_, location| location.offset < before);
-                self.buffer.clear();
-                return Err(self.write_failed(path, source));
-            }
-            // Start writing these pages back now, so that the fdatasync at `sync` finds
-            // little left to do and disk and CPU work overlap.
-            crate::fsutil::start_writeback(&self.file, self.end - written, written);
-            self.buffer.clear();
-        }
-        Ok(())
-    }
-}
 
 /// Which stored copies of a chunk make `insert` skip it.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -219,6 +89,8 @@ pub struct ChunkStore {
     /// Chunks kept by reference in files (the passive's large files).
     refs: refs::Refs,
     staging: stage::Staging,
+    /// Chunks lost before they were copied out of their files (`absorb.rs`).
+    lost: absorb::Lost,
 }
 
 fn pack_name(pack: u32) -> String {
@@ -275,8 +147,10 @@ impl ChunkStore {
         let highest = needed.keys().copied().fold(highest, u32::max);
         let writer = Self::new_pack(dir, highest + 1)?;
         let refs = refs::Refs::open(dir, references, inodes)?;
+        let lost = absorb::Lost::open(dir)?;
         Ok(ChunkStore {
             refs,
+            lost,
             staging: stage::Staging::default(),
             pack_target_bytes: AtomicU64::new(PACK_TARGET_BYTES),
             stored_chunks: AtomicU64::new(stored_chunks),

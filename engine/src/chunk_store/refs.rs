@@ -346,6 +346,26 @@ impl Refs {
         Ok(out)
     }
 
+    /// The first committed references (in hash order) until their bytes reach
+    /// `budget` (at least one, when there is any).
+    pub fn first_committed(&self, budget: u64) -> Result<Vec<(Hash, RefLoc)>> {
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        for item in self.tree.iter() {
+            if bytes >= budget {
+                break;
+            }
+            let (hash, value) = item?;
+            if let (Some(hash), Some(location)) =
+                (Hash::from_slice(&hash), RefLoc::from_bytes(&value))
+            {
+                bytes += location.len as u64;
+                out.push((hash, location));
+            }
+        }
+        Ok(out)
+    }
+
     /// Every committed reference.
     pub fn all(&self) -> Result<Vec<(Hash, RefLoc)>> {
         let mut out = Vec::new();

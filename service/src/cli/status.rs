@@ -273,6 +273,31 @@ pub fn render_answers(answers: &[Answer]) -> String {
             }),
         ),
         (
+            "by reference",
+            Box::new(|status| {
+                let mut shown = if status.by_reference_chunks == 0 {
+                    "-".to_string()
+                } else if status.role == "active" {
+                    format!(
+                        "{} chunks, {} bytes (copying into the chunk store)",
+                        status.by_reference_chunks, status.by_reference_bytes
+                    )
+                } else {
+                    format!(
+                        "{} chunks, {} bytes in the folder's files",
+                        status.by_reference_chunks, status.by_reference_bytes
+                    )
+                };
+                if status.lost_by_reference_chunks > 0 {
+                    shown.push_str(&format!(
+                        "; LOST {} chunks, {} bytes (see data_dir/chunks/lost-by-reference)",
+                        status.lost_by_reference_chunks, status.lost_by_reference_bytes
+                    ));
+                }
+                shown
+            }),
+        ),
+        (
             "quarantined",
             Box::new(|status| status.quarantined_events.to_string()),
         ),
