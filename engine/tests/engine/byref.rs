@@ -5,7 +5,6 @@
 
 use std::path::Path;
 
-use standin_engine::replay::apply_batch;
 use standin_engine::{Change, Event, Hash, Repository};
 
 use crate::support::{ship_chunks, Node};
@@ -27,25 +26,7 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 
 /// `replicate` as a by-reference passive does it: stage, fetch, apply.
 pub fn replicate_by_ref(active: &Node, passive: &Node, batch: usize) {
-    loop {
-        let head = passive.repository.head();
-        let events = active
-            .repository
-            .log()
-            .events_after(head.seq, &head.hash, batch)
-            .unwrap();
-        if events.is_empty() {
-            return;
-        }
-        passive
-            .repository
-            .chunks()
-            .stage(&passive.folder, &events)
-            .unwrap();
-        ship_chunks(&active.repository, &passive.repository, &events);
-        apply_batch(&passive.folder, &passive.repository, &events)
-            .unwrap_or_else(|error| panic!("apply: {error}"));
-    }
+    crate::support::replicate_with(active, passive, batch, true)
 }
 
 fn chunks_of(events: &[Event], path: &str) -> Vec<Hash> {

@@ -153,6 +153,12 @@ pub fn ship_chunks(from: &Repository, to: &Repository, events: &[Event]) {
 
 /// Pull everything `active` has after `passive`'s head and apply it, in batches.
 pub fn replicate(active: &Node, passive: &Node, batch: usize) {
+    replicate_with(active, passive, batch, false)
+}
+
+/// `replicate`; with `stage`, as a by-reference passive does it: stage the batch's
+/// large files before its chunks are shipped.
+pub fn replicate_with(active: &Node, passive: &Node, batch: usize, stage: bool) {
     loop {
         let head = passive.repository.head();
         let events = active
@@ -162,6 +168,13 @@ pub fn replicate(active: &Node, passive: &Node, batch: usize) {
             .unwrap();
         if events.is_empty() {
             return;
+        }
+        if stage {
+            passive
+                .repository
+                .chunks()
+                .stage(&passive.folder, &events)
+                .unwrap();
         }
         ship_chunks(&active.repository, &passive.repository, &events);
         apply_batch(&passive.folder, &passive.repository, &events)
