@@ -52,7 +52,6 @@ pub mod sqlite;
 pub mod switchover;
 pub mod timing;
 pub mod verify;
-pub mod wal;
 
 pub use capture::{Capture, CaptureOptions, CaptureStats};
 pub use chunk_store::ChunkStore;

@@ -358,6 +358,27 @@ fn capture_database(
     head: &[u8],
     known: Option<&crate::meta::Meta>,
 ) -> Result<Option<Captured>> {
+    if let Some(page_size) = crate::sqlite::wal_page_size(head) {
+        match crate::sqlite::frames::capture(
+            full,
+            repository.data_dir(),
+            repository.chunks(),
+            page_size,
+        )? {
+            crate::sqlite::frames::Outcome::Version { chunked, .. } => {
+                return Ok(Some(Captured::Put(Box::new(file_change(
+                    path, full, before, chunked, known,
+                )))));
+            }
+            crate::sqlite::frames::Outcome::Busy => return Ok(Some(Captured::Unstable)),
+            crate::sqlite::frames::Outcome::Refused(reason) => {
+                tracing::warn!(path = %full.display(), %reason, "SQLite cannot open this file although it starts like a database; reading it as a plain file");
+                return Ok(None);
+            }
+            // SQLite's backup, below.
+            crate::sqlite::frames::Outcome::Fallback => {}
+        }
+    }
     match crate::sqlite::snapshot(full, repository.data_dir(), head, before.len())? {
         crate::sqlite::Taken::Copy(snapshot) => {
             tracing::debug!(

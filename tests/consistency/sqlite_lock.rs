@@ -213,7 +213,8 @@ fn probe(database: &Path, quick_check: bool) -> Result<(u64, u64), String> {
     ))
 }
 
-/// One copy of the database as alpha's debug log tells it (`sqlite::snapshot`).
+/// One copy of the database as alpha's debug log tells it (`sqlite::snapshot`, or in
+/// WAL mode `sqlite::frames`: a read of the log, or of the whole database).
 struct Copied {
     copy_ms: f64,
     lock_ms: Option<f64>,
@@ -231,7 +232,10 @@ fn copies_in_log(log: &Path, from: usize) -> Vec<Copied> {
     text.get(from..)
         .unwrap_or_default()
         .lines()
-        .filter(|line| line.contains("database cop") && line.contains(DATABASE))
+        .filter(|line| {
+            (line.contains("database cop") || line.contains("database read"))
+                && line.contains(DATABASE)
+        })
         .map(|line| Copied {
             copy_ms: field(line, "copy_ms=").unwrap_or_default(),
             lock_ms: field(line, "lock_ms="),

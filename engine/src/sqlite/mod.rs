@@ -15,9 +15,13 @@
 //!   (the backup folds them in); a passive removes stale companions before it puts a
 //!   database in place (`replay`).
 //!
-//! The cost: the backup copies the whole database (all pages) each time it is
-//! captured. In WAL mode it is one read transaction, and the application's writers
-//! never wait for it. In rollback mode a writer that wants to commit waits while a
+//! The cost: in WAL mode, a database is read from its `-wal` (`frames`): only the
+//! frames committed since its last version are read, and only the page-aligned pieces
+//! they change are rebuilt; the whole database is read (not copied) once per
+//! generation of its log, under one read transaction, which never makes a writer
+//! wait. Where that reading does not apply (a log too large to hold), and in rollback
+//! mode, the online backup copies the whole database each time it is captured. In
+//! rollback mode a writer that wants to commit waits while a
 //! reader holds SQLite's shared lock, so capture never holds it for longer than
 //! `ROLLBACK_LOCK_BOUND` in one go (`longest_lock` keeps the longest; `/metrics` shows
 //! it): where the file system clones (`reflink`), the database is cloned under the
@@ -35,6 +39,10 @@ use std::time::{Duration, Instant};
 
 use crate::error::{IoContext, Result};
 use crate::path::RelPath;
+
+pub mod frames;
+mod pieces;
+pub mod wal;
 
 /// The first 16 bytes of every SQLite 3 database file.
 pub const HEADER: &[u8; 16] = b"SQLite format 3\0";
@@ -183,6 +191,24 @@ pub fn snapshot(full: &Path, data_dir: &Path, head: &[u8], size: u64) -> Result<
     Ok(taken)
 }
 
+/// The page size of a WAL-mode database whose header is `head` (at least 20 bytes),
+/// `None` for a rollback-mode one.
+pub fn wal_page_size(head: &[u8]) -> Option<u32> {
+    (head.get(18) == Some(&2)).then(|| page_size(head) as u32)
+}
+
+/// The page size a database header `head` names (SQLite stores 65,536 as 1).
+fn page_size(head: &[u8]) -> u64 {
+    match head.get(16..18) {
+        Some(&[high, low]) => match u64::from(u16::from_be_bytes([high, low])) {
+            1 => 65_536,
+            size if size >= 512 => size,
+            _ => 4_096,
+        },
+        _ => 4_096,
+    }
+}
+
 /// `snapshot` with another bound on the shared lock in rollback mode (tests use a
 /// small one to split the copy of a small database).
 pub fn snapshot_within(
@@ -194,14 +220,7 @@ pub fn snapshot_within(
 ) -> Result<Taken> {
     let dir = data_dir.join("capture");
     std::fs::create_dir_all(&dir).at("create", &dir)?;
-    let page_size = match head.get(16..18) {
-        Some(&[high, low]) => match u64::from(u16::from_be_bytes([high, low])) {
-            1 => 65_536,
-            size if size >= 512 => size,
-            _ => 4_096,
-        },
-        _ => 4_096,
-    };
+    let page_size = page_size(head);
     let wal = head.get(18) == Some(&2);
     if wal {
         return backup(full, &dir, page_size, None);
