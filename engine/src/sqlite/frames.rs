@@ -39,9 +39,10 @@ use crate::error::{IoContext, Result};
 /// whole database is read.
 const INCREMENTAL_BYTES_MAX: u64 = 64 << 20;
 
-/// The most pages of the log a whole read holds in memory; beyond it the caller copies
-/// the database with SQLite's backup instead.
-const WHOLE_WAL_BYTES_MAX: u64 = 256 << 20;
+/// The most pages of the log a whole read holds in memory (SQLite's default checkpoint
+/// keeps the log near 4 MiB); beyond it the caller copies the database with SQLite's
+/// backup instead.
+const WHOLE_WAL_BYTES_MAX: u64 = 64 << 20;
 
 /// Databases whose last version is kept; beyond it the oldest entry goes.
 const KNOWN_MAX: usize = 256;
@@ -447,9 +448,7 @@ fn read_whole(
         bytes.resize(Pieces::len_of(size, index), 0);
         let start = index as u64 * PIECE_BYTES;
         let on_disk = metadata.len().saturating_sub(start).min(bytes.len() as u64) as usize;
-        file.read_exact_at(&mut bytes[..on_disk], start)
-            .at("read", full)?;
-        bytes_read += on_disk as u64;
+        bytes_read += read_up_to(file, &mut bytes[..on_disk], start).at("read", full)? as u64;
         overlay(
             &mut bytes,
             index,
@@ -475,6 +474,23 @@ fn read_whole(
         chunked,
         bytes_read,
     })
+}
+
+/// Read into `bytes` from `at` until they are full or the file ends (the rest stays
+/// zero): a checkpoint may truncate the file to the size at the oldest reader's
+/// snapshot while it is read, and any page past that end in a later commit is in a
+/// frame, laid over these bytes.
+fn read_up_to(file: &File, bytes: &mut [u8], at: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < bytes.len() {
+        match file.read_at(&mut bytes[done..], at + done as u64) {
+            Ok(0) => break,
+            Ok(count) => done += count,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(done)
 }
 
 /// The database's size in pages as its header on disk says (valid when its change

@@ -74,11 +74,7 @@ impl Pieces {
         Chunked {
             content,
             size: self.size,
-            chunks: self
-                .pieces
-                .iter()
-                .map(|piece| piece.chunk)
-                .collect(),
+            chunks: self.pieces.iter().map(|piece| piece.chunk).collect(),
         }
     }
 }
