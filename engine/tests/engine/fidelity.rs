@@ -598,6 +598,11 @@ fn hard_links_stay_links_and_a_write_through_one_name_reaches_every_name() {
         .first_difference
         .expect("a split link group is found");
     assert_eq!(difference.path, "b", "{difference:?}");
+    // The digest covers link groups: same bytes and metadata, other links, other digest.
+    assert_ne!(
+        report.disk_digest, report.head.digest,
+        "the digest does not see a split link group"
+    );
 }
 
 /// A directory moved into a directory created just before (which the watcher may not
