@@ -65,7 +65,26 @@ pub fn store_content(
     }
 
     let stream = std::io::Cursor::new(head).chain(reader);
-    for chunk in StreamCDC::new(stream, MIN_CHUNK_BYTES, AVG_CHUNK_BYTES, MAX_CHUNK_BYTES) {
+    size += chunk_into(stream, store, what, &mut content, &mut chunks)?;
+    Ok(Chunked {
+        content: content.finalize().into(),
+        size,
+        chunks,
+    })
+}
+
+/// Chunk `reader` to its end (FastCDC; a piece shorter than the minimum is one
+/// chunk): every chunk put in `store`, appended to `chunks` and fed to `content`.
+/// The bytes read.
+pub fn chunk_into(
+    reader: impl Read,
+    store: &ChunkStore,
+    what: &std::path::Path,
+    content: &mut blake3::Hasher,
+    chunks: &mut Vec<ChunkRef>,
+) -> Result<u64> {
+    let mut size = 0u64;
+    for chunk in StreamCDC::new(reader, MIN_CHUNK_BYTES, AVG_CHUNK_BYTES, MAX_CHUNK_BYTES) {
         let chunk = chunk.map_err(|error| Error::Io {
             op: "read",
             path: what.to_path_buf(),
@@ -79,9 +98,5 @@ pub fn store_content(
             len: chunk.data.len() as u32,
         });
     }
-    Ok(Chunked {
-        content: content.finalize().into(),
-        size,
-        chunks,
-    })
+    Ok(size)
 }

@@ -21,6 +21,18 @@
 //!   link value)
 //! ```
 //!
+//! Files recorded with their metadata that are hard links of one file (one link
+//! group: `Meta::link`, split by content as `links` does) add one more leaf per group
+//! of two or more names, so two folders whose names are linked differently differ:
+//!
+//! ```text
+//! links leaf = blake3("standin-links-v1" ‖ u64le(count) ‖ (u64le(len(path)) ‖ path)…)
+//!   the group's paths in order
+//! ```
+//!
+//! (An entry recorded without metadata — a previous release's — has no link group:
+//! such a folder's digest is what it was.)
+//!
 //! The digest is the sum of all leaves as 256-bit little-endian integers, modulo
 //! 2^256 (an additive multiset hash, AdHash). Adding an entry adds its leaf, removing
 //! subtracts it, changing it does both, so a `Put`, `Mkdir`, `SetMode` or `Symlink`
@@ -59,6 +71,18 @@ pub fn leaf(path: &RelPath, fields: LeafFields<'_>) -> Hash {
 pub fn leaf_with_meta(path: &RelPath, fields: LeafFields<'_>, meta: &Meta) -> Hash {
     let mut hasher = start(b"standin-leaf-v2", path, fields);
     meta.feed(&mut hasher, !matches!(fields, LeafFields::Symlink { .. }));
+    hasher.finalize().into()
+}
+
+/// The leaf of one hard-link group: `names` (two or more, in order) are one file.
+pub fn links_leaf<'a>(names: impl ExactSizeIterator<Item = &'a RelPath>) -> Hash {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"standin-links-v1");
+    hasher.update(&(names.len() as u64).to_le_bytes());
+    for name in names {
+        hasher.update(&(name.as_bytes().len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+    }
     hasher.finalize().into()
 }
 
@@ -163,6 +187,15 @@ mod tests {
         }
         assert_eq!(forward, FolderDigest::default());
         assert_eq!(FolderDigest::from_hash(&backward.to_hash()), backward);
+    }
+
+    #[test]
+    fn a_links_leaf_depends_on_the_names() {
+        let [a, b, c] = ["a", "b", "c"].map(|name| RelPath::new(name).unwrap());
+        let ab = links_leaf([&a, &b].into_iter());
+        assert_ne!(ab, links_leaf([&a, &c].into_iter()));
+        assert_ne!(ab, links_leaf([&a, &b, &c].into_iter()));
+        assert_eq!(ab, links_leaf([&a, &b].into_iter()));
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub mod repository;
 pub mod role;
 pub mod scan;
 pub mod skipped;
+pub mod sparse;
 pub mod sqlite;
 pub mod switchover;
 pub mod timing;

@@ -132,7 +132,8 @@ pub fn capture_file(
         if attempt > 0 || before.len() >= CLONE_FIRST_BYTES {
             match crate::reflink::clone_file(&file, &repository.data_dir().join("capture")) {
                 Ok(Some(clone)) => {
-                    let stored = store_content(&clone, repository.chunks(), &full)?;
+                    // A clone shares the file's extents: its holes are holes.
+                    let stored = crate::sparse::store_file(&clone, repository.chunks(), &full)?;
                     // A write between `before` and the clone leaves an older mtime in
                     // the record than on disk: the rescan then records the file again.
                     return Ok(Captured::Put(Box::new(file_change(
@@ -151,12 +152,26 @@ pub fn capture_file(
         // stats unchanged, is a version it had (a write in progress would have moved on
         // between the two copies).
         let stored = if attempt == 0 && !recently_modified(&before) {
-            // Chunk and hash as it is read: the cheap way, for a file left alone.
-            let stored = store_content(
-                std::io::Read::chain(head.as_slice(), &file),
-                repository.chunks(),
-                &full,
-            )?;
+            // Chunk and hash as it is read: the cheap way, for a file left alone. A
+            // file with holes is read only where it has data (`sparse`): its holes
+            // become zero-chunk references, never read. Either way the stats are
+            // compared after the read, so a hole filled or punched meanwhile (both
+            // move mtime and ctime) makes the read redone.
+            let layout = if crate::sparse::may_have_holes(&before) {
+                crate::sparse::layout(&file, before.len()).at("seek", &full)?
+            } else {
+                None
+            };
+            let stored = match layout {
+                Some(layout) => {
+                    crate::sparse::store_sparse(&file, &layout, repository.chunks(), &full)?
+                }
+                None => store_content(
+                    std::io::Read::chain(head.as_slice(), &file),
+                    repository.chunks(),
+                    &full,
+                )?,
+            };
             let after = file.metadata().at("stat", &full)?;
             if !same_version(&before, &after) || stored.size != after.len() {
                 tracing::debug!(path = %full.display(), "the file changed while it was read; copying it first");
@@ -199,7 +214,9 @@ pub fn capture_file(
                 QuickCopy::Memory(bytes) => {
                     store_content(bytes.as_slice(), repository.chunks(), &full)?
                 }
-                QuickCopy::File(temp) => store_content(&temp, repository.chunks(), &full)?,
+                QuickCopy::File(temp) => {
+                    crate::sparse::store_file(&temp, repository.chunks(), &full)?
+                }
             };
             if stored.size != before.len() {
                 continue;
@@ -294,7 +311,17 @@ fn copy_quickly(file: &File, data_dir: &Path, what: &Path) -> Result<Option<Quic
     std::fs::create_dir_all(&dir).at("create", &dir)?;
     // Unnamed (O_TMPFILE): gone with its descriptor, whatever happens.
     let mut temp = tempfile::tempfile_in(&dir).at("create", &dir)?;
-    let copied = std::io::copy(&mut reader, &mut temp).at("copy", what)?;
+    // A file with holes: only its data is copied, its holes stay holes.
+    let metadata = file.metadata().at("stat", what)?;
+    let layout = if crate::sparse::may_have_holes(&metadata) {
+        crate::sparse::layout(file, size).at("seek", what)?
+    } else {
+        None
+    };
+    let copied = match layout {
+        Some(layout) => crate::sparse::copy_data(file, &layout, &temp, what)?,
+        None => std::io::copy(&mut reader, &mut temp).at("copy", what)?,
+    };
     temp.rewind().at("seek", &dir)?;
     Ok((copied == size).then_some(QuickCopy::File(temp)))
 }
@@ -322,12 +349,11 @@ fn same_bytes(first: &QuickCopy, second: &QuickCopy, what: &Path) -> Result<bool
         match copy {
             QuickCopy::Memory(bytes) => Ok(blake3::hash(bytes)),
             QuickCopy::File(file) => {
+                // Positional reads, holes not read (`sparse`).
+                let hash = crate::sparse::hash_file(file, what)?;
                 let mut reader = file;
                 reader.rewind().at("seek", what)?;
-                let mut hasher = blake3::Hasher::new();
-                hasher.update_reader(reader).at("read", what)?;
-                reader.rewind().at("seek", what)?;
-                Ok(hasher.finalize())
+                Ok(blake3::Hash::from_bytes(hash.0))
             }
         }
     };

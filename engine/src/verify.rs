@@ -271,6 +271,20 @@ fn verify(root: &Path, repository: &Repository, live: bool) -> Result<VerifyRepo
             });
         }
     }
+    // Hard links: the disk's groups (one inode) among the files recorded with their
+    // metadata, one leaf each (`digest::links_leaf`), as the index has its groups.
+    let mut by_inode: BTreeMap<u64, Vec<&RelPath>> = BTreeMap::new();
+    for path in expected_metas.keys() {
+        if let (Some(disk), Some((_, Seen::File { .. }))) = (disk_metas.get(path), found.get(path))
+        {
+            if disk.link != 0 {
+                by_inode.entry(disk.link).or_default().push(path);
+            }
+        }
+    }
+    for names in by_inode.values().filter(|names| names.len() >= 2) {
+        digest.add(&crate::digest::links_leaf(names.iter().copied()));
+    }
     let mut first_difference = None;
     let mut paths: Vec<&RelPath> = expected.keys().chain(found.keys()).collect();
     paths.sort();

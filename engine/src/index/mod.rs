@@ -170,7 +170,51 @@ impl FolderIndex {
             }
             index.entries.insert(path, entry);
         }
+        let links: Vec<u64> = index.links.keys().copied().collect();
+        for link in links {
+            index.add_links_leaves(link, true);
+        }
         index
+    }
+
+    /// Add (or, `add` false, remove) the digest leaves of the link groups of link value
+    /// `link` (`digest::links_leaf`): its recorded files split by content, each group of
+    /// two or more names.
+    fn add_links_leaves(&mut self, link: u64, add: bool) {
+        if link == 0 {
+            return;
+        }
+        let Some(paths) = self.links.get(&link) else {
+            return;
+        };
+        if paths.len() < 2 {
+            return;
+        }
+        let mut groups: BTreeMap<(u64, Hash), Vec<&RelPath>> = BTreeMap::new();
+        for path in paths {
+            if let Some(Entry::File { size, content, .. }) = self.entries.get(path) {
+                groups.entry((*size, *content)).or_default().push(path);
+            }
+        }
+        let leaves: Vec<Hash> = groups
+            .values()
+            .filter(|names| names.len() >= 2)
+            .map(|names| crate::digest::links_leaf(names.iter().copied()))
+            .collect();
+        for leaf in &leaves {
+            if add {
+                self.digest.add(leaf);
+            } else {
+                self.digest.remove(leaf);
+            }
+        }
+    }
+
+    /// The link values of `path`'s recorded metadata and of `meta` (0 for none).
+    fn links_of(&self, path: &RelPath, meta: Option<&Meta>) -> [u64; 2] {
+        let old = self.metas.get(path).map_or(0, |old| old.link);
+        let new = meta.map_or(0, |meta| meta.link);
+        [old, if new == old { 0 } else { new }]
     }
 
     pub fn get(&self, path: &RelPath) -> Option<&Entry> {
@@ -282,6 +326,10 @@ impl FolderIndex {
 
     /// Put `entry` (with `meta`, or none) at `path`, replacing what was there.
     fn set(&mut self, path: RelPath, entry: Entry, meta: Option<Meta>) {
+        let links = self.links_of(&path, meta.as_ref());
+        for link in links {
+            self.add_links_leaves(link, false);
+        }
         if let Some(old) = self.entries.get(&path) {
             let old_meta = self.metas.remove(&path);
             self.digest.remove(&leaf_of(&path, old, old_meta.as_ref()));
@@ -296,12 +344,17 @@ impl FolderIndex {
         }
         self.dirty.insert(path.clone());
         self.entries.insert(path, entry);
+        for link in links {
+            self.add_links_leaves(link, true);
+        }
     }
 
     fn remove_subtree(&mut self, path: &RelPath) -> Vec<(RelPath, Entry, Option<Meta>)> {
         let doomed: Vec<RelPath> = self.subtree(path).map(|(key, _)| key.clone()).collect();
         let mut removed = Vec::with_capacity(doomed.len());
         for key in doomed {
+            let [link, _] = self.links_of(&key, None);
+            self.add_links_leaves(link, false);
             if let Some(entry) = self.entries.remove(&key) {
                 let meta = self.metas.remove(&key);
                 self.digest.remove(&leaf_of(&key, &entry, meta.as_ref()));
@@ -311,6 +364,7 @@ impl FolderIndex {
                 self.dirty.insert(key.clone());
                 removed.push((key, entry, meta));
             }
+            self.add_links_leaves(link, true);
         }
         removed
     }

@@ -472,12 +472,10 @@ fn same_kind(on_disk: &DiskEntry, entry: &Entry) -> bool {
     )
 }
 
-/// blake3 of a file's bytes.
+/// blake3 of a file's bytes (its holes not read: `sparse::hash_file`).
 pub fn hash_file(full: &Path) -> Result<Hash> {
     let file = File::open(full).at("open", full)?;
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(file).at("read", full)?;
-    Ok(hasher.finalize().into())
+    crate::sparse::hash_file(&file, full)
 }
 
 pub(super) fn remove_any(full: &Path) -> Result<()> {

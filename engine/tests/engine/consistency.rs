@@ -174,11 +174,15 @@ fn an_object_is_recorded_before_the_ref_that_names_it() {
     node.settle();
     capture.stop();
     let events = node.all_events();
+    // Where `name` first appears: written under it, or (a `ref.lock` capture recorded
+    // as soon as it was closed) renamed to it.
     let first_put = |name: &str| {
         events
             .iter()
-            .position(|event| {
-                matches!(&event.body.change, Change::File { path, .. } if path.to_string() == name)
+            .position(|event| match &event.body.change {
+                Change::File { path, .. } => path.to_string() == name,
+                Change::Rename { to, .. } => to.to_string() == name,
+                _ => false,
             })
             .unwrap_or_else(|| panic!("{name} was never recorded"))
     };

@@ -489,70 +489,6 @@ fn a_data_dir_from_the_previous_release_opens_and_carries_on() {
     assert!(old.capture().is_empty());
 }
 
-/// A sparse file (64 MiB, 8 KiB of data) stays sparse on the passive: its disk use
-/// there is at most the active's plus 64 KiB.
-#[test]
-fn a_sparse_file_stays_sparse_on_the_passive() {
-    use std::os::unix::fs::{FileExt, MetadataExt};
-    let active = Node::new();
-    let path = active.folder.join("sparse.img");
-    let file = std::fs::File::create(&path).unwrap();
-    file.set_len(64 << 20).unwrap();
-    file.write_all_at(&[7u8; 4096], 1 << 20).unwrap();
-    file.write_all_at(&[9u8; 4096], (64 << 20) - 4096).unwrap();
-    file.sync_all().unwrap();
-    drop(file);
-    active.capture();
-    let passive = Node::new();
-    replicate(&active, &passive, 100);
-    passive.assert_verified();
-    let allocated = |path: &Path| std::fs::metadata(path).unwrap().blocks() * 512;
-    let (theirs, ours) = (
-        allocated(&path),
-        allocated(&passive.folder.join("sparse.img")),
-    );
-    assert_eq!(
-        std::fs::read(&path).unwrap(),
-        std::fs::read(passive.folder.join("sparse.img")).unwrap()
-    );
-    assert!(
-        ours <= theirs + (64 << 10),
-        "the passive allocates {ours} bytes for a file the active holds in {theirs}"
-    );
-
-    // A hole punched on the active (fallocate PUNCH_HOLE) reaches the passive alone.
-    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    // SAFETY: an open descriptor; the range lies inside the file.
-    let punched = unsafe {
-        libc::fallocate(
-            std::os::fd::AsRawFd::as_raw_fd(&file),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            1 << 20,
-            4096,
-        )
-    };
-    assert_eq!(punched, 0, "{}", std::io::Error::last_os_error());
-    drop(file);
-    assert!(
-        !active.capture().is_empty(),
-        "the punched hole was not recorded"
-    );
-    replicate(&active, &passive, 100);
-    passive.assert_verified();
-    assert_eq!(
-        std::fs::read(&path).unwrap(),
-        std::fs::read(passive.folder.join("sparse.img")).unwrap()
-    );
-    let (theirs, ours) = (
-        allocated(&path),
-        allocated(&passive.folder.join("sparse.img")),
-    );
-    assert!(
-        ours <= theirs + (64 << 10),
-        "{ours} > {theirs} + 64 KiB after the punch"
-    );
-}
-
 /// `strip_setuid`: the passive leaves setuid and setgid off files (not directories),
 /// and its verify accepts that difference; without it they are kept.
 #[test]
@@ -662,6 +598,11 @@ fn hard_links_stay_links_and_a_write_through_one_name_reaches_every_name() {
         .first_difference
         .expect("a split link group is found");
     assert_eq!(difference.path, "b", "{difference:?}");
+    // The digest covers link groups: same bytes and metadata, other links, other digest.
+    assert_ne!(
+        report.disk_digest, report.head.digest,
+        "the digest does not see a split link group"
+    );
 }
 
 /// A directory moved into a directory created just before (which the watcher may not

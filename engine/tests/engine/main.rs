@@ -12,6 +12,7 @@
 //! - `simulation`: the seeded pair simulation (roles, faults, nothing lost).
 //! - `quarantine_gc`: quarantining events and collecting garbage chunks.
 //! - `reflink`: the clone path on a loop-mounted XFS image (as root; skips otherwise).
+//! - `sparse`: holes found on capture, not read, left as holes on the passive.
 //! - `sqlite`: live databases captured at transaction boundaries, companions kept out.
 
 mod byref;
@@ -27,6 +28,7 @@ mod quarantine_gc;
 mod reflink;
 mod roundtrip;
 mod simulation;
+mod sparse;
 mod sqlite;
 mod support;
 mod switchover;
