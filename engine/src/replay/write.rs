@@ -115,6 +115,29 @@ fn write_puts(
     threads: usize,
     displaced: &Displaced,
 ) -> Result<()> {
+    // A path written more than once in this run of writes (a busy file recorded again
+    // and again while this passive was behind: a database after each transaction) is
+    // written once, with its last version — the earlier ones would only be renamed
+    // over. Their content stays in the chunk store for the log's sake (a staged one
+    // goes to the packs with its part: `discard_staged_through`).
+    let mut last_write: HashMap<&RelPath, u64> = HashMap::new();
+    for event in puts {
+        if let Change::Put { path, .. } | Change::File { path, .. } = &event.body.change {
+            last_write.insert(path, event.seq());
+        }
+    }
+    let superseded = |event: &&Event| match &event.body.change {
+        Change::Put { path, .. } | Change::File { path, .. } => last_write
+            .get(path)
+            .is_some_and(|last| *last != event.seq()),
+        _ => false,
+    };
+    let kept: Vec<&Event> = puts
+        .iter()
+        .filter(|event| !superseded(event))
+        .copied()
+        .collect();
+    let puts = kept.as_slice();
     let mut parents = HashSet::new();
     for event in puts {
         for path in event.body.change.paths() {

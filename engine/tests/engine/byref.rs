@@ -249,3 +249,46 @@ fn a_renamed_directory_keeps_its_files_references() {
     }
     assert!(pack_bytes(&passive.repository) < 1024);
 }
+
+/// A file recorded again and again while the passive was behind (a busy database):
+/// one batch holds several versions of it, and only the last is written (the earlier
+/// would be renamed over at once) — yet every version's chunks stay readable on the
+/// passive, for the log's sake (a passive promoted later serves them, verify reads them).
+#[test]
+fn versions_of_one_file_in_one_batch_keep_every_chunk_and_end_as_the_last() {
+    let mut bytes = noise(4 * MIB, 1);
+    let (active, passive) = pair_with(&[("app.db", bytes.clone()), ("note", b"0".to_vec())]);
+    for round in 0..5u64 {
+        let at = (round as usize * 700 * 1024) % (bytes.len() - 64 * 1024);
+        bytes[at..at + 64 * 1024].copy_from_slice(&noise(64 * 1024, 100 + round));
+        std::fs::write(active.folder.join("app.db"), &bytes).unwrap();
+        std::fs::write(active.folder.join("note"), round.to_string()).unwrap();
+        assert!(!active.capture().is_empty());
+    }
+    let head = passive.repository.head();
+    let batch = active
+        .repository
+        .log()
+        .events_after(head.seq, &head.hash, 1_000)
+        .unwrap();
+    assert!(
+        chunks_of(&batch, "app.db").len() > 1 && batch.len() >= 10,
+        "one batch with the five versions of each file"
+    );
+    replicate_by_ref(&active, &passive, 1_000);
+    assert_eq!(std::fs::read(passive.folder.join("app.db")).unwrap(), bytes);
+    assert_eq!(std::fs::read(passive.folder.join("note")).unwrap(), b"4");
+    let named: Vec<Hash> = batch
+        .iter()
+        .filter_map(|event| event.body.change.chunks())
+        .flat_map(|chunks| chunks.iter().map(|chunk| chunk.hash))
+        .collect();
+    for hash in &named {
+        passive
+            .repository
+            .chunks()
+            .get(hash)
+            .unwrap_or_else(|error| panic!("chunk {hash} of a version in the batch: {error}"));
+    }
+    passive.assert_verified();
+}
