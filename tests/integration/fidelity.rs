@@ -165,6 +165,14 @@ fn a_real_pair_keeps_what_rsync_keeps() {
             "conv=notrunc",
             "status=none",
         ],
+        &[
+            "dd",
+            "if=/dev/urandom",
+            "of=punched.img",
+            "bs=1M",
+            "count=4",
+            "status=none",
+        ],
         &["ln", "-s", "shared/report.txt", "shortcut"],
         &["touch", "-h", "-d", "2021-02-03 04:05:06", "shortcut"],
         &[
@@ -203,12 +211,13 @@ fn a_real_pair_keeps_what_rsync_keeps() {
         assert!(found.contains(path), "rsync does not name {path}: {found}");
     }
 
-    let sparse = |folder: &Path| {
-        std::fs::metadata(folder.join("tree/sparse.img"))
+    let allocated = |folder: &Path, name: &str| {
+        std::fs::metadata(folder.join("tree").join(name))
             .unwrap()
             .blocks()
             * 512
     };
+    let sparse = |folder: &Path| allocated(folder, "sparse.img");
     let (on_alpha, on_beta) = (sparse(&pair.alpha.folder), sparse(&pair.beta.folder));
     assert!(
         on_beta <= on_alpha + (1 << 20),
@@ -230,11 +239,30 @@ fn a_real_pair_keeps_what_rsync_keeps() {
         &["chmod", "2750", "shared/sub"],
         &["sh", "-c", "echo two >> links/b"],
         &["touch", "-d", "2019-05-06 07:08:09", "shared/sub/app.conf"],
+        &[
+            "fallocate",
+            "--punch-hole",
+            "--offset",
+            "1048576",
+            "--length",
+            "2097152",
+            "punched.img",
+        ],
     ];
     for change in changes {
         run(&tree, change);
     }
     wait_faithful(&pair, "each kind of change after it");
+    // The hole punched in the middle of a written file is a hole on beta too (the
+    // issue's bound: the active's use + 64 KiB).
+    let (on_alpha, on_beta) = (
+        allocated(&pair.alpha.folder, "punched.img"),
+        allocated(&pair.beta.folder, "punched.img"),
+    );
+    assert!(
+        on_alpha <= 2 << 20 && on_beta <= on_alpha + (64 << 10),
+        "punched.img (4 MiB, 2 MiB punched out) takes {on_beta} bytes on beta, {on_alpha} on alpha"
+    );
     wait_within(
         "beta's hard links to stay one file",
         Duration::from_secs(10),
