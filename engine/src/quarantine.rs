@@ -259,7 +259,7 @@ pub fn quarantine_unrecorded(root: &Path, repository: &Repository) -> Result<usi
     let quarantine_root = repository.data_dir().join("quarantine");
     let dir = quarantine_root.join(format!("{}-{quarantined_at_ms}-unrecorded", head.epoch));
     std::fs::create_dir_all(dir.join("files")).at("create", &dir)?;
-    let disk = crate::scan::walk(root, None)?;
+    let disk = crate::scan::disk::walk(root, None)?;
     let mut manifest = Manifest {
         common_seq: head.seq,
         common_hash: head.hash,
@@ -270,7 +270,7 @@ pub fn quarantine_unrecorded(root: &Path, repository: &Repository) -> Result<usi
     {
         let index = repository.lock_index();
         for (path, on_disk) in &disk.entries {
-            let crate::scan::DiskEntry::File { size, mode, .. } = on_disk else {
+            let crate::scan::disk::DiskEntry::File { size, mode, .. } = on_disk else {
                 continue;
             };
             let differs = match index.get(path) {

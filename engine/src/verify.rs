@@ -12,7 +12,7 @@ use crate::meta::Meta;
 use crate::path::RelPath;
 use crate::replay::hash_file;
 use crate::repository::Repository;
-use crate::scan::{walk, DiskEntry};
+use crate::scan::disk::{walk, DiskEntry};
 
 /// The first path where disk and index disagree.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -102,7 +102,7 @@ fn disk_leaves_and_metas(root: &Path) -> Result<(Leaves, BTreeMap<RelPath, Meta>
     let mut tree = walk(root, None)?;
     let metas = std::mem::take(&mut tree.metas);
     // A database's companions are never recorded (see `sqlite`).
-    crate::scan::drop_companions(root, &mut tree.entries);
+    crate::scan::disk::drop_companions(root, &mut tree.entries);
     let entries: Vec<(RelPath, DiskEntry)> = tree.entries.into_iter().collect();
     let contents = hash_files(root, &entries)?;
     let mut out = BTreeMap::new();

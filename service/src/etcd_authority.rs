@@ -18,15 +18,8 @@ use standin_engine::role::Input;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub use crate::config::authority::EtcdSettings;
 use crate::node::Node;
-
-/// Where the authority key lives and how long its lease lasts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EtcdSettings {
-    pub endpoints: Vec<String>,
-    pub key: String,
-    pub lease_ttl_s: u64,
-}
 
 enum Request {
     Acquire,

@@ -91,7 +91,7 @@ impl FailoverReport {
             };
             let mut text = format!(
                 "{}, epoch {}: {} took over from {old} at its head {}",
-                crate::cli::quarantine::utc(self.promoted_at_ms),
+                standin_engine::clock::utc(self.promoted_at_ms),
                 self.epoch,
                 self.promoted_node,
                 self.promoted_head_seq

@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
-use super::watch_loop::Loop;
+use super::watch_loop::{Loop, Scope};
 use super::Message;
 use crate::error::{Error, Result};
 use crate::event::Change;
@@ -45,14 +45,6 @@ const BARRIER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How soon a file that could not be read stably is tried again.
 const UNSTABLE_RETRY: Duration = Duration::from_millis(100);
-
-/// What a group reads first.
-pub(super) enum Scope {
-    /// The whole folder (start-up, overflow, the safety rescan).
-    Full,
-    /// These paths (and what is below them), in the order of their first change.
-    Paths(Vec<RelPath>),
-}
 
 /// What the ordering mark brought.
 struct Marked {

@@ -13,11 +13,18 @@ use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use notify::EventKind;
 
 use super::barrier::Barrier;
-use super::group::Scope;
 use super::{CaptureOptions, CaptureStats, Message};
 use crate::error::Result;
 use crate::path::RelPath;
 use crate::repository::Repository;
+
+/// What a group reads first.
+pub(super) enum Scope {
+    /// The whole folder (start-up, overflow, the safety rescan).
+    Full,
+    /// These paths (and what is below them), in the order of their first change.
+    Paths(Vec<RelPath>),
+}
 
 /// See `Loop::batch_time`. Two settle periods (40 ms by default): under a steady
 /// stream of changes (100 a second) a change waits at most that long for the stream

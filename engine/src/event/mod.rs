@@ -198,7 +198,7 @@ impl Change {
     /// is itself.
     pub fn base(&self) -> Option<std::borrow::Cow<'_, Change>> {
         use std::borrow::Cow;
-        let legacy_mode = |meta: &Meta| meta.mode & crate::scan::MODE_MASK;
+        let legacy_mode = |meta: &Meta| meta.mode & crate::meta::MODE_MASK;
         match self {
             Change::File {
                 path,

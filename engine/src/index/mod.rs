@@ -397,7 +397,7 @@ impl FolderIndex {
         | Change::Mkdir { path, mode }
         | Change::SetMode { path, mode } = change
         {
-            if mode & !crate::scan::MODE_MASK != 0 {
+            if mode & !crate::meta::MODE_MASK != 0 {
                 return Err(misfit(path, format!("mode {mode:o} has bits standin never records (setuid, setgid or file type)")));
             }
         }
@@ -498,7 +498,7 @@ impl FolderIndex {
         {
             // The common case, without building its format-1 view first.
             let entry = Entry::File {
-                mode: meta.mode & crate::scan::MODE_MASK,
+                mode: meta.mode & crate::meta::MODE_MASK,
                 mtime_ns: meta.mtime_ns,
                 size: *size,
                 content: *content,
@@ -514,7 +514,7 @@ impl FolderIndex {
             let mut entry = self.entries[&path].clone();
             if let Some(meta) = &meta {
                 // The entry's own fields follow (the format-1 view of the same entry).
-                let legacy_mode = meta.mode & crate::scan::MODE_MASK;
+                let legacy_mode = meta.mode & crate::meta::MODE_MASK;
                 match &mut entry {
                     Entry::File { mode, mtime_ns, .. } => {
                         *mode = legacy_mode;

@@ -22,6 +22,11 @@ use bincode::{Decode, Encode};
 use crate::hash::Hash;
 use crate::path::RelPath;
 
+/// The mode bits of an entry's format-1 view (`Entry`'s own `mode`, the format-1
+/// changes): read/write/execute and the sticky bit. Every bit, setuid and setgid
+/// included, is in the entry's `Meta` (format 2).
+pub const MODE_MASK: u32 = 0o1777;
+
 pub use apply::{
     align_to_record, apply_meta, can_chown, local_owner, set_mtime, unapplied, Applied, MetaOptions,
 };

@@ -46,12 +46,14 @@ use crate::index::Entry;
 use crate::log::Head;
 use crate::path::RelPath;
 use crate::repository::Repository;
-use crate::scan::{stat_disk, walk, DiskEntry};
+use crate::scan::disk::{stat_disk, walk, DiskEntry};
 
 mod byref;
 mod commit;
 mod durable;
+mod snapshot;
 mod write;
+pub use snapshot::install_snapshot;
 
 use commit::write_and_commit_in_parts;
 
@@ -349,7 +351,7 @@ fn restore_journaled(root: &Path, repository: &Repository, interrupted: bool) ->
     }
     let scopes = {
         let index = repository.lock_index();
-        crate::scan::cover(&index, None, touched)
+        crate::scan::disk::cover(&index, None, touched)
     };
     for scope in &scopes {
         restore_scope(root, repository, scope)?;

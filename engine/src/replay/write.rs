@@ -19,7 +19,7 @@ use crate::fsutil::{system_time, temp_name};
 use crate::hash::Hash;
 use crate::path::RelPath;
 use crate::repository::Repository;
-use crate::scan::{stat_disk, DiskEntry};
+use crate::scan::disk::{stat_disk, DiskEntry};
 
 /// Most threads that write one batch's files.
 const WRITE_THREADS_MAX: usize = 4;

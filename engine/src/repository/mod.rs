@@ -28,7 +28,6 @@ use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use crate::chunk_store::{ChunkStore, GcReport};
 use crate::error::{Error, Result};
-use crate::event::Change;
 use crate::hash::Hash;
 use crate::index::{Entry, FolderIndex};
 use crate::log::{EventLog, Head};
@@ -225,7 +224,7 @@ impl Repository {
     }
 
     /// Replace the saved index by `index`, as of `seq`.
-    fn save_all_index_entries(&self, index: &FolderIndex, seq: u64) -> Result<()> {
+    pub(crate) fn save_all_index_entries(&self, index: &FolderIndex, seq: u64) -> Result<()> {
         self.index_tree.clear()?;
         let mut batch = sled::Batch::default();
         for (path, entry, meta) in index.iter_with_meta() {
@@ -326,7 +325,7 @@ impl Repository {
         Ok((index, seq))
     }
 
-    fn save_base_index(&self, index: &FolderIndex, seq: u64) -> Result<()> {
+    pub(crate) fn save_base_index(&self, index: &FolderIndex, seq: u64) -> Result<()> {
         self.base_index_tree.clear()?;
         let mut batch = sled::Batch::default();
         for (path, entry, meta) in index.iter_with_meta() {
@@ -392,122 +391,6 @@ impl Repository {
                 .map(|(path, entry, meta)| (path.clone(), entry.clone(), meta.cloned()))
                 .collect(),
         )
-    }
-
-    /// Replace this node's state with a snapshot taken at `head` on the active: the
-    /// entries must add up to `head.digest` and their chunks must be in the store. The
-    /// log restarts from `head`; the folder `root` is made to match, crash-safely (the
-    /// touched paths are journaled first, so `replay::recover` finishes the job).
-    pub fn install_snapshot(
-        &self,
-        root: &Path,
-        head: Head,
-        entries: Vec<(RelPath, Entry, Option<Meta>)>,
-    ) -> Result<()> {
-        // Build the index through the same checks every change passes (parents are
-        // directories, no duplicates, modes in range): a snapshot whose digest adds up
-        // is not enough — the sender chose the digest.
-        let mut entries = entries;
-        entries.sort_by(|left, right| left.0.cmp(&right.0));
-        let mut index = FolderIndex::default();
-        for (path, entry, meta) in entries {
-            if index.get(&path).is_some() {
-                return Err(Error::Apply {
-                    seq: head.seq,
-                    path: path.to_string(),
-                    reason: "listed twice in the snapshot".to_string(),
-                });
-            }
-            let change = match (entry, meta) {
-                (Entry::Dir { .. }, Some(meta)) => Change::Dir { path, meta },
-                (Entry::Symlink { target }, Some(meta)) => Change::Link { path, target, meta },
-                (
-                    Entry::File {
-                        size,
-                        content,
-                        chunks,
-                        ..
-                    },
-                    Some(meta),
-                ) => Change::File {
-                    path,
-                    meta,
-                    size,
-                    content,
-                    chunks,
-                },
-                (Entry::Dir { mode }, None) => Change::Mkdir { path, mode },
-                (Entry::Symlink { target }, None) => Change::Symlink { path, target },
-                (
-                    Entry::File {
-                        mode,
-                        mtime_ns,
-                        size,
-                        content,
-                        chunks,
-                    },
-                    None,
-                ) => Change::Put {
-                    path,
-                    mode,
-                    mtime_ns,
-                    size,
-                    content,
-                    chunks,
-                },
-            };
-            index.apply(&change).map_err(|misfit| Error::Apply {
-                seq: head.seq,
-                path: misfit.path.to_string(),
-                reason: format!("snapshot: {}", misfit.reason),
-            })?;
-        }
-        index.take_dirty();
-        if index.digest() != head.digest {
-            return Err(Error::DigestMismatch {
-                seq: head.seq,
-                path: "(snapshot)".to_string(),
-                expected: head.digest,
-                actual: index.digest(),
-            });
-        }
-        let wanted: Vec<Hash> = index.chunk_hashes().collect();
-        if let Some(missing) = self.chunks.missing(wanted)?.first() {
-            return Err(Error::ChunkMissing { hash: *missing });
-        }
-        self.chunks.sync()?;
-        let mut guard = self.lock_index();
-        let mut touched: Vec<RelPath> = index
-            .iter()
-            .map(|(path, _)| path)
-            .filter(|path| path.parent().is_none())
-            .cloned()
-            .collect();
-        for item in std::fs::read_dir(root).map_err(|source| Error::Io {
-            op: "list",
-            path: root.to_path_buf(),
-            source,
-        })? {
-            let item = item.map_err(|source| Error::Io {
-                op: "list",
-                path: root.to_path_buf(),
-                source,
-            })?;
-            if let Ok(path) = RelPath::top(std::os::unix::ffi::OsStrExt::as_bytes(
-                item.file_name().as_os_str(),
-            )) {
-                touched.push(path);
-            }
-        }
-        crate::replay::journal_touched(self, &touched)?;
-        self.save_all_index_entries(&index, head.seq)?;
-        self.save_base_index(&index, head.seq)?;
-        self.log.reset_to(head)?;
-        *guard = index;
-        drop(guard);
-        crate::replay::restore_touched(root, self)?;
-        tracing::info!(seq = head.seq, "installed a snapshot");
-        Ok(())
     }
 
     /// Held (shared) by anyone who stores chunks and then records or applies events

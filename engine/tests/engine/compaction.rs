@@ -129,16 +129,17 @@ fn a_replica_behind_the_base_starts_again_from_a_snapshot() {
     let before = snapshot(&passive.folder);
     let mut forged = entries.clone();
     forged.pop();
-    let error = passive
-        .repository
-        .install_snapshot(&passive.folder, head, forged)
-        .unwrap_err();
+    let error = standin_engine::replay::install_snapshot(
+        &passive.repository,
+        &passive.folder,
+        head,
+        forged,
+    )
+    .unwrap_err();
     assert!(matches!(error, Error::DigestMismatch { .. }), "{error}");
     assert_eq!(snapshot(&passive.folder), before);
 
-    passive
-        .repository
-        .install_snapshot(&passive.folder, head, entries)
+    standin_engine::replay::install_snapshot(&passive.repository, &passive.folder, head, entries)
         .unwrap();
     assert_eq!(passive.repository.head(), head);
     assert_eq!(snapshot(&passive.folder), snapshot(&active.folder));
@@ -233,10 +234,13 @@ fn link_groups_add_up_the_same_after_every_reload() {
     let fresh = Node::new();
     let (snapshot_head, entries) = active.repository.snapshot();
     ship_entries(&active, &fresh, &entries);
-    fresh
-        .repository
-        .install_snapshot(&fresh.folder, snapshot_head, entries)
-        .unwrap();
+    standin_engine::replay::install_snapshot(
+        &fresh.repository,
+        &fresh.folder,
+        snapshot_head,
+        entries,
+    )
+    .unwrap();
     assert_eq!(fresh.repository.head().digest, head.digest);
     let fresh = fresh.reopen();
     assert_eq!(fresh.repository.lock_index().digest(), head.digest);

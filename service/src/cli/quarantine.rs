@@ -7,6 +7,7 @@
 //! the authoritative node (this node if it is active, else its `peer_url`), which
 //! writes it into its folder; capture records it and it replicates like any change.
 
+pub use standin_engine::clock::utc;
 use std::path::PathBuf;
 
 use clap::Subcommand;
@@ -43,33 +44,6 @@ pub enum QuarantineCommand {
         #[arg(long)]
         overwrite: bool,
     },
-}
-
-/// A time in milliseconds since 1970 as `YYYY-MM-DD HH:MM:SS UTC`.
-pub fn utc(ms: u64) -> String {
-    let seconds = ms / 1000;
-    let (days, rest) = (seconds / 86_400, seconds % 86_400);
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's `civil_from_days`).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
 }
 
 fn quarantines(target: &Target) -> Result<(Config, Vec<(PathBuf, Manifest)>), Failure> {

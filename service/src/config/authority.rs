@@ -7,6 +7,14 @@ use standin_engine::timing::{AuthorityTiming, Timing};
 use super::raw::RawConfig;
 use super::values::check_url;
 
+/// Where the authority key lives and how long its lease lasts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdSettings {
+    pub endpoints: Vec<String>,
+    pub key: String,
+    pub lease_ttl_s: u64,
+}
+
 /// `authority = "peer" | "witness" | "etcd"` and its keys.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AuthorityConfig {
@@ -15,7 +23,7 @@ pub enum AuthorityConfig {
     /// The terminal-server agents' quorum.
     Witness { agents: Vec<String>, window_ms: u64 },
     /// A key under an etcd lease.
-    Etcd(crate::etcd_authority::EtcdSettings),
+    Etcd(EtcdSettings),
 }
 
 pub const DEFAULT_ETCD_KEY: &str = "/standin/authority";
@@ -139,7 +147,7 @@ pub(super) fn parse_authority(
                 lease_ttl_ms: lease_ttl_s * 1000,
             })?;
             Ok((
-                AuthorityConfig::Etcd(crate::etcd_authority::EtcdSettings {
+                AuthorityConfig::Etcd(EtcdSettings {
                     endpoints,
                     key,
                     lease_ttl_s,

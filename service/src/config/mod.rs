@@ -11,7 +11,7 @@
 //! keys as written), `authority.rs` (`AuthorityConfig` and the authority's keys),
 //! `values.rs` (URLs, paths not yet created).
 
-mod authority;
+pub mod authority;
 mod raw;
 mod values;
 

@@ -5,9 +5,9 @@
 
 use std::fmt::Write as _;
 
-use crate::cli::quarantine::utc;
 use crate::cli::status::Answer;
 use crate::status::NodeStatus;
+use standin_engine::clock::utc;
 
 use super::judge::{authority_verdict, servers, warnings};
 use super::{Page, REFRESH_S};

@@ -510,8 +510,12 @@ impl Puller {
         self.fetch_missing(wanted, report).await?;
         let node = self.node.clone();
         tokio::task::spawn_blocking(move || {
-            node.repository
-                .install_snapshot(&node.config.folder, head, entries)
+            standin_engine::replay::install_snapshot(
+                &node.repository,
+                &node.config.folder,
+                head,
+                entries,
+            )
         })
         .await
         .map_err(|error| PullError::Apply(error.to_string()))?
