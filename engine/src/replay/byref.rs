@@ -1,9 +1,9 @@
 //! Replay's side of the by-reference passive (ARCHITECTURE.md, "The passive keeps
-//! content by reference"): installing a staged file, and keeping the inodes that hold
-//! referenced chunks reachable while a batch moves, replaces or removes them.
+//! content by reference"): keeping the inodes that hold referenced chunks reachable
+//! while a batch moves, replaces or removes them (a staged file is put in place by
+//! `write::install`: completed, its hash checked, renamed; its chunks become
+//! references to it).
 //!
-//! - `install`: a staged file completed (content hash checked), given its metadata
-//!   and renamed into place; its chunks become references to it.
 //! - `guard`: before a part writes anything, every referenced inode whose home the
 //!   part may displace is hard-linked into `kept/` (one fsync of `kept/`), so the
 //!   references resolve whatever happens next, a crash included.
@@ -14,58 +14,13 @@
 //!   copied into the packs and is freed.
 
 use std::collections::HashSet;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
-use super::write::{remove_companions, Attributes};
-use crate::chunk_store::{open_inode, InodeKey, Staged};
+use crate::chunk_store::{open_inode, InodeKey};
 use crate::error::{IoContext, Result};
 use crate::event::{Change, Event};
-use crate::fsutil::system_time;
 use crate::path::RelPath;
 use crate::repository::Repository;
-
-/// Put a staged file in place at `path` for event `seq`. Returns where the file it
-/// replaced now is, if it was kept for the caller to remove.
-pub(super) fn install(
-    root: &Path,
-    repository: &Repository,
-    path: &RelPath,
-    attributes: Attributes<'_>,
-    staged: &Arc<Mutex<Staged>>,
-    seq: u64,
-) -> Result<Option<PathBuf>> {
-    let chunks = repository.chunks();
-    let mut staged = staged
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    chunks.finish_staged(&mut staged)?;
-    let mtime_ns = match attributes {
-        Attributes::Legacy(mode, mtime_ns) => {
-            staged
-                .file
-                .set_permissions(std::fs::Permissions::from_mode(mode))
-                .at("chmod", &staged.path)?;
-            mtime_ns
-        }
-        Attributes::Meta(meta) => {
-            crate::meta::apply_meta(&staged.path, meta, false, repository.meta_options())?;
-            meta.mtime_ns
-        }
-    };
-    staged
-        .file
-        .set_modified(system_time(mtime_ns))
-        .at("set mtime", &staged.path)?;
-    let destination = path.under(root);
-    if staged.database {
-        remove_companions(&destination)?;
-    }
-    let exchanged = crate::fsutil::replace_file(&staged.path, &destination)?;
-    chunks.installed(&staged, destination, seq);
-    Ok(exchanged.then(|| staged.path.clone()))
-}
 
 /// A referenced inode linked into `kept/` while a batch may displace it.
 pub(super) struct Guarded {

@@ -11,8 +11,10 @@ use std::io::{Seek, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use super::{check_parents_on_disk, remove_any, set_mode};
+use crate::chunk_store::Staged;
 use crate::error::{Error, IoContext, Result};
 use crate::event::{Change, ChunkRef, Event};
 use crate::fsutil::{system_time, temp_name};
@@ -232,8 +234,7 @@ fn apply_put(
     };
     let written = match repository.chunks().take_staged(event.seq(), *content) {
         Some(staged) => {
-            let installed =
-                super::byref::install(root, repository, path, attributes, &staged, event.seq());
+            let installed = install(root, repository, path, attributes, &staged, event.seq());
             if installed.is_err() {
                 // Its chunks go to the packs, so that the batch can be tried again.
                 if let Err(error) = repository.chunks().discard_staged(&staged) {
@@ -431,6 +432,47 @@ pub(super) fn write_file(
         remove_companions(&destination)?;
     }
     Ok(crate::fsutil::replace_file(&temporary, &destination)?.then_some(temporary))
+}
+
+/// Put a staged file in place at `path` for event `seq`. Returns where the file it
+/// replaced now is, if it was kept for the caller to remove.
+fn install(
+    root: &Path,
+    repository: &Repository,
+    path: &RelPath,
+    attributes: Attributes<'_>,
+    staged: &Arc<Mutex<Staged>>,
+    seq: u64,
+) -> Result<Option<PathBuf>> {
+    let chunks = repository.chunks();
+    let mut staged = staged
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    chunks.finish_staged(&mut staged)?;
+    let mtime_ns = match attributes {
+        Attributes::Legacy(mode, mtime_ns) => {
+            staged
+                .file
+                .set_permissions(std::fs::Permissions::from_mode(mode))
+                .at("chmod", &staged.path)?;
+            mtime_ns
+        }
+        Attributes::Meta(meta) => {
+            crate::meta::apply_meta(&staged.path, meta, false, repository.meta_options())?;
+            meta.mtime_ns
+        }
+    };
+    staged
+        .file
+        .set_modified(system_time(mtime_ns))
+        .at("set mtime", &staged.path)?;
+    let destination = path.under(root);
+    if staged.database {
+        remove_companions(&destination)?;
+    }
+    let exchanged = crate::fsutil::replace_file(&staged.path, &destination)?;
+    chunks.installed(&staged, destination, seq);
+    Ok(exchanged.then(|| staged.path.clone()))
 }
 
 /// Before a database is put at `destination`: a `-wal` or `-journal` left beside it
