@@ -185,7 +185,7 @@ impl Cluster for ClusterService {
             self.node.set_error(Some(message.clone()));
             return Err(Status::failed_precondition(message));
         }
-        crate::voter_set::announced(&self.node, &request.voter_set);
+        self.node.voters_announced(&request.voter_set);
         if let Some(report) = &request.failover {
             self.node
                 .failover

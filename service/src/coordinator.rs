@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use crate::config::{AuthorityConfig, InitialRole};
 use crate::etcd_authority::EtcdAuthority;
 use crate::node::Node;
-use crate::operator::{OperatorCommand, OperatorRequest};
+use crate::node::{OperatorCommand, OperatorRequest};
 use crate::passive::Puller;
 
 /// The pull loop while it runs.
@@ -107,7 +107,7 @@ impl Coordinator {
                 .switchover_readiness(
                     &probe,
                     self.node.repository.head().seq,
-                    crate::operator::SWITCHOVER_MAX_LAG_EVENTS,
+                    crate::node::SWITCHOVER_MAX_LAG_EVENTS,
                 )
                 .and_then(|()| self.machine.operate(Command::Switchover)),
         };
@@ -223,7 +223,7 @@ impl Coordinator {
                             .last_promotion()
                             .filter(|promotion| promotion.epoch == epoch && !promotion.planned)
                         {
-                            crate::failover_report::promoted(&self.node, promotion, kept_seq);
+                            record_promotion(&self.node, promotion, kept_seq);
                         }
                     }
                     Ok(Err(error)) => {
@@ -431,7 +431,7 @@ pub(crate) async fn ask_peer(node: &Arc<Node>) -> Result<(PeerView, String), Str
         node.set_error(Some(message.clone()));
         return Err(message);
     }
-    crate::voter_set::announced(node, &response.voter_set);
+    node.voters_announced(&response.voter_set);
     if let Some(report) = &response.failover {
         node.failover.merge(report);
     }
@@ -513,4 +513,40 @@ fn drop_incomplete_group(node: &Node) -> standin_engine::Result<()> {
         );
     }
     standin_engine::quarantine::rewind_folder(&node.config.folder, &node.repository)
+}
+
+/// A passive promoted itself (not a switchover) in `promotion.epoch`, keeping its log
+/// up to `kept_seq`: record what it knew of the old active (its head as last heard,
+/// from the heartbeats or the last pull, and when).
+fn record_promotion(
+    node: &crate::node::Node,
+    promotion: &standin_engine::role::Promotion,
+    kept_seq: u64,
+) {
+    let now_ms = standin_engine::fsutil::now_ms();
+    let report = node.peer().map(|link| link.report());
+    let heard = report.as_ref().and_then(|report| report.peer.as_ref());
+    let old_active = promotion
+        .old_active
+        .clone()
+        .or_else(|| heard.map(|peer| peer.node.clone()))
+        .unwrap_or_default();
+    let old_active_head_seq = heard
+        .map(|peer| peer.head.seq)
+        .max(node.peer_head().map(|head| head.seq));
+    let old_active_heard_at_ms = report
+        .as_ref()
+        .and_then(|report| report.last_contact_ago_ms)
+        .map(|ago_ms| now_ms.saturating_sub(ago_ms));
+    node.failover
+        .merge(&crate::failover_report::FailoverReport {
+            epoch: promotion.epoch,
+            promoted_node: node.config.node_name.clone(),
+            promoted_at_ms: now_ms,
+            promoted_head_seq: kept_seq,
+            old_active,
+            old_active_head_seq,
+            old_active_heard_at_ms,
+            ..crate::failover_report::FailoverReport::default()
+        });
 }

@@ -12,6 +12,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+/// This program's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Its build: the git commit it was built from, or what the package build named
+/// (`build.rs`).
+pub const BUILD: &str = env!("STANDIN_BUILD");
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: String,
@@ -200,8 +206,8 @@ impl Metrics {
         let build_info = Family::<BuildLabel, Gauge>::default();
         build_info
             .get_or_create(&BuildLabel {
-                version: crate::status::VERSION.to_string(),
-                build: crate::status::BUILD.to_string(),
+                version: VERSION.to_string(),
+                build: BUILD.to_string(),
             })
             .set(1);
         registry.register(

@@ -8,6 +8,30 @@ use standin_engine::capture::{CaptureOptions, CaptureStats};
 use standin_engine::{Capture, Head, Repository};
 use tokio::sync::watch;
 
+/// A switchover starts only while the passive is at most this many events behind
+/// (one apply batch): it then pulls to the exact head well within the patience the
+/// protocol gives it.
+pub const SWITCHOVER_MAX_LAG_EVENTS: u64 = 4096;
+
+/// An operator's command for the coordinator (which owns the role machine).
+#[derive(Debug)]
+pub enum OperatorCommand {
+    Promote {
+        force: bool,
+    },
+    /// With what a call to the peer showed just before.
+    Switchover {
+        probe: standin_engine::switchover::PeerProbe,
+    },
+}
+
+/// An operator's command and where the machine's answer goes.
+#[derive(Debug)]
+pub struct OperatorRequest {
+    pub command: OperatorCommand,
+    pub answer: tokio::sync::oneshot::Sender<Result<(), standin_engine::role::Refusal>>,
+}
+
 use crate::config::Config;
 use crate::metrics::Metrics;
 pub use crate::status::{NodeStatus, TerminalServerStatus};
@@ -38,8 +62,8 @@ pub struct Node {
     evidence: tokio::sync::mpsc::Sender<Input>,
     evidence_receiver: Mutex<Option<tokio::sync::mpsc::Receiver<Input>>>,
     /// Operator commands (`promote`, `switchover`), each with its answer's way back.
-    operator: tokio::sync::mpsc::Sender<crate::operator::OperatorRequest>,
-    operator_receiver: Mutex<Option<tokio::sync::mpsc::Receiver<crate::operator::OperatorRequest>>>,
+    operator: tokio::sync::mpsc::Sender<OperatorRequest>,
+    operator_receiver: Mutex<Option<tokio::sync::mpsc::Receiver<OperatorRequest>>>,
     /// Pull loops running (0 or 1; a count, so that one ending late after the next
     /// started does not hide it).
     pulling: std::sync::atomic::AtomicUsize,
@@ -173,7 +197,7 @@ impl Node {
             voter_sets,
             ending: std::sync::atomic::AtomicBool::new(false),
         });
-        crate::voter_set::at_start(&node);
+        node.voters_at_start();
         Ok(node)
     }
 
@@ -245,16 +269,14 @@ impl Node {
 
     /// Hand an operator's command to the role machine (its answer comes back on the
     /// request's channel); refused when too many wait already.
-    pub fn operate(&self, request: crate::operator::OperatorRequest) -> Result<(), &'static str> {
+    pub fn operate(&self, request: OperatorRequest) -> Result<(), &'static str> {
         self.operator
             .try_send(request)
             .map_err(|_| "busy with other operator commands; try again")
     }
 
     /// The receiving end of `operate`, once (for the coordinator).
-    pub fn take_operator(
-        &self,
-    ) -> Option<tokio::sync::mpsc::Receiver<crate::operator::OperatorRequest>> {
+    pub fn take_operator(&self) -> Option<tokio::sync::mpsc::Receiver<OperatorRequest>> {
         lock(&self.operator_receiver).take()
     }
 
@@ -438,6 +460,49 @@ impl Node {
                 (peer.seq - own.seq, seconds)
             }
             _ => (0, 0.0),
+        }
+    }
+}
+
+/// The voter sets the pair's nodes announce (witness mode): `voter_set`.
+impl Node {
+    /// At start: a remembered peer set that differs refuses the witness before any vote.
+    pub fn voters_at_start(&self) {
+        if let Some(why) = self.voter_sets.disagreement() {
+            tracing::warn!(
+                "{why}; witness votes do not count until the peer announces the same set"
+            );
+            self.feed_voter_sets(Some(why));
+        }
+    }
+
+    /// The peer announced `peer` in a heartbeat (either direction): log a change, and
+    /// tell the role machine (witness mode) whether votes count.
+    pub fn voters_announced(&self, peer: &[u8]) {
+        if peer.is_empty() {
+            return;
+        }
+        let (disagreement, changed) = self.voter_sets.announced(peer);
+        if changed {
+            match &disagreement {
+                Some(why) => tracing::error!("{why}; witness authority refused until they agree"),
+                None => tracing::info!("the peer's voter set is this node's"),
+            }
+        }
+        self.feed_voter_sets(disagreement);
+    }
+
+    fn feed_voter_sets(&self, disagreement: Option<String>) {
+        if matches!(
+            self.config.authority,
+            crate::config::AuthorityConfig::Witness { .. }
+        ) {
+            self.feed(standin_engine::role::Input::Authority(
+                standin_engine::authority::Evidence::VoterSets {
+                    now_ms: standin_engine::fsutil::monotonic_ms(),
+                    disagreement,
+                },
+            ));
         }
     }
 }

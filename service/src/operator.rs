@@ -14,30 +14,7 @@ use tokio::sync::oneshot;
 use tonic::Status;
 
 use crate::node::Node;
-
-/// A switchover starts only while the passive is at most this many events behind
-/// (one apply batch): it then pulls to the exact head well within the patience the
-/// protocol gives it.
-pub const SWITCHOVER_MAX_LAG_EVENTS: u64 = 4096;
-
-/// An operator's command for the coordinator (which owns the role machine).
-#[derive(Debug)]
-pub enum OperatorCommand {
-    Promote {
-        force: bool,
-    },
-    /// With what a call to the peer showed just before.
-    Switchover {
-        probe: PeerProbe,
-    },
-}
-
-/// An operator's command and where the machine's answer goes.
-#[derive(Debug)]
-pub struct OperatorRequest {
-    pub command: OperatorCommand,
-    pub answer: oneshot::Sender<Result<(), Refusal>>,
-}
+pub use crate::node::{OperatorCommand, OperatorRequest, SWITCHOVER_MAX_LAG_EVENTS};
 
 /// Hand `command` to the role machine and wait for its answer.
 async fn ask_machine(node: &Node, command: OperatorCommand) -> Result<(), Status> {

@@ -66,7 +66,7 @@ async fn common_point(node: &Arc<Node>, link: &PeerLink) -> Result<u64, String> 
 const REJOIN_ATTEMPTS: u32 = 20;
 
 /// `epoch`: the authority's, as last seen (the failover this rejoin ends); what was
-/// kept goes into the last failover's report (`failover_report::rejoined`).
+/// kept goes into the last failover's report (`record_rejoin`).
 pub async fn rejoin(node: &Arc<Node>, epoch: u64) -> Result<usize, String> {
     let started_ms = standin_engine::fsutil::now_ms();
     let link = node.peer().ok_or("no peer_url to rejoin")?;
@@ -108,7 +108,7 @@ pub async fn rejoin(node: &Arc<Node>, epoch: u64) -> Result<usize, String> {
         )
         .map_err(|error| error.to_string())?;
         if let Err(error) =
-            crate::failover_report::rejoined(&quarantining, epoch, common, started_ms)
+            record_rejoin(&quarantining, epoch, common, started_ms)
         {
             tracing::warn!(%error, "what this rejoin kept could not be added to the failover report");
         }
@@ -118,4 +118,53 @@ pub async fn rejoin(node: &Arc<Node>, epoch: u64) -> Result<usize, String> {
     .map_err(|error| error.to_string())??;
     tracing::info!(common, "found the last common event with the authority");
     Ok(quarantined)
+}
+
+/// The old active rejoined the authority of `epoch`, its log cut back to
+/// `common_seq`: what it kept is in the quarantines written since `since_ms`.
+pub(crate) fn record_rejoin(
+    node: &crate::node::Node,
+    epoch: u64,
+    common_seq: u64,
+    since_ms: u64,
+) -> standin_engine::Result<()> {
+    let quarantines = standin_engine::quarantine::list_quarantines(&node.config.data_dir)?;
+    let mut kept = crate::failover_report::Kept {
+        node: node.config.node_name.clone(),
+        at_ms: standin_engine::fsutil::now_ms(),
+        common_seq,
+        ..crate::failover_report::Kept::default()
+    };
+    let mut paths: Vec<String> = Vec::new();
+    for (dir, manifest) in quarantines
+        .iter()
+        .filter(|(_, manifest)| manifest.quarantined_at_ms >= since_ms)
+    {
+        kept.dirs.push(dir.display().to_string());
+        kept.events += manifest.events.len() as u64;
+        // A group's or a promotion's record names no path of the folder.
+        for event in manifest
+            .events
+            .iter()
+            .filter(|event| event.kind != "group" && event.kind != "promote")
+        {
+            for path in std::iter::once(&event.path).chain(event.to.as_ref()) {
+                if !path.is_empty() && !paths.contains(path) {
+                    paths.push(path.clone());
+                }
+            }
+        }
+    }
+    kept.more_paths = paths
+        .len()
+        .saturating_sub(crate::failover_report::MAX_PATHS) as u64;
+    paths.truncate(crate::failover_report::MAX_PATHS);
+    kept.paths = paths;
+    node.failover
+        .merge(&crate::failover_report::FailoverReport {
+            epoch,
+            kept: Some(kept),
+            ..crate::failover_report::FailoverReport::default()
+        });
+    Ok(())
 }

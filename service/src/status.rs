@@ -7,11 +7,7 @@ use crate::metrics::RoleLabel;
 use crate::node::{Node, Role};
 use standin_engine::Head;
 
-/// This program's version.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// Its build: the git commit it was built from, or what the package build named
-/// (`build.rs`).
-pub const BUILD: &str = env!("STANDIN_BUILD");
+pub use crate::metrics::{BUILD, VERSION};
 
 /// A node's status, as `standin status`, `/` and the `Status` call show it.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]

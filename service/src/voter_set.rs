@@ -127,41 +127,6 @@ impl VoterSets {
     }
 }
 
-/// At start: a remembered peer set that differs refuses the witness before any vote.
-pub fn at_start(node: &crate::node::Node) {
-    if let Some(why) = node.voter_sets.disagreement() {
-        tracing::warn!("{why}; witness votes do not count until the peer announces the same set");
-        feed(node, Some(why));
-    }
-}
-
-/// The peer announced `peer` in a heartbeat (either direction): log a change, and
-/// tell the role machine (witness mode) whether votes count.
-pub fn announced(node: &crate::node::Node, peer: &[u8]) {
-    if peer.is_empty() {
-        return;
-    }
-    let (disagreement, changed) = node.voter_sets.announced(peer);
-    if changed {
-        match &disagreement {
-            Some(why) => tracing::error!("{why}; witness authority refused until they agree"),
-            None => tracing::info!("the peer's voter set is this node's"),
-        }
-    }
-    feed(node, disagreement);
-}
-
-fn feed(node: &crate::node::Node, disagreement: Option<String>) {
-    if matches!(node.config.authority, AuthorityConfig::Witness { .. }) {
-        node.feed(standin_engine::role::Input::Authority(
-            standin_engine::authority::Evidence::VoterSets {
-                now_ms: standin_engine::fsutil::monotonic_ms(),
-                disagreement,
-            },
-        ));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

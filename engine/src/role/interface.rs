@@ -1,8 +1,8 @@
 //! What goes into the machine (`Input`, the operator's `Command`, the `PeerView` an
 //! answer showed) and what comes out (`Action`, `Hook`, a `Refusal`).
 
+use super::takeover::{TakeOverRequest, TakeOverState};
 use crate::authority::Evidence;
-use crate::switchover::{TakeOverRequest, TakeOverState};
 
 /// The peer as one answer showed it.
 #[derive(Clone, Debug, PartialEq, Eq)]

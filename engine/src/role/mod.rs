@@ -36,14 +36,15 @@
 //!   quorum or the etcd lease like any other promotion.
 
 use crate::authority::{Authority, Evidence, PeerOnly};
-use crate::switchover::TakeOverMemory;
 use crate::timing::Timing;
+use takeover::TakeOverMemory;
 
 mod active;
 mod interface;
 mod observe;
 mod passive;
 mod state;
+pub(crate) mod takeover;
 
 pub use interface::{Action, Command, Hook, Input, PeerView, Refusal};
 pub(crate) use state::Phase;

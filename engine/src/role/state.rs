@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::switchover::HandingOver;
+use super::takeover::HandingOver;
 
 /// What a node is doing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
