@@ -104,11 +104,12 @@ pub(crate) fn initial_only(options: &Options, kind: &str) -> Outcome<()> {
                 let times =
                     pair::standin_initial_sync(&standin, work.as_path(), &corpus, entries, run)?;
                 println!(
-                    "run {run} standin {:.3} s {} (caught up {:.3} s; active {:.2} CPU s, passive {:.2} CPU s, {:.0} MB; passive data_dir {:.1} MB = {:.1}% of the folder)",
+                    "run {run} standin {:.3} s {} (caught up {:.3} s; active {:.2} CPU s, peak RSS {:.0} MB serving; passive {:.2} CPU s, {:.0} MB; passive data_dir {:.1} MB = {:.1}% of the folder)",
                     times.verified.as_secs_f64(),
                     rate(times.verified),
                     times.caught_up.as_secs_f64(),
                     times.active.cpu_s,
+                    times.active.rss_mb,
                     times.passive.cpu_s,
                     times.passive.rss_mb,
                     times.passive_data_bytes as f64 / 1e6,

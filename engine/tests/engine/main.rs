@@ -4,6 +4,7 @@
 //! - `roundtrip`: property test — random folder operations captured and replayed.
 //! - `chain`: tampering with the stored log is found when it is read.
 //! - `crash`: replay killed at random points converges.
+//! - `large_append`: an append written to sled in parts, cut short by a crash, is gone.
 //! - `hostile`: events and chunks that must be refused, with the replica unchanged.
 //! - `compaction`: log compaction, the base index and snapshots.
 //! - `capture`: the watcher's debouncing, renames, removals and start-up reconcile.
@@ -24,6 +25,7 @@ mod crash;
 mod crash_byref;
 mod fidelity;
 mod hostile;
+mod large_append;
 mod quarantine_gc;
 mod reflink;
 mod roundtrip;

@@ -8,9 +8,17 @@
 //! `append` inserts a batch, flushes sled to disk, and only then moves the in-memory
 //! head that readers stop at: an event is durable before any reader can see it
 //! (invariant 2). The only removal is `truncate_after`, used to quarantine the events
-//! a superseded node recorded after the last common one.
+//! a superseded node recorded after the last common one. A large append is written in
+//! bounded parts and made atomic again by a mark (`parts`), which bounds sled's memory.
 
 use std::sync::RwLock;
+
+mod codec;
+mod parts;
+
+use codec::{
+    decode_group, decode_head, decode_value, encode_group, encode_head, encode_value, key,
+};
 
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -71,88 +79,18 @@ const BASE_KEY: &[u8] = b"base";
 /// once whether its log ends inside a group.
 const LAST_GROUP_KEY: &[u8] = b"last_group";
 
-fn decode_group(bytes: &[u8]) -> Option<(u64, u64)> {
-    let start = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
-    let end = u64::from_be_bytes(bytes.get(8..16)?.try_into().ok()?);
-    Some((start, end))
-}
-
-fn encode_group((start, end): (u64, u64)) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    out[..8].copy_from_slice(&start.to_be_bytes());
-    out[8..].copy_from_slice(&end.to_be_bytes());
-    out
-}
-
-/// `seq ‖ hash ‖ epoch ‖ digest ‖ recorded_at_ms`, 88 bytes.
-fn encode_head(head: &Head) -> Vec<u8> {
-    let mut out = Vec::with_capacity(88);
-    out.extend_from_slice(&head.seq.to_le_bytes());
-    out.extend_from_slice(&head.hash.0);
-    out.extend_from_slice(&head.epoch.to_le_bytes());
-    out.extend_from_slice(&head.digest.0);
-    out.extend_from_slice(&head.recorded_at_ms.to_le_bytes());
-    out
-}
-
-fn decode_head(bytes: &[u8]) -> Option<Head> {
-    if bytes.len() != 88 {
-        return None;
-    }
-    let number =
-        |range: std::ops::Range<usize>| bytes[range].try_into().ok().map(u64::from_le_bytes);
-    Some(Head {
-        seq: number(0..8)?,
-        hash: Hash::from_slice(&bytes[8..40])?,
-        epoch: number(40..48)?,
-        digest: Hash::from_slice(&bytes[48..80])?,
-        recorded_at_ms: number(80..88)?,
-    })
-}
-
-fn key(seq: u64) -> [u8; 8] {
-    seq.to_be_bytes()
-}
-
-fn encode_value(event: &Event, canonical: &[u8]) -> Vec<u8> {
-    let mut value = Vec::with_capacity(64 + canonical.len());
-    value.extend_from_slice(&event.prev.0);
-    value.extend_from_slice(&event.hash.0);
-    value.extend_from_slice(canonical);
-    value
-}
-
-fn decode_value(seq: u64, value: &[u8]) -> Result<Event> {
-    if value.len() < 65 {
-        return Err(Error::BrokenChain {
-            seq,
-            reason: format!("stored record is {} bytes long", value.len()),
-        });
-    }
-    let prev = Hash::from_slice(&value[..32]).unwrap_or_default();
-    let hash = Hash::from_slice(&value[32..64]).unwrap_or_default();
-    let event = Event::from_parts(prev, &value[64..], hash).map_err(|error| match error {
-        Error::BrokenChain { reason, .. } => Error::BrokenChain { seq, reason },
-        Error::Decode { reason, .. } => Error::BrokenChain {
-            seq,
-            reason: format!("undecodable body: {reason}"),
-        },
-        other => other,
-    })?;
-    if event.seq() != seq {
-        return Err(Error::BrokenChain {
-            seq,
-            reason: format!("stored under seq {seq} but says seq {}", event.seq()),
-        });
-    }
-    Ok(event)
-}
-
 impl EventLog {
     /// Open the log in `db`, reading its head (and verifying the head event).
     pub fn open(db: &sled::Db) -> Result<EventLog> {
         let events = db.open_tree("events")?;
         let log_base = db.open_tree("log_base")?;
+        let undone = parts::undo_interrupted(db, &events, &log_base)?;
+        if undone > 0 {
+            tracing::warn!(
+                events = undone,
+                "removed the events of an append a crash cut short (never visible)"
+            );
+        }
         let base = match log_base.get(BASE_KEY)? {
             None => Head::EMPTY,
             Some(bytes) => decode_head(&bytes).ok_or_else(|| Error::BrokenChain {
@@ -172,7 +110,7 @@ impl EventLog {
                 Head::of(&decode_value(seq, &value)?)
             }
         };
-        Ok(EventLog {
+        let log = EventLog {
             db: db.clone(),
             events,
             log_base,
@@ -180,7 +118,28 @@ impl EventLog {
             head: RwLock::new(head),
             listener: RwLock::new(None),
             head_mark: RwLock::new(None),
-        })
+        };
+        if undone > 0 {
+            log.forget_groups_after(head.seq)?;
+            log.db.flush()?;
+        }
+        Ok(log)
+    }
+
+    /// When the stored last group starts after `seq` (its events were removed, or
+    /// never written), store the last group at or before `seq` instead.
+    fn forget_groups_after(&self, seq: u64) -> Result<()> {
+        let stored = self
+            .log_base
+            .get(LAST_GROUP_KEY)?
+            .and_then(|bytes| decode_group(&bytes));
+        if stored.is_some_and(|(start, _)| start > seq) {
+            match self.last_group_upto(seq)? {
+                Some(group) => self.log_base.insert(LAST_GROUP_KEY, &encode_group(group))?,
+                None => self.log_base.remove(LAST_GROUP_KEY)?,
+            };
+        }
+        Ok(())
     }
 
     /// Have `listener` told of every new head (the service wakes its `Pull` streams
@@ -269,6 +228,22 @@ impl EventLog {
     /// `append`, with each event's canonical bytes already encoded (`canonical[i]` is
     /// `batch[i].body.canonical_bytes()`: the caller hashed them).
     pub fn append_encoded(&self, batch: &[Event], canonical: &[Vec<u8>]) -> Result<Head> {
+        self.append_parts(batch, canonical, usize::MAX)
+    }
+
+    /// `append_encoded` cut short after `parts` of its sled batches (`parts`), flushed,
+    /// with the head left where it was: what a crash in the middle of a large append
+    /// leaves on disk. For the tests of that recovery.
+    #[doc(hidden)]
+    pub fn append_interrupted(&self, batch: &[Event], parts: usize) -> Result<()> {
+        let canonical: Vec<Vec<u8>> = batch
+            .iter()
+            .map(|event| event.body.canonical_bytes())
+            .collect();
+        self.append_parts(batch, &canonical, parts).map(|_| ())
+    }
+
+    fn append_parts(&self, batch: &[Event], canonical: &[Vec<u8>], parts: usize) -> Result<Head> {
         if batch.len() != canonical.len() {
             return Err(Error::BrokenChain {
                 seq: batch.first().map_or(0, Event::seq),
@@ -279,9 +254,9 @@ impl EventLog {
             .head
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut tip = *head;
-        let mut sled_batch = sled::Batch::default();
-        for (event, canonical) in batch.iter().zip(canonical) {
+        let before = *head;
+        let mut tip = before;
+        for event in batch {
             event.check_follows(tip.seq, &tip.hash)?;
             if event.epoch() < tip.epoch {
                 return Err(Error::BrokenChain {
@@ -293,7 +268,6 @@ impl EventLog {
                     ),
                 });
             }
-            sled_batch.insert(&key(event.seq()), encode_value(event, canonical));
             tip = Head::of(event);
         }
         let last_group = batch
@@ -310,7 +284,17 @@ impl EventLog {
             // start is past the head, which `open_group` ignores.
             self.log_base.insert(LAST_GROUP_KEY, &encode_group(group))?;
         }
-        self.events.apply_batch(sled_batch)?;
+        let records = batch
+            .iter()
+            .zip(canonical)
+            .map(|(event, canonical)| (key(event.seq()), encode_value(event, canonical)));
+        if parts == usize::MAX {
+            parts::write(&self.events, &self.log_base, before.seq, records)?;
+        } else {
+            parts::write_parts(&self.events, &self.log_base, before.seq, records, parts)?;
+            self.db.flush()?;
+            return Ok(before);
+        }
         self.db.flush()?;
         *head = tip;
         drop(head);
@@ -466,16 +450,7 @@ impl EventLog {
         };
         self.events.apply_batch(sled_batch)?;
         // The last group may be gone with them: find the one before (a rejoin, rare).
-        let stored = self
-            .log_base
-            .get(LAST_GROUP_KEY)?
-            .and_then(|bytes| decode_group(&bytes));
-        if stored.is_some_and(|(start, _)| start > seq) {
-            match self.last_group_upto(seq)? {
-                Some(group) => self.log_base.insert(LAST_GROUP_KEY, &encode_group(group))?,
-                None => self.log_base.remove(LAST_GROUP_KEY)?,
-            };
-        }
+        self.forget_groups_after(seq)?;
         self.db.flush()?;
         *head = new_head;
         drop(head);
