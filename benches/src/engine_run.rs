@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use standin_engine::folder::scan::reconcile;
+use standin_engine::folder::verify::verify_folder;
 use standin_engine::replay::apply_batch;
-use standin_engine::scan::reconcile;
-use standin_engine::verify::verify_folder;
 use standin_engine::{Event, Repository};
 
 use crate::measure::{median, sync_all, time_command, warm};

@@ -7,7 +7,7 @@ fn main() {
     let runs: usize = args.get(3).map(|s| s.parse().unwrap()).unwrap_or(3);
     for run in 0..runs {
         let t = Instant::now();
-        let tree = standin_engine::scan::walk(&corpus, None).unwrap();
+        let tree = standin_engine::folder::scan::walk(&corpus, None).unwrap();
         let walk = t.elapsed().as_secs_f64();
         drop(tree);
         let repo = standin_engine::repository::Repository::open(
@@ -17,7 +17,7 @@ fn main() {
         let t = Instant::now();
         let diff = {
             let _g = repo.content_guard();
-            standin_engine::scan::diff_scope(&corpus, &repo, None, None).unwrap()
+            standin_engine::folder::scan::diff_scope(&corpus, &repo, None, None).unwrap()
         };
         let d = t.elapsed().as_secs_f64();
         drop(diff);
@@ -26,7 +26,7 @@ fn main() {
         )
         .unwrap();
         let t = Instant::now();
-        let events = standin_engine::scan::reconcile(&corpus, &repo, 1).unwrap();
+        let events = standin_engine::folder::scan::reconcile(&corpus, &repo, 1).unwrap();
         println!(
             "run {run}: walk {walk:.3} diff {d:.3} reconcile {:.3} ({} events)",
             t.elapsed().as_secs_f64(),

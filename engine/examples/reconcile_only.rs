@@ -13,7 +13,7 @@ fn main() {
     ));
     let repo = standin_engine::repository::Repository::open(&dir).unwrap();
     let t = std::time::Instant::now();
-    let events = standin_engine::scan::reconcile(&corpus, &repo, 1).unwrap();
+    let events = standin_engine::folder::scan::reconcile(&corpus, &repo, 1).unwrap();
     eprintln!(
         "{} events in {:.3} s",
         events.len(),

@@ -11,9 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use standin_engine::folder::scan::reconcile;
+use standin_engine::folder::verify::verify_folder;
 use standin_engine::replay::apply_batch;
-use standin_engine::scan::reconcile;
-use standin_engine::verify::verify_folder;
 use standin_engine::{Change, Repository};
 
 fn main() {

@@ -286,7 +286,10 @@ fn writer_beside_capture(
     let pair = FailoverPair::start_in(
         root,
         0,
-        &[("STANDIN_LOG", "info,standin_engine::sqlite=debug")],
+        &[(
+            "STANDIN_LOG",
+            "info,standin_engine::folder::read::sqlite=debug",
+        )],
     );
     let (alpha, beta) = (&pair.alpha, &pair.beta);
     let database = alpha.folder.join(DATABASE);

@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use standin::agent_keys::AgentKey;
-use standin::report_auth::sign;
+use standin::site::agent_keys::AgentKey;
+use standin::site::report_auth::sign;
 use standin_proto::v1 as wire;
 use standin_proto::v1::agent_client::AgentClient;
 
@@ -144,7 +144,9 @@ impl KeyedPair {
 }
 
 fn client(port: u16) -> AgentClient<tonic::transport::Channel> {
-    AgentClient::new(standin::client::channel(&format!("http://127.0.0.1:{port}"), None).unwrap())
+    AgentClient::new(
+        standin::wire::client::channel(&format!("http://127.0.0.1:{port}"), None).unwrap(),
+    )
 }
 
 /// A report `name` sends with its witness vote for `vote`, echoing `echo`.
@@ -390,9 +392,9 @@ fn replayed_and_misnamed_reports_are_refused() {
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
         let text = std::fs::read_to_string(&secret).unwrap();
         let mut with_secret = AgentClient::with_interceptor(
-            standin::client::channel(&format!("http://127.0.0.1:{}", pair.alpha.grpc), None)
+            standin::wire::client::channel(&format!("http://127.0.0.1:{}", pair.alpha.grpc), None)
                 .unwrap(),
-            standin::auth::AddSecret::new(text.trim()).unwrap(),
+            standin::wire::auth::AddSecret::new(text.trim()).unwrap(),
         );
         unsigned.name = "ts2".to_string();
         let status = with_secret.report_load(unsigned).await.unwrap_err();

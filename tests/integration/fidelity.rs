@@ -55,7 +55,7 @@ fn rsync_differences(from: &Path, to: &Path) -> Vec<String> {
 
 /// The tools this test runs, and root (owners can only be given away as root).
 fn can_run(test: &str) -> bool {
-    if !standin_engine::meta::can_chown() {
+    if !standin_engine::folder::meta::can_chown() {
         eprintln!("{test}: skipped, owners can only be given away as root");
         return false;
     }

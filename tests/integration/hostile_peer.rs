@@ -147,13 +147,13 @@ impl Replication for FakeActive {
                 .iter()
                 .map(|(path, entry)| wire::SnapshotEntry {
                     path: path.as_bytes().to_vec(),
-                    entry: standin_engine::index::encode_entry(entry, None),
+                    entry: standin_engine::folder::index::encode_entry(entry, None),
                 })
                 .collect();
             let parts = vec![
                 Ok(wire::SnapshotPart {
                     kind: Some(wire::snapshot_part::Kind::Head(
-                        standin::convert::head_to_wire(&head),
+                        standin::wire::convert::head_to_wire(&head),
                     )),
                 }),
                 Ok(wire::SnapshotPart {
@@ -164,10 +164,12 @@ impl Replication for FakeActive {
             ];
             return Ok(Response::new(Box::pin(tokio_stream::iter(parts))));
         }
-        let head = standin::convert::head_to_wire(&standin_engine::Head::of(&events[1]));
+        let head = standin::wire::convert::head_to_wire(&standin_engine::Head::of(&events[1]));
         // Only the directory: the file the head's digest counts is missing.
-        let entry =
-            standin_engine::index::encode_entry(&standin_engine::Entry::Dir { mode: 0o755 }, None);
+        let entry = standin_engine::folder::index::encode_entry(
+            &standin_engine::Entry::Dir { mode: 0o755 },
+            None,
+        );
         let parts = vec![
             Ok(wire::SnapshotPart {
                 kind: Some(wire::snapshot_part::Kind::Head(head)),
@@ -189,9 +191,11 @@ impl Replication for FakeActive {
         _request: Request<wire::PullRequest>,
     ) -> Result<Response<Self::PullStream>, Status> {
         let (events, content) = events();
-        let mut wired: Vec<wire::Event> =
-            events.iter().map(standin::convert::event_to_wire).collect();
-        let head = standin::convert::head_to_wire(&standin_engine::Head::of(&events[1]));
+        let mut wired: Vec<wire::Event> = events
+            .iter()
+            .map(standin::wire::convert::event_to_wire)
+            .collect();
+        let head = standin::wire::convert::head_to_wire(&standin_engine::Head::of(&events[1]));
         let inline = match self.lie {
             Lie::WrongInlineChunk => vec![wire::Chunk {
                 hash: Hash::of(&content).0.to_vec(),
@@ -239,7 +243,7 @@ impl Replication for FakeActive {
                     .position(|window| window == needle)
                     .expect("the path in the canonical bytes");
                 body[at + 8..at + 10].copy_from_slice(b"..");
-                let hash = standin_engine::event::chain_hash(&Hash::ZERO, &body);
+                let hash = standin_engine::log::event::chain_hash(&Hash::ZERO, &body);
                 wired = vec![wire::Event {
                     prev: Hash::ZERO.0.to_vec(),
                     hash: hash.0.to_vec(),
@@ -260,7 +264,8 @@ impl Replication for FakeActive {
             | Lie::WrongInlineChunk
             | Lie::UnnamedInlineChunk => {}
             Lie::ForgedSnapshot | Lie::EscapingSnapshot => {
-                let base = standin::convert::head_to_wire(&standin_engine::Head::of(&events[1]));
+                let base =
+                    standin::wire::convert::head_to_wire(&standin_engine::Head::of(&events[1]));
                 let compacted = wire::PullResponse {
                     kind: Some(wire::pull_response::Kind::Compacted(wire::Compacted {
                         base: Some(base.clone()),

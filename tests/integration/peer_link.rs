@@ -35,14 +35,14 @@ async fn connections_are_reused_and_one_left_stuck_is_replaced() {
     std::fs::write(alpha.folder.join("x"), b"x").unwrap();
     wait_until("alpha to record", || alpha.head_seq() > 0);
     let proxy = Proxy::start(alpha.grpc);
-    let secret = standin::secret::read_secret(&root.path().join("pair.secret")).unwrap();
+    let secret = standin::wire::secret::read_secret(&root.path().join("pair.secret")).unwrap();
     // Keepalive far slower than the test: only the link's own rebuild can help.
     let timing = LinkTiming {
         call: Duration::from_secs(3),
         open: Duration::from_secs(3),
         keepalive: Duration::from_secs(600),
         keepalive_timeout: Duration::from_secs(60),
-        ..LinkTiming::new(&standin_engine::timing::Timing::new(100, 1500).unwrap())
+        ..LinkTiming::new(&standin_engine::role::timing::Timing::new(100, 1500).unwrap())
     };
     let link = PeerLink::new(
         &format!("http://127.0.0.1:{}", proxy.port),

@@ -61,9 +61,10 @@ fn a_wrong_or_missing_secret_is_refused_and_nothing_is_served() {
             Some(tonic::Code::Unauthenticated)
         );
         // A wrong secret: the same.
-        let channel = standin::client::channel(&url, None).unwrap();
+        let channel = standin::wire::client::channel(&url, None).unwrap();
         let mut client =
-            standin::client::replication(channel, "0123456789abcdef0123456789abcdef").unwrap();
+            standin::wire::client::replication(channel, "0123456789abcdef0123456789abcdef")
+                .unwrap();
         let pull = client
             .pull(wire::PullRequest {
                 after_seq: 0,
@@ -124,10 +125,10 @@ fn a_tls_pair_replicates_and_refuses_plain_text() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let url = format!("http://127.0.0.1:{}", pair.alpha.grpc);
-        let channel = standin::client::channel(&url, None).unwrap();
-        let mut client = standin::client::replication(
+        let channel = standin::wire::client::channel(&url, None).unwrap();
+        let mut client = standin::wire::client::replication(
             channel,
-            &standin::secret::read_secret(&pair.root.path().join("pair.secret")).unwrap(),
+            &standin::wire::secret::read_secret(&pair.root.path().join("pair.secret")).unwrap(),
         )
         .unwrap();
         let pull = client
@@ -310,7 +311,7 @@ fn every_pair_call_is_refused_without_the_right_secret_and_changes_nothing() {
     let results = runtime.block_on(async {
         let mut results = Vec::new();
         // No secret at all.
-        let channel = standin::client::channel(&url, None).unwrap();
+        let channel = standin::wire::client::channel(&url, None).unwrap();
         for (name, code) in every_call!(
             ReplicationClient::new(channel.clone()),
             ClusterClient::new(channel)
@@ -319,10 +320,10 @@ fn every_pair_call_is_refused_without_the_right_secret_and_changes_nothing() {
         }
         // A wrong secret (of the right form).
         let wrong = "0123456789abcdef0123456789abcdef";
-        let channel = standin::client::channel(&url, None).unwrap();
+        let channel = standin::wire::client::channel(&url, None).unwrap();
         for (name, code) in every_call!(
-            standin::client::replication(channel.clone(), wrong).unwrap(),
-            standin::client::cluster(channel, wrong).unwrap()
+            standin::wire::client::replication(channel.clone(), wrong).unwrap(),
+            standin::wire::client::cluster(channel, wrong).unwrap()
         ) {
             results.push(("a wrong secret", name, code));
         }

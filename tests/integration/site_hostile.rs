@@ -139,10 +139,10 @@ fn hostile_logins_and_reports_are_refused_without_echo_leak_or_belief() {
 
         // Reports that lie are refused and never listed.
         let secret = std::fs::read_to_string(&agent_secret).unwrap();
-        let channel = standin::client::channel(&url, None).unwrap();
+        let channel = standin::wire::client::channel(&url, None).unwrap();
         let mut agent = AgentClient::with_interceptor(
             channel,
-            standin::auth::AddSecret::new(secret.trim()).unwrap(),
+            standin::wire::auth::AddSecret::new(secret.trim()).unwrap(),
         );
         agent
             .report_load(report("honest", "ts1.example:3389", 20.0, 3))

@@ -85,7 +85,8 @@ fn the_example_configs_load_and_name_each_other() {
             node.node_name
         );
         assert!(node.agent_secret_file.is_some());
-        let checked = standin::preflight::run(node, standin::preflight::Mode::Serve);
+        let checked =
+            standin::config::preflight::run(node, standin::config::preflight::Mode::Serve);
         assert_eq!(
             checked.failure(),
             None,

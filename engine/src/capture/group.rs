@@ -22,14 +22,14 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
-use super::watch_loop::{Loop, Scope};
+use super::debounce::{Loop, Scope};
 use super::Message;
 use crate::error::{Error, Result};
-use crate::event::Change;
-use crate::index::{Entry, FolderIndex};
+use crate::folder::index::{Entry, FolderIndex};
+use crate::folder::scan::{cover, diff_scope, stat_disk, Diff, DiskEntry};
+use crate::log::event::Change;
 use crate::path::RelPath;
 use crate::repository::Repository;
-use crate::scan::{cover, diff_scope, stat_disk, Diff, DiskEntry};
 
 /// Rounds of reading before a group is recorded without its order confirmed.
 const MAX_ROUNDS: u32 = 16;
@@ -125,7 +125,7 @@ impl Loop {
             for path in marked.touched {
                 // A database's companion stands for the database (noted with it): one
                 // file changed by its own writes, not two.
-                if crate::sqlite::companion_base(&path).is_some() {
+                if crate::folder::read::sqlite::companion_base(&path).is_some() {
                     continue;
                 }
                 if !touched.contains(&path) {
@@ -280,7 +280,7 @@ impl Loop {
             match super::watches::watch_tree(&mut *watcher, &full) {
                 Ok(_) => {}
                 Err(error) => {
-                    crate::skipped::note(
+                    crate::folder::skipped::note(
                         &full,
                         &format!("cannot be watched ({error}); changes there are found by the periodic rescan"),
                     );
@@ -397,13 +397,13 @@ fn diff_scopes(
 ) -> Result<Diff> {
     let mut diff = diff_scopes_apart(root, repository, base, scopes)?;
     // The directories holding what changed have new times.
-    let parents = crate::scan::parent_times(root, repository, base, scopes, &diff.changes);
+    let parents = crate::folder::scan::parent_times(root, repository, base, scopes, &diff.changes);
     diff.changes.extend(parents);
     // A directory moved between two scopes (out of one, into a new directory of
     // another) is one rename.
     diff.changes = match base {
-        Some(index) => crate::moves::fold_moves(diff.changes, index),
-        None => crate::moves::fold_moves(diff.changes, &repository.lock_index()),
+        Some(index) => crate::folder::moves::fold_moves(diff.changes, index),
+        None => crate::folder::moves::fold_moves(diff.changes, &repository.lock_index()),
     };
     Ok(diff)
 }

@@ -2,7 +2,7 @@
 //! so that every recorded version really existed, in the order it happened
 //! (invariant 10).
 //!
-//! - [`watch_loop`]: the watcher thread — which paths changed, in the order inotify
+//! - [`debounce`]: the watcher thread — which paths changed, in the order inotify
 //!   reported them, and when to record them;
 //! - [`group`]: recording one *group* — every pending path, read as of one point in
 //!   the watcher's stream (an ordering mark confirms it), written to the log as one
@@ -35,8 +35,8 @@
 //! (`scan`), each file read stably (`scan::capture_file`).
 
 mod barrier;
+mod debounce;
 mod group;
-mod watch_loop;
 mod watches;
 
 use std::collections::BTreeMap;
@@ -52,7 +52,7 @@ use crate::error::{Error, Result};
 use crate::repository::Repository;
 
 use self::barrier::Barrier;
-use self::watch_loop::Loop;
+use self::debounce::Loop;
 
 /// Timings of capture. The defaults suit a server folder of records and documents.
 #[derive(Clone, Debug)]

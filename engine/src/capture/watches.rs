@@ -32,7 +32,7 @@ pub(super) fn watch_tree(watcher: &mut dyn Watcher, dir: &Path) -> notify::Resul
     if !tainted.contains(dir) {
         // No over-long directory: the watch limit, say. What could be watched is;
         // name the directory and let the rescans cover it.
-        crate::skipped::note(
+        crate::folder::skipped::note(
             dir,
             &format!("not every directory below could be watched ({error}); changes there are found by the periodic rescan"),
         );
@@ -55,7 +55,7 @@ fn watch_around(watcher: &mut dyn Watcher, dir: &Path, tainted: &HashSet<PathBuf
         }
         let child = item.path();
         if overlong(&child) {
-            crate::skipped::note(
+            crate::folder::skipped::note(
                 &child,
                 "the directory's path is too long for inotify (PATH_MAX): not watched; its changes are not replicated",
             );
@@ -67,7 +67,7 @@ fn watch_around(watcher: &mut dyn Watcher, dir: &Path, tainted: &HashSet<PathBuf
             (RecursiveMode::Recursive, false)
         };
         if let Err(error) = watcher.watch(&child, mode) {
-            crate::skipped::note(
+            crate::folder::skipped::note(
                 &child,
                 &format!(
                     "cannot be watched ({error}); changes there are found by the periodic rescan"

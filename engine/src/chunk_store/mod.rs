@@ -1,3 +1,6 @@
+//! Content: files cut into chunks (`chunking`) and the store that keeps them (packs,
+//! references to the passive's own files, garbage collection).
+//!
 //! The chunk store: content-addressed, verified, packed, garbage-collected.
 //!
 //! Chunks are appended to pack files `data_dir/chunks/pack-NNNNNNNN.pack`, each record
@@ -21,6 +24,8 @@
 //! On a passive, large files' chunks may instead be *referenced* in the folder's file
 //! that holds them (`refs.rs`), written there once through a staged file
 //! (`stage.rs`): ARCHITECTURE.md, "The passive keeps content by reference".
+
+pub mod chunking;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};

@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 use super::refs::{key_of, HomeState, InodeKey, RefLoc};
 use super::{lock, ChunkStore, Dedup};
 use crate::error::{Error, IoContext, Result};
-use crate::event::{Change, ChunkRef, Event};
 use crate::hash::Hash;
+use crate::log::event::{Change, ChunkRef, Event};
 
 /// Files at least this large are kept by reference on the passive.
 pub const BY_REF_MIN_BYTES: u64 = 1 << 20;
@@ -305,7 +305,7 @@ impl ChunkStore {
                 bytes
             };
             if index == 0 {
-                staged.database = crate::sqlite::is_header(&bytes);
+                staged.database = crate::folder::read::sqlite::is_header(&bytes);
             }
             staged.hasher.update(&bytes);
             staged.hashed += 1;

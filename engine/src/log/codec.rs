@@ -2,8 +2,8 @@
 //! big-endian seq), the base head and the last group in `log_base`.
 
 use crate::error::{Error, Result};
-use crate::event::Event;
 use crate::hash::Hash;
+use crate::log::event::Event;
 
 use super::Head;
 

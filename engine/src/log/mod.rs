@@ -1,3 +1,8 @@
+//! The history: every change of the folder as an event (`event`: `Change`, `Event`, the
+//! canonical encoding, the hash chain), the append-only `EventLog` that keeps them
+//! (this file), and `quarantine`, where events after a common point go instead of
+//! being dropped.
+//!
 //! The event log: append-only, gap-free, hash-chained, durable before visible.
 //!
 //! Events live in the sled tree `events`, keyed by big-endian seq (so key order is seq
@@ -11,6 +16,9 @@
 //! a superseded node recorded after the last common one. A large append is written in
 //! bounded parts and made atomic again by a mark (`parts`), which bounds sled's memory.
 
+pub mod event;
+pub mod quarantine;
+
 use std::sync::RwLock;
 
 mod codec;
@@ -21,8 +29,8 @@ use codec::{
 };
 
 use crate::error::{Error, Result};
-use crate::event::Event;
 use crate::hash::Hash;
+use crate::log::event::Event;
 
 /// The last event of a log: what two nodes compare.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -200,7 +208,9 @@ impl EventLog {
             let Some(value) = self.events.get(key(at))? else {
                 break;
             };
-            if let crate::event::Change::Group { events } = decode_value(at, &value)?.body.change {
+            if let crate::log::event::Change::Group { events } =
+                decode_value(at, &value)?.body.change
+            {
                 return Ok(Some((at, at + u64::from(events))));
             }
             at -= 1;
@@ -274,7 +284,7 @@ impl EventLog {
             .iter()
             .rev()
             .find_map(|event| match event.body.change {
-                crate::event::Change::Group { events } => {
+                crate::log::event::Change::Group { events } => {
                     Some((event.seq(), event.seq() + u64::from(events)))
                 }
                 _ => None,

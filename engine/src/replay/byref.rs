@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use crate::chunk_store::{open_inode, InodeKey};
 use crate::error::{IoContext, Result};
-use crate::event::{Change, Event};
+use crate::log::event::{Change, Event};
 use crate::path::RelPath;
 use crate::repository::Repository;
 

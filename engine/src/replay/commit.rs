@@ -9,7 +9,7 @@ use super::durable;
 use super::write::{apply_changes, Displaced, Finishing};
 use super::StepTimings;
 use crate::error::Result;
-use crate::event::Event;
+use crate::log::event::Event;
 use crate::repository::Repository;
 
 /// Steps 3 and 4 for checked and journaled `events`: write a part's files, then make

@@ -16,8 +16,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::error::{IoContext, Result};
-use crate::event::{Change, Event};
 use crate::fsutil::syncfs;
+use crate::log::event::{Change, Event};
 use crate::path::RelPath;
 
 /// A part naming more paths than this is made durable by one `syncfs`.
@@ -115,8 +115,8 @@ fn moved_on(error: &std::io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::EventBody;
     use crate::hash::Hash;
+    use crate::log::event::EventBody;
 
     fn event(change: Change) -> Event {
         let body = EventBody {

@@ -39,14 +39,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::error::{Error, IoContext, Result};
-use crate::event::{chain_hash, Change, Event};
+use crate::folder::index::Entry;
+use crate::folder::scan::disk::{stat_disk, walk, DiskEntry};
 use crate::fsutil::syncfs;
 use crate::hash::Hash;
-use crate::index::Entry;
+use crate::log::event::{chain_hash, Change, Event};
 use crate::log::Head;
 use crate::path::RelPath;
 use crate::repository::Repository;
-use crate::scan::disk::{stat_disk, walk, DiskEntry};
 
 mod byref;
 mod commit;
@@ -176,7 +176,7 @@ pub fn apply_batch_with(
     let displaced = Displaced::default();
     let finishing = {
         let changes: Vec<&Change> = events.iter().map(|event| &event.body.change).collect();
-        let link_groups = crate::links::groups_touched(&index, &changes);
+        let link_groups = crate::folder::links::groups_touched(&index, &changes);
         let linked: Vec<&RelPath> = link_groups.iter().flatten().collect();
         Finishing {
             dir_times: directory_times(&index, events, &linked),
@@ -250,7 +250,7 @@ pub fn apply_batch_with(
 /// change or write into, from `index` (the state after them): set once their contents
 /// are written.
 fn directory_times(
-    index: &crate::index::FolderIndex,
+    index: &crate::folder::index::FolderIndex,
     events: &[Event],
     linked: &[&RelPath],
 ) -> Vec<(RelPath, i64)> {
@@ -310,7 +310,7 @@ fn decode_journal(journal: &[u8]) -> Result<Vec<RelPath>> {
         bincode::config::standard()
             .with_little_endian()
             .with_fixed_int_encoding()
-            .with_limit::<{ crate::event::MAX_EVENT_BYTES }>(),
+            .with_limit::<{ crate::log::event::MAX_EVENT_BYTES }>(),
     )
     .map_err(|error| Error::Decode {
         what: "replay journal".to_string(),
@@ -351,7 +351,7 @@ fn restore_journaled(root: &Path, repository: &Repository, interrupted: bool) ->
     }
     let scopes = {
         let index = repository.lock_index();
-        crate::scan::disk::cover(&index, None, touched)
+        crate::folder::scan::disk::cover(&index, None, touched)
     };
     for scope in &scopes {
         restore_scope(root, repository, scope)?;
@@ -366,7 +366,10 @@ fn restore_journaled(root: &Path, repository: &Repository, interrupted: bool) ->
 /// Make `scope` on disk exactly what the index says (used by recovery, and by the
 /// rejoin to put a folder back to a common point).
 pub fn restore_scope(root: &Path, repository: &Repository, scope: &RelPath) -> Result<()> {
-    let (wanted, metas): (Vec<(RelPath, Entry)>, Vec<Option<crate::meta::Meta>>) = {
+    let (wanted, metas): (
+        Vec<(RelPath, Entry)>,
+        Vec<Option<crate::folder::meta::Meta>>,
+    ) = {
         let index = repository.lock_index();
         index
             .subtree(scope)
@@ -443,8 +446,8 @@ pub fn restore_scope(root: &Path, repository: &Repository, scope: &RelPath) -> R
         let Some(meta) = meta else { continue };
         let full = path.under(root);
         let symlink = matches!(entry, Entry::Symlink { .. });
-        crate::meta::apply_meta(&full, meta, symlink, options)?;
-        crate::meta::set_mtime(&full, meta.mtime_ns)?;
+        crate::folder::meta::apply_meta(&full, meta, symlink, options)?;
+        crate::folder::meta::set_mtime(&full, meta.mtime_ns)?;
     }
     // Hard links: the names of one file within the scope (one link value, the same
     // recorded content) are one file again.
@@ -460,7 +463,7 @@ pub fn restore_scope(root: &Path, repository: &Repository, scope: &RelPath) -> R
         }
     }
     for group in groups.values().filter(|group| group.len() > 1) {
-        crate::links::relink(root, group)?;
+        crate::folder::links::relink(root, group)?;
     }
     Ok(())
 }
@@ -477,7 +480,7 @@ fn same_kind(on_disk: &DiskEntry, entry: &Entry) -> bool {
 /// blake3 of a file's bytes (its holes not read: `sparse::hash_file`).
 pub fn hash_file(full: &Path) -> Result<Hash> {
     let file = File::open(full).at("open", full)?;
-    crate::sparse::hash_file(&file, full)
+    crate::folder::read::sparse::hash_file(&file, full)
 }
 
 pub(super) fn remove_any(full: &Path) -> Result<()> {

@@ -5,11 +5,11 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::event::Change;
+use crate::folder::index::{Entry, FolderIndex};
+use crate::folder::meta::Meta;
 use crate::hash::Hash;
-use crate::index::{Entry, FolderIndex};
+use crate::log::event::Change;
 use crate::log::Head;
-use crate::meta::Meta;
 use crate::path::RelPath;
 use crate::repository::Repository;
 

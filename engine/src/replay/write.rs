@@ -16,12 +16,12 @@ use std::sync::{Arc, Mutex};
 use super::{check_parents_on_disk, remove_any, set_mode};
 use crate::chunk_store::Staged;
 use crate::error::{Error, IoContext, Result};
-use crate::event::{Change, ChunkRef, Event};
+use crate::folder::scan::disk::{stat_disk, DiskEntry};
 use crate::fsutil::{system_time, temp_name};
 use crate::hash::Hash;
+use crate::log::event::{Change, ChunkRef, Event};
 use crate::path::RelPath;
 use crate::repository::Repository;
-use crate::scan::disk::{stat_disk, DiskEntry};
 
 /// Most threads that write one batch's files.
 const WRITE_THREADS_MAX: usize = 4;
@@ -89,7 +89,7 @@ pub(super) struct Finishing {
 impl Finishing {
     fn finish(&self, root: &Path) -> Result<()> {
         for group in &self.link_groups {
-            crate::links::relink(root, group)?;
+            crate::folder::links::relink(root, group)?;
         }
         self.set_directory_times(root)
     }
@@ -97,7 +97,7 @@ impl Finishing {
     /// Set the recorded times of the batch's directories (again).
     pub(super) fn set_directory_times(&self, root: &Path) -> Result<()> {
         for (path, mtime_ns) in &self.dir_times {
-            match crate::meta::set_mtime(&path.under(root), *mtime_ns) {
+            match crate::folder::meta::set_mtime(&path.under(root), *mtime_ns) {
                 Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
                 other => other?,
             }
@@ -279,23 +279,23 @@ fn apply_change(
         Change::Dir { path, meta } => {
             let full = ensure_directory(root, path, seq)?;
             // Its time is set after the batch's changes below it (`dir_times`).
-            crate::meta::apply_meta(&full, meta, false, options).map(|_| ())
+            crate::folder::meta::apply_meta(&full, meta, false, options).map(|_| ())
         }
         Change::Link { path, target, meta } => {
             write_symlink(root, path, target)?;
             let full = path.under(root);
-            crate::meta::apply_meta(&full, meta, true, options)?;
-            crate::meta::set_mtime(&full, meta.mtime_ns)
+            crate::folder::meta::apply_meta(&full, meta, true, options)?;
+            crate::folder::meta::set_mtime(&full, meta.mtime_ns)
         }
         Change::SetMeta { path, meta } => {
             let full = path.under(root);
             let metadata = std::fs::symlink_metadata(&full).at("stat", &full)?;
             let symlink = metadata.file_type().is_symlink();
-            crate::meta::apply_meta(&full, meta, symlink, options)?;
+            crate::folder::meta::apply_meta(&full, meta, symlink, options)?;
             if metadata.is_dir() {
                 Ok(())
             } else {
-                crate::meta::set_mtime(&full, meta.mtime_ns)
+                crate::folder::meta::set_mtime(&full, meta.mtime_ns)
             }
         }
         Change::Mkdir { path, mode } => set_mode(&ensure_directory(root, path, seq)?, *mode),
@@ -380,7 +380,7 @@ pub(super) fn write_file(
             // that does not add up is never renamed into place.
             let bytes = repository.chunks().get_unverified(&chunk.hash)?;
             if written == 0 {
-                database = crate::sqlite::is_header(&bytes);
+                database = crate::folder::read::sqlite::is_header(&bytes);
             }
             hasher.update(&bytes);
             holes |= write_leaving_holes(&mut file, &bytes, written).at("write", &temporary)?;
@@ -413,7 +413,12 @@ pub(super) fn write_file(
                 mtime_ns
             }
             Attributes::Meta(meta) => {
-                crate::meta::apply_meta(&temporary, meta, false, repository.meta_options())?;
+                crate::folder::meta::apply_meta(
+                    &temporary,
+                    meta,
+                    false,
+                    repository.meta_options(),
+                )?;
                 meta.mtime_ns
             }
         };
@@ -458,7 +463,7 @@ fn install(
             mtime_ns
         }
         Attributes::Meta(meta) => {
-            crate::meta::apply_meta(&staged.path, meta, false, repository.meta_options())?;
+            crate::folder::meta::apply_meta(&staged.path, meta, false, repository.meta_options())?;
             meta.mtime_ns
         }
     };
@@ -479,7 +484,7 @@ fn install(
 /// belongs to another instant, and SQLite would apply it to this database. (Never
 /// recorded: see `sqlite`.)
 pub(super) fn remove_companions(destination: &Path) -> Result<()> {
-    for companion in crate::sqlite::companions(destination) {
+    for companion in crate::folder::read::sqlite::companions(destination) {
         match std::fs::symlink_metadata(&companion) {
             Ok(metadata) if !metadata.is_dir() => {
                 std::fs::remove_file(&companion).at("remove", &companion)?
@@ -524,7 +529,7 @@ fn write_leaving_holes(file: &mut File, bytes: &[u8], offset: u64) -> std::io::R
 #[derive(Clone, Copy)]
 pub(super) enum Attributes<'a> {
     Legacy(u32, i64),
-    Meta(&'a crate::meta::Meta),
+    Meta(&'a crate::folder::meta::Meta),
 }
 
 /// The old versions of files a batch replaced, each left at a temporary name beside

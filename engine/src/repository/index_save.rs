@@ -4,7 +4,7 @@
 
 use super::{encode_entry, Repository, INDEX_SEQ_KEY};
 use crate::error::Result;
-use crate::index::FolderIndex;
+use crate::folder::index::FolderIndex;
 
 /// Replay and recording save the index once this many paths changed, or this long
 /// after its last save, and otherwise leave it to `save_index_if_dirty` when the

@@ -28,8 +28,8 @@ use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use crate::chunk_store::{ChunkStore, GcReport};
 use crate::error::{Error, Result};
+use crate::folder::index::{Entry, FolderIndex};
 use crate::hash::Hash;
-use crate::index::{Entry, FolderIndex};
 use crate::log::{EventLog, Head};
 use crate::path::RelPath;
 
@@ -62,8 +62,8 @@ mod index_save;
 mod open;
 mod record;
 
-use crate::index::{decode_entry, encode_entry};
-use crate::meta::Meta;
+use crate::folder::index::{decode_entry, encode_entry};
+use crate::folder::meta::Meta;
 
 impl Repository {
     /// Open (creating) the repository in `data_dir`.
@@ -364,7 +364,7 @@ impl Repository {
     }
 
     /// How this node applies recorded metadata (set from its configuration).
-    pub fn set_meta_options(&self, options: crate::meta::MetaOptions) {
+    pub fn set_meta_options(&self, options: crate::folder::meta::MetaOptions) {
         self.numeric_ids
             .store(options.numeric_ids, std::sync::atomic::Ordering::Relaxed);
         self.strip_setuid
@@ -372,8 +372,8 @@ impl Repository {
     }
 
     /// See `set_meta_options`.
-    pub fn meta_options(&self) -> crate::meta::MetaOptions {
-        crate::meta::MetaOptions {
+    pub fn meta_options(&self) -> crate::folder::meta::MetaOptions {
+        crate::folder::meta::MetaOptions {
             numeric_ids: self.numeric_ids.load(std::sync::atomic::Ordering::Relaxed),
             strip_setuid: self.strip_setuid.load(std::sync::atomic::Ordering::Relaxed),
         }

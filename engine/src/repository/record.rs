@@ -2,8 +2,8 @@
 //! group, and where a log that ends inside a group began it.
 
 use crate::error::{Error, Result};
-use crate::event::{Change, Event, EventBody};
 use crate::fsutil::now_ms;
+use crate::log::event::{Change, Event, EventBody};
 
 use super::Repository;
 
@@ -55,14 +55,14 @@ impl Repository {
             };
             let canonical = body.canonical_bytes();
             let encoded_bytes = canonical.len();
-            if encoded_bytes > crate::event::MAX_EVENT_BYTES {
+            if encoded_bytes > crate::log::event::MAX_EVENT_BYTES {
                 // Undo this change in the index; the ones before are recorded below.
                 misfit = Some(Error::Apply {
                     seq,
                     path: body.change.describe_path(),
                     reason: format!(
                         "the event would be {encoded_bytes} bytes, more than the {} an event may have",
-                        crate::event::MAX_EVENT_BYTES
+                        crate::log::event::MAX_EVENT_BYTES
                     ),
                 });
                 undo_last = true;
@@ -103,7 +103,7 @@ impl Repository {
                 body.seq = tip.0 + 1;
                 canonical = body.canonical_bytes();
             }
-            let hash = crate::event::chain_hash(&tip.1, &canonical);
+            let hash = crate::log::event::chain_hash(&tip.1, &canonical);
             let event = Event {
                 prev: tip.1,
                 body,

@@ -3,7 +3,7 @@
 //! or a lease, a recently heard peer goes first.
 
 use super::{Action, Hook, Role, RoleMachine};
-use crate::authority::Decision;
+use crate::role::authority::Decision;
 
 impl RoleMachine {
     /// A tick while active: suspended when the authority no longer backs this node

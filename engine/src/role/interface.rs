@@ -2,7 +2,7 @@
 //! answer showed) and what comes out (`Action`, `Hook`, a `Refusal`).
 
 use super::takeover::{TakeOverRequest, TakeOverState};
-use crate::authority::Evidence;
+use crate::role::authority::Evidence;
 
 /// The peer as one answer showed it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,3 +1,9 @@
+//! Who is authoritative, pure (no I/O, no clock): the role machine (this file and
+//! its concerns: `state`, `interface`, `observe`, `active`, `passive`), the
+//! `switchover` sub-protocol, the `authority` it consults (peer only, the agents'
+//! witness quorum, an etcd lease: where a third voter plugs in) and `timing`, every
+//! duration the pair works with.
+//!
 //! The role state machine: which node is authoritative, when a passive takes over,
 //! when an active steps down. Pure: `RoleMachine::step(input) -> Vec<Action>`; time,
 //! heartbeat results, what the peer says and operator commands come in as inputs, and
@@ -23,7 +29,7 @@
 //!   asks its peer to take over at its exact head; the peer pulls to that head and
 //!   promotes once the authority agrees; the old active then sees the higher
 //!   authority and follows. It resumes only on the peer's abort or when the authority
-//!   backs it again (see [`crate::switchover`]). `auto_failback` makes the preferred
+//!   backs it again (see [`crate::role::switchover`]). `auto_failback` makes the preferred
 //!   node ask for this once it has caught up.
 //! - **Fencing.** Two active nodes in one epoch, a broken chain or a digest mismatch
 //!   fence the node: it refuses everything but status until an operator acts.
@@ -35,8 +41,12 @@
 //!   authority shows up and it rejoins. A switchover's target needs the witness
 //!   quorum or the etcd lease like any other promotion.
 
-use crate::authority::{Authority, Evidence, PeerOnly};
-use crate::timing::Timing;
+pub mod authority;
+pub mod switchover;
+pub mod timing;
+
+use crate::role::authority::{Authority, Evidence, PeerOnly};
+use crate::role::timing::Timing;
 use takeover::TakeOverMemory;
 
 mod active;

@@ -3,7 +3,7 @@
 //! (fencing), and the start-up decision once the peer has answered or not.
 
 use super::{Action, Hook, PeerView, Phase, Role, RoleMachine};
-use crate::authority::Decision;
+use crate::role::authority::Decision;
 
 impl RoleMachine {
     pub(super) fn outranks_us(&self, peer: &PeerView) -> bool {

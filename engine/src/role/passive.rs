@@ -4,7 +4,7 @@
 //! this node's own parity).
 
 use super::{Action, Hook, Phase, Promotion, Refusal, Role, RoleMachine};
-use crate::authority::Decision;
+use crate::role::authority::Decision;
 
 impl RoleMachine {
     /// A tick while passive: a pending switchover first, then a promotion waiting for

@@ -8,15 +8,15 @@ fn settings(node: &str, active: bool) -> RoleSettings {
         initial_active: active,
         preferred: active,
         auto_failback: false,
-        timing: crate::timing::Timing::new(500, 5_000).unwrap(),
+        timing: crate::role::timing::Timing::new(500, 5_000).unwrap(),
     }
 }
 
 /// The default pair timing with an etcd lease of `ttl_ms`.
-fn lease_timing(ttl_ms: u64) -> crate::timing::Timing {
-    crate::timing::Timing::new(500, 5_000)
+fn lease_timing(ttl_ms: u64) -> crate::role::timing::Timing {
+    crate::role::timing::Timing::new(500, 5_000)
         .and_then(|timing| {
-            timing.with_authority(crate::timing::AuthorityTiming::Etcd {
+            timing.with_authority(crate::role::timing::AuthorityTiming::Etcd {
                 lease_ttl_ms: ttl_ms,
             })
         })
@@ -295,7 +295,7 @@ fn a_promotion_takes_an_epoch_above_every_epoch_seen() {
 
 #[test]
 fn with_an_etcd_lease_a_passive_promotes_only_once_it_holds_it_above_the_revision() {
-    use crate::authority::{EtcdLease, Evidence};
+    use crate::role::authority::{EtcdLease, Evidence};
     let mut machine = RoleMachine::with_authority(
         settings("beta", false),
         Box::new(EtcdLease::new(&lease_timing(4_000))),

@@ -59,7 +59,7 @@ fn a_consistently_rewritten_event_breaks_the_link_to_its_successor() {
     log.tamper_raw(3, |value| {
         value[0] ^= 0xff;
         let prev = Hash::from_slice(&value[..32]).unwrap();
-        let hash = standin_engine::event::chain_hash(&prev, &value[64..]);
+        let hash = standin_engine::log::event::chain_hash(&prev, &value[64..]);
         value[32..64].copy_from_slice(&hash.0);
     })
     .unwrap();

@@ -1,7 +1,7 @@
 //! Log compaction and snapshots: old events go, the state they built stays, and a
 //! replica whose head was compacted away starts again from a verified snapshot.
 
-use standin_engine::quarantine::{quarantine_after, rewind_folder};
+use standin_engine::log::quarantine::{quarantine_after, rewind_folder};
 use standin_engine::{Error, Hash};
 
 use crate::support::{replicate, snapshot, Node};

@@ -417,10 +417,10 @@ fn a_promotion_drops_an_incomplete_trailing_group() {
     assert_eq!(start, Some(group[0].seq()));
 
     let quarantined =
-        standin_engine::quarantine::quarantine_after(&passive.repository, start.unwrap() - 1)
+        standin_engine::log::quarantine::quarantine_after(&passive.repository, start.unwrap() - 1)
             .unwrap()
             .unwrap();
-    standin_engine::quarantine::rewind_folder(&passive.folder, &passive.repository).unwrap();
+    standin_engine::log::quarantine::rewind_folder(&passive.folder, &passive.repository).unwrap();
     assert_eq!(quarantined.manifest.events.len(), 2);
     assert_eq!(snapshot(&passive.folder), before_group);
     assert_eq!(passive.repository.incomplete_group_start().unwrap(), None);

@@ -169,7 +169,7 @@ fn by_reference_replay_killed_at_random_points_converges() {
     assert_eq!(replica.head(), source.repository.head());
     assert!(!has_temporary_files(&folder), "temporary files left behind");
     assert_eq!(snapshot(&folder), snapshot(&source.folder));
-    let report = standin_engine::verify::verify_folder(&folder, &replica).unwrap();
+    let report = standin_engine::folder::verify::verify_folder(&folder, &replica).unwrap();
     assert!(report.matches(), "{:?}", report.first_difference);
     let (referenced, _) = replica.chunks().referenced_usage();
     assert!(referenced > 0, "the replica keeps large files by reference");

@@ -77,7 +77,7 @@ fn a_path_too_long_for_the_kernel_is_named_and_the_rest_replicates() {
     );
     capture.stop();
     assert_eq!(active.versions_of("before.txt"), vec![b"before".to_vec()]);
-    let skipped = standin_engine::skipped::under(&root);
+    let skipped = standin_engine::folder::skipped::under(&root);
     assert!(
         skipped
             .iter()
@@ -109,15 +109,15 @@ fn a_special_file_is_named_once_and_leaves_the_list_when_removed() {
     // SAFETY: a NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o644) }, 0);
     std::fs::write(root.join("plain.txt"), b"x").unwrap();
-    standin_engine::scan::reconcile(&root, &node.repository, 1).unwrap();
-    standin_engine::scan::reconcile(&root, &node.repository, 1).unwrap();
-    let named = standin_engine::skipped::under(&root);
+    standin_engine::folder::scan::reconcile(&root, &node.repository, 1).unwrap();
+    standin_engine::folder::scan::reconcile(&root, &node.repository, 1).unwrap();
+    let named = standin_engine::folder::skipped::under(&root);
     assert_eq!(named.len(), 1, "{named:?}");
     assert_eq!(named[0].0, "queue.fifo");
     assert_eq!(node.versions_of("plain.txt"), vec![b"x".to_vec()]);
     std::fs::remove_file(&fifo).unwrap();
-    standin_engine::scan::reconcile(&root, &node.repository, 1).unwrap();
-    assert!(standin_engine::skipped::under(&root).is_empty());
+    standin_engine::folder::scan::reconcile(&root, &node.repository, 1).unwrap();
+    assert!(standin_engine::folder::skipped::under(&root).is_empty());
 }
 
 /// What the walker sees of one entry: what `rsync -aHAX` keeps.
@@ -208,7 +208,7 @@ fn acl_value(named_uid: u32) -> Vec<u8> {
 }
 
 fn set_mtime(path: &Path, seconds: i64) {
-    standin_engine::meta::set_mtime(path, seconds * 1_000_000_000 + 123_456_789).unwrap();
+    standin_engine::folder::meta::set_mtime(path, seconds * 1_000_000_000 + 123_456_789).unwrap();
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) {
@@ -256,7 +256,7 @@ fn getfacl(root: &Path) -> Option<String> {
 
 /// Whether the test can give files away; says why not when it cannot.
 fn running_as_root(test: &str) -> bool {
-    if standin_engine::meta::can_chown() {
+    if standin_engine::folder::meta::can_chown() {
         return true;
     }
     eprintln!("{test}: skipped, owners can only be given away as root");
@@ -507,7 +507,7 @@ fn strip_setuid_leaves_the_bits_off_files_on_that_node_only() {
     let stripped = Node::new();
     stripped
         .repository
-        .set_meta_options(standin_engine::meta::MetaOptions {
+        .set_meta_options(standin_engine::folder::meta::MetaOptions {
             strip_setuid: true,
             ..Default::default()
         });
@@ -593,7 +593,8 @@ fn hard_links_stay_links_and_a_write_through_one_name_reaches_every_name() {
     std::fs::remove_file(passive.folder.join("b")).unwrap();
     std::fs::write(passive.folder.join("b"), b"SECONDversion").unwrap();
     let report =
-        standin_engine::verify::verify_folder(&passive.folder, &passive.repository).unwrap();
+        standin_engine::folder::verify::verify_folder(&passive.folder, &passive.repository)
+            .unwrap();
     let difference = report
         .first_difference
         .expect("a split link group is found");

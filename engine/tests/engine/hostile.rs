@@ -1,7 +1,7 @@
 //! Events and chunks a passive must refuse — each with its own error — leaving its
 //! folder and log exactly as they were.
 
-use standin_engine::event::EventBody;
+use standin_engine::log::event::EventBody;
 use standin_engine::replay::apply_batch;
 use standin_engine::{Change, ChunkRef, Error, Event, Hash, RelPath};
 
@@ -50,7 +50,7 @@ fn paths_that_leave_the_folder_are_refused_at_decode() {
     ] {
         let bytes = smuggle(placeholder, hostile);
         let prev = Hash::ZERO;
-        let hash = standin_engine::event::chain_hash(&prev, &bytes);
+        let hash = standin_engine::log::event::chain_hash(&prev, &bytes);
         let error = Event::from_parts(prev, &bytes, hash).unwrap_err();
         assert!(
             matches!(error, Error::Decode { .. }),
@@ -63,7 +63,7 @@ fn paths_that_leave_the_folder_are_refused_at_decode() {
     let error = Event::from_parts(
         Hash::ZERO,
         &bytes,
-        standin_engine::event::chain_hash(&Hash::ZERO, &bytes),
+        standin_engine::log::event::chain_hash(&Hash::ZERO, &bytes),
     )
     .unwrap_err();
     assert!(error.to_string().contains("`..`"), "{error}");
@@ -322,7 +322,7 @@ fn temporary_files_a_crash_left_are_removed_at_start() {
 #[test]
 fn a_path_written_twice_in_one_batch_ends_with_the_later_content() {
     let put = |node: &Node, path: &str, bytes: &[u8]| -> Change {
-        let stored = standin_engine::chunking::store_content(
+        let stored = standin_engine::chunk_store::chunking::store_content(
             bytes,
             node.repository.chunks(),
             std::path::Path::new(path),
@@ -541,7 +541,7 @@ fn an_event_too_large_to_read_back_is_not_recorded() {
             hash: Hash([3; 32]),
             len: 1
         };
-        standin_engine::event::MAX_EVENT_BYTES / 36 + 1
+        standin_engine::log::event::MAX_EVENT_BYTES / 36 + 1
     ];
     let size = chunks.len() as u64;
     let error = node

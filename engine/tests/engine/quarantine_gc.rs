@@ -1,7 +1,7 @@
 //! Quarantine keeps what never replicated; garbage collection removes only what no
 //! retained event or index entry names.
 
-use standin_engine::quarantine::{list_quarantines, quarantine_after, rewind_folder};
+use standin_engine::log::quarantine::{list_quarantines, quarantine_after, rewind_folder};
 use standin_engine::{Hash, Repository};
 
 use crate::support::{replicate, snapshot, Node};
@@ -233,7 +233,7 @@ fn unrecorded_changes_are_kept_aside() {
     )
     .unwrap();
     let kept =
-        standin_engine::quarantine::quarantine_unrecorded(&active.folder, &active.repository)
+        standin_engine::log::quarantine::quarantine_unrecorded(&active.folder, &active.repository)
             .unwrap();
     assert_eq!(kept, 2);
     assert_eq!(snapshot(&active.folder), recorded);
@@ -253,7 +253,7 @@ fn unrecorded_changes_are_kept_aside() {
         b"changed after the last capture"
     );
     assert_eq!(
-        standin_engine::quarantine::quarantine_unrecorded(&active.folder, &active.repository)
+        standin_engine::log::quarantine::quarantine_unrecorded(&active.folder, &active.repository)
             .unwrap(),
         0
     );

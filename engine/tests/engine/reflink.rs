@@ -29,7 +29,7 @@ fn a_file_rewritten_without_pause_is_recorded_from_clones() {
     let size: usize = 16 << 20;
     let path = node.folder.join("table.dat");
     std::fs::write(&path, vec![0u8; size]).unwrap();
-    let clones_before = standin_engine::reflink::clones();
+    let clones_before = standin_engine::folder::read::reflink::clones();
     let capture = node.watch();
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -72,10 +72,10 @@ fn a_file_rewritten_without_pause_is_recorded_from_clones() {
     eprintln!(
         "{passes} passes written, {} recorded, {} clones, {unstable} unstable reads",
         passes_seen.len(),
-        standin_engine::reflink::clones() - clones_before
+        standin_engine::folder::read::reflink::clones() - clones_before
     );
     assert!(
-        standin_engine::reflink::clones() > clones_before,
+        standin_engine::folder::read::reflink::clones() > clones_before,
         "capture never cloned on XFS"
     );
     assert!(
@@ -98,20 +98,25 @@ fn a_rollback_mode_database_is_cloned_under_its_shared_lock() {
         return;
     };
     let node = Node::new_in(&xfs.mount);
-    let clones_before = standin_engine::reflink::clones();
+    let clones_before = standin_engine::folder::read::reflink::clones();
     // At least one version while the writer runs: a loop device under load commits
     // slowly (the explicit snapshot below checks the clone path itself).
     crate::sqlite::a_live_database_is_recorded_at_transaction_boundaries_in(&node, "delete", 1);
     assert!(
-        standin_engine::reflink::clones() > clones_before,
+        standin_engine::folder::read::reflink::clones() > clones_before,
         "the database was never cloned on XFS"
     );
     let full = node.folder.join("app.db");
     let head = std::fs::read(&full).unwrap();
-    match standin_engine::sqlite::snapshot(&full, &node.data_dir, &head[..20], head.len() as u64)
-        .unwrap()
+    match standin_engine::folder::read::sqlite::snapshot(
+        &full,
+        &node.data_dir,
+        &head[..20],
+        head.len() as u64,
+    )
+    .unwrap()
     {
-        standin_engine::sqlite::Taken::Copy(snapshot) => {
+        standin_engine::folder::read::sqlite::Taken::Copy(snapshot) => {
             assert!(
                 snapshot.cloned,
                 "a rollback-mode database on XFS was not cloned"

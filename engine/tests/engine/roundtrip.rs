@@ -242,7 +242,7 @@ fn run(node: &Node, operation: &Operation) {
         }
         Operation::Chown { target, owner } => {
             if let Some(path) = pick(&everything, *target) {
-                if standin_engine::meta::can_chown() {
+                if standin_engine::folder::meta::can_chown() {
                     std::os::unix::fs::lchown(path, Some(*owner), Some(*owner)).unwrap();
                 }
             }
@@ -262,7 +262,8 @@ fn run(node: &Node, operation: &Operation) {
         }
         Operation::Touch { target, seconds } => {
             if let Some(path) = pick(&everything, *target) {
-                standin_engine::meta::set_mtime(&path, *seconds as i64 * 1_000_000_000).unwrap();
+                standin_engine::folder::meta::set_mtime(&path, *seconds as i64 * 1_000_000_000)
+                    .unwrap();
             }
         }
         Operation::Capture => {

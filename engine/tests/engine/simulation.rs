@@ -20,13 +20,13 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use standin_engine::authority::{
+use standin_engine::role::authority::{
     AgentWitness, Authority, EtcdLease, Evidence, NodeAnswer, PeerOnly, WitnessQuorum,
     WitnessReport, WitnessSettings,
 };
+use standin_engine::role::switchover::{TakeOverRequest, TakeOverState};
+use standin_engine::role::timing::{AuthorityTiming, Timing};
 use standin_engine::role::{Action, Command, Input, PeerView, Role, RoleMachine, RoleSettings};
-use standin_engine::switchover::{TakeOverRequest, TakeOverState};
-use standin_engine::timing::{AuthorityTiming, Timing};
 
 const STEP_MS: u64 = 100;
 const HEARTBEAT_TIMEOUT_STEPS: u64 = 3;

@@ -95,7 +95,7 @@ fn a_gibibyte_with_four_kibibytes_of_data_is_not_read_as_zeros() {
     file.sync_all().unwrap();
     drop(file);
     let probe = std::fs::File::open(&path).unwrap();
-    if standin_engine::sparse::layout(&probe, size)
+    if standin_engine::folder::read::sparse::layout(&probe, size)
         .unwrap()
         .is_none()
     {
@@ -108,15 +108,19 @@ fn a_gibibyte_with_four_kibibytes_of_data_is_not_read_as_zeros() {
 
     let relative = standin_engine::RelPath::new("big.img").unwrap();
     let before = bytes_read_by_this_thread();
-    let captured =
-        standin_engine::read::capture_file(&active.folder, &active.repository, &relative, None)
-            .unwrap();
+    let captured = standin_engine::folder::read::capture_file(
+        &active.folder,
+        &active.repository,
+        &relative,
+        None,
+    )
+    .unwrap();
     let read = bytes_read_by_this_thread() - before;
     assert!(
         read < 8 << 20,
         "capture read {read} bytes of a file holding 4 KiB of data"
     );
-    let standin_engine::read::Captured::Put(change) = captured else {
+    let standin_engine::folder::read::Captured::Put(change) = captured else {
         panic!("not captured: {captured:?}");
     };
     let standin_engine::Change::File {
@@ -132,7 +136,7 @@ fn a_gibibyte_with_four_kibibytes_of_data_is_not_read_as_zeros() {
         chunks.iter().map(|chunk| chunk.len as u64).sum::<u64>(),
         size
     );
-    let zero = standin_engine::sparse::zero_chunk_hash(256 << 10);
+    let zero = standin_engine::folder::read::sparse::zero_chunk_hash(256 << 10);
     assert!(
         chunks.iter().filter(|chunk| chunk.hash == zero).count() >= 4000,
         "the holes are not zero-chunk references"

@@ -129,13 +129,13 @@ pub fn a_live_database_is_recorded_at_transaction_boundaries_in(
     // An idle database is not recorded again by a rescan, and the live folder verifies.
     let before = node.repository.head().seq;
     assert!(
-        standin_engine::scan::reconcile(&node.folder, &node.repository, 1)
+        standin_engine::folder::scan::reconcile(&node.folder, &node.repository, 1)
             .unwrap()
             .is_empty()
     );
     assert_eq!(node.repository.head().seq, before);
     let report =
-        standin_engine::verify::verify_live_folder(&node.folder, &node.repository).unwrap();
+        standin_engine::folder::verify::verify_live_folder(&node.folder, &node.repository).unwrap();
     assert!(report.matches(), "{:?}", report.first_difference);
 }
 
@@ -176,7 +176,10 @@ fn a_stale_companion_is_removed_before_a_database_goes_in_place() {
 }
 
 /// Open a database copy that `snapshot` took (an unnamed file) under `path`.
-fn open_copy(snapshot: standin_engine::sqlite::Snapshot, path: &std::path::Path) -> Connection {
+fn open_copy(
+    snapshot: standin_engine::folder::read::sqlite::Snapshot,
+    path: &std::path::Path,
+) -> Connection {
     let mut file = snapshot.file;
     std::io::Seek::rewind(&mut file).unwrap();
     let mut out = std::fs::File::create(path).unwrap();
@@ -191,7 +194,7 @@ fn open_copy(snapshot: standin_engine::sqlite::Snapshot, path: &std::path::Path)
 /// later), and the writer never sees `database is locked`.
 #[test]
 fn a_rollback_mode_copy_split_to_bound_its_lock_is_a_committed_state() {
-    use standin_engine::sqlite::{snapshot_within, Taken};
+    use standin_engine::folder::read::sqlite::{snapshot_within, Taken};
     let bound = Duration::from_millis(5);
     let dir = tempfile::tempdir().unwrap();
     let database = dir.path().join("app.db");

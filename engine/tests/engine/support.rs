@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use standin_engine::event::EventBody;
+use standin_engine::folder::scan::reconcile;
+use standin_engine::folder::verify::verify_folder;
+use standin_engine::log::event::EventBody;
 use standin_engine::replay::apply_batch;
-use standin_engine::scan::reconcile;
-use standin_engine::verify::verify_folder;
 use standin_engine::{Change, Event, FolderIndex, Hash, Repository};
 
 /// A folder and its data directory, in one temp dir.

@@ -1,13 +1,13 @@
-//! The switchover sub-protocol (`standin_engine::switchover`), step by step.
+//! The switchover sub-protocol (`standin_engine::role::switchover`), step by step.
 
-use standin_engine::authority::{
+use standin_engine::role::authority::{
     EtcdLease, Evidence, WitnessQuorum, WitnessReport, WitnessSettings,
 };
+use standin_engine::role::switchover::{PeerProbe, TakeOverRequest, TakeOverState};
+use standin_engine::role::timing::{AuthorityTiming, Timing};
 use standin_engine::role::{
     Action, Command, Input, PeerView, Refusal, Role, RoleMachine, RoleSettings,
 };
-use standin_engine::switchover::{PeerProbe, TakeOverRequest, TakeOverState};
-use standin_engine::timing::{AuthorityTiming, Timing};
 
 /// The pair's timing in these tests (a tick every 100 ms, failover after 5 s), with
 /// `authority`'s durations.

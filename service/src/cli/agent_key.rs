@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::Subcommand;
 
 use super::Failure;
-use crate::agent_keys;
+use crate::site::agent_keys;
 
 #[derive(Debug, Subcommand)]
 pub enum AgentKeyCommand {

@@ -12,8 +12,8 @@ use std::time::Duration;
 use standin_proto::v1 as wire;
 
 use super::Failure;
+use crate::config::preflight::{Finding, Level, Mode};
 use crate::config::{Config, ConfigError};
-use crate::preflight::{Finding, Level, Mode};
 
 /// What `check-config` was asked.
 #[derive(Debug, Clone)]
@@ -61,14 +61,15 @@ pub async fn run(file: &Path, options: &Options) -> Result<u8, Failure> {
     });
     let checked = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || crate::preflight::run(&config, Mode::Check))
+        tokio::task::spawn_blocking(move || crate::config::preflight::run(&config, Mode::Check))
             .await
             .map_err(|error| Failure::failed(error.to_string()))?
     };
     let mut findings = checked.findings.clone();
-    let (lock, running) = crate::preflight::lock_finding(&config.data_dir, options.require_stopped);
+    let (lock, running) =
+        crate::config::preflight::lock_finding(&config.data_dir, options.require_stopped);
     findings.push(lock);
-    findings.extend(crate::preflight::port_findings(&config, running));
+    findings.extend(crate::config::preflight::port_findings(&config, running));
     for finding in &findings {
         print(finding);
     }
@@ -140,11 +141,11 @@ async fn ask_peer(config: &Config, secret: &str, deadline: Duration) -> Finding 
     let Some(url) = &config.peer_url else {
         return fail("not set: --peer has no peer to ask".to_string());
     };
-    let channel = match crate::client::channel(url, config.tls.as_ref()) {
+    let channel = match crate::wire::client::channel(url, config.tls.as_ref()) {
         Ok(channel) => channel,
         Err(reason) => return fail(reason),
     };
-    let mut client = match crate::client::cluster(channel, secret) {
+    let mut client = match crate::wire::client::cluster(channel, secret) {
         Ok(client) => client,
         Err(reason) => return fail(reason),
     };

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
 use super::Failure;
-use crate::cluster_server::status_from_wire;
+use crate::servers::cluster_server::status_from_wire;
 
 const WAIT_LIMIT: Duration = Duration::from_secs(60);
 const REPLICATION_PERIOD_S: u64 = 1;
@@ -186,7 +186,7 @@ pub async fn run(keep: bool) -> Result<(), Failure> {
     let root = work.path().to_path_buf();
     println!("standin demo in {}", root.display());
     let secret = root.join("pair.secret");
-    crate::secret::init_secret(&secret, false).map_err(io("write the pair secret"))?;
+    crate::wire::secret::init_secret(&secret, false).map_err(io("write the pair secret"))?;
 
     let mut alpha = DemoNode::create(&root, "alpha", "active", None, &secret)?;
     let mut beta = DemoNode::create(&root, "beta", "passive", Some(alpha.grpc), &secret)?;
@@ -223,7 +223,7 @@ pub async fn run(keep: bool) -> Result<(), Failure> {
         }
         println!("beta has apps/notepad.toml after {:.2} s\n", published.elapsed().as_secs_f64());
 
-        let secret_text = crate::secret::read_secret(&secret).map_err(Failure::failed)?;
+        let secret_text = crate::wire::secret::read_secret(&secret).map_err(Failure::failed)?;
         // The file is visible before beta's log records the batch (its durability
         // point): wait for beta's head to reach alpha's, then show both.
         let alpha_head = node_status(&alpha, &secret_text).await?.head_seq;
@@ -236,8 +236,8 @@ pub async fn run(keep: bool) -> Result<(), Failure> {
         let mut statuses = Vec::new();
         for node in [&alpha, &beta] {
             let url = format!("http://127.0.0.1:{}", node.grpc);
-            let channel = crate::client::channel(&url, None).map_err(Failure::failed)?;
-            let mut client = crate::client::cluster(channel, &secret_text).map_err(Failure::failed)?;
+            let channel = crate::wire::client::channel(&url, None).map_err(Failure::failed)?;
+            let mut client = crate::wire::client::cluster(channel, &secret_text).map_err(Failure::failed)?;
             statuses.push(node_status(node, &secret_text).await?);
             let verify = client
                 .verify(standin_proto::v1::VerifyRequest {})
@@ -307,8 +307,8 @@ pub async fn run(keep: bool) -> Result<(), Failure> {
 
 async fn node_status(node: &DemoNode, secret: &str) -> Result<crate::node::NodeStatus, Failure> {
     let url = format!("http://127.0.0.1:{}", node.grpc);
-    let channel = crate::client::channel(&url, None).map_err(Failure::failed)?;
-    let mut client = crate::client::cluster(channel, secret).map_err(Failure::failed)?;
+    let channel = crate::wire::client::channel(&url, None).map_err(Failure::failed)?;
+    let mut client = crate::wire::client::cluster(channel, secret).map_err(Failure::failed)?;
     let status = client
         .status(standin_proto::v1::StatusRequest {})
         .await

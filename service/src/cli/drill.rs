@@ -12,9 +12,9 @@ use standin_proto::v1 as wire;
 
 use super::status::{ask_pair, Answer};
 use super::{resolve, Failure, Target};
-use crate::drill::{Check, DrillAnswer};
+use crate::config::preflight::Level;
+use crate::coordinator::drill::{Check, DrillAnswer};
 use crate::node::NodeStatus;
-use crate::preflight::Level;
 
 /// One node as the drill saw it: its status (or why none) and its drill answer (or
 /// why none).
@@ -42,7 +42,7 @@ pub async fn run(target: &Target, peer_url: Option<&str>) -> Result<u8, Failure>
         let status = answer.status.clone();
         let url = answer.url.clone();
         let secret = resolved.secret.clone();
-        let channel = crate::client::channel(&url, tls);
+        let channel = crate::wire::client::channel(&url, tls);
         async move {
             let status = status?;
             let peer_head = (status.role != "passive").then_some(passive_head).flatten();
@@ -94,7 +94,7 @@ async fn drill(
     channel: tonic::transport::Channel,
     peer_head_seq: Option<u64>,
 ) -> Result<DrillAnswer, String> {
-    let mut client = crate::client::cluster(channel, secret)?;
+    let mut client = crate::wire::client::cluster(channel, secret)?;
     let call = client.drill(wire::DrillRequest { peer_head_seq });
     match tokio::time::timeout(std::time::Duration::from_secs(10), call).await {
         Err(_) => Err(format!("{url}: no drill answer within 10 s")),
@@ -102,7 +102,7 @@ async fn drill(
             "{url} does not know the drill (an older standin): upgrade it"
         )),
         Ok(Err(status)) => Err(super::rpc_failure(url, &status).message),
-        Ok(Ok(reply)) => Ok(crate::convert::drill_from_wire(reply.get_ref())),
+        Ok(Ok(reply)) => Ok(crate::wire::convert::drill_from_wire(reply.get_ref())),
     }
 }
 
@@ -372,7 +372,7 @@ mod tests {
             role: String::new(),
             head_seq: 0,
             checks: vec![Check::new(Level::Ok, "on_promote", "not set")],
-            estimate: crate::drill::FailoverEstimate {
+            estimate: crate::coordinator::drill::FailoverEstimate {
                 min_ms: 5000,
                 max_ms: 11_000,
                 explanation: "because".to_string(),

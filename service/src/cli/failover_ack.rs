@@ -13,8 +13,8 @@ use super::{resolve, rpc_failure, Failure, Target};
 
 pub async fn run(target: &Target, peer_url: Option<&str>, epoch: u64) -> Result<u8, Failure> {
     let resolved = resolve(target)?;
-    let mut client =
-        crate::client::cluster(resolved.channel()?, &resolved.secret).map_err(Failure::usage)?;
+    let mut client = crate::wire::client::cluster(resolved.channel()?, &resolved.secret)
+        .map_err(Failure::usage)?;
     let reply = client
         .acknowledge_failover(wire::AcknowledgeFailoverRequest { epoch })
         .await
@@ -26,8 +26,9 @@ pub async fn run(target: &Target, peer_url: Option<&str>, epoch: u64) -> Result<
             .config
             .as_ref()
             .and_then(|config| config.tls.as_ref());
-        let channel = crate::client::channel(&url, tls).map_err(Failure::usage)?;
-        let mut peer = crate::client::cluster(channel, &resolved.secret).map_err(Failure::usage)?;
+        let channel = crate::wire::client::channel(&url, tls).map_err(Failure::usage)?;
+        let mut peer =
+            crate::wire::client::cluster(channel, &resolved.secret).map_err(Failure::usage)?;
         let call = peer.acknowledge_failover(wire::AcknowledgeFailoverRequest { epoch });
         // The heartbeats carry it anyway: a peer that does not answer now learns it
         // when it does.

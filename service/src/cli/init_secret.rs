@@ -23,7 +23,7 @@ pub fn run(file: &Path, force: bool) -> Result<u8, Failure> {
             println!("created {} (mode 0750)", parent.display());
         }
     }
-    crate::secret::init_secret(file, force).map_err(|error| {
+    crate::wire::secret::init_secret(file, force).map_err(|error| {
         if error.kind() == std::io::ErrorKind::AlreadyExists {
             Failure::usage(format!(
                 "{} exists; use --force to replace it",

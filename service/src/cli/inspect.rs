@@ -7,12 +7,12 @@ use standin_proto::v1 as wire;
 use tokio_stream::StreamExt;
 
 use super::{resolve, Failure, Target};
-use crate::convert::event_from_wire;
+use crate::wire::convert::event_from_wire;
 
 pub async fn verify(target: &Target, json: bool) -> Result<u8, Failure> {
     let resolved = resolve(target)?;
-    let mut client =
-        crate::client::cluster(resolved.channel()?, &resolved.secret).map_err(Failure::usage)?;
+    let mut client = crate::wire::client::cluster(resolved.channel()?, &resolved.secret)
+        .map_err(Failure::usage)?;
     let report = match client.verify(wire::VerifyRequest {}).await {
         Ok(response) => response.into_inner(),
         Err(status) if status.code() == tonic::Code::Unavailable && resolved.config.is_some() => {
@@ -59,12 +59,12 @@ pub async fn verify(target: &Target, json: bool) -> Result<u8, Failure> {
 fn local_verify(config: &crate::config::Config) -> Result<wire::VerifyResponse, Failure> {
     let repository = standin_engine::Repository::open(&config.data_dir)
         .map_err(|error| Failure::failed(format!("open {}: {error}", config.data_dir.display())))?;
-    let report = standin_engine::verify::verify_folder(&config.folder, &repository)
+    let report = standin_engine::folder::verify::verify_folder(&config.folder, &repository)
         .map_err(|error| Failure::failed(format!("verify: {error}")))?;
     let difference = report.first_difference.clone().unwrap_or_default();
     Ok(wire::VerifyResponse {
         matches: report.matches(),
-        head: Some(crate::convert::head_to_wire(&report.head)),
+        head: Some(crate::wire::convert::head_to_wire(&report.head)),
         disk_digest: report.disk_digest.0.to_vec(),
         entries_checked: report.entries_checked,
         first_difference_path: difference.path,
@@ -75,9 +75,9 @@ fn local_verify(config: &crate::config::Config) -> Result<wire::VerifyResponse, 
 
 pub async fn log(target: &Target, after: u64, limit: u32, json: bool) -> Result<u8, Failure> {
     let resolved = resolve(target)?;
-    let mut client = crate::client::replication(resolved.channel()?, &resolved.secret)
+    let mut client = crate::wire::client::replication(resolved.channel()?, &resolved.secret)
         .map_err(Failure::usage)?;
-    let limit = limit.clamp(1, crate::replication_server::MAX_BATCH_EVENTS);
+    let limit = limit.clamp(1, crate::servers::replication_server::MAX_BATCH_EVENTS);
     let request = wire::PullRequest {
         after_seq: after,
         after_hash: Vec::new(),

@@ -148,8 +148,8 @@ async fn run(command: Command) -> Result<u8, Failure> {
             // process (its default action).
             let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
                 .map_err(|error| Failure::failed(format!("cannot catch SIGHUP: {error}")))?;
-            let start = crate::serve::prepare(&config).map_err(Failure::usage)?;
-            crate::serve::run(start, hangups, crate::serve::shutdown_signal()).await?;
+            let start = crate::node::serve::prepare(&config).map_err(Failure::usage)?;
+            crate::node::serve::run(start, hangups, crate::node::serve::shutdown_signal()).await?;
             Ok(0)
         }
         Command::Status {
@@ -232,17 +232,18 @@ async fn run(command: Command) -> Result<u8, Failure> {
                 return Err(Failure::usage("--interval-ms must be at least 100"));
             }
             let credential = match (key_file, secret_file) {
-                (Some(file), _) => crate::agent::Credential::Key(
-                    crate::agent_keys::AgentKey::read(&file, false).map_err(Failure::usage)?,
+                (Some(file), _) => crate::site::agent::Credential::Key(
+                    crate::site::agent_keys::AgentKey::read(&file, false)
+                        .map_err(Failure::usage)?,
                 ),
-                (None, Some(file)) => crate::agent::Credential::Shared(
-                    crate::secret::read_secret(&file).map_err(Failure::usage)?,
+                (None, Some(file)) => crate::site::agent::Credential::Shared(
+                    crate::wire::secret::read_secret(&file).map_err(Failure::usage)?,
                 ),
                 (None, None) => {
                     return Err(Failure::usage("--key-file (or --secret-file) is needed"))
                 }
             };
-            let settings = crate::agent::AgentSettings {
+            let settings = crate::site::agent::AgentSettings {
                 address: address.unwrap_or_else(|| format!("{name}:3389")),
                 name,
                 urls,
@@ -256,7 +257,7 @@ async fn run(command: Command) -> Result<u8, Failure> {
                     .collect(),
                 sessions_command,
             };
-            crate::agent::run(settings, crate::serve::shutdown_signal()).await;
+            crate::site::agent::run(settings, crate::node::serve::shutdown_signal()).await;
             Ok(0)
         }
     }
@@ -273,7 +274,7 @@ pub fn resolve(target: &Target) -> Result<Resolved, Failure> {
     match (&target.url, &target.secret_file) {
         (Some(url), Some(secret_file)) => {
             crate::config::check_url(url).map_err(Failure::usage)?;
-            let secret = crate::secret::read_secret(secret_file).map_err(Failure::usage)?;
+            let secret = crate::wire::secret::read_secret(secret_file).map_err(Failure::usage)?;
             Ok(Resolved {
                 url: url.clone(),
                 secret,
@@ -283,7 +284,8 @@ pub fn resolve(target: &Target) -> Result<Resolved, Failure> {
         (Some(_), None) => Err(Failure::usage("--url needs --secret-file")),
         (None, _) => {
             let config = Config::load_for_client(&target.config)?;
-            let secret = crate::secret::read_secret(&config.secret_file).map_err(Failure::usage)?;
+            let secret =
+                crate::wire::secret::read_secret(&config.secret_file).map_err(Failure::usage)?;
             Ok(Resolved {
                 url: config.local_url(),
                 secret,
@@ -295,7 +297,7 @@ pub fn resolve(target: &Target) -> Result<Resolved, Failure> {
 
 impl Resolved {
     pub fn channel(&self) -> Result<tonic::transport::Channel, Failure> {
-        crate::client::channel(
+        crate::wire::client::channel(
             &self.url,
             self.config.as_ref().and_then(|config| config.tls.as_ref()),
         )
@@ -311,8 +313,8 @@ enum RoleRequest {
 /// Ask a node to promote itself or to hand over, and print what it says.
 async fn role_command(target: &Target, request: RoleRequest) -> Result<u8, Failure> {
     let resolved = resolve(target)?;
-    let mut client =
-        crate::client::cluster(resolved.channel()?, &resolved.secret).map_err(Failure::usage)?;
+    let mut client = crate::wire::client::cluster(resolved.channel()?, &resolved.secret)
+        .map_err(Failure::usage)?;
     let reply = match request {
         RoleRequest::Promote { force } => {
             if force {

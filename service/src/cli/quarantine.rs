@@ -11,7 +11,7 @@ pub use standin_engine::clock::utc;
 use std::path::PathBuf;
 
 use clap::Subcommand;
-use standin_engine::quarantine::{list_quarantines, Manifest};
+use standin_engine::log::quarantine::{list_quarantines, Manifest};
 
 use super::{Failure, Target};
 use crate::config::Config;
@@ -136,16 +136,17 @@ pub async fn run(command: QuarantineCommand) -> Result<u8, Failure> {
                 Failure::failed(format!("{}: {error}", dir.join(file).display()))
             })?;
             let path = to.unwrap_or_else(|| event.path.clone());
-            let secret = crate::secret::read_secret(&config.secret_file).map_err(Failure::usage)?;
+            let secret =
+                crate::wire::secret::read_secret(&config.secret_file).map_err(Failure::usage)?;
             // The authoritative node: this one if it is active, else its peer.
             let local = config.local_url();
             let mut last_refusal = String::new();
             for url in std::iter::once(local).chain(config.peer_url.clone()) {
-                let channel =
-                    crate::client::channel(&url, config.tls.as_ref()).map_err(Failure::usage)?;
-                let mut client = crate::client::cluster(channel, &secret)
+                let channel = crate::wire::client::channel(&url, config.tls.as_ref())
+                    .map_err(Failure::usage)?;
+                let mut client = crate::wire::client::cluster(channel, &secret)
                     .map_err(Failure::usage)?
-                    .max_encoding_message_size(crate::client::MAX_MESSAGE_BYTES);
+                    .max_encoding_message_size(crate::wire::client::MAX_MESSAGE_BYTES);
                 let request = standin_proto::v1::RestoreFileRequest {
                     path: path.clone(),
                     content: content.clone(),

@@ -167,7 +167,7 @@ pub async fn login(
             continue;
         }
         crate::config::check_url(&url).map_err(Failure::usage)?;
-        let channel = crate::client::channel(&url, None).map_err(Failure::usage)?;
+        let channel = crate::wire::client::channel(&url, None).map_err(Failure::usage)?;
         let mut client = SiteClient::new(channel);
         let request = wire::LoginRequest {
             user: user.as_bytes().to_vec(),

@@ -10,8 +10,8 @@ use std::time::Duration;
 use standin_proto::v1 as wire;
 
 use super::{resolve, Failure, Resolved, Target};
-use crate::cluster_server::status_from_wire;
 use crate::node::NodeStatus;
+use crate::servers::cluster_server::status_from_wire;
 
 /// How long each node has to answer.
 const ASK_LIMIT: Duration = Duration::from_secs(5);
@@ -113,7 +113,7 @@ pub async fn ask_pair(
     );
     Ok(match &configured_peer {
         Some(url) => {
-            let channel = crate::client::channel(url, tls).map_err(Failure::usage)?;
+            let channel = crate::wire::client::channel(url, tls).map_err(Failure::usage)?;
             let (node, peer) =
                 tokio::join!(node_ask, ask(url.clone(), resolved.secret.clone(), channel));
             (node, Some(peer))
@@ -128,7 +128,8 @@ pub async fn ask_pair(
                 .filter(|url| !url.is_empty());
             let peer = match named {
                 Some(url) => {
-                    let channel = crate::client::channel(&url, tls).map_err(Failure::usage)?;
+                    let channel =
+                        crate::wire::client::channel(&url, tls).map_err(Failure::usage)?;
                     Some(ask(url, resolved.secret.clone(), channel).await)
                 }
                 None => None,
@@ -144,7 +145,7 @@ pub async fn fetch(
     secret: &str,
     channel: tonic::transport::Channel,
 ) -> Result<NodeStatus, Failure> {
-    let mut client = crate::client::cluster(channel, secret).map_err(Failure::usage)?;
+    let mut client = crate::wire::client::cluster(channel, secret).map_err(Failure::usage)?;
     let response = client
         .status(wire::StatusRequest {})
         .await

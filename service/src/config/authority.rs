@@ -2,7 +2,7 @@
 //! (another mode's keys refused), and the pair's timing completed by the authority's
 //! durations.
 
-use standin_engine::timing::{AuthorityTiming, Timing};
+use standin_engine::role::timing::{AuthorityTiming, Timing};
 
 use super::raw::RawConfig;
 use super::values::check_url;
@@ -46,7 +46,7 @@ pub(super) fn parse_authority(
     raw: &RawConfig,
     timing: Timing,
     has_agent_secret: bool,
-    agent_keys: Option<&crate::agent_keys::AgentKeys>,
+    agent_keys: Option<&crate::site::agent_keys::AgentKeys>,
 ) -> Result<(AuthorityConfig, Timing), (&'static str, String)> {
     let with = |authority: AuthorityTiming| {
         timing

@@ -1,3 +1,6 @@
+//! The TOML config and its checks (this file, `raw`, `authority`, `values`), and the
+//! `preflight` of what it names.
+//!
 //! The node's configuration file (TOML): parsing, defaults and validation.
 //!
 //! Every key of `../shared/DESIGN.md` "Interfaces" is accepted; an unknown key, a
@@ -12,6 +15,7 @@
 //! `values.rs` (URLs, paths not yet created).
 
 pub mod authority;
+pub mod preflight;
 mod raw;
 mod values;
 
@@ -19,7 +23,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use standin_engine::timing::Timing;
+use standin_engine::role::timing::Timing;
 
 pub use authority::{AuthorityConfig, DEFAULT_ETCD_KEY, DEFAULT_ETCD_LEASE_TTL_S};
 pub use values::check_url;
@@ -54,14 +58,14 @@ pub struct Config {
     pub heartbeat_interval_ms: u64,
     pub failover_after_ms: u64,
     /// Every duration derived from the ones above and the authority's, checked
-    /// (`standin_engine::timing`).
+    /// (`standin_engine::role::timing`).
     pub timing: Timing,
     pub auto_failback: bool,
     pub secret_file: PathBuf,
     pub agent_secret_file: Option<PathBuf>,
     /// Per-agent keys (`agent_keys_dir`), read and checked; `None` or empty: agents
     /// use the shared `agent_secret_file`.
-    pub agent_keys: Option<crate::agent_keys::AgentKeys>,
+    pub agent_keys: Option<crate::site::agent_keys::AgentKeys>,
     /// Accept secret files others can read (with a warning).
     pub allow_readable_secret_files: bool,
     pub tls: Option<TlsFiles>,
@@ -81,7 +85,7 @@ pub struct Config {
     /// Who decides authority besides the pair itself.
     pub authority: AuthorityConfig,
     /// The password checks' pool, queue and throttle (`login_*` keys).
-    pub login: crate::login_gate::LoginSettings,
+    pub login: crate::site::login_gate::LoginSettings,
     /// The log filter (`STANDIN_LOG` syntax), replacing `STANDIN_LOG` once `serve` has
     /// read the config; reloaded on SIGHUP.
     pub log_filter: Option<String>,
@@ -261,7 +265,7 @@ impl Config {
         let agent_keys = match &raw.agent_keys_dir {
             None => None,
             Some(dir) => Some(
-                crate::agent_keys::AgentKeys::load(
+                crate::site::agent_keys::AgentKeys::load(
                     &resolve(dir),
                     raw.allow_readable_secret_files.unwrap_or(false),
                 )
@@ -343,15 +347,17 @@ impl Config {
             agent_keys.as_ref(),
         )
         .map_err(|(name, reason)| key(name, reason))?;
-        let login = crate::login_gate::LoginSettings::from_keys(&crate::login_gate::LoginKeys {
-            workers: raw.login_workers,
-            queue: raw.login_queue,
-            free_failures: raw.login_free_failures,
-            address_free_failures: raw.login_address_free_failures,
-            backoff_ms: raw.login_backoff_ms,
-            backoff_max_ms: raw.login_backoff_max_ms,
-            user_delay_max_ms: raw.login_user_delay_max_ms,
-        })
+        let login = crate::site::login_gate::LoginSettings::from_keys(
+            &crate::site::login_gate::LoginKeys {
+                workers: raw.login_workers,
+                queue: raw.login_queue,
+                free_failures: raw.login_free_failures,
+                address_free_failures: raw.login_address_free_failures,
+                backoff_ms: raw.login_backoff_ms,
+                backoff_max_ms: raw.login_backoff_max_ms,
+                user_delay_max_ms: raw.login_user_delay_max_ms,
+            },
+        )
         .map_err(|(name, reason)| key(name, reason))?;
         Ok(Config {
             node_name: raw.node_name,

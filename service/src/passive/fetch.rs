@@ -122,7 +122,7 @@ impl Puller {
         report: &mut PullReport,
         in_flight: &mut InFlight,
     ) -> Result<(), PullError> {
-        crate::space::check(
+        crate::passive::space::check(
             &self.node.config.folder,
             &self.node.config.data_dir,
             &events,

@@ -1,3 +1,6 @@
+//! The passive's pull loop (this file), one batch's fetch (`fetch`, `parts`) and the
+//! free `space` it keeps.
+//!
 //! The passive's side of replication: pull events, fetch the chunks they need, apply.
 //!
 //! `Puller::pull_once` is one synchronous round — pull everything after our head,
@@ -15,6 +18,7 @@
 
 mod fetch;
 mod parts;
+pub mod space;
 #[cfg(test)]
 mod tests;
 
@@ -105,7 +109,7 @@ impl PullError {
             }
             _ => error.to_string(),
         };
-        if crate::space::is_no_space(&error) {
+        if crate::passive::space::is_no_space(&error) {
             PullError::NoSpace(text)
         } else {
             PullError::Apply(text)
@@ -222,7 +226,7 @@ impl Puller {
             .link
             .pull(
                 &head,
-                crate::replication_server::DEFAULT_BATCH_EVENTS,
+                crate::servers::replication_server::DEFAULT_BATCH_EVENTS,
                 follow,
             )
             .await
@@ -423,7 +427,9 @@ impl Puller {
             if paths == 0 {
                 return Ok(0);
             }
-            if let Err(reason) = crate::space::check_index_save(&node.config.data_dir, paths) {
+            if let Err(reason) =
+                crate::passive::space::check_index_save(&node.config.data_dir, paths)
+            {
                 tracing::debug!(%reason, "not saving the folder index while the disk is this full");
                 return Ok(0);
             }

@@ -75,7 +75,7 @@ pub fn fetch_groups(chunks: &[(Hash, u32)]) -> Vec<Vec<Hash>> {
     let mut bytes = 0u64;
     for (hash, len) in chunks {
         let full = groups.last().is_none_or(|group| {
-            group.len() >= crate::replication_server::MAX_FETCH_HASHES
+            group.len() >= crate::servers::replication_server::MAX_FETCH_HASHES
                 || bytes + *len as u64 > FETCH_GROUP_BYTES
         });
         if full {

@@ -8,7 +8,7 @@ use standin_engine::Change;
 
 fn put_event(seq: u64, bytes: u32) -> Event {
     let chunks = (0..bytes.div_ceil(256 << 10))
-        .map(|index| standin_engine::event::ChunkRef {
+        .map(|index| standin_engine::log::event::ChunkRef {
             hash: Hash::of(&(seq * 1000 + index as u64).to_le_bytes()),
             len: (bytes - index * (256 << 10)).min(256 << 10),
         })
@@ -130,7 +130,7 @@ fn fetch_groups_are_bounded_in_bytes_and_count() {
     let groups = fetch_groups(&small);
     assert!(groups
         .iter()
-        .all(|group| group.len() <= crate::replication_server::MAX_FETCH_HASHES));
+        .all(|group| group.len() <= crate::servers::replication_server::MAX_FETCH_HASHES));
     assert_eq!(groups.len(), 3);
     assert!(fetch_groups(&[]).is_empty());
 }

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use standin_engine::switchover::{TakeOverRequest, TakeOverState};
+use standin_engine::role::switchover::{TakeOverRequest, TakeOverState};
 use standin_engine::{Hash, Head};
 use standin_proto::v1 as wire;
 use standin_proto::v1::cluster_client::ClusterClient;
@@ -12,8 +12,8 @@ use standin_proto::v1::replication_client::ReplicationClient;
 use tokio_stream::StreamExt;
 
 use super::{Connection, PeerError, PeerLink, PeerSelf};
-use crate::client::{Authed, MAX_MESSAGE_BYTES};
-use crate::convert::{head_from_wire, head_to_wire};
+use crate::wire::client::{Authed, MAX_MESSAGE_BYTES};
+use crate::wire::convert::{head_from_wire, head_to_wire};
 
 /// What the peer answered a heartbeat: its name, its role's name and its log head.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,7 +24,7 @@ pub struct PeerAnswer {
     /// The hash of the peer's witness voter set (`voter_set`).
     pub voter_set: Vec<u8>,
     /// The last failover as the peer knows it (`failover_report`).
-    pub failover: Option<crate::failover_report::FailoverReport>,
+    pub failover: Option<crate::coordinator::failover_report::FailoverReport>,
 }
 
 /// What the peer's log says of one of our events (a rejoin's probe).
@@ -79,14 +79,14 @@ impl PeerLink {
         head: &Head,
         role: &str,
         voter_set: Vec<u8>,
-        failover: Option<&crate::failover_report::FailoverReport>,
+        failover: Option<&crate::coordinator::failover_report::FailoverReport>,
     ) -> Result<PeerAnswer, PeerError> {
         let request = wire::HeartbeatRequest {
             node: node.to_string(),
             head: Some(head_to_wire(head)),
             role: role.to_string(),
             voter_set,
-            failover: failover.map(crate::convert::failover_to_wire),
+            failover: failover.map(crate::wire::convert::failover_to_wire),
         };
         let (generation, mut client) = self.cluster();
         let answer = within(&self.control, generation, self.timing.call, async {
@@ -106,7 +106,7 @@ impl PeerLink {
                 failover: response
                     .failover
                     .as_ref()
-                    .map(crate::convert::failover_from_wire),
+                    .map(crate::wire::convert::failover_from_wire),
             })
         })
         .await;
@@ -171,7 +171,9 @@ impl PeerLink {
             client
                 .status(wire::StatusRequest {})
                 .await
-                .map(|response| crate::cluster_server::status_from_wire(response.get_ref()))
+                .map(|response| {
+                    crate::servers::cluster_server::status_from_wire(response.get_ref())
+                })
                 .map_err(PeerError::from_status)
         })
         .await

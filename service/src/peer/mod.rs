@@ -39,12 +39,12 @@ mod streams;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use standin_engine::timing::Timing;
+use standin_engine::role::timing::Timing;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-use crate::auth::AddSecret;
 use crate::config::Config;
+use crate::wire::auth::AddSecret;
 
 pub use calls::{EventKnown, PeerAnswer};
 pub use health::{PeerSelf, PeerState};
@@ -229,7 +229,7 @@ impl PeerLink {
         secret: &str,
         timing: LinkTiming,
     ) -> Result<PeerLink, String> {
-        let endpoint = crate::client::endpoint(url, tls)?
+        let endpoint = crate::wire::client::endpoint(url, tls)?
             .http2_keep_alive_interval(timing.keepalive)
             .keep_alive_timeout(timing.keepalive_timeout)
             .keep_alive_while_idle(true);

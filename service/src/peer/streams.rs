@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost::bytes::Bytes;
-use standin_engine::index::Entry;
-use standin_engine::meta::Meta;
+use standin_engine::folder::index::Entry;
+use standin_engine::folder::meta::Meta;
 use standin_engine::{Event, Hash, Head, RelPath};
 use standin_proto::v1 as wire;
 use tokio_stream::{Stream, StreamExt};
 
 use super::calls::within;
 use super::{Connection, PeerError, PeerLink};
-use crate::convert::{event_from_wire, hash_from_wire, head_from_wire};
+use crate::wire::convert::{event_from_wire, hash_from_wire, head_from_wire};
 
 /// One message of a `Pull` stream.
 #[derive(Clone, Debug, PartialEq)]
@@ -144,7 +144,7 @@ fn snapshot_part(part: wire::SnapshotPart) -> Result<SnapshotPart, PeerError> {
             .entries
             .iter()
             .map(|entry| {
-                standin_engine::index::decode_entry(&entry.path, &entry.entry)
+                standin_engine::folder::index::decode_entry(&entry.path, &entry.entry)
                     .map_err(|error| bad(format!("snapshot: {error}")))
             })
             .collect::<Result<_, _>>()

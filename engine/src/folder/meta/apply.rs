@@ -1,0 +1,280 @@
+//! Putting recorded metadata on disk, never through a symlink: owner and group first
+//! (a `chown` clears setuid and setgid), then extended attributes and ACLs, then the
+//! mode (after an ACL, so that the mode's group bits are the ACL's mask, as recorded);
+//! the time last and apart (`set_mtime`: a directory's after its children changed).
+//!
+//! Ids are mapped by name to this node's ids (rsync's default), the numeric id being
+//! the fallback for a name this node does not have; `numeric_ids` keeps the numbers.
+//! What this node may not do (change owners or `trusted.*` attributes without root)
+//! is warned about once, counted (`unapplied`), and never stops replay.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use super::{acl, is_replicated_xattr, Meta, Xattr};
+use crate::error::{Error, Result};
+
+/// How metadata is applied on this node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetaOptions {
+    /// Keep owners' and ACL qualifiers' numeric ids instead of mapping them by name.
+    pub numeric_ids: bool,
+    /// Leave setuid and setgid off files on this node (warned once per path): the
+    /// copy is then not faithful, but cannot raise anyone's privileges here.
+    pub strip_setuid: bool,
+}
+
+/// The setuid and setgid bits.
+const SET_ID_BITS: u32 = 0o6000;
+
+/// Paths already warned about for `strip_setuid` (bounded).
+static STRIPPED: std::sync::Mutex<Option<std::collections::HashSet<std::path::PathBuf>>> =
+    std::sync::Mutex::new(None);
+
+fn warn_stripped(full: &Path, mode: u32) {
+    let mut warned = STRIPPED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let warned = warned.get_or_insert_with(Default::default);
+    if warned.len() < 100_000 && warned.insert(full.to_path_buf()) {
+        tracing::warn!(path = %full.display(), mode = format!("{mode:o}"), "strip_setuid: setuid/setgid left off this file on this node");
+    }
+}
+
+/// Whether everything was applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    All,
+    /// Something this node may not do was left (warned once, counted).
+    Partly,
+}
+
+static UNAPPLIED: AtomicU64 = AtomicU64::new(0);
+static WARNED_OWNER: AtomicBool = AtomicBool::new(false);
+static WARNED_XATTR: AtomicBool = AtomicBool::new(false);
+
+/// How many owner or attribute changes this process could not apply (not root).
+pub fn unapplied() -> u64 {
+    UNAPPLIED.load(Ordering::Relaxed)
+}
+
+/// Whether this process may give files away (`chown` to anyone).
+pub fn can_chown() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn not_permitted(warned: &AtomicBool, what: &str, full: &Path, error: &std::io::Error) {
+    UNAPPLIED.fetch_add(1, Ordering::Relaxed);
+    if !warned.swap(true, Ordering::Relaxed) {
+        tracing::warn!(path = %full.display(), %error, "cannot apply {what} (standin does not run as root?): the copy keeps this node's; warned once, counted in standin_meta_unapplied");
+    }
+}
+
+/// The id this node gives the record's `id` (of a group when `group`), named `name`.
+pub fn local_id(group: bool, id: u32, name: &str, options: MetaOptions) -> u32 {
+    if options.numeric_ids || name.is_empty() {
+        return id;
+    }
+    let found = if group {
+        super::owners::group_id(name)
+    } else {
+        super::owners::user_id(name)
+    };
+    found.unwrap_or(id)
+}
+
+/// The record's owner and group as this node's ids.
+pub fn local_owner(meta: &Meta, options: MetaOptions) -> (u32, u32) {
+    (
+        local_id(false, meta.uid, &meta.user, options),
+        local_id(true, meta.gid, &meta.group, options),
+    )
+}
+
+/// An extended attribute's value as this node stores it (an ACL's ids mapped).
+fn local_value(meta: &Meta, xattr: &Xattr, options: MetaOptions) -> Vec<u8> {
+    if !acl::is_acl(&xattr.name) {
+        return xattr.value.clone();
+    }
+    acl::map_ids(&xattr.value, |group, id| {
+        local_id(group, id, meta.name_of(group, id), options)
+    })
+}
+
+fn c_path(full: &Path) -> Result<CString> {
+    CString::new(full.as_os_str().as_bytes()).map_err(|_| Error::Io {
+        op: "apply metadata",
+        path: full.to_path_buf(),
+        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+    })
+}
+
+fn io(op: &'static str, full: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        op,
+        path: full.to_path_buf(),
+        source,
+    }
+}
+
+fn is_permission(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EPERM) | Some(libc::EACCES) | Some(libc::EOPNOTSUPP)
+    )
+}
+
+/// Put `meta`'s owner, extended attributes and mode (not the time) on the entry at
+/// `full`, a symlink when `symlink` (its mode is not set: Linux has none to set).
+pub fn apply_meta(
+    full: &Path,
+    meta: &Meta,
+    symlink: bool,
+    options: MetaOptions,
+) -> Result<Applied> {
+    let mut applied = Applied::All;
+    let (uid, gid) = local_owner(meta, options);
+    if let Err(error) = std::os::unix::fs::lchown(full, Some(uid), Some(gid)) {
+        if !is_permission(&error) {
+            return Err(io("chown", full, error));
+        }
+        not_permitted(&WARNED_OWNER, "owner and group", full, &error);
+        applied = Applied::Partly;
+    }
+    // Attributes: those on disk and not in the record go, the record's are set.
+    let present: Vec<Vec<u8>> = xattr::list(full)
+        .map(|names| {
+            names
+                .map(|name| name.as_bytes().to_vec())
+                .filter(|name| is_replicated_xattr(name))
+                .collect()
+        })
+        .unwrap_or_default();
+    for name in &present {
+        if meta.xattrs.iter().any(|xattr| &xattr.name == name) {
+            continue;
+        }
+        if let Err(error) = xattr::remove(full, std::ffi::OsStr::from_bytes(name)) {
+            if error.raw_os_error() == Some(libc::ENODATA) {
+                continue;
+            }
+            if !is_permission(&error) {
+                return Err(io("remove xattr", full, error));
+            }
+            not_permitted(&WARNED_XATTR, "extended attributes", full, &error);
+            applied = Applied::Partly;
+        }
+    }
+    for xattr in &meta.xattrs {
+        let value = local_value(meta, xattr, options);
+        let name = std::ffi::OsStr::from_bytes(&xattr.name);
+        if xattr::get(full, name).ok().flatten().as_deref() == Some(value.as_slice()) {
+            continue;
+        }
+        if let Err(error) = xattr::set(full, name, &value) {
+            if !is_permission(&error) {
+                return Err(io("set xattr", full, error));
+            }
+            not_permitted(&WARNED_XATTR, "extended attributes", full, &error);
+            applied = Applied::Partly;
+        }
+    }
+    if !symlink {
+        let mut mode = meta.mode;
+        if options.strip_setuid
+            && mode & SET_ID_BITS != 0
+            && !std::fs::symlink_metadata(full).is_ok_and(|metadata| metadata.is_dir())
+        {
+            mode &= !SET_ID_BITS;
+            warn_stripped(full, meta.mode);
+        }
+        let path = c_path(full)?;
+        // SAFETY: a NUL-terminated path; fchmodat without AT_SYMLINK_NOFOLLOW on an
+        // entry that is not a symlink (checked by the caller).
+        let status = unsafe { libc::fchmodat(libc::AT_FDCWD, path.as_ptr(), mode, 0) };
+        if status != 0 {
+            return Err(io("chmod", full, std::io::Error::last_os_error()));
+        }
+    }
+    Ok(applied)
+}
+
+/// Set the modification time of the entry at `full` (never through a symlink), and
+/// leave its access time.
+pub fn set_mtime(full: &Path, mtime_ns: i64) -> Result<()> {
+    let path = c_path(full)?;
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: mtime_ns.div_euclid(1_000_000_000),
+            tv_nsec: mtime_ns.rem_euclid(1_000_000_000),
+        },
+    ];
+    // SAFETY: a NUL-terminated path and an array of two timespecs.
+    let status = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if status != 0 {
+        return Err(io("set mtime", full, std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// `disk` (read from this node's disk) described as the record is, where the two
+/// agree under this node's mapping — so that `Meta::leaf` of both is equal when the
+/// entry is as replay would have left it: ids that are the record's names mapped
+/// here take the record's ids and names; what this node could not apply (owners
+/// without root, `trusted.*` without root) is taken from the record.
+pub fn align_to_record(disk: &mut Meta, recorded: &Meta, options: MetaOptions) {
+    let root = can_chown();
+    if options.strip_setuid && disk.mode == recorded.mode & !SET_ID_BITS {
+        disk.mode = recorded.mode;
+    }
+    let (uid, gid) = local_owner(recorded, options);
+    if !root || disk.uid == uid {
+        disk.uid = recorded.uid;
+        disk.user = recorded.user.clone();
+    }
+    if !root || disk.gid == gid {
+        disk.gid = recorded.gid;
+        disk.group = recorded.group.clone();
+    }
+    for xattr in &mut disk.xattrs {
+        if !acl::is_acl(&xattr.name) {
+            continue;
+        }
+        if let Some(expected) = recorded
+            .xattrs
+            .iter()
+            .find(|theirs| theirs.name == xattr.name)
+        {
+            if local_value(recorded, expected, options) == xattr.value {
+                xattr.value = expected.value.clone();
+            }
+        }
+    }
+    if disk.xattrs.iter().any(|xattr| acl::is_acl(&xattr.name)) {
+        disk.names = recorded.names.clone();
+    }
+    if !root {
+        for xattr in &recorded.xattrs {
+            if xattr.name.starts_with(b"trusted.")
+                && !disk.xattrs.iter().any(|mine| mine.name == xattr.name)
+            {
+                disk.xattrs.push(xattr.clone());
+            }
+        }
+        disk.xattrs.sort();
+    }
+}

@@ -1,0 +1,518 @@
+//! WAL-mode databases captured from their `-wal`, at a cost that grows with the pages
+//! changed rather than with the database (invariant 10; issue 15 item 3).
+//!
+//! Capture keeps, per database, the last version it built: the log's generation
+//! (`wal::Header`: salts and checksum), the position after the commit frame that
+//! version ends at, and the content as page-aligned pieces (`pieces`). The next
+//! capture of the same generation reads only the frames after that position: the
+//! new version is the old one with the newest committed copy of each page laid over
+//! it, and only the pieces those pages fall in are read back, rebuilt, stored and
+//! hashed. No connection is opened then — a writer restarts the log by writing a new
+//! header (new salts) *before* it overwrites any frame, so the header read again
+//! after the frames proves none was overwritten while they were read.
+//!
+//! Without such a version — the first capture, a new generation of the log (after a
+//! checkpoint restarted it), another inode, a piece gone from the chunk store — the
+//! database is read whole under a read transaction: its file, with every committed
+//! frame of the log laid over it. That is a committed state because a checkpoint
+//! copies into the file only frames at or before the oldest reader's snapshot, which
+//! is at or before the last commit frame read; pages in no frame are not written at
+//! all while the transaction lasts. The file is read through a descriptor opened
+//! before the connection and closed after it, so no close drops SQLite's locks (see
+//! the module `sqlite`). This costs one read and hash of the database per generation
+//! of its log, and writes only the pieces that changed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::pieces::{Pieces, PIECE_BYTES};
+use super::wal::{self, Break, Header, Position};
+use crate::chunk_store::chunking::Chunked;
+use crate::chunk_store::ChunkStore;
+use crate::error::{IoContext, Result};
+
+/// The most committed pages an incremental capture holds in memory; beyond it, the
+/// whole database is read.
+const INCREMENTAL_BYTES_MAX: u64 = 64 << 20;
+
+/// The most pages of the log a whole read holds in memory (SQLite's default checkpoint
+/// keeps the log near 4 MiB); beyond it the caller copies the database with SQLite's
+/// backup instead.
+const WHOLE_WAL_BYTES_MAX: u64 = 64 << 20;
+
+/// Databases whose last version is kept; beyond it the oldest entry goes.
+const KNOWN_MAX: usize = 256;
+
+/// What capture did with a WAL-mode database.
+pub enum Outcome {
+    /// Its content at a commit, stored.
+    Version {
+        chunked: Chunked,
+        /// Read from the log after the last version only.
+        incremental: bool,
+        /// How long a read transaction was held (zero when incremental).
+        lock_held: Duration,
+        /// Bytes read from the log and the database file.
+        bytes_read: u64,
+    },
+    /// A writer kept its lock past the busy timeout, or restarted the log while it was
+    /// read: try again later.
+    Busy,
+    /// This reading does not apply (another page size in the log than in the file, a
+    /// log too large to hold): copy it with SQLite's backup.
+    Fallback,
+    /// SQLite would not open it.
+    Refused(String),
+}
+
+/// The last version built of one database.
+#[derive(Clone)]
+struct Known {
+    identity: (u64, u64),
+    header: Header,
+    at: Position,
+    pieces: Pieces,
+}
+
+static KNOWN: Mutex<BTreeMap<(PathBuf, PathBuf), Known>> = Mutex::new(BTreeMap::new());
+
+fn known() -> std::sync::MutexGuard<'static, BTreeMap<(PathBuf, PathBuf), Known>> {
+    KNOWN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The database at `full` (WAL mode, pages of `page_size`) at a commit, its pieces in
+/// `store`; `data_dir` tells repositories apart.
+pub fn capture(
+    full: &Path,
+    data_dir: &Path,
+    store: &ChunkStore,
+    page_size: u32,
+) -> Result<Outcome> {
+    let started = crate::clock::instant();
+    let outcome = capture_untimed(full, data_dir, store, page_size)?;
+    let copy_ms = started.elapsed().as_secs_f64() * 1e3;
+    match &outcome {
+        Outcome::Version {
+            incremental,
+            lock_held,
+            bytes_read,
+            ..
+        } => tracing::debug!(
+            path = %full.display(),
+            copy_ms,
+            lock_ms = lock_held.as_secs_f64() * 1e3,
+            bytes_read,
+            incremental,
+            "database read at a commit"
+        ),
+        Outcome::Busy => {
+            tracing::debug!(path = %full.display(), copy_ms, "database read given up")
+        }
+        Outcome::Fallback | Outcome::Refused(_) => {}
+    }
+    Ok(outcome)
+}
+
+fn capture_untimed(
+    full: &Path,
+    data_dir: &Path,
+    store: &ChunkStore,
+    page_size: u32,
+) -> Result<Outcome> {
+    let key = (data_dir.to_path_buf(), full.to_path_buf());
+    let last = known().remove(&key);
+    let wal_path = wal_path(full);
+    if let Some(last) = last {
+        if let Some(next) = incremental(full, &wal_path, store, &last)? {
+            let chunked = next.0.pieces.chunked();
+            keep(key, next.0);
+            return Ok(Outcome::Version {
+                chunked,
+                incremental: true,
+                lock_held: Duration::ZERO,
+                bytes_read: next.1,
+            });
+        }
+    }
+    let outcome = whole(full, &wal_path, store, page_size)?;
+    Ok(match outcome {
+        Whole::Read {
+            known,
+            lock_held,
+            bytes_read,
+            chunked,
+        } => {
+            if let Some(known) = known {
+                keep(key, known);
+            }
+            Outcome::Version {
+                chunked,
+                incremental: false,
+                lock_held,
+                bytes_read,
+            }
+        }
+        Whole::Busy => Outcome::Busy,
+        Whole::Fallback => Outcome::Fallback,
+        Whole::Refused(reason) => Outcome::Refused(reason),
+    })
+}
+
+fn keep(key: (PathBuf, PathBuf), version: Known) {
+    let mut known = known();
+    while known.len() >= KNOWN_MAX {
+        known.pop_first();
+    }
+    known.insert(key, version);
+}
+
+fn wal_path(full: &Path) -> PathBuf {
+    let mut name = full.as_os_str().to_os_string();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+fn identity(metadata: &std::fs::Metadata) -> (u64, u64) {
+    (metadata.dev(), metadata.ino())
+}
+
+fn open_plain(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+}
+
+/// The next version from the frames after `last`'s position, and the bytes read;
+/// `None` when it cannot be built that way (read the whole database then).
+fn incremental(
+    full: &Path,
+    wal_path: &Path,
+    store: &ChunkStore,
+    last: &Known,
+) -> Result<Option<(Known, u64)>> {
+    match std::fs::symlink_metadata(full) {
+        Ok(metadata) if identity(&metadata) == last.identity => {}
+        Ok(_) => return Ok(None),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error).at("stat", full),
+    }
+    let log = match open_plain(wal_path) {
+        Ok(log) => log,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error).at("open", wal_path),
+    };
+    let header = wal::read_header(&log).at("read", wal_path)?;
+    if header != Some(last.header)
+        || !wal::continues(&log, &last.header, last.at).at("read", wal_path)?
+    {
+        return Ok(None);
+    }
+    let committed = match wal::read_committed(&log, &last.header, last.at, INCREMENTAL_BYTES_MAX)
+        .at("read", wal_path)?
+    {
+        Ok(committed) => committed,
+        Err(Break::TooLarge | Break::NoLog | Break::NotContinued) => return Ok(None),
+    };
+    // A restart writes a new header before it overwrites a frame.
+    if wal::read_header(&log).at("read", wal_path)? != Some(last.header) {
+        return Ok(None);
+    }
+    let Some(end) = committed.end else {
+        return Ok(Some((last.clone(), committed.bytes_read)));
+    };
+    // Every piece kept as it is must still be in the store (the version may never have
+    // been recorded, and its chunks collected since).
+    if !store
+        .missing(last.pieces.pieces.iter().map(|piece| piece.chunk.hash))?
+        .is_empty()
+    {
+        return Ok(None);
+    }
+    let page_size = u64::from(last.header.page_size);
+    let size = u64::from(committed.db_pages) * page_size;
+    let pages = pages_by_piece(&committed.pages, committed.db_pages, page_size);
+    let old = &last.pieces;
+    let count = Pieces::count_for(size);
+    let mut pieces = Vec::with_capacity(count);
+    let mut bytes_read = committed.bytes_read;
+    for index in 0..count {
+        let len = Pieces::len_of(size, index);
+        let kept = old
+            .pieces
+            .get(index)
+            .filter(|_| Pieces::len_of(old.size, index) == len && !pages.contains_key(&index));
+        if let Some(piece) = kept {
+            pieces.push(piece.clone());
+            continue;
+        }
+        let mut bytes = match old.pieces.get(index) {
+            Some(piece) => store.get(&piece.chunk.hash)?,
+            None => Vec::new(),
+        };
+        bytes_read += bytes.len() as u64;
+        bytes.resize(len, 0);
+        overlay(
+            &mut bytes,
+            index,
+            pages.get(&index),
+            &committed.pages,
+            page_size,
+        );
+        pieces.push(Pieces::make(store, index, &bytes)?);
+    }
+    Ok(Some((
+        Known {
+            identity: last.identity,
+            header: last.header,
+            at: end,
+            pieces: Pieces { size, pieces },
+        },
+        bytes_read,
+    )))
+}
+
+/// The pages (1-based numbers, at most `db_pages`) of `pages` by the piece they fall in.
+fn pages_by_piece(
+    pages: &BTreeMap<u32, Vec<u8>>,
+    db_pages: u32,
+    page_size: u64,
+) -> BTreeMap<usize, BTreeSet<u32>> {
+    let mut by_piece: BTreeMap<usize, BTreeSet<u32>> = BTreeMap::new();
+    for &page in pages.keys().filter(|&&page| page <= db_pages) {
+        let piece = (u64::from(page - 1) * page_size / PIECE_BYTES) as usize;
+        by_piece.entry(piece).or_default().insert(page);
+    }
+    by_piece
+}
+
+/// Lay `numbers` (pages of piece `index`) from `pages` over that piece's `bytes`.
+fn overlay(
+    bytes: &mut [u8],
+    index: usize,
+    numbers: Option<&BTreeSet<u32>>,
+    pages: &BTreeMap<u32, Vec<u8>>,
+    page_size: u64,
+) {
+    let start = index as u64 * PIECE_BYTES;
+    for page in numbers.into_iter().flatten() {
+        let Some(data) = pages.get(page) else {
+            continue;
+        };
+        let at = (u64::from(page - 1) * page_size - start) as usize;
+        let end = (at + data.len()).min(bytes.len());
+        if at < end {
+            bytes[at..end].copy_from_slice(&data[..end - at]);
+        }
+    }
+}
+
+enum Whole {
+    Read {
+        known: Option<Known>,
+        chunked: Chunked,
+        lock_held: Duration,
+        bytes_read: u64,
+    },
+    Busy,
+    Fallback,
+    Refused(String),
+}
+
+/// Read the whole database under a read transaction (see the module's doc).
+fn whole(full: &Path, wal_path: &Path, store: &ChunkStore, page_size: u32) -> Result<Whole> {
+    let _exclusive = super::connection_guard();
+    // Opened before the connection and closed after it (declared first, dropped last).
+    let file = match open_plain(full) {
+        Ok(file) => file,
+        Err(error) => return Ok(Whole::Refused(format!("cannot open: {error}"))),
+    };
+    let metadata = file.metadata().at("stat", full)?;
+    let connection = match super::open_read_only(full) {
+        Ok(connection) => connection,
+        Err(error) => return Ok(Whole::Refused(error.to_string())),
+    };
+    let started = crate::clock::instant();
+    let begun = connection
+        .execute_batch("BEGIN")
+        .and_then(|()| connection.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())));
+    if let Err(error) = begun {
+        return Ok(if super::is_busy(&error) {
+            Whole::Busy
+        } else {
+            Whole::Refused(error.to_string())
+        });
+    }
+    // The log is opened under the read transaction: while it lasts, no connection can
+    // remove the log (that takes an exclusive lock on the database) or start it anew
+    // past frames the snapshot uses. SQLite takes no lock on the `-wal`, so this
+    // descriptor may close before the connection does.
+    let log = match open_plain(wal_path) {
+        Ok(log) => Some(log),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => return Err(error).at("open", wal_path),
+    };
+    let read = read_whole(
+        full,
+        &file,
+        metadata,
+        wal_path,
+        log.as_ref(),
+        store,
+        page_size,
+    );
+    let lock_held = super::held_since(started);
+    drop(connection);
+    drop(log);
+    drop(file);
+    Ok(match read? {
+        WholeRead::Done {
+            known,
+            chunked,
+            bytes_read,
+        } => Whole::Read {
+            known,
+            chunked,
+            lock_held,
+            bytes_read,
+        },
+        WholeRead::Restarted => Whole::Busy,
+        WholeRead::Fallback => Whole::Fallback,
+    })
+}
+
+enum WholeRead {
+    Done {
+        known: Option<Known>,
+        chunked: Chunked,
+        bytes_read: u64,
+    },
+    /// The log restarted while it was read.
+    Restarted,
+    /// Another page size, or a log too large to hold: SQLite's backup instead.
+    Fallback,
+}
+
+/// The database file with every committed frame of the log over it, under the
+/// caller's read transaction.
+fn read_whole(
+    full: &Path,
+    file: &File,
+    metadata: std::fs::Metadata,
+    wal_path: &Path,
+    log: Option<&File>,
+    store: &ChunkStore,
+    page_size: u32,
+) -> Result<WholeRead> {
+    let header = match log {
+        Some(log) => wal::read_header(log).at("read", wal_path)?,
+        None => None,
+    };
+    let mut committed = wal::Committed::default();
+    if let (Some(log), Some(header)) = (log, header) {
+        if header.page_size != page_size {
+            return Ok(WholeRead::Fallback);
+        }
+        let start = Position {
+            frame: 0,
+            checksum: header.checksum,
+        };
+        committed = match wal::read_committed(log, &header, start, WHOLE_WAL_BYTES_MAX)
+            .at("read", wal_path)?
+        {
+            Ok(committed) => committed,
+            Err(_) => return Ok(WholeRead::Fallback),
+        };
+        if wal::read_header(log).at("read", wal_path)? != Some(header) {
+            return Ok(WholeRead::Restarted);
+        }
+    }
+    let page_bytes = u64::from(page_size);
+    let db_pages = match committed.end {
+        Some(_) => committed.db_pages,
+        None => pages_in_file(file, metadata.len(), page_bytes).at("read", full)?,
+    };
+    let size = u64::from(db_pages) * page_bytes;
+    let by_piece = pages_by_piece(&committed.pages, db_pages, page_bytes);
+    let mut pieces = Vec::with_capacity(Pieces::count_for(size));
+    let mut bytes_read = committed.bytes_read;
+    let mut bytes = Vec::with_capacity(PIECE_BYTES as usize);
+    for index in 0..Pieces::count_for(size) {
+        bytes.clear();
+        bytes.resize(Pieces::len_of(size, index), 0);
+        let start = index as u64 * PIECE_BYTES;
+        let on_disk = metadata.len().saturating_sub(start).min(bytes.len() as u64) as usize;
+        bytes_read += read_up_to(file, &mut bytes[..on_disk], start).at("read", full)? as u64;
+        overlay(
+            &mut bytes,
+            index,
+            by_piece.get(&index),
+            &committed.pages,
+            page_bytes,
+        );
+        pieces.push(Pieces::make(store, index, &bytes)?);
+    }
+    let pieces = Pieces { size, pieces };
+    let chunked = pieces.chunked();
+    let known = header.map(|header| Known {
+        identity: identity(&metadata),
+        header,
+        at: committed.end.unwrap_or(Position {
+            frame: 0,
+            checksum: header.checksum,
+        }),
+        pieces,
+    });
+    Ok(WholeRead::Done {
+        known,
+        chunked,
+        bytes_read,
+    })
+}
+
+/// Read into `bytes` from `at` until they are full or the file ends (the rest stays
+/// zero): a checkpoint may truncate the file to the size at the oldest reader's
+/// snapshot while it is read, and any page past that end in a later commit is in a
+/// frame, laid over these bytes.
+fn read_up_to(file: &File, bytes: &mut [u8], at: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < bytes.len() {
+        match file.read_at(&mut bytes[done..], at + done as u64) {
+            Ok(0) => break,
+            Ok(count) => done += count,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(done)
+}
+
+/// The database's size in pages as its header on disk says (valid when its change
+/// counter matches the "version valid for" field, as SQLite checks), else the file's.
+fn pages_in_file(file: &File, len: u64, page_size: u64) -> std::io::Result<u32> {
+    let mut header = [0u8; 100];
+    let from_file = u32::try_from(len / page_size).unwrap_or(u32::MAX);
+    if len < 100 {
+        return Ok(from_file);
+    }
+    file.read_exact_at(&mut header, 0)?;
+    let word = |at: usize| {
+        u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    let in_header = word(28);
+    Ok(if in_header != 0 && word(24) == word(92) {
+        in_header
+    } else {
+        from_file
+    })
+}
+
+#[cfg(test)]
+#[path = "frames_tests.rs"]
+mod tests;
