@@ -307,7 +307,7 @@ fn wal_capture_cost() {
         writer.execute_batch("COMMIT").unwrap();
     };
     let run = |label: &str| {
-        let started = std::time::Instant::now();
+        let started = crate::clock::instant();
         let outcome = capture(&db, repository.data_dir(), repository.chunks(), 4096).unwrap();
         let took = started.elapsed();
         let Outcome::Version {
@@ -335,7 +335,7 @@ fn wal_capture_cost() {
         assert!(incremental && bytes_read < size / 16);
     }
     commit(99);
-    let started = std::time::Instant::now();
+    let started = crate::clock::instant();
     let super::super::Taken::Copy(snapshot) = super::super::snapshot(
         &db,
         repository.data_dir(),
