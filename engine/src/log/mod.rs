@@ -436,26 +436,14 @@ impl EventLog {
         let mut removed = Vec::with_capacity((head.seq - seq) as usize);
         let mut sled_batch = sled::Batch::default();
         for next in seq + 1..=head.seq {
-            let value = self
-                .events
-                .get(key(next))?
-                .ok_or_else(|| Error::BrokenChain {
-                    seq: next,
-                    reason: "missing from the log".to_string(),
-                })?;
+            let value = self.stored(next)?;
             removed.push(decode_value(next, &value)?);
             sled_batch.remove(&key(next));
         }
         let new_head = if seq == base.seq {
             base
         } else {
-            let value = self
-                .events
-                .get(key(seq))?
-                .ok_or_else(|| Error::BrokenChain {
-                    seq,
-                    reason: "missing from the log".to_string(),
-                })?;
+            let value = self.stored(seq)?;
             Head::of(&decode_value(seq, &value)?)
         };
         self.events.apply_batch(sled_batch)?;
@@ -466,6 +454,16 @@ impl EventLog {
         drop(head);
         self.notify(new_head);
         Ok(removed)
+    }
+
+    /// The stored bytes of event `seq`, which must be in the log.
+    fn stored(&self, seq: u64) -> Result<sled::IVec> {
+        self.events
+            .get(key(seq))?
+            .ok_or_else(|| Error::BrokenChain {
+                seq,
+                reason: "missing from the log".to_string(),
+            })
     }
 
     /// Remove the events up to and including `seq` (which must be retained), making
@@ -485,13 +483,7 @@ impl EventLog {
                 head: head.seq,
             });
         }
-        let value = self
-            .events
-            .get(key(seq))?
-            .ok_or_else(|| Error::BrokenChain {
-                seq,
-                reason: "missing from the log".to_string(),
-            })?;
+        let value = self.stored(seq)?;
         let new_base = Head::of(&decode_value(seq, &value)?);
         // The base moves first: a crash after it leaves only unreachable old events,
         // which the next compaction removes.

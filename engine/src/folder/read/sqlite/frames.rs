@@ -258,14 +258,14 @@ fn incremental(
         };
         bytes_read += bytes.len() as u64;
         bytes.resize(len, 0);
-        overlay(
-            &mut bytes,
+        pieces.push(piece_with(
+            store,
             index,
+            &mut bytes,
             pages.get(&index),
             &committed.pages,
             page_size,
-        );
-        pieces.push(Pieces::make(store, index, &bytes)?);
+        )?);
     }
     Ok(Some((
         Known {
@@ -290,6 +290,19 @@ fn pages_by_piece(
         by_piece.entry(piece).or_default().insert(page);
     }
     by_piece
+}
+
+/// Piece `index` stored: its `bytes` with `numbers` from `pages` laid over them.
+fn piece_with(
+    store: &ChunkStore,
+    index: usize,
+    bytes: &mut [u8],
+    numbers: Option<&BTreeSet<u32>>,
+    pages: &BTreeMap<u32, Vec<u8>>,
+    page_size: u64,
+) -> Result<super::pieces::Piece> {
+    overlay(bytes, index, numbers, pages, page_size);
+    Pieces::make(store, index, bytes)
 }
 
 /// Lay `numbers` (pages of piece `index`) from `pages` over that piece's `bytes`.
@@ -449,14 +462,14 @@ fn read_whole(
         let start = index as u64 * PIECE_BYTES;
         let on_disk = metadata.len().saturating_sub(start).min(bytes.len() as u64) as usize;
         bytes_read += read_up_to(file, &mut bytes[..on_disk], start).at("read", full)? as u64;
-        overlay(
-            &mut bytes,
+        pieces.push(piece_with(
+            store,
             index,
+            &mut bytes,
             by_piece.get(&index),
             &committed.pages,
             page_bytes,
-        );
-        pieces.push(Pieces::make(store, index, &bytes)?);
+        )?);
     }
     let pieces = Pieces { size, pieces };
     let chunked = pieces.chunked();

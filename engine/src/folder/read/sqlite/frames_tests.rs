@@ -52,15 +52,18 @@ impl Fixture {
         self.writer.execute_batch("COMMIT").unwrap();
     }
 
-    fn capture(&self) -> (Chunked, bool, u64) {
-        match capture(
+    fn outcome(&self) -> Outcome {
+        capture(
             &self.db(),
             self.repository.data_dir(),
             self.repository.chunks(),
             4096,
         )
         .unwrap()
-        {
+    }
+
+    fn capture(&self) -> (Chunked, bool, u64) {
+        match self.outcome() {
             Outcome::Version {
                 chunked,
                 incremental,
@@ -212,14 +215,7 @@ fn versions_taken_beside_a_busy_writer_with_checkpoints_are_committed_states() {
     let (mut rows, mut kinds) = (0, [0u32; 2]);
     loop {
         let finished = done.load(std::sync::atomic::Ordering::Relaxed);
-        let version = match capture(
-            &fixture.db(),
-            fixture.repository.data_dir(),
-            fixture.repository.chunks(),
-            4096,
-        )
-        .unwrap()
-        {
+        let version = match fixture.outcome() {
             Outcome::Version {
                 chunked,
                 incremental,
