@@ -9,7 +9,8 @@
 //! - `compaction`: log compaction, the base index and snapshots.
 //! - `capture`: the watcher's debouncing, renames, removals and start-up reconcile.
 //! - `consistency`: invariant 10 with writers running: whole versions, order kept.
-//! - `fidelity`: invariant 11 — paths that cannot be replicated are named, the rest goes on.
+//! - `fidelity`: invariant 11 — owners, modes, ACLs, xattrs, times and hard links as rsync keeps them.
+//! - `skipped_paths`: invariant 11 — paths that cannot be replicated are named, the rest goes on.
 //! - `simulation`: the seeded pair simulation (roles, faults, nothing lost).
 //! - `quarantine_gc`: quarantining events and collecting garbage chunks.
 //! - `reflink`: the clone path on a loop-mounted XFS image (as root; skips otherwise).
@@ -30,6 +31,7 @@ mod quarantine_gc;
 mod reflink;
 mod roundtrip;
 mod simulation;
+mod skipped_paths;
 mod sparse;
 mod sqlite;
 mod support;
