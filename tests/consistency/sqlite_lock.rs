@@ -257,6 +257,17 @@ fn lock_metric_ms(node: &NodeProcess) -> f64 {
         * 1e3
 }
 
+/// Versions of WAL-mode databases alpha built, by what it read (its `/metrics`).
+fn sqlite_reads(node: &NodeProcess) -> Vec<(&'static str, f64)> {
+    ["whole", "frames", "across_restart"]
+        .into_iter()
+        .map(|read| {
+            let name = format!("standin_capture_sqlite_reads_total{{read=\"{read}\"}}");
+            (read, node.metric(&name).unwrap_or(f64::NAN))
+        })
+        .collect()
+}
+
 /// One run: a database of `mib` MiB in `mode`, in a pair with replication_period 0
 /// (in `root`), written by the Python writer for `seconds`; panics when the writer
 /// saw an error, when capture tried fewer than `min_copies` copies of the database
@@ -359,9 +370,15 @@ fn writer_beside_capture(
         matches!(last_seen, Ok((_, max)) if max == committed)
     });
     let catch_up = stopped.elapsed();
+    // Idle now: the database is not read again (standin's own reads change SQLite's
+    // `-shm`, which must not count as a change of the database).
+    std::thread::sleep(Duration::from_millis(1_500));
+    let idle_from = sqlite_reads(alpha);
+    std::thread::sleep(Duration::from_millis(2_000));
+    let reads = sqlite_reads(alpha);
     let written = writer.written.lock().unwrap();
     eprintln!(
-        "{test}: journal_mode {mode}, {} MiB, {} transactions committed in {seconds} s; the writer's longest transaction {:.1} ms, errors {}; capture's longest lock (/metrics) {lock_ms:.1} ms; while writing: {} copies taken (each {:.0} ms on average, {:.0} ms at most, lock at most {copy_lock_most:.1} ms), {given_up} given up, {} versions recorded (gaps {:?} ms); the passive's staleness sampled every 0.5 s: {:.0} ms on average, {stale_most} ms at most; caught up {:.1} s after the writer stopped",
+        "{test}: journal_mode {mode}, {} MiB, {} transactions committed in {seconds} s; the writer's longest transaction {:.1} ms, errors {}; capture's longest lock (/metrics) {lock_ms:.1} ms; while writing: {} copies taken (each {:.0} ms on average, {:.0} ms at most, lock at most {copy_lock_most:.1} ms), {given_up} given up, {} versions recorded (gaps {:?} ms); the passive's staleness sampled every 0.5 s: {:.0} ms on average, {stale_most} ms at most; caught up {:.1} s after the writer stopped; versions by what capture read (/metrics): {reads:?}",
         size >> 20,
         written.commits.len(),
         written.longest_transaction_us as f64 / 1e3,
@@ -381,6 +398,17 @@ fn writer_beside_capture(
         written.errors.iter().take(5).collect::<Vec<_>>()
     );
     assert!(written.done, "{test}: the writer did not finish");
+    if mode == "WAL" {
+        assert_eq!(
+            idle_from, reads,
+            "{test}: the idle database was read again (versions by what was read, 2 s apart)"
+        );
+        // The idle database was read whole when it appeared.
+        assert!(
+            reads[0].1 >= 1.0,
+            "{test}: no whole read of the WAL-mode database counted in /metrics: {reads:?}"
+        );
+    }
     assert!(
         copies.len() >= min_copies,
         "{test}: capture tried {} copies of the database while it was written (at least {min_copies} expected)",

@@ -309,9 +309,16 @@ impl Loop {
             if created_directory {
                 self.new_directories.push(relative.clone());
             }
-            // A change of a `-wal` or `-journal` is a change of its database.
-            if let Some(base) = crate::folder::read::sqlite::companion_base(&relative) {
-                changed.push(base);
+            // A write to a `-wal` or `-journal` is a change of its database. Only a
+            // write: SQLite opens the `-wal` for writing in every connection, read-only
+            // ones too (standin's own), so its close alone says nothing.
+            if let Some(base) = crate::folder::read::sqlite::written_with(&relative) {
+                if !matches!(
+                    event.kind,
+                    EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_))
+                ) {
+                    changed.push(base);
+                }
             }
             // Reported under a directory's old name: it is under the new one now.
             for (from, to) in &self.dir_renames {

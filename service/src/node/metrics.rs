@@ -24,6 +24,11 @@ pub struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadLabel {
+    pub read: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: String,
 }
@@ -81,6 +86,7 @@ pub struct Metrics {
     pub capture_unstable_files: Gauge,
     pub capture_sqlite_lock_seconds_max: Gauge<f64, AtomicU64>,
     pub capture_clones: Counter,
+    pub capture_sqlite_reads: Family<ReadLabel, Counter>,
     pub skipped_paths: Gauge,
     pub meta_unapplied: Counter,
     pub logins: Counter,
@@ -122,6 +128,7 @@ impl Metrics {
             capture_unstable_files: Gauge::default(),
             capture_sqlite_lock_seconds_max: Gauge::default(),
             capture_clones: Counter::default(),
+            capture_sqlite_reads: Family::default(),
             skipped_paths: Gauge::default(),
             meta_unapplied: Counter::default(),
             logins: Counter::default(),
@@ -294,6 +301,11 @@ impl Metrics {
             "capture_clones",
             "Files capture read from a reflink clone (FICLONE) rather than in place",
             metrics.capture_clones.clone(),
+        );
+        registry.register(
+            "capture_sqlite_reads",
+            "Versions of WAL-mode SQLite databases captured, by what was read: whole (the database, once per new log), frames (only those committed since), across_restart (the rest of the last log, then the new one)",
+            metrics.capture_sqlite_reads.clone(),
         );
         registry.register(
             "skipped_paths",

@@ -318,6 +318,19 @@ impl Node {
             standin_engine::folder::read::reflink::clones(),
             std::sync::atomic::Ordering::Relaxed,
         );
+        let reads = standin_engine::folder::read::sqlite::frames::reads();
+        for (read, count) in standin_engine::folder::read::sqlite::frames::Read::ALL
+            .iter()
+            .zip(reads)
+        {
+            metrics
+                .capture_sqlite_reads
+                .get_or_create(&crate::node::metrics::ReadLabel {
+                    read: read.name().to_string(),
+                })
+                .inner()
+                .store(count, std::sync::atomic::Ordering::Relaxed);
+        }
         let capture = &self.capture_stats;
         for (counter, value) in [
             (&metrics.capture_groups, &capture.groups),

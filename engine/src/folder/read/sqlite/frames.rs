@@ -11,6 +11,12 @@
 //! header (new salts) *before* it overwrites any frame, so the header read again
 //! after the frames proves none was overwritten while they were read.
 //!
+//! A busy writer's checkpoints restart the log often (SQLite's default: after about
+//! 1,000 pages), so the next capture often finds a new generation. When it is the
+//! very next one and has not yet reached the kept position, the rest of the old
+//! generation is still on disk: it is read to its end, then the new generation over
+//! it (`wal::since` says why that is the state the new generation continues from).
+//!
 //! Without such a version — the first capture, a new generation of the log (after a
 //! checkpoint restarted it), another inode, a piece gone from the chunk store — the
 //! database is read whole under a read transaction: its file, with every committed
@@ -26,11 +32,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use super::pieces::{Pieces, PIECE_BYTES};
-use super::wal::{self, Break, Header, Position};
+use super::wal::{self, Header, Position};
 use crate::chunk_store::chunking::Chunked;
 use crate::chunk_store::ChunkStore;
 use crate::error::{IoContext, Result};
@@ -52,9 +59,9 @@ pub enum Outcome {
     /// Its content at a commit, stored.
     Version {
         chunked: Chunked,
-        /// Read from the log after the last version only.
-        incremental: bool,
-        /// How long a read transaction was held (zero when incremental).
+        /// What was read to build it.
+        read: Read,
+        /// How long a read transaction was held (zero unless read whole).
         lock_held: Duration,
         /// Bytes read from the log and the database file.
         bytes_read: u64,
@@ -67,6 +74,41 @@ pub enum Outcome {
     Fallback,
     /// SQLite would not open it.
     Refused(String),
+}
+
+/// What capture read to build a version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// The database file and its whole log, under a read transaction.
+    Whole,
+    /// Only the frames committed after the last version, in the same generation of
+    /// the log.
+    Frames,
+    /// The rest of the last version's generation of the log, then the generation
+    /// after it (the log restarted once since).
+    AcrossRestart,
+}
+
+impl Read {
+    /// Its name in metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Read::Whole => "whole",
+            Read::Frames => "frames",
+            Read::AcrossRestart => "across_restart",
+        }
+    }
+
+    pub const ALL: [Read; 3] = [Read::Whole, Read::Frames, Read::AcrossRestart];
+}
+
+static READS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+/// Versions of WAL-mode databases this process has built, by what was read (in
+/// `Read::ALL`'s order): an operator sees whether capture costs the changed pages or
+/// the whole database.
+pub fn reads() -> [u64; 3] {
+    READS.each_ref().map(|count| count.load(Ordering::Relaxed))
 }
 
 /// The last version built of one database.
@@ -97,9 +139,12 @@ pub fn capture(
     let started = crate::clock::instant();
     let outcome = capture_untimed(full, data_dir, store, page_size)?;
     let copy_ms = started.elapsed().as_secs_f64() * 1e3;
+    if let Outcome::Version { read, .. } = &outcome {
+        READS[*read as usize].fetch_add(1, Ordering::Relaxed);
+    }
     match &outcome {
         Outcome::Version {
-            incremental,
+            read,
             lock_held,
             bytes_read,
             ..
@@ -108,7 +153,7 @@ pub fn capture(
             copy_ms,
             lock_ms = lock_held.as_secs_f64() * 1e3,
             bytes_read,
-            incremental,
+            read = ?read,
             "database read at a commit"
         ),
         Outcome::Busy => {
@@ -129,14 +174,14 @@ fn capture_untimed(
     let last = known().remove(&key);
     let wal_path = wal_path(full);
     if let Some(last) = last {
-        if let Some(next) = incremental(full, &wal_path, store, &last)? {
-            let chunked = next.0.pieces.chunked();
-            keep(key, next.0);
+        if let Some((next, bytes_read, read)) = incremental(full, &wal_path, store, &last)? {
+            let chunked = next.pieces.chunked();
+            keep(key, next);
             return Ok(Outcome::Version {
                 chunked,
-                incremental: true,
+                read,
                 lock_held: Duration::ZERO,
-                bytes_read: next.1,
+                bytes_read,
             });
         }
     }
@@ -153,7 +198,7 @@ fn capture_untimed(
             }
             Outcome::Version {
                 chunked,
-                incremental: false,
+                read: Read::Whole,
                 lock_held,
                 bytes_read,
             }
@@ -189,14 +234,14 @@ fn open_plain(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-/// The next version from the frames after `last`'s position, and the bytes read;
-/// `None` when it cannot be built that way (read the whole database then).
+/// The next version from the frames committed after `last`'s position, and the bytes
+/// read; `None` when it cannot be built that way (read the whole database then).
 fn incremental(
     full: &Path,
     wal_path: &Path,
     store: &ChunkStore,
     last: &Known,
-) -> Result<Option<(Known, u64)>> {
+) -> Result<Option<(Known, u64, Read)>> {
     match std::fs::symlink_metadata(full) {
         Ok(metadata) if identity(&metadata) == last.identity => {}
         Ok(_) => return Ok(None),
@@ -208,24 +253,20 @@ fn incremental(
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(error).at("open", wal_path),
     };
-    let header = wal::read_header(&log).at("read", wal_path)?;
-    if header != Some(last.header)
-        || !wal::continues(&log, &last.header, last.at).at("read", wal_path)?
-    {
+    let Some(since) =
+        wal::since(&log, &last.header, last.at, INCREMENTAL_BYTES_MAX).at("read", wal_path)?
+    else {
         return Ok(None);
-    }
-    let committed = match wal::read_committed(&log, &last.header, last.at, INCREMENTAL_BYTES_MAX)
-        .at("read", wal_path)?
-    {
-        Ok(committed) => committed,
-        Err(Break::TooLarge | Break::NoLog | Break::NotContinued) => return Ok(None),
     };
-    // A restart writes a new header before it overwrites a frame.
-    if wal::read_header(&log).at("read", wal_path)? != Some(last.header) {
-        return Ok(None);
-    }
-    let Some(end) = committed.end else {
-        return Ok(Some((last.clone(), committed.bytes_read)));
+    let read = match since.across {
+        wal::Across::Frames => Read::Frames,
+        wal::Across::Restart => Read::AcrossRestart,
+    };
+    let Some(db_pages) = since.db_pages else {
+        let mut next = last.clone();
+        next.header = since.header;
+        next.at = since.at;
+        return Ok(Some((next, since.bytes_read, read)));
     };
     // Every piece kept as it is must still be in the store (the version may never have
     // been recorded, and its chunks collected since).
@@ -236,12 +277,12 @@ fn incremental(
         return Ok(None);
     }
     let page_size = u64::from(last.header.page_size);
-    let size = u64::from(committed.db_pages) * page_size;
-    let pages = pages_by_piece(&committed.pages, committed.db_pages, page_size);
+    let size = u64::from(db_pages) * page_size;
+    let pages = pages_by_piece(&since.pages, db_pages, page_size);
     let old = &last.pieces;
     let count = Pieces::count_for(size);
     let mut pieces = Vec::with_capacity(count);
-    let mut bytes_read = committed.bytes_read;
+    let mut bytes_read = since.bytes_read;
     for index in 0..count {
         let len = Pieces::len_of(size, index);
         let kept = old
@@ -263,18 +304,19 @@ fn incremental(
             index,
             &mut bytes,
             pages.get(&index),
-            &committed.pages,
+            &since.pages,
             page_size,
         )?);
     }
     Ok(Some((
         Known {
             identity: last.identity,
-            header: last.header,
-            at: end,
+            header: since.header,
+            at: since.at,
             pieces: Pieces { size, pieces },
         },
         bytes_read,
+        read,
     )))
 }
 

@@ -63,13 +63,19 @@ impl Fixture {
     }
 
     fn capture(&self) -> (Chunked, bool, u64) {
+        let (chunked, read, bytes_read) = self.capture_read();
+        (chunked, read != Read::Whole, bytes_read)
+    }
+
+    /// A version, what was read to build it, and the bytes read.
+    fn capture_read(&self) -> (Chunked, Read, u64) {
         match self.outcome() {
             Outcome::Version {
                 chunked,
-                incremental,
+                read,
                 bytes_read,
                 ..
-            } => (chunked, incremental, bytes_read),
+            } => (chunked, read, bytes_read),
             Outcome::Busy => panic!("busy"),
             Outcome::Fallback => panic!("fallback"),
             Outcome::Refused(reason) => panic!("refused: {reason}"),
@@ -128,6 +134,8 @@ fn forget_all_of(fixture: &Fixture) {
     known().remove(&(fixture.repository.data_dir().to_path_buf(), fixture.db()));
 }
 
+/// The old generation ends at the end of the file here: it may have been cut there,
+/// so the rest of it is not trusted to be whole.
 #[test]
 fn a_restarted_log_is_read_whole_again() {
     let fixture = Fixture::new(0);
@@ -146,6 +154,129 @@ fn a_restarted_log_is_read_whole_again() {
     let (version, incremental, _) = fixture.capture();
     assert!(incremental);
     assert_eq!(fixture.rows_of(&version), 50);
+}
+
+impl Fixture {
+    /// Copy the whole log into the database (no reader holds it back): the next write
+    /// restarts the log with the next generation's salts.
+    fn checkpoint(&self) {
+        let (busy, log, copied): (i64, i64, i64) = self
+            .writer
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .unwrap();
+        assert_eq!((busy, log), (0, copied), "the whole log checkpointed");
+    }
+
+    /// Frames in the log file as it is now.
+    fn frames_on_disk(&self) -> u64 {
+        let len = std::fs::metadata(wal_path(&self.db())).unwrap().len();
+        (len - wal::HEADER_BYTES) / (wal::FRAME_HEADER_BYTES + 4096)
+    }
+
+    /// A version read whole, now, of the same state: what a version read otherwise
+    /// must equal.
+    fn whole_again(&self) -> Chunked {
+        forget_all_of(self);
+        let (whole, read, _) = self.capture_read();
+        assert_eq!(read, Read::Whole);
+        whole
+    }
+}
+
+/// A long first generation, so the second ends before the end of the file.
+fn second_generation_with_a_version() -> Fixture {
+    let fixture = Fixture::new(0);
+    fixture.insert(0, 200, 3_000);
+    fixture.checkpoint();
+    fixture.insert(1_000, 40, 3_000);
+    let (first, read, _) = fixture.capture_read();
+    assert_eq!(read, Read::Whole);
+    assert_eq!(fixture.rows_of(&first), 240);
+    fixture
+}
+
+#[test]
+fn the_rest_of_the_old_generation_then_the_new_one_make_the_next_version() {
+    let fixture = second_generation_with_a_version();
+    // Committed after the version, in the old generation, in two transactions.
+    fixture.insert(2_000, 20, 3_000);
+    fixture.insert(3_000, 10, 3_000);
+    fixture.checkpoint();
+    // The new generation, shorter than the position the version was read at.
+    fixture.insert(4_000, 5, 3_000);
+    let (next, read, bytes_read) = fixture.capture_read();
+    assert_eq!(read, Read::AcrossRestart);
+    assert_eq!(fixture.rows_of(&next), 275);
+    assert!(
+        bytes_read < next.size / 2,
+        "{bytes_read} bytes read of {}",
+        next.size
+    );
+    assert_eq!(fixture.whole_again(), next);
+    // And the new generation goes on from there.
+    fixture.insert(5_000, 5, 3_000);
+    let (after, read, _) = fixture.capture_read();
+    assert_eq!(read, Read::Frames);
+    assert_eq!(fixture.rows_of(&after), 280);
+    // Nothing committed in either generation since the version: the same content.
+    fixture.checkpoint();
+    fixture
+        .writer
+        .execute_batch("BEGIN; CREATE TABLE u (x); ROLLBACK;")
+        .unwrap();
+    let (same, _, _) = fixture.capture_read();
+    assert_eq!(same, after);
+}
+
+#[test]
+fn an_old_generation_cut_short_by_journal_size_limit_is_read_whole() {
+    let fixture = second_generation_with_a_version();
+    fixture.insert(2_000, 60, 3_000);
+    let frames = fixture.frames_on_disk();
+    // The next generation's first commit cuts the file to 80 frames: past the
+    // version's position, before the old generation's last commit.
+    let limit = wal::HEADER_BYTES + 80 * (wal::FRAME_HEADER_BYTES + 4096);
+    fixture
+        .writer
+        .execute_batch(&format!("PRAGMA journal_size_limit = {limit};"))
+        .unwrap();
+    fixture.checkpoint();
+    fixture.insert(3_000, 5, 3_000);
+    assert!(
+        fixture.frames_on_disk() < frames,
+        "the log was cut from {frames} frames"
+    );
+    let (next, read, _) = fixture.capture_read();
+    assert_eq!(read, Read::Whole, "the rest of the old generation is gone");
+    assert_eq!(fixture.rows_of(&next), 305);
+}
+
+#[test]
+fn a_log_restarted_twice_or_past_the_position_is_read_whole() {
+    let fixture = second_generation_with_a_version();
+    // Two restarts since the version.
+    fixture.insert(2_000, 5, 3_000);
+    fixture.checkpoint();
+    fixture.insert(2_500, 5, 3_000);
+    fixture.checkpoint();
+    fixture.insert(2_900, 5, 3_000);
+    let (next, read, _) = fixture.capture_read();
+    assert_eq!(read, Read::Whole, "two restarts");
+    assert_eq!(fixture.rows_of(&next), 255);
+    // A version well inside a generation, then one restart whose new generation
+    // writes past the position that version was read at.
+    fixture.insert(3_000, 60, 3_000);
+    let (next, read, _) = fixture.capture_read();
+    assert_eq!(read, Read::Frames);
+    assert_eq!(fixture.rows_of(&next), 315);
+    fixture.insert(4_000, 5, 3_000);
+    fixture.checkpoint();
+    fixture.insert(5_000, 100, 3_000);
+    let (next, read, _) = fixture.capture_read();
+    assert_eq!(read, Read::Whole, "the new generation is past the position");
+    assert_eq!(fixture.rows_of(&next), 420);
 }
 
 #[test]
@@ -212,16 +343,12 @@ fn versions_taken_beside_a_busy_writer_with_checkpoints_are_committed_states() {
             done.store(true, std::sync::atomic::Ordering::Relaxed);
         })
     };
-    let (mut rows, mut kinds) = (0, [0u32; 2]);
+    let (mut rows, mut kinds) = (0, [0u32; 3]);
     loop {
         let finished = done.load(std::sync::atomic::Ordering::Relaxed);
         let version = match fixture.outcome() {
-            Outcome::Version {
-                chunked,
-                incremental,
-                ..
-            } => {
-                kinds[usize::from(incremental)] += 1;
+            Outcome::Version { chunked, read, .. } => {
+                kinds[read as usize] += 1;
                 chunked
             }
             Outcome::Busy => continue,
@@ -242,9 +369,10 @@ fn versions_taken_beside_a_busy_writer_with_checkpoints_are_committed_states() {
         1 + TRANSACTIONS * 5,
         "the last version holds every row"
     );
+    println!("versions read whole, from frames, across a restart: {kinds:?}");
     assert!(
-        kinds[0] > 1 && kinds[1] > 0,
-        "whole and incremental: {kinds:?}"
+        kinds[0] >= 1 && kinds[1] > 0 && kinds[0] + kinds[2] > 1,
+        "versions read whole, from frames, across a restart: {kinds:?}"
     );
 }
 
@@ -307,7 +435,7 @@ fn wal_capture_cost() {
         let outcome = capture(&db, repository.data_dir(), repository.chunks(), 4096).unwrap();
         let took = started.elapsed();
         let Outcome::Version {
-            incremental,
+            read,
             bytes_read,
             lock_held,
             ..
@@ -316,11 +444,11 @@ fn wal_capture_cost() {
             panic!("{label}: not a version");
         };
         println!(
-            "{label}: {:.1} ms, {bytes_read} bytes read, read transaction {:.1} ms, incremental {incremental}",
+            "{label}: {:.1} ms, {bytes_read} bytes read, read transaction {:.1} ms, {read:?}",
             took.as_secs_f64() * 1e3,
             lock_held.as_secs_f64() * 1e3
         );
-        (incremental, bytes_read)
+        (read != Read::Whole, bytes_read)
     };
     println!("database: {size} bytes");
     commit(1);

@@ -127,6 +127,18 @@ pub fn companion_base(path: &RelPath) -> Option<RelPath> {
     }
 }
 
+/// The database whose content a change of `path` may have changed: `x` for `x-wal`
+/// and `x-journal`. Not for `x-shm`: SQLite's wal-index changes whenever any
+/// connection reads (its read marks), standin's own included, so following it would
+/// read an idle database again and again; every commit in WAL mode writes the `-wal`,
+/// and every checkpoint the database itself.
+pub fn written_with(path: &RelPath) -> Option<RelPath> {
+    if path.file_name().ends_with(b"-shm") {
+        return None;
+    }
+    companion_base(path)
+}
+
 /// Where the companions of the database at `full` would be.
 pub fn companions(full: &Path) -> Vec<PathBuf> {
     COMPANION_SUFFIXES
@@ -509,6 +521,12 @@ mod tests {
         assert_eq!(base("db/app.db-wal").as_deref(), Some("db/app.db"));
         assert_eq!(base("app.db-journal").as_deref(), Some("app.db"));
         assert_eq!(base("x-shm").as_deref(), Some("x"));
+        let written =
+            |text: &str| written_with(&RelPath::new(text).unwrap()).map(|p| p.to_string());
+        assert_eq!(written("db/app.db-wal").as_deref(), Some("db/app.db"));
+        assert_eq!(written("app.db-journal").as_deref(), Some("app.db"));
+        assert_eq!(written("app.db-shm"), None);
+        assert_eq!(written("app.db"), None);
         assert_eq!(base("-wal"), None);
         assert_eq!(base("app.db"), None);
         assert_eq!(

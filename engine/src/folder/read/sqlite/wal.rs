@@ -57,6 +57,11 @@ pub struct Committed {
     pub pages: BTreeMap<u32, Vec<u8>>,
     /// Bytes read from the log.
     pub bytes_read: u64,
+    /// The read stopped at the end of the file (or in a frame cut short by it), not at
+    /// a frame present on disk that breaks the chain. Such a log may have been
+    /// truncated after its last frame read (`journal_size_limit`, a `TRUNCATE`
+    /// checkpoint), so its end is not known to be the end of its generation.
+    pub ran_out: bool,
 }
 
 /// Why the log cannot be read on from a position.
@@ -125,6 +130,15 @@ pub fn read_header(wal: &File) -> std::io::Result<Option<Header>> {
     }))
 }
 
+/// Whether `new` is the header of the generation of the log right after `old`'s: a
+/// writer that restarts the log adds one to the first salt (SQLite's `walRestartHdr`;
+/// a log created anew draws both at random), and keeps the page size and byte order.
+pub fn restarted_once(old: &Header, new: &Header) -> bool {
+    new.salts[0] == old.salts[0].wrapping_add(1)
+        && new.page_size == old.page_size
+        && new.big_endian == old.big_endian
+}
+
 /// Where frame `frame` (1-based) starts.
 fn frame_offset(header: &Header, frame: u32) -> u64 {
     HEADER_BYTES + u64::from(frame - 1) * (FRAME_HEADER_BYTES + u64::from(header.page_size))
@@ -166,7 +180,10 @@ pub fn read_committed(
     while let Some(next) = frame.checked_add(1) {
         match wal.read_exact_at(&mut bytes, frame_offset(header, next)) {
             Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                committed.ran_out = true;
+                break;
+            }
             Err(error) => return Err(error),
         }
         committed.bytes_read += bytes.len() as u64;
@@ -204,6 +221,105 @@ pub fn read_committed(
         }
     }
     Ok(Ok(committed))
+}
+
+/// How the frames after a version were found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Across {
+    /// In the same generation of the log, after the version's position.
+    Frames,
+    /// The rest of the version's generation, then all of the one after it.
+    Restart,
+}
+
+/// The pages committed after a position, in the log as it is now.
+#[derive(Debug)]
+pub struct Since {
+    /// The log's header now, and where the next read starts.
+    pub header: Header,
+    pub at: Position,
+    /// The database's size in pages after the last commit read; `None`: no commit.
+    pub db_pages: Option<u32>,
+    /// Page number → its newest committed bytes.
+    pub pages: BTreeMap<u32, Vec<u8>>,
+    pub bytes_read: u64,
+    pub across: Across,
+}
+
+/// The pages committed in `log` after position `at` of the generation `old` — within
+/// that generation, or across one restart of the log — up to the last commit frame;
+/// `None` when the log no longer holds all of them (read the database whole then) or
+/// they would take more than `max_bytes`.
+///
+/// Across a restart, the rest of the old generation is still on disk as long as the
+/// new one has not reached the position: a writer fills a generation from its first
+/// frame up, so it rewrites the frame at the position before any after it. Those
+/// frames are all that was committed in the old generation when a frame present on
+/// disk that breaks their chain follows them (a frame of an older generation, or of
+/// a transaction never committed). When the file ends there instead, it may have been
+/// truncated (`journal_size_limit`), and the end of the old generation is not known.
+/// A restart needs a checkpoint of the whole log first, so the new generation's
+/// frames lay over the old generation's last commit. Each check is made again after
+/// the frames are read: the frame at the position still the old one (so none after
+/// it was rewritten meanwhile) and the header unchanged (no further restart).
+pub fn since(
+    log: &File,
+    old: &Header,
+    at: Position,
+    max_bytes: u64,
+) -> std::io::Result<Option<Since>> {
+    let Some(header) = read_header(log)? else {
+        return Ok(None);
+    };
+    let across = if header == *old {
+        Across::Frames
+    } else if at.frame > 0 && restarted_once(old, &header) {
+        Across::Restart
+    } else {
+        return Ok(None);
+    };
+    if !continues(log, old, at)? {
+        return Ok(None);
+    }
+    let Ok(first) = read_committed(log, old, at, max_bytes)? else {
+        return Ok(None);
+    };
+    let mut since = Since {
+        header,
+        at: first.end.unwrap_or(at),
+        db_pages: first.end.map(|_| first.db_pages),
+        pages: first.pages,
+        bytes_read: first.bytes_read,
+        across,
+    };
+    if across == Across::Restart {
+        if first.ran_out {
+            return Ok(None);
+        }
+        let start = Position {
+            frame: 0,
+            checksum: header.checksum,
+        };
+        let Ok(new) = read_committed(log, &header, start, max_bytes)? else {
+            return Ok(None);
+        };
+        since.at = new.end.unwrap_or(start);
+        if new.end.is_some() {
+            since.db_pages = Some(new.db_pages);
+        }
+        since.pages.extend(new.pages);
+        since.bytes_read += new.bytes_read;
+        if since.pages.len() as u64 * u64::from(header.page_size) > max_bytes
+            || !continues(log, old, at)?
+        {
+            return Ok(None);
+        }
+    }
+    // A restart writes a new header before it overwrites a frame.
+    if read_header(log)? != Some(header) {
+        return Ok(None);
+    }
+    Ok(Some(since))
 }
 
 #[cfg(test)]
