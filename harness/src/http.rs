@@ -4,13 +4,61 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-/// A port nothing listens on right now (it can be taken before it is bound: see
-/// `NodeSpec::retry_taken_ports`).
+/// A port nothing listens on right now, outside the kernel's ephemeral range, and
+/// not handed out before by this process. A port the kernel picks (bind to port 0)
+/// is ephemeral: between this call and the node's bind, any outgoing connection on
+/// the machine may take it as its source port (a test failed so: "http_listen on
+/// 127.0.0.1:34555: Address already in use"). Ports outside that range are only
+/// taken by an explicit bind. Another process may still bind the same one in between
+/// (see `NodeSpec::retry_taken_ports`).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port on 127.0.0.1")
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let (low, high) = usable_ports();
+    let span = u64::from(high - low) + 1;
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    // Start somewhere else in every process, so concurrent test binaries rarely meet.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64)
+        ^ (u64::from(std::process::id()) << 20);
+    let start = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+    for step in 0..span {
+        let port = low + ((start + step * 7_919) % span) as u16;
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {low}..={high}")
+}
+
+/// The ports `free_port` chooses from: the larger stretch of 10000..=65535 outside
+/// the ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`, Linux's default
+/// 32768..=60999).
+fn usable_ports() -> (u16, u16) {
+    let (ephemeral_low, ephemeral_high) =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|text| {
+                let mut words = text.split_whitespace().map(|word| word.parse::<u16>());
+                Some((words.next()?.ok()?, words.next()?.ok()?))
+            })
+            .unwrap_or((32_768, 60_999));
+    let below = (10_000, ephemeral_low.saturating_sub(1));
+    let above = (ephemeral_high.saturating_add(1), 65_535);
+    let size = |(low, high): (u16, u16)| high.saturating_sub(low);
+    if size(below) >= size(above) && below.1 > below.0 {
+        below
+    } else if above.1 > above.0 {
+        above
+    } else {
+        (10_000, 65_535)
+    }
 }
 
 /// GET on 127.0.0.1:`port`: (status code, body); None when nothing answers.
@@ -46,7 +94,21 @@ pub fn metric_in(exposition: &str, name: &str) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::metric_in;
+    use super::{free_port, metric_in, usable_ports};
+
+    #[test]
+    fn free_ports_are_outside_the_ephemeral_range_and_never_handed_out_twice() {
+        let (low, high) = usable_ports();
+        assert!(low >= 10_000 && low < high, "{low}..={high}");
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        for port in &ports {
+            assert!((low..=high).contains(port), "{port} outside {low}..={high}");
+        }
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "a port handed out twice");
+    }
 
     #[test]
     fn a_metric_is_found_by_its_whole_name_with_or_without_labels() {
