@@ -22,7 +22,7 @@ pub mod space;
 #[cfg(test)]
 mod tests;
 
-use parts::{chunks_named, content_bytes};
+use parts::content_bytes;
 pub use parts::{fetch_groups, split_by_content, split_by_missing, APPLY_CONTENT_BYTES};
 
 use std::sync::Arc;
@@ -339,26 +339,8 @@ impl Puller {
                         } else {
                             self.split_by_missing(events).await?
                         };
-                    // Each inline chunk is stored with the first part that names it
-                    // (a later part fetches any that garbage collection took
-                    // meanwhile); the last part takes what is left, so a chunk no event
-                    // names is still refused.
-                    let mut inline = chunks;
-                    let last = parts.len().saturating_sub(1);
-                    for (index, part) in parts.into_iter().enumerate() {
-                        let mine = if index == last {
-                            std::mem::take(&mut inline)
-                        } else {
-                            let named: std::collections::HashSet<Hash> = chunks_named(&part)
-                                .into_iter()
-                                .map(|(hash, _)| hash)
-                                .collect();
-                            let (mine, rest) = std::mem::take(&mut inline)
-                                .into_iter()
-                                .partition(|(hash, _)| named.contains(hash));
-                            inline = rest;
-                            mine
-                        };
+                    let shares = parts::share_inline(&parts, chunks);
+                    for (part, mine) in parts.into_iter().zip(shares) {
                         self.fetch_and_start_apply(part, mine, &mut report, &mut in_flight)
                             .await?;
                     }

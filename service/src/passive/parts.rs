@@ -1,6 +1,7 @@
 //! How the passive cuts work into bounded pieces: a pulled batch into parts by the
 //! content they name or still lack (`APPLY_CONTENT_BYTES`), the chunks to fetch into
-//! `FetchChunks` calls (`FETCH_GROUP_BYTES`), and the chunks a batch names or lacks.
+//! `FetchChunks` calls (`FETCH_GROUP_BYTES`), the chunks a batch names or lacks, and
+//! which part stores each chunk that came inline.
 
 use standin_engine::{Event, Hash};
 
@@ -120,4 +121,30 @@ pub(super) fn missing_with_lengths(
         .into_iter()
         .map(|hash| (hash, lengths.get(&hash).copied().unwrap_or(0)))
         .collect())
+}
+
+/// The inline chunks each of `parts` stores (one list per part, in order): each chunk
+/// with the first part that names it — a part refuses a chunk none of its events
+/// names, and a later part fetches any that garbage collection took meanwhile — and
+/// the last part what is left, so a chunk no event names is still refused there.
+pub(super) fn share_inline<T>(parts: &[Vec<Event>], inline: Vec<(Hash, T)>) -> Vec<Vec<(Hash, T)>> {
+    let mut left = inline;
+    let last = parts.len().saturating_sub(1);
+    let mut shares = Vec::with_capacity(parts.len());
+    for (index, part) in parts.iter().enumerate() {
+        if index == last {
+            shares.push(std::mem::take(&mut left));
+            continue;
+        }
+        let named: std::collections::HashSet<Hash> = chunks_named(part)
+            .into_iter()
+            .map(|(hash, _)| hash)
+            .collect();
+        let (mine, rest) = std::mem::take(&mut left)
+            .into_iter()
+            .partition(|(hash, _)| named.contains(hash));
+        left = rest;
+        shares.push(mine);
+    }
+    shares
 }

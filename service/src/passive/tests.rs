@@ -134,3 +134,55 @@ fn fetch_groups_are_bounded_in_bytes_and_count() {
     assert_eq!(groups.len(), 3);
     assert!(fetch_groups(&[]).is_empty());
 }
+
+/// A batch split in parts takes its inline chunks with it: each goes to the first
+/// part naming it (a part refuses chunks none of its events names: the pull failed
+/// for ever when they all went to the first part), what no part names to the last.
+#[test]
+fn inline_chunks_go_with_the_first_part_that_names_them() {
+    let events: Vec<Event> = (1..=6).map(|seq| put_event(seq, 300 << 10)).collect();
+    let parts = parts::split_by_content(events, 700 << 10);
+    assert_eq!(parts.len(), 3);
+    let named = |part: &Vec<Event>| -> Vec<Hash> {
+        parts::chunks_named(part)
+            .into_iter()
+            .map(|(hash, _)| hash)
+            .collect()
+    };
+    let stray = Hash::of(b"named by no event");
+    // Inline: one chunk of each part (the last part's first), one named twice
+    // (in parts 1 and 2), and one no event names.
+    let shared = named(&parts[0])[0];
+    let mut inline: Vec<(Hash, u32)> = vec![
+        (named(&parts[2])[0], 2),
+        (named(&parts[1])[0], 1),
+        (shared, 0),
+        (stray, 9),
+        (named(&parts[0])[1], 0),
+    ];
+    let mut twice = parts.clone();
+    twice[1].push(parts[0][0].clone());
+    inline.push((named(&parts[1])[1], 1));
+    let shares = parts::share_inline(&twice, inline);
+    assert_eq!(shares.len(), 3);
+    for (index, share) in shares.iter().enumerate() {
+        let names = named(&twice[index]);
+        for (hash, part) in share {
+            if *hash == stray {
+                assert_eq!(index, 2, "a chunk no event names goes to the last part");
+                continue;
+            }
+            assert_eq!(*part, index as u32, "{hash} went to part {index}");
+            assert!(names.contains(hash), "part {index} does not name {hash}");
+        }
+    }
+    assert_eq!(
+        shares.iter().map(Vec::len).sum::<usize>(),
+        6,
+        "every chunk once"
+    );
+    assert!(
+        shares[0].iter().any(|(hash, _)| *hash == shared),
+        "named twice: the first part"
+    );
+}
