@@ -316,7 +316,8 @@ fn an_incremental_capture_reads_what_changed_not_the_database() {
 #[test]
 fn versions_taken_beside_a_busy_writer_with_checkpoints_are_committed_states() {
     // A bounded writer (so a slow machine checks the same amount of work), with
-    // checkpoints every 100 pages restarting the log under capture's feet.
+    // checkpoints every 100 pages restarting the log under capture's feet: versions
+    // are read whole, from new frames and across restarts, each a committed state.
     const TRANSACTIONS: i64 = 400;
     let fixture = Fixture::new(100);
     fixture.insert(0, 1, 10);
@@ -327,6 +328,10 @@ fn versions_taken_beside_a_busy_writer_with_checkpoints_are_committed_states() {
         std::thread::spawn(move || {
             let connection = Connection::open(&db).unwrap();
             connection.busy_timeout(Duration::from_secs(5)).unwrap();
+            // The setting is the connection's own (the fixture's does not carry over).
+            connection
+                .execute_batch("PRAGMA wal_autocheckpoint = 100;")
+                .unwrap();
             for transaction in 0..TRANSACTIONS {
                 connection.execute_batch("BEGIN").unwrap();
                 for row in 0..5 {
@@ -371,7 +376,7 @@ fn versions_taken_beside_a_busy_writer_with_checkpoints_are_committed_states() {
     );
     println!("versions read whole, from frames, across a restart: {kinds:?}");
     assert!(
-        kinds[0] >= 1 && kinds[1] > 0 && kinds[0] + kinds[2] > 1,
+        kinds[0] >= 1 && kinds[1] > 0 && kinds[2] > 0,
         "versions read whole, from frames, across a restart: {kinds:?}"
     );
 }
