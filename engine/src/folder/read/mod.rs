@@ -47,7 +47,10 @@ pub const STABLE_READ_TRIES: u32 = 4;
 /// pass and 1,024 of the next). So a file changed so recently that a write of it
 /// may still be copying (100 ms plus 16 ns a byte) is copied twice, quickly, and
 /// taken only when both copies hold the same bytes with the stats unchanged — a write
-/// in progress moves on between the copies. A write(2) stalled through both copies, or
+/// in progress moves on between the copies. Where the file system lets a reader wait
+/// for a write under way (ext4, tmpfs), such a file is instead read in place once
+/// that wait, made after the first stat, has returned: the write that set the times
+/// it holds is then done (`writers_waited`). A write(2) stalled through both copies, or
 /// longer than that window, is waited out where the file system lets a reader wait
 /// for one (`wait_for_writers`: ext4, tmpfs): before the first stat and between the
 /// two copies. Elsewhere that stall is what remains; a clone, below, has none. A read that overlapped a
@@ -106,11 +109,19 @@ pub fn capture_file(
             }
         };
         // Wait out a write(2) already under way (see `wait_for_writers`): one that
-        // begins after this is recent at `before`, so the file is copied twice.
+        // begins after this is recent at `before`, so the file is copied twice —
+        // unless the file system lets this wait, again after `before`, for a write that
+        // set the times `before` holds: then one still copying is done before the read
+        // begins, and one begun after `before` moves the times (`writers_waited`).
         wait_for_writers(&file);
         let before = file.metadata().at("stat", &full)?;
         if !before.is_file() {
             return Ok(Captured::Gone);
+        }
+        let recent = recently_modified(&before);
+        let waited = recent && writers_waited(&file, &before);
+        if waited {
+            wait_for_writers(&file);
         }
         // The file's first bytes, read once: SQLite's header is looked for in them,
         // and a plain read of a file left alone goes on from there.
@@ -162,7 +173,7 @@ pub fn capture_file(
         // recently changed file is copied twice, quickly: the same bytes twice, with the
         // stats unchanged, is a version it had (a write in progress would have moved on
         // between the two copies).
-        let stored = if attempt == 0 && !recently_modified(&before) {
+        let stored = if attempt == 0 && (!recent || waited) {
             // Chunk and hash as it is read: the cheap way, for a file left alone. A
             // file with holes is read only where it has data (`sparse`): its holes
             // become zero-chunk references, never read. Either way the stats are
@@ -266,6 +277,35 @@ fn file_change(
         chunks: stored.chunks,
     }
 }
+
+/// Whether `wait_for_writers` waits for a `write(2)` on `file`'s file system (ext4,
+/// tmpfs; remembered per device). Called after `before` was taken, it then makes a
+/// plain read stable with nothing copied: a write that set the times in `before` has
+/// finished when the wait returns, and one that begins after `before` moves the times
+/// (multigrain timestamps), so the stats after the read differ.
+fn writers_waited(file: &File, before: &std::fs::Metadata) -> bool {
+    use std::os::fd::AsRawFd;
+    static KNOWN: std::sync::Mutex<Vec<(u64, bool)>> = std::sync::Mutex::new(Vec::new());
+    let device = before.dev();
+    let mut known = KNOWN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, waits)) = known.iter().find(|(known, _)| *known == device) {
+        return *waits;
+    }
+    // SAFETY: fstatfs fills the zeroed struct this function owns, for a descriptor it
+    // borrows.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    let waits = unsafe { libc::fstatfs(file.as_raw_fd(), &mut stat) } == 0
+        && [EXT4_SUPER_MAGIC, TMPFS_MAGIC].contains(&(stat.f_type as i64));
+    known.push((device, waits));
+    waits
+}
+
+/// `statfs` types of file systems whose buffered writes hold the inode's lock
+/// exclusively for the whole `write(2)` while `lseek(SEEK_DATA)` takes it shared.
+const EXT4_SUPER_MAGIC: i64 = 0xEF53;
+const TMPFS_MAGIC: i64 = 0x0102_1994;
 
 /// Return once no `write(2)` of `file` is under way, where the file system lets a
 /// reader wait for one: ext4 and tmpfs hold the inode's lock exclusively for the
