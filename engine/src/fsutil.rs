@@ -144,6 +144,69 @@ pub fn replace_file(temporary: &Path, destination: &Path) -> Result<bool> {
     Ok(false)
 }
 
+/// `O_TMPFILE` was refused by the folder's file system once: not asked again.
+static NO_UNNAMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// An unnamed regular file (Linux `O_TMPFILE`, mode 0600) on the file system of
+/// `directory`, to be given its name by `link_unnamed` once complete; `None` where that
+/// cannot be done (no `O_TMPFILE` there, or no `/proc/self/fd` to link it through),
+/// and the caller writes a temporary name instead. Nothing of it is left on disk if it
+/// is never linked (or, without a journal, only until the next fsck after a crash).
+pub fn create_unnamed(directory: &Path) -> std::io::Result<Option<File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    static PROC_FD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if NO_UNNAMED.load(Ordering::Relaxed)
+        || !*PROC_FD.get_or_init(|| Path::new("/proc/self/fd").is_dir())
+    {
+        return Ok(None);
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o600)
+        .open(directory)
+    {
+        Ok(file) => Ok(Some(file)),
+        // Not supported by this kernel or file system.
+        Err(error)
+            if matches!(
+                error.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL | libc::ENOSYS)
+            ) =>
+        {
+            NO_UNNAMED.store(true, Ordering::Relaxed);
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Give the unnamed `file` (from `create_unnamed`) the name `destination`: atomic,
+/// and refused with `EEXIST` when anything is there (never replaced, never followed).
+pub fn link_unnamed(file: &File, destination: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let invalid = || std::io::Error::from(std::io::ErrorKind::InvalidInput);
+    let source = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|_| invalid())?;
+    let target =
+        std::ffi::CString::new(destination.as_os_str().as_bytes()).map_err(|_| invalid())?;
+    // SAFETY: two NUL-terminated paths that live through the call; `file` stays open.
+    let status = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            source.as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// `renameat2(a, b, flags)`: `RENAME_NOREPLACE` (fails with EEXIST if `b` exists) or
 /// `RENAME_EXCHANGE` (swaps the two atomically).
 fn rename_with(a: &std::ffi::CStr, b: &std::ffi::CStr, flags: libc::c_uint) -> std::io::Result<()> {
@@ -199,5 +262,28 @@ mod tests {
         assert!(error.to_string().contains("dir"), "{error}");
         assert_eq!(std::fs::read(destination.join("inside")).unwrap(), b"kept");
         assert_eq!(std::fs::read(&temporary).unwrap(), b"new");
+    }
+
+    #[test]
+    fn an_unnamed_file_appears_whole_at_a_new_name_and_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(mut file) = create_unnamed(dir.path()).unwrap() else {
+            eprintln!("no O_TMPFILE here: nothing to check");
+            return;
+        };
+        std::io::Write::write_all(&mut file, b"content").unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "unnamed until linked"
+        );
+        let destination = dir.path().join("file");
+        link_unnamed(&file, &destination).unwrap();
+        assert_eq!(std::fs::read(&destination).unwrap(), b"content");
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"old").unwrap();
+        let refused = link_unnamed(&file, &other).unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(libc::EEXIST));
+        assert_eq!(std::fs::read(&other).unwrap(), b"old");
     }
 }

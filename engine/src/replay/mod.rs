@@ -51,13 +51,15 @@ use crate::repository::Repository;
 mod byref;
 mod commit;
 mod durable;
+mod file;
 mod snapshot;
 mod write;
 pub use snapshot::install_snapshot;
 
 use commit::write_and_commit_in_parts;
 
-use write::{write_file, write_symlink, Attributes, Displaced, Finishing};
+use file::{write_file, Attributes};
+use write::{write_symlink, Displaced, Finishing};
 
 const PENDING_KEY: &str = "replay_pending";
 

@@ -135,9 +135,120 @@ pub fn apply_meta(
     symlink: bool,
     options: MetaOptions,
 ) -> Result<Applied> {
+    apply_to(Target::Path { full, symlink }, meta, options)
+}
+
+/// `apply_meta` on an open regular file (one with no name yet, say: an `O_TMPFILE`),
+/// through its descriptor; `shown` names it in errors and warnings.
+pub fn apply_meta_to_file(
+    file: &std::fs::File,
+    shown: &Path,
+    meta: &Meta,
+    options: MetaOptions,
+) -> Result<Applied> {
+    apply_to(Target::File { file, shown }, meta, options)
+}
+
+/// What metadata is put on: an entry by its path (never through a symlink), or an
+/// open regular file by its descriptor.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Path {
+        full: &'a Path,
+        symlink: bool,
+    },
+    File {
+        file: &'a std::fs::File,
+        shown: &'a Path,
+    },
+}
+
+impl Target<'_> {
+    fn shown(&self) -> &Path {
+        match self {
+            Target::Path { full, .. } => full,
+            Target::File { shown, .. } => shown,
+        }
+    }
+
+    fn chown(&self, uid: u32, gid: u32) -> std::io::Result<()> {
+        match self {
+            Target::Path { full, .. } => std::os::unix::fs::lchown(full, Some(uid), Some(gid)),
+            Target::File { file, .. } => std::os::unix::fs::fchown(file, Some(uid), Some(gid)),
+        }
+    }
+
+    fn xattr_names(&self) -> std::io::Result<Vec<Vec<u8>>> {
+        use xattr::FileExt;
+        let names: Vec<std::ffi::OsString> = match self {
+            Target::Path { full, .. } => xattr::list(full)?.collect(),
+            Target::File { file, .. } => file.list_xattr()?.collect(),
+        };
+        Ok(names
+            .into_iter()
+            .map(|name| name.as_bytes().to_vec())
+            .collect())
+    }
+
+    fn remove_xattr(&self, name: &std::ffi::OsStr) -> std::io::Result<()> {
+        use xattr::FileExt;
+        match self {
+            Target::Path { full, .. } => xattr::remove(full, name),
+            Target::File { file, .. } => file.remove_xattr(name),
+        }
+    }
+
+    fn get_xattr(&self, name: &std::ffi::OsStr) -> std::io::Result<Option<Vec<u8>>> {
+        use xattr::FileExt;
+        match self {
+            Target::Path { full, .. } => xattr::get(full, name),
+            Target::File { file, .. } => file.get_xattr(name),
+        }
+    }
+
+    fn set_xattr(&self, name: &std::ffi::OsStr, value: &[u8]) -> std::io::Result<()> {
+        use xattr::FileExt;
+        match self {
+            Target::Path { full, .. } => xattr::set(full, name, value),
+            Target::File { file, .. } => file.set_xattr(name, value),
+        }
+    }
+
+    fn is_dir(&self) -> bool {
+        match self {
+            Target::Path { full, .. } => {
+                std::fs::symlink_metadata(full).is_ok_and(|metadata| metadata.is_dir())
+            }
+            Target::File { .. } => false,
+        }
+    }
+
+    fn chmod(&self, mode: u32) -> Result<()> {
+        let status = match self {
+            Target::Path { full, .. } => {
+                let path = c_path(full)?;
+                // SAFETY: a NUL-terminated path; fchmodat without AT_SYMLINK_NOFOLLOW on
+                // an entry that is not a symlink (checked by the caller).
+                unsafe { libc::fchmodat(libc::AT_FDCWD, path.as_ptr(), mode, 0) }
+            }
+            Target::File { file, .. } => {
+                use std::os::fd::AsRawFd;
+                // SAFETY: fchmod on a descriptor the borrowed file keeps open.
+                unsafe { libc::fchmod(file.as_raw_fd(), mode) }
+            }
+        };
+        if status != 0 {
+            return Err(io("chmod", self.shown(), std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+}
+
+fn apply_to(target: Target<'_>, meta: &Meta, options: MetaOptions) -> Result<Applied> {
+    let full = target.shown();
     let mut applied = Applied::All;
     let (uid, gid) = local_owner(meta, options);
-    if let Err(error) = std::os::unix::fs::lchown(full, Some(uid), Some(gid)) {
+    if let Err(error) = target.chown(uid, gid) {
         if !is_permission(&error) {
             return Err(io("chown", full, error));
         }
@@ -145,10 +256,11 @@ pub fn apply_meta(
         applied = Applied::Partly;
     }
     // Attributes: those on disk and not in the record go, the record's are set.
-    let present: Vec<Vec<u8>> = xattr::list(full)
+    let present: Vec<Vec<u8>> = target
+        .xattr_names()
         .map(|names| {
             names
-                .map(|name| name.as_bytes().to_vec())
+                .into_iter()
                 .filter(|name| is_replicated_xattr(name))
                 .collect()
         })
@@ -157,7 +269,7 @@ pub fn apply_meta(
         if meta.xattrs.iter().any(|xattr| &xattr.name == name) {
             continue;
         }
-        if let Err(error) = xattr::remove(full, std::ffi::OsStr::from_bytes(name)) {
+        if let Err(error) = target.remove_xattr(std::ffi::OsStr::from_bytes(name)) {
             if error.raw_os_error() == Some(libc::ENODATA) {
                 continue;
             }
@@ -171,10 +283,10 @@ pub fn apply_meta(
     for xattr in &meta.xattrs {
         let value = local_value(meta, xattr, options);
         let name = std::ffi::OsStr::from_bytes(&xattr.name);
-        if xattr::get(full, name).ok().flatten().as_deref() == Some(value.as_slice()) {
+        if target.get_xattr(name).ok().flatten().as_deref() == Some(value.as_slice()) {
             continue;
         }
-        if let Err(error) = xattr::set(full, name, &value) {
+        if let Err(error) = target.set_xattr(name, &value) {
             if !is_permission(&error) {
                 return Err(io("set xattr", full, error));
             }
@@ -182,22 +294,13 @@ pub fn apply_meta(
             applied = Applied::Partly;
         }
     }
-    if !symlink {
+    if !matches!(target, Target::Path { symlink: true, .. }) {
         let mut mode = meta.mode;
-        if options.strip_setuid
-            && mode & SET_ID_BITS != 0
-            && !std::fs::symlink_metadata(full).is_ok_and(|metadata| metadata.is_dir())
-        {
+        if options.strip_setuid && mode & SET_ID_BITS != 0 && !target.is_dir() {
             mode &= !SET_ID_BITS;
             warn_stripped(full, meta.mode);
         }
-        let path = c_path(full)?;
-        // SAFETY: a NUL-terminated path; fchmodat without AT_SYMLINK_NOFOLLOW on an
-        // entry that is not a symlink (checked by the caller).
-        let status = unsafe { libc::fchmodat(libc::AT_FDCWD, path.as_ptr(), mode, 0) };
-        if status != 0 {
-            return Err(io("chmod", full, std::io::Error::last_os_error()));
-        }
+        target.chmod(mode)?;
     }
     Ok(applied)
 }

@@ -28,7 +28,8 @@ use crate::path::RelPath;
 pub const MODE_MASK: u32 = 0o1777;
 
 pub use apply::{
-    align_to_record, apply_meta, can_chown, local_owner, set_mtime, unapplied, Applied, MetaOptions,
+    align_to_record, apply_meta, apply_meta_to_file, can_chown, local_owner, set_mtime, unapplied,
+    Applied, MetaOptions,
 };
 pub use owners::{group_name, user_name};
 
