@@ -145,16 +145,39 @@ fn a_symlink_planted_in_the_replica_is_not_followed() {
 fn a_chunk_that_does_not_match_its_hash_is_refused_on_receipt() {
     let (_, passive) = pair();
     let claimed = Hash::of(b"the real bytes");
-    let error = passive
-        .repository
-        .chunks()
-        .put_verified(claimed, b"other bytes")
-        .unwrap_err();
-    assert!(
-        matches!(error, Error::ChunkMismatch { expected, .. } if expected == claimed),
-        "{error}"
-    );
-    assert!(!passive.repository.chunks().contains(&claimed).unwrap());
+    let chunks = passive.repository.chunks();
+    // Inline with a batch, or fetched because it was missing: refused either way.
+    for error in [
+        chunks.put_verified(claimed, b"other bytes").unwrap_err(),
+        chunks.put_fetched(claimed, b"other bytes").unwrap_err(),
+    ] {
+        assert!(
+            matches!(error, Error::ChunkMismatch { expected, .. } if expected == claimed),
+            "{error}"
+        );
+    }
+    assert!(!chunks.contains(&claimed).unwrap());
+    // A fetched chunk is written once, however often it arrives before a sync: the
+    // packs grow by as much for one that came twice as for one that came once.
+    let pack_bytes = || -> u64 {
+        std::fs::read_dir(passive.data_dir.join("chunks"))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "pack"))
+            .map(|path| std::fs::metadata(path).unwrap().len())
+            .sum()
+    };
+    let start = pack_bytes();
+    chunks.put_fetched(claimed, b"the real bytes").unwrap();
+    chunks.sync().unwrap();
+    let once = pack_bytes() - start;
+    let other = Hash::of(b"the real bytez");
+    chunks.put_fetched(other, b"the real bytez").unwrap();
+    chunks.put_fetched(other, b"the real bytez").unwrap();
+    chunks.sync().unwrap();
+    assert_eq!(pack_bytes() - start - once, once);
+    assert_eq!(chunks.get(&claimed).unwrap(), b"the real bytes");
+    assert_eq!(chunks.get(&other).unwrap(), b"the real bytez");
 }
 
 /// Flip a byte of the stored chunk made of bytes 42 in `node`'s pack files.

@@ -173,7 +173,7 @@ impl Puller {
             report.bytes_fetched += data.len() as u64;
             self.node.metrics.bytes_replicated.inc_by(data.len() as u64);
         }
-        self.spawn_store(inline, false)
+        self.spawn_store(inline, false, false)
             .await
             .map_err(|error| PullError::Apply(error.to_string()))?
     }
@@ -234,7 +234,7 @@ impl Puller {
             task.await
                 .map_err(|error| PullError::Apply(error.to_string()))??;
         }
-        *storing = Some(self.spawn_store(pending, true));
+        *storing = Some(self.spawn_store(pending, true, true));
         Ok(())
     }
 
@@ -272,7 +272,7 @@ impl Puller {
                     task.await
                         .map_err(|error| PullError::Apply(error.to_string()))??;
                 }
-                *storing = Some(self.spawn_store(std::mem::take(pending), false));
+                *storing = Some(self.spawn_store(std::mem::take(pending), false, true));
                 *pending_bytes = 0;
             }
         }
@@ -280,19 +280,25 @@ impl Puller {
     }
 
     /// Verify and store received chunks (and sync the store when `sync`), in a
-    /// blocking task of its own.
+    /// blocking task of its own. `fetched`: chunks asked for because the store lacked
+    /// them (`ChunkStore::put_fetched`: the store's tree is not searched again), not
+    /// chunks that came inline.
     pub(super) fn spawn_store(
         &self,
         chunks: Vec<(Hash, prost::bytes::Bytes)>,
         sync: bool,
+        fetched: bool,
     ) -> tokio::task::JoinHandle<Result<(), PullError>> {
         let node = self.node.clone();
         tokio::task::spawn_blocking(move || -> Result<(), PullError> {
             let store = node.repository.chunks();
             for (hash, data) in chunks {
-                store
-                    .put_verified(hash, &data)
-                    .map_err(|error| store_error(error, &node.config.data_dir))?;
+                let stored = if fetched {
+                    store.put_fetched(hash, &data)
+                } else {
+                    store.put_verified(hash, &data)
+                };
+                stored.map_err(|error| store_error(error, &node.config.data_dir))?;
             }
             if sync {
                 store
