@@ -260,7 +260,12 @@ fn incremental(
     };
     let read = match since.across {
         wal::Across::Frames => Read::Frames,
-        wal::Across::Restart => Read::AcrossRestart,
+        wal::Across::Restart => {
+            if !old_pages_in_file(full, last, &since)? {
+                return Ok(None);
+            }
+            Read::AcrossRestart
+        }
     };
     let Some(db_pages) = since.db_pages else {
         let mut next = last.clone();
@@ -318,6 +323,39 @@ fn incremental(
         bytes_read,
         read,
     )))
+}
+
+/// Whether the database file holds every page of `since.from_old` as the old
+/// generation of the log left it (`wal::since`): true when the old generation's last
+/// commit read is the one SQLite committed, false when it is not — or when the file
+/// changed since (a checkpoint of the new generation, another inode, a shorter file),
+/// and the database is then read whole.
+fn old_pages_in_file(full: &Path, last: &Known, since: &wal::Since) -> Result<bool> {
+    // No SQLite connection of this process is open while this descriptor is.
+    let _plain = super::plain_descriptor_guard();
+    let file = match open_plain(full) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(error) => return Err(error).at("open", full),
+    };
+    if identity(&file.metadata().at("stat", full)?) != last.identity {
+        return Ok(false);
+    }
+    let page_size = u64::from(last.header.page_size);
+    let last_page = since.db_pages.unwrap_or(u32::MAX);
+    let mut bytes = vec![0u8; page_size as usize];
+    for page in since.from_old.iter().filter(|page| **page <= last_page) {
+        let Some(expected) = since.pages.get(page) else {
+            continue;
+        };
+        let read =
+            read_up_to(&file, &mut bytes, u64::from(*page - 1) * page_size).at("read", full)?;
+        if read != bytes.len() || bytes != *expected {
+            tracing::debug!(path = %full.display(), page, "a page of the old log is not the database's: read whole");
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// The pages (1-based numbers, at most `db_pages`) of `pages` by the piece they fall in.

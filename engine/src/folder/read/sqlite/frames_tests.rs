@@ -230,6 +230,52 @@ fn the_rest_of_the_old_generation_then_the_new_one_make_the_next_version() {
     assert_eq!(same, after);
 }
 
+/// A commit frame after the old generation's last commit that SQLite never took as a
+/// commit (its writer died or failed before updating the `-shm`): the log alone looks
+/// the same, the database file does not hold its page, so the database is read whole.
+#[test]
+fn a_commit_frame_sqlite_never_committed_is_not_taken_across_a_restart() {
+    use std::os::unix::fs::FileExt;
+    let fixture = second_generation_with_a_version();
+    fixture.insert(2_000, 20, 3_000);
+    let log = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(wal_path(&fixture.db()))
+        .unwrap();
+    let header = wal::read_header(&log).unwrap().unwrap();
+    let start = Position {
+        frame: 0,
+        checksum: header.checksum,
+    };
+    let end = wal::read_committed(&log, &header, start, u64::MAX)
+        .unwrap()
+        .unwrap()
+        .end
+        .unwrap();
+    let frame_bytes = wal::FRAME_HEADER_BYTES as usize + 4096;
+    let offset = |frame: u32| wal::HEADER_BYTES + u64::from(frame - 1) * frame_bytes as u64;
+    // The last committed frame again, its page changed, chained after it.
+    let mut phantom = vec![0u8; frame_bytes];
+    log.read_exact_at(&mut phantom, offset(end.frame)).unwrap();
+    let page_at = wal::FRAME_HEADER_BYTES as usize;
+    for byte in &mut phantom[page_at + 2_000..page_at + 2_100] {
+        *byte ^= 0x5a;
+    }
+    let sum = wal::checksum(header.big_endian, &phantom[..8], end.checksum);
+    let sum = wal::checksum(header.big_endian, &phantom[page_at..], sum);
+    phantom[16..20].copy_from_slice(&sum[0].to_be_bytes());
+    phantom[20..24].copy_from_slice(&sum[1].to_be_bytes());
+    log.write_all_at(&phantom, offset(end.frame + 1)).unwrap();
+    // SQLite checkpoints its commits only; the next write restarts the log.
+    fixture.checkpoint();
+    fixture.insert(3_000, 5, 3_000);
+    let (next, read, _) = fixture.capture_read();
+    assert_eq!(read, Read::Whole, "a frame never committed was taken");
+    assert_eq!(fixture.rows_of(&next), 265);
+    assert_eq!(fixture.whole_again(), next);
+}
+
 #[test]
 fn an_old_generation_cut_short_by_journal_size_limit_is_read_whole() {
     let fixture = second_generation_with_a_version();

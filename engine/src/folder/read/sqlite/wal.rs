@@ -244,6 +244,11 @@ pub struct Since {
     pub pages: BTreeMap<u32, Vec<u8>>,
     pub bytes_read: u64,
     pub across: Across,
+    /// Across a restart: the pages whose newest version read is the old
+    /// generation's (the new one did not write them). The caller checks them against
+    /// the database file, which a restart leaves at the old generation's last commit
+    /// (see `since`).
+    pub from_old: Vec<u32>,
 }
 
 /// The pages committed in `log` after position `at` of the generation `old` — within
@@ -262,6 +267,14 @@ pub struct Since {
 /// frames lay over the old generation's last commit. Each check is made again after
 /// the frames are read: the frame at the position still the old one (so none after
 /// it was rewritten meanwhile) and the header unchanged (no further restart).
+///
+/// The log alone cannot tell the old generation's last commit from a commit frame
+/// written after it that never became a commit (its writer died, or failed, before
+/// it updated the `-shm`): SQLite ignores such frames, and the new generation does
+/// not build on them. So the pages whose newest version read is the old generation's
+/// are returned in `from_old`, for the caller to find in the database file: the
+/// restart's checkpoint left each page there as the old generation's last commit
+/// had it.
 pub fn since(
     log: &File,
     old: &Header,
@@ -291,6 +304,7 @@ pub fn since(
         pages: first.pages,
         bytes_read: first.bytes_read,
         across,
+        from_old: Vec::new(),
     };
     if across == Across::Restart {
         if first.ran_out {
@@ -307,6 +321,12 @@ pub fn since(
         if new.end.is_some() {
             since.db_pages = Some(new.db_pages);
         }
+        since.from_old = since
+            .pages
+            .keys()
+            .filter(|page| !new.pages.contains_key(page))
+            .copied()
+            .collect();
         since.pages.extend(new.pages);
         since.bytes_read += new.bytes_read;
         if since.pages.len() as u64 * u64::from(header.page_size) > max_bytes
