@@ -43,6 +43,7 @@ use crate::path::RelPath;
 pub mod frames;
 mod pieces;
 pub mod wal;
+mod whole;
 
 /// The first 16 bytes of every SQLite 3 database file.
 pub const HEADER: &[u8; 16] = b"SQLite format 3\0";
