@@ -2,6 +2,7 @@
 //! passes `integrity_check`, and holds the rows committed up to some commit.
 
 use super::*;
+use crate::folder::read::sqlite::wal::Position;
 use crate::hash::Hash;
 use crate::repository::Repository;
 use rusqlite::Connection;

@@ -42,6 +42,7 @@ use crate::path::RelPath;
 
 pub mod frames;
 mod pieces;
+mod version;
 pub mod wal;
 mod whole;
 

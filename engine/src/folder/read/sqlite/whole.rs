@@ -12,8 +12,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
-use super::frames::{identity, open_plain, pages_by_piece, piece_with, Known};
 use super::pieces::{Pieces, PIECE_BYTES};
+use super::version::{identity, open_plain, pages_by_piece, piece_with, Known};
 use super::wal::{self, Position};
 use crate::chunk_store::chunking::Chunked;
 use crate::chunk_store::ChunkStore;
