@@ -304,7 +304,7 @@ impl Metrics {
         );
         registry.register(
             "capture_sqlite_reads",
-            "Versions of WAL-mode SQLite databases captured, by what was read: whole (the database, once per new log), frames (only those committed since), across_restart (the rest of the last log, then the new one)",
+            "Versions of WAL-mode SQLite databases captured, by what was read: whole (the database file and its whole log: at start, or when the log no longer holds the frames since the last version), frames (only those committed since), across_restart (the rest of the last log, then the new one)",
             metrics.capture_sqlite_reads.clone(),
         );
         registry.register(
