@@ -23,7 +23,8 @@
 //!
 //! On a passive, large files' chunks may instead be *referenced* in the folder's file
 //! that holds them (`refs.rs`), written there once through a staged file
-//! (`stage.rs`): ARCHITECTURE.md, "The passive keeps content by reference".
+//! (`stage.rs`) and patched there in place when a new version keeps most of them
+//! (`patch.rs`): ARCHITECTURE.md, "The passive keeps content by reference".
 
 pub mod chunking;
 
@@ -40,11 +41,13 @@ use crate::hash::Hash;
 mod absorb;
 mod gc;
 mod pack;
+mod patch;
 pub(crate) mod refs;
 mod stage;
 
 pub use absorb::{AbsorbStep, LostChunk};
 use pack::{Location, PackWriter, RecentLocations};
+pub use patch::{patch_candidates, PatchPlan};
 pub use refs::{open_inode, InodeKey};
 pub use stage::{by_reference_mode, Staged, BY_REF_MIN_BYTES};
 

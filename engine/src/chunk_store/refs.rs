@@ -200,6 +200,26 @@ impl Refs {
             .collect()
     }
 
+    /// The committed inode whose home is `full`, if any.
+    pub fn committed_home_at(&self, full: &Path) -> Option<InodeKey> {
+        read_lock(&self.homes)
+            .iter()
+            .find(|(_, home)| home.state == HomeState::Committed && home.path == full)
+            .map(|(key, _)| *key)
+    }
+
+    /// `key` now has `size` bytes (patched in place; durably with the next flush).
+    pub fn set_size(&self, key: InodeKey, size: u64) -> Result<()> {
+        let mut homes = write_lock(&self.homes);
+        if let Some(home) = homes.get_mut(&key) {
+            home.size = size;
+            if home.state == HomeState::Committed {
+                self.inodes.insert(key_bytes(key), home_value(home))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Every inode whose home is `kept/` (moved out of the folder).
     pub fn kept_homes(&self) -> Vec<(InodeKey, u64)> {
         read_lock(&self.homes)

@@ -134,22 +134,34 @@ impl ChunkStore {
             return Ok(0);
         }
         let mut count = 0;
+        let candidates = super::patch_candidates(events);
         for event in stageable(events) {
-            let (content, size, chunks) = match &event.body.change {
+            let (path, content, size, chunks) = match &event.body.change {
                 Change::Put {
+                    path,
                     content,
                     size,
                     chunks,
                     ..
                 }
                 | Change::File {
+                    path,
                     content,
                     size,
                     chunks,
                     ..
-                } => (*content, *size, chunks),
+                } => (path, *content, *size, chunks),
                 _ => continue,
             };
+            // A file replay will patch in place: its fetched chunks go to the packs
+            // (replay copies them into the file: `replay::patch`).
+            if candidates.contains(&event.seq())
+                && self
+                    .plan_patch(&path.under(folder), chunks, size)?
+                    .is_some()
+            {
+                continue;
+            }
             if let Some(existing) = lock(&self.staging.files).get(&event.seq()) {
                 if lock(existing).content == content {
                     count += 1;

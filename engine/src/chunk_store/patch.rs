@@ -1,0 +1,185 @@
+//! The chunk store's half of the passive's in-place patch (`replay::patch` writes the
+//! file): which large files a batch may patch where they are instead of writing a
+//! whole new version, what of the new version is already in place, and moving the
+//! chunks a patch overwrites out of the file into the packs first.
+//!
+//! A file kept by reference (ARCHITECTURE.md, "The passive keeps content by
+//! reference") holds the chunks of its version at their offsets. A new version that
+//! keeps most of them at the same offsets (an append, pages rewritten in a database)
+//! is patched: only its other chunks are written. The chunks the patch overwrites (or
+//! cuts off) may still be named by retained events, so they are copied into the
+//! packs, synced, and their references dropped before the first byte is overwritten.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use super::refs::InodeKey;
+use super::{ChunkStore, Dedup};
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::log::event::{Change, ChunkRef, Event};
+
+/// A new version's share of bytes already in place (at the same offsets) must reach
+/// this fraction for it to be patched rather than written whole.
+const PATCH_MIN_KEPT_SHARE: f64 = 0.5;
+
+/// What patching one file to a new version writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PatchPlan {
+    /// The file's inode, a committed home of references.
+    pub key: InodeKey,
+    /// The chunks of the new version not already in place: (hash, offset, length), in
+    /// file order.
+    pub writes: Vec<(Hash, u64, u32)>,
+    /// Bytes of the new version already in place.
+    pub kept_bytes: u64,
+}
+
+impl PatchPlan {
+    /// Bytes the patch writes.
+    pub fn written_bytes(&self) -> u64 {
+        self.writes.iter().map(|(_, _, len)| *len as u64).sum()
+    }
+}
+
+/// The Put/File events of `events` that may be patched in place: large, and the only
+/// event of the batch that names their path, a parent of it or a path below it; with
+/// no hard-link companion in the batch. (Whether one is patched depends on the file
+/// it finds: `ChunkStore::plan_patch`.)
+pub fn patch_candidates(events: &[Event]) -> HashSet<u64> {
+    let mut named: HashMap<&[u8], usize> = HashMap::new();
+    let mut links: HashMap<u64, usize> = HashMap::new();
+    for event in events {
+        if let Change::File { meta, .. } = &event.body.change {
+            *links.entry(meta.link).or_default() += 1;
+        }
+        for path in event.body.change.paths() {
+            *named.entry(path.as_bytes()).or_default() += 1;
+        }
+    }
+    let mut out = HashSet::new();
+    for event in events {
+        let change = &event.body.change;
+        let (Change::Put { path, size, .. } | Change::File { path, size, .. }) = change else {
+            continue;
+        };
+        if *size < super::BY_REF_MIN_BYTES {
+            continue;
+        }
+        let linked = matches!(change, Change::File { meta, .. } if links.get(&meta.link).copied().unwrap_or(0) > 1);
+        let once = named.get(path.as_bytes()) == Some(&1);
+        let ancestors = path
+            .ancestors()
+            .iter()
+            .any(|ancestor| named.contains_key(ancestor.as_bytes()));
+        let below = {
+            let mut prefix = path.as_bytes().to_vec();
+            prefix.push(b'/');
+            named.keys().any(|other| other.starts_with(&prefix))
+        };
+        if once && !linked && !ancestors && !below {
+            out.insert(event.seq());
+        }
+    }
+    out
+}
+
+impl ChunkStore {
+    /// How to patch the file at `full` (in the passive's folder) into the version of
+    /// `chunks` (`size` bytes): `None` when it is not a committed file kept by
+    /// reference, or when less than half of the new version is in it at the same
+    /// offsets already (then it is written whole).
+    pub fn plan_patch(
+        &self,
+        full: &Path,
+        chunks: &[ChunkRef],
+        size: u64,
+    ) -> Result<Option<PatchPlan>> {
+        if size == 0 || chunks.iter().map(|chunk| chunk.len as u64).sum::<u64>() != size {
+            return Ok(None);
+        }
+        let Some(key) = self.refs.committed_home_at(full) else {
+            return Ok(None);
+        };
+        // What the inode holds where, by its references.
+        let held: HashMap<u64, (Hash, u32)> = self
+            .refs
+            .refs_of(key)?
+            .into_iter()
+            .map(|(hash, location)| (location.offset, (hash, location.len)))
+            .collect();
+        let mut writes = Vec::new();
+        let mut kept_bytes = 0u64;
+        let mut offset = 0u64;
+        for chunk in chunks {
+            if held.get(&offset) == Some(&(chunk.hash, chunk.len)) {
+                kept_bytes += chunk.len as u64;
+            } else {
+                writes.push((chunk.hash, offset, chunk.len));
+            }
+            offset += chunk.len as u64;
+        }
+        if (kept_bytes as f64) < PATCH_MIN_KEPT_SHARE * size as f64 {
+            return Ok(None);
+        }
+        Ok(Some(PatchPlan {
+            key,
+            writes,
+            kept_bytes,
+        }))
+    }
+
+    /// Before a patch overwrites `ranges` of inode `key` (byte ranges, start to end):
+    /// copy every chunk referenced in them into the packs (verified; one that no
+    /// longer matches its file is lost already and skipped), make the copies durable
+    /// in the packs, and drop those references (durably with the caller's next
+    /// flush; a dropped reference that a crash brings back is harmless: a pack
+    /// location wins over a reference). Returns the bytes copied.
+    pub fn move_out_ranges(&self, key: InodeKey, ranges: &[(u64, u64)]) -> Result<u64> {
+        let overlaps = |offset: u64, len: u32| {
+            let end = offset + len as u64;
+            ranges
+                .iter()
+                .any(|(start, stop)| offset < *stop && *start < end)
+        };
+        let moving: Vec<_> = self
+            .refs
+            .refs_of(key)?
+            .into_iter()
+            .filter(|(_, location)| overlaps(location.offset, location.len))
+            .collect();
+        let mut copied = 0u64;
+        for (hash, location) in &moving {
+            if self.in_pack(hash)? {
+                continue;
+            }
+            match self.refs.read(hash, *location) {
+                Ok(bytes) => {
+                    self.insert(*hash, &bytes, Dedup::All)?;
+                    copied += bytes.len() as u64;
+                }
+                Err(Error::ChunkMissing { .. }) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        // The copies durable and findable before a reference goes: the tree of pack
+        // locations flushed (a reference dropped without its copy would leave the
+        // chunk nowhere).
+        self.sync()?;
+        self.refs.flush()?;
+        for (hash, location) in moving {
+            self.refs.drop_ref(&hash, location)?;
+        }
+        Ok(copied)
+    }
+
+    /// The inode kept by reference whose home is `full` (committed), if any.
+    pub fn committed_home_at(&self, full: &Path) -> Option<InodeKey> {
+        self.refs.committed_home_at(full)
+    }
+
+    /// Inode `key` was patched to `size` bytes.
+    pub fn patched(&self, key: InodeKey, size: u64) -> Result<()> {
+        self.refs.set_size(key, size)
+    }
+}
