@@ -72,6 +72,28 @@ pub(super) fn guard(
     Ok(guarded)
 }
 
+/// Before `restore_scope` writes the file at `full` anew (a recovery, a rewind): if it
+/// is an inode kept by reference, link it into `kept/` (durably) and make that its
+/// home, so that its references still resolve once the path holds another file.
+/// (A batch's own writes are covered by `guard` instead.)
+pub(super) fn keep_before_rewrite(repository: &Repository, full: &Path) -> Result<()> {
+    let chunks = repository.chunks();
+    let Some(key) = chunks.committed_home_at(full) else {
+        return Ok(());
+    };
+    if open_inode(full, key).is_none() {
+        return Ok(());
+    }
+    let kept = chunks.kept_path(key);
+    match std::fs::hard_link(full, &kept) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(error) => return Err(error).at("link", &kept),
+    }
+    crate::fsutil::fsync_dir(chunks.kept_dir())?;
+    chunks.set_home(key, kept)
+}
+
 /// The renames of `events`, in order (for `settle`).
 pub(super) fn renames(events: &[Event]) -> Vec<(RelPath, RelPath)> {
     events
