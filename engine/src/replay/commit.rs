@@ -28,6 +28,7 @@ pub(super) fn write_and_commit_in_parts(
     displaced: &Displaced,
     finishing: &Finishing,
     guarded: &mut Vec<byref::Guarded>,
+    patchable: &std::collections::HashSet<u64>,
 ) -> Result<()> {
     let relinks = !finishing.link_groups.is_empty();
     let commit = |part: &[Event]| -> Result<(std::time::Duration, std::time::Duration)> {
@@ -72,8 +73,8 @@ pub(super) fn write_and_commit_in_parts(
                 part,
                 &finishing.link_groups,
             )?);
-            let written =
-                apply_changes(root, repository, part, displaced, finishing).and_then(|()| {
+            let written = apply_changes(root, repository, part, displaced, finishing, patchable)
+                .and_then(|()| {
                     // Staged files the part did not install: their chunks into the packs
                     // (synced by the commit).
                     match part.last() {

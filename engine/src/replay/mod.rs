@@ -12,7 +12,10 @@
 //! 3. **Apply**: each file is written to a temporary name in its directory (content
 //!    from verified chunks, hashed again while written and compared with the event),
 //!    given its mode and mtime, and renamed into place (exchanged with the file it
-//!    replaces, which is removed after step 4); no reader ever sees half a file.
+//!    replaces, which is removed after step 4); no reader ever sees half a file —
+//!    except a large file kept by reference whose new version keeps most of it in
+//!    place, patched where it is (`patch`: the chunks it overwrites are copied out
+//!    first, and the whole file is hashed after).
 //!    Every parent on disk is checked to be a real directory, not a symlink.
 //! 4. **Durability point**: one `syncfs` of the folder's file system (a small part of
 //!    plain files and directories: an fsync of each and of their directories,
@@ -52,8 +55,11 @@ mod byref;
 mod commit;
 mod durable;
 mod file;
+mod patch;
 mod snapshot;
 mod write;
+#[doc(hidden)]
+pub use patch::{StopPatch, STOP_PATCH};
 pub use snapshot::install_snapshot;
 
 use commit::write_and_commit_in_parts;
@@ -185,6 +191,7 @@ pub fn apply_batch_with(
             link_groups,
         }
     };
+    let patchable = patch::patchable(events, &finishing.link_groups);
     let mut guarded = Vec::new();
     let durable = write_and_commit_in_parts(
         root,
@@ -195,6 +202,7 @@ pub fn apply_batch_with(
         &displaced,
         &finishing,
         &mut guarded,
+        &patchable,
     );
     // The old versions of replaced files go once the batch is in the log (or failed);
     // removing them moved their directories' times, which are set again.
@@ -434,8 +442,10 @@ pub fn restore_scope(root: &Path, repository: &Repository, scope: &RelPath) -> R
                 };
                 if intact {
                     set_mode(&full, *mode)?;
-                } else if let Some(old) =
-                    write_file(root, repository, path, attributes, *content, chunks)?
+                    continue;
+                }
+                byref::keep_before_rewrite(repository, &full)?;
+                if let Some(old) = write_file(root, repository, path, attributes, *content, chunks)?
                 {
                     remove_any(&old)?;
                 }

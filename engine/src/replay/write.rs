@@ -8,6 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::file::{install, write_file, Attributes};
+use super::patch::patch_in_place;
 use super::{check_parents_on_disk, remove_any, set_mode};
 use crate::error::{Error, IoContext, Result};
 use crate::folder::scan::disk::{stat_disk, DiskEntry};
@@ -41,6 +42,7 @@ pub(super) fn apply_changes(
     events: &[Event],
     displaced: &Displaced,
     finishing: &Finishing,
+    patchable: &HashSet<u64>,
 ) -> Result<()> {
     let threads = std::thread::available_parallelism()
         .map(|count| count.get())
@@ -58,16 +60,39 @@ pub(super) fn apply_changes(
             }
             Change::Mkdir { path, .. } | Change::Dir { path, .. } if !put_paths.contains(path) => {}
             _ => {
-                write_puts(root, repository, &puts, &mut safe_dirs, threads, displaced)?;
+                write_puts(
+                    root,
+                    repository,
+                    &puts,
+                    &mut safe_dirs,
+                    threads,
+                    displaced,
+                    patchable,
+                )?;
                 puts.clear();
                 put_paths.clear();
                 // A rename or removal may move or remove their directories.
                 let _ = displaced.remove_all();
             }
         }
-        apply_change(root, repository, event, &mut safe_dirs, displaced)?;
+        apply_change(
+            root,
+            repository,
+            event,
+            &mut safe_dirs,
+            displaced,
+            patchable,
+        )?;
     }
-    write_puts(root, repository, &puts, &mut safe_dirs, threads, displaced)?;
+    write_puts(
+        root,
+        repository,
+        &puts,
+        &mut safe_dirs,
+        threads,
+        displaced,
+        patchable,
+    )?;
     finishing.finish(root)
 }
 
@@ -109,6 +134,7 @@ fn write_puts(
     safe_dirs: &mut HashSet<RelPath>,
     threads: usize,
     displaced: &Displaced,
+    patchable: &HashSet<u64>,
 ) -> Result<()> {
     // A path written more than once in this run of writes (a busy file recorded again
     // and again while this passive was behind: a database after each transaction) is
@@ -145,7 +171,7 @@ fn write_puts(
     if (puts.len() < PARALLEL_MIN_PUTS || parents.len() < 2) && large_files < 2 {
         return puts
             .iter()
-            .try_for_each(|event| apply_put(root, repository, event, displaced));
+            .try_for_each(|event| apply_put(root, repository, event, displaced, patchable));
     }
     // Small files go to a thread by directory, large ones by path (their cost is
     // bytes, not the directory's lock); a new directory or large file goes to the
@@ -173,7 +199,8 @@ fn write_puts(
     }
     let write_lane = |lane: &[&Event]| -> std::result::Result<(), (u64, Error)> {
         lane.iter().try_for_each(|event| {
-            apply_put(root, repository, event, displaced).map_err(|error| (event.seq(), error))
+            apply_put(root, repository, event, displaced, patchable)
+                .map_err(|error| (event.seq(), error))
         })
     };
     let mut failures: Vec<(u64, Error)> = std::thread::scope(|scope| {
@@ -200,29 +227,38 @@ fn write_puts(
     }
 }
 
-/// Write the file a `Put` or `File` event names (its parents already checked).
+/// Write the file a `Put` or `File` event names (its parents already checked): its
+/// staged file installed, or the file there patched in place (for the `patchable`
+/// events, when the chunk store's plan allows: `patch`), or written whole.
 fn apply_put(
     root: &Path,
     repository: &Repository,
     event: &Event,
     displaced: &Displaced,
+    patchable: &HashSet<u64>,
 ) -> Result<()> {
-    let (path, attributes, content, chunks) = match &event.body.change {
+    let (path, attributes, content, chunks, size) = match &event.body.change {
         Change::Put {
             path,
             mode,
             mtime_ns,
             content,
             chunks,
-            ..
-        } => (path, Attributes::Legacy(*mode, *mtime_ns), content, chunks),
+            size,
+        } => (
+            path,
+            Attributes::Legacy(*mode, *mtime_ns),
+            content,
+            chunks,
+            *size,
+        ),
         Change::File {
             path,
             meta,
             content,
             chunks,
-            ..
-        } => (path, Attributes::Meta(meta), content, chunks),
+            size,
+        } => (path, Attributes::Meta(meta), content, chunks, *size),
         _ => return Ok(()),
     };
     let written = match repository.chunks().take_staged(event.seq(), *content) {
@@ -235,6 +271,13 @@ fn apply_put(
                 }
             }
             installed
+        }
+        None if patchable.contains(&event.seq()) => {
+            match patch_in_place(root, repository, path, attributes, *content, chunks, size) {
+                Ok(true) => Ok(None),
+                Ok(false) => write_file(root, repository, path, attributes, *content, chunks),
+                Err(error) => Err(error),
+            }
         }
         None => write_file(root, repository, path, attributes, *content, chunks),
     };
@@ -261,6 +304,7 @@ fn apply_change(
     event: &Event,
     safe_dirs: &mut HashSet<RelPath>,
     displaced: &Displaced,
+    patchable: &HashSet<u64>,
 ) -> Result<()> {
     let seq = event.seq();
     for path in event.body.change.paths() {
@@ -268,7 +312,9 @@ fn apply_change(
     }
     let options = repository.meta_options();
     match &event.body.change {
-        Change::Put { .. } | Change::File { .. } => apply_put(root, repository, event, displaced),
+        Change::Put { .. } | Change::File { .. } => {
+            apply_put(root, repository, event, displaced, patchable)
+        }
         Change::Dir { path, meta } => {
             let full = ensure_directory(root, path, seq)?;
             // Its time is set after the batch's changes below it (`dir_times`).

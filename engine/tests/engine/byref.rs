@@ -12,7 +12,7 @@ use crate::support::{ship_chunks, Node};
 const MIB: usize = 1 << 20;
 
 /// Deterministic bytes that do not compress or repeat.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     (0..len)
         .map(|_| {
@@ -47,11 +47,11 @@ fn chunks_of(events: &[Event], path: &str) -> Vec<Hash> {
         .unwrap_or_default()
 }
 
-fn pack_bytes(repository: &Repository) -> u64 {
+pub(crate) fn pack_bytes(repository: &Repository) -> u64 {
     repository.chunks().usage().1
 }
 
-fn kept_files(node: &Node) -> usize {
+pub(crate) fn kept_files(node: &Node) -> usize {
     std::fs::read_dir(node.data_dir.join("chunks").join("kept"))
         .unwrap()
         .count()
@@ -64,7 +64,7 @@ fn staged_files(node: &Node) -> usize {
 }
 
 /// A pair whose active holds `files` (name, bytes), replicated by reference.
-fn pair_with(files: &[(&str, Vec<u8>)]) -> (Node, Node) {
+pub(crate) fn pair_with(files: &[(&str, Vec<u8>)]) -> (Node, Node) {
     let active = Node::new();
     let passive = Node::new();
     for (name, bytes) in files {

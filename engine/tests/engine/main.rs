@@ -27,6 +27,7 @@ mod crash_byref;
 mod fidelity;
 mod hostile;
 mod large_append;
+mod patch;
 mod quarantine_gc;
 mod reflink;
 mod roundtrip;
