@@ -101,6 +101,8 @@ pub struct ChunkStore {
     staging: stage::Staging,
     /// Chunks lost before they were copied out of their files (`absorb.rs`).
     lost: absorb::Lost,
+    /// Whether replay may patch a large file kept by reference in place (`patch.rs`).
+    patch_in_place: std::sync::atomic::AtomicBool,
 }
 
 fn pack_name(pack: u32) -> String {
@@ -161,6 +163,7 @@ impl ChunkStore {
         Ok(ChunkStore {
             refs,
             lost,
+            patch_in_place: std::sync::atomic::AtomicBool::new(false),
             staging: stage::Staging::default(),
             pack_target_bytes: AtomicU64::new(PACK_TARGET_BYTES),
             stored_chunks: AtomicU64::new(stored_chunks),
@@ -454,7 +457,12 @@ impl ChunkStore {
             return Ok(None);
         }
         match self.refs.lookup(hash)? {
-            Some(location) => self.refs.read(hash, location).map(Some),
+            Some(location) => match self.refs.read(hash, location) {
+                // Moved out to a pack while it was read (a patch in place on another
+                // thread): read from there.
+                Err(Error::ChunkMissing { .. }) if self.in_pack(hash)? => Ok(None),
+                other => other.map(Some),
+            },
             None => Ok(None),
         }
     }

@@ -6,12 +6,15 @@
 //! A file kept by reference (ARCHITECTURE.md, "The passive keeps content by
 //! reference") holds the chunks of its version at their offsets. A new version that
 //! keeps most of them at the same offsets (an append, pages rewritten in a database)
-//! is patched: only its other chunks are written. The chunks the patch overwrites (or
+//! is patched: only its other chunks are written — when the node allows it
+//! (`set_patch_in_place`, the `patch_in_place` key): a reader may see the file half
+//! patched, as with `rsync --inplace`. The chunks the patch overwrites (or
 //! cuts off) may still be named by retained events, so they are copied into the
 //! packs, synced, and their references dropped before the first byte is overwritten.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use super::refs::InodeKey;
 use super::{ChunkStore, Dedup};
@@ -42,19 +45,39 @@ impl PatchPlan {
     }
 }
 
-/// The Put/File events of `events` that may be patched in place: large, and the only
-/// event of the batch that names their path, a parent of it or a path below it; with
-/// no hard-link companion in the batch. (Whether one is patched depends on the file
-/// it finds: `ChunkStore::plan_patch`.)
+/// The Put/File events of `events` that may be patched in place: large; the last
+/// write of their path in the batch, with no other kind of event naming it or a path
+/// below it, and none but metadata changes naming a parent of it (a directory's times
+/// move whenever a file beside it comes or goes); with no hard-link companion in the
+/// batch. (Whether one is patched depends on the file it finds:
+/// `ChunkStore::plan_patch`, and `replay::patch`, which also refuses a file with
+/// another name.)
 pub fn patch_candidates(events: &[Event]) -> HashSet<u64> {
-    let mut named: HashMap<&[u8], usize> = HashMap::new();
-    let mut links: HashMap<u64, usize> = HashMap::new();
+    let is_write = |change: &Change| matches!(change, Change::Put { .. } | Change::File { .. });
+    // For each path: its last write, and whether any event not a write names it.
+    let mut last_write: HashMap<&[u8], u64> = HashMap::new();
+    let mut named_otherwise: HashSet<&[u8]> = HashSet::new();
+    let mut named: HashSet<&[u8]> = HashSet::new();
+    let mut moved: HashSet<&[u8]> = HashSet::new();
+    // The paths of each link group (a path written twice has one value twice).
+    let mut links: HashMap<u64, HashSet<&[u8]>> = HashMap::new();
     for event in events {
-        if let Change::File { meta, .. } = &event.body.change {
-            *links.entry(meta.link).or_default() += 1;
+        let change = &event.body.change;
+        if let Change::File { meta, .. } = change {
+            if let Some(path) = change.paths().first() {
+                links.entry(meta.link).or_default().insert(path.as_bytes());
+            }
         }
-        for path in event.body.change.paths() {
-            *named.entry(path.as_bytes()).or_default() += 1;
+        for path in change.paths() {
+            named.insert(path.as_bytes());
+            if is_write(change) {
+                last_write.insert(path.as_bytes(), event.seq());
+            } else {
+                named_otherwise.insert(path.as_bytes());
+                if !matches!(change, Change::SetMeta { .. } | Change::SetMode { .. }) {
+                    moved.insert(path.as_bytes());
+                }
+            }
         }
     }
     let mut out = HashSet::new();
@@ -66,18 +89,19 @@ pub fn patch_candidates(events: &[Event]) -> HashSet<u64> {
         if *size < super::BY_REF_MIN_BYTES {
             continue;
         }
-        let linked = matches!(change, Change::File { meta, .. } if links.get(&meta.link).copied().unwrap_or(0) > 1);
-        let once = named.get(path.as_bytes()) == Some(&1);
+        let linked = matches!(change, Change::File { meta, .. } if links.get(&meta.link).is_some_and(|paths| paths.len() > 1));
+        let last = last_write.get(path.as_bytes()) == Some(&event.seq())
+            && !named_otherwise.contains(path.as_bytes());
         let ancestors = path
             .ancestors()
             .iter()
-            .any(|ancestor| named.contains_key(ancestor.as_bytes()));
+            .any(|ancestor| moved.contains(ancestor.as_bytes()));
         let below = {
             let mut prefix = path.as_bytes().to_vec();
             prefix.push(b'/');
-            named.keys().any(|other| other.starts_with(&prefix))
+            named.iter().any(|other| other.starts_with(&prefix))
         };
-        if once && !linked && !ancestors && !below {
+        if last && !linked && !ancestors && !below {
             out.insert(event.seq());
         }
     }
@@ -85,6 +109,18 @@ pub fn patch_candidates(events: &[Event]) -> HashSet<u64> {
 }
 
 impl ChunkStore {
+    /// Let replay patch large files kept by reference in place (off by default: a
+    /// reader of the passive's folder may then see such a file half patched, which
+    /// DESIGN.md's invariant 5 rules out; a crash is put back all the same).
+    pub fn set_patch_in_place(&self, on: bool) {
+        self.patch_in_place.store(on, Ordering::Relaxed);
+    }
+
+    /// See `set_patch_in_place`.
+    pub fn patches_in_place(&self) -> bool {
+        self.patch_in_place.load(Ordering::Relaxed)
+    }
+
     /// How to patch the file at `full` (in the passive's folder) into the version of
     /// `chunks` (`size` bytes): `None` when it is not a committed file kept by
     /// reference, or when less than half of the new version is in it at the same

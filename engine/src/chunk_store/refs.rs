@@ -200,12 +200,16 @@ impl Refs {
             .collect()
     }
 
-    /// The committed inode whose home is `full`, if any.
+    /// The inode at `full` (not following a symlink), if it is a committed home whose
+    /// home is `full`. (A replaced inode can still have `full` as its home for a while
+    /// — between a crash and recovery — beside its successor there: the one on disk
+    /// is the one meant.)
     pub fn committed_home_at(&self, full: &Path) -> Option<InodeKey> {
-        read_lock(&self.homes)
-            .iter()
-            .find(|(_, home)| home.state == HomeState::Committed && home.path == full)
-            .map(|(key, _)| *key)
+        let metadata = std::fs::symlink_metadata(full).ok()?;
+        let key = (metadata.dev(), metadata.ino());
+        let homes = read_lock(&self.homes);
+        let home = homes.get(&key)?;
+        (home.state == HomeState::Committed && home.path == full).then_some(key)
     }
 
     /// `key` now has `size` bytes (patched in place; durably with the next flush).
@@ -466,6 +470,11 @@ impl Refs {
             }
             if Hash::of(&bytes) == *hash {
                 return Ok(bytes);
+            }
+            if self.lookup(hash)? != Some(location) {
+                // Moved out meanwhile (a patch in place copies a chunk to the packs
+                // and drops its reference before overwriting it): not damage.
+                return Err(Error::ChunkMissing { hash: *hash });
             }
             tracing::warn!(
                 chunk = %hash,

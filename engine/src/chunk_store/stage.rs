@@ -134,7 +134,11 @@ impl ChunkStore {
             return Ok(0);
         }
         let mut count = 0;
-        let candidates = super::patch_candidates(events);
+        let candidates = if self.patches_in_place() {
+            super::patch_candidates(events)
+        } else {
+            Default::default()
+        };
         for event in stageable(events) {
             let (path, content, size, chunks) = match &event.body.change {
                 Change::Put {

@@ -13,9 +13,10 @@
 //!    from verified chunks, hashed again while written and compared with the event),
 //!    given its mode and mtime, and renamed into place (exchanged with the file it
 //!    replaces, which is removed after step 4); no reader ever sees half a file —
-//!    except a large file kept by reference whose new version keeps most of it in
-//!    place, patched where it is (`patch`: the chunks it overwrites are copied out
-//!    first, and the whole file is hashed after).
+//!    unless the node allows patching in place (`patch_in_place`, off by default): then
+//!    a large file kept by reference whose new version keeps most of it in place is
+//!    patched where it is (`patch`: the chunks it overwrites are copied out first, and
+//!    the whole file is hashed after).
 //!    Every parent on disk is checked to be a real directory, not a symlink.
 //! 4. **Durability point**: one `syncfs` of the folder's file system (a small part of
 //!    plain files and directories: an fsync of each and of their directories,
@@ -191,7 +192,7 @@ pub fn apply_batch_with(
             link_groups,
         }
     };
-    let patchable = patch::patchable(events, &finishing.link_groups);
+    let patchable = patch::patchable(repository, events, &finishing.link_groups);
     let mut guarded = Vec::new();
     let durable = write_and_commit_in_parts(
         root,

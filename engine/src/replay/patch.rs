@@ -33,8 +33,16 @@ use crate::path::RelPath;
 use crate::repository::Repository;
 
 /// The seqs of the events of `events` the batch may patch in place
-/// (`chunk_store::patch_candidates`), never one naming a path of a link group.
-pub(super) fn patchable(events: &[Event], link_groups: &[Vec<RelPath>]) -> HashSet<u64> {
+/// (`chunk_store::patch_candidates`), never one naming a path of a link group; none
+/// unless the node allows patching in place.
+pub(super) fn patchable(
+    repository: &Repository,
+    events: &[Event],
+    link_groups: &[Vec<RelPath>],
+) -> HashSet<u64> {
+    if !repository.chunks().patches_in_place() {
+        return HashSet::new();
+    }
     let linked: HashSet<&RelPath> = link_groups.iter().flatten().collect();
     let candidates = crate::chunk_store::patch_candidates(events);
     events
@@ -82,7 +90,30 @@ pub(super) fn patch_in_place(
     if !metadata.is_file() || (metadata.dev(), metadata.ino()) != plan.key {
         return Ok(false);
     }
+    // Another name of the inode in the folder (a hard link the batch does not touch)
+    // must keep the old version: only the link `byref::guard` made in `kept/` may be
+    // there besides the path.
+    let kept_link = std::fs::symlink_metadata(store.kept_path(plan.key))
+        .is_ok_and(|kept| (kept.dev(), kept.ino()) == plan.key);
+    if metadata.nlink() > 1 + u64::from(kept_link) {
+        return Ok(false);
+    }
     let old_size = metadata.len();
+
+    // A database's companions (`-wal`, `-journal`) belong to the old version: gone
+    // before its pages are, so that no reader applies them to the new one.
+    let mut head = [0u8; 16];
+    let old_database =
+        file.read_exact(&mut head).is_ok() && crate::folder::read::sqlite::is_header(&head);
+    let new_database = match plan.writes.first() {
+        Some((hash, 0, _)) => store
+            .get_unverified(hash)
+            .is_ok_and(|bytes| crate::folder::read::sqlite::is_header(&bytes)),
+        _ => old_database,
+    };
+    if old_database || new_database {
+        remove_companions(&full)?;
+    }
 
     // What the old version loses: the ranges written, and what lies past the new end.
     let mut overwritten: Vec<(u64, u64)> = plan
@@ -119,11 +150,6 @@ pub(super) fn patch_in_place(
                 " (the file {path} patched in place does not add up to its content hash)"
             ),
         });
-    }
-    let mut head = [0u8; 16];
-    file.rewind().at("seek", &full)?;
-    if file.read_exact(&mut head).is_ok() && crate::folder::read::sqlite::is_header(&head) {
-        remove_companions(&full)?;
     }
     let mtime_ns = match attributes {
         Attributes::Legacy(mode, mtime_ns) => {

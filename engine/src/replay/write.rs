@@ -34,7 +34,7 @@ const PER_FILE_WORK_BYTES: u64 = 64 << 10;
 /// exists and was checked first), and the per-file kernel cost that bounds a
 /// small-file sync is then paid on every core. A directory created within the run is
 /// created at once, before the run's files (a file's parent always comes before it in
-/// the log); any other change ends the run. On an error the first failing event's
+/// the log); a group's mark is passed over; any other change ends the run. On an error the first failing event's
 /// error (in seq order) is returned; the journal covers whatever was written.
 pub(super) fn apply_changes(
     root: &Path,
@@ -59,6 +59,9 @@ pub(super) fn apply_changes(
                 continue;
             }
             Change::Mkdir { path, .. } | Change::Dir { path, .. } if !put_paths.contains(path) => {}
+            // A group's opening mark touches nothing: the run goes on (a file recorded
+            // in each of several groups is then written once, or patched).
+            Change::Group { .. } => continue,
             _ => {
                 write_puts(
                     root,

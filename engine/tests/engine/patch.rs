@@ -29,10 +29,32 @@ fn change(active: &Node, passive: &Node, name: &str, bytes: &[u8]) {
     replicate_by_ref(active, passive, 100);
 }
 
+/// A pair whose passive patches in place (`patch_in_place = true`).
+fn patching_pair(files: &[(&str, Vec<u8>)]) -> (Node, Node) {
+    let (active, passive) = pair_with(files);
+    passive.repository.chunks().set_patch_in_place(true);
+    (active, passive)
+}
+
+/// By default a passive never patches: a new version is written whole and renamed
+/// into place (invariant 5: no reader sees half a file).
+#[test]
+fn by_default_a_large_file_is_written_anew_not_patched() {
+    let mut content = noise(8 * MIB, 11);
+    let (active, passive) = pair_with(&[("big.bin", content.clone())]);
+    let target = passive.folder.join("big.bin");
+    let first = inode(&target);
+    content.extend(noise(MIB, 12));
+    change(&active, &passive, "big.bin", &content);
+    assert_ne!(inode(&target), first, "written anew");
+    assert!(std::fs::read(&target).unwrap() == content);
+    passive.assert_verified();
+}
+
 #[test]
 fn appends_edits_and_cuts_of_a_large_file_are_patched_in_place() {
     let mut content = noise(8 * MIB, 21);
-    let (active, passive) = pair_with(&[("big.bin", content.clone())]);
+    let (active, passive) = patching_pair(&[("big.bin", content.clone())]);
     let target = passive.folder.join("big.bin");
     let first = inode(&target);
     let packed_before = pack_bytes(&passive.repository);
@@ -75,7 +97,7 @@ fn appends_edits_and_cuts_of_a_large_file_are_patched_in_place() {
 
 #[test]
 fn a_file_rewritten_whole_is_written_as_a_new_file() {
-    let (active, passive) = pair_with(&[("big.bin", noise(4 * MIB, 31))]);
+    let (active, passive) = patching_pair(&[("big.bin", noise(4 * MIB, 31))]);
     let target = passive.folder.join("big.bin");
     let first = inode(&target);
     let content = noise(4 * MIB, 32);
@@ -93,11 +115,112 @@ fn a_file_rewritten_whole_is_written_as_a_new_file() {
     );
 }
 
+/// A file written in two groups that one batch replays (a database recorded after
+/// each transaction while the passive was behind): written once, its last version
+/// patched in place; the earlier one still reads back from the log.
+#[test]
+fn a_file_written_twice_in_a_batch_is_patched_once_in_place() {
+    let mut content = noise(8 * MIB, 61);
+    let (active, passive) =
+        patching_pair(&[("db/big.bin", content.clone()), ("db/note", b"0".to_vec())]);
+    let target = passive.folder.join("db/big.bin");
+    let first = inode(&target);
+    for round in 0..2 {
+        let at = (2 + 3 * round) * MIB;
+        content[at..at + 4096].copy_from_slice(&noise(4096, 62 + round as u64));
+        std::fs::write(active.folder.join("db/big.bin"), &content).unwrap();
+        // Two files (rewritten where they are: the directory stays as it was), so
+        // that each capture is a group with its mark.
+        std::fs::write(active.folder.join("db/note"), round.to_string()).unwrap();
+        let events = active.capture();
+        assert!(
+            events
+                .iter()
+                .any(|event| event.body.change.kind() == "group"),
+            "a group: {:?}",
+            events
+                .iter()
+                .map(|event| (event.body.change.kind(), event.body.change.describe_path()))
+                .collect::<Vec<_>>()
+        );
+    }
+    replicate_by_ref(&active, &passive, 100);
+    assert_eq!(inode(&target), first, "patched in place");
+    assert!(std::fs::read(&target).unwrap() == content);
+    passive.assert_verified();
+    assert_eq!(
+        passive.versions_of("db/big.bin"),
+        active.versions_of("db/big.bin")
+    );
+}
+
+/// A file beside it created and removed (its directory's times move, recorded as a
+/// change of the directory) does not stop a patch.
+#[test]
+fn a_file_whose_directory_changed_in_the_batch_is_patched_in_place() {
+    let mut content = noise(8 * MIB, 71);
+    let (active, passive) = patching_pair(&[("db/big.bin", content.clone())]);
+    let target = passive.folder.join("db/big.bin");
+    let first = inode(&target);
+    std::fs::write(active.folder.join("db/journal"), b"a journal beside it").unwrap();
+    assert!(!active.capture().is_empty());
+    content[3 * MIB..3 * MIB + 4096].copy_from_slice(&noise(4096, 72));
+    std::fs::write(active.folder.join("db/big.bin"), &content).unwrap();
+    std::fs::remove_file(active.folder.join("db/journal")).unwrap();
+    let events = active.capture();
+    assert!(
+        events
+            .iter()
+            .any(|event| event.body.change.kind() == "set-meta"
+                && event.body.change.describe_path() == "db"),
+        "the directory's change is in the batch: {:?}",
+        events
+            .iter()
+            .map(|event| (event.body.change.kind(), event.body.change.describe_path()))
+            .collect::<Vec<_>>()
+    );
+    replicate_by_ref(&active, &passive, 100);
+    assert_eq!(inode(&target), first, "patched in place");
+    assert!(std::fs::read(&target).unwrap() == content);
+    assert!(!passive.folder.join("db/journal").exists());
+    passive.assert_verified();
+}
+
+/// A file kept by reference that has a second name on the passive (a hard link the
+/// batch does not touch) is never patched: the other name keeps the old version.
+#[test]
+fn a_file_with_another_name_is_written_anew_not_patched() {
+    let old = noise(8 * MIB, 51);
+    let (active, passive) = patching_pair(&[("big.bin", old.clone())]);
+    let target = passive.folder.join("big.bin");
+    std::fs::hard_link(active.folder.join("big.bin"), active.folder.join("z.bin")).unwrap();
+    assert!(!active.capture().is_empty());
+    replicate_by_ref(&active, &passive, 100);
+    assert_eq!(
+        inode(&target),
+        inode(&passive.folder.join("z.bin")),
+        "linked on the passive too"
+    );
+    // Replaced on the active (a new file renamed over it): the link is broken there.
+    let mut new = old.clone();
+    new[MIB..MIB + 4096].copy_from_slice(&noise(4096, 52));
+    std::fs::write(active.folder.join("tmp.new"), &new).unwrap();
+    std::fs::rename(active.folder.join("tmp.new"), active.folder.join("big.bin")).unwrap();
+    assert!(!active.capture().is_empty());
+    replicate_by_ref(&active, &passive, 100);
+    assert!(std::fs::read(&target).unwrap() == new, "big.bin is new");
+    assert!(
+        std::fs::read(passive.folder.join("z.bin")).unwrap() == old,
+        "z.bin keeps the old version"
+    );
+    passive.assert_verified();
+}
+
 /// A pair with an 8 MiB file replicated, and the batch of its next version (4 KiB
 /// changed in three places, 1 MiB appended) shipped to the passive but not applied.
 fn pending_patch() -> (Node, Node, Vec<Event>, Vec<u8>, Vec<u8>) {
     let old = noise(8 * MIB, 41);
-    let (active, passive) = pair_with(&[("big.bin", old.clone())]);
+    let (active, passive) = patching_pair(&[("big.bin", old.clone())]);
     let mut new = old.clone();
     for at in [MIB, 3 * MIB, 5 * MIB] {
         new[at..at + 4096].copy_from_slice(&noise(4096, at as u64));
@@ -175,6 +298,7 @@ fn patch_crash_child() {
     };
     let dir = PathBuf::from(dir);
     let repository = Repository::open(&dir.join("data")).unwrap();
+    repository.chunks().set_patch_in_place(true);
     let batch = crate::crash::read_events(&dir.join("batch.bin"));
     *STOP_PATCH.lock().unwrap() = Some(StopPatch {
         root: dir.join("folder"),
@@ -233,6 +357,7 @@ fn a_patch_stopped_by_a_crash_is_put_back_at_start_and_applied_again() {
         folder,
         data_dir,
     };
+    passive.repository.chunks().set_patch_in_place(true);
     let left = std::fs::read(passive.folder.join("big.bin")).unwrap();
     assert!(
         left != old && left != new,
