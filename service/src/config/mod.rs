@@ -78,6 +78,9 @@ pub struct Config {
     pub numeric_ids: bool,
     /// Leave setuid and setgid off files this node writes (warned once per path).
     pub strip_setuid: bool,
+    /// On a passive, patch a large file kept by reference where it is when its new
+    /// version keeps most of it (a reader may see it half patched: `rsync --inplace`).
+    pub patch_in_place: bool,
     /// Events kept in the log; older ones are compacted away (a passive further
     /// behind starts again from a snapshot).
     pub log_retention_events: u64,
@@ -384,6 +387,7 @@ impl Config {
             max_capture_delay_ms,
             numeric_ids: raw.numeric_ids.unwrap_or(false),
             strip_setuid: raw.strip_setuid.unwrap_or(false),
+            patch_in_place: raw.patch_in_place.unwrap_or(false),
             log_retention_events,
             compaction_interval_s,
             authority,

@@ -38,6 +38,7 @@ pub(super) struct RawConfig {
     pub(super) max_capture_delay_ms: Option<u64>,
     pub(super) numeric_ids: Option<bool>,
     pub(super) strip_setuid: Option<bool>,
+    pub(super) patch_in_place: Option<bool>,
     pub(super) log_retention_events: Option<u64>,
     pub(super) compaction_interval_s: Option<u64>,
     pub(super) authority: Option<String>,

@@ -217,6 +217,10 @@ impl Coordinator {
                 let applying = node.apply_lock.clone().write_owned().await;
                 let recorded = tokio::task::spawn_blocking(move || {
                     let _applying = applying;
+                    // A batch that failed half way (and whose own recovery failed too)
+                    // left paths between versions: put back first, or capture would
+                    // record them as they are. Failing that, no promotion.
+                    standin_engine::replay::recover(&node.config.folder, &node.repository)?;
                     drop_incomplete_group(&node)?;
                     // What this node kept of the old active's log.
                     let kept_seq = node.repository.head().seq;

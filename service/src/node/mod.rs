@@ -147,6 +147,9 @@ impl Node {
             numeric_ids: config.numeric_ids,
             strip_setuid: config.strip_setuid,
         });
+        repository
+            .chunks()
+            .set_patch_in_place(config.patch_in_place);
         if !standin_engine::folder::meta::can_chown() {
             tracing::warn!("standin does not run as root: owners, setuid bits and trusted.* attributes cannot be applied on this node (counted in standin_meta_unapplied)");
         }

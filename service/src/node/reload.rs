@@ -177,6 +177,7 @@ fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         max_capture_delay_ms,
         numeric_ids,
         strip_setuid,
+        patch_in_place,
         log_retention_events,
         compaction_interval_s,
         authority,
@@ -283,6 +284,11 @@ fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
             "strip_setuid",
             format!("{strip_setuid:?}"),
             format!("{:?}", new.strip_setuid),
+        ),
+        (
+            "patch_in_place",
+            format!("{patch_in_place:?}"),
+            format!("{:?}", new.patch_in_place),
         ),
         (
             "log_retention_events",
