@@ -302,13 +302,15 @@ pub fn all(options: &Options) -> Outcome<()> {
     eprintln!("measuring the incremental case and the takeover ...");
     let small = &corpora[0];
     let large = &corpora[1];
-    let incremental = pair::incremental(&standin, &rsync, work, &small.root, &large.root)?;
+    let incremental = pair::incremental(&standin, &rsync, work, &small.root, &large.root, false)?;
+    reclaim_space(&work.join(pair::incremental_dir(false)))?;
+    let patching = pair::incremental(&standin, &rsync, work, &small.root, &large.root, true)?;
+    reclaim_space(&work.join(pair::incremental_dir(true)))?;
     let case = format!(
         "{} small files: 1% rewritten; 1 MiB appended to one {} MiB file, 4 KiB changed in another",
         small.files,
         sizes.large_size >> 20
     );
-    reclaim_space(&work.join("incremental"))?;
     report.notes.push(format!(
         "{case}: writing the changes took {:.3} s",
         incremental.writing.as_secs_f64()
@@ -318,6 +320,18 @@ pub fn all(options: &Options) -> Outcome<()> {
         tool: "standin (last change written to applied)".to_string(),
         seconds: incremental.standin.as_secs_f64(),
         wire_bytes: incremental.standin_wire_bytes,
+    });
+    report.incremental.push(IncrementalRow {
+        case: case.clone(),
+        tool: "standin, patch_in_place = true (a round of its own)".to_string(),
+        seconds: patching.standin.as_secs_f64(),
+        wire_bytes: patching.standin_wire_bytes,
+    });
+    report.incremental.push(IncrementalRow {
+        case: case.clone(),
+        tool: "rsync, in the patch_in_place round".to_string(),
+        seconds: patching.rsync.as_secs_f64(),
+        wire_bytes: patching.rsync_wire_bytes,
     });
     report.incremental.push(IncrementalRow {
         case,

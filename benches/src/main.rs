@@ -9,6 +9,7 @@
 //! cargo run --release -p standin-bench -- small  [--quick] [--runs N] [--dir DIR]
 //! cargo run --release -p standin-bench -- large  [--quick] [--runs N] [--dir DIR]
 //! cargo run --release -p standin-bench -- rewrite [--quick] [--runs N] [--dir DIR]
+//! cargo run --release -p standin-bench -- incremental [--quick] [--runs N] [--dir DIR]
 //! ```
 //!
 //! Common options: `--out DIR` (results elsewhere than `benches/results/`), `--standin
@@ -44,7 +45,7 @@ use std::path::PathBuf;
 use engine_run::{engine, make_corpora, push, Corpus};
 use measure::{median, warm};
 use report::{Report, Row};
-use single::{initial_only, lag_only, rewrite_only};
+use single::{incremental_only, initial_only, lag_only, rewrite_only};
 
 pub(crate) struct Options {
     quick: bool,
@@ -109,8 +110,9 @@ fn main() {
             initial_only(&options, &command)
         }
         Ok((command, options)) if command == "rewrite" => rewrite_only(&options),
+        Ok((command, options)) if command == "incremental" => incremental_only(&options),
         Ok((command, _)) => Err(format!(
-            "unknown benchmark {command:?}; try `all`, `engine`, `pair`, `lag`, `small`, `large` or `rewrite`"
+            "unknown benchmark {command:?}; try `all`, `engine`, `pair`, `lag`, `small`, `large`, `rewrite` or `incremental`"
         )
         .into()),
         Err(message) => Err(message.into()),
@@ -210,7 +212,8 @@ fn pair_benchmark(options: &Options) -> Outcome<()> {
         );
     }
     eprintln!("measuring the incremental case and the takeover ...");
-    let incremental = pair::incremental(&standin, &rsync, work, &small.root, &large.root)?;
+    let incremental = pair::incremental(&standin, &rsync, work, &small.root, &large.root, false)?;
+    let patching = pair::incremental(&standin, &rsync, work, &small.root, &large.root, true)?;
     report.rows.push(Row {
         case: "incremental (1% of small rewritten, 1 MiB appended, 4 KiB changed)".to_string(),
         tool: "rsync -a (daemon) --stats + sync".to_string(),
@@ -234,6 +237,23 @@ fn pair_benchmark(options: &Options) -> Outcome<()> {
             incremental.rsync.as_secs_f64() / incremental.standin.as_secs_f64(),
         )],
     });
+    report.rows.push(Row {
+        case: "incremental (1% of small rewritten, 1 MiB appended, 4 KiB changed)".to_string(),
+        tool: "standin, patch_in_place = true (last change written to applied)".to_string(),
+        seconds: patching.standin.as_secs_f64(),
+        files_per_second: 0.0,
+        megabytes_per_second: patching.standin_wire_bytes as f64
+            / 1e6
+            / patching.standin.as_secs_f64(),
+        ratios: vec![(
+            "rsync".to_string(),
+            patching.rsync.as_secs_f64() / patching.standin.as_secs_f64(),
+        )],
+    });
+    report.notes.push(format!(
+        "incremental with patch_in_place = true: a round of its own (fresh pair and rsync target); its rsync took {:.3} s, the ratio is against that",
+        patching.rsync.as_secs_f64()
+    ));
     report.notes.push(format!(
         "incremental bytes over the wire: standin {} (chunk bytes fetched), rsync {} (total bytes received)",
         incremental.standin_wire_bytes, incremental.rsync_wire_bytes

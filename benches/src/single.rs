@@ -1,5 +1,5 @@
-//! The benchmarks of one part of `all` alone — `lag`, `small` / `large`, `rewrite` —
-//! for working on one figure without a full run.
+//! The benchmarks of one part of `all` alone — `lag`, `small` / `large`, `rewrite`,
+//! `incremental` — for working on one figure without a full run.
 
 use std::time::Duration;
 
@@ -174,5 +174,61 @@ pub(crate) fn rewrite_only(options: &Options) -> Outcome<()> {
         rsync_time.as_secs_f64(),
         rsync_time.as_secs_f64() / standin_time.as_secs_f64()
     );
+    Ok(())
+}
+
+/// `standin-bench incremental`: the pair benchmark's incremental case alone (1% of
+/// 20,000 small files rewritten, 1 MiB appended to one 128 MiB file, 4 KiB changed in
+/// another), `--runs` times on fresh pairs, with `patch_in_place` off and on: for
+/// profiling it without the initial syncs (STANDIN_BENCH_LOG=standin_engine=debug
+/// and STANDIN_BENCH_KEEP=1 leave the nodes' logs, showing where the time goes).
+pub(crate) fn incremental_only(options: &Options) -> Outcome<()> {
+    let standin = pair::standin_binary(options.standin.as_deref())?;
+    let rsync = pair::rsync_binary()?;
+    let guard = work_dir(options)?;
+    let (files, size) = if options.quick {
+        (2_000, 16 << 20)
+    } else {
+        (20_000, 128 << 20)
+    };
+    let small = guard.path().join("corpus-small");
+    let large = guard.path().join("corpus-large");
+    corpus::small_files(&small, files, 100, 4096)?;
+    corpus::large_files(&large, 2, size)?;
+    sync_all();
+    let (mut standin_times, mut rsync_times) = ([Vec::new(), Vec::new()], Vec::new());
+    for run in 0..options.runs {
+        let work = guard.path().join(format!("run-{run}"));
+        std::fs::create_dir_all(&work)?;
+        // Both ways in turn (which goes first alternates between runs).
+        let ways = if run % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for patch_in_place in ways {
+            let round = pair::incremental(&standin, &rsync, &work, &small, &large, patch_in_place)?;
+            println!(
+                "run {run}, patch_in_place = {patch_in_place}: changes written in {:.3} s, then: standin {:.3} s ({} bytes), rsync {:.3} s ({} bytes)",
+                round.writing.as_secs_f64(),
+                round.standin.as_secs_f64(),
+                round.standin_wire_bytes,
+                round.rsync.as_secs_f64(),
+                round.rsync_wire_bytes
+            );
+            standin_times[usize::from(patch_in_place)].push(round.standin);
+            rsync_times.push(round.rsync);
+        }
+    }
+    let rsync_time = median(rsync_times);
+    for (patch_in_place, times) in [false, true].into_iter().zip(standin_times) {
+        let standin_time = median(times);
+        println!(
+            "median, patch_in_place = {patch_in_place}: standin {:.3} s, rsync {:.3} s (both rounds): standin converged {:.2}x sooner",
+            standin_time.as_secs_f64(),
+            rsync_time.as_secs_f64(),
+            rsync_time.as_secs_f64() / standin_time.as_secs_f64()
+        );
+    }
     Ok(())
 }

@@ -31,15 +31,17 @@ pub struct Incremental {
 /// passive and to an rsync target, then change it — 1% of the small files rewritten,
 /// 1 MiB appended to one large file, 4 KiB changed in the middle of the other — and
 /// time how long each takes to have it all, with the bytes each sent. Then SIGKILL the
-/// active and time the passive's takeover.
+/// active and time the passive's takeover. `patch_in_place`: the nodes' key of that
+/// name (the passive patches the large files where they are).
 pub fn incremental(
     binary: &Path,
     rsync: &Path,
     work: &Path,
     small: &Path,
     large: &Path,
+    patch_in_place: bool,
 ) -> Outcome<Incremental> {
-    let root = work.join("incremental");
+    let root = work.join(incremental_dir(patch_in_place));
     let folder = root.join("folder");
     std::fs::create_dir_all(&folder)?;
     crate::measure::time_command(
@@ -55,7 +57,9 @@ pub fn incremental(
         std::fs::copy(large.join(name), folder.join("large").join(name))?;
     }
     let failover_after_ms = 2_000;
-    let timing = format!("heartbeat_interval_ms = 200\nfailover_after_ms = {failover_after_ms}\n");
+    let timing = format!(
+        "heartbeat_interval_ms = 200\nfailover_after_ms = {failover_after_ms}\npatch_in_place = {patch_in_place}\n"
+    );
     let small_files = std::fs::read_dir(folder.join("small"))?.count() as u64;
     let Synced {
         mut alpha,
@@ -137,6 +141,15 @@ pub fn incremental(
         failover_after_ms,
         resources,
     })
+}
+
+/// The work dir of an `incremental` round (under `work`).
+pub fn incremental_dir(patch_in_place: bool) -> &'static str {
+    if patch_in_place {
+        "incremental-patch"
+    } else {
+        "incremental"
+    }
 }
 
 /// What one small-file incremental round measured.

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use standin_harness::NodeProcess;
 
-pub use incremental::{incremental, small_incremental};
+pub use incremental::{incremental, incremental_dir, small_incremental};
 pub use nodes::Usage;
 pub use programs::{find_or_install, rsync_binary, standin_binary};
 pub use rsync::RsyncDaemon;
