@@ -27,6 +27,7 @@
 //! (`patch.rs`): ARCHITECTURE.md, "The passive keeps content by reference".
 
 pub mod chunking;
+pub mod rechunk;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};

@@ -214,3 +214,47 @@ fn an_idle_capture_saves_the_index_its_groups_changed() {
     capture.stop();
     node.assert_verified();
 }
+
+#[test]
+fn a_large_file_changed_in_place_is_recorded_as_a_fresh_read_would_record_it() {
+    // The second capture compares the file with its recorded chunks (`rechunk`) and
+    // cuts only what changed: its record must be exactly a fresh chunking's, and the
+    // node must verify against the disk.
+    let node = Node::new();
+    let path = node.folder.join("big.bin");
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut noise = |len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    };
+    let mut data = noise(24 << 20);
+    std::fs::write(&path, &data).unwrap();
+    node.capture();
+    data[12 << 20..(12 << 20) + 4096].copy_from_slice(&noise(4096));
+    data.extend_from_slice(&noise(1 << 20));
+    std::fs::write(&path, &data).unwrap();
+    let events = node.capture();
+    let fresh = standin_engine::chunk_store::chunking::store_content(
+        data.as_slice(),
+        node.repository.chunks(),
+        &path,
+    )
+    .unwrap();
+    let recorded = events
+        .iter()
+        .find_map(|event| match &event.body.change {
+            Change::File {
+                content, chunks, ..
+            } => Some((*content, chunks.clone())),
+            _ => None,
+        })
+        .expect("the file's new version is recorded");
+    assert_eq!(recorded, (fresh.content, fresh.chunks));
+    node.assert_verified();
+}

@@ -113,6 +113,7 @@ fn a_gibibyte_with_four_kibibytes_of_data_is_not_read_as_zeros() {
         &active.repository,
         &relative,
         None,
+        None,
     )
     .unwrap();
     let read = bytes_read_by_this_thread() - before;

@@ -64,12 +64,15 @@ pub const STABLE_READ_TRIES: u32 = 4;
 ///
 /// `known`: the file's metadata as the scan that chose it just read it; its extended
 /// attributes are taken from there rather than read again (owner, mode and mtime come
-/// from the read's own stat).
+/// from the read's own stat). `previous`: what the index holds for the path; a large
+/// file's last chunks there are compared rather than cut again where they still hold
+/// (`rechunk`).
 pub fn capture_file(
     root: &Path,
     repository: &Repository,
     path: &RelPath,
     known: Option<&crate::folder::meta::Meta>,
+    previous: Option<&crate::folder::index::Entry>,
 ) -> Result<Captured> {
     let full = path.under(root);
     let mut as_database = true;
@@ -191,11 +194,32 @@ pub fn capture_file(
                     repository.chunks(),
                     &full,
                 )?,
-                None => store_content(
-                    std::io::Read::chain(head.as_slice(), &file),
-                    repository.chunks(),
-                    &full,
-                )?,
+                None => match previous_chunks(previous) {
+                    // A large file recorded before: compared with its last version's
+                    // chunks, only what changed is cut and hashed again.
+                    Some(previous) => {
+                        let started = crate::clock::instant();
+                        let rechunked = crate::chunk_store::rechunk::store_content_since(
+                            std::io::Read::chain(head.as_slice(), &file),
+                            repository.chunks(),
+                            &full,
+                            previous,
+                        )?;
+                        tracing::debug!(
+                            path = %full.display(),
+                            size = rechunked.chunked.size,
+                            reused = rechunked.reused_bytes,
+                            ms = started.elapsed().as_secs_f64() * 1e3,
+                            "read against its last version"
+                        );
+                        rechunked.chunked
+                    }
+                    None => store_content(
+                        std::io::Read::chain(head.as_slice(), &file),
+                        repository.chunks(),
+                        &full,
+                    )?,
+                },
             };
             let after = file.metadata().at("stat", &full)?;
             if !same_version(&before, &after) || stored.size != after.len() {
@@ -254,6 +278,25 @@ pub fn capture_file(
     }
     Ok(Captured::Unstable)
 }
+
+/// A recorded file of more than `REUSE_AFTER_CHUNKS` chunks: its last version's
+/// chunks, for `rechunk::store_content_since`.
+fn previous_chunks(
+    previous: Option<&crate::folder::index::Entry>,
+) -> Option<&[crate::log::event::ChunkRef]> {
+    match previous {
+        Some(crate::folder::index::Entry::File { chunks, .. })
+            if chunks.len() > REUSE_AFTER_CHUNKS =>
+        {
+            Some(chunks)
+        }
+        _ => None,
+    }
+}
+
+/// Below this many chunks (1 MiB on average) a file is cut afresh: comparing would
+/// save little.
+const REUSE_AFTER_CHUNKS: usize = 16;
 
 /// The `File` change for the content `stored` of the file at `full` (`path`), whose
 /// stat before the read was `before`: its metadata read now, its mtime from `before`.

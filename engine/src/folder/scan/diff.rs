@@ -279,8 +279,14 @@ fn capture_files(
 ) -> Result<Vec<(usize, Captured)>> {
     let capture_one = |capture: &Capture<'_>| {
         let slot = capture.slot;
-        let captured = capture_file(root, repository, capture.path, capture.disk_meta)
-            .map_err(|error| (slot, error))?;
+        let captured = capture_file(
+            root,
+            repository,
+            capture.path,
+            capture.disk_meta,
+            capture.before,
+        )
+        .map_err(|error| (slot, error))?;
         let change = match (captured, capture.before) {
             (
                 Captured::Put(change),
