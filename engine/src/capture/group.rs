@@ -382,11 +382,8 @@ fn ordered_cover(index: &FolderIndex, root: &Path, paths: &[RelPath]) -> Vec<Rel
     scopes
 }
 
-/// Scopes handed to one thread by `diff_scopes`, at least.
-const SCOPES_PER_THREAD: usize = 16;
-
 /// `diff_scope` of each of `scopes` (disjoint) against `base` (the repository's
-/// index when `None`), their changes in scope order. Many scopes (a burst of changes
+/// index when `None`), their changes in scope order. Several scopes (a burst of changes
 /// all over the folder) are diffed on up to 4 threads: each one stats, reads and
 /// hashes its own files.
 fn diff_scopes(
@@ -408,7 +405,10 @@ fn diff_scopes(
     Ok(diff)
 }
 
-/// `diff_scopes` before moves are folded.
+/// `diff_scopes` before moves are folded. Several scopes are diffed on up to 4
+/// threads, each taking the next scope not yet taken — so two large files changed
+/// together are read at once, wherever they sit in the list — and the changes come
+/// out in scope order.
 fn diff_scopes_apart(
     root: &Path,
     repository: &Repository,
@@ -419,36 +419,54 @@ fn diff_scopes_apart(
         .map(|count| count.get())
         .unwrap_or(1)
         .clamp(1, 4)
-        .min(scopes.len().div_ceil(SCOPES_PER_THREAD).max(1));
-    let diff = |scopes: &[Option<RelPath>]| -> Result<Diff> {
+        .min(scopes.len());
+    let one = |scope: &Option<RelPath>| diff_scope(root, repository, base, scope.as_ref());
+    if threads <= 1 {
         let mut out = Diff::default();
         for scope in scopes {
-            let part = diff_scope(root, repository, base, scope.as_ref())?;
+            let part = one(scope)?;
             out.changes.extend(part.changes);
             out.unstable.extend(part.unstable);
         }
-        Ok(out)
-    };
-    if threads <= 1 {
-        return diff(scopes);
+        return Ok(out);
     }
-    let per_thread = scopes.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = scopes
-            .chunks(per_thread)
-            .map(|part| scope.spawn(move || diff(part)))
-            .collect();
-        let mut out = Diff::default();
-        for worker in workers {
-            match worker.join() {
-                Ok(part) => {
-                    let part = part?;
-                    out.changes.extend(part.changes);
-                    out.unstable.extend(part.unstable);
+    let mut parts: Vec<(usize, Result<Diff>)> = {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let take = || {
+            let mut done = Vec::new();
+            loop {
+                let at = next.fetch_add(1, Ordering::Relaxed);
+                let Some(scope) = scopes.get(at) else {
+                    return done;
+                };
+                let part = one(scope);
+                let failed = part.is_err();
+                done.push((at, part));
+                if failed {
+                    // The others finish the scopes they hold; none is taken after.
+                    next.store(scopes.len(), Ordering::Relaxed);
+                    return done;
                 }
-                Err(panic) => std::panic::resume_unwind(panic),
             }
-        }
-        Ok(out)
-    })
+        };
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (1..threads).map(|_| scope.spawn(take)).collect();
+            let mut parts = take();
+            for worker in workers {
+                match worker.join() {
+                    Ok(done) => parts.extend(done),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            parts
+        })
+    };
+    parts.sort_by_key(|(at, _)| *at);
+    let mut out = Diff::default();
+    for (_, part) in parts {
+        let part = part?;
+        out.changes.extend(part.changes);
+        out.unstable.extend(part.unstable);
+    }
+    Ok(out)
 }
