@@ -76,11 +76,9 @@ pub fn incremental(
 
     // The changes.
     let bytes_before = metric(&beta, "standin_bytes_replicated_total");
-    let head_before = alpha.head_seq();
     let started = Instant::now();
     let mut generator = crate::corpus::Bytes::new(77);
     let mut content = vec![0u8; 4096];
-    let mut rewritten = 0u64;
     let mut small_paths: Vec<PathBuf> = Vec::new();
     for dir in std::fs::read_dir(folder.join("small"))? {
         for file in std::fs::read_dir(dir?.path())? {
@@ -88,10 +86,11 @@ pub fn incremental(
         }
     }
     small_paths.sort();
+    let mut expected = Vec::new();
     for path in small_paths.iter().step_by(100) {
         generator.fill(&mut content);
         std::fs::write(path, &content)?;
-        rewritten += 1;
+        expected.push(Expect::at(&folder, path, 0, &content));
     }
     let mut appended = std::fs::OpenOptions::new()
         .append(true)
@@ -99,7 +98,10 @@ pub fn incremental(
     let mut mebibyte = vec![0u8; 1 << 20];
     generator.fill(&mut mebibyte);
     appended.write_all(&mebibyte)?;
+    let appended_at = appended.metadata()?.len() - mebibyte.len() as u64;
     drop(appended);
+    let large0 = folder.join("large/large0.bin");
+    expected.push(Expect::at(&folder, &large0, appended_at, &mebibyte));
     {
         use std::io::{Seek, SeekFrom};
         let mut middle = std::fs::OpenOptions::new()
@@ -109,10 +111,17 @@ pub fn incremental(
         middle.seek(SeekFrom::Start(length / 2))?;
         generator.fill(&mut content);
         middle.write_all(&content)?;
+        let large1 = folder.join("large/large1.bin");
+        expected.push(Expect::at(&folder, &large1, length / 2, &content));
     }
     let writing = started.elapsed();
-    let (standin, standin_wire_bytes) =
-        applied(&alpha, &beta, head_before + rewritten + 2, bytes_before)?;
+    let (standin, standin_wire_bytes) = applied(
+        &alpha,
+        &beta,
+        &root.join("replica"),
+        &expected,
+        bytes_before,
+    )?;
 
     let (rsync_time, rsync_wire_bytes) = daemon.update(rsync, &rsync_target)?;
 
@@ -197,23 +206,27 @@ pub fn small_incremental(
     crate::measure::warm(&folder)?;
 
     let bytes_before = metric(&beta, "standin_bytes_replicated_total");
-    let head_before = alpha.head_seq();
     let step = (files / changed.max(1)).max(1);
     let mut generator = crate::corpus::Bytes::new(78);
     let mut content = vec![0u8; 4096];
     let started = Instant::now();
     let mut rewritten = 0u64;
+    let mut expected = Vec::new();
     for index in (0..files).step_by(step).take(changed) {
         generator.fill(&mut content);
-        std::fs::write(
-            folder.join(format!("dir{:03}/file{index:05}.dat", index % dirs)),
-            &content,
-        )?;
+        let path = folder.join(format!("dir{:03}/file{index:05}.dat", index % dirs));
+        std::fs::write(&path, &content)?;
         rewritten += 1;
+        expected.push(Expect::at(&folder, &path, 0, &content));
     }
     let writing = started.elapsed();
-    let (standin, standin_wire_bytes) =
-        applied(&alpha, &beta, head_before + rewritten, bytes_before)?;
+    let (standin, standin_wire_bytes) = applied(
+        &alpha,
+        &beta,
+        &root.join("replica"),
+        &expected,
+        bytes_before,
+    )?;
     let (rsync_time, rsync_wire_bytes) = daemon.update(rsync, &rsync_target)?;
     Ok(SmallIncremental {
         files,
@@ -226,20 +239,63 @@ pub fn small_incremental(
     })
 }
 
-/// From now until the active has recorded `expected` events and the passive applied
-/// them all: the time, and the bytes the passive received since `bytes_before`.
+/// Bytes the replica must hold at an offset of a file once a change is applied.
+struct Expect {
+    /// The file, relative to the folder (and so to the replica).
+    relative: PathBuf,
+    offset: u64,
+    bytes: Vec<u8>,
+}
+
+impl Expect {
+    fn at(folder: &Path, path: &Path, offset: u64, bytes: &[u8]) -> Expect {
+        Expect {
+            relative: path.strip_prefix(folder).unwrap_or(path).to_path_buf(),
+            offset,
+            bytes: bytes.to_vec(),
+        }
+    }
+
+    fn held_in(&self, replica: &Path) -> bool {
+        use std::os::unix::fs::FileExt;
+        let Ok(file) = std::fs::File::open(replica.join(&self.relative)) else {
+            return false;
+        };
+        let mut found = vec![0u8; self.bytes.len()];
+        file.read_exact_at(&mut found, self.offset).is_ok() && found == self.bytes
+    }
+}
+
+/// From now until the replica holds every change in `expected` and the passive's
+/// head is the active's (the batch that wrote them is applied, durable and
+/// appended): the time, and the bytes the passive received since `bytes_before`.
+/// (Counting events instead would stop early: a group's marker and the directories'
+/// new times are events too.)
 fn applied(
     alpha: &NodeProcess,
     beta: &NodeProcess,
-    expected: u64,
+    replica: &Path,
+    expected: &[Expect],
     bytes_before: u64,
 ) -> Outcome<(Duration, u64)> {
     let written = Instant::now();
-    wait_head(alpha, "the active to record the changes", |head| {
-        head >= expected
-    })?;
-    let final_head = alpha.head_seq();
-    wait_head(beta, "the passive to apply them", |head| head >= final_head)?;
+    let mut held = 0;
+    loop {
+        while held < expected.len() && expected[held].held_in(replica) {
+            held += 1;
+        }
+        if held == expected.len() && beta.head_seq() >= alpha.head_seq() {
+            break;
+        }
+        if written.elapsed() > LIMIT {
+            return Err(format!(
+                "timed out waiting for the replica to hold the changes ({held} of {} held)",
+                expected.len()
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let elapsed = written.elapsed();
     let bytes = metric(beta, "standin_bytes_replicated_total").saturating_sub(bytes_before);
     Ok((elapsed, bytes))
