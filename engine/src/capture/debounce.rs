@@ -122,10 +122,6 @@ impl Loop {
     pub(super) fn reconcile_at_start(&mut self) -> Result<()> {
         let recorded = self.record_group(Scope::Full)?;
         if recorded > 0 {
-            // Saved once capture is idle, like any group's: otherwise the whole
-            // folder's entries waited for the next change, whose group paid for
-            // saving them (400 ms for 20,000 files).
-            self.index_save_at = Some(crate::clock::instant() + IDLE_INDEX_SAVE);
             tracing::info!(
                 events = recorded,
                 "recorded the changes made while capture was not running"

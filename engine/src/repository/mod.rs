@@ -226,9 +226,16 @@ impl Repository {
     /// Replace the saved index by `index`, as of `seq`.
     pub(crate) fn save_all_index_entries(&self, index: &FolderIndex, seq: u64) -> Result<()> {
         self.index_tree.clear()?;
+        // In bounded batches, as `save_index` does.
         let mut batch = sled::Batch::default();
+        let mut in_batch = 0;
         for (path, entry, meta) in index.iter_with_meta() {
             batch.insert(path.as_bytes(), encode_entry(entry, meta));
+            in_batch += 1;
+            if in_batch == index_save::SAVE_PART_ENTRIES {
+                self.index_tree.apply_batch(std::mem::take(&mut batch))?;
+                in_batch = 0;
+            }
         }
         self.index_tree.apply_batch(batch)?;
         self.meta.insert(INDEX_SEQ_KEY, &seq.to_be_bytes())?;
