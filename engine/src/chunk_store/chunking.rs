@@ -150,12 +150,12 @@ pub fn chunk_into(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::hash::Hash;
 
     /// Deterministic bytes that are not all alike (so FastCDC finds cut points).
-    fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    pub(crate) fn bytes(len: usize, seed: u64) -> Vec<u8> {
         let mut state = seed | 1;
         (0..len)
             .map(|_| {

@@ -199,19 +199,7 @@ impl<R: Read> Window<R> {
 mod tests {
     use super::*;
     use crate::chunk_store::chunking::store_content;
-
-    /// Deterministic bytes that are not all alike (so FastCDC finds cut points).
-    fn bytes(len: usize, seed: u64) -> Vec<u8> {
-        let mut state = seed | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect()
-    }
+    use crate::chunk_store::chunking::tests::bytes;
 
     /// Re-chunk `new` against `old`'s chunks: it must be exactly what chunking `new`
     /// from scratch gives. Returns the bytes cut anew.

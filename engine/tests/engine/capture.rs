@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use standin_engine::{Capture, CaptureOptions, Change};
 
+use crate::byref::noise;
 use crate::support::{wait_for, Node};
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -202,22 +203,11 @@ fn a_large_file_changed_in_place_is_recorded_as_a_fresh_read_would_record_it() {
     // node must verify against the disk.
     let node = Node::new();
     let path = node.folder.join("big.bin");
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut noise = |len: usize| -> Vec<u8> {
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect()
-    };
-    let mut data = noise(24 << 20);
+    let mut data = noise(24 << 20, 1);
     std::fs::write(&path, &data).unwrap();
     node.capture();
-    data[12 << 20..(12 << 20) + 4096].copy_from_slice(&noise(4096));
-    data.extend_from_slice(&noise(1 << 20));
+    data[12 << 20..(12 << 20) + 4096].copy_from_slice(&noise(4096, 2));
+    data.extend_from_slice(&noise(1 << 20, 3));
     std::fs::write(&path, &data).unwrap();
     let events = node.capture();
     let fresh = standin_engine::chunk_store::chunking::store_content(
