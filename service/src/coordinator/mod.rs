@@ -233,6 +233,7 @@ impl Coordinator {
                     Ok(Ok(kept_seq)) => {
                         // What went wrong while following the old active is over.
                         self.node.set_error(None);
+                        self.node.set_pull_error(None);
                         tracing::warn!(epoch, "promoted: this node is now authoritative");
                         // A failover (not a switchover): its named-loss report.
                         if let Some(promotion) = self

@@ -91,6 +91,10 @@ pub struct Node {
     /// When this node first saw the peer ahead of it (cleared once caught up).
     behind_since_ms: Mutex<Option<u64>>,
     last_error: Mutex<Option<String>>,
+    /// Why the last pull failed, while following an active; `last_error` shows it
+    /// only while this node is not the active (the role is published before the
+    /// promotion's actions run, so a status read then must not show it).
+    pull_error: Mutex<Option<String>>,
     capture: Mutex<Option<Capture>>,
     /// What every capture of this process counted (kept across captures).
     pub capture_stats: Arc<CaptureStats>,
@@ -205,6 +209,7 @@ impl Node {
             peer_head: Mutex::new(None),
             behind_since_ms: Mutex::new(None),
             last_error: Mutex::new(None),
+            pull_error: Mutex::new(None),
             capture: Mutex::new(None),
             capture_stats: Arc::default(),
             apply_lock: Arc::new(tokio::sync::RwLock::new(())),
@@ -461,8 +466,19 @@ impl Node {
         *lock(&self.last_error) = error;
     }
 
+    /// Why the last pull failed (`None`: the last one worked).
+    pub fn set_pull_error(&self, error: Option<String>) {
+        *lock(&self.pull_error) = error;
+    }
+
+    /// What went wrong last: the node's own error, else, unless this node is the
+    /// active, why its last pull failed.
     pub fn last_error(&self) -> Option<String> {
-        lock(&self.last_error).clone()
+        let own = lock(&self.last_error).clone();
+        if own.is_some() || self.role() == Role::Active {
+            return own;
+        }
+        lock(&self.pull_error).clone()
     }
 
     /// Lag behind the peer: events, and seconds since this node learned it was behind

@@ -109,6 +109,7 @@ impl Puller {
         if self.node.last_error().is_some() {
             tracing::info!("replication is working again");
             self.node.set_error(None);
+            self.node.set_pull_error(None);
         }
     }
 

@@ -541,7 +541,7 @@ impl Puller {
                 }
                 Err(error) => {
                     self.node.metrics.pull_error(error.kind());
-                    self.node.set_error(Some(error.to_string()));
+                    self.node.set_pull_error(Some(error.to_string()));
                     if error.is_fatal() {
                         tracing::error!(%error, "replication stopped");
                         return Some(error);
