@@ -16,6 +16,10 @@
 //! PATH` (use this `standin` binary instead of building the release one), `--smoke`
 //! (`all` on tiny corpora: shows the harness works, in CI; its figures mean nothing).
 //!
+//! `incremental`: the pair's incremental case alone (large files changed in place),
+//! patch_in_place off and on, beside rsync; written to `incremental-run.md` and
+//! `.json` (`benches/results/incremental.md` is the analysis that led to its figures).
+//!
 //! `all`: everything below the pair can measure, in one run (see `all.rs`), written
 //! to `benches/results/all.md` and `all.json`.
 //!

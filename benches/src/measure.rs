@@ -82,7 +82,7 @@ pub fn disk_write_rate(dir: &Path, bytes: usize) -> std::io::Result<f64> {
 }
 
 /// The median of some durations.
-pub fn median(mut values: Vec<Duration>) -> Duration {
+pub fn median<T: Ord + Copy>(mut values: Vec<T>) -> T {
     values.sort();
     values[values.len() / 2]
 }
