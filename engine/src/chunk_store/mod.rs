@@ -395,15 +395,26 @@ impl ChunkStore {
         let path = self.pack_path(writer.pack);
         writer.flush_buffer(&path)?;
         writer.file.sync_data().at("fsync", &path)?;
-        let mut recent = self.recent_mut();
+        // Into the tree first, then into `recent` under its lock at once: readers
+        // (a passive's write threads) take that lock for every chunk, and held across
+        // thousands of tree inserts it stalled them. A reader that finds a chunk in
+        // neither waits for the writer's lock, which this sync holds to the end.
+        let mut synced = Vec::with_capacity(writer.pending.len());
         for (hash, location) in writer.pending.drain() {
-            let previous = self.locations.insert(hash.0, &location.to_bytes())?;
-            recent.remember(hash, location);
-            if previous.is_none() {
+            if self
+                .locations
+                .insert(hash.0, &location.to_bytes())?
+                .is_none()
+            {
                 self.stored_chunks.fetch_add(1, Ordering::Relaxed);
                 self.stored_bytes
                     .fetch_add(location.len as u64, Ordering::Relaxed);
             }
+            synced.push((hash, location));
+        }
+        let mut recent = self.recent_mut();
+        for (hash, location) in synced {
+            recent.remember(hash, location);
         }
         Ok(())
     }
