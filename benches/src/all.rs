@@ -256,7 +256,7 @@ pub fn all(options: &Options) -> Outcome<()> {
         };
         let mut rows = vec![rsync_row.clone(), cp_row.clone()];
         for (tool, times) in [
-            ("standin initial sync (caught up)", caught_up),
+            ("standin initial sync (caught up + sync)", caught_up),
             ("standin initial sync (verify passed)", verified),
         ] {
             let mut row = rate_row(corpus, tool, median(times));

@@ -10,6 +10,7 @@
 //! cargo run --release -p standin-bench -- large  [--quick] [--runs N] [--dir DIR]
 //! cargo run --release -p standin-bench -- rewrite [--quick] [--runs N] [--dir DIR]
 //! cargo run --release -p standin-bench -- incremental [--quick] [--runs N] [--dir DIR]
+//! cargo run --release -p standin-bench -- lag [--quick] [--rates 10,100,1000] [--dir DIR]
 //! ```
 //!
 //! Common options: `--out DIR` (results elsewhere than `benches/results/`), `--standin
@@ -24,9 +25,10 @@
 //! to `benches/results/all.md` and `all.json`.
 //!
 //! `pair`: initial sync over loopback between two real `standin serve` processes
-//! (from an empty passive to caught up, and to `standin verify` passing) beside an
-//! rsync daemon on 127.0.0.1 (installed with apt-get when missing), for the same two
-//! corpora; and the change-to-applied lag of a 4 KiB file with `replication_period = 0`.
+//! (from an empty passive to caught up, then `sync`, as rsync's copy is counted; and
+//! to `standin verify` passing) beside an rsync daemon on 127.0.0.1 (installed with
+//! apt-get when missing), for the same two corpora; and the change-to-applied lag of
+//! a 4 KiB file with `replication_period = 0`.
 //!
 //! `engine`: capture (scan, chunk, hash, store, log) and replay (apply verified events
 //! into an empty folder, one durability point per batch) of 20,000 × 4 KiB files in 100
@@ -61,6 +63,8 @@ pub(crate) struct Options {
     out: Option<PathBuf>,
     /// A `standin` binary to use instead of building the release one.
     standin: Option<PathBuf>,
+    /// `lag`: the change rates measured (default 10, 100 and 1,000 a second).
+    rates: Vec<u32>,
 }
 
 fn parse(args: &[String]) -> Result<(String, Options), String> {
@@ -71,6 +75,7 @@ fn parse(args: &[String]) -> Result<(String, Options), String> {
         dir: None,
         out: None,
         standin: None,
+        rates: vec![10, 100, 1_000],
     };
     let mut command = None;
     let mut iter = args.iter();
@@ -90,6 +95,18 @@ fn parse(args: &[String]) -> Result<(String, Options), String> {
                     .and_then(|value| value.parse().ok())
                     .filter(|runs| *runs > 0)
                     .ok_or("--runs needs a positive number")?
+            }
+            "--rates" => {
+                options.rates = iter
+                    .next()
+                    .and_then(|value| {
+                        value
+                            .split(',')
+                            .map(|rate| rate.trim().parse::<u32>().ok().filter(|rate| *rate > 0))
+                            .collect::<Option<Vec<u32>>>()
+                    })
+                    .filter(|rates| !rates.is_empty())
+                    .ok_or("--rates needs changes per second, comma-separated (10,100)")?
             }
             "--dir" => {
                 options.dir = Some(PathBuf::from(iter.next().ok_or("--dir needs a directory")?))
@@ -203,7 +220,7 @@ fn pair_benchmark(options: &Options) -> Outcome<()> {
         push(
             &mut report,
             corpus,
-            "standin initial sync (caught up)",
+            "standin initial sync (caught up + sync)",
             median(caught_up),
             Some(("rsync", peer)),
         );
@@ -294,4 +311,26 @@ fn pair_benchmark(options: &Options) -> Outcome<()> {
     println!("{}", report.markdown());
     println!("written to {}", saved.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    fn args(line: &str) -> Vec<String> {
+        line.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn lag_rates_are_parsed_and_bad_ones_refused() {
+        let (command, options) = parse(&args("lag")).expect("defaults");
+        assert_eq!(command, "lag");
+        assert_eq!(options.rates, vec![10, 100, 1_000]);
+        let (_, options) = parse(&args("lag --rates 10,250")).expect("two rates");
+        assert_eq!(options.rates, vec![10, 250]);
+        for bad in ["lag --rates", "lag --rates 0", "lag --rates 10,x", "lag --rates ,"] {
+            let error = parse(&args(bad)).err().unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(error.contains("--rates"), "{bad}: {error}");
+        }
+    }
 }

@@ -17,7 +17,7 @@ pub(crate) fn lag_only(options: &Options) -> Outcome<()> {
     let seconds = if options.quick { 3.0 } else { 20.0 };
     let name = if options.quick { "lag-quick" } else { "lag" };
     let mut report = Report::new(name, work.path(), 1);
-    let lags = lag::lag_rates(&standin, &lsyncd, work.path(), &[10, 100, 1_000], seconds)?;
+    let lags = lag::lag_rates(&standin, &lsyncd, work.path(), &options.rates, seconds)?;
     report.add_lag(&lags);
     for (what, program) in [("standin", &standin), ("lsyncd", &lsyncd)] {
         let version = std::process::Command::new(program)
@@ -72,7 +72,8 @@ pub(crate) fn initial_only(options: &Options, kind: &str) -> Outcome<()> {
     sync_all();
     let entries = corpus::count_entries(&corpus)?;
     let daemon = pair::RsyncDaemon::start(&rsync, work.as_path(), &corpus)?;
-    let (mut rsync_times, mut standin_times, mut disk_rates) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut rsync_times, mut standin_times, mut caught_up_times, mut disk_rates) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let rate = |time: Duration| {
         format!(
             "{:.0} files/s, {:.0} MB/s",
@@ -104,7 +105,7 @@ pub(crate) fn initial_only(options: &Options, kind: &str) -> Outcome<()> {
                 let times =
                     pair::standin_initial_sync(&standin, work.as_path(), &corpus, entries, run)?;
                 println!(
-                    "run {run} standin {:.3} s {} (caught up {:.3} s; active {:.2} CPU s, peak RSS {:.0} MB serving; passive {:.2} CPU s, {:.0} MB; passive data_dir {:.1} MB = {:.1}% of the folder)",
+                    "run {run} standin {:.3} s {} (verify passed; caught up + sync {:.3} s; active {:.2} CPU s, peak RSS {:.0} MB serving; passive {:.2} CPU s, {:.0} MB; passive data_dir {:.1} MB = {:.1}% of the folder)",
                     times.verified.as_secs_f64(),
                     rate(times.verified),
                     times.caught_up.as_secs_f64(),
@@ -116,14 +117,18 @@ pub(crate) fn initial_only(options: &Options, kind: &str) -> Outcome<()> {
                     100.0 * times.passive_data_bytes as f64 / bytes as f64
                 );
                 standin_times.push(times.verified);
+                caught_up_times.push(times.caught_up);
                 measure::reclaim_space(&work.as_path().join(format!("pair-{run}-corpus-{kind}")))?;
             }
         }
     }
     let (rsync_time, standin_time) = (median(rsync_times), median(standin_times));
+    let caught_up_time = median(caught_up_times);
     let mut summary = format!(
-        "median: rsync {}, standin {} (verify passed): {:.2}x rsync",
+        "median: rsync {}; standin caught up + sync {}: {:.2}x rsync; verify passed {}: {:.2}x rsync",
         rate(rsync_time),
+        rate(caught_up_time),
+        rsync_time.as_secs_f64() / caught_up_time.as_secs_f64(),
         rate(standin_time),
         rsync_time.as_secs_f64() / standin_time.as_secs_f64()
     );
