@@ -392,8 +392,14 @@ pub fn all(options: &Options) -> Outcome<()> {
             Vec::new()
         });
     report.add_lag(&lags);
+    if !lags.is_empty() {
+        match crate::single::disk_sync_note(work) {
+            Ok(note) => report.notes.push(note),
+            Err(error) => eprintln!("the disk's fsync latency could not be measured: {error}"),
+        }
+    }
     report.notes.push(
-        "initial sync: from starting an empty passive (the active has recorded the corpus) to its head equal to the active's, and to `standin verify` passing; rsync and cp -a end with `sync`".to_string(),
+        "initial sync: from starting an empty passive (the active has recorded the corpus) to its head equal to the active's, then `sync`, and to `standin verify` passing; rsync and cp -a end with `sync`".to_string(),
     );
     report.notes.push(
         "incremental: both clocks start once the changes are written on the active: standin's runs to the passive's head equal to the active's (capture's debounce included), rsync's over its rescan and transfer; writing the changes themselves took the time noted per case".to_string(),

@@ -328,8 +328,15 @@ mod tests {
         assert_eq!(options.rates, vec![10, 100, 1_000]);
         let (_, options) = parse(&args("lag --rates 10,250")).expect("two rates");
         assert_eq!(options.rates, vec![10, 250]);
-        for bad in ["lag --rates", "lag --rates 0", "lag --rates 10,x", "lag --rates ,"] {
-            let error = parse(&args(bad)).err().unwrap_or_else(|| panic!("{bad} accepted"));
+        for bad in [
+            "lag --rates",
+            "lag --rates 0",
+            "lag --rates 10,x",
+            "lag --rates ,",
+        ] {
+            let error = parse(&args(bad))
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
             assert!(error.contains("--rates"), "{bad}: {error}");
         }
     }

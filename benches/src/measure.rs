@@ -81,6 +81,56 @@ pub fn disk_write_rate(dir: &Path, bytes: usize) -> std::io::Result<f64> {
     Ok(bytes as f64 / elapsed.as_secs_f64())
 }
 
+/// The disk's fsync latency as a steady writer meets it: `count` writes of 4 KiB to
+/// one fresh file under `dir`, each followed by `fdatasync`, `rate` a second. Sorted.
+/// The lag figures stand on it: standin's active makes each change durable before it
+/// sends it (lsyncd syncs nothing).
+pub fn disk_sync_latencies(dir: &Path, count: usize, rate: u32) -> std::io::Result<Vec<Duration>> {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join(format!("fsync-probe-{}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    let mut buffer = vec![0u8; 4096];
+    let mut latencies = Vec::with_capacity(count);
+    let start = Instant::now();
+    for index in 0..count {
+        let due = start + Duration::from_secs_f64(index as f64 / rate.max(1) as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        crate::corpus::Bytes::new(index as u64).fill(&mut buffer);
+        let began = Instant::now();
+        file.write_all_at(&buffer, (index % 64) as u64 * 4096)?;
+        file.sync_data()?;
+        latencies.push(began.elapsed());
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    latencies.sort();
+    Ok(latencies)
+}
+
+/// `latencies` (sorted) as "median …, p99 …, max … ms".
+pub fn latency_summary(latencies: &[Duration]) -> String {
+    let at = |quantile: f64| {
+        let index =
+            ((latencies.len() as f64 * quantile) as usize).min(latencies.len().saturating_sub(1));
+        latencies
+            .get(index)
+            .map(|latency| latency.as_secs_f64() * 1e3)
+            .unwrap_or(0.0)
+    };
+    format!(
+        "median {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    )
+}
+
 /// The median of some durations.
 pub fn median<T: Ord + Copy>(mut values: Vec<T>) -> T {
     values.sort();

@@ -19,6 +19,7 @@ pub(crate) fn lag_only(options: &Options) -> Outcome<()> {
     let mut report = Report::new(name, work.path(), 1);
     let lags = lag::lag_rates(&standin, &lsyncd, work.path(), &options.rates, seconds)?;
     report.add_lag(&lags);
+    report.notes.push(disk_sync_note(work.path())?);
     for (what, program) in [("standin", &standin), ("lsyncd", &lsyncd)] {
         let version = std::process::Command::new(program)
             .arg("--version")
@@ -272,4 +273,13 @@ pub(crate) fn incremental_only(options: &Options) -> Outcome<()> {
     let saved = report.save(options.out.as_deref())?;
     println!("written to {}", saved.display());
     Ok(())
+}
+
+/// The disk's fsync latency in the same run, for the lag rows (measured after them).
+pub(crate) fn disk_sync_note(dir: &std::path::Path) -> Outcome<String> {
+    let latencies = crate::measure::disk_sync_latencies(dir, 200, 100)?;
+    Ok(format!(
+        "disk: 4 KiB written + fdatasync, 200 at 100/s after the lag rows: {}; standin's active makes each change durable before it sends it (lsyncd syncs nothing), so its tail follows this one",
+        crate::measure::latency_summary(&latencies)
+    ))
 }
