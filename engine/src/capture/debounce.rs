@@ -122,13 +122,21 @@ impl Loop {
     pub(super) fn reconcile_at_start(&mut self) -> Result<()> {
         let recorded = self.record_group(Scope::Full)?;
         if recorded > 0 {
-            // Saved once capture is idle, like any group's: otherwise the whole
+            // Saved now, before capture watches for changes: otherwise the whole
             // folder's entries waited for the next change, whose group paid for
-            // saving them (254 ms for 20,000 files). In sled batches of
-            // `SAVE_PART_ENTRIES` this costs the active no memory worth naming while
-            // it serves an initial sync (tests/login_flood: 76-78 MB, bound 85);
-            // saved as one batch it had taken it to 156 MB.
-            self.index_save_at = Some(crate::clock::instant() + IDLE_INDEX_SAVE);
+            // saving them (254 ms for 20,000 files). Not when capture goes idle: a
+            // second later, that save fell inside a new passive's initial sync and
+            // took the active's anonymous memory from 73-77 to 91-93 MB (peak RSS
+            // 107 MB in release; tests/login_flood). Done here, it ends while a
+            // passive is still starting.
+            match self.repository.save_index_if_dirty() {
+                Ok(paths) => {
+                    tracing::debug!(paths, "saved the folder index after the start-up reconcile")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not save the folder index; the log has every change")
+                }
+            }
             tracing::info!(
                 events = recorded,
                 "recorded the changes made while capture was not running"

@@ -177,10 +177,10 @@ fn special_files_are_skipped_and_symlinks_recorded_as_links() {
 }
 
 #[test]
-fn the_start_up_reconcile_saves_the_index_once_idle() {
+fn the_start_up_reconcile_saves_the_index() {
     // The files already in the folder are recorded by the start-up reconcile; their
-    // index entries must be saved once capture is idle, not left for the first change
-    // to pay for (the whole folder's entries, 254 ms for 20,000 files).
+    // index entries must be saved with it, not left for the first change to pay for
+    // (the whole folder's entries, 254 ms for 20,000 files).
     let node = Node::new();
     for name in ["a.txt", "b.txt", "c.txt"] {
         std::fs::write(node.folder.join(name), name).unwrap();
@@ -189,7 +189,7 @@ fn the_start_up_reconcile_saves_the_index_once_idle() {
     assert!(wait_for(LIMIT, || puts_of(&node, "c.txt") >= 1));
     assert!(
         wait_for(LIMIT, || node.repository.unsaved_index_paths() == 0),
-        "{} index entries of the start-up reconcile still unsaved after capture went idle",
+        "{} index entries of the start-up reconcile still unsaved",
         node.repository.unsaved_index_paths()
     );
     capture.stop();
