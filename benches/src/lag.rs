@@ -36,12 +36,7 @@ pub struct RateLag {
 impl RateLag {
     /// The latency at `quantile` (0.5 the median, 1.0 the largest), in ms.
     pub fn at_ms(&self, quantile: f64) -> f64 {
-        let index = ((self.latencies.len() as f64 * quantile) as usize)
-            .min(self.latencies.len().saturating_sub(1));
-        self.latencies
-            .get(index)
-            .map(|latency| latency.as_secs_f64() * 1e3)
-            .unwrap_or(0.0)
+        crate::measure::quantile_ms(&self.latencies, quantile)
     }
 }
 

@@ -113,21 +113,24 @@ pub fn disk_sync_latencies(dir: &Path, count: usize, rate: u32) -> std::io::Resu
     Ok(latencies)
 }
 
+/// The latency at `quantile` of sorted `latencies` (0.5 the median, 1.0 the largest),
+/// in ms; 0 when there are none.
+pub fn quantile_ms(latencies: &[Duration], quantile: f64) -> f64 {
+    let index =
+        ((latencies.len() as f64 * quantile) as usize).min(latencies.len().saturating_sub(1));
+    latencies
+        .get(index)
+        .map(|latency| latency.as_secs_f64() * 1e3)
+        .unwrap_or(0.0)
+}
+
 /// `latencies` (sorted) as "median …, p99 …, max … ms".
 pub fn latency_summary(latencies: &[Duration]) -> String {
-    let at = |quantile: f64| {
-        let index =
-            ((latencies.len() as f64 * quantile) as usize).min(latencies.len().saturating_sub(1));
-        latencies
-            .get(index)
-            .map(|latency| latency.as_secs_f64() * 1e3)
-            .unwrap_or(0.0)
-    };
     format!(
         "median {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        at(0.5),
-        at(0.99),
-        at(1.0)
+        quantile_ms(latencies, 0.5),
+        quantile_ms(latencies, 0.99),
+        quantile_ms(latencies, 1.0)
     )
 }
 
@@ -168,4 +171,23 @@ pub fn reclaim_space(root: &Path) -> std::io::Result<u64> {
         }
     }
     Ok(freed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{latency_summary, quantile_ms};
+    use std::time::Duration;
+
+    #[test]
+    fn quantiles_index_sorted_latencies() {
+        let latencies: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(quantile_ms(&latencies, 0.5), 51.0);
+        assert_eq!(quantile_ms(&latencies, 0.99), 100.0);
+        assert_eq!(quantile_ms(&latencies, 1.0), 100.0);
+        assert_eq!(quantile_ms(&[], 0.5), 0.0);
+        assert_eq!(
+            latency_summary(&latencies[..10]),
+            "median 6.00 ms, p99 10.00 ms, max 10.00 ms"
+        );
+    }
 }

@@ -19,7 +19,11 @@ pub(crate) fn lag_only(options: &Options) -> Outcome<()> {
     let mut report = Report::new(name, work.path(), 1);
     let lags = lag::lag_rates(&standin, &lsyncd, work.path(), &options.rates, seconds)?;
     report.add_lag(&lags);
-    report.notes.push(disk_sync_note(work.path())?);
+    // Measured after the lag rows: a probe that fails must not cost them.
+    match disk_sync_note(work.path()) {
+        Ok(note) => report.notes.push(note),
+        Err(error) => eprintln!("the disk's fsync latency could not be measured: {error}"),
+    }
     for (what, program) in [("standin", &standin), ("lsyncd", &lsyncd)] {
         let version = std::process::Command::new(program)
             .arg("--version")
