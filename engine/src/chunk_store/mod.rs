@@ -23,7 +23,8 @@
 //!
 //! On a passive, large files' chunks may instead be *referenced* in the folder's file
 //! that holds them (`refs.rs`), written there once through a staged file
-//! (`stage.rs`) and patched there in place when a new version keeps most of them
+//! (`stage.rs`; begun as a clone of the old version where the file system clones,
+//! `clone.rs`) and patched there in place when a new version keeps most of them
 //! (`patch.rs`): ARCHITECTURE.md, "The passive keeps content by reference".
 
 pub mod chunking;
@@ -40,6 +41,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::hash::Hash;
 
 mod absorb;
+mod clone;
 mod gc;
 mod pack;
 mod patch;
@@ -47,6 +49,7 @@ pub(crate) mod refs;
 mod stage;
 
 pub use absorb::{AbsorbStep, LostChunk};
+pub use clone::cloned_bytes;
 use pack::{Location, PackWriter, RecentLocations};
 pub use patch::{patch_candidates, PatchPlan};
 pub use refs::{open_inode, InodeKey};

@@ -10,6 +10,9 @@
 //! so replay checks the content hash without reading the file again
 //! (`finish_staged`). A staged file replay does not take is `discard`ed: its chunks
 //! are copied into the packs first.
+//!
+//! Where the file system clones, a staged file starts as a clone of the version it
+//! replaces (`clone`), and only the chunks not in place there are written.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -17,6 +20,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use super::clone::write_chunk;
 use super::refs::{key_of, HomeState, InodeKey, RefLoc};
 use super::{lock, ChunkStore, Dedup};
 use crate::error::{Error, IoContext, Result};
@@ -37,6 +41,11 @@ pub struct Staged {
     /// (hash, length, offset), in file order.
     chunks: Vec<(Hash, u32, u64)>,
     filled: Vec<bool>,
+    /// Chunks in place in the clone the file started from (`clone::clone_current`):
+    /// the reference of the version it replaces, which holds the same bytes there.
+    in_place: Vec<Option<RefLoc>>,
+    /// The file started as a clone: ranges not in place hold old bytes until written.
+    cloned: bool,
     hasher: blake3::Hasher,
     /// Leading chunks hashed so far.
     hashed: usize,
@@ -98,7 +107,11 @@ fn stageable(events: &[Event]) -> Vec<&Event> {
 
 /// Write `bytes` at `offset`, leaving whole zero blocks (the file was sized first,
 /// so they read as zeros) as holes.
-fn write_at_leaving_holes(file: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+pub(super) fn write_at_leaving_holes(
+    file: &File,
+    bytes: &[u8],
+    offset: u64,
+) -> std::io::Result<()> {
     const BLOCK: usize = 4096;
     let mut at = 0usize;
     let mut run = 0usize;
@@ -178,12 +191,21 @@ impl ChunkStore {
             // Staged even when nothing is missing: its chunks may be referenced in the
             // file it replaces, and are then referenced in the new one instead.
             let missing = self.missing(chunks.iter().map(|chunk| chunk.hash))?;
-            self.stage_one(event.seq(), content, size, chunks, &missing)?;
+            self.stage_one(
+                event.seq(),
+                content,
+                size,
+                chunks,
+                &missing,
+                &path.under(folder),
+            )?;
             count += 1;
         }
         Ok(count)
     }
 
+    /// Stage one file: a new file in `staging/` (a clone of the version now at
+    /// `current`, where that pays), sized, waiting for the chunks it lacks.
     fn stage_one(
         &self,
         seq: u64,
@@ -191,6 +213,7 @@ impl ChunkStore {
         size: u64,
         chunks: &[ChunkRef],
         missing: &[Hash],
+        current: &Path,
     ) -> Result<()> {
         let name = format!(
             "{seq}-{}",
@@ -205,7 +228,6 @@ impl ChunkStore {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .at("create", &path)?;
-        file.set_len(size).at("truncate", &path)?;
         let key = key_of(&file, &path)?;
         let mut offset = 0u64;
         let placed: Vec<(Hash, u32, u64)> = chunks
@@ -216,11 +238,14 @@ impl ChunkStore {
                 (chunk.hash, chunk.len, at)
             })
             .collect();
+        let in_place = self.clone_current(&file, &path, current, &placed)?;
+        let cloned = in_place.iter().any(Option::is_some);
+        file.set_len(size).at("truncate", &path)?;
         let missing: std::collections::HashSet<&Hash> = missing.iter().collect();
         {
             let mut wanted = lock(&self.staging.wanted);
             for (index, (hash, _, _)) in placed.iter().enumerate() {
-                if missing.contains(hash) {
+                if missing.contains(hash) && in_place[index].is_none() {
                     wanted.entry(*hash).or_default().push((seq, index));
                 }
             }
@@ -234,7 +259,9 @@ impl ChunkStore {
             key,
             size,
             file,
-            filled: vec![false; placed.len()],
+            filled: in_place.iter().map(Option::is_some).collect(),
+            in_place,
+            cloned,
             chunks: placed,
             hasher: blake3::Hasher::new(),
             hashed: 0,
@@ -261,7 +288,7 @@ impl ChunkStore {
             };
             let mut staged = lock(&staged);
             let (_, len, offset) = staged.chunks[index];
-            write_at_leaving_holes(&staged.file, bytes, offset).at("write", &staged.path)?;
+            write_chunk(&staged.file, bytes, offset, staged.cloned).at("write", &staged.path)?;
             staged.filled[index] = true;
             if !referenced {
                 self.refs.add_pending(
@@ -305,7 +332,8 @@ impl ChunkStore {
                     Err(Error::ChunkMissing { .. }) => break,
                     Err(error) => return Err(error),
                 };
-                write_at_leaving_holes(&staged.file, &bytes, offset).at("write", &staged.path)?;
+                write_chunk(&staged.file, &bytes, offset, staged.cloned)
+                    .at("write", &staged.path)?;
                 staged.filled[index] = true;
                 // Referenced in a file this one may replace: from now on here.
                 if !self.in_pack(&hash)? {
@@ -320,6 +348,18 @@ impl ChunkStore {
                 }
                 bytes
             };
+            // In place in the clone: referenced in this file from now on, as a chunk
+            // copied in is, so that the version it replaces need not keep it.
+            if staged.in_place[index].is_some() && !self.in_pack(&hash)? {
+                self.refs.add_pending(
+                    hash,
+                    RefLoc {
+                        key: staged.key,
+                        offset,
+                        len,
+                    },
+                );
+            }
             if index == 0 {
                 staged.database = crate::folder::read::sqlite::is_header(&bytes);
             }

@@ -2,7 +2,8 @@
 //! store standing in for the active) and applies a history of large files written,
 //! rewritten in place, renamed and removed, and is killed with SIGKILL at random
 //! points. At the end the replica has the source's state and digest, and every chunk
-//! a retained event names still reads back, verified.
+//! a retained event names still reads back, verified. Run again on a loop-mounted XFS
+//! image (as root), where rewritten files are staged as clones of their old versions.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -64,7 +65,28 @@ fn content(len: usize, seed: u32) -> Vec<u8> {
 
 #[test]
 fn by_reference_replay_killed_at_random_points_converges() {
-    let source = Node::new();
+    killed_at_random_points_converges(None);
+}
+
+/// The same where the file system clones (a loop-mounted XFS image): the rewritten
+/// files' new versions are staged as clones of their old ones.
+#[test]
+fn by_reference_replay_from_clones_killed_at_random_points_converges() {
+    let Some(xfs) = crate::xfs::xfs_or_skip(
+        "by_reference_replay_from_clones_killed_at_random_points_converges",
+    ) else {
+        return;
+    };
+    killed_at_random_points_converges(Some(&xfs.mount));
+}
+
+/// Kill a child applying the history at random points, then finish: the replica
+/// converges. In `base` (a mounted file system) when given, else in temp dirs.
+fn killed_at_random_points_converges(base: Option<&Path>) {
+    let source = match base {
+        Some(base) => Node::new_in(base),
+        None => Node::new(),
+    };
     let relative = |path: &Path| standin_engine::RelPath::from_fs(&source.folder, path).unwrap();
     for round in 0..6u32 {
         let dir = source.folder.join(format!("dir{round}"));
@@ -107,7 +129,10 @@ fn by_reference_replay_killed_at_random_points_converges() {
         .events_after(0, &Hash::ZERO, usize::MAX)
         .unwrap();
 
-    let work = tempfile::tempdir().unwrap();
+    let work = match base {
+        Some(base) => tempfile::tempdir_in(base).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    };
     let folder = work.path().join("folder");
     std::fs::create_dir(&folder).unwrap();
     {
@@ -118,6 +143,20 @@ fn by_reference_replay_killed_at_random_points_converges() {
         Repository::open(&work.path().join("data")).unwrap();
     }
     write_events(&work.path().join("events.bin"), &events);
+    if base.is_some() {
+        // Once uninterrupted, in this process: the history does take the clone path
+        // here (the children's clones are not counted in this process).
+        let cloned = standin_engine::chunk_store::cloned_bytes();
+        let scratch = work.path().join("scratch");
+        std::fs::create_dir_all(scratch.join("folder")).unwrap();
+        let replica = Repository::open(&scratch.join("data")).unwrap();
+        let store = Repository::open(&work.path().join("source")).unwrap();
+        apply_all(&scratch.join("folder"), &replica, &store, &events);
+        assert!(
+            standin_engine::chunk_store::cloned_bytes() > cloned,
+            "no rewritten file was staged from a clone"
+        );
+    }
 
     let mut seed: u64 = 0xb1ef;
     let mut kills_mid_run = 0;

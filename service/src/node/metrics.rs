@@ -86,6 +86,7 @@ pub struct Metrics {
     pub capture_unstable_files: Gauge,
     pub capture_sqlite_lock_seconds_max: Gauge<f64, AtomicU64>,
     pub capture_clones: Counter,
+    pub replay_cloned_bytes: Counter,
     pub capture_sqlite_reads: Family<ReadLabel, Counter>,
     pub skipped_paths: Gauge,
     pub meta_unapplied: Counter,
@@ -128,6 +129,7 @@ impl Metrics {
             capture_unstable_files: Gauge::default(),
             capture_sqlite_lock_seconds_max: Gauge::default(),
             capture_clones: Counter::default(),
+            replay_cloned_bytes: Counter::default(),
             capture_sqlite_reads: Family::default(),
             skipped_paths: Gauge::default(),
             meta_unapplied: Counter::default(),
@@ -301,6 +303,11 @@ impl Metrics {
             "capture_clones",
             "Files capture read from a reflink clone (FICLONE) rather than in place",
             metrics.capture_clones.clone(),
+        );
+        registry.register(
+            "replay_cloned_bytes",
+            "Bytes of large files' new versions the passive took from a reflink clone of the version they replace rather than wrote",
+            metrics.replay_cloned_bytes.clone(),
         );
         registry.register(
             "capture_sqlite_reads",

@@ -318,6 +318,10 @@ impl Node {
             standin_engine::folder::read::reflink::clones(),
             std::sync::atomic::Ordering::Relaxed,
         );
+        metrics.replay_cloned_bytes.inner().store(
+            standin_engine::chunk_store::cloned_bytes(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let reads = standin_engine::folder::read::sqlite::frames::reads();
         for (read, count) in standin_engine::folder::read::sqlite::frames::Read::ALL
             .iter()

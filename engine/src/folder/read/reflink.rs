@@ -9,6 +9,9 @@
 //! kernel refuses (ext4, another file system, no reflink support), the refusal is
 //! remembered per (device, directory) so that each later file costs one lookup, and
 //! capture falls back to stable reads.
+//!
+//! The passive uses `clone_into` too: a large file's new version is staged as a clone
+//! of the version it replaces, so that only the chunks that changed are written.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -71,22 +74,38 @@ pub fn clone_file(source: &File, dir: &Path) -> std::io::Result<Option<File>> {
     }
     std::fs::create_dir_all(dir)?;
     let clone = tempfile::tempfile_in(dir)?;
+    if !clone_into(source, &clone, dir)? {
+        return Ok(None);
+    }
+    CLONES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(Some(clone))
+}
+
+/// Clone all of `source` into `target`, an empty file in `dir` (the replay of a large
+/// file's new version starts from a clone of the old one: `chunk_store::stage`).
+/// `Ok(false)` when the file systems cannot clone (remembered per device and
+/// directory, so that each later file costs one lookup); `Err` when they can but this
+/// clone failed (a full disk, say).
+pub fn clone_into(source: &File, target: &File, dir: &Path) -> std::io::Result<bool> {
+    let device = source.metadata()?.dev();
+    if refused(device, dir) {
+        return Ok(false);
+    }
     // SAFETY: both descriptors are open for the duration of the call; FICLONE reads
     // only the source descriptor number passed as its argument.
-    let status = unsafe { libc::ioctl(clone.as_raw_fd(), libc::FICLONE, source.as_raw_fd()) };
+    let status = unsafe { libc::ioctl(target.as_raw_fd(), libc::FICLONE, source.as_raw_fd()) };
     if status == 0 {
-        CLONES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if known(device, dir).is_none() {
-            tracing::info!(dir = %dir.display(), "the file system clones files (reflink): capture copies busy files by clone");
+            tracing::info!(dir = %dir.display(), "the file system clones files (reflink): busy files are copied, and large files' new versions begun, by clone");
             remember(device, dir, true);
         }
-        return Ok(Some(clone));
+        return Ok(true);
     }
     let error = std::io::Error::last_os_error();
     if means_unsupported(&error) {
-        tracing::debug!(%error, dir = %dir.display(), "no reflink here; capture uses stable reads");
+        tracing::debug!(%error, dir = %dir.display(), "no reflink here: copies are made by reading");
         remember(device, dir, false);
-        return Ok(None);
+        return Ok(false);
     }
     Err(error)
 }

@@ -1,0 +1,118 @@
+//! Staging from a clone: where the file system clones (XFS with reflink, btrfs), a new
+//! version of a file kept by reference starts as a clone (`FICLONE`) of the version it
+//! replaces (`clone_current`). The chunks at the same offsets in both are then in
+//! place — shared with the old inode, not written again — and only the others are
+//! written (`write_chunk`: each range emptied first, the clone holding the old bytes
+//! there). Every byte is still read back and hashed in file order before the file is
+//! put in place. An old version changed by hand makes the new one not add up: the
+//! batch fails, and recovery, which hashes the path's file against the index and
+//! rewrites it from verified chunks, finds the damaged chunk missing (its reference
+//! dropped), so it is fetched and the next try converges. The old version stays a
+//! separate inode, so invariant 5 holds: a reader of the replica sees the old file or
+//! the new one, whole.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use super::refs::RefLoc;
+use super::stage::write_at_leaving_holes;
+use super::ChunkStore;
+use crate::error::{IoContext, Result};
+use crate::hash::Hash;
+
+/// Bytes of staged files that were in place in a clone of the version they replace.
+static CLONED_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many bytes of staged files this process took from clones rather than wrote.
+pub fn cloned_bytes() -> u64 {
+    CLONED_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Write a chunk's `bytes` at `offset` of a staged file. A file sized sparse reads as
+/// zeros wherever nothing was written, so whole zero blocks are left as holes; in a
+/// clone the range holds the old version's bytes, so it is emptied first (a hole
+/// punched; zeros written where the file system cannot punch).
+pub(super) fn write_chunk(
+    file: &File,
+    bytes: &[u8],
+    offset: u64,
+    cloned: bool,
+) -> std::io::Result<()> {
+    if cloned {
+        // SAFETY: the descriptor is open; fallocate only changes the file's blocks.
+        let punched = unsafe {
+            libc::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(file),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                bytes.len() as libc::off_t,
+            )
+        };
+        if punched != 0 {
+            return file.write_all_at(bytes, offset);
+        }
+    }
+    write_at_leaving_holes(file, bytes, offset)
+}
+
+impl ChunkStore {
+    /// Where the file system clones: begin the staged `file` (at `path`) as a clone of
+    /// the version at `current` it replaces, when that version is kept by reference
+    /// and holds some of the new version's chunks (`placed`) at the same offsets.
+    /// For each of `placed`, the old version's reference when it is in place (none
+    /// when no clone was made).
+    pub(super) fn clone_current(
+        &self,
+        file: &File,
+        path: &Path,
+        current: &Path,
+        placed: &[(Hash, u32, u64)],
+    ) -> Result<Vec<Option<RefLoc>>> {
+        let none = || Ok(vec![None; placed.len()]);
+        let source = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(current)
+        {
+            Ok(source) => source,
+            Err(_) => return none(),
+        };
+        let metadata = match source.metadata() {
+            Ok(metadata) if metadata.is_file() => metadata,
+            _ => return none(),
+        };
+        if crate::folder::read::reflink::refused(metadata.dev(), &self.refs.staging_dir) {
+            return none();
+        }
+        // In place: the store's reference for the chunk is this inode, at this offset.
+        let key = (metadata.dev(), metadata.ino());
+        let mut in_place = Vec::with_capacity(placed.len());
+        for (hash, len, offset) in placed {
+            let location = self.refs.lookup(hash)?;
+            in_place.push(location.filter(|location| {
+                location.key == key && location.offset == *offset && location.len == *len
+            }));
+        }
+        if in_place.iter().all(Option::is_none) {
+            return none();
+        }
+        match crate::folder::read::reflink::clone_into(&source, file, &self.refs.staging_dir) {
+            Ok(true) => {}
+            Ok(false) => return none(),
+            Err(error) => {
+                tracing::debug!(%error, path = %current.display(), "could not clone the version a staged file replaces; writing the new one whole");
+                file.set_len(0).at("truncate", path)?;
+                return none();
+            }
+        }
+        let bytes: u64 = placed
+            .iter()
+            .zip(&in_place)
+            .filter(|(_, here)| here.is_some())
+            .map(|((_, len, _), _)| *len as u64)
+            .sum();
+        CLONED_BYTES.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        Ok(in_place)
+    }
+}
