@@ -21,14 +21,6 @@ use super::ChunkStore;
 use crate::error::{IoContext, Result};
 use crate::hash::Hash;
 
-/// Bytes of staged files that were in place in a clone of the version they replace.
-static CLONED_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// How many bytes of staged files this process took from clones rather than wrote.
-pub fn cloned_bytes() -> u64 {
-    CLONED_BYTES.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 /// Write a chunk's `bytes` at `offset` of a staged file. A file sized sparse reads as
 /// zeros wherever nothing was written, so whole zero blocks are left as holes; in a
 /// clone the range holds the old version's bytes, so it is emptied first (a hole
@@ -112,7 +104,8 @@ impl ChunkStore {
             .filter(|(_, here)| here.is_some())
             .map(|((_, len, _), _)| *len as u64)
             .sum();
-        CLONED_BYTES.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        self.cloned_bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
         Ok(in_place)
     }
 }

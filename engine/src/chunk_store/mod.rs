@@ -49,7 +49,6 @@ pub(crate) mod refs;
 mod stage;
 
 pub use absorb::{AbsorbStep, LostChunk};
-pub use clone::cloned_bytes;
 use pack::{Location, PackWriter, RecentLocations};
 pub use patch::{patch_candidates, PatchPlan};
 pub use refs::{open_inode, InodeKey};
@@ -107,6 +106,9 @@ pub struct ChunkStore {
     lost: absorb::Lost,
     /// Whether replay may patch a large file kept by reference in place (`patch.rs`).
     patch_in_place: std::sync::atomic::AtomicBool,
+    /// Bytes of staged files taken from clones of the versions they replace
+    /// (`clone.rs`).
+    cloned_bytes: AtomicU64,
 }
 
 fn pack_name(pack: u32) -> String {
@@ -169,6 +171,7 @@ impl ChunkStore {
             lost,
             patch_in_place: std::sync::atomic::AtomicBool::new(false),
             staging: stage::Staging::default(),
+            cloned_bytes: AtomicU64::new(0),
             pack_target_bytes: AtomicU64::new(PACK_TARGET_BYTES),
             stored_chunks: AtomicU64::new(stored_chunks),
             stored_bytes: AtomicU64::new(stored_bytes),
@@ -526,6 +529,12 @@ impl ChunkStore {
             other => other.at("read", &path)?,
         }
         Ok((bytes, path, location.offset))
+    }
+
+    /// Bytes of staged files this store took from clones of the versions they
+    /// replace (`clone.rs`) rather than wrote.
+    pub fn cloned_bytes(&self) -> u64 {
+        self.cloned_bytes.load(Ordering::Relaxed)
     }
 
     /// Number of chunks and their total bytes (synced chunks only).

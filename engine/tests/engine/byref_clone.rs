@@ -38,7 +38,7 @@ fn a_changed_large_file_is_staged_from_a_clone_of_its_old_version() {
     bytes.extend(noise(MIB, 3));
     std::fs::write(active.folder.join("table.dat"), &bytes).unwrap();
     active.capture();
-    let cloned_before = standin_engine::chunk_store::cloned_bytes();
+    let cloned_before = passive.repository.chunks().cloned_bytes();
     let packs_before = pack_bytes(&passive.repository);
     replicate_by_ref(&active, &passive, 100);
 
@@ -46,7 +46,7 @@ fn a_changed_large_file_is_staged_from_a_clone_of_its_old_version() {
         std::fs::read(passive.folder.join("table.dat")).unwrap() == bytes,
         "the replica does not hold the new version's bytes"
     );
-    let cloned = standin_engine::chunk_store::cloned_bytes() - cloned_before;
+    let cloned = passive.repository.chunks().cloned_bytes() - cloned_before;
     // Only the chunks around the two changes and the last one (the append) differ:
     // each at most 256 KiB, so at least 15 MiB of the 16 are in place.
     assert!(

@@ -319,7 +319,7 @@ impl Node {
             std::sync::atomic::Ordering::Relaxed,
         );
         metrics.replay_cloned_bytes.inner().store(
-            standin_engine::chunk_store::cloned_bytes(),
+            self.repository.chunks().cloned_bytes(),
             std::sync::atomic::Ordering::Relaxed,
         );
         let reads = standin_engine::folder::read::sqlite::frames::reads();
