@@ -106,8 +106,9 @@ pub struct ChunkStore {
     lost: absorb::Lost,
     /// Whether replay may patch a large file kept by reference in place (`patch.rs`).
     patch_in_place: std::sync::atomic::AtomicBool,
-    /// Bytes of staged files taken from clones of the versions they replace
-    /// (`clone.rs`).
+    /// Bytes of large files' new versions taken from their last version's chunks
+    /// (`rechunk`) and from clones of the version they replace (`clone.rs`).
+    reused_bytes: AtomicU64,
     cloned_bytes: AtomicU64,
 }
 
@@ -171,6 +172,7 @@ impl ChunkStore {
             lost,
             patch_in_place: std::sync::atomic::AtomicBool::new(false),
             staging: stage::Staging::default(),
+            reused_bytes: AtomicU64::new(0),
             cloned_bytes: AtomicU64::new(0),
             pack_target_bytes: AtomicU64::new(PACK_TARGET_BYTES),
             stored_chunks: AtomicU64::new(stored_chunks),
@@ -529,6 +531,12 @@ impl ChunkStore {
             other => other.at("read", &path)?,
         }
         Ok((bytes, path, location.offset))
+    }
+
+    /// Bytes of large files' new versions this store took from their last version's
+    /// chunks (compared, `rechunk`) rather than cut and hashed again.
+    pub fn reused_bytes(&self) -> u64 {
+        self.reused_bytes.load(Ordering::Relaxed)
     }
 
     /// Bytes of staged files this store took from clones of the versions they

@@ -132,6 +132,9 @@ pub fn store_content_since(
             break;
         }
     }
+    store
+        .reused_bytes
+        .fetch_add(reused_bytes, std::sync::atomic::Ordering::Relaxed);
     Ok(Rechunked {
         chunked: Chunked {
             content: content.finalize().into(),

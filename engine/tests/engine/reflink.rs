@@ -92,6 +92,54 @@ fn a_file_rewritten_without_pause_is_recorded_from_clones() {
 /// A rollback-mode database under a writer is captured by clone under SQLite's shared
 /// lock: the same checks as on any file system (integrity, prefix of transactions, no
 /// companion recorded, the writer never sees `database is locked`), and clones taken.
+/// A large file recorded before and changed a little is read from a clone against its
+/// last version's chunks (`rechunk`), not cut and hashed again whole: the record is
+/// exactly a fresh chunking's.
+#[test]
+fn a_large_file_read_from_a_clone_is_compared_with_its_last_version() {
+    let Some(xfs) = xfs_or_skip("a_large_file_read_from_a_clone_is_compared_with_its_last_version")
+    else {
+        return;
+    };
+    let node = Node::new_in(&xfs.mount);
+    let path = node.folder.join("big.bin");
+    let mut data = crate::byref::noise(24 << 20, 1);
+    std::fs::write(&path, &data).unwrap();
+    node.capture();
+    data[12 << 20..(12 << 20) + 4096].copy_from_slice(&crate::byref::noise(4096, 2));
+    data.extend_from_slice(&crate::byref::noise(1 << 20, 3));
+    std::fs::write(&path, &data).unwrap();
+    let clones = standin_engine::folder::read::reflink::clones();
+    let reused = node.repository.chunks().reused_bytes();
+    let events = node.capture();
+    assert!(
+        standin_engine::folder::read::reflink::clones() > clones,
+        "the file was not read from a clone"
+    );
+    let reused = node.repository.chunks().reused_bytes() - reused;
+    assert!(
+        reused >= 20 << 20,
+        "only {reused} bytes compared with the last version's chunks"
+    );
+    let fresh = standin_engine::chunk_store::chunking::store_content(
+        data.as_slice(),
+        node.repository.chunks(),
+        &path,
+    )
+    .unwrap();
+    let recorded = events
+        .iter()
+        .find_map(|event| match &event.body.change {
+            standin_engine::Change::File {
+                content, chunks, ..
+            } => Some((*content, chunks.clone())),
+            _ => None,
+        })
+        .expect("the file's new version is recorded");
+    assert_eq!(recorded, (fresh.content, fresh.chunks));
+    node.assert_verified();
+}
+
 #[test]
 fn a_rollback_mode_database_is_cloned_under_its_shared_lock() {
     let Some(xfs) = xfs_or_skip("a_rollback_mode_database_is_cloned_under_its_shared_lock") else {

@@ -158,6 +158,7 @@ pub fn capture_file(
                         &clone,
                         repository.chunks(),
                         &full,
+                        previous_chunks(previous),
                     )?;
                     // A write between `before` and the clone leaves an older mtime in
                     // the record than on disk: the rescan then records the file again.
@@ -194,32 +195,12 @@ pub fn capture_file(
                     repository.chunks(),
                     &full,
                 )?,
-                None => match previous_chunks(previous) {
-                    // A large file recorded before: compared with its last version's
-                    // chunks, only what changed is cut and hashed again.
-                    Some(previous) => {
-                        let started = crate::clock::instant();
-                        let rechunked = crate::chunk_store::rechunk::store_content_since(
-                            std::io::Read::chain(head.as_slice(), &file),
-                            repository.chunks(),
-                            &full,
-                            previous,
-                        )?;
-                        tracing::debug!(
-                            path = %full.display(),
-                            size = rechunked.chunked.size,
-                            reused = rechunked.reused_bytes,
-                            ms = started.elapsed().as_secs_f64() * 1e3,
-                            "read against its last version"
-                        );
-                        rechunked.chunked
-                    }
-                    None => store_content(
-                        std::io::Read::chain(head.as_slice(), &file),
-                        repository.chunks(),
-                        &full,
-                    )?,
-                },
+                None => store_against(
+                    std::io::Read::chain(head.as_slice(), &file),
+                    repository.chunks(),
+                    &full,
+                    previous_chunks(previous),
+                )?,
             };
             let after = file.metadata().at("stat", &full)?;
             if !same_version(&before, &after) || stored.size != after.len() {
@@ -263,9 +244,12 @@ pub fn capture_file(
                 QuickCopy::Memory(bytes) => {
                     store_content(bytes.as_slice(), repository.chunks(), &full)?
                 }
-                QuickCopy::File(temp) => {
-                    crate::folder::read::sparse::store_file(&temp, repository.chunks(), &full)?
-                }
+                QuickCopy::File(temp) => crate::folder::read::sparse::store_file(
+                    &temp,
+                    repository.chunks(),
+                    &full,
+                    previous_chunks(previous),
+                )?,
             };
             if stored.size != before.len() {
                 continue;
@@ -277,6 +261,31 @@ pub fn capture_file(
         ))));
     }
     Ok(Captured::Unstable)
+}
+
+/// Store the content `reader` gives: compared with `previous` (a large file's last
+/// version's chunks) where given, so that only what changed is cut and hashed again
+/// (`rechunk`); else cut afresh.
+pub(crate) fn store_against(
+    reader: impl std::io::Read,
+    store: &crate::chunk_store::ChunkStore,
+    full: &Path,
+    previous: Option<&[crate::log::event::ChunkRef]>,
+) -> Result<crate::chunk_store::chunking::Chunked> {
+    let Some(previous) = previous else {
+        return store_content(reader, store, full);
+    };
+    let started = crate::clock::instant();
+    let rechunked =
+        crate::chunk_store::rechunk::store_content_since(reader, store, full, previous)?;
+    tracing::debug!(
+        path = %full.display(),
+        size = rechunked.chunked.size,
+        reused = rechunked.reused_bytes,
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "read against its last version"
+    );
+    Ok(rechunked.chunked)
 }
 
 /// A recorded file of more than `REUSE_AFTER_CHUNKS` chunks: its last version's

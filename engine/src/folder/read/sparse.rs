@@ -198,8 +198,14 @@ pub fn store_sparse(
 }
 
 /// Store `file` (read from its start, whatever its offset): through its holes where
-/// it has them (`store_sparse`), else as any content.
-pub fn store_file(file: &File, store: &ChunkStore, what: &Path) -> Result<Chunked> {
+/// it has them (`store_sparse`), else as any content — compared with `previous` (a
+/// large file's last version's chunks) where given (`read::store_against`).
+pub fn store_file(
+    file: &File,
+    store: &ChunkStore,
+    what: &Path,
+    previous: Option<&[crate::log::event::ChunkRef]>,
+) -> Result<Chunked> {
     let metadata = file.metadata().at("stat", what)?;
     if may_have_holes(&metadata) {
         if let Some(layout) = layout(file, metadata.len()).at("seek", what)? {
@@ -211,7 +217,7 @@ pub fn store_file(file: &File, store: &ChunkStore, what: &Path) -> Result<Chunke
         offset: 0,
         end: u64::MAX,
     };
-    crate::chunk_store::chunking::store_content(reader, store, what)
+    super::store_against(reader, store, what, previous)
 }
 
 /// blake3 of a file's bytes, its holes hashed as zeros without being read.
@@ -306,7 +312,7 @@ mod tests {
         file.write_all_at(&[9u8; 100], size - 100).unwrap();
         file.sync_all().unwrap();
         let bytes = std::fs::read(&path).unwrap();
-        let stored = store_file(&file, store, &path).unwrap();
+        let stored = store_file(&file, store, &path, None).unwrap();
         assert_eq!(stored.size, size);
         assert_eq!(stored.content, Hash::of(&bytes));
         assert_eq!(
