@@ -90,6 +90,10 @@ pub(crate) struct Refs {
     inodes: sled::Tree,
     homes: RwLock<HashMap<InodeKey, Home>>,
     pending: RwLock<HashMap<Hash, RefLoc>>,
+    /// Pending references another file's took the place of before they were
+    /// committed (the next batch staged while this one applies): each is committed
+    /// with its own file, as if the batches had run one after the other.
+    superseded: RwLock<Vec<(Hash, RefLoc)>>,
     /// Committed references that move a chunk already referenced elsewhere: applied
     /// only once the batch is in the log (`apply_deferred`), so that a crash before
     /// never leaves an old version's chunk pointing at a file `recover` removes.
@@ -154,6 +158,7 @@ impl Refs {
             inodes,
             homes: RwLock::new(homes),
             pending: RwLock::new(HashMap::new()),
+            superseded: RwLock::new(Vec::new()),
             deferred: RwLock::new(Vec::new()),
             kept_dir,
             staging_dir,
@@ -180,7 +185,11 @@ impl Refs {
 
     /// `hash` is (from now on) at `location`, until committed.
     pub fn add_pending(&self, hash: Hash, location: RefLoc) {
-        write_lock(&self.pending).insert(hash, location);
+        if let Some(previous) = write_lock(&self.pending).insert(hash, location) {
+            if previous.key != location.key {
+                write_lock(&self.superseded).push((hash, previous));
+            }
+        }
     }
 
     pub fn register(&self, key: InodeKey, path: PathBuf, size: u64, state: HomeState) {
@@ -272,13 +281,24 @@ impl Refs {
             return Ok(());
         }
         let mut pending = write_lock(&self.pending);
-        let moving: Vec<(Hash, RefLoc)> = pending
+        let mut moving: Vec<(Hash, RefLoc)> = pending
             .iter()
             .filter(|(_, location)| committed.contains(&location.key))
             .map(|(hash, location)| (*hash, *location))
             .collect();
+        for (hash, _) in &moving {
+            pending.remove(hash);
+        }
+        // Taken over by a later file first: committed here all the same, then moved to
+        // that file when its own batch commits.
+        write_lock(&self.superseded).retain(|(hash, location)| {
+            let mine = committed.contains(&location.key);
+            if mine {
+                moving.insert(0, (*hash, *location));
+            }
+            !mine
+        });
         for (hash, location) in moving {
-            pending.remove(&hash);
             if self.tree.contains_key(hash.0)? {
                 write_lock(&self.deferred).push((hash, location));
                 continue;
@@ -348,14 +368,16 @@ impl Refs {
         }
         drop(homes);
         write_lock(&self.pending).retain(|_, location| !gone.contains(&location.key));
+        write_lock(&self.superseded).retain(|(_, location)| !gone.contains(&location.key));
     }
 
     /// Every reference to `key` (committed or pending).
     pub fn refs_of(&self, key: InodeKey) -> Result<Vec<(Hash, RefLoc)>> {
         let mut out: Vec<(Hash, RefLoc)> = read_lock(&self.pending)
             .iter()
-            .filter(|(_, location)| location.key == key)
             .map(|(hash, location)| (*hash, *location))
+            .chain(read_lock(&self.superseded).iter().copied())
+            .filter(|(_, location)| location.key == key)
             .collect();
         for item in self.tree.iter() {
             let (hash, value) = item?;
@@ -435,9 +457,21 @@ impl Refs {
     /// Drop the reference of `hash` if it is still `location`.
     pub fn drop_ref(&self, hash: &Hash, location: RefLoc) -> Result<()> {
         {
+            // Locked in the order of `add_pending` and `commit`: pending, superseded.
             let mut pending = write_lock(&self.pending);
+            let mut superseded = write_lock(&self.superseded);
+            let before = superseded.len();
+            superseded.retain(|entry| *entry != (*hash, location));
+            if superseded.len() != before {
+                return Ok(());
+            }
             if pending.get(hash) == Some(&location) {
                 pending.remove(hash);
+                // The file it took the place of holds the chunk again.
+                if let Some(at) = superseded.iter().rposition(|(other, _)| other == hash) {
+                    let (_, previous) = superseded.remove(at);
+                    pending.insert(*hash, previous);
+                }
                 return Ok(());
             }
         }
