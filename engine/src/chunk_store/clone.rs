@@ -91,7 +91,12 @@ impl ChunkStore {
         }
         match crate::folder::read::reflink::clone_into(&source, file, &self.refs.staging_dir) {
             Ok(true) => {}
-            Ok(false) => return none(),
+            Ok(false) => {
+                // Refused before anything was shared, as XFS and btrfs do; emptied all
+                // the same, since the file is then filled as a sparse one.
+                file.set_len(0).at("truncate", path)?;
+                return none();
+            }
             Err(error) => {
                 tracing::debug!(%error, path = %current.display(), "could not clone the version a staged file replaces; writing the new one whole");
                 file.set_len(0).at("truncate", path)?;
