@@ -292,3 +292,61 @@ fn versions_of_one_file_in_one_batch_keep_every_chunk_and_end_as_the_last() {
     }
     passive.assert_verified();
 }
+
+/// Two batches in flight: the next batch's large file is staged and filled (its
+/// chunks copied in from the previous batch's staged file) before the previous batch
+/// commits. The previous batch's chunks must still be referenced where it put them
+/// once it commits: a restart before the next batch commits finds every chunk its log
+/// names. (On any file system: the chunk is copied in, or in place in a clone.)
+#[test]
+fn a_batch_committed_while_the_next_is_staged_keeps_its_references() {
+    let active = Node::new();
+    let passive = Node::new();
+    std::fs::write(active.folder.join("seed.txt"), b"seed").unwrap();
+    active.capture();
+    replicate_by_ref(&active, &passive, 100);
+    let mut bytes = noise(4 * MIB, 6);
+    std::fs::write(active.folder.join("table.dat"), &bytes).unwrap();
+    active.capture();
+    bytes[3 * MIB..3 * MIB + 4096].copy_from_slice(&noise(4096, 7));
+    std::fs::write(active.folder.join("table.dat"), &bytes).unwrap();
+    active.capture();
+    let head = passive.repository.head();
+    let events = active
+        .repository
+        .log()
+        .events_after(head.seq, &head.hash, 100)
+        .unwrap();
+    let cut = events
+        .iter()
+        .rposition(|event| matches!(&event.body.change, Change::File { .. } | Change::Put { .. }))
+        .unwrap();
+    let first = events
+        .iter()
+        .position(|event| matches!(&event.body.change, Change::File { .. } | Change::Put { .. }))
+        .unwrap();
+    assert!(first < cut, "two versions of the file recorded");
+    let (batch, next) = events.split_at(cut);
+    let chunks = passive.repository.chunks();
+    // The passive's pipeline: this batch staged and fetched; the next one staged and
+    // fetched while this one applies; this one committed; then a restart.
+    chunks.stage(&passive.folder, batch).unwrap();
+    ship_chunks(&active.repository, &passive.repository, batch);
+    chunks.stage(&passive.folder, next).unwrap();
+    ship_chunks(&active.repository, &passive.repository, next);
+    standin_engine::replay::apply_batch(&passive.folder, &passive.repository, batch).unwrap();
+    let passive = passive.reopen();
+    for event in batch {
+        if let Some(chunks) = event.body.change.chunks() {
+            for chunk in chunks {
+                passive
+                    .repository
+                    .chunks()
+                    .get(&chunk.hash)
+                    .unwrap_or_else(|error| panic!("seq {}: {error}", event.seq()));
+            }
+        }
+    }
+    replicate_by_ref(&active, &passive, 100);
+    passive.assert_verified();
+}
