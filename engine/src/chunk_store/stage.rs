@@ -54,6 +54,18 @@ pub struct Staged {
     kicked: u64,
 }
 
+impl Staged {
+    /// Where chunk `index` of the file is, as a reference.
+    fn place(&self, index: usize) -> RefLoc {
+        let (_, len, offset) = self.chunks[index];
+        RefLoc {
+            key: self.key,
+            offset,
+            len,
+        }
+    }
+}
+
 /// The staged files of one store and the chunks they wait for.
 #[derive(Default)]
 pub(crate) struct Staging {
@@ -287,18 +299,11 @@ impl ChunkStore {
                 continue;
             };
             let mut staged = lock(&staged);
-            let (_, len, offset) = staged.chunks[index];
+            let (_, _, offset) = staged.chunks[index];
             write_chunk(&staged.file, bytes, offset, staged.cloned).at("write", &staged.path)?;
             staged.filled[index] = true;
             if !referenced {
-                self.refs.add_pending(
-                    hash,
-                    RefLoc {
-                        key: staged.key,
-                        offset,
-                        len,
-                    },
-                );
+                self.refs.add_pending(hash, staged.place(index));
                 referenced = true;
             }
             self.advance(&mut staged, Some((&hash, bytes)))?;
@@ -312,6 +317,7 @@ impl ChunkStore {
         while staged.hashed < staged.chunks.len() {
             let index = staged.hashed;
             let (hash, len, offset) = staged.chunks[index];
+            let mut copied = false;
             let bytes = if staged.filled[index] {
                 match current {
                     Some((current, bytes)) if *current == hash => bytes.to_vec(),
@@ -335,30 +341,13 @@ impl ChunkStore {
                 write_chunk(&staged.file, &bytes, offset, staged.cloned)
                     .at("write", &staged.path)?;
                 staged.filled[index] = true;
-                // Referenced in a file this one may replace: from now on here.
-                if !self.in_pack(&hash)? {
-                    self.refs.add_pending(
-                        hash,
-                        RefLoc {
-                            key: staged.key,
-                            offset,
-                            len,
-                        },
-                    );
-                }
+                copied = true;
                 bytes
             };
-            // In place in the clone: referenced in this file from now on, as a chunk
-            // copied in is, so that the version it replaces need not keep it.
-            if staged.in_place[index].is_some() && !self.in_pack(&hash)? {
-                self.refs.add_pending(
-                    hash,
-                    RefLoc {
-                        key: staged.key,
-                        offset,
-                        len,
-                    },
-                );
+            // Copied in, or in place in the clone: perhaps referenced in a file this
+            // one replaces; from now on here, so that the old version need not keep it.
+            if (copied || staged.in_place[index].is_some()) && !self.in_pack(&hash)? {
+                self.refs.add_pending(hash, staged.place(index));
             }
             if index == 0 {
                 staged.database = crate::folder::read::sqlite::is_header(&bytes);

@@ -230,21 +230,6 @@ fn a_large_file_changed_in_place_is_recorded_as_a_fresh_read_would_record_it() {
     data.extend_from_slice(&noise(1 << 20, 3));
     std::fs::write(&path, &data).unwrap();
     let events = node.capture();
-    let fresh = standin_engine::chunk_store::chunking::store_content(
-        data.as_slice(),
-        node.repository.chunks(),
-        &path,
-    )
-    .unwrap();
-    let recorded = events
-        .iter()
-        .find_map(|event| match &event.body.change {
-            Change::File {
-                content, chunks, ..
-            } => Some((*content, chunks.clone())),
-            _ => None,
-        })
-        .expect("the file's new version is recorded");
-    assert_eq!(recorded, (fresh.content, fresh.chunks));
+    crate::support::assert_recorded_as_fresh(&node, &events, &data, &path);
     node.assert_verified();
 }

@@ -121,22 +121,7 @@ fn a_large_file_read_from_a_clone_is_compared_with_its_last_version() {
         reused >= 20 << 20,
         "only {reused} bytes compared with the last version's chunks"
     );
-    let fresh = standin_engine::chunk_store::chunking::store_content(
-        data.as_slice(),
-        node.repository.chunks(),
-        &path,
-    )
-    .unwrap();
-    let recorded = events
-        .iter()
-        .find_map(|event| match &event.body.change {
-            standin_engine::Change::File {
-                content, chunks, ..
-            } => Some((*content, chunks.clone())),
-            _ => None,
-        })
-        .expect("the file's new version is recorded");
-    assert_eq!(recorded, (fresh.content, fresh.chunks));
+    crate::support::assert_recorded_as_fresh(&node, &events, &data, &path);
     node.assert_verified();
 }
 

@@ -133,6 +133,24 @@ impl Node {
     }
 }
 
+/// The record `events` hold for the one file they write is exactly a fresh chunking
+/// of `data` (what a large file read against its last version must give).
+pub fn assert_recorded_as_fresh(node: &Node, events: &[Event], data: &[u8], path: &Path) {
+    let fresh =
+        standin_engine::chunk_store::chunking::store_content(data, node.repository.chunks(), path)
+            .unwrap();
+    let recorded = events
+        .iter()
+        .find_map(|event| match &event.body.change {
+            standin_engine::Change::File {
+                content, chunks, ..
+            } => Some((*content, chunks.clone())),
+            _ => None,
+        })
+        .expect("the file's new version is recorded");
+    assert_eq!(recorded, (fresh.content, fresh.chunks));
+}
+
 /// Copy the chunks `events` need from `from` to `to`, as a passive's fetch would
 /// (each chunk verified on receipt).
 pub fn ship_chunks(from: &Repository, to: &Repository, events: &[Event]) {
