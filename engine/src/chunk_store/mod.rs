@@ -46,6 +46,7 @@ mod gc;
 mod pack;
 mod patch;
 pub(crate) mod refs;
+mod replay_refs;
 mod stage;
 
 pub use absorb::{AbsorbStep, LostChunk};

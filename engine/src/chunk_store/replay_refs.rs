@@ -1,0 +1,60 @@
+//! What replay needs of the passive's references when a batch may move or replace the
+//! files holding them (`replay::byref`): where inodes live, their `kept/` links, the
+//! deferred moves, and copying a replaced inode's chunks out (`refs.rs` keeps them).
+
+use std::path::{Path, PathBuf};
+
+use super::refs::InodeKey;
+use crate::error::Result;
+
+/// What replay needs of the references when a batch may move or replace the files
+/// holding them (`replay::byref`).
+impl super::ChunkStore {
+    /// The inodes with references whose home is in `root` (committed or installed).
+    pub fn referenced_homes_under(&self, root: &Path) -> Vec<(InodeKey, PathBuf)> {
+        self.refs.homes_under(root)
+    }
+
+    /// The directory of inodes moved out of the folder.
+    pub fn kept_dir(&self) -> &Path {
+        &self.refs.kept_dir
+    }
+
+    /// `key`'s link in `kept/`.
+    pub fn kept_path(&self, key: InodeKey) -> PathBuf {
+        self.refs.kept_path(key)
+    }
+
+    /// A batch is in the log: apply its deferred references (`Refs::apply_deferred`).
+    pub fn apply_deferred_refs(&self) -> Result<()> {
+        self.refs.apply_deferred()
+    }
+
+    /// After a recovery: forget references to inodes that are gone.
+    pub fn drop_unreachable_refs(&self) -> Result<()> {
+        self.refs.drop_unreachable()
+    }
+
+    /// `key` now lives at `path`.
+    pub fn set_home(&self, key: InodeKey, path: PathBuf) -> Result<()> {
+        self.refs.set_home(key, path)
+    }
+
+    /// The size of `key` and the bytes still referenced in it.
+    pub fn referenced_in(&self, key: InodeKey) -> Result<(u64, u64)> {
+        let size = self.refs.home(key).map_or(0, |home| home.size);
+        let referenced = self
+            .refs
+            .refs_of(key)?
+            .iter()
+            .map(|(_, location)| location.len as u64)
+            .sum();
+        Ok((size, referenced))
+    }
+
+    /// Copy the chunks referenced in `key` into the packs and forget it (see
+    /// `copy_out`); the caller flushes before freeing the inode.
+    pub fn move_into_packs(&self, key: InodeKey) -> Result<u64> {
+        self.copy_out(key)
+    }
+}
