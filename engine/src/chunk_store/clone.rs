@@ -2,9 +2,9 @@
 //! version of a file kept by reference starts as a clone (`FICLONE`) of the version it
 //! replaces (`clone_current`). The chunks at the same offsets in both are then in
 //! place — shared with the old inode, not written again — and only the others are
-//! written (`write_chunk`: each range emptied first, the clone holding the old bytes
-//! there). Every byte is still read back and hashed in file order before the file is
-//! put in place. An old version changed by hand makes the new one not add up: the
+//! written (`stage::write_chunk`: each range emptied first, the clone holding the
+//! old bytes there). Every byte is still read back and hashed in file order before
+//! the file is put in place. An old version changed by hand makes the new one not add up: the
 //! batch fails, and recovery, which hashes the path's file against the index and
 //! rewrites it from verified chunks, finds the damaged chunk missing (its reference
 //! dropped), so it is fetched and the next try converges. The old version stays a
@@ -12,41 +12,13 @@
 //! the new one, whole.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use super::refs::RefLoc;
-use super::stage::write_at_leaving_holes;
 use super::ChunkStore;
 use crate::error::{IoContext, Result};
 use crate::hash::Hash;
-
-/// Write a chunk's `bytes` at `offset` of a staged file. A file sized sparse reads as
-/// zeros wherever nothing was written, so whole zero blocks are left as holes; in a
-/// clone the range holds the old version's bytes, so it is emptied first (a hole
-/// punched; zeros written where the file system cannot punch).
-pub(super) fn write_chunk(
-    file: &File,
-    bytes: &[u8],
-    offset: u64,
-    cloned: bool,
-) -> std::io::Result<()> {
-    if cloned {
-        // SAFETY: the descriptor is open; fallocate only changes the file's blocks.
-        let punched = unsafe {
-            libc::fallocate(
-                std::os::fd::AsRawFd::as_raw_fd(file),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                offset as libc::off_t,
-                bytes.len() as libc::off_t,
-            )
-        };
-        if punched != 0 {
-            return file.write_all_at(bytes, offset);
-        }
-    }
-    write_at_leaving_holes(file, bytes, offset)
-}
 
 impl ChunkStore {
     /// Where the file system clones: begin the staged `file` (at `path`) as a clone of

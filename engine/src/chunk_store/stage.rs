@@ -20,7 +20,6 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::clone::write_chunk;
 use super::refs::{key_of, HomeState, InodeKey, RefLoc};
 use super::{lock, ChunkStore, Dedup};
 use crate::error::{Error, IoContext, Result};
@@ -115,6 +114,28 @@ fn stageable(events: &[Event]) -> Vec<&Event> {
     }
     out.reverse();
     out
+}
+
+/// Write a chunk's `bytes` at `offset` of a staged file. A file sized sparse reads as
+/// zeros wherever nothing was written, so whole zero blocks are left as holes; in a
+/// clone the range holds the old version's bytes, so it is emptied first (a hole
+/// punched; zeros written where the file system cannot punch).
+fn write_chunk(file: &File, bytes: &[u8], offset: u64, cloned: bool) -> std::io::Result<()> {
+    if cloned {
+        // SAFETY: the descriptor is open; fallocate only changes the file's blocks.
+        let punched = unsafe {
+            libc::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(file),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                bytes.len() as libc::off_t,
+            )
+        };
+        if punched != 0 {
+            return file.write_all_at(bytes, offset);
+        }
+    }
+    write_at_leaving_holes(file, bytes, offset)
 }
 
 /// Write `bytes` at `offset`, leaving whole zero blocks (the file was sized first,
