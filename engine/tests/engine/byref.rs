@@ -265,12 +265,7 @@ fn versions_of_one_file_in_one_batch_keep_every_chunk_and_end_as_the_last() {
         std::fs::write(active.folder.join("note"), round.to_string()).unwrap();
         assert!(!active.capture().is_empty());
     }
-    let head = passive.repository.head();
-    let batch = active
-        .repository
-        .log()
-        .events_after(head.seq, &head.hash, 1_000)
-        .unwrap();
+    let batch = crate::support::events_to_pull(&active, &passive, 1_000);
     assert!(
         chunks_of(&batch, "app.db").len() > 1 && batch.len() >= 10,
         "one batch with the five versions of each file"
@@ -311,12 +306,7 @@ fn a_batch_committed_while_the_next_is_staged_keeps_its_references() {
     bytes[3 * MIB..3 * MIB + 4096].copy_from_slice(&noise(4096, 7));
     std::fs::write(active.folder.join("table.dat"), &bytes).unwrap();
     active.capture();
-    let head = passive.repository.head();
-    let events = active
-        .repository
-        .log()
-        .events_after(head.seq, &head.hash, 100)
-        .unwrap();
+    let events = crate::support::events_to_pull(&active, &passive, 100);
     let cut = events
         .iter()
         .rposition(|event| matches!(&event.body.change, Change::File { .. } | Change::Put { .. }))

@@ -97,12 +97,7 @@ fn a_damaged_old_version_is_not_cloned_into_the_new_one_twice() {
 
     let mut failures = 0;
     loop {
-        let head = passive.repository.head();
-        let events = active
-            .repository
-            .log()
-            .events_after(head.seq, &head.hash, 100)
-            .unwrap();
+        let events = crate::support::events_to_pull(&active, &passive, 100);
         if events.is_empty() {
             break;
         }

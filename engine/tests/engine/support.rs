@@ -169,6 +169,16 @@ pub fn ship_chunks(from: &Repository, to: &Repository, events: &[Event]) {
     }
 }
 
+/// Up to `batch` events `active` has after `passive`'s head (what a pull would bring).
+pub fn events_to_pull(active: &Node, passive: &Node, batch: usize) -> Vec<Event> {
+    let head = passive.repository.head();
+    active
+        .repository
+        .log()
+        .events_after(head.seq, &head.hash, batch)
+        .unwrap()
+}
+
 /// Pull everything `active` has after `passive`'s head and apply it, in batches.
 pub fn replicate(active: &Node, passive: &Node, batch: usize) {
     replicate_with(active, passive, batch, false)
@@ -178,12 +188,7 @@ pub fn replicate(active: &Node, passive: &Node, batch: usize) {
 /// large files before its chunks are shipped.
 pub fn replicate_with(active: &Node, passive: &Node, batch: usize, stage: bool) {
     loop {
-        let head = passive.repository.head();
-        let events = active
-            .repository
-            .log()
-            .events_after(head.seq, &head.hash, batch)
-            .unwrap();
+        let events = events_to_pull(active, passive, batch);
         if events.is_empty() {
             return;
         }
