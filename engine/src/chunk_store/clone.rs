@@ -4,12 +4,12 @@
 //! place — shared with the old inode, not written again — and only the others are
 //! written (`stage::write_chunk`: each range emptied first, the clone holding the
 //! old bytes there). Every byte is still read back and hashed in file order before
-//! the file is put in place. An old version changed by hand makes the new one not add up: the
-//! batch fails, and recovery, which hashes the path's file against the index and
-//! rewrites it from verified chunks, finds the damaged chunk missing (its reference
-//! dropped), so it is fetched and the next try converges. The old version stays a
-//! separate inode, so invariant 5 holds: a reader of the replica sees the old file or
-//! the new one, whole.
+//! the file is put in place. An old version changed by hand makes the new one not
+//! add up: the batch fails, and recovery, which hashes the path's file against the
+//! index and rewrites it from verified chunks, finds the damaged chunk missing (its
+//! reference dropped), so it is fetched and the next try converges. The old version
+//! stays a separate inode, so invariant 5 holds: a reader of the replica sees the old
+//! file or the new one, whole.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};

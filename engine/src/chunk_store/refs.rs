@@ -90,9 +90,9 @@ pub(crate) struct Refs {
     inodes: sled::Tree,
     homes: RwLock<HashMap<InodeKey, Home>>,
     pending: RwLock<HashMap<Hash, RefLoc>>,
-    /// Pending references another file's took the place of before they were
-    /// committed (the next batch staged while this one applies): each is committed
-    /// with its own file, as if the batches had run one after the other.
+    /// Pending references whose place another file's reference took before they
+    /// were committed (the next batch is staged while this one applies): each is
+    /// committed with its own file, as if the batches had run one after the other.
     superseded: RwLock<Vec<(Hash, RefLoc)>>,
     /// Committed references that move a chunk already referenced elsewhere: applied
     /// only once the batch is in the log (`apply_deferred`), so that a crash before

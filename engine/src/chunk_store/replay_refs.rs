@@ -7,8 +7,6 @@ use std::path::{Path, PathBuf};
 use super::refs::InodeKey;
 use crate::error::Result;
 
-/// What replay needs of the references when a batch may move or replace the files
-/// holding them (`replay::byref`).
 impl super::ChunkStore {
     /// The inodes with references whose home is in `root` (committed or installed).
     pub fn referenced_homes_under(&self, root: &Path) -> Vec<(InodeKey, PathBuf)> {

@@ -140,11 +140,7 @@ fn write_chunk(file: &File, bytes: &[u8], offset: u64, cloned: bool) -> std::io:
 
 /// Write `bytes` at `offset`, leaving whole zero blocks (the file was sized first,
 /// so they read as zeros) as holes.
-pub(super) fn write_at_leaving_holes(
-    file: &File,
-    bytes: &[u8],
-    offset: u64,
-) -> std::io::Result<()> {
+fn write_at_leaving_holes(file: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
     const BLOCK: usize = 4096;
     let mut at = 0usize;
     let mut run = 0usize;

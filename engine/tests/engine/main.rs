@@ -1,7 +1,7 @@
 //! The engine's integration tests, one binary. Modules:
 //!
 //! - `byref`: the by-reference passive (large files written once, verified reads).
-//! - `byref_clone`: the same where the file system clones: a new version begun as a clone of the old.
+//! - `byref_clone`: the same where the file system clones: a new version begun as a clone of the old (SQLite integrity_check on the result).
 //! - `roundtrip`: property test — random folder operations captured and replayed.
 //! - `chain`: tampering with the stored log is found when it is read.
 //! - `crash`: replay killed at random points converges.
