@@ -289,6 +289,12 @@ pub fn render_answers(answers: &[Answer]) -> String {
                         status.by_reference_chunks, status.by_reference_bytes
                     )
                 };
+                if status.cloned_bytes > 0 {
+                    shown.push_str(&format!(
+                        "; {} bytes of new versions taken from clones (reflink), not written",
+                        status.cloned_bytes
+                    ));
+                }
                 if status.lost_by_reference_chunks > 0 {
                     shown.push_str(&format!(
                         "; LOST {} chunks, {} bytes (see data_dir/chunks/lost-by-reference)",
@@ -424,4 +430,42 @@ pub fn render_answers(answers: &[Answer]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A passive that took content from clones says so in its "by reference" row; one
+    /// that did not says nothing of clones.
+    #[test]
+    fn the_by_reference_row_names_bytes_taken_from_clones() {
+        let passive = |cloned_bytes| Answer {
+            url: "http://127.0.0.1:1".to_string(),
+            status: Some(NodeStatus {
+                role: "passive".to_string(),
+                by_reference_chunks: 3,
+                by_reference_bytes: 3 << 20,
+                cloned_bytes,
+                ..NodeStatus::default()
+            }),
+            unreachable: None,
+        };
+        let row = |text: String| {
+            text.lines()
+                .find(|line| line.starts_with("by reference"))
+                .map(str::to_string)
+                .unwrap_or_default()
+        };
+        let shown = row(render_answers(&[passive(15 << 20)]));
+        assert!(
+            shown.contains("15728640 bytes of new versions taken from clones"),
+            "{shown}"
+        );
+        let shown = row(render_answers(&[passive(0)]));
+        assert!(
+            shown.contains("in the folder's files") && !shown.contains("clones"),
+            "{shown}"
+        );
+    }
 }

@@ -79,6 +79,10 @@ pub struct NodeStatus {
     pub lost_by_reference_chunks: u64,
     #[serde(default)]
     pub lost_by_reference_bytes: u64,
+    /// Bytes of large files' new versions this passive took from clones of their
+    /// old versions rather than wrote (where the file system clones).
+    #[serde(default)]
+    pub cloned_bytes: u64,
 }
 
 /// The last failover as `status` shows it: one line, and the report it says.
@@ -196,6 +200,7 @@ impl Node {
             by_reference_bytes,
             lost_by_reference_chunks,
             lost_by_reference_bytes,
+            cloned_bytes: self.repository.chunks().cloned_bytes(),
             events_replicated: self.metrics.events_replicated.get(),
             bytes_replicated: self.metrics.bytes_replicated.get(),
             quarantined_events: self.quarantined_events(),
