@@ -49,6 +49,12 @@ fn a_promoted_passive_copies_referenced_content_in_and_a_fresh_passive_gets_ever
     );
     let text = String::from_utf8_lossy(&pair.beta.cli(&["status"]).stdout).into_owned();
     assert!(text.contains("by reference"), "{text}");
+    // The "content" row says how each keeps content (DESIGN: "say which in status").
+    let content = kept["content_mode"].as_str().unwrap_or_default();
+    assert!(content.starts_with("by reference"), "{kept}");
+    let shown = status_json(&pair.alpha);
+    let content = shown["content_mode"].as_str().unwrap_or_default();
+    assert!(content.starts_with("chunk store; busy files read"), "{shown}");
 
     // alpha dies; beta takes over and its applications start at once.
     pair.alpha.kill();

@@ -53,7 +53,7 @@ pub use absorb::{AbsorbStep, LostChunk};
 use pack::{Location, PackWriter, RecentLocations};
 pub use patch::{patch_candidates, PatchPlan};
 pub use refs::{open_inode, InodeKey};
-pub use stage::{by_reference_mode, Staged, BY_REF_MIN_BYTES};
+pub use stage::{ContentMode, Staged, BY_REF_MIN_BYTES};
 
 pub(super) const RECORD_MAGIC: &[u8; 4] = b"SCK1";
 pub(super) const RECORD_HEADER_BYTES: u64 = 4 + 32 + 4;

@@ -73,13 +73,38 @@ pub(crate) struct Staging {
     wanted: Mutex<HashMap<Hash, Vec<(u64, usize)>>>,
 }
 
-/// How the passive keeps large files' content, as `status` shows it.
-pub fn by_reference_mode(folder: &Path, data_dir: &Path) -> &'static str {
-    match (std::fs::metadata(folder), std::fs::metadata(data_dir)) {
-        (Ok(folder), Ok(data)) if folder.dev() == data.dev() => {
-            "by reference (files renamed into place, replaced inodes moved into data_dir)"
+/// How a passive keeps large files' content (`ChunkStore::content_mode`; `status`
+/// says it in words).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContentMode {
+    /// Folder and data_dir are on different file systems: content is copied into the
+    /// chunk store and written to the folder (each byte written twice).
+    Copied,
+    /// In the folder's files: staged files renamed into place, replaced inodes moved
+    /// into data_dir. `clones`: a large file's new version is begun as a clone of the
+    /// old one (reflink). `patch_in_place`: the operator chose to patch large files in
+    /// place (invariant 5 relaxed for them).
+    ByReference { clones: bool, patch_in_place: bool },
+}
+
+impl ChunkStore {
+    /// How this store keeps `folder`'s large files' content on a passive: found from
+    /// the file systems (and, once, by a probe clone in the staging directory).
+    pub fn content_mode(&self, folder: &Path) -> Result<ContentMode> {
+        let staging_dir = &self.refs.staging_dir;
+        let same_fs = match (std::fs::metadata(folder), std::fs::metadata(staging_dir)) {
+            (Ok(folder), Ok(staging)) => folder.dev() == staging.dev(),
+            _ => false,
+        };
+        if !same_fs {
+            return Ok(ContentMode::Copied);
         }
-        _ => "off: folder and data_dir are on different file systems (content copied into the chunk store)",
+        let clones = crate::folder::read::reflink::clones_into(folder, staging_dir)
+            .at("clone a probe file in", staging_dir)?;
+        Ok(ContentMode::ByReference {
+            clones,
+            patch_in_place: self.patches_in_place(),
+        })
     }
 }
 

@@ -7,11 +7,46 @@
 
 use std::io::Read;
 
+use standin_engine::chunk_store::ContentMode;
+
 use crate::byref::{noise, pack_bytes, replicate_by_ref};
 use crate::support::{ship_chunks, Node};
 use crate::xfs::xfs_of_or_skip;
 
 const MIB: usize = 1 << 20;
+
+/// `status` names how the passive keeps content: by reference with clones here, and
+/// copied into the chunk store for a folder on another file system.
+#[test]
+fn the_content_mode_says_new_versions_are_begun_as_clones() {
+    let Some(xfs) = xfs_of_or_skip(
+        "the_content_mode_says_new_versions_are_begun_as_clones",
+        512 << 20,
+    ) else {
+        return;
+    };
+    let passive = Node::new_in(&xfs.mount);
+    assert_eq!(
+        passive
+            .repository
+            .chunks()
+            .content_mode(&passive.folder)
+            .unwrap(),
+        ContentMode::ByReference {
+            clones: true,
+            patch_in_place: false
+        }
+    );
+    let elsewhere = Node::new();
+    assert_eq!(
+        passive
+            .repository
+            .chunks()
+            .content_mode(&elsewhere.folder)
+            .unwrap(),
+        ContentMode::Copied
+    );
+}
 
 #[test]
 fn a_changed_large_file_is_staged_from_a_clone_of_its_old_version() {

@@ -274,6 +274,16 @@ pub fn render_answers(answers: &[Answer]) -> String {
             }),
         ),
         (
+            "content",
+            Box::new(|status| {
+                if status.content_mode.is_empty() {
+                    "-".to_string()
+                } else {
+                    status.content_mode.clone()
+                }
+            }),
+        ),
+        (
             "by reference",
             Box::new(|status| {
                 let mut shown = if status.by_reference_chunks == 0 {
@@ -435,6 +445,36 @@ pub fn render_answers(answers: &[Answer]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The "content" row shows the node's words for how it keeps content, and a dash
+    /// for a node too old to say.
+    #[test]
+    fn the_content_row_says_how_the_node_keeps_content() {
+        let node = |content_mode: &str| Answer {
+            url: "http://127.0.0.1:1".to_string(),
+            status: Some(NodeStatus {
+                role: "passive".to_string(),
+                content_mode: content_mode.to_string(),
+                ..NodeStatus::default()
+            }),
+            unreachable: None,
+        };
+        let row = |text: String| {
+            text.lines()
+                .find(|line| line.starts_with("content"))
+                .map(str::to_string)
+                .unwrap_or_default()
+        };
+        let shown = row(render_answers(&[node(
+            "by reference in the folder's files",
+        )]));
+        assert!(
+            shown.ends_with("by reference in the folder's files"),
+            "{shown}"
+        );
+        let shown = row(render_answers(&[node("")]));
+        assert!(shown.ends_with('-'), "{shown}");
+    }
 
     /// A passive that took content from clones says so in its "by reference" row; one
     /// that did not says nothing of clones.

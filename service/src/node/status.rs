@@ -83,6 +83,9 @@ pub struct NodeStatus {
     /// old versions rather than wrote (where the file system clones).
     #[serde(default)]
     pub cloned_bytes: u64,
+    /// How the node keeps content, in words (`Node::content_mode`).
+    #[serde(default)]
+    pub content_mode: String,
 }
 
 /// The last failover as `status` shows it: one line, and the report it says.
@@ -115,6 +118,46 @@ pub struct TerminalServerStatus {
 }
 
 impl Node {
+    /// How this node keeps content, in words (DESIGN: "say which in `status`"): an
+    /// active keeps it in its chunk store and reads busy files from clones where the
+    /// file system clones; any other role keeps large files by reference where it can.
+    pub fn content_mode(&self) -> String {
+        use standin_engine::chunk_store::ContentMode;
+        let folder = &self.config.folder;
+        if matches!(self.role(), Role::Active) {
+            let capture = self.config.data_dir.join("capture");
+            return match standin_engine::folder::read::reflink::clones_into(folder, &capture) {
+                Ok(true) => "chunk store; busy files read from clones (reflink)".into(),
+                Ok(false) => "chunk store; busy files read until stable (no reflink)".into(),
+                Err(error) => format!(
+                    "chunk store; could not tell whether {} clones: {error}",
+                    capture.display()
+                ),
+            };
+        }
+        match self.repository.chunks().content_mode(folder) {
+            Ok(ContentMode::Copied) => {
+                "copied into the chunk store (folder and data_dir on different file systems)".into()
+            }
+            Ok(ContentMode::ByReference {
+                clones,
+                patch_in_place,
+            }) => {
+                let mut shown = String::from("by reference; large files' new versions ");
+                shown.push_str(if clones {
+                    "begun as clones (reflink)"
+                } else {
+                    "written whole (no reflink)"
+                });
+                if patch_in_place {
+                    shown.push_str("; patch_in_place: changed in place");
+                }
+                shown
+            }
+            Err(error) => format!("could not tell: {error}"),
+        }
+    }
+
     /// Whether this node is (or is about to stay) the one that records: its peer
     /// follows it.
     fn is_authority(&self) -> bool {
@@ -201,6 +244,7 @@ impl Node {
             lost_by_reference_chunks,
             lost_by_reference_bytes,
             cloned_bytes: self.repository.chunks().cloned_bytes(),
+            content_mode: self.content_mode(),
             events_replicated: self.metrics.events_replicated.get(),
             bytes_replicated: self.metrics.bytes_replicated.get(),
             quarantined_events: self.quarantined_events(),

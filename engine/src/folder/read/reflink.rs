@@ -64,6 +64,24 @@ fn means_unsupported(error: &std::io::Error) -> bool {
     )
 }
 
+/// Whether files of `folder` can be cloned into `dir` (`data_dir/capture`, or the
+/// passive's staging directory), as `status` says: what earlier clones found, or else
+/// what a clone of an empty probe file in `dir` finds (remembered like any clone).
+/// Different file systems never clone.
+pub fn clones_into(folder: &Path, dir: &Path) -> std::io::Result<bool> {
+    let device = std::fs::metadata(folder)?.dev();
+    std::fs::create_dir_all(dir)?;
+    if std::fs::metadata(dir)?.dev() != device {
+        return Ok(false);
+    }
+    if let Some(works) = known(device, dir) {
+        return Ok(works);
+    }
+    let source = tempfile::tempfile_in(dir)?;
+    let target = tempfile::tempfile_in(dir)?;
+    clone_into(&source, &target, dir)
+}
+
 /// Clone `source` (an open regular file) into a new unnamed file in `dir`: the file's
 /// content at one instant. `Ok(None)` when the file systems cannot clone (remembered);
 /// `Err` when they can but this clone failed (a full disk, say).
