@@ -109,32 +109,49 @@ impl ChunkStore {
 }
 
 /// The Put/File events of `events` a passive may stage: large, the last change of
-/// the batch to their path (no later event names it, a parent of it, or a path below
-/// it), with no hard-link companion in the batch.
+/// the batch to their path (no later event names it, and none removes, replaces or
+/// moves a parent of it — a parent's metadata may change), with
+/// no hard-link companion in the batch.
 fn stageable(events: &[Event]) -> Vec<&Event> {
+    // Paths a later event of the batch changes; and those it may remove, replace or
+    // move (with everything below them).
     let mut later: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
-    let mut links: HashMap<u64, usize> = HashMap::new();
+    let mut moved_later: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
+    // The paths of each link group (inode on the active) the batch writes: two are
+    // hard links of one file; one path written twice is two versions of one file.
+    let mut links: HashMap<u64, std::collections::HashSet<&[u8]>> = HashMap::new();
     for event in events {
-        if let Change::File { meta, .. } = &event.body.change {
-            *links.entry(meta.link).or_default() += 1;
+        if let Change::File { meta, path, .. } = &event.body.change {
+            links.entry(meta.link).or_default().insert(path.as_bytes());
         }
     }
     let mut out = Vec::new();
     for event in events.iter().rev() {
         let change = &event.body.change;
         if let Change::Put { path, size, .. } | Change::File { path, size, .. } = change {
-            let linked = matches!(change, Change::File { meta, .. } if meta.link != 0 && links.get(&meta.link).copied().unwrap_or(0) > 1);
+            let linked = matches!(change, Change::File { meta, .. } if meta.link != 0 && links.get(&meta.link).is_some_and(|paths| paths.len() > 1));
             let touched_later = later.contains(path.as_bytes())
                 || path
                     .ancestors()
                     .iter()
-                    .any(|ancestor| later.contains(ancestor.as_bytes()));
+                    .any(|ancestor| moved_later.contains(ancestor.as_bytes()));
             if *size >= BY_REF_MIN_BYTES && !linked && !touched_later {
                 out.push(event);
             }
         }
         for path in change.paths() {
             later.insert(path.as_bytes());
+            // A directory's metadata changed (its mtime moved as files were made in
+            // it, a chmod) leaves the files below it where they are.
+            if !matches!(
+                change,
+                Change::SetMeta { .. }
+                    | Change::SetMode { .. }
+                    | Change::Dir { .. }
+                    | Change::Mkdir { .. }
+            ) {
+                moved_later.insert(path.as_bytes());
+            }
         }
     }
     out.reverse();

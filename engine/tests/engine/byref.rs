@@ -3,6 +3,7 @@
 //! makes its chunks missing, never wrong; replaced, removed and renamed files keep
 //! what retained events name; garbage collection frees the rest.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use standin_engine::{Change, Event, Hash, Repository};
@@ -219,6 +220,44 @@ fn a_removed_file_moves_into_data_dir_until_no_event_names_it() {
     }
 }
 
+/// A large file and then, in the same batch, a change of its directory's metadata
+/// (its mtime moved as the file was created, a chmod): the directory is still where
+/// it was, so the file is written once, by reference — not through the packs. (Found
+/// on XFS by the rsync fidelity test: whether the clone path was taken depended on
+/// whether the directory's event fell in the file's batch.)
+#[test]
+fn a_directory_changed_after_its_large_file_in_one_batch_keeps_it_by_reference() {
+    let active = Node::new();
+    let passive = Node::new();
+    let dir = active.folder.join("tree");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("big.bin"), noise(3 * MIB, 11)).unwrap();
+    active.capture();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let later = active.capture();
+    assert!(
+        later.iter().any(|event| event
+            .body
+            .change
+            .paths()
+            .iter()
+            .any(|path| path.to_string() == "tree")),
+        "the chmod is recorded after the file: {later:?}"
+    );
+    // Both captures in one batch.
+    replicate_by_ref(&active, &passive, 100);
+    passive.assert_verified();
+    assert!(
+        pack_bytes(&passive.repository) < 1024,
+        "the 3 MiB file went through the packs ({} bytes)",
+        pack_bytes(&passive.repository)
+    );
+    assert_eq!(
+        passive.repository.chunks().referenced_usage().1,
+        (3 * MIB) as u64
+    );
+}
+
 #[test]
 fn a_renamed_directory_keeps_its_files_references() {
     let (active, passive) = pair_with(&[("dir/a.bin", noise(3 * MIB, 8))]);
@@ -270,6 +309,14 @@ fn versions_of_one_file_in_one_batch_keep_every_chunk_and_end_as_the_last() {
         chunks_of(&batch, "app.db").len() > 1 && batch.len() >= 10,
         "one batch with the five versions of each file"
     );
+    // The last version is staged (written once, as fetched): the five versions of one
+    // path share its inode number on the active, and are not hard links of each other.
+    let staged = passive
+        .repository
+        .chunks()
+        .stage(&passive.folder, &batch)
+        .unwrap();
+    assert_eq!(staged, 1, "the last version of app.db is staged");
     replicate_by_ref(&active, &passive, 1_000);
     assert_eq!(std::fs::read(passive.folder.join("app.db")).unwrap(), bytes);
     assert_eq!(std::fs::read(passive.folder.join("note")).unwrap(), b"4");
