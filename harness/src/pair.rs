@@ -75,7 +75,11 @@ impl PairSpec {
 
     /// Configure both in a new temp dir; start them when `start` (the active first).
     pub fn build(self, start: bool) -> Pair {
-        let root = tempfile::tempdir().expect("a temp dir");
+        self.build_in(tempfile::tempdir().expect("a temp dir"), start)
+    }
+
+    /// `build` with the pair's files in `root` (on another file system, say).
+    pub fn build_in(self, root: tempfile::TempDir, start: bool) -> Pair {
         let (mut alpha, mut beta) = self.configure(root.path());
         if start {
             alpha.start();

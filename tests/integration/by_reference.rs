@@ -54,7 +54,10 @@ fn a_promoted_passive_copies_referenced_content_in_and_a_fresh_passive_gets_ever
     assert!(content.starts_with("by reference"), "{kept}");
     let shown = status_json(&pair.alpha);
     let content = shown["content_mode"].as_str().unwrap_or_default();
-    assert!(content.starts_with("chunk store; busy files read"), "{shown}");
+    assert!(
+        content.starts_with("chunk store; busy files read"),
+        "{shown}"
+    );
 
     // alpha dies; beta takes over and its applications start at once.
     pair.alpha.kill();

@@ -44,6 +44,10 @@
 //!   partition replaced after the call that found it.
 //! - `split_brain`: the agent-witness quorum with a cut pair link and a dead active.
 //! - `etcd`: the etcd lease with a real etcd: failover, an etcd outage, its return.
+//! - `fidelity`: what `rsync -aHAXS` keeps (owners, modes, ACLs, xattrs, hard links,
+//!   holes, times) kept by a real pair, judged by rsync — on the test's file system and
+//!   on a loop-mounted XFS image with reflink (`xfs`, as root), where the passive
+//!   stages large files from clones.
 
 mod agent_keys;
 mod by_reference;
@@ -73,3 +77,9 @@ mod snapshot;
 mod split_brain;
 mod status_page;
 mod support;
+
+// The loop-mounted XFS image of the engine's reflink tests (for the fidelity test on
+// a file system that clones; one of its helpers is unused here).
+#[allow(dead_code)]
+#[path = "../../engine/tests/engine/xfs.rs"]
+mod xfs;
