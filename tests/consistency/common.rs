@@ -47,6 +47,15 @@ impl FailoverPair {
         FailoverPair::start_in(tempfile::tempdir().unwrap(), period, &[])
     }
 
+    /// `start` with the pair's files under `base` when given (a loop-mounted XFS
+    /// image, say).
+    pub fn start_on(base: Option<&Path>, period: u32) -> FailoverPair {
+        match base {
+            Some(base) => FailoverPair::start_in(tempfile::tempdir_in(base).unwrap(), period, &[]),
+            None => FailoverPair::start(period),
+        }
+    }
+
     /// `start` with the pair's files in `root` (another file system, say) and extra
     /// environment for alpha (`STANDIN_LOG`, say).
     pub fn start_in(

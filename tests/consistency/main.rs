@@ -16,10 +16,11 @@
 //! ```
 //!
 //! - `git`: a commit + gc + repack loop, the active SIGKILLed: `git fsck --full` on the
-//!   promoted copy.
+//!   promoted copy (also with the pair on a loop-mounted XFS image, as root).
 //! - `sqlite`: inserts in transactions of 20, WAL and DELETE journal modes, the active
 //!   SIGKILLed: the promoted database opens, passes `integrity_check` and holds a prefix
-//!   of the committed rows.
+//!   of the committed rows (also on XFS, where the passive begins each new version of
+//!   the database as a clone of the last: the test asserts it did).
 //! - `sqlite_lock`: a writer with Python's default 5 s busy timeout beside capture
 //!   (replication_period 0), WAL and DELETE: it never sees `database is locked`; the
 //!   soak form on a 1 GiB database reports capture's lock time, each copy's time and
