@@ -195,7 +195,9 @@ mod tests {
     use crate::chunk_store::refs::{HomeState, RefLoc};
 
     fn store(dir: &Path) -> ChunkStore {
-        let db = sled::open(dir.join("db")).unwrap();
+        // Reopened in the same process: sled lets go of its lock from a background
+        // thread, which `open_sled` waits for.
+        let db = crate::repository::open::open_sled(&dir.join("db")).unwrap();
         ChunkStore::open(
             &dir.join("chunks"),
             db.open_tree("chunk_locations").unwrap(),

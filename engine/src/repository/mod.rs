@@ -59,7 +59,7 @@ pub struct Repository {
 }
 
 mod index_save;
-mod open;
+pub(crate) mod open;
 mod record;
 
 use crate::folder::index::{decode_entry, encode_entry};

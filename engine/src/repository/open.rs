@@ -59,7 +59,7 @@ pub(super) fn temp_token(data_dir: &Path) -> Result<Vec<u8>> {
 /// (It also reuses such a file without truncating it.) A `.generating` file is never a
 /// complete snapshot — the previous `snap.<lsn>` stays until the rename — so removing
 /// it is safe. Found by `engine/tests/engine/crash.rs`; see spacejam/sled#1533.
-pub(super) fn open_sled(path: &Path) -> Result<sled::Db> {
+pub(crate) fn open_sled(path: &Path) -> Result<sled::Db> {
     if let Ok(listing) = std::fs::read_dir(path) {
         for item in listing.flatten() {
             let name = item.file_name().to_string_lossy().into_owned();
