@@ -370,8 +370,13 @@ fn versions_taken_beside_a_busy_writer_with_checkpoints_are_committed_states() {
     fixture.insert(0, 1, 10);
     let db = fixture.db();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The writer keeps at most a few transactions ahead of the versions taken, so that
+    // versions fall between checkpoints however slow the machine (under load, a free
+    // writer finished with no version taken across a restart).
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
     let writer = {
         let done = done.clone();
+        let taken = taken.clone();
         std::thread::spawn(move || {
             let connection = Connection::open(&db).unwrap();
             connection.busy_timeout(Duration::from_secs(5)).unwrap();
@@ -380,6 +385,12 @@ fn versions_taken_beside_a_busy_writer_with_checkpoints_are_committed_states() {
                 .execute_batch("PRAGMA wal_autocheckpoint = 100;")
                 .unwrap();
             for transaction in 0..TRANSACTIONS {
+                let paced = std::time::Instant::now();
+                while taken.load(std::sync::atomic::Ordering::Relaxed) < transaction / 3
+                    && paced.elapsed() < Duration::from_secs(5)
+                {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
                 connection.execute_batch("BEGIN").unwrap();
                 for row in 0..5 {
                     connection
@@ -407,6 +418,7 @@ fn versions_taken_beside_a_busy_writer_with_checkpoints_are_committed_states() {
             Outcome::Fallback => panic!("fallback"),
             Outcome::Refused(reason) => panic!("refused: {reason}"),
         };
+        taken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let now = fixture.rows_of(&version);
         assert!(now >= rows, "went back from {rows} rows to {now}");
         assert_eq!((now - 1) % 5, 0, "{now} rows: a transaction taken in part");
