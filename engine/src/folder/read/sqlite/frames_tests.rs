@@ -385,7 +385,7 @@ fn versions_taken_beside_a_busy_writer_with_checkpoints_are_committed_states() {
                 .execute_batch("PRAGMA wal_autocheckpoint = 100;")
                 .unwrap();
             for transaction in 0..TRANSACTIONS {
-                let paced = std::time::Instant::now();
+                let paced = crate::clock::instant();
                 while taken.load(std::sync::atomic::Ordering::Relaxed) < transaction / 3
                     && paced.elapsed() < Duration::from_secs(5)
                 {
