@@ -123,6 +123,19 @@ fn killed_at_random_points_converges(base: Option<&Path>) {
                 .unwrap();
         }
     }
+    // One file written three times in a row, and a file made beside it between the
+    // first two versions: the batches of four events then hold the first version with
+    // its directory's time changed after it, and the last two versions together (the
+    // last staged) — both staged since f8e5183, and killed in like the rest.
+    let last = source.folder.join("last");
+    std::fs::create_dir_all(&last).unwrap();
+    for version in 0..3u32 {
+        std::fs::write(last.join("db"), content((1 << 20) + 4096, 100 + version)).unwrap();
+        if version == 1 {
+            std::fs::write(last.join("beside"), b"made between two versions").unwrap();
+        }
+        source.capture();
+    }
     let events = source
         .repository
         .log()
