@@ -204,6 +204,12 @@ fn a_browser_shows_both_nodes_and_both_agents() {
     );
     assert!(dom.contains("2 of 2 agents vote for alpha"), "{dom}");
     assert!(dom.contains("<span class=\"badge up\">up</span>"), "{dom}");
+    // How each keeps content, in words.
+    assert!(
+        dom.contains("<dt>Content</dt><dd>chunk store; busy files read"),
+        "{dom}"
+    );
+    assert!(dom.contains("<dt>Content</dt><dd>by reference;"), "{dom}");
     assert!(
         dom.contains(&format!("standin {}", env!("CARGO_PKG_VERSION"))),
         "{dom}"

@@ -241,6 +241,7 @@ fn node_card(out: &mut String, answer: &Answer, named_by_peer: Option<&str>) {
             bytes(status.chunk_bytes)
         ),
     );
+    row(out, "Content", &text_or_dash(&status.content_mode));
     row(
         out,
         "Quarantined",

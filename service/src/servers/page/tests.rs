@@ -91,6 +91,7 @@ fn both_nodes_side_by_side_with_agents_version_and_time() {
     beta.lag_events = 2;
     beta.lag_seconds = 1.25;
     beta.terminal_servers = vec![server("ts1", 0.5, false)];
+    beta.content_mode = "by reference, begun as clones".to_string();
     let local = LocalFacts {
         node: "alpha".to_string(),
         last_promotion: Some(Promotion {
@@ -127,6 +128,11 @@ fn both_nodes_side_by_side_with_agents_version_and_time() {
     );
     let beta = card(&html, "beta");
     assert!(beta.contains("role-passive"), "{beta}");
+    assert!(
+        beta.contains("<dt>Content</dt><dd>by reference, begun as clones</dd>"),
+        "{beta}"
+    );
+    assert!(alpha.contains("<dt>Content</dt><dd>-</dd>"), "{alpha}");
     assert!(
         beta.contains("<dt>Behind its active</dt><dd>2 events, 1.2 s</dd>"),
         "{beta}"
