@@ -218,6 +218,13 @@ impl ChunkStore {
             return Ok(0);
         }
         let mut count = 0;
+        // The first event of the batch to name each chunk.
+        let mut first_named: HashMap<Hash, u64> = HashMap::new();
+        for event in events {
+            for chunk in event.body.change.chunks().unwrap_or(&[]) {
+                first_named.entry(chunk.hash).or_insert(event.seq());
+            }
+        }
         let candidates = if self.patches_in_place() {
             super::patch_candidates(events)
         } else {
@@ -262,6 +269,18 @@ impl ChunkStore {
             // Staged even when nothing is missing: its chunks may be referenced in the
             // file it replaces, and are then referenced in the new one instead.
             let missing = self.missing(chunks.iter().map(|chunk| chunk.hash))?;
+            // A chunk the store lacks would be fetched into this file alone; an earlier
+            // event of the batch naming it may be committed in an earlier part, before
+            // this file is installed, and a failure or restart in between would leave
+            // the log naming a chunk in no pack and no committed reference. Such a file
+            // (a second version of a busy database, a copy) goes through the packs.
+            if missing.iter().any(|hash| {
+                first_named
+                    .get(hash)
+                    .is_some_and(|first| *first < event.seq())
+            }) {
+                continue;
+            }
             self.stage_one(
                 event.seq(),
                 content,
