@@ -110,30 +110,31 @@ fn fsync_touched(root: &Path, touched: &Touched) -> Result<()> {
     }));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let lanes = targets.len().clamp(1, FSYNC_THREADS);
+    // Each lane takes the next path until none is left.
+    let lane = || -> Result<Synced> {
+        let mut outcome = Synced::Done;
+        loop {
+            let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(target) = targets.get(at) else {
+                return Ok(outcome);
+            };
+            if let Synced::MovedOn = fsync_one(target)? {
+                outcome = Synced::MovedOn;
+            }
+        }
+    };
     let outcomes: Vec<Result<Synced>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..lanes)
-            .map(|_| {
-                scope.spawn(|| -> Result<Synced> {
-                    let mut outcome = Synced::Done;
-                    loop {
-                        let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(target) = targets.get(at) else {
-                            return Ok(outcome);
-                        };
-                        if let Synced::MovedOn = fsync_one(target)? {
-                            outcome = Synced::MovedOn;
-                        }
-                    }
-                })
-            })
+        // A thread that cannot be made (the process at its limit) leaves its share to
+        // the lanes that run, and to this thread.
+        let workers: Vec<_> = (1..lanes)
+            .filter_map(|_| std::thread::Builder::new().spawn_scoped(scope, lane).ok())
             .collect();
-        workers
-            .into_iter()
-            .map(|worker| match worker.join() {
-                Ok(outcome) => outcome,
-                Err(panic) => std::panic::resume_unwind(panic),
-            })
-            .collect()
+        let mut outcomes = vec![lane()];
+        outcomes.extend(workers.into_iter().map(|worker| match worker.join() {
+            Ok(outcome) => outcome,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }));
+        outcomes
     });
     let mut moved_on = false;
     for outcome in outcomes {
