@@ -183,6 +183,24 @@ impl Refs {
             .and_then(|bytes| RefLoc::from_bytes(&bytes)))
     }
 
+    /// Where `hash` is when its only reference is pending in a file that the commit of
+    /// events up to `seq` does not commit — a staged file not yet installed, or one
+    /// installed by a later event — and no committed reference holds it.
+    pub fn only_uncommittable(&self, hash: &Hash, seq: u64) -> Result<Option<RefLoc>> {
+        let Some(location) = read_lock(&self.pending).get(hash).copied() else {
+            return Ok(None);
+        };
+        let committable = match self.home(location.key).map(|home| home.state) {
+            Some(HomeState::Staged) => false,
+            Some(HomeState::Installed(at)) => at <= seq,
+            Some(HomeState::Committed) | None => true,
+        };
+        if committable || self.tree.contains_key(hash.0)? {
+            return Ok(None);
+        }
+        Ok(Some(location))
+    }
+
     /// `hash` is (from now on) at `location`, until committed.
     pub fn add_pending(&self, hash: Hash, location: RefLoc) {
         if let Some(previous) = write_lock(&self.pending).insert(hash, location) {

@@ -1,11 +1,14 @@
 //! What replay needs of the passive's references when a batch may move or replace the
 //! files holding them (`replay::byref`): where inodes live, their `kept/` links, the
-//! deferred moves, and copying a replaced inode's chunks out (`refs.rs` keeps them).
+//! deferred moves, copying a replaced inode's chunks out (`refs.rs` keeps them), and
+//! the chunks a part is about to name that only an uncommitted file holds.
 
 use std::path::{Path, PathBuf};
 
 use super::refs::InodeKey;
+use super::Dedup;
 use crate::error::Result;
+use crate::log::event::Event;
 
 impl super::ChunkStore {
     /// The inodes with references whose home is in `root` (committed or installed).
@@ -21,6 +24,42 @@ impl super::ChunkStore {
     /// `key`'s link in `kept/`.
     pub fn kept_path(&self, key: InodeKey) -> PathBuf {
         self.refs.kept_path(key)
+    }
+
+    /// Before the part `part` (its files installed) is committed: each chunk it names
+    /// whose only home is a file this commit does not commit — a staged file of a
+    /// later part, or one the batch will not install — is copied into the packs
+    /// (verified; durable with the part's `sync`). A failure or restart before that
+    /// file is installed would otherwise leave the log naming a chunk in no pack and
+    /// no committed reference (staged files are removed at open). Returns the bytes
+    /// copied; usually none.
+    pub fn secure_named_by(&self, part: &[Event]) -> Result<u64> {
+        let Some(last) = part.last().map(Event::seq) else {
+            return Ok(0);
+        };
+        let mut copied = 0u64;
+        let mut seen = std::collections::HashSet::new();
+        for event in part {
+            for chunk in event.body.change.chunks().unwrap_or(&[]) {
+                if !seen.insert(chunk.hash) {
+                    continue;
+                }
+                let Some(location) = self.refs.only_uncommittable(&chunk.hash, last)? else {
+                    continue;
+                };
+                let bytes = self.refs.read(&chunk.hash, location)?;
+                self.insert(chunk.hash, &bytes, Dedup::All)?;
+                copied += bytes.len() as u64;
+            }
+        }
+        if copied > 0 {
+            tracing::debug!(
+                bytes = copied,
+                through = last,
+                "copied into the packs chunks a part names that only a later staged file held"
+            );
+        }
+        Ok(copied)
     }
 
     /// A batch is in the log: apply its deferred references (`Refs::apply_deferred`).

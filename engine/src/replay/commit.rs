@@ -87,6 +87,9 @@ pub(super) fn write_and_commit_in_parts(
             let previous = wait_for(&mut committing, timings);
             written?;
             previous?;
+            // Nothing of a later part is being written now: what this part names that
+            // only a later staged file holds goes into the packs before it commits.
+            repository.chunks().secure_named_by(part)?;
             if parts.peek().is_some() {
                 committing = Some(scope.spawn(move || commit(part)));
             } else {

@@ -482,3 +482,65 @@ fn a_later_version_of_a_path_in_the_same_batch_is_staged() {
     assert_eq!(std::fs::read(passive.folder.join("app.db")).unwrap(), bytes);
     passive.assert_verified();
 }
+
+/// A chunk pending only in a staged file left by an earlier attempt counts as present,
+/// so an earlier event of the retried batch (no longer staged: a later version of its
+/// path joined the batch) names it while its only home is that later staged file: the
+/// part is committed with the chunk copied into the packs, and a failure in a later
+/// part then loses nothing. (Found by review: "seq 6 names a lost chunk".)
+#[test]
+fn a_retried_batch_copies_in_a_chunk_only_a_later_staged_file_holds() {
+    use standin_engine::replay::{apply_batch, apply_batch_with, ReplayOptions};
+    let active = Node::new();
+    let passive = Node::new();
+    std::fs::create_dir(active.folder.join("d")).unwrap();
+    std::fs::write(active.folder.join("d/r"), b"small").unwrap();
+    active.capture();
+    replicate_by_ref(&active, &passive, 100);
+    let v1 = noise(3 * MIB, 51);
+    std::fs::write(active.folder.join("d/a"), &v1).unwrap();
+    active.capture();
+    std::fs::remove_file(active.folder.join("d/r")).unwrap();
+    active.capture();
+    // Fails on the passive, where a file is put in its way.
+    std::fs::create_dir(active.folder.join("x")).unwrap();
+    active.capture();
+    let first_len = crate::support::events_to_pull(&active, &passive, 100).len();
+    std::fs::write(active.folder.join("d/a"), noise(3 * MIB, 52)).unwrap();
+    active.capture();
+    std::fs::write(active.folder.join("d/b"), &v1).unwrap();
+    active.capture();
+    let all = crate::support::events_to_pull(&active, &passive, 100);
+    let (first, second) = all.split_at(first_len);
+    let chunks = passive.repository.chunks();
+    // The service's first part: staged, fetched, applied; it fails after installing d/a.
+    chunks.stage(&passive.folder, first).unwrap();
+    ship_chunks(&active.repository, &passive.repository, first);
+    std::fs::write(passive.folder.join("x"), b"in the way").unwrap();
+    assert!(apply_batch(&passive.folder, &passive.repository, first).is_err());
+    // Its second part was staged and fetched meanwhile: d/b alone holds v1's chunks.
+    assert_eq!(chunks.stage(&passive.folder, second).unwrap(), 2);
+    ship_chunks(&active.repository, &passive.repository, second);
+    // The next pull: one batch, in which d/a's first version is not staged; it fails
+    // again in a later part (recovery removed the obstacle; it is back).
+    let batch = crate::support::events_to_pull(&active, &passive, 100);
+    chunks.stage(&passive.folder, &batch).unwrap();
+    ship_chunks(&active.repository, &passive.repository, &batch);
+    std::fs::write(passive.folder.join("x"), b"in the way").unwrap();
+    let options = ReplayOptions {
+        commit_part_events: 1,
+    };
+    let head = passive.repository.head().seq;
+    assert!(apply_batch_with(&passive.folder, &passive.repository, &batch, &options).is_err());
+    assert!(passive.repository.head().seq > head, "d/a's part committed");
+    let passive = passive.reopen();
+    for event in passive.all_events() {
+        for chunk in event.body.change.chunks().unwrap_or(&[]) {
+            passive
+                .repository
+                .chunks()
+                .get(&chunk.hash)
+                .unwrap_or_else(|error| panic!("seq {} names a lost chunk: {error}", event.seq()));
+        }
+    }
+}
