@@ -246,6 +246,13 @@ impl ChunkStore {
         self.dir.join(pack_name(pack))
     }
 
+    /// Whether a pack holds `hash` (synced or pending), whatever references say.
+    fn in_packs(&self, hash: &Hash) -> Result<bool> {
+        Ok(self.recent().by_hash.contains_key(hash)
+            || self.locations.contains_key(hash.0)?
+            || lock(&self.writer).pending.contains_key(hash))
+    }
+
     fn recent(&self) -> std::sync::RwLockReadGuard<'_, RecentLocations> {
         self.recent
             .read()

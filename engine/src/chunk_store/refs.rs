@@ -183,22 +183,32 @@ impl Refs {
             .and_then(|bytes| RefLoc::from_bytes(&bytes)))
     }
 
-    /// Where `hash` is when its only reference is pending in a file that the commit of
-    /// events up to `seq` does not commit — a staged file not yet installed, or one
-    /// installed by a later event — and no committed reference holds it.
-    pub fn only_uncommittable(&self, hash: &Hash, seq: u64) -> Result<Option<RefLoc>> {
-        let Some(location) = read_lock(&self.pending).get(hash).copied() else {
-            return Ok(None);
-        };
-        let committable = match self.home(location.key).map(|home| home.state) {
+    /// Of `hashes`, those whose only reference is pending in a file that the commit
+    /// of events up to `seq` does not commit — a staged file not yet installed, or one
+    /// installed by a later event — with that place: no committed reference holds
+    /// them, and no reference the commit moves either (`superseded`).
+    pub fn uncommittable(&self, hashes: &[Hash], seq: u64) -> Result<Vec<(Hash, RefLoc)>> {
+        let committable = |location: &RefLoc| match self.home(location.key).map(|home| home.state) {
             Some(HomeState::Staged) => false,
             Some(HomeState::Installed(at)) => at <= seq,
             Some(HomeState::Committed) | None => true,
         };
-        if committable || self.tree.contains_key(hash.0)? {
-            return Ok(None);
+        let moved: std::collections::HashSet<Hash> = read_lock(&self.superseded)
+            .iter()
+            .filter(|(_, location)| committable(location))
+            .map(|(hash, _)| *hash)
+            .collect();
+        let mut out = Vec::new();
+        for hash in hashes {
+            let Some(location) = read_lock(&self.pending).get(hash).copied() else {
+                continue;
+            };
+            if committable(&location) || moved.contains(hash) || self.tree.contains_key(hash.0)? {
+                continue;
+            }
+            out.push((*hash, location));
         }
-        Ok(Some(location))
+        Ok(out)
     }
 
     /// `hash` is (from now on) at `location`, until committed.

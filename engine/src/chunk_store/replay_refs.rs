@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use super::refs::InodeKey;
 use super::Dedup;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::hash::Hash;
 use crate::log::event::Event;
 
 impl super::ChunkStore {
@@ -37,20 +38,31 @@ impl super::ChunkStore {
         let Some(last) = part.last().map(Event::seq) else {
             return Ok(0);
         };
-        let mut copied = 0u64;
         let mut seen = std::collections::HashSet::new();
-        for event in part {
-            for chunk in event.body.change.chunks().unwrap_or(&[]) {
-                if !seen.insert(chunk.hash) {
-                    continue;
-                }
-                let Some(location) = self.refs.only_uncommittable(&chunk.hash, last)? else {
-                    continue;
-                };
-                let bytes = self.refs.read(&chunk.hash, location)?;
-                self.insert(chunk.hash, &bytes, Dedup::All)?;
-                copied += bytes.len() as u64;
+        let named: Vec<Hash> = part
+            .iter()
+            .flat_map(|event| event.body.change.chunks().unwrap_or(&[]))
+            .map(|chunk| chunk.hash)
+            .filter(|hash| seen.insert(*hash))
+            .collect();
+        let mut copied = 0u64;
+        for (hash, location) in self.refs.uncommittable(&named, last)? {
+            if self.in_packs(&hash)? {
+                continue;
             }
+            let bytes = match self.refs.read(&hash, location) {
+                Ok(bytes) => bytes,
+                // That reference no longer holds (dropped by the read): fine if the
+                // chunk now has a home this commit keeps.
+                Err(Error::ChunkMissing { .. })
+                    if self.refs.uncommittable(&[hash], last)?.is_empty() =>
+                {
+                    continue
+                }
+                Err(error) => return Err(error),
+            };
+            self.insert(hash, &bytes, Dedup::All)?;
+            copied += bytes.len() as u64;
         }
         if copied > 0 {
             tracing::debug!(
