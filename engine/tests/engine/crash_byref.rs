@@ -203,20 +203,7 @@ fn killed_at_random_points_converges(base: Option<&Path>) {
             Ok(replica) => {
                 // Invariant 4 at every kill: each chunk the log names so far is in the
                 // store (a pack or a committed reference), staged files being gone.
-                let logged = replica
-                    .log()
-                    .events_after(0, &Hash::ZERO, usize::MAX)
-                    .unwrap();
-                for event in &logged {
-                    for chunk in event.body.change.chunks().unwrap_or(&[]) {
-                        replica.chunks().get(&chunk.hash).unwrap_or_else(|error| {
-                            panic!(
-                                "after a kill, seq {} names a lost chunk: {error}",
-                                event.seq()
-                            )
-                        });
-                    }
-                }
+                crate::byref::assert_every_logged_chunk_readable(&replica);
                 replica.head().seq
             }
             Err(error) => panic!("reopen after a kill: {error}"),
