@@ -95,7 +95,8 @@ pub(crate) struct Refs {
     /// committed with its own file, as if the batches had run one after the other.
     superseded: RwLock<Vec<(Hash, RefLoc)>>,
     /// Committed references that move a chunk already referenced elsewhere: applied
-    /// only once the batch is in the log (`apply_deferred`), so that a crash before
+    /// only once the apply's batches are in the log (`apply_deferred`, at its end; an
+    /// apply that wrote a large file takes no further batch), so that a crash before
     /// never leaves an old version's chunk pointing at a file `recover` removes.
     deferred: RwLock<Vec<(Hash, RefLoc)>>,
     pub kept_dir: PathBuf,

@@ -7,7 +7,7 @@
 //! - `guard`: before a part writes anything, every referenced inode whose home the
 //!   part may displace is hard-linked into `kept/` (one fsync of `kept/`), so the
 //!   references resolve whatever happens next, a crash included.
-//! - `settle`: after the batch, each guarded inode still in the folder (perhaps
+//! - `settle`: after the apply (its batches in the log), each guarded inode still in the folder (perhaps
 //!   renamed) gets its home back and loses the `kept/` link; one that left the folder
 //!   stays in `kept/` (removed: moved, not copied) or, when little of it is still
 //!   referenced (replaced by a new version that shares most chunks), has those chunks
@@ -94,15 +94,12 @@ pub(super) fn keep_before_rewrite(repository: &Repository, full: &Path) -> Resul
     chunks.set_home(key, kept)
 }
 
-/// The renames of `events`, in order (for `settle`).
-pub(super) fn renames(events: &[Event]) -> Vec<(RelPath, RelPath)> {
-    events
-        .iter()
-        .filter_map(|event| match &event.body.change {
-            Change::Rename { from, to } => Some((from.clone(), to.clone())),
-            _ => None,
-        })
-        .collect()
+/// The rename `event` makes, if it is one (for `settle`).
+pub(super) fn rename(event: &Event) -> Option<(RelPath, RelPath)> {
+    match &event.body.change {
+        Change::Rename { from, to } => Some((from.clone(), to.clone())),
+        _ => None,
+    }
 }
 
 /// After a batch (applied, or failed and recovered; `renames` are the ones it

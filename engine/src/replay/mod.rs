@@ -8,11 +8,12 @@
 //!    change the index's digest equals the digest the event carries; every chunk named
 //!    is in the chunk store. A failure here leaves the folder and the log unchanged.
 //! 2. **Journal**: the paths the batch touches are written to `meta/replay_pending`
-//!    (flushed) before the folder is touched.
+//!    (flushed; a later batch of the same apply: `replay_pending.N`) before the folder
+//!    is touched.
 //! 3. **Apply**: each file is written to a temporary name in its directory (content
 //!    from verified chunks, hashed again while written and compared with the event),
 //!    given its mode and mtime, and renamed into place (exchanged with the file it
-//!    replaces, which is removed after step 4); no reader ever sees half a file —
+//!    replaces, which is removed once the apply's last step 4 is done); no reader ever sees half a file —
 //!    unless the node allows patching in place (`patch_in_place`, off by default): then
 //!    a large file kept by reference whose new version keeps most of it in place is
 //!    patched where it is (`patch`: the chunks it overwrites are copied out first, and
@@ -31,6 +32,16 @@
 //! files are written; a part is appended to the log only after its own files are on
 //! disk. The journal covers the whole batch until its end.
 //!
+//! One apply may take several batches (`apply_fed`, `Feed`): a batch handed to it
+//! while its last part is being committed is checked, journaled (under a key of its
+//! own beside the first batch's) and written meanwhile, and its parts are committed
+//! after that one — so a stream of batches is not written one durability point at a
+//! time. The old versions' removal, the directory times, the settling of inodes kept
+//! by reference, the index save and the journal's clearing wait for the apply's end
+//! (after at most `ReplayOptions::apply_events` events or two seconds of taking
+//! batches; at once after a batch with a large file or an inode kept by reference).
+//! `apply_batch` is an apply of one batch.
+//!
 //! If step 3 fails, or the process dies anywhere after step 2, `recover` puts every
 //! journaled path back to the state the index holds at the log head (which is the
 //! pre-batch state unless step 4's append completed) and removes temporary files;
@@ -47,14 +58,16 @@ use crate::folder::index::Entry;
 use crate::folder::scan::disk::{stat_disk, walk, DiskEntry};
 use crate::fsutil::syncfs;
 use crate::hash::Hash;
-use crate::log::event::{chain_hash, Change, Event};
+use crate::log::event::{Change, Event};
 use crate::log::Head;
 use crate::path::RelPath;
 use crate::repository::Repository;
 
+mod apply;
 mod byref;
 mod commit;
 mod durable;
+mod feed;
 mod file;
 mod patch;
 mod snapshot;
@@ -63,10 +76,11 @@ mod write;
 pub use patch::{StopPatch, STOP_PATCH};
 pub use snapshot::install_snapshot;
 
-use commit::write_and_commit_in_parts;
+pub use apply::apply_fed;
+pub use feed::Feed;
 
 use file::{write_file, Attributes};
-use write::{write_symlink, Displaced, Finishing};
+use write::write_symlink;
 
 const PENDING_KEY: &str = "replay_pending";
 
@@ -82,12 +96,17 @@ pub struct ReplayOptions {
     /// A batch of more events than this is written and made durable in parts of about
     /// this many, each part's durability point overlapping the next part's writes.
     pub commit_part_events: usize,
+    /// An apply takes no further batch from its feed once it has taken this many
+    /// events (its journal, the old versions it removes and the index save wait for
+    /// its end).
+    pub apply_events: usize,
 }
 
 impl Default for ReplayOptions {
     fn default() -> ReplayOptions {
         ReplayOptions {
             commit_part_events: 1024,
+            apply_events: 16_384,
         }
     }
 }
@@ -104,157 +123,7 @@ pub fn apply_batch_with(
     events: &[Event],
     options: &ReplayOptions,
 ) -> Result<Head> {
-    recover(root, repository)?;
-    if events.is_empty() {
-        return Ok(repository.head());
-    }
-    let started = crate::clock::instant();
-    let mut index = repository.lock_index();
-    let head = repository.head();
-
-    // Step 1: check everything before touching anything.
-    let checked = (|| -> Result<()> {
-        let mut tip = (head.seq, head.hash, head.epoch);
-        for event in events {
-            let recomputed = chain_hash(&event.prev, &event.body.canonical_bytes());
-            if recomputed != event.hash {
-                return Err(Error::BrokenChain {
-                    seq: event.seq(),
-                    reason: format!(
-                        "recorded hash {} but prev and body hash to {recomputed}",
-                        event.hash
-                    ),
-                });
-            }
-            event.check_follows(tip.0, &tip.1)?;
-            if event.epoch() < tip.2 {
-                return Err(Error::BrokenChain {
-                    seq: event.seq(),
-                    reason: format!(
-                        "epoch {} is below the previous event's epoch {}",
-                        event.epoch(),
-                        tip.2
-                    ),
-                });
-            }
-            tip = (event.seq(), event.hash, event.epoch());
-            let change = &event.body.change;
-            index.apply(change).map_err(|misfit| Error::Apply {
-                seq: event.seq(),
-                path: misfit.path.to_string(),
-                reason: misfit.reason,
-            })?;
-            if index.digest() != event.body.digest {
-                return Err(Error::DigestMismatch {
-                    seq: event.seq(),
-                    path: change.describe_path(),
-                    expected: event.body.digest,
-                    actual: index.digest(),
-                });
-            }
-            if let Some(chunks) = change.chunks() {
-                if let Some(missing) = repository
-                    .chunks()
-                    .missing(chunks.iter().map(|chunk| chunk.hash))?
-                    .first()
-                {
-                    return Err(Error::ChunkMissing { hash: *missing });
-                }
-            }
-        }
-        Ok(())
-    })();
-    if let Err(error) = checked {
-        // Still under the lock: nobody may see the index ahead of the log.
-        repository.reload_index_locked(&mut index)?;
-        return Err(error);
-    }
-
-    let checked_at = started.elapsed();
-    // Step 2: journal the touched paths.
-    let touched: Vec<RelPath> = events
-        .iter()
-        .flat_map(|event| event.body.change.paths().into_iter().cloned())
-        .collect();
-    journal_touched(repository, &touched)?;
-    let journaled_at = started.elapsed();
-
-    // Steps 3 and 4, a part at a time: each part's durability point runs while the
-    // next part's files are written.
-    let mut timings = StepTimings::default();
-    let displaced = Displaced::default();
-    let finishing = {
-        let changes: Vec<&Change> = events.iter().map(|event| &event.body.change).collect();
-        let link_groups = crate::folder::links::groups_touched(&index, &changes);
-        let linked: Vec<&RelPath> = link_groups.iter().flatten().collect();
-        Finishing {
-            dir_times: directory_times(&index, events, &linked),
-            link_groups,
-        }
-    };
-    let patchable = patch::patchable(repository, events, &finishing.link_groups);
-    let mut guarded = Vec::new();
-    let durable = write_and_commit_in_parts(
-        root,
-        repository,
-        events,
-        options.commit_part_events.max(1),
-        &mut timings,
-        &displaced,
-        &finishing,
-        &mut guarded,
-        &patchable,
-    );
-    // The old versions of replaced files go once the batch is in the log (or failed);
-    // removing them moved their directories' times, which are set again.
-    let all_removed = displaced.remove_all();
-    if durable.is_ok() {
-        if let Err(error) = finishing.set_directory_times(root) {
-            tracing::warn!(%error, "could not set a directory's recorded time again");
-        }
-    }
-    if let Err(error) = durable {
-        repository.chunks().forget_uncommitted();
-        repository.reload_index_locked(&mut index)?;
-        drop(index);
-        if let Err(recovery) = recover(root, repository) {
-            tracing::error!(%recovery, "could not put the replica back after a failed batch; will retry");
-        }
-        if let Err(settling) = byref::settle(root, repository, guarded, &[]) {
-            tracing::warn!(%settling, "could not settle the files kept by reference after a failed batch");
-        }
-        return Err(error);
-    }
-    // The inodes the batch moved or replaced: home again, kept, or copied out.
-    if let Err(error) = byref::settle(root, repository, guarded, &byref::renames(events)) {
-        tracing::warn!(%error, "could not settle the files kept by reference; the next garbage collection will");
-    }
-    let last = events.last().map(|event| event.seq()).unwrap_or(head.seq);
-    let committed_at = started.elapsed();
-    repository.save_index_when_due(&mut index, last, events.len())?;
-    let index_saved_at = started.elapsed();
-    drop(index);
-    // Not flushed: it becomes durable with the next flush (the next batch's journal or
-    // append). A crash before that leaves the journal of a batch that completed, and
-    // `recover` then finds every path it names already as the index says (the batch
-    // is in the log): redundant checks, the same end state. An old version that could
-    // not be removed keeps the journal, so that the next `recover` removes it.
-    if all_removed {
-        repository.meta_set_unflushed(PENDING_KEY, None)?;
-    }
-    tracing::debug!(
-        events = events.len(),
-        check_ms = checked_at.as_secs_f64() * 1e3,
-        journal_ms = (journaled_at - checked_at).as_secs_f64() * 1e3,
-        write_ms = timings.write.as_secs_f64() * 1e3,
-        syncfs_ms = timings.syncfs.as_secs_f64() * 1e3,
-        append_ms = timings.append.as_secs_f64() * 1e3,
-        waited_for_commit_ms = timings.waited.as_secs_f64() * 1e3,
-        index_ms = (index_saved_at - committed_at).as_secs_f64() * 1e3,
-        total_ms = started.elapsed().as_secs_f64() * 1e3,
-        "batch applied"
-    );
-    Ok(repository.head())
+    apply_fed(root, repository, &Feed::only(events.to_vec()), options)
 }
 
 /// The recorded times of the directories `events` (and the relinking of `linked`)
@@ -296,9 +165,11 @@ fn directory_times(
         .collect()
 }
 
-/// Where a batch's time went (for the debug log).
+/// Where an apply's time went (for the debug log).
 #[derive(Default)]
 struct StepTimings {
+    check: std::time::Duration,
+    journal: std::time::Duration,
     write: std::time::Duration,
     syncfs: std::time::Duration,
     append: std::time::Duration,
@@ -308,9 +179,49 @@ struct StepTimings {
 
 /// Record (flushed) that `touched` may differ from the index until `recover` runs.
 pub(crate) fn journal_touched(repository: &Repository, touched: &[RelPath]) -> Result<()> {
+    journal_batch(repository, 0, touched)
+}
+
+/// The journal's key for an apply's `batch`th batch: the first is `PENDING_KEY`, the
+/// next ones add theirs beside it (each batch's paths written once).
+fn journal_key(batch: usize) -> String {
+    match batch {
+        0 => PENDING_KEY.to_string(),
+        batch => format!("{PENDING_KEY}.{batch}"),
+    }
+}
+
+/// Record (flushed) that the paths of an apply's `batch`th batch may differ from the
+/// index until `recover` runs.
+fn journal_batch(repository: &Repository, batch: usize, touched: &[RelPath]) -> Result<()> {
     let journal =
         bincode::encode_to_vec(touched, bincode_config()).expect("encoding paths cannot fail");
-    repository.meta_set(PENDING_KEY, Some(&journal))
+    repository.meta_set(&journal_key(batch), Some(&journal))
+}
+
+/// Clear (unflushed) the journal of an apply of `batches` batches: the later batches'
+/// keys first, so that a crash keeps the first key as long as any.
+fn clear_journal(repository: &Repository, batches: usize) -> Result<()> {
+    for batch in (0..batches.max(1)).rev() {
+        repository.meta_set_unflushed(&journal_key(batch), None)?;
+    }
+    Ok(())
+}
+
+/// Every path the journal lists (all its keys), or `None` when nothing is pending.
+fn read_journal(repository: &Repository) -> Result<Option<(Vec<RelPath>, Vec<String>)>> {
+    let prefix = format!("{PENDING_KEY}.");
+    let mut keys = Vec::new();
+    let mut touched = Vec::new();
+    if let Some(journal) = repository.meta_get(PENDING_KEY)? {
+        touched.extend(decode_journal(&journal)?);
+        keys.push(PENDING_KEY.to_string());
+    }
+    for (key, journal) in repository.meta_scan_prefix(&prefix)? {
+        touched.extend(decode_journal(&journal)?);
+        keys.push(key);
+    }
+    Ok((!keys.is_empty()).then_some((touched, keys)))
 }
 
 /// The paths a journal lists (read back from this node's own store, but a damaged
@@ -345,10 +256,9 @@ pub fn restore_touched(root: &Path, repository: &Repository) -> Result<()> {
 }
 
 fn restore_journaled(root: &Path, repository: &Repository, interrupted: bool) -> Result<()> {
-    let Some(journal) = repository.meta_get(PENDING_KEY)? else {
+    let Some((touched, keys)) = read_journal(repository)? else {
         return Ok(());
     };
-    let touched = decode_journal(&journal)?;
     if interrupted {
         tracing::warn!(
             paths = touched.len(),
@@ -370,7 +280,10 @@ fn restore_journaled(root: &Path, repository: &Repository, interrupted: bool) ->
     remove_temporary_files(root)?;
     syncfs(root)?;
     repository.chunks().drop_unreachable_refs()?;
-    repository.meta_set(PENDING_KEY, None)?;
+    for key in keys.iter().rev() {
+        repository.meta_set_unflushed(key, None)?;
+    }
+    repository.flush()?;
     Ok(())
 }
 

@@ -276,6 +276,16 @@ impl Repository {
         Ok(self.meta.get(key.as_bytes())?.map(|value| value.to_vec()))
     }
 
+    /// Every note whose key starts with `prefix`, in key order.
+    pub(crate) fn meta_scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut notes = Vec::new();
+        for item in self.meta.scan_prefix(prefix.as_bytes()) {
+            let (key, value) = item?;
+            notes.push((String::from_utf8_lossy(&key).into_owned(), value.to_vec()));
+        }
+        Ok(notes)
+    }
+
     pub(crate) fn meta_set(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
         self.meta_set_unflushed(key, value)?;
         self.db.flush()?;

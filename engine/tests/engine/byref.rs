@@ -411,6 +411,7 @@ fn a_failed_later_part_loses_no_chunk(active: &Node, passive: Node) -> usize {
     std::fs::write(passive.folder.join("x"), b"in the way").unwrap();
     let options = ReplayOptions {
         commit_part_events: 1,
+        ..ReplayOptions::default()
     };
     assert!(apply_batch_with(&passive.folder, &passive.repository, &batch, &options).is_err());
     assert!(
@@ -536,6 +537,7 @@ fn a_retried_batch_copies_in_a_chunk_only_a_later_staged_file_holds() {
     std::fs::write(passive.folder.join("x"), b"in the way").unwrap();
     let options = ReplayOptions {
         commit_part_events: 1,
+        ..ReplayOptions::default()
     };
     let head = passive.repository.head().seq;
     assert!(apply_batch_with(&passive.folder, &passive.repository, &batch, &options).is_err());

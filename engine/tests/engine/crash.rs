@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use standin_engine::replay::{apply_batch_with, recover, ReplayOptions};
+use standin_engine::replay::{apply_batch_with, apply_fed, recover, Feed, ReplayOptions};
 use standin_engine::{Event, Hash, Repository};
 
 use crate::support::{ship_chunks, snapshot, Node};
@@ -18,6 +18,8 @@ use crate::support::{ship_chunks, snapshot, Node};
 const CHILD_ENV: &str = "STANDIN_CRASH_CHILD";
 /// Set in a child: apply in batches of this many events, committed in parts of 7.
 const BATCH_ENV: &str = "STANDIN_CRASH_BATCH";
+/// Set in a child: each apply is fed the next batches while it runs.
+const FED_ENV: &str = "STANDIN_CRASH_FED";
 
 pub(crate) fn write_events(path: &Path, events: &[Event]) {
     let mut file = std::fs::File::create(path).unwrap();
@@ -69,6 +71,36 @@ fn apply_all(
     }
 }
 
+/// `apply_all`, but each apply fed batches of `batch` while it runs (`replay::Feed`),
+/// as the passive's pull does: a kill then also lands while one batch is written and
+/// the one before it committed.
+fn apply_all_fed(
+    folder: &Path,
+    repository: &Repository,
+    events: &[Event],
+    batch: usize,
+    options: &ReplayOptions,
+) {
+    loop {
+        let head = repository.head().seq as usize;
+        if head >= events.len() {
+            return;
+        }
+        let mut batches = events[head..].chunks(batch).map(|batch| batch.to_vec());
+        let feed = Feed::new(batches.next().unwrap_or_default());
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for batch in batches {
+                    if feed.offer(batch).is_err() {
+                        break;
+                    }
+                }
+            });
+            apply_fed(folder, repository, &feed, options).unwrap();
+        });
+    }
+}
+
 /// The child's body; a no-op in a normal test run.
 #[test]
 fn crash_child() {
@@ -88,14 +120,20 @@ fn crash_child() {
             batch,
             ReplayOptions {
                 commit_part_events: 7,
+                ..ReplayOptions::default()
             },
         ),
         None => (3, ReplayOptions::default()),
     };
+    let fed = std::env::var(FED_ENV).is_ok();
     // Tell the parent the slow start-up is over: the kill should land in the replay.
     println!("child ready");
     std::io::stdout().flush().unwrap();
-    apply_all(&dir.join("folder"), &repository, &events, batch, &options);
+    if fed {
+        apply_all_fed(&dir.join("folder"), &repository, &events, batch, &options);
+    } else {
+        apply_all(&dir.join("folder"), &repository, &events, batch, &options);
+    }
 }
 
 pub(crate) fn has_temporary_files(root: &Path) -> bool {
@@ -179,6 +217,14 @@ fn replay_killed_at_random_points_converges() {
             ])
             .env(CHILD_ENV, work.path())
             .env(BATCH_ENV, if iteration % 4 < 2 { "" } else { "40" })
+            .env(
+                if iteration % 4 == 3 {
+                    FED_ENV
+                } else {
+                    "STANDIN_CRASH_UNUSED"
+                },
+                "1",
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

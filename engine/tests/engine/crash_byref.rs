@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use standin_engine::replay::{apply_batch_with, recover, ReplayOptions};
+use standin_engine::replay::{apply_fed, recover, Feed, ReplayOptions};
 use standin_engine::{Event, Hash, Repository};
 
 use crate::crash::{has_temporary_files, read_events, write_events};
@@ -18,22 +18,40 @@ use crate::support::{ship_chunks, snapshot, Node};
 
 const CHILD_ENV: &str = "STANDIN_CRASH_BYREF_CHILD";
 
+/// Apply every event after the replica's head as the passive's pull does: each batch
+/// staged and its chunks fetched (while the batch before it is applied), then fed to
+/// the running apply (`replay::Feed`), or to a new one once that has ended.
 fn apply_all(folder: &Path, repository: &Repository, source: &Repository, events: &[Event]) {
     recover(folder, repository).unwrap();
+    // Parts of two events: kills land between parts of one batch too.
+    let options = ReplayOptions {
+        commit_part_events: 2,
+        ..ReplayOptions::default()
+    };
+    let fetch = |batch: &[Event]| {
+        repository.chunks().stage(folder, batch).unwrap();
+        ship_chunks(source, repository, batch);
+    };
     loop {
         let head = repository.head().seq as usize;
         if head >= events.len() {
             return;
         }
-        let end = (head + 4).min(events.len());
-        let batch = &events[head..end];
-        repository.chunks().stage(folder, batch).unwrap();
-        ship_chunks(source, repository, batch);
-        // Parts of two events: kills land between parts of one batch too.
-        let options = ReplayOptions {
-            commit_part_events: 2,
-        };
-        apply_batch_with(folder, repository, batch, &options).unwrap();
+        let mut batches = events[head..].chunks(4);
+        let first = batches.next().unwrap_or_default();
+        fetch(first);
+        let feed = Feed::new(first.to_vec());
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for batch in batches {
+                    fetch(batch);
+                    if feed.offer(batch.to_vec()).is_err() {
+                        break;
+                    }
+                }
+            });
+            apply_fed(folder, repository, &feed, &options).unwrap();
+        });
     }
 }
 

@@ -26,6 +26,8 @@ mod compaction;
 mod consistency;
 mod crash;
 mod crash_byref;
+mod fed;
+mod fed_byref;
 mod fidelity;
 mod hostile;
 mod large_append;

@@ -1,6 +1,7 @@
 //! The passive's fetch and apply of one batch: stage large files, store the chunks
 //! that came inline, fetch (verified, in bounded calls) the ones still missing while
-//! the previous batch is applied, then start this batch's apply.
+//! the previous batch is applied, then hand this batch to that apply (taken while it
+//! commits: `replay::Feed`) or start a new one.
 
 use std::time::{Duration, Instant};
 
@@ -90,8 +91,9 @@ impl Puller {
         in_flight: &mut InFlight,
         report: &mut PullReport,
     ) -> Result<(), PullError> {
-        if let Some(task) = in_flight.take() {
-            let count = task
+        if let Some(apply) = in_flight.take() {
+            let count = apply
+                .task
                 .await
                 .map_err(|error| PullError::Apply(error.to_string()))??;
             report.events_applied += count;
@@ -113,9 +115,11 @@ impl Puller {
         }
     }
 
-    /// Fetch the chunks `events` need that we lack; then wait for the previous batch's
-    /// apply and start this one's. So the network and the disk overlap: batch N+1 is
-    /// fetched while batch N is applied.
+    /// Fetch the chunks `events` need that we lack; then hand them to the apply in
+    /// flight (which takes them while it commits its last part: `replay::Feed`), or,
+    /// once that has ended, start a new apply. So the network and the disk overlap —
+    /// batch N+1 is fetched while batch N is applied — and batch N+1 is written while
+    /// batch N's durability point runs.
     pub(super) async fn fetch_and_start_apply(
         &mut self,
         events: Vec<Event>,
@@ -138,19 +142,52 @@ impl Puller {
         }
         self.fetch_missing(wanted, report).await?;
         let waited = Instant::now();
+        let events = match in_flight.as_ref() {
+            Some(apply) => {
+                let feed = apply.feed.clone();
+                let offered = tokio::task::spawn_blocking(move || feed.offer(events))
+                    .await
+                    .map_err(|error| PullError::Apply(error.to_string()))?;
+                match offered {
+                    // Taken: the running apply holds its own guard until it has ended,
+                    // past this batch's commit.
+                    Ok(()) => {
+                        tracing::debug!(
+                            wait_ms = waited.elapsed().as_secs_f64() * 1e3,
+                            "handed to the apply in flight"
+                        );
+                        return Ok(());
+                    }
+                    Err(events) => events,
+                }
+            }
+            None => events,
+        };
         self.finish_apply(in_flight, report).await?;
         tracing::debug!(
             wait_ms = waited.elapsed().as_secs_f64() * 1e3,
             "waited for the previous apply"
         );
         let node = self.node.clone();
-        let count = events.len() as u64;
-        *in_flight = Some(tokio::task::spawn_blocking(move || {
+        let feed = std::sync::Arc::new(standin_engine::replay::Feed::new(events));
+        let fed = feed.clone();
+        let task = tokio::task::spawn_blocking(move || {
             let _applying = applying;
-            standin_engine::replay::apply_batch(&node.config.folder, &node.repository, &events)
-                .map(|_| count)
-                .map_err(|error| PullError::local(error, &node.config.data_dir))
-        }));
+            let before = node.repository.head().seq;
+            let applied = standin_engine::replay::apply_fed(
+                &node.config.folder,
+                &node.repository,
+                &fed,
+                &standin_engine::replay::ReplayOptions::default(),
+            );
+            let count = node.repository.head().seq.saturating_sub(before);
+            applied.map(|_| count).map_err(|error| {
+                // The batches committed before the failure count all the same.
+                node.metrics.events_replicated.inc_by(count);
+                PullError::local(error, &node.config.data_dir)
+            })
+        });
+        *in_flight = Some(super::Applying { feed, task });
         Ok(())
     }
 

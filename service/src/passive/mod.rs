@@ -10,8 +10,9 @@
 //! active cannot be reached it backs off (doubling up to `MAX_BACKOFF`). A divergence
 //! stops pulling and is reported: the node's history and the active's split.
 //!
-//! Memory: the events of up to `COALESCE_EVENTS` (a few server batches of ≤ 2 MiB of
-//! event bytes each) and a few MiB of received chunks at a time (`FetchChunks`
+//! Memory: the events of a few batches of up to `COALESCE_EVENTS` each (a few server
+//! batches of ≤ 2 MiB of event bytes each: the one being fetched, one handed to the
+//! apply in flight, the one it writes and the one it commits) and a few MiB of received chunks at a time (`FetchChunks`
 //! messages of about 1 MiB, stored every `STORE_BATCH_BYTES`); fetched chunks go
 //! straight to the chunk store, which is synced after every `FetchChunks` call
 //! (≤ 32 MiB, while the next call is made) so that a restart does not fetch them again.
@@ -41,8 +42,15 @@ const COALESCE_EVENTS: usize = 4096;
 /// A pull that is not following may see this many empty batches at most.
 const MAX_EMPTY_BATCHES: u32 = 16;
 
-/// The apply of the previous batch, while the next one is fetched.
-type InFlight = Option<tokio::task::JoinHandle<Result<u64, PullError>>>;
+/// The apply of the previous batches, while the next one is fetched.
+type InFlight = Option<Applying>;
+
+/// An apply running: the feed that hands it further batches, and its task (the
+/// number of events it applied).
+struct Applying {
+    feed: Arc<standin_engine::replay::Feed>,
+    task: tokio::task::JoinHandle<Result<u64, PullError>>,
+}
 /// A store of received chunks running in the background, if any.
 type Storing = Option<tokio::task::JoinHandle<Result<(), PullError>>>;
 
