@@ -181,17 +181,51 @@ pub fn create_unnamed(directory: &Path) -> std::io::Result<Option<File>> {
     }
 }
 
+/// `linkat(fd, "", AT_EMPTY_PATH)` was refused here (it needs `CAP_DAC_READ_SEARCH`):
+/// unnamed files are linked through `/proc/self/fd` from then on.
+static NO_EMPTY_PATH_LINK: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// Give the unnamed `file` (from `create_unnamed`) the name `destination`: atomic,
 /// and refused with `EEXIST` when anything is there (never replaced, never followed).
+/// Linked by its descriptor where the process may (`AT_EMPTY_PATH`: no walk of
+/// `/proc`), else through `/proc/self/fd`.
 pub fn link_unnamed(file: &File, destination: &Path) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let invalid = || std::io::Error::from(std::io::ErrorKind::InvalidInput);
-    let source = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .map_err(|_| invalid())?;
     let target =
         std::ffi::CString::new(destination.as_os_str().as_bytes()).map_err(|_| invalid())?;
+    let status = |status: libc::c_int| {
+        if status == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    let by_descriptor = !NO_EMPTY_PATH_LINK.load(Ordering::Relaxed);
+    if by_descriptor {
+        // SAFETY: an empty and a NUL-terminated path that live through the call;
+        // `file` stays open.
+        let linked = status(unsafe {
+            libc::linkat(
+                file.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                target.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            )
+        });
+        match linked {
+            // Without the capability the kernel answers ENOENT (as it would for a
+            // missing directory): the other way tells which.
+            Err(error) if matches!(error.raw_os_error(), Some(libc::ENOENT | libc::EPERM)) => {}
+            other => return other,
+        }
+    }
+    let source = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|_| invalid())?;
     // SAFETY: two NUL-terminated paths that live through the call; `file` stays open.
-    let status = unsafe {
+    let linked = status(unsafe {
         libc::linkat(
             libc::AT_FDCWD,
             source.as_ptr(),
@@ -199,12 +233,11 @@ pub fn link_unnamed(file: &File, destination: &Path) -> std::io::Result<()> {
             target.as_ptr(),
             libc::AT_SYMLINK_FOLLOW,
         )
-    };
-    if status == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
+    });
+    if by_descriptor && linked.is_ok() {
+        NO_EMPTY_PATH_LINK.store(true, Ordering::Relaxed);
     }
+    linked
 }
 
 /// `renameat2(a, b, flags)`: `RENAME_NOREPLACE` (fails with EEXIST if `b` exists) or
