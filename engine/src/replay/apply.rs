@@ -3,16 +3,17 @@
 //! finishes once all of them are in the log (old versions removed, directory times,
 //! inodes kept by reference settled, the index saved, the journal cleared).
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
 use super::byref;
 use super::commit::{wait_for, write_and_commit, InFlight, Plan, Target};
 use super::feed::Feed;
-use super::write::{Displaced, Finishing};
+use super::write::{set_directory_times, Displaced, Finishing};
 use super::{directory_times, patch, recover, ReplayOptions, StepTimings};
 use crate::error::{Error, Result};
-use crate::folder::index::FolderIndex;
+use crate::folder::index::{Entry, FolderIndex};
 use crate::log::event::{chain_hash, Change, Event};
 use crate::log::Head;
 use crate::path::RelPath;
@@ -55,7 +56,8 @@ pub fn apply_fed(
     // committed): how many, the last seq, and their renames with their seqs.
     let (mut batches, mut taken, mut last) = (0usize, 0usize, head.seq);
     let mut renames: Vec<(u64, (RelPath, RelPath))> = Vec::new();
-    let mut finishings: Vec<Finishing> = Vec::new();
+    // The directories the batches wrote into: their times are set again at the end.
+    let mut directories: BTreeSet<RelPath> = BTreeSet::new();
     let mut journaled = false;
     let mut by_reference = false;
     let target = Target {
@@ -106,7 +108,7 @@ pub fn apply_fed(
                     &mut guarded,
                     &mut timings,
                 )?;
-                finishings.push(finishing);
+                directories.extend(finishing.dir_times.iter().map(|(dir, _)| dir.clone()));
                 batches += 1;
                 taken += events.len();
                 last = events.last().map_or(last, |event| event.seq());
@@ -146,11 +148,7 @@ pub fn apply_fed(
     // failed); removing them moved their directories' times, which are set again.
     let all_removed = displaced.remove_all();
     if written.is_ok() {
-        for finishing in &finishings {
-            if let Err(error) = finishing.set_directory_times(root) {
-                tracing::warn!(%error, "could not set a directory's recorded time again");
-            }
-        }
+        set_times_again(root, &index, &directories);
     }
     if let Err(error) = written {
         if !journaled {
@@ -165,6 +163,9 @@ pub fn apply_fed(
         if let Err(recovery) = recover(root, repository) {
             tracing::error!(%recovery, "could not put the replica back after a failed batch; will retry");
         }
+        // The batches in the log wrote into these directories too, and the removals
+        // and the recovery moved their times: set as of the log's head.
+        set_times_again(root, &repository.lock_index(), &directories);
         // The renames of the batches in the log were applied.
         let head = repository.head().seq;
         let renames: Vec<_> = renames
@@ -208,6 +209,20 @@ pub fn apply_fed(
         "batch applied"
     );
     Ok(repository.head())
+}
+
+/// Set the recorded times of `directories` as `index` has them: each batch's own
+/// list was made from the index after that batch, and a later batch may have replaced
+/// or moved what it names (a directory replaced by a file or a symlink).
+fn set_times_again(root: &Path, index: &FolderIndex, directories: &BTreeSet<RelPath>) {
+    let times: Vec<(RelPath, i64)> = directories
+        .iter()
+        .filter(|dir| matches!(index.get(dir), Some(Entry::Dir { .. })))
+        .filter_map(|dir| Some((dir.clone(), index.meta(dir)?.mtime_ns)))
+        .collect();
+    if let Err(error) = set_directory_times(root, &times) {
+        tracing::warn!(%error, "could not set a directory's recorded time again");
+    }
 }
 
 /// Step 1 for one batch: every event continues the chain from `tip` and hashes to its

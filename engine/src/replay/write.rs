@@ -116,15 +116,41 @@ impl Finishing {
     }
 
     /// Set the recorded times of the batch's directories (again).
-    pub(super) fn set_directory_times(&self, root: &Path) -> Result<()> {
-        for (path, mtime_ns) in &self.dir_times {
-            match crate::folder::meta::set_mtime(&path.under(root), *mtime_ns) {
-                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
-                other => other?,
-            }
-        }
-        Ok(())
+    fn set_directory_times(&self, root: &Path) -> Result<()> {
+        set_directory_times(root, &self.dir_times)
     }
+}
+
+/// Set each directory's recorded time, where the replica holds a directory at that
+/// path reached through directories only: a part may end before a later part (or
+/// batch) makes the disk what the list was computed for — a symlink where the
+/// directory will be, a file in its place — and a time is never set through a
+/// symlink (outside the folder) nor on what is not the directory. Whatever is skipped
+/// is set by the finish that follows the change making it a directory.
+pub(super) fn set_directory_times(root: &Path, dir_times: &[(RelPath, i64)]) -> Result<()> {
+    let mut directories: HashSet<RelPath> = HashSet::new();
+    let mut is_directory = |path: &RelPath| -> bool {
+        if directories.contains(path) {
+            return true;
+        }
+        let found = std::fs::symlink_metadata(path.under(root))
+            .is_ok_and(|metadata| metadata.file_type().is_dir());
+        if found {
+            directories.insert(path.clone());
+        }
+        found
+    };
+    for (path, mtime_ns) in dir_times {
+        if !path.ancestors().iter().all(&mut is_directory) || !is_directory(path) {
+            tracing::debug!(%path, "not a directory on the replica yet: its time is set later");
+            continue;
+        }
+        match crate::folder::meta::set_mtime(&path.under(root), *mtime_ns) {
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+            other => other?,
+        }
+    }
+    Ok(())
 }
 
 /// Write the files of `puts` (all `Change::Put`, in log order): on up to `threads`

@@ -28,6 +28,7 @@ mod crash;
 mod crash_byref;
 mod fed;
 mod fed_byref;
+mod fed_times;
 mod fidelity;
 mod hostile;
 mod large_append;

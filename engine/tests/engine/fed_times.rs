@@ -1,0 +1,249 @@
+//! Directory times at the end of one apply fed several batches: set as the folder
+//! stands after the last batch in the log (not batch by batch), never on what replaced
+//! a directory, never through a symlink, and also when a later batch failed.
+
+use std::os::unix::fs::MetadataExt;
+
+use standin_engine::replay::{apply_fed, Feed, ReplayOptions};
+
+use crate::support::{ship_chunks, Node};
+
+fn mtime_ns(path: &std::path::Path) -> i64 {
+    let meta = std::fs::symlink_metadata(path).unwrap();
+    meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+}
+
+fn set_mtime(path: &std::path::Path, secs: i64) {
+    let file = std::fs::File::open(path).unwrap();
+    file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs as u64))
+        .unwrap();
+}
+
+/// Batch 0 writes into directory `d`; batch 1 replaces `d` by a file. The apply's
+/// end sets batch 0's directory times: `d`'s old time lands on the new file.
+#[test]
+fn a_directory_time_of_an_earlier_batch_is_not_set_on_what_replaced_it() {
+    let source = Node::new();
+    let dir = source.folder.join("d");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("f"), b"inside").unwrap();
+    set_mtime(&dir, 1_000_000_000);
+    let first = source.capture();
+    assert!(!first.is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::write(&dir, b"now a file").unwrap();
+    set_mtime(&dir, 1_500_000_000);
+    let second = source.capture();
+    assert!(!second.is_empty());
+    let events = source.all_events();
+    let replica = Node::new();
+    ship_chunks(&source.repository, &replica.repository, &events);
+    replica.repository.chunks().sync().unwrap();
+
+    // One by one: the file keeps its recorded time.
+    let one_by_one = Node::new();
+    ship_chunks(&source.repository, &one_by_one.repository, &events);
+    for batch in [first.clone(), second.clone()] {
+        apply_fed(
+            &one_by_one.folder,
+            &one_by_one.repository,
+            &Feed::only(batch),
+            &ReplayOptions::default(),
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        mtime_ns(&one_by_one.folder.join("d")),
+        mtime_ns(&source.folder.join("d")),
+        "applied one by one"
+    );
+
+    // Fed to one apply.
+    let feed = Feed::preloaded(vec![first, second]);
+    apply_fed(
+        &replica.folder,
+        &replica.repository,
+        &feed,
+        &ReplayOptions::default(),
+    )
+    .unwrap();
+    assert!(feed.take_back().is_empty(), "one apply took both");
+    assert_eq!(replica.repository.head(), source.repository.head());
+    replica.assert_verified();
+    assert_eq!(
+        mtime_ns(&replica.folder.join("d")),
+        mtime_ns(&source.folder.join("d")),
+        "the file d has the recorded time, not the old directory's"
+    );
+}
+
+/// Batch 0 writes into `d/sub`; batch 1 replaces `d` by a symlink to a directory
+/// outside the folder that has a `sub`. The apply's end sets batch 0's time of
+/// `d/sub` through the symlink: outside the folder.
+#[test]
+fn a_directory_time_of_an_earlier_batch_is_not_set_through_a_later_symlink() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::create_dir(outside.path().join("sub")).unwrap();
+    set_mtime(&outside.path().join("sub"), 1_200_000_000);
+    let before = mtime_ns(&outside.path().join("sub"));
+
+    let source = Node::new();
+    let dir = source.folder.join("d");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("sub/f"), b"inside").unwrap();
+    set_mtime(&dir.join("sub"), 1_000_000_000);
+    let first = source.capture();
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(outside.path(), &dir).unwrap();
+    let second = source.capture();
+    assert!(!second.is_empty());
+    let events = source.all_events();
+    let replica = Node::new();
+    ship_chunks(&source.repository, &replica.repository, &events);
+    replica.repository.chunks().sync().unwrap();
+    let feed = Feed::preloaded(vec![first, second]);
+    apply_fed(
+        &replica.folder,
+        &replica.repository,
+        &feed,
+        &ReplayOptions::default(),
+    )
+    .unwrap();
+    assert!(feed.take_back().is_empty(), "one apply took both");
+    assert_eq!(replica.repository.head(), source.repository.head());
+    assert_eq!(
+        mtime_ns(&outside.path().join("sub")),
+        before,
+        "a directory outside the folder was touched through the replica's symlink"
+    );
+}
+
+/// Batch 0 replaces `d/f` (its old version is removed at the apply's end, which moves
+/// `d`'s time); batch 1 fails its check. Batch 0 is in the log, but its directory
+/// times are never set again: `d` keeps the time of the removal.
+#[test]
+fn a_later_batch_failing_leaves_the_earlier_batches_directory_times_set() {
+    let source = Node::new();
+    let dir = source.folder.join("d");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("f"), b"first version").unwrap();
+    set_mtime(&dir, 1_000_000_000);
+    let setup = source.capture();
+    std::fs::write(dir.join("f"), b"second version, longer").unwrap();
+    set_mtime(&dir, 1_000_000_000);
+    let first = source.capture();
+    assert!(!first.is_empty());
+    std::fs::write(source.folder.join("g"), b"another").unwrap();
+    std::fs::write(source.folder.join("h"), b"and another").unwrap();
+    let mut second = source.capture();
+    assert!(second.len() >= 2, "{}", second.len());
+    second.remove(0); // the chain breaks: refused by the check
+    let events = source.all_events();
+    let replica = Node::new();
+    ship_chunks(&source.repository, &replica.repository, &events);
+    replica.repository.chunks().sync().unwrap();
+    let setup_copy = setup.clone();
+    apply_fed(
+        &replica.folder,
+        &replica.repository,
+        &Feed::only(setup),
+        &ReplayOptions::default(),
+    )
+    .unwrap();
+    let last_good = first.last().unwrap().seq();
+    // Control: the same first batch applied alone sets d's time.
+    let control = Node::new();
+    ship_chunks(&source.repository, &control.repository, &events);
+    for batch in [setup_copy.clone(), first.clone()] {
+        apply_fed(
+            &control.folder,
+            &control.repository,
+            &Feed::only(batch),
+            &ReplayOptions::default(),
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        mtime_ns(&control.folder.join("d")),
+        1_000_000_000 * 1_000_000_000,
+        "control"
+    );
+    let feed = Feed::preloaded(vec![first, second]);
+    apply_fed(
+        &replica.folder,
+        &replica.repository,
+        &feed,
+        &ReplayOptions::default(),
+    )
+    .expect_err("the second batch is refused");
+    assert_eq!(
+        replica.repository.head().seq,
+        last_good,
+        "the first batch is in the log"
+    );
+    replica.assert_verified();
+    assert_eq!(
+        mtime_ns(&replica.folder.join("d")),
+        1_000_000_000 * 1_000_000_000,
+        "d has its recorded time"
+    );
+}
+
+/// Within one batch written in parts: `x` is moved away and a symlink to a directory
+/// outside the folder (with a `sub`) takes its name; a later part makes `x/sub` a
+/// directory again. The batch's directory list is made for its end, so an earlier
+/// part's finish found the symlink at `x` and set `x/sub`'s time through it.
+#[test]
+fn a_part_never_sets_a_directory_time_through_a_symlink_a_later_part_replaces() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::create_dir(outside.path().join("sub")).unwrap();
+    set_mtime(&outside.path().join("sub"), 1_200_000_000);
+    let before = mtime_ns(&outside.path().join("sub"));
+
+    let source = Node::new();
+    let x = source.folder.join("x");
+    std::fs::create_dir_all(x.join("sub")).unwrap();
+    std::fs::write(x.join("sub/f"), b"inside").unwrap();
+    let setup = source.capture();
+    std::fs::rename(&x, source.folder.join("y")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), &x).unwrap();
+    let mut batch = source.capture();
+    std::fs::remove_file(&x).unwrap();
+    std::fs::create_dir_all(x.join("sub")).unwrap();
+    set_mtime(&x.join("sub"), 1_000_000_000);
+    batch.extend(source.capture());
+    let events = source.all_events();
+    let replica = Node::new();
+    ship_chunks(&source.repository, &replica.repository, &events);
+    replica.repository.chunks().sync().unwrap();
+    apply_fed(
+        &replica.folder,
+        &replica.repository,
+        &Feed::only(setup),
+        &ReplayOptions::default(),
+    )
+    .unwrap();
+    let in_parts = ReplayOptions {
+        commit_part_events: 1,
+        ..ReplayOptions::default()
+    };
+    apply_fed(
+        &replica.folder,
+        &replica.repository,
+        &Feed::only(batch),
+        &in_parts,
+    )
+    .unwrap();
+    assert_eq!(replica.repository.head(), source.repository.head());
+    replica.assert_verified();
+    assert_eq!(
+        mtime_ns(&outside.path().join("sub")),
+        before,
+        "a directory outside the folder was touched through the replica's symlink"
+    );
+    assert_eq!(
+        mtime_ns(&replica.folder.join("x/sub")),
+        mtime_ns(&source.folder.join("x/sub")),
+        "x/sub has its recorded time"
+    );
+}
