@@ -4,7 +4,7 @@
 //! is recorded as one `Rename` plus the differences inside it — not as a removal and a
 //! new copy of every file under it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::folder::index::{Entry, FolderIndex};
 use crate::log::event::Change;
@@ -44,6 +44,13 @@ pub fn fold_moves(changes: Vec<Change>, index: &FolderIndex) -> Vec<Change> {
         return changes;
     }
     let moved_from: HashSet<RelPath> = moves.values().cloned().collect();
+    // A change at or below a moved directory's old path that the diff puts before the
+    // move (something new in its place: `mv x y; ln -s elsewhere x`) waits for it: it
+    // would otherwise find the directory still there.
+    let mut waiting: HashMap<RelPath, Vec<Change>> = moved_from
+        .iter()
+        .map(|from| (from.clone(), Vec::new()))
+        .collect();
     // Where `path` was before its move, if it lies in a moved directory.
     let old_path = |path: &RelPath| -> Option<RelPath> {
         path.ancestors()
@@ -60,9 +67,25 @@ pub fn fold_moves(changes: Vec<Change>, index: &FolderIndex) -> Vec<Change> {
         .cloned()
         .collect();
     let mut out = Vec::with_capacity(changes.len());
-    for change in changes {
+    let mut queue: VecDeque<Change> = changes.into();
+    while let Some(change) = queue.pop_front() {
+        if let Change::Remove { path } = &change {
+            if moved_from.contains(path) {
+                continue;
+            }
+        }
+        let before_its_move = change.paths().into_iter().find_map(|path| {
+            moved_from
+                .iter()
+                .find(|from| path.is_within(from) && waiting.contains_key(*from))
+        });
+        if let Some(from) = before_its_move {
+            if let Some(held) = waiting.get_mut(from) {
+                held.push(change);
+            }
+            continue;
+        }
         match &change {
-            Change::Remove { path } if moved_from.contains(path) => continue,
             Change::Dir { path, meta } if moves.contains_key(path) => {
                 let from = moves[path].clone();
                 out.push(Change::Rename {
@@ -74,6 +97,11 @@ pub fn fold_moves(changes: Vec<Change>, index: &FolderIndex) -> Vec<Change> {
                         path: path.clone(),
                         meta: meta.clone(),
                     });
+                }
+                if let Some(held) = waiting.remove(&from) {
+                    for (at, change) in held.into_iter().enumerate() {
+                        queue.insert(at, change);
+                    }
                 }
             }
             Change::File {
@@ -125,6 +153,10 @@ pub fn fold_moves(changes: Vec<Change>, index: &FolderIndex) -> Vec<Change> {
             _ => out.push(change),
         }
     }
+    // Every move was emitted, so nothing waits; kept rather than lost if one did.
+    let mut left: Vec<(RelPath, Vec<Change>)> = waiting.into_iter().collect();
+    left.sort_by(|a, b| a.0.cmp(&b.0));
+    out.extend(left.into_iter().flat_map(|(_, held)| held));
     // What the moved directories held and no longer do.
     for (to, from) in &moves {
         let mut gone: Vec<RelPath> = Vec::new();

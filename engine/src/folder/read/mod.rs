@@ -90,6 +90,7 @@ pub fn capture_file(
             Ok(file) => file,
             Err(error)
                 if error.kind() == std::io::ErrorKind::NotFound
+                    || error.kind() == std::io::ErrorKind::NotADirectory
                     || error.raw_os_error() == Some(libc::ELOOP) =>
             {
                 return Ok(Captured::Gone)

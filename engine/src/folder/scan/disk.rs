@@ -47,7 +47,11 @@ pub fn stat_disk_with(
 ) -> Result<Option<(DiskEntry, Option<Meta>, u64)>> {
     let metadata = match std::fs::symlink_metadata(full) {
         Ok(metadata) => metadata,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+        // Not a directory: one of its ancestors is no longer one (a file in its place).
+        Err(error)
+            if error.kind() == std::io::ErrorKind::NotFound
+                || error.kind() == std::io::ErrorKind::NotADirectory =>
+        {
             crate::folder::skipped::forget(full);
             return Ok(None);
         }
