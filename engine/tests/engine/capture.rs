@@ -133,24 +133,17 @@ fn changes_made_while_capture_was_stopped_are_recorded_at_start() {
     assert_eq!(node.repository.head().seq, stopped_at);
 
     let capture = Capture::start(&node.folder, node.repository.clone(), 1, options()).unwrap();
-    let kinds: Vec<String> = node
-        .repository
-        .log()
-        .events_after(
-            stopped_at,
-            &node.repository.log().hash_at(stopped_at).unwrap().unwrap(),
-            100,
-        )
-        .unwrap()
-        .iter()
-        .map(|event| {
-            format!(
-                "{} {}",
-                event.body.change.kind(),
-                event.body.change.describe_path()
+    let kinds = crate::support::kinds(
+        &node
+            .repository
+            .log()
+            .events_after(
+                stopped_at,
+                &node.repository.log().hash_at(stopped_at).unwrap().unwrap(),
+                100,
             )
-        })
-        .collect();
+            .unwrap(),
+    );
     for expected in ["remove gone", "dir empty", "file keep/new", "file keep/old"] {
         assert!(
             kinds.contains(&expected.to_string()),
@@ -253,17 +246,7 @@ fn a_directory_moved_away_while_stopped_and_replaced_is_recorded_in_order() {
             "file" => std::fs::write(&data, b"a file now").unwrap(),
             _ => std::fs::create_dir_all(data.join("sub")).unwrap(),
         }
-        let events = node.capture();
-        let kinds: Vec<String> = events
-            .iter()
-            .map(|event| {
-                format!(
-                    "{} {}",
-                    event.body.change.kind(),
-                    event.body.change.describe_path()
-                )
-            })
-            .collect();
+        let kinds = crate::support::kinds(&node.capture());
         // A new directory at the old name keeps it a directory: no removal for the move
         // to be recognized by, so the files are recorded again under data.old (correct,
         // not folded).

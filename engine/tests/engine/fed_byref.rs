@@ -11,7 +11,7 @@ use standin_engine::replay::{apply_fed, Feed, ReplayOptions};
 use standin_engine::{Event, Repository};
 
 use crate::byref::{assert_every_logged_chunk_readable, kept_files, noise, pair_with};
-use crate::support::ship_chunks;
+use crate::support::{ship_chunks, Node};
 
 const MIB: usize = 1 << 20;
 
@@ -31,6 +31,19 @@ pub(crate) fn apply_preloaded(
         batches = feed.take_back();
     }
     Ok(applies)
+}
+
+/// What the passive's pull does before an apply: stage each batch's large files, then
+/// fetch the chunks it still lacks.
+fn stage_and_ship(active: &Node, passive: &Node, batches: &[&Vec<Event>]) {
+    for batch in batches {
+        passive
+            .repository
+            .chunks()
+            .stage(&passive.folder, batch)
+            .unwrap();
+        ship_chunks(&active.repository, &passive.repository, batch);
+    }
 }
 
 fn options() -> ReplayOptions {
@@ -93,14 +106,7 @@ fn a_patch_of_a_version_staged_in_the_batch_before_keeps_its_chunks() {
     std::fs::write(active.folder.join("a.bin"), &tail).unwrap();
     std::fs::write(active.folder.join("big.bin"), &content).unwrap();
     let second = active.capture();
-    for batch in [&first, &second] {
-        passive
-            .repository
-            .chunks()
-            .stage(&passive.folder, batch)
-            .unwrap();
-        ship_chunks(&active.repository, &passive.repository, batch);
-    }
+    stage_and_ship(&active, &passive, &[&first, &second]);
     apply_preloaded(
         &passive.folder,
         &passive.repository,
@@ -129,14 +135,7 @@ fn a_file_kept_by_reference_after_a_rename_stays_at_home() {
     )
     .unwrap();
     let third = active.capture();
-    for batch in [&first, &second, &third] {
-        passive
-            .repository
-            .chunks()
-            .stage(&passive.folder, batch)
-            .unwrap();
-        ship_chunks(&active.repository, &passive.repository, batch);
-    }
+    stage_and_ship(&active, &passive, &[&first, &second, &third]);
     apply_preloaded(
         &passive.folder,
         &passive.repository,
@@ -167,14 +166,7 @@ fn a_failing_batch_after_one_kept_by_reference_loses_nothing() {
     )
     .unwrap();
     let second = active.capture();
-    for batch in [&first, &second] {
-        passive
-            .repository
-            .chunks()
-            .stage(&passive.folder, batch)
-            .unwrap();
-        ship_chunks(&active.repository, &passive.repository, batch);
-    }
+    stage_and_ship(&active, &passive, &[&first, &second]);
     std::fs::write(passive.folder.join("x"), b"in the way").unwrap();
     let head = passive.repository.head().seq;
     assert!(apply_preloaded(

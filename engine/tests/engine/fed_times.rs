@@ -19,6 +19,41 @@ fn set_mtime(path: &std::path::Path, secs: i64) {
         .unwrap();
 }
 
+/// A replica that holds every chunk `source` logged (shipped and synced), and those
+/// events.
+fn replica_with_chunks_of(source: &Node) -> (Node, Vec<standin_engine::Event>) {
+    let events = source.all_events();
+    let replica = Node::new();
+    ship_chunks(&source.repository, &replica.repository, &events);
+    replica.repository.chunks().sync().unwrap();
+    (replica, events)
+}
+
+/// A directory outside any folder with a `sub` of a known time, for a symlink in the
+/// replica to point at.
+struct Outside {
+    dir: tempfile::TempDir,
+    before: i64,
+}
+
+impl Outside {
+    fn new() -> Outside {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        set_mtime(&dir.path().join("sub"), 1_200_000_000);
+        let before = mtime_ns(&dir.path().join("sub"));
+        Outside { dir, before }
+    }
+
+    fn assert_untouched(&self) {
+        assert_eq!(
+            mtime_ns(&self.dir.path().join("sub")),
+            self.before,
+            "a directory outside the folder was touched through the replica's symlink"
+        );
+    }
+}
+
 /// Batch 0 writes into directory `d`; batch 1 replaces `d` by a file. The apply's
 /// end sets batch 0's directory times: `d`'s old time lands on the new file.
 #[test]
@@ -35,10 +70,7 @@ fn a_directory_time_of_an_earlier_batch_is_not_set_on_what_replaced_it() {
     set_mtime(&dir, 1_500_000_000);
     let second = source.capture();
     assert!(!second.is_empty());
-    let events = source.all_events();
-    let replica = Node::new();
-    ship_chunks(&source.repository, &replica.repository, &events);
-    replica.repository.chunks().sync().unwrap();
+    let (replica, events) = replica_with_chunks_of(&source);
 
     // One by one: the file keeps its recorded time.
     let one_by_one = Node::new();
@@ -82,10 +114,7 @@ fn a_directory_time_of_an_earlier_batch_is_not_set_on_what_replaced_it() {
 /// `d/sub` through the symlink: outside the folder.
 #[test]
 fn a_directory_time_of_an_earlier_batch_is_not_set_through_a_later_symlink() {
-    let outside = tempfile::tempdir().unwrap();
-    std::fs::create_dir(outside.path().join("sub")).unwrap();
-    set_mtime(&outside.path().join("sub"), 1_200_000_000);
-    let before = mtime_ns(&outside.path().join("sub"));
+    let outside = Outside::new();
 
     let source = Node::new();
     let dir = source.folder.join("d");
@@ -94,13 +123,10 @@ fn a_directory_time_of_an_earlier_batch_is_not_set_through_a_later_symlink() {
     set_mtime(&dir.join("sub"), 1_000_000_000);
     let first = source.capture();
     std::fs::remove_dir_all(&dir).unwrap();
-    std::os::unix::fs::symlink(outside.path(), &dir).unwrap();
+    std::os::unix::fs::symlink(outside.dir.path(), &dir).unwrap();
     let second = source.capture();
     assert!(!second.is_empty());
-    let events = source.all_events();
-    let replica = Node::new();
-    ship_chunks(&source.repository, &replica.repository, &events);
-    replica.repository.chunks().sync().unwrap();
+    let (replica, _) = replica_with_chunks_of(&source);
     let feed = Feed::preloaded(vec![first, second]);
     apply_fed(
         &replica.folder,
@@ -111,11 +137,7 @@ fn a_directory_time_of_an_earlier_batch_is_not_set_through_a_later_symlink() {
     .unwrap();
     assert!(feed.take_back().is_empty(), "one apply took both");
     assert_eq!(replica.repository.head(), source.repository.head());
-    assert_eq!(
-        mtime_ns(&outside.path().join("sub")),
-        before,
-        "a directory outside the folder was touched through the replica's symlink"
-    );
+    outside.assert_untouched();
 }
 
 /// Batch 0 replaces `d/f` (its old version is removed at the apply's end, which moves
@@ -138,10 +160,7 @@ fn a_later_batch_failing_leaves_the_earlier_batches_directory_times_set() {
     let mut second = source.capture();
     assert!(second.len() >= 2, "{}", second.len());
     second.remove(0); // the chain breaks: refused by the check
-    let events = source.all_events();
-    let replica = Node::new();
-    ship_chunks(&source.repository, &replica.repository, &events);
-    replica.repository.chunks().sync().unwrap();
+    let (replica, events) = replica_with_chunks_of(&source);
     let setup_copy = setup.clone();
     apply_fed(
         &replica.folder,
@@ -195,10 +214,7 @@ fn a_later_batch_failing_leaves_the_earlier_batches_directory_times_set() {
 /// part's finish found the symlink at `x` and set `x/sub`'s time through it.
 #[test]
 fn a_part_never_sets_a_directory_time_through_a_symlink_a_later_part_replaces() {
-    let outside = tempfile::tempdir().unwrap();
-    std::fs::create_dir(outside.path().join("sub")).unwrap();
-    set_mtime(&outside.path().join("sub"), 1_200_000_000);
-    let before = mtime_ns(&outside.path().join("sub"));
+    let outside = Outside::new();
 
     let source = Node::new();
     let x = source.folder.join("x");
@@ -206,16 +222,13 @@ fn a_part_never_sets_a_directory_time_through_a_symlink_a_later_part_replaces() 
     std::fs::write(x.join("sub/f"), b"inside").unwrap();
     let setup = source.capture();
     std::fs::rename(&x, source.folder.join("y")).unwrap();
-    std::os::unix::fs::symlink(outside.path(), &x).unwrap();
+    std::os::unix::fs::symlink(outside.dir.path(), &x).unwrap();
     let mut batch = source.capture();
     std::fs::remove_file(&x).unwrap();
     std::fs::create_dir_all(x.join("sub")).unwrap();
     set_mtime(&x.join("sub"), 1_000_000_000);
     batch.extend(source.capture());
-    let events = source.all_events();
-    let replica = Node::new();
-    ship_chunks(&source.repository, &replica.repository, &events);
-    replica.repository.chunks().sync().unwrap();
+    let (replica, _) = replica_with_chunks_of(&source);
     apply_fed(
         &replica.folder,
         &replica.repository,
@@ -236,11 +249,7 @@ fn a_part_never_sets_a_directory_time_through_a_symlink_a_later_part_replaces() 
     .unwrap();
     assert_eq!(replica.repository.head(), source.repository.head());
     replica.assert_verified();
-    assert_eq!(
-        mtime_ns(&outside.path().join("sub")),
-        before,
-        "a directory outside the folder was touched through the replica's symlink"
-    );
+    outside.assert_untouched();
     assert_eq!(
         mtime_ns(&replica.folder.join("x/sub")),
         mtime_ns(&source.folder.join("x/sub")),

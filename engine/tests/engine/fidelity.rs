@@ -525,16 +525,7 @@ fn a_directory_moved_into_a_new_directory_is_one_rename() {
         .into_iter()
         .filter(|event| event.seq() > head)
         .collect();
-    let kinds: Vec<String> = after
-        .iter()
-        .map(|event| {
-            format!(
-                "{} {}",
-                event.body.change.kind(),
-                event.body.change.describe_path()
-            )
-        })
-        .collect();
+    let kinds = crate::support::kinds(&after);
     assert!(
         kinds.iter().any(|kind| kind == "rename big -> new/big"),
         "{kinds:?}"

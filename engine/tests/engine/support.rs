@@ -286,3 +286,17 @@ pub fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
     }
     condition()
 }
+
+/// Each event as "kind path" (e.g. "rename a -> b"), for asserting what was recorded.
+pub fn kinds(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .map(|event| {
+            format!(
+                "{} {}",
+                event.body.change.kind(),
+                event.body.change.describe_path()
+            )
+        })
+        .collect()
+}
