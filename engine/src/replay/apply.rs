@@ -92,6 +92,10 @@ pub fn apply_fed(
                         link_groups,
                     }
                 };
+                // Counted before the writes: a part of this batch may commit and a later
+                // one fail, and the directories the committed part wrote into are set
+                // again at the end like the rest.
+                directories.extend(finishing.dir_times.iter().map(|(dir, _)| dir.clone()));
                 let patchable = patch::patchable(repository, &events, &finishing.link_groups);
                 let plan = Plan {
                     part_events: options.commit_part_events.max(1),
@@ -108,7 +112,6 @@ pub fn apply_fed(
                     &mut guarded,
                     &mut timings,
                 )?;
-                directories.extend(finishing.dir_times.iter().map(|(dir, _)| dir.clone()));
                 batches += 1;
                 taken += events.len();
                 last = events.last().map_or(last, |event| event.seq());

@@ -267,3 +267,43 @@ fn a_directory_moved_away_while_stopped_and_replaced_is_recorded_in_order() {
         );
     }
 }
+
+/// As above with hard links inside the moved directory and a symlink at its old name:
+/// the diff reads the other names of a changed file's link group, and the index's old
+/// names (`data/sub/f`, `data/sub/g`) lie under the removed `data` — read through the
+/// symlink they were a file outside the folder, recorded, and refused ("parent
+/// data/sub does not exist"), stopping the reconcile. Pointing outside, and pointing
+/// back at the moved directory (`ln -s data.old data`).
+#[test]
+fn hard_links_in_a_directory_moved_away_are_not_read_through_its_replacement() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(outside.path().join("sub")).unwrap();
+    std::fs::write(outside.path().join("sub/f"), b"OUTSIDE THE FOLDER").unwrap();
+    std::fs::write(outside.path().join("sub/g"), b"OUTSIDE THE FOLDER too").unwrap();
+    for target in [outside.path().to_path_buf(), "data.old".into()] {
+        let node = Node::new();
+        let data = node.folder.join("data");
+        std::fs::create_dir_all(data.join("sub")).unwrap();
+        std::fs::write(data.join("sub/f"), b"records").unwrap();
+        std::fs::hard_link(data.join("sub/f"), data.join("sub/g")).unwrap();
+        node.capture();
+        std::fs::rename(&data, node.folder.join("data.old")).unwrap();
+        std::os::unix::fs::symlink(&target, &data).unwrap();
+        std::fs::write(node.folder.join("data.old/sub/f"), b"records, changed").unwrap();
+        let events = node.capture();
+        let kinds = crate::support::kinds(&events);
+        assert!(
+            !kinds.iter().any(|kind| kind.starts_with("file data/")),
+            "{target:?}: a file read through the symlink was recorded: {kinds:?}"
+        );
+        node.assert_verified();
+        let replica = Node::new();
+        crate::support::replicate(&node, &replica, 1000);
+        replica.assert_verified();
+        assert_eq!(
+            crate::support::snapshot(&node.folder),
+            crate::support::snapshot(&replica.folder),
+            "{target:?}"
+        );
+    }
+}

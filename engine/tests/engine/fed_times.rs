@@ -256,3 +256,69 @@ fn a_part_never_sets_a_directory_time_through_a_symlink_a_later_part_replaces() 
         "x/sub has its recorded time"
     );
 }
+
+/// One batch in parts: part 1 replaces `d/f` (its old version is removed at the
+/// apply's end, which moves `d`'s time); a later part fails while writing (a directory
+/// in the way of `e/x` on the replica). Part 1 is in the log; `d`'s time must be set
+/// again on the error path (only whole batches' directories were).
+#[test]
+fn a_batch_failing_after_a_committed_part_leaves_that_parts_directory_times_set() {
+    let source = Node::new();
+    let d = source.folder.join("d");
+    let e = source.folder.join("e");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::create_dir(&e).unwrap();
+    std::fs::write(d.join("f"), b"first version").unwrap();
+    std::fs::write(e.join("keep"), b"keep").unwrap();
+    set_mtime(&d, 1_000_000_000);
+    set_mtime(&e, 1_100_000_000);
+    let setup = source.capture();
+    std::fs::write(d.join("f"), b"second version, longer").unwrap();
+    set_mtime(&d, 1_000_000_000);
+    std::fs::write(e.join("x"), b"new").unwrap();
+    set_mtime(&e, 1_100_000_000);
+    let batch = source.capture();
+    let (replica, _) = replica_with_chunks_of(&source);
+    apply_fed(
+        &replica.folder,
+        &replica.repository,
+        &Feed::only(setup),
+        &ReplayOptions::default(),
+    )
+    .unwrap();
+    std::fs::create_dir_all(replica.folder.join("e/x/junk")).unwrap();
+    let in_parts = ReplayOptions {
+        commit_part_events: 1,
+        ..ReplayOptions::default()
+    };
+    let first_seq = batch.first().unwrap().seq();
+    apply_fed(
+        &replica.folder,
+        &replica.repository,
+        &Feed::only(batch.clone()),
+        &in_parts,
+    )
+    .expect_err("e/x cannot be written");
+    let head = replica.repository.head().seq;
+    assert!(head >= first_seq, "part 1 (d/f) is in the log: head {head}");
+    assert!(!replica.folder.join("e/x").exists(), "recovered");
+    // The passive retries the rest of the batch, which succeeds.
+    let rest: Vec<_> = batch
+        .into_iter()
+        .filter(|event| event.seq() > head)
+        .collect();
+    apply_fed(
+        &replica.folder,
+        &replica.repository,
+        &Feed::only(rest),
+        &ReplayOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(replica.repository.head(), source.repository.head());
+    replica.assert_verified();
+    assert_eq!(
+        mtime_ns(&replica.folder.join("d")),
+        1_000_000_000 * 1_000_000_000,
+        "d has its recorded time after the retry (failed at head {head})"
+    );
+}

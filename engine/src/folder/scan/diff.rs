@@ -224,8 +224,18 @@ pub fn diff_scope(
                 &*guard
             }
         };
+        // A name under a path this diff removes is gone with it (and its parent may now
+        // be a symlink: reading through it would read outside what was recorded).
+        let removed: Vec<&RelPath> = changes
+            .iter()
+            .filter_map(|change| match change {
+                Change::Remove { path } => Some(path),
+                _ => None,
+            })
+            .collect();
         crate::folder::links::other_names(&changes, index, &disk.linked)
             .into_iter()
+            .filter(|path| !removed.iter().any(|gone| path.is_within(gone)))
             .map(|path| {
                 let entry = index.get(&path).cloned();
                 let meta = index.meta(&path).cloned();
