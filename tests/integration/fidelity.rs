@@ -166,6 +166,11 @@ fn xfs_data_bytes(path: &Path) -> u64 {
 fn keeps_what_rsync_keeps(pair: Pair, allocated_bytes: fn(&Path) -> u64) -> Pair {
     let tree = pair.alpha.folder.join("tree");
     std::fs::create_dir(&tree).unwrap();
+    let staged = pair.root.path().join("punched.img");
+    let punched = format!(
+        "dd if=/dev/urandom of={0} bs=1M count=4 status=none && mv {0} punched.img",
+        staged.display()
+    );
     let steps: &[&[&str]] = &[
         &["mkdir", "-p", "shared/sub", "scratch", "bin", "links"],
         &[
@@ -225,14 +230,11 @@ fn keeps_what_rsync_keeps(pair: Pair, allocated_bytes: fn(&Path) -> u64) -> Pair
             "conv=notrunc",
             "status=none",
         ],
-        &[
-            "dd",
-            "if=/dev/urandom",
-            "of=punched.img",
-            "bs=1M",
-            "count=4",
-            "status=none",
-        ],
+        // Written beside the folder and moved in whole: a capture that read it half
+        // written would record two versions in one group, and then neither is kept by
+        // reference (they share chunks) — the later punch would have no clone to
+        // begin from, and the clone path would go untested (CI, 2026-12-07).
+        &["sh", "-c", &punched],
         &["ln", "-s", "shared/report.txt", "shortcut"],
         &["touch", "-h", "-d", "2021-02-03 04:05:06", "shortcut"],
         &[
