@@ -3,10 +3,15 @@
 //! The index is a pure function of the log: `FolderIndex::apply` is the one place that
 //! says what each `Change` does to the folder's state, and it is used by the active
 //! when it records, by the passive when it replays, and to rebuild the index from the
-//! log after a crash. It lives in memory (a `BTreeMap`, so subtrees are key ranges) and
-//! is persisted to a sled tree at the seq it was last saved at.
+//! log after a crash. It lives in memory (an ordered map, so subtrees are key ranges) and
+//! is persisted to a sled tree at the seq it was last saved at. The maps are persistent
+//! ones (`imbl`): a copy shares every node with the original until one of them changes
+//! it, so a copy costs O(1), and a change O(log n), whatever the folder's size —
+//! capture reads a group's later rounds against a copy with the group's changes so far.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
+
+use imbl::{OrdMap, OrdSet};
 
 use bincode::{Decode, Encode};
 
@@ -148,14 +153,14 @@ pub struct Misfit {
 /// Entries by path, the running digest, and which paths changed since the last save.
 #[derive(Clone, Debug, Default)]
 pub struct FolderIndex {
-    entries: BTreeMap<RelPath, Entry>,
+    entries: OrdMap<RelPath, Entry>,
     /// The metadata of each entry that has it recorded (format 2; an entry recorded by
     /// a release that kept none has none until its next change).
-    metas: BTreeMap<RelPath, Meta>,
+    metas: OrdMap<RelPath, Meta>,
     /// The paths of each link group (`Meta::link`) with more than zero members.
-    links: std::collections::HashMap<u64, BTreeSet<RelPath>>,
+    links: imbl::HashMap<u64, BTreeSet<RelPath>>,
     digest: FolderDigest,
-    dirty: BTreeSet<RelPath>,
+    dirty: OrdSet<RelPath>,
 }
 
 impl FolderIndex {
@@ -231,7 +236,7 @@ impl FolderIndex {
 
     /// Take the set of paths changed since the last call (for persisting).
     pub fn take_dirty(&mut self) -> BTreeSet<RelPath> {
-        std::mem::take(&mut self.dirty)
+        std::mem::take(&mut self.dirty).into_iter().collect()
     }
 
     /// Check that `path`'s parent is a directory in the index (top-level is fine).
