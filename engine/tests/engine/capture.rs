@@ -256,15 +256,7 @@ fn a_directory_moved_away_while_stopped_and_replaced_is_recorded_in_order() {
                 "{replacement}: {kinds:?}"
             );
         }
-        node.assert_verified();
-        let replica = Node::new();
-        crate::support::replicate(&node, &replica, 1000);
-        replica.assert_verified();
-        assert_eq!(
-            crate::support::snapshot(&node.folder),
-            crate::support::snapshot(&replica.folder),
-            "{replacement}"
-        );
+        assert_replicates_verified(&node, replacement);
     }
 }
 
@@ -296,14 +288,20 @@ fn hard_links_in_a_directory_moved_away_are_not_read_through_its_replacement() {
             !kinds.iter().any(|kind| kind.starts_with("file data/")),
             "{target:?}: a file read through the symlink was recorded: {kinds:?}"
         );
-        node.assert_verified();
-        let replica = Node::new();
-        crate::support::replicate(&node, &replica, 1000);
-        replica.assert_verified();
-        assert_eq!(
-            crate::support::snapshot(&node.folder),
-            crate::support::snapshot(&replica.folder),
-            "{target:?}"
-        );
+        assert_replicates_verified(&node, &format!("{target:?}"));
     }
+}
+
+/// `node`'s folder verifies against its log, and a replica of that log ends up with the
+/// same tree.
+fn assert_replicates_verified(node: &Node, case: &str) {
+    node.assert_verified();
+    let replica = Node::new();
+    crate::support::replicate(node, &replica, 1000);
+    replica.assert_verified();
+    assert_eq!(
+        crate::support::snapshot(&node.folder),
+        crate::support::snapshot(&replica.folder),
+        "{case}"
+    );
 }
