@@ -240,6 +240,67 @@ pub fn link_unnamed(file: &File, destination: &Path) -> std::io::Result<()> {
     linked
 }
 
+/// `openat2` is missing here (a kernel before 5.6) or refused (a seccomp filter):
+/// `open_beneath` opens by the whole path from then on.
+static NO_OPENAT2: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Open `relative` (a path inside `root`, without a leading `/`) with `flags`, following
+/// no symlink anywhere on the way and never leaving `root` (`openat2` with
+/// `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`): a directory of the folder swapped for a
+/// symlink between a scan and this open cannot make the node read a file outside the
+/// folder. A symlink on the path answers `ELOOP` (as `O_NOFOLLOW` does for the last
+/// name), a way out of `root` `EXDEV`. Where the kernel has no `openat2`, the whole
+/// path is opened with `O_NOFOLLOW` (which guards the last name only).
+pub fn open_beneath(root: &Path, relative: &[u8], flags: libc::c_int) -> std::io::Result<File> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = flags | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let beneath = !NO_OPENAT2.load(Ordering::Relaxed);
+    if beneath {
+        let name = std::ffi::CString::new(relative)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(root)?;
+        // SAFETY: an all-zero `open_how` is its documented empty value.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = flags as u64;
+        how.resolve =
+            libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+        // SAFETY: a directory descriptor, a NUL-terminated path and an `open_how` of
+        // the size passed, all alive through the call.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: a descriptor the kernel just returned, owned by nobody else.
+            return Ok(unsafe { File::from_raw_fd(fd as libc::c_int) });
+        }
+        let error = std::io::Error::last_os_error();
+        if !matches!(error.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) {
+            return Err(error);
+        }
+    }
+    let full = root.join(std::ffi::OsStr::from_bytes(relative));
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(full);
+    if beneath && opened.is_ok() {
+        // The plain open did what `openat2` refused: it is not there (or filtered).
+        NO_OPENAT2.store(true, Ordering::Relaxed);
+    }
+    opened
+}
+
 /// `renameat2(a, b, flags)`: `RENAME_NOREPLACE` (fails with EEXIST if `b` exists) or
 /// `RENAME_EXCHANGE` (swaps the two atomically).
 fn rename_with(a: &std::ffi::CStr, b: &std::ffi::CStr, flags: libc::c_uint) -> std::io::Result<()> {
@@ -264,6 +325,36 @@ fn rename_with(a: &std::ffi::CStr, b: &std::ffi::CStr, flags: libc::c_uint) -> s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_beneath_follows_no_symlink_on_the_way_and_stays_in_its_root() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("f"), b"outside").unwrap();
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("d")).unwrap();
+        std::fs::write(root.path().join("d/f"), b"inside").unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("link")).unwrap();
+        std::os::unix::fs::symlink("d/f", root.path().join("last")).unwrap();
+        let open = |relative: &[u8]| open_beneath(root.path(), relative, libc::O_RDONLY);
+        let mut inside = String::new();
+        std::io::Read::read_to_string(&mut open(b"d/f").unwrap(), &mut inside).unwrap();
+        assert_eq!(inside, "inside");
+        // A symlink in the middle of the path (O_NOFOLLOW alone would follow it) and as
+        // the last name: refused, never read.
+        for relative in [&b"link/f"[..], b"last"] {
+            let error = open(relative).expect_err("opened through a symlink");
+            assert_eq!(error.raw_os_error(), Some(libc::ELOOP), "{error}");
+        }
+        let error = open(b"d/../../x").expect_err("opened outside the root");
+        assert!(
+            matches!(error.raw_os_error(), Some(libc::EXDEV | libc::ENOENT)),
+            "{error}"
+        );
+        assert_eq!(
+            open(b"gone").unwrap_err().kind(),
+            std::io::ErrorKind::NotFound
+        );
+    }
 
     #[test]
     fn a_file_replaced_is_exchanged_and_kept_at_the_temporary_name() {

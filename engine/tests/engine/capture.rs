@@ -305,3 +305,34 @@ fn assert_replicates_verified(node: &Node, case: &str) {
         "{case}"
     );
 }
+
+/// A directory the index holds, swapped for a symlink to a directory outside the folder
+/// before a file below it is read (as between a scan and its read): the file reads as
+/// gone. Opened by its whole path with `O_NOFOLLOW`, the read went through the symlink
+/// and recorded the outside file's bytes as the folder's.
+#[test]
+fn a_file_is_never_read_through_a_directory_swapped_for_a_symlink() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("f"), b"OUTSIDE THE FOLDER").unwrap();
+    let node = Node::new();
+    let dir = node.folder.join("d");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("f"), b"inside").unwrap();
+    node.capture();
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(outside.path(), &dir).unwrap();
+    let path = standin_engine::RelPath::new("d/f").unwrap();
+    let previous = node.repository.lock_index().get(&path).cloned();
+    let captured = standin_engine::folder::read::capture_file(
+        &node.folder,
+        &node.repository,
+        &path,
+        None,
+        previous.as_ref(),
+    )
+    .unwrap();
+    assert!(
+        matches!(captured, standin_engine::folder::read::Captured::Gone),
+        "read through the symlink: {captured:?}"
+    );
+}

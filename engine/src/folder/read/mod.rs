@@ -7,8 +7,8 @@ pub mod reflink;
 pub mod sparse;
 pub mod sqlite;
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::chunk_store::chunking::store_content;
@@ -82,16 +82,18 @@ pub fn capture_file(
         }
         // No SQLite connection of this process is open while this descriptor is.
         let plain = crate::folder::read::sqlite::plain_descriptor_guard();
-        let file: File = match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&full)
-        {
+        // Beneath the root only, through no symlink: a directory swapped for one since
+        // the scan (ELOOP) makes the path gone, never a read outside the folder.
+        let file: File = match crate::fsutil::open_beneath(
+            root,
+            path.as_bytes(),
+            libc::O_RDONLY | libc::O_NONBLOCK,
+        ) {
             Ok(file) => file,
             Err(error)
                 if error.kind() == std::io::ErrorKind::NotFound
                     || error.kind() == std::io::ErrorKind::NotADirectory
-                    || error.raw_os_error() == Some(libc::ELOOP) =>
+                    || matches!(error.raw_os_error(), Some(libc::ELOOP | libc::EXDEV)) =>
             {
                 return Ok(Captured::Gone)
             }
