@@ -1,7 +1,7 @@
 //! Hard-link groups in the index: which recorded paths share a link value, and the
 //! digest leaf each group adds (`standin-links-v1`), kept as entries come and go.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use super::{Entry, FolderIndex};
 use crate::folder::meta::Meta;
@@ -49,12 +49,12 @@ impl FolderIndex {
         [old, if new == old { 0 } else { new }]
     }
 
-    /// The recorded names of link value `link`, if any (not for 0).
-    pub fn link_group(&self, link: u64) -> Option<&BTreeSet<RelPath>> {
+    /// The recorded names of link value `link` in path order, if any (not for 0).
+    pub fn link_group(&self, link: u64) -> Option<&[RelPath]> {
         if link == 0 {
             return None;
         }
-        self.links.get(&link)
+        self.links.get(&link).map(Vec::as_slice)
     }
 
     /// The paths recorded with link group `link` (hard links of one file), in order.
@@ -64,22 +64,32 @@ impl FolderIndex {
         }
         self.links
             .get(&link)
-            .map(|paths| paths.iter().cloned().collect())
+            .map(|paths| paths.to_vec())
             .unwrap_or_default()
     }
 
     pub(super) fn link_insert(&mut self, path: &RelPath, meta: &Meta) {
-        if meta.link != 0 {
-            self.links
-                .entry(meta.link)
-                .or_default()
-                .insert(path.clone());
+        if meta.link == 0 {
+            return;
+        }
+        // Nearly every group is one name: a vector of exactly one, not a set's node.
+        match self.links.get_mut(&meta.link) {
+            Some(paths) => {
+                if let Err(at) = paths.binary_search(path) {
+                    paths.insert(at, path.clone());
+                }
+            }
+            None => {
+                self.links.insert(meta.link, vec![path.clone()]);
+            }
         }
     }
 
     pub(super) fn link_remove(&mut self, path: &RelPath, meta: &Meta) {
         if let Some(paths) = self.links.get_mut(&meta.link) {
-            paths.remove(path);
+            if let Ok(at) = paths.binary_search(path) {
+                paths.remove(at);
+            }
             if paths.is_empty() {
                 self.links.remove(&meta.link);
             }

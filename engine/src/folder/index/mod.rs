@@ -157,8 +157,8 @@ pub struct FolderIndex {
     /// The metadata of each entry that has it recorded (format 2; an entry recorded by
     /// a release that kept none has none until its next change).
     metas: OrdMap<RelPath, Meta>,
-    /// The paths of each link group (`Meta::link`) with more than zero members.
-    links: imbl::HashMap<u64, BTreeSet<RelPath>>,
+    /// The paths of each link group (`Meta::link`) with more than zero members, sorted.
+    links: imbl::HashMap<u64, Vec<RelPath>>,
     digest: FolderDigest,
     dirty: OrdSet<RelPath>,
 }
