@@ -19,6 +19,15 @@ fn set_mtime(path: &std::path::Path, secs: i64) {
         .unwrap();
 }
 
+/// One apply of what `feed` brings to `node`'s folder.
+fn apply(
+    node: &Node,
+    feed: &Feed,
+    options: &ReplayOptions,
+) -> standin_engine::Result<standin_engine::Head> {
+    apply_fed(&node.folder, &node.repository, feed, options)
+}
+
 /// A replica that holds every chunk `source` logged (shipped and synced), and those
 /// events.
 fn replica_with_chunks_of(source: &Node) -> (Node, Vec<standin_engine::Event>) {
@@ -76,13 +85,7 @@ fn a_directory_time_of_an_earlier_batch_is_not_set_on_what_replaced_it() {
     let one_by_one = Node::new();
     ship_chunks(&source.repository, &one_by_one.repository, &events);
     for batch in [first.clone(), second.clone()] {
-        apply_fed(
-            &one_by_one.folder,
-            &one_by_one.repository,
-            &Feed::only(batch),
-            &ReplayOptions::default(),
-        )
-        .unwrap();
+        apply(&one_by_one, &Feed::only(batch), &ReplayOptions::default()).unwrap();
     }
     assert_eq!(
         mtime_ns(&one_by_one.folder.join("d")),
@@ -92,13 +95,7 @@ fn a_directory_time_of_an_earlier_batch_is_not_set_on_what_replaced_it() {
 
     // Fed to one apply.
     let feed = Feed::preloaded(vec![first, second]);
-    apply_fed(
-        &replica.folder,
-        &replica.repository,
-        &feed,
-        &ReplayOptions::default(),
-    )
-    .unwrap();
+    apply(&replica, &feed, &ReplayOptions::default()).unwrap();
     assert!(feed.take_back().is_empty(), "one apply took both");
     assert_eq!(replica.repository.head(), source.repository.head());
     replica.assert_verified();
@@ -128,13 +125,7 @@ fn a_directory_time_of_an_earlier_batch_is_not_set_through_a_later_symlink() {
     assert!(!second.is_empty());
     let (replica, _) = replica_with_chunks_of(&source);
     let feed = Feed::preloaded(vec![first, second]);
-    apply_fed(
-        &replica.folder,
-        &replica.repository,
-        &feed,
-        &ReplayOptions::default(),
-    )
-    .unwrap();
+    apply(&replica, &feed, &ReplayOptions::default()).unwrap();
     assert!(feed.take_back().is_empty(), "one apply took both");
     assert_eq!(replica.repository.head(), source.repository.head());
     outside.assert_untouched();
@@ -162,25 +153,13 @@ fn a_later_batch_failing_leaves_the_earlier_batches_directory_times_set() {
     second.remove(0); // the chain breaks: refused by the check
     let (replica, events) = replica_with_chunks_of(&source);
     let setup_copy = setup.clone();
-    apply_fed(
-        &replica.folder,
-        &replica.repository,
-        &Feed::only(setup),
-        &ReplayOptions::default(),
-    )
-    .unwrap();
+    apply(&replica, &Feed::only(setup), &ReplayOptions::default()).unwrap();
     let last_good = first.last().unwrap().seq();
     // Control: the same first batch applied alone sets d's time.
     let control = Node::new();
     ship_chunks(&source.repository, &control.repository, &events);
     for batch in [setup_copy.clone(), first.clone()] {
-        apply_fed(
-            &control.folder,
-            &control.repository,
-            &Feed::only(batch),
-            &ReplayOptions::default(),
-        )
-        .unwrap();
+        apply(&control, &Feed::only(batch), &ReplayOptions::default()).unwrap();
     }
     assert_eq!(
         mtime_ns(&control.folder.join("d")),
@@ -188,13 +167,7 @@ fn a_later_batch_failing_leaves_the_earlier_batches_directory_times_set() {
         "control"
     );
     let feed = Feed::preloaded(vec![first, second]);
-    apply_fed(
-        &replica.folder,
-        &replica.repository,
-        &feed,
-        &ReplayOptions::default(),
-    )
-    .expect_err("the second batch is refused");
+    apply(&replica, &feed, &ReplayOptions::default()).expect_err("the second batch is refused");
     assert_eq!(
         replica.repository.head().seq,
         last_good,
@@ -229,24 +202,12 @@ fn a_part_never_sets_a_directory_time_through_a_symlink_a_later_part_replaces() 
     set_mtime(&x.join("sub"), 1_000_000_000);
     batch.extend(source.capture());
     let (replica, _) = replica_with_chunks_of(&source);
-    apply_fed(
-        &replica.folder,
-        &replica.repository,
-        &Feed::only(setup),
-        &ReplayOptions::default(),
-    )
-    .unwrap();
+    apply(&replica, &Feed::only(setup), &ReplayOptions::default()).unwrap();
     let in_parts = ReplayOptions {
         commit_part_events: 1,
         ..ReplayOptions::default()
     };
-    apply_fed(
-        &replica.folder,
-        &replica.repository,
-        &Feed::only(batch),
-        &in_parts,
-    )
-    .unwrap();
+    apply(&replica, &Feed::only(batch), &in_parts).unwrap();
     assert_eq!(replica.repository.head(), source.repository.head());
     replica.assert_verified();
     outside.assert_untouched();
@@ -279,26 +240,14 @@ fn a_batch_failing_after_a_committed_part_leaves_that_parts_directory_times_set(
     set_mtime(&e, 1_100_000_000);
     let batch = source.capture();
     let (replica, _) = replica_with_chunks_of(&source);
-    apply_fed(
-        &replica.folder,
-        &replica.repository,
-        &Feed::only(setup),
-        &ReplayOptions::default(),
-    )
-    .unwrap();
+    apply(&replica, &Feed::only(setup), &ReplayOptions::default()).unwrap();
     std::fs::create_dir_all(replica.folder.join("e/x/junk")).unwrap();
     let in_parts = ReplayOptions {
         commit_part_events: 1,
         ..ReplayOptions::default()
     };
     let first_seq = batch.first().unwrap().seq();
-    apply_fed(
-        &replica.folder,
-        &replica.repository,
-        &Feed::only(batch.clone()),
-        &in_parts,
-    )
-    .expect_err("e/x cannot be written");
+    apply(&replica, &Feed::only(batch.clone()), &in_parts).expect_err("e/x cannot be written");
     let head = replica.repository.head().seq;
     assert!(head >= first_seq, "part 1 (d/f) is in the log: head {head}");
     assert!(!replica.folder.join("e/x").exists(), "recovered");
@@ -307,13 +256,7 @@ fn a_batch_failing_after_a_committed_part_leaves_that_parts_directory_times_set(
         .into_iter()
         .filter(|event| event.seq() > head)
         .collect();
-    apply_fed(
-        &replica.folder,
-        &replica.repository,
-        &Feed::only(rest),
-        &ReplayOptions::default(),
-    )
-    .unwrap();
+    apply(&replica, &Feed::only(rest), &ReplayOptions::default()).unwrap();
     assert_eq!(replica.repository.head(), source.repository.head());
     replica.assert_verified();
     assert_eq!(
