@@ -336,3 +336,42 @@ fn keeps_what_rsync_keeps(pair: Pair, allocated_bytes: fn(&Path) -> u64) -> Pair
     pair.assert_verified();
     pair
 }
+
+/// While the active was stopped, a directory holding hard links was moved away and a
+/// symlink to its new name put in its place (`mv data data.old; ln -s data.old data`),
+/// and a file in it changed. The active's scan at start records it (it stopped with
+/// "a directory is in the way" or "parent data/sub does not exist", and once read the
+/// files through the symlink), and a passive started afterwards holds what rsync
+/// -aHAXS finds faithful.
+#[test]
+fn a_directory_moved_and_replaced_by_a_symlink_while_stopped_replicates() {
+    let test = "a_directory_moved_and_replaced_by_a_symlink_while_stopped_replicates";
+    if !can_run(test) {
+        return;
+    }
+    let mut pair = Pair::new("replication_period = 0", false);
+    let tree = pair.alpha.folder.join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    run(
+        &tree,
+        &[
+            "sh",
+            "-c",
+            "mkdir -p data/sub && echo records > data/sub/f && ln data/sub/f data/sub/g",
+        ],
+    );
+    pair.alpha.start();
+    crate::support::wait_until("alpha to record the tree", || pair.alpha.head_seq() >= 4);
+    assert!(pair.alpha.stop(), "alpha stops");
+    run(
+        &tree,
+        &[
+            "sh",
+            "-c",
+            "mv data data.old && ln -s data.old data && echo changed >> data.old/sub/f",
+        ],
+    );
+    pair.alpha.start();
+    pair.beta.start();
+    wait_faithful(&pair, "the moved directory and its symlink");
+}
