@@ -252,11 +252,22 @@ static NO_OPENAT2: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool
 /// name), a way out of `root` `EXDEV`. Where the kernel has no `openat2`, the whole
 /// path is opened with `O_NOFOLLOW` (which guards the last name only).
 pub fn open_beneath(root: &Path, relative: &[u8], flags: libc::c_int) -> std::io::Result<File> {
-    use std::os::fd::FromRawFd;
+    open_beneath_with(root, relative, flags, &NO_OPENAT2, openat2_beneath)
+}
+
+/// `open_beneath` with the `openat2` call and the memory of its absence given: the
+/// fallback's path is tested on kernels that have `openat2`.
+fn open_beneath_with(
+    root: &Path,
+    relative: &[u8],
+    flags: libc::c_int,
+    no_openat2: &std::sync::atomic::AtomicBool,
+    openat2: impl Fn(&File, &std::ffi::CStr, libc::c_int) -> std::io::Result<File>,
+) -> std::io::Result<File> {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::OpenOptionsExt;
     let flags = flags | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-    let beneath = !NO_OPENAT2.load(Ordering::Relaxed);
+    let beneath = !no_openat2.load(Ordering::Relaxed);
     if beneath {
         let name = std::ffi::CString::new(relative)
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
@@ -264,29 +275,10 @@ pub fn open_beneath(root: &Path, relative: &[u8], flags: libc::c_int) -> std::io
             .read(true)
             .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
             .open(root)?;
-        // SAFETY: an all-zero `open_how` is its documented empty value.
-        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-        how.flags = flags as u64;
-        how.resolve =
-            libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
-        // SAFETY: a directory descriptor, a NUL-terminated path and an `open_how` of
-        // the size passed, all alive through the call.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                &how as *const libc::open_how,
-                std::mem::size_of::<libc::open_how>(),
-            )
-        };
-        if fd >= 0 {
-            // SAFETY: a descriptor the kernel just returned, owned by nobody else.
-            return Ok(unsafe { File::from_raw_fd(fd as libc::c_int) });
-        }
-        let error = std::io::Error::last_os_error();
-        if !matches!(error.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) {
-            return Err(error);
+        match openat2(&dir, &name, flags) {
+            Ok(file) => return Ok(file),
+            Err(error) if matches!(error.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {}
+            Err(error) => return Err(error),
         }
     }
     let full = root.join(std::ffi::OsStr::from_bytes(relative));
@@ -296,9 +288,34 @@ pub fn open_beneath(root: &Path, relative: &[u8], flags: libc::c_int) -> std::io
         .open(full);
     if beneath && opened.is_ok() {
         // The plain open did what `openat2` refused: it is not there (or filtered).
-        NO_OPENAT2.store(true, Ordering::Relaxed);
+        no_openat2.store(true, Ordering::Relaxed);
     }
     opened
+}
+
+/// `openat2(dir, name, flags)` resolving beneath `dir` through no symlink.
+fn openat2_beneath(dir: &File, name: &std::ffi::CStr, flags: libc::c_int) -> std::io::Result<File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: an all-zero `open_how` is its documented empty value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = flags as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: a directory descriptor, a NUL-terminated path and an `open_how` of the
+    // size passed, all alive through the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor the kernel just returned, owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd as libc::c_int) })
 }
 
 /// `renameat2(a, b, flags)`: `RENAME_NOREPLACE` (fails with EEXIST if `b` exists) or
@@ -354,6 +371,56 @@ mod tests {
             open(b"gone").unwrap_err().kind(),
             std::io::ErrorKind::NotFound
         );
+    }
+
+    #[test]
+    fn without_openat2_the_whole_path_is_opened_refusing_a_symlink_as_last_name() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize};
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("d")).unwrap();
+        std::fs::write(root.path().join("d/f"), b"inside").unwrap();
+        std::os::unix::fs::symlink("d/f", root.path().join("last")).unwrap();
+        for refusal in [libc::ENOSYS, libc::EPERM] {
+            let (remembered, calls) = (AtomicBool::new(false), AtomicUsize::new(0));
+            let open = |relative: &[u8]| {
+                open_beneath_with(
+                    root.path(),
+                    relative,
+                    libc::O_RDONLY,
+                    &remembered,
+                    |_, _, _| {
+                        calls.fetch_add(1, Ordering::Relaxed);
+                        Err(std::io::Error::from_raw_os_error(refusal))
+                    },
+                )
+            };
+            // Refused and nothing there: the fallback's answer, not remembered.
+            assert_eq!(
+                open(b"gone").unwrap_err().kind(),
+                std::io::ErrorKind::NotFound
+            );
+            assert!(!remembered.load(Ordering::Relaxed));
+            let mut inside = String::new();
+            std::io::Read::read_to_string(&mut open(b"d/f").unwrap(), &mut inside).unwrap();
+            assert_eq!(inside, "inside");
+            assert!(remembered.load(Ordering::Relaxed), "errno {refusal}");
+            assert_eq!(calls.load(Ordering::Relaxed), 2);
+            let error = open(b"last").expect_err("opened through a symlink");
+            assert_eq!(error.raw_os_error(), Some(libc::ELOOP), "{error}");
+            assert_eq!(calls.load(Ordering::Relaxed), 2, "openat2 asked again");
+        }
+        // Any other refusal of openat2 is the answer: no second open by the path.
+        let remembered = AtomicBool::new(false);
+        let error = open_beneath_with(
+            root.path(),
+            b"d/f",
+            libc::O_RDONLY,
+            &remembered,
+            |_, _, _| Err(std::io::Error::from_raw_os_error(libc::EXDEV)),
+        )
+        .unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::EXDEV));
+        assert!(!remembered.load(Ordering::Relaxed));
     }
 
     #[test]
