@@ -40,6 +40,7 @@
 mod all;
 mod corpus;
 mod engine_run;
+mod floor;
 mod lag;
 mod measure;
 mod pair;

@@ -50,7 +50,8 @@ pub(crate) fn lag_only(options: &Options) -> Outcome<()> {
 /// `small` / `large`: only that initial sync of `all` (20,000 × 4 KiB files in 100
 /// directories, or 8 × 128 MiB; 2,000 files or 2 × 64 MiB with `--quick`), standin
 /// alternated with an rsync daemon, `--runs` times each (`large` also with the disk's
-/// fsync'd write rate); prints each run and the medians — for working on one sync
+/// fsync'd write rate, `small` with the floor: the files alone written as the passive
+/// writes them, `floor.rs`); prints each run and the medians — for working on one sync
 /// without a full run. Big files are reclaimed after each run.
 pub(crate) fn initial_only(options: &Options, kind: &str) -> Outcome<()> {
     let standin = pair::standin_binary(options.standin.as_deref())?;
@@ -79,6 +80,12 @@ pub(crate) fn initial_only(options: &Options, kind: &str) -> Outcome<()> {
     let daemon = pair::RsyncDaemon::start(&rsync, work.as_path(), &corpus)?;
     let (mut rsync_times, mut standin_times, mut caught_up_times, mut disk_rates) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut floor_times = Vec::new();
+    // The passive's write threads: one per core, at most four (replay::write).
+    let write_threads = std::thread::available_parallelism()
+        .map(|count| count.get())
+        .unwrap_or(1)
+        .min(4);
     let rate = |time: Duration| {
         format!(
             "{:.0} files/s, {:.0} MB/s",
@@ -92,11 +99,25 @@ pub(crate) fn initial_only(options: &Options, kind: &str) -> Outcome<()> {
             println!("run {run} disk    {:.0} MB/s", disk / 1e6);
             disk_rates.push(Duration::from_secs_f64(bytes as f64 / disk));
         }
-        let mut order = ["rsync", "standin"];
-        order.rotate_left(run % 2);
+        let mut order = if kind == "small" {
+            vec!["rsync", "standin", "floor"]
+        } else {
+            vec!["rsync", "standin"]
+        };
+        let turns = order.len();
+        order.rotate_left(run % turns);
         for tool in order {
             warm(&corpus)?;
-            if tool == "rsync" {
+            if tool == "floor" {
+                let target = work.as_path().join(format!("floor-{run}"));
+                let time = crate::floor::files_floor(&corpus, &target, write_threads)?;
+                println!(
+                    "run {run} floor   {:.3} s {} (the files alone: written unnamed, linked, owner/mode/times set, {write_threads} threads, syncfs)",
+                    time.as_secs_f64(),
+                    rate(time)
+                );
+                floor_times.push(time);
+            } else if tool == "rsync" {
                 let target = work.as_path().join(format!("rsync-{run}"));
                 let (time, _) = daemon.copy_measured(&rsync, &target)?;
                 println!(
@@ -143,6 +164,16 @@ pub(crate) fn initial_only(options: &Options, kind: &str) -> Outcome<()> {
             ", {:.2}x disk ({:.0} MB/s)",
             disk_time.as_secs_f64() / standin_time.as_secs_f64(),
             bytes as f64 / 1e6 / disk_time.as_secs_f64()
+        );
+    }
+    if !floor_times.is_empty() {
+        let floor_time = median(floor_times);
+        summary += &format!(
+            "; floor (the files alone) {}: rsync took {:.2}x the floor, standin caught up + sync {:.2}x; 1.5x rsync would be {:.2}x the floor",
+            rate(floor_time),
+            rsync_time.as_secs_f64() / floor_time.as_secs_f64(),
+            caught_up_time.as_secs_f64() / floor_time.as_secs_f64(),
+            rsync_time.as_secs_f64() / 1.5 / floor_time.as_secs_f64()
         );
     }
     println!("{summary}");
