@@ -232,7 +232,7 @@ fn verify(root: &Path, repository: &Repository, live: bool) -> Result<VerifyRepo
                     (&*have_seen, want_seen),
                     (Seen::File { .. }, Seen::File { .. })
                 )
-                && crate::folder::read::sqlite::is_database(&path.under(root))
+                && crate::folder::read::sqlite::is_database(root, &path.under(root))
             {
                 *have_hash = *want_hash;
                 *have_seen = want_seen.clone();

@@ -142,6 +142,7 @@ fn a_rollback_mode_database_is_cloned_under_its_shared_lock() {
     let full = node.folder.join("app.db");
     let head = std::fs::read(&full).unwrap();
     match standin_engine::folder::read::sqlite::snapshot(
+        &node.folder,
         &full,
         &node.data_dir,
         &head[..20],

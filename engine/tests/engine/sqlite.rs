@@ -211,7 +211,15 @@ fn a_rollback_mode_copy_split_to_bound_its_lock_is_a_committed_state() {
     drop(connection);
     let take = || {
         let head = std::fs::read(&database).unwrap();
-        snapshot_within(&database, dir.path(), &head[..20], head.len() as u64, bound).unwrap()
+        snapshot_within(
+            dir.path(),
+            &database,
+            dir.path(),
+            &head[..20],
+            head.len() as u64,
+            bound,
+        )
+        .unwrap()
     };
 
     // Idle: copied whole although the copy takes longer than the bound.

@@ -138,7 +138,7 @@ pub fn capture_file(
         {
             drop(file);
             drop(plain);
-            match capture_database(repository, path, &full, &before, &head, known)? {
+            match capture_database(repository, root, path, &full, &before, &head, known)? {
                 Some(captured) => return Ok(captured),
                 None => {
                     // Refused by SQLite: read as any other file.
@@ -487,6 +487,7 @@ fn same_version(before: &std::fs::Metadata, after: &std::fs::Metadata) -> bool {
 /// that could not be held under one lock.
 fn capture_database(
     repository: &Repository,
+    root: &Path,
     path: &RelPath,
     full: &Path,
     before: &std::fs::Metadata,
@@ -495,6 +496,7 @@ fn capture_database(
 ) -> Result<Option<Captured>> {
     if let Some(page_size) = crate::folder::read::sqlite::wal_page_size(head) {
         match crate::folder::read::sqlite::frames::capture(
+            root,
             full,
             repository.data_dir(),
             repository.chunks(),
@@ -516,7 +518,13 @@ fn capture_database(
             crate::folder::read::sqlite::frames::Outcome::Fallback => {}
         }
     }
-    match crate::folder::read::sqlite::snapshot(full, repository.data_dir(), head, before.len())? {
+    match crate::folder::read::sqlite::snapshot(
+        root,
+        full,
+        repository.data_dir(),
+        head,
+        before.len(),
+    )? {
         crate::folder::read::sqlite::Taken::Copy(snapshot) => {
             tracing::debug!(
                 path = %full.display(),

@@ -231,7 +231,7 @@ pub fn drop_companions(root: &Path, entries: &mut BTreeMap<RelPath, DiskEntry>) 
         })
         .collect();
     for (companion, base) in candidates {
-        if crate::folder::read::sqlite::is_database(&base.under(root)) {
+        if crate::folder::read::sqlite::is_database(root, &base.under(root)) {
             entries.remove(&companion);
         }
     }

@@ -109,13 +109,14 @@ fn known() -> std::sync::MutexGuard<'static, BTreeMap<(PathBuf, PathBuf), Known>
 /// The database at `full` (WAL mode, pages of `page_size`) at a commit, its pieces in
 /// `store`; `data_dir` tells repositories apart.
 pub fn capture(
+    root: &Path,
     full: &Path,
     data_dir: &Path,
     store: &ChunkStore,
     page_size: u32,
 ) -> Result<Outcome> {
     let started = crate::clock::instant();
-    let outcome = capture_untimed(full, data_dir, store, page_size)?;
+    let outcome = capture_untimed(root, full, data_dir, store, page_size)?;
     let copy_ms = started.elapsed().as_secs_f64() * 1e3;
     if let Outcome::Version { read, .. } = &outcome {
         READS[*read as usize].fetch_add(1, Ordering::Relaxed);
@@ -143,6 +144,7 @@ pub fn capture(
 }
 
 fn capture_untimed(
+    root: &Path,
     full: &Path,
     data_dir: &Path,
     store: &ChunkStore,
@@ -152,7 +154,7 @@ fn capture_untimed(
     let last = known().remove(&key);
     let wal_path = wal_path(full);
     if let Some(last) = last {
-        if let Some((next, bytes_read, read)) = incremental(full, &wal_path, store, &last)? {
+        if let Some((next, bytes_read, read)) = incremental(root, full, &wal_path, store, &last)? {
             let chunked = next.pieces.chunked();
             keep(key, next);
             return Ok(Outcome::Version {
@@ -163,7 +165,7 @@ fn capture_untimed(
             });
         }
     }
-    let outcome = whole(full, &wal_path, store, page_size)?;
+    let outcome = whole(root, full, &wal_path, store, page_size)?;
     Ok(match outcome {
         Whole::Read {
             known,
@@ -204,6 +206,7 @@ fn wal_path(full: &Path) -> PathBuf {
 /// The next version from the frames committed after `last`'s position, and the bytes
 /// read; `None` when it cannot be built that way (read the whole database then).
 fn incremental(
+    root: &Path,
     full: &Path,
     wal_path: &Path,
     store: &ChunkStore,
@@ -215,7 +218,7 @@ fn incremental(
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(error).at("stat", full),
     }
-    let log = match open_plain(wal_path) {
+    let log = match open_plain(root, wal_path) {
         Ok(log) => log,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(error).at("open", wal_path),
@@ -228,7 +231,7 @@ fn incremental(
     let read = match since.across {
         wal::Across::Frames => Read::Frames,
         wal::Across::Restart => {
-            if !old_pages_in_file(full, last, &since)? {
+            if !old_pages_in_file(root, full, last, &since)? {
                 return Ok(None);
             }
             Read::AcrossRestart
@@ -297,10 +300,10 @@ fn incremental(
 /// commit read is the one SQLite committed, false when it is not — or when the file
 /// changed since (a checkpoint of the new generation, another inode, a shorter file),
 /// and the database is then read whole.
-fn old_pages_in_file(full: &Path, last: &Known, since: &wal::Since) -> Result<bool> {
+fn old_pages_in_file(root: &Path, full: &Path, last: &Known, since: &wal::Since) -> Result<bool> {
     // No SQLite connection of this process is open while this descriptor is.
     let _plain = super::plain_descriptor_guard();
-    let file = match open_plain(full) {
+    let file = match open_plain(root, full) {
         Ok(file) => file,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(error) => return Err(error).at("open", full),

@@ -98,16 +98,13 @@ pub fn is_header(head: &[u8]) -> bool {
     head.starts_with(HEADER)
 }
 
-/// Whether the file at `full` is a SQLite database (by its header; never follows a
-/// symlink). `false` when it cannot be read.
-pub fn is_database(full: &Path) -> bool {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+/// Whether the file at `full`, inside the folder at `root`, is a SQLite database (by
+/// its header; opened beneath the root through no symlink). `false` when it cannot be
+/// read.
+pub fn is_database(root: &Path, full: &Path) -> bool {
+    use std::os::unix::fs::FileExt;
     let _guard = plain_descriptor_guard();
-    let Ok(file) = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(full)
-    else {
+    let Ok(file) = version::open_plain(root, full) else {
         return false;
     };
     let mut head = [0u8; 16];
@@ -184,9 +181,15 @@ pub enum Taken {
 ///   held for the clone's metadata work, whatever the size;
 /// - otherwise with the online backup in steps, never holding the shared lock for
 ///   longer than `ROLLBACK_LOCK_BOUND` in one go (see the module's doc).
-pub fn snapshot(full: &Path, data_dir: &Path, head: &[u8], size: u64) -> Result<Taken> {
+pub fn snapshot(
+    root: &Path,
+    full: &Path,
+    data_dir: &Path,
+    head: &[u8],
+    size: u64,
+) -> Result<Taken> {
     let started = crate::clock::instant();
-    let taken = snapshot_within(full, data_dir, head, size, ROLLBACK_LOCK_BOUND)?;
+    let taken = snapshot_within(root, full, data_dir, head, size, ROLLBACK_LOCK_BOUND)?;
     let copy_ms = started.elapsed().as_secs_f64() * 1e3;
     match &taken {
         Taken::Copy(snapshot) => tracing::debug!(
@@ -226,6 +229,7 @@ fn page_size(head: &[u8]) -> u64 {
 /// `snapshot` with another bound on the shared lock in rollback mode (tests use a
 /// small one to split the copy of a small database).
 pub fn snapshot_within(
+    root: &Path,
     full: &Path,
     data_dir: &Path,
     head: &[u8],
@@ -237,9 +241,15 @@ pub fn snapshot_within(
     let page_size = page_size(head);
     let wal = head.get(18) == Some(&2);
     if wal {
+        // SQLite's backup reads through a connection opened by the path: first make
+        // sure the path leads to a file inside the folder through no symlink (what is
+        // left is the instant between this open and SQLite's: README, "Guarantees").
+        if let Err(error) = version::open_plain(root, full) {
+            return Ok(Taken::Refused(format!("cannot open: {error}")));
+        }
         return backup(full, &dir, page_size, None);
     }
-    if let Some(taken) = clone_under_lock(full, &dir)? {
+    if let Some(taken) = clone_under_lock(root, full, &dir)? {
         return Ok(taken);
     }
     backup(
@@ -307,16 +317,12 @@ fn is_busy(error: &rusqlite::Error) -> bool {
 
 /// A rollback-mode database cloned while a read transaction holds SQLite's shared
 /// lock. `None` when the file systems cannot clone (the backup is used instead).
-fn clone_under_lock(full: &Path, dir: &Path) -> Result<Option<Taken>> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+fn clone_under_lock(root: &Path, full: &Path, dir: &Path) -> Result<Option<Taken>> {
+    use std::os::unix::fs::MetadataExt;
     let _exclusive = connection_guard();
     // Opened before the connection and closed after it: closing a descriptor while
     // the connection holds its POSIX locks would drop them.
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(full)
-    {
+    let file = match version::open_plain(root, full) {
         Ok(file) => file,
         Err(error) => return Ok(Some(Taken::Refused(error.to_string()))),
     };

@@ -38,6 +38,7 @@ pub(super) enum Whole {
 
 /// Read the whole database under a read transaction (see the module's doc).
 pub(super) fn whole(
+    root: &Path,
     full: &Path,
     wal_path: &Path,
     store: &ChunkStore,
@@ -45,7 +46,7 @@ pub(super) fn whole(
 ) -> Result<Whole> {
     let _exclusive = super::connection_guard();
     // Opened before the connection and closed after it (declared first, dropped last).
-    let file = match open_plain(full) {
+    let file = match open_plain(root, full) {
         Ok(file) => file,
         Err(error) => return Ok(Whole::Refused(format!("cannot open: {error}"))),
     };
@@ -69,7 +70,7 @@ pub(super) fn whole(
     // remove the log (that takes an exclusive lock on the database) or start it anew
     // past frames the snapshot uses. SQLite takes no lock on the `-wal`, so this
     // descriptor may close before the connection does.
-    let log = match open_plain(wal_path) {
+    let log = match open_plain(root, wal_path) {
         Ok(log) => Some(log),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
         Err(error) => return Err(error).at("open", wal_path),
