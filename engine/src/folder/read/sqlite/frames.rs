@@ -26,8 +26,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use super::beneath::{moved, open_plain};
 use super::pieces::Pieces;
-use super::version::{identity, open_plain, pages_by_piece, piece_with, Known};
+use super::version::{identity, pages_by_piece, piece_with, Known};
 use super::wal;
 use super::whole::{read_up_to, whole, Whole};
 use crate::chunk_store::chunking::Chunked;
@@ -220,7 +221,10 @@ fn incremental(
     }
     let log = match open_plain(root, wal_path) {
         Ok(log) => log,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        // Gone, or moved under capture: the whole read decides.
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound || moved(&error) => {
+            return Ok(None)
+        }
         Err(error) => return Err(error).at("open", wal_path),
     };
     let Some(since) =
@@ -305,7 +309,9 @@ fn old_pages_in_file(root: &Path, full: &Path, last: &Known, since: &wal::Since)
     let _plain = super::plain_descriptor_guard();
     let file = match open_plain(root, full) {
         Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound || moved(&error) => {
+            return Ok(false)
+        }
         Err(error) => return Err(error).at("open", full),
     };
     if identity(&file.metadata().at("stat", full)?) != last.identity {

@@ -107,40 +107,6 @@ impl Fixture {
     }
 }
 
-/// A directory of the folder swapped for a symlink to a database elsewhere: capture
-/// reads nothing through it — neither the plain reads of a version, nor the header
-/// check, nor SQLite's backup.
-#[test]
-fn a_database_reached_through_a_symlinked_directory_is_not_read() {
-    let dir = tempfile::tempdir().unwrap();
-    let (folder, outside) = (dir.path().join("folder"), dir.path().join("outside"));
-    std::fs::create_dir_all(&folder).unwrap();
-    std::fs::create_dir_all(&outside).unwrap();
-    let repository = Repository::open(&dir.path().join("data")).unwrap();
-    let writer = Connection::open(outside.join("app.db")).unwrap();
-    writer
-        .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE secret (v); INSERT INTO secret VALUES ('outside');")
-        .unwrap();
-    std::os::unix::fs::symlink(&outside, folder.join("d")).unwrap();
-    let db = folder.join("d/app.db");
-    let (data_dir, chunks) = (repository.data_dir(), repository.chunks());
-    let outcome = capture(&folder, &db, data_dir, chunks, 4096).unwrap();
-    match outcome {
-        Outcome::Refused(_) => {}
-        Outcome::Version { .. } => panic!("a version was read through the symlink"),
-        _ => panic!("neither refused nor read"),
-    }
-    assert!(!super::super::is_database(&folder, &db));
-    let head = std::fs::read(outside.join("app.db")).unwrap();
-    let taken = super::super::snapshot(&folder, &db, data_dir, &head[..20], 4096).unwrap();
-    assert!(
-        matches!(taken, super::super::Taken::Refused(_)),
-        "copied through the symlink"
-    );
-    // The same database inside the folder is read.
-    assert!(super::super::is_database(&outside, &outside.join("app.db")));
-}
-
 #[test]
 fn a_version_read_whole_then_from_new_frames_is_each_time_a_committed_state() {
     let fixture = Fixture::new(0);

@@ -39,7 +39,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::{IoContext, Result};
 use crate::path::RelPath;
+use beneath::{moved, open_plain};
 
+mod beneath;
 pub mod frames;
 mod pieces;
 mod version;
@@ -104,7 +106,7 @@ pub fn is_header(head: &[u8]) -> bool {
 pub fn is_database(root: &Path, full: &Path) -> bool {
     use std::os::unix::fs::FileExt;
     let _guard = plain_descriptor_guard();
-    let Ok(file) = version::open_plain(root, full) else {
+    let Ok(file) = open_plain(root, full) else {
         return false;
     };
     let mut head = [0u8; 16];
@@ -241,18 +243,13 @@ pub fn snapshot_within(
     let page_size = page_size(head);
     let wal = head.get(18) == Some(&2);
     if wal {
-        // SQLite's backup reads through a connection opened by the path: first make
-        // sure the path leads to a file inside the folder through no symlink (what is
-        // left is the instant between this open and SQLite's: README, "Guarantees").
-        if let Err(error) = version::open_plain(root, full) {
-            return Ok(Taken::Refused(format!("cannot open: {error}")));
-        }
-        return backup(full, &dir, page_size, None);
+        return backup(root, full, &dir, page_size, None);
     }
     if let Some(taken) = clone_under_lock(root, full, &dir)? {
         return Ok(taken);
     }
     backup(
+        root,
         full,
         &dir,
         page_size,
@@ -322,8 +319,9 @@ fn clone_under_lock(root: &Path, full: &Path, dir: &Path) -> Result<Option<Taken
     let _exclusive = connection_guard();
     // Opened before the connection and closed after it: closing a descriptor while
     // the connection holds its POSIX locks would drop them.
-    let file = match version::open_plain(root, full) {
+    let file = match open_plain(root, full) {
         Ok(file) => file,
+        Err(error) if moved(&error) => return Ok(Some(Taken::Busy)),
         Err(error) => return Ok(Some(Taken::Refused(error.to_string()))),
     };
     let device = file.metadata().at("stat", full)?.dev();
@@ -384,7 +382,13 @@ fn open_read_only(full: &Path) -> rusqlite::Result<rusqlite::Connection> {
 
 /// Copy the database at `full` with SQLite's online backup into `dir`: in one step
 /// under one read transaction (`steps` = None, WAL mode), or split (rollback mode).
-fn backup(full: &Path, dir: &Path, page_size: u64, steps: Option<Steps>) -> Result<Taken> {
+fn backup(
+    root: &Path,
+    full: &Path,
+    dir: &Path,
+    page_size: u64,
+    steps: Option<Steps>,
+) -> Result<Taken> {
     use rusqlite::Connection;
     let copy = tempfile::Builder::new()
         .prefix("sqlite-")
@@ -392,6 +396,17 @@ fn backup(full: &Path, dir: &Path, page_size: u64, steps: Option<Steps>) -> Resu
         .at("create", dir)?;
     let refused = |error: rusqlite::Error| Ok(Taken::Refused(error.to_string()));
     let _exclusive = connection_guard();
+    // SQLite opens the database by its path: first the path must lead to a file inside
+    // the folder through no symlink, and lead to the same file once the copy is made
+    // (a swap and back in between is the case left open: README, "Guarantees"). Held
+    // open until the connection is closed, as in `whole`: closing a descriptor while
+    // the connection holds its POSIX locks would drop them.
+    let file = match open_plain(root, full) {
+        Ok(file) => file,
+        Err(error) if moved(&error) => return Ok(Taken::Busy),
+        Err(error) => return Ok(Taken::Refused(format!("cannot open: {error}"))),
+    };
+    let before = beneath::identity_of(&file).at("stat", full)?;
     let source = match open_read_only(full) {
         Ok(source) => source,
         Err(error) => return refused(error),
@@ -425,8 +440,13 @@ fn backup(full: &Path, dir: &Path, page_size: u64, steps: Option<Steps>) -> Resu
         }
     };
     drop(destination);
+    let same = matches!(beneath::identity_now(root, full), Ok(now) if now == before);
     // Closing the read-only connection neither checkpoints nor removes the `-wal`.
     drop(source);
+    drop(file);
+    if !same {
+        return Ok(Taken::Busy);
+    }
     match outcome {
         Ok((rusqlite::backup::StepResult::Done, lock_held)) => {
             // Unnamed from here: the copy goes with its descriptor.

@@ -4,9 +4,7 @@
 //! (`frames`) and the whole read (`whole`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 
 use super::pieces::{Pieces, PIECE_BYTES};
 use super::wal::{Header, Position};
@@ -24,32 +22,6 @@ pub(super) struct Known {
 
 pub(super) fn identity(metadata: &std::fs::Metadata) -> (u64, u64) {
     (metadata.dev(), metadata.ino())
-}
-
-/// A plain descriptor of `path`, a file inside the folder at `root`, opened beneath
-/// the root through no symlink (`fsutil::open_beneath`): a directory of the folder
-/// swapped for a symlink cannot make capture read a database outside the folder. A
-/// path that now leads through a symlink, or out of the root, answers `NotFound`, as a
-/// removed one does.
-pub(super) fn open_plain(root: &Path, path: &Path) -> std::io::Result<File> {
-    use std::os::unix::ffi::OsStrExt;
-    let relative = path.strip_prefix(root).map_err(|_| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("{} is not inside {}", path.display(), root.display()),
-        )
-    })?;
-    match crate::fsutil::open_beneath(root, relative.as_os_str().as_bytes(), libc::O_NONBLOCK) {
-        Err(error)
-            if matches!(
-                error.raw_os_error(),
-                Some(libc::ELOOP | libc::EXDEV | libc::ENOTDIR)
-            ) =>
-        {
-            Err(std::io::Error::new(std::io::ErrorKind::NotFound, error))
-        }
-        other => other,
-    }
 }
 
 /// The pages (1-based numbers, at most `db_pages`) of `pages` by the piece they fall in.

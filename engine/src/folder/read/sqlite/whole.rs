@@ -12,8 +12,9 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
+use super::beneath::{identity_now, moved, open_plain};
 use super::pieces::{Pieces, PIECE_BYTES};
-use super::version::{identity, open_plain, pages_by_piece, piece_with, Known};
+use super::version::{identity, pages_by_piece, piece_with, Known};
 use super::wal::{self, Position};
 use crate::chunk_store::chunking::Chunked;
 use crate::chunk_store::ChunkStore;
@@ -48,6 +49,7 @@ pub(super) fn whole(
     // Opened before the connection and closed after it (declared first, dropped last).
     let file = match open_plain(root, full) {
         Ok(file) => file,
+        Err(error) if moved(&error) => return Ok(Whole::Busy),
         Err(error) => return Ok(Whole::Refused(format!("cannot open: {error}"))),
     };
     let metadata = file.metadata().at("stat", full)?;
@@ -73,8 +75,16 @@ pub(super) fn whole(
     let log = match open_plain(root, wal_path) {
         Ok(log) => Some(log),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        // Not "no log": the path moved under capture (read again later).
+        Err(error) if moved(&error) => return Ok(Whole::Busy),
         Err(error) => return Err(error).at("open", wal_path),
     };
+    // The connection opened the database by its path: it must still lead to the file
+    // read here, or the read transaction may be another file's (a swap and back in
+    // between is the case left open: README, "Guarantees").
+    if !matches!(identity_now(root, full), Ok(now) if now == identity(&metadata)) {
+        return Ok(Whole::Busy);
+    }
     let read = read_whole(
         full,
         &file,
