@@ -160,7 +160,11 @@ fn write_unnamed(directory: &Path, file: &Source) -> std::io::Result<()> {
                     file.bytes.len() - written,
                 );
                 if wrote < 0 {
-                    return Err(last());
+                    let error = last();
+                    if error.kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(error);
                 }
                 written += wrote as usize;
             }
