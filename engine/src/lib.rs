@@ -32,6 +32,7 @@ pub mod path;
 pub mod replay;
 pub mod repository;
 pub mod role;
+pub mod sled_sync;
 
 pub use capture::{Capture, CaptureOptions, CaptureStats};
 pub use chunk_store::ChunkStore;

@@ -149,6 +149,7 @@ impl ChunkStore {
         }
         self.sync()?;
         self.locations.flush()?;
+        self.sync.sync()?;
         for (hash, location) in &absorbed {
             self.refs.drop_ref(hash, *location)?;
         }
@@ -203,6 +204,7 @@ mod tests {
             db.open_tree("chunk_locations").unwrap(),
             db.open_tree("chunk_refs").unwrap(),
             db.open_tree("ref_inodes").unwrap(),
+            crate::sled_sync::SledSync::open(&dir.join("db")).unwrap(),
         )
         .unwrap()
     }

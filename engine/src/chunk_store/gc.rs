@@ -137,6 +137,7 @@ impl ChunkStore {
             }
         }
         self.locations.flush()?;
+        self.sync.sync()?;
         let mut readers = lock(&self.readers);
         for pack in doomed_packs {
             readers.remove(&pack);

@@ -91,6 +91,8 @@ pub struct GcReport {
 pub struct ChunkStore {
     dir: PathBuf,
     locations: sled::Tree,
+    /// Makes the trees' flushes durable (`crate::sled_sync`).
+    sync: crate::sled_sync::SledSync,
     writer: Mutex<PackWriter>,
     readers: Mutex<HashMap<u32, Arc<File>>>,
     recent: RwLock<RecentLocations>,
@@ -133,6 +135,7 @@ impl ChunkStore {
         locations: sled::Tree,
         references: sled::Tree,
         inodes: sled::Tree,
+        sync: crate::sled_sync::SledSync,
     ) -> Result<ChunkStore> {
         std::fs::create_dir_all(dir).at("create", dir)?;
         let mut highest = 0u32;
@@ -166,7 +169,7 @@ impl ChunkStore {
         // Above every pack on disk and every pack the tree names.
         let highest = needed.keys().copied().fold(highest, u32::max);
         let writer = Self::new_pack(dir, highest + 1)?;
-        let refs = refs::Refs::open(dir, references, inodes)?;
+        let refs = refs::Refs::open(dir, references, inodes, sync.clone())?;
         let lost = absorb::Lost::open(dir)?;
         Ok(ChunkStore {
             refs,
@@ -180,6 +183,7 @@ impl ChunkStore {
             stored_bytes: AtomicU64::new(stored_bytes),
             dir: dir.to_path_buf(),
             locations,
+            sync,
             writer: Mutex::new(writer),
             readers: Mutex::new(HashMap::new()),
             recent: RwLock::new(RecentLocations::default()),

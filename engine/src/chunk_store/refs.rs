@@ -88,6 +88,8 @@ pub(crate) struct Home {
 pub(crate) struct Refs {
     tree: sled::Tree,
     inodes: sled::Tree,
+    /// Makes the trees' flushes durable (`crate::sled_sync`).
+    sync: crate::sled_sync::SledSync,
     homes: RwLock<HashMap<InodeKey, Home>>,
     pending: RwLock<HashMap<Hash, RefLoc>>,
     /// Pending references whose place another file's reference took before they
@@ -117,7 +119,12 @@ fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 impl Refs {
     /// Open the references of the store in `dir`; staged files a previous run left
     /// (nothing committed names them) are removed.
-    pub fn open(dir: &Path, tree: sled::Tree, inodes: sled::Tree) -> Result<Refs> {
+    pub fn open(
+        dir: &Path,
+        tree: sled::Tree,
+        inodes: sled::Tree,
+        sync: crate::sled_sync::SledSync,
+    ) -> Result<Refs> {
         let kept_dir = dir.join("kept");
         let staging_dir = dir.join("staging");
         std::fs::create_dir_all(&kept_dir).at("create", &kept_dir)?;
@@ -157,6 +164,7 @@ impl Refs {
         Ok(Refs {
             tree,
             inodes,
+            sync,
             homes: RwLock::new(homes),
             pending: RwLock::new(HashMap::new()),
             superseded: RwLock::new(Vec::new()),
@@ -562,6 +570,7 @@ impl Refs {
     /// Flush the trees (with the whole store).
     pub fn flush(&self) -> Result<()> {
         self.tree.flush()?;
+        self.sync.sync()?;
         Ok(())
     }
 }

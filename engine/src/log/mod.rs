@@ -71,6 +71,8 @@ pub type HeadListener = Box<dyn Fn(Head) + Send + Sync>;
 /// The hash-chained event log in a sled tree.
 pub struct EventLog {
     db: sled::Db,
+    /// Makes `db`'s flushes durable (`crate::sled_sync`).
+    sync: crate::sled_sync::SledSync,
     events: sled::Tree,
     /// Holds `base`: the last event compacted away (or a snapshot's head).
     log_base: sled::Tree,
@@ -89,10 +91,10 @@ const LAST_GROUP_KEY: &[u8] = b"last_group";
 
 impl EventLog {
     /// Open the log in `db`, reading its head (and verifying the head event).
-    pub fn open(db: &sled::Db) -> Result<EventLog> {
+    pub fn open(db: &sled::Db, sync: crate::sled_sync::SledSync) -> Result<EventLog> {
         let events = db.open_tree("events")?;
         let log_base = db.open_tree("log_base")?;
-        let undone = parts::undo_interrupted(db, &events, &log_base)?;
+        let undone = parts::undo_interrupted(db, &sync, &events, &log_base)?;
         if undone > 0 {
             tracing::warn!(
                 events = undone,
@@ -120,6 +122,7 @@ impl EventLog {
         };
         let log = EventLog {
             db: db.clone(),
+            sync,
             events,
             log_base,
             base: RwLock::new(base),
@@ -129,9 +132,15 @@ impl EventLog {
         };
         if undone > 0 {
             log.forget_groups_after(head.seq)?;
-            log.db.flush()?;
+            log.flush_durably()?;
         }
         Ok(log)
+    }
+
+    /// sled's flush, made durable (`crate::sled_sync`).
+    fn flush_durably(&self) -> Result<()> {
+        self.db.flush()?;
+        self.sync.sync()
     }
 
     /// When the stored last group starts after `seq` (its events were removed, or
@@ -302,10 +311,10 @@ impl EventLog {
             parts::write(&self.events, &self.log_base, before.seq, records)?;
         } else {
             parts::write_parts(&self.events, &self.log_base, before.seq, records, parts)?;
-            self.db.flush()?;
+            self.flush_durably()?;
             return Ok(before);
         }
-        self.db.flush()?;
+        self.flush_durably()?;
         *head = tip;
         drop(head);
         self.notify(tip);
@@ -449,7 +458,7 @@ impl EventLog {
         self.events.apply_batch(sled_batch)?;
         // The last group may be gone with them: find the one before (a rejoin, rare).
         self.forget_groups_after(seq)?;
-        self.db.flush()?;
+        self.flush_durably()?;
         *head = new_head;
         drop(head);
         self.notify(new_head);
@@ -488,7 +497,7 @@ impl EventLog {
         // The base moves first: a crash after it leaves only unreachable old events,
         // which the next compaction removes.
         self.log_base.insert(BASE_KEY, encode_head(&new_base))?;
-        self.db.flush()?;
+        self.flush_durably()?;
         *self
             .base
             .write()
@@ -501,7 +510,7 @@ impl EventLog {
             removed += 1;
         }
         self.events.apply_batch(batch)?;
-        self.db.flush()?;
+        self.flush_durably()?;
         drop(head);
         Ok(removed)
     }
@@ -517,7 +526,7 @@ impl EventLog {
         // A snapshot is taken at the active's head, which is always a group's end.
         self.log_base.remove(LAST_GROUP_KEY)?;
         self.events.clear()?;
-        self.db.flush()?;
+        self.flush_durably()?;
         *self
             .base
             .write()

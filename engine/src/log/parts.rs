@@ -86,6 +86,7 @@ pub(super) fn write_parts(
 /// were removed.
 pub(super) fn undo_interrupted(
     db: &sled::Db,
+    sync: &crate::sled_sync::SledSync,
     events: &sled::Tree,
     log_base: &sled::Tree,
 ) -> Result<usize> {
@@ -113,5 +114,6 @@ pub(super) fn undo_interrupted(
     events.apply_batch(batch)?;
     log_base.remove(APPENDING_KEY)?;
     db.flush()?;
+    sync.sync()?;
     Ok(removed)
 }

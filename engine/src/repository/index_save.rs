@@ -69,7 +69,7 @@ impl Repository {
         if dirty > 0 {
             // Under the index lock the index matches the log head.
             self.save_index(&mut index, self.log.head().seq)?;
-            self.db.flush()?;
+            self.flush_db()?;
             self.index_saved_ms.store(
                 crate::fsutil::monotonic_ms(),
                 std::sync::atomic::Ordering::Relaxed,

@@ -40,6 +40,8 @@ const BASE_INDEX_SEQ_KEY: &[u8] = b"base_index_seq";
 pub struct Repository {
     data_dir: PathBuf,
     db: sled::Db,
+    /// Makes `db`'s flushes durable (`crate::sled_sync`).
+    sync: crate::sled_sync::SledSync,
     log: EventLog,
     chunks: ChunkStore,
     index_tree: sled::Tree,
@@ -75,7 +77,8 @@ impl Repository {
         })?;
         crate::path::register_temp_token(&open::temp_token(data_dir)?);
         let db = open::open_sled(&data_dir.join("db"))?;
-        let log = EventLog::open(&db)?;
+        let sync = crate::sled_sync::SledSync::open(&data_dir.join("db"))?;
+        let log = EventLog::open(&db, sync.clone())?;
         let mark = data_dir.join("log-head");
         if let Ok(text) = std::fs::read_to_string(&mark) {
             let mut words = text.split_whitespace();
@@ -107,6 +110,7 @@ impl Repository {
             db.open_tree("chunk_locations")?,
             db.open_tree("chunk_refs")?,
             db.open_tree("ref_inodes")?,
+            sync.clone(),
         )?;
         let index_tree = db.open_tree("index")?;
         let base_index_tree = db.open_tree("base_index")?;
@@ -114,6 +118,7 @@ impl Repository {
         let repository = Repository {
             data_dir: data_dir.to_path_buf(),
             db,
+            sync,
             log,
             chunks,
             index_tree,
@@ -267,8 +272,19 @@ impl Repository {
 
     /// Flush everything to disk.
     pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
+        self.flush_db()?;
         Ok(())
+    }
+
+    /// What makes this repository's sled flushes durable.
+    pub fn sled_sync(&self) -> &crate::sled_sync::SledSync {
+        &self.sync
+    }
+
+    /// sled's flush, made durable (`crate::sled_sync`).
+    fn flush_db(&self) -> Result<()> {
+        self.db.flush()?;
+        self.sync.sync()
     }
 
     /// A small persistent note in the `meta` tree (used by replay's journal).
@@ -288,7 +304,7 @@ impl Repository {
 
     pub(crate) fn meta_set(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
         self.meta_set_unflushed(key, value)?;
-        self.db.flush()?;
+        self.flush_db()?;
         Ok(())
     }
 
@@ -350,7 +366,7 @@ impl Repository {
         }
         self.base_index_tree.apply_batch(batch)?;
         self.meta.insert(BASE_INDEX_SEQ_KEY, &seq.to_be_bytes())?;
-        self.db.flush()?;
+        self.flush_db()?;
         Ok(())
     }
 
