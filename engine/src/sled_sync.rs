@@ -28,6 +28,11 @@ struct Inner {
     blobs_dir: PathBuf,
     /// Durability points made through this handle.
     count: AtomicU64,
+    /// A sync failed: every later one fails too, until the node is restarted. Linux
+    /// reports a failed write-back once per open file; a later fdatasync that returns
+    /// 0 would claim durable what sat on the lost pages (fail-stop, as PostgreSQL
+    /// does since its "fsyncgate").
+    failed: std::sync::atomic::AtomicBool,
     /// Blob files already synced, by name, with the length they had then (one still
     /// being written when listed is synced again once longer; those sled removed are
     /// forgotten).
@@ -35,23 +40,48 @@ struct Inner {
 }
 
 impl SledSync {
-    /// For the sled database in `dir` (open: its data file `dir/db` exists).
+    /// For the sled database in `dir` (open: its data file `dir/db` exists). The
+    /// names sled created are made durable now: its `conf` (written unsynced), and
+    /// the directory entries of `dir` and of its parent.
     pub(crate) fn open(dir: &Path) -> Result<SledSync> {
         let data_path = dir.join("db");
         let data = File::open(&data_path).at("open", &data_path)?;
+        let conf = dir.join("conf");
+        match File::open(&conf) {
+            Ok(file) => file.sync_data().at("fdatasync", &conf)?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error).at("open", &conf),
+        }
+        crate::fsutil::fsync_dir(dir)?;
+        if let Some(parent) = dir.parent() {
+            crate::fsutil::fsync_dir(parent)?;
+        }
         Ok(SledSync(Arc::new(Inner {
             data_path,
             data,
             blobs_dir: dir.join("blobs"),
             count: AtomicU64::new(0),
+            failed: std::sync::atomic::AtomicBool::new(false),
             synced_blobs: Mutex::new(HashMap::new()),
         })))
     }
 
     /// Make durable what sled's last `flush` wrote (call it right after).
     pub(crate) fn sync(&self) -> Result<()> {
-        self.sync_blobs()?;
-        self.0.data.sync_data().at("fsync", &self.0.data_path)?;
+        if self.0.failed.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other(
+                "an earlier fdatasync of this store failed: what it wrote may be lost; \
+                 restart the node (it checks its log when it opens)",
+            ))
+            .at("fdatasync", &self.0.data_path);
+        }
+        let synced = self
+            .sync_blobs()
+            .and_then(|()| self.0.data.sync_data().at("fdatasync", &self.0.data_path));
+        if synced.is_err() {
+            self.0.failed.store(true, Ordering::Relaxed);
+        }
+        synced?;
         self.0.count.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -86,7 +116,7 @@ impl SledSync {
             };
             if synced.get(&name) != Some(&len) {
                 match File::open(&path) {
-                    Ok(file) => file.sync_data().at("fsync", &path)?,
+                    Ok(file) => file.sync_data().at("fdatasync", &path)?,
                     Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(error) => return Err(error).at("open", &path),
                 }
@@ -160,5 +190,32 @@ mod tests {
             count() > before,
             "the log's append did not sync sled's file"
         );
+        let before = count();
+        repository.meta_set("test-key", Some(b"value")).unwrap();
+        assert_eq!(count(), before + 1, "meta_set did not sync sled's file");
+    }
+
+    #[test]
+    fn after_a_failed_sync_every_later_one_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let db_dir = dir.path().join("db");
+        let db = crate::repository::open::open_sled(&db_dir).unwrap();
+        let sync = SledSync::open(&db_dir).unwrap();
+        sync.sync().unwrap();
+        // A blobs "directory" that cannot be listed fails the next sync ...
+        let blobs = db_dir.join("blobs");
+        let aside = db_dir.join("blobs.aside");
+        std::fs::rename(&blobs, &aside).unwrap();
+        std::fs::write(&blobs, b"not a directory").unwrap();
+        db.insert(b"key", &b"value"[..]).unwrap();
+        db.flush().unwrap();
+        assert!(sync.sync().is_err());
+        // ... and every one after, though the cause is gone: what the failed one was
+        // to make durable may be lost.
+        std::fs::remove_file(&blobs).unwrap();
+        std::fs::rename(&aside, &blobs).unwrap();
+        let error = sync.sync().unwrap_err().to_string();
+        assert!(error.contains("restart the node"), "{error}");
+        assert_eq!(sync.count(), 1);
     }
 }
