@@ -5,12 +5,13 @@
 //! the folder really had when every file it read was unchanged from the moment the
 //! pending set was taken (the *cut*) until it was read. So after reading, capture
 //! touches the ordering mark (`barrier`) and takes every event up to it: the paths
-//! changed while it read. If none of them lies in what was read, the group is that
-//! state. Otherwise the changed paths are read again in a further *round*, which moves
-//! the cut to the first mark; the rounds end when a round's reads were not disturbed
-//! (or only one file changed, and only by its own writes: a stable read of one file is
-//! one instant of it). So a new object is recorded at or before the ref that names it,
-//! a temp file before its rename, whatever the debounce timers say.
+//! changed while it read. If none of them lies in what was read (its scopes, and the
+//! other names of the hard-linked files in them, read wherever they are), the group is
+//! that state. Otherwise the changed paths are read again in a further *round*, which
+//! moves the cut to the first mark; the rounds end when a round's reads were not
+//! disturbed (or only one file changed, and only by its own writes: a stable read of
+//! one file is one instant of it). So a new object is recorded at or before the ref
+//! that names it, a temp file before its rename, whatever the debounce timers say.
 //!
 //! After `MAX_ROUNDS` the group is recorded anyway (each file still a version it
 //! really had, their order across files not guaranteed) and counted in
@@ -98,11 +99,14 @@ impl Loop {
                 }
             };
             let diff = diff_scopes(&self.root, &repository, working.as_ref(), &scopes)?;
+            // What this round read: its scopes, and the other names of the hard-linked
+            // files in them (read too, wherever they are).
             let within_read = |path: &RelPath| {
+                let overlaps = |read: &RelPath| path.is_within(read) || read.is_within(path);
                 scopes.iter().any(|scope| match scope {
                     None => true,
-                    Some(scope) => path.is_within(scope) || scope.is_within(path),
-                })
+                    Some(scope) => overlaps(scope),
+                }) || diff.read_outside.iter().any(overlaps)
             };
             unstable.retain(|path| !within_read(path));
             unstable.extend(diff.unstable.iter().cloned());
@@ -427,6 +431,7 @@ fn diff_scopes_apart(
             let part = one(scope)?;
             out.changes.extend(part.changes);
             out.unstable.extend(part.unstable);
+            out.read_outside.extend(part.read_outside);
         }
         return Ok(out);
     }
@@ -467,6 +472,7 @@ fn diff_scopes_apart(
         let part = part?;
         out.changes.extend(part.changes);
         out.unstable.extend(part.unstable);
+        out.read_outside.extend(part.read_outside);
     }
     Ok(out)
 }

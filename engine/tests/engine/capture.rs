@@ -292,6 +292,59 @@ fn hard_links_in_a_directory_moved_away_are_not_read_through_its_replacement() {
     }
 }
 
+/// A scope's diff reads the other names of a hard-linked file it reads, wherever they
+/// are, and says so (`read_outside`): capture counts a change there while it read as a
+/// disturbance of the group. Before, it did not: `b/y` (linked with `a/x`) was read,
+/// `a/x` read with it just after `a/y` was renamed onto it, and the group ended with
+/// the moved content at `a/x` and `a/y` still there — a state the folder never had
+/// (consistency::a_rename_onto_a_freed_link_name_is_one_step).
+#[test]
+fn a_diff_names_the_other_link_names_it_read_outside_its_scope() {
+    let node = Node::new();
+    for dir in ["a", "b"] {
+        std::fs::create_dir(node.folder.join(dir)).unwrap();
+    }
+    std::fs::write(node.folder.join("a/x"), b"one file").unwrap();
+    std::fs::hard_link(node.folder.join("a/x"), node.folder.join("b/y")).unwrap();
+    std::fs::write(node.folder.join("a/z"), b"alone").unwrap();
+    node.capture();
+    std::fs::write(node.folder.join("b/y"), b"one file, changed through b/y").unwrap();
+    let scope = standin_engine::RelPath::new("b/y").unwrap();
+    let diff = standin_engine::folder::scan::diff_scope(
+        &node.folder,
+        &node.repository,
+        None,
+        Some(&scope),
+    )
+    .unwrap();
+    let read_outside: Vec<String> = diff
+        .read_outside
+        .iter()
+        .map(|path| path.to_string())
+        .collect();
+    assert_eq!(read_outside, ["a/x"]);
+    let changed: Vec<String> = diff
+        .changes
+        .iter()
+        .filter_map(|change| match change {
+            Change::File { path, .. } => Some(path.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(changed, ["b/y", "a/x"]);
+    // A scope without links reads nothing outside it.
+    std::fs::write(node.folder.join("a/z"), b"alone, changed").unwrap();
+    let scope = standin_engine::RelPath::new("a/z").unwrap();
+    let diff = standin_engine::folder::scan::diff_scope(
+        &node.folder,
+        &node.repository,
+        None,
+        Some(&scope),
+    )
+    .unwrap();
+    assert!(diff.read_outside.is_empty(), "{:?}", diff.read_outside);
+}
+
 /// `node`'s folder verifies against its log, and a replica of that log ends up with the
 /// same tree.
 fn assert_replicates_verified(node: &Node, case: &str) {

@@ -24,6 +24,10 @@ pub struct Diff {
     /// Files that could not be read stably (written all through every try): left as
     /// the index has them, to be read again later.
     pub unstable: Vec<RelPath>,
+    /// Names read outside the scope: the other names of hard-linked files it read.
+    /// A change to one of them while the scope was read disturbs the read as much as
+    /// a change inside it (capture's rounds, `capture::group`).
+    pub read_outside: Vec<RelPath>,
 }
 
 /// Compare `scope` on disk with `base` (the repository's index when `None`) and return
@@ -259,7 +263,12 @@ pub fn diff_scope(
             changes.push(*change);
         }
     }
-    Ok(Diff { changes, unstable })
+    let read_outside = others.into_iter().map(|(path, _, _)| path).collect();
+    Ok(Diff {
+        changes,
+        unstable,
+        read_outside,
+    })
 }
 
 /// Files read (chunked, hashed, stored) at once while a scope is compared.
