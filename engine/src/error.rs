@@ -88,6 +88,23 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Whether a write could not be made durable: an `fsync`, `fdatasync` or `syncfs`
+    /// failed. Linux reports a lost write-back once (a later sync of the same file can
+    /// return 0 with the data gone), so retrying proves nothing: the node must stop and
+    /// be restarted, and check its log when it opens — what PostgreSQL does since its
+    /// "fsyncgate" (`data_sync_retry = off`).
+    pub fn is_durability_lost(&self) -> bool {
+        matches!(
+            self,
+            Error::Io {
+                op: "fsync" | "fdatasync" | "syncfs",
+                ..
+            }
+        )
+    }
+}
+
 /// Shorthand used across the engine.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

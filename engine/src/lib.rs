@@ -18,12 +18,14 @@
 //! - [`role`]: who is authoritative, pure — the role machine, the `switchover`, the
 //!   `authority` it consults (peer, witness, etcd) and `timing`.
 //! - [`path`]: `RelPath`, a path that cannot leave the folder; [`hash`]; [`error`];
-//!   [`clock`]: the engine's only reads of the time; [`fsutil`].
+//!   [`clock`]: the engine's only reads of the time; [`fsutil`]; [`sled_sync`]: sled's
+//!   flushes made durable; [`fault`]: test-only fault hooks.
 
 pub mod capture;
 pub mod chunk_store;
 pub mod clock;
 pub mod error;
+pub mod fault;
 pub mod folder;
 pub mod fsutil;
 pub mod hash;

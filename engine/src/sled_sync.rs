@@ -77,6 +77,7 @@ impl SledSync {
         }
         let synced = self
             .sync_blobs()
+            .and_then(|()| crate::fault::before_sync(&self.0.data_path))
             .and_then(|()| self.0.data.sync_data().at("fdatasync", &self.0.data_path));
         if synced.is_err() {
             self.0.failed.store(true, Ordering::Relaxed);

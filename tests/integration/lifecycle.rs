@@ -140,3 +140,98 @@ fn any_task_that_ends_ends_the_node() {
         assert_ended_naming(&mut alpha, task, signalled);
     }
 }
+
+/// A write that cannot be made durable — sled's fdatasync failing with EIO (the fault
+/// hook `STANDIN_FAULT_FAIL_SYNCS`, armed while its trigger file exists) — stops the
+/// node, active or passive: retrying would prove nothing (Linux reports a lost
+/// write-back once). It exits non-zero saying what failed and to restart; restarted on
+/// a disk that syncs again, it checks its log and goes on, nothing it had recorded lost.
+#[test]
+fn a_write_that_cannot_be_made_durable_stops_the_node() {
+    let root = tempfile::tempdir().unwrap();
+    let trigger = root.path().join("fail-syncs");
+    let armed = || std::fs::write(&trigger, b"").unwrap();
+    let disarmed = || std::fs::remove_file(&trigger).unwrap();
+    let hook = (
+        standin_engine::fault::FAIL_SYNCS.to_string(),
+        trigger.display().to_string(),
+    );
+
+    // The active: its record of a change cannot be made durable.
+    let mut alpha = NodeProcess::configure(
+        &root.path().join("alone"),
+        "alpha",
+        "active",
+        None,
+        "heartbeat_interval_ms = 100\n",
+    );
+    alpha.env.push(hook.clone());
+    alpha.start();
+    wait_until("alpha to be active", || alpha.is_active());
+    let head = alpha.head_seq();
+    std::fs::write(alpha.folder.join("before.txt"), b"recorded").unwrap();
+    wait_until("before.txt to be recorded", || alpha.head_seq() > head);
+    armed();
+    std::fs::write(alpha.folder.join("during.txt"), b"not durable").unwrap();
+    assert_stopped_for_durability(&mut alpha);
+    disarmed();
+    alpha.start();
+    wait_until("alpha to be active again", || alpha.is_active());
+    let verify = alpha.cli(&["verify"]);
+    assert!(
+        verify.status.success(),
+        "alpha after its restart: {verify:?}"
+    );
+    // Its stop records what is pending (a full reconcile) before it exits.
+    assert!(alpha.stop(), "alpha stops cleanly:\n{}", alpha.log_text());
+    let paths = recorded_paths(&alpha);
+    for name in ["before.txt", "during.txt"] {
+        assert!(paths.contains(&name.to_string()), "{name}: {paths:?}");
+    }
+
+    // The passive: its journal (or log) cannot be made durable while it applies.
+    let (mut alpha, mut beta) = PairSpec::new(
+        "heartbeat_interval_ms = 100\nreplication_period = 0\nfailover_after_ms = 600000\n",
+    )
+    .beta(|spec| spec.env(&hook.0, &hook.1))
+    .configure(&root.path().join("pair"));
+    alpha.start();
+    beta.start();
+    std::fs::write(alpha.folder.join("first.txt"), b"replicated").unwrap();
+    wait_until("beta to follow", || crate::support::in_sync(&alpha, &beta));
+    armed();
+    std::fs::write(alpha.folder.join("second.txt"), b"applied, not durable").unwrap();
+    assert_stopped_for_durability(&mut beta);
+    assert!(alpha.is_active(), "the active goes on");
+    disarmed();
+    beta.start();
+    wait_until("beta to follow again", || {
+        crate::support::in_sync(&alpha, &beta)
+    });
+    for node in [&alpha, &beta] {
+        let verify = node.cli(&["verify"]);
+        assert!(verify.status.success(), "{}: {verify:?}", node.name);
+    }
+}
+
+/// `node` exits on its own, non-zero, its log saying that a write could not be made
+/// durable (an fdatasync) and to restart it.
+fn assert_stopped_for_durability(node: &mut NodeProcess) {
+    let status = node.wait_exit(Duration::from_secs(20)).unwrap_or_else(|| {
+        panic!(
+            "{} still runs after a sync failed:\n{}",
+            node.name,
+            node.log_text()
+        )
+    });
+    assert!(!status.success(), "{}: exit status {status}", node.name);
+    let log = node.log_text();
+    for said in [
+        "a write could not be made durable (fdatasync",
+        "Input/output error",
+        "restart the node",
+        "the node stopped (logins and capture first)",
+    ] {
+        assert!(log.contains(said), "{}: {said:?} not in:\n{log}", node.name);
+    }
+}

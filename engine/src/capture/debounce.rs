@@ -147,6 +147,10 @@ impl Loop {
 
     pub(super) fn run(&mut self) {
         loop {
+            if self.stats.fatal().is_some() {
+                // Nothing more is recorded: not even a final capture.
+                return;
+            }
             if self.stop_requested {
                 self.final_capture();
                 return;
@@ -410,6 +414,25 @@ impl Loop {
                 self.stats
                     .events_recorded
                     .fetch_add(count as u64, Ordering::Relaxed);
+            }
+            Err(error) if error.is_durability_lost() => {
+                // Retrying would prove nothing (`Error::is_durability_lost`): capture
+                // stops, and the node with it; the restart checks the log and reconciles.
+                let reason = format!(
+                    "a write could not be made durable ({error}): what it held may be lost; capture stopped — restart the node (it checks its log when it opens)"
+                );
+                tracing::error!("{reason}");
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                *self
+                    .stats
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(reason.clone());
+                *self
+                    .stats
+                    .fatal
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(reason);
             }
             Err(error) => {
                 tracing::error!(%error, "capture failed; rescanning the folder shortly");

@@ -94,9 +94,20 @@ pub struct CaptureStats {
     /// (see `group`): each file is a version it really had, their order across files
     /// is not guaranteed.
     pub unordered_groups: AtomicU64,
+    /// Why capture stopped for good: a write could not be made durable
+    /// (`Error::is_durability_lost`). The node must be restarted.
+    pub fatal: Mutex<Option<String>>,
 }
 
 impl CaptureStats {
+    /// Why capture stopped for good, if it did (`fatal`).
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
     /// The files capture could not read stably at their last try, oldest first.
     pub fn unstable_paths(&self) -> Vec<(String, u64)> {
         let mut paths: Vec<(String, u64)> = self

@@ -389,10 +389,15 @@ impl Coordinator {
             node.set_pulling(false);
             if let Some(error) = result {
                 tracing::error!(%error, "replication stopped");
-                if let crate::passive::PullError::Divergence { .. } = error {
-                    node.feed(Input::Diverged {
-                        authority: node.config.peer_url.clone().unwrap_or_default(),
-                    });
+                match error {
+                    crate::passive::PullError::Divergence { .. } => {
+                        node.feed(Input::Diverged {
+                            authority: node.config.peer_url.clone().unwrap_or_default(),
+                        });
+                    }
+                    // The node stops (`serve`'s watch task): retrying proves nothing.
+                    crate::passive::PullError::DurabilityLost(reason) => node.fail(reason),
+                    _ => {}
                 }
             }
         });

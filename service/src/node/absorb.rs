@@ -64,6 +64,9 @@ pub async fn run(node: Arc<Node>, mut stop: watch::Receiver<bool>) -> anyhow::Re
                 pause = started.elapsed();
             }
             Err(error) => {
+                if node.fail_if_durability_lost("copying chunks kept by reference", &error) {
+                    return Ok(());
+                }
                 tracing::error!(%error, "copying chunks kept by reference into the chunk store failed; trying again");
                 pause = RETRY_AFTER;
             }

@@ -116,6 +116,8 @@ pub struct Node {
     /// Set once the node is ending (`serve`): no logins and no new capture, whatever
     /// the role machine says.
     ending: std::sync::atomic::AtomicBool,
+    /// Why the node must stop: a write could not be made durable (`fail`).
+    fatal: Mutex<Option<String>>,
     /// The hooks' commands (on_promote, on_demote): the config's, replaced by a
     /// SIGHUP reload (`reload`).
     hooks: Mutex<Hooks>,
@@ -219,6 +221,7 @@ impl Node {
             instance: rand::random::<u64>() | 1,
             voter_sets,
             ending: std::sync::atomic::AtomicBool::new(false),
+            fatal: Mutex::new(None),
         });
         node.voters_at_start();
         Ok(node)
@@ -460,6 +463,35 @@ impl Node {
                 mode: self.config.authority.mode(),
                 summary: "starting".to_string(),
             })
+    }
+
+    /// Note `error` from the engine (`what` failed): a write that could not be made
+    /// durable (`Error::is_durability_lost`) makes the node stop — retrying would
+    /// prove nothing, and a restart checks the log. Returns whether it did.
+    pub fn fail_if_durability_lost(&self, what: &str, error: &standin_engine::Error) -> bool {
+        if !error.is_durability_lost() {
+            return false;
+        }
+        self.fail(format!(
+            "{what}: a write could not be made durable ({error}): what it held may be lost; restart the node (it checks its log when it opens)"
+        ));
+        true
+    }
+
+    /// The node must stop, for `reason` (the first one given is kept): `serve`'s watch
+    /// task ends it, and it exits non-zero.
+    pub fn fail(&self, reason: String) {
+        tracing::error!("{reason}");
+        self.set_error(Some(reason.clone()));
+        lock(&self.fatal).get_or_insert(reason);
+    }
+
+    /// Why the node must stop, if it must (`fail_if_durability_lost`, or capture
+    /// stopped for that reason).
+    pub fn fatal(&self) -> Option<String> {
+        lock(&self.fatal)
+            .clone()
+            .or_else(|| self.capture_stats.fatal())
     }
 
     pub fn set_error(&self, error: Option<String>) {

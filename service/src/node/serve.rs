@@ -229,7 +229,8 @@ pub async fn run(
     );
 
     // Capture runs in a thread of its own (started and stopped by the coordinator): a
-    // thread that ended while capture should run ends the node.
+    // thread that ended while capture should run ends the node. So does a write that
+    // could not be made durable, wherever it was (`Node::fatal`).
     let watched = node.clone();
     let mut watch_stop = stop.clone();
     tasks.spawn("capture-watch", async move {
@@ -238,6 +239,9 @@ pub async fn run(
             tokio::select! {
                 _ = ticker.tick() => {}
                 _ = watch_stop.wait_for(|stopped| *stopped) => return Ok(()),
+            }
+            if let Some(reason) = watched.fatal() {
+                anyhow::bail!("{reason}");
             }
             if watched.capture_died() {
                 anyhow::bail!("capture's thread ended: changes were no longer recorded");
@@ -280,7 +284,11 @@ pub async fn run(
                     "collected garbage"
                 ),
                 Ok(Ok(None)) => {}
-                Ok(Err(error)) => tracing::error!(%error, "compaction failed"),
+                Ok(Err(error)) => {
+                    if !compacting.fail_if_durability_lost("compaction", &error) {
+                        tracing::error!(%error, "compaction failed");
+                    }
+                }
                 Err(error) => tracing::error!(%error, "compaction task failed"),
             }
         }
@@ -300,16 +308,22 @@ pub async fn run(
     tokio::task::spawn_blocking(move || stopping.stop_capture()).await?;
     let _ = stop_sender.send(true);
     let flushing = node.clone();
-    tokio::task::spawn_blocking(move || flushing.repository.flush()).await??;
+    let flushed = tokio::task::spawn_blocking(move || flushing.repository.flush()).await?;
     // Streams to a following passive end with the process; do not wait for them long.
     if !tasks.drain(std::time::Duration::from_secs(5)).await {
         tracing::warn!("some streams were still open after 5 s; closing them");
     }
-    match ended {
-        None => Ok(()),
-        Some(ended) => Err(anyhow::anyhow!(
-            "{ended}; the node stopped (logins and capture first)"
-        )),
+    match (ended, flushed) {
+        (None, flushed) => Ok(flushed?),
+        (Some(ended), flushed) => {
+            if let Err(error) = flushed {
+                // Expected after a lost durability (every sync fails from then on).
+                tracing::error!(%error, "the last flush of the store failed");
+            }
+            Err(anyhow::anyhow!(
+                "{ended}; the node stopped (logins and capture first)"
+            ))
+        }
     }
 }
 

@@ -92,6 +92,9 @@ pub enum PullError {
         "no space left on this node's disk (applying stopped; it resumes once space returns): {0}"
     )]
     NoSpace(String),
+    /// A write could not be made durable (`Error::is_durability_lost`): the node stops.
+    #[error("{0}")]
+    DurabilityLost(String),
 }
 
 impl PullError {
@@ -104,6 +107,7 @@ impl PullError {
             PullError::BadData(_) => "bad_data",
             PullError::Apply(_) => "apply",
             PullError::NoSpace(_) => "no_space",
+            PullError::DurabilityLost(_) => "durability",
         }
     }
 
@@ -117,7 +121,11 @@ impl PullError {
             }
             _ => error.to_string(),
         };
-        if crate::passive::space::is_no_space(&error) {
+        if error.is_durability_lost() {
+            PullError::DurabilityLost(format!(
+                "applying: a write could not be made durable ({text}): what it held may be lost; restart the node (it checks its log when it opens)"
+            ))
+        } else if crate::passive::space::is_no_space(&error) {
             PullError::NoSpace(text)
         } else {
             PullError::Apply(text)
@@ -126,7 +134,10 @@ impl PullError {
 
     /// Errors that stop the loop until an operator (or the failover logic) acts.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, PullError::Divergence { .. })
+        matches!(
+            self,
+            PullError::Divergence { .. } | PullError::DurabilityLost(_)
+        )
     }
 }
 

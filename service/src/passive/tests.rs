@@ -54,6 +54,18 @@ fn a_local_store_failure_is_not_blamed_on_the_active() {
         source: std::io::Error::from_raw_os_error(5),
     };
     assert_eq!(store_error(broken, data_dir).kind(), "apply");
+    // A failed sync (even for a full disk) stops the node: retrying proves nothing.
+    for code in [libc::EIO, libc::ENOSPC] {
+        let lost = standin_engine::Error::Io {
+            op: "fdatasync",
+            path: "db/db".into(),
+            source: std::io::Error::from_raw_os_error(code),
+        };
+        let error = store_error(lost, data_dir);
+        assert_eq!(error.kind(), "durability");
+        assert!(error.is_fatal());
+        assert!(error.to_string().contains("restart the node"), "{error}");
+    }
 }
 
 #[test]
