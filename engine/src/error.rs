@@ -90,18 +90,22 @@ impl Error {
 
 impl Error {
     /// Whether a write could not be made durable: an `fsync`, `fdatasync` or `syncfs`
-    /// failed. Linux reports a lost write-back once (a later sync of the same file can
-    /// return 0 with the data gone), so retrying proves nothing: the node must stop and
-    /// be restarted, and check its log when it opens — what PostgreSQL does since its
-    /// "fsyncgate" (`data_sync_retry = off`).
+    /// failed (any error but EINVAL and EBADF, which some file systems give for a
+    /// directory's fsync — PostgreSQL ignores exactly those), or sled failed on I/O
+    /// other than a full disk (sled then refuses every later write). Retrying proves
+    /// nothing (`crate::durability`): the node must stop and be restarted.
     pub fn is_durability_lost(&self) -> bool {
-        matches!(
-            self,
+        match self {
             Error::Io {
                 op: "fsync" | "fdatasync" | "syncfs",
+                source,
                 ..
+            } => !matches!(source.raw_os_error(), Some(libc::EINVAL | libc::EBADF)),
+            Error::Store(sled::Error::Io(source)) => {
+                !matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
             }
-        )
+            _ => false,
+        }
     }
 }
 

@@ -9,25 +9,32 @@ use crate::error::{Error, IoContext, Result};
 
 /// fsync a directory, making the names in it durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|file| file.sync_all())
-        .at("fsync", dir)
+    let file = File::open(dir).at("open", dir)?;
+    crate::durability::guarded("fsync", dir, || file.sync_all())
+}
+
+/// `fdatasync` of `file` (at `path`), through the fail-stop latch (`durability`).
+pub fn sync_data(file: &File, path: &Path) -> Result<()> {
+    crate::durability::guarded("fdatasync", path, || file.sync_data())
+}
+
+/// `fsync` of `file` (at `path`), through the fail-stop latch (`durability`).
+pub fn sync_all(file: &File, path: &Path) -> Result<()> {
+    crate::durability::guarded("fsync", path, || file.sync_all())
 }
 
 /// Flush every dirty page of the file system that holds `path` (Linux `syncfs`).
 /// One call makes a whole batch of small files durable: cheaper than an fsync each.
 pub fn syncfs(path: &Path) -> Result<()> {
     let file = File::open(path).at("open", path)?;
-    // SAFETY: `file` is an open descriptor for the duration of the call.
-    let status = unsafe { libc::syncfs(file.as_raw_fd()) };
-    if status != 0 {
-        return Err(Error::Io {
-            op: "syncfs",
-            path: path.to_path_buf(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    Ok(())
+    crate::durability::guarded("syncfs", path, || {
+        // SAFETY: `file` is an open descriptor for the duration of the call.
+        let status = unsafe { libc::syncfs(file.as_raw_fd()) };
+        if status != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    })
 }
 
 /// How much of a large file is written before its write-back is started.

@@ -19,11 +19,13 @@
 //!   `authority` it consults (peer, witness, etcd) and `timing`.
 //! - [`path`]: `RelPath`, a path that cannot leave the folder; [`hash`]; [`error`];
 //!   [`clock`]: the engine's only reads of the time; [`fsutil`]; [`sled_sync`]: sled's
-//!   flushes made durable; [`fault`]: test-only fault hooks.
+//!   flushes made durable; [`durability`]: the fail-stop latch every sync goes
+//!   through; [`fault`]: test-only fault hooks.
 
 pub mod capture;
 pub mod chunk_store;
 pub mod clock;
+pub mod durability;
 pub mod error;
 pub mod fault;
 pub mod folder;

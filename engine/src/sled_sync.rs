@@ -48,7 +48,7 @@ impl SledSync {
         let data = File::open(&data_path).at("open", &data_path)?;
         let conf = dir.join("conf");
         match File::open(&conf) {
-            Ok(file) => file.sync_data().at("fdatasync", &conf)?,
+            Ok(file) => crate::fsutil::sync_data(&file, &conf)?,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => return Err(error).at("open", &conf),
         }
@@ -77,8 +77,7 @@ impl SledSync {
         }
         let synced = self
             .sync_blobs()
-            .and_then(|()| crate::fault::before_sync(&self.0.data_path))
-            .and_then(|()| self.0.data.sync_data().at("fdatasync", &self.0.data_path));
+            .and_then(|()| crate::fsutil::sync_data(&self.0.data, &self.0.data_path));
         if synced.is_err() {
             self.0.failed.store(true, Ordering::Relaxed);
         }
@@ -117,7 +116,7 @@ impl SledSync {
             };
             if synced.get(&name) != Some(&len) {
                 match File::open(&path) {
-                    Ok(file) => file.sync_data().at("fdatasync", &path)?,
+                    Ok(file) => crate::fsutil::sync_data(&file, &path)?,
                     Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(error) => return Err(error).at("open", &path),
                 }

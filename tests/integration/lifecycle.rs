@@ -215,7 +215,7 @@ fn a_write_that_cannot_be_made_durable_stops_the_node() {
 }
 
 /// `node` exits on its own, non-zero, its log saying that a write could not be made
-/// durable (an fdatasync) and to restart it.
+/// durable (a sync failed with EIO) and to restart it.
 fn assert_stopped_for_durability(node: &mut NodeProcess) {
     let status = node.wait_exit(Duration::from_secs(20)).unwrap_or_else(|| {
         panic!(
@@ -227,7 +227,7 @@ fn assert_stopped_for_durability(node: &mut NodeProcess) {
     assert!(!status.success(), "{}: exit status {status}", node.name);
     let log = node.log_text();
     for said in [
-        "a write could not be made durable (fdatasync",
+        "a write could not be made durable (",
         "Input/output error",
         "restart the node",
         "the node stopped (logins and capture first)",

@@ -96,7 +96,7 @@ impl Lost {
             .open(&self.path)
             .at("open", &self.path)?;
         file.write_all(text.as_bytes()).at("write", &self.path)?;
-        file.sync_data().at("fsync", &self.path)?;
+        crate::fsutil::sync_data(&file, &self.path)?;
         self.chunks.fetch_add(lost.len() as u64, Ordering::Relaxed);
         self.bytes.fetch_add(
             lost.iter().map(|chunk| chunk.len as u64).sum(),

@@ -414,7 +414,7 @@ impl ChunkStore {
         }
         let path = self.pack_path(writer.pack);
         writer.flush_buffer(&path)?;
-        writer.file.sync_data().at("fsync", &path)?;
+        crate::fsutil::sync_data(&writer.file, &path)?;
         // Into the tree first, then into `recent` under its lock at once: readers
         // (a passive's write threads) take that lock for every chunk, and held across
         // thousands of tree inserts it stalled them. A reader that finds a chunk in

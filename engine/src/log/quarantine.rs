@@ -145,7 +145,7 @@ pub fn quarantine_after(repository: &Repository, seq: u64) -> Result<Option<Quar
                     file.write_all(&repository.chunks().get(&chunk.hash)?)
                         .at("write", &target)?;
                 }
-                file.sync_all().at("fsync", &target)?;
+                crate::fsutil::sync_all(&file, &target)?;
                 record.size = Some(*size);
                 record.mode = Some(*mode);
                 record.content = Some(*content);
@@ -175,7 +175,7 @@ pub fn quarantine_after(repository: &Repository, seq: u64) -> Result<Option<Quar
     let mut file = std::fs::File::create(&manifest_path).at("create", &manifest_path)?;
     file.write_all(text.as_bytes())
         .at("write", &manifest_path)?;
-    file.sync_all().at("fsync", &manifest_path)?;
+    crate::fsutil::sync_all(&file, &manifest_path)?;
     fsync_dir(&dir)?;
     fsync_dir(&root)?;
 

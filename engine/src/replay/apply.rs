@@ -19,10 +19,6 @@ use crate::log::Head;
 use crate::path::RelPath;
 use crate::repository::Repository;
 
-/// An apply takes no further batch from its feed after running this long (its
-/// journal, the old versions it removes and the index save wait for its end).
-const TAKE_BATCHES_FOR: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// Apply the batches `feed` brings (each following the one before, the first the
 /// repository's head) to the replica `root`, as one apply: see the module's doc and
 /// `feed`. Returns the head after the last one. On an error, the batches (and parts)
@@ -132,7 +128,7 @@ pub fn apply_fed(
                     });
                 next = if by_reference
                     || taken >= options.apply_events
-                    || started.elapsed() >= TAKE_BATCHES_FOR
+                    || started.elapsed() >= options.take_batches_for
                 {
                     feed.close();
                     None

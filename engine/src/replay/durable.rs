@@ -158,7 +158,7 @@ fn fsync_one(target: &Target) -> Result<Synced> {
     }
     match options.open(&target.full) {
         Ok(file) => {
-            file.sync_all().at("fsync", &target.full)?;
+            crate::fsutil::sync_all(&file, &target.full)?;
             Ok(Synced::Done)
         }
         Err(error) if moved_on(&error) => Ok(Synced::MovedOn),

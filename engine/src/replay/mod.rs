@@ -100,6 +100,9 @@ pub struct ReplayOptions {
     /// events (its journal, the old versions it removes and the index save wait for
     /// its end).
     pub apply_events: usize,
+    /// An apply takes no further batch from its feed after running this long (its
+    /// journal, the old versions it removes and the index save wait for its end).
+    pub take_batches_for: std::time::Duration,
 }
 
 impl Default for ReplayOptions {
@@ -107,6 +110,7 @@ impl Default for ReplayOptions {
         ReplayOptions {
             commit_part_events: 1024,
             apply_events: 16_384,
+            take_batches_for: std::time::Duration::from_secs(2),
         }
     }
 }

@@ -332,6 +332,39 @@ fn a_diff_names_the_other_link_names_it_read_outside_its_scope() {
         })
         .collect();
     assert_eq!(changed, ["b/y", "a/x"]);
+    // a/x, still a link of the file read through b/y, takes what that read gave.
+    let contents: Vec<standin_engine::Hash> = diff
+        .changes
+        .iter()
+        .filter_map(|change| match change {
+            Change::File { content, .. } => Some(*content),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(contents[0], contents[1]);
+    // Another file put at a/x since the index was written is read as itself.
+    node.capture();
+    std::fs::remove_file(node.folder.join("a/x")).unwrap();
+    std::fs::write(node.folder.join("a/x"), b"another file now").unwrap();
+    std::fs::write(node.folder.join("b/y"), b"changed through b/y again").unwrap();
+    let diff = standin_engine::folder::scan::diff_scope(
+        &node.folder,
+        &node.repository,
+        None,
+        Some(&scope),
+    )
+    .unwrap();
+    let at_a_x = diff.changes.iter().find_map(|change| match change {
+        Change::File { path, content, .. } if path.to_string() == "a/x" => Some(*content),
+        _ => None,
+    });
+    assert_eq!(
+        at_a_x,
+        Some(standin_engine::Hash(
+            *blake3::hash(b"another file now").as_bytes()
+        ))
+    );
+    assert_eq!(diff.read_outside.len(), 1);
     // A scope without links reads nothing outside it.
     std::fs::write(node.folder.join("a/z"), b"alone, changed").unwrap();
     let scope = standin_engine::RelPath::new("a/z").unwrap();

@@ -214,7 +214,11 @@ enum Op {
     /// Create a new file and write its content in one write.
     Create(usize, u8),
     Link(usize, usize),
+    /// Rename onto a free name.
     Rename(usize, usize),
+    /// Rename onto a name that holds another file (the atomic save: a temp file
+    /// renamed over the one it replaces).
+    Replace(usize, usize),
     Remove(usize),
 }
 
@@ -288,6 +292,22 @@ impl Run {
                     model.insert(to, bytes);
                     None
                 }
+                Op::Replace(from, to) => {
+                    let (from, to) = (NAMES[from], NAMES[to]);
+                    if !model.contains_key(from) || !model.contains_key(to) {
+                        continue;
+                    }
+                    use std::os::unix::fs::MetadataExt;
+                    let inode = |name: &str| std::fs::metadata(root.join(name)).unwrap().ino();
+                    // rename(2) between two links of one file does nothing.
+                    if inode(from) == inode(to) {
+                        continue;
+                    }
+                    std::fs::rename(root.join(from), root.join(to)).unwrap();
+                    let bytes = model.remove(from).unwrap();
+                    model.insert(to, bytes);
+                    None
+                }
                 Op::Remove(at) => {
                     let name = NAMES[at];
                     if !model.contains_key(name) {
@@ -311,17 +331,25 @@ fn op_strategy() -> impl proptest::strategy::Strategy<Value = Op> {
         3 => (name.clone(), any::<u8>()).prop_map(|(at, tag)| Op::Create(at, tag)),
         1 => (name.clone(), name.clone()).prop_map(|(from, to)| Op::Link(from, to)),
         2 => (name.clone(), name.clone()).prop_map(|(from, to)| Op::Rename(from, to)),
+        2 => (name.clone(), name.clone()).prop_map(|(from, to)| Op::Replace(from, to)),
         1 => name.prop_map(Op::Remove),
     ]
 }
 
 proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig { cases: 12, ..Default::default() })]
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: std::env::var("STANDIN_PROPTEST_CASES")
+            .ok()
+            .and_then(|cases| cases.parse().ok())
+            .unwrap_or(12),
+        ..Default::default()
+    })]
 
-    /// Random write-once-then-publish programs (create, write, close, link, rename,
-    /// remove across paths) run beside a live capture: the state at every group
-    /// boundary of the log is the state after some prefix of the program (a file
-    /// being created may show empty), and the prefixes only grow.
+    /// Random write-once-then-publish programs (create, write, close, link, rename
+    /// onto a free name or over another file, remove, across paths) run beside a live
+    /// capture: the state at every group boundary of the log is the state after some
+    /// prefix of the program (a file being created may show empty), and the prefixes
+    /// only grow. `STANDIN_PROPTEST_CASES` runs more cases than CI's 12 (a hunt).
     #[test]
     fn every_group_boundary_is_a_prefix_of_what_happened(
         ops in proptest::collection::vec(op_strategy(), 10..60),

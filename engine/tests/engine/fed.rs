@@ -53,6 +53,9 @@ fn one_apply_takes_every_batch_fed_to_it() {
     let (source, replica, events) = source_and_replica();
     let options = ReplayOptions {
         commit_part_events: 5,
+        // No time bound: on a loaded machine (CI) the apply's 2 s ended it before the
+        // batches this test counts on were taken.
+        take_batches_for: std::time::Duration::from_secs(3600),
         ..ReplayOptions::default()
     };
     let fed = batches(&events, 23);
@@ -111,6 +114,9 @@ fn a_later_batch_that_fails_leaves_the_earlier_ones_applied() {
     let (source, replica, events) = source_and_replica();
     let options = ReplayOptions {
         commit_part_events: 5,
+        // No time bound: on a loaded machine (CI) the apply's 2 s ended it before the
+        // batches this test counts on were taken.
+        take_batches_for: std::time::Duration::from_secs(3600),
         ..ReplayOptions::default()
     };
     let mut fed = batches(&events, 30);

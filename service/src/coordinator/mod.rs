@@ -188,6 +188,11 @@ impl Coordinator {
                             Err(_) => tracing::warn!("final pull before promotion timed out"),
                         }
                     }
+                    if let Some(reason) = node.fatal() {
+                        // The node is stopping; it must not promote on the way.
+                        tracing::error!(%reason, "not promoting");
+                        return;
+                    }
                     node.feed(Input::FinalPullDone);
                 });
             }
@@ -389,15 +394,11 @@ impl Coordinator {
             node.set_pulling(false);
             if let Some(error) = result {
                 tracing::error!(%error, "replication stopped");
-                match error {
-                    crate::passive::PullError::Divergence { .. } => {
-                        node.feed(Input::Diverged {
-                            authority: node.config.peer_url.clone().unwrap_or_default(),
-                        });
-                    }
-                    // The node stops (`serve`'s watch task): retrying proves nothing.
-                    crate::passive::PullError::DurabilityLost(reason) => node.fail(reason),
-                    _ => {}
+                // (A lost durability has made the node fail: `Puller::pull`.)
+                if let crate::passive::PullError::Divergence { .. } = error {
+                    node.feed(Input::Diverged {
+                        authority: node.config.peer_url.clone().unwrap_or_default(),
+                    });
                 }
             }
         });

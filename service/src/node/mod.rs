@@ -486,12 +486,21 @@ impl Node {
         lock(&self.fatal).get_or_insert(reason);
     }
 
-    /// Why the node must stop, if it must (`fail_if_durability_lost`, or capture
-    /// stopped for that reason).
+    /// Why the node must stop, if it must (`fail_if_durability_lost`, capture stopped
+    /// for that reason, or any sync of the engine failed).
     pub fn fatal(&self) -> Option<String> {
         lock(&self.fatal)
             .clone()
             .or_else(|| self.capture_stats.fatal())
+            .or_else(|| {
+                // A sync failed somewhere, its error perhaps only logged (an index
+                // save): the engine's latch (`standin_engine::durability`).
+                standin_engine::durability::lost().map(|first| {
+                    format!(
+                        "a write could not be made durable ({first}): what it held may be lost; restart the node (it checks its log when it opens)"
+                    )
+                })
+            })
     }
 
     pub fn set_error(&self, error: Option<String>) {

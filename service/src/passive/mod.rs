@@ -240,6 +240,16 @@ impl Puller {
 
     /// Pull with `follow`: apply batches as they come until the stream ends or fails.
     async fn pull(&mut self, follow: bool) -> Result<PullReport, PullError> {
+        let result = self.pull_and_apply(follow).await;
+        if let Err(PullError::DurabilityLost(reason)) = &result {
+            // Whoever pulled (the loop, a final pull, a switchover's catch-up): the
+            // node stops (`serve`'s watch task); retrying would prove nothing.
+            self.node.fail(reason.clone());
+        }
+        result
+    }
+
+    async fn pull_and_apply(&mut self, follow: bool) -> Result<PullReport, PullError> {
         let head = self.node.repository.head();
         let mut stream = self
             .link

@@ -247,8 +247,25 @@ pub fn diff_scope(
             })
             .collect::<Vec<_>>()
     };
-    let more: Vec<Capture<'_>> = others
-        .iter()
+    // A name that is still a link of a file just read takes what that read gave (one
+    // instant of the file), rather than reading it again: a write between two reads
+    // would give the names of one file two versions, a state no file had.
+    let mut reused = Vec::new();
+    let mut to_read = Vec::new();
+    for other in &others {
+        match same_file_change(root, &changes, &other.0) {
+            Some(change) => {
+                let (path, entry, meta) = other;
+                if !already_recorded(&change, entry.as_ref(), meta.as_ref()) {
+                    reused.push(at_path(change, path.clone()));
+                }
+            }
+            None => to_read.push(other),
+        }
+    }
+    changes.extend(reused);
+    let more: Vec<Capture<'_>> = to_read
+        .into_iter()
         .enumerate()
         .map(|(slot, (path, entry, meta))| Capture {
             slot,
@@ -258,9 +275,12 @@ pub fn diff_scope(
             disk_meta: None,
         })
         .collect();
-    for (_, captured) in capture_files(root, repository, &more, &unchanged)? {
-        if let Captured::Put(change) = captured {
-            changes.push(*change);
+    for (slot, captured) in capture_files(root, repository, &more, &unchanged)? {
+        match captured {
+            Captured::Put(change) => changes.push(*change),
+            // Read again later, like any file written all through its reads.
+            Captured::Unstable => unstable.push(more[slot].path.clone()),
+            Captured::Same | Captured::Gone => {}
         }
     }
     let read_outside = others.into_iter().map(|(path, _, _)| path).collect();
@@ -269,6 +289,70 @@ pub fn diff_scope(
         unstable,
         read_outside,
     })
+}
+
+/// The change `changes` made for the file `other` (a path outside them) is a link of
+/// now: its `File` or `SetMeta` whose link value is the inode found at `other`, looked
+/// at beneath `root` through no symlink. `None` when another file (or nothing) is there.
+fn same_file_change(root: &Path, changes: &[Change], other: &RelPath) -> Option<Change> {
+    let file = crate::fsutil::open_beneath(
+        root,
+        other.as_bytes(),
+        libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+    )
+    .ok()?;
+    let metadata = file.metadata().ok()?;
+    if !metadata.is_file() {
+        return None;
+    }
+    changes
+        .iter()
+        .rev()
+        .find(|change| match change {
+            Change::File { meta, .. } | Change::SetMeta { meta, .. } => {
+                meta.link != 0 && meta.link == metadata.ino()
+            }
+            _ => false,
+        })
+        .cloned()
+}
+
+/// `change` (a `File` or `SetMeta`) for the name `path`.
+fn at_path(change: Change, path: RelPath) -> Change {
+    match change {
+        Change::File {
+            meta,
+            size,
+            content,
+            chunks,
+            ..
+        } => Change::File {
+            path,
+            meta,
+            size,
+            content,
+            chunks,
+        },
+        Change::SetMeta { meta, .. } => Change::SetMeta { path, meta },
+        other => other,
+    }
+}
+
+/// Whether the index already holds what `change` would record at its other name
+/// (`entry`, `meta`: the index's, for that name).
+fn already_recorded(change: &Change, entry: Option<&Entry>, meta: Option<&Meta>) -> bool {
+    match change {
+        Change::File {
+            meta: new, content, ..
+        } => {
+            matches!(entry, Some(Entry::File { content: old, .. }) if old == content)
+                && meta == Some(new)
+        }
+        Change::SetMeta { meta: new, .. } => {
+            matches!(entry, Some(Entry::File { .. })) && meta == Some(new)
+        }
+        _ => false,
+    }
 }
 
 /// Files read (chunked, hashed, stored) at once while a scope is compared.
