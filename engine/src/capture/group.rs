@@ -12,6 +12,9 @@
 //! disturbed (or only one file changed, and only by its own writes: a stable read of
 //! one file is one instant of it). So a new object is recorded at or before the ref
 //! that names it, a temp file before its rename, whatever the debounce timers say.
+//! A directory created or moved in is watched only when a round starts: a round that
+//! watched one settles only if nothing at all changed while it read (what changed in
+//! the directory before its watch sent no event).
 //!
 //! After `MAX_ROUNDS` the group is recorded anyway (each file still a version it
 //! really had, their order across files not guaranteed) and counted in
@@ -82,7 +85,7 @@ impl Loop {
             let reading = crate::clock::instant();
             // Directories created or moved in: watched before they are read (notify
             // adds its own watch only later), so nothing written into them goes unseen.
-            self.watch_new_directories();
+            let watched_new = self.watch_new_directories() > 0;
             let hints: Vec<(RelPath, RelPath)> = self.renames.drain(..).collect();
             if !hints.is_empty() {
                 let index = working.get_or_insert_with(|| repository.lock_index().clone());
@@ -101,13 +104,8 @@ impl Loop {
             let diff = diff_scopes(&self.root, &repository, working.as_ref(), &scopes)?;
             // What this round read: its scopes, and the other names of the hard-linked
             // files in them (read too, wherever they are).
-            let within_read = |path: &RelPath| {
-                let overlaps = |read: &RelPath| path.is_within(read) || read.is_within(path);
-                scopes.iter().any(|scope| match scope {
-                    None => true,
-                    Some(scope) => overlaps(scope),
-                }) || diff.read_outside.iter().any(overlaps)
-            };
+            let read = ReadSet::new(&scopes, &diff.read_outside);
+            let within_read = |path: &RelPath| read.overlaps(path);
             unstable.retain(|path| !within_read(path));
             unstable.extend(diff.unstable.iter().cloned());
             if let Scope::Full = &round_scope {
@@ -128,9 +126,13 @@ impl Loop {
             let mut touched: Vec<RelPath> = Vec::new();
             for path in marked.touched {
                 // A database's companion stands for the database (noted with it): one
-                // file changed by its own writes, not two.
-                if crate::folder::read::sqlite::companion_base(&path).is_some() {
-                    continue;
+                // file changed by its own writes, not two. A plain file that only has
+                // such a name (`notes-wal`) is a file like any other.
+                if let Some(base) = crate::folder::read::sqlite::companion_base(&path) {
+                    if crate::folder::read::sqlite::is_database(&self.root, &base.under(&self.root))
+                    {
+                        continue;
+                    }
                 }
                 if !touched.contains(&path) {
                     touched.push(path);
@@ -139,9 +141,20 @@ impl Loop {
             let disturbed: Vec<&RelPath> =
                 touched.iter().filter(|path| within_read(path)).collect();
             // One file changed by its own writes alone: its stable read is one instant
-            // of it, and nothing else moved.
-            let only_itself = touched.len() == 1 && disturbed.len() == 1;
-            let settled = marked.arrived && (disturbed.is_empty() || only_itself);
+            // of it, and nothing else moved. (A file this round read as a scope: a
+            // name read only as another name of a linked file may have been renamed
+            // away or over, which is no write of its own.)
+            let only_itself = touched.len() == 1
+                && disturbed.len() == 1
+                && ReadSet::new(&scopes, &[]).overlaps(&touched[0]);
+            // A directory created or moved in since the cut was watched only now: what
+            // changed in it before (a file renamed into it from a path this round did
+            // not read) sent no event, and its read may hold a change made after the
+            // cut. Then any change elsewhere during the read may be that change's other
+            // half (the rename's source): read it again, in a round whose cut comes
+            // after the watch.
+            let unseen = watched_new && !touched.is_empty();
+            let settled = marked.arrived && (disturbed.is_empty() || only_itself) && !unseen;
             if !settled && self.rescan_due.is_some() {
                 // The watcher lost events (an overflow): what was read is no confirmed
                 // state. Record nothing; the full rescan that follows covers it.
@@ -270,13 +283,16 @@ impl Loop {
     }
 
     /// Add a watch for each directory created or moved in since the last round (the
-    /// call returns once the watch is in place).
-    fn watch_new_directories(&mut self) {
+    /// call returns once the watch is in place); returns how many directories it
+    /// watched.
+    fn watch_new_directories(&mut self) -> usize {
+        let mut watched = 0;
         for path in std::mem::take(&mut self.new_directories) {
             let full = path.under(&self.root);
             if !std::fs::symlink_metadata(&full).is_ok_and(|metadata| metadata.is_dir()) {
                 continue;
             }
+            watched += 1;
             let mut watcher = self
                 .watcher
                 .lock()
@@ -291,6 +307,7 @@ impl Loop {
                 }
             }
         }
+        watched
     }
 
     /// Keep the unstable files' list, and read them again soon.
@@ -322,6 +339,39 @@ impl Loop {
         }
         let paths: Vec<RelPath> = unstable.iter().cloned().collect();
         self.retry_later(&paths, UNSTABLE_RETRY);
+    }
+}
+
+/// The paths one round read, to tell in time proportional to a path's depth (not to
+/// the number of paths read: a burst of thousands) whether a changed path overlaps
+/// them — is one of them, below one, or above one.
+struct ReadSet {
+    everything: bool,
+    paths: HashSet<RelPath>,
+    /// Every ancestor of a path read.
+    above: HashSet<RelPath>,
+}
+
+impl ReadSet {
+    fn new(scopes: &[Option<RelPath>], outside: &[RelPath]) -> ReadSet {
+        let everything = scopes.iter().any(Option::is_none);
+        let paths: HashSet<RelPath> = scopes.iter().flatten().chain(outside).cloned().collect();
+        let above = paths.iter().flat_map(RelPath::ancestors).collect();
+        ReadSet {
+            everything,
+            paths,
+            above,
+        }
+    }
+
+    fn overlaps(&self, path: &RelPath) -> bool {
+        self.everything
+            || self.paths.contains(path)
+            || self.above.contains(path)
+            || path
+                .ancestors()
+                .iter()
+                .any(|ancestor| self.paths.contains(ancestor))
     }
 }
 

@@ -10,6 +10,8 @@
 //! - `compaction`: log compaction, the base index and snapshots.
 //! - `capture`: the watcher's debouncing, renames, removals and start-up reconcile.
 //! - `consistency`: invariant 10 with writers running: whole versions, order kept.
+//! - `programs`: invariant 10 at every group boundary, for random programs of creates,
+//!   links, renames, removals and directory moves (proptest), and the ones it found.
 //! - `fidelity`: invariant 11 — owners, modes, ACLs, xattrs, times and hard links as rsync keeps them.
 //! - `skipped_paths`: invariant 11 — paths that cannot be replicated are named, the rest goes on.
 //! - `simulation`: the seeded pair simulation (roles, faults, nothing lost).
@@ -33,6 +35,7 @@ mod fidelity;
 mod hostile;
 mod large_append;
 mod patch;
+mod programs;
 mod quarantine_gc;
 mod reflink;
 mod roundtrip;
