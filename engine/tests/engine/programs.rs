@@ -1,7 +1,7 @@
-//! Invariant 10 at group boundaries, with random programs: create, link, rename
-//! (onto a free name, over another file), remove and move directories, run in bursts
-//! beside a live capture; the state at every group boundary of the log must be the
-//! state after some prefix of the program. The programs proptest found are replayed as
+//! Invariant 10 at group boundaries, with random programs: create, overwrite in
+//! place, link, rename (onto a free name, over another file), remove and move
+//! directories, run in bursts beside a live capture; the state at every group boundary
+//! of the log must be the state after some prefix of the program. The programs proptest found are replayed as
 //! tests of their own. No test asserts a duration.
 
 use std::collections::BTreeMap;
@@ -17,6 +17,9 @@ use crate::support::Node;
 enum Op {
     /// Create a new file and write its content in one write.
     Create(usize, u8),
+    /// Truncate a file (of one name) and write new content in one write: in place,
+    /// the way a program that does not save atomically writes.
+    Overwrite(usize, u8),
     Link(usize, usize),
     /// Rename onto a free name.
     Rename(usize, usize),
@@ -100,6 +103,28 @@ impl Run {
                     model.insert(name, content(step, tag));
                     Some(name)
                 }
+                Op::Overwrite(at, tag) => {
+                    let name = NAMES[at];
+                    if !model.contains_key(name) {
+                        continue;
+                    }
+                    use std::os::unix::fs::MetadataExt;
+                    // One name only: the model keeps no link groups.
+                    if std::fs::metadata(root.join(name)).unwrap().nlink() != 1 {
+                        continue;
+                    }
+                    use std::io::Write;
+                    let mut file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .truncate(true)
+                        .open(root.join(name))
+                        .unwrap();
+                    file.write_all(&content(step, tag)).unwrap();
+                    drop(file);
+                    model.insert(name, content(step, tag));
+                    // Empty between the truncation and the write, as a new file is.
+                    Some(name)
+                }
                 Op::Link(from, to) => {
                     let (from, to) = (NAMES[from], NAMES[to]);
                     if !model.contains_key(from) || model.contains_key(to) || !placed(to) {
@@ -178,6 +203,7 @@ fn op_strategy() -> impl proptest::strategy::Strategy<Value = Op> {
     let name = 0..NAMES.len();
     prop_oneof![
         3 => (name.clone(), any::<u8>()).prop_map(|(at, tag)| Op::Create(at, tag)),
+        1 => (name.clone(), any::<u8>()).prop_map(|(at, tag)| Op::Overwrite(at, tag)),
         1 => (name.clone(), name.clone()).prop_map(|(from, to)| Op::Link(from, to)),
         2 => (name.clone(), name.clone()).prop_map(|(from, to)| Op::Rename(from, to)),
         2 => (name.clone(), name.clone()).prop_map(|(from, to)| Op::Replace(from, to)),
@@ -195,12 +221,11 @@ proptest::proptest! {
         ..Default::default()
     })]
 
-    /// Random write-once-then-publish programs (create, write, close, link, rename
-    /// onto a free name or over another file, remove, across paths; directories
-    /// renamed with what they hold) run beside a live
-    /// capture: the state at every group boundary of the log is the state after some
-    /// prefix of the program (a file being created may show empty), and the prefixes
-    /// only grow. `STANDIN_PROPTEST_CASES` runs more cases than CI's 12 (a hunt).
+    /// Random programs (create, overwrite in place, link, rename onto a free name or
+    /// over another file, remove, across paths; directories renamed with what they
+    /// hold) run beside a live capture: the state at every group boundary of the log
+    /// is the state after some prefix of the program (a file being created or
+    /// overwritten may show empty), and the prefixes only grow. `STANDIN_PROPTEST_CASES` runs more cases than CI's 12 (a hunt).
     #[test]
     fn every_group_boundary_is_a_prefix_of_what_happened(
         ops in proptest::collection::vec(op_strategy(), 10..60),
