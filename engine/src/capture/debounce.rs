@@ -213,9 +213,10 @@ impl Loop {
     /// whose watch event is still on its way must not be left out (a switchover hands
     /// over exactly what was recorded).
     fn final_capture(&mut self) {
+        // Set first: a group that does not settle is then recorded, not held back.
+        self.stop_requested = true;
         self.rescan_due = Some(crate::clock::instant());
         self.flush(true);
-        self.stop_requested = true;
         self.save_index_when_idle();
     }
 

@@ -54,6 +54,9 @@ const UNSTABLE_RETRY: Duration = Duration::from_millis(100);
 struct Marked {
     /// Folder paths changed since the group's previous mark (or its start).
     touched: Vec<RelPath>,
+    /// Those of `touched` that changed before the round's new directories were watched
+    /// (all of them when that mark did not arrive; none when there was none).
+    before_watch: Vec<RelPath>,
     /// The mark arrived (otherwise `touched` may be incomplete).
     arrived: bool,
 }
@@ -85,7 +88,17 @@ impl Loop {
             let reading = crate::clock::instant();
             // Directories created or moved in: watched before they are read (notify
             // adds its own watch only later), so nothing written into them goes unseen.
-            let watched_new = self.watch_new_directories() > 0;
+            // A mark made once they are watched: what changed before it, outside what
+            // the round reads, may be half of a change in them that sent no event.
+            let watch_mark = if self.watch_new_directories() > 0 {
+                match self.barrier.touch() {
+                    Ok(number) => Some(number),
+                    // Then everything touched counts as before the watch.
+                    Err(_) => Some(0),
+                }
+            } else {
+                None
+            };
             let hints: Vec<(RelPath, RelPath)> = self.renames.drain(..).collect();
             if !hints.is_empty() {
                 let index = working.get_or_insert_with(|| repository.lock_index().clone());
@@ -121,7 +134,7 @@ impl Loop {
             }
             read_time += reading.elapsed();
             let marking = crate::clock::instant();
-            let marked = self.await_mark();
+            let marked = self.await_mark(watch_mark);
             mark_time += marking.elapsed();
             let mut touched: Vec<RelPath> = Vec::new();
             for path in marked.touched {
@@ -141,19 +154,24 @@ impl Loop {
             let disturbed: Vec<&RelPath> =
                 touched.iter().filter(|path| within_read(path)).collect();
             // One file changed by its own writes alone: its stable read is one instant
-            // of it, and nothing else moved. (A file this round read as a scope: a
-            // name read only as another name of a linked file may have been renamed
-            // away or over, which is no write of its own.)
+            // of it, and nothing else moved. Only a file of one name that this round
+            // read as (or below) a scope: a name read as another link of a file may
+            // have been renamed away or over, a directory moved, and a file of several
+            // names was read once per name — none of which is one instant.
             let only_itself = touched.len() == 1
                 && disturbed.len() == 1
-                && ReadSet::new(&scopes, &[]).overlaps(&touched[0]);
-            // A directory created or moved in since the cut was watched only now: what
-            // changed in it before (a file renamed into it from a path this round did
-            // not read) sent no event, and its read may hold a change made after the
-            // cut. Then any change elsewhere during the read may be that change's other
-            // half (the rename's source): read it again, in a round whose cut comes
-            // after the watch.
-            let unseen = watched_new && !touched.is_empty();
+                && ReadSet::new(&scopes, &[]).covers(&touched[0])
+                && std::fs::symlink_metadata(touched[0].under(&self.root)).is_ok_and(|metadata| {
+                    use std::os::unix::fs::MetadataExt;
+                    metadata.is_file() && metadata.nlink() == 1
+                });
+            // A directory created or moved in since the cut was watched only at this
+            // round's start: what changed in it before (a file renamed into it from a
+            // path this round did not read) sent no event, and its read holds that
+            // change. A change elsewhere, outside the read, before the watch may be its
+            // other half (the rename's source): read it again, in a round whose cut
+            // comes after the watch. (Changes after the watch send events as usual.)
+            let unseen = marked.before_watch.iter().any(|path| !within_read(path));
             let settled = marked.arrived && (disturbed.is_empty() || only_itself) && !unseen;
             if !settled && self.rescan_due.is_some() {
                 // The watcher lost events (an overflow): what was read is no confirmed
@@ -169,10 +187,13 @@ impl Loop {
                 let since = *self
                     .held_back_since
                     .get_or_insert_with(crate::clock::instant);
-                if since.elapsed() < HOLD_BACK_LIMIT {
+                // Not when stopping: the final capture (a switchover hands over what
+                // was recorded) records what it read, unconfirmed if need be.
+                if since.elapsed() < HOLD_BACK_LIMIT && !self.stop_requested {
                     // Not a confirmed state: record nothing yet, read it all again after
                     // a pause (the chunks stored meanwhile are collected as garbage).
                     all_paths.extend(touched);
+                    self.stats.held_back_groups.fetch_add(1, Ordering::Relaxed);
                     let pause = Duration::from_millis(self.options.settle_ms.max(10));
                     if full {
                         self.rescan_due = Some(crate::clock::instant() + pause);
@@ -242,15 +263,23 @@ impl Loop {
         Ok(count)
     }
 
-    /// Touch the ordering mark and take the watcher's events until it arrives.
-    fn await_mark(&mut self) -> Marked {
+    /// Touch the ordering mark and take the watcher's events until it arrives;
+    /// `watch_mark`: the mark made once the round's new directories were watched (0:
+    /// none could be made).
+    fn await_mark(&mut self, watch_mark: Option<u64>) -> Marked {
         let mut touched = Vec::new();
+        // How many of `touched` came before `watch_mark`, once it has arrived.
+        let mut before_watch: Option<usize> = match watch_mark {
+            None => Some(0),
+            Some(_) => None,
+        };
         let number = match self.barrier.touch() {
             Ok(number) => number,
             Err(error) => {
                 tracing::warn!(%error, dir = %self.barrier.dir().display(), "cannot make capture's ordering mark; the order of this group is not confirmed");
                 return Marked {
                     touched,
+                    before_watch: Vec::new(),
                     arrived: false,
                 };
             }
@@ -262,10 +291,17 @@ impl Loop {
                 .recv_timeout(deadline.saturating_duration_since(crate::clock::instant()))
             {
                 Ok(Message::Watch(Ok(event))) if self.barrier.is_mark(&event, number) => {
+                    let early = before_watch.unwrap_or(touched.len());
                     return Marked {
+                        before_watch: touched[..early].to_vec(),
                         touched,
                         arrived: true,
-                    }
+                    };
+                }
+                Ok(Message::Watch(Ok(event)))
+                    if watch_mark.is_some_and(|mark| self.barrier.is_mark(&event, mark)) =>
+                {
+                    before_watch = Some(touched.len());
                 }
                 Ok(Message::Watch(event)) => touched.extend(self.note(event)),
                 Ok(Message::Stop) => self.stop_requested = true,
@@ -274,6 +310,7 @@ impl Loop {
                         "the file watcher did not deliver capture's ordering mark in time; the order of this group is not confirmed"
                     );
                     return Marked {
+                        before_watch: touched.clone(),
                         touched,
                         arrived: false,
                     };
@@ -364,14 +401,18 @@ impl ReadSet {
         }
     }
 
-    fn overlaps(&self, path: &RelPath) -> bool {
+    /// `path` is one of the paths read or below one.
+    fn covers(&self, path: &RelPath) -> bool {
         self.everything
             || self.paths.contains(path)
-            || self.above.contains(path)
             || path
                 .ancestors()
                 .iter()
                 .any(|ancestor| self.paths.contains(ancestor))
+    }
+
+    fn overlaps(&self, path: &RelPath) -> bool {
+        self.covers(path) || self.above.contains(path)
     }
 }
 

@@ -94,6 +94,9 @@ pub struct CaptureStats {
     /// (see `group`): each file is a version it really had, their order across files
     /// is not guaranteed.
     pub unordered_groups: AtomicU64,
+    /// Groups that ran their last round without settling and were held back (read
+    /// again from the start after a pause) — a sign of writers that never pause.
+    pub held_back_groups: AtomicU64,
     /// Why capture stopped for good: a write could not be made durable
     /// (`Error::is_durability_lost`). The node must be restarted.
     pub fatal: Mutex<Option<String>>,

@@ -83,6 +83,7 @@ pub struct Metrics {
     pub capture_groups: Counter,
     pub capture_unstable_reads: Counter,
     pub capture_unordered_groups: Counter,
+    pub capture_held_back_groups: Counter,
     pub capture_unstable_files: Gauge,
     pub capture_sqlite_lock_seconds_max: Gauge<f64, AtomicU64>,
     pub capture_clones: Counter,
@@ -126,6 +127,7 @@ impl Metrics {
             capture_groups: Counter::default(),
             capture_unstable_reads: Counter::default(),
             capture_unordered_groups: Counter::default(),
+            capture_held_back_groups: Counter::default(),
             capture_unstable_files: Gauge::default(),
             capture_sqlite_lock_seconds_max: Gauge::default(),
             capture_clones: Counter::default(),
@@ -288,6 +290,11 @@ impl Metrics {
             "capture_unordered_groups",
             "Groups recorded while several of their files kept changing (order across files not confirmed)",
             metrics.capture_unordered_groups.clone(),
+        );
+        registry.register(
+            "capture_held_back_groups",
+            "Groups that did not settle in their last round and were read again after a pause",
+            metrics.capture_held_back_groups.clone(),
         );
         registry.register(
             "capture_unstable_files",

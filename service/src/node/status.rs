@@ -389,6 +389,7 @@ impl Node {
             (&metrics.capture_groups, &capture.groups),
             (&metrics.capture_unstable_reads, &capture.unstable_reads),
             (&metrics.capture_unordered_groups, &capture.unordered_groups),
+            (&metrics.capture_held_back_groups, &capture.held_back_groups),
         ] {
             counter.inner().store(
                 value.load(std::sync::atomic::Ordering::Relaxed),

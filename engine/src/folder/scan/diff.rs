@@ -292,7 +292,7 @@ pub fn diff_scope(
 }
 
 /// The change `changes` made for the file `other` (a path outside them) is a link of
-/// now: its `File` or `SetMeta` whose link value is the inode found at `other`, looked
+/// now: its `File` whose link value is the inode found at `other`, looked
 /// at beneath `root` through no symlink. `None` when another file (or nothing) is there.
 fn same_file_change(root: &Path, changes: &[Change], other: &RelPath) -> Option<Change> {
     let file = crate::fsutil::open_beneath(
@@ -309,15 +309,15 @@ fn same_file_change(root: &Path, changes: &[Change], other: &RelPath) -> Option<
         .iter()
         .rev()
         .find(|change| match change {
-            Change::File { meta, .. } | Change::SetMeta { meta, .. } => {
-                meta.link != 0 && meta.link == metadata.ino()
-            }
+            // Not a `SetMeta`: the other name's content is then what the index holds
+            // for it, which may be stale; it is read as before.
+            Change::File { meta, .. } => meta.link != 0 && meta.link == metadata.ino(),
             _ => false,
         })
         .cloned()
 }
 
-/// `change` (a `File` or `SetMeta`) for the name `path`.
+/// `change` (a `File`) for the name `path`.
 fn at_path(change: Change, path: RelPath) -> Change {
     match change {
         Change::File {
@@ -333,7 +333,6 @@ fn at_path(change: Change, path: RelPath) -> Change {
             content,
             chunks,
         },
-        Change::SetMeta { meta, .. } => Change::SetMeta { path, meta },
         other => other,
     }
 }
@@ -347,9 +346,6 @@ fn already_recorded(change: &Change, entry: Option<&Entry>, meta: Option<&Meta>)
         } => {
             matches!(entry, Some(Entry::File { content: old, .. }) if old == content)
                 && meta == Some(new)
-        }
-        Change::SetMeta { meta: new, .. } => {
-            matches!(entry, Some(Entry::File { .. })) && meta == Some(new)
         }
         _ => false,
     }
