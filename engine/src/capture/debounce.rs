@@ -180,6 +180,11 @@ impl Loop {
                     // under a stream of changes a group takes all that arrived while
                     // the previous one was recorded.
                     self.note_queued();
+                    // Directories created meanwhile are watched now, before a group's
+                    // cut: a round that has to watch one first must be more careful
+                    // (`group`), and what changes in one before its watch sends no
+                    // event.
+                    self.watch_new_directories();
                 }
                 Err(RecvTimeoutError::Timeout) => {}
             }

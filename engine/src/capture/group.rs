@@ -12,9 +12,10 @@
 //! disturbed (or only one file changed, and only by its own writes: a stable read of
 //! one file is one instant of it). So a new object is recorded at or before the ref
 //! that names it, a temp file before its rename, whatever the debounce timers say.
-//! A directory created or moved in is watched only when a round starts: a round that
-//! watched one settles only if nothing at all changed while it read (what changed in
-//! the directory before its watch sent no event).
+//! A directory created or moved in is watched as soon as capture hears of it between
+//! groups, else when the next round starts: a round that had to watch one settles only
+//! if nothing outside what it read changed before the watch (what changed in the
+//! directory before then sent no event; a mark made after the watch tells them apart).
 //!
 //! After `MAX_ROUNDS` the group is recorded anyway (each file still a version it
 //! really had, their order across files not guaranteed) and counted in
@@ -322,7 +323,7 @@ impl Loop {
     /// Add a watch for each directory created or moved in since the last round (the
     /// call returns once the watch is in place); returns how many directories it
     /// watched.
-    fn watch_new_directories(&mut self) -> usize {
+    pub(super) fn watch_new_directories(&mut self) -> usize {
         let mut watched = 0;
         for path in std::mem::take(&mut self.new_directories) {
             let full = path.under(&self.root);

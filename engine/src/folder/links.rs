@@ -36,7 +36,19 @@ pub fn other_names(
         if meta.link == 0 {
             continue;
         }
-        let recorded = index.link_group(meta.link).into_iter().flatten();
+        // The group recorded under the file's inode number now, and the one recorded
+        // for its path: after a failover (or a copy put in place) the names of one
+        // file are recorded under the other node's number.
+        let recorded_before = index
+            .meta(path)
+            .map(|old| old.link)
+            .filter(|link| *link != meta.link)
+            .and_then(|link| index.link_group(link));
+        let recorded = index
+            .link_group(meta.link)
+            .into_iter()
+            .chain(recorded_before)
+            .flatten();
         let from_disk = disk_linked.get(&meta.link).into_iter().flatten();
         for other in recorded.chain(from_disk) {
             if other != path && !out.contains(other) {

@@ -378,6 +378,45 @@ fn a_diff_names_the_other_link_names_it_read_outside_its_scope() {
     assert!(diff.read_outside.is_empty(), "{:?}", diff.read_outside);
 }
 
+/// The names of one file recorded under another inode number than the disk's (after
+/// a failover the index holds the other node's numbers): a write through one name is
+/// recorded at every name. Before, only the group of the new number was looked up, and
+/// the other names stayed stale until a rescan.
+#[test]
+fn a_write_through_one_name_reaches_names_recorded_under_another_number() {
+    let node = Node::new();
+    for dir in ["a", "b"] {
+        std::fs::create_dir(node.folder.join(dir)).unwrap();
+    }
+    std::fs::write(node.folder.join("a/x"), b"one file").unwrap();
+    std::fs::hard_link(node.folder.join("a/x"), node.folder.join("b/y")).unwrap();
+    node.capture();
+    // The same two names, now of another inode (as on the node that took over).
+    std::fs::write(node.folder.join("a/x.new"), b"one file").unwrap();
+    std::fs::rename(node.folder.join("a/x.new"), node.folder.join("a/x")).unwrap();
+    std::fs::remove_file(node.folder.join("b/y")).unwrap();
+    std::fs::hard_link(node.folder.join("a/x"), node.folder.join("b/y")).unwrap();
+    std::fs::write(node.folder.join("b/y"), b"changed through b/y").unwrap();
+    let scope = standin_engine::RelPath::new("b/y").unwrap();
+    let diff = standin_engine::folder::scan::diff_scope(
+        &node.folder,
+        &node.repository,
+        None,
+        Some(&scope),
+    )
+    .unwrap();
+    let written = standin_engine::Hash(*blake3::hash(b"changed through b/y").as_bytes());
+    let recorded: Vec<String> = diff
+        .changes
+        .iter()
+        .filter_map(|change| match change {
+            Change::File { path, content, .. } if *content == written => Some(path.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(recorded, ["b/y", "a/x"]);
+}
+
 /// `node`'s folder verifies against its log, and a replica of that log ends up with the
 /// same tree.
 fn assert_replicates_verified(node: &Node, case: &str) {
