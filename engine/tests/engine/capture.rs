@@ -309,14 +309,7 @@ fn a_diff_names_the_other_link_names_it_read_outside_its_scope() {
     std::fs::write(node.folder.join("a/z"), b"alone").unwrap();
     node.capture();
     std::fs::write(node.folder.join("b/y"), b"one file, changed through b/y").unwrap();
-    let scope = standin_engine::RelPath::new("b/y").unwrap();
-    let diff = standin_engine::folder::scan::diff_scope(
-        &node.folder,
-        &node.repository,
-        None,
-        Some(&scope),
-    )
-    .unwrap();
+    let diff = diff_of(&node, "b/y");
     let read_outside: Vec<String> = diff
         .read_outside
         .iter()
@@ -347,13 +340,7 @@ fn a_diff_names_the_other_link_names_it_read_outside_its_scope() {
     std::fs::remove_file(node.folder.join("a/x")).unwrap();
     std::fs::write(node.folder.join("a/x"), b"another file now").unwrap();
     std::fs::write(node.folder.join("b/y"), b"changed through b/y again").unwrap();
-    let diff = standin_engine::folder::scan::diff_scope(
-        &node.folder,
-        &node.repository,
-        None,
-        Some(&scope),
-    )
-    .unwrap();
+    let diff = diff_of(&node, "b/y");
     let at_a_x = diff.changes.iter().find_map(|change| match change {
         Change::File { path, content, .. } if path.to_string() == "a/x" => Some(*content),
         _ => None,
@@ -367,14 +354,7 @@ fn a_diff_names_the_other_link_names_it_read_outside_its_scope() {
     assert_eq!(diff.read_outside.len(), 1);
     // A scope without links reads nothing outside it.
     std::fs::write(node.folder.join("a/z"), b"alone, changed").unwrap();
-    let scope = standin_engine::RelPath::new("a/z").unwrap();
-    let diff = standin_engine::folder::scan::diff_scope(
-        &node.folder,
-        &node.repository,
-        None,
-        Some(&scope),
-    )
-    .unwrap();
+    let diff = diff_of(&node, "a/z");
     assert!(diff.read_outside.is_empty(), "{:?}", diff.read_outside);
 }
 
@@ -397,14 +377,7 @@ fn a_write_through_one_name_reaches_names_recorded_under_another_number() {
     std::fs::remove_file(node.folder.join("b/y")).unwrap();
     std::fs::hard_link(node.folder.join("a/x"), node.folder.join("b/y")).unwrap();
     std::fs::write(node.folder.join("b/y"), b"changed through b/y").unwrap();
-    let scope = standin_engine::RelPath::new("b/y").unwrap();
-    let diff = standin_engine::folder::scan::diff_scope(
-        &node.folder,
-        &node.repository,
-        None,
-        Some(&scope),
-    )
-    .unwrap();
+    let diff = diff_of(&node, "b/y");
     let written = standin_engine::Hash(*blake3::hash(b"changed through b/y").as_bytes());
     let recorded: Vec<String> = diff
         .changes
@@ -415,6 +388,13 @@ fn a_write_through_one_name_reaches_names_recorded_under_another_number() {
         })
         .collect();
     assert_eq!(recorded, ["b/y", "a/x"]);
+}
+
+/// What comparing `scope` of `node`'s folder with its index finds.
+fn diff_of(node: &Node, scope: &str) -> standin_engine::folder::scan::Diff {
+    let scope = standin_engine::RelPath::new(scope).unwrap();
+    standin_engine::folder::scan::diff_scope(&node.folder, &node.repository, None, Some(&scope))
+        .unwrap()
 }
 
 /// `node`'s folder verifies against its log, and a replica of that log ends up with the

@@ -92,14 +92,7 @@ impl Run {
                     if model.contains_key(name) || !placed(name) {
                         continue;
                     }
-                    use std::io::Write;
-                    let mut file = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(root.join(name))
-                        .unwrap();
-                    file.write_all(&content(step, tag)).unwrap();
-                    drop(file);
+                    write_in_one(&root.join(name), &content(step, tag), true);
                     model.insert(name, content(step, tag));
                     Some(name)
                 }
@@ -113,14 +106,7 @@ impl Run {
                     if std::fs::metadata(root.join(name)).unwrap().nlink() != 1 {
                         continue;
                     }
-                    use std::io::Write;
-                    let mut file = std::fs::OpenOptions::new()
-                        .write(true)
-                        .truncate(true)
-                        .open(root.join(name))
-                        .unwrap();
-                    file.write_all(&content(step, tag)).unwrap();
-                    drop(file);
+                    write_in_one(&root.join(name), &content(step, tag), false);
                     model.insert(name, content(step, tag));
                     // Empty between the truncation and the write, as a new file is.
                     Some(name)
@@ -196,6 +182,19 @@ impl Run {
             self.states.push(self.model.clone());
         }
     }
+}
+
+/// Write `bytes` to `path` in one write: a new file (`new`), or an existing one
+/// truncated first.
+fn write_in_one(path: &std::path::Path, bytes: &[u8], new: bool) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(new)
+        .truncate(!new)
+        .open(path)
+        .unwrap();
+    file.write_all(bytes).unwrap();
 }
 
 fn op_strategy() -> impl proptest::strategy::Strategy<Value = Op> {
