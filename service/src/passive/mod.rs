@@ -1,5 +1,5 @@
-//! The passive's pull loop (this file), one batch's fetch (`fetch`, `parts`) and the
-//! free `space` it keeps.
+//! The passive's pull loop (this file), one batch's fetch (`fetch`, `parts`), what a
+//! pull can fail with (`error`) and the free `space` it keeps.
 //!
 //! The passive's side of replication: pull events, fetch the chunks they need, apply.
 //!
@@ -17,12 +17,14 @@
 //! straight to the chunk store, which is synced after every `FetchChunks` call
 //! (≤ 32 MiB, while the next call is made) so that a restart does not fetch them again.
 
+mod error;
 mod fetch;
 mod parts;
 pub mod space;
 #[cfg(test)]
 mod tests;
 
+pub use error::PullError;
 use parts::content_bytes;
 pub use parts::{fetch_groups, split_by_content, split_by_missing, APPLY_CONTENT_BYTES};
 
@@ -69,77 +71,6 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// Behind by more than this, a catch-up shows its progress.
 const PROGRESS_AFTER_EVENTS: u64 = 2_000;
-
-/// Why a pull failed.
-#[derive(Debug, thiserror::Error)]
-pub enum PullError {
-    #[error("the active cannot be reached: {0}")]
-    Unreachable(String),
-    #[error("the active refused us: {0}")]
-    Refused(String),
-    #[error("divergence at seq {seq}: the active's event there is {ours}, ours is {theirs} (active head {active_head})")]
-    Divergence {
-        seq: u64,
-        ours: String,
-        theirs: String,
-        active_head: u64,
-    },
-    #[error("the active sent bad data: {0}")]
-    BadData(String),
-    #[error("applying events failed: {0}")]
-    Apply(String),
-    #[error(
-        "no space left on this node's disk (applying stopped; it resumes once space returns): {0}"
-    )]
-    NoSpace(String),
-    /// A write could not be made durable (`Error::is_durability_lost`): the node stops.
-    #[error("{0}")]
-    DurabilityLost(String),
-}
-
-impl PullError {
-    /// The `kind` label of `standin_pull_errors`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            PullError::Unreachable(_) => "unreachable",
-            PullError::Refused(_) => "refused",
-            PullError::Divergence { .. } => "divergence",
-            PullError::BadData(_) => "bad_data",
-            PullError::Apply(_) => "apply",
-            PullError::NoSpace(_) => "no_space",
-            PullError::DurabilityLost(_) => "durability",
-        }
-    }
-
-    /// A failure of this node's own disk or store: a full disk is told apart (it is
-    /// reported as such and clears by itself once space returns). Store errors, which
-    /// name no path, get the store's.
-    pub fn local(error: standin_engine::Error, data_dir: &std::path::Path) -> PullError {
-        let text = match &error {
-            standin_engine::Error::Store(_) => {
-                format!("{error} (the store in {})", data_dir.join("db").display())
-            }
-            _ => error.to_string(),
-        };
-        if error.is_durability_lost() {
-            PullError::DurabilityLost(format!(
-                "applying: a write could not be made durable ({text}): what it held may be lost; restart the node (it checks its log when it opens)"
-            ))
-        } else if crate::passive::space::is_no_space(&error) {
-            PullError::NoSpace(text)
-        } else {
-            PullError::Apply(text)
-        }
-    }
-
-    /// Errors that stop the loop until an operator (or the failover logic) acts.
-    pub fn is_fatal(&self) -> bool {
-        matches!(
-            self,
-            PullError::Divergence { .. } | PullError::DurabilityLost(_)
-        )
-    }
-}
 
 /// What one round did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
