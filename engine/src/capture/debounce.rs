@@ -182,9 +182,13 @@ impl Loop {
                     self.note_queued();
                     // Directories created meanwhile are watched now, before a group's
                     // cut: a round that has to watch one first must be more careful
-                    // (`group`), and what changes in one before its watch sends no
-                    // event.
-                    self.watch_new_directories();
+                    // (`group`). What changed in one before its watch sent no event,
+                    // and what it followed may have sent one still on its way: the
+                    // events up to a mark made after the watch are taken first, so the
+                    // cut comes after all of them.
+                    if self.watch_new_directories() > 0 {
+                        let _ = self.await_mark(None);
+                    }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
             }

@@ -52,7 +52,7 @@ const BARRIER_TIMEOUT: Duration = Duration::from_secs(2);
 const UNSTABLE_RETRY: Duration = Duration::from_millis(100);
 
 /// What the ordering mark brought.
-struct Marked {
+pub(super) struct Marked {
     /// Folder paths changed since the group's previous mark (or its start).
     touched: Vec<RelPath>,
     /// Those of `touched` that changed before the round's new directories were watched
@@ -267,7 +267,7 @@ impl Loop {
     /// Touch the ordering mark and take the watcher's events until it arrives;
     /// `watch_mark`: the mark made once the round's new directories were watched (0:
     /// none could be made).
-    fn await_mark(&mut self, watch_mark: Option<u64>) -> Marked {
+    pub(super) fn await_mark(&mut self, watch_mark: Option<u64>) -> Marked {
         let mut touched = Vec::new();
         // How many of `touched` came before `watch_mark`, once it has arrived.
         let mut before_watch: Option<usize> = match watch_mark {
