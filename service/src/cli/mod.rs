@@ -80,8 +80,23 @@ impl From<ConfigError> for Failure {
 
 impl From<anyhow::Error> for Failure {
     fn from(error: anyhow::Error) -> Failure {
-        Failure::failed(format!("{error:#}"))
+        Failure::failed(chain_text(&error))
     }
+}
+
+/// `error` and its causes, joined by ": ", a cause left out where the text so far
+/// already ends with it (the engine's I/O errors name their cause in their own text
+/// too: `{error:#}` printed it twice).
+fn chain_text(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.ends_with(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 pub fn main() -> ExitCode {
@@ -328,4 +343,23 @@ async fn role_command(target: &Target, request: RoleRequest) -> Result<u8, Failu
     .into_inner();
     println!("{}: {} (now {})", resolved.url, reply.message, reply.role);
     Ok(0)
+}
+
+#[cfg(test)]
+mod chain_tests {
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = standin_engine::Error::Io {
+            op: "fdatasync",
+            path: "/data/db/db".into(),
+            source: std::io::Error::from_raw_os_error(libc::EIO),
+        };
+        let error = anyhow::Error::new(io).context("serve");
+        let text = super::chain_text(&error);
+        assert_eq!(text.matches("Input/output error").count(), 1, "{text}");
+        assert!(text.starts_with("serve: fdatasync /data/db/db: "), "{text}");
+        // A cause not in the text is still given.
+        let error = anyhow::anyhow!("inner cause").context("outer");
+        assert_eq!(super::chain_text(&error), "outer: inner cause");
+    }
 }
