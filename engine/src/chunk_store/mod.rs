@@ -403,6 +403,12 @@ impl ChunkStore {
 
     /// Make every chunk stored so far durable and findable. Call before recording an
     /// event that names them.
+    /// True when chunks were stored since the last `sync` (it would write and sync).
+    pub fn has_unsynced(&self) -> bool {
+        let writer = lock(&self.writer);
+        !(writer.pending.is_empty() && writer.buffer.is_empty())
+    }
+
     pub fn sync(&self) -> Result<()> {
         let mut writer = lock(&self.writer);
         self.sync_locked(&mut writer)

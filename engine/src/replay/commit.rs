@@ -122,9 +122,8 @@ fn spawn_commit<'scope, 'env>(
         let _committing = Committing(feed);
         let part = &events[range];
         let started = crate::clock::instant();
-        durable::make_durable(root, part, relinks)?;
+        make_durable_with_store(root, repository, part, relinks)?;
         let synced = started.elapsed();
-        repository.chunks().sync()?;
         // The files this part installed are on disk: their references may be.
         if let Some(last) = part.last() {
             repository.chunks().commit_refs(last.seq())?;
@@ -132,6 +131,39 @@ fn spawn_commit<'scope, 'env>(
         repository.log().append(part)?;
         Ok((synced, started.elapsed() - synced))
     })
+}
+
+/// The part's files made durable (`durable::make_durable`) and the chunk store synced
+/// (its pack's `fdatasync`, then the locations), at once when the store has chunks to
+/// sync: the two device flushes overlap instead of following each other, one flush
+/// less before the part counts as replicated (the passive's head moves on, and a
+/// failover keeps it; the files were visible before). Neither needs the other first:
+/// what orders them is the log append after both, which alone makes the part (and the
+/// chunks it names) count as replicated. A crash in between leaves files `recover`
+/// puts back and chunks no committed event names.
+fn make_durable_with_store(
+    root: &Path,
+    repository: &Repository,
+    part: &[Event],
+    relinks: bool,
+) -> Result<()> {
+    let chunks = repository.chunks();
+    if !chunks.has_unsynced() {
+        durable::make_durable(root, part, relinks)?;
+        // Chunks stored since the look (the fetch of a later batch) are synced too.
+        return chunks.sync();
+    }
+    let (folder, store) = std::thread::scope(|scope| {
+        let store = scope.spawn(|| chunks.sync());
+        let folder = durable::make_durable(root, part, relinks);
+        let store = match store.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        (folder, store)
+    });
+    folder?;
+    store
 }
 
 /// Wait for the commit in flight, if any, and count its time.
