@@ -10,6 +10,7 @@
 //! cargo run --release -p standin-bench -- large  [--quick] [--runs N] [--dir DIR]
 //! cargo run --release -p standin-bench -- rewrite [--quick] [--runs N] [--dir DIR]
 //! cargo run --release -p standin-bench -- incremental [--quick] [--runs N] [--dir DIR]
+//! cargo run --release -p standin-bench -- edits [--quick] [--runs N] [--dir DIR]
 //! cargo run --release -p standin-bench -- lag [--quick] [--rates 10,100,1000] [--dir DIR]
 //! ```
 //!
@@ -20,6 +21,9 @@
 //! `incremental`: the pair's incremental case alone (large files changed in place),
 //! patch_in_place off and on, beside rsync; written to `incremental-run.md` and
 //! `.json` (`benches/results/incremental.md` is the analysis that led to its figures).
+//!
+//! `edits`: many large files kept by reference on the passive, a few edited a little
+//! (`pair/edits.rs`), patch_in_place off and on, beside rsync; printed.
 //!
 //! `all`: everything below the pair can measure, in one run (see `all.rs`), written
 //! to `benches/results/all.md` and `all.json`.
@@ -52,7 +56,7 @@ use std::path::PathBuf;
 use engine_run::{engine, make_corpora, push, Corpus};
 use measure::{median, warm};
 use report::{Report, Row};
-use single::{incremental_only, initial_only, lag_only, rewrite_only};
+use single::{edits_only, incremental_only, initial_only, lag_only, rewrite_only};
 
 pub(crate) struct Options {
     quick: bool,
@@ -133,8 +137,9 @@ fn main() {
         }
         Ok((command, options)) if command == "rewrite" => rewrite_only(&options),
         Ok((command, options)) if command == "incremental" => incremental_only(&options),
+        Ok((command, options)) if command == "edits" => edits_only(&options),
         Ok((command, _)) => Err(format!(
-            "unknown benchmark {command:?}; try `all`, `engine`, `pair`, `lag`, `small`, `large`, `rewrite` or `incremental`"
+            "unknown benchmark {command:?}; try `all`, `engine`, `pair`, `lag`, `small`, `large`, `rewrite`, `incremental` or `edits`"
         )
         .into()),
         Err(message) => Err(message.into()),

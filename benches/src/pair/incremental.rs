@@ -240,7 +240,7 @@ pub fn small_incremental(
 }
 
 /// Bytes the replica must hold at an offset of a file once a change is applied.
-struct Expect {
+pub(super) struct Expect {
     /// The file, relative to the folder (and so to the replica).
     relative: PathBuf,
     offset: u64,
@@ -248,7 +248,7 @@ struct Expect {
 }
 
 impl Expect {
-    fn at(folder: &Path, path: &Path, offset: u64, bytes: &[u8]) -> Expect {
+    pub(super) fn at(folder: &Path, path: &Path, offset: u64, bytes: &[u8]) -> Expect {
         Expect {
             relative: path.strip_prefix(folder).unwrap_or(path).to_path_buf(),
             offset,
@@ -271,7 +271,7 @@ impl Expect {
 /// appended): the time, and the bytes the passive received since `bytes_before`.
 /// (Counting events instead would stop early: a group's marker and the directories'
 /// new times are events too.)
-fn applied(
+pub(super) fn applied(
     alpha: &NodeProcess,
     beta: &NodeProcess,
     replica: &Path,
@@ -302,16 +302,16 @@ fn applied(
 }
 
 /// A pair on `folder` and an rsync copy of it, both in step before the changes.
-struct Synced {
-    alpha: NodeProcess,
-    beta: NodeProcess,
-    daemon: RsyncDaemon,
-    rsync_target: PathBuf,
+pub(super) struct Synced {
+    pub alpha: NodeProcess,
+    pub beta: NodeProcess,
+    pub daemon: RsyncDaemon,
+    pub rsync_target: PathBuf,
 }
 
 /// Start the active on `folder` until it recorded `entries` events, then a passive
 /// until it caught up; copy the folder with rsync too, then let both settle 2 s.
-fn synced(
+pub(super) fn synced(
     binary: &Path,
     rsync: &Path,
     root: &Path,

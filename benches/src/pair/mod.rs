@@ -11,8 +11,10 @@
 //!
 //! Files: `nodes.rs` (the nodes, on the shared harness `standin-harness`, and what is
 //! read of them), `programs.rs` (the binaries), `rsync.rs` (the rsync daemon),
-//! `incremental.rs` (changes after the initial sync, and the takeover).
+//! `incremental.rs` (changes after the initial sync, and the takeover), `edits.rs`
+//! (many large files kept by reference, a few edited).
 
+mod edits;
 mod incremental;
 mod nodes;
 mod programs;
@@ -23,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use standin_harness::NodeProcess;
 
+pub use edits::large_edits;
 pub use incremental::{incremental, incremental_dir, small_incremental};
 pub use nodes::Usage;
 pub use programs::{find_or_install, rsync_binary, standin_binary};

@@ -193,7 +193,7 @@ impl ChunkStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chunk_store::refs::{HomeState, RefLoc};
+    use crate::chunk_store::refs::{HomeState, RefLoc, RefTrees};
 
     fn store(dir: &Path) -> ChunkStore {
         // Reopened in the same process: sled lets go of its lock from a background
@@ -202,8 +202,7 @@ mod tests {
         ChunkStore::open(
             &dir.join("chunks"),
             db.open_tree("chunk_locations").unwrap(),
-            db.open_tree("chunk_refs").unwrap(),
-            db.open_tree("ref_inodes").unwrap(),
+            RefTrees::open(&db).unwrap(),
             crate::sled_sync::SledSync::open(&dir.join("db")).unwrap(),
         )
         .unwrap()

@@ -52,7 +52,7 @@ mod stage;
 pub use absorb::{AbsorbStep, LostChunk};
 use pack::{Location, PackWriter, RecentLocations};
 pub use patch::{patch_candidates, PatchPlan};
-pub use refs::{open_inode, InodeKey};
+pub use refs::{open_inode, InodeKey, RefTrees};
 pub use stage::{ContentMode, Staged, BY_REF_MIN_BYTES};
 
 pub(super) const RECORD_MAGIC: &[u8; 4] = b"SCK1";
@@ -133,8 +133,7 @@ impl ChunkStore {
     pub fn open(
         dir: &Path,
         locations: sled::Tree,
-        references: sled::Tree,
-        inodes: sled::Tree,
+        ref_trees: RefTrees,
         sync: crate::sled_sync::SledSync,
     ) -> Result<ChunkStore> {
         std::fs::create_dir_all(dir).at("create", dir)?;
@@ -169,7 +168,7 @@ impl ChunkStore {
         // Above every pack on disk and every pack the tree names.
         let highest = needed.keys().copied().fold(highest, u32::max);
         let writer = Self::new_pack(dir, highest + 1)?;
-        let refs = refs::Refs::open(dir, references, inodes, sync.clone())?;
+        let refs = refs::Refs::open(dir, ref_trees, sync.clone())?;
         let lost = absorb::Lost::open(dir)?;
         Ok(ChunkStore {
             refs,

@@ -108,8 +108,7 @@ impl Repository {
         let chunks = ChunkStore::open(
             &data_dir.join("chunks"),
             db.open_tree("chunk_locations")?,
-            db.open_tree("chunk_refs")?,
-            db.open_tree("ref_inodes")?,
+            crate::chunk_store::RefTrees::open(&db)?,
             sync.clone(),
         )?;
         let index_tree = db.open_tree("index")?;

@@ -5,7 +5,7 @@
 //!
 //! Two sled trees: `chunk_refs`, hash → (device, inode, offset, length), and
 //! `ref_inodes`, (device, inode) → size and *home* (the absolute path the inode was
-//! put at). Their contents are also kept in memory for the inodes (few: large files
+//! put at); a third, `ref_by_inode`, finds one inode's references (`by_inode.rs`). Their contents are also kept in memory for the inodes (few: large files
 //! only), together with the references not yet committed: those of staged files and
 //! of files installed by a batch whose durability point has not passed.
 //!
@@ -24,6 +24,8 @@ use std::sync::RwLock;
 
 use crate::error::{Error, IoContext, Result};
 use crate::hash::Hash;
+
+mod by_inode;
 
 /// A file's identity: device and inode number.
 pub type InodeKey = (u64, u64);
@@ -84,10 +86,29 @@ pub(crate) struct Home {
     pub state: HomeState,
 }
 
+/// The sled trees the references are kept in.
+pub struct RefTrees {
+    pub references: sled::Tree,
+    pub inodes: sled::Tree,
+    pub by_inode: sled::Tree,
+}
+
+impl RefTrees {
+    /// The trees of the store whose database is `db`.
+    pub fn open(db: &sled::Db) -> Result<RefTrees> {
+        Ok(RefTrees {
+            references: db.open_tree("chunk_refs")?,
+            inodes: db.open_tree("ref_inodes")?,
+            by_inode: db.open_tree("ref_by_inode")?,
+        })
+    }
+}
+
 /// The references of one store.
 pub(crate) struct Refs {
     tree: sled::Tree,
     inodes: sled::Tree,
+    by_inode: by_inode::ByInode,
     /// Makes the trees' flushes durable (`crate::sled_sync`).
     sync: crate::sled_sync::SledSync,
     homes: RwLock<HashMap<InodeKey, Home>>,
@@ -119,12 +140,12 @@ fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 impl Refs {
     /// Open the references of the store in `dir`; staged files a previous run left
     /// (nothing committed names them) are removed.
-    pub fn open(
-        dir: &Path,
-        tree: sled::Tree,
-        inodes: sled::Tree,
-        sync: crate::sled_sync::SledSync,
-    ) -> Result<Refs> {
+    pub fn open(dir: &Path, trees: RefTrees, sync: crate::sled_sync::SledSync) -> Result<Refs> {
+        let RefTrees {
+            references: tree,
+            inodes,
+            by_inode,
+        } = trees;
         let kept_dir = dir.join("kept");
         let staging_dir = dir.join("staging");
         std::fs::create_dir_all(&kept_dir).at("create", &kept_dir)?;
@@ -161,9 +182,20 @@ impl Refs {
                 bytes += location.len as u64;
             }
         }
+        let by_inode = by_inode::ByInode::new(by_inode);
+        let healed = by_inode.heal(&tree)?;
+        if healed > 0 {
+            tracing::info!(
+                entries = healed,
+                "brought the index of references by file up to date"
+            );
+            by_inode.flush()?;
+            sync.sync()?;
+        }
         Ok(Refs {
             tree,
             inodes,
+            by_inode,
             sync,
             homes: RwLock::new(homes),
             pending: RwLock::new(HashMap::new()),
@@ -340,6 +372,7 @@ impl Refs {
                 write_lock(&self.deferred).push((hash, location));
                 continue;
             }
+            self.by_inode.note(&hash, location)?;
             self.tree.insert(hash.0, &location.to_bytes())?;
             self.count.fetch_add(1, Ordering::Relaxed);
             self.bytes.fetch_add(location.len as u64, Ordering::Relaxed);
@@ -358,12 +391,16 @@ impl Refs {
             if open_inode(&home.path, location.key).is_none() {
                 continue;
             }
+            self.by_inode.note(&hash, location)?;
             if let Some(old) = self
                 .tree
                 .insert(hash.0, &location.to_bytes())?
                 .as_deref()
                 .and_then(RefLoc::from_bytes)
             {
+                if old != location {
+                    self.by_inode.forget(&hash, old)?;
+                }
                 self.bytes.fetch_sub(old.len as u64, Ordering::Relaxed);
             } else {
                 self.count.fetch_add(1, Ordering::Relaxed);
@@ -408,7 +445,9 @@ impl Refs {
         write_lock(&self.superseded).retain(|(_, location)| !gone.contains(&location.key));
     }
 
-    /// Every reference to `key` (committed or pending).
+    /// Every reference to `key` (committed or pending). The committed ones come from
+    /// the index by inode: as many lookups as `key` has references, whatever the
+    /// store holds elsewhere.
     pub fn refs_of(&self, key: InodeKey) -> Result<Vec<(Hash, RefLoc)>> {
         let mut out: Vec<(Hash, RefLoc)> = read_lock(&self.pending)
             .iter()
@@ -416,17 +455,16 @@ impl Refs {
             .chain(read_lock(&self.superseded).iter().copied())
             .filter(|(_, location)| location.key == key)
             .collect();
-        for item in self.tree.iter() {
-            let (hash, value) = item?;
-            if let (Some(hash), Some(location)) =
-                (Hash::from_slice(&hash), RefLoc::from_bytes(&value))
-            {
-                if location.key == key {
-                    out.push((hash, location));
-                }
-            }
-        }
+        out.extend(self.by_inode.of(key, |hash| self.committed(hash))?);
         Ok(out)
+    }
+
+    /// The committed reference of `hash`.
+    fn committed(&self, hash: &Hash) -> Result<Option<RefLoc>> {
+        Ok(self
+            .tree
+            .get(hash.0)?
+            .and_then(|bytes| RefLoc::from_bytes(&bytes)))
     }
 
     /// The first committed references (in hash order) until their bytes reach
@@ -518,6 +556,7 @@ impl Refs {
             .compare_and_swap(hash.0, Some(&expected[..]), None as Option<&[u8]>)?
             .is_ok()
         {
+            self.by_inode.forget(hash, location)?;
             self.count.fetch_sub(1, Ordering::Relaxed);
             self.bytes.fetch_sub(location.len as u64, Ordering::Relaxed);
         }
@@ -597,3 +636,6 @@ pub(crate) fn key_of(file: &File, path: &Path) -> Result<InodeKey> {
     let metadata = file.metadata().at("stat", path)?;
     Ok((metadata.dev(), metadata.ino()))
 }
+
+#[cfg(test)]
+mod tests;
