@@ -400,14 +400,21 @@ impl ChunkStore {
         self.pack_target_bytes.store(bytes, Ordering::Relaxed);
     }
 
-    /// Make every chunk stored so far durable and findable. Call before recording an
-    /// event that names them.
-    /// True when chunks were stored since the last `sync` (it would write and sync).
+    /// True when chunks were stored since the last `sync` (it would write and sync),
+    /// or when a sync holds the writer now (it may leave some): never waits for one.
     pub fn has_unsynced(&self) -> bool {
-        let writer = lock(&self.writer);
-        !(writer.pending.is_empty() && writer.buffer.is_empty())
+        match self.writer.try_lock() {
+            Ok(writer) => !(writer.pending.is_empty() && writer.buffer.is_empty()),
+            Err(std::sync::TryLockError::WouldBlock) => true,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                let writer = poisoned.into_inner();
+                !(writer.pending.is_empty() && writer.buffer.is_empty())
+            }
+        }
     }
 
+    /// Make every chunk stored so far durable and findable. Call before recording an
+    /// event that names them.
     pub fn sync(&self) -> Result<()> {
         let mut writer = lock(&self.writer);
         self.sync_locked(&mut writer)

@@ -101,9 +101,10 @@ impl super::ChunkStore {
         Ok((size, referenced))
     }
 
-    /// Copy the chunks referenced in `key` into the packs and forget it (see
-    /// `copy_out`); the caller flushes before freeing the inode.
-    pub fn move_into_packs(&self, key: InodeKey) -> Result<u64> {
-        self.copy_out(key)
+    /// Copy the chunks referenced in each of `keys` into the packs and forget them
+    /// (see `copy_out_all`: one sync for all); the caller flushes before freeing the
+    /// inodes. The bytes copied from each, in order.
+    pub fn move_into_packs(&self, keys: &[InodeKey]) -> Result<Vec<u64>> {
+        self.copy_out_all(keys)
     }
 }

@@ -117,6 +117,9 @@ pub(super) fn settle(
         return Ok(());
     }
     let mut unlink = Vec::new();
+    // Replaced by a version that shares most of them: what is left goes into the
+    // packs, for all such inodes at once.
+    let mut copy_out = Vec::new();
     for Guarded { key, home } in guarded {
         let mut now = home.clone();
         for (from, to) in renames {
@@ -136,16 +139,25 @@ pub(super) fn settle(
         // Out of the folder: in `kept/` from now on.
         chunks.set_home(key, chunks.kept_path(key))?;
         let (size, referenced) = chunks.referenced_in(key)?;
-        if referenced * 2 < size {
-            let copied = chunks.move_into_packs(key)?;
-            tracing::debug!(
-                inode = key.1,
-                size,
-                copied,
-                "a replaced file's chunks the new version lacks were copied out"
-            );
-            unlink.push(key);
+        // (An inode guarded by two parts of the batch is here twice.)
+        if referenced * 2 < size && !copy_out.iter().any(|(other, _)| *other == key) {
+            copy_out.push((key, size));
         }
+    }
+    let keys: Vec<InodeKey> = copy_out.iter().map(|(key, _)| *key).collect();
+    let copied = if keys.is_empty() {
+        Vec::new()
+    } else {
+        chunks.move_into_packs(&keys)?
+    };
+    for ((key, size), copied) in copy_out.into_iter().zip(copied) {
+        tracing::debug!(
+            inode = key.1,
+            size,
+            copied,
+            "a replaced file's chunks the new version lacks were copied out"
+        );
+        unlink.push(key);
     }
     repository.flush()?;
     for key in unlink {

@@ -148,22 +148,38 @@ fn make_durable_with_store(
     relinks: bool,
 ) -> Result<()> {
     let chunks = repository.chunks();
-    if !chunks.has_unsynced() {
+    let in_order = || {
         durable::make_durable(root, part, relinks)?;
         // Chunks stored since the look (the fetch of a later batch) are synced too.
-        return chunks.sync();
+        chunks.sync()
+    };
+    if !chunks.has_unsynced() {
+        return in_order();
     }
-    let (folder, store) = std::thread::scope(|scope| {
-        let store = scope.spawn(|| chunks.sync());
+    std::thread::scope(|scope| {
+        let Ok(store) = std::thread::Builder::new()
+            .name("standin-pack-sync".to_string())
+            .spawn_scoped(scope, || chunks.sync())
+        else {
+            // No thread to be had: one after the other, as before.
+            return in_order();
+        };
         let folder = durable::make_durable(root, part, relinks);
         let store = match store.join() {
             Ok(result) => result,
             Err(panic) => std::panic::resume_unwind(panic),
         };
-        (folder, store)
-    });
-    folder?;
-    store
+        match (folder, store) {
+            (Ok(()), store) => store,
+            // Both failed: the one that lost durability is what stops the node.
+            (Err(folder), Err(store))
+                if store.is_durability_lost() && !folder.is_durability_lost() =>
+            {
+                Err(store)
+            }
+            (Err(folder), _) => Err(folder),
+        }
+    })
 }
 
 /// Wait for the commit in flight, if any, and count its time.

@@ -181,32 +181,6 @@ fn a_file_changed_by_hand_makes_its_chunks_missing_never_wrong() {
 }
 
 #[test]
-fn a_replaced_file_keeps_only_the_chunks_the_new_version_lacks() {
-    let size = 8 * MIB;
-    let mut content = noise(size, 5);
-    let (active, passive) = pair_with(&[("db.bin", content.clone())]);
-    let edits = 10;
-    for edit in 0..edits {
-        let at = (edit * 787_001 + 4_000) % (size - 100);
-        content[at..at + 64].copy_from_slice(&noise(64, 100 + edit as u64));
-        std::fs::write(active.folder.join("db.bin"), &content).unwrap();
-        active.capture();
-        replicate_by_ref(&active, &passive, 100);
-        passive.assert_verified();
-        assert_eq!(kept_files(&passive), 0, "the old inode was freed");
-    }
-    // The packs hold about the changed chunks (≤ 256 KiB each, a few per edit), not
-    // ten old versions.
-    let packed = pack_bytes(&passive.repository);
-    assert!(
-        packed <= (edits * 3 * 256 * 1024) as u64,
-        "{packed} bytes in packs after {edits} edits of an {size}-byte file"
-    );
-    // Every version the log holds reads back whole.
-    assert_eq!(passive.versions_of("db.bin"), active.versions_of("db.bin"));
-}
-
-#[test]
 fn a_removed_file_moves_into_data_dir_until_no_event_names_it() {
     let (active, passive) = pair_with(&[
         ("old.bin", noise(3 * MIB, 6)),

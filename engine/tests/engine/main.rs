@@ -2,6 +2,7 @@
 //!
 //! - `byref`: the by-reference passive (large files written once, verified reads).
 //! - `byref_clone`: the same where the file system clones: a new version begun as a clone of the old (SQLite integrity_check on the result).
+//! - `byref_replace`: files kept by reference replaced by versions sharing most of their chunks: only what each lacks is copied out.
 //! - `roundtrip`: property test — random folder operations captured and replayed.
 //! - `chain`: tampering with the stored log is found when it is read.
 //! - `crash`: replay killed at random points converges.
@@ -22,6 +23,7 @@
 
 mod byref;
 mod byref_clone;
+mod byref_replace;
 mod capture;
 mod chain;
 mod compaction;

@@ -10,9 +10,11 @@
 //!
 //! It is kept a superset of `chunk_refs`: an entry is written before the reference it
 //! indexes and removed after it (sled recovers a prefix of its writes, across trees),
-//! and every entry read is checked against `chunk_refs`, so one left behind by a crash
-//! is skipped (and removed). `heal`, at open, makes the two agree again whatever a
-//! crash, or a run of a binary without this tree, left.
+//! and every entry read is checked against `chunk_refs`, so one left behind (a crash
+//! between the two writes, a chunk moved within its inode) is skipped, never trusted.
+//! Reads never remove anything — a reference being written on another thread could
+//! look stale for a moment. `heal`, at every open, makes the two agree again whatever
+//! a crash, or a run of a binary without this tree, left.
 
 use crate::error::Result;
 use crate::hash::Hash;
@@ -57,31 +59,24 @@ impl ByInode {
     }
 
     /// The committed references of inode `key`: its entries that `chunk_refs` holds
-    /// (`referenced` looks one up); the others are stale and removed.
+    /// (`referenced` looks one up); the others are skipped (`heal` removes them).
     pub fn of(
         &self,
         key: InodeKey,
         referenced: impl Fn(&Hash) -> Result<Option<RefLoc>>,
     ) -> Result<Vec<(Hash, RefLoc)>> {
         let mut out = Vec::new();
-        let mut stale = Vec::new();
         for item in self.tree.scan_prefix(key_bytes(key)) {
             let (entry, value) = item?;
             let (Some(hash), Some(location)) = (
                 Hash::from_slice(entry.get(16..).unwrap_or_default()),
                 RefLoc::from_bytes(&value),
             ) else {
-                stale.push(entry);
                 continue;
             };
             if location.key == key && referenced(&hash)? == Some(location) {
                 out.push((hash, location));
-            } else {
-                stale.push(entry);
             }
-        }
-        for entry in stale {
-            self.tree.remove(entry)?;
         }
         Ok(out)
     }

@@ -398,8 +398,8 @@ impl Refs {
                 .as_deref()
                 .and_then(RefLoc::from_bytes)
             {
-                if old != location {
-                    self.by_inode.forget(&hash, old)?;
+                if old.key != location.key {
+                    self.unindex(&hash, old)?;
                 }
                 self.bytes.fetch_sub(old.len as u64, Ordering::Relaxed);
             } else {
@@ -457,6 +457,17 @@ impl Refs {
             .collect();
         out.extend(self.by_inode.of(key, |hash| self.committed(hash))?);
         Ok(out)
+    }
+
+    /// Remove the index entry of `hash` at `location` once `chunk_refs` no longer
+    /// holds it there — unless another thread has meanwhile put it back (then its
+    /// entry, which the removal may have taken, is written again).
+    fn unindex(&self, hash: &Hash, location: RefLoc) -> Result<()> {
+        self.by_inode.forget(hash, location)?;
+        if self.committed(hash)? == Some(location) {
+            self.by_inode.note(hash, location)?;
+        }
+        Ok(())
     }
 
     /// The committed reference of `hash`.
@@ -556,7 +567,7 @@ impl Refs {
             .compare_and_swap(hash.0, Some(&expected[..]), None as Option<&[u8]>)?
             .is_ok()
         {
-            self.by_inode.forget(hash, location)?;
+            self.unindex(hash, location)?;
             self.count.fetch_sub(1, Ordering::Relaxed);
             self.bytes.fetch_sub(location.len as u64, Ordering::Relaxed);
         }
