@@ -209,14 +209,19 @@ pub(crate) fn rewrite_only(options: &Options) -> Outcome<()> {
         standin_times.push(round.standin);
         rsync_times.push(round.rsync);
     }
+    print_converged("", standin_times, rsync_times);
+    Ok(())
+}
+
+/// The medians of a series of rounds timed until converged, standin beside rsync.
+fn print_converged(label: &str, standin_times: Vec<Duration>, rsync_times: Vec<Duration>) {
     let (standin_time, rsync_time) = (median(standin_times), median(rsync_times));
     println!(
-        "median: standin {:.3} s, rsync {:.3} s: standin converged {:.2}x sooner",
+        "median{label}: standin {:.3} s, rsync {:.3} s: standin converged {:.2}x sooner",
         standin_time.as_secs_f64(),
         rsync_time.as_secs_f64(),
         rsync_time.as_secs_f64() / standin_time.as_secs_f64()
     );
-    Ok(())
 }
 
 /// `edits`: many large files kept by reference on the passive, 4 KiB rewritten in the
@@ -253,12 +258,10 @@ pub(crate) fn edits_only(options: &Options) -> Outcome<()> {
             rsync_times.push(round.rsync);
             // The next run's files are new ones: no delete-then-create in a timed region.
         }
-        let (standin_time, rsync_time) = (median(standin_times), median(rsync_times));
-        println!(
-            "median, patch_in_place = {patch_in_place}: standin {:.3} s, rsync {:.3} s: standin converged {:.2}x sooner",
-            standin_time.as_secs_f64(),
-            rsync_time.as_secs_f64(),
-            rsync_time.as_secs_f64() / standin_time.as_secs_f64()
+        print_converged(
+            &format!(", patch_in_place = {patch_in_place}"),
+            standin_times,
+            rsync_times,
         );
     }
     Ok(())

@@ -5,9 +5,11 @@
 //!
 //! Two sled trees: `chunk_refs`, hash → (device, inode, offset, length), and
 //! `ref_inodes`, (device, inode) → size and *home* (the absolute path the inode was
-//! put at); a third, `ref_by_inode`, finds one inode's references (`by_inode.rs`). Their contents are also kept in memory for the inodes (few: large files
-//! only), together with the references not yet committed: those of staged files and
-//! of files installed by a batch whose durability point has not passed.
+//! put at); a third, `ref_by_inode`, finds one inode's references (`by_inode.rs`;
+//! what a reference is made of: `place.rs`). The inodes are also kept in memory (few:
+//! large files only), together with the references not yet committed: those of
+//! staged files and of files installed by a batch whose durability point has not
+//! passed.
 //!
 //! Every read opens the home (never through a symlink; else the inode's `kept/`
 //! link), checks device and inode number, reads the range and hashes it: a file
@@ -15,9 +17,8 @@
 //! dropped), never wrong.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
@@ -26,47 +27,11 @@ use crate::error::{Error, IoContext, Result};
 use crate::hash::Hash;
 
 mod by_inode;
+mod place;
 
-/// A file's identity: device and inode number.
-pub type InodeKey = (u64, u64);
-
-/// Where a referenced chunk is: a range of an inode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct RefLoc {
-    pub key: InodeKey,
-    pub offset: u64,
-    pub len: u32,
-}
-
-impl RefLoc {
-    fn to_bytes(self) -> [u8; 28] {
-        let mut out = [0u8; 28];
-        out[..8].copy_from_slice(&self.key.0.to_le_bytes());
-        out[8..16].copy_from_slice(&self.key.1.to_le_bytes());
-        out[16..24].copy_from_slice(&self.offset.to_le_bytes());
-        out[24..].copy_from_slice(&self.len.to_le_bytes());
-        out
-    }
-
-    fn from_bytes(bytes: &[u8]) -> Option<RefLoc> {
-        if bytes.len() != 28 {
-            return None;
-        }
-        let word = |at: usize| bytes[at..at + 8].try_into().ok().map(u64::from_le_bytes);
-        Some(RefLoc {
-            key: (word(0)?, word(8)?),
-            offset: word(16)?,
-            len: u32::from_le_bytes(bytes[24..].try_into().ok()?),
-        })
-    }
-}
-
-fn key_bytes(key: InodeKey) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    out[..8].copy_from_slice(&key.0.to_be_bytes());
-    out[8..].copy_from_slice(&key.1.to_be_bytes());
-    out
-}
+use place::key_bytes;
+pub(crate) use place::{key_of, RefLoc};
+pub use place::{open_inode, InodeKey, RefTrees};
 
 /// Where an inode with references is, and how far its references are committed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,24 +49,6 @@ pub(crate) struct Home {
     pub path: PathBuf,
     pub size: u64,
     pub state: HomeState,
-}
-
-/// The sled trees the references are kept in.
-pub struct RefTrees {
-    pub references: sled::Tree,
-    pub inodes: sled::Tree,
-    pub by_inode: sled::Tree,
-}
-
-impl RefTrees {
-    /// The trees of the store whose database is `db`.
-    pub fn open(db: &sled::Db) -> Result<RefTrees> {
-        Ok(RefTrees {
-            references: db.open_tree("chunk_refs")?,
-            inodes: db.open_tree("ref_inodes")?,
-            by_inode: db.open_tree("ref_by_inode")?,
-        })
-    }
 }
 
 /// The references of one store.
@@ -629,23 +576,6 @@ fn home_value(home: &Home) -> Vec<u8> {
     let mut value = home.size.to_le_bytes().to_vec();
     value.extend_from_slice(home.path.as_os_str().as_bytes());
     value
-}
-
-/// `path` opened for reading if it is the inode `key` (never through a symlink).
-pub fn open_inode(path: &Path, key: InodeKey) -> Option<File> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .ok()?;
-    let metadata = file.metadata().ok()?;
-    (metadata.is_file() && metadata.dev() == key.0 && metadata.ino() == key.1).then_some(file)
-}
-
-/// The identity of an open file.
-pub(crate) fn key_of(file: &File, path: &Path) -> Result<InodeKey> {
-    let metadata = file.metadata().at("stat", path)?;
-    Ok((metadata.dev(), metadata.ino()))
 }
 
 #[cfg(test)]
