@@ -10,7 +10,7 @@
 //! cargo run --release -p standin-bench -- large  [--quick] [--runs N] [--dir DIR]
 //! cargo run --release -p standin-bench -- rewrite [--quick] [--runs N] [--dir DIR]
 //! cargo run --release -p standin-bench -- incremental [--quick] [--runs N] [--dir DIR]
-//! cargo run --release -p standin-bench -- edits [--quick] [--runs N] [--dir DIR]
+//! cargo run --release -p standin-bench -- edits [--quick] [--runs N] [--files N --mib S] [--dir DIR]
 //! cargo run --release -p standin-bench -- lag [--quick] [--rates 10,100,1000] [--dir DIR]
 //! ```
 //!
@@ -70,6 +70,9 @@ pub(crate) struct Options {
     standin: Option<PathBuf>,
     /// `lag`: the change rates measured (default 10, 100 and 1,000 a second).
     rates: Vec<u32>,
+    /// `edits`: how many large files, and their size in MiB (default 400 × 4).
+    files: Option<usize>,
+    mib: Option<usize>,
 }
 
 fn parse(args: &[String]) -> Result<(String, Options), String> {
@@ -81,6 +84,8 @@ fn parse(args: &[String]) -> Result<(String, Options), String> {
         out: None,
         standin: None,
         rates: vec![10, 100, 1_000],
+        files: None,
+        mib: None,
     };
     let mut command = None;
     let mut iter = args.iter();
@@ -112,6 +117,18 @@ fn parse(args: &[String]) -> Result<(String, Options), String> {
                     })
                     .filter(|rates| !rates.is_empty())
                     .ok_or("--rates needs changes per second, comma-separated (10,100)")?
+            }
+            "--files" | "--mib" => {
+                let value = iter
+                    .next()
+                    .and_then(|value| value.parse::<usize>().ok())
+                    .filter(|value| *value > 0)
+                    .ok_or(format!("{arg} needs a number above 0"))?;
+                if arg == "--files" {
+                    options.files = Some(value);
+                } else {
+                    options.mib = Some(value);
+                }
             }
             "--dir" => {
                 options.dir = Some(PathBuf::from(iter.next().ok_or("--dir needs a directory")?))

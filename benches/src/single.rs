@@ -213,6 +213,12 @@ pub(crate) fn rewrite_only(options: &Options) -> Outcome<()> {
     Ok(())
 }
 
+/// The `quantile` of sorted `times`, in ms.
+fn quantile_ms(times: &[Duration], quantile: f64) -> f64 {
+    let at = ((times.len() as f64 * quantile) as usize).min(times.len().saturating_sub(1));
+    times.get(at).map_or(0.0, |time| time.as_secs_f64() * 1e3)
+}
+
 /// The medians of a series of rounds timed until converged, standin beside rsync.
 fn print_converged(label: &str, standin_times: Vec<Duration>, rsync_times: Vec<Duration>) {
     let (standin_time, rsync_time) = (median(standin_times), median(rsync_times));
@@ -225,19 +231,18 @@ fn print_converged(label: &str, standin_times: Vec<Duration>, rsync_times: Vec<D
 }
 
 /// `edits`: many large files kept by reference on the passive, 4 KiB rewritten in the
-/// middle of a few (default 400 × 4 MiB, 40 edited; `--quick`: 100 × 4 MiB, 10), with
-/// `patch_in_place` off and on, each run on fresh pairs beside the rsync daemon's
-/// update: what sorting out an edited file's references costs once the passive holds
-/// many (`pair/edits.rs`).
+/// middle of a tenth of them (default 400 × 4 MiB; `--quick`: 100; `--files N --mib
+/// S`), with `patch_in_place` off and on, each run on fresh pairs beside the rsync
+/// daemon's update: what sorting out an edited file's references costs once the
+/// passive holds many; then the lag of small changes beside them (`pair/edits.rs`).
 pub(crate) fn edits_only(options: &Options) -> Outcome<()> {
     let standin = pair::standin_binary(options.standin.as_deref())?;
     let rsync = pair::rsync_binary()?;
     let guard = work_dir(options)?;
-    let shape = if options.quick {
-        (100, 4 << 20, 10)
-    } else {
-        (400, 4 << 20, 40)
-    };
+    let files = options
+        .files
+        .unwrap_or(if options.quick { 100 } else { 400 });
+    let shape = (files, options.mib.unwrap_or(4) << 20, (files / 10).max(1));
     for patch_in_place in [false, true] {
         let (mut standin_times, mut rsync_times) = (Vec::new(), Vec::new());
         for run in 0..options.runs {
@@ -253,6 +258,12 @@ pub(crate) fn edits_only(options: &Options) -> Outcome<()> {
                 round.standin_wire_bytes,
                 round.rsync.as_secs_f64(),
                 round.rsync_wire_bytes
+            );
+            println!(
+                "  then {} small changes one at a time beside them, each until the replica had it: median {:.1} ms, p99 {:.1} ms",
+                round.lag.len(),
+                quantile_ms(&round.lag, 0.5),
+                quantile_ms(&round.lag, 0.99)
             );
             standin_times.push(round.standin);
             rsync_times.push(round.rsync);

@@ -26,6 +26,8 @@ pub struct Edits {
     pub standin_wire_bytes: u64,
     pub rsync: Duration,
     pub rsync_wire_bytes: u64,
+    /// Then small changes, one at a time, each until the replica had it (sorted).
+    pub lag: Vec<Duration>,
 }
 
 /// A folder of `files` files of `size` bytes synced to a passive and to an rsync
@@ -82,6 +84,9 @@ pub fn large_edits(
         bytes_before,
     )?;
     let (rsync_time, rsync_wire_bytes) = daemon.update(rsync, &rsync_target)?;
+    // Each change of the passive's folder is guarded against displacing the files it
+    // keeps by reference: its cost must not grow with them.
+    let lag = super::lag_between(&folder, &root.join("replica"), 100)?;
     Ok(Edits {
         files,
         size,
@@ -90,5 +95,6 @@ pub fn large_edits(
         standin_wire_bytes,
         rsync: rsync_time,
         rsync_wire_bytes,
+        lag,
     })
 }

@@ -145,6 +145,18 @@ pub fn lag(binary: &Path, work: &Path, changes: usize) -> Outcome<Vec<Duration>>
         active_folder,
         passive_folder,
     } = StreamingPair::start(binary, &work.join("lag"))?;
+    let latencies = lag_between(&active_folder, &passive_folder, changes)?;
+    drop(alpha);
+    Ok(latencies)
+}
+
+/// `changes` writes of a 4 KiB file in `active_folder`, one at a time 50 ms apart,
+/// each timed until `passive_folder` holds its content. Returns the sorted latencies.
+pub fn lag_between(
+    active_folder: &Path,
+    passive_folder: &Path,
+    changes: usize,
+) -> Outcome<Vec<Duration>> {
     let mut bytes = crate::corpus::Bytes::new(9);
     let mut content = vec![0u8; 4096];
     let mut latencies = Vec::with_capacity(changes);
@@ -167,7 +179,6 @@ pub fn lag(binary: &Path, work: &Path, changes: usize) -> Outcome<Vec<Duration>>
         // Let the active settle so every change is timed alone.
         std::thread::sleep(Duration::from_millis(50));
     }
-    drop(alpha);
     latencies.sort();
     Ok(latencies)
 }

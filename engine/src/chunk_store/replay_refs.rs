@@ -1,6 +1,6 @@
 //! What replay needs of the passive's references when a batch may move or replace the
 //! files holding them (`replay::byref`): where inodes live, their `kept/` links, the
-//! deferred moves, copying a replaced inode's chunks out (`refs.rs` keeps them), and
+//! deferred moves, copying a replaced inode's chunks out (`refs/` keeps them), and
 //! the chunks a part is about to name that only an uncommitted file holds.
 
 use std::path::{Path, PathBuf};
@@ -12,9 +12,15 @@ use crate::hash::Hash;
 use crate::log::event::Event;
 
 impl super::ChunkStore {
-    /// The inodes with references whose home is in `root` (committed or installed).
-    pub fn referenced_homes_under(&self, root: &Path) -> Vec<(InodeKey, PathBuf)> {
-        self.refs.homes_under(root)
+    /// The inodes with references (committed or installed) whose home is one of
+    /// `paths` or under one.
+    pub fn referenced_homes_at_or_under(&self, paths: &[PathBuf]) -> Vec<(InodeKey, PathBuf)> {
+        self.refs.homes_at_or_under(paths)
+    }
+
+    /// Whether any inode has references (staged ones included).
+    pub fn has_referenced_homes(&self) -> bool {
+        self.refs.has_homes()
     }
 
     /// The directory of inodes moved out of the folder.

@@ -38,8 +38,7 @@ pub(super) fn guard(
     link_groups: &[Vec<RelPath>],
 ) -> Result<Vec<Guarded>> {
     let chunks = repository.chunks();
-    let homes = chunks.referenced_homes_under(root);
-    if homes.is_empty() {
+    if !chunks.has_referenced_homes() {
         return Ok(Vec::new());
     }
     let mut named: HashSet<PathBuf> = part
@@ -48,13 +47,11 @@ pub(super) fn guard(
         .map(|path| path.under(root))
         .collect();
     named.extend(link_groups.iter().flatten().map(|path| path.under(root)));
+    let named: Vec<PathBuf> = named.into_iter().collect();
     let mut guarded = Vec::new();
-    for (key, home) in homes {
-        let hit = home
-            .ancestors()
-            .take_while(|ancestor| *ancestor != root)
-            .any(|ancestor| named.contains(ancestor));
-        if !hit || open_inode(&home, key).is_none() {
+    // The homes at or under a named path (a named path is never `root` itself).
+    for (key, home) in chunks.referenced_homes_at_or_under(&named) {
+        if open_inode(&home, key).is_none() {
             continue;
         }
         let kept = chunks.kept_path(key);

@@ -27,6 +27,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::hash::Hash;
 
 mod by_inode;
+mod homes;
 mod place;
 
 use place::key_bytes;
@@ -58,7 +59,7 @@ pub(crate) struct Refs {
     by_inode: by_inode::ByInode,
     /// Makes the trees' flushes durable (`crate::sled_sync`).
     sync: crate::sled_sync::SledSync,
-    homes: RwLock<HashMap<InodeKey, Home>>,
+    homes: RwLock<homes::Homes>,
     pending: RwLock<HashMap<Hash, RefLoc>>,
     /// Pending references whose place another file's reference took before they
     /// were committed (the next batch is staged while this one applies): each is
@@ -100,7 +101,7 @@ impl Refs {
             std::fs::remove_dir_all(&staging_dir).at("remove", &staging_dir)?;
         }
         std::fs::create_dir_all(&staging_dir).at("create", &staging_dir)?;
-        let mut homes = HashMap::new();
+        let mut homes = homes::Homes::default();
         for item in inodes.iter() {
             let (key, value) = item?;
             if key.len() != 16 || value.len() < 8 {
@@ -216,13 +217,24 @@ impl Refs {
         read_lock(&self.homes).get(&key).cloned()
     }
 
-    /// Every inode with references whose home is under `root` and not staged.
-    pub fn homes_under(&self, root: &Path) -> Vec<(InodeKey, PathBuf)> {
-        read_lock(&self.homes)
-            .iter()
-            .filter(|(_, home)| home.state != HomeState::Staged && home.path.starts_with(root))
-            .map(|(key, home)| (*key, home.path.clone()))
-            .collect()
+    /// Every inode with references, not staged, whose home is one of `paths` or under
+    /// one: a range of the index by path for each, however many inodes there are.
+    pub fn homes_at_or_under(&self, paths: &[PathBuf]) -> Vec<(InodeKey, PathBuf)> {
+        let homes = read_lock(&self.homes);
+        let mut found: HashMap<InodeKey, PathBuf> = HashMap::new();
+        for path in paths {
+            for (key, home) in homes.at_or_under(path) {
+                if home.state != HomeState::Staged {
+                    found.entry(key).or_insert_with(|| home.path.clone());
+                }
+            }
+        }
+        found.into_iter().collect()
+    }
+
+    /// Whether any inode has references.
+    pub fn has_homes(&self) -> bool {
+        read_lock(&self.homes).iter().next().is_some()
     }
 
     /// The inode at `full` (not following a symlink), if it is a committed home whose
@@ -240,8 +252,7 @@ impl Refs {
     /// `key` now has `size` bytes (patched in place; durably with the next flush).
     pub fn set_size(&self, key: InodeKey, size: u64) -> Result<()> {
         let mut homes = write_lock(&self.homes);
-        if let Some(home) = homes.get_mut(&key) {
-            home.size = size;
+        if let Some(home) = homes.update(&key, |home| home.size = size) {
             if home.state == HomeState::Committed {
                 self.inodes.insert(key_bytes(key), home_value(home))?;
             }
@@ -252,17 +263,15 @@ impl Refs {
     /// Every inode whose home is `kept/` (moved out of the folder).
     pub fn kept_homes(&self) -> Vec<(InodeKey, u64)> {
         read_lock(&self.homes)
-            .iter()
-            .filter(|(_, home)| home.path.starts_with(&self.kept_dir))
-            .map(|(key, home)| (*key, home.size))
+            .at_or_under(&self.kept_dir)
+            .map(|(key, home)| (key, home.size))
             .collect()
     }
 
     /// Move `key`'s home to `path` (durably with the next flush when committed).
     pub fn set_home(&self, key: InodeKey, path: PathBuf) -> Result<()> {
         let mut homes = write_lock(&self.homes);
-        if let Some(home) = homes.get_mut(&key) {
-            home.path = path;
+        if let Some(home) = homes.update(&key, |home| home.path = path) {
             if home.state == HomeState::Committed {
                 self.inodes.insert(key_bytes(key), home_value(home))?;
             }
@@ -284,12 +293,14 @@ impl Refs {
     /// holding them is durable (its `syncfs` has run); they are flushed with the log.
     pub fn commit(&self, seq: u64) -> Result<()> {
         let mut homes = write_lock(&self.homes);
-        let mut committed = Vec::new();
-        for (key, home) in homes.iter_mut() {
-            if matches!(home.state, HomeState::Installed(at) if at <= seq) {
-                home.state = HomeState::Committed;
+        let committed: Vec<InodeKey> = homes
+            .iter()
+            .filter(|(_, home)| matches!(home.state, HomeState::Installed(at) if at <= seq))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in &committed {
+            if let Some(home) = homes.update(key, |home| home.state = HomeState::Committed) {
                 self.inodes.insert(key_bytes(*key), home_value(home))?;
-                committed.push(*key);
             }
         }
         drop(homes);
