@@ -60,6 +60,7 @@ pub(crate) struct Refs {
     /// Makes the trees' flushes durable (`crate::sled_sync`).
     sync: crate::sled_sync::SledSync,
     homes: RwLock<homes::Homes>,
+    opened: place::LastOpened,
     pending: RwLock<HashMap<Hash, RefLoc>>,
     /// Pending references whose place another file's reference took before they
     /// were committed (the next batch is staged while this one applies): each is
@@ -146,6 +147,7 @@ impl Refs {
             by_inode,
             sync,
             homes: RwLock::new(homes),
+            opened: place::LastOpened::default(),
             pending: RwLock::new(HashMap::new()),
             superseded: RwLock::new(Vec::new()),
             deferred: RwLock::new(Vec::new()),
@@ -285,6 +287,7 @@ impl Refs {
             self.drop_ref(&hash, location)?;
         }
         write_lock(&self.homes).remove(&key);
+        self.opened.forget(key);
         self.inodes.remove(key_bytes(key))?;
         Ok(())
     }
@@ -342,11 +345,14 @@ impl Refs {
     /// (those whose file is still in place).
     pub fn apply_deferred(&self) -> Result<()> {
         let deferred = std::mem::take(&mut *write_lock(&self.deferred));
+        // Whether each file is still in place, looked at once per file.
+        let mut in_place: HashMap<InodeKey, bool> = HashMap::new();
         for (hash, location) in deferred {
-            let Some(home) = self.home(location.key) else {
-                continue;
-            };
-            if open_inode(&home.path, location.key).is_none() {
+            let there = *in_place.entry(location.key).or_insert_with(|| {
+                self.home(location.key)
+                    .is_some_and(|home| open_inode(&home.path, location.key).is_some())
+            });
+            if !there {
                 continue;
             }
             self.by_inode.note(&hash, location)?;
@@ -397,6 +403,7 @@ impl Refs {
             .collect();
         for key in &gone {
             homes.remove(key);
+            self.opened.forget(*key);
         }
         drop(homes);
         write_lock(&self.pending).retain(|_, location| !gone.contains(&location.key));
@@ -493,6 +500,7 @@ impl Refs {
             .collect();
         for key in idle {
             write_lock(&self.homes).remove(&key);
+            self.opened.forget(key);
             self.inodes.remove(key_bytes(key))?;
         }
         Ok(())
@@ -540,7 +548,7 @@ impl Refs {
             .into_iter()
             .chain(std::iter::once(self.kept_path(location.key)));
         for path in candidates {
-            let Some(file) = open_inode(&path, location.key) else {
+            let Some(file) = self.opened.open(&path, location.key) else {
                 continue;
             };
             let mut bytes = vec![0u8; location.len as usize];

@@ -83,3 +83,46 @@ pub(crate) fn key_of(file: &File, path: &Path) -> Result<InodeKey> {
     let metadata = file.metadata().at("stat", path)?;
     Ok((metadata.dev(), metadata.ino()))
 }
+
+/// The inode read last, kept open: a large file's chunks are read one after another
+/// (staging a new version, copying chunks out), and opening its home for each one cost
+/// three system calls a chunk where one `lstat` shows the home still holds that inode.
+#[derive(Default)]
+pub(super) struct LastOpened {
+    last: std::sync::Mutex<Option<(InodeKey, std::path::PathBuf, std::sync::Arc<File>)>>,
+}
+
+impl LastOpened {
+    /// `open_inode(path, key)`, with the same answer: `None` unless `path` (never
+    /// through a symlink) is the inode `key` now.
+    pub fn open(&self, path: &Path, key: InodeKey) -> Option<std::sync::Arc<File>> {
+        let lock = || {
+            self.last
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        };
+        let cached = lock()
+            .as_ref()
+            .filter(|(cached_key, cached_path, _)| *cached_key == key && cached_path == path)
+            .map(|(_, _, file)| file.clone());
+        if let Some(file) = cached {
+            let metadata = std::fs::symlink_metadata(path).ok()?;
+            return (metadata.is_file() && (metadata.dev(), metadata.ino()) == key).then_some(file);
+        }
+        let file = std::sync::Arc::new(open_inode(path, key)?);
+        *lock() = Some((key, path.to_path_buf(), file.clone()));
+        Some(file)
+    }
+
+    /// Let go of `key` if it is the one kept open (it is being forgotten: the file may
+    /// be unlinked next, and an open descriptor would keep its space).
+    pub fn forget(&self, key: InodeKey) {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if last.as_ref().is_some_and(|(cached, _, _)| *cached == key) {
+            *last = None;
+        }
+    }
+}

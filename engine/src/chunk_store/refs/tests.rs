@@ -131,3 +131,31 @@ fn a_store_whose_index_is_missing_or_stale_is_healed_at_open() {
     assert_eq!(sorted(refs.refs_of(a).unwrap()), a_refs);
     assert_eq!(sorted(refs.refs_of(b).unwrap()), b_refs);
 }
+
+#[test]
+fn the_inode_kept_open_is_used_only_while_its_home_still_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big");
+    std::fs::write(&path, b"first").unwrap();
+    let key = key_of(&std::fs::File::open(&path).unwrap(), &path).unwrap();
+    let opened = super::place::LastOpened::default();
+    assert!(opened.open(&path, key).is_some());
+    // Kept open: found again while the path holds it.
+    assert!(opened.open(&path, key).is_some());
+    // Replaced by another file (renamed over it), the path no longer holds the inode,
+    // though a descriptor of it is still open.
+    let other = dir.path().join("other");
+    std::fs::write(&other, b"second").unwrap();
+    std::fs::rename(&other, &path).unwrap();
+    assert!(opened.open(&path, key).is_none());
+    // Nor through a symlink to a file that is that inode.
+    let kept = dir.path().join("kept");
+    std::fs::write(&kept, b"third").unwrap();
+    let kept_key = key_of(&std::fs::File::open(&kept).unwrap(), &kept).unwrap();
+    assert!(opened.open(&kept, kept_key).is_some());
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&kept, &link).unwrap();
+    assert!(opened.open(&link, kept_key).is_none());
+    opened.forget(kept_key);
+    assert!(opened.open(&kept, kept_key).is_some());
+}
