@@ -7,6 +7,10 @@
 //! `O_TMPFILE`, linked at its path; owner, mode and times set on the descriptor), on
 //! as many threads as the passive uses, a directory to a thread; then one `syncfs`.
 //! The files' bytes are read into memory first and are not counted.
+//!
+//! `versions_floor` is the same for an update: the changed files' new versions, each
+//! written whole (what a replica that never shows a half-written file must write where
+//! the file system cannot clone).
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -36,8 +40,42 @@ struct Directory {
 /// threads; the time from the first file created to `syncfs` returning.
 pub fn files_floor(source: &Path, target: &Path, threads: usize) -> std::io::Result<Duration> {
     let directories = read_source(source)?;
+    write_directories(&directories, target, threads)
+}
+
+/// The floor of an update that never shows a half-written file where the file system
+/// cannot clone: each of `changed` (files of the source folder, after their changes)
+/// written whole as a new file under `target` (which must not exist; one directory
+/// each, so equal names never meet), on `threads` threads, then `syncfs`. Whatever a
+/// replica does to find what changed, it must at least write this.
+pub fn versions_floor(
+    changed: &[PathBuf],
+    target: &Path,
+    threads: usize,
+) -> std::io::Result<Duration> {
+    let directories = changed
+        .iter()
+        .enumerate()
+        .map(|(index, path)| {
+            Ok(Directory {
+                relative: PathBuf::from(format!("v{index}")),
+                files: vec![read_file(path)?],
+            })
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    write_directories(&directories, target, threads)
+}
+
+/// Write `directories` under `target` (created here, with their directories, before
+/// the clock starts), a directory to a thread in turn; the time from the first file
+/// created to `syncfs` returning.
+fn write_directories(
+    directories: &[Directory],
+    target: &Path,
+    threads: usize,
+) -> std::io::Result<Duration> {
     std::fs::create_dir(target)?;
-    for directory in &directories {
+    for directory in directories {
         if !directory.relative.as_os_str().is_empty() {
             std::fs::create_dir(target.join(&directory.relative))?;
         }
@@ -47,7 +85,6 @@ pub fn files_floor(source: &Path, target: &Path, threads: usize) -> std::io::Res
     let failures: Vec<std::io::Error> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|lane| {
-                let directories = &directories;
                 scope.spawn(move || -> std::io::Result<()> {
                     for directory in directories.iter().skip(lane).step_by(threads) {
                         let path = target.join(&directory.relative);
@@ -252,5 +289,28 @@ mod tests {
             }
         }
         assert_eq!(copied, 31);
+    }
+
+    #[test]
+    fn the_versions_floor_writes_each_changed_file_whole_even_under_one_name() {
+        let work = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            work.path().join("a/same.bin"),
+            work.path().join("b/same.bin"),
+        );
+        for (path, fill) in [(&a, 1u8), (&b, 2u8)] {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, vec![fill; 100_000]).unwrap();
+        }
+        let target = work.path().join("floor");
+        super::versions_floor(&[a.clone(), b.clone()], &target, 2).unwrap();
+        assert_eq!(
+            std::fs::read(target.join("v0/same.bin")).unwrap(),
+            std::fs::read(&a).unwrap()
+        );
+        assert_eq!(
+            std::fs::read(target.join("v1/same.bin")).unwrap(),
+            std::fs::read(&b).unwrap()
+        );
     }
 }

@@ -22,6 +22,9 @@ pub struct Incremental {
     pub standin_wire_bytes: u64,
     pub rsync: Duration,
     pub rsync_wire_bytes: u64,
+    /// The changed files' new versions written whole, measured after both
+    /// (`floor::versions_floor`).
+    pub floor: Duration,
     pub takeover: Duration,
     pub failover_after_ms: u64,
     pub resources: Vec<(String, f64, f64)>,
@@ -87,10 +90,12 @@ pub fn incremental(
     }
     small_paths.sort();
     let mut expected = Vec::new();
+    let mut changed = Vec::new();
     for path in small_paths.iter().step_by(100) {
         generator.fill(&mut content);
         std::fs::write(path, &content)?;
         expected.push(Expect::at(&folder, path, 0, &content));
+        changed.push(path.clone());
     }
     let mut appended = std::fs::OpenOptions::new()
         .append(true)
@@ -124,6 +129,9 @@ pub fn incremental(
     )?;
 
     let (rsync_time, rsync_wire_bytes) = daemon.update(rsync, &rsync_target)?;
+    changed.extend([large0, folder.join("large/large1.bin")]);
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let floor = crate::floor::versions_floor(&changed, &root.join("floor-versions"), threads)?;
 
     let resources = vec![
         (
@@ -152,6 +160,7 @@ pub fn incremental(
         standin_wire_bytes,
         rsync: rsync_time,
         rsync_wire_bytes,
+        floor,
         takeover,
         failover_after_ms,
         resources,
