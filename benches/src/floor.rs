@@ -4,7 +4,8 @@
 //! against what any replica writing the same files must spend.
 //!
 //! Each file is written as standin's passive writes a new file (an unnamed file,
-//! `O_TMPFILE`, linked at its path; owner, mode and times set on the descriptor), on
+//! `O_TMPFILE`, created with its permission bits, linked at its path; owner and mode
+//! set on the descriptor where they differ, times set), on
 //! as many threads as the passive uses, a directory to a thread; then one `syncfs`.
 //! The files' bytes are read into memory first and are not counted.
 //!
@@ -183,7 +184,7 @@ fn write_unnamed(directory: &Path, file: &Source) -> std::io::Result<()> {
         let descriptor = libc::open(
             directory_c.as_ptr(),
             libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC,
-            0o600,
+            file.mode & 0o777,
         );
         if descriptor < 0 {
             return Err(last());
@@ -205,8 +206,17 @@ fn write_unnamed(directory: &Path, file: &Source) -> std::io::Result<()> {
                 }
                 written += wrote as usize;
             }
-            if libc::fchown(descriptor, file.uid, file.gid) != 0
-                || libc::fchmod(descriptor, file.mode) != 0
+            // As the passive: a chown or chmod that would change nothing is not made.
+            let mut now: libc::stat = std::mem::zeroed();
+            if libc::fstat(descriptor, &mut now) != 0 {
+                return Err(last());
+            }
+            let chown = (now.st_uid, now.st_gid) != (file.uid, file.gid);
+            if chown && libc::fchown(descriptor, file.uid, file.gid) != 0 {
+                return Err(last());
+            }
+            if (chown || now.st_mode & 0o7777 != file.mode)
+                && libc::fchmod(descriptor, file.mode) != 0
             {
                 return Err(last());
             }

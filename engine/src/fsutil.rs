@@ -154,12 +154,15 @@ pub fn replace_file(temporary: &Path, destination: &Path) -> Result<bool> {
 /// `O_TMPFILE` was refused by the folder's file system once: not asked again.
 static NO_UNNAMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// An unnamed regular file (Linux `O_TMPFILE`, mode 0600) on the file system of
-/// `directory`, to be given its name by `link_unnamed` once complete; `None` where that
-/// cannot be done (no `O_TMPFILE` there, or no `/proc/self/fd` to link it through),
-/// and the caller writes a temporary name instead. Nothing of it is left on disk if it
-/// is never linked (or, without a journal, only until the next fsck after a crash).
-pub fn create_unnamed(directory: &Path) -> std::io::Result<Option<File>> {
+/// An unnamed regular file (Linux `O_TMPFILE`) on the file system of `directory`, to
+/// be given its name by `link_unnamed` once complete; `None` where that cannot be done
+/// (no `O_TMPFILE` there, or no `/proc/self/fd` to link it through), and the caller
+/// writes a temporary name instead. Nothing of it is left on disk if it is never linked
+/// (or, without a journal, only until the next fsck after a crash). It is created with
+/// `mode`'s permission bits (never setuid, setgid or sticky), less the umask, so that
+/// the file's recorded mode is mostly there already; no one can open it by name before
+/// it is linked.
+pub fn create_unnamed(directory: &Path, mode: u32) -> std::io::Result<Option<File>> {
     use std::os::unix::fs::OpenOptionsExt;
     static PROC_FD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     if NO_UNNAMED.load(Ordering::Relaxed)
@@ -170,7 +173,7 @@ pub fn create_unnamed(directory: &Path) -> std::io::Result<Option<File>> {
     match std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_TMPFILE)
-        .mode(0o600)
+        .mode(mode & 0o777)
         .open(directory)
     {
         Ok(file) => Ok(Some(file)),
@@ -465,7 +468,7 @@ mod tests {
     #[test]
     fn an_unnamed_file_appears_whole_at_a_new_name_and_never_replaces() {
         let dir = tempfile::tempdir().unwrap();
-        let Some(mut file) = create_unnamed(dir.path()).unwrap() else {
+        let Some(mut file) = create_unnamed(dir.path(), 0o600).unwrap() else {
             eprintln!("no O_TMPFILE here: nothing to check");
             return;
         };

@@ -42,7 +42,11 @@ pub(super) fn write_file(
         Some(parent) => parent.under(root),
         None => root.to_path_buf(),
     };
-    let unnamed = crate::fsutil::create_unnamed(&directory).at("create", &temporary)?;
+    let mode = match attributes {
+        Attributes::Legacy(mode, _) => mode,
+        Attributes::Meta(meta) => meta.mode,
+    };
+    let unnamed = crate::fsutil::create_unnamed(&directory, mode).at("create", &temporary)?;
     let named = unnamed.is_none();
     let opened = match unnamed {
         Some(file) => Ok(file),
