@@ -184,7 +184,7 @@ fn write_unnamed(directory: &Path, file: &Source) -> std::io::Result<()> {
         let descriptor = libc::open(
             directory_c.as_ptr(),
             libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC,
-            file.mode & 0o777,
+            (file.mode & 0o777) | 0o600,
         );
         if descriptor < 0 {
             return Err(last());

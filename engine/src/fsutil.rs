@@ -159,9 +159,10 @@ static NO_UNNAMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool
 /// (no `O_TMPFILE` there, or no `/proc/self/fd` to link it through), and the caller
 /// writes a temporary name instead. Nothing of it is left on disk if it is never linked
 /// (or, without a journal, only until the next fsck after a crash). It is created with
-/// `mode`'s permission bits (never setuid, setgid or sticky), less the umask, so that
-/// the file's recorded mode is mostly there already; no one can open it by name before
-/// it is linked.
+/// `mode`'s permission bits (never setuid, setgid or sticky) and always the owner's
+/// read and write, less the umask, so that the recorded mode is mostly there already
+/// while the owner may still set `user.*` attributes on it without root (the kernel
+/// checks those against the mode); no one can open it by name before it is linked.
 pub fn create_unnamed(directory: &Path, mode: u32) -> std::io::Result<Option<File>> {
     use std::os::unix::fs::OpenOptionsExt;
     static PROC_FD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -173,7 +174,7 @@ pub fn create_unnamed(directory: &Path, mode: u32) -> std::io::Result<Option<Fil
     match std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_TMPFILE)
-        .mode(mode & 0o777)
+        .mode((mode & 0o777) | 0o600)
         .open(directory)
     {
         Ok(file) => Ok(Some(file)),

@@ -257,11 +257,6 @@ impl Node {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = role;
         self.accepts_logins
             .store(accepts_logins, std::sync::atomic::Ordering::SeqCst);
-        if accepts_logins {
-            // An unknown user is checked against a dummy hash: computed before the
-            // first one, in the background, once.
-            crate::site::prepare();
-        }
         self.published_ms.store(
             standin_engine::fsutil::monotonic_ms(),
             std::sync::atomic::Ordering::SeqCst,

@@ -143,6 +143,8 @@ pub async fn run(
         }
         (None, None) => Some(crate::wire::secret::unguessable()),
     };
+    // An unknown user is checked against a dummy hash: compute it before the first.
+    tokio::task::spawn_blocking(crate::site::prepare).await?;
     let router = builder.add_service(health_service);
     let agent_service = crate::servers::site_server::agent_grpc(node.clone(), agent_keys.clone());
     // Signed reports carry their own proof; a bearer token would only be one more

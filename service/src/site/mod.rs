@@ -204,24 +204,9 @@ fn dummy_hash() -> Result<&'static str, SiteError> {
         })
 }
 
-/// Compute the dummy hash on a thread of its own, once, so that the first unknown
-/// user costs no more than the next: called when the node first accepts logins (a
-/// passive, which never checks a password, does not spend the ~35 ms of CPU it costs
-/// while it catches up). A login in the first few milliseconds after that waits for it.
+/// Compute the dummy hash now (at start), so the first unknown user costs no more.
 pub fn prepare() {
-    static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if STARTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
-        return;
-    }
-    let spawned = std::thread::Builder::new()
-        .name("standin-dummy-hash".to_string())
-        .spawn(|| {
-            let _ = dummy_hash();
-        });
-    if spawned.is_err() {
-        // No thread to be had: the first unknown user computes it.
-        STARTED.store(false, std::sync::atomic::Ordering::SeqCst);
-    }
+    let _ = dummy_hash();
 }
 
 /// Refuse a stored hash whose parameters would cost more than the bounds.
