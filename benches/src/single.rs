@@ -250,14 +250,15 @@ pub(crate) fn edits_only(options: &Options) -> Outcome<()> {
             std::fs::create_dir_all(&work)?;
             let round = pair::large_edits(&standin, &rsync, &work, shape, patch_in_place)?;
             println!(
-                "run {run}, patch_in_place = {patch_in_place}: {} of {} files of {} MiB edited, then: standin {:.3} s ({} bytes), rsync {:.3} s ({} bytes)",
+                "run {run}, patch_in_place = {patch_in_place}: {} of {} files of {} MiB edited, then: standin {:.3} s ({} bytes), rsync {:.3} s ({} bytes), floor {:.3} s (the new versions written whole)",
                 round.edited,
                 round.files,
                 round.size >> 20,
                 round.standin.as_secs_f64(),
                 round.standin_wire_bytes,
                 round.rsync.as_secs_f64(),
-                round.rsync_wire_bytes
+                round.rsync_wire_bytes,
+                round.floor.as_secs_f64()
             );
             println!(
                 "  then {} small changes one at a time beside them, each until the replica had it: median {:.1} ms, p99 {:.1} ms",

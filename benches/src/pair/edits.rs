@@ -26,6 +26,8 @@ pub struct Edits {
     pub standin_wire_bytes: u64,
     pub rsync: Duration,
     pub rsync_wire_bytes: u64,
+    /// The edited files' new versions written whole and synced (`floor::versions_floor`).
+    pub floor: Duration,
     /// Then small changes, one at a time, each until the replica had it (sorted).
     pub lag: Vec<Duration>,
 }
@@ -63,6 +65,7 @@ pub fn large_edits(
     let mut generator = crate::corpus::Bytes::new(91);
     let mut content = vec![0u8; 4096];
     let mut expected = Vec::new();
+    let mut changed = Vec::new();
     let offset = (size / 2) as u64;
     for index in (0..files)
         .step_by((files / edited.max(1)).max(1))
@@ -75,6 +78,7 @@ pub fn large_edits(
             .open(&path)?
             .write_all_at(&content, offset)?;
         expected.push(Expect::at(&folder, &path, offset, &content));
+        changed.push(path);
     }
     let (standin, standin_wire_bytes) = applied(
         &alpha,
@@ -84,6 +88,8 @@ pub fn large_edits(
         bytes_before,
     )?;
     let (rsync_time, rsync_wire_bytes) = daemon.update(rsync, &rsync_target)?;
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let floor = crate::floor::versions_floor(&changed, &root.join("floor-versions"), threads)?;
     // Each change of the passive's folder is guarded against displacing the files it
     // keeps by reference: its cost must not grow with them.
     let lag = super::lag_between(&folder, &root.join("replica"), 100)?;
@@ -95,6 +101,7 @@ pub fn large_edits(
         standin_wire_bytes,
         rsync: rsync_time,
         rsync_wire_bytes,
+        floor,
         lag,
     })
 }

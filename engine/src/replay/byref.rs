@@ -48,6 +48,7 @@ pub(super) fn guard(
         .collect();
     named.extend(link_groups.iter().flatten().map(|path| path.under(root)));
     let named: Vec<PathBuf> = named.into_iter().collect();
+    let started = crate::clock::instant();
     let mut guarded = Vec::new();
     // The homes at or under a named path (a named path is never `root` itself).
     for (key, home) in chunks.referenced_homes_at_or_under(&named) {
@@ -65,6 +66,11 @@ pub(super) fn guard(
     }
     if !guarded.is_empty() {
         crate::fsutil::fsync_dir(chunks.kept_dir())?;
+        tracing::debug!(
+            guarded = guarded.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "linked the inodes a part may displace into kept/"
+        );
     }
     Ok(guarded)
 }
@@ -109,10 +115,13 @@ pub(super) fn settle(
     renames: &[(RelPath, RelPath)],
 ) -> Result<()> {
     let chunks = repository.chunks();
+    let started = crate::clock::instant();
     chunks.apply_deferred_refs()?;
     if guarded.is_empty() {
         return Ok(());
     }
+    let deferred = started.elapsed();
+    let count = guarded.len();
     let mut unlink = Vec::new();
     // Replaced by a version that shares most of them: what is left goes into the
     // packs, for all such inodes at once.
@@ -141,6 +150,7 @@ pub(super) fn settle(
             copy_out.push((key, size));
         }
     }
+    let homes = started.elapsed();
     let keys: Vec<InodeKey> = copy_out.iter().map(|(key, _)| *key).collect();
     let copied = if keys.is_empty() {
         Vec::new()
@@ -156,7 +166,9 @@ pub(super) fn settle(
         );
         unlink.push(key);
     }
+    let copied_out = started.elapsed();
     repository.flush()?;
+    let flushed = started.elapsed();
     for key in unlink {
         let kept = chunks.kept_path(key);
         match std::fs::remove_file(&kept) {
@@ -165,5 +177,15 @@ pub(super) fn settle(
             Err(error) => return Err(error).at("remove", &kept),
         }
     }
+    let ms = |duration: std::time::Duration| duration.as_secs_f64() * 1e3;
+    tracing::debug!(
+        guarded = count,
+        deferred_ms = ms(deferred),
+        homes_ms = ms(homes - deferred),
+        copy_out_ms = ms(copied_out - homes),
+        flush_ms = ms(flushed - copied_out),
+        unlink_ms = ms(started.elapsed() - flushed),
+        "settled the inodes kept by reference"
+    );
     Ok(())
 }
