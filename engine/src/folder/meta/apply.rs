@@ -427,6 +427,60 @@ mod tests {
         i128::from(metadata.ctime()) * 1_000_000_000 + i128::from(metadata.ctime_nsec())
     }
 
+    /// Without root, `user.*` attributes can be set only on a file whose mode lets its
+    /// owner write it: a new file with a read-only recorded mode gets them before its
+    /// mode (this fails as a non-root user if the file is created read-only).
+    #[test]
+    fn a_read_only_new_file_gets_its_user_attributes_then_its_mode() {
+        use std::io::Write;
+        // Root may set any attribute: the check is made as an ordinary user as well,
+        // in a child run of this test as `nobody`.
+        // SAFETY: geteuid only reads the process's effective user id.
+        if unsafe { libc::geteuid() } == 0 && std::env::var_os("STANDIN_TEST_AS_USER").is_none() {
+            use std::os::unix::process::CommandExt;
+            let name = "folder::meta::apply::tests::a_read_only_new_file_gets_its_user_attributes_then_its_mode";
+            let child = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", name, "--test-threads", "1"])
+                .env("STANDIN_TEST_AS_USER", "1")
+                .env("TMPDIR", std::env::temp_dir())
+                .uid(65534)
+                .gid(65534)
+                .output();
+            match child {
+                Ok(output) => assert!(
+                    output.status.success()
+                        && String::from_utf8_lossy(&output.stdout).contains("1 passed"),
+                    "as nobody: {}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                ),
+                // The test binary cannot be run as nobody here (a private target dir).
+                Err(error) => eprintln!("not checked as an ordinary user: {error}"),
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source");
+        std::fs::write(&source, b"content").unwrap();
+        if xattr::set(&source, "user.standin-test", b"value").is_err() {
+            return; // No user attributes on this file system.
+        }
+        std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o444)).unwrap();
+        let meta = Meta::read(&source, &std::fs::symlink_metadata(&source).unwrap());
+        let Some(mut file) = crate::fsutil::create_unnamed(dir.path(), meta.mode).unwrap() else {
+            return; // No O_TMPFILE here.
+        };
+        file.write_all(b"content").unwrap();
+        let shown = dir.path().join("copy");
+        apply_meta_to_file(&file, &shown, &meta, MetaOptions::default()).unwrap();
+        crate::fsutil::link_unnamed(&file, &shown).unwrap();
+        assert_eq!(
+            xattr::get(&shown, "user.standin-test").unwrap().as_deref(),
+            Some(&b"value"[..])
+        );
+        let copied = std::fs::symlink_metadata(&shown).unwrap();
+        assert_eq!(copied.mode() & 0o7777, 0o444);
+    }
+
     #[test]
     fn an_owner_and_mode_already_there_are_not_set_again() {
         let dir = tempfile::tempdir().unwrap();
