@@ -29,16 +29,11 @@ impl Homes {
     }
 
     pub fn insert(&mut self, key: InodeKey, home: Home) {
-        self.by_path.insert((home.path.clone(), key));
+        let path = home.path.clone();
         if let Some(old) = self.by_key.insert(key, home) {
-            if self
-                .by_key
-                .get(&key)
-                .is_some_and(|home| home.path != old.path)
-            {
-                self.by_path.remove(&(old.path, key));
-            }
+            self.by_path.remove(&(old.path, key));
         }
+        self.by_path.insert((path, key));
     }
 
     pub fn remove(&mut self, key: &InodeKey) -> Option<Home> {
