@@ -113,4 +113,17 @@ impl super::ChunkStore {
     pub fn move_into_packs(&self, keys: &[InodeKey]) -> Result<Vec<u64>> {
         self.copy_out_all(keys)
     }
+
+    /// Free the forgotten inodes `keys` (moved into the packs, the forget flushed) by
+    /// unlinking their `kept/` links on the store's reaper thread, off the caller's
+    /// path (`refs/kept.rs`).
+    pub fn free_kept_later(&self, keys: &[InodeKey]) {
+        let links = keys.iter().map(|key| self.refs.kept_path(*key)).collect();
+        self.refs.reaper.unlink(links);
+    }
+
+    /// Wait until every inode handed to `free_kept_later` is freed.
+    pub fn wait_kept_freed(&self) {
+        self.refs.reaper.wait();
+    }
 }

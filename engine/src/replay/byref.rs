@@ -11,7 +11,8 @@
 //!   renamed) gets its home back and loses the `kept/` link; one that left the folder
 //!   stays in `kept/` (removed: moved, not copied) or, when little of it is still
 //!   referenced (replaced by a new version that shares most chunks), has those chunks
-//!   copied into the packs and is freed.
+//!   copied into the packs and is freed (its last link unlinked on the store's reaper
+//!   thread, off the next batch's path).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -157,6 +158,7 @@ pub(super) fn settle(
     } else {
         chunks.move_into_packs(&keys)?
     };
+    let mut freed = Vec::with_capacity(copy_out.len());
     for ((key, size), copied) in copy_out.into_iter().zip(copied) {
         tracing::debug!(
             inode = key.1,
@@ -164,11 +166,15 @@ pub(super) fn settle(
             copied,
             "a replaced file's chunks the new version lacks were copied out"
         );
-        unlink.push(key);
+        freed.push(key);
     }
     let copied_out = started.elapsed();
     repository.flush()?;
     let flushed = started.elapsed();
+    // Forgotten, durably: their last links go on the reaper's thread (freeing the
+    // blocks of many replaced files took the next batch's time).
+    chunks.free_kept_later(&freed);
+    // Still in the folder: only the extra link goes, which frees nothing.
     for key in unlink {
         let kept = chunks.kept_path(key);
         match std::fs::remove_file(&kept) {
@@ -185,6 +191,7 @@ pub(super) fn settle(
         copy_out_ms = ms(copied_out - homes),
         flush_ms = ms(flushed - copied_out),
         unlink_ms = ms(started.elapsed() - flushed),
+        freed_later = freed.len(),
         "settled the inodes kept by reference"
     );
     Ok(())

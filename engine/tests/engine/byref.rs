@@ -69,6 +69,8 @@ pub(crate) fn pack_bytes(repository: &Repository) -> u64 {
 }
 
 pub(crate) fn kept_files(node: &Node) -> usize {
+    // Freed inodes' links go on the store's reaper thread: count once it is done.
+    node.repository.chunks().wait_kept_freed();
     std::fs::read_dir(node.data_dir.join("chunks").join("kept"))
         .unwrap()
         .count()

@@ -68,3 +68,36 @@ fn files_replaced_together_each_keep_only_what_their_new_version_lacks() {
         "{packed} bytes in packs after {edits} edits of {size}-byte files"
     );
 }
+
+/// A replaced inode's last link in `kept/` is removed after its references are
+/// forgotten, on a thread of its own; a stop in between leaves the link behind. The
+/// next open removes such links (no inode entry names them) and keeps the ones that
+/// still hold references.
+#[test]
+fn a_kept_link_nothing_refers_to_goes_at_the_next_open() {
+    use std::os::unix::fs::MetadataExt;
+    let size = 2 * MIB;
+    let (active, passive) = pair_with(&[("db.bin", noise(size, 40))]);
+    let kept_dir = passive.data_dir.join("chunks").join("kept");
+    let link_name = |path: &std::path::Path| {
+        let meta = std::fs::metadata(path).unwrap();
+        format!("{}-{}", meta.dev(), meta.ino())
+    };
+    // As a guard leaves it: the file kept by reference, linked into kept/ too.
+    let home = passive.folder.join("db.bin");
+    let guarded = kept_dir.join(link_name(&home));
+    std::fs::hard_link(&home, &guarded).unwrap();
+    // As a stop before the reaper's unlink leaves it: an inode nothing names.
+    let forgotten = passive.data_dir.join("forgotten");
+    std::fs::write(&forgotten, noise(size, 41)).unwrap();
+    let orphan = kept_dir.join(link_name(&forgotten));
+    std::fs::rename(&forgotten, &orphan).unwrap();
+    let passive = passive.reopen();
+    assert!(
+        !orphan.exists(),
+        "the link of an inode nothing names is removed"
+    );
+    assert!(guarded.exists(), "a link of an inode with references stays");
+    passive.assert_verified();
+    assert_eq!(passive.versions_of("db.bin"), active.versions_of("db.bin"));
+}

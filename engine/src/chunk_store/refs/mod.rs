@@ -29,6 +29,7 @@ use crate::hash::Hash;
 mod by_inode;
 mod forget;
 mod homes;
+mod kept;
 mod place;
 
 use place::key_bytes;
@@ -73,6 +74,8 @@ pub(crate) struct Refs {
     /// never leaves an old version's chunk pointing at a file `recover` removes.
     deferred: RwLock<Vec<(Hash, RefLoc)>>,
     pub kept_dir: PathBuf,
+    /// Unlinks forgotten inodes' `kept/` links off the batch's path (`kept.rs`).
+    pub(crate) reaper: kept::Reaper,
     pub staging_dir: PathBuf,
     count: AtomicU64,
     bytes: AtomicU64,
@@ -124,6 +127,14 @@ impl Refs {
                 },
             );
         }
+        let swept = kept::sweep(&kept_dir, |key| homes.get(&key).is_some())?;
+        if swept > 0 {
+            tracing::info!(
+                links = swept,
+                dir = %kept_dir.display(),
+                "removed replaced files nothing refers to any more (a stop came before their removal)"
+            );
+        }
         let (mut count, mut bytes) = (0u64, 0u64);
         for item in tree.iter() {
             let (_, value) = item?;
@@ -153,6 +164,7 @@ impl Refs {
             superseded: RwLock::new(Vec::new()),
             deferred: RwLock::new(Vec::new()),
             kept_dir,
+            reaper: kept::Reaper::default(),
             staging_dir,
             count: AtomicU64::new(count),
             bytes: AtomicU64::new(bytes),
