@@ -23,10 +23,11 @@ use std::sync::RwLock;
 
 mod codec;
 mod parts;
+mod runs;
+#[cfg(test)]
+mod runs_tests;
 
-use codec::{
-    decode_group, decode_head, decode_value, encode_group, encode_head, encode_value, key,
-};
+use codec::{decode_group, decode_head, decode_value, encode_group, encode_head, encode_value};
 
 use crate::error::{Error, Result};
 use crate::hash::Hash;
@@ -73,7 +74,8 @@ pub struct EventLog {
     db: sled::Db,
     /// Makes `db`'s flushes durable (`crate::sled_sync`).
     sync: crate::sled_sync::SledSync,
-    events: sled::Tree,
+    /// The events' records, in runs (`runs.rs`).
+    events: runs::Runs,
     /// Holds `base`: the last event compacted away (or a snapshot's head).
     log_base: sled::Tree,
     base: RwLock<Head>,
@@ -92,9 +94,19 @@ const LAST_GROUP_KEY: &[u8] = b"last_group";
 impl EventLog {
     /// Open the log in `db`, reading its head (and verifying the head event).
     pub fn open(db: &sled::Db, sync: crate::sled_sync::SledSync) -> Result<EventLog> {
-        let events = db.open_tree("events")?;
         let log_base = db.open_tree("log_base")?;
-        let undone = parts::undo_interrupted(db, &sync, &events, &log_base)?;
+        // A log of the layout before runs: its interrupted append undone, then it is
+        // rewritten into runs.
+        if db
+            .tree_names()
+            .iter()
+            .any(|name| name.as_ref() == b"events")
+        {
+            let single = db.open_tree("events")?;
+            parts::undo_interrupted(db, &sync, &single, &log_base)?;
+        }
+        let events = runs::Runs::open(db, &sync)?;
+        let undone = parts::undo_interrupted(db, &sync, events.tree(), &log_base)?;
         if undone > 0 {
             tracing::warn!(
                 events = undone,
@@ -110,15 +122,9 @@ impl EventLog {
         };
         let head = match events.last()? {
             None => base,
-            Some((stored_key, value)) => {
-                let seq = u64::from_be_bytes(stored_key.as_ref().try_into().map_err(|_| {
-                    Error::BrokenChain {
-                        seq: 0,
-                        reason: "malformed key in the events tree".to_string(),
-                    }
-                })?);
-                Head::of(&decode_value(seq, &value)?)
-            }
+            // A run compaction left whole may end at the base (truncated to it).
+            Some((seq, _)) if seq <= base.seq => base,
+            Some((seq, record)) => Head::of(&decode_value(seq, &record)?),
         };
         let log = EventLog {
             db: db.clone(),
@@ -214,7 +220,7 @@ impl EventLog {
         let base = self.base().seq;
         let mut at = seq;
         while at > base {
-            let Some(value) = self.events.get(key(at))? else {
+            let Some(value) = self.events.record(at)? else {
                 break;
             };
             if let crate::log::event::Change::Group { events } =
@@ -303,14 +309,27 @@ impl EventLog {
             // start is past the head, which `open_group` ignores.
             self.log_base.insert(LAST_GROUP_KEY, &encode_group(group))?;
         }
-        let records = batch
-            .iter()
-            .zip(canonical)
-            .map(|(event, canonical)| (key(event.seq()), encode_value(event, canonical)));
+        let records = runs::pack(
+            batch
+                .iter()
+                .zip(canonical)
+                .map(|(event, canonical)| (event.seq(), encode_value(event, canonical))),
+        );
         if parts == usize::MAX {
-            parts::write(&self.events, &self.log_base, before.seq, records)?;
+            parts::write(
+                self.events.tree(),
+                &self.log_base,
+                before.seq,
+                records.into_iter(),
+            )?;
         } else {
-            parts::write_parts(&self.events, &self.log_base, before.seq, records, parts)?;
+            parts::write_parts(
+                self.events.tree(),
+                &self.log_base,
+                before.seq,
+                records.into_iter(),
+                parts,
+            )?;
             self.flush_durably()?;
             return Ok(before);
         }
@@ -336,7 +355,7 @@ impl EventLog {
         if seq <= self.base().seq || seq > self.head().seq {
             return Ok(None);
         }
-        match self.events.get(key(seq))? {
+        match self.events.record(seq)? {
             None => Err(Error::BrokenChain {
                 seq,
                 reason: "missing from the log (a gap)".to_string(),
@@ -383,17 +402,19 @@ impl EventLog {
         let last = head.seq.min(seq.saturating_add(max as u64));
         let mut out = Vec::with_capacity((last - seq) as usize);
         let mut tip = (seq, ours);
+        // The runs holding them, each read once.
+        let mut records = self.events.records_from(seq + 1, last)?.into_iter();
         for next in seq + 1..=last {
-            let event = match self.get(next)? {
-                Some(event) => event,
+            let event = match records.next() {
+                Some((at, record)) if at == next => decode_value(next, &record)?,
                 // Compacted away while we read: not corruption.
-                None if next <= self.base().seq => {
+                _ if next <= self.base().seq => {
                     return Err(Error::Compacted {
                         seq,
                         base: self.base().seq,
                     })
                 }
-                None => {
+                _ => {
                     return Err(Error::BrokenChain {
                         seq: next,
                         reason: "missing from the log".to_string(),
@@ -442,12 +463,16 @@ impl EventLog {
                 base: base.seq,
             });
         }
-        let mut removed = Vec::with_capacity((head.seq - seq) as usize);
         let mut sled_batch = sled::Batch::default();
-        for next in seq + 1..=head.seq {
-            let value = self.stored(next)?;
-            removed.push(decode_value(next, &value)?);
-            sled_batch.remove(&key(next));
+        let mut removed = Vec::with_capacity((head.seq - seq) as usize);
+        for (at, record) in self.events.remove_after(seq, &mut sled_batch)? {
+            removed.push(decode_value(at, &record)?);
+        }
+        if removed.len() as u64 != head.seq - seq {
+            return Err(Error::BrokenChain {
+                seq: seq + removed.len() as u64 + 1,
+                reason: "missing from the log".to_string(),
+            });
         }
         let new_head = if seq == base.seq {
             base
@@ -455,7 +480,7 @@ impl EventLog {
             let value = self.stored(seq)?;
             Head::of(&decode_value(seq, &value)?)
         };
-        self.events.apply_batch(sled_batch)?;
+        self.events.tree().apply_batch(sled_batch)?;
         // The last group may be gone with them: find the one before (a rejoin, rare).
         self.forget_groups_after(seq)?;
         self.flush_durably()?;
@@ -466,17 +491,16 @@ impl EventLog {
     }
 
     /// The stored bytes of event `seq`, which must be in the log.
-    fn stored(&self, seq: u64) -> Result<sled::IVec> {
-        self.events
-            .get(key(seq))?
-            .ok_or_else(|| Error::BrokenChain {
-                seq,
-                reason: "missing from the log".to_string(),
-            })
+    fn stored(&self, seq: u64) -> Result<Vec<u8>> {
+        self.events.record(seq)?.ok_or_else(|| Error::BrokenChain {
+            seq,
+            reason: "missing from the log".to_string(),
+        })
     }
 
     /// Remove the events up to and including `seq` (which must be retained), making
-    /// event `seq` the base. Durable on return. Returns how many were removed.
+    /// event `seq` the base. Durable on return. Returns how many events it compacted
+    /// away (the runs they were stored in go once none of their events is retained).
     pub fn compact_through(&self, seq: u64) -> Result<u64> {
         let head = self
             .head
@@ -502,17 +526,11 @@ impl EventLog {
             .base
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = new_base;
-        let mut batch = sled::Batch::default();
-        let mut removed = 0;
-        for item in self.events.range(..=key(seq)) {
-            let (stored_key, _) = item?;
-            batch.remove(stored_key);
-            removed += 1;
-        }
-        self.events.apply_batch(batch)?;
+        // A run holding `seq` and later events stays whole: reads stop at the base.
+        self.events.remove_through(seq)?;
         self.flush_durably()?;
         drop(head);
-        Ok(removed)
+        Ok(seq - base.seq)
     }
 
     /// Drop every event and start over from `base` (a snapshot's head): the passive's
@@ -540,13 +558,6 @@ impl EventLog {
     /// Overwrite the stored bytes of one event. For tests that prove tampering is found.
     #[doc(hidden)]
     pub fn tamper_raw(&self, seq: u64, edit: impl FnOnce(&mut Vec<u8>)) -> Result<()> {
-        let mut value = self
-            .events
-            .get(key(seq))?
-            .map(|value| value.to_vec())
-            .unwrap_or_default();
-        edit(&mut value);
-        self.events.insert(key(seq), value)?;
-        Ok(())
+        self.events.tamper(seq, edit)
     }
 }

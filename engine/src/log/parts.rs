@@ -5,9 +5,9 @@
 //! `Tree::apply_batch` holds one guard for the whole batch: a batch of N inserts keeps
 //! about N node copies alive until it ends. The start-up capture of 20,000 small files
 //! is one group, one append: as one sled batch it held about 100 MB of such copies.
-//! An append of more than `PART_EVENTS` events is therefore written in parts of that
-//! many, each its own sled batch, and the `appending` mark in `log_base` makes the
-//! parts one again:
+//! Events are stored in runs (`runs.rs`: up to 64 events a sled value), and an append
+//! of more than `PART_RUNS` runs is written in parts of that many, each its own sled
+//! batch, and the `appending` mark in `log_base` makes the parts one again:
 //!
 //! 1. the mark — the head seq before the append — is inserted,
 //! 2. the parts are applied,
@@ -21,18 +21,21 @@
 
 use crate::error::{Error, Result};
 
-/// Events per sled batch: the node copies one part keeps alive are about this many
-/// (a few MB at most), and a part is still large enough that sled's per-batch cost
-/// does not show.
-pub(super) const PART_EVENTS: usize = 256;
+/// Runs per sled batch (up to 256 events): the node copies one part keeps alive are
+/// about this many, and a part is still large enough that sled's per-batch cost does
+/// not show.
+pub(super) const PART_RUNS: usize = 4;
+
+/// Keys removed per sled batch when an interrupted append is undone.
+const REMOVALS_PER_BATCH: usize = 256;
 
 /// In the `log_base` tree while an append of several parts is being written: the head
 /// seq before it (8 bytes, big-endian).
 pub(super) const APPENDING_KEY: &[u8] = b"appending";
 
-/// Insert `records` (key, value) into `events`, in parts of `PART_EVENTS` with the
-/// `appending` mark around them when there are more than one; `before` is the head
-/// seq the records follow. Not flushed: the caller flushes once.
+/// Insert `records` (key, value: the runs) into `events`, in parts of `PART_RUNS`
+/// with the `appending` mark around them when there are more than one; `before` is
+/// the head seq the records follow. Not flushed: the caller flushes once.
 pub(super) fn write(
     events: &sled::Tree,
     log_base: &sled::Tree,
@@ -50,7 +53,7 @@ pub(super) fn write_parts(
     records: impl ExactSizeIterator<Item = ([u8; 8], Vec<u8>)>,
     parts: usize,
 ) -> Result<()> {
-    let split = records.len() > PART_EVENTS;
+    let split = records.len() > PART_RUNS;
     if split {
         log_base.insert(APPENDING_KEY, &before.to_be_bytes())?;
     }
@@ -60,7 +63,7 @@ pub(super) fn write_parts(
     for (key, value) in records {
         part.insert(&key, value);
         in_part += 1;
-        if in_part == PART_EVENTS {
+        if in_part == PART_RUNS {
             if written == parts {
                 return Ok(());
             }
@@ -107,7 +110,7 @@ pub(super) fn undo_interrupted(
         let (stored_key, _) = item?;
         batch.remove(stored_key);
         removed += 1;
-        if removed % PART_EVENTS == 0 {
+        if removed % REMOVALS_PER_BATCH == 0 {
             events.apply_batch(std::mem::take(&mut batch))?;
         }
     }
