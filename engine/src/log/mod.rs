@@ -5,10 +5,12 @@
 //!
 //! The event log: append-only, gap-free, hash-chained, durable before visible.
 //!
-//! Events live in the sled tree `events`, keyed by big-endian seq (so key order is seq
-//! order), each value `prev (32) ‖ hash (32) ‖ canonical body`. Every read re-hashes
-//! the body onto its `prev` and, when reading a run, checks each `prev` against the
-//! hash before it, so a changed body, prev or hash on disk is found when it is read.
+//! Each event is stored as the record `prev (32) ‖ hash (32) ‖ canonical body`, and
+//! consecutive records of one append are kept together in runs of up to 64 (`runs.rs`:
+//! the sled tree `event_runs`, keyed by the big-endian seq of a run's first event, so
+//! key order is seq order). Every read re-hashes the body onto its `prev` and, when
+//! reading several, checks each `prev` against the hash before it, so a changed body,
+//! prev or hash on disk is found when it is read.
 //!
 //! `append` inserts a batch, flushes sled to disk, and only then moves the in-memory
 //! head that readers stop at: an event is durable before any reader can see it

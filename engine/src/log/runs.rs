@@ -4,7 +4,7 @@
 //! sled 0.34 copies a tree node for every insert (`parts.rs`), which made one insert
 //! per event most of what an append cost: 20,000 events took 150–260 ms of CPU as
 //! single inserts and 20–40 ms in runs of 64, with less memory held (a throwaway
-//! program, both ways; benches/results/small-2026-12-08.md). A run holds at most
+//! program, both ways; benches/results/log-runs.md). A run holds at most
 //! `RUN_EVENTS` records and, unless one record alone is larger, `RUN_BYTES`; its value
 //! is, per record, `u32le length ‖ record` (the record as `codec` encodes it). Runs
 //! never span two appends, so removing the runs after a seq that ended an append
