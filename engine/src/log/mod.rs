@@ -23,6 +23,8 @@ pub mod quarantine;
 
 use std::sync::RwLock;
 
+use sled::Transactional;
+
 mod codec;
 mod parts;
 mod runs;
@@ -99,19 +101,15 @@ impl EventLog {
         let log_base = db.open_tree("log_base")?;
         // A log of the layout before runs: its interrupted append undone, then it is
         // rewritten into runs.
-        if db
-            .tree_names()
-            .iter()
-            .any(|name| name.as_ref() == b"events")
-        {
-            let single = db.open_tree("events")?;
-            parts::undo_interrupted(db, &sync, &single, &log_base)?;
+        let mut undone = 0;
+        if let Some(single) = runs::single_layout(db, &log_base)? {
+            undone += parts::undo_interrupted(db, &sync, &single, &log_base)?;
         }
-        let events = runs::Runs::open(db, &sync)?;
-        let undone = parts::undo_interrupted(db, &sync, events.tree(), &log_base)?;
+        let events = runs::Runs::open(db, &sync, &log_base)?;
+        undone += parts::undo_interrupted(db, &sync, events.tree(), &log_base)?;
         if undone > 0 {
             tracing::warn!(
-                events = undone,
+                stored_values = undone,
                 "removed the events of an append a crash cut short (never visible)"
             );
         }
@@ -358,6 +356,8 @@ impl EventLog {
             return Ok(None);
         }
         match self.events.record(seq)? {
+            // Compacted away while we looked: not a gap.
+            None if seq <= self.base().seq => Ok(None),
             None => Err(Error::BrokenChain {
                 seq,
                 reason: "missing from the log (a gap)".to_string(),
@@ -379,7 +379,23 @@ impl EventLog {
                 base: base.seq,
             });
         }
-        Ok(self.get(seq)?.map(|event| event.hash))
+        match self.get(seq)? {
+            Some(event) => Ok(Some(event.hash)),
+            None => {
+                // Compacted away while we looked: say so, as above.
+                let base = self.base();
+                if seq == base.seq {
+                    Ok(Some(base.hash))
+                } else if seq < base.seq {
+                    Err(Error::Compacted {
+                        seq,
+                        base: base.seq,
+                    })
+                } else {
+                    Ok(None)
+                }
+            }
+        }
     }
 
     /// Up to `max` events after (`seq`, `hash`), each checked to link to the one before.
@@ -542,10 +558,29 @@ impl EventLog {
             .head
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.log_base.insert(BASE_KEY, encode_head(&base))?;
-        // A snapshot is taken at the active's head, which is always a group's end.
-        self.log_base.remove(LAST_GROUP_KEY)?;
-        self.events.clear()?;
+        // The base, the last group and every run change in one sled transaction: a
+        // crash leaves the old log or the new base, never the base beside a part of
+        // the old events (removed one by one, a new head could have been read from
+        // them at the next open).
+        let runs = self.events.keys()?;
+        let stored_base = encode_head(&base);
+        (&self.log_base, self.events.tree())
+            .transaction(|(log_base, events)| {
+                log_base.insert(BASE_KEY, stored_base.as_slice())?;
+                // A snapshot is taken at the active's head, which is always a group's end.
+                log_base.remove(LAST_GROUP_KEY)?;
+                for run in &runs {
+                    events.remove(run)?;
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|error| match error {
+                sled::transaction::TransactionError::Storage(error) => Error::from(error),
+                sled::transaction::TransactionError::Abort(()) => Error::BrokenChain {
+                    seq: base.seq,
+                    reason: "the log's reset was aborted".to_string(),
+                },
+            })?;
         self.flush_durably()?;
         *self
             .base

@@ -13,7 +13,8 @@
 //! cuts whole, and the log refuses to read at or before its base.
 //!
 //! Logs written one record per value (the tree `events`, before runs) are rewritten
-//! into runs when opened (`migrate`).
+//! into runs when opened (`migrate`, under a mark in `log_base`); a data_dir whose
+//! events are in both layouts with no rewrite under way is refused (`single_layout`).
 
 use crate::error::{Error, Result};
 
@@ -27,6 +28,36 @@ pub(super) const RUN_BYTES: usize = 64 << 10;
 pub(super) const TREE: &str = "event_runs";
 /// The tree of one record per value that runs replaced.
 const SINGLE_TREE: &str = "events";
+/// In `log_base` while a log of that layout is being rewritten into runs.
+const MIGRATING_KEY: &[u8] = b"migrating_to_runs";
+
+/// The tree of a log stored one record per value, when it holds events (to be
+/// rewritten into runs). Refused when runs hold events too and no rewrite was under
+/// way: an older binary wrote to this data_dir after the rewrite, and which of the two
+/// is the log cannot be told.
+pub(super) fn single_layout(db: &sled::Db, log_base: &sled::Tree) -> Result<Option<sled::Tree>> {
+    if !db
+        .tree_names()
+        .iter()
+        .any(|name| name.as_ref() == SINGLE_TREE.as_bytes())
+    {
+        return Ok(None);
+    }
+    let single = db.open_tree(SINGLE_TREE)?;
+    if single.is_empty() {
+        return Ok(None);
+    }
+    if !db.open_tree(TREE)?.is_empty() && !log_base.contains_key(MIGRATING_KEY)? {
+        return Err(broken(
+            0,
+            "the log is stored in both layouts (one event per value, and in runs): an \
+             older standin wrote to this data_dir after a newer one had rewritten its log; \
+             restore data_dir from a copy, or move it away and start with an empty one to \
+             copy the peer",
+        ));
+    }
+    Ok(Some(single))
+}
 
 /// The runs tree.
 #[derive(Clone)]
@@ -109,11 +140,15 @@ pub(super) fn pack(records: impl IntoIterator<Item = (u64, Vec<u8>)>) -> Vec<([u
 
 impl Runs {
     /// The runs tree of `db`, with a log stored one record per value rewritten into it
-    /// first.
-    pub fn open(db: &sled::Db, sync: &crate::sled_sync::SledSync) -> Result<Runs> {
+    /// first (`log_base` holds the mark of a rewrite under way).
+    pub fn open(
+        db: &sled::Db,
+        sync: &crate::sled_sync::SledSync,
+        log_base: &sled::Tree,
+    ) -> Result<Runs> {
         let tree = db.open_tree(TREE)?;
         let runs = Runs { tree };
-        runs.migrate(db, sync)?;
+        runs.migrate(db, sync, log_base)?;
         Ok(runs)
     }
 
@@ -124,7 +159,12 @@ impl Runs {
     /// Rewrite a log stored one record per value (`events`) into runs: the runs
     /// written and flushed, then the old tree dropped. A crash before the drop leaves
     /// the old tree whole, and the next open starts the rewrite again from nothing.
-    fn migrate(&self, db: &sled::Db, sync: &crate::sled_sync::SledSync) -> Result<()> {
+    fn migrate(
+        &self,
+        db: &sled::Db,
+        sync: &crate::sled_sync::SledSync,
+        log_base: &sled::Tree,
+    ) -> Result<()> {
         let names = db.tree_names();
         if !names
             .iter()
@@ -134,8 +174,16 @@ impl Runs {
         }
         let single = db.open_tree(SINGLE_TREE)?;
         if !single.is_empty() {
-            // (An interrupted append of the old layout is undone by the caller first.)
-            self.tree.clear()?;
+            // (An interrupted append of the old layout is undone by the caller first,
+            // and `single_layout` refused runs beside it that no rewrite left.)
+            log_base.insert(MIGRATING_KEY, &[])?;
+            db.flush()?;
+            sync.sync()?;
+            let mut stale = sled::Batch::default();
+            for run in self.keys()? {
+                stale.remove(run);
+            }
+            self.tree.apply_batch(stale)?;
             let mut moved = 0u64;
             let mut pending: Vec<(u64, Vec<u8>)> = Vec::new();
             let mut expected = None;
@@ -159,6 +207,7 @@ impl Runs {
             tracing::info!(events = moved, "rewrote the log into runs of events");
         }
         db.drop_tree(SINGLE_TREE)?;
+        log_base.remove(MIGRATING_KEY)?;
         db.flush()?;
         sync.sync()
     }
@@ -276,9 +325,13 @@ impl Runs {
         Ok(())
     }
 
-    pub fn clear(&self) -> Result<()> {
-        self.tree.clear()?;
-        Ok(())
+    /// The key of every run.
+    pub fn keys(&self) -> Result<Vec<sled::IVec>> {
+        let mut keys = Vec::new();
+        for item in self.tree.iter().keys() {
+            keys.push(item?);
+        }
+        Ok(keys)
     }
 
     /// Change the stored record of `seq` in place (tests of tampering).

@@ -137,3 +137,141 @@ fn an_interrupted_append_of_the_old_layout_is_undone_before_the_rewrite() {
     assert_eq!(log.head().seq, 12);
     assert_eq!(log.check_chain().unwrap(), 12);
 }
+
+/// An append of the old layout cut short after it wrote its `Group` event: undone
+/// before the rewrite, and the group it named is not taken for the log's last one.
+#[test]
+fn an_old_layout_undo_forgets_the_group_it_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = chain((0, Hash::ZERO), 20);
+    {
+        let db = crate::repository::open::open_sled(&dir.path().join("db")).unwrap();
+        write_single(&db, &events);
+        let log_base = db.open_tree("log_base").unwrap();
+        // The mark says 12; the last group (13, 20) was in the part that went.
+        log_base
+            .insert(super::parts::APPENDING_KEY, &12u64.to_be_bytes())
+            .unwrap();
+        log_base
+            .insert(super::LAST_GROUP_KEY, &super::codec::encode_group((13, 20)))
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let (_db, log) = open(dir.path());
+    assert_eq!(log.head().seq, 12);
+    log.append(&events[12..15]).unwrap();
+    assert_eq!(log.open_group().unwrap(), None);
+}
+
+/// An older binary that wrote its own events after the rewrite: which is the log
+/// cannot be told, and the open says so instead of picking one.
+#[test]
+fn a_log_in_both_layouts_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = chain((0, Hash::ZERO), 10);
+    {
+        let (db, log) = open(dir.path());
+        log.append(&events).unwrap();
+        write_single(&db, &chain((0, Hash::ZERO), 3));
+    }
+    let db = crate::repository::open::open_sled(&dir.path().join("db")).unwrap();
+    let sync = crate::sled_sync::SledSync::open(&dir.path().join("db")).unwrap();
+    let error = EventLog::open(&db, sync).err().expect("refused");
+    assert!(error.to_string().contains("both layouts"), "{error}");
+}
+
+/// A rewrite stopped half way (its mark still in `log_base`) starts again from
+/// nothing at the next open.
+#[test]
+fn a_rewrite_stopped_half_way_starts_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = chain((0, Hash::ZERO), 100);
+    {
+        let db = crate::repository::open::open_sled(&dir.path().join("db")).unwrap();
+        write_single(&db, &events);
+        // What the stop left: the mark, and the first runs.
+        db.open_tree("log_base")
+            .unwrap()
+            .insert(b"migrating_to_runs", &[])
+            .unwrap();
+        let runs = db.open_tree(TREE).unwrap();
+        for (run_key, value) in super::runs::pack(events[..40].iter().map(|event| {
+            (
+                event.seq(),
+                encode_value(event, &event.body.canonical_bytes()),
+            )
+        })) {
+            runs.insert(run_key, value).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let (_db, log) = open(dir.path());
+    assert_eq!(log.check_chain().unwrap(), 100);
+}
+
+/// Readers racing compaction get events, `None` or `Compacted`: never a broken chain
+/// for an event compacted away while they looked.
+#[test]
+fn reads_racing_compaction_are_never_a_broken_chain() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let (_db, log) = open(dir.path());
+    let events = chain((0, Hash::ZERO), 1500);
+    log.append(&events).unwrap();
+    let log = Arc::new(log);
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (log, done) = (log.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut errors: Vec<String> = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                let base = log.base();
+                match log.events_after(base.seq, &base.hash, 300) {
+                    Ok(_) | Err(crate::error::Error::Compacted { .. }) => {}
+                    Err(error) => errors.push(error.to_string()),
+                }
+                for ahead in [0u64, 1, 2, 63, 64, 65] {
+                    match log.hash_at(base.seq + ahead) {
+                        Ok(_) | Err(crate::error::Error::Compacted { .. }) => {}
+                        Err(error) => errors.push(error.to_string()),
+                    }
+                    if let Err(error) = log.get(base.seq + ahead) {
+                        errors.push(error.to_string());
+                    }
+                }
+            }
+            errors
+        })
+    };
+    for seq in 1..1490 {
+        log.compact_through(seq).unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    let errors = reader.join().unwrap();
+    assert!(
+        errors.is_empty(),
+        "{} errors, first {:?}",
+        errors.len(),
+        errors.first()
+    );
+}
+
+/// A reset to a snapshot's head drops every run with the base moved, at once.
+#[test]
+fn a_reset_drops_every_run_and_goes_on_from_the_new_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, log) = open(dir.path());
+    log.append(&chain((0, Hash::ZERO), 200)).unwrap();
+    let later = chain((0, Hash::ZERO), 500);
+    let base = super::Head::of(&later[499]);
+    log.reset_to(base).unwrap();
+    assert_eq!(db.open_tree(TREE).unwrap().len(), 0);
+    drop(log);
+    drop(db);
+    let (_db, log) = open(dir.path());
+    assert_eq!(log.head(), base);
+    assert_eq!(log.base(), base);
+    log.append(&chain((500, later[499].hash), 5)).unwrap();
+    assert_eq!(log.check_chain().unwrap(), 505);
+}

@@ -25,7 +25,8 @@ pub(super) fn key_of_name(name: &str) -> Option<InodeKey> {
 }
 
 /// Remove every link in `kept_dir` whose inode `known` does not name (forgotten before
-/// a crash took the unlink). Returns how many went.
+/// a crash took the unlink). Returns how many went; one that cannot be removed is
+/// named in a warning and left.
 pub(super) fn sweep(kept_dir: &Path, known: impl Fn(InodeKey) -> bool) -> Result<u64> {
     let mut removed = 0;
     for entry in std::fs::read_dir(kept_dir).at("list", kept_dir)? {
@@ -41,7 +42,12 @@ pub(super) fn sweep(kept_dir: &Path, known: impl Fn(InodeKey) -> bool) -> Result
         match std::fs::remove_file(&path) {
             Ok(()) => removed += 1,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => return Err(error).at("remove", &path),
+            // It only holds space: the node starts, and says so.
+            Err(error) => tracing::warn!(
+                path = %path.display(),
+                %error,
+                "could not remove a replaced file nothing refers to any more"
+            ),
         }
     }
     Ok(removed)
@@ -82,12 +88,15 @@ pub(crate) struct Reaper {
 }
 
 impl Reaper {
-    /// Unlink `links` (each the last link of a forgotten inode) soon, not now. Where no
-    /// thread can be started, now.
+    /// Unlink `links` (each the last link of a forgotten inode) soon, not now, once the
+    /// links handed over before are unlinked: a batch does not wait for its own, the
+    /// next one waits for the last one's, so the space of replaced files is never more
+    /// than one batch behind (a nearly full disk). Where no thread can be started, now.
     pub fn unlink(&self, links: Vec<PathBuf>) {
         if links.is_empty() {
             return;
         }
+        self.wait();
         let count = links.len();
         self.queued.add(count);
         let mut sender = self
@@ -146,6 +155,19 @@ impl Reaper {
     }
 }
 
+impl Drop for Reaper {
+    /// The links handed over are unlinked before the store goes: a store opened again
+    /// in the same process must not find a backlog of the last one's still running
+    /// (its sweep could free an inode number the old thread's unlink then hits again).
+    fn drop(&mut self) {
+        self.sender
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        self.wait();
+    }
+}
+
 /// A link that cannot be removed stays until the next open's `sweep`: nothing names
 /// its inode, so it only holds space.
 fn unlink_all(links: &[PathBuf]) {
@@ -180,8 +202,11 @@ mod tests {
         for name in ["1-10", "1-11", "other"] {
             std::fs::write(dir.path().join(name), b"x").unwrap();
         }
+        // One that cannot be removed as a file: named in a warning, the open goes on.
+        std::fs::create_dir(dir.path().join("1-12")).unwrap();
         let removed = sweep(dir.path(), |key| key == (1, 10)).unwrap();
         assert_eq!(removed, 1);
+        assert!(dir.path().join("1-12").exists());
         assert!(dir.path().join("1-10").exists(), "named: kept");
         assert!(!dir.path().join("1-11").exists(), "forgotten: removed");
         assert!(dir.path().join("other").exists(), "not ours: left alone");
@@ -202,6 +227,19 @@ mod tests {
         reaper.unlink(links[25..].to_vec());
         reaper.unlink(vec![dir.path().join("gone-already")]);
         reaper.wait();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_reaper_dropped_has_unlinked_everything_it_was_handed() {
+        let dir = tempfile::tempdir().unwrap();
+        let reaper = Reaper::default();
+        for at in 0..20 {
+            let path = dir.path().join(format!("1-{at}"));
+            std::fs::write(&path, vec![0u8; 1 << 16]).unwrap();
+            reaper.unlink(vec![path]);
+        }
+        drop(reaper);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }
