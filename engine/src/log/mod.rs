@@ -23,8 +23,6 @@ pub mod quarantine;
 
 use std::sync::RwLock;
 
-use sled::Transactional;
-
 mod codec;
 mod parts;
 mod read;
@@ -91,6 +89,9 @@ pub struct EventLog {
 
 const BASE_KEY: &[u8] = b"base";
 
+/// In `log_base` while `reset_to` removes the old runs: an open finishes the removal.
+const RESETTING_KEY: &[u8] = b"resetting";
+
 /// In the `log_base` tree: the last `Group` event appended, as its seq and the seq its
 /// group ends at (16 bytes, big-endian), so that a passive about to promote knows at
 /// once whether its log ends inside a group.
@@ -107,6 +108,14 @@ impl EventLog {
             undone += parts::undo_interrupted(db, &sync, &single, &log_base)?;
         }
         let events = runs::Runs::open(db, &sync, &log_base)?;
+        if log_base.contains_key(RESETTING_KEY)? {
+            // A reset to a snapshot's base stopped before its old runs were gone.
+            events.remove_all()?;
+            log_base.remove(RESETTING_KEY)?;
+            db.flush()?;
+            sync.sync()?;
+            tracing::info!("finished dropping the events a reset to a snapshot replaced");
+        }
         undone += parts::undo_interrupted(db, &sync, events.tree(), &log_base)?;
         if undone > 0 {
             tracing::warn!(
@@ -137,8 +146,9 @@ impl EventLog {
             listener: RwLock::new(None),
             head_mark: RwLock::new(None),
         };
-        if undone > 0 {
-            log.forget_groups_after(head.seq)?;
+        // A last group that starts past the head (an append a crash cut short, however
+        // it was cut) is forgotten: one read when there is nothing to do.
+        if log.forget_groups_after(head.seq)? || undone > 0 {
             log.flush_durably()?;
         }
         Ok(log)
@@ -152,7 +162,8 @@ impl EventLog {
 
     /// When the stored last group starts after `seq` (its events were removed, or
     /// never written), store the last group at or before `seq` instead.
-    fn forget_groups_after(&self, seq: u64) -> Result<()> {
+    /// Whether it changed anything.
+    fn forget_groups_after(&self, seq: u64) -> Result<bool> {
         let stored = self
             .log_base
             .get(LAST_GROUP_KEY)?
@@ -162,8 +173,9 @@ impl EventLog {
                 Some(group) => self.log_base.insert(LAST_GROUP_KEY, &encode_group(group))?,
                 None => self.log_base.remove(LAST_GROUP_KEY)?,
             };
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Have `listener` told of every new head (the service wakes its `Pull` streams
@@ -435,29 +447,20 @@ impl EventLog {
             .head
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // The base, the last group and every run change in one sled transaction: a
-        // crash leaves the old log or the new base, never the base beside a part of
-        // the old events (removed one by one, a new head could have been read from
-        // them at the next open).
-        let runs = self.events.keys()?;
-        let stored_base = encode_head(&base);
-        (&self.log_base, self.events.tree())
-            .transaction(|(log_base, events)| {
-                log_base.insert(BASE_KEY, stored_base.as_slice())?;
-                // A snapshot is taken at the active's head, which is always a group's end.
-                log_base.remove(LAST_GROUP_KEY)?;
-                for run in &runs {
-                    events.remove(run)?;
-                }
-                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|error| match error {
-                sled::transaction::TransactionError::Storage(error) => Error::from(error),
-                sled::transaction::TransactionError::Abort(()) => Error::BrokenChain {
-                    seq: base.seq,
-                    reason: "the log's reset was aborted".to_string(),
-                },
-            })?;
+        // The new base with a mark that the old runs are to go, in one batch (flushed):
+        // from then on an open removes whatever runs a crash left before it reads the
+        // head, so the base is never read beside a part of the old events. The runs
+        // then go in bounded batches (not one transaction holding them all), and the
+        // mark last.
+        let mut reset = sled::Batch::default();
+        reset.insert(BASE_KEY, encode_head(&base));
+        // A snapshot is taken at the active's head, which is always a group's end.
+        reset.remove(LAST_GROUP_KEY);
+        reset.insert(RESETTING_KEY, &[]);
+        self.log_base.apply_batch(reset)?;
+        self.flush_durably()?;
+        self.events.remove_all()?;
+        self.log_base.remove(RESETTING_KEY)?;
         self.flush_durably()?;
         *self
             .base

@@ -30,6 +30,8 @@ pub(super) const TREE: &str = "event_runs";
 const SINGLE_TREE: &str = "events";
 /// In `log_base` while a log of that layout is being rewritten into runs.
 const MIGRATING_KEY: &[u8] = b"migrating_to_runs";
+/// Runs removed per sled batch when all go.
+const REMOVALS_PER_BATCH: usize = 256;
 
 /// The tree of a log stored one record per value, when it holds events (to be
 /// rewritten into runs). Refused when runs hold events too and no rewrite was under
@@ -170,6 +172,12 @@ impl Runs {
             .iter()
             .any(|name| name.as_ref() == SINGLE_TREE.as_bytes())
         {
+            // A stop between dropping the old tree and removing the mark: the rewrite
+            // is done, and the mark must not excuse an older binary's tree later.
+            if log_base.remove(MIGRATING_KEY)?.is_some() {
+                db.flush()?;
+                sync.sync()?;
+            }
             return Ok(());
         }
         let single = db.open_tree(SINGLE_TREE)?;
@@ -179,11 +187,7 @@ impl Runs {
             log_base.insert(MIGRATING_KEY, &[])?;
             db.flush()?;
             sync.sync()?;
-            let mut stale = sled::Batch::default();
-            for run in self.keys()? {
-                stale.remove(run);
-            }
-            self.tree.apply_batch(stale)?;
+            self.remove_all()?;
             let mut moved = 0u64;
             let mut pending: Vec<(u64, Vec<u8>)> = Vec::new();
             let mut expected = None;
@@ -332,6 +336,18 @@ impl Runs {
             keys.push(item?);
         }
         Ok(keys)
+    }
+
+    /// Remove every run, in bounded sled batches (not flushed).
+    pub fn remove_all(&self) -> Result<()> {
+        for keys in self.keys()?.chunks(REMOVALS_PER_BATCH) {
+            let mut batch = sled::Batch::default();
+            for run in keys {
+                batch.remove(run.clone());
+            }
+            self.tree.apply_batch(batch)?;
+        }
+        Ok(())
     }
 
     /// Change the stored record of `seq` in place (tests of tampering).

@@ -275,3 +275,78 @@ fn a_reset_drops_every_run_and_goes_on_from_the_new_base() {
     log.append(&chain((500, later[499].hash), 5)).unwrap();
     assert_eq!(log.check_chain().unwrap(), 505);
 }
+
+/// A reset stopped after its new base (and mark) were durable but before every old
+/// run was gone: the next open removes the rest before it reads the head.
+#[test]
+fn a_reset_stopped_half_way_is_finished_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let later = chain((0, Hash::ZERO), 500);
+    let base = super::Head::of(&later[499]);
+    {
+        let (db, log) = open(dir.path());
+        log.append(&chain((0, Hash::ZERO), 200)).unwrap();
+        // What the reset's first step leaves: the base and the mark, the runs still there.
+        let log_base = db.open_tree("log_base").unwrap();
+        log_base
+            .insert(super::BASE_KEY, super::codec::encode_head(&base))
+            .unwrap();
+        log_base.insert(super::RESETTING_KEY, &[]).unwrap();
+        db.flush().unwrap();
+    }
+    let (db, log) = open(dir.path());
+    assert_eq!(log.head(), base);
+    assert_eq!(db.open_tree(TREE).unwrap().len(), 0);
+    log.append(&chain((500, later[499].hash), 3)).unwrap();
+    assert_eq!(log.check_chain().unwrap(), 503);
+}
+
+/// A stop after the old tree was dropped but before the rewrite's mark was removed:
+/// the next open removes the mark, so it cannot excuse an older binary's tree later.
+#[test]
+fn a_rewrite_mark_left_behind_is_removed_and_excuses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (db, log) = open(dir.path());
+        log.append(&chain((0, Hash::ZERO), 10)).unwrap();
+        db.open_tree("log_base")
+            .unwrap()
+            .insert(b"migrating_to_runs", &[])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    {
+        let (db, _log) = open(dir.path());
+        assert!(!db
+            .open_tree("log_base")
+            .unwrap()
+            .contains_key(b"migrating_to_runs")
+            .unwrap());
+        // Then an older binary writes its own events.
+        write_single(&db, &chain((0, Hash::ZERO), 3));
+    }
+    let db = crate::repository::open::open_sled(&dir.path().join("db")).unwrap();
+    let sync = crate::sled_sync::SledSync::open(&dir.path().join("db")).unwrap();
+    let error = EventLog::open(&db, sync).err().expect("refused");
+    assert!(error.to_string().contains("both layouts"), "{error}");
+}
+
+/// An append cut short before its first part (its last group recorded, no event of
+/// it written): the group is forgotten at open, though nothing was undone.
+#[test]
+fn a_last_group_past_the_head_is_forgotten_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = chain((0, Hash::ZERO), 20);
+    {
+        let (db, log) = open(dir.path());
+        log.append(&events[..12]).unwrap();
+        db.open_tree("log_base")
+            .unwrap()
+            .insert(super::LAST_GROUP_KEY, &super::codec::encode_group((13, 20)))
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let (_db, log) = open(dir.path());
+    log.append(&events[12..15]).unwrap();
+    assert_eq!(log.open_group().unwrap(), None);
+}

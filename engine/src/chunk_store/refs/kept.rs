@@ -80,10 +80,24 @@ impl Queued {
     }
 }
 
+/// Links handed over together. Counted off `Queued` when dropped, whether its links
+/// were unlinked, or the thread ended without them (a panic, its queue dropped): a
+/// `wait` never waits for links no one will unlink.
+struct Job {
+    links: Vec<PathBuf>,
+    queued: Arc<Queued>,
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        self.queued.done(self.links.len());
+    }
+}
+
 /// Unlinks forgotten inodes' `kept/` links on a thread of its own, in the order given.
 #[derive(Default)]
 pub(crate) struct Reaper {
-    sender: Mutex<Option<mpsc::Sender<Vec<PathBuf>>>>,
+    sender: Mutex<Option<mpsc::Sender<Job>>>,
     queued: Arc<Queued>,
 }
 
@@ -97,8 +111,11 @@ impl Reaper {
             return;
         }
         self.wait();
-        let count = links.len();
-        self.queued.add(count);
+        self.queued.add(links.len());
+        let job = Job {
+            links,
+            queued: self.queued.clone(),
+        };
         let mut sender = self
             .sender
             .lock()
@@ -106,32 +123,29 @@ impl Reaper {
         if sender.is_none() {
             *sender = self.start();
         }
-        let links = match sender.as_ref() {
-            Some(thread) => match thread.send(links) {
+        let job = match sender.as_ref() {
+            Some(thread) => match thread.send(job) {
                 Ok(()) => return,
                 // The thread is gone: start another next time, unlink these now.
-                Err(mpsc::SendError(links)) => {
+                Err(mpsc::SendError(job)) => {
                     *sender = None;
-                    links
+                    job
                 }
             },
-            None => links,
+            None => job,
         };
         drop(sender);
-        unlink_all(&links);
-        self.queued.done(count);
+        unlink_all(&job.links);
     }
 
-    fn start(&self) -> Option<mpsc::Sender<Vec<PathBuf>>> {
-        let (sender, receiver) = mpsc::channel::<Vec<PathBuf>>();
-        let queued = self.queued.clone();
+    fn start(&self) -> Option<mpsc::Sender<Job>> {
+        let (sender, receiver) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("standin-reaper".to_string())
             .spawn(move || {
                 // Ends when the store (the sender) is dropped and the queue is empty.
-                for links in receiver {
-                    unlink_all(&links);
-                    queued.done(links.len());
+                for job in receiver {
+                    unlink_all(&job.links);
                 }
             })
             .ok()
