@@ -106,11 +106,16 @@ fn records(first: u64, value: &[u8]) -> Result<Vec<&[u8]>> {
     Ok(out)
 }
 
+/// Append one record to a run's value.
+fn push_record(value: &mut Vec<u8>, record: &[u8]) {
+    value.extend_from_slice(&(record.len() as u32).to_le_bytes());
+    value.extend_from_slice(record);
+}
+
 fn encode_run<'a>(records: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
     let mut value = Vec::new();
     for record in records {
-        value.extend_from_slice(&(record.len() as u32).to_le_bytes());
-        value.extend_from_slice(record);
+        push_record(&mut value, record);
     }
     value
 }
@@ -130,8 +135,7 @@ pub(super) fn pack(records: impl IntoIterator<Item = (u64, Vec<u8>)>) -> Vec<([u
             count = 0;
         }
         first.get_or_insert(seq);
-        value.extend_from_slice(&(record.len() as u32).to_le_bytes());
-        value.extend_from_slice(&record);
+        push_record(&mut value, &record);
         count += 1;
     }
     if let Some(start) = first {

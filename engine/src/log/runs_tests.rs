@@ -40,6 +40,14 @@ fn open(dir: &std::path::Path) -> (sled::Db, EventLog) {
     (db, log)
 }
 
+/// The open refuses the log as stored in both layouts.
+fn assert_refused_as_both_layouts(dir: &std::path::Path) {
+    let db = crate::repository::open::open_sled(&dir.join("db")).unwrap();
+    let sync = crate::sled_sync::SledSync::open(&dir.join("db")).unwrap();
+    let error = EventLog::open(&db, sync).err().expect("refused");
+    assert!(error.to_string().contains("both layouts"), "{error}");
+}
+
 /// Write `events` the way the log stored them before runs: one value per event in
 /// the tree `events`.
 fn write_single(db: &sled::Db, events: &[Event]) {
@@ -174,10 +182,7 @@ fn a_log_in_both_layouts_is_refused() {
         log.append(&events).unwrap();
         write_single(&db, &chain((0, Hash::ZERO), 3));
     }
-    let db = crate::repository::open::open_sled(&dir.path().join("db")).unwrap();
-    let sync = crate::sled_sync::SledSync::open(&dir.path().join("db")).unwrap();
-    let error = EventLog::open(&db, sync).err().expect("refused");
-    assert!(error.to_string().contains("both layouts"), "{error}");
+    assert_refused_as_both_layouts(dir.path());
 }
 
 /// A rewrite stopped half way (its mark still in `log_base`) starts again from
@@ -325,10 +330,7 @@ fn a_rewrite_mark_left_behind_is_removed_and_excuses_nothing() {
         // Then an older binary writes its own events.
         write_single(&db, &chain((0, Hash::ZERO), 3));
     }
-    let db = crate::repository::open::open_sled(&dir.path().join("db")).unwrap();
-    let sync = crate::sled_sync::SledSync::open(&dir.path().join("db")).unwrap();
-    let error = EventLog::open(&db, sync).err().expect("refused");
-    assert!(error.to_string().contains("both layouts"), "{error}");
+    assert_refused_as_both_layouts(dir.path());
 }
 
 /// An append cut short before its first part (its last group recorded, no event of

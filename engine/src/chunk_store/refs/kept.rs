@@ -12,8 +12,8 @@
 //! with no inode entry; `sweep` removes it at the next open.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use super::InodeKey;
 use crate::error::{IoContext, Result};
@@ -53,131 +53,62 @@ pub(super) fn sweep(kept_dir: &Path, known: impl Fn(InodeKey) -> bool) -> Result
     Ok(removed)
 }
 
-/// How many links are handed over and not yet unlinked.
-#[derive(Default)]
-struct Queued {
-    count: Mutex<usize>,
-    emptied: Condvar,
-}
-
-impl Queued {
-    fn add(&self, count: usize) {
-        *self
-            .count
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) += count;
-    }
-
-    fn done(&self, count: usize) {
-        let mut left = self
-            .count
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *left = left.saturating_sub(count);
-        if *left == 0 {
-            self.emptied.notify_all();
-        }
-    }
-}
-
-/// Links handed over together. Counted off `Queued` when dropped, whether its links
-/// were unlinked, or the thread ended without them (a panic, its queue dropped): a
-/// `wait` never waits for links no one will unlink.
-struct Job {
-    links: Vec<PathBuf>,
-    queued: Arc<Queued>,
-}
-
-impl Drop for Job {
-    fn drop(&mut self) {
-        self.queued.done(self.links.len());
-    }
-}
-
-/// Unlinks forgotten inodes' `kept/` links on a thread of its own, in the order given.
+/// Unlinks forgotten inodes' `kept/` links on a thread of its own: one batch's links
+/// a thread, each joined before the next starts, so the space of replaced files is
+/// never more than one batch behind (a nearly full disk) and a batch never waits for
+/// its own.
 #[derive(Default)]
 pub(crate) struct Reaper {
-    sender: Mutex<Option<mpsc::Sender<Job>>>,
-    queued: Arc<Queued>,
+    running: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Reaper {
     /// Unlink `links` (each the last link of a forgotten inode) soon, not now, once the
-    /// links handed over before are unlinked: a batch does not wait for its own, the
-    /// next one waits for the last one's, so the space of replaced files is never more
-    /// than one batch behind (a nearly full disk). Where no thread can be started, now.
+    /// links handed over before are unlinked. Where no thread can be started, now.
     pub fn unlink(&self, links: Vec<PathBuf>) {
         if links.is_empty() {
             return;
         }
-        self.wait();
-        self.queued.add(links.len());
-        let job = Job {
-            links,
-            queued: self.queued.clone(),
-        };
-        let mut sender = self
-            .sender
+        let mut running = self
+            .running
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if sender.is_none() {
-            *sender = self.start();
-        }
-        let job = match sender.as_ref() {
-            Some(thread) => match thread.send(job) {
-                Ok(()) => return,
-                // The thread is gone: start another next time, unlink these now.
-                Err(mpsc::SendError(job)) => {
-                    *sender = None;
-                    job
-                }
-            },
-            None => job,
-        };
-        drop(sender);
-        unlink_all(&job.links);
-    }
-
-    fn start(&self) -> Option<mpsc::Sender<Job>> {
-        let (sender, receiver) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
+        join(running.take());
+        let links = Arc::new(links);
+        let theirs = links.clone();
+        match std::thread::Builder::new()
             .name("standin-reaper".to_string())
-            .spawn(move || {
-                // Ends when the store (the sender) is dropped and the queue is empty.
-                for job in receiver {
-                    unlink_all(&job.links);
-                }
-            })
-            .ok()
-            .map(|_| sender)
+            .spawn(move || unlink_all(&theirs))
+        {
+            Ok(thread) => *running = Some(thread),
+            Err(_) => unlink_all(&links),
+        }
     }
 
     /// Wait until every link handed over so far is unlinked.
     pub fn wait(&self) {
-        let mut left = self
-            .queued
-            .count
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        while *left > 0 {
-            left = self
-                .queued
-                .emptied
-                .wait(left)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
+        join(
+            self.running
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take(),
+        );
+    }
+}
+
+/// A thread that panicked unlinked what it could; the rest waits for the next open's
+/// `sweep`.
+fn join(thread: Option<JoinHandle<()>>) {
+    if let Some(thread) = thread {
+        let _ = thread.join();
     }
 }
 
 impl Drop for Reaper {
     /// The links handed over are unlinked before the store goes: a store opened again
-    /// in the same process must not find a backlog of the last one's still running
-    /// (its sweep could free an inode number the old thread's unlink then hits again).
+    /// in the same process must not find the last one's still being unlinked (its
+    /// sweep could free an inode number the old thread's unlink then hits again).
     fn drop(&mut self) {
-        self.sender
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
         self.wait();
     }
 }
